@@ -1,0 +1,150 @@
+//! Owns joining a cluster: pin the root CA by the token's digest, then trade a CSR and the token
+//! for a node certificate. Nothing is written to disk here; the caller saves the result.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_pki::{JoinToken, NodeKey, PeerIdentity, Role, TokenError};
+use shoal_proto::ca_client::CaClient;
+use shoal_proto::node_ca_client::NodeCaClient;
+use shoal_proto::{GetRootCaCertificateRequest, IssueNodeCertificateRequest, NodeRole};
+
+use crate::connect::{connect, status_line};
+
+/// Attempts at reaching the manager before giving up (it may still be starting).
+const ATTEMPTS: u32 = 3;
+
+/// Why a join failed; each message is one line that says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("{0}")]
+    Unreachable(String),
+    #[error(
+        "refusing to join: the CA of the manager at {addr} does not match the join token's digest \
+         (wrong address, a token of another cluster, or someone in between); check both"
+    )]
+    CaMismatch { addr: String },
+    #[error("the manager at {addr} refused to join this node: {reason}")]
+    Refused { addr: String, reason: String },
+    #[error("the manager at {addr} sent an unusable certificate: {reason}")]
+    BadCertificate { addr: String, reason: String },
+    #[error(transparent)]
+    Pki(#[from] shoal_pki::PkiError),
+}
+
+/// What a join asks for.
+#[derive(Clone, Debug)]
+pub struct JoinParams {
+    pub token: String,
+    pub remote_addr: String,
+    pub hostname: String,
+    pub advertise_addr: String,
+}
+
+/// A node's new identity.
+#[derive(Debug)]
+pub struct Joined {
+    pub node_id: String,
+    pub role: Role,
+    pub cluster_id: String,
+    pub root_ca_pem: String,
+    pub cert_chain_pem: String,
+    pub key: NodeKey,
+    pub manager_addrs: Vec<String>,
+}
+
+/// Joins the cluster of the manager at `params.remote_addr`.
+pub async fn join(params: &JoinParams) -> Result<Joined, JoinError> {
+    let token = JoinToken::parse(&params.token)?;
+    let addr = params.remote_addr.as_str();
+    let root_ca_pem = fetch_pinned_root(addr, &token).await?;
+    let key = NodeKey::generate()?;
+    let config = Arc::new(shoal_pki::tls::client_config(&root_ca_pem, None)?);
+    let channel = retry(|| connect(addr, config.clone())).await.map_err(JoinError::Unreachable)?;
+    let request = IssueNodeCertificateRequest {
+        csr_der: key.csr_der()?,
+        token: params.token.trim().to_string(),
+        hostname: params.hostname.clone(),
+        advertise_addr: params.advertise_addr.clone(),
+    };
+    let resp = NodeCaClient::new(channel)
+        .issue_node_certificate(request)
+        .await
+        .map_err(|s| JoinError::Refused { addr: addr.into(), reason: status_line(addr, &s) })?
+        .into_inner();
+    let role = match resp.role() {
+        NodeRole::Worker => Role::Worker,
+        NodeRole::Manager => Role::Manager,
+    };
+    check_certificate(addr, &resp.cert_chain_pem, &resp.node_id, role, &resp.cluster_id)?;
+    Ok(Joined {
+        node_id: resp.node_id,
+        role,
+        cluster_id: resp.cluster_id,
+        root_ca_pem,
+        cert_chain_pem: resp.cert_chain_pem,
+        key,
+        manager_addrs: resp.manager_addrs,
+    })
+}
+
+/// Fetches the root CA over a TLS connection that is not yet verified, and keeps it only if
+/// its digest is the token's and the server we talked to holds a certificate it signed.
+async fn fetch_pinned_root(addr: &str, token: &JoinToken) -> Result<String, JoinError> {
+    let (config, captured) = shoal_pki::tls::bootstrap_client_config();
+    let config = Arc::new(config);
+    let channel = retry(|| connect(addr, config.clone())).await.map_err(JoinError::Unreachable)?;
+    let bundle = CaClient::new(channel)
+        .get_root_ca_certificate(GetRootCaCertificateRequest {})
+        .await
+        .map_err(|s| JoinError::Unreachable(status_line(addr, &s)))?
+        .into_inner()
+        .certificate;
+    if !token.matches_ca(&bundle) {
+        return Err(JoinError::CaMismatch { addr: addr.into() });
+    }
+    let pem = String::from_utf8(bundle).map_err(|_| JoinError::CaMismatch { addr: addr.into() })?;
+    captured
+        .verify_against(&pem, shoal_pki::MANAGER_SERVER_NAME)
+        .map_err(|_| JoinError::CaMismatch { addr: addr.into() })?;
+    Ok(pem)
+}
+
+fn check_certificate(
+    addr: &str,
+    chain: &str,
+    node_id: &str,
+    role: Role,
+    cluster_id: &str,
+) -> Result<(), JoinError> {
+    let bad = |reason: String| JoinError::BadCertificate { addr: addr.into(), reason };
+    let id = PeerIdentity::from_pem(chain).map_err(|e| bad(e.to_string()))?;
+    if id.node_id != node_id || id.role != role || id.cluster_id != cluster_id {
+        return Err(bad(format!(
+            "its subject ({} {} {}) does not match the reply",
+            id.node_id, id.role, id.cluster_id
+        )));
+    }
+    Ok(())
+}
+
+async fn retry<T, F, Fut>(mut f: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut last = String::new();
+    for attempt in 0..ATTEMPTS {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.contains("refused") && attempt + 1 < ATTEMPTS => {
+                last = e;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}

@@ -1,0 +1,83 @@
+//! Shoal's agent: joins a cluster, keeps a dispatcher session with the managers, and renews its
+//! certificate. Runs no manager code; containers arrive with the runtime issue.
+
+pub mod connect;
+pub mod files;
+pub mod join;
+pub mod renew;
+pub mod session;
+
+use std::sync::Arc;
+
+use shoal_pki::ReloadableCert;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use files::{NodeFiles, NodeState};
+pub use join::{join, JoinError, JoinParams, Joined};
+
+/// What the agent currently knows about its link to the control plane.
+#[derive(Clone, Debug, Default)]
+pub struct AgentStatus {
+    pub connected: bool,
+    pub manager: Option<String>,
+    pub manager_addrs: Vec<String>,
+    pub error: Option<String>,
+    pub renewals: u64,
+}
+
+/// How to run an agent.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub hostname: String,
+    pub advertise_addr: String,
+    pub time_scale: f64,
+}
+
+/// A running agent; its tasks stop when it is dropped.
+#[derive(Debug)]
+pub struct Agent {
+    status: watch::Receiver<AgentStatus>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Starts the session and renewal loops for the node whose identity is in `files`.
+    pub fn start(
+        cfg: AgentConfig,
+        files: NodeFiles,
+        cert: Arc<ReloadableCert>,
+        root_ca_pem: String,
+        manager_addrs: Vec<String>,
+    ) -> Result<Agent, shoal_pki::PkiError> {
+        let tls = Arc::new(shoal_pki::tls::client_config(&root_ca_pem, Some(cert.clone()))?);
+        let initial = AgentStatus { manager_addrs, ..Default::default() };
+        let (tx, rx) = watch::channel(initial);
+        let session_cfg =
+            session::SessionConfig { hostname: cfg.hostname, advertise_addr: cfg.advertise_addr };
+        let renew_cfg = renew::RenewConfig { files, root_ca_pem, time_scale: cfg.time_scale };
+        let tasks = vec![
+            tokio::spawn(session::run(session_cfg, tls.clone(), tx.clone())),
+            tokio::spawn(renew::run(renew_cfg, cert, tls, tx)),
+        ];
+        Ok(Agent { status: rx, tasks })
+    }
+
+    /// The agent's current status.
+    pub fn status(&self) -> AgentStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch(&self) -> watch::Receiver<AgentStatus> {
+        self.status.clone()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Owns certificate renewal: at a random point between 50% and 80% of the certificate's life,
+//! trade a fresh key's CSR for a new certificate using the current one (no token), save it
+//! atomically and swap it into every TLS config that uses it.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use shoal_pki::{NodeKey, PeerIdentity, ReloadableCert};
+use shoal_proto::node_ca_client::NodeCaClient;
+use shoal_proto::RenewNodeCertificateRequest;
+use tokio::sync::watch;
+
+use crate::connect::{connect, status_line};
+use crate::files::NodeFiles;
+use crate::AgentStatus;
+
+const RETRY_STEP: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(3600);
+
+/// What the renewal loop needs.
+#[derive(Clone, Debug)]
+pub struct RenewConfig {
+    pub files: NodeFiles,
+    pub root_ca_pem: String,
+    /// Divides every wait, so tests can watch a 1 h certificate renew in seconds.
+    pub time_scale: f64,
+}
+
+/// How long to wait before renewing `id`'s certificate, scaled.
+pub fn next_delay(id: &PeerIdentity, time_scale: f64) -> Duration {
+    let delay = shoal_pki::renew::renewal_delay(
+        id.not_before,
+        id.not_after,
+        SystemTime::now(),
+        &mut rand::thread_rng(),
+    );
+    delay.div_f64(time_scale.max(1.0))
+}
+
+/// Renews forever.
+pub async fn run(
+    cfg: RenewConfig,
+    cert: Arc<ReloadableCert>,
+    tls: Arc<rustls::ClientConfig>,
+    status: watch::Sender<AgentStatus>,
+) {
+    let mut failures = 0u32;
+    loop {
+        let wait = if failures == 0 {
+            next_delay(&cert.identity(), cfg.time_scale)
+        } else {
+            (RETRY_STEP * failures).min(RETRY_MAX).div_f64(cfg.time_scale.max(1.0))
+        };
+        tokio::time::sleep(wait).await;
+        match renew_once(&cfg, &cert, tls.clone(), &status).await {
+            Ok(serial) => {
+                failures = 0;
+                tracing::info!(%serial, "node certificate renewed");
+                status.send_modify(|s| s.renewals += 1);
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "certificate renewal failed; will retry");
+            }
+        }
+    }
+}
+
+async fn renew_once(
+    cfg: &RenewConfig,
+    cert: &ReloadableCert,
+    tls: Arc<rustls::ClientConfig>,
+    status: &watch::Sender<AgentStatus>,
+) -> Result<String, String> {
+    let managers = status.borrow().manager_addrs.clone();
+    let addr = managers.first().ok_or("no manager known")?;
+    let key = NodeKey::generate().map_err(|e| e.to_string())?;
+    let csr_der = key.csr_der().map_err(|e| e.to_string())?;
+    let channel = connect(addr, tls).await?;
+    let chain = NodeCaClient::new(channel)
+        .renew_node_certificate(RenewNodeCertificateRequest { csr_der })
+        .await
+        .map_err(|s| status_line(addr, &s))?
+        .into_inner()
+        .cert_chain_pem;
+    let new_id = PeerIdentity::from_pem(&chain).map_err(|e| e.to_string())?;
+    let old_id = cert.identity();
+    if new_id.node_id != old_id.node_id || new_id.cluster_id != old_id.cluster_id {
+        return Err(format!("the renewed certificate is for node {}, not this one", new_id.node_id));
+    }
+    cfg.files.save_identity(&key, &chain, &cfg.root_ca_pem).map_err(|e| e.to_string())?;
+    cert.replace(&chain, &key).map_err(|e| e.to_string())?;
+    Ok(new_id.serial_hex)
+}

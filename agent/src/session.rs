@@ -1,0 +1,100 @@
+//! Owns the agent's dispatcher session: open it on a manager, heartbeat at the period the
+//! manager asks for, and reconnect with jittered backoff when it breaks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use shoal_proto::dispatcher_client::DispatcherClient;
+use shoal_proto::{HeartbeatRequest, SessionRequest};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use crate::connect::{connect, status_line};
+use crate::AgentStatus;
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(8);
+
+/// What the session loop needs.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub hostname: String,
+    pub advertise_addr: String,
+}
+
+/// Runs sessions forever, publishing the agent's view in `status`.
+pub async fn run(
+    cfg: SessionConfig,
+    tls: Arc<rustls::ClientConfig>,
+    status: watch::Sender<AgentStatus>,
+) {
+    let mut backoff = BACKOFF_START;
+    let mut turn = 0usize;
+    loop {
+        let managers = status.borrow().manager_addrs.clone();
+        let Some(addr) = managers.get(turn % managers.len().max(1)).cloned() else {
+            tokio::time::sleep(BACKOFF_MAX).await;
+            continue;
+        };
+        turn += 1;
+        let error = match session(&cfg, &addr, tls.clone(), &status).await {
+            Ok(()) => {
+                backoff = BACKOFF_START;
+                "session ended".to_string()
+            }
+            Err(e) => e,
+        };
+        tracing::debug!(manager = %addr, %error, "session lost");
+        status.send_modify(|s| {
+            s.connected = false;
+            s.error = Some(error);
+        });
+        let wait = rand::thread_rng().gen_range(Duration::ZERO..=backoff);
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One session; returns when it breaks.
+async fn session(
+    cfg: &SessionConfig,
+    addr: &str,
+    tls: Arc<rustls::ClientConfig>,
+    status: &watch::Sender<AgentStatus>,
+) -> Result<(), String> {
+    let channel: Channel = connect(addr, tls).await?;
+    let mut client = DispatcherClient::new(channel);
+    let request =
+        SessionRequest { hostname: cfg.hostname.clone(), advertise_addr: cfg.advertise_addr.clone() };
+    let line = |s: tonic::Status| status_line(addr, &s);
+    let mut stream = client.session(request).await.map_err(line)?.into_inner();
+    let first = stream.message().await.map_err(line)?.ok_or("the manager closed the session")?;
+    let session_id = first.session_id.clone();
+    let mut period = Duration::from_millis(first.heartbeat_period_ms.max(50));
+    status.send_modify(|s| {
+        s.connected = true;
+        s.error = None;
+        s.manager = Some(addr.to_string());
+        if !first.manager_addrs.is_empty() {
+            s.manager_addrs = first.manager_addrs.clone();
+        }
+    });
+    tracing::info!(manager = %addr, "session established");
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {
+                let beat = HeartbeatRequest { session_id: session_id.clone() };
+                let resp = client.heartbeat(beat).await.map_err(line)?.into_inner();
+                period = Duration::from_millis(resp.period_ms.max(50));
+            }
+            msg = stream.message() => match msg.map_err(line)? {
+                Some(update) if !update.manager_addrs.is_empty() => {
+                    status.send_modify(|s| s.manager_addrs = update.manager_addrs);
+                }
+                Some(_) => {}
+                None => return Ok(()),
+            },
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Owns who may call what: one table from gRPC method to the callers allowed, and the tower layer
+//! that checks it (with the peer's certificate) before any handler runs. Never reads the store.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use shoal_pki::{PeerIdentity, Revocations, Role};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::Status;
+
+/// Who is calling, as established by the transport.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// The local operator on the root-only unix socket: an administrator.
+    Local,
+    /// A node presenting a valid certificate of this cluster.
+    Node(PeerIdentity),
+    /// No client certificate (bootstrap calls only).
+    Anonymous,
+}
+
+impl Caller {
+    /// The node identity of the caller, or a `PermissionDenied` status.
+    pub fn node(&self) -> Result<&PeerIdentity, Status> {
+        match self {
+            Caller::Node(id) => Ok(id),
+            _ => Err(Status::permission_denied("this call needs a node certificate")),
+        }
+    }
+}
+
+/// Read the caller that [`AuthzLayer`] established for a request.
+pub fn caller<T>(req: &tonic::Request<T>) -> Caller {
+    req.extensions().get::<Caller>().cloned().unwrap_or(Caller::Anonymous)
+}
+
+/// Which callers may use a method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, even without a certificate (the join bootstrap).
+    Anyone,
+    /// The local operator, or nodes holding one of these roles.
+    Roles(&'static [Role]),
+    /// The local operator only.
+    LocalOnly,
+}
+
+const NODES: Access = Access::Roles(&[Role::Worker, Role::Manager]);
+const MANAGERS: Access = Access::Roles(&[Role::Manager]);
+
+/// Every RPC Shoal serves, with the callers allowed. A method missing here is denied.
+pub const TABLE: &[(&str, Access)] = &[
+    ("/shoal.CA/GetRootCACertificate", Access::Anyone),
+    ("/shoal.NodeCA/IssueNodeCertificate", Access::Anyone),
+    ("/shoal.NodeCA/RenewNodeCertificate", NODES),
+    ("/shoal.Dispatcher/Session", NODES),
+    ("/shoal.Dispatcher/Heartbeat", NODES),
+    ("/shoal.Control/ListNodes", MANAGERS),
+    ("/shoal.Control/GetNode", MANAGERS),
+    ("/shoal.Control/RemoveNode", MANAGERS),
+    ("/shoal.Control/GetClusterInfo", MANAGERS),
+    ("/shoal.Control/UpdateCluster", MANAGERS),
+    ("/shoal.Control/GetJoinToken", MANAGERS),
+    ("/shoal.Control/RotateJoinToken", MANAGERS),
+    ("/shoal.Daemon/Init", Access::LocalOnly),
+    ("/shoal.Daemon/Join", Access::LocalOnly),
+    ("/shoal.Daemon/Leave", Access::LocalOnly),
+    ("/shoal.Daemon/Info", Access::LocalOnly),
+];
+
+/// The access rule of a method path.
+pub fn access(path: &str) -> Option<Access> {
+    TABLE.iter().find(|(p, _)| *p == path).map(|(_, a)| *a)
+}
+
+/// Decides whether `caller` may call `path`.
+pub fn authorize(path: &str, caller: &Caller) -> Result<(), Status> {
+    let Some(rule) = access(path) else {
+        return Err(Status::permission_denied(format!("{path} is not an allowed method")));
+    };
+    match (rule, caller) {
+        (Access::Anyone, _) | (_, Caller::Local) => Ok(()),
+        (Access::Roles(roles), Caller::Node(id)) if roles.contains(&id.role) => Ok(()),
+        (Access::Roles(_), Caller::Node(id)) => Err(Status::permission_denied(format!(
+            "a {} certificate may not call {path}; this needs a manager",
+            id.role.as_str()
+        ))),
+        (Access::Roles(_), Caller::Anonymous) => {
+            Err(Status::unauthenticated(format!("{path} needs a node certificate of this cluster")))
+        }
+        (Access::LocalOnly, _) => {
+            Err(Status::permission_denied(format!("{path} is only served on the local socket")))
+        }
+    }
+}
+
+/// How the transport identifies callers for the layer.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    /// The unix socket: every caller is the local operator.
+    Local,
+    /// mTLS over TCP: callers are identified by their certificate.
+    Tls { cluster_id: String, revocations: Arc<Revocations> },
+}
+
+impl Transport {
+    fn identify(&self, ext: &http::Extensions) -> Result<Caller, Status> {
+        let (cluster_id, revocations) = match self {
+            Transport::Local => return Ok(Caller::Local),
+            Transport::Tls { cluster_id, revocations } => (cluster_id, revocations),
+        };
+        let certs = ext.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|i| i.peer_certs());
+        let Some(leaf) = certs.as_ref().and_then(|c| c.first()) else {
+            return Ok(Caller::Anonymous);
+        };
+        let id = PeerIdentity::from_der(leaf)
+            .map_err(|e| Status::unauthenticated(format!("unreadable client certificate: {e}")))?;
+        if &id.cluster_id != cluster_id {
+            return Err(Status::permission_denied("the client certificate is for another cluster"));
+        }
+        if revocations.is_revoked(&id) {
+            return Err(Status::permission_denied(format!(
+                "node {} was removed from the cluster; its certificate is revoked",
+                id.node_id
+            )));
+        }
+        Ok(Caller::Node(id))
+    }
+}
+
+/// Tower layer that identifies the caller, applies [`TABLE`], and hands the handlers a [`Caller`].
+#[derive(Clone, Debug)]
+pub struct AuthzLayer {
+    transport: Transport,
+}
+
+impl AuthzLayer {
+    /// A layer for one transport.
+    pub fn new(transport: Transport) -> Self {
+        AuthzLayer { transport }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthzLayer {
+    type Service = Authz<S>;
+    fn layer(&self, inner: S) -> Authz<S> {
+        Authz { inner, transport: self.transport.clone() }
+    }
+}
+
+/// The service made by [`AuthzLayer`].
+#[derive(Clone, Debug)]
+pub struct Authz<S> {
+    inner: S,
+    transport: Transport,
+}
+
+type BoxFut<R, E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<R, E>> + Send>>;
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Authz<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = http::Response<RB>;
+    type Error = S::Error;
+    type Future = BoxFut<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let checked = self
+            .transport
+            .identify(req.extensions())
+            .and_then(|caller| authorize(req.uri().path(), &caller).map(|()| caller));
+        match checked {
+            Ok(caller) => {
+                req.extensions_mut().insert(caller);
+                Box::pin(self.inner.call(req))
+            }
+            Err(status) => {
+                tracing::debug!(path = req.uri().path(), %status, "call refused");
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn node(role: Role) -> Caller {
+        Caller::Node(PeerIdentity {
+            node_id: "n".into(),
+            role,
+            cluster_id: "c".into(),
+            serial_hex: "01".into(),
+            not_before: SystemTime::UNIX_EPOCH,
+            not_after: SystemTime::UNIX_EPOCH,
+        })
+    }
+
+    #[test]
+    fn workers_reach_only_the_dispatcher_and_renewal() {
+        let worker = node(Role::Worker);
+        for (path, _) in TABLE {
+            let allowed = authorize(path, &worker).is_ok();
+            let expected = path.starts_with("/shoal.Dispatcher/")
+                || path.starts_with("/shoal.CA/")
+                || path.starts_with("/shoal.NodeCA/");
+            assert_eq!(allowed, expected, "{path}");
+        }
+    }
+
+    #[test]
+    fn control_needs_a_manager_or_the_local_socket() {
+        let path = "/shoal.Control/ListNodes";
+        assert!(authorize(path, &node(Role::Manager)).is_ok());
+        assert!(authorize(path, &Caller::Local).is_ok());
+        let err = authorize(path, &Caller::Anonymous).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        let err = authorize(path, &node(Role::Worker)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(err.message().contains("worker"), "{}", err.message());
+    }
+
+    #[test]
+    fn unknown_methods_and_daemon_calls_over_tcp_are_denied() {
+        let manager = node(Role::Manager);
+        assert!(authorize("/shoal.Control/Unlisted", &manager).is_err());
+        assert!(authorize("/shoal.Daemon/Init", &manager).is_err());
+        assert!(authorize("/shoal.Daemon/Init", &Caller::Local).is_ok());
+    }
+}

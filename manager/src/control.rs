@@ -1,0 +1,222 @@
+//! Owns the Control API: node listing, inspection and removal (revocation), cluster settings,
+//! and join tokens. Validates every request before it touches the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_pki::token::ca_digest;
+use shoal_pki::Role;
+use shoal_proto::control_server::Control;
+use shoal_proto::{
+    Cluster, ClusterInfo, ClusterSpec, GetClusterInfoRequest, GetJoinTokenRequest, GetNodeRequest,
+    GetNodeResponse, JoinTokenInfo, JoinTokens, ListNodesRequest, ListNodesResponse, Node,
+    NodeRole, NodeState, RemoveNodeRequest, RemoveNodeResponse, Revoked, RotateJoinTokenRequest,
+    UpdateClusterRequest,
+};
+use tonic::{Request, Response, Status};
+
+use crate::manager::{
+    now_ms, pki_role, validate_cert_expiry, validate_heartbeat, Manager, Shared,
+};
+use crate::tokens::{self, TokenPolicy};
+
+/// The Control gRPC service.
+#[derive(Debug, Clone)]
+pub struct ControlApi {
+    shared: Arc<Shared>,
+}
+
+impl Manager {
+    /// The control service of this manager.
+    pub fn control(&self) -> ControlApi {
+        ControlApi { shared: self.shared.clone() }
+    }
+}
+
+/// Finds a node by full ID, unique ID prefix, or hostname.
+pub fn resolve_node<'a>(nodes: &'a [Node], reference: &str) -> Result<&'a Node, Status> {
+    if reference.is_empty() {
+        return Err(Status::invalid_argument("name a node by ID, ID prefix or hostname"));
+    }
+    if let Some(n) = nodes.iter().find(|n| n.id == reference) {
+        return Ok(n);
+    }
+    let by_prefix: Vec<_> = nodes.iter().filter(|n| n.id.starts_with(reference)).collect();
+    let by_name: Vec<_> = nodes.iter().filter(|n| n.hostname == reference).collect();
+    match (by_prefix.as_slice(), by_name.as_slice()) {
+        ([one], []) | ([], [one]) => Ok(one),
+        ([], []) => Err(Status::not_found(format!("no such node: {reference}"))),
+        _ => Err(Status::invalid_argument(format!(
+            "{reference} matches more than one node; use a longer ID prefix"
+        ))),
+    }
+}
+
+fn role_of(raw: i32) -> Result<Role, Status> {
+    NodeRole::try_from(raw)
+        .map(pki_role)
+        .map_err(|_| Status::invalid_argument(format!("unknown role {raw}")))
+}
+
+impl ControlApi {
+    fn cluster_info(&self, cluster: &Cluster) -> ClusterInfo {
+        let root = cluster.root_ca.as_ref().map(|r| r.cert_pem.clone()).unwrap_or_default();
+        let digest = ca_digest(root.as_bytes());
+        ClusterInfo {
+            id: cluster.id.clone(),
+            spec: cluster.spec.clone(),
+            root_ca_digest: format!("sha256:{}", hex(&digest)),
+            root_ca_pem: root,
+            revoked_nodes: cluster.revoked.len() as u32,
+            created_at_ms: cluster.meta.as_ref().map(|m| m.created_at_ms).unwrap_or(0),
+        }
+    }
+
+    fn token_info(&self, cluster: &Cluster, role: Role) -> Result<JoinTokenInfo, Status> {
+        let tokens = cluster.join_tokens.clone().unwrap_or_default();
+        let rec = tokens::record(&tokens, role).cloned().unwrap_or_default();
+        Ok(JoinTokenInfo {
+            role: crate::manager::node_role(role) as i32,
+            token: tokens::encode(self.shared.ca.cert_pem(), &rec),
+            expires_at_ms: rec.expires_at_ms,
+            max_uses: rec.max_uses,
+            uses: rec.uses,
+            manager_addrs: self.shared.manager_addrs()?,
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tonic::async_trait]
+impl Control for ControlApi {
+    async fn list_nodes(
+        &self,
+        _req: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        let mut nodes = self.shared.store.list::<Node>()?;
+        nodes.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
+        Ok(Response::new(ListNodesResponse { nodes, leader_id: self.shared.local_node_id.clone() }))
+    }
+
+    async fn get_node(&self, req: Request<GetNodeRequest>) -> Result<Response<GetNodeResponse>, Status> {
+        let nodes = self.shared.store.list::<Node>()?;
+        let node = resolve_node(&nodes, &req.get_ref().reference)?.clone();
+        Ok(Response::new(GetNodeResponse { node: Some(node) }))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<RemoveNodeRequest>,
+    ) -> Result<Response<RemoveNodeResponse>, Status> {
+        let RemoveNodeRequest { reference, force } = req.into_inner();
+        let shared = &self.shared;
+        let nodes = shared.store.list::<Node>()?;
+        let node = resolve_node(&nodes, &reference)?.clone();
+        check_removable(shared, &node, force)?;
+        let until = node.certificate.as_ref().map(|c| c.not_after_unix).unwrap_or(0);
+        shared
+            .store
+            .update(|tx| {
+                let mut cluster = tx.get::<Cluster>(&shared.cluster_id)?.ok_or_else(|| Status::internal("cluster object missing"))?;
+                cluster.revoked.push(Revoked { node_id: node.id.clone(), serials: node.serials.clone(), until_unix: until });
+                tx.update(cluster)?;
+                tx.delete::<Node>(&node.id)?;
+                Ok::<_, Status>(())
+            })
+            .await?;
+        shared.revocations.revoke_node(&node.id);
+        for serial in &node.serials {
+            shared.revocations.revoke_serial(serial);
+        }
+        shared.sessions.drop_node(&node.id);
+        tracing::info!(node = %node.id, hostname = %node.hostname, "node removed and its certificates revoked");
+        Ok(Response::new(RemoveNodeResponse { node_id: node.id }))
+    }
+
+    async fn get_cluster_info(
+        &self,
+        _req: Request<GetClusterInfoRequest>,
+    ) -> Result<Response<ClusterInfo>, Status> {
+        Ok(Response::new(self.cluster_info(&self.shared.cluster()?)))
+    }
+
+    async fn update_cluster(
+        &self,
+        req: Request<UpdateClusterRequest>,
+    ) -> Result<Response<ClusterInfo>, Status> {
+        let req = req.into_inner();
+        if req.cert_expiry_secs != 0 {
+            validate_cert_expiry(Duration::from_secs(req.cert_expiry_secs)).map_err(Status::invalid_argument)?;
+        }
+        if req.heartbeat_period_ms != 0 {
+            validate_heartbeat(Duration::from_millis(req.heartbeat_period_ms)).map_err(Status::invalid_argument)?;
+        }
+        let cluster = self
+            .shared
+            .store
+            .update(|tx| {
+                let mut cluster = tx.get::<Cluster>(&self.shared.cluster_id)?.ok_or_else(|| Status::internal("cluster object missing"))?;
+                let spec = cluster.spec.get_or_insert_with(ClusterSpec::default);
+                if req.cert_expiry_secs != 0 {
+                    spec.cert_expiry_secs = req.cert_expiry_secs;
+                }
+                if req.heartbeat_period_ms != 0 {
+                    spec.heartbeat_period_ms = req.heartbeat_period_ms;
+                }
+                tx.update(cluster.clone())?;
+                Ok::<_, Status>(cluster)
+            })
+            .await?;
+        Ok(Response::new(self.cluster_info(&cluster)))
+    }
+
+    async fn get_join_token(
+        &self,
+        req: Request<GetJoinTokenRequest>,
+    ) -> Result<Response<JoinTokenInfo>, Status> {
+        let role = role_of(req.get_ref().role)?;
+        Ok(Response::new(self.token_info(&self.shared.cluster()?, role)?))
+    }
+
+    async fn rotate_join_token(
+        &self,
+        req: Request<RotateJoinTokenRequest>,
+    ) -> Result<Response<JoinTokenInfo>, Status> {
+        let req = req.into_inner();
+        let role = role_of(req.role)?;
+        let ttl_ms = i64::try_from(req.ttl_secs.saturating_mul(1000))
+            .map_err(|_| Status::invalid_argument("token TTL is too large"))?;
+        let policy = TokenPolicy { ttl_ms, max_uses: req.max_uses };
+        let cluster = self
+            .shared
+            .store
+            .update(|tx| {
+                let mut cluster = tx.get::<Cluster>(&self.shared.cluster_id)?.ok_or_else(|| Status::internal("cluster object missing"))?;
+                let tokens = cluster.join_tokens.get_or_insert_with(JoinTokens::default);
+                *tokens::record_mut(tokens, role) = Some(tokens::mint(policy, now_ms()));
+                tx.update(cluster.clone())?;
+                Ok::<_, Status>(cluster)
+            })
+            .await?;
+        tracing::info!(role = role.as_str(), "join token rotated");
+        Ok(Response::new(self.token_info(&cluster, role)?))
+    }
+}
+
+fn check_removable(shared: &Shared, node: &Node, force: bool) -> Result<(), Status> {
+    if node.id == shared.local_node_id {
+        return Err(Status::failed_precondition(
+            "this manager cannot remove itself; run 'shoal swarm leave --force' on it instead",
+        ));
+    }
+    if node.state() == NodeState::Ready && !force {
+        return Err(Status::failed_precondition(format!(
+            "node {} ({}) is Ready: stop it or run 'shoal swarm leave' on it first, or use --force",
+            node.id, node.hostname
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! Owns agent sessions: registration, heartbeats, and marking nodes Down after missed
+//! heartbeats. Task assignment arrives with the services issue.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use shoal_proto::dispatcher_server::Dispatcher;
+use shoal_proto::{
+    HeartbeatRequest, HeartbeatResponse, Node, NodeState, SessionMessage, SessionRequest,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::authz::caller;
+use crate::manager::{heartbeat_period, now_ms, Manager, Shared};
+
+/// Missed periods after which a node is Down (Swarm's grace multiplier).
+pub const GRACE_PERIODS: u32 = 3;
+
+type SessionTx = mpsc::Sender<Result<SessionMessage, Status>>;
+
+#[derive(Debug)]
+struct Entry {
+    session_id: Option<String>,
+    deadline: Instant,
+    /// Held so the session stream stays open exactly as long as the session lives.
+    _stream: Option<SessionTx>,
+}
+
+/// Live sessions by node ID.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    inner: Mutex<HashMap<String, Entry>>,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Expects `node_id` to (re)open a session within `grace`, or it will be marked Down.
+    pub fn expect(&self, node_id: &str, grace: Duration) {
+        let entry = Entry { session_id: None, deadline: Instant::now() + grace, _stream: None };
+        self.lock().insert(node_id.to_string(), entry);
+    }
+
+    fn open(&self, node_id: &str, session_id: String, grace: Duration, tx: SessionTx) {
+        let entry = Entry {
+            session_id: Some(session_id),
+            deadline: Instant::now() + grace,
+            _stream: Some(tx),
+        };
+        self.lock().insert(node_id.to_string(), entry);
+    }
+
+    fn beat(&self, node_id: &str, session_id: &str, grace: Duration) -> bool {
+        match self.lock().get_mut(node_id) {
+            Some(e) if e.session_id.as_deref() == Some(session_id) => {
+                e.deadline = Instant::now() + grace;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends a node's session (its stream closes).
+    pub fn drop_node(&self, node_id: &str) {
+        self.lock().remove(node_id);
+    }
+
+    fn take_expired(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let expired: Vec<String> =
+            map.iter().filter(|(_, e)| e.deadline <= now).map(|(id, _)| id.clone()).collect();
+        for id in &expired {
+            map.remove(id);
+        }
+        expired
+    }
+}
+
+/// The Dispatcher gRPC service.
+#[derive(Debug, Clone)]
+pub struct DispatcherApi {
+    shared: Arc<Shared>,
+}
+
+impl Manager {
+    /// The dispatcher service of this manager.
+    pub fn dispatcher(&self) -> DispatcherApi {
+        DispatcherApi { shared: self.shared.clone() }
+    }
+
+    /// Marks nodes Down when their heartbeats stop; runs until the manager is dropped.
+    pub fn spawn_monitor(&self) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            loop {
+                let Some(shared) = weak.upgrade() else { return };
+                let period = shared.cluster().map(|c| heartbeat_period(&c)).unwrap_or_default();
+                let tick = (period / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
+                for node_id in shared.sessions.take_expired() {
+                    if let Err(e) = mark_down(&shared, &node_id).await {
+                        tracing::warn!(node = %node_id, error = %e, "could not mark node down");
+                    }
+                }
+                drop(shared);
+                tokio::time::sleep(tick).await;
+            }
+        })
+    }
+}
+
+async fn mark_down(shared: &Shared, node_id: &str) -> Result<(), Status> {
+    tracing::info!(node = %node_id, "heartbeat failure: marking node down");
+    shared
+        .store
+        .update(|tx| {
+            let Some(mut node) = tx.get::<Node>(node_id)? else { return Ok(()) };
+            if node.state() != NodeState::Down {
+                node.set_state(NodeState::Down);
+                node.state_message = "heartbeat failure".into();
+                tx.update(node)?;
+            }
+            Ok::<_, Status>(())
+        })
+        .await
+}
+
+fn jittered(period: Duration) -> Duration {
+    let ms = period.as_millis() as u64;
+    let spread = (ms / 10).max(1);
+    Duration::from_millis(rand::thread_rng().gen_range(ms - spread.min(ms)..=ms + spread))
+}
+
+#[tonic::async_trait]
+impl Dispatcher for DispatcherApi {
+    type SessionStream = ReceiverStream<Result<SessionMessage, Status>>;
+
+    async fn session(
+        &self,
+        req: Request<SessionRequest>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let id = caller(&req).node()?.clone();
+        let peer_ip = req.remote_addr().map(|a| a.ip().to_string());
+        let req = req.into_inner();
+        let cluster = self.shared.cluster()?;
+        let period = heartbeat_period(&cluster);
+        let node = self
+            .shared
+            .store
+            .update(|tx| {
+                let mut node = tx.get::<Node>(&id.node_id)?.ok_or_else(|| {
+                    Status::not_found(format!("node {} is not part of this cluster", id.node_id))
+                })?;
+                node.set_state(NodeState::Ready);
+                node.state_message.clear();
+                node.last_heartbeat_ms = now_ms();
+                if !req.hostname.is_empty() {
+                    node.hostname = req.hostname.clone();
+                }
+                match (req.advertise_addr.is_empty(), &peer_ip) {
+                    (false, _) => node.addr = req.advertise_addr.clone(),
+                    (true, Some(ip)) if node.addr.is_empty() => node.addr = ip.clone(),
+                    _ => {}
+                }
+                tx.update(node.clone())?;
+                Ok::<_, Status>(node)
+            })
+            .await?;
+        let session_id = shoal_pki::id::new_id();
+        let (tx, rx) = mpsc::channel(16);
+        let first = SessionMessage {
+            session_id: session_id.clone(),
+            heartbeat_period_ms: jittered(period).as_millis() as u64,
+            node: Some(node),
+            manager_addrs: self.shared.manager_addrs()?,
+        };
+        tx.send(Ok(first)).await.map_err(|_| Status::cancelled("session closed"))?;
+        self.shared.sessions.open(&id.node_id, session_id, period * GRACE_PERIODS, tx);
+        tracing::debug!(node = %id.node_id, "session opened");
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let id = caller(&req).node()?.clone();
+        let period = heartbeat_period(&self.shared.cluster()?);
+        if !self.shared.sessions.beat(&id.node_id, &req.get_ref().session_id, period * GRACE_PERIODS) {
+            return Err(Status::not_found("unknown session; open a new one"));
+        }
+        Ok(Response::new(HeartbeatResponse { period_ms: jittered(period).as_millis() as u64 }))
+    }
+}

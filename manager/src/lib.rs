@@ -1,0 +1,14 @@
+//! Shoal's manager: the object store, the CA, the control API, the dispatcher, and the
+//! authorization table that guards them. Never runs containers (that is the agent's job).
+
+pub mod authz;
+pub mod ca_server;
+pub mod control;
+pub mod dispatcher;
+pub mod manager;
+pub mod server;
+pub mod store;
+pub mod tokens;
+
+pub use manager::{InitParams, Manager, ManagerError};
+pub use store::{Store, StoreError};

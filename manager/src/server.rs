@@ -1,0 +1,81 @@
+//! Owns serving: the mTLS TCP listener that other nodes reach (TLS handshakes done concurrently,
+//! certificates hot-swapped through the resolver) and the router with the authorization layer.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_pki::ReloadableCert;
+use shoal_proto::ca_server::CaServer;
+use shoal_proto::control_server::ControlServer;
+use shoal_proto::dispatcher_server::DispatcherServer;
+use shoal_proto::node_ca_server::NodeCaServer;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Server;
+
+use crate::authz::{AuthzLayer, Transport};
+use crate::{Manager, ManagerError};
+
+/// Longest a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes that may wait for the server at once.
+const ACCEPT_BACKLOG: usize = 1024;
+
+impl Manager {
+    /// Serves the cluster port on `listener` with mTLS until `shutdown` resolves. `cert` is this
+    /// node's certificate; replacing it there takes effect at the next handshake.
+    pub async fn serve_tls(
+        &self,
+        listener: TcpListener,
+        cert: Arc<ReloadableCert>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ManagerError> {
+        let config = shoal_pki::tls::server_config(self.root_ca_pem(), cert, self.revocations())?;
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
+        let accept = tokio::spawn(accept_loop(listener, acceptor, tx));
+        let transport =
+            Transport::Tls { cluster_id: self.cluster_id().to_string(), revocations: self.revocations() };
+        let result = Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .layer(AuthzLayer::new(transport))
+            .add_service(CaServer::new(self.ca()))
+            .add_service(NodeCaServer::new(self.ca()))
+            .add_service(DispatcherServer::new(self.dispatcher()))
+            .add_service(ControlServer::new(self.control()))
+            .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
+            .await;
+        accept.abort();
+        Ok(result?)
+    }
+}
+
+type Accepted = Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>;
+
+async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, tx: mpsc::Sender<Accepted>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    let _ = tx.send(Ok(tls)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake refused"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}

@@ -1,0 +1,176 @@
+//! Shoal's PKI: root CA, CSR signing, node identity, join tokens, renewal timing, key files and rustls configs.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+pub mod base36;
+pub mod ca;
+pub mod files;
+pub mod id;
+pub mod node;
+pub mod renew;
+pub mod tls;
+pub mod token;
+
+pub use ca::{IssuedCert, RootCa};
+pub use node::{NodeKey, PeerIdentity};
+pub use tls::{CapturedServerCerts, ReloadableCert, Revocations};
+pub use token::{JoinToken, TokenError};
+
+/// DNS SAN that clients verify managers against.
+pub const MANAGER_SERVER_NAME: &str = "shoal-manager";
+/// DNS SAN carried by manager certificates so joiners can reach the CA endpoint.
+pub const CA_SERVER_NAME: &str = "shoal-ca";
+/// Default lifetime of node certificates (90 days).
+pub const DEFAULT_CERT_EXPIRY: Duration = Duration::from_secs(90 * 24 * 60 * 60);
+/// Shortest node certificate lifetime the CA will issue (1 hour).
+pub const MIN_CERT_EXPIRY: Duration = Duration::from_secs(60 * 60);
+
+/// The role a node plays in the cluster; encoded in the certificate's OU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Runs tasks only.
+    Worker,
+    /// Runs the control plane (and the CA).
+    Manager,
+}
+
+impl Role {
+    /// The role's lowercase name: `"worker"` or `"manager"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Worker => "worker",
+            Role::Manager => "manager",
+        }
+    }
+
+    /// The organizational unit (and DNS SAN) used in certificates for this role.
+    pub fn ou(&self) -> &'static str {
+        match self {
+            Role::Worker => "shoal-worker",
+            Role::Manager => "shoal-manager",
+        }
+    }
+
+    /// The role whose [`Role::ou`] is `s`, if any.
+    pub fn from_ou(s: &str) -> Option<Role> {
+        match s {
+            "shoal-worker" => Some(Role::Worker),
+            "shoal-manager" => Some(Role::Manager),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error returned when parsing a [`Role`] from an unknown name.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+#[error("unknown role \"{0}\": use worker or manager")]
+pub struct UnknownRoleError(pub String);
+
+impl FromStr for Role {
+    type Err = UnknownRoleError;
+
+    fn from_str(s: &str) -> Result<Role, UnknownRoleError> {
+        match s {
+            "worker" => Ok(Role::Worker),
+            "manager" => Ok(Role::Manager),
+            other => Err(UnknownRoleError(other.escape_debug().to_string())),
+        }
+    }
+}
+
+/// Installs rustls's ring provider as the process default; calling it again is harmless.
+pub fn install_crypto_provider() {
+    // An error only means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Errors from the CA, node identity, key file and TLS code.
+#[derive(thiserror::Error, Debug)]
+pub enum PkiError {
+    /// The certificate signing request could not be parsed or verified.
+    #[error("invalid certificate signing request: {0}; regenerate it with NodeKey::csr_der")]
+    BadCsr(String),
+    /// The CSR (or key) is not ECDSA P-256.
+    #[error("unsupported key type: {0}; shoal nodes must use ECDSA P-256 keys")]
+    UnsupportedKey(String),
+    /// The requested certificate lifetime is below [`MIN_CERT_EXPIRY`].
+    #[error("certificate expiry of {requested_secs}s is too short: the minimum is {minimum_secs}s (1 hour); ask for a longer expiry")]
+    ExpiryTooShort {
+        /// Requested lifetime in seconds.
+        requested_secs: u64,
+        /// Minimum lifetime in seconds.
+        minimum_secs: u64,
+    },
+    /// A node ID or cluster ID cannot be put in a certificate.
+    #[error("invalid identity: {0}")]
+    BadIdentity(String),
+    /// A certificate could not be parsed or lacks a shoal identity.
+    #[error("invalid certificate: {0}")]
+    BadCert(String),
+    /// A private key could not be parsed.
+    #[error("invalid private key: {0}")]
+    BadKey(String),
+    /// The certificate's public key does not belong to the given private key.
+    #[error(
+        "the certificate does not match the private key: {0}; use the key the CSR was made from"
+    )]
+    KeyMismatch(String),
+    /// The stored root CA certificate or key is unusable.
+    #[error("invalid root CA: {0}")]
+    BadCa(String),
+    /// Signing a certificate failed.
+    #[error("could not sign the certificate: {0}")]
+    Signing(String),
+    /// Building a rustls configuration failed.
+    #[error("TLS configuration error: {0}")]
+    Tls(String),
+    /// A server's certificate chain is not valid under the pinned root.
+    #[error("the server's certificate is not trusted: {0}")]
+    Untrusted(String),
+    /// `verify_against` was called before any server certificate was captured.
+    #[error(
+        "no server certificate was captured: complete the bootstrap handshake before verifying it"
+    )]
+    NothingCaptured,
+    /// A server name is not a valid DNS name.
+    #[error("invalid server name \"{0}\": use a DNS name such as shoal-manager")]
+    BadServerName(String),
+    /// The system clock is outside the range certificates can express.
+    #[error("system time out of range: {0}; check the system clock")]
+    Time(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_names_round_trip() {
+        for role in [Role::Worker, Role::Manager] {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+            assert_eq!(Role::from_ou(role.ou()), Some(role));
+        }
+        assert_eq!(Role::from_ou("worker"), None);
+    }
+
+    #[test]
+    fn unknown_role_message() {
+        let err = "boss".parse::<Role>().err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("unknown role \"boss\": use worker or manager"));
+    }
+
+    #[test]
+    fn install_is_idempotent() {
+        install_crypto_provider();
+        install_crypto_provider();
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+    }
+}

@@ -1,0 +1,122 @@
+//! rustls configurations for shoal: TLS 1.3 only, ring provider, ALPN h2, cluster-root trust and revocation checks.
+//!
+//! Session resumption is disabled on both sides so that every connection
+//! re-runs certificate verification (revocations take effect immediately)
+//! and always sees the current, possibly renewed, certificate.
+
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use crate::node::certs_from_pem;
+use crate::PkiError;
+
+mod bootstrap;
+mod reload;
+mod revoke;
+
+pub use bootstrap::CapturedServerCerts;
+pub use reload::ReloadableCert;
+pub use revoke::Revocations;
+
+use bootstrap::CapturingVerifier;
+use revoke::RevokingVerifier;
+
+/// The only ALPN protocol shoal speaks (gRPC over HTTP/2).
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// Server config: presents `cert`; client certs are optional but, when sent, must chain to the root and not be revoked.
+pub fn server_config(
+    root_ca_pem: &str,
+    cert: Arc<ReloadableCert>,
+    revocations: Arc<Revocations>,
+) -> Result<ServerConfig, PkiError> {
+    let provider = ring_provider();
+    let roots = Arc::new(root_store(root_ca_pem)?);
+    let inner = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| PkiError::Tls(format!("cannot build the client verifier: {e}")))?;
+    let verifier = Arc::new(RevokingVerifier { inner, revocations });
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| PkiError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // No resumption: a resumed session would skip the client-certificate
+    // (and revocation) check and keep serving a replaced certificate.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
+/// Client config: trusts only the cluster root; presents `cert` as client certificate when given.
+pub fn client_config(
+    root_ca_pem: &str,
+    cert: Option<Arc<ReloadableCert>>,
+) -> Result<ClientConfig, PkiError> {
+    let provider = ring_provider();
+    let roots = Arc::new(root_store(root_ca_pem)?);
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
+        .build()
+        .map_err(|e| PkiError::Tls(format!("cannot build the server verifier: {e}")))?;
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| PkiError::Tls(e.to_string()))?
+        .with_webpki_verifier(verifier);
+    let mut config = match cert {
+        Some(cert) => builder.with_client_cert_resolver(cert),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // Always do a full handshake so the server's current certificate is verified.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
+}
+
+/// Client config for a joiner's first call, before it knows the root CA.
+///
+/// **DANGER:** it accepts ANY server certificate and only records the chain.
+/// Only the digest-pinned CA fetch may use it; afterwards the caller MUST pin
+/// the fetched bundle with [`crate::JoinToken::matches_ca`] and call
+/// [`CapturedServerCerts::verify_against`] before trusting the connection.
+pub fn bootstrap_client_config() -> (ClientConfig, Arc<CapturedServerCerts>) {
+    let provider = ring_provider();
+    let captured = Arc::new(CapturedServerCerts::default());
+    let verifier = Arc::new(CapturingVerifier {
+        captured: Arc::clone(&captured),
+        provider: Arc::clone(&provider),
+    });
+    let builder = match ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+    {
+        Ok(builder) => builder,
+        // The ring provider always supports TLS 1.3; reaching this is a build bug.
+        Err(e) => panic!("ring provider rejected TLS 1.3: {e}"),
+    };
+    let mut config =
+        builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    (config, captured)
+}
+
+/// The ring crypto provider, used explicitly so configs never depend on the process default.
+fn ring_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A root store holding every certificate in the CA bundle PEM.
+fn root_store(root_ca_pem: &str) -> Result<RootCertStore, PkiError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs_from_pem(root_ca_pem)? {
+        roots.add(cert).map_err(|e| {
+            PkiError::BadCa(format!("the CA bundle holds an unusable certificate ({e})"))
+        })?;
+    }
+    Ok(roots)
+}
