@@ -55,7 +55,10 @@ pub fn describe(addr: &str, e: &(dyn std::error::Error + 'static)) -> String {
     let detail = causes.last().cloned().unwrap_or_default();
     let hint = if detail.contains("refused") {
         "; check the address and that shoald listens there"
-    } else if detail.contains("Certificate") || detail.contains("certificate") || detail.contains("alert") {
+    } else if detail.contains("Certificate")
+        || detail.contains("certificate")
+        || detail.contains("alert")
+    {
         "; the manager refused this node's certificate or presented one this node does not trust"
     } else {
         ""

@@ -110,11 +110,20 @@ impl NodeFiles {
     fn ensure_dirs(&self) -> Result<(), FilesError> {
         use std::os::unix::fs::DirBuilderExt;
         let certs = self.certs();
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&certs).map_err(io_err(&certs))
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&certs)
+            .map_err(io_err(&certs))
     }
 
     /// Writes key + chain in one atomic 0600 file, then the public copies.
-    pub fn save_identity(&self, key: &NodeKey, chain_pem: &str, root_ca_pem: &str) -> Result<(), FilesError> {
+    pub fn save_identity(
+        &self,
+        key: &NodeKey,
+        chain_pem: &str,
+        root_ca_pem: &str,
+    ) -> Result<(), FilesError> {
         self.ensure_dirs()?;
         let identity = format!("{}\n{}", key.to_pem().trim_end(), chain_pem);
         let path = self.identity_path();
@@ -129,7 +138,10 @@ impl NodeFiles {
     pub fn load_identity(&self) -> Result<(NodeKey, String, String), FilesError> {
         let path = self.identity_path();
         let pem = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-        let damaged = |reason: &str| FilesError::Damaged { path: path.display().to_string(), reason: reason.into() };
+        let damaged = |reason: &str| FilesError::Damaged {
+            path: path.display().to_string(),
+            reason: reason.into(),
+        };
         let key_pem = key_block(&pem).ok_or_else(|| damaged("no private key"))?;
         let key = NodeKey::from_pem(key_pem)
             .map_err(|source| FilesError::Pki { path: path.display().to_string(), source })?;
@@ -157,9 +169,8 @@ impl NodeFiles {
     pub fn load_state(&self) -> Result<Option<NodeState>, FilesError> {
         let path = self.state_path();
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| FilesError::Damaged {
-                path: path.display().to_string(),
-                reason: e.to_string(),
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                FilesError::Damaged { path: path.display().to_string(), reason: e.to_string() }
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&path)(e)),
@@ -175,7 +186,9 @@ impl NodeFiles {
             }
         }
         match std::fs::remove_file(self.state_path()) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&self.state_path())(e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io_err(&self.state_path())(e))
+            }
             _ => Ok(()),
         }
     }

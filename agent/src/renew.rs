@@ -86,7 +86,10 @@ async fn renew_once(
     let new_id = PeerIdentity::from_pem(&chain).map_err(|e| e.to_string())?;
     let old_id = cert.identity();
     if new_id.node_id != old_id.node_id || new_id.cluster_id != old_id.cluster_id {
-        return Err(format!("the renewed certificate is for node {}, not this one", new_id.node_id));
+        return Err(format!(
+            "the renewed certificate is for node {}, not this one",
+            new_id.node_id
+        ));
     }
     cfg.files.save_identity(&key, &chain, &cfg.root_ca_pem).map_err(|e| e.to_string())?;
     cert.replace(&chain, &key).map_err(|e| e.to_string())?;

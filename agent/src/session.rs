@@ -65,8 +65,10 @@ async fn session(
 ) -> Result<(), String> {
     let channel: Channel = connect(addr, tls).await?;
     let mut client = DispatcherClient::new(channel);
-    let request =
-        SessionRequest { hostname: cfg.hostname.clone(), advertise_addr: cfg.advertise_addr.clone() };
+    let request = SessionRequest {
+        hostname: cfg.hostname.clone(),
+        advertise_addr: cfg.advertise_addr.clone(),
+    };
     let line = |s: tonic::Status| status_line(addr, &s);
     let mut stream = client.session(request).await.map_err(line)?.into_inner();
     let first = stream.message().await.map_err(line)?.ok_or("the manager closed the session")?;

@@ -36,7 +36,9 @@ impl Manager {
 
 fn csr_status(e: PkiError) -> Status {
     match e {
-        PkiError::BadCsr(msg) => Status::invalid_argument(format!("bad certificate request: {msg}")),
+        PkiError::BadCsr(msg) => {
+            Status::invalid_argument(format!("bad certificate request: {msg}"))
+        }
         other => Status::internal(other.to_string()),
     }
 }
@@ -62,18 +64,28 @@ impl NodeCa for CaApi {
         if req.csr_der.is_empty() {
             return Err(Status::invalid_argument("the certificate request (CSR) is empty"));
         }
-        let token = JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let token =
+            JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let shared = &self.shared;
         let (node, chain) = shared
             .store
             .update(|tx| {
-                let mut cluster = tx.get::<Cluster>(&shared.cluster_id)?.ok_or_else(|| Status::internal("cluster object missing"))?;
+                let mut cluster = tx
+                    .get::<Cluster>(&shared.cluster_id)?
+                    .ok_or_else(|| Status::internal("cluster object missing"))?;
                 let role = tokens::redeem(&mut cluster, &token, now_ms())
                     .map_err(|e| Status::permission_denied(e.to_string()))?;
                 let node_id = fresh_node_id(|id| Ok(tx.get::<Node>(id)?.is_none()))?;
                 let issued = shared
                     .ca
-                    .sign_node_csr(&req.csr_der, &node_id, role, &shared.cluster_id, cert_expiry(&cluster), SystemTime::now())
+                    .sign_node_csr(
+                        &req.csr_der,
+                        &node_id,
+                        role,
+                        &shared.cluster_id,
+                        cert_expiry(&cluster),
+                        SystemTime::now(),
+                    )
                     .map_err(csr_status)?;
                 let node = Node {
                     id: node_id,
@@ -117,13 +129,22 @@ pub(crate) async fn renew(shared: &Shared, node_id: &str, csr: &[u8]) -> Result<
     let chain = shared
         .store
         .update(|tx| {
-            let cluster = tx.get::<Cluster>(&shared.cluster_id)?.ok_or_else(|| Status::internal("cluster object missing"))?;
-            let mut node = tx
-                .get::<Node>(node_id)?
-                .ok_or_else(|| Status::not_found(format!("node {node_id} is not part of this cluster")))?;
+            let cluster = tx
+                .get::<Cluster>(&shared.cluster_id)?
+                .ok_or_else(|| Status::internal("cluster object missing"))?;
+            let mut node = tx.get::<Node>(node_id)?.ok_or_else(|| {
+                Status::not_found(format!("node {node_id} is not part of this cluster"))
+            })?;
             let issued = shared
                 .ca
-                .sign_node_csr(csr, node_id, pki_role(node.role()), &shared.cluster_id, cert_expiry(&cluster), SystemTime::now())
+                .sign_node_csr(
+                    csr,
+                    node_id,
+                    pki_role(node.role()),
+                    &shared.cluster_id,
+                    cert_expiry(&cluster),
+                    SystemTime::now(),
+                )
                 .map_err(csr_status)?;
             node.certificate = Some(certificate(&issued));
             node.serials.push(issued.serial_hex.clone());

@@ -15,9 +15,7 @@ use shoal_proto::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::manager::{
-    now_ms, pki_role, validate_cert_expiry, validate_heartbeat, Manager, Shared,
-};
+use crate::manager::{now_ms, pki_role, validate_cert_expiry, validate_heartbeat, Manager, Shared};
 use crate::tokens::{self, TokenPolicy};
 
 /// The Control gRPC service.
@@ -101,7 +99,10 @@ impl Control for ControlApi {
         Ok(Response::new(ListNodesResponse { nodes, leader_id: self.shared.local_node_id.clone() }))
     }
 
-    async fn get_node(&self, req: Request<GetNodeRequest>) -> Result<Response<GetNodeResponse>, Status> {
+    async fn get_node(
+        &self,
+        req: Request<GetNodeRequest>,
+    ) -> Result<Response<GetNodeResponse>, Status> {
         let nodes = self.shared.store.list::<Node>()?;
         let node = resolve_node(&nodes, &req.get_ref().reference)?.clone();
         Ok(Response::new(GetNodeResponse { node: Some(node) }))
@@ -120,8 +121,14 @@ impl Control for ControlApi {
         shared
             .store
             .update(|tx| {
-                let mut cluster = tx.get::<Cluster>(&shared.cluster_id)?.ok_or_else(|| Status::internal("cluster object missing"))?;
-                cluster.revoked.push(Revoked { node_id: node.id.clone(), serials: node.serials.clone(), until_unix: until });
+                let mut cluster = tx
+                    .get::<Cluster>(&shared.cluster_id)?
+                    .ok_or_else(|| Status::internal("cluster object missing"))?;
+                cluster.revoked.push(Revoked {
+                    node_id: node.id.clone(),
+                    serials: node.serials.clone(),
+                    until_unix: until,
+                });
                 tx.update(cluster)?;
                 tx.delete::<Node>(&node.id)?;
                 Ok::<_, Status>(())
@@ -149,16 +156,20 @@ impl Control for ControlApi {
     ) -> Result<Response<ClusterInfo>, Status> {
         let req = req.into_inner();
         if req.cert_expiry_secs != 0 {
-            validate_cert_expiry(Duration::from_secs(req.cert_expiry_secs)).map_err(Status::invalid_argument)?;
+            validate_cert_expiry(Duration::from_secs(req.cert_expiry_secs))
+                .map_err(Status::invalid_argument)?;
         }
         if req.heartbeat_period_ms != 0 {
-            validate_heartbeat(Duration::from_millis(req.heartbeat_period_ms)).map_err(Status::invalid_argument)?;
+            validate_heartbeat(Duration::from_millis(req.heartbeat_period_ms))
+                .map_err(Status::invalid_argument)?;
         }
         let cluster = self
             .shared
             .store
             .update(|tx| {
-                let mut cluster = tx.get::<Cluster>(&self.shared.cluster_id)?.ok_or_else(|| Status::internal("cluster object missing"))?;
+                let mut cluster = tx
+                    .get::<Cluster>(&self.shared.cluster_id)?
+                    .ok_or_else(|| Status::internal("cluster object missing"))?;
                 let spec = cluster.spec.get_or_insert_with(ClusterSpec::default);
                 if req.cert_expiry_secs != 0 {
                     spec.cert_expiry_secs = req.cert_expiry_secs;
@@ -194,7 +205,9 @@ impl Control for ControlApi {
             .shared
             .store
             .update(|tx| {
-                let mut cluster = tx.get::<Cluster>(&self.shared.cluster_id)?.ok_or_else(|| Status::internal("cluster object missing"))?;
+                let mut cluster = tx
+                    .get::<Cluster>(&self.shared.cluster_id)?
+                    .ok_or_else(|| Status::internal("cluster object missing"))?;
                 let tokens = cluster.join_tokens.get_or_insert_with(JoinTokens::default);
                 *tokens::record_mut(tokens, role) = Some(tokens::mint(policy, now_ms()));
                 tx.update(cluster.clone())?;

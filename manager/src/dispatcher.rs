@@ -102,7 +102,8 @@ impl Manager {
             loop {
                 let Some(shared) = weak.upgrade() else { return };
                 let period = shared.cluster().map(|c| heartbeat_period(&c)).unwrap_or_default();
-                let tick = (period / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
+                let tick =
+                    (period / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
                 for node_id in shared.sessions.take_expired() {
                     if let Err(e) = mark_down(&shared, &node_id).await {
                         tracing::warn!(node = %node_id, error = %e, "could not mark node down");
@@ -192,7 +193,11 @@ impl Dispatcher for DispatcherApi {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let id = caller(&req).node()?.clone();
         let period = heartbeat_period(&self.shared.cluster()?);
-        if !self.shared.sessions.beat(&id.node_id, &req.get_ref().session_id, period * GRACE_PERIODS) {
+        if !self.shared.sessions.beat(
+            &id.node_id,
+            &req.get_ref().session_id,
+            period * GRACE_PERIODS,
+        ) {
             return Err(Status::not_found("unknown session; open a new one"));
         }
         Ok(Response::new(HeartbeatResponse { period_ms: jittered(period).as_millis() as u64 }))

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use shoal_pki::{IssuedCert, NodeKey, Revocations, RootCa, Role};
+use shoal_pki::{IssuedCert, NodeKey, Revocations, Role, RootCa};
 use shoal_proto::{
     Availability, Cluster, ClusterSpec, JoinTokens, Node, NodeCertificate, NodeRole, NodeState,
 };
@@ -86,10 +86,7 @@ pub(crate) fn pki_role(role: NodeRole) -> Role {
 /// Checks a certificate expiry against the cluster's bounds.
 pub fn validate_cert_expiry(expiry: Duration) -> Result<(), String> {
     if expiry < shoal_pki::MIN_CERT_EXPIRY {
-        return Err(format!(
-            "certificate expiry {} is below the minimum of 1h",
-            humanize(expiry)
-        ));
+        return Err(format!("certificate expiry {} is below the minimum of 1h", humanize(expiry)));
     }
     Ok(())
 }
@@ -266,10 +263,9 @@ pub(crate) fn cert_expiry(cluster: &Cluster) -> Duration {
 impl Shared {
     /// The cluster object.
     pub fn cluster(&self) -> Result<Cluster, StoreError> {
-        self.store.get::<Cluster>(&self.cluster_id)?.ok_or_else(|| StoreError::NotFound {
-            kind: "cluster",
-            id: self.cluster_id.clone(),
-        })
+        self.store
+            .get::<Cluster>(&self.cluster_id)?
+            .ok_or_else(|| StoreError::NotFound { kind: "cluster", id: self.cluster_id.clone() })
     }
 
     /// Addresses of the managers that serve the control plane. Until managers replicate with

@@ -37,8 +37,10 @@ impl Manager {
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
         let accept = tokio::spawn(accept_loop(listener, acceptor, tx));
-        let transport =
-            Transport::Tls { cluster_id: self.cluster_id().to_string(), revocations: self.revocations() };
+        let transport = Transport::Tls {
+            cluster_id: self.cluster_id().to_string(),
+            revocations: self.revocations(),
+        };
         let result = Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))

@@ -100,7 +100,13 @@ impl Store {
             _ => 0,
         };
         let (events, _) = broadcast::channel(1024);
-        Ok(Store { db, objects, write_lock: Mutex::new(()), version: AtomicU64::new(version), events })
+        Ok(Store {
+            db,
+            objects,
+            write_lock: Mutex::new(()),
+            version: AtomicU64::new(version),
+            events,
+        })
     }
 
     /// The version of the last committed change.
@@ -177,7 +183,11 @@ impl Store {
 }
 
 fn decode<T: Object>(id: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    T::decode(bytes).map_err(|source| StoreError::Corrupt { kind: T::KIND, id: id.to_string(), source })
+    T::decode(bytes).map_err(|source| StoreError::Corrupt {
+        kind: T::KIND,
+        id: id.to_string(),
+        source,
+    })
 }
 
 /// A transaction in progress: reads see its own writes; nothing is visible to others until the
@@ -204,7 +214,9 @@ impl Tx<'_> {
         let mut all: BTreeMap<String, T> =
             self.store.list::<T>()?.into_iter().map(|o| (o.id().to_string(), o)).collect();
         let prefix = key(T::KIND, "");
-        for (k, v) in self.writes.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)) {
+        for (k, v) in
+            self.writes.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix))
+        {
             let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
             match v {
                 Some(bytes) => all.insert(id.clone(), decode(&id, bytes)?),
@@ -220,7 +232,8 @@ impl Tx<'_> {
             return Err(StoreError::Exists { kind: T::KIND, id: obj.id().to_string() });
         }
         let now = now_ms();
-        *obj.meta_mut() = Meta { version: self.store.version() + 1, created_at_ms: now, updated_at_ms: now };
+        *obj.meta_mut() =
+            Meta { version: self.store.version() + 1, created_at_ms: now, updated_at_ms: now };
         self.put(obj);
         Ok(())
     }
@@ -232,7 +245,11 @@ impl Tx<'_> {
             .ok_or_else(|| StoreError::NotFound { kind: T::KIND, id: obj.id().to_string() })?;
         let (have, want) = (current.meta().map(|m| m.version), obj.meta().map(|m| m.version));
         if have != want {
-            return Err(StoreError::Conflict { kind: T::KIND, id: obj.id().to_string(), expected: want.unwrap_or(0) });
+            return Err(StoreError::Conflict {
+                kind: T::KIND,
+                id: obj.id().to_string(),
+                expected: want.unwrap_or(0),
+            });
         }
         let meta = obj.meta_mut();
         meta.version = self.store.version() + 1;
@@ -335,7 +352,7 @@ mod tests {
                 assert_eq!(tx.list::<Node>()?.len(), 1);
                 tx.delete::<Node>("a")?;
                 assert!(tx.get::<Node>("a")?.is_none());
-                Ok(())
+                Ok::<_, StoreError>(())
             })
             .await
             .unwrap();

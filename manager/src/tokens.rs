@@ -18,7 +18,9 @@ pub enum TokenRefused {
          one with 'shoal swarm join-token worker' (or manager) on a manager"
     )]
     Unknown,
-    #[error("the {0} join token has expired; rotate it with 'shoal swarm join-token --rotate {0}'")]
+    #[error(
+        "the {0} join token has expired; rotate it with 'shoal swarm join-token --rotate {0}'"
+    )]
     Expired(&'static str),
     #[error(
         "the {0} join token has been used its maximum of {1} times; rotate it with \
@@ -70,7 +72,11 @@ pub fn encode(root_ca_pem: &str, rec: &JoinTokenRecord) -> String {
 }
 
 /// Checks a parsed token against the cluster and, if it is good, counts one use of it.
-pub fn redeem(cluster: &mut Cluster, presented: &JoinToken, now_ms: i64) -> Result<Role, TokenRefused> {
+pub fn redeem(
+    cluster: &mut Cluster,
+    presented: &JoinToken,
+    now_ms: i64,
+) -> Result<Role, TokenRefused> {
     let root = cluster.root_ca.as_ref().map(|r| r.cert_pem.as_str()).unwrap_or_default();
     if !presented.matches_ca(root.as_bytes()) {
         return Err(TokenRefused::OtherCluster);

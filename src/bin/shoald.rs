@@ -1,1 +1,74 @@
-fn main() {}
+//! The `shoald` node daemon.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use shoal::daemon::{Daemon, DaemonConfig};
+use tracing_subscriber::EnvFilter;
+
+/// Runs a Shoal node: its agent always, its manager once it inits a swarm.
+#[derive(Debug, Parser)]
+#[command(name = "shoald", version)]
+struct Args {
+    /// Where the node keeps its state
+    #[arg(long, default_value = "/var/lib/shoal")]
+    data_root: PathBuf,
+    /// Local API socket (unix:///PATH.sock), reachable by root only
+    #[arg(short = 'H', long = "host", default_value = concat!("unix://", "/var/run/shoal.sock"))]
+    host: String,
+    /// Name this node reports (default: the system hostname)
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Log filter (error, warn, info, debug, trace, or a tracing filter)
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// Divide certificate renewal waits by this factor (tests only)
+    #[arg(long, default_value_t = 1.0, hide = true)]
+    test_time_scale: f64,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    shoal_pki::install_crypto_provider();
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&args.log_level).context("--log-level")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let socket = match shoal::client::parse_host(&args.host)? {
+        shoal::client::Host::Unix(path) => path,
+        shoal::client::Host::Tcp(_) => bail!("shoald serves its local API on a unix socket only"),
+    };
+    if !(args.test_time_scale >= 1.0) {
+        bail!("--test-time-scale must be at least 1");
+    }
+    let hostname = match args.hostname {
+        Some(h) => h,
+        None => hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "localhost".into()),
+    };
+    let cfg =
+        DaemonConfig { data_root: args.data_root, hostname, time_scale: args.test_time_scale };
+    let daemon = Daemon::start(cfg).await?;
+    tracing::info!(socket = %socket.display(), "shoald ready");
+    shoal::local_api::serve(daemon.clone(), &socket, shutdown_signal()).await?;
+    daemon.stop().await;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

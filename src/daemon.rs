@@ -1,0 +1,369 @@
+//! Owns one node process: its membership (none, worker, manager), the manager and agent it runs,
+//! the cluster TCP port, and the transitions init / join / leave / restart between them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use shoal_agent::{Agent, AgentConfig, AgentStatus, NodeFiles, NodeState};
+use shoal_manager::{InitParams, Manager};
+use shoal_pki::{NodeKey, PeerIdentity, ReloadableCert, Role};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Mutex};
+use tokio::task::JoinHandle;
+
+/// Default cluster port.
+pub const DEFAULT_PORT: u16 = 4242;
+
+/// How to run a node.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub data_root: PathBuf,
+    pub hostname: String,
+    /// Divides certificate renewal waits (tests only).
+    pub time_scale: f64,
+}
+
+/// What `swarm init` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct InitOptions {
+    pub listen_addr: String,
+    pub advertise_addr: String,
+    pub cert_expiry: Option<Duration>,
+    pub heartbeat: Option<Duration>,
+}
+
+/// What `swarm join` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct JoinOptions {
+    pub token: String,
+    pub remote_addr: String,
+    pub listen_addr: String,
+    pub advertise_addr: String,
+}
+
+/// A node that is part of a cluster.
+#[derive(Debug)]
+struct Member {
+    state: NodeState,
+    cert: Arc<ReloadableCert>,
+    agent: Agent,
+    manager: Option<Serving>,
+}
+
+#[derive(Debug)]
+struct Serving {
+    manager: Manager,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<()>,
+    monitor: JoinHandle<()>,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.monitor.abort();
+        self.server.abort();
+    }
+}
+
+/// The node daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    cfg: DaemonConfig,
+    files: NodeFiles,
+    member: Mutex<Option<Member>>,
+}
+
+/// A snapshot for `shoal info`.
+#[derive(Clone, Debug, Default)]
+pub struct Info {
+    pub state: Option<NodeState>,
+    pub identity: Option<PeerIdentity>,
+    pub agent: AgentStatus,
+    pub manager: Option<Manager>,
+}
+
+const ALREADY: &str =
+    "this node is already part of a swarm; use 'shoal swarm leave' to leave it first";
+
+impl Daemon {
+    /// Opens the data root and resumes membership if the node was part of a cluster.
+    pub async fn start(cfg: DaemonConfig) -> Result<Arc<Daemon>> {
+        let files = NodeFiles::new(&cfg.data_root);
+        std::fs::create_dir_all(&cfg.data_root)
+            .with_context(|| format!("creating data root {}", cfg.data_root.display()))?;
+        let daemon = Arc::new(Daemon { cfg, files, member: Mutex::new(None) });
+        if let Some(state) = daemon.files.load_state()? {
+            let member = daemon.resume(state).await.context("resuming cluster membership")?;
+            *daemon.member.lock().await = Some(member);
+        }
+        Ok(daemon)
+    }
+
+    /// The data root.
+    pub fn files(&self) -> &NodeFiles {
+        &self.files
+    }
+
+    async fn resume(&self, state: NodeState) -> Result<Member> {
+        let (key, chain, root) = self.files.load_identity()?;
+        let cert = ReloadableCert::new(&chain, &key)?;
+        let manager = if state.runs_manager {
+            let manager = Manager::open(&self.files.store_dir(), &state.node_id)?;
+            let listener = bind(&state.listen_addr).await?;
+            Some(serve(manager, listener, cert.clone()))
+        } else {
+            None
+        };
+        let agent = self.start_agent(&state, cert.clone(), root)?;
+        tracing::info!(node = %state.node_id, role = %state.role, "resumed cluster membership");
+        Ok(Member { state, cert, agent, manager })
+    }
+
+    fn start_agent(
+        &self,
+        state: &NodeState,
+        cert: Arc<ReloadableCert>,
+        root: String,
+    ) -> Result<Agent> {
+        let cfg = AgentConfig {
+            hostname: self.cfg.hostname.clone(),
+            advertise_addr: state.advertise_addr.clone(),
+            time_scale: self.cfg.time_scale,
+        };
+        Ok(Agent::start(cfg, self.files.clone(), cert, root, state.manager_addrs.clone())?)
+    }
+
+    /// `swarm init`: a new cluster with this node as its manager. Returns the state and tokens.
+    pub async fn init(&self, opts: InitOptions) -> Result<(NodeState, String, String)> {
+        let mut member = self.member.lock().await;
+        if member.is_some() {
+            bail!(ALREADY);
+        }
+        let listen = normalize_listen(&opts.listen_addr)?;
+        let advertise = advertise_addr(&opts.advertise_addr, &listen)?;
+        let listener = bind(&listen.to_string()).await?;
+        let params = InitParams {
+            hostname: self.cfg.hostname.clone(),
+            advertise_addr: advertise.clone(),
+            cert_expiry: opts.cert_expiry.unwrap_or(shoal_pki::DEFAULT_CERT_EXPIRY),
+            heartbeat: opts.heartbeat.unwrap_or(shoal_manager::manager::DEFAULT_HEARTBEAT),
+        };
+        let key = NodeKey::generate()?;
+        let store_dir = self.files.store_dir();
+        let (manager, node_id, issued) = match Manager::init(&store_dir, params, &key).await {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&store_dir);
+                return Err(e.into());
+            }
+        };
+        let state = NodeState {
+            node_id,
+            cluster_id: manager.cluster_id().to_string(),
+            role: Role::Manager.as_str().into(),
+            runs_manager: true,
+            listen_addr: listen.to_string(),
+            advertise_addr: advertise.clone(),
+            manager_addrs: vec![advertise],
+        };
+        let tokens = (manager.join_token(Role::Worker)?, manager.join_token(Role::Manager)?);
+        let root = manager.root_ca_pem().to_string();
+        if let Err(e) = self.save(&key, &issued.cert_pem, &root, &state) {
+            let _ = self.files.wipe();
+            return Err(e);
+        }
+        let cert = ReloadableCert::new(&issued.cert_pem, &key)?;
+        let serving = serve(manager, listener, cert.clone());
+        let agent = self.start_agent(&state, cert.clone(), root)?;
+        tracing::info!(node = %state.node_id, cluster = %state.cluster_id, "swarm initialized");
+        *member = Some(Member { state: state.clone(), cert, agent, manager: Some(serving) });
+        Ok((state, tokens.0, tokens.1))
+    }
+
+    fn save(&self, key: &NodeKey, chain: &str, root: &str, state: &NodeState) -> Result<()> {
+        self.files.save_identity(key, chain, root)?;
+        self.files.save_state(state)?;
+        Ok(())
+    }
+
+    /// `swarm join`: joins the cluster of the manager at `opts.remote_addr`.
+    pub async fn join(&self, opts: JoinOptions) -> Result<NodeState> {
+        let mut member = self.member.lock().await;
+        if member.is_some() {
+            bail!(ALREADY);
+        }
+        let listen = normalize_listen(&opts.listen_addr)?;
+        let advertise = advertise_addr(&opts.advertise_addr, &listen)?;
+        let params = shoal_agent::JoinParams {
+            token: opts.token,
+            remote_addr: with_default_port(&opts.remote_addr),
+            hostname: self.cfg.hostname.clone(),
+            advertise_addr: advertise.clone(),
+        };
+        let joined = shoal_agent::join(&params).await?;
+        let state = NodeState {
+            node_id: joined.node_id.clone(),
+            cluster_id: joined.cluster_id.clone(),
+            role: joined.role.as_str().into(),
+            runs_manager: false,
+            listen_addr: listen.to_string(),
+            advertise_addr: advertise,
+            manager_addrs: if joined.manager_addrs.is_empty() {
+                vec![params.remote_addr.clone()]
+            } else {
+                joined.manager_addrs.clone()
+            },
+        };
+        if let Err(e) = self.save(&joined.key, &joined.cert_chain_pem, &joined.root_ca_pem, &state)
+        {
+            let _ = self.files.wipe();
+            return Err(e);
+        }
+        let cert = ReloadableCert::new(&joined.cert_chain_pem, &joined.key)?;
+        let agent = self.start_agent(&state, cert.clone(), joined.root_ca_pem)?;
+        tracing::info!(node = %state.node_id, role = %state.role, "joined swarm");
+        *member = Some(Member { state: state.clone(), cert, agent, manager: None });
+        Ok(state)
+    }
+
+    /// `swarm leave`: stops taking part and forgets the cluster.
+    pub async fn leave(&self, force: bool) -> Result<()> {
+        let mut member = self.member.lock().await;
+        let Some(current) = member.as_ref() else {
+            bail!("this node is not part of a swarm");
+        };
+        if current.manager.is_some() && !force {
+            bail!(
+                "this node is the cluster's manager: leaving would lose the whole cluster's state; \
+                 use --force to leave anyway"
+            );
+        }
+        *member = None;
+        self.files.wipe()?;
+        tracing::info!("left the swarm");
+        Ok(())
+    }
+
+    /// The manager this node runs, if any.
+    pub async fn manager(&self) -> Option<Manager> {
+        let member = self.member.lock().await;
+        member.as_ref().and_then(|m| m.manager.as_ref()).map(|s| s.manager.clone())
+    }
+
+    /// A snapshot of the node's state.
+    pub async fn info(&self) -> Info {
+        let member = self.member.lock().await;
+        match member.as_ref() {
+            None => Info::default(),
+            Some(m) => Info {
+                state: Some(m.state.clone()),
+                identity: Some(m.cert.identity()),
+                agent: m.agent.status(),
+                manager: m.manager.as_ref().map(|s| s.manager.clone()),
+            },
+        }
+    }
+
+    /// Stops serving (for shutdown).
+    pub async fn stop(&self) {
+        self.member.lock().await.take();
+    }
+}
+
+fn serve(manager: Manager, listener: TcpListener, cert: Arc<ReloadableCert>) -> Serving {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let monitor = manager.spawn_monitor();
+    let m = manager.clone();
+    let server = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        if let Err(e) = m.serve_tls(listener, cert, shutdown).await {
+            tracing::error!(error = %e, "cluster port stopped");
+        }
+    });
+    Serving { manager, stop: Some(stop), server, monitor }
+}
+
+async fn bind(addr: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("could not listen on {addr}"))
+}
+
+/// Appends the default port to a bare IP or host name.
+fn with_default_port(addr: &str) -> String {
+    let has_port = addr.parse::<SocketAddr>().is_ok()
+        || addr.rsplit_once(':').is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok());
+    if has_port {
+        addr.to_string()
+    } else if addr.contains(':') && !addr.starts_with('[') {
+        format!("[{addr}]:{DEFAULT_PORT}")
+    } else {
+        format!("{addr}:{DEFAULT_PORT}")
+    }
+}
+
+/// Parses a listen address (`IP`, `IP:PORT`), defaulting to 0.0.0.0:4242.
+pub fn normalize_listen(addr: &str) -> Result<SocketAddr> {
+    if addr.is_empty() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
+    }
+    with_default_port(addr)
+        .parse()
+        .with_context(|| format!("invalid listen address {addr:?}: use IP or IP:PORT"))
+}
+
+/// Chooses the address other nodes use to reach this one.
+pub fn advertise_addr(given: &str, listen: &SocketAddr) -> Result<String> {
+    if !given.is_empty() {
+        let bad = || format!("invalid advertise address {given:?}: use IP or IP:PORT");
+        let chosen = match given.parse::<std::net::IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, listen.port()),
+            Err(_) => given.parse::<SocketAddr>().with_context(bad)?,
+        };
+        return Ok(chosen.to_string());
+    }
+    if !listen.ip().is_unspecified() {
+        return Ok(listen.to_string());
+    }
+    let ips: Vec<_> = if_addrs::get_if_addrs()
+        .context("listing network interfaces")?
+        .into_iter()
+        .filter(|i| !i.is_loopback() && i.ip().is_ipv4())
+        .map(|i| i.ip())
+        .collect();
+    match ips.as_slice() {
+        [one] => Ok(SocketAddr::new(*one, listen.port()).to_string()),
+        [] => Ok(SocketAddr::from(([127, 0, 0, 1], listen.port())).to_string()),
+        many => bail!(
+            "could not choose an address to advertise: this host has several ({}); pass --advertise-addr",
+            many.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_default_like_docker() {
+        assert_eq!(normalize_listen("").unwrap().to_string(), "0.0.0.0:4242");
+        assert_eq!(normalize_listen("10.1.2.3").unwrap().to_string(), "10.1.2.3:4242");
+        assert_eq!(normalize_listen("10.1.2.3:5000").unwrap().to_string(), "10.1.2.3:5000");
+        assert!(normalize_listen("nonsense:x").is_err());
+        let listen: SocketAddr = "0.0.0.0:5000".parse().unwrap();
+        assert_eq!(advertise_addr("10.0.0.9", &listen).unwrap(), "10.0.0.9:5000");
+        assert_eq!(advertise_addr("10.0.0.9:6000", &listen).unwrap(), "10.0.0.9:6000");
+        assert!(advertise_addr("not an ip", &listen).is_err());
+        let specific: SocketAddr = "10.0.0.2:4242".parse().unwrap();
+        assert_eq!(advertise_addr("", &specific).unwrap(), "10.0.0.2:4242");
+        assert_eq!(with_default_port("10.0.0.1"), "10.0.0.1:4242");
+        assert_eq!(with_default_port("10.0.0.1:99"), "10.0.0.1:99");
+    }
+}

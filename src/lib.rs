@@ -1,0 +1,8 @@
+//! Shoal's command-line client and node daemon, wired from the workspace crates.
+
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod daemon;
+pub mod local_api;
+pub mod output;

@@ -1,0 +1,164 @@
+//! Owns the root-only unix socket: the Daemon service (init, join, leave, info) and the Control
+//! service, which it hands to this node's manager or refuses on a worker.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use shoal_manager::authz::{AuthzLayer, Transport};
+use shoal_proto::control_server::{Control, ControlServer};
+use shoal_proto::daemon_server::{Daemon as DaemonRpc, DaemonServer};
+use shoal_proto::*;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+
+use crate::daemon::{Daemon, InitOptions, JoinOptions};
+
+/// Serves the local socket at `path` until `shutdown` resolves.
+pub async fn serve(
+    daemon: Arc<Daemon>,
+    path: &Path,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing stale socket {}", path.display()))
+        }
+        _ => {}
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {} to root", path.display()))?;
+    let api = LocalApi { daemon };
+    tonic::transport::Server::builder()
+        .layer(AuthzLayer::new(Transport::Local))
+        .add_service(DaemonServer::new(api.clone()))
+        .add_service(ControlServer::new(api))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+#[derive(Clone, Debug)]
+struct LocalApi {
+    daemon: Arc<Daemon>,
+}
+
+fn failed(e: anyhow::Error) -> Status {
+    Status::failed_precondition(format!("{e:#}"))
+}
+
+fn duration(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+#[tonic::async_trait]
+impl DaemonRpc for LocalApi {
+    async fn init(&self, req: Request<InitRequest>) -> Result<Response<InitResponse>, Status> {
+        let r = req.into_inner();
+        let opts = InitOptions {
+            listen_addr: r.listen_addr,
+            advertise_addr: r.advertise_addr,
+            cert_expiry: duration(r.cert_expiry_secs.saturating_mul(1000)),
+            heartbeat: duration(r.heartbeat_period_ms),
+        };
+        let (state, worker_token, manager_token) = self.daemon.init(opts).await.map_err(failed)?;
+        Ok(Response::new(InitResponse {
+            node_id: state.node_id,
+            cluster_id: state.cluster_id,
+            worker_token,
+            manager_token,
+            advertise_addr: state.advertise_addr,
+        }))
+    }
+
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let r = req.into_inner();
+        let opts = JoinOptions {
+            token: r.token,
+            remote_addr: r.remote_addr,
+            listen_addr: r.listen_addr,
+            advertise_addr: r.advertise_addr,
+        };
+        let state = self.daemon.join(opts).await.map_err(failed)?;
+        let role = if state.role == "manager" { NodeRole::Manager } else { NodeRole::Worker };
+        Ok(Response::new(JoinResponse { node_id: state.node_id, role: role as i32 }))
+    }
+
+    async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
+        self.daemon.leave(req.get_ref().force).await.map_err(failed)?;
+        Ok(Response::new(LeaveResponse {}))
+    }
+
+    async fn info(&self, _req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let info = self.daemon.info().await;
+        let mut resp = InfoResponse {
+            swarm_state: "inactive".into(),
+            data_root: self.daemon.files().root().display().to_string(),
+            ..Default::default()
+        };
+        if let (Some(state), Some(id)) = (info.state, info.identity) {
+            resp.swarm_state = if info.agent.connected { "active" } else { "pending" }.into();
+            resp.node_id = state.node_id;
+            resp.role = if state.role == "manager" { NodeRole::Manager as i32 } else { 0 };
+            resp.cluster_id = state.cluster_id;
+            resp.node_addr = state.advertise_addr;
+            resp.manager_addrs = info.agent.manager_addrs;
+            resp.cert_not_after_unix = unix(id.not_after);
+            resp.cert_serial = id.serial_hex;
+            resp.is_manager = info.manager.is_some();
+            resp.error = info.agent.error.unwrap_or_default();
+            resp.cert_renewals = info.agent.renewals;
+        }
+        if let Some(manager) = info.manager {
+            let nodes = manager.store().list::<Node>().map_err(Status::from)?;
+            resp.nodes = nodes.len() as u32;
+            resp.managers = nodes.iter().filter(|n| n.role() == NodeRole::Manager).count() as u32;
+        }
+        Ok(Response::new(resp))
+    }
+}
+
+fn unix(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+impl LocalApi {
+    async fn control(&self) -> Result<shoal_manager::control::ControlApi, Status> {
+        match self.daemon.manager().await {
+            Some(m) => Ok(m.control()),
+            None => Err(Status::failed_precondition(
+                "this node is not a swarm manager; run the command on a manager node (or join or init a swarm first)",
+            )),
+        }
+    }
+}
+
+/// Each Control call goes to this node's manager, with the local operator's authority.
+macro_rules! delegate {
+    ($($method:ident($req:ty) -> $resp:ty;)*) => {
+        #[tonic::async_trait]
+        impl Control for LocalApi {
+            $(async fn $method(&self, req: Request<$req>) -> Result<Response<$resp>, Status> {
+                self.control().await?.$method(req).await
+            })*
+        }
+    };
+}
+
+delegate! {
+    list_nodes(ListNodesRequest) -> ListNodesResponse;
+    get_node(GetNodeRequest) -> GetNodeResponse;
+    remove_node(RemoveNodeRequest) -> RemoveNodeResponse;
+    get_cluster_info(GetClusterInfoRequest) -> ClusterInfo;
+    update_cluster(UpdateClusterRequest) -> ClusterInfo;
+    get_join_token(GetJoinTokenRequest) -> JoinTokenInfo;
+    rotate_join_token(RotateJoinTokenRequest) -> JoinTokenInfo;
+}

@@ -1,0 +1,165 @@
+//! Owns what the CLI prints: Docker-shaped tables and messages, and JSON for `inspect`.
+
+use std::fmt::Write;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::Result;
+use serde_json::json;
+use shoal_proto::{InfoResponse, InitResponse, JoinTokenInfo, ListNodesResponse, Node, NodeRole};
+
+fn rfc3339_secs(unix: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// After `swarm init`.
+pub fn init(r: &InitResponse) -> String {
+    format!(
+        "Swarm initialized: current node ({}) is now a manager.\n\n\
+         To add a worker to this swarm, run the following command:\n\n    \
+         shoal swarm join --token {} {}\n\n\
+         To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.\n",
+        r.node_id, r.worker_token, r.advertise_addr
+    )
+}
+
+/// After `swarm join-token`.
+pub fn join_token(t: &JoinTokenInfo, rotated: bool, quiet: bool) -> String {
+    if quiet {
+        return format!("{}\n", t.token);
+    }
+    let role = t.role().word();
+    let addr = t.manager_addrs.first().map(String::as_str).unwrap_or("MANAGER-ADDR");
+    let mut out = String::new();
+    if rotated {
+        let _ = writeln!(out, "Successfully rotated {role} join token.\n");
+    }
+    let _ = writeln!(out, "To add a {role} to this swarm, run the following command:\n");
+    let _ = writeln!(out, "    shoal swarm join --token {} {addr}\n", t.token);
+    if t.expires_at_ms > 0 {
+        let _ = writeln!(out, "This token expires at {}.", rfc3339_ms(t.expires_at_ms));
+    }
+    if t.max_uses > 0 {
+        let _ = writeln!(
+            out,
+            "This token admits {} more node(s) (used {} of {}).",
+            t.max_uses.saturating_sub(t.uses),
+            t.uses,
+            t.max_uses
+        );
+    }
+    out
+}
+
+/// `node ls`.
+pub fn node_ls(r: &ListNodesResponse, quiet: bool) -> String {
+    let mut out = String::new();
+    if quiet {
+        for n in &r.nodes {
+            let _ = writeln!(out, "{}", n.id);
+        }
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<28} {:<20} {:<8} {:<13} {:<15} {}",
+        "ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "CERT EXPIRY"
+    );
+    for n in &r.nodes {
+        let marker = if n.id == r.leader_id { " *" } else { "  " };
+        let manager_status = match (n.role(), n.id == r.leader_id) {
+            (_, true) => "Leader",
+            (NodeRole::Manager, false) => "Reachable",
+            (NodeRole::Worker, false) => "",
+        };
+        let expiry =
+            n.certificate.as_ref().map(|c| rfc3339_secs(c.not_after_unix)).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<28} {:<20} {:<8} {:<13} {:<15} {}",
+            format!("{}{marker}", n.id),
+            n.hostname,
+            n.state().word(),
+            n.availability().word(),
+            manager_status,
+            expiry
+        );
+    }
+    out
+}
+
+fn node_json(n: &Node) -> serde_json::Value {
+    let meta = n.meta.clone().unwrap_or_default();
+    let cert = n.certificate.clone().unwrap_or_default();
+    json!({
+        "ID": n.id,
+        "Version": meta.version,
+        "CreatedAt": rfc3339_ms(meta.created_at_ms),
+        "UpdatedAt": rfc3339_ms(meta.updated_at_ms),
+        "Role": n.role().word(),
+        "Hostname": n.hostname,
+        "Addr": n.addr,
+        "Status": { "State": n.state().word().to_lowercase(), "Message": n.state_message },
+        "Availability": n.availability().word().to_lowercase(),
+        "Certificate": {
+            "Serial": cert.serial_hex,
+            "NotBefore": rfc3339_secs(cert.not_before_unix),
+            "NotAfter": rfc3339_secs(cert.not_after_unix),
+            "Issued": n.serials.len(),
+        },
+    })
+}
+
+/// `node inspect`.
+pub fn node_inspect(nodes: &[Node], pretty: bool) -> Result<String> {
+    if !pretty {
+        let all: Vec<_> = nodes.iter().map(node_json).collect();
+        return Ok(serde_json::to_string_pretty(&all)? + "\n");
+    }
+    let mut out = String::new();
+    for n in nodes {
+        let cert = n.certificate.clone().unwrap_or_default();
+        let _ = writeln!(out, "ID:                  {}", n.id);
+        let _ = writeln!(out, "Hostname:            {}", n.hostname);
+        let _ = writeln!(out, "Role:                {}", n.role().word());
+        let _ = writeln!(out, "Address:             {}", n.addr);
+        let _ = writeln!(out, "Status:              {} {}", n.state().word(), n.state_message);
+        let _ = writeln!(out, "Availability:        {}", n.availability().word());
+        let _ = writeln!(out, "Certificate serial:  {}", cert.serial_hex);
+        let _ = writeln!(out, "Certificate expiry:  {}", rfc3339_secs(cert.not_after_unix));
+        let _ = writeln!(out);
+    }
+    Ok(out)
+}
+
+/// `info`.
+pub fn info(r: &InfoResponse) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Swarm: {}", r.swarm_state);
+    let _ = writeln!(out, " Data root: {}", r.data_root);
+    if r.node_id.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, " NodeID: {}", r.node_id);
+    let _ = writeln!(out, " Role: {}", r.role().word());
+    let _ = writeln!(out, " Is Manager: {}", r.is_manager);
+    let _ = writeln!(out, " ClusterID: {}", r.cluster_id);
+    let _ = writeln!(out, " Node Address: {}", r.node_addr);
+    let _ = writeln!(out, " Manager Addresses: {}", r.manager_addrs.join(", "));
+    if r.is_manager {
+        let _ = writeln!(out, " Nodes: {}", r.nodes);
+        let _ = writeln!(out, " Managers: {}", r.managers);
+    }
+    let _ = writeln!(out, " Certificate Serial: {}", r.cert_serial);
+    let _ = writeln!(out, " Certificate Expiry: {}", rfc3339_secs(r.cert_not_after_unix));
+    let _ = writeln!(out, " Certificate Renewals: {}", r.cert_renewals);
+    if !r.error.is_empty() {
+        let _ = writeln!(out, " Error: {}", r.error);
+    }
+    out
+}
