@@ -53,12 +53,35 @@ struct Member {
     manager: Option<Serving>,
 }
 
+impl Member {
+    async fn shutdown(self) {
+        drop(self.agent);
+        if let Some(serving) = self.manager {
+            serving.shutdown().await;
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Serving {
     manager: Manager,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
     monitor: JoinHandle<()>,
+}
+
+impl Serving {
+    /// Stops serving: no new connections, sessions closed, in-flight calls given a moment.
+    async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.manager.close_sessions();
+        self.monitor.abort();
+        if tokio::time::timeout(Duration::from_secs(3), &mut self.server).await.is_err() {
+            tracing::warn!("cluster port did not drain in 3s; closing it");
+        }
+    }
 }
 
 impl Drop for Serving {
@@ -145,9 +168,9 @@ impl Daemon {
         if member.is_some() {
             bail!(ALREADY);
         }
-        let listen = normalize_listen(&opts.listen_addr)?;
+        let listener = bind(&normalize_listen(&opts.listen_addr)?.to_string()).await?;
+        let listen = listener.local_addr()?;
         let advertise = advertise_addr(&opts.advertise_addr, &listen)?;
-        let listener = bind(&listen.to_string()).await?;
         let params = InitParams {
             hostname: self.cfg.hostname.clone(),
             advertise_addr: advertise.clone(),
@@ -244,7 +267,9 @@ impl Daemon {
                  use --force to leave anyway"
             );
         }
-        *member = None;
+        if let Some(m) = member.take() {
+            m.shutdown().await;
+        }
         self.files.wipe()?;
         tracing::info!("left the swarm");
         Ok(())
@@ -272,7 +297,9 @@ impl Daemon {
 
     /// Stops serving (for shutdown).
     pub async fn stop(&self) {
-        self.member.lock().await.take();
+        if let Some(m) = self.member.lock().await.take() {
+            m.shutdown().await;
+        }
     }
 }
 

@@ -67,8 +67,8 @@ pub fn node_ls(r: &ListNodesResponse, quiet: bool) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<28} {:<20} {:<8} {:<13} {:<15} {}",
-        "ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "CERT EXPIRY"
+        "{:<28} {:<20} {:<8} {:<13} {:<15} CERT EXPIRY",
+        "ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"
     );
     for n in &r.nodes {
         let marker = if n.id == r.leader_id { " *" } else { "  " };
@@ -94,7 +94,7 @@ pub fn node_ls(r: &ListNodesResponse, quiet: bool) -> String {
 }
 
 fn node_json(n: &Node) -> serde_json::Value {
-    let meta = n.meta.clone().unwrap_or_default();
+    let meta = n.meta.unwrap_or_default();
     let cert = n.certificate.clone().unwrap_or_default();
     json!({
         "ID": n.id,

@@ -53,13 +53,14 @@ pub fn describe(addr: &str, e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     let detail = causes.last().cloned().unwrap_or_default();
-    let hint = if detail.contains("refused") {
+    let all = causes.join(" ");
+    let hint = if all.contains("CertificateRevoked") {
+        "; this node's certificate is revoked (it was removed with 'shoal node rm'): leave and join again"
+    } else if all.contains("refused") {
         "; check the address and that shoald listens there"
-    } else if detail.contains("Certificate")
-        || detail.contains("certificate")
-        || detail.contains("alert")
+    } else if all.contains("broken pipe") || all.contains("reset by peer") || all.contains("alert")
     {
-        "; the manager refused this node's certificate or presented one this node does not trust"
+        "; the manager refused this node's certificate (revoked, or of another cluster)"
     } else {
         ""
     };

@@ -62,7 +62,7 @@ impl ControlApi {
         let digest = ca_digest(root.as_bytes());
         ClusterInfo {
             id: cluster.id.clone(),
-            spec: cluster.spec.clone(),
+            spec: cluster.spec,
             root_ca_digest: format!("sha256:{}", hex(&digest)),
             root_ca_pem: root,
             revoked_nodes: cluster.revoked.len() as u32,

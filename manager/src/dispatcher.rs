@@ -71,6 +71,11 @@ impl Sessions {
         self.lock().remove(node_id);
     }
 
+    /// Ends every session (their streams close), for shutdown.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
     fn take_expired(&self) -> Vec<String> {
         let now = Instant::now();
         let mut map = self.lock();
@@ -93,6 +98,11 @@ impl Manager {
     /// The dispatcher service of this manager.
     pub fn dispatcher(&self) -> DispatcherApi {
         DispatcherApi { shared: self.shared.clone() }
+    }
+
+    /// Closes every agent session, so a graceful server shutdown is not held open by them.
+    pub fn close_sessions(&self) {
+        self.shared.sessions.clear();
     }
 
     /// Marks nodes Down when their heartbeats stop; runs until the manager is dropped.

@@ -36,7 +36,7 @@ impl Manager {
         let config = shoal_pki::tls::server_config(self.root_ca_pem(), cert, self.revocations())?;
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
-        let accept = tokio::spawn(accept_loop(listener, acceptor, tx));
+        let _accept = AbortOnDrop(tokio::spawn(accept_loop(listener, acceptor, tx)));
         let transport = Transport::Tls {
             cluster_id: self.cluster_id().to_string(),
             revocations: self.revocations(),
@@ -51,8 +51,16 @@ impl Manager {
             .add_service(ControlServer::new(self.control()))
             .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
             .await;
-        accept.abort();
         Ok(result?)
+    }
+}
+
+/// Stops the accept loop (and frees the port) however serving ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -1,0 +1,164 @@
+//! In-process cluster harness: several Shoal daemons in one test, each with its own data root,
+//! unix socket and loopback port, talking real gRPC over real mTLS.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal::client::{self, Host, TlsFiles};
+use shoal::daemon::{Daemon, DaemonConfig, InitOptions, JoinOptions};
+use shoal_proto::control_client::ControlClient;
+use shoal_proto::{ListNodesRequest, Node, NodeState};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// One node of an in-process cluster.
+pub struct TestNode {
+    pub name: String,
+    pub daemon: Arc<Daemon>,
+    pub root: PathBuf,
+    pub socket: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Renewal waits are divided by this in harness nodes (a 1 h certificate renews in ~1–2 s).
+pub const TIME_SCALE: f64 = 2000.0;
+
+impl TestNode {
+    /// Starts a daemon (not yet in a swarm) in a fresh temp dir.
+    pub async fn start(name: &str) -> TestNode {
+        shoal_pki::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        let mut node = TestNode::start_at(name, root, dir.path().join("shoal.sock")).await;
+        node._dir = Some(dir);
+        node
+    }
+
+    /// Starts a daemon on an existing data root (a restart).
+    pub async fn start_at(name: &str, root: PathBuf, socket: PathBuf) -> TestNode {
+        let cfg =
+            DaemonConfig { data_root: root.clone(), hostname: name.into(), time_scale: TIME_SCALE };
+        let _ = std::fs::remove_file(&socket);
+        let daemon = Daemon::start(cfg).await.unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (d, s) = (daemon.clone(), socket.clone());
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            shoal::local_api::serve(d, &s, shutdown).await.unwrap();
+        });
+        eventually("local socket up", Duration::from_secs(5), || {
+            let s = socket.clone();
+            async move { tokio::net::UnixStream::connect(&s).await.map(drop).map_err(|e| e.to_string()) }
+        })
+        .await;
+        TestNode { name: name.into(), daemon, root, socket, stop: Some(stop), _dir: None }
+    }
+
+    /// Stops the daemon like a crash: no leave, state stays on disk. Returns the temp dir
+    /// holder so the data survives for a restart.
+    pub async fn kill(mut self) -> (PathBuf, PathBuf, Option<tempfile::TempDir>) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.daemon.stop().await;
+        (self.root.clone(), self.socket.clone(), self._dir.take())
+    }
+
+    /// `swarm init` on loopback with a chosen heartbeat and cert expiry; returns the address.
+    pub async fn init(&self, heartbeat: Duration, cert_expiry: Option<Duration>) -> String {
+        let opts = InitOptions {
+            listen_addr: "127.0.0.1:0".into(),
+            heartbeat: Some(heartbeat),
+            cert_expiry,
+            ..Default::default()
+        };
+        self.daemon.init(opts).await.unwrap();
+        self.daemon.info().await.state.unwrap().advertise_addr
+    }
+
+    /// `swarm join` with a token; returns the error text on failure.
+    pub async fn join(&self, token: &str, addr: &str) -> Result<String, String> {
+        let opts = JoinOptions {
+            token: token.into(),
+            remote_addr: addr.into(),
+            advertise_addr: "127.0.0.1".into(),
+            ..Default::default()
+        };
+        match self.daemon.join(opts).await {
+            Ok(state) => Ok(state.node_id),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+
+    /// The node's ID, once it is in a swarm.
+    pub async fn id(&self) -> String {
+        self.daemon.info().await.state.expect("node is in a swarm").node_id
+    }
+
+    /// A control client over the local unix socket (real gRPC).
+    pub async fn control(&self) -> ControlClient<Channel> {
+        let channel =
+            client::connect(&Host::Unix(self.socket.clone()), &TlsFiles::default()).await.unwrap();
+        ControlClient::new(channel)
+    }
+
+    /// A control client over TCP mTLS presenting this node's own certificate to `addr`.
+    pub async fn control_over_tcp_as_self(
+        &self,
+        addr: &str,
+    ) -> Result<ControlClient<Channel>, String> {
+        let certs = self.root.join("certificates");
+        let files = TlsFiles {
+            ca: Some(certs.join("root-ca.crt")),
+            cert: Some(certs.join("node.crt")),
+            key: Some(certs.join("node.pem")),
+        };
+        client::connect(&Host::Tcp(addr.into()), &files)
+            .await
+            .map(ControlClient::new)
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    /// Every node the manager knows.
+    pub async fn nodes(&self) -> Vec<Node> {
+        self.control().await.list_nodes(ListNodesRequest {}).await.unwrap().into_inner().nodes
+    }
+
+    /// The state of one node, as this manager sees it.
+    pub async fn state_of(&self, id: &str) -> Option<NodeState> {
+        self.nodes().await.into_iter().find(|n| n.id == id).map(|n| n.state())
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Polls `check` until it succeeds; panics with its last error after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(()) => return,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("{what}: still not true after {timeout:?}: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
