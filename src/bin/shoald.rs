@@ -40,7 +40,7 @@ async fn main() -> Result<()> {
         shoal::client::Host::Unix(path) => path,
         shoal::client::Host::Tcp(_) => bail!("shoald serves its local API on a unix socket only"),
     };
-    if !(args.test_time_scale >= 1.0) {
+    if args.test_time_scale.is_nan() || args.test_time_scale < 1.0 {
         bail!("--test-time-scale must be at least 1");
     }
     let hostname = match args.hostname {
