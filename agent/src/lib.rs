@@ -57,7 +57,7 @@ impl Agent {
             session::SessionConfig { hostname: cfg.hostname, advertise_addr: cfg.advertise_addr };
         let renew_cfg = renew::RenewConfig { files, root_ca_pem, time_scale: cfg.time_scale };
         let tasks = vec![
-            tokio::spawn(session::run(session_cfg, tls.clone(), tx.clone())),
+            tokio::spawn(session::run(session_cfg, cert.clone(), tls.clone(), tx.clone())),
             tokio::spawn(renew::run(renew_cfg, cert, tls, tx)),
         ];
         Ok(Agent { status: rx, tasks })

@@ -2,9 +2,10 @@
 //! manager asks for, and reconnect with jittered backoff when it breaks.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rand::Rng;
+use shoal_pki::ReloadableCert;
 use shoal_proto::dispatcher_client::DispatcherClient;
 use shoal_proto::{HeartbeatRequest, SessionRequest};
 use tokio::sync::watch;
@@ -26,6 +27,7 @@ pub struct SessionConfig {
 /// Runs sessions forever, publishing the agent's view in `status`.
 pub async fn run(
     cfg: SessionConfig,
+    cert: Arc<ReloadableCert>,
     tls: Arc<rustls::ClientConfig>,
     status: watch::Sender<AgentStatus>,
 ) {
@@ -38,7 +40,11 @@ pub async fn run(
             continue;
         };
         turn += 1;
-        let error = match session(&cfg, &addr, tls.clone(), &status).await {
+        let result = match expired(&cert) {
+            Some(e) => Err(e),
+            None => session(&cfg, &addr, tls.clone(), &status).await,
+        };
+        let error = match result {
             Ok(()) => {
                 backoff = BACKOFF_START;
                 "session ended".to_string()
@@ -54,6 +60,18 @@ pub async fn run(
         tokio::time::sleep(wait).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// A clear error if this node's certificate has expired (managers would refuse it).
+fn expired(cert: &ReloadableCert) -> Option<String> {
+    let not_after = cert.identity().not_after;
+    (not_after <= SystemTime::now()).then(|| {
+        format!(
+            "this node's certificate expired at {}; it cannot renew it: run 'shoal swarm leave --force' \
+             and join again with a current token",
+            humantime::format_rfc3339_seconds(not_after)
+        )
+    })
 }
 
 /// One session; returns when it breaks.
@@ -98,5 +116,37 @@ async fn session(
                 None => return Ok(()),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_pki::{NodeKey, Role, RootCa};
+
+    fn cert_issued_at(now: SystemTime) -> Arc<ReloadableCert> {
+        let ca = RootCa::generate().unwrap();
+        let key = NodeKey::generate().unwrap();
+        let expiry = shoal_pki::MIN_CERT_EXPIRY;
+        let issued = ca
+            .sign_node_csr(
+                &key.csr_der().unwrap(),
+                "node-1",
+                Role::Worker,
+                "cluster-1",
+                expiry,
+                now,
+            )
+            .unwrap();
+        ReloadableCert::new(&issued.cert_pem, &key).unwrap()
+    }
+
+    #[test]
+    fn an_expired_certificate_is_reported_with_what_to_do() {
+        let day_ago = SystemTime::now() - Duration::from_secs(24 * 3600);
+        let message = expired(&cert_issued_at(day_ago)).expect("expired");
+        assert!(message.contains("expired at"), "{message}");
+        assert!(message.contains("shoal swarm leave --force"), "{message}");
+        assert_eq!(expired(&cert_issued_at(SystemTime::now())), None);
     }
 }

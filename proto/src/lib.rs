@@ -37,3 +37,45 @@ impl Availability {
         }
     }
 }
+
+impl std::fmt::Debug for RootCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RootCa")
+            .field("cert_pem_len", &self.cert_pem.len())
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for JoinTokenRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinTokenRecord")
+            .field("secret", &"<redacted>")
+            .field("created_at_ms", &self.created_at_ms)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("max_uses", &self.max_uses)
+            .field("uses", &self.uses)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_of_a_cluster_hides_keys_and_token_secrets() {
+        let cluster = Cluster {
+            root_ca: Some(RootCa { cert_pem: "CERT".into(), key_pem: "TOPSECRETKEY".into() }),
+            join_tokens: Some(JoinTokens {
+                worker: Some(JoinTokenRecord { secret: vec![0xAB; 16], ..Default::default() }),
+                manager: None,
+            }),
+            ..Default::default()
+        };
+        let shown = format!("{cluster:?}");
+        assert!(!shown.contains("TOPSECRETKEY"), "{shown}");
+        assert!(!shown.contains("171"), "secret bytes leaked: {shown}");
+        assert!(shown.contains("<redacted>"));
+    }
+}
