@@ -6,6 +6,7 @@ pub mod ca_server;
 pub mod control;
 pub mod dispatcher;
 pub mod manager;
+pub mod raft;
 pub mod server;
 pub mod store;
 pub mod tokens;
