@@ -5,6 +5,7 @@ pub mod connect;
 pub mod files;
 pub mod join;
 pub mod renew;
+pub mod runtime;
 pub mod session;
 
 use std::sync::Arc;

@@ -1,0 +1,242 @@
+//! Builds a task's OCI `config.json` from its `TaskSpec`: namespaces, capabilities, seccomp,
+//! masked and read-only paths, cgroup limits, mounts. Pure: it reads no files and runs nothing.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxIdMappingBuilder,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder, PosixRlimit,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
+};
+
+use super::caps;
+use super::error::{Result, RuntimeError};
+use super::policy::IdRange;
+use super::spec::{HostNamespace, TaskSpec};
+
+/// Paths hidden from every task (Docker's list plus powercap, which leaks energy counters).
+pub const MASKED_PATHS: [&str; 11] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths every task sees read-only.
+pub const READONLY_PATHS: [&str; 5] =
+    ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// Where the init binary appears inside a task that asked for one.
+pub const INIT_PATH: &str = "/sbin/shoal-init";
+
+/// Node-side inputs to the config that the task spec does not carry.
+#[derive(Clone, Debug)]
+pub struct ConfigInputs {
+    /// cgroup path relative to each hierarchy's root, e.g. `/shoal/<id>`.
+    pub cgroups_path: PathBuf,
+    pub default_pids_limit: i64,
+    /// The resolved seccomp filter, `None` for unconfined.
+    pub seccomp: Option<LinuxSeccomp>,
+    /// uid and gid ranges when the task is remapped.
+    pub userns: Option<(IdRange, IdRange)>,
+    /// Host path of the init binary, bound in when the task asked for an init.
+    pub init_binary: Option<PathBuf>,
+}
+
+/// The complete OCI config for `spec`; the bundle's rootfs is the `rootfs` directory.
+pub fn build(spec: &TaskSpec, inputs: &ConfigInputs) -> Result<Spec> {
+    let caps = caps::effective(&spec.cap_add, &spec.cap_drop)?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .args(process_args(spec, inputs))
+        .env(spec.env.clone())
+        .cwd(spec.workdir.clone().unwrap_or_else(|| "/".into()))
+        .user(
+            UserBuilder::default()
+                .uid(spec.user.uid)
+                .gid(spec.user.gid)
+                .additional_gids(spec.user.additional_gids.clone())
+                .build()?,
+        )
+        .capabilities(caps::to_oci(&caps)?)
+        .rlimits(rlimits(spec)?)
+        .no_new_privileges(true)
+        .build()?;
+    let root = RootBuilder::default().path("rootfs").readonly(spec.read_only_rootfs).build()?;
+    Ok(SpecBuilder::default()
+        .version("1.0.2")
+        .root(root)
+        .process(process)
+        .hostname(hostname(spec))
+        .mounts(mounts(spec, inputs)?)
+        .linux(linux(spec, inputs)?)
+        .build()?)
+}
+
+fn process_args(spec: &TaskSpec, inputs: &ConfigInputs) -> Vec<String> {
+    match (&inputs.init_binary, spec.init) {
+        (Some(_), true) => [INIT_PATH.to_string(), "--".to_string()]
+            .into_iter()
+            .chain(spec.args.iter().cloned())
+            .collect(),
+        _ => spec.args.clone(),
+    }
+}
+
+fn hostname(spec: &TaskSpec) -> String {
+    spec.hostname.clone().unwrap_or_else(|| spec.id.chars().take(12).collect())
+}
+
+/// The OCI rlimit type for Docker's ulimit name (`nofile` → `RLIMIT_NOFILE`).
+pub fn rlimit_type(name: &str) -> Result<PosixRlimitType> {
+    let full = format!("RLIMIT_{}", name.to_ascii_uppercase());
+    serde_json::from_value(serde_json::Value::String(full)).map_err(|_| {
+        RuntimeError::InvalidSpec(format!("unknown ulimit {name:?}; use e.g. nofile, nproc, core"))
+    })
+}
+
+fn rlimits(spec: &TaskSpec) -> Result<Vec<PosixRlimit>> {
+    let mut out = vec![PosixRlimitBuilder::default()
+        .typ(PosixRlimitType::RlimitNofile)
+        .soft(1024u64)
+        .hard(524_288u64)
+        .build()?];
+    for u in &spec.ulimits {
+        let typ = rlimit_type(&u.name)?;
+        out.retain(|r| r.typ() != typ);
+        out.push(PosixRlimitBuilder::default().typ(typ).soft(u.soft).hard(u.hard).build()?);
+    }
+    Ok(out)
+}
+
+fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount> {
+    Ok(MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()?)
+}
+
+fn mounts(spec: &TaskSpec, inputs: &ConfigInputs) -> Result<Vec<Mount>> {
+    let host_net = spec.host_namespaces.contains(&HostNamespace::Network);
+    let mut v = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        )?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
+    ];
+    if host_net && inputs.userns.is_some() {
+        // sysfs cannot be mounted from a user namespace that does not own the network namespace.
+        v.push(mount("/sys", "none", "/sys", &["rbind", "nosuid", "noexec", "nodev", "ro"])?);
+    } else {
+        v.push(mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?);
+        v.push(mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        )?);
+    }
+    if let (Some(init), true) = (&inputs.init_binary, spec.init) {
+        let src = init.to_string_lossy();
+        v.push(mount(INIT_PATH, "bind", &src, &["bind", "ro", "nosuid", "nodev"])?);
+    }
+    Ok(v)
+}
+
+fn namespaces(spec: &TaskSpec, userns: bool) -> Result<Vec<LinuxNamespace>> {
+    let wanted = [
+        (LinuxNamespaceType::Pid, Some(HostNamespace::Pid)),
+        (LinuxNamespaceType::Network, Some(HostNamespace::Network)),
+        (LinuxNamespaceType::Ipc, Some(HostNamespace::Ipc)),
+        (LinuxNamespaceType::Uts, Some(HostNamespace::Uts)),
+        (LinuxNamespaceType::Mount, None),
+    ];
+    let mut v: Vec<LinuxNamespace> = Vec::new();
+    for (typ, host) in wanted {
+        if host.is_some_and(|h| spec.host_namespaces.contains(&h)) {
+            continue;
+        }
+        v.push(LinuxNamespaceBuilder::default().typ(typ).build()?);
+    }
+    if userns {
+        v.push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::User).build()?);
+    }
+    Ok(v)
+}
+
+fn resources(spec: &TaskSpec, inputs: &ConfigInputs) -> Result<oci_spec::runtime::LinuxResources> {
+    let deny_all = LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build()?;
+    let pids = spec.resources.pids.unwrap_or(inputs.default_pids_limit);
+    let mut b = LinuxResourcesBuilder::default()
+        .devices(vec![deny_all])
+        .pids(LinuxPidsBuilder::default().limit(pids).build()?);
+    if let Some(limit) = spec.resources.memory_bytes {
+        b = b.memory(LinuxMemoryBuilder::default().limit(limit).swap(limit).build()?);
+    }
+    if let Some(nano) = spec.resources.nano_cpus {
+        const PERIOD: u64 = 100_000;
+        let quota = (nano.saturating_mul(PERIOD) / 1_000_000_000).max(1000) as i64;
+        b = b.cpu(LinuxCpuBuilder::default().period(PERIOD).quota(quota).build()?);
+    }
+    Ok(b.build()?)
+}
+
+fn linux(spec: &TaskSpec, inputs: &ConfigInputs) -> Result<oci_spec::runtime::Linux> {
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let sysctl: HashMap<String, String> =
+        spec.sysctls.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut b = LinuxBuilder::default()
+        .namespaces(namespaces(spec, inputs.userns.is_some())?)
+        .resources(resources(spec, inputs)?)
+        .cgroups_path(inputs.cgroups_path.clone())
+        .masked_paths(strings(&MASKED_PATHS))
+        .readonly_paths(strings(&READONLY_PATHS))
+        .sysctl(sysctl);
+    if let Some(filter) = &inputs.seccomp {
+        b = b.seccomp(filter.clone());
+    }
+    if let Some((uids, gids)) = inputs.userns {
+        b = b.uid_mappings(vec![id_map(uids)?]).gid_mappings(vec![id_map(gids)?]);
+    }
+    Ok(b.build()?)
+}
+
+fn id_map(r: IdRange) -> Result<oci_spec::runtime::LinuxIdMapping> {
+    Ok(LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(r.host_start)
+        .size(r.size)
+        .build()?)
+}
+
+/// Writes `spec` as `config.json` in `bundle`.
+pub fn save(spec: &Spec, bundle: &Path) -> Result<()> {
+    let path = bundle.join("config.json");
+    spec.save(&path).map_err(|e| RuntimeError::Config(format!("writing {path:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests;

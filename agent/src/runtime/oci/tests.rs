@@ -1,0 +1,104 @@
+use std::time::Duration;
+
+use oci_spec::runtime::{Capability, LinuxNamespaceType};
+
+use super::*;
+use crate::runtime::seccomp;
+use crate::runtime::spec::{Resources, RootfsSource};
+
+fn inputs() -> ConfigInputs {
+    ConfigInputs {
+        cgroups_path: "/shoal/t1".into(),
+        default_pids_limit: 1024,
+        seccomp: None,
+        userns: None,
+        init_binary: Some("/usr/bin/tini-static".into()),
+    }
+}
+
+fn spec() -> TaskSpec {
+    let mut s = TaskSpec::new("t1", RootfsSource::Dir("/r".into()), vec!["/bin/sh".into()]);
+    s.stop_grace = Duration::from_secs(1);
+    s
+}
+
+fn namespaces_of(cfg: &Spec) -> Vec<LinuxNamespaceType> {
+    cfg.linux().as_ref().unwrap().namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect()
+}
+
+#[test]
+fn defaults_isolate() {
+    let cfg = build(&spec(), &inputs()).unwrap();
+    let p = cfg.process().as_ref().unwrap();
+    assert_eq!(p.no_new_privileges(), Some(true));
+    let caps = p.capabilities().as_ref().unwrap();
+    assert_eq!(caps.bounding().as_ref().unwrap().len(), 14);
+    assert!(caps.effective().as_ref().unwrap().contains(&Capability::NetRaw));
+    assert!(caps.inheritable().as_ref().unwrap().is_empty());
+    let ns = namespaces_of(&cfg);
+    for t in [LinuxNamespaceType::Pid, LinuxNamespaceType::Network, LinuxNamespaceType::Mount] {
+        assert!(ns.contains(&t), "{t:?} missing");
+    }
+    assert!(!ns.contains(&LinuxNamespaceType::User));
+    let linux = cfg.linux().as_ref().unwrap();
+    assert_eq!(linux.masked_paths().as_ref().unwrap().len(), 11);
+    assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/shoal/t1")));
+    let res = linux.resources().as_ref().unwrap();
+    assert_eq!(res.pids().unwrap().limit(), 1024);
+    assert!(res.memory().is_none());
+    assert_eq!(cfg.hostname().as_deref(), Some("t1"));
+}
+
+#[test]
+fn limits_are_applied() {
+    let mut s = spec();
+    s.resources =
+        Resources { memory_bytes: Some(64 << 20), nano_cpus: Some(500_000_000), pids: Some(20) };
+    let cfg = build(&s, &inputs()).unwrap();
+    let res = cfg.linux().as_ref().unwrap().resources().as_ref().unwrap();
+    assert_eq!(res.memory().unwrap().limit(), Some(64 << 20));
+    assert_eq!(res.cpu().as_ref().unwrap().quota(), Some(50_000));
+    assert_eq!(res.pids().unwrap().limit(), 20);
+}
+
+#[test]
+fn host_namespaces_and_userns() {
+    let mut s = spec();
+    s.host_namespaces = vec![HostNamespace::Network];
+    let mut i = inputs();
+    let r = IdRange { host_start: 100_000, size: 65536 };
+    i.userns = Some((r, r));
+    let cfg = build(&s, &i).unwrap();
+    let ns = namespaces_of(&cfg);
+    assert!(!ns.contains(&LinuxNamespaceType::Network));
+    assert!(ns.contains(&LinuxNamespaceType::User));
+    let maps = cfg.linux().as_ref().unwrap().uid_mappings().as_ref().unwrap();
+    assert_eq!((maps[0].container_id(), maps[0].host_id()), (0, 100_000));
+}
+
+#[test]
+fn init_wraps_the_command() {
+    let mut s = spec();
+    s.init = true;
+    let cfg = build(&s, &inputs()).unwrap();
+    let args = cfg.process().as_ref().unwrap().args().clone().unwrap();
+    assert_eq!(args, vec![INIT_PATH, "--", "/bin/sh"]);
+    let mounts = cfg.mounts().as_ref().unwrap();
+    assert!(mounts.iter().any(|m| m.destination() == Path::new(INIT_PATH)));
+}
+
+#[test]
+fn seccomp_and_ulimits_serialize() {
+    let mut s = spec();
+    s.ulimits.push(crate::runtime::spec::Ulimit { name: "nofile".into(), soft: 10, hard: 20 });
+    let mut i = inputs();
+    let caps = crate::runtime::caps::effective(&[], &[]).unwrap();
+    i.seccomp =
+        Some(seccomp::resolve(&seccomp::builtin_profile(), &seccomp::Target::native(&caps)));
+    let cfg = build(&s, &i).unwrap();
+    let json = serde_json::to_value(&cfg).unwrap();
+    assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+    assert_eq!(json["process"]["rlimits"][0]["type"], "RLIMIT_NOFILE");
+    assert_eq!(json["process"]["rlimits"][0]["soft"], 10);
+    assert_eq!(json["process"]["capabilities"]["bounding"].as_array().unwrap().len(), 14);
+}

@@ -1,0 +1,170 @@
+//! The node's own limits on what tasks may ask for. Every option that widens privilege beyond the
+//! defaults must be allowed here, or the task is REJECTED naming the refused option. No IO.
+
+use std::collections::BTreeSet;
+
+use super::caps;
+use super::error::{Result, RuntimeError};
+use super::spec::{HostNamespace, SeccompChoice, TaskSpec};
+
+/// A range of host ids that container ids 0..size map onto.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdRange {
+    pub host_start: u32,
+    pub size: u32,
+}
+
+impl IdRange {
+    /// Reads `user`'s first range from a subordinate-id file (`/etc/subuid`, `/etc/subgid`).
+    pub fn from_subid_file(text: &str, user: &str) -> Option<IdRange> {
+        text.lines().find_map(|l| {
+            let mut f = l.trim().split(':');
+            let (name, start, size) = (f.next()?, f.next()?, f.next()?);
+            (name == user).then_some(())?;
+            Some(IdRange { host_start: start.parse().ok()?, size: size.parse().ok()? })
+        })
+    }
+}
+
+/// What this node allows beyond the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct NodePolicy {
+    /// Tasks may run with no seccomp filter.
+    pub allow_unconfined_seccomp: bool,
+    /// Tasks may bring their own seccomp profile.
+    pub allow_custom_seccomp: bool,
+    /// Capabilities beyond Docker's 14 that tasks may add (`CAP_NET_ADMIN`, or `ALL`).
+    pub allowed_cap_add: BTreeSet<String>,
+    /// Host namespaces tasks may share.
+    pub allowed_host_namespaces: BTreeSet<HostNamespace>,
+    /// uid range for user-namespace remapping; `None` means the node cannot remap.
+    pub userns_uids: Option<IdRange>,
+    /// gid range for user-namespace remapping.
+    pub userns_gids: Option<IdRange>,
+}
+
+impl NodePolicy {
+    /// A node that allows custom seccomp profiles and nothing else beyond the defaults.
+    pub fn secure_default() -> NodePolicy {
+        NodePolicy { allow_custom_seccomp: true, ..Default::default() }
+    }
+
+    /// Accepts `spec` or names the first option this node refuses.
+    pub fn check(&self, spec: &TaskSpec) -> Result<()> {
+        self.check_seccomp(&spec.seccomp)?;
+        self.check_caps(spec)?;
+        for ns in &spec.host_namespaces {
+            if !self.allowed_host_namespaces.contains(ns) {
+                return Err(RuntimeError::refused(
+                    ns.option_name(),
+                    "this node does not let tasks share its namespaces",
+                ));
+            }
+        }
+        if spec.userns_remap && (self.userns_uids.is_none() || self.userns_gids.is_none()) {
+            return Err(RuntimeError::refused(
+                "userns-remap",
+                "this node has no subordinate uid/gid range configured",
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_seccomp(&self, choice: &SeccompChoice) -> Result<()> {
+        match choice {
+            SeccompChoice::Unconfined if !self.allow_unconfined_seccomp => Err(
+                RuntimeError::refused("seccomp=unconfined", "this node requires a seccomp filter"),
+            ),
+            SeccompChoice::Profile(p) if !self.allow_custom_seccomp => Err(RuntimeError::refused(
+                format!("seccomp={}", p.display()),
+                "this node only runs its built-in seccomp profile",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_caps(&self, spec: &TaskSpec) -> Result<()> {
+        let set = caps::effective(&spec.cap_add, &spec.cap_drop)?;
+        let all = self.allowed_cap_add.iter().any(|c| c.eq_ignore_ascii_case("ALL"));
+        let allowed: BTreeSet<&str> =
+            self.allowed_cap_add.iter().filter_map(|c| caps::normalize(c).ok()).collect();
+        match caps::widening(&set).into_iter().find(|c| !all && !allowed.contains(c)) {
+            Some(cap) => Err(RuntimeError::refused(
+                format!("cap-add {cap}"),
+                "this node does not allow that capability",
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::spec::RootfsSource;
+
+    fn spec() -> TaskSpec {
+        TaskSpec::new("t", RootfsSource::Dir("/x".into()), vec!["/bin/true".into()])
+    }
+
+    fn refused_option(p: &NodePolicy, s: &TaskSpec) -> String {
+        match p.check(s) {
+            Err(RuntimeError::Refused { option, .. }) => option,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_pass() {
+        assert!(NodePolicy::secure_default().check(&spec()).is_ok());
+    }
+
+    #[test]
+    fn table_of_refusals() {
+        let p = NodePolicy::secure_default();
+        type Edit = fn(&mut TaskSpec);
+        let cases: Vec<(Edit, &str)> = vec![
+            (|s| s.seccomp = SeccompChoice::Unconfined, "seccomp=unconfined"),
+            (|s| s.cap_add = vec!["SYS_ADMIN".into()], "cap-add CAP_SYS_ADMIN"),
+            (|s| s.cap_add = vec!["ALL".into()], "cap-add CAP_AUDIT_CONTROL"),
+            (|s| s.host_namespaces = vec![HostNamespace::Pid], "pid=host"),
+            (|s| s.userns_remap = true, "userns-remap"),
+        ];
+        for (edit, option) in cases {
+            let mut s = spec();
+            edit(&mut s);
+            assert_eq!(refused_option(&p, &s), option);
+        }
+    }
+
+    #[test]
+    fn dropping_and_readding_defaults_is_not_widening() {
+        let mut s = spec();
+        s.cap_drop = vec!["ALL".into()];
+        s.cap_add = vec!["CHOWN".into()];
+        assert!(NodePolicy::secure_default().check(&s).is_ok());
+    }
+
+    #[test]
+    fn allowed_options_pass() {
+        let mut p = NodePolicy::secure_default();
+        p.allow_unconfined_seccomp = true;
+        p.allowed_cap_add.insert("net_admin".into());
+        p.allowed_host_namespaces.insert(HostNamespace::Network);
+        let mut s = spec();
+        s.seccomp = SeccompChoice::Unconfined;
+        s.cap_add = vec!["CAP_NET_ADMIN".into()];
+        s.host_namespaces = vec![HostNamespace::Network];
+        assert!(p.check(&s).is_ok());
+    }
+
+    #[test]
+    fn subid_file_parsing() {
+        let text = "alice:100000:65536\nshoal:231072:65536\n";
+        assert_eq!(
+            IdRange::from_subid_file(text, "shoal"),
+            Some(IdRange { host_start: 231072, size: 65536 })
+        );
+        assert_eq!(IdRange::from_subid_file(text, "bob"), None);
+    }
+}
