@@ -156,7 +156,7 @@ pub(crate) async fn renew(shared: &Shared, node_id: &str, csr: &[u8]) -> Result<
     Ok(chain)
 }
 
-fn fresh_node_id(unused: impl Fn(&str) -> Result<bool, Status>) -> Result<String, Status> {
+fn fresh_node_id(mut unused: impl FnMut(&str) -> Result<bool, Status>) -> Result<String, Status> {
     for _ in 0..ID_ATTEMPTS {
         let id = shoal_pki::id::new_id();
         if unused(&id)? {

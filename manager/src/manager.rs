@@ -12,6 +12,7 @@ use shoal_proto::{
 use tonic::Status;
 
 use crate::dispatcher::Sessions;
+use crate::raft::crypto::{Key, KeyFiles, Sealer};
 use crate::store::{Store, StoreError};
 use crate::tokens::{self, TokenPolicy};
 
@@ -25,6 +26,10 @@ pub enum ManagerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Pki(#[from] shoal_pki::PkiError),
+    #[error(transparent)]
+    Crypto(#[from] crate::raft::crypto::CryptoError),
+    #[error("the manager store at {path} could not be opened: {source}")]
+    OpenDb { path: String, source: sled::Error },
     #[error("the store holds no cluster object; the data dir is not a manager's (or is damaged)")]
     NoCluster,
     #[error("the store holds more than one cluster object")]
@@ -128,7 +133,8 @@ impl Manager {
     ) -> Result<(Manager, String, IssuedCert), ManagerError> {
         validate_cert_expiry(params.cert_expiry).map_err(ManagerError::Invalid)?;
         validate_heartbeat(params.heartbeat).map_err(ManagerError::Invalid)?;
-        let store = Store::open(store_dir)?;
+        let dek = KeyFiles::new(store_dir.join("keys")).create()?;
+        let store = open_store(store_dir, &dek)?;
         if !store.list::<Cluster>()?.is_empty() {
             return Err(ManagerError::Invalid("this data dir already holds a cluster".into()));
         }
@@ -172,8 +178,8 @@ impl Manager {
         };
         store
             .update(|tx| {
-                tx.create(cluster)?;
-                tx.create(node)
+                tx.create(cluster.clone())?;
+                tx.create(node.clone())
             })
             .await?;
         let manager = Manager::from_store(store, &node_id)?;
@@ -182,7 +188,8 @@ impl Manager {
 
     /// Opens the manager whose store is in `store_dir`, for the local node `local_node_id`.
     pub fn open(store_dir: &Path, local_node_id: &str) -> Result<Manager, ManagerError> {
-        Manager::from_store(Store::open(store_dir)?, local_node_id)
+        let dek = KeyFiles::new(store_dir.join("keys")).load()?;
+        Manager::from_store(open_store(store_dir, &dek)?, local_node_id)
     }
 
     fn from_store(store: Store, local_node_id: &str) -> Result<Manager, ManagerError> {
@@ -244,6 +251,13 @@ impl Manager {
         let rec = tokens::record(&tokens, role).cloned().unwrap_or_default();
         Ok(tokens::encode(self.root_ca_pem(), &rec))
     }
+}
+
+fn open_store(store_dir: &Path, dek: &Key) -> Result<Store, ManagerError> {
+    let path = store_dir.join("db");
+    let db = crate::store::open_db(&path)
+        .map_err(|source| ManagerError::OpenDb { path: path.display().to_string(), source })?;
+    Ok(Store::open(&db, Arc::new(Sealer::new(dek)))?)
 }
 
 pub(crate) fn heartbeat_period(cluster: &Cluster) -> Duration {

@@ -1,32 +1,45 @@
-//! Owns the manager's object store: versioned objects in sled, atomic transactions, and a watch
-//! feed of committed changes. Never talks to the network; the Raft issue replaces the write path
-//! underneath this interface without changing callers.
+//! Owns the manager's object store: versioned objects sealed at rest in sled, transactions that
+//! commit through a [`Proposer`] (Raft) and apply only if what they read is unchanged, and a
+//! watch feed of applied changes. Never talks to the network.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
-use shoal_proto::{Cluster, Meta, Node};
+use shoal_proto::{
+    Cluster, Member, Meta, Node, Precondition, SnapshotRecord, StoreBatch, StoreSnapshot, Write,
+};
 use tokio::sync::broadcast;
+
+use crate::raft::crypto::{CryptoError, Sealer};
+
+/// Attempts at a transaction that keeps conflicting with concurrent ones.
+const MAX_ATTEMPTS: usize = 16;
+const APPLIED_KEY: &[u8] = b"\0applied";
 
 /// Errors of the object store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the store at {path} could not be opened: {source}")]
-    Open { path: String, source: sled::Error },
     #[error("store I/O failed: {0}")]
     Io(#[from] sled::Error),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
     #[error("stored {kind} {id} is corrupt: {source}")]
-    Corrupt { kind: &'static str, id: String, source: prost::DecodeError },
+    Corrupt { kind: String, id: String, source: prost::DecodeError },
     #[error("{kind} {id} already exists")]
     Exists { kind: &'static str, id: String },
     #[error("{kind} {id} not found")]
     NotFound { kind: &'static str, id: String },
     #[error("{kind} {id} was changed concurrently (version {expected} is stale); retry")]
     Conflict { kind: &'static str, id: String, expected: u64 },
+    #[error("the write kept conflicting with concurrent writes; retry")]
+    Contended,
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A kind of stored object.
@@ -59,14 +72,33 @@ macro_rules! impl_object {
 }
 impl_object!(Node, "node");
 impl_object!(Cluster, "cluster");
+impl_object!(Member, "member");
 
-/// One committed change, as seen by watchers.
+/// One applied change, as seen by watchers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
-    pub kind: &'static str,
+    pub kind: String,
     pub id: String,
     pub version: u64,
     pub deleted: bool,
+}
+
+/// Whether a replicated batch took effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Conflict,
+}
+
+/// A boxed future, for the proposer seam.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Replicates a batch and resolves once it is applied to this store (or refused).
+pub trait Proposer: Send + Sync + std::fmt::Debug {
+    /// Proposes an encoded [`StoreBatch`].
+    fn propose(&self, batch: Vec<u8>) -> BoxFuture<'_, Result<Outcome, StoreError>>;
+    /// Resolves once this store has applied everything committed before the call.
+    fn barrier(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }
 
 /// The object store.
@@ -74,152 +106,280 @@ pub struct Event {
 pub struct Store {
     db: sled::Db,
     objects: sled::Tree,
-    write_lock: Mutex<()>,
-    version: AtomicU64,
+    sealer: Arc<Sealer>,
+    applied: AtomicU64,
+    local_lock: Mutex<()>,
+    proposer: OnceLock<Arc<dyn Proposer>>,
     events: broadcast::Sender<Event>,
 }
 
-const VERSION_KEY: &[u8] = b"version";
-
 fn key(kind: &str, id: &str) -> Vec<u8> {
     format!("{kind}/{id}").into_bytes()
+}
+
+fn split_key(k: &[u8]) -> (String, String) {
+    let s = String::from_utf8_lossy(k);
+    match s.split_once('/') {
+        Some((kind, id)) => (kind.to_string(), id.to_string()),
+        None => (s.to_string(), String::new()),
+    }
 }
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+fn aad(k: &[u8]) -> Vec<u8> {
+    [b"obj:".as_slice(), k].concat()
+}
+
 impl Store {
-    /// Opens (or creates) the store in `dir`.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open { path: dir.display().to_string(), source };
-        let db = sled::Config::new().path(dir).open().map_err(open_err)?;
-        let objects = db.open_tree("objects").map_err(open_err)?;
-        let version = match db.get(VERSION_KEY).map_err(open_err)? {
-            Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
-            _ => 0,
+    /// Opens the store kept in `db`, sealing records with `sealer`.
+    pub fn open(db: &sled::Db, sealer: Arc<Sealer>) -> Result<Store, StoreError> {
+        let objects = db.open_tree("objects")?;
+        let applied = match objects.get(APPLIED_KEY)? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
+            None => 0,
         };
-        let (events, _) = broadcast::channel(1024);
+        let (events, _) = broadcast::channel(4096);
         Ok(Store {
-            db,
+            db: db.clone(),
             objects,
-            write_lock: Mutex::new(()),
-            version: AtomicU64::new(version),
+            sealer,
+            applied: AtomicU64::new(applied),
+            local_lock: Mutex::new(()),
+            proposer: OnceLock::new(),
             events,
         })
     }
 
-    /// The version of the last committed change.
-    pub fn version(&self) -> u64 {
-        self.version.load(Ordering::SeqCst)
+    /// Routes every commit through `proposer` from now on (once).
+    pub fn set_proposer(&self, proposer: Arc<dyn Proposer>) {
+        let _ = self.proposer.set(proposer);
     }
 
-    /// Reads one object.
+    /// The index of the last applied change (the store's version).
+    pub fn version(&self) -> u64 {
+        self.applied.load(Ordering::SeqCst)
+    }
+
+    fn read_raw(&self, k: &[u8]) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let Some(sealed) = self.objects.get(k)? else { return Ok(None) };
+        let plain =
+            self.sealer.open(&aad(k), &sealed, || String::from_utf8_lossy(k).into_owned())?;
+        if plain.len() < 8 {
+            return Err(
+                CryptoError::Truncated { what: String::from_utf8_lossy(k).into_owned() }.into()
+            );
+        }
+        let version = u64::from_be_bytes(plain[..8].try_into().unwrap_or([0; 8]));
+        Ok(Some((version, plain[8..].to_vec())))
+    }
+
+    /// Reads one object (from this manager's applied state).
     pub fn get<T: Object>(&self, id: &str) -> Result<Option<T>, StoreError> {
-        self.objects.get(key(T::KIND, id))?.map(|b| decode::<T>(id, &b)).transpose()
+        self.read_raw(&key(T::KIND, id))?.map(|(v, b)| decode::<T>(id, v, &b)).transpose()
     }
 
     /// Lists every object of a kind.
     pub fn list<T: Object>(&self) -> Result<Vec<T>, StoreError> {
         let prefix = key(T::KIND, "");
-        self.objects
-            .scan_prefix(&prefix)
-            .map(|kv| {
-                let (k, v) = kv?;
-                let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                decode::<T>(&id, &v)
-            })
-            .collect()
+        let mut out = Vec::new();
+        for kv in self.objects.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            if let Some((v, b)) = self.read_raw(&k)? {
+                out.push(decode::<T>(&id, v, &b)?);
+            }
+        }
+        Ok(out)
     }
 
-    /// Subscribes to committed changes.
+    /// Subscribes to applied changes.
     pub fn watch(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
 
-    /// Runs `f` as one atomic, durable transaction: either all its writes are committed and
-    /// flushed to disk, or none are.
-    pub async fn update<R, E: From<StoreError>>(
-        &self,
-        f: impl FnOnce(&mut Tx<'_>) -> Result<R, E>,
-    ) -> Result<R, E> {
-        let (result, events) = self.apply(f)?;
-        if !events.is_empty() {
-            self.db.flush_async().await.map_err(StoreError::from)?;
-            for e in events {
-                let _ = self.events.send(e);
-            }
+    /// Waits until this manager has applied everything committed before now (linearizable reads).
+    pub async fn barrier(&self) -> Result<(), StoreError> {
+        match self.proposer.get() {
+            Some(p) => p.barrier().await,
+            None => Ok(()),
         }
-        Ok(result)
     }
 
-    fn apply<R, E: From<StoreError>>(
+    /// Runs `f` as one atomic transaction, replicated before it returns. `f` may run again if a
+    /// concurrent transaction changed what it read.
+    pub async fn update<R, E: From<StoreError>>(
         &self,
-        f: impl FnOnce(&mut Tx<'_>) -> Result<R, E>,
-    ) -> Result<(R, Vec<Event>), E> {
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut tx = Tx { store: self, writes: BTreeMap::new(), events: Vec::new() };
-        let result = f(&mut tx)?;
-        if tx.writes.is_empty() {
-            return Ok((result, Vec::new()));
-        }
-        let version = self.version() + 1;
-        let mut batch = sled::Batch::default();
-        for (k, v) in &tx.writes {
-            match v {
-                Some(bytes) => batch.insert(k.as_slice(), bytes.as_slice()),
-                None => batch.remove(k.as_slice()),
+        mut f: impl FnMut(&mut Tx<'_>) -> Result<R, E>,
+    ) -> Result<R, E> {
+        for _ in 0..MAX_ATTEMPTS {
+            let mut tx = Tx { store: self, reads: BTreeMap::new(), writes: BTreeMap::new() };
+            let result = f(&mut tx)?;
+            if tx.writes.is_empty() {
+                return Ok(result);
+            }
+            if self.commit(tx.into_batch()).await? == Outcome::Applied {
+                return Ok(result);
             }
         }
-        self.objects.apply_batch(batch).map_err(StoreError::from)?;
-        self.db.insert(VERSION_KEY, &version.to_be_bytes()).map_err(StoreError::from)?;
-        self.version.store(version, Ordering::SeqCst);
-        let events = tx.events.into_iter().map(|mut e| {
-            e.version = version;
-            e
-        });
-        Ok((result, events.collect()))
+        Err(StoreError::Contended.into())
+    }
+
+    async fn commit(&self, batch: StoreBatch) -> Result<Outcome, StoreError> {
+        if let Some(p) = self.proposer.get() {
+            return p.propose(batch.encode_to_vec()).await;
+        }
+        let outcome = {
+            let _guard = self.local_lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.apply_batch(self.version() + 1, &batch)?
+        };
+        self.db.flush_async().await?;
+        Ok(outcome)
+    }
+
+    /// Applies a committed batch at `index` (called in log order by the Raft task).
+    pub fn apply_batch(&self, index: u64, batch: &StoreBatch) -> Result<Outcome, StoreError> {
+        for pre in &batch.preconditions {
+            let current = self.read_raw(&pre.key)?.map(|(v, _)| v).unwrap_or(0);
+            if current != pre.version {
+                self.set_applied(index)?;
+                return Ok(Outcome::Conflict);
+            }
+        }
+        let mut sled_batch = sled::Batch::default();
+        let mut events = Vec::with_capacity(batch.writes.len());
+        for w in &batch.writes {
+            let (kind, id) = split_key(&w.key);
+            if w.delete {
+                sled_batch.remove(w.key.as_slice());
+            } else {
+                let plain = [index.to_be_bytes().as_slice(), &w.value].concat();
+                sled_batch.insert(w.key.as_slice(), self.sealer.seal(&aad(&w.key), &plain)?);
+            }
+            events.push(Event { kind, id, version: index, deleted: w.delete });
+        }
+        sled_batch.insert(APPLIED_KEY, &index.to_be_bytes());
+        self.objects.apply_batch(sled_batch)?;
+        self.applied.store(index, Ordering::SeqCst);
+        for e in events {
+            let _ = self.events.send(e);
+        }
+        Ok(Outcome::Applied)
+    }
+
+    /// Records that `index` was applied without changing objects (empty or config entries).
+    pub fn set_applied(&self, index: u64) -> Result<(), StoreError> {
+        self.objects.insert(APPLIED_KEY, &index.to_be_bytes())?;
+        self.applied.store(index, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The whole store, for a Raft snapshot.
+    pub fn snapshot(&self) -> Result<(u64, Vec<u8>), StoreError> {
+        let _guard = self.local_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let applied = self.version();
+        let mut records = Vec::new();
+        for kv in self.objects.iter() {
+            let (k, _) = kv?;
+            if k.as_ref() == APPLIED_KEY {
+                continue;
+            }
+            if let Some((version, value)) = self.read_raw(&k)? {
+                records.push(SnapshotRecord { key: k.to_vec(), version, value });
+            }
+        }
+        Ok((applied, StoreSnapshot { records }.encode_to_vec()))
+    }
+
+    /// Replaces the whole store with a snapshot taken at `index`.
+    pub fn restore(&self, index: u64, data: &[u8]) -> Result<(), StoreError> {
+        let snap = StoreSnapshot::decode(data).map_err(|source| StoreError::Corrupt {
+            kind: "snapshot".into(),
+            id: index.to_string(),
+            source,
+        })?;
+        self.objects.clear()?;
+        let mut batch = sled::Batch::default();
+        for r in &snap.records {
+            let plain = [r.version.to_be_bytes().as_slice(), &r.value].concat();
+            batch.insert(r.key.as_slice(), self.sealer.seal(&aad(&r.key), &plain)?);
+        }
+        batch.insert(APPLIED_KEY, &index.to_be_bytes());
+        self.objects.apply_batch(batch)?;
+        self.applied.store(index, Ordering::SeqCst);
+        for r in snap.records {
+            let (kind, id) = split_key(&r.key);
+            let _ = self.events.send(Event { kind, id, version: index, deleted: false });
+        }
+        Ok(())
     }
 }
 
-fn decode<T: Object>(id: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    T::decode(bytes).map_err(|source| StoreError::Corrupt {
-        kind: T::KIND,
+/// Opens a sled database, waiting out a previous opener of the same directory in this process
+/// (sled releases its file lock from a background thread after the last handle drops).
+pub fn open_db(path: &std::path::Path) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
+            {
+                if std::time::Instant::now() >= deadline {
+                    return Err(sled::Error::Io(e));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn decode<T: Object>(id: &str, version: u64, bytes: &[u8]) -> Result<T, StoreError> {
+    let mut obj = T::decode(bytes).map_err(|source| StoreError::Corrupt {
+        kind: T::KIND.into(),
         id: id.to_string(),
         source,
-    })
+    })?;
+    obj.meta_mut().version = version;
+    Ok(obj)
 }
 
 /// A transaction in progress: reads see its own writes; nothing is visible to others until the
-/// closure passed to [`Store::update`] returns `Ok`.
+/// closure passed to [`Store::update`] returns `Ok` and the batch is applied.
 #[derive(Debug)]
 pub struct Tx<'a> {
     store: &'a Store,
+    reads: BTreeMap<Vec<u8>, u64>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    events: Vec<Event>,
 }
 
 impl Tx<'_> {
     /// Reads one object, including this transaction's own writes.
-    pub fn get<T: Object>(&self, id: &str) -> Result<Option<T>, StoreError> {
-        match self.writes.get(&key(T::KIND, id)) {
-            Some(Some(bytes)) => decode(id, bytes).map(Some),
-            Some(None) => Ok(None),
-            None => self.store.get(id),
+    pub fn get<T: Object>(&mut self, id: &str) -> Result<Option<T>, StoreError> {
+        let k = key(T::KIND, id);
+        match self.writes.get(&k) {
+            Some(Some(bytes)) => return decode(id, 0, bytes).map(Some),
+            Some(None) => return Ok(None),
+            None => {}
         }
+        let raw = self.store.read_raw(&k)?;
+        self.reads.entry(k).or_insert(raw.as_ref().map(|(v, _)| *v).unwrap_or(0));
+        raw.map(|(v, b)| decode(id, v, &b)).transpose()
     }
 
-    /// Lists every object of a kind, including this transaction's own writes.
+    /// Lists every object of a kind, including this transaction's own writes. (A list does not
+    /// make the transaction conflict with later creations; read objects you depend on by ID.)
     pub fn list<T: Object>(&self) -> Result<Vec<T>, StoreError> {
         let mut all: BTreeMap<String, T> =
             self.store.list::<T>()?.into_iter().map(|o| (o.id().to_string(), o)).collect();
         let prefix = key(T::KIND, "");
-        for (k, v) in
-            self.writes.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix))
-        {
+        let mine = self.writes.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix));
+        for (k, v) in mine {
             let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
             match v {
-                Some(bytes) => all.insert(id.clone(), decode(&id, bytes)?),
+                Some(bytes) => all.insert(id.clone(), decode(&id, 0, bytes)?),
                 None => all.remove(&id),
             };
         }
@@ -232,8 +392,7 @@ impl Tx<'_> {
             return Err(StoreError::Exists { kind: T::KIND, id: obj.id().to_string() });
         }
         let now = now_ms();
-        *obj.meta_mut() =
-            Meta { version: self.store.version() + 1, created_at_ms: now, updated_at_ms: now };
+        *obj.meta_mut() = Meta { version: 0, created_at_ms: now, updated_at_ms: now };
         self.put(obj);
         Ok(())
     }
@@ -244,16 +403,12 @@ impl Tx<'_> {
             .get::<T>(obj.id())?
             .ok_or_else(|| StoreError::NotFound { kind: T::KIND, id: obj.id().to_string() })?;
         let (have, want) = (current.meta().map(|m| m.version), obj.meta().map(|m| m.version));
-        if have != want {
-            return Err(StoreError::Conflict {
-                kind: T::KIND,
-                id: obj.id().to_string(),
-                expected: want.unwrap_or(0),
-            });
+        let written_here = self.writes.contains_key(&key(T::KIND, obj.id()));
+        if have != want && !written_here {
+            let expected = want.unwrap_or(0);
+            return Err(StoreError::Conflict { kind: T::KIND, id: obj.id().to_string(), expected });
         }
-        let meta = obj.meta_mut();
-        meta.version = self.store.version() + 1;
-        meta.updated_at_ms = now_ms();
+        obj.meta_mut().updated_at_ms = now_ms();
         self.put(obj);
         Ok(())
     }
@@ -264,44 +419,100 @@ impl Tx<'_> {
             return Err(StoreError::NotFound { kind: T::KIND, id: id.to_string() });
         }
         self.writes.insert(key(T::KIND, id), None);
-        self.events.push(Event { kind: T::KIND, id: id.to_string(), version: 0, deleted: true });
         Ok(())
     }
 
     fn put<T: Object>(&mut self, obj: T) {
-        let id = obj.id().to_string();
-        self.writes.insert(key(T::KIND, &id), Some(obj.encode_to_vec()));
-        self.events.push(Event { kind: T::KIND, id, version: 0, deleted: false });
+        self.writes.insert(key(T::KIND, obj.id()), Some(obj.encode_to_vec()));
+    }
+
+    fn into_batch(self) -> StoreBatch {
+        let mut preconditions: BTreeMap<Vec<u8>, u64> = self.reads;
+        for k in self.writes.keys() {
+            if !preconditions.contains_key(k) {
+                let v = self.store.read_raw(k).ok().flatten().map(|(v, _)| v).unwrap_or(0);
+                preconditions.insert(k.clone(), v);
+            }
+        }
+        StoreBatch {
+            preconditions: preconditions
+                .into_iter()
+                .map(|(key, version)| Precondition { key, version })
+                .collect(),
+            writes: self
+                .writes
+                .into_iter()
+                .map(|(key, v)| Write { key, delete: v.is_none(), value: v.unwrap_or_default() })
+                .collect(),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::crypto::Key;
+
+    fn open(dir: &std::path::Path, key: &Key) -> Store {
+        let db = open_db(dir).unwrap();
+        Store::open(&db, Arc::new(Sealer::new(key))).unwrap()
+    }
 
     fn node(id: &str) -> Node {
         Node { id: id.into(), hostname: format!("host-{id}"), ..Default::default() }
     }
 
     #[tokio::test]
-    async fn committed_objects_survive_reopen() {
+    async fn committed_objects_survive_reopen_and_are_sealed_on_disk() {
         let dir = tempfile::tempdir().unwrap();
+        let key = Key::generate().unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = open(dir.path(), &key);
             store.update(|tx| tx.create(node("a"))).await.unwrap();
-            store.update(|tx| tx.create(node("b"))).await.unwrap();
+            let mut b = node("b");
+            b.state_message = "needle-7f3a".into();
+            store.update(|tx| tx.create(b.clone())).await.unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = open(dir.path(), &key);
         let ids: Vec<_> = store.list::<Node>().unwrap().into_iter().map(|n| n.id).collect();
         assert_eq!(ids, ["a", "b"]);
         assert_eq!(store.version(), 2);
         assert_eq!(store.get::<Node>("a").unwrap().unwrap().meta.unwrap().version, 1);
+        drop(store);
+        let found = grep(dir.path(), b"needle-7f3a");
+        assert!(found.is_empty(), "plaintext found in {found:?}");
+        let wrong = open(dir.path(), &Key::generate().unwrap());
+        assert!(matches!(wrong.get::<Node>("a"), Err(StoreError::Crypto(_))));
+    }
+
+    fn grep(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+        let mut hits = Vec::new();
+        for entry in walk(dir) {
+            let bytes = std::fs::read(&entry).unwrap_or_default();
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                hits.push(entry);
+            }
+        }
+        hits
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
     }
 
     #[tokio::test]
     async fn a_failed_transaction_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = open(dir.path(), &Key::generate().unwrap());
         store.update(|tx| tx.create(node("a"))).await.unwrap();
         let err = store
             .update(|tx| {
@@ -318,21 +529,34 @@ mod tests {
     #[tokio::test]
     async fn stale_updates_conflict() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = open(dir.path(), &Key::generate().unwrap());
         store.update(|tx| tx.create(node("a"))).await.unwrap();
         let stale = store.get::<Node>("a").unwrap().unwrap();
         let mut fresh = stale.clone();
         fresh.hostname = "renamed".into();
-        store.update(|tx| tx.update(fresh)).await.unwrap();
-        let err = store.update(|tx| tx.update(stale)).await.unwrap_err();
+        store.update(|tx| tx.update(fresh.clone())).await.unwrap();
+        let err = store.update(|tx| tx.update(stale.clone())).await.unwrap_err();
         assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
         assert_eq!(store.get::<Node>("a").unwrap().unwrap().hostname, "renamed");
     }
 
     #[tokio::test]
+    async fn a_batch_whose_reads_changed_is_refused_at_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), &Key::generate().unwrap());
+        store.update(|tx| tx.create(node("a"))).await.unwrap();
+        let stale = StoreBatch {
+            preconditions: vec![Precondition { key: b"node/a".to_vec(), version: 0 }],
+            writes: vec![Write { key: b"node/a".to_vec(), value: vec![], delete: true }],
+        };
+        assert_eq!(store.apply_batch(2, &stale).unwrap(), Outcome::Conflict);
+        assert!(store.get::<Node>("a").unwrap().is_some());
+    }
+
+    #[tokio::test]
     async fn watchers_see_commits_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = open(dir.path(), &Key::generate().unwrap());
         let mut watch = store.watch();
         store.update(|tx| tx.create(node("a"))).await.unwrap();
         store.update(|tx| tx.delete::<Node>("a")).await.unwrap();
@@ -343,9 +567,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn snapshots_restore_the_same_objects() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = open(d1.path(), &Key::generate().unwrap());
+        a.update(|tx| tx.create(node("x"))).await.unwrap();
+        a.update(|tx| tx.create(node("y"))).await.unwrap();
+        let (index, data) = a.snapshot().unwrap();
+        let b = open(d2.path(), &Key::generate().unwrap());
+        b.update(|tx| tx.create(node("stale"))).await.unwrap();
+        b.restore(index, &data).unwrap();
+        assert_eq!(b.list::<Node>().unwrap(), a.list::<Node>().unwrap());
+        assert_eq!(b.version(), 2);
+    }
+
+    #[tokio::test]
     async fn reads_inside_a_transaction_see_its_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = open(dir.path(), &Key::generate().unwrap());
         store
             .update(|tx| {
                 tx.create(node("a"))?;

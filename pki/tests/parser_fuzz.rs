@@ -12,7 +12,14 @@ fn sample() -> (RootCa, Vec<u8>, Vec<u8>) {
     let key = NodeKey::generate().unwrap();
     let csr = key.csr_der().unwrap();
     let issued = ca
-        .sign_node_csr(&csr, "node-1", Role::Worker, "cluster-1", Duration::from_secs(7200), SystemTime::now())
+        .sign_node_csr(
+            &csr,
+            "node-1",
+            Role::Worker,
+            "cluster-1",
+            Duration::from_secs(7200),
+            SystemTime::now(),
+        )
         .unwrap();
     let der = rustls_pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
     (ca, csr, der.to_vec())
