@@ -1,2 +1,5 @@
 pub mod crypto;
+pub mod node;
 pub mod storage;
+#[cfg(test)]
+mod tests;
