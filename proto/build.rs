@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/control.proto",
         "proto/dispatcher.proto",
         "proto/daemon.proto",
+        "proto/raft.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -1,9 +1,11 @@
-//! Owns Shoal's protobuf messages and gRPC service stubs; adds small helpers on the generated
-//! types and never does IO.
+//! Owns Shoal's protobuf messages and gRPC service stubs, small helpers on the generated types,
+//! and (in `dial`) the one way to open a TLS gRPC channel to a manager.
 
 #![allow(missing_debug_implementations)]
 
 tonic::include_proto!("shoal");
+
+pub mod dial;
 
 impl NodeRole {
     /// The word the CLI shows and accepts for this role.
