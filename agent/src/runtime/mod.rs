@@ -6,12 +6,41 @@
 #![allow(unsafe_code)]
 
 pub mod caps;
+pub mod cgroup;
 pub mod error;
+pub mod logs;
 pub mod oci;
+pub mod oci_runtime;
 pub mod policy;
+pub mod reap;
+pub mod rootfs;
+pub mod runc;
 pub mod seccomp;
 pub mod spec;
 
+use futures::future::BoxFuture;
+
 pub use error::{Result, RuntimeError};
+pub use logs::LogLimits;
+pub use oci_runtime::{OciRuntime, RuntimeConfig};
 pub use policy::{IdRange, NodePolicy};
+pub use reap::ExitStatus;
 pub use spec::{HostNamespace, Resources, RootfsSource, SeccompChoice, TaskSpec, Ulimit, UserSpec};
+
+/// What the agent's task controllers need from a container runtime. Object-safe, so the worker
+/// can hold a `Arc<dyn Runtime>` and tests can use a fake.
+pub trait Runtime: Send + Sync {
+    /// Checks `spec` against the node's policy, prepares its bundle and creates the container;
+    /// its process waits for `start`. A refused option fails with `RuntimeError::Refused`.
+    fn create(&self, spec: TaskSpec) -> BoxFuture<'_, Result<()>>;
+    /// Runs the task's process.
+    fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Waits for the task's process to exit (returns at once if it has).
+    fn wait<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<ExitStatus>>;
+    /// Sends `signal` to the task's init process.
+    fn kill<'a>(&'a self, id: &'a str, signal: i32) -> BoxFuture<'a, Result<()>>;
+    /// Sends the task's stop signal, waits its grace period, then SIGKILLs; returns how it ended.
+    fn stop<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<ExitStatus>>;
+    /// Removes the container, its rootfs mount, cgroups and bundle (killing it if running).
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
+}

@@ -106,14 +106,10 @@ pub fn rlimit_type(name: &str) -> Result<PosixRlimitType> {
 }
 
 fn rlimits(spec: &TaskSpec) -> Result<Vec<PosixRlimit>> {
-    let mut out = vec![PosixRlimitBuilder::default()
-        .typ(PosixRlimitType::RlimitNofile)
-        .soft(1024u64)
-        .hard(524_288u64)
-        .build()?];
+    // Limits not given are inherited from the agent, as Docker's containers inherit dockerd's.
+    let mut out: Vec<PosixRlimit> = Vec::new();
     for u in &spec.ulimits {
         let typ = rlimit_type(&u.name)?;
-        out.retain(|r| r.typ() != typ);
         out.push(PosixRlimitBuilder::default().typ(typ).soft(u.soft).hard(u.hard).build()?);
     }
     Ok(out)

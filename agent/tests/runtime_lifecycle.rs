@@ -1,0 +1,135 @@
+//! Real containers through runc: exit codes, logs, stop with grace, OOM kill, pids limit,
+//! cleanup. Needs root (fails under CI without it).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use shoal_agent::runtime::{Runtime, RuntimeError};
+
+#[tokio::test]
+async fn runs_a_task_and_captures_its_output_and_exit_code() {
+    if !have_root("runs_a_task") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(dir.path());
+    let rt = new_test_runtime(dir.path());
+    let id = task_id("hello");
+    rt.create(sh_task(&id, &rootfs, "echo hello; echo oops >&2; exit 3")).await.unwrap();
+    rt.start(&id).await.unwrap();
+    let status = rt.wait(&id).await.unwrap();
+    assert_eq!((status.code, status.signal, status.oom_killed), (3, None, false));
+    let (out, err) = rt.log_paths(&id);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            std::fs::read_to_string(&out).is_ok_and(|s| s == "hello\n")
+                && std::fs::read_to_string(&err).is_ok_and(|s| s == "oops\n")
+        })
+        .await
+    );
+    rt.delete(&id).await.unwrap();
+    assert!(!rt.bundle_dir(&id).exists());
+    assert!(rt.cgroup_layout().leftovers(&rt.cgroup_path(&id)).is_empty());
+}
+
+#[tokio::test]
+async fn stop_sends_signal_then_kills_after_grace() {
+    if !have_root("stop_grace") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(dir.path());
+    let rt = new_test_runtime(dir.path());
+
+    let polite = task_id("polite");
+    rt.create(sh_task(&polite, &rootfs, "trap 'exit 0' TERM; while true; do sleep 0.1; done"))
+        .await
+        .unwrap();
+    rt.start(&polite).await.unwrap();
+    let started = std::time::Instant::now();
+    let status = rt.stop(&polite).await.unwrap();
+    assert_eq!(status.code, 0, "a task that handles SIGTERM exits cleanly");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    rt.delete(&polite).await.unwrap();
+
+    let stubborn = task_id("stubborn");
+    let mut spec = sh_task(&stubborn, &rootfs, "trap '' TERM; while true; do sleep 0.1; done");
+    spec.stop_grace = Duration::from_millis(500);
+    rt.create(spec).await.unwrap();
+    rt.start(&stubborn).await.unwrap();
+    let started = std::time::Instant::now();
+    let status = rt.stop(&stubborn).await.unwrap();
+    assert_eq!((status.code, status.signal), (137, Some(9)), "ignored SIGTERM, so SIGKILL");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    rt.delete(&stubborn).await.unwrap();
+}
+
+#[tokio::test]
+async fn memory_limit_reports_oom_kill() {
+    if !have_root("oom") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(dir.path());
+    let rt = new_test_runtime(dir.path());
+    let id = task_id("oom");
+    // busybox dd with a 64 MiB block size allocates a 64 MiB buffer; the limit is 16 MiB.
+    let mut spec = sh_task(&id, &rootfs, "dd if=/dev/zero of=/dev/null bs=64M count=4");
+    spec.resources.memory_bytes = Some(16 << 20);
+    rt.create(spec).await.unwrap();
+    rt.start(&id).await.unwrap();
+    let status = rt.wait(&id).await.unwrap();
+    assert!(status.oom_killed, "expected an OOM kill, got {status:?}");
+    assert!(!status.success());
+    rt.delete(&id).await.unwrap();
+}
+
+#[tokio::test]
+async fn pids_limit_is_always_set_and_enforced() {
+    if !have_root("pids") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(dir.path());
+    let rt = new_test_runtime(dir.path());
+
+    let id = task_id("pids-default");
+    rt.create(sh_task(&id, &rootfs, "true")).await.unwrap();
+    assert_eq!(rt.cgroup_layout().pids_max(&rt.cgroup_path(&id)), Some(1024));
+    rt.delete(&id).await.unwrap();
+
+    let id = task_id("pids-small");
+    let script = "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 5 & done; wait; echo done";
+    let mut spec = sh_task(&id, &rootfs, script);
+    spec.resources.pids = Some(5);
+    rt.create(spec).await.unwrap();
+    rt.start(&id).await.unwrap();
+    let _ = rt.stop(&id).await;
+    let (_, err) = rt.log_paths(&id);
+    let stderr = std::fs::read_to_string(err).unwrap_or_default();
+    assert!(
+        stderr.contains("can't fork") || stderr.contains("Resource temporarily unavailable"),
+        "forks past the limit must fail; stderr was {stderr:?}"
+    );
+    rt.delete(&id).await.unwrap();
+}
+
+#[tokio::test]
+async fn refused_options_reject_the_task_before_anything_runs() {
+    if !have_root("refused") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(dir.path());
+    let rt = new_test_runtime(dir.path());
+    let id = task_id("greedy");
+    let mut spec = sh_task(&id, &rootfs, "true");
+    spec.cap_add = vec!["SYS_ADMIN".into()];
+    match rt.create(spec).await {
+        Err(RuntimeError::Refused { option, .. }) => assert_eq!(option, "cap-add CAP_SYS_ADMIN"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(!rt.bundle_dir(&id).exists());
+}
