@@ -3,6 +3,7 @@
 
 pub mod connect;
 pub mod files;
+pub mod image;
 pub mod join;
 pub mod renew;
 pub mod runtime;

@@ -87,3 +87,11 @@ fn build_probe() -> PathBuf {
     assert!(status.success(), "building the static probe failed");
     target.join("x86_64-unknown-linux-gnu/debug/shoal-probe")
 }
+
+/// A tarball of the directory `root` (symlinks kept as symlinks).
+pub fn tar_dir(root: &Path, out: &Path) {
+    let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
+    b.follow_symlinks(false);
+    b.append_dir_all(".", root).unwrap();
+    b.finish().unwrap();
+}

@@ -1,0 +1,94 @@
+//! The agent's image store: content-addressed blobs (sha256), unpacked layers ready for
+//! overlayfs, per-image metadata and name → image id tags, all under one directory.
+//! Imports rootfs tarballs and loads `docker save` / OCI-layout archives; never pulls from a
+//! registry. Synchronous: call it from a blocking task.
+
+mod archive;
+pub mod layer;
+pub mod reference;
+mod store;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use reference::Reference;
+pub use store::ImageStore;
+
+/// What went wrong with an image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("bad image reference {reference:?}: {reason}")]
+    BadReference { reference: String, reason: String },
+    /// The image is not on this node; a task that needs it must be REJECTED.
+    #[error(
+        "image {0} is not on this node; load it with `shoal image load` or `shoal image import`"
+    )]
+    NotFound(String),
+    /// The name resolves, but to another image than the pinned digest.
+    #[error("image {reference} on this node is {actual}, not the pinned {pinned}; load the pinned image")]
+    PinMismatch { reference: String, pinned: String, actual: String },
+    #[error("image {0} is used by a task on this node; remove the task first")]
+    InUse(String),
+    #[error("not an image archive: {0}")]
+    UnknownArchive(String),
+    #[error("{what:?} does not match its digest {expected}; the archive is corrupt")]
+    DigestMismatch { what: PathBuf, expected: String },
+    #[error("layer {index} of image {image} has diff id {actual}, its config says {expected}")]
+    DiffIdMismatch { image: String, index: usize, expected: String, actual: String },
+    #[error("unpacking a layer into {path:?}: {source}")]
+    Layer { path: PathBuf, source: std::io::Error },
+    #[error("{what} {path:?}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+impl ImageError {
+    fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ImageError::Io { what, path: path.into(), source }
+    }
+}
+
+/// One stored image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// `sha256:` digest of the image config: the id a service is pinned to.
+    pub id: String,
+    /// `name:tag` references pointing at it.
+    pub names: Vec<String>,
+    /// Layer diff ids, bottom first.
+    pub layers: Vec<String>,
+    pub config: RunConfig,
+    /// Bytes of unpacked layers.
+    pub size: u64,
+}
+
+/// The parts of an image's config a task starts from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunConfig {
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+impl RunConfig {
+    /// The command a task runs: its own args replace CMD, ENTRYPOINT stays in front.
+    pub fn command(&self, args: &[String]) -> Vec<String> {
+        let tail = if args.is_empty() { &self.cmd } else { args };
+        self.entrypoint.iter().chain(tail).cloned().collect()
+    }
+}
+
+/// Go's name for this machine's architecture, as image configs use it.
+pub fn go_arch() -> &'static str {
+    crate::runtime::seccomp::native_arch()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,295 @@
+//! `ImageStore`: where images live on disk and how they get there.
+//! Layout under the root: `blobs/sha256/<hex>` (configs), `layers/<hex>/` (unpacked layers,
+//! named by diff id), `images/<hex>.json` (metadata incl. names), `tmp/` (staging).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::Deserialize;
+
+use super::archive::{self, Found};
+use super::layer::{self, digest};
+use super::reference::{check_digest, Reference};
+use super::{ImageError, ImageInfo, RunConfig};
+use crate::runtime::RootfsSource;
+
+/// The node's images.
+#[derive(Debug)]
+pub struct ImageStore {
+    root: PathBuf,
+    /// Serializes writers: metadata and tag moves are read-modify-write.
+    lock: Mutex<()>,
+}
+
+#[derive(Deserialize)]
+struct RawConfig {
+    #[serde(default)]
+    config: Option<RawRun>,
+    rootfs: RawRootfs,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RawRun {
+    env: Option<Vec<String>>,
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
+    working_dir: Option<String>,
+    user: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawRootfs {
+    diff_ids: Vec<String>,
+}
+
+impl ImageStore {
+    /// Opens (creating) the store at `root` and clears leftovers of interrupted loads.
+    pub fn open(root: impl Into<PathBuf>) -> Result<ImageStore, ImageError> {
+        let root = root.into();
+        let _ = std::fs::remove_dir_all(root.join("tmp"));
+        for d in ["blobs/sha256", "layers", "images", "tmp"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).map_err(|e| ImageError::io("creating", &p, e))?;
+        }
+        Ok(ImageStore { root, lock: Mutex::new(()) })
+    }
+
+    /// Imports a rootfs tarball (plain or gzip) as a one-layer image named `reference`.
+    pub fn import(&self, rootfs_tar: &Path, reference: &str) -> Result<ImageInfo, ImageError> {
+        let name =
+            Reference::parse(reference)?.tagged().ok_or_else(|| ImageError::BadReference {
+                reference: reference.into(),
+                reason: "import needs NAME[:TAG]".into(),
+            })?;
+        let file = std::fs::File::open(rootfs_tar)
+            .map_err(|e| ImageError::io("opening", rootfs_tar, e))?;
+        let diff_id = self.add_layer(file)?;
+        let config = serde_json::json!({
+            "architecture": super::go_arch(),
+            "os": "linux",
+            "config": {},
+            "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+        });
+        let found =
+            Found { names: vec![name], config: config.to_string().into_bytes(), layers: vec![] };
+        self.store(found, vec![diff_id])
+    }
+
+    /// Loads every image of a `docker save` or OCI-layout archive (plain or gzip).
+    pub fn load_archive(&self, path: &Path) -> Result<Vec<ImageInfo>, ImageError> {
+        let staging = self.tmp_dir()?;
+        let result = self.load_staged(path, &staging);
+        let _ = std::fs::remove_dir_all(&staging);
+        result
+    }
+
+    fn load_staged(&self, path: &Path, staging: &Path) -> Result<Vec<ImageInfo>, ImageError> {
+        let file = std::fs::File::open(path).map_err(|e| ImageError::io("opening", path, e))?;
+        let reader = layer::decompressed(file).map_err(|e| ImageError::io("reading", path, e))?;
+        tar::Archive::new(reader)
+            .unpack(staging)
+            .map_err(|e| ImageError::io("unpacking", path, e))?;
+        let mut out = Vec::new();
+        for found in archive::read(staging)? {
+            let mut diff_ids = Vec::new();
+            for l in &found.layers {
+                let f = std::fs::File::open(l).map_err(|e| ImageError::io("opening", l, e))?;
+                diff_ids.push(self.add_layer(f)?);
+            }
+            out.push(self.store(found, diff_ids)?);
+        }
+        Ok(out)
+    }
+
+    /// Unpacks a layer unless a layer with its diff id is already stored; returns the diff id.
+    fn add_layer(&self, src: impl std::io::Read) -> Result<String, ImageError> {
+        let tmp = self.tmp_dir()?;
+        let diff_id = match layer::unpack(src, &tmp) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        let dest = self.layer_dir(&diff_id);
+        if dest.exists() || std::fs::rename(&tmp, &dest).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        Ok(diff_id)
+    }
+
+    fn store(&self, found: Found, diff_ids: Vec<String>) -> Result<ImageInfo, ImageError> {
+        let id = digest(&found.config);
+        let raw: RawConfig = serde_json::from_slice(&found.config)
+            .map_err(|e| ImageError::UnknownArchive(format!("image config {id}: {e}")))?;
+        check_diff_ids(&id, &raw.rootfs.diff_ids, &diff_ids)?;
+        let run = raw.config.unwrap_or_default();
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        write(&self.blob_path(&id), &found.config)?;
+        let mut info = self.read_meta(&id).unwrap_or(ImageInfo {
+            id: id.clone(),
+            names: Vec::new(),
+            layers: diff_ids.clone(),
+            config: RunConfig {
+                env: run.env.unwrap_or_default(),
+                entrypoint: run.entrypoint.unwrap_or_default(),
+                cmd: run.cmd.unwrap_or_default(),
+                workdir: run.working_dir.filter(|w| !w.is_empty()),
+                user: run.user.filter(|u| !u.is_empty()),
+            },
+            size: diff_ids.iter().map(|d| dir_size(&self.layer_dir(d))).sum(),
+        });
+        for name in &found.names {
+            let tagged = Reference::parse(name)?.tagged().unwrap_or_else(|| name.clone());
+            self.untag_everywhere(&tagged)?;
+            if !info.names.contains(&tagged) {
+                info.names.push(tagged);
+            }
+        }
+        self.write_meta(&info)?;
+        Ok(info)
+    }
+
+    /// Every stored image.
+    pub fn list(&self) -> Result<Vec<ImageInfo>, ImageError> {
+        let dir = self.root.join("images");
+        let entries = std::fs::read_dir(&dir).map_err(|e| ImageError::io("listing", &dir, e))?;
+        let mut out: Vec<ImageInfo> = entries
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect();
+        out.sort_by(|a, b| a.names.cmp(&b.names).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// The image `reference` names: `name:tag`, `name@sha256:..` (the pin must match) or an id.
+    pub fn resolve(&self, reference: &str) -> Result<ImageInfo, ImageError> {
+        let r = Reference::parse(reference)?;
+        let by_name = match r.tagged() {
+            Some(t) => self.list()?.into_iter().find(|i| i.names.contains(&t)),
+            None => None,
+        };
+        match (by_name, r.digest) {
+            (Some(i), Some(pin)) if i.id != pin => Err(ImageError::PinMismatch {
+                reference: reference.into(),
+                pinned: pin,
+                actual: i.id,
+            }),
+            (Some(i), _) => Ok(i),
+            (None, Some(pin)) => self.read_meta(&pin).ok_or(ImageError::NotFound(reference.into())),
+            (None, None) => Err(ImageError::NotFound(reference.into())),
+        }
+    }
+
+    /// Removes a name; the image goes when its last name does (or when removed by id), and
+    /// layers no other image uses go with it. Refuses images in `in_use` (ids). Returns the id.
+    pub fn remove(&self, reference: &str, in_use: &[String]) -> Result<String, ImageError> {
+        let info = self.resolve(reference)?;
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let by_id = Reference::parse(reference)?.name.is_none();
+        let mut remaining = info.clone();
+        if !by_id {
+            let tagged = Reference::parse(reference)?.tagged();
+            remaining.names.retain(|n| Some(n) != tagged.as_ref());
+        }
+        if !by_id && !remaining.names.is_empty() {
+            self.write_meta(&remaining)?;
+            return Ok(info.id);
+        }
+        if in_use.contains(&info.id) {
+            return Err(ImageError::InUse(reference.into()));
+        }
+        let _ = std::fs::remove_file(self.meta_path(&info.id));
+        let _ = std::fs::remove_file(self.blob_path(&info.id));
+        let kept: Vec<String> = self.list()?.into_iter().flat_map(|i| i.layers).collect();
+        for l in info.layers.iter().filter(|l| !kept.contains(l)) {
+            let _ = std::fs::remove_dir_all(self.layer_dir(l));
+        }
+        Ok(info.id)
+    }
+
+    /// The rootfs source for a task of `image`: its layers, topmost first.
+    pub fn rootfs(&self, image: &ImageInfo) -> RootfsSource {
+        RootfsSource::Layers(image.layers.iter().rev().map(|l| self.layer_dir(l)).collect())
+    }
+
+    /// Where the layer with `diff_id` is unpacked.
+    pub fn layer_dir(&self, diff_id: &str) -> PathBuf {
+        self.root.join("layers").join(hex_of(diff_id))
+    }
+
+    fn untag_everywhere(&self, tagged: &str) -> Result<(), ImageError> {
+        for mut other in self.list()?.into_iter().filter(|i| i.names.iter().any(|n| n == tagged)) {
+            other.names.retain(|n| n != tagged);
+            self.write_meta(&other)?;
+        }
+        Ok(())
+    }
+
+    fn tmp_dir(&self) -> Result<PathBuf, ImageError> {
+        let p = self.root.join("tmp").join(format!("{:016x}", rand::random::<u64>()));
+        std::fs::create_dir(&p).map_err(|e| ImageError::io("creating", &p, e))?;
+        Ok(p)
+    }
+
+    fn blob_path(&self, digest: &str) -> PathBuf {
+        self.root.join("blobs/sha256").join(hex_of(digest))
+    }
+
+    fn meta_path(&self, id: &str) -> PathBuf {
+        self.root.join("images").join(format!("{}.json", hex_of(id)))
+    }
+
+    fn read_meta(&self, id: &str) -> Option<ImageInfo> {
+        check_digest(id)?;
+        serde_json::from_slice(&std::fs::read(self.meta_path(id)).ok()?).ok()
+    }
+
+    fn write_meta(&self, info: &ImageInfo) -> Result<(), ImageError> {
+        let bytes = serde_json::to_vec_pretty(info).expect("image metadata serializes");
+        write(&self.meta_path(&info.id), &bytes)
+    }
+}
+
+fn check_diff_ids(id: &str, expected: &[String], actual: &[String]) -> Result<(), ImageError> {
+    if expected.len() != actual.len() {
+        return Err(ImageError::UnknownArchive(format!(
+            "image {id} lists {} layers in its config but the archive has {}",
+            expected.len(),
+            actual.len()
+        )));
+    }
+    match expected.iter().zip(actual).enumerate().find(|(_, (e, a))| e != a) {
+        Some((index, (e, a))) => Err(ImageError::DiffIdMismatch {
+            image: id.into(),
+            index,
+            expected: e.clone(),
+            actual: a.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn hex_of(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").unwrap_or(digest)
+}
+
+/// Writes `bytes` to `path` atomically (temp file + rename).
+fn write(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| ImageError::io("writing", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ImageError::io("renaming into", path, e))
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
