@@ -37,8 +37,23 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
 
 /// A runtime whose data root is under `dir`.
 pub fn new_test_runtime(dir: &Path) -> OciRuntime {
+    new_test_runtime_with(dir, |_| {})
+}
+
+/// A runtime whose data root is under `dir`, its config adjusted by `edit`. `dir` and its
+/// parents are made searchable so remapped roots can reach their bundles.
+pub fn new_test_runtime_with(dir: &Path, edit: impl FnOnce(&mut RuntimeConfig)) -> OciRuntime {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    for d in dir
+        .ancestors()
+        .filter(|d| d.starts_with(std::env::temp_dir()) && *d != std::env::temp_dir())
+    {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
     let mut cfg = RuntimeConfig::new(dir.join("data"));
     cfg.runtime_binary = "/usr/bin/runc".into();
+    edit(&mut cfg);
     OciRuntime::new(cfg).expect("runtime starts")
 }
 

@@ -1,0 +1,171 @@
+//! Runtime conformance: the static probe runs inside real tasks and reports what it sees; each
+//! isolation default is asserted, and each forbidden action must fail. Needs root.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use shoal_agent::runtime::{IdRange, Runtime, SeccompChoice, TaskSpec};
+
+const DEFAULT_CAPS: &str = "00000000a80425fb";
+const EPERM: &str = "errno:1";
+const ESRCH: &str = "errno:3";
+const EROFS: &str = "errno:30";
+const ENOENT: &str = "errno:2";
+const EACCES: &str = "errno:13";
+
+/// Runs the probe in a task shaped by `edit` and returns its report.
+async fn probe(name: &str, edit: impl FnOnce(&mut TaskSpec)) -> HashMap<String, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(dir.path());
+    std::fs::copy(probe_binary(), rootfs.join("bin/shoal-probe")).unwrap();
+    let mut rt_cfg_dir = dir.path().to_path_buf();
+    rt_cfg_dir.push("rt");
+    let rt = new_test_runtime_with(&rt_cfg_dir, |cfg| {
+        let r = IdRange { host_start: 200_000, size: 65_536 };
+        cfg.policy.userns_uids = Some(r);
+        cfg.policy.userns_gids = Some(r);
+    });
+    let id = task_id(name);
+    let host_pid = std::process::id().to_string();
+    let args = vec!["/bin/shoal-probe".into(), host_pid];
+    let mut spec = TaskSpec::new(&id, shoal_agent::runtime::RootfsSource::Dir(rootfs), args);
+    edit(&mut spec);
+    rt.create(spec).await.unwrap();
+    rt.start(&id).await.unwrap();
+    let status = rt.wait(&id).await.unwrap();
+    let (out, err) = rt.log_paths(&id);
+    let done = || std::fs::read_to_string(&out).is_ok_and(|s| s.contains("try.chroot_dir_listing"));
+    assert!(
+        eventually(Duration::from_secs(5), done).await,
+        "probe exited with {status:?}; stderr: {:?}",
+        std::fs::read_to_string(&err)
+    );
+    let report = std::fs::read_to_string(&out).unwrap();
+    rt.delete(&id).await.unwrap();
+    report.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect()
+}
+
+fn host_ns(ns: &str) -> String {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(Path::new("/proc/self/ns").join(ns)).unwrap().ino().to_string()
+}
+
+fn assert_forbidden_blocked(r: &HashMap<String, String>) {
+    let expect = [
+        ("try.mount", EPERM),
+        ("try.unshare_mnt", EPERM),
+        ("try.unshare_user", EPERM),
+        ("try.setns", EPERM),
+        ("try.keyctl", EPERM),
+        ("try.ptrace_host", ESRCH),
+        ("try.init_module", EPERM),
+        ("try.finit_module", EPERM),
+        ("try.reboot", EPERM),
+        ("try.clock_settime", EPERM),
+        ("try.kexec_load", EPERM),
+        ("try.iopl", EPERM),
+    ];
+    for (key, want) in expect {
+        assert_eq!(r.get(key).map(String::as_str), Some(want), "{key} in {r:#?}");
+    }
+    // Read-only (or, for a remapped root, not its files); sysrq may be compiled out.
+    assert!(matches!(r["try.write_proc_sys"].as_str(), EROFS | EACCES), "{r:#?}");
+    assert!(matches!(r["try.write_sysrq"].as_str(), EROFS | EACCES | ENOENT), "{r:#?}");
+    assert_eq!(r["try.unshare_user"], EPERM);
+}
+
+#[tokio::test]
+async fn default_task_is_confined() {
+    if !have_root("default_task_is_confined") {
+        return;
+    }
+    let r = probe("conf-default", |_| {}).await;
+    for key in ["cap.eff", "cap.prm", "cap.bnd"] {
+        assert_eq!(r[key], DEFAULT_CAPS, "{key}");
+    }
+    assert_eq!(
+        (r["cap.inh"].as_str(), r["cap.amb"].as_str()),
+        ("0000000000000000", "0000000000000000")
+    );
+    assert_eq!(r["seccomp"], "2", "seccomp filter mode");
+    assert_eq!(r["no_new_privs"], "1");
+    for ns in ["pid", "net", "mnt", "ipc", "uts"] {
+        assert_ne!(r[&format!("ns.{ns}")], host_ns(ns), "{ns} namespace must be private");
+    }
+    assert_eq!(r["ns.user"], host_ns("user"), "no user namespace unless remapped");
+    assert_eq!(r["my_pid"], "1", "the probe is pid 1 of its own pid namespace");
+    assert!(r["visible_pids"].parse::<u32>().unwrap() <= 2, "host pids are not visible");
+    // Masked (reads nothing) where the kernel has it; some kernels have no /proc/kcore.
+    assert!(matches!(r["kcore"].as_str(), "read:0" | ENOENT), "/proc/kcore: {}", r["kcore"]);
+    assert_eq!(r["cgroup.pids_max"], "1024", "a pids limit is always set");
+    assert_eq!(r["rootfs_readonly"], "false");
+    assert_eq!(r["try.raw_socket"], "ok", "NET_RAW is in Docker's default set");
+    assert_eq!(r["try.fork"], "ok");
+    assert_forbidden_blocked(&r);
+}
+
+#[tokio::test]
+async fn options_change_what_the_task_sees() {
+    if !have_root("options_change_what_the_task_sees") {
+        return;
+    }
+    let r = probe("conf-opts", |s| {
+        s.cap_drop = vec!["NET_RAW".into()];
+        s.read_only_rootfs = true;
+        s.hostname = Some("probe-host".into());
+        s.resources.memory_bytes = Some(64 << 20);
+        s.resources.pids = Some(50);
+    })
+    .await;
+    assert_eq!(r["try.raw_socket"], EPERM, "raw sockets need CAP_NET_RAW");
+    assert_eq!(r["cap.eff"], "00000000a80405fb");
+    assert_eq!(r["rootfs_readonly"], "true");
+    assert_eq!(r["hostname"], "probe-host");
+    assert_eq!(r["cgroup.memory_max"], (64u64 << 20).to_string());
+    assert_eq!(r["cgroup.pids_max"], "50");
+}
+
+#[tokio::test]
+async fn userns_maps_container_root_to_an_unprivileged_uid() {
+    if !have_root("userns") {
+        return;
+    }
+    let r = probe("conf-userns", |s| s.userns_remap = true).await;
+    assert_eq!(r["uid_map"], "0 200000 65536");
+    assert_eq!(r["gid_map"], "0 200000 65536");
+    assert_ne!(r["ns.user"], host_ns("user"));
+    assert_eq!(r["uid"], "0 0 0 0", "root inside");
+    assert_forbidden_blocked(&r);
+}
+
+#[tokio::test]
+async fn containers_common_profile_blocks_the_same_actions() {
+    if !have_root("containers_common_profile") {
+        return;
+    }
+    let path = Path::new("/usr/share/containers/seccomp.json");
+    assert!(path.exists(), "apt-get install golang-github-containers-common");
+    let ours = probe("conf-ours", |_| {}).await;
+    let theirs = probe("conf-theirs", |s| s.seccomp = SeccompChoice::Profile(path.into())).await;
+    assert_eq!(theirs["seccomp"], "2");
+    // Known, deliberate differences: containers-common allows keyctl (keys are not namespaced)
+    // and unprivileged user namespaces (unshare without CAP_SYS_ADMIN); Docker's profile and
+    // ours block both. Every other action must be blocked, or allowed, alike.
+    let differ = ["try.keyctl", "try.unshare_user"];
+    assert_eq!((ours["try.keyctl"].as_str(), ours["try.unshare_user"].as_str()), (EPERM, EPERM));
+    for (key, v) in
+        ours.iter().filter(|(k, _)| k.starts_with("try.") && !differ.contains(&k.as_str()))
+    {
+        let blocked = |x: &str| x.starts_with("errno:");
+        assert_eq!(
+            blocked(v),
+            blocked(&theirs[key]),
+            "{key}: ours {v}, containers-common {}",
+            theirs[key]
+        );
+    }
+}
