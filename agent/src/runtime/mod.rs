@@ -13,6 +13,7 @@ pub mod oci;
 pub mod oci_runtime;
 pub mod policy;
 pub mod reap;
+pub mod recover;
 pub mod rootfs;
 pub mod runc;
 pub mod seccomp;
@@ -25,6 +26,7 @@ pub use logs::LogLimits;
 pub use oci_runtime::{OciRuntime, RuntimeConfig};
 pub use policy::{IdRange, NodePolicy};
 pub use reap::ExitStatus;
+pub use recover::Recovered;
 pub use spec::{HostNamespace, Resources, RootfsSource, SeccompChoice, TaskSpec, Ulimit, UserSpec};
 
 /// What the agent's task controllers need from a container runtime. Object-safe, so the worker
