@@ -5,6 +5,7 @@
 // calls that have none, each with its own SAFETY comment.
 #![allow(unsafe_code)]
 
+pub mod bench;
 pub mod caps;
 pub mod cgroup;
 pub mod error;
