@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use shoal_agent::{Agent, AgentConfig, AgentStatus, NodeFiles, NodeState};
-use shoal_manager::{InitParams, Manager};
+use shoal_manager::{Identity, InitParams, Manager};
 use shoal_pki::{NodeKey, PeerIdentity, ReloadableCert, Role};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Mutex};
@@ -81,6 +81,7 @@ impl Serving {
         if tokio::time::timeout(Duration::from_secs(3), &mut self.server).await.is_err() {
             tracing::warn!("cluster port did not drain in 3s; closing it");
         }
+        self.manager.stop();
     }
 }
 
@@ -91,6 +92,7 @@ impl Drop for Serving {
         }
         self.monitor.abort();
         self.server.abort();
+        self.manager.stop();
     }
 }
 
@@ -137,7 +139,8 @@ impl Daemon {
         let (key, chain, root) = self.files.load_identity()?;
         let cert = ReloadableCert::new(&chain, &key)?;
         let manager = if state.runs_manager {
-            let manager = Manager::open(&self.files.store_dir(), &state.node_id)?;
+            let id = identity(&state, cert.clone(), &root);
+            let manager = Manager::open(&self.files.store_dir(), &id)?;
             let listener = bind(&state.listen_addr).await?;
             Some(serve(manager, listener, cert.clone()))
         } else {
@@ -179,7 +182,7 @@ impl Daemon {
         };
         let key = NodeKey::generate()?;
         let store_dir = self.files.store_dir();
-        let (manager, node_id, issued) = match Manager::init(&store_dir, params, &key).await {
+        let (manager, id, issued) = match Manager::init(&store_dir, params, &key).await {
             Ok(done) => done,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&store_dir);
@@ -187,7 +190,7 @@ impl Daemon {
             }
         };
         let state = NodeState {
-            node_id,
+            node_id: id.node_id.clone(),
             cluster_id: manager.cluster_id().to_string(),
             role: Role::Manager.as_str().into(),
             runs_manager: true,
@@ -201,7 +204,7 @@ impl Daemon {
             let _ = self.files.wipe();
             return Err(e);
         }
-        let cert = ReloadableCert::new(&issued.cert_pem, &key)?;
+        let cert = id.cert;
         let serving = serve(manager, listener, cert.clone());
         let agent = self.start_agent(&state, cert.clone(), root)?;
         tracing::info!(node = %state.node_id, cluster = %state.cluster_id, "swarm initialized");
@@ -230,11 +233,11 @@ impl Daemon {
             advertise_addr: advertise.clone(),
         };
         let joined = shoal_agent::join(&params).await?;
-        let state = NodeState {
+        let mut state = NodeState {
             node_id: joined.node_id.clone(),
             cluster_id: joined.cluster_id.clone(),
             role: joined.role.as_str().into(),
-            runs_manager: false,
+            runs_manager: joined.role == Role::Manager,
             listen_addr: listen.to_string(),
             advertise_addr: advertise,
             manager_addrs: if joined.manager_addrs.is_empty() {
@@ -243,16 +246,54 @@ impl Daemon {
                 joined.manager_addrs.clone()
             },
         };
+        let cert = ReloadableCert::new(&joined.cert_chain_pem, &joined.key)?;
+        let serving = if state.runs_manager {
+            let id = identity(&state, cert.clone(), &joined.root_ca_pem);
+            match self.join_managers(&id, &mut state, &params.remote_addr).await {
+                Ok(serving) => Some(serving),
+                Err(e) => {
+                    let _ = self.files.wipe();
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         if let Err(e) = self.save(&joined.key, &joined.cert_chain_pem, &joined.root_ca_pem, &state)
         {
+            drop(serving);
             let _ = self.files.wipe();
             return Err(e);
         }
-        let cert = ReloadableCert::new(&joined.cert_chain_pem, &joined.key)?;
         let agent = self.start_agent(&state, cert.clone(), joined.root_ca_pem)?;
         tracing::info!(node = %state.node_id, role = %state.role, "joined swarm");
-        *member = Some(Member { state: state.clone(), cert, agent, manager: None });
+        *member = Some(Member { state: state.clone(), cert, agent, manager: serving });
         Ok(state)
+    }
+
+    /// For a manager join: listen, start an empty Raft member, get it added, catch up.
+    async fn join_managers(
+        &self,
+        id: &Identity,
+        state: &mut NodeState,
+        remote: &str,
+    ) -> Result<Serving> {
+        let listener = bind(&state.listen_addr).await?;
+        let bound = listener.local_addr()?;
+        state.listen_addr = bound.to_string();
+        if let Ok(mut adv) = state.advertise_addr.parse::<SocketAddr>() {
+            if adv.port() == 0 {
+                adv.set_port(bound.port());
+                state.advertise_addr = adv.to_string();
+            }
+        }
+        let manager = Manager::prepare_join(&self.files.store_dir(), id)?;
+        let serving = serve(manager.clone(), listener, id.cert.clone());
+        manager.join_raft(remote, &state.advertise_addr).await?;
+        if let Ok(addrs) = manager.manager_addrs() {
+            state.manager_addrs = addrs;
+        }
+        Ok(serving)
     }
 
     /// `swarm leave`: stops taking part and forgets the cluster.
@@ -300,6 +341,15 @@ impl Daemon {
         if let Some(m) = self.member.lock().await.take() {
             m.shutdown().await;
         }
+    }
+}
+
+fn identity(state: &NodeState, cert: Arc<ReloadableCert>, root: &str) -> Identity {
+    Identity {
+        node_id: state.node_id.clone(),
+        cluster_id: state.cluster_id.clone(),
+        root_ca_pem: root.to_string(),
+        cert,
     }
 }
 

@@ -49,7 +49,7 @@ impl Ca for CaApi {
         &self,
         _req: Request<GetRootCaCertificateRequest>,
     ) -> Result<Response<GetRootCaCertificateResponse>, Status> {
-        let certificate = self.shared.ca.cert_pem().as_bytes().to_vec();
+        let certificate = self.shared.root_ca_pem.as_bytes().to_vec();
         Ok(Response::new(GetRootCaCertificateResponse { certificate }))
     }
 }
@@ -77,7 +77,7 @@ impl NodeCa for CaApi {
                     .map_err(|e| Status::permission_denied(e.to_string()))?;
                 let node_id = fresh_node_id(|id| Ok(tx.get::<Node>(id)?.is_none()))?;
                 let issued = shared
-                    .ca
+                    .signer(&cluster)?
                     .sign_node_csr(
                         &req.csr_der,
                         &node_id,
@@ -136,7 +136,7 @@ pub(crate) async fn renew(shared: &Shared, node_id: &str, csr: &[u8]) -> Result<
                 Status::not_found(format!("node {node_id} is not part of this cluster"))
             })?;
             let issued = shared
-                .ca
+                .signer(&cluster)?
                 .sign_node_csr(
                     csr,
                     node_id,

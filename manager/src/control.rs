@@ -75,7 +75,7 @@ impl ControlApi {
         let rec = tokens::record(&tokens, role).cloned().unwrap_or_default();
         Ok(JoinTokenInfo {
             role: crate::manager::node_role(role) as i32,
-            token: tokens::encode(self.shared.ca.cert_pem(), &rec),
+            token: tokens::encode(&self.shared.root_ca_pem, &rec),
             expires_at_ms: rec.expires_at_ms,
             max_uses: rec.max_uses,
             uses: rec.uses,
@@ -94,9 +94,18 @@ impl Control for ControlApi {
         &self,
         _req: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
+        self.shared.store.barrier().await?;
         let mut nodes = self.shared.store.list::<Node>()?;
         nodes.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
-        Ok(Response::new(ListNodesResponse { nodes, leader_id: self.shared.local_node_id.clone() }))
+        let leader = self.shared.raft.status().leader;
+        let members = self.shared.members()?;
+        let leader_id = members.iter().find(|m| m.raft_id == leader).map(|m| m.node_id.clone());
+        let manager_ids = members.into_iter().map(|m| m.node_id).collect();
+        Ok(Response::new(ListNodesResponse {
+            nodes,
+            leader_id: leader_id.unwrap_or_default(),
+            manager_ids,
+        }))
     }
 
     async fn get_node(
@@ -147,6 +156,7 @@ impl Control for ControlApi {
         &self,
         _req: Request<GetClusterInfoRequest>,
     ) -> Result<Response<ClusterInfo>, Status> {
+        self.shared.store.barrier().await?;
         Ok(Response::new(self.cluster_info(&self.shared.cluster()?)))
     }
 
@@ -189,6 +199,7 @@ impl Control for ControlApi {
         req: Request<GetJoinTokenRequest>,
     ) -> Result<Response<JoinTokenInfo>, Status> {
         let role = role_of(req.get_ref().role)?;
+        self.shared.store.barrier().await?;
         Ok(Response::new(self.token_info(&self.shared.cluster()?, role)?))
     }
 
@@ -224,6 +235,12 @@ fn check_removable(shared: &Shared, node: &Node, force: bool) -> Result<(), Stat
         return Err(Status::failed_precondition(
             "this manager cannot remove itself; run 'shoal swarm leave --force' on it instead",
         ));
+    }
+    if shared.members()?.iter().any(|m| m.node_id == node.id) {
+        return Err(Status::failed_precondition(format!(
+            "node {} is a raft member (a manager); demote it before removing it",
+            node.id
+        )));
     }
     if node.state() == NodeState::Ready && !force {
         return Err(Status::failed_precondition(format!(

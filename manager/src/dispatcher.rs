@@ -44,7 +44,7 @@ impl Sessions {
     /// Expects `node_id` to (re)open a session within `grace`, or it will be marked Down.
     pub fn expect(&self, node_id: &str, grace: Duration) {
         let entry = Entry { session_id: None, deadline: Instant::now() + grace, _stream: None };
-        self.lock().insert(node_id.to_string(), entry);
+        self.lock().entry(node_id.to_string()).or_insert(entry);
     }
 
     fn open(&self, node_id: &str, session_id: String, grace: Duration, tx: SessionTx) {
@@ -105,24 +105,43 @@ impl Manager {
         self.shared.sessions.clear();
     }
 
-    /// Marks nodes Down when their heartbeats stop; runs until the manager is dropped.
+    /// On the leader, marks nodes Down when their heartbeats stop; runs until the manager is
+    /// dropped. A new leader first gives every Ready node time to reconnect to it.
     pub fn spawn_monitor(&self) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
+            let mut was_leader = false;
             loop {
                 let Some(shared) = weak.upgrade() else { return };
                 let period = shared.cluster().map(|c| heartbeat_period(&c)).unwrap_or_default();
                 let tick =
                     (period / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
-                for node_id in shared.sessions.take_expired() {
-                    if let Err(e) = mark_down(&shared, &node_id).await {
-                        tracing::warn!(node = %node_id, error = %e, "could not mark node down");
+                let leader = shared.raft.status().is_leader;
+                if leader && !was_leader {
+                    expect_ready_nodes(&shared, period * GRACE_PERIODS * 2);
+                } else if !leader && was_leader {
+                    shared.sessions.clear();
+                }
+                was_leader = leader;
+                if leader {
+                    for node_id in shared.sessions.take_expired() {
+                        if let Err(e) = mark_down(&shared, &node_id).await {
+                            tracing::warn!(node = %node_id, error = %e, "could not mark node down");
+                        }
                     }
                 }
                 drop(shared);
                 tokio::time::sleep(tick).await;
             }
         })
+    }
+}
+
+fn expect_ready_nodes(shared: &Shared, grace: Duration) {
+    for node in shared.store.list::<Node>().unwrap_or_default() {
+        if node.state() == NodeState::Ready {
+            shared.sessions.expect(&node.id, grace);
+        }
     }
 }
 
@@ -157,6 +176,12 @@ impl Dispatcher for DispatcherApi {
         req: Request<SessionRequest>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let id = caller(&req).node()?.clone();
+        if !self.shared.raft.status().is_leader {
+            let leader = self.shared.leader_addr().unwrap_or_else(|| "not known yet".into());
+            return Err(Status::failed_precondition(format!(
+                "this manager is not the leader; the leader is {leader}"
+            )));
+        }
         let peer_ip = req.remote_addr().map(|a| a.ip().to_string());
         let req = req.into_inner();
         let cluster = self.shared.cluster()?;

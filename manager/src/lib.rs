@@ -11,5 +11,5 @@ pub mod server;
 pub mod store;
 pub mod tokens;
 
-pub use manager::{InitParams, Manager, ManagerError};
+pub use manager::{Identity, InitParams, Manager, ManagerError};
 pub use store::{Store, StoreError};

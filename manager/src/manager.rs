@@ -1,23 +1,30 @@
-//! Owns a running manager: the store, the cluster's CA signer and revocation list, and the gRPC
-//! services built on them. Never touches the agent side of the node.
+//! Owns a running manager: its Raft member, the replicated store, the cluster's CA signer and
+//! revocation list, and the gRPC services built on them. Never touches the agent side of the node.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use shoal_pki::{IssuedCert, NodeKey, Revocations, Role, RootCa};
+use raft::prelude::ConfState;
+use shoal_pki::{IssuedCert, NodeKey, ReloadableCert, Revocations, Role, RootCa};
 use shoal_proto::{
-    Availability, Cluster, ClusterSpec, JoinTokens, Node, NodeCertificate, NodeRole, NodeState,
+    Availability, Cluster, ClusterSpec, JoinTokens, Member, Node, NodeCertificate, NodeRole,
+    NodeState,
 };
 use tonic::Status;
 
 use crate::dispatcher::Sessions;
 use crate::raft::crypto::{Key, KeyFiles, Sealer};
+use crate::raft::node::{self, RaftConfig, RaftHandle};
+use crate::raft::storage::LogStorage;
+use crate::raft::transport::Peers;
 use crate::store::{Store, StoreError};
 use crate::tokens::{self, TokenPolicy};
 
 /// Default dispatcher heartbeat period (Swarm's).
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long a new member may take to receive the cluster's state.
+const CATCH_UP: Duration = Duration::from_secs(60);
 
 /// Errors of starting or running a manager.
 #[derive(Debug, thiserror::Error)]
@@ -30,14 +37,12 @@ pub enum ManagerError {
     Crypto(#[from] crate::raft::crypto::CryptoError),
     #[error("the manager store at {path} could not be opened: {source}")]
     OpenDb { path: String, source: sled::Error },
-    #[error("the store holds no cluster object; the data dir is not a manager's (or is damaged)")]
-    NoCluster,
-    #[error("the store holds more than one cluster object")]
-    ManyClusters,
     #[error("serving gRPC failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("invalid setting: {0}")]
     Invalid(String),
+    #[error("{0}")]
+    Join(String),
 }
 
 /// What `swarm init` decides.
@@ -52,12 +57,16 @@ pub struct InitParams {
 /// State shared by every service of one manager.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub store: Store,
+    pub store: Arc<Store>,
     pub cluster_id: String,
-    pub ca: RootCa,
+    pub root_ca_pem: String,
+    signer: Mutex<Option<(String, Arc<RootCa>)>>,
     pub revocations: Arc<Revocations>,
     pub sessions: Sessions,
     pub local_node_id: String,
+    pub raft: RaftHandle,
+    pub peers: Arc<Peers>,
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 /// A running manager. Cheap to clone.
@@ -105,8 +114,7 @@ pub fn validate_heartbeat(period: Duration) -> Result<(), String> {
 }
 
 fn humanize(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
+    match d.as_secs() {
         0 => format!("{}ms", d.as_millis()),
         s if s % 3600 == 0 => format!("{}h", s / 3600),
         s if s % 60 == 0 => format!("{}m", s / 60),
@@ -123,105 +131,158 @@ pub(crate) fn certificate(issued: &IssuedCert) -> NodeCertificate {
     }
 }
 
+/// The parts a manager is built from, before its Raft member runs.
+struct Parts {
+    store: Arc<Store>,
+    storage: LogStorage,
+}
+
+fn open_parts(store_dir: &Path, dek: &Key) -> Result<Parts, ManagerError> {
+    let path = store_dir.join("db");
+    let db = crate::store::open_db(&path)
+        .map_err(|source| ManagerError::OpenDb { path: path.display().to_string(), source })?;
+    let sealer = Arc::new(Sealer::new(dek));
+    let store = Arc::new(Store::open(&db, sealer.clone())?);
+    let storage = LogStorage::open(&db, sealer, store.clone())?;
+    Ok(Parts { store, storage })
+}
+
+/// Who the local manager is.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub node_id: String,
+    pub cluster_id: String,
+    pub root_ca_pem: String,
+    pub cert: Arc<ReloadableCert>,
+}
+
 impl Manager {
-    /// Creates a new cluster in `store_dir`: cluster ID, root CA, join tokens, and this node as
-    /// its first manager, whose certificate (for `key`) is returned.
+    /// Creates a new cluster in `store_dir`: cluster ID, root CA, join tokens, a one-member Raft
+    /// group, and this node as its first manager, whose certificate (for `key`) is returned.
     pub async fn init(
         store_dir: &Path,
         params: InitParams,
         key: &NodeKey,
-    ) -> Result<(Manager, String, IssuedCert), ManagerError> {
+    ) -> Result<(Manager, Identity, IssuedCert), ManagerError> {
         validate_cert_expiry(params.cert_expiry).map_err(ManagerError::Invalid)?;
         validate_heartbeat(params.heartbeat).map_err(ManagerError::Invalid)?;
         let dek = KeyFiles::new(store_dir.join("keys")).create()?;
-        let store = open_store(store_dir, &dek)?;
-        if !store.list::<Cluster>()?.is_empty() {
+        let mut parts = open_parts(store_dir, &dek)?;
+        if parts.storage.is_initialized() {
             return Err(ManagerError::Invalid("this data dir already holds a cluster".into()));
         }
+        let raft_id = new_raft_id();
+        parts.storage.set_raft_id(raft_id)?;
+        parts.storage.set_conf_state(ConfState::from((vec![raft_id], vec![])))?;
         let ca = RootCa::generate()?;
-        let cluster_id = shoal_pki::id::new_id();
-        let node_id = shoal_pki::id::new_id();
-        let issued = ca.sign_node_csr(
-            &key.csr_der()?,
-            &node_id,
-            Role::Manager,
-            &cluster_id,
-            params.cert_expiry,
-            SystemTime::now(),
-        )?;
-        let cluster = Cluster {
-            id: cluster_id.clone(),
-            spec: Some(ClusterSpec {
-                cert_expiry_secs: params.cert_expiry.as_secs(),
-                heartbeat_period_ms: params.heartbeat.as_millis() as u64,
-            }),
-            root_ca: Some(shoal_proto::RootCa {
-                cert_pem: ca.cert_pem().to_string(),
-                key_pem: ca.key_pem(),
-            }),
-            join_tokens: Some(JoinTokens {
-                worker: Some(tokens::mint(TokenPolicy::default(), now_ms())),
-                manager: Some(tokens::mint(TokenPolicy::default(), now_ms())),
-            }),
-            ..Default::default()
+        let (cluster_id, node_id) = (shoal_pki::id::new_id(), shoal_pki::id::new_id());
+        let csr = key.csr_der()?;
+        let now = SystemTime::now();
+        let issued =
+            ca.sign_node_csr(&csr, &node_id, Role::Manager, &cluster_id, params.cert_expiry, now)?;
+        let id = Identity {
+            node_id: node_id.clone(),
+            cluster_id: cluster_id.clone(),
+            root_ca_pem: ca.cert_pem().to_string(),
+            cert: ReloadableCert::new(&issued.cert_pem, key)?,
         };
+        let manager = Manager::start(parts, &id)?;
+        manager.shared.raft.campaign();
+        manager.shared.raft.wait_for_leader(Duration::from_secs(10)).await?;
+        let cluster = new_cluster(&cluster_id, &ca, &params);
         let node = Node {
             id: node_id.clone(),
             role: NodeRole::Manager as i32,
             hostname: params.hostname,
-            addr: params.advertise_addr,
+            addr: params.advertise_addr.clone(),
             state: NodeState::Unknown as i32,
             availability: Availability::Active as i32,
             certificate: Some(certificate(&issued)),
             serials: vec![issued.serial_hex.clone()],
             ..Default::default()
         };
-        store
+        let member = Member {
+            id: format!("{raft_id:016x}"),
+            raft_id,
+            node_id,
+            addr: params.advertise_addr,
+            ..Default::default()
+        };
+        manager
+            .store()
             .update(|tx| {
                 tx.create(cluster.clone())?;
-                tx.create(node.clone())
+                tx.create(node.clone())?;
+                tx.create(member.clone())
             })
             .await?;
-        let manager = Manager::from_store(store, &node_id)?;
-        Ok((manager, node_id, issued))
+        Ok((manager, id, issued))
     }
 
-    /// Opens the manager whose store is in `store_dir`, for the local node `local_node_id`.
-    pub fn open(store_dir: &Path, local_node_id: &str) -> Result<Manager, ManagerError> {
+    /// Opens the manager whose data is in `store_dir` (a restart).
+    pub fn open(store_dir: &Path, id: &Identity) -> Result<Manager, ManagerError> {
         let dek = KeyFiles::new(store_dir.join("keys")).load()?;
-        Manager::from_store(open_store(store_dir, &dek)?, local_node_id)
+        let parts = open_parts(store_dir, &dek)?;
+        Manager::start(parts, id)
     }
 
-    fn from_store(store: Store, local_node_id: &str) -> Result<Manager, ManagerError> {
-        let mut clusters = store.list::<Cluster>()?;
-        let cluster = match clusters.len() {
-            0 => return Err(ManagerError::NoCluster),
-            1 => clusters.remove(0),
-            _ => return Err(ManagerError::ManyClusters),
-        };
-        let root = cluster.root_ca.clone().unwrap_or_default();
-        let ca = RootCa::from_pem(&root.cert_pem, &root.key_pem)?;
-        let revocations = Arc::new(Revocations::default());
-        revocations.replace_all(
-            cluster.revoked.iter().map(|r| r.node_id.clone()),
-            cluster.revoked.iter().flat_map(|r| r.serials.clone()),
-        );
-        let sessions = Sessions::default();
-        let period = heartbeat_period(&cluster);
-        for node in store.list::<Node>()? {
-            if node.state() == NodeState::Ready {
-                sessions.expect(&node.id, period * 6);
-            }
-        }
+    /// Prepares a new, empty member for a cluster this node joined as a manager; it serves
+    /// nothing useful until [`Manager::join_raft`] has added it and it has caught up.
+    pub fn prepare_join(store_dir: &Path, id: &Identity) -> Result<Manager, ManagerError> {
+        let dek = KeyFiles::new(store_dir.join("keys")).create()?;
+        let mut parts = open_parts(store_dir, &dek)?;
+        parts.storage.set_raft_id(new_raft_id())?;
+        Manager::start(parts, id)
+    }
+
+    fn start(parts: Parts, id: &Identity) -> Result<Manager, ManagerError> {
+        let raft_id = parts.storage.raft_id()?.ok_or_else(|| {
+            ManagerError::Invalid(
+                "this manager's data has no raft ID; it never finished joining".into(),
+            )
+        })?;
+        let tls = Arc::new(shoal_pki::tls::client_config(&id.root_ca_pem, Some(id.cert.clone()))?);
+        let peers = Peers::new(tls.clone(), parts.store.clone());
+        let raft = node::spawn(
+            RaftConfig::new(raft_id),
+            parts.storage,
+            parts.store.clone(),
+            peers.clone(),
+        )?;
+        peers.attach(raft.clone());
+        parts.store.set_proposer(Arc::new(raft.clone()));
         let shared = Shared {
-            store,
-            cluster_id: cluster.id,
-            ca,
-            revocations,
-            sessions,
-            local_node_id: local_node_id.to_string(),
+            store: parts.store,
+            cluster_id: id.cluster_id.clone(),
+            root_ca_pem: id.root_ca_pem.clone(),
+            signer: Mutex::new(None),
+            revocations: Arc::new(Revocations::default()),
+            sessions: Sessions::default(),
+            local_node_id: id.node_id.clone(),
+            raft,
+            peers,
+            tls,
         };
-        Ok(Manager { shared: Arc::new(shared) })
+        shared.refresh_revocations();
+        let manager = Manager { shared: Arc::new(shared) };
+        manager.spawn_revocation_watch();
+        Ok(manager)
+    }
+
+    fn spawn_revocation_watch(&self) {
+        let weak = Arc::downgrade(&self.shared);
+        let mut events = self.shared.store.watch();
+        tokio::spawn(async move {
+            loop {
+                let event = events.recv().await;
+                let Some(shared) = weak.upgrade() else { return };
+                match event {
+                    Ok(e) if e.kind != "cluster" => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    _ => shared.refresh_revocations(),
+                }
+            }
+        });
     }
 
     /// The cluster ID.
@@ -231,7 +292,7 @@ impl Manager {
 
     /// The root CA bundle (PEM) that join tokens pin.
     pub fn root_ca_pem(&self) -> &str {
-        self.shared.ca.cert_pem()
+        &self.shared.root_ca_pem
     }
 
     /// The revocation list consulted at every handshake and call.
@@ -244,6 +305,11 @@ impl Manager {
         &self.shared.store
     }
 
+    /// This manager's Raft member.
+    pub fn raft(&self) -> &RaftHandle {
+        &self.shared.raft
+    }
+
     /// The current join token string of a role.
     pub fn join_token(&self, role: Role) -> Result<String, ManagerError> {
         let cluster = self.shared.cluster()?;
@@ -251,13 +317,59 @@ impl Manager {
         let rec = tokens::record(&tokens, role).cloned().unwrap_or_default();
         Ok(tokens::encode(self.root_ca_pem(), &rec))
     }
+
+    /// Addresses of the managers, the leader first.
+    pub fn manager_addrs(&self) -> Result<Vec<String>, ManagerError> {
+        Ok(self.shared.manager_addrs()?)
+    }
+
+    /// Stops this manager's Raft member and closes its agent sessions (for shutdown).
+    pub fn stop(&self) {
+        self.shared.stop();
+    }
+
+    /// Waits until this member holds the cluster's state (after joining).
+    pub async fn wait_caught_up(&self) -> Result<(), ManagerError> {
+        let deadline = tokio::time::Instant::now() + CATCH_UP;
+        while self.shared.cluster().is_err() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ManagerError::Join(
+                    "timed out receiving the cluster's state from the leader".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.shared.refresh_revocations();
+        Ok(())
+    }
 }
 
-fn open_store(store_dir: &Path, dek: &Key) -> Result<Store, ManagerError> {
-    let path = store_dir.join("db");
-    let db = crate::store::open_db(&path)
-        .map_err(|source| ManagerError::OpenDb { path: path.display().to_string(), source })?;
-    Ok(Store::open(&db, Arc::new(Sealer::new(dek)))?)
+fn new_raft_id() -> u64 {
+    loop {
+        let id = rand::random::<u64>();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+fn new_cluster(cluster_id: &str, ca: &RootCa, params: &InitParams) -> Cluster {
+    Cluster {
+        id: cluster_id.to_string(),
+        spec: Some(ClusterSpec {
+            cert_expiry_secs: params.cert_expiry.as_secs(),
+            heartbeat_period_ms: params.heartbeat.as_millis() as u64,
+        }),
+        root_ca: Some(shoal_proto::RootCa {
+            cert_pem: ca.cert_pem().to_string(),
+            key_pem: ca.key_pem(),
+        }),
+        join_tokens: Some(JoinTokens {
+            worker: Some(tokens::mint(TokenPolicy::default(), now_ms())),
+            manager: Some(tokens::mint(TokenPolicy::default(), now_ms())),
+        }),
+        ..Default::default()
+    }
 }
 
 pub(crate) fn heartbeat_period(cluster: &Cluster) -> Duration {
@@ -277,17 +389,62 @@ pub(crate) fn cert_expiry(cluster: &Cluster) -> Duration {
 impl Shared {
     /// The cluster object.
     pub fn cluster(&self) -> Result<Cluster, StoreError> {
-        self.store
-            .get::<Cluster>(&self.cluster_id)?
-            .ok_or_else(|| StoreError::NotFound { kind: "cluster", id: self.cluster_id.clone() })
+        self.store.get::<Cluster>(&self.cluster_id)?.ok_or_else(|| {
+            StoreError::Unavailable(
+                "this manager has not received the cluster's state yet; retry".into(),
+            )
+        })
     }
 
-    /// Addresses of the managers that serve the control plane. Until managers replicate with
-    /// Raft, that is this manager alone: nodes that joined with the manager token hold manager
-    /// certificates but run no store.
+    /// The CA signer, loaded from the store (cached while the stored CA is unchanged).
+    pub fn signer(&self, cluster: &Cluster) -> Result<Arc<RootCa>, Status> {
+        let root = cluster.root_ca.clone().unwrap_or_default();
+        let mut cached = self.signer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((pem, ca)) = cached.as_ref() {
+            if *pem == root.cert_pem {
+                return Ok(ca.clone());
+            }
+        }
+        let ca = Arc::new(
+            RootCa::from_pem(&root.cert_pem, &root.key_pem)
+                .map_err(|e| Status::internal(format!("the stored CA is unusable: {e}")))?,
+        );
+        *cached = Some((root.cert_pem, ca.clone()));
+        Ok(ca)
+    }
+
+    fn refresh_revocations(&self) {
+        if let Ok(cluster) = self.cluster() {
+            self.revocations.replace_all(
+                cluster.revoked.iter().map(|r| r.node_id.clone()),
+                cluster.revoked.iter().flat_map(|r| r.serials.clone()),
+            );
+        }
+    }
+
+    /// The Raft members.
+    pub fn members(&self) -> Result<Vec<Member>, StoreError> {
+        self.store.list::<Member>()
+    }
+
+    /// Address of the current leader, if known.
+    pub fn leader_addr(&self) -> Option<String> {
+        let leader = self.raft.status().leader;
+        self.store.get::<Member>(&format!("{leader:016x}")).ok().flatten().map(|m| m.addr)
+    }
+
+    /// Stops this manager's Raft member and closes its agent sessions (for shutdown).
+    pub fn stop(&self) {
+        self.sessions.clear();
+        self.raft.stop();
+    }
+
+    /// Addresses of the managers, the leader first.
     pub fn manager_addrs(&self) -> Result<Vec<String>, StoreError> {
-        let local = self.store.get::<Node>(&self.local_node_id)?;
-        Ok(local.map(|n| n.addr).into_iter().collect())
+        let leader = self.raft.status().leader;
+        let mut members = self.members()?;
+        members.sort_by_key(|m| (m.raft_id != leader, m.addr.clone()));
+        Ok(members.into_iter().map(|m| m.addr).collect())
     }
 }
 
@@ -296,7 +453,8 @@ impl From<StoreError> for Status {
         match e {
             StoreError::NotFound { .. } => Status::not_found(e.to_string()),
             StoreError::Exists { .. } => Status::already_exists(e.to_string()),
-            StoreError::Conflict { .. } => Status::aborted(e.to_string()),
+            StoreError::Conflict { .. } | StoreError::Contended => Status::aborted(e.to_string()),
+            StoreError::Unavailable(_) => Status::unavailable(e.to_string()),
             _ => Status::internal(e.to_string()),
         }
     }

@@ -10,6 +10,7 @@ use shoal_proto::ca_server::CaServer;
 use shoal_proto::control_server::ControlServer;
 use shoal_proto::dispatcher_server::DispatcherServer;
 use shoal_proto::node_ca_server::NodeCaServer;
+use shoal_proto::raft_server::RaftServer;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -49,6 +50,10 @@ impl Manager {
             .add_service(NodeCaServer::new(self.ca()))
             .add_service(DispatcherServer::new(self.dispatcher()))
             .add_service(ControlServer::new(self.control()))
+            .add_service(
+                RaftServer::new(self.raft_api())
+                    .max_decoding_message_size(2 * crate::raft::transport::CHUNK),
+            )
             .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
             .await;
         Ok(result?)

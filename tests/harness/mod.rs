@@ -32,6 +32,10 @@ impl TestNode {
     /// Starts a daemon (not yet in a swarm) in a fresh temp dir.
     pub async fn start(name: &str) -> TestNode {
         shoal_pki::install_crypto_provider();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("data");
         let mut node = TestNode::start_at(name, root, dir.path().join("shoal.sock")).await;
@@ -88,8 +92,8 @@ impl TestNode {
         let opts = JoinOptions {
             token: token.into(),
             remote_addr: addr.into(),
+            listen_addr: "127.0.0.1:0".into(),
             advertise_addr: "127.0.0.1".into(),
-            ..Default::default()
         };
         match self.daemon.join(opts).await {
             Ok(state) => Ok(state.node_id),

@@ -72,6 +72,7 @@ enum Command {
     Unreachable(u64),
     Snapshot(u64, bool),
     Campaign,
+    Stop,
 }
 
 /// A handle to the Raft task. Cheap to clone.
@@ -114,6 +115,14 @@ impl RaftHandle {
     /// Reports how sending a snapshot to a peer went.
     pub fn snapshot_sent(&self, id: u64, ok: bool) {
         let _ = self.tx.try_send(Command::Snapshot(id, ok));
+    }
+
+    /// Stops the member (its task ends and releases the store).
+    pub fn stop(&self) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(Command::Stop).await;
+        });
     }
 
     /// Starts an election now (a new single-member cluster).
@@ -182,6 +191,8 @@ struct Driver {
     proposals: HashMap<u64, (Instant, Reply<Outcome>)>,
     reads: HashMap<u64, (Instant, Reply<u64>)>,
     members: HashMap<u64, (Instant, Reply<()>)>,
+    /// Commands that need a leader, held while an election is under way.
+    waiting: Vec<(Instant, Command)>,
     status: watch::Sender<RaftStatus>,
 }
 
@@ -219,6 +230,7 @@ pub fn spawn(
         proposals: HashMap::new(),
         reads: HashMap::new(),
         members: HashMap::new(),
+        waiting: Vec::new(),
         status: status_tx,
     };
     tokio::spawn(driver.run(rx));
@@ -238,12 +250,16 @@ impl Driver {
                     self.expire();
                 }
                 cmd = rx.recv() => match cmd {
+                    Some(Command::Stop) | None => {
+                        tracing::info!("raft member stopped");
+                        return;
+                    }
                     Some(cmd) => self.handle(cmd),
-                    None => return,
                 },
             }
             for _ in 0..BATCH {
                 match rx.try_recv() {
+                    Ok(Command::Stop) => return,
                     Ok(cmd) => self.handle(cmd),
                     Err(_) => break,
                 }
@@ -256,7 +272,18 @@ impl Driver {
         }
     }
 
+    fn needs_leader(cmd: &Command) -> bool {
+        matches!(
+            cmd,
+            Command::Propose { .. } | Command::ReadIndex { .. } | Command::ChangeMember { .. }
+        )
+    }
+
     fn handle(&mut self, cmd: Command) {
+        if Self::needs_leader(&cmd) && self.raw.raft.leader_id == 0 {
+            self.waiting.push((Instant::now(), cmd));
+            return;
+        }
         match cmd {
             Command::Propose { data, reply } => {
                 let id = rand::random::<u64>();
@@ -295,6 +322,7 @@ impl Driver {
                 let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
                 self.raw.report_snapshot(id, status);
             }
+            Command::Stop => {}
             Command::Campaign => {
                 if let Err(e) = self.raw.campaign() {
                     tracing::warn!(error = %e, "campaign failed");
@@ -303,9 +331,19 @@ impl Driver {
         }
     }
 
+    fn release_waiting(&mut self) {
+        if self.raw.raft.leader_id == 0 || self.waiting.is_empty() {
+            return;
+        }
+        for (_, cmd) in std::mem::take(&mut self.waiting) {
+            self.handle(cmd);
+        }
+    }
+
     fn expire(&mut self) {
         let now = Instant::now();
         let late = |t: &Instant| now.duration_since(*t) > PROPOSAL_TIMEOUT;
+        self.waiting.retain(|(t, _)| !late(t));
         self.proposals.retain(|_, (t, _)| !late(t));
         self.reads.retain(|_, (t, _)| !late(t));
         self.members.retain(|_, (t, _)| !late(t));
@@ -344,6 +382,7 @@ impl Driver {
         self.raw.advance_apply();
         self.maybe_compact()?;
         self.publish();
+        self.release_waiting();
         Ok(())
     }
 

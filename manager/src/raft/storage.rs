@@ -16,6 +16,7 @@ use crate::store::{Store, StoreError};
 const HARD_STATE: &[u8] = b"hard_state";
 const CONF_STATE: &[u8] = b"conf_state";
 const SNAP_META: &[u8] = b"snap_meta";
+const RAFT_ID: &[u8] = b"raft_id";
 
 /// The Raft log of one manager.
 #[derive(Debug)]
@@ -102,6 +103,20 @@ impl LogStorage {
             expected += 1;
         }
         Ok(())
+    }
+
+    /// This member's Raft ID, once assigned.
+    pub fn raft_id(&self) -> Result<Option<u64>, StoreError> {
+        let Some(sealed) = self.state.get(RAFT_ID)? else { return Ok(None) };
+        let plain = self.sealer.open(&state_aad(RAFT_ID), &sealed, || "raft id".into())?;
+        let id = plain.as_slice().try_into().map_err(|_| corrupt("raft id"))?;
+        Ok(Some(u64::from_be_bytes(id)))
+    }
+
+    /// Records this member's Raft ID (durably).
+    pub fn set_raft_id(&mut self, id: u64) -> Result<(), StoreError> {
+        self.state.insert(RAFT_ID, self.sealer.seal(&state_aad(RAFT_ID), &id.to_be_bytes())?)?;
+        self.sync()
     }
 
     /// Whether this manager has ever been part of a Raft group.
