@@ -96,7 +96,8 @@ async fn pids_limit_is_always_set_and_enforced() {
     let rt = new_test_runtime(dir.path());
 
     let id = task_id("pids-default");
-    rt.create(sh_task(&id, &rootfs, "true")).await.unwrap();
+    rt.create(sh_task(&id, &rootfs, "sleep 100")).await.unwrap();
+    rt.start(&id).await.unwrap();
     assert_eq!(rt.cgroup_layout().pids_max(&rt.cgroup_path(&id)), Some(1024));
     rt.delete(&id).await.unwrap();
 

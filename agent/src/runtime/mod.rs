@@ -9,6 +9,7 @@ pub mod bench;
 pub mod caps;
 pub mod cgroup;
 pub mod error;
+mod lifecycle;
 pub mod logs;
 pub mod oci;
 pub mod oci_runtime;
@@ -33,10 +34,11 @@ pub use spec::{HostNamespace, Resources, RootfsSource, SeccompChoice, TaskSpec, 
 /// What the agent's task controllers need from a container runtime. Object-safe, so the worker
 /// can hold a `Arc<dyn Runtime>` and tests can use a fake.
 pub trait Runtime: Send + Sync {
-    /// Checks `spec` against the node's policy, prepares its bundle and creates the container;
-    /// its process waits for `start`. A refused option fails with `RuntimeError::Refused`.
+    /// Checks `spec` against the node's policy and prepares its bundle (rootfs, OCI config, log
+    /// pipes). A refused option fails with `RuntimeError::Refused`: REJECT the task.
     fn create(&self, spec: TaskSpec) -> BoxFuture<'_, Result<()>>;
-    /// Runs the task's process.
+    /// Creates the container and runs its process (one `runc run --detach`); container set-up
+    /// errors (bad binary, mount failure) surface here: FAIL the task.
     fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
     /// Waits for the task's process to exit (returns at once if it has).
     fn wait<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<ExitStatus>>;
