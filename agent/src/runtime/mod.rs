@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod error;
 mod lifecycle;
 pub mod logs;
+pub mod mac;
 pub mod oci;
 pub mod oci_runtime;
 pub mod policy;

@@ -51,12 +51,14 @@ pub struct ConfigInputs {
     pub userns: Option<(IdRange, IdRange)>,
     /// Host path of the init binary, bound in when the task asked for an init.
     pub init_binary: Option<PathBuf>,
+    /// SELinux label of the task's process and mounts (only where SELinux is on).
+    pub selinux_label: Option<String>,
 }
 
 /// The complete OCI config for `spec`; the bundle's rootfs is the `rootfs` directory.
 pub fn build(spec: &TaskSpec, inputs: &ConfigInputs) -> Result<Spec> {
     let caps = caps::effective(&spec.cap_add, &spec.cap_drop)?;
-    let process = ProcessBuilder::default()
+    let mut process = ProcessBuilder::default()
         .terminal(false)
         .args(process_args(spec, inputs))
         .env(spec.env.clone())
@@ -72,6 +74,7 @@ pub fn build(spec: &TaskSpec, inputs: &ConfigInputs) -> Result<Spec> {
         .rlimits(rlimits(spec)?)
         .no_new_privileges(true)
         .build()?;
+    process.set_selinux_label(inputs.selinux_label.clone());
     let root = RootBuilder::default().path("rootfs").readonly(spec.read_only_rootfs).build()?;
     Ok(SpecBuilder::default()
         .version("1.0.2")
@@ -213,6 +216,9 @@ fn linux(spec: &TaskSpec, inputs: &ConfigInputs) -> Result<oci_spec::runtime::Li
         .sysctl(sysctl);
     if let Some(filter) = &inputs.seccomp {
         b = b.seccomp(filter.clone());
+    }
+    if let Some(label) = &inputs.selinux_label {
+        b = b.mount_label(label.clone());
     }
     if let Some((uids, gids)) = inputs.userns {
         b = b.uid_mappings(vec![id_map(uids)?]).gid_mappings(vec![id_map(gids)?]);

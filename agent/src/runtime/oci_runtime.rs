@@ -10,6 +10,7 @@ use super::cgroup::Layout;
 use super::error::{Result, RuntimeError};
 use super::lifecycle::Task;
 use super::logs::LogLimits;
+use super::mac::MacSupport;
 use super::reap::become_subreaper;
 use super::rootfs::{self, BundleDirs};
 use super::runc::Runc;
@@ -31,6 +32,8 @@ pub struct RuntimeConfig {
     /// Every task's cgroup is `/<cgroup_parent>/<task id>`.
     pub cgroup_parent: String,
     pub policy: NodePolicy,
+    /// SELinux label for tasks; applied where SELinux is on, an error where it is absent.
+    pub selinux_label: Option<String>,
 }
 
 impl RuntimeConfig {
@@ -45,6 +48,7 @@ impl RuntimeConfig {
             log_limits: LogLimits::default(),
             cgroup_parent: "shoal".into(),
             policy: NodePolicy::secure_default(),
+            selinux_label: None,
         }
     }
 }
@@ -55,6 +59,8 @@ pub struct OciRuntime {
     pub(super) cfg: RuntimeConfig,
     pub(super) runc: Runc,
     pub(super) layout: Layout,
+    mac: MacSupport,
+    selinux_label: Option<String>,
     pub(super) tasks: Mutex<HashMap<String, Arc<Task>>>,
 }
 
@@ -65,9 +71,13 @@ impl OciRuntime {
             rootfs::mkdir(&d)?;
             set_mode(&d, 0o711)?;
         }
+        let mac = MacSupport::detect();
+        let selinux_label = mac.selinux_label(cfg.selinux_label.as_deref())?;
+        tracing::info!(mac = %mac.describe(), "container runtime ready");
         become_subreaper()?;
         let runc = Runc::new(&cfg.runtime_binary, cfg.data_root.join("runc"));
-        Ok(OciRuntime { cfg, runc, layout: Layout::detect(), tasks: Mutex::new(HashMap::new()) })
+        let tasks = Mutex::new(HashMap::new());
+        Ok(OciRuntime { cfg, runc, layout: Layout::detect(), mac, selinux_label, tasks })
     }
 
     /// The configuration this runtime runs with.
@@ -96,6 +106,11 @@ impl OciRuntime {
         PathBuf::from(format!("/{}/{id}", self.cfg.cgroup_parent))
     }
 
+    /// The MAC this host offers (SELinux, Landlock, AppArmor).
+    pub fn mac(&self) -> MacSupport {
+        self.mac
+    }
+
     /// The host's cgroup layout.
     pub fn cgroup_layout(&self) -> &Layout {
         &self.layout
@@ -122,6 +137,7 @@ impl OciRuntime {
             seccomp: filter.map(|f| seccomp::resolve(&f, &seccomp::Target::native(&set))),
             userns: self.userns(spec),
             init_binary: self.init_binary(spec)?,
+            selinux_label: self.selinux_label.clone(),
         };
         oci::build(spec, &inputs)
     }

@@ -13,6 +13,7 @@ fn inputs() -> ConfigInputs {
         seccomp: None,
         userns: None,
         init_binary: Some("/usr/bin/tini-static".into()),
+        selinux_label: None,
     }
 }
 
