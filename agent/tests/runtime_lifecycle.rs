@@ -134,3 +134,38 @@ async fn refused_options_reject_the_task_before_anything_runs() {
     }
     assert!(!rt.bundle_dir(&id).exists());
 }
+
+#[tokio::test]
+async fn per_task_options_reach_the_process() {
+    if !have_root("per_task_options") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(dir.path());
+    let rt = new_test_runtime(dir.path());
+    let id = task_id("options");
+    let script = "echo $GREETING; pwd; id -u; cat /proc/sys/net/ipv4/ip_forward; ulimit -n; \
+                  tr '\\0' ' ' < /proc/1/cmdline; echo";
+    let mut spec = sh_task(&id, &rootfs, script);
+    spec.env.push("GREETING=hi".into());
+    spec.workdir = Some("/tmp".into());
+    spec.user.uid = 1000;
+    spec.user.gid = 1000;
+    spec.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
+    spec.ulimits.push(shoal_agent::runtime::Ulimit { name: "nofile".into(), soft: 321, hard: 321 });
+    spec.init = std::path::Path::new("/usr/bin/tini-static").exists();
+    rt.create(spec.clone()).await.unwrap();
+    rt.start(&id).await.unwrap();
+    assert_eq!(rt.wait(&id).await.unwrap().code, 0);
+    let (out, err) = rt.log_paths(&id);
+    let want_init = if spec.init { "/sbin/shoal-init -- /bin/sh" } else { "/bin/sh" };
+    assert!(
+        eventually(Duration::from_secs(5), || std::fs::read_to_string(&out)
+            .is_ok_and(|s| s.starts_with("hi\n/tmp\n1000\n1\n321\n") && s.contains(want_init)))
+        .await,
+        "stdout {:?} stderr {:?}",
+        std::fs::read_to_string(&out),
+        std::fs::read_to_string(&err)
+    );
+    rt.delete(&id).await.unwrap();
+}
