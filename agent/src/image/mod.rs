@@ -7,6 +7,7 @@ mod archive;
 pub mod layer;
 pub mod reference;
 mod store;
+mod task;
 
 use std::path::PathBuf;
 

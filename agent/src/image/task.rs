@@ -1,0 +1,107 @@
+//! From a stored image to a task spec: the image's entrypoint, command, environment, working
+//! directory and user, overridden by what the service sets. No IO.
+
+use super::{ImageError, ImageInfo, ImageStore};
+use crate::runtime::{TaskSpec, UserSpec};
+
+impl ImageStore {
+    /// A task running `image` with the service's `args` (replacing CMD) and `env` (added to and
+    /// overriding the image's). The user is the image's `USER` when numeric (`uid[:gid]`).
+    pub fn task_spec(
+        &self,
+        id: &str,
+        image: &ImageInfo,
+        args: &[String],
+        env: &[String],
+    ) -> Result<TaskSpec, ImageError> {
+        let command = image.config.command(args);
+        if command.is_empty() {
+            return Err(ImageError::UnknownArchive(format!(
+                "image {} has no ENTRYPOINT or CMD and the task gives no command",
+                image.id
+            )));
+        }
+        let mut spec = TaskSpec::new(id, self.rootfs(image), command);
+        if !image.config.env.is_empty() {
+            spec.env = image.config.env.clone();
+        }
+        for kv in env {
+            let key = kv.split('=').next().unwrap_or(kv);
+            spec.env.retain(|e| e.split('=').next() != Some(key));
+            spec.env.push(kv.clone());
+        }
+        spec.workdir = image.config.workdir.clone();
+        spec.user = parse_user(image.config.user.as_deref(), &image.id)?;
+        Ok(spec)
+    }
+}
+
+/// `uid`, `uid:gid` or `root`; names other than root would need the image's /etc/passwd.
+fn parse_user(user: Option<&str>, image: &str) -> Result<UserSpec, ImageError> {
+    let Some(user) = user.filter(|u| !u.is_empty()) else { return Ok(UserSpec::default()) };
+    let (u, g) = user.split_once(':').unwrap_or((user, ""));
+    let num = |s: &str| -> Result<u32, ImageError> {
+        match s {
+            "" | "root" => Ok(0),
+            n => n.parse().map_err(|_| {
+                ImageError::UnknownArchive(format!(
+                    "image {image} runs as user {user:?}; only numeric users (uid[:gid]) are supported"
+                ))
+            }),
+        }
+    };
+    let uid = num(u)?;
+    let gid = if g.is_empty() { uid } else { num(g)? };
+    Ok(UserSpec { uid, gid, additional_gids: Vec::new() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::RunConfig;
+
+    fn image(cfg: RunConfig) -> ImageInfo {
+        ImageInfo {
+            id: "sha256:x".into(),
+            names: vec![],
+            layers: vec!["sha256:l".into()],
+            config: cfg,
+            size: 0,
+        }
+    }
+
+    #[test]
+    fn service_overrides_image_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let img = image(RunConfig {
+            env: vec!["PATH=/bin".into(), "MODE=prod".into()],
+            entrypoint: vec!["/init".into()],
+            cmd: vec!["serve".into()],
+            workdir: Some("/srv".into()),
+            user: Some("1000:50".into()),
+        });
+        let spec = store.task_spec("t", &img, &["debug".into()], &["MODE=dev".into()]).unwrap();
+        assert_eq!(spec.args, vec!["/init", "debug"]);
+        assert_eq!(spec.env, vec!["PATH=/bin", "MODE=dev"]);
+        assert_eq!((spec.user.uid, spec.user.gid), (1000, 50));
+        assert_eq!(spec.workdir.as_deref(), Some("/srv"));
+    }
+
+    #[test]
+    fn names_and_empty_commands_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let named = image(RunConfig {
+            cmd: vec!["x".into()],
+            user: Some("nginx".into()),
+            ..Default::default()
+        });
+        assert!(store
+            .task_spec("t", &named, &[], &[])
+            .unwrap_err()
+            .to_string()
+            .contains("numeric"));
+        assert!(store.task_spec("t", &image(RunConfig::default()), &[], &[]).is_err());
+    }
+}
