@@ -76,12 +76,11 @@ impl Serving {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.manager.close_sessions();
+        self.manager.stop();
         self.monitor.abort();
         if tokio::time::timeout(Duration::from_secs(3), &mut self.server).await.is_err() {
             tracing::warn!("cluster port did not drain in 3s; closing it");
         }
-        self.manager.stop();
     }
 }
 

@@ -5,7 +5,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use raft::prelude::ConfState;
 use shoal_pki::{IssuedCert, NodeKey, ReloadableCert, Revocations, Role, RootCa};
 use shoal_proto::{
     Availability, Cluster, ClusterSpec, JoinTokens, Member, Node, NodeCertificate, NodeRole,
@@ -67,6 +66,8 @@ pub(crate) struct Shared {
     pub raft: RaftHandle,
     pub peers: Arc<Peers>,
     pub tls: Arc<rustls::ClientConfig>,
+    /// Flips to true when the manager stops, ending long-lived inbound streams.
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// A running manager. Cheap to clone.
@@ -173,7 +174,7 @@ impl Manager {
         }
         let raft_id = new_raft_id();
         parts.storage.set_raft_id(raft_id)?;
-        parts.storage.set_conf_state(ConfState::from((vec![raft_id], vec![])))?;
+        parts.storage.bootstrap(raft_id)?;
         let ca = RootCa::generate()?;
         let (cluster_id, node_id) = (shoal_pki::id::new_id(), shoal_pki::id::new_id());
         let csr = key.csr_der()?;
@@ -262,6 +263,7 @@ impl Manager {
             raft,
             peers,
             tls,
+            closing: tokio::sync::watch::Sender::new(false),
         };
         shared.refresh_revocations();
         let manager = Manager { shared: Arc::new(shared) };
@@ -435,6 +437,7 @@ impl Shared {
 
     /// Stops this manager's Raft member and closes its agent sessions (for shutdown).
     pub fn stop(&self) {
+        self.closing.send_replace(true);
         self.sessions.clear();
         self.raft.stop();
     }

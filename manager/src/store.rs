@@ -351,7 +351,9 @@ fn decode<T: Object>(id: &str, version: u64, bytes: &[u8]) -> Result<T, StoreErr
 #[derive(Debug)]
 pub struct Tx<'a> {
     store: &'a Store,
-    reads: BTreeMap<Vec<u8>, u64>,
+    /// Everything read, as first read: later reads in the transaction see the same value, and
+    /// the versions become the batch's preconditions.
+    reads: BTreeMap<Vec<u8>, Option<(u64, Vec<u8>)>>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
@@ -364,8 +366,14 @@ impl Tx<'_> {
             Some(None) => return Ok(None),
             None => {}
         }
-        let raw = self.store.read_raw(&k)?;
-        self.reads.entry(k).or_insert(raw.as_ref().map(|(v, _)| *v).unwrap_or(0));
+        let raw = match self.reads.get(&k) {
+            Some(cached) => cached.clone(),
+            None => {
+                let raw = self.store.read_raw(&k)?;
+                self.reads.insert(k, raw.clone());
+                raw
+            }
+        };
         raw.map(|(v, b)| decode(id, v, &b)).transpose()
     }
 
@@ -427,7 +435,8 @@ impl Tx<'_> {
     }
 
     fn into_batch(self) -> StoreBatch {
-        let mut preconditions: BTreeMap<Vec<u8>, u64> = self.reads;
+        let mut preconditions: BTreeMap<Vec<u8>, u64> =
+            self.reads.into_iter().map(|(k, raw)| (k, raw.map(|(v, _)| v).unwrap_or(0))).collect();
         for k in self.writes.keys() {
             if !preconditions.contains_key(k) {
                 let v = self.store.read_raw(k).ok().flatten().map(|(v, _)| v).unwrap_or(0);

@@ -17,6 +17,8 @@ use crate::store::{BoxFuture, Outcome, Proposer, Store, StoreError};
 
 /// How long a proposal may wait for its commit.
 const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long requests in flight during a leadership change may still wait.
+const LEADER_CHANGE_GRACE: Duration = Duration::from_secs(2);
 /// Commands handled per loop turn before the next Ready (batching).
 const BATCH: usize = 4096;
 
@@ -188,11 +190,16 @@ struct Driver {
     store: Arc<Store>,
     transport: Arc<dyn Transport>,
     cfg: RaftConfig,
-    proposals: HashMap<u64, (Instant, Reply<Outcome>)>,
+    /// Proposals in flight: deadline, who waits, and the batch (to propose again to a new
+    /// leader; a batch's preconditions make a second copy a harmless no-op).
+    proposals: HashMap<u64, (Instant, Reply<Outcome>, Vec<u8>)>,
+    /// The term in which in-flight proposals were last (re)proposed.
+    proposed_term: u64,
     reads: HashMap<u64, (Instant, Reply<u64>)>,
     members: HashMap<u64, (Instant, Reply<()>)>,
     /// Commands that need a leader, held while an election is under way.
     waiting: Vec<(Instant, Command)>,
+    last_term: u64,
     status: watch::Sender<RaftStatus>,
 }
 
@@ -228,9 +235,11 @@ pub fn spawn(
         transport,
         cfg,
         proposals: HashMap::new(),
+        proposed_term: 0,
         reads: HashMap::new(),
         members: HashMap::new(),
         waiting: Vec::new(),
+        last_term: 0,
         status: status_tx,
     };
     tokio::spawn(driver.run(rx));
@@ -281,15 +290,16 @@ impl Driver {
 
     fn handle(&mut self, cmd: Command) {
         if Self::needs_leader(&cmd) && self.raw.raft.leader_id == 0 {
-            self.waiting.push((Instant::now(), cmd));
+            self.waiting.push((deadline(), cmd));
             return;
         }
         match cmd {
             Command::Propose { data, reply } => {
                 let id = rand::random::<u64>();
-                match self.raw.propose(id.to_be_bytes().to_vec(), data) {
+                match self.raw.propose(id.to_be_bytes().to_vec(), data.clone()) {
                     Ok(()) => {
-                        self.proposals.insert(id, (Instant::now(), reply));
+                        self.proposed_term = self.raw.raft.term;
+                        self.proposals.insert(id, (deadline(), reply, data));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(no_leader(e)));
@@ -304,13 +314,13 @@ impl Driver {
             Command::ReadIndex { reply } => {
                 let id = rand::random::<u64>();
                 self.raw.read_index(id.to_be_bytes().to_vec());
-                self.reads.insert(id, (Instant::now(), reply));
+                self.reads.insert(id, (deadline(), reply));
             }
             Command::ChangeMember { cc, reply } => {
                 let node = cc.node_id;
                 match self.raw.propose_conf_change(vec![], cc) {
                     Ok(()) => {
-                        self.members.insert(node, (Instant::now(), reply));
+                        self.members.insert(node, (deadline(), reply));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(no_leader(e)));
@@ -331,6 +341,26 @@ impl Driver {
         }
     }
 
+    /// After a leadership change, proposes in-flight batches again: one forwarded to a leader
+    /// that died is otherwise lost.
+    fn repropose(&mut self) {
+        let term = self.raw.raft.term;
+        if self.raw.raft.leader_id == 0 || term == self.proposed_term || self.proposals.is_empty() {
+            return;
+        }
+        self.proposed_term = term;
+        let again: Vec<(u64, Vec<u8>)> =
+            self.proposals.iter().map(|(id, (_, _, d))| (*id, d.clone())).collect();
+        tracing::debug!(
+            count = again.len(),
+            term,
+            "proposing in-flight writes again to the new leader"
+        );
+        for (id, data) in again {
+            let _ = self.raw.propose(id.to_be_bytes().to_vec(), data);
+        }
+    }
+
     fn release_waiting(&mut self) {
         if self.raw.raft.leader_id == 0 || self.waiting.is_empty() {
             return;
@@ -340,13 +370,26 @@ impl Driver {
         }
     }
 
+    /// Answers requests that waited too long, and shortens the wait of those that were in
+    /// flight when leadership changed (a proposal forwarded to a leader that died is lost).
     fn expire(&mut self) {
         let now = Instant::now();
-        let late = |t: &Instant| now.duration_since(*t) > PROPOSAL_TIMEOUT;
-        self.waiting.retain(|(t, _)| !late(t));
-        self.proposals.retain(|_, (t, _)| !late(t));
-        self.reads.retain(|_, (t, _)| !late(t));
-        self.members.retain(|_, (t, _)| !late(t));
+        if self.raw.raft.term != self.last_term {
+            self.last_term = self.raw.raft.term;
+            let soon = now + LEADER_CHANGE_GRACE;
+            self.reads.values_mut().for_each(|(d, _)| *d = (*d).min(soon));
+            self.members.values_mut().for_each(|(d, _)| *d = (*d).min(soon));
+        }
+        self.waiting.retain(|(d, _)| *d > now);
+        for (_, (_, reply, _)) in self.proposals.extract_if(|_, (d, _, _)| *d <= now) {
+            let _ = reply.send(timed_out());
+        }
+        for (_, (_, reply)) in self.reads.extract_if(|_, (d, _)| *d <= now) {
+            let _ = reply.send(timed_out());
+        }
+        for (_, (_, reply)) in self.members.extract_if(|_, (d, _)| *d <= now) {
+            let _ = reply.send(timed_out());
+        }
     }
 
     fn on_ready(&mut self) -> Result<(), StoreError> {
@@ -383,6 +426,7 @@ impl Driver {
         self.maybe_compact()?;
         self.publish();
         self.release_waiting();
+        self.repropose();
         Ok(())
     }
 
@@ -410,7 +454,7 @@ impl Driver {
             }
         };
         let id = u64::from_be_bytes(e.context.as_ref().try_into().unwrap_or([0; 8]));
-        if let Some((_, reply)) = self.proposals.remove(&id) {
+        if let Some((_, reply, _)) = self.proposals.remove(&id) {
             let _ = reply.send(Ok(outcome));
         }
         Ok(())
@@ -476,6 +520,18 @@ impl Driver {
             changed
         });
     }
+}
+
+fn timed_out<T>() -> Result<T, StoreError> {
+    Err(StoreError::Unavailable(
+        "the write was not confirmed in time (leadership may have changed); it may not have been \
+         applied: check and retry"
+            .into(),
+    ))
+}
+
+fn deadline() -> Instant {
+    Instant::now() + PROPOSAL_TIMEOUT
 }
 
 fn no_leader(e: raft::Error) -> StoreError {

@@ -86,8 +86,15 @@ impl Raft for RaftApi {
         let shared = &self.manager.shared;
         let local = shared.raft.status().id;
         let mut stream = req.into_inner();
+        tracing::debug!(from = %sender.node_id, "raft stream opened");
         let mut reassembler = Reassembler::default();
-        while let Some(chunk) = stream.message().await? {
+        let mut closing = shared.closing.subscribe();
+        loop {
+            let chunk = tokio::select! {
+                chunk = stream.message() => chunk?,
+                _ = closing.wait_for(|c| *c) => None,
+            };
+            let Some(chunk) = chunk else { break };
             let Some(msg) = reassembler.push(chunk).map_err(Status::invalid_argument)? else {
                 continue;
             };

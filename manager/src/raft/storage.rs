@@ -119,6 +119,17 @@ impl LogStorage {
         self.sync()
     }
 
+    /// Starts a new one-member group: the log begins after a virtual snapshot at index 1 that
+    /// holds the membership, so members that join later receive it by snapshot.
+    pub fn bootstrap(&mut self, id: u64) -> Result<(), StoreError> {
+        self.set_conf_state(ConfState::from((vec![id], vec![])))?;
+        self.set_hard_state(HardState { term: 1, commit: 1, ..Default::default() })?;
+        self.snap_meta = SnapshotMetadata { index: 1, term: 1, ..Default::default() };
+        self.write_state(SNAP_META, &self.snap_meta.clone())?;
+        self.store.set_applied(1)?;
+        self.sync()
+    }
+
     /// Whether this manager has ever been part of a Raft group.
     pub fn is_initialized(&self) -> bool {
         !self.conf_state.voters.is_empty() || self.snap_meta.index > 0 || !self.entries.is_empty()

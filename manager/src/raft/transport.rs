@@ -132,6 +132,7 @@ async fn stream_to(
     to: u64,
 ) -> Result<(), String> {
     let channel = shoal_proto::dial::connect(addr, tls).await?;
+    tracing::debug!(peer = to, %addr, "raft stream connected");
     let (chunks, chunk_rx) = mpsc::channel::<RaftChunk>(64);
     let mut client = RaftClient::new(channel);
     let call = tokio::spawn(async move { client.send(ReceiverStream::new(chunk_rx)).await });

@@ -1,0 +1,186 @@
+//! Several managers in one process, each with its own Raft member, sled store and loopback port,
+//! talking real gRPC over mTLS: joining, replication, leader loss, restarts, encryption at rest.
+
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::{eventually, TestNode};
+use shoal_proto::{GetJoinTokenRequest, ListNodesRequest, NodeRole, RotateJoinTokenRequest};
+
+const BEAT: Duration = Duration::from_millis(300);
+
+async fn token(node: &TestNode, role: NodeRole) -> String {
+    let req = GetJoinTokenRequest { role: role as i32 };
+    node.control().await.get_join_token(req).await.unwrap().into_inner().token
+}
+
+async fn leader_of(node: &TestNode) -> Result<String, String> {
+    let mut control = node.control().await;
+    let r = control.list_nodes(ListNodesRequest {}).await.map_err(|s| s.message().to_string())?;
+    let leader = r.into_inner().leader_id;
+    if leader.is_empty() {
+        Err("no leader".into())
+    } else {
+        Ok(leader)
+    }
+}
+
+async fn three_managers() -> Vec<TestNode> {
+    let m1 = TestNode::start("m1").await;
+    let addr = m1.init(BEAT, None).await;
+    let manager_token = token(&m1, NodeRole::Manager).await;
+    let (m2, m3) = (TestNode::start("m2").await, TestNode::start("m3").await);
+    m2.join(&manager_token, &addr).await.unwrap();
+    m3.join(&manager_token, &addr).await.unwrap();
+    vec![m1, m2, m3]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn managers_join_and_every_one_answers_with_the_same_state() {
+    let ms = three_managers().await;
+    let worker_token = token(&ms[1], NodeRole::Worker).await;
+    let addr2 = ms[1].daemon.info().await.state.unwrap().advertise_addr;
+    let w = TestNode::start("w").await;
+    w.join(&worker_token, &addr2).await.expect("a worker joins through a follower manager");
+    for m in &ms {
+        eventually("every manager lists 4 Ready nodes", Duration::from_secs(10), || async {
+            let r = m
+                .control()
+                .await
+                .list_nodes(ListNodesRequest {})
+                .await
+                .map_err(|s| s.to_string())?
+                .into_inner();
+            let ready =
+                r.nodes.iter().filter(|n| n.state() == shoal_proto::NodeState::Ready).count();
+            (r.nodes.len() == 4 && ready == 4 && r.manager_ids.len() == 3).then_some(()).ok_or(
+                format!("{} nodes, {ready} ready, {} managers", r.nodes.len(), r.manager_ids.len()),
+            )
+        })
+        .await;
+    }
+    let leaders: Vec<String> = futures_leaders(&ms).await;
+    assert!(leaders.windows(2).all(|w| w[0] == w[1]), "one leader, seen by all: {leaders:?}");
+}
+
+async fn futures_leaders(ms: &[TestNode]) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in ms {
+        out.push(leader_of(m).await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_elects_another_and_keeps_every_acknowledged_write() {
+    let mut ms = three_managers().await;
+    let leader_id = leader_of(&ms[0]).await.unwrap();
+    // Acknowledged writes: each rotation that returned is a write that must survive.
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        let role = if i % 2 == 0 { NodeRole::Worker } else { NodeRole::Manager };
+        let req = RotateJoinTokenRequest { role: role as i32, ttl_secs: 0, max_uses: 0 };
+        let info = ms[i % 3].control().await.rotate_join_token(req).await.unwrap().into_inner();
+        acked.push((role, info.token));
+    }
+    let idx = {
+        let mut found = None;
+        for (i, m) in ms.iter().enumerate() {
+            if m.id().await == leader_id {
+                found = Some(i);
+            }
+        }
+        found.unwrap()
+    };
+    let killed = ms.remove(idx);
+    let (root, socket, dir) = killed.kill().await;
+    let started = Instant::now();
+    let survivor = &ms[0];
+    eventually("a new leader commits a write", Duration::from_secs(10), || async {
+        let req =
+            RotateJoinTokenRequest { role: NodeRole::Worker as i32, ttl_secs: 0, max_uses: 0 };
+        survivor
+            .control()
+            .await
+            .rotate_join_token(req)
+            .await
+            .map(drop)
+            .map_err(|s| s.message().to_string())
+    })
+    .await;
+    let failover = started.elapsed();
+    eprintln!("leader killed -> new leader and a committed write in {failover:?}");
+    let new_leader = leader_of(survivor).await.unwrap();
+    assert_ne!(new_leader, leader_id);
+    // The last acknowledged rotation of each role is what every manager still serves.
+    let last_manager = acked.iter().rev().find(|(r, _)| *r == NodeRole::Manager).unwrap().1.clone();
+    for m in &ms {
+        assert_eq!(token(m, NodeRole::Manager).await, last_manager);
+    }
+    // The old leader restarts from its data and converges.
+    let back = TestNode::start_at("back", root, socket).await;
+    eventually("the restarted manager catches up", Duration::from_secs(10), || async {
+        let t = back
+            .control()
+            .await
+            .get_join_token(GetJoinTokenRequest { role: NodeRole::Worker as i32 })
+            .await;
+        let want = token(survivor, NodeRole::Worker).await;
+        match t {
+            Ok(t) if t.get_ref().token == want => Ok(()),
+            Ok(_) => Err("behind".into()),
+            Err(s) => Err(s.message().to_string()),
+        }
+    })
+    .await;
+    drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_secret_is_readable_in_a_managers_data_dir() {
+    let ms = three_managers().await;
+    let w = TestNode::start("needle-host-5f1c").await;
+    let worker_token = token(&ms[0], NodeRole::Worker).await;
+    let addr = ms[0].daemon.info().await.state.unwrap().advertise_addr;
+    w.join(&worker_token, &addr).await.unwrap();
+    for m in &ms {
+        eventually("worker replicated", Duration::from_secs(10), || async {
+            let r = m
+                .control()
+                .await
+                .list_nodes(ListNodesRequest {})
+                .await
+                .map_err(|s| s.to_string())?;
+            r.into_inner()
+                .nodes
+                .iter()
+                .any(|n| n.hostname == "needle-host-5f1c")
+                .then_some(())
+                .ok_or("not yet".into())
+        })
+        .await;
+    }
+    let secret = worker_token.rsplit('-').next().unwrap().to_string();
+    for m in &ms {
+        let store = m.root.join("manager");
+        for needle in ["needle-host-5f1c", secret.as_str(), "PRIVATE KEY"] {
+            let hits = grep(&store, needle.as_bytes());
+            assert!(hits.is_empty(), "{needle:?} readable in {hits:?}");
+        }
+    }
+}
+
+fn grep(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut hits = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return hits };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            hits.extend(grep(&p, needle));
+        } else if std::fs::read(&p).unwrap_or_default().windows(needle.len()).any(|w| w == needle) {
+            hits.push(p);
+        }
+    }
+    hits
+}
