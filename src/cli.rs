@@ -82,6 +82,9 @@ pub struct InitArgs {
     /// Period of agent heartbeats (e.g. 5s)
     #[arg(long, value_parser = parse_duration)]
     pub dispatcher_heartbeat: Option<Duration>,
+    /// Recovery after losing quorum: make this manager the only one, keeping the cluster's state
+    #[arg(long)]
+    pub force_new_cluster: bool,
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +214,7 @@ async fn swarm(cmd: SwarmCmd, channel: Channel, host: &Host) -> Result<()> {
                     .dispatcher_heartbeat
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0),
+                force_new_cluster: a.force_new_cluster,
             };
             let r = daemon.init(req).await.map_err(client::status)?.into_inner();
             print!("{}", output::init(&r));

@@ -93,10 +93,10 @@ fn client_tls(files: &TlsFiles) -> Result<rustls::ClientConfig> {
 /// Turns a gRPC error into the one line the user sees.
 pub fn status(e: tonic::Status) -> anyhow::Error {
     match e.code() {
-        tonic::Code::Unavailable | tonic::Code::Unknown => {
-            let source =
-                std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
-            anyhow::anyhow!("the daemon is unavailable: {}{source}", e.message())
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+            if std::error::Error::source(&e).is_some() =>
+        {
+            anyhow::anyhow!("the daemon is unavailable: {}", shoal_proto::dial::explain(&e))
         }
         _ => anyhow::anyhow!("{}", e.message()),
     }

@@ -33,6 +33,7 @@ pub struct InitOptions {
     pub advertise_addr: String,
     pub cert_expiry: Option<Duration>,
     pub heartbeat: Option<Duration>,
+    pub force_new_cluster: bool,
 }
 
 /// What `swarm join` asks for.
@@ -167,6 +168,9 @@ impl Daemon {
     /// `swarm init`: a new cluster with this node as its manager. Returns the state and tokens.
     pub async fn init(&self, opts: InitOptions) -> Result<(NodeState, String, String)> {
         let mut member = self.member.lock().await;
+        if opts.force_new_cluster {
+            return self.force_new_cluster(&mut member).await;
+        }
         if member.is_some() {
             bail!(ALREADY);
         }
@@ -207,6 +211,28 @@ impl Daemon {
         let serving = serve(manager, listener, cert.clone());
         let agent = self.start_agent(&state, cert.clone(), root)?;
         tracing::info!(node = %state.node_id, cluster = %state.cluster_id, "swarm initialized");
+        *member = Some(Member { state: state.clone(), cert, agent, manager: Some(serving) });
+        Ok((state, tokens.0, tokens.1))
+    }
+
+    /// Recovery after losing quorum: this manager alone becomes the cluster, keeping its state.
+    async fn force_new_cluster(&self, member: &mut Option<Member>) -> Result<(NodeState, String, String)> {
+        match member.as_ref() {
+            Some(m) if m.state.runs_manager => {}
+            _ => bail!("--force-new-cluster needs a node that is a manager of a swarm"),
+        }
+        let Some(current) = member.take() else { bail!("this node is not part of a swarm") };
+        let (mut state, cert) = (current.state.clone(), current.cert.clone());
+        current.shutdown().await;
+        let (_, _, root) = self.files.load_identity()?;
+        let id = identity(&state, cert.clone(), &root);
+        let manager = Manager::force_new_cluster(&self.files.store_dir(), &id).await?;
+        let listener = bind(&state.listen_addr).await?;
+        state.manager_addrs = vec![state.advertise_addr.clone()];
+        self.files.save_state(&state)?;
+        let tokens = (manager.join_token(Role::Worker)?, manager.join_token(Role::Manager)?);
+        let serving = serve(manager, listener, cert.clone());
+        let agent = self.start_agent(&state, cert.clone(), root)?;
         *member = Some(Member { state: state.clone(), cert, agent, manager: Some(serving) });
         Ok((state, tokens.0, tokens.1))
     }

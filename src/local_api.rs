@@ -68,6 +68,7 @@ impl DaemonRpc for LocalApi {
             advertise_addr: r.advertise_addr,
             cert_expiry: duration(r.cert_expiry_secs.saturating_mul(1000)),
             heartbeat: duration(r.heartbeat_period_ms),
+            force_new_cluster: r.force_new_cluster,
         };
         let (state, worker_token, manager_token) = self.daemon.init(opts).await.map_err(failed)?;
         Ok(Response::new(InitResponse {

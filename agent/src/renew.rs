@@ -16,6 +16,8 @@ use crate::AgentStatus;
 
 const RETRY_STEP: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(3600);
+/// Retries never come faster than this, whatever the time scale.
+const MIN_RETRY: Duration = Duration::from_millis(500);
 
 /// What the renewal loop needs.
 #[derive(Clone, Debug)]
@@ -49,7 +51,8 @@ pub async fn run(
         let wait = if failures == 0 {
             next_delay(&cert.identity(), cfg.time_scale)
         } else {
-            (RETRY_STEP * failures).min(RETRY_MAX).div_f64(cfg.time_scale.max(1.0))
+            let scaled = (RETRY_STEP * failures).min(RETRY_MAX).div_f64(cfg.time_scale.max(1.0));
+            scaled.max(MIN_RETRY)
         };
         tokio::time::sleep(wait).await;
         match renew_once(&cfg, &cert, tls.clone(), &status).await {

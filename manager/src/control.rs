@@ -13,6 +13,8 @@ use shoal_proto::{
     NodeRole, NodeState, RemoveNodeRequest, RemoveNodeResponse, Revoked, RotateJoinTokenRequest,
     UpdateClusterRequest,
 };
+use raft::prelude::{ConfChange, ConfChangeType};
+use shoal_proto::Member;
 use tonic::{Request, Response, Status};
 
 use crate::manager::{now_ms, pki_role, validate_cert_expiry, validate_heartbeat, Manager, Shared};
@@ -126,6 +128,14 @@ impl Control for ControlApi {
         let nodes = shared.store.list::<Node>()?;
         let node = resolve_node(&nodes, &reference)?.clone();
         check_removable(shared, &node, force)?;
+        if let Some(member) = shared.members()?.into_iter().find(|m| m.node_id == node.id) {
+            check_quorum_after_removal(shared, &nodes, &member)?;
+            let mut cc = ConfChange::default();
+            cc.set_change_type(ConfChangeType::RemoveNode);
+            cc.node_id = member.raft_id;
+            shared.raft.change_member(cc).await?;
+            tracing::info!(node = %node.id, raft_id = member.raft_id, "manager removed from the raft group");
+        }
         let until = node.certificate.as_ref().map(|c| c.not_after_unix).unwrap_or(0);
         shared
             .store
@@ -230,15 +240,39 @@ impl Control for ControlApi {
     }
 }
 
+/// Refuses to remove a manager if the managers left could not form a quorum (counting those
+/// whose node is Ready, and this one).
+fn check_quorum_after_removal(shared: &Shared, nodes: &[Node], leaving: &Member) -> Result<(), Status> {
+    let members = shared.members()?;
+    let remaining: Vec<&Member> = members.iter().filter(|m| m.raft_id != leaving.raft_id).collect();
+    let quorum = remaining.len() / 2 + 1;
+    let active = remaining
+        .iter()
+        .filter(|m| {
+            m.node_id == shared.local_node_id
+                || nodes.iter().any(|n| n.id == m.node_id && n.state() == NodeState::Ready)
+        })
+        .count();
+    if active < quorum {
+        return Err(Status::failed_precondition(format!(
+            "removing this manager would leave {active} reachable of {} managers, short of a quorum of \
+             {quorum}; bring managers back first",
+            remaining.len()
+        )));
+    }
+    Ok(())
+}
+
 fn check_removable(shared: &Shared, node: &Node, force: bool) -> Result<(), Status> {
     if node.id == shared.local_node_id {
         return Err(Status::failed_precondition(
             "this manager cannot remove itself; run 'shoal swarm leave --force' on it instead",
         ));
     }
-    if shared.members()?.iter().any(|m| m.node_id == node.id) {
+    if shared.members()?.iter().any(|m| m.node_id == node.id) && !force {
         return Err(Status::failed_precondition(format!(
-            "node {} is a raft member (a manager); demote it before removing it",
+            "node {} is a manager: removing it also takes it out of the managers' raft group; \
+             use --force to do so",
             node.id
         )));
     }

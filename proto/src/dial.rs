@@ -47,34 +47,49 @@ pub async fn connect(addr: &str, config: Arc<rustls::ClientConfig>) -> Result<Ch
     }
 }
 
-/// A one-line description of a transport error with its causes.
-pub fn describe(addr: &str, e: &(dyn std::error::Error + 'static)) -> String {
-    let mut causes = vec![e.to_string()];
+/// Every message in an error's chain of causes, outermost first.
+fn causes(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut out = vec![e.to_string()];
     let mut source = e.source();
     while let Some(s) = source {
-        causes.push(s.to_string());
+        out.push(s.to_string());
         source = s.source();
     }
-    let detail = causes.last().cloned().unwrap_or_default();
-    let all = causes.join(" ");
-    let hint = if all.contains("CertificateRevoked") {
+    out
+}
+
+/// What to tell the user about a failure whose causes read `all`.
+fn hint(all: &str) -> &'static str {
+    if all.contains("CertificateRevoked") {
         "; this node's certificate is revoked (it was removed with 'shoal node rm'): leave and join again"
+    } else if all.contains("CertificateExpired") {
+        "; this node's certificate has expired: leave and join again with a current token"
     } else if all.contains("refused") {
         "; check the address and that shoald listens there"
-    } else if all.contains("broken pipe") || all.contains("reset by peer") || all.contains("alert")
-    {
+    } else if ["broken pipe", "reset by peer", "alert", "connection closed"].iter().any(|s| all.contains(s)) {
         "; the manager refused this node's certificate (revoked, or of another cluster)"
     } else {
         ""
-    };
-    format!("could not reach a manager at {addr}: {detail}{hint}")
+    }
+}
+
+/// The innermost cause of an error and what to do about it, in one line.
+pub fn explain(e: &(dyn std::error::Error + 'static)) -> String {
+    let all = causes(e);
+    let detail = all.last().cloned().unwrap_or_default();
+    format!("{detail}{}", hint(&all.join(" ")))
+}
+
+/// A one-line description of a transport error with its causes.
+pub fn describe(addr: &str, e: &(dyn std::error::Error + 'static)) -> String {
+    format!("could not reach a manager at {addr}: {}", explain(e))
 }
 
 /// A one-line description of a gRPC status from a manager.
 pub fn status_line(addr: &str, s: &tonic::Status) -> String {
-    if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown {
-        let source = std::error::Error::source(s).map(|e| e.to_string()).unwrap_or_default();
-        return format!("the manager at {addr} is unavailable: {} {source}", s.message());
+    use tonic::Code::{Cancelled, Unavailable, Unknown};
+    if matches!(s.code(), Unavailable | Unknown | Cancelled) && std::error::Error::source(s).is_some() {
+        return format!("the manager at {addr} is unavailable: {}", explain(s));
     }
     s.message().to_string()
 }

@@ -130,6 +130,23 @@ impl LogStorage {
         self.sync()
     }
 
+    /// Recovery after quorum loss: keeps everything committed, drops what was not, and makes
+    /// this member the only voter, so it can elect itself and others can join it afresh.
+    pub fn force_new_cluster(&mut self, id: u64) -> Result<(), StoreError> {
+        let commit = self.hard_state.commit.max(self.snap_meta.index);
+        let old_last = self.last();
+        self.entries.truncate(commit.saturating_sub(self.snap_meta.index) as usize);
+        let mut batch = sled::Batch::default();
+        for stale in commit + 1..=old_last {
+            batch.remove(&stale.to_be_bytes());
+        }
+        self.log.apply_batch(batch)?;
+        self.set_conf_state(ConfState::from((vec![id], vec![])))?;
+        let hs = HardState { term: self.hard_state.term, vote: 0, commit, ..Default::default() };
+        self.set_hard_state(hs)?;
+        self.sync()
+    }
+
     /// Whether this manager has ever been part of a Raft group.
     pub fn is_initialized(&self) -> bool {
         !self.conf_state.voters.is_empty() || self.snap_meta.index > 0 || !self.entries.is_empty()

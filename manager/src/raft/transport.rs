@@ -105,10 +105,12 @@ async fn run_sender(peers: Weak<Peers>, to: u64, mut rx: mpsc::Receiver<Message>
         let Some(p) = peers.upgrade() else { return };
         let (addr, tls) = (p.addr_of(to), p.tls.clone());
         drop(p);
-        let result = match addr {
-            Some(addr) => stream_to(&addr, tls, &mut rx, &peers, to).await,
-            None => Err("no address known".to_string()),
+        let Some(addr) = addr else {
+            // Not (or no longer) a member: let the queue go; a later message starts a new one.
+            tracing::debug!(peer = to, "no address known for raft peer");
+            return;
         };
+        let result = stream_to(&addr, tls, &mut rx, &peers, to).await;
         match result {
             Ok(()) => return, // the queue closed: this peer is gone
             Err(e) => tracing::debug!(peer = to, error = %e, "raft peer unreachable"),
