@@ -4,17 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use raft::prelude::{ConfChange, ConfChangeType};
 use shoal_pki::token::ca_digest;
 use shoal_pki::Role;
 use shoal_proto::control_server::Control;
+use shoal_proto::Member;
 use shoal_proto::{
     Cluster, ClusterInfo, ClusterSpec, GetClusterInfoRequest, GetJoinTokenRequest, GetNodeRequest,
     GetNodeResponse, JoinTokenInfo, JoinTokens, ListNodesRequest, ListNodesResponse, Node,
     NodeRole, NodeState, RemoveNodeRequest, RemoveNodeResponse, Revoked, RotateJoinTokenRequest,
     UpdateClusterRequest,
 };
-use raft::prelude::{ConfChange, ConfChangeType};
-use shoal_proto::Member;
 use tonic::{Request, Response, Status};
 
 use crate::manager::{now_ms, pki_role, validate_cert_expiry, validate_heartbeat, Manager, Shared};
@@ -242,7 +242,11 @@ impl Control for ControlApi {
 
 /// Refuses to remove a manager if the managers left could not form a quorum (counting those
 /// whose node is Ready, and this one).
-fn check_quorum_after_removal(shared: &Shared, nodes: &[Node], leaving: &Member) -> Result<(), Status> {
+fn check_quorum_after_removal(
+    shared: &Shared,
+    nodes: &[Node],
+    leaving: &Member,
+) -> Result<(), Status> {
     let members = shared.members()?;
     let remaining: Vec<&Member> = members.iter().filter(|m| m.raft_id != leaving.raft_id).collect();
     let quorum = remaining.len() / 2 + 1;

@@ -229,18 +229,28 @@ impl Manager {
 
     /// `swarm init --force-new-cluster`: reopens this manager's data as the only member of a
     /// new Raft group, keeping all committed state, and forgets the other managers.
-    pub async fn force_new_cluster(store_dir: &Path, id: &Identity) -> Result<Manager, ManagerError> {
+    pub async fn force_new_cluster(
+        store_dir: &Path,
+        id: &Identity,
+    ) -> Result<Manager, ManagerError> {
         let dek = KeyFiles::new(store_dir.join("keys")).load()?;
         let mut parts = open_parts(store_dir, &dek)?;
         let raft_id = parts.storage.raft_id()?.ok_or_else(|| {
-            ManagerError::Invalid("this node's manager data has no raft ID; it never became a manager".into())
+            ManagerError::Invalid(
+                "this node's manager data has no raft ID; it never became a manager".into(),
+            )
         })?;
         parts.storage.force_new_cluster(raft_id)?;
         let manager = Manager::start(parts, id)?;
         manager.shared.raft.campaign();
         manager.shared.raft.wait_for_leader(Duration::from_secs(10)).await?;
-        let others: Vec<String> =
-            manager.shared.members()?.into_iter().filter(|m| m.raft_id != raft_id).map(|m| m.id).collect();
+        let others: Vec<String> = manager
+            .shared
+            .members()?
+            .into_iter()
+            .filter(|m| m.raft_id != raft_id)
+            .map(|m| m.id)
+            .collect();
         manager
             .store()
             .update(|tx| {
@@ -250,7 +260,10 @@ impl Manager {
                 Ok::<_, StoreError>(())
             })
             .await?;
-        tracing::warn!(dropped = others.len(), "forced a new one-manager cluster from this manager's state");
+        tracing::warn!(
+            dropped = others.len(),
+            "forced a new one-manager cluster from this manager's state"
+        );
         Ok(manager)
     }
 

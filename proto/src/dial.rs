@@ -66,7 +66,10 @@ fn hint(all: &str) -> &'static str {
         "; this node's certificate has expired: leave and join again with a current token"
     } else if all.contains("refused") {
         "; check the address and that shoald listens there"
-    } else if ["broken pipe", "reset by peer", "alert", "connection closed"].iter().any(|s| all.contains(s)) {
+    } else if ["broken pipe", "reset by peer", "alert", "connection closed"]
+        .iter()
+        .any(|s| all.contains(s))
+    {
         "; the manager refused this node's certificate (revoked, or of another cluster)"
     } else {
         ""
@@ -88,7 +91,9 @@ pub fn describe(addr: &str, e: &(dyn std::error::Error + 'static)) -> String {
 /// A one-line description of a gRPC status from a manager.
 pub fn status_line(addr: &str, s: &tonic::Status) -> String {
     use tonic::Code::{Cancelled, Unavailable, Unknown};
-    if matches!(s.code(), Unavailable | Unknown | Cancelled) && std::error::Error::source(s).is_some() {
+    if matches!(s.code(), Unavailable | Unknown | Cancelled)
+        && std::error::Error::source(s).is_some()
+    {
         return format!("the manager at {addr} is unavailable: {}", explain(s));
     }
     s.message().to_string()
