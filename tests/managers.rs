@@ -184,3 +184,77 @@ fn grep(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
     }
     hits
 }
+
+async fn id_of(ms: &[TestNode], node_id: &str) -> usize {
+    for (i, m) in ms.iter().enumerate() {
+        if m.id().await == node_id {
+            return i;
+        }
+    }
+    panic!("no manager {node_id}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_a_manager_takes_it_out_of_raft_but_never_below_quorum() {
+    let mut ms = three_managers().await;
+    let leader = leader_of(&ms[0]).await.unwrap();
+    let follower = ms.remove((id_of(&ms, &leader).await + 1) % 3);
+    let follower_id = follower.id().await;
+    let mut control = ms[0].control().await;
+    let req = |force| shoal_proto::RemoveNodeRequest { reference: follower_id.clone(), force };
+    let err = control.remove_node(req(false)).await.unwrap_err();
+    assert!(err.message().contains("--force"), "{}", err.message());
+    let (_root, _socket, _dir) = follower.kill().await;
+    control.remove_node(req(true)).await.unwrap();
+    for m in &ms {
+        let r = m.control().await.list_nodes(ListNodesRequest {}).await.unwrap().into_inner();
+        assert_eq!(r.manager_ids.len(), 2, "two managers remain");
+        assert!(r.nodes.iter().all(|n| n.id != follower_id));
+    }
+    let status = ms[0].daemon.info().await.manager.unwrap().raft().status();
+    assert_eq!(status.voters.len(), 2, "the raft group shrank: {status:?}");
+    // With two managers left, removing one more would leave one of two: refused.
+    let other = ms[1].id().await;
+    let (_r, _s, _d) = ms.remove(1).kill().await;
+    let err = control
+        .remove_node(shoal_proto::RemoveNodeRequest { reference: other, force: true })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("quorum"), "{}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn force_new_cluster_recovers_a_lone_survivor_with_all_its_state() {
+    let mut ms = three_managers().await;
+    let worker_token = token(&ms[0], NodeRole::Worker).await;
+    let addr = ms[0].daemon.info().await.state.unwrap().advertise_addr;
+    let w = TestNode::start("w").await;
+    let worker_id = w.join(&worker_token, &addr).await.unwrap();
+    let survivor = ms.remove(0);
+    for m in ms.drain(..) {
+        let (_r, _s, _d) = m.kill().await;
+    }
+    // No quorum: writes fail with a message that says so (not a hang, not a success).
+    let req = RotateJoinTokenRequest { role: NodeRole::Worker as i32, ttl_secs: 0, max_uses: 0 };
+    let err = survivor.control().await.rotate_join_token(req).await.unwrap_err();
+    assert!(
+        err.message().contains("quorum") || err.message().contains("leader"),
+        "{}",
+        err.message()
+    );
+
+    let opts = shoal::daemon::InitOptions { force_new_cluster: true, ..Default::default() };
+    survivor.daemon.init(opts).await.unwrap();
+    let nodes = survivor.nodes().await;
+    assert!(nodes.iter().any(|n| n.id == worker_id), "state kept: {nodes:?}");
+    assert_eq!(token(&survivor, NodeRole::Worker).await, worker_token, "tokens kept");
+    let r = survivor.control().await.list_nodes(ListNodesRequest {}).await.unwrap().into_inner();
+    assert_eq!(r.manager_ids.len(), 1);
+    // Writes work again and a new manager can join the recovered cluster.
+    let req = RotateJoinTokenRequest { role: NodeRole::Worker as i32, ttl_secs: 0, max_uses: 0 };
+    survivor.control().await.rotate_join_token(req).await.unwrap();
+    let fresh = TestNode::start("m4").await;
+    fresh.join(&token(&survivor, NodeRole::Manager).await, &addr).await.unwrap();
+    let r = survivor.control().await.list_nodes(ListNodesRequest {}).await.unwrap().into_inner();
+    assert_eq!(r.manager_ids.len(), 2);
+}
