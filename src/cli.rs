@@ -60,6 +60,8 @@ pub enum SwarmCmd {
     JoinToken(JoinTokenArgs),
     /// Change swarm settings
     Update(UpdateArgs),
+    /// Show the swarm's settings (JSON)
+    Inspect,
     /// Leave the swarm
     Leave {
         /// Leave even if this is the last manager (the cluster's state is lost)
@@ -261,6 +263,10 @@ async fn swarm(cmd: SwarmCmd, channel: Channel, host: &Host) -> Result<()> {
             };
             control.update_cluster(req).await.map_err(client::status)?;
             println!("Swarm updated.");
+        }
+        SwarmCmd::Inspect => {
+            let info = control.get_cluster_info(GetClusterInfoRequest {}).await.map_err(client::status)?;
+            print!("{}", output::cluster(&info.into_inner())?);
         }
         SwarmCmd::Leave { force } => {
             local_only(host)?;

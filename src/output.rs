@@ -137,6 +137,22 @@ pub fn node_inspect(nodes: &[Node], pretty: bool) -> Result<String> {
     Ok(out)
 }
 
+/// `swarm inspect`.
+pub fn cluster(c: &shoal_proto::ClusterInfo) -> Result<String> {
+    let spec = c.spec.unwrap_or_default();
+    let value = json!({
+        "ID": c.id,
+        "CreatedAt": rfc3339_ms(c.created_at_ms),
+        "Spec": {
+            "CAConfig": { "NodeCertExpiry": format!("{}s", spec.cert_expiry_secs) },
+            "Dispatcher": { "HeartbeatPeriod": format!("{}ms", spec.heartbeat_period_ms) },
+        },
+        "RootCA": { "Digest": c.root_ca_digest, "Certificate": c.root_ca_pem },
+        "RevokedNodes": c.revoked_nodes,
+    });
+    Ok(serde_json::to_string_pretty(&value)? + "\n")
+}
+
 /// `info`.
 pub fn info(r: &InfoResponse) -> String {
     let mut out = String::new();
