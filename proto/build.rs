@@ -17,7 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // Key material and token secrets get hand-written, redacted Debug impls (see lib.rs).
     tonic_prost_build::configure()
-        .skip_debug(["shoal.RootCa", "shoal.JoinTokenRecord"])
+        .skip_debug(["shoal.RootCa", "shoal.JoinTokenRecord", "shoal.UnlockKey"])
         .compile_protos(&files, &["proto"])?;
     Ok(())
 }

@@ -62,6 +62,17 @@ pub enum SwarmCmd {
     Update(UpdateArgs),
     /// Show the swarm's settings (JSON)
     Inspect,
+    /// Show or rotate the key that unlocks restarted managers (autolock)
+    UnlockKey {
+        /// Replace the key; managers re-wrap their data keys with the new one
+        #[arg(long)]
+        rotate: bool,
+        /// Print the key only
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Unlock a restarted, locked manager (reads the unlock key from standard input)
+    Unlock,
     /// Leave the swarm
     Leave {
         /// Leave even if this is the last manager (the cluster's state is lost)
@@ -87,6 +98,9 @@ pub struct InitArgs {
     /// Recovery after losing quorum: make this manager the only one, keeping the cluster's state
     #[arg(long)]
     pub force_new_cluster: bool,
+    /// Lock managers' data at rest with a key only you hold; a restarted manager needs it
+    #[arg(long)]
+    pub autolock: bool,
 }
 
 #[derive(Debug, Args)]
@@ -130,6 +144,9 @@ pub struct UpdateArgs {
     /// Period of agent heartbeats
     #[arg(long, value_parser = parse_duration)]
     pub dispatcher_heartbeat: Option<Duration>,
+    /// Turn autolock on or off (true|false)
+    #[arg(long)]
+    pub autolock: Option<bool>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,9 +234,13 @@ async fn swarm(cmd: SwarmCmd, channel: Channel, host: &Host) -> Result<()> {
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0),
                 force_new_cluster: a.force_new_cluster,
+                autolock: a.autolock,
             };
             let r = daemon.init(req).await.map_err(client::status)?.into_inner();
             print!("{}", output::init(&r));
+            if !r.unlock_key.is_empty() {
+                print!("{}", output::unlock_key(&r.unlock_key, false, false));
+            }
         }
         SwarmCmd::Join(a) => {
             local_only(host)?;
@@ -248,8 +269,10 @@ async fn swarm(cmd: SwarmCmd, channel: Channel, host: &Host) -> Result<()> {
             print!("{}", output::join_token(&info, a.rotate, a.quiet));
         }
         SwarmCmd::Update(a) => {
-            if a.cert_expiry.is_none() && a.dispatcher_heartbeat.is_none() {
-                bail!("nothing to update: give --cert-expiry or --dispatcher-heartbeat");
+            if a.cert_expiry.is_none() && a.dispatcher_heartbeat.is_none() && a.autolock.is_none() {
+                bail!(
+                    "nothing to update: give --cert-expiry, --dispatcher-heartbeat or --autolock"
+                );
             }
             if let Some(e) = a.cert_expiry {
                 shoal_manager::manager::validate_cert_expiry(e).map_err(anyhow::Error::msg)?;
@@ -260,12 +283,47 @@ async fn swarm(cmd: SwarmCmd, channel: Channel, host: &Host) -> Result<()> {
                     .dispatcher_heartbeat
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0),
+                autolock: match a.autolock {
+                    None => Autolock::Unchanged,
+                    Some(true) => Autolock::On,
+                    Some(false) => Autolock::Off,
+                } as i32,
             };
             control.update_cluster(req).await.map_err(client::status)?;
             println!("Swarm updated.");
+            if a.autolock == Some(true) {
+                let key =
+                    control.get_unlock_key(GetUnlockKeyRequest {}).await.map_err(client::status)?;
+                print!("{}", output::unlock_key(&key.into_inner().key, false, false));
+            }
+        }
+        SwarmCmd::UnlockKey { rotate, quiet } => {
+            let info = if rotate {
+                control.rotate_unlock_key(RotateUnlockKeyRequest {}).await
+            } else {
+                control.get_unlock_key(GetUnlockKeyRequest {}).await
+            };
+            print!(
+                "{}",
+                output::unlock_key(&info.map_err(client::status)?.into_inner().key, rotate, quiet)
+            );
+        }
+        SwarmCmd::Unlock => {
+            local_only(host)?;
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprint!("Enter unlock key: ");
+            }
+            let mut key = String::new();
+            std::io::stdin().read_line(&mut key).context("reading the unlock key")?;
+            daemon
+                .unlock(UnlockRequest { key: key.trim().to_string() })
+                .await
+                .map_err(client::status)?;
+            println!("Manager unlocked.");
         }
         SwarmCmd::Inspect => {
-            let info = control.get_cluster_info(GetClusterInfoRequest {}).await.map_err(client::status)?;
+            let info =
+                control.get_cluster_info(GetClusterInfoRequest {}).await.map_err(client::status)?;
             print!("{}", output::cluster(&info.into_inner())?);
         }
         SwarmCmd::Leave { force } => {

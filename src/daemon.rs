@@ -34,6 +34,7 @@ pub struct InitOptions {
     pub cert_expiry: Option<Duration>,
     pub heartbeat: Option<Duration>,
     pub force_new_cluster: bool,
+    pub autolock: bool,
 }
 
 /// What `swarm join` asks for.
@@ -102,6 +103,8 @@ pub struct Daemon {
     cfg: DaemonConfig,
     files: NodeFiles,
     member: Mutex<Option<Member>>,
+    /// A manager that restarted with autolock on waits here for its unlock key, serving nothing.
+    locked: Mutex<Option<NodeState>>,
 }
 
 /// A snapshot for `shoal info`.
@@ -111,6 +114,8 @@ pub struct Info {
     pub identity: Option<PeerIdentity>,
     pub agent: AgentStatus,
     pub manager: Option<Manager>,
+    /// Waiting for `swarm unlock`.
+    pub locked: bool,
 }
 
 const ALREADY: &str =
@@ -122,12 +127,33 @@ impl Daemon {
         let files = NodeFiles::new(&cfg.data_root);
         std::fs::create_dir_all(&cfg.data_root)
             .with_context(|| format!("creating data root {}", cfg.data_root.display()))?;
-        let daemon = Arc::new(Daemon { cfg, files, member: Mutex::new(None) });
+        let daemon =
+            Arc::new(Daemon { cfg, files, member: Mutex::new(None), locked: Mutex::new(None) });
         if let Some(state) = daemon.files.load_state()? {
-            let member = daemon.resume(state).await.context("resuming cluster membership")?;
+            if state.runs_manager && Manager::is_locked(&daemon.files.store_dir()) {
+                tracing::warn!(
+                    "this manager is locked: run 'shoal swarm unlock' and give the unlock key"
+                );
+                *daemon.locked.lock().await = Some(state);
+                return Ok(daemon);
+            }
+            let member = daemon.resume(state, None).await.context("resuming cluster membership")?;
             *daemon.member.lock().await = Some(member);
         }
         Ok(daemon)
+    }
+
+    /// `swarm unlock`: resumes a locked manager with the swarm's unlock key.
+    pub async fn unlock(&self, key: &str) -> Result<()> {
+        let mut locked = self.locked.lock().await;
+        let Some(state) = locked.clone() else {
+            bail!("this node is not locked");
+        };
+        let member = self.resume(state, Some(key)).await?;
+        *locked = None;
+        *self.member.lock().await = Some(member);
+        tracing::info!("manager unlocked");
+        Ok(())
     }
 
     /// The data root.
@@ -135,12 +161,12 @@ impl Daemon {
         &self.files
     }
 
-    async fn resume(&self, state: NodeState) -> Result<Member> {
+    async fn resume(&self, state: NodeState, unlock: Option<&str>) -> Result<Member> {
         let (key, chain, root) = self.files.load_identity()?;
         let cert = ReloadableCert::new(&chain, &key)?;
         let manager = if state.runs_manager {
             let id = identity(&state, cert.clone(), &root);
-            let manager = Manager::open(&self.files.store_dir(), &id)?;
+            let manager = Manager::open(&self.files.store_dir(), &id, unlock)?;
             let listener = bind(&state.listen_addr).await?;
             Some(serve(manager, listener, cert.clone()))
         } else {
@@ -182,6 +208,7 @@ impl Daemon {
             advertise_addr: advertise.clone(),
             cert_expiry: opts.cert_expiry.unwrap_or(shoal_pki::DEFAULT_CERT_EXPIRY),
             heartbeat: opts.heartbeat.unwrap_or(shoal_manager::manager::DEFAULT_HEARTBEAT),
+            autolock: opts.autolock,
         };
         let key = NodeKey::generate()?;
         let store_dir = self.files.store_dir();
@@ -216,7 +243,10 @@ impl Daemon {
     }
 
     /// Recovery after losing quorum: this manager alone becomes the cluster, keeping its state.
-    async fn force_new_cluster(&self, member: &mut Option<Member>) -> Result<(NodeState, String, String)> {
+    async fn force_new_cluster(
+        &self,
+        member: &mut Option<Member>,
+    ) -> Result<(NodeState, String, String)> {
         match member.as_ref() {
             Some(m) if m.state.runs_manager => {}
             _ => bail!("--force-new-cluster needs a node that is a manager of a swarm"),
@@ -226,7 +256,7 @@ impl Daemon {
         current.shutdown().await;
         let (_, _, root) = self.files.load_identity()?;
         let id = identity(&state, cert.clone(), &root);
-        let manager = Manager::force_new_cluster(&self.files.store_dir(), &id).await?;
+        let manager = Manager::force_new_cluster(&self.files.store_dir(), &id, None).await?;
         let listener = bind(&state.listen_addr).await?;
         state.manager_addrs = vec![state.advertise_addr.clone()];
         self.files.save_state(&state)?;
@@ -349,6 +379,9 @@ impl Daemon {
 
     /// A snapshot of the node's state.
     pub async fn info(&self) -> Info {
+        if let Some(state) = self.locked.lock().await.clone() {
+            return Info { state: Some(state), locked: true, ..Default::default() };
+        }
         let member = self.member.lock().await;
         match member.as_ref() {
             None => Info::default(),
@@ -357,6 +390,7 @@ impl Daemon {
                 identity: Some(m.cert.identity()),
                 agent: m.agent.status(),
                 manager: m.manager.as_ref().map(|s| s.manager.clone()),
+                locked: false,
             },
         }
     }

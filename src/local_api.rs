@@ -69,14 +69,22 @@ impl DaemonRpc for LocalApi {
             cert_expiry: duration(r.cert_expiry_secs.saturating_mul(1000)),
             heartbeat: duration(r.heartbeat_period_ms),
             force_new_cluster: r.force_new_cluster,
+            autolock: r.autolock,
         };
         let (state, worker_token, manager_token) = self.daemon.init(opts).await.map_err(failed)?;
+        let unlock_key = match self.daemon.manager().await {
+            Some(m) => {
+                m.unlock_key().map_err(|e| Status::internal(e.to_string()))?.unwrap_or_default()
+            }
+            None => String::new(),
+        };
         Ok(Response::new(InitResponse {
             node_id: state.node_id,
             cluster_id: state.cluster_id,
             worker_token,
             manager_token,
             advertise_addr: state.advertise_addr,
+            unlock_key,
         }))
     }
 
@@ -98,8 +106,29 @@ impl DaemonRpc for LocalApi {
         Ok(Response::new(LeaveResponse {}))
     }
 
+    async fn unlock(
+        &self,
+        req: Request<UnlockRequest>,
+    ) -> Result<Response<UnlockResponse>, Status> {
+        self.daemon.unlock(&req.get_ref().key).await.map_err(failed)?;
+        Ok(Response::new(UnlockResponse {}))
+    }
+
     async fn info(&self, _req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         let info = self.daemon.info().await;
+        if info.locked {
+            let state = info.state.unwrap_or_default();
+            return Ok(Response::new(InfoResponse {
+                swarm_state: "locked".into(),
+                node_id: state.node_id,
+                cluster_id: state.cluster_id,
+                is_manager: true,
+                error: "this manager is locked: run 'shoal swarm unlock' and give the unlock key"
+                    .into(),
+                data_root: self.daemon.files().root().display().to_string(),
+                ..Default::default()
+            }));
+        }
         let mut resp = InfoResponse {
             swarm_state: "inactive".into(),
             data_root: self.daemon.files().root().display().to_string(),
@@ -162,4 +191,6 @@ delegate! {
     update_cluster(UpdateClusterRequest) -> ClusterInfo;
     get_join_token(GetJoinTokenRequest) -> JoinTokenInfo;
     rotate_join_token(RotateJoinTokenRequest) -> JoinTokenInfo;
+    get_unlock_key(GetUnlockKeyRequest) -> UnlockKeyInfo;
+    rotate_unlock_key(RotateUnlockKeyRequest) -> UnlockKeyInfo;
 }

@@ -137,6 +137,24 @@ pub fn node_inspect(nodes: &[Node], pretty: bool) -> Result<String> {
     Ok(out)
 }
 
+/// The unlock key, as `swarm init --autolock`, `update --autolock=true` and `unlock-key` show it.
+pub fn unlock_key(key: &str, rotated: bool, quiet: bool) -> String {
+    if quiet {
+        return format!("{key}\n");
+    }
+    let mut out = String::new();
+    if rotated {
+        let _ = writeln!(out, "Successfully rotated manager unlock key.\n");
+    }
+    let _ = writeln!(
+        out,
+        "To unlock a swarm manager after it restarts, run 'shoal swarm unlock' and provide the \
+         following key:\n\n    {key}\n\nKeep it somewhere safe: without it a restarted manager \
+         cannot read its data."
+    );
+    out
+}
+
 /// `swarm inspect`.
 pub fn cluster(c: &shoal_proto::ClusterInfo) -> Result<String> {
     let spec = c.spec.unwrap_or_default();
@@ -149,6 +167,7 @@ pub fn cluster(c: &shoal_proto::ClusterInfo) -> Result<String> {
         },
         "RootCA": { "Digest": c.root_ca_digest, "Certificate": c.root_ca_pem },
         "RevokedNodes": c.revoked_nodes,
+        "Autolock": c.autolock,
     });
     Ok(serde_json::to_string_pretty(&value)? + "\n")
 }

@@ -258,3 +258,85 @@ async fn force_new_cluster_recovers_a_lone_survivor_with_all_its_state() {
     let r = survivor.control().await.list_nodes(ListNodesRequest {}).await.unwrap().into_inner();
     assert_eq!(r.manager_ids.len(), 2);
 }
+
+fn kek_file(node: &TestNode) -> std::path::PathBuf {
+    node.root.join("manager/store/keys/kek")
+}
+
+async fn restart(node: TestNode, name: &str) -> (TestNode, Option<tempfile::TempDir>) {
+    let (root, socket, dir) = node.kill().await;
+    (TestNode::start_at(name, root, socket).await, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn autolocked_managers_restart_locked_and_open_only_with_the_key() {
+    use shoal_proto::{
+        Autolock, GetUnlockKeyRequest, RotateUnlockKeyRequest, UpdateClusterRequest,
+    };
+    let mut ms = three_managers().await;
+    let mut control = ms[0].control().await;
+    let on = UpdateClusterRequest { autolock: Autolock::On as i32, ..Default::default() };
+    control.update_cluster(on).await.unwrap();
+    let key1 = control.get_unlock_key(GetUnlockKeyRequest {}).await.unwrap().into_inner().key;
+    assert!(key1.starts_with("SHLKEY-1-"), "{key1}");
+    for m in &ms {
+        eventually("no key file left beside the data", Duration::from_secs(10), || async {
+            (!kek_file(m).exists()).then_some(()).ok_or("kek still on disk".into())
+        })
+        .await;
+    }
+
+    // A restarted manager is locked: it serves nothing until it gets the key.
+    let addr = ms[2].daemon.info().await.state.unwrap().advertise_addr;
+    let (m3, _d3) = restart(ms.remove(2), "m3").await;
+    assert!(m3.daemon.info().await.locked);
+    assert!(
+        tokio::net::TcpStream::connect(&addr).await.is_err(),
+        "a locked manager must not listen"
+    );
+    let err = format!("{:#}", m3.daemon.unlock("SHLKEY-1-garbage").await.unwrap_err());
+    assert!(err.contains("invalid unlock key"), "{err}");
+    let wrong =
+        control.rotate_unlock_key(RotateUnlockKeyRequest {}).await.unwrap().into_inner().key;
+    let err = format!("{:#}", m3.daemon.unlock(&wrong).await.unwrap_err());
+    assert!(err.contains("wrong or rotated unlock key"), "{err}");
+
+    // It was down during the rotation: the previous key still opens it, once; it then catches
+    // up and re-wraps its data key with the current one.
+    m3.daemon.unlock(&key1).await.unwrap();
+    assert!(!m3.daemon.info().await.locked);
+    eventually("the unlocked manager serves again", Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(&addr).await.map(drop).map_err(|e| e.to_string())
+    })
+    .await;
+    let current = wrong;
+    eventually("it adopts the rotated key", Duration::from_secs(10), || async {
+        let k = m3
+            .control()
+            .await
+            .get_unlock_key(GetUnlockKeyRequest {})
+            .await
+            .map_err(|s| s.to_string())?;
+        (k.into_inner().key == current).then_some(()).ok_or("old key still".into())
+    })
+    .await;
+    let keys = shoal_manager::raft::crypto::KeyFiles::new(m3.root.join("manager/store/keys"));
+    let current_key = shoal_manager::raft::crypto::parse_unlock_key(&current).unwrap();
+    eventually("its data key is wrapped with the current key", Duration::from_secs(10), || async {
+        keys.load_with(&current_key).map(drop).map_err(|e| e.to_string())
+    })
+    .await;
+    let (m3, _d3b) = restart(m3, "m3").await;
+    assert!(m3.daemon.unlock(&key1).await.is_err(), "the previous key opens only once");
+    m3.daemon.unlock(&current).await.unwrap();
+
+    // Autolock off: key files come back, restarts need no key.
+    let off = UpdateClusterRequest { autolock: Autolock::Off as i32, ..Default::default() };
+    control.update_cluster(off).await.unwrap();
+    eventually("key file back", Duration::from_secs(10), || async {
+        kek_file(&m3).exists().then_some(()).ok_or("no kek yet".into())
+    })
+    .await;
+    let (m3, _d3c) = restart(m3, "m3").await;
+    assert!(!m3.daemon.info().await.locked);
+}

@@ -62,6 +62,8 @@ pub const TABLE: &[(&str, Access)] = &[
     ("/shoal.Control/UpdateCluster", MANAGERS),
     ("/shoal.Control/GetJoinToken", MANAGERS),
     ("/shoal.Control/RotateJoinToken", MANAGERS),
+    ("/shoal.Control/GetUnlockKey", MANAGERS),
+    ("/shoal.Control/RotateUnlockKey", MANAGERS),
     ("/shoal.Raft/Send", MANAGERS),
     ("/shoal.Raft/Join", MANAGERS),
     ("/shoal.Raft/Ping", MANAGERS),
@@ -69,6 +71,7 @@ pub const TABLE: &[(&str, Access)] = &[
     ("/shoal.Daemon/Join", Access::LocalOnly),
     ("/shoal.Daemon/Leave", Access::LocalOnly),
     ("/shoal.Daemon/Info", Access::LocalOnly),
+    ("/shoal.Daemon/Unlock", Access::LocalOnly),
 ];
 
 /// The access rule of a method path.

@@ -10,12 +10,17 @@ use shoal_pki::Role;
 use shoal_proto::control_server::Control;
 use shoal_proto::Member;
 use shoal_proto::{
+    Autolock, GetUnlockKeyRequest, RotateUnlockKeyRequest, UnlockKey, UnlockKeyInfo,
+};
+use shoal_proto::{
     Cluster, ClusterInfo, ClusterSpec, GetClusterInfoRequest, GetJoinTokenRequest, GetNodeRequest,
     GetNodeResponse, JoinTokenInfo, JoinTokens, ListNodesRequest, ListNodesResponse, Node,
     NodeRole, NodeState, RemoveNodeRequest, RemoveNodeResponse, Revoked, RotateJoinTokenRequest,
     UpdateClusterRequest,
 };
 use tonic::{Request, Response, Status};
+
+use crate::raft::crypto::{format_unlock_key, Key};
 
 use crate::manager::{now_ms, pki_role, validate_cert_expiry, validate_heartbeat, Manager, Shared};
 use crate::tokens::{self, TokenPolicy};
@@ -68,6 +73,7 @@ impl ControlApi {
             root_ca_digest: format!("sha256:{}", hex(&digest)),
             root_ca_pem: root,
             revoked_nodes: cluster.revoked.len() as u32,
+            autolock: cluster.unlock_key.is_some(),
             created_at_ms: cluster.meta.as_ref().map(|m| m.created_at_ms).unwrap_or(0),
         }
     }
@@ -92,6 +98,43 @@ fn hex(bytes: &[u8]) -> String {
 
 #[tonic::async_trait]
 impl Control for ControlApi {
+    async fn get_unlock_key(
+        &self,
+        _req: Request<GetUnlockKeyRequest>,
+    ) -> Result<Response<UnlockKeyInfo>, Status> {
+        self.shared.store.barrier().await?;
+        let info = unlock_key_info(&self.shared.cluster()?);
+        if info.key.is_empty() {
+            return Err(Status::failed_precondition("no unlock key is set: autolock is off"));
+        }
+        Ok(Response::new(info))
+    }
+
+    async fn rotate_unlock_key(
+        &self,
+        _req: Request<RotateUnlockKeyRequest>,
+    ) -> Result<Response<UnlockKeyInfo>, Status> {
+        let shared = &self.shared;
+        let cluster = shared
+            .store
+            .update(|tx| {
+                let mut cluster = tx
+                    .get::<Cluster>(&shared.cluster_id)?
+                    .ok_or_else(|| Status::internal("cluster object missing"))?;
+                if cluster.unlock_key.is_none() {
+                    return Err(Status::failed_precondition(
+                        "no unlock key is set: autolock is off",
+                    ));
+                }
+                cluster.unlock_key = Some(new_unlock_key()?);
+                tx.update(cluster.clone())?;
+                Ok(cluster)
+            })
+            .await?;
+        tracing::info!("unlock key rotated");
+        Ok(Response::new(unlock_key_info(&cluster)))
+    }
+
     async fn list_nodes(
         &self,
         _req: Request<ListNodesRequest>,
@@ -197,6 +240,13 @@ impl Control for ControlApi {
                 if req.heartbeat_period_ms != 0 {
                     spec.heartbeat_period_ms = req.heartbeat_period_ms;
                 }
+                match req.autolock() {
+                    Autolock::On if cluster.unlock_key.is_none() => {
+                        cluster.unlock_key = Some(new_unlock_key()?)
+                    }
+                    Autolock::Off => cluster.unlock_key = None,
+                    _ => {}
+                }
                 tx.update(cluster.clone())?;
                 Ok::<_, Status>(cluster)
             })
@@ -265,6 +315,16 @@ fn check_quorum_after_removal(
         )));
     }
     Ok(())
+}
+
+fn new_unlock_key() -> Result<UnlockKey, Status> {
+    let key = Key::generate().map_err(|e| Status::internal(e.to_string()))?;
+    Ok(UnlockKey { key: key.expose().to_vec() })
+}
+
+fn unlock_key_info(cluster: &Cluster) -> UnlockKeyInfo {
+    let key = cluster.unlock_key.as_ref().and_then(|k| <[u8; 32]>::try_from(k.key.as_slice()).ok());
+    UnlockKeyInfo { key: key.map(|k| format_unlock_key(&Key::from_bytes(k))).unwrap_or_default() }
 }
 
 fn check_removable(shared: &Shared, node: &Node, force: bool) -> Result<(), Status> {

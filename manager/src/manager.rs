@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use shoal_pki::{IssuedCert, NodeKey, ReloadableCert, Revocations, Role, RootCa};
 use shoal_proto::{
     Availability, Cluster, ClusterSpec, JoinTokens, Member, Node, NodeCertificate, NodeRole,
-    NodeState,
+    NodeState, UnlockKey,
 };
 use tonic::Status;
 
@@ -51,6 +51,7 @@ pub struct InitParams {
     pub advertise_addr: String,
     pub cert_expiry: Duration,
     pub heartbeat: Duration,
+    pub autolock: bool,
 }
 
 /// State shared by every service of one manager.
@@ -68,6 +69,8 @@ pub(crate) struct Shared {
     pub tls: Arc<rustls::ClientConfig>,
     /// Flips to true when the manager stops, ending long-lived inbound streams.
     pub closing: tokio::sync::watch::Sender<bool>,
+    dek: Key,
+    keys: KeyFiles,
 }
 
 /// A running manager. Cheap to clone.
@@ -136,16 +139,32 @@ pub(crate) fn certificate(issued: &IssuedCert) -> NodeCertificate {
 struct Parts {
     store: Arc<Store>,
     storage: LogStorage,
+    dek: Key,
+    keys: KeyFiles,
 }
 
-fn open_parts(store_dir: &Path, dek: &Key) -> Result<Parts, ManagerError> {
+fn open_parts(store_dir: &Path, dek: Key) -> Result<Parts, ManagerError> {
     let path = store_dir.join("db");
     let db = crate::store::open_db(&path)
         .map_err(|source| ManagerError::OpenDb { path: path.display().to_string(), source })?;
-    let sealer = Arc::new(Sealer::new(dek));
+    let sealer = Arc::new(Sealer::new(&dek));
     let store = Arc::new(Store::open(&db, sealer.clone())?);
     let storage = LogStorage::open(&db, sealer, store.clone())?;
-    Ok(Parts { store, storage })
+    Ok(Parts { store, storage, dek, keys: key_files(store_dir) })
+}
+
+fn key_files(store_dir: &Path) -> KeyFiles {
+    KeyFiles::new(store_dir.join("keys"))
+}
+
+/// Loads a manager's data key: from its key file, or with the operator's unlock key when the
+/// manager is locked.
+fn load_dek(store_dir: &Path, unlock: Option<&str>) -> Result<Key, ManagerError> {
+    let keys = key_files(store_dir);
+    match unlock {
+        Some(text) => Ok(keys.load_with(&crate::raft::crypto::parse_unlock_key(text)?)?),
+        None => Ok(keys.load()?),
+    }
 }
 
 /// Who the local manager is.
@@ -167,8 +186,8 @@ impl Manager {
     ) -> Result<(Manager, Identity, IssuedCert), ManagerError> {
         validate_cert_expiry(params.cert_expiry).map_err(ManagerError::Invalid)?;
         validate_heartbeat(params.heartbeat).map_err(ManagerError::Invalid)?;
-        let dek = KeyFiles::new(store_dir.join("keys")).create()?;
-        let mut parts = open_parts(store_dir, &dek)?;
+        let dek = key_files(store_dir).create()?;
+        let mut parts = open_parts(store_dir, dek)?;
         if parts.storage.is_initialized() {
             return Err(ManagerError::Invalid("this data dir already holds a cluster".into()));
         }
@@ -190,7 +209,10 @@ impl Manager {
         let manager = Manager::start(parts, &id)?;
         manager.shared.raft.campaign();
         manager.shared.raft.wait_for_leader(Duration::from_secs(10)).await?;
-        let cluster = new_cluster(&cluster_id, &ca, &params);
+        let mut cluster = new_cluster(&cluster_id, &ca, &params);
+        if params.autolock {
+            cluster.unlock_key = Some(UnlockKey { key: Key::generate()?.expose().to_vec() });
+        }
         let node = Node {
             id: node_id.clone(),
             role: NodeRole::Manager as i32,
@@ -220,11 +242,20 @@ impl Manager {
         Ok((manager, id, issued))
     }
 
-    /// Opens the manager whose data is in `store_dir` (a restart).
-    pub fn open(store_dir: &Path, id: &Identity) -> Result<Manager, ManagerError> {
-        let dek = KeyFiles::new(store_dir.join("keys")).load()?;
-        let parts = open_parts(store_dir, &dek)?;
+    /// Opens the manager whose data is in `store_dir` (a restart). A locked manager needs the
+    /// swarm's unlock key (`CryptoError::Locked` otherwise).
+    pub fn open(
+        store_dir: &Path,
+        id: &Identity,
+        unlock: Option<&str>,
+    ) -> Result<Manager, ManagerError> {
+        let parts = open_parts(store_dir, load_dek(store_dir, unlock)?)?;
         Manager::start(parts, id)
+    }
+
+    /// Whether the manager data in `store_dir` is locked (autolock) and needs the unlock key.
+    pub fn is_locked(store_dir: &Path) -> bool {
+        key_files(store_dir).is_locked()
     }
 
     /// `swarm init --force-new-cluster`: reopens this manager's data as the only member of a
@@ -232,9 +263,9 @@ impl Manager {
     pub async fn force_new_cluster(
         store_dir: &Path,
         id: &Identity,
+        unlock: Option<&str>,
     ) -> Result<Manager, ManagerError> {
-        let dek = KeyFiles::new(store_dir.join("keys")).load()?;
-        let mut parts = open_parts(store_dir, &dek)?;
+        let mut parts = open_parts(store_dir, load_dek(store_dir, unlock)?)?;
         let raft_id = parts.storage.raft_id()?.ok_or_else(|| {
             ManagerError::Invalid(
                 "this node's manager data has no raft ID; it never became a manager".into(),
@@ -270,8 +301,8 @@ impl Manager {
     /// Prepares a new, empty member for a cluster this node joined as a manager; it serves
     /// nothing useful until [`Manager::join_raft`] has added it and it has caught up.
     pub fn prepare_join(store_dir: &Path, id: &Identity) -> Result<Manager, ManagerError> {
-        let dek = KeyFiles::new(store_dir.join("keys")).create()?;
-        let mut parts = open_parts(store_dir, &dek)?;
+        let dek = key_files(store_dir).create()?;
+        let mut parts = open_parts(store_dir, dek)?;
         parts.storage.set_raft_id(new_raft_id())?;
         Manager::start(parts, id)
     }
@@ -304,6 +335,8 @@ impl Manager {
             peers,
             tls,
             closing: tokio::sync::watch::Sender::new(false),
+            dek: parts.dek,
+            keys: parts.keys,
         };
         shared.refresh_revocations();
         let manager = Manager { shared: Arc::new(shared) };
@@ -321,7 +354,10 @@ impl Manager {
                 match event {
                     Ok(e) if e.kind != "cluster" => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                    _ => shared.refresh_revocations(),
+                    _ => {
+                        shared.refresh_revocations();
+                        shared.sync_key_files();
+                    }
                 }
             }
         });
@@ -360,6 +396,13 @@ impl Manager {
         Ok(tokens::encode(self.root_ca_pem(), &rec))
     }
 
+    /// The swarm's unlock key in text form, when autolock is on.
+    pub fn unlock_key(&self) -> Result<Option<String>, ManagerError> {
+        let cluster = self.shared.cluster()?;
+        let key = cluster.unlock_key.and_then(|k| <[u8; 32]>::try_from(k.key.as_slice()).ok());
+        Ok(key.map(|k| crate::raft::crypto::format_unlock_key(&Key::from_bytes(k))))
+    }
+
     /// Addresses of the managers, the leader first.
     pub fn manager_addrs(&self) -> Result<Vec<String>, ManagerError> {
         Ok(self.shared.manager_addrs()?)
@@ -382,6 +425,7 @@ impl Manager {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.shared.refresh_revocations();
+        self.shared.sync_key_files();
         Ok(())
     }
 }
@@ -453,6 +497,25 @@ impl Shared {
         );
         *cached = Some((root.cert_pem, ca.clone()));
         Ok(ca)
+    }
+
+    /// Wraps this manager's data key the way the cluster says: with the unlock key when autolock
+    /// is on (no key file left on disk), with a local key file when it is off.
+    pub(crate) fn sync_key_files(&self) {
+        let Ok(cluster) = self.cluster() else { return };
+        let want = cluster.unlock_key.as_ref().map(|k| k.key.clone()).filter(|k| k.len() == 32);
+        let result = match want {
+            Some(bytes) => {
+                let mut raw = [0u8; 32];
+                raw.copy_from_slice(&bytes);
+                self.keys.lock(&self.dek, &Key::from_bytes(raw))
+            }
+            None if self.keys.is_locked() => self.keys.unlock(&self.dek),
+            None => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "could not re-wrap this manager's data key");
+        }
     }
 
     fn refresh_revocations(&self) {

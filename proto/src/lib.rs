@@ -61,6 +61,12 @@ impl std::fmt::Debug for JoinTokenRecord {
     }
 }
 
+impl std::fmt::Debug for UnlockKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UnlockKey(<redacted>)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,9 +79,11 @@ mod tests {
                 worker: Some(JoinTokenRecord { secret: vec![0xAB; 16], ..Default::default() }),
                 manager: None,
             }),
+            unlock_key: Some(UnlockKey { key: b"UNLOCKSECRET".to_vec() }),
             ..Default::default()
         };
         let shown = format!("{cluster:?}");
+        assert!(!shown.contains("85, 78, 76"), "unlock key bytes leaked: {shown}");
         assert!(!shown.contains("TOPSECRETKEY"), "{shown}");
         assert!(!shown.contains("171"), "secret bytes leaked: {shown}");
         assert!(shown.contains("<redacted>"));

@@ -26,6 +26,40 @@ pub enum CryptoError {
         "the data key in {path} cannot be unwrapped with this key: wrong or rotated unlock key"
     )]
     WrongKek { path: String },
+    #[error("this manager is locked: give it the swarm's unlock key with 'shoal swarm unlock'")]
+    Locked,
+    #[error("invalid unlock key: {0}")]
+    BadUnlockKey(String),
+}
+
+const UNLOCK_PREFIX: &str = "SHLKEY-1-";
+const UNLOCK_CHARS: usize = 50;
+
+/// The text form of an unlock key: `SHLKEY-1-` and 50 base-36 digits.
+pub fn format_unlock_key(key: &Key) -> String {
+    format!("{UNLOCK_PREFIX}{}", shoal_pki::base36::encode(key.expose(), UNLOCK_CHARS))
+}
+
+/// Parses what `format_unlock_key` printed.
+pub fn parse_unlock_key(s: &str) -> Result<Key, CryptoError> {
+    let s = s.trim();
+    let body = s.strip_prefix(UNLOCK_PREFIX).ok_or_else(|| {
+        CryptoError::BadUnlockKey(format!(
+            "it should start with {UNLOCK_PREFIX}; copy it whole from 'shoal swarm unlock-key'"
+        ))
+    })?;
+    if body.len() != UNLOCK_CHARS {
+        return Err(CryptoError::BadUnlockKey(format!(
+            "it has {} characters after the prefix, expected {UNLOCK_CHARS} (was it truncated?)",
+            body.len()
+        )));
+    }
+    let bytes = shoal_pki::base36::decode(body, KEY_LEN).ok_or_else(|| {
+        CryptoError::BadUnlockKey("it holds characters other than 0-9 and a-z".into())
+    })?;
+    let raw: [u8; KEY_LEN] =
+        bytes.try_into().map_err(|_| CryptoError::BadUnlockKey("wrong length".into()))?;
+    Ok(Key::from_bytes(raw))
 }
 
 /// A symmetric key; its bytes never appear in `Debug`.
@@ -160,11 +194,40 @@ impl KeyFiles {
         write_atomic(&path, &wrapped, KEY_FILE_MODE).map_err(|e| key_err(&path, e))
     }
 
+    /// Whether the DEK is wrapped by an unlock key only the operator holds (no KEK file).
+    pub fn is_locked(&self) -> bool {
+        !self.kek_path().exists() && self.dek_path().exists()
+    }
+
+    /// Loads the DEK with the operator's unlock key.
+    pub fn load_with(&self, unlock: &Key) -> Result<Key, CryptoError> {
+        self.unwrap_dek(unlock)
+    }
+
+    /// Autolock on: wraps the DEK with the unlock key, then removes the KEK file.
+    pub fn lock(&self, dek: &Key, unlock: &Key) -> Result<(), CryptoError> {
+        self.write_dek(dek, unlock)?;
+        match std::fs::remove_file(self.kek_path()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(key_err(&self.kek_path(), e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Autolock off: a fresh KEK file, then the DEK wrapped with it.
+    pub fn unlock(&self, dek: &Key) -> Result<(), CryptoError> {
+        let kek = Key::generate()?;
+        let path = self.kek_path();
+        write_atomic(&path, kek.expose(), KEY_FILE_MODE).map_err(|e| key_err(&path, e))?;
+        self.write_dek(dek, &kek)
+    }
+
     /// Loads the DEK, unwrapping it with the KEK file.
     pub fn load(&self) -> Result<Key, CryptoError> {
+        if self.is_locked() {
+            return Err(CryptoError::Locked);
+        }
         let path = self.kek_path();
-        let raw = std::fs::read(&path)
-            .map_err(|e| key_err(&path, format!("{e} (is this manager locked?)")))?;
+        let raw = std::fs::read(&path).map_err(|e| key_err(&path, e))?;
         let kek: [u8; KEY_LEN] = raw.try_into().map_err(|_| key_err(&path, "not a 32-byte key"))?;
         self.unwrap_dek(&Key::from_bytes(kek))
     }
@@ -221,6 +284,37 @@ mod tests {
     }
 
     #[test]
+    fn locking_needs_the_unlock_key_and_unlocking_restores_the_kek() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = KeyFiles::new(dir.path());
+        let dek = files.create().unwrap();
+        let unlock = Key::generate().unwrap();
+        files.lock(&dek, &unlock).unwrap();
+        assert!(files.is_locked());
+        assert!(matches!(files.load(), Err(CryptoError::Locked)));
+        assert!(matches!(
+            files.load_with(&Key::generate().unwrap()),
+            Err(CryptoError::WrongKek { .. })
+        ));
+        assert_eq!(files.load_with(&unlock).unwrap().expose(), dek.expose());
+        files.unlock(&dek).unwrap();
+        assert_eq!(files.load().unwrap().expose(), dek.expose());
+    }
+
+    #[test]
+    fn unlock_keys_round_trip_and_bad_ones_are_explained() {
+        let key = Key::generate().unwrap();
+        let text = format_unlock_key(&key);
+        assert!(text.starts_with("SHLKEY-1-") && text.len() == 9 + 50, "{text}");
+        assert_eq!(parse_unlock_key(&format!(" {text}\n")).unwrap().expose(), key.expose());
+        for bad in ["", "SHLKEY-1-abc", &text[..text.len() - 1], &text.replace("SHLKEY", "SWMKEY")]
+        {
+            let err = parse_unlock_key(bad).unwrap_err().to_string();
+            assert!(err.starts_with("invalid unlock key"), "{err}");
+        }
+    }
+
+    #[test]
     fn a_missing_or_wrong_kek_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let files = KeyFiles::new(dir.path());
@@ -229,6 +323,6 @@ mod tests {
         assert!(matches!(files.load(), Err(CryptoError::WrongKek { .. })));
         std::fs::remove_file(dir.path().join("kek")).unwrap();
         let err = files.load().unwrap_err().to_string();
-        assert!(err.contains("kek"), "{err}");
+        assert!(err.contains("shoal swarm unlock"), "{err}");
     }
 }
