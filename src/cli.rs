@@ -43,6 +43,9 @@ pub enum Command {
     /// Manage nodes
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Manage this node's images
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// Show this node's view of the swarm
     Info,
     /// Measure Shoal against its targets
@@ -150,6 +153,36 @@ pub struct UpdateArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Load images from a docker-archive or OCI-layout tarball
+    Load {
+        /// The tarball (as written by 'docker save' or an OCI layout)
+        #[arg(short, long)]
+        input: PathBuf,
+    },
+    /// Make an image from a root filesystem tarball
+    Import {
+        /// The root filesystem tarball
+        file: PathBuf,
+        /// NAME:TAG for the new image
+        reference: String,
+    },
+    /// List images
+    #[command(alias = "list")]
+    Ls {
+        /// Print IDs only
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Remove images
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum NodeCmd {
     /// List nodes
     #[command(alias = "list")]
@@ -202,6 +235,10 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Swarm(cmd) => swarm(cmd, channel, &host).await,
         Command::Node(cmd) => node(cmd, channel).await,
+        Command::Image(cmd) => {
+            local_only(&host)?;
+            image(cmd, channel).await
+        }
         Command::Info => info(channel).await,
         Command::Bench(_) => Ok(()),
     }
@@ -373,6 +410,44 @@ async fn resolve_self(reference: &str, channel: &Channel) -> Result<String> {
     let info =
         DaemonClient::new(channel.clone()).info(InfoRequest {}).await.map_err(client::status)?;
     Ok(info.into_inner().node_id)
+}
+
+fn absolute(path: &std::path::Path) -> Result<String> {
+    let abs = std::fs::canonicalize(path).with_context(|| format!("{}", path.display()))?;
+    Ok(abs.display().to_string())
+}
+
+async fn image(cmd: ImageCmd, channel: Channel) -> Result<()> {
+    let mut daemon = DaemonClient::new(channel);
+    match cmd {
+        ImageCmd::Load { input } => {
+            let req = ImageLoadRequest { path: absolute(&input)? };
+            let list = daemon.image_load(req).await.map_err(client::status)?.into_inner();
+            for i in &list.images {
+                println!("Loaded image: {} ({})", i.names.join(", "), i.id);
+            }
+        }
+        ImageCmd::Import { file, reference } => {
+            let req = ImageImportRequest { path: absolute(&file)?, reference };
+            let list = daemon.image_import(req).await.map_err(client::status)?.into_inner();
+            for i in &list.images {
+                println!("{}", i.id);
+            }
+        }
+        ImageCmd::Ls { quiet } => {
+            let list =
+                daemon.image_ls(ImageLsRequest {}).await.map_err(client::status)?.into_inner();
+            print!("{}", output::images(&list, quiet));
+        }
+        ImageCmd::Rm { images } => {
+            for reference in images {
+                let r =
+                    daemon.image_rm(ImageRmRequest { reference }).await.map_err(client::status)?;
+                println!("Deleted: {}", r.into_inner().id);
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn info(channel: Channel) -> Result<()> {

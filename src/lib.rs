@@ -4,5 +4,6 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod daemon;
+pub mod images;
 pub mod local_api;
 pub mod output;

@@ -36,7 +36,8 @@ pub async fn serve(
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {} to root", path.display()))?;
-    let api = LocalApi { daemon };
+    let images = Arc::new(crate::images::Images::new(daemon.files().root().join("images")));
+    let api = LocalApi { daemon, images };
     tonic::transport::Server::builder()
         .layer(AuthzLayer::new(Transport::Local))
         .add_service(DaemonServer::new(api.clone()))
@@ -49,6 +50,7 @@ pub async fn serve(
 #[derive(Clone, Debug)]
 struct LocalApi {
     daemon: Arc<Daemon>,
+    images: Arc<crate::images::Images>,
 }
 
 fn failed(e: anyhow::Error) -> Status {
@@ -61,6 +63,33 @@ fn duration(ms: u64) -> Option<Duration> {
 
 #[tonic::async_trait]
 impl DaemonRpc for LocalApi {
+    async fn image_load(
+        &self,
+        req: Request<ImageLoadRequest>,
+    ) -> Result<Response<ImageList>, Status> {
+        self.images.load(req.into_inner().path).await.map(Response::new)
+    }
+
+    async fn image_import(
+        &self,
+        req: Request<ImageImportRequest>,
+    ) -> Result<Response<ImageList>, Status> {
+        let r = req.into_inner();
+        self.images.import(r.path, r.reference).await.map(Response::new)
+    }
+
+    async fn image_ls(&self, _req: Request<ImageLsRequest>) -> Result<Response<ImageList>, Status> {
+        self.images.list().await.map(Response::new)
+    }
+
+    async fn image_rm(
+        &self,
+        req: Request<ImageRmRequest>,
+    ) -> Result<Response<ImageRmResponse>, Status> {
+        let id = self.images.remove(req.into_inner().reference).await?;
+        Ok(Response::new(ImageRmResponse { id }))
+    }
+
     async fn init(&self, req: Request<InitRequest>) -> Result<Response<InitResponse>, Status> {
         let r = req.into_inner();
         let opts = InitOptions {

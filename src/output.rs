@@ -155,6 +155,25 @@ pub fn unlock_key(key: &str, rotated: bool, quiet: bool) -> String {
     out
 }
 
+/// `image ls`.
+pub fn images(list: &shoal_proto::ImageList, quiet: bool) -> String {
+    let mut out = String::new();
+    if quiet {
+        for i in &list.images {
+            let _ = writeln!(out, "{}", i.id);
+        }
+        return out;
+    }
+    let _ = writeln!(out, "{:<32} {:<20} {:>8} {:>10}", "REFERENCE", "IMAGE ID", "LAYERS", "SIZE");
+    for i in &list.images {
+        let short = i.id.trim_start_matches("sha256:").chars().take(12).collect::<String>();
+        let names = if i.names.is_empty() { "<none>".to_string() } else { i.names.join(",") };
+        let size = format!("{:.1}MB", i.size as f64 / 1e6);
+        let _ = writeln!(out, "{names:<32} {short:<20} {:>8} {size:>10}", i.layers);
+    }
+    out
+}
+
 /// `swarm inspect`.
 pub fn cluster(c: &shoal_proto::ClusterInfo) -> Result<String> {
     let spec = c.spec.unwrap_or_default();

@@ -72,6 +72,10 @@ pub const TABLE: &[(&str, Access)] = &[
     ("/shoal.Daemon/Leave", Access::LocalOnly),
     ("/shoal.Daemon/Info", Access::LocalOnly),
     ("/shoal.Daemon/Unlock", Access::LocalOnly),
+    ("/shoal.Daemon/ImageLoad", Access::LocalOnly),
+    ("/shoal.Daemon/ImageImport", Access::LocalOnly),
+    ("/shoal.Daemon/ImageLs", Access::LocalOnly),
+    ("/shoal.Daemon/ImageRm", Access::LocalOnly),
 ];
 
 /// The access rule of a method path.
