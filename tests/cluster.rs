@@ -174,10 +174,7 @@ async fn silent_nodes_go_down_and_removed_nodes_stay_out() {
     })
     .await;
     let refused = list_nodes_as(&w2, &addr).await.unwrap_err();
-    assert!(
-        refused.contains("revoked"),
-        "{refused}"
-    );
+    assert!(refused.contains("revoked"), "{refused}");
 
     // The killed worker restarts with its old identity: still refused, never listed again.
     let w1 = TestNode::start_at("w1", root, socket).await;
@@ -197,12 +194,12 @@ async fn certificates_renew_without_tokens_and_servers_pick_them_up() {
     // Expiry changes apply to the next issuance; 1 h is the minimum, less is refused.
     let mut control = m.control().await;
     let err = control
-        .update_cluster(UpdateClusterRequest { cert_expiry_secs: 1800, heartbeat_period_ms: 0 })
+        .update_cluster(UpdateClusterRequest { cert_expiry_secs: 1800, ..Default::default() })
         .await
         .unwrap_err();
     assert!(err.message().contains("minimum of 1h"), "{}", err.message());
     control
-        .update_cluster(UpdateClusterRequest { cert_expiry_secs: 3600, heartbeat_period_ms: 0 })
+        .update_cluster(UpdateClusterRequest { cert_expiry_secs: 3600, ..Default::default() })
         .await
         .unwrap();
 
