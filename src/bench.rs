@@ -25,6 +25,8 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Replicated writes through 3 managers (mTLS, fsync) beside a 3-member etcd 3.4 cluster
+    Raft(crate::bench_raft::RaftBenchArgs),
 }
 
 /// Runs a benchmark.
@@ -33,6 +35,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Joins { nodes, concurrency, runs } => {
             joins(nodes, concurrency.max(1), runs.max(1)).await
         }
+        BenchCmd::Raft(args) => crate::bench_raft::raft(args).await,
     }
 }
 

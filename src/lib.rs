@@ -1,6 +1,7 @@
 //! Shoal's command-line client and node daemon, wired from the workspace crates.
 
 pub mod bench;
+pub mod bench_raft;
 pub mod cli;
 pub mod client;
 pub mod daemon;
