@@ -833,3 +833,39 @@ fn manager_killed_during_write_burst() {
 fn quiet_kill(pid: u32) {
     netns::quiet("kill", &["-9", &pid.to_string()]);
 }
+
+/// The register check itself (no root needed): which final values it accepts.
+#[test]
+fn history_check_accepts_only_what_acknowledged_writes_allow() {
+    let w = |value: Option<&str>, acked: bool| Write {
+        register: Register::Expiry,
+        value: value.map(String::from),
+        via: "n1".into(),
+        issued: Duration::ZERO,
+        done: Duration::ZERO,
+        acked,
+        error: String::new(),
+        read_back: None,
+        read_errors: Vec::new(),
+    };
+    let writes = [w(Some("1h"), true), w(Some("2h"), false), w(Some("3h"), true)];
+    assert!(check_register("r", "0h", &writes, "3h").is_ok());
+    for lost in ["0h", "1h", "2h", "9h"] {
+        assert!(check_register("r", "0h", &writes, lost).is_err(), "{lost} accepted");
+    }
+    // An unacknowledged write after the last acknowledged one may or may not be applied.
+    let writes = [w(Some("1h"), true), w(Some("2h"), false)];
+    assert!(check_register("r", "0h", &writes, "1h").is_ok());
+    assert!(check_register("r", "0h", &writes, "2h").is_ok());
+    assert!(check_register("r", "0h", &writes, "0h").is_err());
+    // Tokens: an unknown value needs an unacknowledged rotation after the last acknowledged.
+    let writes = [w(Some("a"), true), w(None, false), w(Some("b"), true)];
+    assert!(check_register("r", "init", &writes, "b").is_ok());
+    assert!(check_register("r", "init", &writes, "x").is_err());
+    assert!(check_register("r", "init", &writes, "a").is_err());
+    let writes = [w(Some("a"), true), w(None, false)];
+    assert!(check_register("r", "init", &writes, "x").is_ok());
+    assert!(check_register("r", "init", &writes, "init").is_err());
+    assert!(check_register("r", "init", &[], "init").is_ok());
+    assert!(check_register("r", "init", &[w(None, false)], "x").is_ok());
+}
