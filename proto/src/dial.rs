@@ -66,11 +66,12 @@ fn hint(all: &str) -> &'static str {
         "; this node's certificate has expired: leave and join again with a current token"
     } else if all.contains("refused") {
         "; check the address and that shoald listens there"
-    } else if ["broken pipe", "reset by peer", "alert", "connection closed"]
-        .iter()
-        .any(|s| all.contains(s))
-    {
+    } else if all.contains("alert") {
         "; the manager refused this node's certificate (revoked, or of another cluster)"
+    } else if ["broken pipe", "reset by peer", "connection closed"].iter().any(|s| all.contains(s))
+    {
+        "; the other side closed the connection (stopped or restarted, or it refused this node's \
+         certificate)"
     } else {
         ""
     }

@@ -17,6 +17,8 @@ use crate::store::{BoxFuture, Outcome, Proposer, Store, StoreError};
 
 /// How long a proposal may wait for its commit.
 const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request waits for a leader to be elected before it is refused.
+const NO_LEADER_WAIT: Duration = Duration::from_secs(3);
 /// How long requests in flight during a leadership change may still wait.
 const LEADER_CHANGE_GRACE: Duration = Duration::from_secs(2);
 /// Commands handled per loop turn before the next Ready (batching).
@@ -290,7 +292,7 @@ impl Driver {
 
     fn handle(&mut self, cmd: Command) {
         if Self::needs_leader(&cmd) && self.raw.raft.leader_id == 0 {
-            self.waiting.push((deadline(), cmd));
+            self.waiting.push((Instant::now() + NO_LEADER_WAIT, cmd));
             return;
         }
         match cmd {
@@ -345,10 +347,15 @@ impl Driver {
     /// that died is otherwise lost.
     fn repropose(&mut self) {
         let term = self.raw.raft.term;
-        if self.raw.raft.leader_id == 0 || term == self.proposed_term || self.proposals.is_empty() {
+        if self.raw.raft.leader_id == 0 || term == self.proposed_term {
             return;
         }
         self.proposed_term = term;
+        // Reads waiting on the old leader's confirmation ask the new one.
+        let reads: Vec<u64> = self.reads.keys().copied().collect();
+        for id in reads {
+            self.raw.read_index(id.to_be_bytes().to_vec());
+        }
         let again: Vec<(u64, Vec<u8>)> =
             self.proposals.iter().map(|(id, (_, _, d))| (*id, d.clone())).collect();
         tracing::debug!(
@@ -377,15 +384,18 @@ impl Driver {
         if self.raw.raft.term != self.last_term {
             self.last_term = self.raw.raft.term;
             let soon = now + LEADER_CHANGE_GRACE;
-            self.reads.values_mut().for_each(|(d, _)| *d = (*d).min(soon));
             self.members.values_mut().for_each(|(d, _)| *d = (*d).min(soon));
         }
-        self.waiting.retain(|(d, _)| *d > now);
+        for (_, cmd) in self.waiting.extract_if(.., |(d, _)| *d <= now) {
+            fail(cmd, no_leader_yet());
+        }
         for (_, (_, reply, _)) in self.proposals.extract_if(|_, (d, _, _)| *d <= now) {
             let _ = reply.send(timed_out());
         }
         for (_, (_, reply)) in self.reads.extract_if(|_, (d, _)| *d <= now) {
-            let _ = reply.send(timed_out());
+            let _ = reply.send(Err(StoreError::Unavailable(
+                "the read could not be confirmed with the leader in time; retry".into(),
+            )));
         }
         for (_, (_, reply)) in self.members.extract_if(|_, (d, _)| *d <= now) {
             let _ = reply.send(timed_out());
@@ -520,6 +530,22 @@ impl Driver {
             changed
         });
     }
+}
+
+/// Answers a command that needed a leader and got none.
+fn fail(cmd: Command, err: StoreError) {
+    match cmd {
+        Command::Propose { reply, .. } => drop(reply.send(Err(err))),
+        Command::ReadIndex { reply } => drop(reply.send(Err(err))),
+        Command::ChangeMember { reply, .. } => drop(reply.send(Err(err))),
+        _ => {}
+    }
+}
+
+fn no_leader_yet() -> StoreError {
+    StoreError::Unavailable(
+        "the swarm does not have a leader: too few managers may be reachable from this one".into(),
+    )
 }
 
 fn timed_out<T>() -> Result<T, StoreError> {
