@@ -340,3 +340,34 @@ async fn autolocked_managers_restart_locked_and_open_only_with_the_key() {
     let (m3, _d3c) = restart(m3, "m3").await;
     assert!(!m3.daemon.info().await.locked);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_manager_catches_up_on_a_state_larger_than_64_mib() {
+    let m1 = TestNode::start("m1").await;
+    let addr = m1.init(BEAT, None).await;
+    let manager = m1.daemon.info().await.manager.unwrap();
+    // 72 objects of 1 MiB each: the snapshot a joiner needs is over 64 MiB.
+    let blob: String = "x".repeat(1 << 20);
+    for i in 0..72 {
+        let node = shoal_proto::Node {
+            id: format!("bulk-{i:03}"),
+            state_message: blob.clone(),
+            ..Default::default()
+        };
+        manager.store().update(|tx| tx.create(node.clone())).await.unwrap();
+    }
+    let started = Instant::now();
+    let m2 = TestNode::start("m2").await;
+    m2.join(&token(&m1, NodeRole::Manager).await, &addr).await.expect("join with a large state");
+    eprintln!("caught up on a >64 MiB snapshot in {:?}", started.elapsed());
+    let copy = m2.daemon.info().await.manager.unwrap();
+    let bulk: Vec<_> = copy
+        .store()
+        .list::<shoal_proto::Node>()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.id.starts_with("bulk-"))
+        .collect();
+    assert_eq!(bulk.len(), 72);
+    assert!(bulk.iter().all(|n| n.state_message.len() == 1 << 20));
+}
