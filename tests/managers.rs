@@ -185,6 +185,15 @@ fn grep(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
     hits
 }
 
+async fn all_ready(m: &TestNode, count: usize) {
+    eventually("all nodes Ready", Duration::from_secs(10), || async {
+        let nodes = m.nodes().await;
+        let ready = nodes.iter().filter(|n| n.state() == shoal_proto::NodeState::Ready).count();
+        (ready == count).then_some(()).ok_or(format!("{ready} of {count} Ready"))
+    })
+    .await;
+}
+
 async fn id_of(ms: &[TestNode], node_id: &str) -> usize {
     for (i, m) in ms.iter().enumerate() {
         if m.id().await == node_id {
@@ -197,6 +206,7 @@ async fn id_of(ms: &[TestNode], node_id: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn removing_a_manager_takes_it_out_of_raft_but_never_below_quorum() {
     let mut ms = three_managers().await;
+    all_ready(&ms[0], 3).await;
     let leader = leader_of(&ms[0]).await.unwrap();
     let follower = ms.remove((id_of(&ms, &leader).await + 1) % 3);
     let follower_id = follower.id().await;

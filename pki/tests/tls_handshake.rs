@@ -37,7 +37,7 @@ fn node(ca: &RootCa, id: &str, role: Role) -> Node {
 }
 
 fn server(ca: &RootCa, n: &Node, rev: &Arc<Revocations>) -> ServerConfig {
-    server_config(ca.cert_pem(), Arc::clone(&n.cert), Arc::clone(rev)).expect("server config")
+    server_config(ca.cert_pem(), Arc::clone(&n.cert), Some(Arc::clone(rev))).expect("server config")
 }
 
 /// Moves TLS bytes from `from` to `to` and lets `to` process them.
@@ -300,6 +300,6 @@ fn reloadable_cert_checks_key_and_redacts() {
     assert!(ReloadableCert::new("garbage", &n.key).is_err());
     let dbg = format!("{:?}", n.cert);
     assert!(dbg.contains("<redacted>") && !dbg.contains("PRIVATE"));
-    assert!(server_config("garbage", Arc::clone(&n.cert), Arc::default()).is_err());
+    assert!(server_config("garbage", Arc::clone(&n.cert), None).is_err());
     assert!(client_config("", None).is_err());
 }

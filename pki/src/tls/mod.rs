@@ -29,10 +29,15 @@ use revoke::RevokingVerifier;
 pub const ALPN_H2: &[u8] = b"h2";
 
 /// Server config: presents `cert`; client certs are optional but, when sent, must chain to the root and not be revoked.
+///
+/// With `revocations`, revoked client certificates are refused during the handshake. A server
+/// that already refuses them on every call (with a message the client can show) may pass `None`:
+/// since anonymous clients reach the same protocol layers for bootstrap calls, a revoked one gains
+/// nothing, and TLS 1.3 would otherwise report the refusal as a bare closed connection.
 pub fn server_config(
     root_ca_pem: &str,
     cert: Arc<ReloadableCert>,
-    revocations: Arc<Revocations>,
+    revocations: Option<Arc<Revocations>>,
 ) -> Result<ServerConfig, PkiError> {
     let provider = ring_provider();
     let roots = Arc::new(root_store(root_ca_pem)?);
@@ -40,6 +45,7 @@ pub fn server_config(
         .allow_unauthenticated()
         .build()
         .map_err(|e| PkiError::Tls(format!("cannot build the client verifier: {e}")))?;
+    let revocations = revocations.unwrap_or_default();
     let verifier = Arc::new(RevokingVerifier { inner, revocations });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
