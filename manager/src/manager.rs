@@ -149,7 +149,7 @@ fn open_parts(store_dir: &Path, dek: Key) -> Result<Parts, ManagerError> {
         .map_err(|source| ManagerError::OpenDb { path: path.display().to_string(), source })?;
     let sealer = Arc::new(Sealer::new(&dek));
     let store = Arc::new(Store::open(&db, sealer.clone())?);
-    let storage = LogStorage::open(&db, sealer, store.clone())?;
+    let storage = LogStorage::open(&db, sealer, store.clone())?.with_data_file(&path)?;
     Ok(Parts { store, storage, dek, keys: key_files(store_dir) })
 }
 

@@ -231,6 +231,7 @@ pub fn spawn(
         .map_err(|e| StoreError::Unavailable(format!("raft: {e}")))?;
     let (tx, rx) = mpsc::channel(BATCH * 4);
     let (status_tx, status_rx) = watch::channel(RaftStatus { id: cfg.id, ..Default::default() });
+    let cfg_id = cfg.id;
     let driver = Driver {
         raw,
         store,
@@ -244,7 +245,8 @@ pub fn spawn(
         last_term: 0,
         status: status_tx,
     };
-    tokio::spawn(driver.run(rx));
+    let span = tracing::info_span!("raft", id = cfg_id);
+    tokio::spawn(tracing::Instrument::instrument(driver.run(rx), span));
     Ok(RaftHandle { tx, status: status_rx })
 }
 
@@ -252,8 +254,6 @@ impl Driver {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut ticker = tokio::time::interval(self.cfg.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let span = tracing::info_span!("raft", id = self.cfg.id);
-        let _enter = span.enter();
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
@@ -418,7 +418,12 @@ impl Driver {
         if let Some(hs) = ready.hs() {
             self.raw.mut_store().set_hard_state(hs.clone())?;
         }
-        self.raw.mut_store().sync()?;
+        // Entries, votes and terms must be on disk before anyone hears of them; commit-index
+        // moves and applied objects need not (they are replayed from the log).
+        if ready.must_sync() || !ready.snapshot().is_empty() {
+            let storage = self.raw.mut_store();
+            blocking(|| storage.sync())?;
+        }
         self.transport.send(ready.take_persisted_messages());
         for rs in ready.take_read_states() {
             let id = u64::from_be_bytes(rs.request_ctx.as_slice().try_into().unwrap_or([0; 8]));
@@ -529,6 +534,14 @@ impl Driver {
             }
             changed
         });
+    }
+}
+
+/// Runs a blocking disk call without stalling the other tasks of a multi-threaded runtime.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
