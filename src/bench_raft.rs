@@ -330,8 +330,8 @@ fn print_table(
     );
     println!(
         "  shoal: 3 in-process managers, raft over gRPC mTLS; each client calls store.update on \
-         that manager (in-process, no client RPC); durability: one sled flush per Raft Ready, \
-         which on Linux is sync_file_range, not fsync"
+         that manager (in-process, no client RPC); durability: sled flush plus fdatasync of its \
+         data file for every Raft Ready that carries entries or a term/vote change"
     );
     if let Some(v) = etcd_version {
         println!(
