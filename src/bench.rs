@@ -132,7 +132,7 @@ async fn joins(nodes: usize, concurrency: usize, runs: usize) -> Result<()> {
     println!("  {:<34} {:>12} {:>16} {:>18}", "", "joins/s", "one join (idle)", "join under load");
     println!(
         "  {:<34} {:>12.0} {:>13.2} ms {:>9.1}/{:.1} ms",
-        "shoal (mTLS, fsync'd sled store)",
+        "shoal (mTLS, raft log fdatasync'd)",
         median(rates),
         one.as_secs_f64() * 1e3,
         p50.as_secs_f64() * 1e3,

@@ -288,3 +288,46 @@ async fn a_manager_restart_keeps_the_cluster() {
     assert!(m.nodes().await.iter().any(|n| n.id == wid));
     drop(dir);
 }
+
+async fn join_direct(token: &str, addr: &str, i: usize) -> Result<(), String> {
+    let params = shoal_agent::JoinParams {
+        token: token.into(),
+        remote_addr: addr.into(),
+        hostname: format!("bulk-{i}"),
+        advertise_addr: String::new(),
+    };
+    shoal_agent::join(&params).await.map(drop).map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_nodes_join_at_once_and_use_limits_hold_under_contention() {
+    let m = TestNode::start("m").await;
+    let addr = m.init(BEAT, None).await;
+    let open = token(&m, NodeRole::Worker).await;
+    let joins: Vec<_> = (0..32)
+        .map(|i| {
+            let (t, a) = (open.clone(), addr.clone());
+            tokio::spawn(async move { join_direct(&t, &a, i).await })
+        })
+        .collect();
+    for j in joins {
+        j.await.unwrap().expect("every concurrent join succeeds");
+    }
+    assert_eq!(m.nodes().await.len(), 33);
+
+    let limited = rotate(&m, NodeRole::Worker, 0, 5).await;
+    let joins: Vec<_> = (100..112)
+        .map(|i| {
+            let (t, a) = (limited.clone(), addr.clone());
+            tokio::spawn(async move { join_direct(&t, &a, i).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for j in joins {
+        match j.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(e) => assert!(e.contains("maximum of 5"), "{e}"),
+        }
+    }
+    assert_eq!(ok, 5, "exactly max-uses joins get in");
+}

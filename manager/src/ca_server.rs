@@ -98,7 +98,9 @@ impl NodeCa for CaApi {
                     serials: vec![issued.serial_hex.clone()],
                     ..Default::default()
                 };
-                tx.update(cluster)?;
+                if tokens::counts_uses(&cluster, role) {
+                    tx.update(cluster)?;
+                }
                 tx.create(node.clone())?;
                 Ok::<_, Status>((node, issued.cert_pem))
             })

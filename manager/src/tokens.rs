@@ -97,8 +97,18 @@ pub fn redeem(
     if rec.max_uses != 0 && rec.uses >= rec.max_uses {
         return Err(TokenRefused::UsedUp(role.as_str(), rec.max_uses));
     }
-    rec.uses += 1;
+    // Only limited tokens are counted: counting every join would make all joins write the
+    // cluster object and conflict with each other.
+    if rec.max_uses != 0 {
+        rec.uses += 1;
+    }
     Ok(role)
+}
+
+/// Whether redeeming a token of `role` changes the cluster object (its use count).
+pub fn counts_uses(cluster: &Cluster, role: Role) -> bool {
+    let tokens = cluster.join_tokens.clone().unwrap_or_default();
+    record(&tokens, role).is_some_and(|r| r.max_uses != 0)
 }
 
 fn as_token(root_ca_pem: &str, rec: &JoinTokenRecord) -> JoinToken {
