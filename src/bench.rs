@@ -27,6 +27,18 @@ pub enum BenchCmd {
     },
     /// Replicated writes through 3 managers (mTLS, fsync) beside a 3-member etcd 3.4 cluster
     Raft(crate::bench_raft::RaftBenchArgs),
+    /// create -> start -> exit of a trivial task with default isolation, beside bare runc (root)
+    Runtime {
+        /// Runs of each
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+        /// The runc binary
+        #[arg(long, default_value = "runc")]
+        runc: std::path::PathBuf,
+        /// Also time crun (it refuses hybrid cgroup hosts; the table says so)
+        #[arg(long)]
+        crun: Option<std::path::PathBuf>,
+    },
 }
 
 /// Runs a benchmark.
@@ -36,7 +48,21 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             joins(nodes, concurrency.max(1), runs.max(1)).await
         }
         BenchCmd::Raft(args) => crate::bench_raft::raft(args).await,
+        BenchCmd::Runtime { runs, runc, crun } => runtime(runs.max(1), runc, crun).await,
     }
+}
+
+async fn runtime(
+    runs: usize,
+    runc: std::path::PathBuf,
+    crun: Option<std::path::PathBuf>,
+) -> Result<()> {
+    use shoal_agent::runtime::bench::{bench_runtime, busybox_rootfs, BenchOptions};
+    let dir = tempfile::tempdir()?;
+    let rootfs = busybox_rootfs(dir.path())?;
+    let opts = BenchOptions { work_dir: dir.path().to_path_buf(), rootfs, runs, runc, crun };
+    bench_runtime(opts).await?;
+    Ok(())
 }
 
 struct Bench {
