@@ -92,4 +92,4 @@ pub fn go_arch() -> &'static str {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
