@@ -357,10 +357,18 @@ impl Daemon {
         let Some(current) = member.as_ref() else {
             bail!("this node is not part of a swarm");
         };
-        if current.manager.is_some() && !force {
+        if let (Some(serving), false) = (current.manager.as_ref(), force) {
+            let managers = serving.manager.manager_addrs().map(|a| a.len()).unwrap_or(1);
+            if managers <= 1 {
+                bail!(
+                    "this node is the swarm's last manager: leaving would lose the whole cluster's \
+                     state; use --force to leave anyway"
+                );
+            }
             bail!(
-                "this node is the cluster's manager: leaving would lose the whole cluster's state; \
-                 use --force to leave anyway"
+                "this node is one of {managers} managers: leaving would not take it out of the \
+                 managers' raft group and would weaken its fault tolerance; remove it with \
+                 'shoal node rm --force' from another manager, or use --force"
             );
         }
         if let Some(m) = member.take() {
