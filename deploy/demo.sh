@@ -86,6 +86,16 @@ install_tools() {
 }
 
 build() {
+    if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        # Shoal needs Rust 1.88 or later; Debian 12's own cargo is older, so use rustup.
+        say "Installing the Rust toolchain with rustup (cargo not found)"
+        apt-get install -y -qq curl ca-certificates build-essential >/dev/null
+        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
     say "Building Shoal (cargo build --release)"
     (cd "$REPO" && cargo build --release)
 }
