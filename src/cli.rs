@@ -199,6 +199,16 @@ pub enum NodeCmd {
         #[arg(required = true)]
         nodes: Vec<String>,
     },
+    /// Make nodes managers (they renew their certificates and join the managers' Raft group)
+    Promote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make managers workers again (refused for the last manager or if quorum would be lost)
+    Demote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Remove nodes from the swarm and revoke their certificates
     #[command(alias = "remove")]
     Rm {
@@ -390,6 +400,8 @@ async fn node(cmd: NodeCmd, channel: Channel) -> Result<()> {
             }
             print!("{}", output::node_inspect(&found, pretty)?);
         }
+        NodeCmd::Promote { nodes } => set_roles(&mut control, nodes, NodeRole::Manager).await?,
+        NodeCmd::Demote { nodes } => set_roles(&mut control, nodes, NodeRole::Worker).await?,
         NodeCmd::Rm { force, nodes } => {
             for reference in nodes {
                 let r = control
@@ -399,6 +411,21 @@ async fn node(cmd: NodeCmd, channel: Channel) -> Result<()> {
                 println!("{}", r.into_inner().node_id);
             }
         }
+    }
+    Ok(())
+}
+
+async fn set_roles(
+    control: &mut ControlClient<Channel>,
+    nodes: Vec<String>,
+    role: NodeRole,
+) -> Result<()> {
+    for reference in nodes {
+        let req = UpdateNodeRoleRequest { reference: reference.clone(), role: role as i32 };
+        control.update_node_role(req).await.map_err(client::status)?;
+        let verb =
+            if role == NodeRole::Manager { "promoted to a manager" } else { "demoted to a worker" };
+        println!("Node {reference} {verb} in the swarm.");
     }
     Ok(())
 }

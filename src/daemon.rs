@@ -70,6 +70,7 @@ struct Serving {
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
     monitor: JoinHandle<()>,
+    updates: JoinHandle<()>,
 }
 
 impl Serving {
@@ -92,6 +93,7 @@ impl Drop for Serving {
             let _ = stop.send(());
         }
         self.monitor.abort();
+        self.updates.abort();
         self.server.abort();
         self.manager.stop();
     }
@@ -129,6 +131,7 @@ impl Daemon {
             .with_context(|| format!("creating data root {}", cfg.data_root.display()))?;
         let daemon =
             Arc::new(Daemon { cfg, files, member: Mutex::new(None), locked: Mutex::new(None) });
+        tokio::spawn(follow_role(Arc::downgrade(&daemon)));
         if let Some(state) = daemon.files.load_state()? {
             if state.runs_manager && Manager::is_locked(&daemon.files.store_dir()) {
                 tracing::warn!(
@@ -411,6 +414,63 @@ impl Daemon {
     }
 }
 
+/// How often the daemon checks whether the managers changed this node's role.
+const ROLE_CHECK: Duration = Duration::from_millis(300);
+/// How long a role change may wait for the certificate of the new role.
+const ROLE_CERT_WAIT: Duration = Duration::from_secs(30);
+
+/// Follows `node promote` / `node demote`: when the managers give this node another role, get
+/// that role's certificate, then join or leave the managers' Raft group.
+async fn follow_role(daemon: std::sync::Weak<Daemon>) {
+    loop {
+        tokio::time::sleep(ROLE_CHECK).await;
+        let Some(daemon) = daemon.upgrade() else { return };
+        let mut member = daemon.member.lock().await;
+        let Some(m) = member.as_mut() else { continue };
+        let Some(wanted) = m.agent.status().role else { continue };
+        if wanted == m.state.role {
+            continue;
+        }
+        tracing::info!(from = %m.state.role, to = %wanted, "the managers changed this node's role");
+        if let Err(e) = daemon.change_role(m, &wanted).await {
+            tracing::warn!(error = %format!("{e:#}"), "role change not finished; will retry");
+        }
+    }
+}
+
+impl Daemon {
+    async fn change_role(&self, m: &mut Member, wanted: &str) -> Result<()> {
+        m.agent.renew_now();
+        let deadline = tokio::time::Instant::now() + ROLE_CERT_WAIT;
+        while m.cert.identity().role.as_str() != wanted {
+            if tokio::time::Instant::now() >= deadline {
+                bail!("no {wanted} certificate yet");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut state = m.state.clone();
+        state.role = wanted.to_string();
+        if wanted == Role::Manager.as_str() {
+            let (_, _, root) = self.files.load_identity()?;
+            let id = identity(&state, m.cert.clone(), &root);
+            let remote =
+                m.agent.status().manager.clone().or_else(|| state.manager_addrs.first().cloned());
+            let remote = remote.context("no manager known to join through")?;
+            let _ = std::fs::remove_dir_all(self.files.store_dir());
+            state.runs_manager = true;
+            m.manager = Some(self.join_managers(&id, &mut state, &remote).await?);
+        } else if let Some(serving) = m.manager.take() {
+            serving.shutdown().await;
+            state.runs_manager = false;
+            let _ = std::fs::remove_dir_all(self.files.store_dir());
+        }
+        self.files.save_state(&state)?;
+        m.state = state;
+        tracing::info!(role = %m.state.role, "role change done");
+        Ok(())
+    }
+}
+
 fn identity(state: &NodeState, cert: Arc<ReloadableCert>, root: &str) -> Identity {
     Identity {
         node_id: state.node_id.clone(),
@@ -423,6 +483,7 @@ fn identity(state: &NodeState, cert: Arc<ReloadableCert>, root: &str) -> Identit
 fn serve(manager: Manager, listener: TcpListener, cert: Arc<ReloadableCert>) -> Serving {
     let (stop, stopped) = oneshot::channel::<()>();
     let monitor = manager.spawn_monitor();
+    let updates = manager.spawn_node_updates();
     let m = manager.clone();
     let server = tokio::spawn(async move {
         let shutdown = async {
@@ -432,7 +493,7 @@ fn serve(manager: Manager, listener: TcpListener, cert: Arc<ReloadableCert>) -> 
             tracing::error!(error = %e, "cluster port stopped");
         }
     });
-    Serving { manager, stop: Some(stop), server, monitor }
+    Serving { manager, stop: Some(stop), server, monitor, updates }
 }
 
 async fn bind(addr: &str) -> Result<TcpListener> {

@@ -216,6 +216,7 @@ delegate! {
     list_nodes(ListNodesRequest) -> ListNodesResponse;
     get_node(GetNodeRequest) -> GetNodeResponse;
     remove_node(RemoveNodeRequest) -> RemoveNodeResponse;
+    update_node_role(UpdateNodeRoleRequest) -> GetNodeResponse;
     get_cluster_info(GetClusterInfoRequest) -> ClusterInfo;
     update_cluster(UpdateClusterRequest) -> ClusterInfo;
     get_join_token(GetJoinTokenRequest) -> JoinTokenInfo;

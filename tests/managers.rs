@@ -381,3 +381,47 @@ async fn a_new_manager_catches_up_on_a_state_larger_than_64_mib() {
     assert_eq!(bulk.len(), 72);
     assert!(bulk.iter().all(|n| n.state_message.len() == 1 << 20));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn promote_makes_a_worker_a_raft_member_and_demote_undoes_it() {
+    use shoal_proto::UpdateNodeRoleRequest;
+    let m1 = TestNode::start("m1").await;
+    let addr = m1.init(BEAT, None).await;
+    let w = TestNode::start("w").await;
+    let wid = w.join(&token(&m1, NodeRole::Worker).await, &addr).await.unwrap();
+    all_ready(&m1, 2).await;
+    let mut control = m1.control().await;
+    let set = |role: NodeRole| UpdateNodeRoleRequest { reference: wid.clone(), role: role as i32 };
+    let err =
+        control.update_node_role(UpdateNodeRoleRequest { reference: m1.id().await, role: 0 }).await;
+    assert!(err.unwrap_err().message().contains("last manager"));
+
+    control.update_node_role(set(NodeRole::Manager)).await.unwrap();
+    eventually("the promoted node serves as a manager", Duration::from_secs(20), || async {
+        let info = w.daemon.info().await;
+        let cert_role = info.identity.map(|i| i.role);
+        let voters = info.manager.map(|m| m.raft().status().voters.len()).unwrap_or(0);
+        (cert_role == Some(shoal_pki::Role::Manager) && voters == 2)
+            .then_some(())
+            .ok_or(format!("cert {cert_role:?}, {voters} voters"))
+    })
+    .await;
+    let r = m1.control().await.list_nodes(ListNodesRequest {}).await.unwrap().into_inner();
+    assert_eq!(r.manager_ids.len(), 2);
+    // The new manager answers control calls with the same state.
+    assert_eq!(token(&w, NodeRole::Worker).await, token(&m1, NodeRole::Worker).await);
+
+    control.update_node_role(set(NodeRole::Worker)).await.unwrap();
+    eventually("the demoted node is a worker again", Duration::from_secs(20), || async {
+        let info = w.daemon.info().await;
+        let cert_role = info.identity.map(|i| i.role);
+        (cert_role == Some(shoal_pki::Role::Worker) && info.manager.is_none())
+            .then_some(())
+            .ok_or(format!("cert {cert_role:?}"))
+    })
+    .await;
+    let r = m1.control().await.list_nodes(ListNodesRequest {}).await.unwrap().into_inner();
+    assert_eq!(r.manager_ids.len(), 1);
+    assert_eq!(m1.daemon.info().await.manager.unwrap().raft().status().voters.len(), 1);
+    all_ready(&m1, 2).await;
+}

@@ -26,6 +26,8 @@ pub struct AgentStatus {
     pub manager_addrs: Vec<String>,
     pub error: Option<String>,
     pub renewals: u64,
+    /// The role the managers say this node has ("worker" or "manager"), from the session.
+    pub role: Option<String>,
 }
 
 /// How to run an agent.
@@ -41,6 +43,7 @@ pub struct AgentConfig {
 pub struct Agent {
     status: watch::Receiver<AgentStatus>,
     tasks: Vec<JoinHandle<()>>,
+    renew_now: Arc<tokio::sync::Notify>,
 }
 
 impl Agent {
@@ -57,17 +60,28 @@ impl Agent {
         let (tx, rx) = watch::channel(initial);
         let session_cfg =
             session::SessionConfig { hostname: cfg.hostname, advertise_addr: cfg.advertise_addr };
-        let renew_cfg = renew::RenewConfig { files, root_ca_pem, time_scale: cfg.time_scale };
+        let renew_now = Arc::new(tokio::sync::Notify::new());
+        let renew_cfg = renew::RenewConfig {
+            files,
+            root_ca_pem,
+            time_scale: cfg.time_scale,
+            now: renew_now.clone(),
+        };
         let tasks = vec![
             tokio::spawn(session::run(session_cfg, cert.clone(), tls.clone(), tx.clone())),
             tokio::spawn(renew::run(renew_cfg, cert, tls, tx)),
         ];
-        Ok(Agent { status: rx, tasks })
+        Ok(Agent { status: rx, tasks, renew_now })
     }
 
     /// The agent's current status.
     pub fn status(&self) -> AgentStatus {
         self.status.borrow().clone()
+    }
+
+    /// Renews the certificate now (after a role change, to get the new role's certificate).
+    pub fn renew_now(&self) {
+        self.renew_now.notify_one();
     }
 
     /// A receiver that sees every status change.

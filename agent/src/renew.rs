@@ -26,6 +26,8 @@ pub struct RenewConfig {
     pub root_ca_pem: String,
     /// Divides every wait, so tests can watch a 1 h certificate renew in seconds.
     pub time_scale: f64,
+    /// Cuts the wait short (a role change needs a new certificate now).
+    pub now: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// How long to wait before renewing `id`'s certificate, scaled.
@@ -54,7 +56,10 @@ pub async fn run(
             let scaled = (RETRY_STEP * failures).min(RETRY_MAX).div_f64(cfg.time_scale.max(1.0));
             scaled.max(MIN_RETRY)
         };
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = cfg.now.notified() => {}
+        }
         match renew_once(&cfg, &cert, tls.clone(), &status).await {
             Ok(serial) => {
                 failures = 0;

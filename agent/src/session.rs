@@ -99,6 +99,7 @@ async fn session(
         if !first.manager_addrs.is_empty() {
             s.manager_addrs = first.manager_addrs.clone();
         }
+        s.role = first.node.as_ref().map(|n| n.role().word().to_string());
     });
     tracing::info!(manager = %addr, "session established");
     loop {
@@ -109,10 +110,14 @@ async fn session(
                 period = Duration::from_millis(resp.period_ms.max(50));
             }
             msg = stream.message() => match msg.map_err(line)? {
-                Some(update) if !update.manager_addrs.is_empty() => {
-                    status.send_modify(|s| s.manager_addrs = update.manager_addrs);
-                }
-                Some(_) => {}
+                Some(update) => status.send_modify(|s| {
+                    if !update.manager_addrs.is_empty() {
+                        s.manager_addrs = update.manager_addrs;
+                    }
+                    if let Some(node) = &update.node {
+                        s.role = Some(node.role().word().to_string());
+                    }
+                }),
                 None => return Ok(()),
             },
         }

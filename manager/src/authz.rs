@@ -58,6 +58,7 @@ pub const TABLE: &[(&str, Access)] = &[
     ("/shoal.Control/ListNodes", MANAGERS),
     ("/shoal.Control/GetNode", MANAGERS),
     ("/shoal.Control/RemoveNode", MANAGERS),
+    ("/shoal.Control/UpdateNodeRole", MANAGERS),
     ("/shoal.Control/GetClusterInfo", MANAGERS),
     ("/shoal.Control/UpdateCluster", MANAGERS),
     ("/shoal.Control/GetJoinToken", MANAGERS),

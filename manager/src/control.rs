@@ -11,6 +11,7 @@ use shoal_proto::control_server::Control;
 use shoal_proto::Member;
 use shoal_proto::{
     Autolock, GetUnlockKeyRequest, RotateUnlockKeyRequest, UnlockKey, UnlockKeyInfo,
+    UpdateNodeRoleRequest,
 };
 use shoal_proto::{
     Cluster, ClusterInfo, ClusterSpec, GetClusterInfoRequest, GetJoinTokenRequest, GetNodeRequest,
@@ -98,6 +99,53 @@ fn hex(bytes: &[u8]) -> String {
 
 #[tonic::async_trait]
 impl Control for ControlApi {
+    async fn update_node_role(
+        &self,
+        req: Request<UpdateNodeRoleRequest>,
+    ) -> Result<Response<GetNodeResponse>, Status> {
+        let r = req.into_inner();
+        let role =
+            NodeRole::try_from(r.role).map_err(|_| Status::invalid_argument("unknown role"))?;
+        let shared = &self.shared;
+        shared.store.barrier().await?;
+        let nodes = shared.store.list::<Node>()?;
+        let node = resolve_node(&nodes, &r.reference)?.clone();
+        if node.role() != role {
+            let member = shared.members()?.into_iter().find(|m| m.node_id == node.id);
+            if let (NodeRole::Worker, Some(member)) = (role, &member) {
+                if shared.members()?.len() <= 1 {
+                    return Err(Status::failed_precondition(format!(
+                        "node {} is the last manager; it cannot be demoted",
+                        node.id
+                    )));
+                }
+                check_quorum_after_removal(shared, &nodes, member)?;
+            }
+            // The role first, while a demoted manager still votes; the node then renews its
+            // certificate and joins or leaves the managers on its own.
+            shared
+                .store
+                .update(|tx| {
+                    let mut n = tx
+                        .get::<Node>(&node.id)?
+                        .ok_or_else(|| Status::not_found("node is gone"))?;
+                    n.set_role(role);
+                    tx.update(n)?;
+                    Ok::<_, Status>(())
+                })
+                .await?;
+            if let (NodeRole::Worker, Some(member)) = (role, member) {
+                let mut cc = ConfChange::default();
+                cc.set_change_type(ConfChangeType::RemoveNode);
+                cc.node_id = member.raft_id;
+                shared.raft.change_member(cc).await?;
+            }
+            tracing::info!(node = %node.id, role = role.word(), "node role changed");
+        }
+        let node = shared.store.get::<Node>(&node.id)?;
+        Ok(Response::new(GetNodeResponse { node }))
+    }
+
     async fn get_unlock_key(
         &self,
         _req: Request<GetUnlockKeyRequest>,

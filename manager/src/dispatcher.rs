@@ -26,8 +26,9 @@ type SessionTx = mpsc::Sender<Result<SessionMessage, Status>>;
 struct Entry {
     session_id: Option<String>,
     deadline: Instant,
-    /// Held so the session stream stays open exactly as long as the session lives.
-    _stream: Option<SessionTx>,
+    /// The session stream: held open exactly as long as the session lives, and used to push
+    /// the node's own updates (a role change) to it.
+    stream: Option<SessionTx>,
 }
 
 /// Live sessions by node ID.
@@ -43,7 +44,7 @@ impl Sessions {
 
     /// Expects `node_id` to (re)open a session within `grace`, or it will be marked Down.
     pub fn expect(&self, node_id: &str, grace: Duration) {
-        let entry = Entry { session_id: None, deadline: Instant::now() + grace, _stream: None };
+        let entry = Entry { session_id: None, deadline: Instant::now() + grace, stream: None };
         self.lock().entry(node_id.to_string()).or_insert(entry);
     }
 
@@ -51,7 +52,7 @@ impl Sessions {
         let entry = Entry {
             session_id: Some(session_id),
             deadline: Instant::now() + grace,
-            _stream: Some(tx),
+            stream: Some(tx),
         };
         self.lock().insert(node_id.to_string(), entry);
     }
@@ -69,6 +70,14 @@ impl Sessions {
     /// Ends a node's session (its stream closes).
     pub fn drop_node(&self, node_id: &str) {
         self.lock().remove(node_id);
+    }
+
+    fn push(&self, node_id: &str, make: impl FnOnce(&str) -> SessionMessage) {
+        let target =
+            self.lock().get(node_id).and_then(|e| Some((e.session_id.clone()?, e.stream.clone()?)));
+        if let Some((session_id, tx)) = target {
+            let _ = tx.try_send(Ok(make(&session_id)));
+        }
     }
 
     /// Ends every session (their streams close), for shutdown.
@@ -98,6 +107,32 @@ impl Manager {
     /// The dispatcher service of this manager.
     pub fn dispatcher(&self) -> DispatcherApi {
         DispatcherApi { shared: self.shared.clone() }
+    }
+
+    /// Sends each connected node its Node object again whenever it changes (on the leader).
+    pub fn spawn_node_updates(&self) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.shared);
+        let mut events = self.shared.store.watch();
+        tokio::spawn(async move {
+            loop {
+                let event = match events.recv().await {
+                    Ok(e) if e.kind == "node" && !e.deleted => e,
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                };
+                let Some(shared) = weak.upgrade() else { return };
+                let Ok(Some(node)) = shared.store.get::<Node>(&event.id) else { continue };
+                let period = shared.cluster().map(|c| heartbeat_period(&c)).unwrap_or_default();
+                let managers = shared.manager_addrs().unwrap_or_default();
+                shared.sessions.push(&event.id, |session_id| SessionMessage {
+                    session_id: session_id.to_string(),
+                    heartbeat_period_ms: period.as_millis() as u64,
+                    node: Some(node),
+                    manager_addrs: managers,
+                });
+            }
+        })
     }
 
     /// Closes every agent session, so a graceful server shutdown is not held open by them.
