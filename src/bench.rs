@@ -81,6 +81,7 @@ async fn start_manager() -> Result<Bench> {
         cert_expiry: shoal_pki::DEFAULT_CERT_EXPIRY,
         heartbeat: shoal_manager::manager::DEFAULT_HEARTBEAT,
         autolock: false,
+        election_timeout: shoal_manager::manager::DEFAULT_ELECTION_TIMEOUT,
     };
     let (manager, _, issued) = Manager::init(&dir.path().join("store"), params, &key).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -470,6 +470,7 @@ impl ShoalCluster {
             cert_expiry: shoal_pki::DEFAULT_CERT_EXPIRY,
             heartbeat: shoal_manager::manager::DEFAULT_HEARTBEAT,
             autolock: false,
+            election_timeout: shoal_manager::manager::DEFAULT_ELECTION_TIMEOUT,
         };
         let (manager, id, _) = Manager::init(&dir.path().join("store"), params, &key).await?;
         let (stop, server) = serve(&manager, listener, id.cert.clone());
@@ -499,6 +500,7 @@ impl ShoalCluster {
                 cluster_id: joined.cluster_id,
                 root_ca_pem: joined.root_ca_pem,
                 cert: cert.clone(),
+                election_timeout: shoal_manager::manager::DEFAULT_ELECTION_TIMEOUT,
             };
             let manager = Manager::prepare_join(&dir.path().join("store"), &id)?;
             let (stop, server) = serve(&manager, listener, cert);

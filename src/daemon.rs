@@ -24,6 +24,8 @@ pub struct DaemonConfig {
     pub hostname: String,
     /// Divides certificate renewal waits (tests only).
     pub time_scale: f64,
+    /// How long a manager waits without a leader before calling an election.
+    pub election_timeout: Duration,
 }
 
 /// What `swarm init` asks for.
@@ -168,7 +170,7 @@ impl Daemon {
         let (key, chain, root) = self.files.load_identity()?;
         let cert = ReloadableCert::new(&chain, &key)?;
         let manager = if state.runs_manager {
-            let id = identity(&state, cert.clone(), &root);
+            let id = self.identity(&state, cert.clone(), &root);
             let manager = Manager::open(&self.files.store_dir(), &id, unlock)?;
             let listener = bind(&state.listen_addr).await?;
             Some(serve(manager, listener, cert.clone()))
@@ -212,6 +214,7 @@ impl Daemon {
             cert_expiry: opts.cert_expiry.unwrap_or(shoal_pki::DEFAULT_CERT_EXPIRY),
             heartbeat: opts.heartbeat.unwrap_or(shoal_manager::manager::DEFAULT_HEARTBEAT),
             autolock: opts.autolock,
+            election_timeout: self.cfg.election_timeout,
         };
         let key = NodeKey::generate()?;
         let store_dir = self.files.store_dir();
@@ -258,7 +261,7 @@ impl Daemon {
         let (mut state, cert) = (current.state.clone(), current.cert.clone());
         current.shutdown().await;
         let (_, _, root) = self.files.load_identity()?;
-        let id = identity(&state, cert.clone(), &root);
+        let id = self.identity(&state, cert.clone(), &root);
         let manager = Manager::force_new_cluster(&self.files.store_dir(), &id, None).await?;
         let listener = bind(&state.listen_addr).await?;
         state.manager_addrs = vec![state.advertise_addr.clone()];
@@ -306,7 +309,7 @@ impl Daemon {
         };
         let cert = ReloadableCert::new(&joined.cert_chain_pem, &joined.key)?;
         let serving = if state.runs_manager {
-            let id = identity(&state, cert.clone(), &joined.root_ca_pem);
+            let id = self.identity(&state, cert.clone(), &joined.root_ca_pem);
             match self.join_managers(&id, &mut state, &params.remote_addr).await {
                 Ok(serving) => Some(serving),
                 Err(e) => {
@@ -452,7 +455,7 @@ impl Daemon {
         state.role = wanted.to_string();
         if wanted == Role::Manager.as_str() {
             let (_, _, root) = self.files.load_identity()?;
-            let id = identity(&state, m.cert.clone(), &root);
+            let id = self.identity(&state, m.cert.clone(), &root);
             let remote =
                 m.agent.status().manager.clone().or_else(|| state.manager_addrs.first().cloned());
             let remote = remote.context("no manager known to join through")?;
@@ -471,12 +474,15 @@ impl Daemon {
     }
 }
 
-fn identity(state: &NodeState, cert: Arc<ReloadableCert>, root: &str) -> Identity {
-    Identity {
-        node_id: state.node_id.clone(),
-        cluster_id: state.cluster_id.clone(),
-        root_ca_pem: root.to_string(),
-        cert,
+impl Daemon {
+    fn identity(&self, state: &NodeState, cert: Arc<ReloadableCert>, root: &str) -> Identity {
+        Identity {
+            node_id: state.node_id.clone(),
+            cluster_id: state.cluster_id.clone(),
+            root_ca_pem: root.to_string(),
+            cert,
+            election_timeout: self.cfg.election_timeout,
+        }
     }
 }
 

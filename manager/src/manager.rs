@@ -52,6 +52,7 @@ pub struct InitParams {
     pub cert_expiry: Duration,
     pub heartbeat: Duration,
     pub autolock: bool,
+    pub election_timeout: Duration,
 }
 
 /// State shared by every service of one manager.
@@ -174,6 +175,33 @@ pub struct Identity {
     pub cluster_id: String,
     pub root_ca_pem: String,
     pub cert: Arc<ReloadableCert>,
+    /// How long this manager waits without hearing a leader before it calls an election
+    /// (randomized up to twice that); see [`validate_election_timeout`].
+    pub election_timeout: Duration,
+}
+
+/// Raft ticks are this long; election timeouts are whole numbers of ticks.
+pub const RAFT_TICK: Duration = Duration::from_millis(50);
+/// Default election timeout: 0.5–1 s of silence, well under Swarm's ~10 s.
+pub const DEFAULT_ELECTION_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Checks an election timeout (at least 3 ticks, at most a minute).
+pub fn validate_election_timeout(t: Duration) -> Result<(), String> {
+    if t < RAFT_TICK * 3 || t > Duration::from_secs(60) {
+        return Err(format!(
+            "election timeout {} must be between {}ms and 60s",
+            humanize(t),
+            (RAFT_TICK * 3).as_millis()
+        ));
+    }
+    Ok(())
+}
+
+fn raft_config(raft_id: u64, election_timeout: Duration) -> RaftConfig {
+    let mut cfg = RaftConfig::new(raft_id);
+    cfg.tick = RAFT_TICK;
+    cfg.election_ticks = (election_timeout.as_millis() / RAFT_TICK.as_millis()).max(3) as usize;
+    cfg
 }
 
 impl Manager {
@@ -186,6 +214,7 @@ impl Manager {
     ) -> Result<(Manager, Identity, IssuedCert), ManagerError> {
         validate_cert_expiry(params.cert_expiry).map_err(ManagerError::Invalid)?;
         validate_heartbeat(params.heartbeat).map_err(ManagerError::Invalid)?;
+        validate_election_timeout(params.election_timeout).map_err(ManagerError::Invalid)?;
         let dek = key_files(store_dir).create()?;
         let mut parts = open_parts(store_dir, dek)?;
         if parts.storage.is_initialized() {
@@ -205,6 +234,7 @@ impl Manager {
             cluster_id: cluster_id.clone(),
             root_ca_pem: ca.cert_pem().to_string(),
             cert: ReloadableCert::new(&issued.cert_pem, key)?,
+            election_timeout: params.election_timeout,
         };
         let manager = Manager::start(parts, &id)?;
         manager.shared.raft.campaign();
@@ -316,7 +346,7 @@ impl Manager {
         let tls = Arc::new(shoal_pki::tls::client_config(&id.root_ca_pem, Some(id.cert.clone()))?);
         let peers = Peers::new(tls.clone(), parts.store.clone());
         let raft = node::spawn(
-            RaftConfig::new(raft_id),
+            raft_config(raft_id, id.election_timeout),
             parts.storage,
             parts.store.clone(),
             peers.clone(),
@@ -563,5 +593,26 @@ impl From<StoreError> for Status {
             StoreError::Unavailable(_) => Status::unavailable(e.to_string()),
             _ => Status::internal(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn election_timeouts_are_checked_and_become_whole_ticks() {
+        assert!(validate_election_timeout(Duration::from_millis(100)).is_err());
+        assert!(validate_election_timeout(Duration::from_secs(61)).is_err());
+        assert!(validate_election_timeout(DEFAULT_ELECTION_TIMEOUT).is_ok());
+        assert_eq!(raft_config(7, Duration::from_secs(2)).election_ticks, 40);
+        assert_eq!(raft_config(7, DEFAULT_ELECTION_TIMEOUT).election_ticks, 10);
+    }
+
+    #[test]
+    fn settings_below_their_minimum_are_refused_clearly() {
+        let err = validate_cert_expiry(Duration::from_secs(1800)).unwrap_err();
+        assert_eq!(err, "certificate expiry 30m is below the minimum of 1h");
+        assert!(validate_heartbeat(Duration::from_millis(10)).is_err());
     }
 }

@@ -23,6 +23,10 @@ struct Args {
     /// Log filter (error, warn, info, debug, trace, or a tracing filter)
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// How long a manager waits without hearing a leader before it calls an election (e.g. 500ms;
+    /// randomized up to twice that)
+    #[arg(long, default_value = "500ms", value_parser = shoal::cli::parse_duration)]
+    election_timeout: std::time::Duration,
     /// Divide certificate renewal waits by this factor (tests only)
     #[arg(long, default_value_t = 1.0, hide = true)]
     test_time_scale: f64,
@@ -40,6 +44,8 @@ async fn main() -> Result<()> {
         shoal::client::Host::Unix(path) => path,
         shoal::client::Host::Tcp(_) => bail!("shoald serves its local API on a unix socket only"),
     };
+    shoal_manager::manager::validate_election_timeout(args.election_timeout)
+        .map_err(anyhow::Error::msg)?;
     if args.test_time_scale.is_nan() || args.test_time_scale < 1.0 {
         bail!("--test-time-scale must be at least 1");
     }
@@ -49,8 +55,12 @@ async fn main() -> Result<()> {
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "localhost".into()),
     };
-    let cfg =
-        DaemonConfig { data_root: args.data_root, hostname, time_scale: args.test_time_scale };
+    let cfg = DaemonConfig {
+        data_root: args.data_root,
+        hostname,
+        time_scale: args.test_time_scale,
+        election_timeout: args.election_timeout,
+    };
     let daemon = Daemon::start(cfg).await?;
     tracing::info!(socket = %socket.display(), "shoald ready");
     shoal::local_api::serve(daemon.clone(), &socket, shutdown_signal()).await?;

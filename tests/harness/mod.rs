@@ -45,8 +45,12 @@ impl TestNode {
 
     /// Starts a daemon on an existing data root (a restart).
     pub async fn start_at(name: &str, root: PathBuf, socket: PathBuf) -> TestNode {
-        let cfg =
-            DaemonConfig { data_root: root.clone(), hostname: name.into(), time_scale: TIME_SCALE };
+        let cfg = DaemonConfig {
+            data_root: root.clone(),
+            hostname: name.into(),
+            time_scale: TIME_SCALE,
+            election_timeout: shoal_manager::manager::DEFAULT_ELECTION_TIMEOUT,
+        };
         let _ = std::fs::remove_file(&socket);
         let daemon = Daemon::start(cfg).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
