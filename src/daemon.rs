@@ -237,6 +237,7 @@ impl Daemon {
         let tokens = (manager.join_token(Role::Worker)?, manager.join_token(Role::Manager)?);
         let root = manager.root_ca_pem().to_string();
         if let Err(e) = self.save(&key, &issued.cert_pem, &root, &state) {
+            manager.stop();
             let _ = self.files.wipe();
             return Err(e);
         }

@@ -238,7 +238,10 @@ impl Manager {
         };
         let manager = Manager::start(parts, &id)?;
         manager.shared.raft.campaign();
-        manager.shared.raft.wait_for_leader(Duration::from_secs(10)).await?;
+        if let Err(e) = manager.shared.raft.wait_for_leader(Duration::from_secs(10)).await {
+            manager.stop();
+            return Err(e.into());
+        }
         let mut cluster = new_cluster(&cluster_id, &ca, &params);
         if params.autolock {
             cluster.unlock_key = Some(UnlockKey { key: Key::generate()?.expose().to_vec() });
