@@ -331,3 +331,33 @@ async fn many_nodes_join_at_once_and_use_limits_hold_under_contention() {
     }
     assert_eq!(ok, 5, "exactly max-uses joins get in");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn updates_pushed_faster_than_the_heartbeat_do_not_starve_it() {
+    let m = TestNode::start("m").await;
+    let addr = m.init(BEAT, None).await;
+    let w = TestNode::start("w").await;
+    let id = w.join(&token(&m, NodeRole::Worker).await, &addr).await.unwrap();
+    all_ready(&m, 2).await;
+    let manager = m.daemon.info().await.manager.unwrap();
+    // Change the worker's Node object every BEAT/4 for 8 heartbeat periods: each change is
+    // pushed on its session stream, and it must keep heartbeating through them.
+    for i in 0..32 {
+        manager
+            .store()
+            .update(|tx| {
+                let mut node = tx.get::<shoal_proto::Node>(&id)?.unwrap();
+                node.state_message = format!("touched {i}");
+                tx.update(node)
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(BEAT / 4).await;
+        let state = m.state_of(&id).await;
+        assert_eq!(
+            state,
+            Some(NodeState::Ready),
+            "after {i} pushed updates the node was {state:?}"
+        );
+    }
+}

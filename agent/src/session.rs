@@ -102,12 +102,16 @@ async fn session(
         s.role = first.node.as_ref().map(|n| n.role().word().to_string());
     });
     tracing::info!(manager = %addr, "session established");
+    // A fixed deadline, not a fresh sleep per turn: updates pushed on the stream must not
+    // postpone the heartbeat.
+    let mut next_beat = tokio::time::Instant::now() + period;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(period) => {
+            _ = tokio::time::sleep_until(next_beat) => {
                 let beat = HeartbeatRequest { session_id: session_id.clone() };
                 let resp = client.heartbeat(beat).await.map_err(line)?.into_inner();
                 period = Duration::from_millis(resp.period_ms.max(50));
+                next_beat = tokio::time::Instant::now() + period;
             }
             msg = stream.message() => match msg.map_err(line)? {
                 Some(update) => status.send_modify(|s| {
