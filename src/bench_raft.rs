@@ -597,16 +597,7 @@ impl ShoalCluster {
         let write = self.writer(survivor, tag);
         let killed = Instant::now();
         self.members[leader].kill();
-        let mut seq = 0;
-        loop {
-            seq += 1;
-            if let Ok(Ok(_)) = tokio::time::timeout(FAILOVER_ATTEMPT, write(0, seq)).await {
-                return Ok(killed.elapsed());
-            }
-            if killed.elapsed() > FORM_TIMEOUT {
-                bail!("the surviving managers committed nothing within {FORM_TIMEOUT:?}");
-            }
-        }
+        first_commit_after(killed, "managers", write).await
     }
 }
 
@@ -901,15 +892,24 @@ impl EtcdCluster {
             child.kill()?;
             child.wait()?;
         }
-        let mut seq = 0;
-        loop {
-            seq += 1;
-            if let Ok(Ok(_)) = tokio::time::timeout(FAILOVER_ATTEMPT, write(0, seq)).await {
-                return Ok(killed.elapsed());
-            }
-            if killed.elapsed() > FORM_TIMEOUT {
-                bail!("the surviving etcd members committed nothing within {FORM_TIMEOUT:?}");
-            }
+        first_commit_after(killed, "etcd members", write).await
+    }
+}
+
+/// Retries single writes (each given up after `FAILOVER_ATTEMPT`) until one commits; returns the
+/// time since `killed`.
+async fn first_commit_after<F>(killed: Instant, who: &str, write: F) -> Result<Duration>
+where
+    F: Fn(usize, u64) -> std::pin::Pin<Box<dyn Future<Output = Result<String>> + Send>>,
+{
+    let mut seq = 0;
+    loop {
+        seq += 1;
+        if let Ok(Ok(_)) = tokio::time::timeout(FAILOVER_ATTEMPT, write(0, seq)).await {
+            return Ok(killed.elapsed());
+        }
+        if killed.elapsed() > FORM_TIMEOUT {
+            bail!("the surviving {who} committed nothing within {FORM_TIMEOUT:?}");
         }
     }
 }

@@ -170,7 +170,7 @@ impl DaemonRpc for LocalApi {
             resp.cluster_id = state.cluster_id;
             resp.node_addr = state.advertise_addr;
             resp.manager_addrs = info.agent.manager_addrs;
-            resp.cert_not_after_unix = unix(id.not_after);
+            resp.cert_not_after_unix = shoal_manager::manager::unix(id.not_after);
             resp.cert_serial = id.serial_hex;
             resp.is_manager = info.manager.is_some();
             resp.error = info.agent.error.unwrap_or_default();
@@ -183,10 +183,6 @@ impl DaemonRpc for LocalApi {
         }
         Ok(Response::new(resp))
     }
-}
-
-fn unix(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 impl LocalApi {

@@ -135,11 +135,6 @@ impl Manager {
         })
     }
 
-    /// Closes every agent session, so a graceful server shutdown is not held open by them.
-    pub fn close_sessions(&self) {
-        self.shared.sessions.clear();
-    }
-
     /// On the leader, marks nodes Down when their heartbeats stop; runs until the manager is
     /// dropped. A new leader first gives every Ready node time to reconnect to it.
     pub fn spawn_monitor(&self) -> tokio::task::JoinHandle<()> {

@@ -80,11 +80,10 @@ pub struct Manager {
     pub(crate) shared: Arc<Shared>,
 }
 
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+pub(crate) use crate::store::now_ms;
 
-pub(crate) fn unix(t: SystemTime) -> i64 {
+/// Seconds since the Unix epoch (0 if before it).
+pub fn unix(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 

@@ -125,7 +125,8 @@ fn split_key(k: &[u8]) -> (String, String) {
     }
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
@@ -435,14 +436,11 @@ impl Tx<'_> {
     }
 
     fn into_batch(self) -> StoreBatch {
-        let mut preconditions: BTreeMap<Vec<u8>, u64> =
+        // create/update/delete all read the key first, so every written key has its
+        // precondition among the reads.
+        debug_assert!(self.writes.keys().all(|k| self.reads.contains_key(k)));
+        let preconditions: BTreeMap<Vec<u8>, u64> =
             self.reads.into_iter().map(|(k, raw)| (k, raw.map(|(v, _)| v).unwrap_or(0))).collect();
-        for k in self.writes.keys() {
-            if !preconditions.contains_key(k) {
-                let v = self.store.read_raw(k).ok().flatten().map(|(v, _)| v).unwrap_or(0);
-                preconditions.insert(k.clone(), v);
-            }
-        }
         StoreBatch {
             preconditions: preconditions
                 .into_iter()
