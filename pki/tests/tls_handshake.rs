@@ -303,3 +303,29 @@ fn reloadable_cert_checks_key_and_redacts() {
     assert!(server_config("garbage", Arc::clone(&n.cert), None).is_err());
     assert!(client_config("", None).is_err());
 }
+
+#[test]
+fn an_expired_client_certificate_is_refused() {
+    let ca = RootCa::generate().expect("ca");
+    let mgr = node(&ca, "mgr1", Role::Manager);
+    let key = NodeKey::generate().expect("key");
+    let long_ago = SystemTime::now() - std::time::Duration::from_secs(3 * 24 * 3600);
+    let csr = key.csr_der().expect("csr");
+    let issued = ca
+        .sign_node_csr(&csr, "wrk1", Role::Worker, CLUSTER, shoal_pki::MIN_CERT_EXPIRY, long_ago)
+        .expect("sign");
+    let expired = ReloadableCert::new(&issued.cert_pem, &key).expect("reloadable");
+    let rev = Arc::new(Revocations::default());
+    let client = client_config(ca.cert_pem(), Some(expired)).expect("client");
+    let err = handshake(client, server(&ca, &mgr, &rev), MANAGER_SERVER_NAME).err();
+    assert!(
+        matches!(err, Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Expired)))
+            || matches!(
+                err,
+                Some(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ExpiredContext { .. }
+                ))
+            ),
+        "{err:?}"
+    );
+}
