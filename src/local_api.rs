@@ -204,6 +204,16 @@ macro_rules! delegate {
             $(async fn $method(&self, req: Request<$req>) -> Result<Response<$resp>, Status> {
                 self.control().await?.$method(req).await
             })*
+
+            type ServiceLogsStream =
+                <shoal_manager::control::ControlApi as Control>::ServiceLogsStream;
+
+            async fn service_logs(
+                &self,
+                req: Request<ServiceLogsRequest>,
+            ) -> Result<Response<Self::ServiceLogsStream>, Status> {
+                self.control().await?.service_logs(req).await
+            }
         }
     };
 }
@@ -219,4 +229,11 @@ delegate! {
     rotate_join_token(RotateJoinTokenRequest) -> JoinTokenInfo;
     get_unlock_key(GetUnlockKeyRequest) -> UnlockKeyInfo;
     rotate_unlock_key(RotateUnlockKeyRequest) -> UnlockKeyInfo;
+    update_node(UpdateNodeRequest) -> GetNodeResponse;
+    create_service(CreateServiceRequest) -> ServiceResponse;
+    update_service(UpdateServiceRequest) -> ServiceResponse;
+    get_service(GetServiceRequest) -> ServiceResponse;
+    list_services(ListServicesRequest) -> ListServicesResponse;
+    remove_service(RemoveServiceRequest) -> RemoveServiceResponse;
+    list_tasks(ListTasksRequest) -> ListTasksResponse;
 }

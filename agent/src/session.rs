@@ -86,6 +86,7 @@ async fn session(
     let request = SessionRequest {
         hostname: cfg.hostname.clone(),
         advertise_addr: cfg.advertise_addr.clone(),
+        description: None,
     };
     let line = |s: tonic::Status| status_line(addr, &s);
     let mut stream = client.session(request).await.map_err(line)?.into_inner();

@@ -19,6 +19,11 @@ use shoal_proto::{
     NodeRole, NodeState, RemoveNodeRequest, RemoveNodeResponse, Revoked, RotateJoinTokenRequest,
     UpdateClusterRequest,
 };
+use shoal_proto::{
+    CreateServiceRequest, GetServiceRequest, ListServicesRequest, ListServicesResponse,
+    ListTasksRequest, ListTasksResponse, LogMessage, RemoveServiceRequest, RemoveServiceResponse,
+    ServiceLogsRequest, ServiceResponse, UpdateNodeRequest, UpdateServiceRequest,
+};
 use tonic::{Request, Response, Status};
 
 use crate::raft::crypto::{format_unlock_key, Key};
@@ -335,6 +340,64 @@ impl Control for ControlApi {
             .await?;
         tracing::info!(role = role.as_str(), "join token rotated");
         Ok(Response::new(self.token_info(&cluster, role)?))
+    }
+
+    async fn update_node(
+        &self,
+        _req: Request<UpdateNodeRequest>,
+    ) -> Result<Response<GetNodeResponse>, Status> {
+        Err(Status::unimplemented("update node"))
+    }
+
+    async fn create_service(
+        &self,
+        _req: Request<CreateServiceRequest>,
+    ) -> Result<Response<ServiceResponse>, Status> {
+        Err(Status::unimplemented("services"))
+    }
+
+    async fn update_service(
+        &self,
+        _req: Request<UpdateServiceRequest>,
+    ) -> Result<Response<ServiceResponse>, Status> {
+        Err(Status::unimplemented("services"))
+    }
+
+    async fn get_service(
+        &self,
+        _req: Request<GetServiceRequest>,
+    ) -> Result<Response<ServiceResponse>, Status> {
+        Err(Status::unimplemented("services"))
+    }
+
+    async fn list_services(
+        &self,
+        _req: Request<ListServicesRequest>,
+    ) -> Result<Response<ListServicesResponse>, Status> {
+        Err(Status::unimplemented("services"))
+    }
+
+    async fn remove_service(
+        &self,
+        _req: Request<RemoveServiceRequest>,
+    ) -> Result<Response<RemoveServiceResponse>, Status> {
+        Err(Status::unimplemented("services"))
+    }
+
+    async fn list_tasks(
+        &self,
+        _req: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        Err(Status::unimplemented("services"))
+    }
+
+    type ServiceLogsStream = tokio_stream::wrappers::ReceiverStream<Result<LogMessage, Status>>;
+
+    async fn service_logs(
+        &self,
+        _req: Request<ServiceLogsRequest>,
+    ) -> Result<Response<Self::ServiceLogsStream>, Status> {
+        Err(Status::unimplemented("services"))
     }
 }
 

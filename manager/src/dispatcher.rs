@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use shoal_proto::dispatcher_server::Dispatcher;
 use shoal_proto::{
-    HeartbeatRequest, HeartbeatResponse, Node, NodeState, SessionMessage, SessionRequest,
+    AssignmentsMessage, AssignmentsRequest, HeartbeatRequest, HeartbeatResponse,
+    ListenSubscriptionsRequest, LogSubscription, Node, NodeState, PublishLogsMessage,
+    PublishLogsResponse, SessionMessage, SessionRequest, UpdateTaskStatusRequest,
+    UpdateTaskStatusResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -226,6 +229,9 @@ impl Dispatcher for DispatcherApi {
                 node.set_state(NodeState::Ready);
                 node.state_message.clear();
                 node.last_heartbeat_ms = now_ms();
+                if req.description.is_some() {
+                    node.description = req.description.clone();
+                }
                 if !req.hostname.is_empty() {
                     node.hostname = req.hostname.clone();
                 }
@@ -266,5 +272,37 @@ impl Dispatcher for DispatcherApi {
             return Err(Status::not_found("unknown session; open a new one"));
         }
         Ok(Response::new(HeartbeatResponse { period_ms: jittered(period).as_millis() as u64 }))
+    }
+
+    type AssignmentsStream = ReceiverStream<Result<AssignmentsMessage, Status>>;
+
+    async fn assignments(
+        &self,
+        _req: Request<AssignmentsRequest>,
+    ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        Err(Status::unimplemented("assignments"))
+    }
+
+    async fn update_task_status(
+        &self,
+        _req: Request<UpdateTaskStatusRequest>,
+    ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
+        Err(Status::unimplemented("task status"))
+    }
+
+    type ListenSubscriptionsStream = ReceiverStream<Result<LogSubscription, Status>>;
+
+    async fn listen_subscriptions(
+        &self,
+        _req: Request<ListenSubscriptionsRequest>,
+    ) -> Result<Response<Self::ListenSubscriptionsStream>, Status> {
+        Err(Status::unimplemented("logs"))
+    }
+
+    async fn publish_logs(
+        &self,
+        _req: Request<tonic::Streaming<PublishLogsMessage>>,
+    ) -> Result<Response<PublishLogsResponse>, Status> {
+        Err(Status::unimplemented("logs"))
     }
 }

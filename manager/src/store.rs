@@ -11,7 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use shoal_proto::{
-    Cluster, Member, Meta, Node, Precondition, SnapshotRecord, StoreBatch, StoreSnapshot, Write,
+    Cluster, Member, Meta, Node, Precondition, Service, SnapshotRecord, StoreBatch, StoreSnapshot,
+    Task, Write,
 };
 use tokio::sync::broadcast;
 
@@ -73,6 +74,8 @@ macro_rules! impl_object {
 impl_object!(Node, "node");
 impl_object!(Cluster, "cluster");
 impl_object!(Member, "member");
+impl_object!(Service, "service");
+impl_object!(Task, "task");
 
 /// One applied change, as seen by watchers.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -40,6 +40,40 @@ impl Availability {
     }
 }
 
+impl TaskState {
+    /// The word `shoal service ps` shows for this state.
+    pub fn word(self) -> &'static str {
+        match self {
+            TaskState::New => "New",
+            TaskState::Pending => "Pending",
+            TaskState::Assigned => "Assigned",
+            TaskState::Accepted => "Accepted",
+            TaskState::Preparing => "Preparing",
+            TaskState::Ready => "Ready",
+            TaskState::Starting => "Starting",
+            TaskState::Running => "Running",
+            TaskState::Complete => "Complete",
+            TaskState::Shutdown => "Shutdown",
+            TaskState::Failed => "Failed",
+            TaskState::Rejected => "Rejected",
+            TaskState::Remove => "Remove",
+            TaskState::Orphaned => "Orphaned",
+        }
+    }
+
+    /// Whether a task in this state has stopped for good (or never ran).
+    pub fn is_terminal(self) -> bool {
+        self as i32 > TaskState::Running as i32
+    }
+}
+
+impl Task {
+    /// The task's observed state.
+    pub fn state(&self) -> TaskState {
+        self.status.as_ref().map(|s| s.state()).unwrap_or(TaskState::New)
+    }
+}
+
 impl std::fmt::Debug for RootCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RootCa")
