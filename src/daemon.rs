@@ -73,6 +73,7 @@ struct Serving {
     server: JoinHandle<()>,
     monitor: JoinHandle<()>,
     updates: JoinHandle<()>,
+    orchestrator: JoinHandle<()>,
 }
 
 impl Serving {
@@ -83,6 +84,7 @@ impl Serving {
         }
         self.manager.stop();
         self.monitor.abort();
+        self.orchestrator.abort();
         if tokio::time::timeout(Duration::from_secs(3), &mut self.server).await.is_err() {
             tracing::warn!("cluster port did not drain in 3s; closing it");
         }
@@ -96,6 +98,7 @@ impl Drop for Serving {
         }
         self.monitor.abort();
         self.updates.abort();
+        self.orchestrator.abort();
         self.server.abort();
         self.manager.stop();
     }
@@ -491,6 +494,7 @@ fn serve(manager: Manager, listener: TcpListener, cert: Arc<ReloadableCert>) -> 
     let (stop, stopped) = oneshot::channel::<()>();
     let monitor = manager.spawn_monitor();
     let updates = manager.spawn_node_updates();
+    let orchestrator = manager.spawn_orchestrator();
     let m = manager.clone();
     let server = tokio::spawn(async move {
         let shutdown = async {
@@ -500,7 +504,7 @@ fn serve(manager: Manager, listener: TcpListener, cert: Arc<ReloadableCert>) -> 
             tracing::error!(error = %e, "cluster port stopped");
         }
     });
-    Serving { manager, stop: Some(stop), server, monitor, updates }
+    Serving { manager, stop: Some(stop), server, monitor, updates, orchestrator }
 }
 
 async fn bind(addr: &str) -> Result<TcpListener> {

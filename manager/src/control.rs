@@ -344,60 +344,87 @@ impl Control for ControlApi {
 
     async fn update_node(
         &self,
-        _req: Request<UpdateNodeRequest>,
+        req: Request<UpdateNodeRequest>,
     ) -> Result<Response<GetNodeResponse>, Status> {
-        Err(Status::unimplemented("update node"))
+        let node = crate::services::update_node(&self.shared, req.into_inner()).await?;
+        Ok(Response::new(GetNodeResponse { node: Some(node) }))
     }
 
     async fn create_service(
         &self,
-        _req: Request<CreateServiceRequest>,
+        req: Request<CreateServiceRequest>,
     ) -> Result<Response<ServiceResponse>, Status> {
-        Err(Status::unimplemented("services"))
+        Ok(Response::new(crate::services::create(&self.shared, req.into_inner()).await?))
     }
 
     async fn update_service(
         &self,
-        _req: Request<UpdateServiceRequest>,
+        req: Request<UpdateServiceRequest>,
     ) -> Result<Response<ServiceResponse>, Status> {
-        Err(Status::unimplemented("services"))
+        Ok(Response::new(crate::services::update(&self.shared, req.into_inner()).await?))
     }
 
     async fn get_service(
         &self,
-        _req: Request<GetServiceRequest>,
+        req: Request<GetServiceRequest>,
     ) -> Result<Response<ServiceResponse>, Status> {
-        Err(Status::unimplemented("services"))
+        Ok(Response::new(crate::services::get(&self.shared, req.into_inner()).await?))
     }
 
     async fn list_services(
         &self,
         _req: Request<ListServicesRequest>,
     ) -> Result<Response<ListServicesResponse>, Status> {
-        Err(Status::unimplemented("services"))
+        Ok(Response::new(crate::services::list(&self.shared).await?))
     }
 
     async fn remove_service(
         &self,
-        _req: Request<RemoveServiceRequest>,
+        req: Request<RemoveServiceRequest>,
     ) -> Result<Response<RemoveServiceResponse>, Status> {
-        Err(Status::unimplemented("services"))
+        Ok(Response::new(crate::services::remove(&self.shared, req.into_inner()).await?))
     }
 
     async fn list_tasks(
         &self,
-        _req: Request<ListTasksRequest>,
+        req: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        Err(Status::unimplemented("services"))
+        Ok(Response::new(crate::services::list_tasks(&self.shared, req.into_inner()).await?))
     }
 
     type ServiceLogsStream = tokio_stream::wrappers::ReceiverStream<Result<LogMessage, Status>>;
 
     async fn service_logs(
         &self,
-        _req: Request<ServiceLogsRequest>,
+        req: Request<ServiceLogsRequest>,
     ) -> Result<Response<Self::ServiceLogsStream>, Status> {
-        Err(Status::unimplemented("services"))
+        let r = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let shared = self.shared.clone();
+        if shared.raft.status().is_leader {
+            let listed = crate::services::list_tasks(
+                &shared,
+                shoal_proto::ListTasksRequest {
+                    service: r.reference.clone(),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            tokio::spawn(async move {
+                if let Err(e) =
+                    crate::logs::stream(&shared, listed.tasks, r.follow, r.tail, tx.clone()).await
+                {
+                    let _ = tx.send(Err(e)).await;
+                }
+            });
+        } else {
+            tokio::spawn(async move {
+                if let Err(e) = crate::logs::forward_to_leader(&shared, r, tx.clone()).await {
+                    let _ = tx.send(Err(e)).await;
+                }
+            });
+        }
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 }
 

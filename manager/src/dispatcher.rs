@@ -70,6 +70,11 @@ impl Sessions {
         }
     }
 
+    /// Whether `session_id` is the node's current session.
+    pub fn is_current(&self, node_id: &str, session_id: &str) -> bool {
+        self.lock().get(node_id).is_some_and(|e| e.session_id.as_deref() == Some(session_id))
+    }
+
     /// Ends a node's session (its stream closes).
     pub fn drop_node(&self, node_id: &str) {
         self.lock().remove(node_id);
@@ -200,6 +205,16 @@ fn jittered(period: Duration) -> Duration {
     Duration::from_millis(rand::thread_rng().gen_range(ms - spread.min(ms)..=ms + spread))
 }
 
+impl DispatcherApi {
+    fn check_session(&self, node_id: &str, session_id: &str) -> Result<(), Status> {
+        if self.shared.sessions.is_current(node_id, session_id) {
+            Ok(())
+        } else {
+            Err(Status::not_found("unknown session; open a new one"))
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Dispatcher for DispatcherApi {
     type SessionStream = ReceiverStream<Result<SessionMessage, Status>>;
@@ -278,31 +293,54 @@ impl Dispatcher for DispatcherApi {
 
     async fn assignments(
         &self,
-        _req: Request<AssignmentsRequest>,
+        req: Request<AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
-        Err(Status::unimplemented("assignments"))
+        let id = caller(&req).node()?.clone();
+        self.check_session(&id.node_id, &req.get_ref().session_id)?;
+        let rx = self.shared.open_assignments(&id.node_id)?;
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn update_task_status(
         &self,
-        _req: Request<UpdateTaskStatusRequest>,
+        req: Request<UpdateTaskStatusRequest>,
     ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
-        Err(Status::unimplemented("task status"))
+        let id = caller(&req).node()?.clone();
+        let req = req.into_inner();
+        self.check_session(&id.node_id, &req.session_id)?;
+        self.shared.report_status(&id.node_id, req.updates).await?;
+        Ok(Response::new(UpdateTaskStatusResponse {}))
     }
 
     type ListenSubscriptionsStream = ReceiverStream<Result<LogSubscription, Status>>;
 
     async fn listen_subscriptions(
         &self,
-        _req: Request<ListenSubscriptionsRequest>,
+        req: Request<ListenSubscriptionsRequest>,
     ) -> Result<Response<Self::ListenSubscriptionsStream>, Status> {
-        Err(Status::unimplemented("logs"))
+        let id = caller(&req).node()?.clone();
+        self.check_session(&id.node_id, &req.get_ref().session_id)?;
+        let rx = self.shared.logs.listen(&id.node_id);
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn publish_logs(
         &self,
-        _req: Request<tonic::Streaming<PublishLogsMessage>>,
+        req: Request<tonic::Streaming<PublishLogsMessage>>,
     ) -> Result<Response<PublishLogsResponse>, Status> {
-        Err(Status::unimplemented("logs"))
+        let id = caller(&req).node()?.clone();
+        let mut stream = req.into_inner();
+        let mut subscription = None;
+        while let Some(msg) = stream.message().await? {
+            self.check_session(&id.node_id, &msg.session_id)?;
+            subscription = Some(msg.subscription_id.clone());
+            if !self.shared.logs.publish(&id.node_id, msg) {
+                break;
+            }
+        }
+        if let Some(sub) = subscription {
+            self.shared.logs.node_done(&id.node_id, &sub);
+        }
+        Ok(Response::new(PublishLogsResponse {}))
     }
 }

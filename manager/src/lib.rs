@@ -1,13 +1,18 @@
 //! Shoal's manager: the object store, the CA, the control API, the dispatcher, and the
 //! authorization table that guards them. Never runs containers (that is the agent's job).
 
+pub mod assignments;
 pub mod authz;
 pub mod ca_server;
 pub mod control;
 pub mod dispatcher;
+pub mod logs;
 pub mod manager;
+pub mod orchestrator;
 pub mod raft;
+pub mod scheduler;
 pub mod server;
+pub mod services;
 pub mod store;
 pub mod tokens;
 

@@ -1,0 +1,294 @@
+//! Owns what each node is told to run (on the leader): the per-node assignment streams — the
+//! full set when a stream opens, then batched changes — and the batching of the task states
+//! that agents report into few Raft writes. Only a node's own tasks ever reach it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use shoal_proto::{AssignmentsMessage, Task, TaskState, TaskStatusUpdate};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tonic::Status;
+
+use crate::manager::Shared;
+use crate::store::Event;
+
+/// Changes for one node are sent at most this often (Swarm batches for 100 ms).
+const FLUSH_EVERY: Duration = Duration::from_millis(30);
+/// A node's batch is sent at once when it holds this many changes.
+const BATCH_LIMIT: usize = 100;
+/// Reported states are committed at most this often, or when this many are waiting.
+const STATUS_EVERY: Duration = Duration::from_millis(30);
+const STATUS_LIMIT: usize = 5_000;
+
+type AssignmentTx = mpsc::Sender<Result<AssignmentsMessage, Status>>;
+
+#[derive(Debug)]
+struct NodeStream {
+    tx: AssignmentTx,
+    tasks: Vec<Task>,
+    removed: Vec<String>,
+    sequence: u64,
+}
+
+#[derive(Debug, Default)]
+struct HubState {
+    streams: HashMap<String, NodeStream>,
+    /// Which node each assigned task is on, and each node's tasks.
+    task_node: HashMap<String, String>,
+    node_tasks: HashMap<String, HashSet<String>>,
+    /// What the node was last told about each task: its desired state and spec version. A
+    /// change in the task's reported state alone is not sent back to the node.
+    told: HashMap<String, (i32, u64)>,
+}
+
+/// The leader's assignment streams, by node ID.
+#[derive(Debug, Default)]
+pub(crate) struct Hub {
+    state: Mutex<HubState>,
+}
+
+/// Whether a task is the node's business: placed on it and past scheduling.
+fn assigned(t: &Task) -> bool {
+    !t.node_id.is_empty() && t.state() as i32 >= TaskState::Assigned as i32
+}
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets everything and closes every stream (leadership lost).
+    pub fn clear(&self) {
+        *self.lock() = HubState::default();
+    }
+
+    /// Loads the index of assigned tasks (a new leader).
+    fn load(&self, tasks: Vec<Task>) {
+        let mut s = self.lock();
+        for t in tasks.into_iter().filter(assigned) {
+            s.node_tasks.entry(t.node_id.clone()).or_default().insert(t.id.clone());
+            s.task_node.insert(t.id, t.node_id);
+        }
+    }
+
+    /// Opens the stream of `node_id`, replacing an older one, and returns the IDs of the
+    /// tasks to put in its first (complete) message.
+    fn open(&self, node_id: &str, tx: AssignmentTx) -> Vec<String> {
+        let mut s = self.lock();
+        let stream = NodeStream { tx, tasks: Vec::new(), removed: Vec::new(), sequence: 1 };
+        s.streams.insert(node_id.to_string(), stream);
+        s.node_tasks.get(node_id).map(|t| t.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    fn told(&self, tasks: &[Task]) {
+        let mut s = self.lock();
+        for t in tasks {
+            s.told.insert(t.id.clone(), (t.desired_state, t.spec_version));
+        }
+    }
+
+    /// Routes one applied change of a task.
+    fn on_task(&self, id: &str, task: Option<Task>) {
+        let mut s = self.lock();
+        let s = &mut *s;
+        match task {
+            Some(t) if assigned(&t) => {
+                let seen = (t.desired_state, t.spec_version);
+                if s.told.get(&t.id) == Some(&seen) {
+                    return;
+                }
+                s.told.insert(t.id.clone(), seen);
+                s.task_node.insert(t.id.clone(), t.node_id.clone());
+                s.node_tasks.entry(t.node_id.clone()).or_default().insert(t.id.clone());
+                if let Some(stream) = s.streams.get_mut(&t.node_id) {
+                    stream.tasks.push(t);
+                }
+            }
+            Some(_) => {}
+            None => {
+                s.told.remove(id);
+                let Some(node) = s.task_node.remove(id) else { return };
+                if let Some(set) = s.node_tasks.get_mut(&node) {
+                    set.remove(id);
+                }
+                if let Some(stream) = s.streams.get_mut(&node) {
+                    stream.removed.push(id.to_string());
+                }
+            }
+        }
+    }
+
+    /// Sends the batches that are due (`all`) or full; drops streams whose node went away.
+    fn flush(&self, all: bool) {
+        let mut s = self.lock();
+        let mut gone = Vec::new();
+        for (node, stream) in s.streams.iter_mut() {
+            let n = stream.tasks.len() + stream.removed.len();
+            if n == 0 || (!all && n < BATCH_LIMIT) {
+                continue;
+            }
+            let msg = AssignmentsMessage {
+                complete: false,
+                tasks: std::mem::take(&mut stream.tasks),
+                removed: std::mem::take(&mut stream.removed),
+                sequence: stream.sequence,
+            };
+            stream.sequence += 1;
+            match stream.tx.try_send(Ok(msg)) {
+                Ok(()) => {}
+                // A node that cannot keep up reconnects and gets the full set again.
+                Err(_) => gone.push(node.clone()),
+            }
+        }
+        for node in gone {
+            s.streams.remove(&node);
+        }
+    }
+}
+
+impl Shared {
+    /// Opens the assignment stream of `node_id`: its full set of tasks first.
+    pub(crate) fn open_assignments(
+        &self,
+        node_id: &str,
+    ) -> Result<mpsc::Receiver<Result<AssignmentsMessage, Status>>, Status> {
+        let (tx, rx) = mpsc::channel(256);
+        let ids = self.hub.open(node_id, tx.clone());
+        let mut tasks = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(t) = self.store.get::<Task>(&id)? {
+                if t.node_id == node_id {
+                    tasks.push(t);
+                }
+            }
+        }
+        self.hub.told(&tasks);
+        let first = AssignmentsMessage { complete: true, tasks, removed: Vec::new(), sequence: 0 };
+        tx.try_send(Ok(first)).map_err(|_| Status::unavailable("assignment stream closed"))?;
+        Ok(rx)
+    }
+
+    /// Queues state reports from `node_id` for the next batched write, and waits for it.
+    pub(crate) async fn report_status(
+        &self,
+        node_id: &str,
+        updates: Vec<TaskStatusUpdate>,
+    ) -> Result<(), Status> {
+        let batcher = self.status_batcher.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(batcher) = batcher else {
+            return Err(Status::failed_precondition("this manager is not the leader"));
+        };
+        let (done, wait) = oneshot::channel();
+        batcher
+            .send(StatusReport { node_id: node_id.to_string(), updates, done })
+            .await
+            .map_err(|_| Status::unavailable("leadership changed; report again"))?;
+        wait.await.map_err(|_| Status::unavailable("leadership changed; report again"))?
+    }
+}
+
+/// One agent's reports, waiting to be written.
+#[derive(Debug)]
+pub(crate) struct StatusReport {
+    node_id: String,
+    updates: Vec<TaskStatusUpdate>,
+    done: oneshot::Sender<Result<(), Status>>,
+}
+
+/// Applies reported states to the tasks in one transaction: only the reporting node's own
+/// tasks, only forward (or the same state with news such as health).
+fn apply_reports(tx: &mut crate::store::Tx<'_>, reports: &[StatusReport]) -> Result<(), Status> {
+    for r in reports {
+        for u in &r.updates {
+            let Some(status) = &u.status else { continue };
+            let Some(mut task) = tx.get::<Task>(&u.task_id)? else { continue };
+            if task.node_id != r.node_id {
+                tracing::warn!(node = %r.node_id, task = %u.task_id, "node reported a task that is not its own");
+                continue;
+            }
+            let current = task.status.clone().unwrap_or_default();
+            let forward = status.state > current.state
+                || (status.state == current.state
+                    && (status.health != current.health || status.message != current.message));
+            if forward {
+                task.status = Some(status.clone());
+                tx.update(task)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the leader's assignment routing and status batching until `shared` goes away or the
+/// returned handles are aborted.
+pub(crate) fn spawn(shared: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
+    let events = shared.store.watch();
+    let tasks = shared.store.list::<Task>().unwrap_or_default();
+    shared.hub.load(tasks);
+    let (tx, rx) = mpsc::channel(1024);
+    *shared.status_batcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    vec![
+        tokio::spawn(route(Arc::downgrade(shared), events)),
+        tokio::spawn(batch_status(Arc::downgrade(shared), rx)),
+    ]
+}
+
+async fn route(weak: Weak<Shared>, mut events: broadcast::Receiver<Event>) {
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    loop {
+        tokio::select! {
+            ev = events.recv() => {
+                let Some(shared) = weak.upgrade() else { return };
+                match ev {
+                    Ok(e) => on_event(&shared, e),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Rebuild from the store; every stream resyncs with a full set.
+                        shared.hub.clear();
+                        shared.hub.load(shared.store.list::<Task>().unwrap_or_default());
+                    }
+                    Err(_) => return,
+                }
+                // Take whatever else is already waiting before sending.
+                while let Ok(e) = events.try_recv() {
+                    on_event(&shared, e);
+                }
+                shared.hub.flush(false);
+            }
+            _ = tick.tick() => {
+                let Some(shared) = weak.upgrade() else { return };
+                shared.hub.flush(true);
+            }
+        }
+    }
+}
+
+fn on_event(shared: &Shared, e: Event) {
+    if e.kind != "task" {
+        return;
+    }
+    let task = if e.deleted { None } else { shared.store.get::<Task>(&e.id).ok().flatten() };
+    shared.hub.on_task(&e.id, task);
+}
+
+async fn batch_status(weak: Weak<Shared>, mut rx: mpsc::Receiver<StatusReport>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let mut count = batch[0].updates.len();
+        let deadline = tokio::time::Instant::now() + STATUS_EVERY;
+        while count < STATUS_LIMIT {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(r)) => {
+                    count += r.updates.len();
+                    batch.push(r);
+                }
+                _ => break,
+            }
+        }
+        let Some(shared) = weak.upgrade() else { return };
+        let result = shared.store.update(|tx| apply_reports(tx, &batch)).await;
+        for r in batch {
+            let _ = r.done.send(result.clone());
+        }
+    }
+}
