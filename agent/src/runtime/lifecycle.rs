@@ -1,6 +1,7 @@
-//! One task's life through the OCI runtime binary: prepare (rootfs, config, log pipes), run
-//! (`runc run --detach`: create and start in one process start), watch its exit, stop with
-//! signal + grace + SIGKILL, delete. The order of `create` then `start` is kept for callers;
+//! One task's life through the OCI runtime binary: prepare (rootfs, config, log fifos), run
+//! (`runc run --detach`: create and start in one process start), watch its exit, run commands
+//! in it (`runc exec`), stop with signal + grace + SIGKILL, delete; and adopting a container an
+//! earlier agent process started. The order of `create` then `start` is kept for callers;
 //! container set-up errors surface at `start`.
 
 use std::os::fd::OwnedFd;
@@ -12,14 +13,21 @@ use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::cgroup::Layout;
 use super::error::{Result, RuntimeError};
-use super::logs::log_pipe;
+use super::logs::{log_fifo, LogReader};
 use super::oci_runtime::OciRuntime;
 use super::reap::{ExitStatus, ExitWatch};
 use super::rootfs::{self, BundleDirs};
-use super::runc::CreateIo;
+use super::runc::{CreateIo, ExecOutput};
 use super::spec::TaskSpec;
 use super::{oci, Runtime};
+
+/// The named pipes a task writes its output into, in its bundle.
+const STDOUT_FIFO: &str = "stdout.fifo";
+const STDERR_FIFO: &str = "stderr.fifo";
+/// How long a deleted task's log pumps get to copy what is still in the pipes.
+const PUMP_DRAIN: Duration = Duration::from_secs(2);
 
 /// A task the runtime holds.
 #[derive(Debug)]
@@ -31,7 +39,8 @@ pub(super) struct Task {
     exit: watch::Receiver<Option<ExitStatus>>,
     /// Until start: the exit sender and the write ends of stdout and stderr.
     pending: Mutex<Option<Pending>>,
-    pumps: Vec<JoinHandle<()>>,
+    /// Copy the task's output into its log files; drained when it is deleted.
+    pumps: Mutex<Vec<JoinHandle<()>>>,
 }
 
 #[derive(Debug)]
@@ -75,13 +84,9 @@ impl OciRuntime {
         rootfs::mkdir(&dirs.logs())?;
         rootfs::mount_rootfs(dirs, &spec.rootfs, self.userns(spec))?;
         oci::save(config, &dirs.bundle)?;
-        let (stdout, out_r) = log_pipe()?;
-        let (stderr, err_r) = log_pipe()?;
-        let (stdout_log, stderr_log) = self.log_paths(&spec.id);
-        let pumps = vec![
-            out_r.pump(&stdout_log, self.cfg.log_limits)?,
-            err_r.pump(&stderr_log, self.cfg.log_limits)?,
-        ];
+        let (stdout, out_r) = log_fifo(&dirs.bundle.join(STDOUT_FIFO))?;
+        let (stderr, err_r) = log_fifo(&dirs.bundle.join(STDERR_FIFO))?;
+        let pumps = self.pump_logs(&spec.id, out_r, err_r)?;
         let (tx, rx) = watch::channel(None);
         Ok(Task {
             dirs: dirs.clone(),
@@ -90,8 +95,65 @@ impl OciRuntime {
             stop_grace: spec.stop_grace,
             exit: rx,
             pending: Mutex::new(Some(Pending { exit: tx, stdout, stderr })),
-            pumps,
+            pumps: Mutex::new(pumps),
         })
+    }
+
+    fn pump_logs(&self, id: &str, out: LogReader, err: LogReader) -> Result<Vec<JoinHandle<()>>> {
+        let (stdout_log, stderr_log) = self.log_paths(id);
+        Ok(vec![
+            out.pump(&stdout_log, self.cfg.log_limits)?,
+            err.pump(&stderr_log, self.cfg.log_limits)?,
+        ])
+    }
+
+    /// Takes over a container an earlier agent process started: watches its exit (the status
+    /// is collected only if the container's init is our child, else it is unknown) and pumps
+    /// its output fifos again. Containers that never started are not adopted.
+    pub(super) async fn adopt_task(
+        &self,
+        id: &str,
+        stop_signal: i32,
+        grace: Duration,
+    ) -> Result<()> {
+        if self.task(id).is_ok() {
+            return Err(RuntimeError::Exists(id.to_string()));
+        }
+        let missing = |why: &str| RuntimeError::UnknownTask(format!("{id} ({why})"));
+        let state = self.runc.state(id).await?.ok_or_else(|| missing("no container is left"))?;
+        if state.status == "created" {
+            return Err(missing("its container never started"));
+        }
+        let dirs = BundleDirs::new(self.bundle_dir(id));
+        let cgroup = self.cgroup_path(id);
+        let (tx, rx) = watch::channel(None);
+        match ExitWatch::open(state.pid) {
+            Ok(w) if state.status != "stopped" => {
+                watch_exit(w, tx, self.layout.clone(), cgroup.clone())
+            }
+            _ => {
+                let oom_killed = self.layout.oom_killed(&cgroup);
+                let _ = tx.send(Some(ExitStatus { oom_killed, ..ExitStatus::unknown() }));
+            }
+        }
+        let mut pumps = Vec::new();
+        if dirs.bundle.join(STDOUT_FIFO).exists() {
+            rootfs::mkdir(&dirs.logs())?;
+            let out = LogReader::open_fifo(&dirs.bundle.join(STDOUT_FIFO))?;
+            let err = LogReader::open_fifo(&dirs.bundle.join(STDERR_FIFO))?;
+            pumps = self.pump_logs(id, out, err)?;
+        }
+        let task = Task {
+            dirs,
+            cgroup,
+            stop_signal,
+            stop_grace: grace,
+            exit: rx,
+            pending: Mutex::new(None),
+            pumps: Mutex::new(pumps),
+        };
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), Arc::new(task));
+        Ok(())
     }
 
     async fn start_task(&self, id: &str) -> Result<()> {
@@ -106,13 +168,21 @@ impl OciRuntime {
             return Err(e);
         }
         let watcher = ExitWatch::open(read_pid(&pid_file)?)?;
-        let (layout, cgroup) = (self.layout.clone(), task.cgroup.clone());
-        tokio::spawn(async move {
-            let (code, signal) = watcher.wait().await.unwrap_or((255, None));
-            let oom_killed = layout.oom_killed(&cgroup);
-            let _ = p.exit.send(Some(ExitStatus { code, signal, oom_killed }));
-        });
+        watch_exit(watcher, p.exit, self.layout.clone(), task.cgroup.clone());
         Ok(())
+    }
+
+    async fn exec_task(&self, id: &str, args: &[String], timeout: Duration) -> Result<ExecOutput> {
+        let task = self.task(id)?;
+        if task.pending.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+            || task.exit.borrow().is_some()
+        {
+            return Err(RuntimeError::InvalidSpec(format!("task {id} is not running")));
+        }
+        let pid_file = task.dirs.bundle.join(format!("exec-{:08x}.pid", rand::random::<u32>()));
+        let out = self.runc.exec(id, args, &pid_file, timeout).await;
+        let _ = std::fs::remove_file(&pid_file);
+        out
     }
 
     async fn wait_task(&self, id: &str) -> Result<ExitStatus> {
@@ -143,7 +213,8 @@ impl OciRuntime {
         self.wait_task(id).await
     }
 
-    async fn delete_task(&self, id: &str) -> Result<()> {
+    /// Deletes task `id`; with `keep_logs`, its log directory is moved there first.
+    pub(super) async fn delete_task(&self, id: &str, keep_logs: Option<&Path>) -> Result<()> {
         let task = self.task(id)?;
         let started = task.take_pending().is_none();
         let exited = task.exit.borrow().is_some();
@@ -153,8 +224,9 @@ impl OciRuntime {
         } else if started {
             self.forget_stopped(id).await?;
         }
-        for p in &task.pumps {
-            p.abort();
+        drain(&task).await;
+        if let Some(dest) = keep_logs {
+            keep_dir(&task.dirs.logs(), dest)?;
         }
         self.remove_remains(&task.dirs, &task.cgroup)?;
         self.tasks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
@@ -184,6 +256,48 @@ impl OciRuntime {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(RuntimeError::io("removing task bundle", &dirs.bundle, e)),
         }
+    }
+}
+
+/// Publishes the exit of the process `watcher` watches, with whether the OOM killer ended it.
+fn watch_exit(
+    watcher: ExitWatch,
+    exit: watch::Sender<Option<ExitStatus>>,
+    layout: Layout,
+    cgroup: PathBuf,
+) {
+    tokio::spawn(async move {
+        let status = match watcher.wait().await {
+            Some((code, signal)) => ExitStatus { code, signal, oom_killed: false },
+            None => ExitStatus::unknown(),
+        };
+        let oom_killed = layout.oom_killed(&cgroup);
+        let _ = exit.send(Some(ExitStatus { oom_killed, ..status }));
+    });
+}
+
+/// Lets the log pumps copy what the pipes still hold (every writer is gone), then stops them.
+async fn drain(task: &Task) {
+    let mut pumps = std::mem::take(&mut *task.pumps.lock().unwrap_or_else(|p| p.into_inner()));
+    let all = futures::future::join_all(pumps.iter_mut());
+    if tokio::time::timeout(PUMP_DRAIN, all).await.is_err() {
+        tracing::debug!("a task's output pipe stayed open after it ended; dropping the rest");
+    }
+    for p in &pumps {
+        p.abort();
+    }
+}
+
+/// Moves directory `from` to `to` (replacing it), creating `to`'s parent.
+fn keep_dir(from: &Path, to: &Path) -> Result<()> {
+    if let Some(parent) = to.parent() {
+        rootfs::mkdir(parent)?;
+    }
+    let _ = std::fs::remove_dir_all(to);
+    match std::fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RuntimeError::io("keeping the logs of", from, e)),
     }
 }
 
@@ -219,6 +333,14 @@ impl Runtime for OciRuntime {
         Box::pin(self.stop_task(id))
     }
     fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.delete_task(id))
+        Box::pin(self.delete_task(id, None))
+    }
+    fn exec<'a>(
+        &'a self,
+        id: &'a str,
+        args: &'a [String],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<ExecOutput>> {
+        Box::pin(self.exec_task(id, args, timeout))
     }
 }

@@ -90,7 +90,29 @@ pub fn log_pipe() -> Result<(std::os::fd::OwnedFd, LogReader)> {
     Ok((w, LogReader { read_end: r }))
 }
 
+/// A named pipe at `path` for a task's output: the container's end and our reader. The
+/// container's end is opened read-write, so the container itself keeps the pipe open: while no
+/// agent reads (an agent restart) its writes wait in the pipe, then block, instead of failing
+/// with EPIPE, and a restarted agent reopens the pipe with [`LogReader::open_fifo`].
+pub fn log_fifo(path: &Path) -> Result<(std::os::fd::OwnedFd, LogReader)> {
+    use rustix::fs::{Mode, OFlags, CWD};
+    rustix::fs::mkfifoat(CWD, path, Mode::from_raw_mode(0o600))
+        .map_err(|e| RuntimeError::io("creating log fifo", path, e.into()))?;
+    let container = rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| RuntimeError::io("opening log fifo", path, e.into()))?;
+    Ok((container, LogReader::open_fifo(path)?))
+}
+
 impl LogReader {
+    /// Opens the read end of an existing log fifo (never blocks, whether or not a writer has it).
+    pub fn open_fifo(path: &Path) -> Result<LogReader> {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let read_end = rustix::fs::open(path, flags, Mode::empty())
+            .map_err(|e| RuntimeError::io("opening log fifo", path, e.into()))?;
+        Ok(LogReader { read_end })
+    }
+
     /// Copies everything from the pipe into `path` until every writer has closed it.
     pub fn pump(self, path: &Path, limits: LogLimits) -> Result<JoinHandle<()>> {
         let mut file = RotatingFile::open(path, limits)?;
@@ -142,5 +164,21 @@ mod tests {
         drop(w);
         task.await.unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello\n");
+    }
+
+    #[tokio::test]
+    async fn a_fifo_keeps_output_while_nobody_reads_and_a_new_reader_gets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdout.fifo");
+        let (container, reader) = log_fifo(&fifo).unwrap();
+        drop(reader); // the agent went away
+        let mut w = std::fs::File::from(container);
+        w.write_all(b"while away\n").expect("no EPIPE without a reader");
+        let path = dir.path().join("out.log");
+        let task = LogReader::open_fifo(&fifo).unwrap().pump(&path, LogLimits::default()).unwrap();
+        w.write_all(b"after\n").unwrap();
+        drop(w);
+        task.await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "while away\nafter\n");
     }
 }

@@ -22,6 +22,8 @@ pub mod runc;
 pub mod seccomp;
 pub mod spec;
 
+use std::time::Duration;
+
 use futures::future::BoxFuture;
 
 pub use error::{Result, RuntimeError};
@@ -30,6 +32,7 @@ pub use oci_runtime::{OciRuntime, RuntimeConfig};
 pub use policy::{IdRange, NodePolicy};
 pub use reap::ExitStatus;
 pub use recover::Recovered;
+pub use runc::ExecOutput;
 pub use spec::{HostNamespace, Resources, RootfsSource, SeccompChoice, TaskSpec, Ulimit, UserSpec};
 
 /// What the agent's task controllers need from a container runtime. Object-safe, so the worker
@@ -49,4 +52,12 @@ pub trait Runtime: Send + Sync {
     fn stop<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<ExitStatus>>;
     /// Removes the container, its rootfs mount, cgroups and bundle (killing it if running).
     fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Runs `args` inside the running task with its process settings (`runc exec`); kills it
+    /// after `timeout`. A health check is one.
+    fn exec<'a>(
+        &'a self,
+        id: &'a str,
+        args: &'a [String],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<ExecOutput>>;
 }

@@ -72,7 +72,7 @@ pub fn build(spec: &TaskSpec, inputs: &ConfigInputs) -> Result<Spec> {
         )
         .capabilities(caps::to_oci(&caps)?)
         .rlimits(rlimits(spec)?)
-        .no_new_privileges(true)
+        .no_new_privileges(!spec.allow_new_privileges)
         .build()?;
     process.set_selinux_label(inputs.selinux_label.clone());
     let root = RootBuilder::default().path("rootfs").readonly(spec.read_only_rootfs).build()?;

@@ -41,6 +41,8 @@ pub struct NodePolicy {
     pub userns_uids: Option<IdRange>,
     /// gid range for user-namespace remapping.
     pub userns_gids: Option<IdRange>,
+    /// Tasks may run with no-new-privileges off.
+    pub allow_new_privileges: bool,
 }
 
 impl NodePolicy {
@@ -60,6 +62,12 @@ impl NodePolicy {
                     "this node does not let tasks share its namespaces",
                 ));
             }
+        }
+        if spec.allow_new_privileges && !self.allow_new_privileges {
+            return Err(RuntimeError::refused(
+                "no-new-privileges=false",
+                "this node runs every task with no-new-privileges",
+            ));
         }
         if spec.userns_remap && (self.userns_uids.is_none() || self.userns_gids.is_none()) {
             return Err(RuntimeError::refused(
@@ -129,6 +137,7 @@ mod tests {
             (|s| s.cap_add = vec!["ALL".into()], "cap-add CAP_AUDIT_CONTROL"),
             (|s| s.host_namespaces = vec![HostNamespace::Pid], "pid=host"),
             (|s| s.userns_remap = true, "userns-remap"),
+            (|s| s.allow_new_privileges = true, "no-new-privileges=false"),
         ];
         for (edit, option) in cases {
             let mut s = spec();

@@ -21,9 +21,23 @@ pub struct ExitStatus {
 }
 
 impl ExitStatus {
+    /// The code of an exit whose status could not be collected: a container adopted after an
+    /// agent restart whose init is no longer our child.
+    pub const UNKNOWN_CODE: i32 = -1;
+
+    /// An exit whose status is unknown.
+    pub fn unknown() -> ExitStatus {
+        ExitStatus { code: Self::UNKNOWN_CODE, signal: None, oom_killed: false }
+    }
+
     /// Whether the task succeeded.
     pub fn success(&self) -> bool {
         self.code == 0 && !self.oom_killed
+    }
+
+    /// Whether the process ended without us learning how.
+    pub fn is_unknown(&self) -> bool {
+        self.code == Self::UNKNOWN_CODE
     }
 }
 

@@ -1,10 +1,11 @@
-//! Start-up recovery: a restarted agent cannot collect the exit status of containers its
-//! previous incarnation started (they were re-parented away), nor reopen their log pipes, so it
-//! stops and removes them, and everything they left: runc state, rootfs mounts, cgroups and
-//! bundle directories. The daemon reports their tasks as failed and the orchestrator
-//! replaces them, as Docker does without live-restore.
+//! Start-up recovery: the containers an earlier agent process left. The agent adopts those its
+//! managers still want running ([`OciRuntime::adopt`]: their output fifos are pumped again;
+//! their exit status is known only if they are still our children) and discards the rest with
+//! everything they left: runc state, rootfs mounts, cgroups and bundle directories.
+//! [`OciRuntime::recover`] discards them all, as Docker does without live-restore.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Duration;
 
 use super::error::Result;
@@ -28,25 +29,48 @@ impl OciRuntime {
     /// Stops and removes every container and bundle this runtime does not hold: the leftovers
     /// of an earlier agent process. Call once at start-up, before accepting tasks.
     pub async fn recover(&self) -> Result<Recovered> {
-        let held: BTreeSet<String> = self.task_ids().into_iter().collect();
-        let mut ids: BTreeSet<String> = self.leftover_bundles().into_iter().collect();
-        ids.extend(self.runc().list().await?.into_iter().map(|s| s.id));
         let mut out = Recovered::default();
-        for id in ids.into_iter().filter(|id| !held.contains(id)) {
-            if self.kill_leftover(&id).await? {
+        for id in self.leftovers().await? {
+            if self.discard(&id).await? {
                 out.killed.push(id.clone());
             }
-            if let Err(e) = self.runc().delete(&id).await {
-                tracing::debug!(task = %id, error = %e, "runc had no state for a leftover task");
-            }
-            let dirs = BundleDirs::new(self.bundle_dir(&id));
-            self.remove_remains(&dirs, &self.cgroup_path(&id))?;
             out.removed.push(id);
         }
         if !out.removed.is_empty() {
             tracing::info!(killed = ?out.killed, removed = ?out.removed, "cleaned up tasks of a previous agent");
         }
         Ok(out)
+    }
+
+    /// Ids of the containers and bundles this runtime does not hold: an earlier agent's.
+    pub async fn leftovers(&self) -> Result<Vec<String>> {
+        let held: BTreeSet<String> = self.task_ids().into_iter().collect();
+        let mut ids: BTreeSet<String> = self.leftover_bundles().into_iter().collect();
+        ids.extend(self.runc().list().await?.into_iter().map(|s| s.id));
+        Ok(ids.into_iter().filter(|id| !held.contains(id)).collect())
+    }
+
+    /// Takes over leftover container `id` so that `wait`, `stop`, `exec` and `delete` work on
+    /// it, stopping it with `stop_signal` and `grace`. Fails if it never started or is gone.
+    pub async fn adopt(&self, id: &str, stop_signal: i32, grace: Duration) -> Result<()> {
+        self.adopt_task(id, stop_signal, grace).await
+    }
+
+    /// Kills leftover `id` if it runs and removes all it left; true if it was running.
+    pub async fn discard(&self, id: &str) -> Result<bool> {
+        let killed = self.kill_leftover(id).await?;
+        if let Err(e) = self.runc().delete(id).await {
+            tracing::debug!(task = %id, error = %e, "runc had no state for a leftover task");
+        }
+        let dirs = BundleDirs::new(self.bundle_dir(id));
+        self.remove_remains(&dirs, &self.cgroup_path(id))?;
+        Ok(killed)
+    }
+
+    /// Deletes task `id` like `Runtime::delete`, first moving its log directory (the files
+    /// of [`OciRuntime::log_paths`] and their rotations) to `keep_logs`.
+    pub async fn delete_keeping_logs(&self, id: &str, keep_logs: &Path) -> Result<()> {
+        self.delete_task(id, Some(keep_logs)).await
     }
 
     /// Kills a leftover container if it runs and waits (bounded) until its init is gone.

@@ -3,8 +3,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
 use super::error::{Result, RuntimeError};
@@ -26,6 +28,23 @@ pub struct OciState {
     pub status: String,
     pub bundle: PathBuf,
 }
+
+/// What a command run in a container (`runc exec`) did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Its exit code (runc's own when runc failed, e.g. the container is not running).
+    pub code: i32,
+    /// The start of its stdout then stderr, at most [`EXEC_OUTPUT_MAX`] bytes of each.
+    pub output: String,
+    /// It was killed for running longer than allowed.
+    pub timed_out: bool,
+}
+
+/// How much of an exec'd command's output is kept (Docker keeps 4 KiB of a health check's).
+pub const EXEC_OUTPUT_MAX: usize = 4096;
+
+/// How long runc gets to return once the command it runs was killed.
+const EXEC_REAP_WAIT: Duration = Duration::from_secs(5);
 
 /// The stdio a created container gets (runc passes its own through to the container).
 #[derive(Debug)]
@@ -99,6 +118,47 @@ impl Runc {
         self.root.join(id)
     }
 
+    /// `runc exec`: runs `args` in running container `id` with the process settings of its
+    /// config (user, environment, capabilities, seccomp). After `timeout` the command is killed
+    /// through the pid runc writes to `pid_file`, and runc is waited for, so nothing is left.
+    pub async fn exec(
+        &self,
+        id: &str,
+        args: &[String],
+        pid_file: &Path,
+        timeout: Duration,
+    ) -> Result<ExecOutput> {
+        let mut c = self.command();
+        c.arg("exec").arg("--pid-file").arg(pid_file).arg(id).args(args);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = c.spawn().map_err(|e| self.spawn_err(e))?;
+        let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+        let run = async {
+            let (o, e) = tokio::join!(read_capped(out.as_mut()), read_capped(err.as_mut()));
+            (child.wait().await, o, e)
+        };
+        let finished = tokio::time::timeout(timeout, run).await;
+        let (status, o, e, timed_out) = match finished {
+            Ok((status, o, e)) => (status, o, e, false),
+            Err(_) => {
+                drop((out, err));
+                kill_exec(pid_file);
+                let status = match tokio::time::timeout(EXEC_REAP_WAIT, child.wait()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        let _ = child.kill().await;
+                        child.wait().await
+                    }
+                };
+                (status, Vec::new(), Vec::new(), true)
+            }
+        };
+        let status = status.map_err(|e| self.spawn_err(e))?;
+        let mut output = String::from_utf8_lossy(&o).into_owned();
+        output.push_str(&String::from_utf8_lossy(&e));
+        Ok(ExecOutput { code: status.code().unwrap_or(128 + 9), output, timed_out })
+    }
+
     /// `runc start`: runs the user's process in a created container.
     pub async fn start(&self, id: &str) -> Result<()> {
         self.simple("start", id, &["start", id]).await
@@ -170,6 +230,26 @@ impl Runc {
 
     fn oci_err(&self, action: &'static str, id: &str, message: String) -> RuntimeError {
         RuntimeError::Oci { binary: self.name(), action, id: id.to_string(), message }
+    }
+}
+
+/// Reads `from` to its end, keeping the first [`EXEC_OUTPUT_MAX`] bytes.
+async fn read_capped(from: Option<&mut (impl AsyncRead + Unpin)>) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let Some(from) = from else { return kept };
+    let mut buf = [0u8; 4096];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        let room = EXEC_OUTPUT_MAX.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+    kept
+}
+
+/// SIGKILLs the command `runc exec` started, by the pid it wrote.
+fn kill_exec(pid_file: &Path) {
+    let pid = std::fs::read_to_string(pid_file).ok().and_then(|t| t.trim().parse::<i32>().ok());
+    if let Some(pid) = pid.and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
     }
 }
 

@@ -105,6 +105,9 @@ pub struct TaskSpec {
     pub stop_grace: Duration,
     /// Run a minimal init (tini) as pid 1 that reaps zombies and forwards signals.
     pub init: bool,
+    /// Let the task's processes gain privileges through setuid binaries (no-new-privileges
+    /// off; needs the node's permission).
+    pub allow_new_privileges: bool,
 }
 
 impl TaskSpec {
@@ -130,6 +133,7 @@ impl TaskSpec {
             stop_signal: libc_sigterm(),
             stop_grace: Duration::from_secs(10),
             init: false,
+            allow_new_privileges: false,
         }
     }
 

@@ -103,3 +103,11 @@ fn seccomp_and_ulimits_serialize() {
     assert_eq!(json["process"]["rlimits"][0]["soft"], 10);
     assert_eq!(json["process"]["capabilities"]["bounding"].as_array().unwrap().len(), 14);
 }
+
+#[test]
+fn new_privileges_only_when_the_task_asks() {
+    let mut s = spec();
+    s.allow_new_privileges = true;
+    let cfg = build(&s, &inputs()).unwrap();
+    assert_eq!(cfg.process().as_ref().unwrap().no_new_privileges(), Some(false));
+}
