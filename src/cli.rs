@@ -43,6 +43,9 @@ pub enum Command {
     /// Manage nodes
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Manage services
+    #[command(subcommand)]
+    Service(crate::service_cmd::ServiceCmd),
     /// Manage this node's images
     #[command(subcommand)]
     Image(ImageCmd),
@@ -50,7 +53,7 @@ pub enum Command {
     Info,
     /// Measure Shoal against its targets
     #[command(subcommand)]
-    Bench(crate::bench::BenchCmd),
+    Bench(crate::bench_services::BenchCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -209,6 +212,8 @@ pub enum NodeCmd {
         #[arg(required = true)]
         nodes: Vec<String>,
     },
+    /// Change a node's availability (active, pause, drain) or labels
+    Update(crate::service_cmd::NodeUpdateArgs),
     /// Remove nodes from the swarm and revoke their certificates
     #[command(alias = "remove")]
     Rm {
@@ -237,7 +242,7 @@ fn role(word: &str) -> Result<NodeRole> {
 /// Runs one parsed command.
 pub async fn run(cli: Cli) -> Result<()> {
     if let Command::Bench(cmd) = cli.command {
-        return crate::bench::run(cmd).await;
+        return crate::bench_services::run(cmd).await;
     }
     let host = client::parse_host(&cli.host)?;
     let tls = TlsFiles { ca: cli.tlscacert, cert: cli.tlscert, key: cli.tlskey };
@@ -245,6 +250,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Swarm(cmd) => swarm(cmd, channel, &host).await,
         Command::Node(cmd) => node(cmd, channel).await,
+        Command::Service(cmd) => crate::service_cmd::run(cmd, channel).await,
         Command::Image(cmd) => {
             local_only(&host)?;
             image(cmd, channel).await
@@ -402,6 +408,7 @@ async fn node(cmd: NodeCmd, channel: Channel) -> Result<()> {
         }
         NodeCmd::Promote { nodes } => set_roles(&mut control, nodes, NodeRole::Manager).await?,
         NodeCmd::Demote { nodes } => set_roles(&mut control, nodes, NodeRole::Worker).await?,
+        NodeCmd::Update(args) => return crate::service_cmd::node_update(args, channel).await,
         NodeCmd::Rm { force, nodes } => {
             for reference in nodes {
                 let r = control

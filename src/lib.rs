@@ -2,9 +2,11 @@
 
 pub mod bench;
 pub mod bench_raft;
+pub mod bench_services;
 pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod images;
 pub mod local_api;
 pub mod output;
+pub mod service_cmd;
