@@ -26,6 +26,8 @@ pub struct DaemonConfig {
     pub time_scale: f64,
     /// How long a manager waits without a leader before calling an election.
     pub election_timeout: Duration,
+    /// What runs the node's tasks (built once, shared by every agent this daemon starts).
+    pub executor: shoal_agent::ExecutorChoice,
 }
 
 /// What `swarm init` asks for.
@@ -191,10 +193,12 @@ impl Daemon {
         cert: Arc<ReloadableCert>,
         root: String,
     ) -> Result<Agent> {
+        let executor = self.cfg.executor.executor(self.files.root(), &self.cfg.hostname)?;
         let cfg = AgentConfig {
             hostname: self.cfg.hostname.clone(),
             advertise_addr: state.advertise_addr.clone(),
             time_scale: self.cfg.time_scale,
+            executor,
         };
         Ok(Agent::start(cfg, self.files.clone(), cert, root, state.manager_addrs.clone())?)
     }

@@ -1,5 +1,6 @@
-//! Shoal's agent: joins a cluster, keeps a dispatcher session with the managers, and renews its
-//! certificate. Runs no manager code; containers arrive with the runtime issue.
+//! Shoal's agent: joins a cluster, keeps a dispatcher session with the managers, runs the tasks
+//! they assign (the worker, through an `Executor`), and renews its certificate. Runs no
+//! manager code.
 
 pub mod connect;
 pub mod files;
@@ -8,6 +9,7 @@ pub mod join;
 pub mod renew;
 pub mod runtime;
 pub mod session;
+pub mod worker;
 
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ use tokio::task::JoinHandle;
 
 pub use files::{NodeFiles, NodeState};
 pub use join::{join, JoinError, JoinParams, Joined};
+pub use worker::{Executor, ExecutorChoice, FakeExecutor, Worker};
 
 /// What the agent currently knows about its link to the control plane.
 #[derive(Clone, Debug, Default)]
@@ -36,6 +39,8 @@ pub struct AgentConfig {
     pub hostname: String,
     pub advertise_addr: String,
     pub time_scale: f64,
+    /// Runs the node's tasks (see [`ExecutorChoice`] for building one per daemon).
+    pub executor: Arc<dyn Executor>,
 }
 
 /// A running agent; its tasks stop when it is dropped.
@@ -44,10 +49,12 @@ pub struct Agent {
     status: watch::Receiver<AgentStatus>,
     tasks: Vec<JoinHandle<()>>,
     renew_now: Arc<tokio::sync::Notify>,
+    worker: Worker,
 }
 
 impl Agent {
-    /// Starts the session and renewal loops for the node whose identity is in `files`.
+    /// Starts the session (with the worker) and renewal loops for the node whose identity is
+    /// in `files`.
     pub fn start(
         cfg: AgentConfig,
         files: NodeFiles,
@@ -58,8 +65,12 @@ impl Agent {
         let tls = Arc::new(shoal_pki::tls::client_config(&root_ca_pem, Some(cert.clone()))?);
         let initial = AgentStatus { manager_addrs, ..Default::default() };
         let (tx, rx) = watch::channel(initial);
-        let session_cfg =
-            session::SessionConfig { hostname: cfg.hostname, advertise_addr: cfg.advertise_addr };
+        let worker = Worker::new(cfg.executor);
+        let session_cfg = session::SessionConfig {
+            hostname: cfg.hostname,
+            advertise_addr: cfg.advertise_addr,
+            worker: worker.clone(),
+        };
         let renew_now = Arc::new(tokio::sync::Notify::new());
         let renew_cfg = renew::RenewConfig {
             files,
@@ -71,7 +82,7 @@ impl Agent {
             tokio::spawn(session::run(session_cfg, cert.clone(), tls.clone(), tx.clone())),
             tokio::spawn(renew::run(renew_cfg, cert, tls, tx)),
         ];
-        Ok(Agent { status: rx, tasks, renew_now })
+        Ok(Agent { status: rx, tasks, renew_now, worker })
     }
 
     /// The agent's current status.
@@ -82,6 +93,11 @@ impl Agent {
     /// Renews the certificate now (after a role change, to get the new role's certificate).
     pub fn renew_now(&self) {
         self.renew_now.notify_one();
+    }
+
+    /// The worker running this node's tasks.
+    pub fn worker(&self) -> &Worker {
+        &self.worker
     }
 
     /// A receiver that sees every status change.
@@ -95,5 +111,7 @@ impl Drop for Agent {
         for t in &self.tasks {
             t.abort();
         }
+        // Containers keep running; the next agent on this node re-attaches them.
+        self.worker.shutdown();
     }
 }

@@ -1,5 +1,6 @@
-//! Owns the agent's dispatcher session: open it on a manager, heartbeat at the period the
-//! manager asks for, and reconnect with jittered backoff when it breaks.
+//! Owns the agent's dispatcher session: open it on a manager with this node's description,
+//! heartbeat at the period the manager asks for, run the worker's streams on it (assignments,
+//! task states, log subscriptions), and reconnect with jittered backoff when it breaks.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -12,6 +13,8 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 
 use crate::connect::{connect, status_line};
+use crate::worker::link::{self, Link};
+use crate::worker::Worker;
 use crate::AgentStatus;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -22,6 +25,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(8);
 pub struct SessionConfig {
     pub hostname: String,
     pub advertise_addr: String,
+    /// Runs the tasks the session's assignments carry.
+    pub worker: Worker,
 }
 
 /// Runs sessions forever, publishing the agent's view in `status`.
@@ -86,7 +91,7 @@ async fn session(
     let request = SessionRequest {
         hostname: cfg.hostname.clone(),
         advertise_addr: cfg.advertise_addr.clone(),
-        description: None,
+        description: Some(cfg.worker.executor().describe()),
     };
     let line = |s: tonic::Status| status_line(addr, &s);
     let mut stream = client.session(request).await.map_err(line)?.into_inner();
@@ -103,11 +108,16 @@ async fn session(
         s.role = first.node.as_ref().map(|n| n.role().word().to_string());
     });
     tracing::info!(manager = %addr, "session established");
+    let link =
+        Link { client: client.clone(), session_id: session_id.clone(), manager: addr.into() };
+    let work = link::serve(&cfg.worker, link);
+    tokio::pin!(work);
     // A fixed deadline, not a fresh sleep per turn: updates pushed on the stream must not
     // postpone the heartbeat.
     let mut next_beat = tokio::time::Instant::now() + period;
     loop {
         tokio::select! {
+            r = &mut work => return r,
             _ = tokio::time::sleep_until(next_beat) => {
                 let beat = HeartbeatRequest { session_id: session_id.clone() };
                 let resp = client.heartbeat(beat).await.map_err(line)?.into_inner();

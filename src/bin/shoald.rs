@@ -30,6 +30,21 @@ struct Args {
     /// Divide certificate renewal waits by this factor (tests only)
     #[arg(long, default_value_t = 1.0, hide = true)]
     test_time_scale: f64,
+    /// What runs tasks: runc (real containers) or fake (simulated, for tests)
+    #[arg(long, default_value = "runc", hide = true)]
+    executor: String,
+    /// A capability tasks may add beyond Docker's default set (repeat it; ALL allows any)
+    #[arg(long, value_name = "CAP")]
+    task_allow_cap_add: Vec<String>,
+    /// Let tasks run without a seccomp filter (seccomp=unconfined)
+    #[arg(long)]
+    task_allow_unconfined_seccomp: bool,
+    /// Let tasks turn no-new-privileges off
+    #[arg(long)]
+    task_allow_new_privileges: bool,
+    /// Run tasks that ask for a user namespace as this user's subordinate ids (/etc/subuid)
+    #[arg(long, value_name = "USER")]
+    userns_remap: Option<String>,
 }
 
 #[tokio::main]
@@ -55,11 +70,21 @@ async fn main() -> Result<()> {
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "localhost".into()),
     };
+    let policy = shoal_agent::runtime::NodePolicy::from_flags(
+        &args.task_allow_cap_add,
+        args.task_allow_unconfined_seccomp,
+        args.task_allow_new_privileges,
+        args.userns_remap.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let executor = shoal_agent::ExecutorChoice::named(&args.executor, policy)
+        .map_err(|e| anyhow::anyhow!("--executor: {e}"))?;
     let cfg = DaemonConfig {
         data_root: args.data_root,
         hostname,
         time_scale: args.test_time_scale,
         election_timeout: args.election_timeout,
+        executor,
     };
     let daemon = Daemon::start(cfg).await?;
     tracing::info!(socket = %socket.display(), "shoald ready");

@@ -50,6 +50,8 @@ impl TestNode {
             hostname: name.into(),
             time_scale: TIME_SCALE,
             election_timeout: shoal_manager::manager::DEFAULT_ELECTION_TIMEOUT,
+            // The fake executor, unless SHOAL_TEST_EXECUTOR=runc.
+            executor: shoal_agent::ExecutorChoice::for_tests(),
         };
         let _ = std::fs::remove_file(&socket);
         let daemon = Daemon::start(cfg).await.unwrap();

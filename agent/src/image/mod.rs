@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use reference::Reference;
 pub use store::ImageStore;
+pub(crate) use task::parse_user;
 
 /// What went wrong with an image.
 #[derive(Debug, thiserror::Error)]

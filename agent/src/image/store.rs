@@ -48,6 +48,13 @@ impl ImageStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<ImageStore, ImageError> {
         let root = root.into();
         let _ = std::fs::remove_dir_all(root.join("tmp"));
+        ImageStore::attach(root)
+    }
+
+    /// Opens (creating) the store at `root` without touching its staging area: for a second
+    /// user of a store another part of the process loads images into (the task executor).
+    pub fn attach(root: impl Into<PathBuf>) -> Result<ImageStore, ImageError> {
+        let root = root.into();
         for d in ["blobs/sha256", "layers", "images", "tmp"] {
             let p = root.join(d);
             std::fs::create_dir_all(&p).map_err(|e| ImageError::io("creating", &p, e))?;

@@ -14,7 +14,24 @@ impl ImageStore {
         args: &[String],
         env: &[String],
     ) -> Result<TaskSpec, ImageError> {
-        let command = image.config.command(args);
+        self.task_spec_with(id, image, &[], args, env)
+    }
+
+    /// Like [`ImageStore::task_spec`], with a service `command` that, when given, replaces the
+    /// image's ENTRYPOINT and CMD both (`command` then `args` run), as in Swarm.
+    pub fn task_spec_with(
+        &self,
+        id: &str,
+        image: &ImageInfo,
+        command: &[String],
+        args: &[String],
+        env: &[String],
+    ) -> Result<TaskSpec, ImageError> {
+        let command = if command.is_empty() {
+            image.config.command(args)
+        } else {
+            command.iter().chain(args).cloned().collect()
+        };
         if command.is_empty() {
             return Err(ImageError::UnknownArchive(format!(
                 "image {} has no ENTRYPOINT or CMD and the task gives no command",
@@ -37,7 +54,7 @@ impl ImageStore {
 }
 
 /// `uid`, `uid:gid` or `root`; names other than root would need the image's /etc/passwd.
-fn parse_user(user: Option<&str>, image: &str) -> Result<UserSpec, ImageError> {
+pub(crate) fn parse_user(user: Option<&str>, image: &str) -> Result<UserSpec, ImageError> {
     let Some(user) = user.filter(|u| !u.is_empty()) else { return Ok(UserSpec::default()) };
     let (u, g) = user.split_once(':').unwrap_or((user, ""));
     let num = |s: &str| -> Result<u32, ImageError> {
@@ -86,6 +103,23 @@ mod tests {
         assert_eq!(spec.env, vec!["PATH=/bin", "MODE=dev"]);
         assert_eq!((spec.user.uid, spec.user.gid), (1000, 50));
         assert_eq!(spec.workdir.as_deref(), Some("/srv"));
+    }
+
+    #[test]
+    fn a_service_command_replaces_entrypoint_and_cmd() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let img = image(RunConfig {
+            entrypoint: vec!["/init".into()],
+            cmd: vec!["serve".into()],
+            ..Default::default()
+        });
+        let spec =
+            store.task_spec_with("t", &img, &["/bin/sh".into()], &["-c".into()], &[]).unwrap();
+        assert_eq!(spec.args, vec!["/bin/sh", "-c"]);
+        let bare = image(RunConfig::default());
+        let spec = store.task_spec_with("t", &bare, &["/bin/true".into()], &[], &[]).unwrap();
+        assert_eq!(spec.args, vec!["/bin/true"], "imported images need no CMD");
     }
 
     #[test]

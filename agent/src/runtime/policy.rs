@@ -51,6 +51,35 @@ impl NodePolicy {
         NodePolicy { allow_custom_seccomp: true, ..Default::default() }
     }
 
+    /// A policy from `shoald`'s flags: capabilities tasks may add, unconfined seccomp,
+    /// no-new-privileges off, and the user whose subordinate ids (`/etc/subuid`,
+    /// `/etc/subgid`) remapped tasks run as.
+    pub fn from_flags(
+        cap_add: &[String],
+        unconfined_seccomp: bool,
+        new_privileges: bool,
+        userns_user: Option<&str>,
+    ) -> std::result::Result<NodePolicy, String> {
+        let mut p = NodePolicy::secure_default();
+        for cap in cap_add {
+            caps::normalize(cap).map_err(|e| e.to_string())?;
+            p.allowed_cap_add.insert(cap.clone());
+        }
+        p.allow_unconfined_seccomp = unconfined_seccomp;
+        p.allow_new_privileges = new_privileges;
+        if let Some(user) = userns_user {
+            let range = |file: &str| {
+                let text = std::fs::read_to_string(file).unwrap_or_default();
+                IdRange::from_subid_file(&text, user).ok_or_else(|| {
+                    format!("{file} has no range for user {user:?}; add one (e.g. {user}:100000:65536)")
+                })
+            };
+            p.userns_uids = Some(range("/etc/subuid")?);
+            p.userns_gids = Some(range("/etc/subgid")?);
+        }
+        Ok(p)
+    }
+
     /// Accepts `spec` or names the first option this node refuses.
     pub fn check(&self, spec: &TaskSpec) -> Result<()> {
         self.check_seccomp(&spec.seccomp)?;
@@ -165,6 +194,16 @@ mod tests {
         s.cap_add = vec!["CAP_NET_ADMIN".into()];
         s.host_namespaces = vec![HostNamespace::Network];
         assert!(p.check(&s).is_ok());
+    }
+
+    #[test]
+    fn flags_build_a_policy_and_bad_capabilities_are_caught() {
+        let p = NodePolicy::from_flags(&["NET_ADMIN".into()], true, true, None).unwrap();
+        assert!(p.allow_unconfined_seccomp && p.allow_new_privileges && p.allow_custom_seccomp);
+        let mut s = spec();
+        s.cap_add = vec!["CAP_NET_ADMIN".into()];
+        assert!(p.check(&s).is_ok());
+        assert!(NodePolicy::from_flags(&["NOT_A_CAP".into()], false, false, None).is_err());
     }
 
     #[test]

@@ -1,0 +1,89 @@
+//! Which executor a daemon runs tasks with, built once: every agent a daemon starts (at init,
+//! join, or resuming membership) drives the same containers through the same executor.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use super::executor::{ExecError, Executor};
+use super::fake::FakeExecutor;
+use super::oci::OciExecutor;
+use crate::image::ImageStore;
+use crate::runtime::{NodePolicy, OciRuntime, RuntimeConfig};
+
+/// The kind of executor, and the one built from it. Clones share the built executor.
+#[derive(Clone)]
+pub struct ExecutorChoice {
+    kind: Kind,
+    built: Arc<Mutex<Option<Arc<dyn Executor>>>>,
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Runc(NodePolicy),
+    Fake,
+}
+
+impl std::fmt::Debug for ExecutorChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ExecutorChoice").field(&self.kind).finish()
+    }
+}
+
+impl ExecutorChoice {
+    /// Real containers through runc, within `policy`.
+    pub fn runc(policy: NodePolicy) -> ExecutorChoice {
+        ExecutorChoice::of(Kind::Runc(policy))
+    }
+
+    /// The fake executor (tests, simulated nodes).
+    pub fn fake() -> ExecutorChoice {
+        ExecutorChoice::of(Kind::Fake)
+    }
+
+    /// `runc` or `fake` by name, as `shoald --executor` takes it.
+    pub fn named(name: &str, policy: NodePolicy) -> Result<ExecutorChoice, String> {
+        match name {
+            "runc" => Ok(ExecutorChoice::runc(policy)),
+            "fake" => Ok(ExecutorChoice::fake()),
+            other => Err(format!("unknown executor {other:?}: use runc or fake")),
+        }
+    }
+
+    /// For in-process test clusters: the fake, unless `SHOAL_TEST_EXECUTOR=runc`.
+    pub fn for_tests() -> ExecutorChoice {
+        match std::env::var("SHOAL_TEST_EXECUTOR").as_deref() {
+            Ok("runc") => ExecutorChoice::runc(NodePolicy::secure_default()),
+            _ => ExecutorChoice::fake(),
+        }
+    }
+
+    fn of(kind: Kind) -> ExecutorChoice {
+        ExecutorChoice { kind, built: Arc::new(Mutex::new(None)) }
+    }
+
+    /// The executor of a node whose data root is `data_root`, built on first use: runtime
+    /// state under `<data_root>/runtime`, images from `<data_root>/images` (the store `shoal
+    /// image` loads into).
+    pub fn executor(&self, data_root: &Path, node: &str) -> Result<Arc<dyn Executor>, ExecError> {
+        let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = built.as_ref() {
+            return Ok(e.clone());
+        }
+        let exec: Arc<dyn Executor> = match &self.kind {
+            Kind::Fake => Arc::new(FakeExecutor::new(node).with_logs(data_root.join("fake-logs"))),
+            Kind::Runc(policy) => {
+                let mut cfg = RuntimeConfig::new(data_root.join("runtime"));
+                cfg.policy = policy.clone();
+                let fail = |what: &str, e: &dyn std::fmt::Display| {
+                    ExecError::Failed(format!("starting the container runtime: {what}: {e}"))
+                };
+                let runtime = OciRuntime::new(cfg).map_err(|e| fail("runtime", &e))?;
+                let images = ImageStore::attach(data_root.join("images"))
+                    .map_err(|e| fail("image store", &e))?;
+                Arc::new(OciExecutor::new(runtime, Arc::new(images), node))
+            }
+        };
+        *built = Some(exec.clone());
+        Ok(exec)
+    }
+}

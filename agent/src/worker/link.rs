@@ -1,0 +1,127 @@
+//! The worker's side of one dispatcher session: the assignments stream in, task states out in
+//! batches, log subscriptions served. Everything here lives as long as the session; the
+//! worker and its unsent states outlive it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use shoal_proto::dispatcher_client::DispatcherClient;
+use shoal_proto::{AssignmentsRequest, ListenSubscriptionsRequest, UpdateTaskStatusRequest};
+use tokio::task::{AbortHandle, JoinSet};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use super::status::StatusQueue;
+use super::Worker;
+
+/// States are sent at most this often…
+pub const REPORT_EVERY: Duration = Duration::from_millis(50);
+/// …or as soon as this many wait, and never more than this many in one call.
+pub const REPORT_BATCH: usize = 100;
+/// A manager without the task RPCs (an older one) is asked again after this long.
+const UNIMPLEMENTED_RETRY: Duration = Duration::from_secs(1);
+
+/// The session's identity as the worker's loops need it.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub client: DispatcherClient<Channel>,
+    pub session_id: String,
+    /// The manager's address, for error messages.
+    pub manager: String,
+}
+
+impl Link {
+    fn error(&self, s: &Status) -> String {
+        crate::connect::status_line(&self.manager, s)
+    }
+}
+
+/// Runs the worker's part of a session until one of its streams breaks.
+pub async fn serve(worker: &Worker, link: Link) -> Result<(), String> {
+    tokio::select! {
+        r = assignments(worker, link.clone()) => r,
+        r = report(worker.statuses(), link.clone()) => r,
+        r = subscriptions(worker, link) => r,
+    }
+}
+
+/// Applies the assignments stream to the worker: the complete set first, then changes.
+async fn assignments(worker: &Worker, mut link: Link) -> Result<(), String> {
+    let req = AssignmentsRequest { session_id: link.session_id.clone() };
+    let mut stream = match link.client.assignments(req).await {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == Code::Unimplemented => return std::future::pending().await,
+        Err(s) => return Err(link.error(&s)),
+    };
+    while let Some(msg) = stream.message().await.map_err(|s| link.error(&s))? {
+        tracing::debug!(
+            complete = msg.complete,
+            tasks = msg.tasks.len(),
+            removed = msg.removed.len(),
+            "assignments"
+        );
+        worker.apply(msg).await;
+    }
+    Err("the manager closed the assignments stream".into())
+}
+
+/// Sends queued task states: gathered for up to `REPORT_EVERY`, at most `REPORT_BATCH` per
+/// call. A batch that fails goes back to the queue for the next session.
+async fn report(queue: &StatusQueue, mut link: Link) -> Result<(), String> {
+    loop {
+        if queue.is_empty() {
+            queue.changed().await;
+            continue;
+        }
+        let deadline = tokio::time::Instant::now() + REPORT_EVERY;
+        while queue.len() < REPORT_BATCH {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = queue.changed() => {}
+            }
+        }
+        let updates = queue.take(REPORT_BATCH);
+        if updates.is_empty() {
+            continue;
+        }
+        let req = UpdateTaskStatusRequest { session_id: link.session_id.clone(), updates };
+        if let Err(s) = link.client.update_task_status(req.clone()).await {
+            queue.restore(req.updates);
+            if s.code() != Code::Unimplemented {
+                return Err(link.error(&s));
+            }
+            tokio::time::sleep(UNIMPLEMENTED_RETRY).await;
+        }
+    }
+}
+
+/// Serves the log subscriptions the managers send, one publisher each, until closed.
+async fn subscriptions(worker: &Worker, mut link: Link) -> Result<(), String> {
+    let req = ListenSubscriptionsRequest { session_id: link.session_id.clone() };
+    let mut stream = match link.client.listen_subscriptions(req).await {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == Code::Unimplemented => return std::future::pending().await,
+        Err(s) => return Err(link.error(&s)),
+    };
+    // Dropping the set (the session ends) stops every publisher.
+    let mut publishers = JoinSet::new();
+    let mut by_id: HashMap<String, AbortHandle> = HashMap::new();
+    while let Some(sub) = stream.message().await.map_err(|s| link.error(&s))? {
+        while publishers.try_join_next().is_some() {}
+        by_id.retain(|_, h| !h.is_finished());
+        if sub.close {
+            if let Some(h) = by_id.remove(&sub.id) {
+                h.abort();
+            }
+            continue;
+        }
+        let id = sub.id.clone();
+        let job =
+            super::logs::publish(worker.clone(), link.client.clone(), link.session_id.clone(), sub);
+        by_id.insert(id, publishers.spawn(job));
+    }
+    Err("the manager closed the log subscriptions stream".into())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,206 @@
+//! `OciExecutor`: runs tasks as real containers through the node's `OciRuntime`, from images in
+//! its `ImageStore`. Keeps a finished task's logs (under `<runtime data root>/logs/<task>`)
+//! until the managers forget the task, and custom seccomp profiles under `…/seccomp`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use shoal_proto::Task;
+
+use super::executor::{ExecError, ExecOutput, Executor, ExitStatus};
+use super::spec::{build, parse_signal, resolve_image, Built};
+use crate::image::ImageStore;
+use crate::runtime::{OciRuntime, Runtime, RuntimeError};
+
+/// Real containers.
+#[derive(Debug)]
+pub struct OciExecutor {
+    runtime: OciRuntime,
+    images: Arc<ImageStore>,
+    node: String,
+    /// The image each prepared task runs (task id → image id).
+    in_use: Mutex<HashMap<String, String>>,
+}
+
+fn failed(e: RuntimeError) -> ExecError {
+    match e {
+        RuntimeError::UnknownTask(id) => ExecError::Unknown(id),
+        other => ExecError::Failed(other.to_string()),
+    }
+}
+
+impl OciExecutor {
+    /// Runs tasks on `runtime` from `images`; `node` is the hostname rejections name.
+    pub fn new(runtime: OciRuntime, images: Arc<ImageStore>, node: impl Into<String>) -> Self {
+        OciExecutor { runtime, images, node: node.into(), in_use: Mutex::new(HashMap::new()) }
+    }
+
+    /// The runtime underneath.
+    pub fn runtime(&self) -> &OciRuntime {
+        &self.runtime
+    }
+
+    /// IDs of the images the node's tasks run (an image in use must not be removed).
+    pub fn images_in_use(&self) -> Vec<String> {
+        let in_use = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
+        let set: HashSet<&String> = in_use.values().collect();
+        set.into_iter().cloned().collect()
+    }
+
+    fn kept_logs(&self, id: &str) -> PathBuf {
+        self.runtime.config().data_root.join("logs").join(id)
+    }
+
+    fn seccomp_path(&self, id: &str) -> PathBuf {
+        self.runtime.config().data_root.join("seccomp").join(format!("{id}.json"))
+    }
+
+    fn set_in_use(&self, id: &str, image: Option<String>) {
+        let mut in_use = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
+        match image {
+            Some(image) => in_use.insert(id.to_string(), image),
+            None => in_use.remove(id),
+        };
+    }
+
+    /// Resolves the image and builds the runtime spec, off the async threads.
+    async fn build(&self, task: &Task) -> Result<Built, ExecError> {
+        let (images, node, task) = (self.images.clone(), self.node.clone(), task.clone());
+        let path = self.seccomp_path(&task.id);
+        let job = move || {
+            let c = task.spec.as_ref().and_then(|s| s.container.as_ref());
+            let c = c.ok_or("the task has no container spec")?;
+            let image = resolve_image(&images, c, &node)?;
+            let built = build(&task, &image, &images, path)?;
+            if let Some((path, profile)) = &built.seccomp_profile {
+                write_profile(path, profile)?;
+            }
+            Ok::<_, String>(built)
+        };
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| ExecError::Rejected(format!("preparing the task failed: {e}")))?
+            .map_err(ExecError::Rejected)
+    }
+
+    async fn prepare_task(&self, task: &Task) -> Result<(), ExecError> {
+        let built = self.build(task).await?;
+        self.set_in_use(&task.id, Some(built.image_id));
+        self.runtime.create(built.spec).await.map_err(|e| ExecError::Rejected(e.to_string()))
+    }
+
+    async fn adopt_task(&self, task: &Task) -> Result<(), ExecError> {
+        let c = task.spec.as_ref().and_then(|s| s.container.as_ref());
+        let signal = match c.map(|c| c.stop_signal.as_str()).unwrap_or("") {
+            "" => rustix::process::Signal::TERM.as_raw(),
+            name => parse_signal(name).map_err(ExecError::Failed)?,
+        };
+        let grace = match c.map(|c| c.stop_grace_ms).unwrap_or(0) {
+            0 => Duration::from_secs(10),
+            ms => Duration::from_millis(ms),
+        };
+        self.runtime.adopt(&task.id, signal, grace).await.map_err(failed)?;
+        if let Some(image) = c.and_then(|c| resolve_image(&self.images, c, &self.node).ok()) {
+            self.set_in_use(&task.id, Some(image.id));
+        }
+        Ok(())
+    }
+
+    async fn remove_task(&self, id: &str) -> Result<(), ExecError> {
+        let result = self.runtime.delete_keeping_logs(id, &self.kept_logs(id)).await;
+        let _ = std::fs::remove_file(self.seccomp_path(id));
+        self.set_in_use(id, None);
+        result.map_err(failed)
+    }
+
+    async fn forget_task(&self, id: &str) {
+        let held = self.runtime.task_ids().iter().any(|t| t == id);
+        let left = self.runtime.bundle_dir(id).exists()
+            || matches!(self.runtime.runc().state(id).await, Ok(Some(_)));
+        let result = if held {
+            self.runtime.delete(id).await
+        } else if left {
+            self.runtime.discard(id).await.map(|_| ())
+        } else {
+            Ok(())
+        };
+        if let Err(e) = result {
+            tracing::warn!(task = %id, error = %e, "could not remove a task's container");
+        }
+        let _ = std::fs::remove_dir_all(self.kept_logs(id));
+        let _ = std::fs::remove_file(self.seccomp_path(id));
+        self.set_in_use(id, None);
+    }
+}
+
+fn write_profile(path: &Path, profile: &str) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("writing the task's seccomp profile to {path:?}: {e}");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    std::fs::write(path, profile).map_err(fail)
+}
+
+impl Executor for OciExecutor {
+    fn prepare<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), ExecError>> {
+        Box::pin(self.prepare_task(task))
+    }
+
+    fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), ExecError>> {
+        Box::pin(async move { self.runtime.start(id).await.map_err(failed) })
+    }
+
+    fn wait<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+        Box::pin(async move { self.runtime.wait(id).await.map_err(failed) })
+    }
+
+    fn stop<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<ExitStatus, ExecError>> {
+        Box::pin(async move { self.runtime.stop(id).await.map_err(failed) })
+    }
+
+    fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), ExecError>> {
+        Box::pin(self.remove_task(id))
+    }
+
+    fn exec<'a>(
+        &'a self,
+        id: &'a str,
+        argv: &'a [String],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<ExecOutput, ExecError>> {
+        Box::pin(async move { self.runtime.exec(id, argv, timeout).await.map_err(failed) })
+    }
+
+    fn leftovers(&self) -> BoxFuture<'_, Result<Vec<String>, ExecError>> {
+        Box::pin(async move { self.runtime.leftovers().await.map_err(failed) })
+    }
+
+    fn adopt<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), ExecError>> {
+        Box::pin(self.adopt_task(task))
+    }
+
+    fn forget<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(self.forget_task(id))
+    }
+
+    fn retain_logs(&self, keep: &HashSet<String>) {
+        let dir = self.runtime.config().data_root.join("logs");
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&name) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
+    fn log_paths(&self, id: &str) -> Option<(PathBuf, PathBuf)> {
+        if self.runtime.bundle_dir(id).exists() {
+            return Some(self.runtime.log_paths(id));
+        }
+        let kept = self.kept_logs(id);
+        kept.exists().then(|| (kept.join("stdout.log"), kept.join("stderr.log")))
+    }
+}

@@ -1,0 +1,233 @@
+//! From an assigned task to the runtime's `TaskSpec`: which stored image it runs, and every
+//! option of its `ContainerSpec` and resource limits. Reads the image store; writes nothing.
+//! Errors are sentences for the task's REJECTED status.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shoal_proto::{ContainerSpec, Task};
+
+use crate::image::{ImageError, ImageInfo, ImageStore};
+use crate::runtime::{SeccompChoice, TaskSpec, Ulimit};
+
+/// A task's runtime spec, and the custom seccomp profile to write where the spec says.
+#[derive(Debug)]
+pub struct Built {
+    pub spec: TaskSpec,
+    pub seccomp_profile: Option<(PathBuf, String)>,
+    pub image_id: String,
+}
+
+/// The image task `task` runs: the pinned digest if the spec has one, else the name.
+pub fn resolve_image(
+    store: &ImageStore,
+    c: &ContainerSpec,
+    node: &str,
+) -> Result<ImageInfo, String> {
+    let wanted = if c.image_digest.is_empty() { &c.image } else { &c.image_digest };
+    if wanted.is_empty() {
+        return Err("the task names no image".into());
+    }
+    store.resolve(wanted).map_err(|e| match e {
+        ImageError::NotFound(_) => {
+            let pin = if c.image_digest.is_empty() || c.image.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", c.image_digest)
+            };
+            let name = if c.image.is_empty() { &c.image_digest } else { &c.image };
+            format!("image {name}{pin} is not on node {node}; load it with 'shoal image load'")
+        }
+        other => other.to_string(),
+    })
+}
+
+/// The runtime spec of `task` running `image`; a custom seccomp profile goes to `seccomp_path`.
+pub fn build(
+    task: &Task,
+    image: &ImageInfo,
+    store: &ImageStore,
+    seccomp_path: PathBuf,
+) -> Result<Built, String> {
+    let spec = task.spec.as_ref().ok_or("the task has no spec")?;
+    let c = spec.container.as_ref().ok_or("the task has no container spec")?;
+    let mut t = store
+        .task_spec_with(&task.id, image, &c.command, &c.args, &c.env)
+        .map_err(|e| e.to_string())?;
+    if !c.workdir.is_empty() {
+        t.workdir = Some(c.workdir.clone());
+    }
+    if !c.user.is_empty() {
+        t.user = crate::image::parse_user(Some(&c.user), &image.id).map_err(|_| {
+            format!("user {:?}: only numeric users (uid[:gid]) and root are supported", c.user)
+        })?;
+    }
+    if !c.hostname.is_empty() {
+        t.hostname = Some(c.hostname.clone());
+    }
+    t.read_only_rootfs = c.read_only;
+    t.cap_add = c.cap_add.clone();
+    t.cap_drop = c.cap_drop.clone();
+    t.allow_new_privileges = c.allow_new_privileges;
+    t.userns_remap = c.userns;
+    t.sysctls = c.sysctls.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    t.ulimits = c
+        .ulimits
+        .iter()
+        .map(|u| Ulimit { name: u.name.clone(), soft: u.soft, hard: u.hard })
+        .collect();
+    if !c.stop_signal.is_empty() {
+        t.stop_signal = parse_signal(&c.stop_signal)?;
+    }
+    if c.stop_grace_ms > 0 {
+        t.stop_grace = Duration::from_millis(c.stop_grace_ms);
+    }
+    t.init = c.init;
+    if c.pids_limit > 0 {
+        t.resources.pids = Some(c.pids_limit);
+    }
+    if let Some(limits) = spec.resources.as_ref().and_then(|r| r.limits.as_ref()) {
+        t.resources.memory_bytes = (limits.memory_bytes > 0).then_some(limits.memory_bytes);
+        t.resources.nano_cpus = (limits.nano_cpus > 0).then_some(limits.nano_cpus as u64);
+    }
+    let (seccomp, seccomp_profile) = seccomp(&c.seccomp, seccomp_path);
+    t.seccomp = seccomp;
+    Ok(Built { spec: t, seccomp_profile, image_id: image.id.clone() })
+}
+
+fn seccomp(choice: &str, path: PathBuf) -> (SeccompChoice, Option<(PathBuf, String)>) {
+    match choice.trim() {
+        "" | "default" => (SeccompChoice::Default, None),
+        "unconfined" => (SeccompChoice::Unconfined, None),
+        profile => (SeccompChoice::Profile(path.clone()), Some((path, profile.to_string()))),
+    }
+}
+
+/// The stop signal a task spec names: `SIGTERM`, `TERM` or `15`.
+pub fn parse_signal(name: &str) -> Result<i32, String> {
+    const NAMES: [&str; 31] = [
+        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
+        "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
+        "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
+    ];
+    let bad = || format!("stop signal {name:?} is not a signal; use e.g. SIGTERM, SIGINT or 15");
+    if let Ok(n) = name.parse::<i32>() {
+        return if (1..=64).contains(&n) { Ok(n) } else { Err(bad()) };
+    }
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let bare = if bare == "POLL" { "IO" } else { bare };
+    NAMES.iter().position(|n| *n == bare).map(|i| i as i32 + 1).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::RunConfig;
+    use shoal_proto::{ResourceRequirements, Resources, ServiceSpec};
+
+    fn image() -> ImageInfo {
+        ImageInfo {
+            id: "sha256:abc".into(),
+            names: vec!["web:1".into()],
+            layers: vec!["sha256:l1".into()],
+            config: RunConfig {
+                env: vec!["PATH=/bin".into()],
+                cmd: vec!["/bin/serve".into()],
+                ..Default::default()
+            },
+            size: 0,
+        }
+    }
+
+    fn task(c: ContainerSpec) -> Task {
+        let limits = Resources { nano_cpus: 500_000_000, memory_bytes: 64 << 20 };
+        let resources = ResourceRequirements { limits: Some(limits), reservations: None };
+        let spec =
+            ServiceSpec { container: Some(c), resources: Some(resources), ..Default::default() };
+        Task { id: "task1".into(), spec: Some(spec), ..Default::default() }
+    }
+
+    #[test]
+    fn every_option_reaches_the_runtime_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let c = ContainerSpec {
+            image: "web:1".into(),
+            args: vec!["--port".into(), "80".into()],
+            env: vec!["MODE=x".into()],
+            workdir: "/srv".into(),
+            user: "1000:2000".into(),
+            hostname: "h".into(),
+            read_only: true,
+            cap_add: vec!["NET_ADMIN".into()],
+            cap_drop: vec!["CHOWN".into()],
+            seccomp: "{\"defaultAction\":\"SCMP_ACT_ALLOW\"}".into(),
+            allow_new_privileges: true,
+            userns: true,
+            sysctls: [("net.core.somaxconn".to_string(), "1024".to_string())].into(),
+            ulimits: vec![shoal_proto::Ulimit { name: "nofile".into(), soft: 10, hard: 20 }],
+            stop_signal: "SIGINT".into(),
+            stop_grace_ms: 1500,
+            init: true,
+            pids_limit: 50,
+            ..Default::default()
+        };
+        let b = build(&task(c), &image(), &store, dir.path().join("p.json")).unwrap();
+        let s = &b.spec;
+        assert_eq!(s.args, vec!["--port", "80"], "args replace CMD");
+        assert_eq!(s.env, vec!["PATH=/bin", "MODE=x"]);
+        assert_eq!(s.workdir.as_deref(), Some("/srv"));
+        assert_eq!((s.user.uid, s.user.gid), (1000, 2000));
+        assert_eq!(s.hostname.as_deref(), Some("h"));
+        assert!(s.read_only_rootfs && s.allow_new_privileges && s.userns_remap && s.init);
+        assert_eq!(
+            (s.cap_add.clone(), s.cap_drop.clone()),
+            (vec!["NET_ADMIN".into()], vec!["CHOWN".into()])
+        );
+        assert_eq!(s.sysctls.get("net.core.somaxconn").map(String::as_str), Some("1024"));
+        assert_eq!(s.ulimits, vec![Ulimit { name: "nofile".into(), soft: 10, hard: 20 }]);
+        assert_eq!((s.stop_signal, s.stop_grace), (2, Duration::from_millis(1500)));
+        assert_eq!(s.resources.pids, Some(50));
+        assert_eq!(s.resources.memory_bytes, Some(64 << 20));
+        assert_eq!(s.resources.nano_cpus, Some(500_000_000));
+        assert_eq!(s.seccomp, SeccompChoice::Profile(dir.path().join("p.json")));
+        assert!(b.seccomp_profile.unwrap().1.contains("SCMP_ACT_ALLOW"));
+    }
+
+    #[test]
+    fn defaults_stay_when_the_spec_is_silent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let c = ContainerSpec { image: "web:1".into(), ..Default::default() };
+        let b = build(&task(c), &image(), &store, dir.path().join("p.json")).unwrap();
+        assert_eq!(b.spec.args, vec!["/bin/serve"]);
+        assert_eq!((b.spec.stop_signal, b.spec.stop_grace), (15, Duration::from_secs(10)));
+        assert_eq!(b.spec.seccomp, SeccompChoice::Default);
+        assert!(b.seccomp_profile.is_none() && !b.spec.allow_new_privileges);
+    }
+
+    #[test]
+    fn a_missing_image_names_the_node_and_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let c = ContainerSpec { image: "busybox:latest".into(), ..Default::default() };
+        assert_eq!(
+            resolve_image(&store, &c, "node-7").unwrap_err(),
+            "image busybox:latest is not on node node-7; load it with 'shoal image load'"
+        );
+        let pinned = ContainerSpec { image_digest: format!("sha256:{}", "a".repeat(64)), ..c };
+        let err = resolve_image(&store, &pinned, "node-7").unwrap_err();
+        assert!(err.starts_with("image busybox:latest (sha256:aaa"), "{err}");
+    }
+
+    #[test]
+    fn signals_by_name_or_number() {
+        for (s, n) in [("SIGTERM", 15), ("term", 15), ("SIGKILL", 9), ("USR1", 10), ("3", 3)] {
+            assert_eq!(parse_signal(s), Ok(n), "{s}");
+        }
+        for bad in ["SIGNOPE", "0", "99", ""] {
+            assert!(parse_signal(bad).is_err(), "{bad}");
+        }
+    }
+}
