@@ -169,3 +169,41 @@ async fn per_task_options_reach_the_process() {
     );
     rt.delete(&id).await.unwrap();
 }
+
+#[tokio::test]
+async fn exec_runs_a_command_inside_and_kills_it_after_its_timeout() {
+    if !have_root("exec") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(dir.path());
+    let rt = new_test_runtime(dir.path());
+    let id = task_id("exec");
+    rt.create(sh_task(&id, &rootfs, "echo inside > /tmp/mark; sleep 1000")).await.unwrap();
+    rt.start(&id).await.unwrap();
+    let args = |s: &str| vec!["/bin/sh".to_string(), "-c".to_string(), s.to_string()];
+
+    // Runs in the container: it sees the task's files and its pid namespace.
+    let script = args("sleep 0.2; cat /tmp/mark; echo $$ >&2; exit 4");
+    let out = rt.exec(&id, &script, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(out.code, 4);
+    assert!(out.output.starts_with("inside\n"), "{:?}", out.output);
+    assert!(!out.timed_out);
+
+    let started = std::time::Instant::now();
+    let sleeper = args("sleep 1000");
+    let out = rt.exec(&id, &sleeper, Duration::from_millis(300)).await.unwrap();
+    assert!(out.timed_out && out.code != 0, "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    let count = args("ps -o comm | grep -c sleep");
+    let ps = rt.exec(&id, &count, Duration::from_secs(5)).await;
+    assert_eq!(
+        ps.unwrap().output.trim(),
+        "1",
+        "the timed-out command is gone, the task's sleep stays"
+    );
+
+    rt.delete(&id).await.unwrap();
+    let gone = rt.exec(&id, &count, Duration::from_secs(1)).await;
+    assert!(matches!(gone, Err(RuntimeError::UnknownTask(_))), "{gone:?}");
+}

@@ -1,9 +1,11 @@
-//! An agent restart: the new runtime finds the containers of the old one, stops them and leaves
-//! no runc state, mounts, cgroups or bundle directories behind. Needs root.
+//! An agent restart: the new runtime finds the containers of the old one, adopts a running one
+//! (its output keeps flowing) or stops them and leaves no runc state, mounts, cgroups or bundle
+//! directories behind. Needs root.
 
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::*;
 use shoal_agent::runtime::{rootfs, Runtime};
@@ -78,4 +80,52 @@ async fn recovery_leaves_this_runtimes_own_tasks_alone() {
     assert!(rt.recover().await.unwrap().removed.is_empty());
     assert_eq!(rt.runc().state(&id).await.unwrap().unwrap().status, "running");
     rt.delete(&id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_agent_adopts_a_running_container_with_its_output() {
+    if !have_root("adopt") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs_dir = busybox_rootfs(dir.path());
+    let script =
+        "i=0; while [ ! -e /tmp/stop ]; do echo tick $i; i=$((i+1)); sleep 0.1; done; exit 7";
+    let (id, pid) = {
+        let (dir, rootfs) = (dir.path().to_path_buf(), rootfs_dir.clone());
+        std::thread::spawn(move || {
+            let tokio = tokio::runtime::Runtime::new().unwrap();
+            tokio.block_on(async {
+                let rt = new_test_runtime(&dir);
+                let id = task_id("adopted");
+                rt.create(sh_task(&id, &rootfs, script)).await.unwrap();
+                rt.start(&id).await.unwrap();
+                let pid = rt.runc().state(&id).await.unwrap().unwrap().pid;
+                (id, pid)
+            })
+        })
+        .join()
+        .unwrap()
+    };
+
+    let rt = new_test_runtime(dir.path());
+    assert_eq!(rt.leftovers().await.unwrap(), vec![id.clone()]);
+    rt.adopt(&id, 15, Duration::from_secs(2)).await.unwrap();
+    assert!(rt.leftovers().await.unwrap().is_empty(), "an adopted task is held");
+    assert_eq!(rt.runc().state(&id).await.unwrap().unwrap().pid, pid, "the same process");
+    let (out, _) = rt.log_paths(&id);
+    let ticks = || std::fs::read_to_string(&out).unwrap_or_default().lines().count();
+    let before = ticks();
+    assert!(
+        eventually(Duration::from_secs(5), || ticks() > before + 3).await,
+        "output flows again"
+    );
+
+    let stop = vec!["/bin/sh".to_string(), "-c".to_string(), "touch /tmp/stop".to_string()];
+    assert_eq!(rt.exec(&id, &stop, Duration::from_secs(5)).await.unwrap().code, 0);
+    let exit = tokio::time::timeout(Duration::from_secs(5), rt.wait(&id)).await.unwrap().unwrap();
+    assert_eq!(exit.code, 7, "our own child: its exit status is collected");
+    rt.delete(&id).await.unwrap();
+    assert!(!rt.bundle_dir(&id).exists());
+    assert!(rt.cgroup_layout().leftovers(&rt.cgroup_path(&id)).is_empty());
 }

@@ -28,7 +28,7 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "cat", "sleep", "true", "ls", "id", "head", "dd"] {
+    for applet in ["sh", "echo", "cat", "sleep", "true", "ls", "id", "head", "dd", "ps", "grep"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
