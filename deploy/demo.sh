@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Shoal demo: a three-node swarm on one machine.
+# Shoal demo: a three-node swarm on one machine, running a replicated service.
 #
 # Each node is a separate shoald in its own network namespace (10.252.0.1-3), wired to one
 # bridge, exactly like three hosts on a LAN:
@@ -76,13 +76,14 @@ down() {
 
 # --- Setup ---------------------------------------------------------------------------------------
 install_tools() {
-    if command -v ip >/dev/null && command -v iptables >/dev/null && command -v nsenter >/dev/null; then
+    if command -v ip >/dev/null && command -v iptables >/dev/null && command -v nsenter >/dev/null \
+        && command -v runc >/dev/null && [[ -x /bin/busybox ]]; then
         return
     fi
-    say "Installing iproute2 and iptables"
+    say "Installing iproute2, iptables, runc and busybox-static"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq iproute2 iptables util-linux >/dev/null
+    apt-get install -y -qq iproute2 iptables util-linux runc busybox-static >/dev/null
 }
 
 build() {
@@ -177,9 +178,29 @@ form_swarm() {
     wait_for "all nodes to be Ready" "$READY_TIMEOUT" all_ready
 }
 
+# A busybox image built from local files (no registry is needed), loaded on every node, and a
+# replicated service of three tasks spread over the three nodes.
+deploy_service() {
+    local rootfs="$STATE/rootfs" node
+    say "Building a busybox image from /bin/busybox and importing it on every node"
+    mkdir -p "$rootfs/bin"
+    cp /bin/busybox "$rootfs/bin/busybox"
+    tar -C "$rootfs" -cf "$STATE/busybox.tar" .
+    for node in "${NODES[@]}"; do
+        shoal_on "$node" image import "$STATE/busybox.tar" busybox:demo >/dev/null
+    done
+    say "Creating service 'web' with 3 replicas"
+    shoal_on n1 service create --name web --replicas 3 busybox:demo \
+        /bin/busybox sh -c 'while true; do echo "hello from $(hostname)"; sleep 5; done'
+}
+
 usage_notes() {
     echo
     shoal_on n1 node ls
+    echo
+    shoal_on n1 service ls
+    echo
+    shoal_on n1 service ps web
     cat <<EOF
 
 The demo swarm is running: ${NODES[*]} on $SUBNET.0/24, manager n1 at $(ip_of n1):$PORT.
@@ -187,7 +208,10 @@ The demo swarm is running: ${NODES[*]} on $SUBNET.0/24, manager n1 at $(ip_of n1
 Drive it from the manager's socket:
     export SHOAL_HOST=unix://$(sock_of n1)
     target/release/shoal node ls
-    target/release/shoal info
+    target/release/shoal service ps web
+    target/release/shoal service logs web
+    target/release/shoal service scale web=6
+    target/release/shoal node update --availability drain n2
 
 Each node has its own socket ($RUN/nX.sock) and log ($STATE/nX/shoald.log).
 
@@ -207,6 +231,7 @@ case "${1:-up}" in
         make_network
         start_daemons
         form_swarm
+        deploy_service
         usage_notes
         ;;
     down)

@@ -919,7 +919,7 @@ pub fn service_ls(r: &ListServicesResponse, quiet: bool) -> String {
         }
         return out;
     }
-    let _ = writeln!(out, "{:<14}{:<22}{:<12}{:<10}{}", "ID", "NAME", "MODE", "REPLICAS", "IMAGE");
+    let _ = writeln!(out, "{:<14}{:<22}{:<12}{:<10}IMAGE", "ID", "NAME", "MODE", "REPLICAS");
     for sum in &r.services {
         let Some(s) = &sum.service else { continue };
         let spec = s.spec.clone().unwrap_or_default();
@@ -950,8 +950,8 @@ pub fn service_ps(r: &ListTasksResponse, no_trunc: bool, quiet: bool) -> String 
     }
     let _ = writeln!(
         out,
-        "{:<14}{:<24}{:<18}{:<16}{:<10}{:<28}{}",
-        "ID", "NAME", "IMAGE", "NODE", "DESIRED", "CURRENT STATE", "ERROR"
+        "{:<14}{:<24}{:<18}{:<16}{:<10}{:<28}ERROR",
+        "ID", "NAME", "IMAGE", "NODE", "DESIRED", "CURRENT STATE"
     );
     let mut last_slot = None;
     for t in &r.tasks {

@@ -577,6 +577,38 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
+        reap_containers(&self.data);
+    }
+}
+
+/// Removes what a killed node's containers left behind under `dir`: the containers themselves
+/// (they outlive a SIGKILLed shoald, as they should) and their rootfs mounts.
+pub fn reap_containers(dir: &Path) {
+    let Ok(found) = Command::new("find")
+        .arg(dir)
+        .args(["-maxdepth", "4", "-type", "d", "-name", "runc"])
+        .output()
+    else {
+        return;
+    };
+    for root in String::from_utf8_lossy(&found.stdout).lines() {
+        let list = Command::new("runc").args(["--root", root, "list", "-q"]).output();
+        let Ok(list) = list else { continue };
+        for id in String::from_utf8_lossy(&list.stdout).lines() {
+            let _ = Command::new("runc").args(["--root", root, "delete", "--force", id]).output();
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = dir.to_string_lossy().to_string();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&prefix))
+        .collect();
+    // Deepest first.
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = Command::new("umount").args(["-l", p]).output();
     }
 }
 

@@ -132,7 +132,7 @@ fn on_event(shared: &Shared, world: &mut World, dirty: &mut Dirty, e: Event) {
 /// store already moved past it, so a retried or stale plan does no harm.
 fn apply(tx: &mut Tx<'_>, op: &Op) -> Result<(), StoreError> {
     match op {
-        Op::Create(t) => tx.create(t.clone()),
+        Op::Create(t) => tx.create((**t).clone()),
         Op::Desired(id, state) => {
             let Some(mut t) = tx.get::<Task>(id)? else { return Ok(()) };
             if (*state as i32) > t.desired_state {

@@ -15,7 +15,7 @@ use crate::services::{default_update, task_part};
 /// One change to the store.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
-    Create(Task),
+    Create(Box<Task>),
     /// Raise a task's desired state.
     Desired(String, TaskState),
     Assign(String, String),
@@ -471,6 +471,9 @@ fn scale_down(
     removed
 }
 
+/// Tasks of one service version waiting for nodes, with the spec they were made from.
+type Group<'a> = (Option<ServiceSpec>, Vec<&'a Task>);
+
 /// Runs the scheduler over new tasks (placed before they are written, so creation and
 /// placement are one write) and over tasks still waiting for a node.
 fn place(world: &World, mut created: Vec<Task>, ops: &mut Vec<Op>, now: i64) {
@@ -482,7 +485,7 @@ fn place(world: &World, mut created: Vec<Task>, ops: &mut Vec<Op>, now: i64) {
     let ready_new: Vec<usize> =
         (0..created.len()).filter(|i| created[*i].not_before_ms <= now).collect();
     if waiting.is_empty() && ready_new.is_empty() {
-        ops.extend(created.into_iter().map(Op::Create));
+        ops.extend(created.into_iter().map(|t| Op::Create(Box::new(t))));
         return;
     }
     let nodes: Vec<_> = world.nodes.values().cloned().collect();
@@ -492,7 +495,7 @@ fn place(world: &World, mut created: Vec<Task>, ops: &mut Vec<Op>, now: i64) {
         view.record_failure(node, service, *version, *at);
     }
     // Group by service version, keeping the order stable.
-    let mut groups: BTreeMap<(String, u64), (Option<ServiceSpec>, Vec<&Task>)> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, u64), Group<'_>> = BTreeMap::new();
     for t in &waiting {
         let g = groups.entry((t.service_id.clone(), t.spec_version)).or_default();
         g.0.get_or_insert_with(|| t.spec.clone().unwrap_or_default());
@@ -535,5 +538,5 @@ fn place(world: &World, mut created: Vec<Task>, ops: &mut Vec<Op>, now: i64) {
             }
         }
     }
-    ops.extend(created.into_iter().map(Op::Create));
+    ops.extend(created.into_iter().map(|t| Op::Create(Box::new(t))));
 }

@@ -13,7 +13,11 @@ fn node(id: &str) -> Node {
         id: id.into(),
         hostname: id.into(),
         state: NodeState::Ready as i32,
-        description: Some(NodeDescription { nano_cpus: 4_000_000_000, memory_bytes: 8 << 30, ..Default::default() }),
+        description: Some(NodeDescription {
+            nano_cpus: 4_000_000_000,
+            memory_bytes: 8 << 30,
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -25,7 +29,12 @@ fn service(id: &str, replicas: u64) -> Service {
         container: Some(ContainerSpec { image: "busybox".into(), ..Default::default() }),
         ..Default::default()
     };
-    Service { id: id.into(), spec: Some(normalize(spec).unwrap()), spec_version: 1, ..Default::default() }
+    Service {
+        id: id.into(),
+        spec: Some(normalize(spec).unwrap()),
+        spec_version: 1,
+        ..Default::default()
+    }
 }
 
 fn task(s: &Service, slot: u64, node: &str, state: TaskState, created: i64) -> Task {
@@ -39,7 +48,11 @@ fn task(s: &Service, slot: u64, node: &str, state: TaskState, created: i64) -> T
         spec_version: s.spec_version,
         spec: s.spec.clone(),
         desired_state: TaskState::Running as i32,
-        status: Some(TaskStatus { state: state as i32, timestamp_ms: created, ..Default::default() }),
+        status: Some(TaskStatus {
+            state: state as i32,
+            timestamp_ms: created,
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -65,7 +78,7 @@ fn run(w: &mut World) -> Vec<Op> {
 }
 
 fn created(ops: &[Op]) -> Vec<&Task> {
-    ops.iter().filter_map(|o| if let Op::Create(t) = o { Some(t) } else { None }).collect()
+    ops.iter().filter_map(|o| if let Op::Create(t) = o { Some(&**t) } else { None }).collect()
 }
 
 fn desired(ops: &[Op], state: TaskState) -> Vec<&str> {
@@ -94,7 +107,8 @@ fn a_new_service_gets_one_task_per_slot_spread_over_the_nodes() {
 #[test]
 fn a_converged_service_needs_no_writes() {
     let s = service("web", 2);
-    let tasks = vec![task(&s, 1, "a", TaskState::Running, 1), task(&s, 2, "b", TaskState::Running, 1)];
+    let tasks =
+        vec![task(&s, 1, "a", TaskState::Running, 1), task(&s, 2, "b", TaskState::Running, 1)];
     let mut w = world(&["a", "b"], vec![s], tasks);
     assert_eq!(run(&mut w), vec![]);
 }
@@ -112,7 +126,10 @@ fn scale_down_takes_from_the_most_loaded_node_first() {
     let ops = run(&mut w);
     let removed = desired(&ops, TaskState::Remove);
     assert_eq!(removed.len(), 2);
-    assert!(removed.iter().all(|id| id.starts_with("web-") && !id.starts_with("web-4")), "{removed:?}");
+    assert!(
+        removed.iter().all(|id| id.starts_with("web-") && !id.starts_with("web-4")),
+        "{removed:?}"
+    );
 }
 
 #[test]
@@ -146,7 +163,8 @@ fn restart_policies_are_honoured() {
 #[test]
 fn tasks_of_a_down_or_drained_node_come_back_elsewhere() {
     let s = service("web", 2);
-    let tasks = vec![task(&s, 1, "a", TaskState::Running, 1), task(&s, 2, "b", TaskState::Running, 1)];
+    let tasks =
+        vec![task(&s, 1, "a", TaskState::Running, 1), task(&s, 2, "b", TaskState::Running, 1)];
     let mut w = world(&["a", "b", "c"], vec![s], tasks);
     w.nodes.get_mut("a").unwrap().set_state(NodeState::Down);
     w.nodes.get_mut("b").unwrap().set_availability(Availability::Drain);
@@ -176,13 +194,21 @@ fn a_rolling_update_replaces_one_slot_at_a_time_and_pauses_on_failure() {
     s.previous_spec = s.spec.clone();
     s.spec.as_mut().unwrap().container.as_mut().unwrap().image = "busybox:2".into();
     s.spec_version = 2;
-    s.update_status = Some(UpdateStatus { state: UpdateState::Updating as i32, started_at_ms: 10, ..Default::default() });
+    s.update_status = Some(UpdateStatus {
+        state: UpdateState::Updating as i32,
+        started_at_ms: 10,
+        ..Default::default()
+    });
     let mut w = world(&["a"], vec![s.clone()], old.clone());
     let ops = run(&mut w);
     assert_eq!(desired(&ops, TaskState::Shutdown).len(), 1, "parallelism 1");
     let new = created(&ops);
     assert_eq!(new.len(), 1);
-    assert_eq!(new[0].desired_state, TaskState::Ready as i32, "stop-first: starts once the old one stopped");
+    assert_eq!(
+        new[0].desired_state,
+        TaskState::Ready as i32,
+        "stop-first: starts once the old one stopped"
+    );
 
     // The new task failed: the update pauses, and the other slots keep their old tasks.
     let mut failed = task(&s, 1, "a", TaskState::Rejected, 20);
@@ -190,11 +216,20 @@ fn a_rolling_update_replaces_one_slot_at_a_time_and_pauses_on_failure() {
     let mut stopped = old[0].clone();
     stopped.desired_state = TaskState::Shutdown as i32;
     stopped.status.as_mut().unwrap().state = TaskState::Shutdown as i32;
-    let mut w = world(&["a"], vec![s.clone()], vec![stopped, failed.clone(), old[1].clone(), old[2].clone()]);
+    let mut w = world(
+        &["a"],
+        vec![s.clone()],
+        vec![stopped, failed.clone(), old[1].clone(), old[2].clone()],
+    );
     let ops = run(&mut w);
-    let paused = ops.iter().any(|o| matches!(o, Op::UpdateStatus(_, st) if st.state() == UpdateState::Paused));
+    let paused = ops
+        .iter()
+        .any(|o| matches!(o, Op::UpdateStatus(_, st) if st.state() == UpdateState::Paused));
     assert!(paused, "{ops:?}");
-    assert!(desired(&ops, TaskState::Shutdown).iter().all(|id| *id == failed.id), "old tasks keep serving");
+    assert!(
+        desired(&ops, TaskState::Shutdown).iter().all(|id| *id == failed.id),
+        "old tasks keep serving"
+    );
 
     // With --update-failure-action rollback it rolls back instead.
     s.spec.as_mut().unwrap().update.as_mut().unwrap().set_failure_action(FailureAction::Rollback);
@@ -209,11 +244,17 @@ fn a_rollback_that_fails_pauses_instead_of_rolling_back_again() {
     s.previous_spec = s.spec.clone();
     s.spec.as_mut().unwrap().update.as_mut().unwrap().set_failure_action(FailureAction::Rollback);
     s.spec.as_mut().unwrap().rollback.as_mut().unwrap().set_failure_action(FailureAction::Pause);
-    s.update_status = Some(UpdateStatus { state: UpdateState::RollbackStarted as i32, started_at_ms: 10, ..Default::default() });
+    s.update_status = Some(UpdateStatus {
+        state: UpdateState::RollbackStarted as i32,
+        started_at_ms: 10,
+        ..Default::default()
+    });
     let mut w = world(&["a"], vec![s.clone()], vec![task(&s, 1, "a", TaskState::Failed, 20)]);
     let ops = run(&mut w);
     assert!(!ops.iter().any(|o| matches!(o, Op::Rollback(..))));
-    assert!(ops.iter().any(|o| matches!(o, Op::UpdateStatus(_, st) if st.state() == UpdateState::RollbackPaused)));
+    assert!(ops.iter().any(
+        |o| matches!(o, Op::UpdateStatus(_, st) if st.state() == UpdateState::RollbackPaused)
+    ));
 }
 
 #[test]
@@ -221,7 +262,8 @@ fn global_services_cover_every_eligible_node() {
     let mut s = service("agent", 0);
     let spec = s.spec.as_mut().unwrap();
     spec.set_mode(ServiceMode::Global);
-    spec.placement = Some(Placement { constraints: vec!["node.labels.gpu!=no".into()], ..Default::default() });
+    spec.placement =
+        Some(Placement { constraints: vec!["node.labels.gpu!=no".into()], ..Default::default() });
     let mut w = world(&["a", "b", "c", "d"], vec![s], vec![]);
     w.nodes.get_mut("b").unwrap().set_availability(Availability::Drain);
     w.nodes.get_mut("c").unwrap().set_state(NodeState::Down);
@@ -264,7 +306,10 @@ fn removing_a_service_stops_then_deletes_its_tasks() {
 #[test]
 fn unplaceable_tasks_say_why() {
     let mut s = service("web", 1);
-    s.spec.as_mut().unwrap().placement = Some(Placement { constraints: vec!["node.labels.zone==mars".into()], ..Default::default() });
+    s.spec.as_mut().unwrap().placement = Some(Placement {
+        constraints: vec!["node.labels.zone==mars".into()],
+        ..Default::default()
+    });
     let mut w = world(&["a"], vec![s], vec![]);
     let ops = run(&mut w);
     let t = created(&ops)[0];

@@ -1,0 +1,250 @@
+//! Services on an in-process cluster: real managers, real gRPC with mTLS, real Raft and sled,
+//! agents running the real worker with the fake executor (so a test can run 100+ agents).
+//! What is checked is what `service ps` would show a user.
+
+mod harness;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use harness::{eventually, TestNode};
+use shoal_proto::*;
+
+const BEAT: Duration = Duration::from_millis(200);
+const CONVERGE: Duration = Duration::from_secs(30);
+
+async fn token(manager: &TestNode) -> String {
+    let req = GetJoinTokenRequest { role: NodeRole::Worker as i32 };
+    manager.control().await.get_join_token(req).await.unwrap().into_inner().token
+}
+
+/// A manager and `workers` agents, all Ready.
+async fn cluster(workers: usize) -> (TestNode, Vec<TestNode>) {
+    let m = TestNode::start("m").await;
+    let addr = m.init(BEAT, None).await;
+    let t = token(&m).await;
+    let mut nodes = Vec::new();
+    for i in 0..workers {
+        let w = TestNode::start(&format!("w{i}")).await;
+        w.join(&t, &addr).await.unwrap();
+        nodes.push(w);
+    }
+    let want = workers + 1;
+    eventually("all nodes Ready", CONVERGE, || async {
+        let nodes = m.nodes().await;
+        let ready = nodes.iter().filter(|n| n.state() == NodeState::Ready).count();
+        (ready == want).then_some(()).ok_or(format!("{ready} of {want} Ready"))
+    })
+    .await;
+    (m, nodes)
+}
+
+fn spec(name: &str, image: &str, replicas: u64) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        replicas,
+        container: Some(ContainerSpec {
+            image: image.into(),
+            args: vec!["sleep".into(), "3600".into()],
+            ..Default::default()
+        }),
+        restart: Some(RestartPolicy { delay_ms: 100, ..Default::default() }),
+        update: Some(UpdateConfig { parallelism: 1, monitor_ms: 500, ..Default::default() }),
+        rollback: Some(UpdateConfig { parallelism: 0, monitor_ms: 500, ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+async fn create(m: &TestNode, spec: ServiceSpec) -> Service {
+    let req = CreateServiceRequest { spec: Some(spec) };
+    m.control().await.create_service(req).await.unwrap().into_inner().service.unwrap()
+}
+
+async fn tasks(m: &TestNode, service: &str) -> ListTasksResponse {
+    let req = ListTasksRequest { service: service.into(), ..Default::default() };
+    m.control().await.list_tasks(req).await.unwrap().into_inner()
+}
+
+/// Running tasks of the service (desired running too) per node hostname.
+async fn running(m: &TestNode, service: &str) -> HashMap<String, Vec<Task>> {
+    let list = tasks(m, service).await;
+    let mut out: HashMap<String, Vec<Task>> = HashMap::new();
+    for t in list.tasks {
+        if t.state() == TaskState::Running && t.desired_state == TaskState::Running as i32 {
+            out.entry(list.node_names[&t.node_id].clone()).or_default().push(t);
+        }
+    }
+    out
+}
+
+async fn wait_running(m: &TestNode, service: &str, want: usize) -> HashMap<String, Vec<Task>> {
+    eventually(&format!("{want} tasks of {service} running"), CONVERGE, || async {
+        let r = running(m, service).await;
+        let n: usize = r.values().map(Vec::len).sum();
+        (n == want).then_some(()).ok_or(format!("{n} running"))
+    })
+    .await;
+    running(m, service).await
+}
+
+async fn update_status(m: &TestNode, service: &str) -> UpdateStatus {
+    let req = GetServiceRequest { reference: service.into() };
+    let s = m.control().await.get_service(req).await.unwrap().into_inner().service.unwrap();
+    s.update_status.unwrap_or_default()
+}
+
+async fn update(m: &TestNode, service: &str, edit: impl FnOnce(&mut ServiceSpec)) {
+    let req = GetServiceRequest { reference: service.into() };
+    let s = m.control().await.get_service(req).await.unwrap().into_inner().service.unwrap();
+    let mut spec = s.spec.clone().unwrap();
+    edit(&mut spec);
+    let req = UpdateServiceRequest {
+        reference: s.id,
+        spec: Some(spec),
+        version: s.meta.unwrap().version,
+        ..Default::default()
+    };
+    m.control().await.update_service(req).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replicated_service_spreads_scales_and_is_removed() {
+    let (m, _workers) = cluster(3).await;
+    create(&m, spec("web", "busybox", 8)).await;
+    let placed = wait_running(&m, "web", 8).await;
+    assert_eq!(placed.len(), 4, "every node runs some: {:?}", placed.keys());
+    assert!(placed.values().all(|t| t.len() == 2), "8 tasks over 4 nodes, 2 each");
+    let mut slots: Vec<u64> = placed.values().flatten().map(|t| t.slot).collect();
+    slots.sort();
+    assert_eq!(slots, (1..=8).collect::<Vec<_>>());
+
+    update(&m, "web", |s| s.replicas = 3).await;
+    let placed = wait_running(&m, "web", 3).await;
+    assert_eq!(placed.len(), 3, "scale-down kept the spread: {:?}", placed.keys());
+
+    let req = RemoveServiceRequest { reference: "web".into() };
+    m.control().await.remove_service(req).await.unwrap();
+    eventually("every task of web deleted", CONVERGE, || async {
+        let req = ListTasksRequest::default();
+        let n = m.control().await.list_tasks(req).await.unwrap().into_inner().tasks.len();
+        (n == 0).then_some(()).ok_or(format!("{n} tasks left"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tasks_of_a_lost_or_drained_node_come_back_on_the_others() {
+    let (m, mut workers) = cluster(3).await;
+    create(&m, spec("web", "busybox", 4)).await;
+    wait_running(&m, "web", 4).await;
+
+    // Kill a worker: once it is Down its task runs elsewhere.
+    let lost = workers.remove(0);
+    let lost_name = lost.name.clone();
+    lost.kill().await;
+    eventually("the killed node Down", CONVERGE, || async {
+        let nodes = m.nodes().await;
+        let n = nodes.iter().find(|n| n.hostname == lost_name).unwrap();
+        (n.state() == NodeState::Down).then_some(()).ok_or(format!("{:?}", n.state()))
+    })
+    .await;
+    eventually("its task running elsewhere", CONVERGE, || async {
+        let r = running(&m, "web").await;
+        let n: usize = r.values().map(Vec::len).sum();
+        (n == 4 && !r.contains_key(&lost_name)).then_some(()).ok_or(format!("{:?}", r.keys()))
+    })
+    .await;
+
+    // Drain another: its tasks move; the node keeps none.
+    let drained = workers[0].name.clone();
+    let req = UpdateNodeRequest {
+        reference: drained.clone(),
+        availability: Some(Availability::Drain as i32),
+        ..Default::default()
+    };
+    m.control().await.update_node(req).await.unwrap();
+    eventually("drained node empty", CONVERGE, || async {
+        let r = running(&m, "web").await;
+        let n: usize = r.values().map(Vec::len).sum();
+        (n == 4 && !r.contains_key(&drained)).then_some(()).ok_or(format!("{:?}", r.keys()))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broken_update_pauses_while_old_tasks_keep_serving_or_rolls_back() {
+    let (m, _workers) = cluster(2).await;
+    create(&m, spec("web", "busybox:1", 3)).await;
+    wait_running(&m, "web", 3).await;
+
+    // The fake executor rejects images named missing/…, like a node without the image.
+    update(&m, "web", |s| s.container.as_mut().unwrap().image = "missing/busybox:2".into()).await;
+    eventually("update paused", CONVERGE, || async {
+        let st = update_status(&m, "web").await;
+        (st.state() == UpdateState::Paused).then_some(()).ok_or(format!("{st:?}"))
+    })
+    .await;
+    let serving = running(&m, "web").await;
+    let old: usize = serving
+        .values()
+        .flatten()
+        .filter(|t| t.spec.as_ref().unwrap().container.as_ref().unwrap().image == "busybox:1")
+        .count();
+    assert_eq!(old, 2, "parallelism 1: only one slot was touched; two old tasks keep serving");
+    assert!(update_status(&m, "web").await.message.contains("paused"));
+
+    // The same bad update with failure action rollback goes back to busybox:1 on its own.
+    create(&m, spec("api", "busybox:1", 2)).await;
+    wait_running(&m, "api", 2).await;
+    update(&m, "api", |s| {
+        s.container.as_mut().unwrap().image = "missing/busybox:2".into();
+        s.update.as_mut().unwrap().set_failure_action(FailureAction::Rollback);
+    })
+    .await;
+    eventually("rollback completed", CONVERGE, || async {
+        let st = update_status(&m, "api").await;
+        (st.state() == UpdateState::RollbackCompleted).then_some(()).ok_or(format!("{st:?}"))
+    })
+    .await;
+    let serving = wait_running(&m, "api", 2).await;
+    assert!(serving
+        .values()
+        .flatten()
+        .all(|t| { t.spec.as_ref().unwrap().container.as_ref().unwrap().image == "busybox:1" }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_global_service_runs_once_per_eligible_node() {
+    let (m, workers) = cluster(3).await;
+    let req = UpdateNodeRequest {
+        reference: workers[0].name.clone(),
+        label_add: vec!["zone=edge".into()],
+        ..Default::default()
+    };
+    m.control().await.update_node(req).await.unwrap();
+    let mut s = spec("agent", "busybox", 0);
+    s.set_mode(ServiceMode::Global);
+    s.placement = Some(Placement {
+        constraints: vec!["node.labels.zone!=edge".into()],
+        ..Default::default()
+    });
+    create(&m, s).await;
+    let placed = wait_running(&m, "agent", 3).await;
+    assert!(!placed.contains_key(&workers[0].name), "the constraint kept it off the edge node");
+    assert!(placed.values().all(|t| t.len() == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_agents_each_get_only_their_own_tasks() {
+    let (m, workers) = cluster(100).await;
+    create(&m, spec("wide", "busybox", 300)).await;
+    let placed = wait_running(&m, "wide", 300).await;
+    assert_eq!(placed.len(), 101, "all 101 nodes used");
+    assert!(placed.values().all(|t| (2..=3).contains(&t.len())), "even spread");
+    // The store agrees with what each agent runs: every task's node is the node it reported from.
+    let list = tasks(&m, "wide").await;
+    for t in list.tasks.iter().filter(|t| t.state() == TaskState::Running) {
+        assert!(list.node_names.contains_key(&t.node_id));
+    }
+    drop(workers);
+}
