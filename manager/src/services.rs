@@ -68,9 +68,9 @@ pub fn normalize(mut spec: ServiceSpec) -> Result<ServiceSpec, Status> {
     }
     let placement = spec.placement.clone().unwrap_or_default();
     scheduler::parse_constraints(&placement.constraints)
-        .map_err(|e| Status::invalid_argument(format!("bad placement constraint: {e}")))?;
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
     scheduler::validate_spread(&placement.spread)
-        .map_err(|e| Status::invalid_argument(format!("bad placement preference: {e}")))?;
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
     if let Some(r) = &spec.resources {
         let limits = r.limits.unwrap_or_default();
         let reserve = r.reservations.unwrap_or_default();
