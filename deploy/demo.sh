@@ -71,6 +71,19 @@ down() {
     if command -v iptables >/dev/null; then
         while iptables -D FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT 2>/dev/null; do :; done
     fi
+    # Containers outlive their daemon (an agent restart re-attaches to them): remove them, and
+    # any rootfs mount they left, before deleting the state.
+    if [[ -d "$STATE" ]]; then
+        local root id mnt
+        while read -r root; do
+            for id in $(runc --root "$root" list -q 2>/dev/null); do
+                runc --root "$root" delete --force "$id" 2>/dev/null || true
+            done
+        done < <(find "$STATE" -maxdepth 4 -type d -name runc 2>/dev/null)
+        while read -r mnt; do
+            umount -l "$mnt" 2>/dev/null || true
+        done < <(awk -v s="$STATE" 'index($5, s) == 1 { print $5 }' /proc/self/mountinfo | sort -r)
+    fi
     rm -rf "$STATE" "$RUN"
 }
 

@@ -18,7 +18,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // Key material and token secrets get hand-written, redacted Debug impls (see lib.rs).
     tonic_prost_build::configure()
-        .skip_debug(["shoal.RootCa", "shoal.JoinTokenRecord", "shoal.UnlockKey"])
+        .skip_debug([
+            "shoal.RootCa",
+            "shoal.JoinTokenRecord",
+            "shoal.UnlockKey",
+            "shoal.SecretVersion",
+            "shoal.SecretData",
+            "shoal.CreateSecretRequest",
+            "shoal.UpdateSecretRequest",
+        ])
         .compile_protos(&files, &["proto"])?;
     Ok(())
 }

@@ -236,4 +236,9 @@ delegate! {
     list_services(ListServicesRequest) -> ListServicesResponse;
     remove_service(RemoveServiceRequest) -> RemoveServiceResponse;
     list_tasks(ListTasksRequest) -> ListTasksResponse;
+    create_secret(CreateSecretRequest) -> SecretResponse;
+    update_secret(UpdateSecretRequest) -> SecretResponse;
+    get_secret(GetSecretRequest) -> SecretResponse;
+    list_secrets(ListSecretsRequest) -> ListSecretsResponse;
+    remove_secret(RemoveSecretRequest) -> RemoveSecretResponse;
 }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use shoal_proto::{AssignmentsMessage, Task, TaskState, TaskStatusUpdate};
+use shoal_proto::{AssignmentsMessage, Secret, SecretData, Task, TaskState, TaskStatusUpdate};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::Status;
 
@@ -28,8 +28,13 @@ struct NodeStream {
     tx: AssignmentTx,
     tasks: Vec<Task>,
     removed: Vec<String>,
+    secrets: Vec<SecretKey>,
+    removed_secrets: Vec<SecretKey>,
     sequence: u64,
 }
+
+/// A secret (or config) version: (ID, version).
+type SecretKey = (String, u64);
 
 #[derive(Debug, Default)]
 struct HubState {
@@ -40,6 +45,54 @@ struct HubState {
     /// What the node was last told about each task: its desired state and spec version. A
     /// change in the task's reported state alone is not sent back to the node.
     told: HashMap<String, (i32, u64)>,
+    /// Tasks that hold secrets on their node (assigned, not yet stopped), and per node how many
+    /// such tasks use each secret version: a node has a secret exactly while one is above 0.
+    holding: HashMap<String, (String, Vec<SecretKey>)>,
+    node_secrets: HashMap<String, HashMap<SecretKey, usize>>,
+}
+
+impl HubState {
+    /// Updates which secrets the task's node needs; returns what it gains and loses.
+    fn track(&mut self, id: &str, task: Option<&Task>) -> (String, Vec<SecretKey>, Vec<SecretKey>) {
+        let now = task
+            .filter(|t| assigned(t) && t.state() <= TaskState::Running)
+            .map(|t| (t.node_id.clone(), crate::secrets::task_refs(t)))
+            .filter(|(_, refs)| !refs.is_empty());
+        let before = self.holding.remove(id);
+        let (mut gained, mut lost) = (Vec::new(), Vec::new());
+        let mut node = String::new();
+        if let Some((n, refs)) = &before {
+            let counts = self.node_secrets.entry(n.clone()).or_default();
+            for r in refs {
+                if let Some(c) = counts.get_mut(r) {
+                    *c -= 1;
+                    if *c == 0 {
+                        counts.remove(r);
+                        lost.push(r.clone());
+                    }
+                }
+            }
+            node = n.clone();
+        }
+        if let Some((n, refs)) = now {
+            let counts = self.node_secrets.entry(n.clone()).or_default();
+            for r in &refs {
+                let c = counts.entry(r.clone()).or_default();
+                *c += 1;
+                if *c == 1 {
+                    match lost.iter().position(|x| x == r) {
+                        Some(i) => {
+                            lost.remove(i);
+                        }
+                        None => gained.push(r.clone()),
+                    }
+                }
+            }
+            node = n.clone();
+            self.holding.insert(id.to_string(), (n, refs));
+        }
+        (node, gained, lost)
+    }
 }
 
 /// The leader's assignment streams, by node ID.
@@ -67,6 +120,7 @@ impl Hub {
     fn load(&self, tasks: Vec<Task>) {
         let mut s = self.lock();
         for t in tasks.into_iter().filter(assigned) {
+            s.track(&t.id, Some(&t));
             s.node_tasks.entry(t.node_id.clone()).or_default().insert(t.id.clone());
             s.task_node.insert(t.id, t.node_id);
         }
@@ -74,11 +128,22 @@ impl Hub {
 
     /// Opens the stream of `node_id`, replacing an older one, and returns the IDs of the
     /// tasks to put in its first (complete) message.
-    fn open(&self, node_id: &str, tx: AssignmentTx) -> Vec<String> {
+    fn open(&self, node_id: &str, tx: AssignmentTx) -> (Vec<String>, Vec<SecretKey>) {
         let mut s = self.lock();
-        let stream = NodeStream { tx, tasks: Vec::new(), removed: Vec::new(), sequence: 1 };
+        let stream = NodeStream {
+            tx,
+            tasks: Vec::new(),
+            removed: Vec::new(),
+            secrets: Vec::new(),
+            removed_secrets: Vec::new(),
+            sequence: 1,
+        };
         s.streams.insert(node_id.to_string(), stream);
-        s.node_tasks.get(node_id).map(|t| t.iter().cloned().collect()).unwrap_or_default()
+        let tasks =
+            s.node_tasks.get(node_id).map(|t| t.iter().cloned().collect()).unwrap_or_default();
+        let secrets =
+            s.node_secrets.get(node_id).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        (tasks, secrets)
     }
 
     fn told(&self, tasks: &[Task]) {
@@ -92,6 +157,11 @@ impl Hub {
     fn on_task(&self, id: &str, task: Option<Task>) {
         let mut s = self.lock();
         let s = &mut *s;
+        let (node, gained, lost) = s.track(id, task.as_ref());
+        if let Some(stream) = s.streams.get_mut(&node) {
+            stream.secrets.extend(gained);
+            stream.removed_secrets.extend(lost);
+        }
         match task {
             Some(t) if assigned(&t) => {
                 let seen = (t.desired_state, t.spec_version);
@@ -120,11 +190,14 @@ impl Hub {
     }
 
     /// Sends the batches that are due (`all`) or full; drops streams whose node went away.
-    fn flush(&self, all: bool) {
+    fn flush(&self, all: bool, store: &crate::store::Store) {
         let mut s = self.lock();
         let mut gone = Vec::new();
         for (node, stream) in s.streams.iter_mut() {
-            let n = stream.tasks.len() + stream.removed.len();
+            let n = stream.tasks.len()
+                + stream.removed.len()
+                + stream.secrets.len()
+                + stream.removed_secrets.len();
             if n == 0 || (!all && n < BATCH_LIMIT) {
                 continue;
             }
@@ -133,6 +206,11 @@ impl Hub {
                 tasks: std::mem::take(&mut stream.tasks),
                 removed: std::mem::take(&mut stream.removed),
                 sequence: stream.sequence,
+                secrets: secret_data(store, &std::mem::take(&mut stream.secrets)),
+                removed_secrets: std::mem::take(&mut stream.removed_secrets)
+                    .into_iter()
+                    .map(|(id, v)| format!("{id}@{v}"))
+                    .collect(),
             };
             stream.sequence += 1;
             match stream.tx.try_send(Ok(msg)) {
@@ -154,7 +232,7 @@ impl Shared {
         node_id: &str,
     ) -> Result<mpsc::Receiver<Result<AssignmentsMessage, Status>>, Status> {
         let (tx, rx) = mpsc::channel(256);
-        let ids = self.hub.open(node_id, tx.clone());
+        let (ids, secrets) = self.hub.open(node_id, tx.clone());
         let mut tasks = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(t) = self.store.get::<Task>(&id)? {
@@ -164,7 +242,14 @@ impl Shared {
             }
         }
         self.hub.told(&tasks);
-        let first = AssignmentsMessage { complete: true, tasks, removed: Vec::new(), sequence: 0 };
+        let first = AssignmentsMessage {
+            complete: true,
+            tasks,
+            removed: Vec::new(),
+            sequence: 0,
+            secrets: secret_data(&self.store, &secrets),
+            removed_secrets: Vec::new(),
+        };
         tx.try_send(Ok(first)).map_err(|_| Status::unavailable("assignment stream closed"))?;
         Ok(rx)
     }
@@ -186,6 +271,26 @@ impl Shared {
             .map_err(|_| Status::unavailable("leadership changed; report again"))?;
         wait.await.map_err(|_| Status::unavailable("leadership changed; report again"))?
     }
+}
+
+/// The data of secret versions, read from the store at the moment they are sent.
+fn secret_data(store: &crate::store::Store, keys: &[SecretKey]) -> Vec<SecretData> {
+    let mut out = Vec::with_capacity(keys.len());
+    for (id, version) in keys {
+        match store.get::<Secret>(id) {
+            Ok(Some(secret)) => match crate::secrets::data_of(&secret, *version) {
+                Some(data) => out.push(SecretData {
+                    id: id.clone(),
+                    version: *version,
+                    data,
+                    kind: secret.kind,
+                }),
+                None => tracing::warn!(secret = %id, version, "secret version no longer kept"),
+            },
+            _ => tracing::warn!(secret = %id, "secret used by a task is gone"),
+        }
+    }
+    out
 }
 
 /// One agent's reports, waiting to be written.
@@ -253,11 +358,11 @@ async fn route(weak: Weak<Shared>, mut events: broadcast::Receiver<Event>) {
                 while let Ok(e) = events.try_recv() {
                     on_event(&shared, e);
                 }
-                shared.hub.flush(false);
+                shared.hub.flush(false, &shared.store);
             }
             _ = tick.tick() => {
                 let Some(shared) = weak.upgrade() else { return };
-                shared.hub.flush(true);
+                shared.hub.flush(true, &shared.store);
             }
         }
     }
@@ -290,5 +395,64 @@ async fn batch_status(weak: Weak<Shared>, mut rx: mpsc::Receiver<StatusReport>) 
         for r in batch {
             let _ = r.done.send(result.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_proto::{ContainerSpec, SecretReference, ServiceSpec, TaskStatus};
+
+    fn task(id: &str, node: &str, state: TaskState, secrets: &[(&str, u64)]) -> Task {
+        let secrets = secrets
+            .iter()
+            .map(|(s, v)| SecretReference {
+                secret_id: s.to_string(),
+                version: *v,
+                ..Default::default()
+            })
+            .collect();
+        Task {
+            id: id.into(),
+            node_id: node.into(),
+            spec: Some(ServiceSpec {
+                container: Some(ContainerSpec { secrets, ..Default::default() }),
+                ..Default::default()
+            }),
+            status: Some(TaskStatus { state: state as i32, ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_node_holds_a_secret_exactly_while_one_of_its_tasks_uses_it() {
+        let mut s = HubState::default();
+        let key = ("db".to_string(), 1);
+        // Pending (not yet on a node): nothing is sent anywhere.
+        let (_, gained, _) = s.track("t1", Some(&task("t1", "", TaskState::Pending, &[("db", 1)])));
+        assert!(gained.is_empty());
+        let (node, gained, _) =
+            s.track("t1", Some(&task("t1", "a", TaskState::Assigned, &[("db", 1)])));
+        assert_eq!((node.as_str(), gained), ("a", vec![key.clone()]));
+        // A second task on the same node: no second copy; on another node: that node gets it.
+        assert!(s
+            .track("t2", Some(&task("t2", "a", TaskState::Running, &[("db", 1)])))
+            .1
+            .is_empty());
+        assert_eq!(
+            s.track("t3", Some(&task("t3", "b", TaskState::Running, &[("db", 1)]))).1,
+            vec![key.clone()]
+        );
+        // Node a loses it only when its last task using it has stopped.
+        assert!(s
+            .track("t1", Some(&task("t1", "a", TaskState::Shutdown, &[("db", 1)])))
+            .2
+            .is_empty());
+        let (node, _, lost) =
+            s.track("t2", Some(&task("t2", "a", TaskState::Failed, &[("db", 1)])));
+        assert_eq!((node.as_str(), lost), ("a", vec![key.clone()]));
+        // A deleted task releases it too.
+        assert_eq!(s.track("t3", None).2, vec![key]);
+        assert!(s.node_secrets.values().all(|m| m.is_empty()));
     }
 }

@@ -426,6 +426,41 @@ impl Control for ControlApi {
         }
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
+
+    async fn create_secret(
+        &self,
+        req: Request<shoal_proto::CreateSecretRequest>,
+    ) -> Result<Response<shoal_proto::SecretResponse>, Status> {
+        Ok(Response::new(crate::secrets::create(&self.shared, req.into_inner()).await?))
+    }
+
+    async fn update_secret(
+        &self,
+        req: Request<shoal_proto::UpdateSecretRequest>,
+    ) -> Result<Response<shoal_proto::SecretResponse>, Status> {
+        Ok(Response::new(crate::secrets::update(&self.shared, req.into_inner()).await?))
+    }
+
+    async fn get_secret(
+        &self,
+        req: Request<shoal_proto::GetSecretRequest>,
+    ) -> Result<Response<shoal_proto::SecretResponse>, Status> {
+        Ok(Response::new(crate::secrets::get(&self.shared, req.into_inner()).await?))
+    }
+
+    async fn list_secrets(
+        &self,
+        req: Request<shoal_proto::ListSecretsRequest>,
+    ) -> Result<Response<shoal_proto::ListSecretsResponse>, Status> {
+        Ok(Response::new(crate::secrets::list(&self.shared, req.into_inner()).await?))
+    }
+
+    async fn remove_secret(
+        &self,
+        req: Request<shoal_proto::RemoveSecretRequest>,
+    ) -> Result<Response<shoal_proto::RemoveSecretResponse>, Status> {
+        Ok(Response::new(crate::secrets::remove(&self.shared, req.into_inner()).await?))
+    }
 }
 
 /// Refuses to remove a manager if the managers left could not form a quorum (counting those

@@ -11,6 +11,7 @@ pub mod manager;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;
+pub mod secrets;
 pub mod server;
 pub mod services;
 pub mod store;

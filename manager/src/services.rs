@@ -197,12 +197,10 @@ pub(crate) async fn create(
                     spec.name
                 )));
             }
-            let service = Service {
-                id: id.clone(),
-                spec: Some(spec.clone()),
-                spec_version: 1,
-                ..Default::default()
-            };
+            let mut spec = spec.clone();
+            crate::secrets::resolve_refs(tx, &mut spec, None)?;
+            let service =
+                Service { id: id.clone(), spec: Some(spec), spec_version: 1, ..Default::default() };
             tx.create(service.clone())?;
             Ok(service)
         })
@@ -263,6 +261,9 @@ pub(crate) async fn update(
                     });
                 }
                 Some(spec) => {
+                    let mut spec = spec.clone();
+                    crate::secrets::resolve_refs(tx, &mut spec, Some(&current))?;
+                    let spec = &spec;
                     if spec.name != current.name {
                         return Err(Status::invalid_argument(format!(
                             "a service cannot be renamed ({} → {})",

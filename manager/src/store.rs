@@ -11,8 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use shoal_proto::{
-    Cluster, Member, Meta, Node, Precondition, Service, SnapshotRecord, StoreBatch, StoreSnapshot,
-    Task, Write,
+    Cluster, Member, Meta, Node, Precondition, Secret, Service, SnapshotRecord, StoreBatch,
+    StoreSnapshot, Task, Write,
 };
 use tokio::sync::broadcast;
 
@@ -76,6 +76,7 @@ impl_object!(Cluster, "cluster");
 impl_object!(Member, "member");
 impl_object!(Service, "service");
 impl_object!(Task, "task");
+impl_object!(Secret, "secret");
 
 /// One applied change, as seen by watchers.
 #[derive(Clone, Debug, PartialEq, Eq)]

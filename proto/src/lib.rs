@@ -95,6 +95,24 @@ impl std::fmt::Debug for JoinTokenRecord {
     }
 }
 
+/// Secret data never reaches logs or `Debug` output: only its length shows.
+macro_rules! redact_data {
+    ($t:ty, $($field:ident),*) => {
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t))
+                    $(.field(stringify!($field), &self.$field))*
+                    .field("data", &format_args!("<redacted {} bytes>", self.data.len()))
+                    .finish()
+            }
+        }
+    };
+}
+redact_data!(SecretVersion, version, created_at_ms);
+redact_data!(SecretData, id, version, kind);
+redact_data!(CreateSecretRequest, kind, name, labels);
+redact_data!(UpdateSecretRequest, kind, reference, set_labels, labels);
+
 impl std::fmt::Debug for UnlockKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("UnlockKey(<redacted>)")
@@ -104,6 +122,26 @@ impl std::fmt::Debug for UnlockKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_of_secrets_hides_their_data() {
+        let secret = Secret {
+            name: "db".into(),
+            versions: vec![SecretVersion {
+                version: 1,
+                data: b"hunter2-TOPSECRET".to_vec(),
+                created_at_ms: 0,
+            }],
+            ..Default::default()
+        };
+        let shown = format!(
+            "{secret:?} {:?} {:?}",
+            SecretData { data: b"hunter2-TOPSECRET".to_vec(), ..Default::default() },
+            CreateSecretRequest { data: b"hunter2-TOPSECRET".to_vec(), ..Default::default() }
+        );
+        assert!(!shown.contains("TOPSECRET") && !shown.contains("104, 117"), "{shown}");
+        assert!(shown.contains("<redacted 17 bytes>"));
+    }
 
     #[test]
     fn debug_output_of_a_cluster_hides_keys_and_token_secrets() {

@@ -1,0 +1,415 @@
+//! Owns secrets and configs in the control API: validation (names, sizes), versions, the
+//! references services make to them, and the rule that data never leaves the manager except in
+//! a node's assignments. Secrets live inside the sealed store like every other object.
+
+use std::collections::{BTreeSet, HashMap};
+
+use shoal_proto::{
+    CreateSecretRequest, GetSecretRequest, ListSecretsRequest, ListSecretsResponse,
+    RemoveSecretRequest, RemoveSecretResponse, Secret, SecretKind, SecretReference, SecretResponse,
+    SecretVersion, Service, ServiceSpec, Task, TaskState, UpdateSecretRequest, UpdateState,
+    UpdateStatus,
+};
+use tonic::Status;
+
+use crate::manager::{now_ms, Shared};
+use crate::store::Tx;
+
+/// Swarm's limits: secrets under 500 KiB, configs under 1000 KiB.
+pub const MAX_SECRET: usize = 500 * 1024;
+pub const MAX_CONFIG: usize = 1000 * 1024;
+const MAX_NAME: usize = 64;
+const DEFAULT_MODE: u32 = 0o444;
+
+fn word(kind: SecretKind) -> &'static str {
+    match kind {
+        SecretKind::Secret => "secret",
+        SecretKind::Config => "config",
+    }
+}
+
+fn kind_of(raw: i32) -> Result<SecretKind, Status> {
+    SecretKind::try_from(raw).map_err(|_| Status::invalid_argument(format!("unknown kind {raw}")))
+}
+
+/// Names like Swarm's: letters and digits, with `-`, `_` or `.` inside, at most 64.
+pub fn validate_name(kind: SecretKind, name: &str) -> Result<(), Status> {
+    let inner_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && name.chars().all(inner_ok);
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "invalid {} name {name:?}: use 1–{MAX_NAME} letters and digits, with '-', '_' or '.' inside",
+            word(kind)
+        )))
+    }
+}
+
+fn validate_data(kind: SecretKind, data: &[u8]) -> Result<(), Status> {
+    let max = if kind == SecretKind::Secret { MAX_SECRET } else { MAX_CONFIG };
+    if data.is_empty() {
+        return Err(Status::invalid_argument(format!("{} data is empty", word(kind))));
+    }
+    if data.len() >= max {
+        return Err(Status::invalid_argument(format!(
+            "{} data is {} bytes; the limit is {} KiB",
+            word(kind),
+            data.len(),
+            max / 1024
+        )));
+    }
+    Ok(())
+}
+
+/// The secret without any data, as the API shows it.
+fn strip(s: &Secret) -> Secret {
+    let mut s = s.clone();
+    for v in &mut s.versions {
+        v.data.clear();
+    }
+    s
+}
+
+fn refs(spec: &ServiceSpec) -> impl Iterator<Item = &SecretReference> {
+    spec.container.iter().flat_map(|c| c.secrets.iter().chain(c.configs.iter()))
+}
+
+fn resolve<'a>(all: &'a [Secret], kind: SecretKind, reference: &str) -> Result<&'a Secret, Status> {
+    let mine: Vec<&Secret> = all.iter().filter(|s| s.kind() == kind).collect();
+    if let Some(s) = mine.iter().find(|s| s.id == reference || s.name == reference) {
+        return Ok(s);
+    }
+    match mine.iter().filter(|s| s.id.starts_with(reference)).collect::<Vec<_>>().as_slice() {
+        [one] if !reference.is_empty() => Ok(one),
+        [] | [_] => Err(Status::not_found(format!("no such {}: {reference}", word(kind)))),
+        _ => Err(Status::invalid_argument(format!(
+            "{reference} matches more than one {}; use a longer ID prefix",
+            word(kind)
+        ))),
+    }
+}
+
+/// Names of the services whose current spec uses secret `id`.
+fn users(services: &[Service], id: &str) -> Vec<String> {
+    let mut names: Vec<String> = services
+        .iter()
+        .filter(|s| s.spec.as_ref().is_some_and(|p| refs(p).any(|r| r.secret_id == id)))
+        .map(|s| s.spec.as_ref().map(|p| p.name.clone()).unwrap_or_default())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Checks and completes a spec's secret and config references inside a transaction: each
+/// names an existing one (by name or ID), gets its ID, target, mode and version. A reference
+/// the old spec already had keeps its version, so unrelated updates do not roll secrets.
+pub(crate) fn resolve_refs(
+    tx: &mut Tx<'_>,
+    spec: &mut ServiceSpec,
+    old: Option<&ServiceSpec>,
+) -> Result<(), Status> {
+    let Some(c) = spec.container.as_mut() else { return Ok(()) };
+    if c.secrets.is_empty() && c.configs.is_empty() {
+        return Ok(());
+    }
+    let all = tx.list::<Secret>()?;
+    for (kind, list) in [(SecretKind::Secret, &mut c.secrets), (SecretKind::Config, &mut c.configs)]
+    {
+        let mut targets = BTreeSet::new();
+        for r in list.iter_mut() {
+            let by =
+                if r.secret_id.is_empty() { r.secret_name.clone() } else { r.secret_id.clone() };
+            let found = resolve(&all, kind, &by)?;
+            // Read by ID so a concurrent removal makes the transaction conflict.
+            tx.get::<Secret>(&found.id)?;
+            r.secret_id = found.id.clone();
+            r.secret_name = found.name.clone();
+            if r.target.is_empty() {
+                r.target = match kind {
+                    SecretKind::Secret => found.name.clone(),
+                    SecretKind::Config => format!("/{}", found.name),
+                };
+            }
+            let bad_target = match kind {
+                SecretKind::Secret => r.target.contains('/') || r.target == "." || r.target == "..",
+                SecretKind::Config => {
+                    !r.target.starts_with('/') || r.target.split('/').any(|p| p == "..")
+                }
+            };
+            if bad_target {
+                return Err(Status::invalid_argument(format!(
+                    "invalid {} target {:?}: {}",
+                    word(kind),
+                    r.target,
+                    if kind == SecretKind::Secret {
+                        "a file name under /run/secrets"
+                    } else {
+                        "an absolute path without '..'"
+                    }
+                )));
+            }
+            if !targets.insert(r.target.clone()) {
+                return Err(Status::invalid_argument(format!(
+                    "two {}s use the target {}",
+                    word(kind),
+                    r.target
+                )));
+            }
+            if r.mode == 0 {
+                r.mode = DEFAULT_MODE;
+            }
+            if r.mode > 0o777 {
+                return Err(Status::invalid_argument(format!("invalid file mode {:o}", r.mode)));
+            }
+            let kept =
+                old.and_then(|o| refs(o).find(|x| x.secret_id == r.secret_id)).map(|x| x.version);
+            let exists = |v: u64| found.versions.iter().any(|x| x.version == v);
+            r.version = match (r.version, kept) {
+                (v, _) if v != 0 && exists(v) => v,
+                (0, Some(v)) if exists(v) && !r.follow => v,
+                _ => found.latest,
+            };
+        }
+    }
+    Ok(())
+}
+
+/// Drops versions that no service spec (current or previous) and no unfinished task uses.
+fn prune(secret: &mut Secret, services: &[Service], tasks: &[Task]) {
+    let mut used: BTreeSet<u64> = BTreeSet::from([secret.latest]);
+    let specs = services.iter().flat_map(|s| s.spec.iter().chain(s.previous_spec.iter()));
+    let task_specs =
+        tasks.iter().filter(|t| t.state() <= TaskState::Running).filter_map(|t| t.spec.as_ref());
+    for spec in specs.chain(task_specs) {
+        used.extend(refs(spec).filter(|r| r.secret_id == secret.id).map(|r| r.version));
+    }
+    secret.versions.retain(|v| used.contains(&v.version));
+}
+
+pub(crate) async fn create(
+    shared: &Shared,
+    req: CreateSecretRequest,
+) -> Result<SecretResponse, Status> {
+    let kind = kind_of(req.kind)?;
+    validate_name(kind, &req.name)?;
+    validate_data(kind, &req.data)?;
+    let id = shoal_pki::id::new_id();
+    let secret = Secret {
+        id: id.clone(),
+        kind: kind as i32,
+        name: req.name.clone(),
+        labels: req.labels.clone(),
+        versions: vec![SecretVersion {
+            version: 1,
+            data: req.data.clone(),
+            created_at_ms: now_ms(),
+        }],
+        latest: 1,
+        ..Default::default()
+    };
+    shared
+        .store
+        .update(|tx| {
+            if tx.list::<Secret>()?.iter().any(|s| s.kind() == kind && s.name == req.name) {
+                return Err(Status::already_exists(format!(
+                    "a {} named {} already exists",
+                    word(kind),
+                    req.name
+                )));
+            }
+            tx.create(secret.clone())?;
+            Ok(())
+        })
+        .await?;
+    tracing::info!(id = %id, kind = word(kind), name = %req.name, "created");
+    let stored = shared.store.get::<Secret>(&id)?.unwrap_or(secret);
+    Ok(SecretResponse { secret: Some(strip(&stored)), services: Vec::new() })
+}
+
+pub(crate) async fn update(
+    shared: &Shared,
+    req: UpdateSecretRequest,
+) -> Result<SecretResponse, Status> {
+    let kind = kind_of(req.kind)?;
+    if !req.data.is_empty() {
+        validate_data(kind, &req.data)?;
+    }
+    shared.store.barrier().await?;
+    let id = resolve(&shared.store.list::<Secret>()?, kind, &req.reference)?.id.clone();
+    let (secret, rolled) = shared
+        .store
+        .update(|tx| {
+            let mut secret = tx.get::<Secret>(&id)?.ok_or_else(|| {
+                Status::not_found(format!("no such {}: {}", word(kind), req.reference))
+            })?;
+            let services = tx.list::<Service>()?;
+            let mut rolled = Vec::new();
+            if !req.data.is_empty() {
+                secret.latest += 1;
+                let v = SecretVersion {
+                    version: secret.latest,
+                    data: req.data.clone(),
+                    created_at_ms: now_ms(),
+                };
+                secret.versions.push(v);
+                // Services that follow the secret move to the new version: a rolling update.
+                for s in &services {
+                    let Some(spec) = &s.spec else { continue };
+                    if !refs(spec).any(|r| r.secret_id == id && r.follow) {
+                        continue;
+                    }
+                    let mut s = tx.get::<Service>(&s.id)?.unwrap_or_else(|| s.clone());
+                    let mut spec = spec.clone();
+                    if let Some(c) = spec.container.as_mut() {
+                        for r in c.secrets.iter_mut().chain(c.configs.iter_mut()) {
+                            if r.secret_id == id && r.follow {
+                                r.version = secret.latest;
+                            }
+                        }
+                    }
+                    s.previous_spec = s.spec.take();
+                    s.previous_spec_version = s.spec_version;
+                    s.spec = Some(spec);
+                    s.spec_version += 1;
+                    s.update_status = Some(UpdateStatus {
+                        state: UpdateState::Updating as i32,
+                        started_at_ms: now_ms(),
+                        message: format!(
+                            "{} {} updated to version {}",
+                            word(kind),
+                            secret.name,
+                            secret.latest
+                        ),
+                        ..Default::default()
+                    });
+                    rolled.push(s.spec.as_ref().map(|p| p.name.clone()).unwrap_or_default());
+                    tx.update(s)?;
+                }
+                let services = tx.list::<Service>()?;
+                let tasks = tx.list::<Task>()?;
+                prune(&mut secret, &services, &tasks);
+            }
+            if req.set_labels {
+                secret.labels = req.labels.clone();
+            }
+            tx.update(secret.clone())?;
+            Ok::<_, Status>((secret, rolled))
+        })
+        .await?;
+    tracing::info!(id = %id, kind = word(kind), version = secret.latest, rolled = ?rolled, "updated");
+    Ok(SecretResponse { secret: Some(strip(&secret)), services: rolled })
+}
+
+pub(crate) async fn get(shared: &Shared, req: GetSecretRequest) -> Result<SecretResponse, Status> {
+    let kind = kind_of(req.kind)?;
+    shared.store.barrier().await?;
+    let all = shared.store.list::<Secret>()?;
+    let secret = resolve(&all, kind, &req.reference)?;
+    let services = users(&shared.store.list::<Service>()?, &secret.id);
+    Ok(SecretResponse { secret: Some(strip(secret)), services })
+}
+
+pub(crate) async fn list(
+    shared: &Shared,
+    req: ListSecretsRequest,
+) -> Result<ListSecretsResponse, Status> {
+    let kind = kind_of(req.kind)?;
+    shared.store.barrier().await?;
+    let mut secrets: Vec<Secret> =
+        shared.store.list::<Secret>()?.iter().filter(|s| s.kind() == kind).map(strip).collect();
+    secrets.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(ListSecretsResponse { secrets })
+}
+
+pub(crate) async fn remove(
+    shared: &Shared,
+    req: RemoveSecretRequest,
+) -> Result<RemoveSecretResponse, Status> {
+    let kind = kind_of(req.kind)?;
+    shared.store.barrier().await?;
+    let id = resolve(&shared.store.list::<Secret>()?, kind, &req.reference)?.id.clone();
+    let name = shared
+        .store
+        .update(|tx| {
+            let secret = tx.get::<Secret>(&id)?.ok_or_else(|| {
+                Status::not_found(format!("no such {}: {}", word(kind), req.reference))
+            })?;
+            let using = users(&tx.list::<Service>()?, &id);
+            if !using.is_empty() {
+                return Err(Status::failed_precondition(format!(
+                    "{} {} is in use by the following service{}: {}",
+                    word(kind),
+                    secret.name,
+                    if using.len() == 1 { "" } else { "s" },
+                    using.join(", ")
+                )));
+            }
+            tx.delete::<Secret>(&id)?;
+            Ok(secret.name)
+        })
+        .await?;
+    tracing::info!(id = %id, kind = word(kind), "removed");
+    Ok(RemoveSecretResponse { id, name })
+}
+
+/// The (ID, version) pairs a task reads.
+pub(crate) fn task_refs(t: &Task) -> Vec<(String, u64)> {
+    t.spec
+        .as_ref()
+        .map(|s| refs(s).map(|r| (r.secret_id.clone(), r.version)).collect())
+        .unwrap_or_default()
+}
+
+/// One version's data, for a node's assignments.
+pub(crate) fn data_of(secret: &Secret, version: u64) -> Option<Vec<u8>> {
+    secret.versions.iter().find(|v| v.version == version).map(|v| v.data.clone())
+}
+
+/// For tests and listings: how many services use each secret.
+pub fn usage(services: &[Service]) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for s in services {
+        if let Some(spec) = &s.spec {
+            for r in refs(spec) {
+                *out.entry(r.secret_id.clone()).or_default() += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_sizes_follow_swarm() {
+        for ok in ["db", "psql_user", "a.b-c_d", "x"] {
+            validate_name(SecretKind::Secret, ok).unwrap();
+        }
+        for bad in ["", "-db", "db-", "a/b", "with space", &"x".repeat(65)] {
+            let e = validate_name(SecretKind::Secret, bad).unwrap_err();
+            assert!(e.message().contains("invalid secret name"), "{bad}: {}", e.message());
+        }
+        assert!(validate_data(SecretKind::Secret, b"").is_err());
+        assert!(validate_data(SecretKind::Secret, &vec![1; MAX_SECRET - 1]).is_ok());
+        let e = validate_data(SecretKind::Secret, &vec![1; MAX_SECRET]).unwrap_err();
+        assert!(e.message().contains("500 KiB"), "{}", e.message());
+        assert!(validate_data(SecretKind::Config, &vec![1; MAX_SECRET]).is_ok());
+        assert!(validate_data(SecretKind::Config, &vec![1; MAX_CONFIG]).is_err());
+    }
+
+    #[test]
+    fn stripped_secrets_carry_no_data() {
+        let s = Secret {
+            versions: vec![SecretVersion { version: 1, data: b"pw".to_vec(), created_at_ms: 1 }],
+            ..Default::default()
+        };
+        assert!(strip(&s).versions.iter().all(|v| v.data.is_empty()));
+    }
+}
