@@ -71,7 +71,9 @@ impl NodePolicy {
             let range = |file: &str| {
                 let text = std::fs::read_to_string(file).unwrap_or_default();
                 IdRange::from_subid_file(&text, user).ok_or_else(|| {
-                    format!("{file} has no range for user {user:?}; add one (e.g. {user}:100000:65536)")
+                    format!(
+                        "{file} has no range for user {user:?}; add one (e.g. {user}:100000:65536)"
+                    )
                 })
             };
             p.userns_uids = Some(range("/etc/subuid")?);

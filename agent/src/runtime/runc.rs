@@ -130,8 +130,12 @@ impl Runc {
     ) -> Result<ExecOutput> {
         let mut c = self.command();
         c.arg("exec").arg("--pid-file").arg(pid_file).arg(id).args(args);
-        c.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        // Never kill runc itself: the command it runs would become our orphan, a zombie nobody
+        // reaps, and a pid namespace's init cannot finish exiting while one of its processes is
+        // unreaped. Kill the command; runc reaps it and exits, and tokio reaps runc.
+        c.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(false);
         let mut child = c.spawn().map_err(|e| self.spawn_err(e))?;
+        let guard = KillExecOnDrop(pid_file);
         let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
         let run = async {
             let (o, e) = tokio::join!(read_capped(out.as_mut()), read_capped(err.as_mut()));
@@ -153,6 +157,7 @@ impl Runc {
                 (status, Vec::new(), Vec::new(), true)
             }
         };
+        std::mem::forget(guard);
         let status = status.map_err(|e| self.spawn_err(e))?;
         let mut output = String::from_utf8_lossy(&o).into_owned();
         output.push_str(&String::from_utf8_lossy(&e));
@@ -243,6 +248,15 @@ async fn read_capped(from: Option<&mut (impl AsyncRead + Unpin)>) -> Vec<u8> {
         kept.extend_from_slice(&buf[..n.min(room)]);
     }
     kept
+}
+
+/// Kills the command of a `runc exec` whose caller went away before it finished.
+struct KillExecOnDrop<'a>(&'a Path);
+
+impl Drop for KillExecOnDrop<'_> {
+    fn drop(&mut self) {
+        kill_exec(self.0);
+    }
 }
 
 /// SIGKILLs the command `runc exec` started, by the pid it wrote.

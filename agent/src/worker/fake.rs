@@ -1,7 +1,8 @@
 //! `FakeExecutor`: pretends to run containers, for tests and for benchmarks of many simulated
 //! agents in one process. Tasks run at once and until stopped; the image name picks a fate:
 //! `missing/…` is REJECTED, `fail/…` exits 1 right after starting, `unhealthy/…` fails every
-//! health check. A few dozen bytes per task; no files unless asked to write logs.
+//! health check. A few dozen bytes per task; no files unless asked to write logs. Its tasks
+//! outlive a worker, so a new agent on the same fake re-attaches them.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -184,12 +185,21 @@ impl Executor for FakeExecutor {
         })
     }
 
+    /// The containers it holds: a new worker on the same fake (an agent restarted in the same
+    /// process) takes them over.
     fn leftovers(&self) -> BoxFuture<'_, Result<Vec<String>, ExecError>> {
-        Box::pin(async { Ok(Vec::new()) })
+        Box::pin(async { Ok(self.containers()) })
     }
 
     fn adopt<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), ExecError>> {
-        Box::pin(async move { Err(ExecError::Unknown(task.id.clone())) })
+        Box::pin(async move {
+            let held = self.lock().contains_key(&task.id);
+            if held {
+                Ok(())
+            } else {
+                Err(ExecError::Unknown(task.id.clone()))
+            }
+        })
     }
 
     fn forget<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()> {

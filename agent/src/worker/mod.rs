@@ -9,7 +9,7 @@ mod controller;
 pub mod executor;
 mod fake;
 pub mod health;
-pub(crate) mod link;
+pub mod link;
 mod logs;
 mod oci;
 pub mod spec;

@@ -92,7 +92,18 @@ impl OciExecutor {
         self.runtime.create(built.spec).await.map_err(|e| ExecError::Rejected(e.to_string()))
     }
 
+    /// Containers no worker drives: an earlier process's, and this runtime's own when a new
+    /// agent replaces one in the same process (leave and join, a forced new cluster).
+    async fn unclaimed(&self) -> Result<Vec<String>, ExecError> {
+        let mut ids = self.runtime.leftovers().await.map_err(failed)?;
+        ids.extend(self.runtime.task_ids());
+        Ok(ids)
+    }
+
     async fn adopt_task(&self, task: &Task) -> Result<(), ExecError> {
+        if self.runtime.task_ids().contains(&task.id) {
+            return Ok(());
+        }
         let c = task.spec.as_ref().and_then(|s| s.container.as_ref());
         let signal = match c.map(|c| c.stop_signal.as_str()).unwrap_or("") {
             "" => rustix::process::Signal::TERM.as_raw(),
@@ -175,7 +186,7 @@ impl Executor for OciExecutor {
     }
 
     fn leftovers(&self) -> BoxFuture<'_, Result<Vec<String>, ExecError>> {
-        Box::pin(async move { self.runtime.leftovers().await.map_err(failed) })
+        Box::pin(self.unclaimed())
     }
 
     fn adopt<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), ExecError>> {

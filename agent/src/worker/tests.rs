@@ -42,18 +42,17 @@ struct Fixture {
     worker: Worker,
     fake: Arc<FakeExecutor>,
     reports: Arc<Mutex<Vec<(String, TaskStatus)>>>,
-    _logs: tempfile::TempDir,
+    _logs: Arc<tempfile::TempDir>,
 }
 
 impl Fixture {
     fn new() -> Fixture {
         let logs = tempfile::tempdir().unwrap();
         let fake = FakeExecutor::new("n1").with_logs(logs.path());
-        Fixture::with(fake, logs)
+        Fixture::with(Arc::new(fake), Arc::new(logs))
     }
 
-    fn with(fake: FakeExecutor, logs: tempfile::TempDir) -> Fixture {
-        let fake = Arc::new(fake);
+    fn with(fake: Arc<FakeExecutor>, logs: Arc<tempfile::TempDir>) -> Fixture {
         let worker = Worker::new(fake.clone());
         let reports = Arc::new(Mutex::new(Vec::new()));
         let (queue, sink) = (worker.statuses().clone(), reports.clone());
@@ -66,6 +65,12 @@ impl Fixture {
             }
         });
         Fixture { worker, fake, reports, _logs: logs }
+    }
+
+    /// The agent goes away (its containers stay) and a new one starts on the same executor.
+    fn restart(self) -> Fixture {
+        self.worker.shutdown();
+        Fixture::with(self.fake.clone(), self._logs.clone())
     }
 
     fn reports_of(&self, id: &str) -> Vec<TaskStatus> {
@@ -258,9 +263,34 @@ async fn each_fate_of_the_fake_is_reported_as_swarm_would() {
 }
 
 #[tokio::test]
+async fn a_new_agent_on_the_same_executor_takes_over_the_tasks_still_wanted() {
+    let f = Fixture::new();
+    let (a, b) = (
+        new_test_task("a", "web:1", TaskState::Running),
+        new_test_task("b", "web:1", TaskState::Running),
+    );
+    f.worker.apply(complete(vec![a.clone(), b])).await;
+    f.reaches("a", TaskState::Running).await;
+    f.reaches("b", TaskState::Running).await;
+    let f = f.restart();
+    let mut a = a;
+    a.status = Some(TaskStatus { state: TaskState::Running as i32, ..Default::default() });
+    f.worker.apply(complete(vec![a.clone()])).await;
+    f.container_gone("b").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(f.reports_of("a").is_empty(), "nothing to report: a is still running");
+    assert_eq!(f.fake.containers(), vec!["a".to_string()]);
+
+    f.worker.apply(changes(vec![with_desired(a, TaskState::Shutdown)], &[])).await;
+    f.reaches("a", TaskState::Shutdown).await;
+    f.container_gone("a").await;
+}
+
+#[tokio::test]
 async fn many_tasks_stay_cheap() {
     // No log files: removing thousands of directories is slow on some filesystems.
-    let f = Fixture::with(FakeExecutor::new("n1"), tempfile::tempdir().unwrap());
+    let f =
+        Fixture::with(Arc::new(FakeExecutor::new("n1")), Arc::new(tempfile::tempdir().unwrap()));
     let tasks: Vec<Task> =
         (0..2000).map(|i| new_test_task(&format!("t{i}"), "web:1", TaskState::Running)).collect();
     f.worker.apply(complete(tasks)).await;

@@ -110,3 +110,5 @@ pub fn tar_dir(root: &Path, out: &Path) {
     b.append_dir_all(".", root).unwrap();
     b.finish().unwrap();
 }
+
+pub mod dispatcher;
