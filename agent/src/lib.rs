@@ -100,6 +100,12 @@ impl Agent {
         &self.worker
     }
 
+    /// Stops and removes every task and container of this node (before leaving the swarm:
+    /// dropping the agent leaves them running for the next agent to re-attach).
+    pub async fn remove_tasks(&self) {
+        self.worker.remove_all().await;
+    }
+
     /// A receiver that sees every status change.
     pub fn watch(&self) -> watch::Receiver<AgentStatus> {
         self.status.clone()

@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::future::BoxFuture;
 use shoal_proto::{Task, TaskState, TaskStatus};
 use tokio::sync::watch;
 
@@ -44,7 +45,7 @@ impl Desired {
 }
 
 /// How a task's run ended: the status to report, if any.
-enum End {
+pub(super) enum End {
     Report(TaskStatus),
     Silent,
 }
@@ -57,37 +58,20 @@ pub(super) struct Controller {
     pub desired: watch::Receiver<Desired>,
 }
 
+/// Where a task's first phase left it.
+enum Next {
+    /// Running: supervise it (with its health check, if any).
+    Supervise(Option<Probe>),
+    Done(End),
+}
+
 impl Controller {
     /// Runs the task to its end. `adopt`: a container of this task survived an agent restart.
-    pub async fn run(mut self, task: Task, adopt: bool) {
-        let observed = task.state();
-        if observed.is_terminal() {
-            if adopt {
-                self.discard_adopted(&task).await;
-            }
-            return;
-        }
-        let d = until(&mut self.desired, |d| d.stops() || d.runs()).await;
-        let end = if d.stops() {
-            if adopt {
-                self.discard_adopted(&task).await;
-            }
-            stopped(d, None)
-        } else if adopt && self.exec.adopt(&task).await.is_ok() {
-            tracing::info!(task = %self.id, "re-attached to the task's container");
-            let probe = probe_of(&task);
-            self.report(running(probe.is_some()));
-            self.supervise(probe).await
-        } else if observed as i32 >= TaskState::Starting as i32 {
-            if adopt {
-                self.exec.forget(&self.id).await;
-            }
-            End::Report(failed("the task's container did not survive an agent restart", None))
-        } else {
-            if adopt {
-                self.exec.forget(&self.id).await;
-            }
-            self.launch(task).await
+    /// Each phase is boxed and freed when it ends, so a running task costs little memory.
+    pub async fn run(mut self, task: Box<Task>, adopt: bool) {
+        let end = match Box::pin(self.begin(task, adopt)).await {
+            Next::Supervise(probe) => Box::pin(self.supervise(probe)).await,
+            Next::Done(end) => end,
         };
         if let Err(e) = self.exec.remove(&self.id).await {
             if !matches!(e, ExecError::Unknown(_)) {
@@ -99,28 +83,60 @@ impl Controller {
         }
     }
 
-    /// Prepare, wait for the go, start, supervise.
-    async fn launch(&mut self, task: Task) -> End {
+    /// Everything before RUNNING: re-attach, or prepare and start, or give up.
+    async fn begin(&mut self, task: Box<Task>, adopt: bool) -> Next {
+        let observed = task.state();
+        if observed.is_terminal() {
+            if adopt {
+                self.discard_adopted(&task).await;
+            }
+            return Next::Done(End::Silent);
+        }
+        let d = until(&mut self.desired, |d| d.stops() || d.runs()).await;
+        if d.stops() {
+            if adopt {
+                self.discard_adopted(&task).await;
+            }
+            return Next::Done(stopped(d, None));
+        }
+        if adopt && self.exec.adopt(&task).await.is_ok() {
+            tracing::info!(task = %self.id, "re-attached to the task's container");
+            let probe = probe_of(&task);
+            self.report(running(probe.is_some()));
+            return Next::Supervise(probe);
+        }
+        if adopt {
+            self.exec.forget(&self.id).await;
+        }
+        if observed as i32 >= TaskState::Starting as i32 {
+            let err = "the task's container did not survive an agent restart";
+            return Next::Done(End::Report(failed(err, None)));
+        }
+        self.launch(task).await
+    }
+
+    /// Prepare, wait for the go, start.
+    async fn launch(&mut self, task: Box<Task>) -> Next {
         self.report(status(TaskState::Accepted, "accepted"));
         self.report(status(TaskState::Preparing, "preparing"));
         if let Err(e) = self.exec.prepare(&task).await {
             tracing::info!(task = %self.id, error = %e, "task rejected");
             let mut s = status(TaskState::Rejected, "rejected");
             s.err = e.to_string();
-            return End::Report(s);
+            return Next::Done(End::Report(s));
         }
         let probe = probe_of(&task);
         drop(task);
         self.report(status(TaskState::Ready, "prepared"));
         if let Some(d) = self.until_start().await {
-            return stopped(d, None);
+            return Next::Done(stopped(d, None));
         }
         self.report(status(TaskState::Starting, "starting"));
         if let Err(e) = self.exec.start(&self.id).await {
-            return End::Report(failed(&e.to_string(), None));
+            return Next::Done(End::Report(failed(&e.to_string(), None)));
         }
         self.report(running(probe.is_some()));
-        self.supervise(probe).await
+        Next::Supervise(probe)
     }
 
     /// Waits until the task may start; returns the desired state instead if it must stop.
@@ -142,16 +158,16 @@ impl Controller {
     }
 
     /// Watches a running task: its exit, a desired stop, its health.
-    async fn supervise(&mut self, probe: Option<Probe>) -> End {
+    pub(super) async fn supervise(&mut self, probe: Option<Probe>) -> End {
         let (exec, queue, id) = (self.exec.clone(), self.queue.clone(), self.id.clone());
         let health = Mutex::new("");
-        let watch_health = async {
-            let Some(p) = &probe else { return std::future::pending().await };
-            health::watch(&*exec, &id, p, |h| {
+        // Boxed only when there is a check: a task without one carries no probe state.
+        let watch_health: BoxFuture<'_, String> = match &probe {
+            Some(p) => Box::pin(health::watch(&*exec, &id, p, |h| {
                 *health.lock().unwrap_or_else(|p| p.into_inner()) = health_word(h);
                 queue.push(&id, with_health(running(true), h));
-            })
-            .await
+            })),
+            None => Box::pin(std::future::pending()),
         };
         let last_health = || *health.lock().unwrap_or_else(|p| p.into_inner());
         tokio::select! {

@@ -136,24 +136,39 @@ impl Worker {
                 queue: self.shared.queue.clone(),
                 desired: rx,
             };
-            tokio::spawn(c.run(task.clone(), adopt))
+            tokio::spawn(c.run(Box::new(task.clone()), adopt))
         });
         tasks.insert(task.id, Entry { desired: tx, controller });
     }
 
     /// Forgets a task: its controller stops it without reporting, then its container and
-    /// logs are removed.
-    fn remove(&self, tasks: &mut HashMap<String, Entry>, id: &str) {
-        let Some(entry) = tasks.remove(id) else { return };
+    /// logs are removed (by the returned task).
+    fn remove(&self, tasks: &mut HashMap<String, Entry>, id: &str) -> Option<JoinHandle<()>> {
+        let entry = tasks.remove(id)?;
         entry.desired.send_modify(|d| d.removed = true);
         self.shared.queue.untrack(id);
         let (exec, id) = (self.shared.exec.clone(), id.to_string());
-        tokio::spawn(async move {
+        Some(tokio::spawn(async move {
             if let Some(c) = entry.controller {
                 let _ = c.await;
             }
             exec.forget(&id).await;
-        });
+        }))
+    }
+
+    /// Stops and removes every task and container on this node, with their logs (the node
+    /// leaves the swarm). Returns once they are gone.
+    pub async fn remove_all(&self) {
+        let removals: Vec<JoinHandle<()>> = {
+            let mut tasks = self.tasks();
+            let ids: Vec<String> = tasks.keys().cloned().collect();
+            ids.iter().filter_map(|id| self.remove(&mut tasks, id)).collect()
+        };
+        futures::future::join_all(removals).await;
+        for id in self.shared.exec.leftovers().await.unwrap_or_default() {
+            self.shared.exec.forget(&id).await;
+        }
+        self.shared.exec.retain_logs(&HashSet::new());
     }
 
     /// Task states waiting to be reported.

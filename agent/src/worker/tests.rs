@@ -287,6 +287,22 @@ async fn a_new_agent_on_the_same_executor_takes_over_the_tasks_still_wanted() {
 }
 
 #[tokio::test]
+async fn leaving_removes_every_task_and_its_logs() {
+    let f = Fixture::new();
+    let tasks = vec![
+        new_test_task("a", "web:1", TaskState::Running),
+        new_test_task("b", "fail/web", TaskState::Running),
+    ];
+    f.worker.apply(complete(tasks)).await;
+    f.reaches("a", TaskState::Running).await;
+    f.reaches("b", TaskState::Failed).await;
+    f.worker.remove_all().await;
+    assert!(f.fake.containers().is_empty());
+    assert_eq!(f.worker.task_count(), 0);
+    assert!(f.fake.log_paths("a").is_none() && f.fake.log_paths("b").is_none());
+}
+
+#[tokio::test]
 async fn many_tasks_stay_cheap() {
     // No log files: removing thousands of directories is slow on some filesystems.
     let f =
@@ -304,4 +320,17 @@ async fn many_tasks_stay_cheap() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(f.worker.task_count(), 2000);
+}
+
+/// 1,000 simulated agents × 100 tasks share one process: a running task must stay small.
+#[tokio::test]
+async fn a_running_tasks_controller_is_small() {
+    let task = new_test_task("a", "web:1", TaskState::Running);
+    let (_tx, rx) = watch::channel(controller::Desired::of(&task));
+    let exec: Arc<dyn Executor> = Arc::new(FakeExecutor::new("n1"));
+    let queue = Arc::new(StatusQueue::default());
+    let mut c = Controller { id: "a".into(), exec, queue, desired: rx };
+    let running = std::mem::size_of_val(&c.supervise(None));
+    let whole = std::mem::size_of_val(&c.run(Box::new(task), false));
+    assert!(running + whole < 2048, "{running} + {whole} bytes per running task");
 }
