@@ -716,6 +716,13 @@ struct E2eRun {
 async fn e2e(args: E2eArgs) -> Result<()> {
     let total = args.services as u64 * args.replicas;
     anyhow::ensure!(args.managers >= 1 && args.agents >= 1 && total >= 1, "nothing to measure");
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        // The managers' own logs (elections, nodes marked down), for looking into odd numbers.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     raise_nofile(2 * args.agents + 1024).await?;
     println!("starting {} managers (in-process, Raft over mTLS on loopback)...", args.managers);
     let cluster = E2eCluster::start(args.managers).await.context("starting the managers")?;
@@ -731,7 +738,9 @@ async fn e2e(args: E2eArgs) -> Result<()> {
     let limit = Duration::from_secs(args.timeout.max(10));
     let mut results = Vec::new();
     for run in 0..args.runs.max(1) {
+        let before = cluster.health(&agents.stats);
         let r = e2e_run(&mut control, &tracker, &agents, &args, run, limit).await;
+        cluster.health(&agents.stats).note_changes(&before);
         let r = match r {
             Ok(r) => r,
             Err(e) => {
@@ -981,7 +990,12 @@ fn serve_member(
             tracing::error!(error = %e, "bench manager stopped serving");
         }
     });
-    let tasks = vec![server, manager.spawn_monitor(), manager.spawn_node_updates()];
+    let tasks = vec![
+        server,
+        manager.spawn_monitor(),
+        manager.spawn_node_updates(),
+        manager.spawn_orchestrator(),
+    ];
     (stop, tasks)
 }
 
@@ -1084,6 +1098,24 @@ impl E2eCluster {
         Ok(ControlClient::new(channel))
     }
 
+    /// The Raft term, workers not Ready, and agent errors: what should not change under load.
+    fn health(&self, stats: &SimStats) -> Health {
+        let term = self.members.iter().map(|m| m.manager.raft().status().term).max();
+        let workers =
+            self.leader().and_then(|l| self.members[l].manager.store().list::<Node>().ok());
+        let not_ready = workers
+            .unwrap_or_default()
+            .iter()
+            .filter(|n| n.role() == NodeRole::Worker && n.state() != NodeState::Ready)
+            .count();
+        Health {
+            term: term.unwrap_or(0),
+            not_ready,
+            errors: stats.errors.load(Ordering::Relaxed),
+            sessions: stats.sessions.load(Ordering::Relaxed),
+        }
+    }
+
     fn ready_workers(&self) -> Result<usize> {
         let leader = self.leader().context("no manager is leader")?;
         let nodes = self.members[leader].manager.store().list::<Node>()?;
@@ -1091,6 +1123,34 @@ impl E2eCluster {
             .iter()
             .filter(|n| n.role() == NodeRole::Worker && n.state() == NodeState::Ready)
             .count())
+    }
+}
+
+/// See [`E2eCluster::health`].
+#[derive(Debug, Clone, Copy)]
+struct Health {
+    term: u64,
+    not_ready: usize,
+    errors: usize,
+    sessions: usize,
+}
+
+impl Health {
+    /// Prints what changed since `before` (elections, nodes down, sessions reopened).
+    fn note_changes(&self, before: &Health) {
+        if self.term != before.term {
+            println!("  note: elections during the run: term {} -> {}", before.term, self.term);
+        }
+        if self.not_ready > 0 {
+            println!("  note: {} workers not Ready after the run", self.not_ready);
+        }
+        if self.errors != before.errors || self.sessions != before.sessions {
+            println!(
+                "  note: {} agent errors and {} sessions reopened during the run",
+                self.errors - before.errors,
+                self.sessions - before.sessions
+            );
+        }
     }
 }
 
@@ -1385,48 +1445,62 @@ impl SimAgent {
                 stop.push(t.id.clone());
             }
         }
-        if !start.is_empty() {
-            self.stats.seen.fetch_add(start.len(), Ordering::Relaxed);
-            self.report(client, session_id, &start, TaskState::Accepted).await?;
-            self.report(client, session_id, &start, TaskState::Running).await?;
+        for id in &start {
+            self.tasks.insert(id.clone(), TaskState::Running as i32);
         }
-        if !stop.is_empty() {
-            self.report(client, session_id, &stop, TaskState::Shutdown).await?;
+        for id in &stop {
+            self.tasks.insert(id.clone(), TaskState::Shutdown as i32);
         }
+        self.stats.seen.fetch_add(start.len(), Ordering::Relaxed);
+        // Reports go out beside the loop, as a real agent's do, so heartbeats and further
+        // assignments are never held up behind a status write.
+        let (mut client, session_id, stats) =
+            (client.clone(), session_id.to_string(), self.stats.clone());
+        tokio::spawn(async move {
+            let steps = [
+                (&start, TaskState::Accepted),
+                (&start, TaskState::Running),
+                (&stop, TaskState::Shutdown),
+            ];
+            for (ids, state) in steps {
+                if ids.is_empty() {
+                    continue;
+                }
+                if let Err(e) = report(&mut client, &session_id, ids, state, &stats).await {
+                    stats.error(&e);
+                    return;
+                }
+            }
+        });
         Ok(())
     }
+}
 
-    async fn report(
-        &mut self,
-        client: &mut DispatcherClient<Channel>,
-        session_id: &str,
-        ids: &[String],
-        state: TaskState,
-    ) -> Result<()> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        let updates = ids
-            .iter()
-            .map(|id| TaskStatusUpdate {
-                task_id: id.clone(),
-                status: Some(TaskStatus {
-                    state: state as i32,
-                    timestamp_ms: now,
-                    ..Default::default()
-                }),
-            })
-            .collect();
-        let req = UpdateTaskStatusRequest { session_id: session_id.to_string(), updates };
-        client
-            .update_task_status(req)
-            .await
-            .with_context(|| format!("UpdateTaskStatus {state:?}"))?;
-        self.stats.reports.fetch_add(1, Ordering::Relaxed);
-        for id in ids {
-            self.tasks.insert(id.clone(), state as i32);
-        }
-        Ok(())
-    }
+/// Sends one UpdateTaskStatus with `state` for every task in `ids`.
+async fn report(
+    client: &mut DispatcherClient<Channel>,
+    session_id: &str,
+    ids: &[String],
+    state: TaskState,
+    stats: &SimStats,
+) -> Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let updates = ids
+        .iter()
+        .map(|id| TaskStatusUpdate {
+            task_id: id.clone(),
+            status: Some(TaskStatus {
+                state: state as i32,
+                timestamp_ms: now,
+                ..Default::default()
+            }),
+        })
+        .collect();
+    let req = UpdateTaskStatusRequest { session_id: session_id.to_string(), updates };
+    client.update_task_status(req).await.with_context(|| format!("UpdateTaskStatus {state:?}"))?;
+    stats.reports.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
