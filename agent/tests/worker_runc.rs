@@ -288,6 +288,10 @@ async fn logs_are_published_to_the_managers() {
     let want: Vec<String> = (0..ticks.len()).map(|i| format!("tick {i}")).collect();
     assert_eq!(ticks, want, "every line once, in order, as it is written");
     assert!(published.iter().all(|(_, m)| m.session_id == "s1" && m.subscription_id == "sub"));
+
+    worker.remove_all().await;
+    assert_removed(&exec, &id).await;
+    assert!(exec.log_paths(&id).is_none(), "a removed task's logs go with it");
 }
 
 #[tokio::test]
