@@ -49,6 +49,12 @@ pub enum Command {
     /// Manage this node's images
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Manage secrets (data only tasks that name them can read)
+    #[command(subcommand)]
+    Secret(crate::secret_cmd::SecretCmd),
+    /// Manage configs (like secrets, for data that is not secret)
+    #[command(subcommand)]
+    Config(crate::secret_cmd::SecretCmd),
     /// Show this node's view of the swarm
     Info,
     /// Measure Shoal against its targets
@@ -251,6 +257,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Swarm(cmd) => swarm(cmd, channel, &host).await,
         Command::Node(cmd) => node(cmd, channel).await,
         Command::Service(cmd) => crate::service_cmd::run(cmd, channel).await,
+        Command::Secret(cmd) => crate::secret_cmd::run(SecretKind::Secret, cmd, channel).await,
+        Command::Config(cmd) => crate::secret_cmd::run(SecretKind::Config, cmd, channel).await,
         Command::Image(cmd) => {
             local_only(&host)?;
             image(cmd, channel).await

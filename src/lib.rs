@@ -9,4 +9,5 @@ pub mod daemon;
 pub mod images;
 pub mod local_api;
 pub mod output;
+pub mod secret_cmd;
 pub mod service_cmd;

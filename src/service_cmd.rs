@@ -242,6 +242,12 @@ pub struct CreateArgs {
     /// Resource limits (nofile=1024:2048)
     #[arg(long)]
     pub ulimit: Vec<String>,
+    /// Secrets the tasks may read: NAME or source=NAME,target=T,uid=U,gid=G,mode=0400[,follow]
+    #[arg(long)]
+    pub secret: Vec<String>,
+    /// Configs the tasks may read: NAME or source=NAME,target=/PATH,uid=U,gid=G,mode=0444[,follow]
+    #[arg(long)]
+    pub config: Vec<String>,
     #[command(flatten)]
     pub flags: SpecFlags,
     /// Image name (as loaded with 'shoal image load' or 'image import')
@@ -279,6 +285,18 @@ pub struct UpdateArgs {
     pub cap_add: Vec<String>,
     #[arg(long)]
     pub cap_drop: Vec<String>,
+    /// Add or replace a secret (same forms as service create --secret)
+    #[arg(long)]
+    pub secret_add: Vec<String>,
+    /// Remove a secret (its name)
+    #[arg(long)]
+    pub secret_rm: Vec<String>,
+    /// Add or replace a config (same forms as service create --config)
+    #[arg(long)]
+    pub config_add: Vec<String>,
+    /// Remove a config (its name)
+    #[arg(long)]
+    pub config_rm: Vec<String>,
     /// Replace every task even if nothing changed
     #[arg(long)]
     pub force: bool,
@@ -380,6 +398,65 @@ fn parse_ulimit(s: &str) -> Result<Ulimit> {
         soft: soft.parse().map_err(|_| bad())?,
         hard: hard.parse().map_err(|_| bad())?,
     })
+}
+
+/// `--secret`/`--config`: `NAME`, or `source=NAME,target=T,uid=U,gid=G,mode=0400[,follow]`
+/// (the mode is octal; `follow` moves the service to each new version of the secret).
+pub fn parse_secret_ref(s: &str) -> Result<SecretReference> {
+    let mut r = SecretReference::default();
+    if !s.contains('=') && !s.contains(',') {
+        r.secret_name = s.to_string();
+        return Ok(r);
+    }
+    for part in s.split(',') {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let id =
+            |v: &str| v.parse::<u32>().map_err(|_| anyhow::anyhow!("invalid {k} {v:?} in {s:?}"));
+        match k.trim() {
+            "source" | "src" => r.secret_name = v.to_string(),
+            "target" => r.target = v.to_string(),
+            "uid" => r.uid = id(v)?,
+            "gid" => r.gid = id(v)?,
+            "mode" => r.mode = parse_mode(v).with_context(|| format!("in {s:?}"))?,
+            "follow" => {
+                r.follow = match v {
+                    "" | "true" => true,
+                    "false" => false,
+                    _ => {
+                        bail!("invalid follow {v:?} in {s:?}: follow, follow=true or follow=false")
+                    }
+                }
+            }
+            _ => bail!(
+                "invalid option {part:?} in {s:?}: use source, target, uid, gid, mode or follow"
+            ),
+        }
+    }
+    if r.secret_name.is_empty() {
+        bail!("{s:?} names no source: use NAME or source=NAME,…");
+    }
+    Ok(r)
+}
+
+/// A file mode in octal (`0400`, `400`, `0o400`).
+pub fn parse_mode(v: &str) -> Result<u32> {
+    let digits = v.strip_prefix("0o").unwrap_or(v);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o777 && !digits.is_empty() => Ok(m),
+        _ => bail!("invalid mode {v:?}: use octal, like 0400"),
+    }
+}
+
+/// `--secret-rm` then `--secret-add`: an added reference replaces one of the same name.
+fn edit_refs(list: &mut Vec<SecretReference>, add: &[String], rm: &[String]) -> Result<()> {
+    let add: Vec<SecretReference> =
+        add.iter().map(|a| parse_secret_ref(a)).collect::<Result<_>>()?;
+    list.retain(|r| {
+        let named = |n: &String| *n == r.secret_name || *n == r.secret_id;
+        !rm.iter().any(named) && !add.iter().any(|a| a.secret_name == r.secret_name)
+    });
+    list.extend(add);
+    Ok(())
 }
 
 fn pref(p: &str) -> Result<String> {
@@ -553,7 +630,7 @@ fn apply_update(u: &mut UpdateConfig, a: UpdateFlags<'_>, b: UpdateFlags2<'_>) -
 }
 
 /// The image digest as the local node knows it, to pin the service to it.
-async fn pin_image(channel: &Channel, image: &str) -> Option<String> {
+pub(crate) async fn pin_image(channel: &Channel, image: &str) -> Option<String> {
     let list = DaemonClient::new(channel.clone()).image_ls(ImageLsRequest {}).await.ok()?;
     let want = if image.contains(':') || image.contains('@') {
         image.to_string()
@@ -716,6 +793,8 @@ async fn create(
             cap_drop: a.cap_drop.clone(),
             sysctls: split_kv(&a.sysctl, "sysctl")?.into_iter().collect(),
             ulimits: a.ulimit.iter().map(|u| parse_ulimit(u)).collect::<Result<_>>()?,
+            secrets: a.secret.iter().map(|r| parse_secret_ref(r)).collect::<Result<_>>()?,
+            configs: a.config.iter().map(|r| parse_secret_ref(r)).collect::<Result<_>>()?,
             ..Default::default()
         }),
         placement: Some(Placement {
@@ -776,6 +855,8 @@ async fn update(
     c.env.retain(|e| !env_rm.contains(&env_key(e)));
     edit_list(&mut c.env, &a.env_add, &[], |e| e.split('=').next().unwrap_or(e));
     edit_list(&mut c.cap_add, &a.cap_add, &a.cap_drop, |e| e);
+    edit_refs(&mut c.secrets, &a.secret_add, &a.secret_rm)?;
+    edit_refs(&mut c.configs, &a.config_add, &a.config_rm)?;
     c.cap_drop.retain(|d| !a.cap_add.contains(d));
     for d in &a.cap_drop {
         if !c.cap_drop.contains(d)
@@ -895,7 +976,7 @@ fn task_name(t: &Task, no_trunc: bool) -> String {
     }
 }
 
-fn ago(ms: i64) -> String {
+pub(crate) fn ago(ms: i64) -> String {
     let now = shoal_manager::manager::unix(std::time::SystemTime::now()) * 1000;
     let secs = ((now - ms).max(0) / 1000) as u64;
     match secs {
@@ -1253,6 +1334,23 @@ mod tests {
         assert!(parse_bytes("lots").unwrap_err().contains("invalid size"));
         assert_eq!(parse_cpus("0.5").unwrap(), 500_000_000);
         assert!(parse_cpus("x").is_err());
+    }
+
+    #[test]
+    fn secret_references_parse_like_docker_plus_follow() {
+        let r = parse_secret_ref("db_pass").unwrap();
+        assert_eq!((r.secret_name.as_str(), r.target.as_str(), r.mode), ("db_pass", "", 0));
+        let r = parse_secret_ref("source=db,target=pw,uid=70,gid=71,mode=0400,follow").unwrap();
+        assert_eq!((r.secret_name.as_str(), r.target.as_str()), ("db", "pw"));
+        assert_eq!((r.uid, r.gid, r.mode, r.follow), (70, 71, 0o400, true));
+        assert_eq!(parse_secret_ref("src=db,mode=440").unwrap().mode, 0o440);
+        for bad in ["target=x", "source=db,mode=0999", "source=db,uid=-1", "source=db,colour=red"] {
+            assert!(parse_secret_ref(bad).is_err(), "{bad}");
+        }
+        let mut refs = vec![parse_secret_ref("a").unwrap(), parse_secret_ref("b").unwrap()];
+        edit_refs(&mut refs, &["source=a,target=a2".into()], &["b".into()]).unwrap();
+        assert_eq!(refs.len(), 1);
+        assert_eq!((refs[0].secret_name.as_str(), refs[0].target.as_str()), ("a", "a2"));
     }
 
     #[test]
