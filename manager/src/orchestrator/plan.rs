@@ -268,7 +268,10 @@ fn reconcile(ctx: &mut Ctx<'_>, s: &Service) {
         if rollback { spec.rollback } else { spec.update }.unwrap_or_else(default_update);
     let monitor = cfg.monitor_ms as i64;
     let mut dirty_slots = Vec::new();
+    // Slots whose new task is not running yet hold back the next ones (like Swarm, which waits
+    // for RUNNING, then the delay); the monitor period only delays calling the update complete.
     let mut settling = 0usize;
+    let mut watched = 0usize;
     let mut failures: Vec<&Task> = Vec::new();
     for (key, tasks) in &slots {
         if removed.contains(key) {
@@ -286,8 +289,10 @@ fn reconcile(ctx: &mut Ctx<'_>, s: &Service) {
         for t in &fresh {
             let st = t.state();
             let since = t.status.as_ref().map(|x| x.timestamp_ms).unwrap_or(0);
-            if st < TaskState::Running || (st == TaskState::Running && ctx.now - since < monitor) {
+            if st < TaskState::Running {
                 settling += 1;
+            } else if st == TaskState::Running && ctx.now - since < monitor {
+                watched += 1;
             }
         }
         // Start-first: the old task stops once its successor runs.
@@ -365,7 +370,7 @@ fn reconcile(ctx: &mut Ctx<'_>, s: &Service) {
                 ctx.delayed.push((s.id.clone(), ctx.now + cfg.delay_ms as i64));
             }
         }
-    } else if dirty_slots.is_empty() && settling == 0 {
+    } else if dirty_slots.is_empty() && settling == 0 && watched == 0 {
         let done = match status.state() {
             UpdateState::Updating => Some((UpdateState::Completed, "update completed")),
             UpdateState::RollbackStarted => {

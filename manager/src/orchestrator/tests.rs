@@ -316,3 +316,36 @@ fn unplaceable_tasks_say_why() {
     assert_eq!(t.state(), TaskState::Pending);
     assert!(t.unscheduled_reason.contains("no suitable node"), "{}", t.unscheduled_reason);
 }
+
+#[test]
+fn the_next_slot_starts_once_the_last_runs_and_completion_waits_for_the_monitor() {
+    let mut s = service("web", 2);
+    let old = task(&s, 2, "a", TaskState::Running, 1);
+    s.previous_spec = s.spec.clone();
+    s.spec.as_mut().unwrap().container.as_mut().unwrap().image = "busybox:2".into();
+    s.spec_version = 2;
+    s.update_status = Some(UpdateStatus {
+        state: UpdateState::Updating as i32,
+        started_at_ms: 10,
+        ..Default::default()
+    });
+    // Slot 1 already runs the new spec, started a moment ago (inside the 5 s monitor).
+    let fresh = task(&s, 1, "a", TaskState::Running, NOW - 100);
+    let mut w = world(&["a"], vec![s.clone()], vec![fresh.clone(), old]);
+    let ops = run(&mut w);
+    assert_eq!(created(&ops).len(), 1, "slot 2 is not held back by slot 1's monitor period");
+
+    // Both slots new; the last started 1 s ago: not complete until the monitor period passed.
+    let second = task(&s, 2, "a", TaskState::Running, NOW - 1_000);
+    let mut w = world(&["a"], vec![s.clone()], vec![fresh.clone(), second.clone()]);
+    assert!(!run(&mut w).iter().any(|o| matches!(o, Op::UpdateStatus(..))));
+    let settled = vec![
+        task(&s, 1, "a", TaskState::Running, NOW - 6_000),
+        task(&s, 2, "a", TaskState::Running, NOW - 6_000),
+    ];
+    let mut w = world(&["a"], vec![s], settled);
+    let done = run(&mut w)
+        .into_iter()
+        .any(|o| matches!(o, Op::UpdateStatus(_, st) if st.state() == UpdateState::Completed));
+    assert!(done);
+}
