@@ -55,6 +55,9 @@ pub enum Command {
     /// Manage configs (like secrets, for data that is not secret)
     #[command(subcommand)]
     Config(crate::secret_cmd::SecretCmd),
+    /// Manage stacks (services, secrets and configs from a compose file)
+    #[command(subcommand)]
+    Stack(crate::stack::StackCmd),
     /// Show this node's view of the swarm
     Info,
     /// Measure Shoal against its targets
@@ -259,6 +262,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Service(cmd) => crate::service_cmd::run(cmd, channel).await,
         Command::Secret(cmd) => crate::secret_cmd::run(SecretKind::Secret, cmd, channel).await,
         Command::Config(cmd) => crate::secret_cmd::run(SecretKind::Config, cmd, channel).await,
+        Command::Stack(cmd) => crate::stack::run(cmd, channel).await,
         Command::Image(cmd) => {
             local_only(&host)?;
             image(cmd, channel).await

@@ -11,3 +11,4 @@ pub mod local_api;
 pub mod output;
 pub mod secret_cmd;
 pub mod service_cmd;
+pub mod stack;

@@ -1,0 +1,221 @@
+//! Owns reading a compose file (versions 3.0–3.9 and the current Compose spec) into service
+//! specs and the secrets and configs they name. Pure: never reads other files or talks to a
+//! manager; keys Shoal cannot honour are collected for one warning.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use shoal_proto::{SecretKind, ServiceSpec};
+
+use super::service::read_service;
+use super::yaml::{self, At, ComposeError, Entry};
+
+/// A compose file version (`3.8` is `(3, 8)`); `None` in [`Compose`] means the Compose spec.
+pub type FileVersion = (u32, u32);
+
+/// A parsed compose file.
+#[derive(Debug, Default)]
+pub struct Compose {
+    pub version: Option<FileVersion>,
+    /// By service name (the compose key, without the stack prefix).
+    pub services: BTreeMap<String, ServiceSpec>,
+    pub secrets: BTreeMap<String, ObjectDef>,
+    pub configs: BTreeMap<String, ObjectDef>,
+    /// `path (line N)` of each key that is ignored.
+    pub unsupported: Vec<String>,
+}
+
+/// A top-level secret or config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectDef {
+    pub source: Source,
+    /// `name:`: the real name (otherwise `<stack>_<key>`, or the key for external ones).
+    pub name: Option<String>,
+    pub labels: HashMap<String, String>,
+    pub line: u64,
+}
+
+/// Where a secret's or config's data comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Read from this file (relative to the compose file) and created by the stack.
+    File(PathBuf),
+    /// Must already exist.
+    External,
+}
+
+impl Compose {
+    /// The one warning naming every ignored key, if any.
+    pub fn warning(&self) -> Option<String> {
+        (!self.unsupported.is_empty())
+            .then(|| format!("Ignoring unsupported options: {}", self.unsupported.join(", ")))
+    }
+
+    /// The top-level definitions of one kind.
+    pub fn objects(&self, kind: SecretKind) -> &BTreeMap<String, ObjectDef> {
+        match kind {
+            SecretKind::Secret => &self.secrets,
+            SecretKind::Config => &self.configs,
+        }
+    }
+}
+
+/// Collects ignored keys while reading.
+#[derive(Debug, Default)]
+pub(super) struct Reader {
+    pub(super) version: Option<FileVersion>,
+    pub(super) unsupported: Vec<(u64, String)>,
+    /// Top-level secret and config keys, which services may name.
+    pub(super) secrets: Vec<String>,
+    pub(super) configs: Vec<String>,
+}
+
+impl Reader {
+    /// Notes a key Shoal ignores (extension keys `x-…` are ignored silently).
+    pub(super) fn skip(&mut self, e: &Entry<'_>) {
+        if !e.key.starts_with("x-") {
+            self.unsupported.push((e.line, format!("{} (line {})", e.path, e.line)));
+        }
+    }
+
+    /// Refuses `key` in files older than `min`.
+    pub(super) fn need(&self, e: &Entry<'_>, min: FileVersion) -> Result<(), ComposeError> {
+        match self.version {
+            Some(v) if v < min => Err(ComposeError {
+                line: e.line,
+                key: e.path.clone(),
+                message: format!(
+                    "compose file version {}.{} has no {}: use version \"{}.{}\" or later",
+                    v.0, v.1, e.key, min.0, min.1
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Reads a compose file's text.
+pub fn parse(text: &str) -> Result<Compose, ComposeError> {
+    let doc = yaml::parse(text)?;
+    let root = At { node: &doc, path: "" };
+    let entries = match doc.value {
+        yaml::Value::Map(_) => root.entries()?,
+        yaml::Value::Null => return Err(root.error("the compose file is empty")),
+        _ => return Err(root.error("a compose file is a mapping with a services key")),
+    };
+    let mut r = Reader::default();
+    if let Some(e) = entries.iter().find(|e| e.key == "version") {
+        r.version = Some(read_version(e.at())?);
+    }
+    let mut out = Compose { version: r.version, ..Default::default() };
+    let mut services = None;
+    for e in &entries {
+        match e.key {
+            "version" => {}
+            "services" => services = Some(e),
+            "secrets" => {
+                r.need(e, (3, 1))?;
+                out.secrets = read_objects(e, SecretKind::Secret, &mut r)?;
+            }
+            "configs" => {
+                r.need(e, (3, 3))?;
+                out.configs = read_objects(e, SecretKind::Config, &mut r)?;
+            }
+            _ => r.skip(e),
+        }
+    }
+    let Some(services) = services else {
+        return Err(root.error("the compose file has no services key"));
+    };
+    r.secrets = out.secrets.keys().cloned().collect();
+    r.configs = out.configs.keys().cloned().collect();
+    for e in services.at().entries()? {
+        let spec = read_service(&e, &mut r)?;
+        out.services.insert(e.key.to_string(), spec);
+    }
+    if out.services.is_empty() {
+        return Err(services.at().error("the stack has no services"));
+    }
+    r.unsupported.sort();
+    out.unsupported = r.unsupported.into_iter().map(|(_, s)| s).collect();
+    Ok(out)
+}
+
+/// `3`, `"3.8"`: versions 3.0–3.9 (older formats have no swarm mode).
+fn read_version(at: At<'_>) -> Result<FileVersion, ComposeError> {
+    let text = at.text()?;
+    let (major, minor) = text.trim().split_once('.').unwrap_or((text.trim(), "0"));
+    match (major.parse::<u32>(), minor.parse::<u32>()) {
+        (Ok(3), Ok(minor)) if minor <= 9 && !minor_has_extra_digits(text.trim()) => Ok((3, minor)),
+        _ => Err(at.error(format!(
+            "unsupported compose file version {text:?}: stacks take versions 3.0–3.9, or no version for the Compose spec"
+        ))),
+    }
+}
+
+fn minor_has_extra_digits(v: &str) -> bool {
+    v.split_once('.').is_some_and(|(_, m)| m.len() > 1)
+}
+
+fn read_objects(
+    e: &Entry<'_>,
+    kind: SecretKind,
+    r: &mut Reader,
+) -> Result<BTreeMap<String, ObjectDef>, ComposeError> {
+    let mut out = BTreeMap::new();
+    for def in e.at().entries()? {
+        out.insert(def.key.to_string(), read_object(&def, kind, r)?);
+    }
+    Ok(out)
+}
+
+fn read_object(
+    def: &Entry<'_>,
+    kind: SecretKind,
+    r: &mut Reader,
+) -> Result<ObjectDef, ComposeError> {
+    let mut file = None;
+    let mut external = false;
+    let mut name = None;
+    let mut labels = HashMap::new();
+    for e in def.at().entries()? {
+        match e.key {
+            "file" => file = Some(PathBuf::from(e.at().text()?)),
+            // `external: true`, or the 3.x form `external: {name: real}`.
+            "external" => match e.node.value {
+                yaml::Value::Map(_) => {
+                    external = true;
+                    for x in e.at().entries()? {
+                        match x.key {
+                            "name" => name = Some(x.at().text()?),
+                            _ => r.skip(&x),
+                        }
+                    }
+                }
+                _ => external = e.at().bool()?,
+            },
+            "name" => name = Some(e.at().text()?),
+            "labels" => labels = labels_of(e.at())?,
+            _ => r.skip(&e),
+        }
+    }
+    let word = if kind == SecretKind::Secret { "secret" } else { "config" };
+    let source = match (file, external) {
+        (Some(_), true) => {
+            return Err(def.at().error(format!("a {word} is either external or read from a file, not both")))
+        }
+        (Some(f), false) => Source::File(f),
+        (None, true) => Source::External,
+        (None, false) => {
+            return Err(def.at().error(format!(
+                "the {word} needs file: PATH (created by the stack) or external: true (already created)"
+            )))
+        }
+    };
+    Ok(ObjectDef { source, name, labels, line: def.line })
+}
+
+/// Labels as a mapping or a `k=v` list.
+pub(super) fn labels_of(at: At<'_>) -> Result<HashMap<String, String>, ComposeError> {
+    Ok(at.pairs()?.into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect())
+}

@@ -1,0 +1,165 @@
+//! Owns `stack deploy`: read and check the whole file and everything it needs first, then
+//! create or version the stack's secrets and configs, then create the new services and update
+//! only the ones whose spec changed. A refused deploy has created nothing.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use shoal_proto::control_client::ControlClient;
+use shoal_proto::*;
+use tonic::transport::Channel;
+
+use super::compose::{self, Compose};
+use super::objects::{self, Names};
+use super::{stack_services, NAMESPACE};
+use crate::client;
+
+/// Stack names become service-name prefixes: letters, digits, `-`, `_`, `.`.
+pub fn validate_stack_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        bail!("invalid stack name {name:?}: use 1–32 letters and digits, with '-', '_' or '.', starting with a letter or digit");
+    }
+    Ok(())
+}
+
+/// Reads and parses a compose file, printing the warning about ignored keys.
+pub fn read(path: &Path) -> Result<Compose> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading compose file {}", path.display()))?;
+    let file = compose::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if let Some(w) = file.warning() {
+        eprintln!("{w}");
+    }
+    Ok(file)
+}
+
+/// `stack deploy -c FILE STACK`.
+pub async fn deploy(channel: &Channel, stack: &str, path: &Path, prune: bool) -> Result<()> {
+    validate_stack_name(stack)?;
+    let file = read(path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut control = ControlClient::new(channel.clone());
+    let existing = objects::existing(&mut control).await?;
+    let (planned, names, problems) = objects::plan(&file, stack, dir, &existing);
+    if !problems.is_empty() {
+        bail!("stack {stack} was not deployed (nothing was created):\n  {}", problems.join("\n  "));
+    }
+    let mut specs = Vec::new();
+    for (key, spec) in &file.services {
+        let spec = desired(stack, key, spec, &names)?;
+        shoal_manager::services::normalize(spec.clone())
+            .map_err(|s| anyhow::anyhow!("service {key}: {}", s.message()))?;
+        specs.push(spec);
+    }
+    objects::apply(&mut control, &planned).await?;
+    // Read after the secrets changed: versioning one rolls the services that follow it.
+    let current = stack_services(&mut control, stack).await?;
+    for spec in specs {
+        let old = current.iter().find(|s| s.spec.as_ref().is_some_and(|p| p.name == spec.name));
+        apply_service(&mut control, channel, spec, old).await?;
+    }
+    if prune {
+        let keep: Vec<String> = file.services.keys().map(|k| format!("{stack}_{k}")).collect();
+        for s in &current {
+            let name = s.spec.as_ref().map(|p| p.name.clone()).unwrap_or_default();
+            if !keep.contains(&name) {
+                println!("Removing service {name}");
+                let req = RemoveServiceRequest { reference: s.id.clone() };
+                control.remove_service(req).await.map_err(client::status)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The spec to send for compose service `key`: named and labelled for the stack, its secrets
+/// and configs by real name (following new versions of the stack's own).
+pub fn desired(stack: &str, key: &str, spec: &ServiceSpec, names: &Names) -> Result<ServiceSpec> {
+    let mut spec = spec.clone();
+    spec.name = format!("{stack}_{key}");
+    spec.labels.insert(NAMESPACE.into(), stack.into());
+    let c = spec.container.get_or_insert_with(Default::default);
+    for (kind, refs) in [(SecretKind::Secret, &mut c.secrets), (SecretKind::Config, &mut c.configs)]
+    {
+        for r in refs.iter_mut() {
+            let (name, owned) =
+                names.get(&(kind as i32, r.secret_name.clone())).with_context(|| {
+                    format!("{} {} is not defined", objects::word(kind), r.secret_name)
+                })?;
+            r.secret_name = name.clone();
+            r.follow = *owned;
+        }
+    }
+    Ok(spec)
+}
+
+/// A spec as the manager would store it, minus what the manager picks (IDs, versions), so a
+/// deployed spec and a freshly read one compare equal when nothing changed.
+pub fn comparable(spec: &ServiceSpec) -> ServiceSpec {
+    let mut spec =
+        shoal_manager::services::normalize(spec.clone()).unwrap_or_else(|_| spec.clone());
+    if let Some(c) = spec.container.as_mut() {
+        for (kind, refs) in
+            [(SecretKind::Secret, &mut c.secrets), (SecretKind::Config, &mut c.configs)]
+        {
+            for r in refs.iter_mut() {
+                r.secret_id.clear();
+                r.version = 0;
+                if r.target.is_empty() {
+                    r.target = match kind {
+                        SecretKind::Secret => r.secret_name.clone(),
+                        SecretKind::Config => format!("/{}", r.secret_name),
+                    };
+                }
+                if r.mode == 0 {
+                    r.mode = 0o444;
+                }
+            }
+        }
+    }
+    spec
+}
+
+async fn apply_service(
+    control: &mut ControlClient<Channel>,
+    channel: &Channel,
+    mut spec: ServiceSpec,
+    old: Option<&Service>,
+) -> Result<()> {
+    let old_spec = old.and_then(|s| s.spec.clone()).unwrap_or_default();
+    let c = spec.container.get_or_insert_with(Default::default);
+    let same_image = old_spec.container.as_ref().is_some_and(|o| o.image == c.image);
+    c.image_digest = match (same_image, &old_spec.container) {
+        (true, Some(o)) => o.image_digest.clone(),
+        _ => crate::service_cmd::pin_image(channel, &c.image).await.unwrap_or_default(),
+    };
+    if c.image_digest.is_empty() && !same_image {
+        eprintln!(
+            "warning: image {} is not on this node, so {} is not pinned to a digest",
+            c.image, spec.name
+        );
+    }
+    let Some(old) = old else {
+        println!("Creating service {}", spec.name);
+        let req = CreateServiceRequest { spec: Some(spec) };
+        control.create_service(req).await.map_err(client::status)?;
+        return Ok(());
+    };
+    if comparable(&spec) == comparable(&old_spec) {
+        println!("Service {} is up to date", spec.name);
+        return Ok(());
+    }
+    println!("Updating service {} (id: {})", spec.name, old.id);
+    let req = UpdateServiceRequest {
+        reference: old.id.clone(),
+        spec: Some(spec),
+        version: old.meta.as_ref().map(|m| m.version).unwrap_or(0),
+        ..Default::default()
+    };
+    control.update_service(req).await.map_err(client::status)?;
+    Ok(())
+}

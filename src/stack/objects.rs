@@ -1,0 +1,208 @@
+//! Owns the secrets and configs of a stack deploy: which real object each compose key means,
+//! checking that files can be read and external ones exist before anything is created, and
+//! creating or versioning the stack's own. A stack's object carries a salted, slow digest of
+//! its data in a label, so a re-deploy can tell whether the file changed without the data
+//! ever leaving the manager.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::path::Path;
+
+use anyhow::Result;
+use shoal_proto::control_client::ControlClient;
+use shoal_proto::*;
+use tonic::transport::Channel;
+
+use super::compose::{Compose, Source};
+use super::NAMESPACE;
+use crate::client;
+pub use crate::secret_cmd::word;
+
+/// Label holding `pbkdf2-sha256:ROUNDS:SALT:HASH` of a stack-created object's data.
+pub const DIGEST: &str = "com.shoal.stack.digest";
+const ROUNDS: u32 = 100_000;
+
+/// What deploy does with one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Already exists (external, or the stack's own with the same data).
+    Keep,
+    Create(Vec<u8>),
+    /// The stack's own, with new data: a new version.
+    Update(Vec<u8>),
+}
+
+/// One secret or config the stack uses.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub kind: SecretKind,
+    pub name: String,
+    pub labels: HashMap<String, String>,
+    pub action: Action,
+    /// Created by the stack (its services follow its new versions).
+    pub owned: bool,
+}
+
+/// Real names by (kind, compose key).
+pub type Names = BTreeMap<(i32, String), (String, bool)>;
+
+/// Every secret and config of each kind, as the manager lists them.
+pub async fn existing(control: &mut ControlClient<Channel>) -> Result<Vec<Secret>> {
+    let mut all = Vec::new();
+    for kind in [SecretKind::Secret, SecretKind::Config] {
+        let req = ListSecretsRequest { kind: kind as i32 };
+        let r = control.list_secrets(req).await.map_err(client::status)?;
+        all.extend(r.into_inner().secrets);
+    }
+    Ok(all)
+}
+
+/// Decides, for each top-level secret and config, what deploy will do; every problem (a file
+/// that cannot be read, an external one that does not exist, a name taken outside the
+/// stack) is collected, so the caller can refuse before creating anything.
+pub fn plan(
+    file: &Compose,
+    stack: &str,
+    dir: &Path,
+    existing: &[Secret],
+) -> (Vec<Planned>, Names, Vec<String>) {
+    let (mut out, mut names, mut problems) = (Vec::new(), Names::new(), Vec::new());
+    for kind in [SecretKind::Secret, SecretKind::Config] {
+        for (key, def) in file.objects(kind) {
+            let owned = matches!(def.source, Source::File(_));
+            let name = match (&def.name, owned) {
+                (Some(n), _) => n.clone(),
+                (None, true) => format!("{stack}_{key}"),
+                (None, false) => key.clone(),
+            };
+            names.insert((kind as i32, key.clone()), (name.clone(), owned));
+            let found = existing.iter().find(|s| s.kind() == kind && s.name == name);
+            let what = format!("{} {key} (line {})", word(kind), def.line);
+            let action = match &def.source {
+                Source::External => match found {
+                    Some(_) => Ok(Action::Keep),
+                    None => Err(format!(
+                        "external {} {name} does not exist; create it first with 'shoal {} create {name} -'",
+                        word(kind),
+                        word(kind)
+                    )),
+                },
+                Source::File(path) => own(kind, &name, stack, &dir.join(path), found),
+            };
+            match action {
+                Ok(action) => {
+                    let mut labels = def.labels.clone();
+                    labels.insert(NAMESPACE.into(), stack.into());
+                    out.push(Planned { kind, name, labels, action, owned });
+                }
+                Err(e) => problems.push(format!("{what}: {e}")),
+            }
+        }
+    }
+    (out, names, problems)
+}
+
+fn own(
+    kind: SecretKind,
+    name: &str,
+    stack: &str,
+    path: &Path,
+    found: Option<&Secret>,
+) -> Result<Action, String> {
+    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let max = match kind {
+        SecretKind::Secret => shoal_manager::secrets::MAX_SECRET,
+        SecretKind::Config => shoal_manager::secrets::MAX_CONFIG,
+    };
+    if data.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    if data.len() >= max {
+        return Err(format!(
+            "{} is {} bytes; the limit is {} KiB",
+            path.display(),
+            data.len(),
+            max / 1024
+        ));
+    }
+    shoal_manager::secrets::validate_name(kind, name).map_err(|s| s.message().to_string())?;
+    let Some(found) = found else { return Ok(Action::Create(data)) };
+    if found.labels.get(NAMESPACE).map(String::as_str) != Some(stack) {
+        return Err(format!(
+            "a {} named {name} already exists and is not part of stack {stack}; remove it, or declare it external",
+            word(kind)
+        ));
+    }
+    let same = found.labels.get(DIGEST).is_some_and(|d| digest_matches(&data, d));
+    Ok(if same { Action::Keep } else { Action::Update(data) })
+}
+
+/// Creates and versions the stack's own objects (after [`plan`] found no problem).
+pub async fn apply(control: &mut ControlClient<Channel>, planned: &[Planned]) -> Result<()> {
+    for p in planned {
+        let data = match &p.action {
+            Action::Keep => continue,
+            Action::Create(d) | Action::Update(d) => d,
+        };
+        let mut labels = p.labels.clone();
+        labels.insert(DIGEST.into(), digest(data));
+        let kind = p.kind as i32;
+        if let Action::Create(_) = p.action {
+            println!("Creating {} {}", word(p.kind), p.name);
+            let req =
+                CreateSecretRequest { kind, name: p.name.clone(), labels, data: data.clone() };
+            control.create_secret(req).await.map_err(client::status)?;
+        } else {
+            let req = UpdateSecretRequest {
+                kind,
+                reference: p.name.clone(),
+                data: data.clone(),
+                set_labels: true,
+                labels,
+            };
+            let r = control.update_secret(req).await.map_err(client::status)?.into_inner();
+            let version = r.secret.map(|s| s.latest).unwrap_or_default();
+            println!("Updating {} {} (version {version})", word(p.kind), p.name);
+            for s in r.services {
+                println!("  {s} rolls to the new version");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// A fresh salted PBKDF2 of `data`: it shows whether data changed, and is slow to guess from.
+pub fn digest(data: &[u8]) -> String {
+    let salt: [u8; 16] = rand::random();
+    let mut out = [0u8; 32];
+    let rounds = NonZeroU32::new(ROUNDS).unwrap_or(NonZeroU32::MIN);
+    ring::pbkdf2::derive(ring::pbkdf2::PBKDF2_HMAC_SHA256, rounds, &salt, data, &mut out);
+    format!("pbkdf2-sha256:{ROUNDS}:{}:{}", hex(&salt), hex(&out))
+}
+
+/// Whether `data` is what a [`digest`] label was made from (compared in constant time).
+pub fn digest_matches(data: &[u8], label: &str) -> bool {
+    let mut parts = label.split(':');
+    let (Some("pbkdf2-sha256"), Some(rounds), Some(salt), Some(hash), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let (Some(rounds), Some(salt), Some(hash)) =
+        (rounds.parse().ok().and_then(NonZeroU32::new), unhex(salt), unhex(hash))
+    else {
+        return false;
+    };
+    ring::pbkdf2::verify(ring::pbkdf2::PBKDF2_HMAC_SHA256, rounds, &salt, data, &hash).is_ok()
+}

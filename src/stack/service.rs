@@ -1,0 +1,359 @@
+//! Owns turning one compose service, with its `deploy` section, into a `ServiceSpec`: the
+//! same spec `shoal service create` would send, its secrets still named by compose key.
+
+use std::time::Duration;
+
+use shoal_manager::services::{default_update, DEFAULT_RESTART_DELAY_MS};
+use shoal_proto::{
+    ContainerSpec, FailureAction, HealthCheck, Placement, RestartCondition, RestartPolicy,
+    SecretKind, SecretReference, ServiceMode, ServiceSpec, Ulimit, UpdateConfig, UpdateOrder,
+};
+
+use super::compose::{labels_of, Reader};
+use super::yaml::{At, ComposeError, Entry, Value};
+use crate::service_cmd::{parse_bytes, parse_cpus};
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// Reads `services.<name>`.
+pub(super) fn read_service(e: &Entry<'_>, r: &mut Reader) -> Result<ServiceSpec, ComposeError> {
+    let mut spec = ServiceSpec { name: e.key.to_string(), replicas: 1, ..Default::default() };
+    let mut c = ContainerSpec::default();
+    for f in e.at().entries()? {
+        let at = f.at();
+        match f.key {
+            "image" => c.image = at.text()?,
+            "command" => c.args = at.command()?,
+            "entrypoint" => c.command = at.command()?,
+            "environment" => c.env = environment(at)?,
+            "deploy" => read_deploy(&f, &mut spec, &mut c, r)?,
+            "healthcheck" => c.healthcheck = Some(read_healthcheck(&f, r)?),
+            "secrets" => {
+                r.need(&f, (3, 1))?;
+                c.secrets = read_refs(&f, SecretKind::Secret, r)?;
+            }
+            "configs" => {
+                r.need(&f, (3, 3))?;
+                c.configs = read_refs(&f, SecretKind::Config, r)?;
+            }
+            "cap_add" => c.cap_add = at.strings()?,
+            "cap_drop" => c.cap_drop = at.strings()?,
+            "read_only" => c.read_only = at.bool()?,
+            "user" => c.user = at.text()?,
+            "sysctls" => {
+                for (k, v) in at.pairs()? {
+                    let v = v.ok_or_else(|| at.error(format!("sysctl {k} has no value")))?;
+                    c.sysctls.insert(k, v);
+                }
+            }
+            "ulimits" => c.ulimits = read_ulimits(&f)?,
+            "working_dir" => c.workdir = at.text()?,
+            "hostname" => c.hostname = at.text()?,
+            "stop_signal" => c.stop_signal = at.text()?,
+            "stop_grace_period" => c.stop_grace_ms = ms(at.duration()?),
+            "init" => c.init = at.bool()?,
+            _ => r.skip(&f),
+        }
+    }
+    if c.image.trim().is_empty() {
+        return Err(e
+            .at()
+            .error("the service has no image (stacks run images; they do not build them)"));
+    }
+    spec.container = Some(c);
+    Ok(spec)
+}
+
+/// `environment` as a mapping or a `KEY=VALUE` list; a bare `KEY` takes this shell's value.
+fn environment(at: At<'_>) -> Result<Vec<String>, ComposeError> {
+    let mut out = Vec::new();
+    for (k, v) in at.pairs()? {
+        if k.is_empty() {
+            return Err(at.error("an environment variable has no name"));
+        }
+        match v.or_else(|| std::env::var(&k).ok()) {
+            Some(v) => out.push(format!("{k}={v}")),
+            None => continue,
+        }
+    }
+    Ok(out)
+}
+
+fn read_deploy(
+    e: &Entry<'_>,
+    spec: &mut ServiceSpec,
+    c: &mut ContainerSpec,
+    r: &mut Reader,
+) -> Result<(), ComposeError> {
+    let mut replicas = None;
+    for f in e.at().entries()? {
+        let at = f.at();
+        match f.key {
+            "mode" => {
+                spec.mode = match at.text()?.as_str() {
+                    "replicated" => ServiceMode::Replicated,
+                    "global" => ServiceMode::Global,
+                    o => {
+                        return Err(at.error(format!(
+                        "unsupported mode {o:?}: use replicated or global (jobs are not supported)"
+                    )))
+                    }
+                } as i32
+            }
+            "replicas" => replicas = Some((at.u64()?, f.line, f.path.clone())),
+            "labels" => spec.labels = labels_of(at)?,
+            "resources" => read_resources(&f, spec, c, r)?,
+            "restart_policy" => spec.restart = Some(read_restart(&f, r)?),
+            "update_config" => spec.update = Some(read_update(&f, r, false)?),
+            "rollback_config" => spec.rollback = Some(read_update(&f, r, true)?),
+            "placement" => spec.placement = Some(read_placement(&f, r)?),
+            _ => r.skip(&f),
+        }
+    }
+    if let Some((n, line, key)) = replicas {
+        if spec.mode() == ServiceMode::Global {
+            let message = "replicas cannot be used with mode: global".to_string();
+            return Err(ComposeError { line, key, message });
+        }
+        spec.replicas = n;
+    }
+    Ok(())
+}
+
+fn read_resources(
+    e: &Entry<'_>,
+    spec: &mut ServiceSpec,
+    c: &mut ContainerSpec,
+    r: &mut Reader,
+) -> Result<(), ComposeError> {
+    let res = spec.resources.get_or_insert_with(Default::default);
+    for f in e.at().entries()? {
+        let limits = match f.key {
+            "limits" => true,
+            "reservations" => false,
+            _ => {
+                r.skip(&f);
+                continue;
+            }
+        };
+        let target = if limits { &mut res.limits } else { &mut res.reservations };
+        let target = target.get_or_insert_with(Default::default);
+        for x in f.at().entries()? {
+            let at = x.at();
+            match x.key {
+                "cpus" => target.nano_cpus = parse_cpus(&at.text()?).map_err(|m| at.error(m))?,
+                "memory" => {
+                    target.memory_bytes = parse_bytes(&at.text()?).map_err(|m| at.error(m))?
+                }
+                "pids" if limits => c.pids_limit = at.u64()? as i64,
+                _ => r.skip(&x),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_restart(e: &Entry<'_>, r: &mut Reader) -> Result<RestartPolicy, ComposeError> {
+    let mut p = RestartPolicy { delay_ms: DEFAULT_RESTART_DELAY_MS, ..Default::default() };
+    for f in e.at().entries()? {
+        let at = f.at();
+        match f.key {
+            "condition" => p.set_condition(match at.text()?.as_str() {
+                "any" => RestartCondition::Any,
+                "on-failure" => RestartCondition::OnFailure,
+                "none" => RestartCondition::None,
+                o => {
+                    return Err(
+                        at.error(format!("invalid condition {o:?}: use any, on-failure or none"))
+                    )
+                }
+            }),
+            "delay" => p.delay_ms = ms(at.duration()?),
+            "max_attempts" => p.max_attempts = at.u64()?,
+            "window" => p.window_ms = ms(at.duration()?),
+            _ => r.skip(&f),
+        }
+    }
+    Ok(p)
+}
+
+fn read_update(
+    e: &Entry<'_>,
+    r: &mut Reader,
+    rollback: bool,
+) -> Result<UpdateConfig, ComposeError> {
+    let mut u = default_update();
+    for f in e.at().entries()? {
+        let at = f.at();
+        match f.key {
+            "parallelism" => u.parallelism = at.u64()?,
+            "delay" => u.delay_ms = ms(at.duration()?),
+            "monitor" => u.monitor_ms = ms(at.duration()?),
+            "failure_action" => u.set_failure_action(match at.text()?.as_str() {
+                "pause" => FailureAction::Pause,
+                "continue" => FailureAction::Continue,
+                "rollback" if !rollback => FailureAction::Rollback,
+                o => {
+                    let allowed =
+                        if rollback { "pause or continue" } else { "pause, continue or rollback" };
+                    return Err(at.error(format!("invalid failure_action {o:?}: use {allowed}")));
+                }
+            }),
+            "max_failure_ratio" => {
+                let v = at.f64()?;
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(at.error(format!("{v} is not between 0 and 1")));
+                }
+                u.max_failure_ratio = v as f32;
+            }
+            "order" => u.set_order(match at.text()?.as_str() {
+                "stop-first" => UpdateOrder::StopFirst,
+                "start-first" => UpdateOrder::StartFirst,
+                o => {
+                    return Err(
+                        at.error(format!("invalid order {o:?}: use stop-first or start-first"))
+                    )
+                }
+            }),
+            _ => r.skip(&f),
+        }
+    }
+    Ok(u)
+}
+
+fn read_placement(e: &Entry<'_>, r: &mut Reader) -> Result<Placement, ComposeError> {
+    let mut p = Placement::default();
+    for f in e.at().entries()? {
+        let at = f.at();
+        match f.key {
+            "constraints" => p.constraints = at.strings()?,
+            "max_replicas_per_node" => p.max_replicas_per_node = at.u64()?,
+            "preferences" => {
+                for (path, node) in at.items()? {
+                    for x in (At { node, path: &path }).entries()? {
+                        match x.key {
+                            "spread" => p.spread.push(x.at().text()?),
+                            _ => r.skip(&x),
+                        }
+                    }
+                }
+            }
+            _ => r.skip(&f),
+        }
+    }
+    Ok(p)
+}
+
+fn read_healthcheck(e: &Entry<'_>, r: &mut Reader) -> Result<HealthCheck, ComposeError> {
+    let mut h = HealthCheck::default();
+    let mut disable = false;
+    for f in e.at().entries()? {
+        let at = f.at();
+        match f.key {
+            "test" => {
+                h.test = match f.node.value {
+                    Value::Seq(_) => at.strings()?,
+                    _ => vec!["CMD-SHELL".to_string(), at.text()?],
+                };
+                let kind = h.test.first().map(String::as_str).unwrap_or("");
+                if !matches!(kind, "CMD" | "CMD-SHELL" | "NONE") {
+                    return Err(at.error(format!(
+                        "a test list starts with CMD, CMD-SHELL or NONE, not {kind:?}"
+                    )));
+                }
+            }
+            "interval" => h.interval_ms = ms(at.duration()?),
+            "timeout" => h.timeout_ms = ms(at.duration()?),
+            "start_period" => h.start_period_ms = ms(at.duration()?),
+            "retries" => {
+                h.retries = u32::try_from(at.u64()?).map_err(|_| at.error("too many retries"))?
+            }
+            "disable" => disable = at.bool()?,
+            _ => r.skip(&f),
+        }
+    }
+    if disable {
+        h = HealthCheck { test: vec!["NONE".into()], ..Default::default() };
+    }
+    Ok(h)
+}
+
+/// `ulimits: {nproc: 65535, nofile: {soft: 1024, hard: 2048}}`.
+fn read_ulimits(e: &Entry<'_>) -> Result<Vec<Ulimit>, ComposeError> {
+    let mut out = Vec::new();
+    for f in e.at().entries()? {
+        let at = f.at();
+        let (soft, hard) = match f.node.value {
+            Value::Map(_) => {
+                let (mut soft, mut hard) = (None, None);
+                for x in at.entries()? {
+                    match x.key {
+                        "soft" => soft = Some(x.at().u64()?),
+                        "hard" => hard = Some(x.at().u64()?),
+                        _ => return Err(x.at().error("a ulimit has only soft and hard")),
+                    }
+                }
+                match (soft, hard) {
+                    (Some(s), Some(h)) if s <= h => (s, h),
+                    (Some(_), Some(_)) => return Err(at.error("soft is above hard")),
+                    _ => return Err(at.error("give both soft and hard, or one number")),
+                }
+            }
+            _ => {
+                let n = at.u64()?;
+                (n, n)
+            }
+        };
+        out.push(Ulimit { name: f.key.to_string(), soft, hard });
+    }
+    Ok(out)
+}
+
+/// `secrets:`/`configs:` of a service: `- name` or `- {source, target, uid, gid, mode}`.
+fn read_refs(
+    e: &Entry<'_>,
+    kind: SecretKind,
+    r: &mut Reader,
+) -> Result<Vec<SecretReference>, ComposeError> {
+    let mut out = Vec::new();
+    for (path, node) in e.at().items()? {
+        let at = At { node, path: &path };
+        let mut rf = SecretReference::default();
+        match node.value {
+            Value::Map(_) => {
+                for f in at.entries()? {
+                    let x = f.at();
+                    let id = || -> Result<u32, ComposeError> {
+                        u32::try_from(x.u64()?).map_err(|_| x.error("not a valid ID"))
+                    };
+                    match f.key {
+                        "source" => rf.secret_name = x.text()?,
+                        "target" => rf.target = x.text()?,
+                        "uid" => rf.uid = id()?,
+                        "gid" => rf.gid = id()?,
+                        "mode" => rf.mode = x.mode()?,
+                        _ => r.skip(&f),
+                    }
+                }
+            }
+            _ => rf.secret_name = at.text()?,
+        }
+        let (top, defined) = match kind {
+            SecretKind::Secret => ("secrets", &r.secrets),
+            SecretKind::Config => ("configs", &r.configs),
+        };
+        if rf.secret_name.is_empty() {
+            return Err(at.error("the long form needs source: NAME"));
+        }
+        if !defined.contains(&rf.secret_name) {
+            return Err(at.error(format!(
+                "{} is not defined under the top-level {top} key",
+                rf.secret_name
+            )));
+        }
+        out.push(rf);
+    }
+    Ok(out)
+}

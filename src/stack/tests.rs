@@ -1,0 +1,358 @@
+//! Compose files read into specs: every supported key, the version rules, errors that name the
+//! line and the key, the warning about ignored keys, and what a deploy would do with secrets.
+
+use std::collections::HashMap;
+
+use shoal_proto::*;
+
+use super::compose::{parse, Source};
+use super::deploy::{comparable, desired};
+use super::objects::{self, Action};
+use super::NAMESPACE;
+
+const FULL: &str = r#"
+version: "3.9"
+x-defaults: &defaults
+  image: busybox:1.36
+services:
+  psql:
+    <<: *defaults
+    command: sh -c 'echo "hi there"; sleep 3600'
+    entrypoint: ["/bin/tini", "--"]
+    environment:
+      POSTGRES_USER_FILE: /run/secrets/psql_user
+      DEBUG: true
+      EMPTY: ""
+    deploy:
+      mode: replicated
+      replicas: 3
+      labels: [tier=db]
+      resources:
+        limits: {cpus: "0.5", memory: 64M, pids: 100}
+        reservations: {cpus: 0.25, memory: 32m}
+      restart_policy: {condition: on-failure, delay: 10s, max_attempts: 3, window: 1m30s}
+      update_config: {parallelism: 2, delay: 5s, failure_action: rollback, monitor: 1s, max_failure_ratio: 0.5, order: start-first}
+      rollback_config: {parallelism: 0, failure_action: continue, order: stop-first}
+      placement:
+        constraints: [node.role==worker]
+        preferences: [{spread: node.labels.zone}]
+        max_replicas_per_node: 2
+    healthcheck:
+      test: ["CMD", "pg_isready"]
+      interval: 30s
+      timeout: 5s
+      retries: 4
+      start_period: 1m
+    secrets:
+      - psql_user
+      - source: psql_password
+        target: pw
+        uid: "70"
+        gid: 70
+        mode: 0400
+    configs:
+      - source: pg_conf
+        target: /etc/pg.conf
+    cap_add: [NET_ADMIN]
+    cap_drop: [ALL]
+    read_only: true
+    user: "70:70"
+    sysctls: {net.core.somaxconn: 1024}
+    ulimits:
+      nproc: 65535
+      nofile: {soft: 1024, hard: 2048}
+    working_dir: /data
+    hostname: db
+    stop_signal: SIGINT
+    stop_grace_period: 1m30s
+    init: true
+  web:
+    image: nginx
+    command: [nginx, -g, daemon off;]
+    environment: [A=1, B=two=2]
+    deploy: {mode: global}
+    healthcheck: {disable: true}
+secrets:
+  psql_user:
+    file: ./psql_user.txt
+    labels: {owner: dba}
+  psql_password:
+    external: true
+configs:
+  pg_conf:
+    external:
+      name: pg_conf_v2
+"#;
+
+fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn every_supported_key_reaches_the_spec() {
+    let file = parse(FULL).unwrap();
+    assert_eq!(file.version, Some((3, 9)));
+    assert!(file.unsupported.is_empty(), "{:?}", file.unsupported);
+    let psql = &file.services["psql"];
+    let c = psql.container.clone().unwrap();
+    assert_eq!(c.image, "busybox:1.36", "from the merged anchor");
+    assert_eq!(c.args, strs(&["sh", "-c", r#"echo "hi there"; sleep 3600"#]));
+    assert_eq!(c.command, strs(&["/bin/tini", "--"]));
+    assert_eq!(c.env, strs(&["POSTGRES_USER_FILE=/run/secrets/psql_user", "DEBUG=true", "EMPTY="]));
+    assert_eq!((psql.mode(), psql.replicas), (ServiceMode::Replicated, 3));
+    assert_eq!(psql.labels["tier"], "db");
+    let res = psql.resources.unwrap();
+    let (l, r) = (res.limits.unwrap(), res.reservations.unwrap());
+    assert_eq!((l.nano_cpus, l.memory_bytes, c.pids_limit), (500_000_000, 64 << 20, 100));
+    assert_eq!((r.nano_cpus, r.memory_bytes), (250_000_000, 32 << 20));
+    let rp = psql.restart.unwrap();
+    assert_eq!(rp.condition(), RestartCondition::OnFailure);
+    assert_eq!((rp.delay_ms, rp.max_attempts, rp.window_ms), (10_000, 3, 90_000));
+    let u = psql.update.unwrap();
+    assert_eq!((u.parallelism, u.delay_ms, u.monitor_ms), (2, 5_000, 1_000));
+    assert_eq!((u.failure_action(), u.order()), (FailureAction::Rollback, UpdateOrder::StartFirst));
+    assert_eq!(u.max_failure_ratio, 0.5);
+    let rb = psql.rollback.unwrap();
+    assert_eq!(
+        (rb.parallelism, rb.failure_action(), rb.monitor_ms),
+        (0, FailureAction::Continue, 5_000)
+    );
+    let p = psql.placement.clone().unwrap();
+    assert_eq!(p.constraints, strs(&["node.role==worker"]));
+    assert_eq!((p.spread, p.max_replicas_per_node), (strs(&["node.labels.zone"]), 2));
+    let h = c.healthcheck.clone().unwrap();
+    assert_eq!(h.test, strs(&["CMD", "pg_isready"]));
+    assert_eq!(
+        (h.interval_ms, h.timeout_ms, h.retries, h.start_period_ms),
+        (30_000, 5_000, 4, 60_000)
+    );
+    assert_eq!(c.secrets.len(), 2);
+    assert_eq!(
+        (c.secrets[0].secret_name.as_str(), c.secrets[0].target.as_str()),
+        ("psql_user", "")
+    );
+    let pw = &c.secrets[1];
+    assert_eq!((pw.secret_name.as_str(), pw.target.as_str()), ("psql_password", "pw"));
+    assert_eq!((pw.uid, pw.gid, pw.mode), (70, 70, 0o400));
+    assert_eq!(
+        (c.configs[0].secret_name.as_str(), c.configs[0].target.as_str()),
+        ("pg_conf", "/etc/pg.conf")
+    );
+    assert_eq!((c.cap_add, c.cap_drop), (strs(&["NET_ADMIN"]), strs(&["ALL"])));
+    assert!(c.read_only && c.init);
+    assert_eq!(
+        (c.user.as_str(), c.workdir.as_str(), c.hostname.as_str()),
+        ("70:70", "/data", "db")
+    );
+    assert_eq!(c.sysctls["net.core.somaxconn"], "1024");
+    let limits: Vec<_> = c.ulimits.iter().map(|u| (u.name.as_str(), u.soft, u.hard)).collect();
+    assert_eq!(limits, [("nproc", 65535, 65535), ("nofile", 1024, 2048)]);
+    assert_eq!((c.stop_signal.as_str(), c.stop_grace_ms), ("SIGINT", 90_000));
+
+    let web = &file.services["web"];
+    let c = web.container.clone().unwrap();
+    assert_eq!(web.mode(), ServiceMode::Global);
+    assert_eq!(c.args, strs(&["nginx", "-g", "daemon off;"]));
+    assert_eq!(c.env, strs(&["A=1", "B=two=2"]));
+    assert_eq!(c.healthcheck.unwrap().test, strs(&["NONE"]));
+}
+
+#[test]
+fn secrets_come_from_files_or_exist_already() {
+    let file = parse(FULL).unwrap();
+    let user = &file.secrets["psql_user"];
+    assert_eq!(user.source, Source::File("./psql_user.txt".into()));
+    assert_eq!(user.labels["owner"], "dba");
+    assert_eq!(file.secrets["psql_password"].source, Source::External);
+    assert_eq!(file.configs["pg_conf"].name.as_deref(), Some("pg_conf_v2"));
+    let both = "services: {a: {image: x}}\nsecrets:\n  s: {file: ./s, external: true}\n";
+    assert!(parse(both).unwrap_err().to_string().contains("not both"));
+    let neither = "services: {a: {image: x}}\nsecrets:\n  s: {labels: {a: b}}\n";
+    let e = parse(neither).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (3, "secrets.s"), "{e}");
+    let undefined = "version: '3.1'\nservices:\n  a:\n    image: x\n    secrets: [nope]\n";
+    let e = parse(undefined).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (5, "services.a.secrets[0]"), "{e}");
+    assert!(e.message.contains("nope is not defined under the top-level secrets key"), "{e}");
+}
+
+#[test]
+fn versions_below_3_1_have_no_secrets() {
+    let file = "version: '3.0'\nservices:\n  a:\n    image: x\nsecrets:\n  s: {external: true}\n";
+    let e = parse(file).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (5, "secrets"));
+    assert_eq!(
+        e.to_string(),
+        "line 5: secrets: compose file version 3.0 has no secrets: use version \"3.1\" or later"
+    );
+    let service_only = "version: '3'\nservices:\n  a:\n    image: x\n    secrets: [s]\n";
+    assert!(parse(service_only).unwrap_err().to_string().contains("version 3.0 has no secrets"));
+    let configs = "version: '3.2'\nservices: {a: {image: x}}\nconfigs: {c: {external: true}}\n";
+    assert!(parse(configs).unwrap_err().to_string().contains("use version \"3.3\""));
+    for ok in ["version: '3.1'\n", "version: 3.8\n", ""] {
+        let text =
+            format!("{ok}services: {{a: {{image: x}}}}\nsecrets: {{s: {{external: true}}}}\n");
+        parse(&text).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+    }
+    for bad in ["2.4", "'3.10'", "4", "three"] {
+        let e = parse(&format!("version: {bad}\nservices: {{a: {{image: x}}}}\n")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("line 1: version: unsupported compose file version"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn bad_files_name_the_line_and_the_key() {
+    let e =
+        parse("services:\n  web:\n    image: x\n    deploy:\n      replicas: lots\n").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "line 5: services.web.deploy.replicas: expected a whole number, 0 or more, found a string"
+    );
+    let e = parse("services:\n  web:\n    image: x\n    environment: [A=1\n").unwrap_err();
+    assert_eq!(e.key, "services.web.environment", "{e}");
+    assert!(e.line >= 4, "{e}");
+    let e = parse("services:\n  web:\n    image: x\n    stop_grace_period: soon\n").unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (4, "services.web.stop_grace_period"), "{e}");
+    let e = parse("services:\n  web:\n    command: ls\n").unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (3, "services.web"), "{e}");
+    assert!(e.message.contains("no image"), "{e}");
+    let e =
+        parse("services:\n  web: {image: x, deploy: {mode: global, replicas: 2}}\n").unwrap_err();
+    assert!(e.to_string().contains("replicas cannot be used with mode: global"), "{e}");
+    assert!(parse("").unwrap_err().to_string().contains("empty"));
+    assert!(parse("volumes: {}\n").unwrap_err().to_string().contains("no services key"));
+}
+
+#[test]
+fn ignored_keys_make_one_warning_naming_each() {
+    let text = "services:\n  web:\n    image: x\n    ports: ['80:80']\n    networks: [front]\n    x-note: mine\n    deploy:\n      endpoint_mode: vip\nnetworks:\n  front: {}\nvolumes: {}\nx-extra: 1\n";
+    let file = parse(text).unwrap();
+    assert_eq!(
+        file.warning().unwrap(),
+        "Ignoring unsupported options: services.web.ports (line 4), services.web.networks (line 5), services.web.deploy.endpoint_mode (line 8), networks (line 9), volumes (line 11)"
+    );
+    assert!(parse("services: {a: {image: x}}\n").unwrap().warning().is_none());
+}
+
+fn secret(name: &str, kind: SecretKind, labels: &[(&str, &str)]) -> Secret {
+    let labels: HashMap<String, String> =
+        labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Secret {
+        id: format!("id-{name}"),
+        name: name.into(),
+        kind: kind as i32,
+        labels,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_deploy_plan_reports_every_missing_piece_first() {
+    let file = parse(FULL).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, problems) = objects::plan(&file, "db", dir.path(), &[]);
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert!(
+        problems[0].starts_with(
+            "secret psql_password (line 67): external secret psql_password does not exist"
+        ),
+        "{}",
+        problems[0]
+    );
+    assert!(
+        problems[1].contains("psql_user.txt") && problems[1].contains("cannot read"),
+        "{}",
+        problems[1]
+    );
+    assert!(problems[2].contains("external config pg_conf_v2 does not exist"), "{}", problems[2]);
+
+    std::fs::write(dir.path().join("psql_user.txt"), b"postgres").unwrap();
+    let existing = [
+        secret("psql_password", SecretKind::Secret, &[]),
+        secret("pg_conf_v2", SecretKind::Config, &[]),
+    ];
+    let (planned, names, problems) = objects::plan(&file, "db", dir.path(), &existing);
+    assert!(problems.is_empty(), "{problems:?}");
+    let user = planned.iter().find(|p| p.name == "db_psql_user").unwrap();
+    assert_eq!(user.action, Action::Create(b"postgres".to_vec()));
+    assert_eq!((user.labels[NAMESPACE].as_str(), user.labels["owner"].as_str()), ("db", "dba"));
+    assert!(planned.iter().filter(|p| !p.owned).all(|p| p.action == Action::Keep));
+    assert_eq!(
+        names[&(SecretKind::Secret as i32, "psql_user".into())],
+        ("db_psql_user".into(), true)
+    );
+
+    let digest = objects::digest(b"postgres");
+    let mine = secret(
+        "db_psql_user",
+        SecretKind::Secret,
+        &[(NAMESPACE, "db"), (objects::DIGEST, &digest)],
+    );
+    let (planned, _, _) = objects::plan(
+        &file,
+        "db",
+        dir.path(),
+        &[existing[0].clone(), existing[1].clone(), mine.clone()],
+    );
+    let user = planned.iter().find(|p| p.name == "db_psql_user").unwrap();
+    assert_eq!(user.action, Action::Keep, "same data: nothing to do");
+    std::fs::write(dir.path().join("psql_user.txt"), b"admin").unwrap();
+    let (planned, _, _) =
+        objects::plan(&file, "db", dir.path(), &[existing[0].clone(), existing[1].clone(), mine]);
+    let user = planned.iter().find(|p| p.name == "db_psql_user").unwrap();
+    assert_eq!(user.action, Action::Update(b"admin".to_vec()), "new data: a new version");
+
+    let theirs = secret("db_psql_user", SecretKind::Secret, &[]);
+    let (_, _, problems) =
+        objects::plan(&file, "db", dir.path(), &[existing[0].clone(), existing[1].clone(), theirs]);
+    assert!(problems[0].contains("is not part of stack db"), "{problems:?}");
+}
+
+#[test]
+fn digests_match_only_their_data_and_hide_it() {
+    let d = objects::digest(b"hunter2");
+    assert!(!d.contains("hunter2"));
+    assert!(objects::digest_matches(b"hunter2", &d));
+    assert!(!objects::digest_matches(b"hunter3", &d));
+    assert_ne!(d, objects::digest(b"hunter2"), "salted");
+    for junk in ["", "sha256:abc", "pbkdf2-sha256:0:00:00", "pbkdf2-sha256:1:zz:00"] {
+        assert!(!objects::digest_matches(b"hunter2", junk), "{junk}");
+    }
+}
+
+#[test]
+fn specs_are_named_for_the_stack_and_compare_by_content() {
+    let file = parse(FULL).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("psql_user.txt"), b"postgres").unwrap();
+    let existing = [
+        secret("psql_password", SecretKind::Secret, &[]),
+        secret("pg_conf_v2", SecretKind::Config, &[]),
+    ];
+    let (_, names, _) = objects::plan(&file, "db", dir.path(), &existing);
+    let spec = desired("db", "psql", &file.services["psql"], &names).unwrap();
+    assert_eq!(spec.name, "db_psql");
+    assert_eq!(spec.labels[NAMESPACE], "db");
+    let c = spec.container.clone().unwrap();
+    let refs: Vec<_> = c.secrets.iter().map(|r| (r.secret_name.as_str(), r.follow)).collect();
+    assert_eq!(refs, [("db_psql_user", true), ("psql_password", false)]);
+    assert_eq!(c.configs[0].secret_name, "pg_conf_v2");
+
+    // What the manager stores: IDs, versions and default targets filled in.
+    let mut stored = shoal_manager::services::normalize(spec.clone()).unwrap();
+    for r in &mut stored.container.as_mut().unwrap().secrets {
+        r.secret_id = format!("id-{}", r.secret_name);
+        r.version = 3;
+        if r.target.is_empty() {
+            r.target = r.secret_name.clone();
+            r.mode = 0o444;
+        }
+    }
+    assert_eq!(comparable(&spec), comparable(&stored));
+    let mut changed = spec.clone();
+    changed.replicas = 4;
+    assert_ne!(comparable(&changed), comparable(&stored));
+}
