@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use super::cgroup::Layout;
 use super::error::{Result, RuntimeError};
@@ -26,7 +26,7 @@ use super::{oci, Runtime};
 /// The named pipes a task writes its output into, in its bundle.
 const STDOUT_FIFO: &str = "stdout.fifo";
 const STDERR_FIFO: &str = "stderr.fifo";
-/// How long a deleted task's log pumps get to copy what is still in the pipes.
+/// How long an ended task's log pumps get to copy what is still in the pipes.
 const PUMP_DRAIN: Duration = Duration::from_secs(2);
 
 /// A task the runtime holds.
@@ -39,8 +39,33 @@ pub(super) struct Task {
     exit: watch::Receiver<Option<ExitStatus>>,
     /// Until start: the exit sender and the write ends of stdout and stderr.
     pending: Mutex<Option<Pending>>,
-    /// Copy the task's output into its log files; drained when it is deleted.
-    pumps: Mutex<Vec<JoinHandle<()>>>,
+    /// Copy the task's output into its log files; the exit is published once they drained.
+    pumps: Mutex<Vec<Pump>>,
+}
+
+/// One log pump: stopped on delete; `done` resolves (for any number of waiters) when it has
+/// copied everything and every writer closed the pipe.
+#[derive(Debug)]
+struct Pump {
+    abort: AbortHandle,
+    done: Shared<BoxFuture<'static, ()>>,
+}
+
+impl Pump {
+    fn new(handle: JoinHandle<()>) -> Pump {
+        let abort = handle.abort_handle();
+        let done: BoxFuture<'static, ()> = Box::pin(handle.map(|_| ()));
+        Pump { abort, done: done.shared() }
+    }
+}
+
+impl Task {
+    /// Resolves when every pump has finished.
+    fn drained(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let pumps = self.pumps.lock().unwrap_or_else(|p| p.into_inner());
+        let done: Vec<_> = pumps.iter().map(|p| p.done.clone()).collect();
+        futures::future::join_all(done).map(|_| ())
+    }
 }
 
 #[derive(Debug)]
@@ -99,11 +124,11 @@ impl OciRuntime {
         })
     }
 
-    fn pump_logs(&self, id: &str, out: LogReader, err: LogReader) -> Result<Vec<JoinHandle<()>>> {
+    fn pump_logs(&self, id: &str, out: LogReader, err: LogReader) -> Result<Vec<Pump>> {
         let (stdout_log, stderr_log) = self.log_paths(id);
         Ok(vec![
-            out.pump(&stdout_log, self.cfg.log_limits)?,
-            err.pump(&stderr_log, self.cfg.log_limits)?,
+            Pump::new(out.pump(&stdout_log, self.cfg.log_limits)?),
+            Pump::new(err.pump(&stderr_log, self.cfg.log_limits)?),
         ])
     }
 
@@ -126,16 +151,6 @@ impl OciRuntime {
         }
         let dirs = BundleDirs::new(self.bundle_dir(id));
         let cgroup = self.cgroup_path(id);
-        let (tx, rx) = watch::channel(None);
-        match ExitWatch::open(state.pid) {
-            Ok(w) if state.status != "stopped" => {
-                watch_exit(w, tx, self.layout.clone(), cgroup.clone())
-            }
-            _ => {
-                let oom_killed = self.layout.oom_killed(&cgroup);
-                let _ = tx.send(Some(ExitStatus { oom_killed, ..ExitStatus::unknown() }));
-            }
-        }
         let mut pumps = Vec::new();
         if dirs.bundle.join(STDOUT_FIFO).exists() {
             rootfs::mkdir(&dirs.logs())?;
@@ -143,15 +158,25 @@ impl OciRuntime {
             let err = LogReader::open_fifo(&dirs.bundle.join(STDERR_FIFO))?;
             pumps = self.pump_logs(id, out, err)?;
         }
+        let (tx, rx) = watch::channel(None);
         let task = Task {
             dirs,
-            cgroup,
+            cgroup: cgroup.clone(),
             stop_signal,
             stop_grace: grace,
             exit: rx,
             pending: Mutex::new(None),
             pumps: Mutex::new(pumps),
         };
+        match ExitWatch::open(state.pid) {
+            Ok(w) if state.status != "stopped" => {
+                watch_exit(w, tx, self.layout.clone(), cgroup, task.drained())
+            }
+            _ => {
+                let oom_killed = self.layout.oom_killed(&cgroup);
+                let _ = tx.send(Some(ExitStatus { oom_killed, ..ExitStatus::unknown() }));
+            }
+        }
         self.tasks.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), Arc::new(task));
         Ok(())
     }
@@ -168,7 +193,7 @@ impl OciRuntime {
             return Err(e);
         }
         let watcher = ExitWatch::open(read_pid(&pid_file)?)?;
-        watch_exit(watcher, p.exit, self.layout.clone(), task.cgroup.clone());
+        watch_exit(watcher, p.exit, self.layout.clone(), task.cgroup.clone(), task.drained());
         Ok(())
     }
 
@@ -259,18 +284,24 @@ impl OciRuntime {
     }
 }
 
-/// Publishes the exit of the process `watcher` watches, with whether the OOM killer ended it.
+/// Publishes the exit of the process `watcher` watches, with whether the OOM killer ended it,
+/// once its output is in the log files (`drained`, or after `PUMP_DRAIN`): whoever sees a task
+/// end can read everything it wrote.
 fn watch_exit(
     watcher: ExitWatch,
     exit: watch::Sender<Option<ExitStatus>>,
     layout: Layout,
     cgroup: PathBuf,
+    drained: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     tokio::spawn(async move {
         let status = match watcher.wait().await {
             Some((code, signal)) => ExitStatus { code, signal, oom_killed: false },
             None => ExitStatus::unknown(),
         };
+        if tokio::time::timeout(PUMP_DRAIN, drained).await.is_err() {
+            tracing::debug!("a task's output pipe stayed open after it ended");
+        }
         let oom_killed = layout.oom_killed(&cgroup);
         let _ = exit.send(Some(ExitStatus { oom_killed, ..status }));
     });
@@ -278,13 +309,12 @@ fn watch_exit(
 
 /// Lets the log pumps copy what the pipes still hold (every writer is gone), then stops them.
 async fn drain(task: &Task) {
-    let mut pumps = std::mem::take(&mut *task.pumps.lock().unwrap_or_else(|p| p.into_inner()));
-    let all = futures::future::join_all(pumps.iter_mut());
-    if tokio::time::timeout(PUMP_DRAIN, all).await.is_err() {
+    if tokio::time::timeout(PUMP_DRAIN, task.drained()).await.is_err() {
         tracing::debug!("a task's output pipe stayed open after it ended; dropping the rest");
     }
+    let pumps = std::mem::take(&mut *task.pumps.lock().unwrap_or_else(|p| p.into_inner()));
     for p in &pumps {
-        p.abort();
+        p.abort.abort();
     }
 }
 

@@ -273,7 +273,7 @@ fn failed(err: &str, exit: Option<ExitStatus>) -> TaskStatus {
 /// The status of a task whose process exited by itself.
 fn exited(exit: ExitStatus) -> TaskStatus {
     if exit.is_unknown() {
-        let err = "the container exited while the agent was away; its exit status is unknown";
+        let err = "the container exited, but its exit status is unknown: an earlier agent process started it";
         return failed(err, Some(exit));
     }
     if exit.oom_killed {
