@@ -1091,6 +1091,17 @@ pub fn service_ps(r: &ListTasksResponse, no_trunc: bool, quiet: bool) -> String 
     out
 }
 
+/// A secret or config reference as Docker's inspect shows it, plus the version it pins.
+fn ref_json(r: &SecretReference) -> serde_json::Value {
+    serde_json::json!({
+        "SecretID": r.secret_id,
+        "SecretName": r.secret_name,
+        "File": {"Name": r.target, "UID": r.uid.to_string(), "GID": r.gid.to_string(), "Mode": r.mode},
+        "Version": r.version,
+        "Follow": r.follow,
+    })
+}
+
 fn service_json(s: &Service) -> serde_json::Value {
     let spec = s.spec.clone().unwrap_or_default();
     let c = spec.container.clone().unwrap_or_default();
@@ -1133,6 +1144,8 @@ fn service_json(s: &Service) -> serde_json::Value {
                     "NoNewPrivileges": !c.allow_new_privileges,
                     "Userns": c.userns,
                     "Healthcheck": c.healthcheck.map(|h| serde_json::json!({"Test": h.test, "Interval": h.interval_ms, "Retries": h.retries})),
+                    "Secrets": c.secrets.iter().map(ref_json).collect::<Vec<_>>(),
+                    "Configs": c.configs.iter().map(ref_json).collect::<Vec<_>>(),
                 },
                 "Resources": {
                     "Limits": res.limits.map(|l| serde_json::json!({"NanoCPUs": l.nano_cpus, "MemoryBytes": l.memory_bytes})),
@@ -1186,6 +1199,19 @@ fn service_pretty(s: &Service) -> String {
     }
     let _ = writeln!(out, "Args:           {}", c.args.join(" "));
     let _ = writeln!(out, "Read-only:      {}", c.read_only);
+    for (what, refs) in [("Secrets", &c.secrets), ("Configs", &c.configs)] {
+        if !refs.is_empty() {
+            let _ = writeln!(out, "{what}:");
+        }
+        for r in refs {
+            let follows = if r.follow { ", follows new versions" } else { "" };
+            let _ = writeln!(
+                out,
+                " Target: {}  Source: {} (version {}{follows})",
+                r.target, r.secret_name, r.version
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "Seccomp:        {}",

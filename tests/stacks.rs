@@ -275,6 +275,9 @@ async fn a_used_secret_cannot_go_and_an_update_rolls_only_its_followers() {
 
     let out = must_fail(&m, &["secret", "rm", "api_token"], b"").await;
     assert!(out.contains("in use by the following services: api, batch"), "{out}");
+    let inspect = must(&m, &["service", "inspect", "api"], b"").await;
+    assert!(inspect.contains(r#""SecretName": "api_token""#), "{inspect}");
+    assert!(inspect.contains(r#""Name": "token""#) && !inspect.contains("tok-v1"), "{inspect}");
 
     let out = must(&m, &["secret", "update", "api_token", "-"], b"tok-v2").await;
     assert!(out.contains("api_token: version 2") && out.contains("Rolling to version 2: api"));
