@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// The node's policy refuses an option the task asked for; the task must be REJECTED.
-    #[error("node policy refuses task option `{option}`: {reason}; allow it in the node config or remove it from the service")]
+    #[error("node policy refuses task option `{option}`: {reason}; allow it on the node (shoald --task-allow-… or --userns-remap) or remove it from the service")]
     Refused { option: String, reason: String },
 
     /// The task spec is malformed.
