@@ -53,6 +53,7 @@ pub async fn deploy(channel: &Channel, stack: &str, path: &Path, prune: bool) ->
         let spec = desired(stack, key, spec, &names)?;
         shoal_manager::services::normalize(spec.clone())
             .map_err(|s| anyhow::anyhow!("service {key}: {}", s.message()))?;
+        check_targets(&comparable(&spec)).with_context(|| format!("service {key}"))?;
         specs.push(spec);
     }
     objects::apply(&mut control, &planned).await?;
@@ -122,6 +123,29 @@ pub fn comparable(spec: &ServiceSpec) -> ServiceSpec {
         }
     }
     spec
+}
+
+/// The manager's target rules, checked before anything is created: secrets are file names
+/// under /run/secrets, configs absolute paths, and no two share a target.
+pub(super) fn check_targets(spec: &ServiceSpec) -> Result<()> {
+    let Some(c) = &spec.container else { return Ok(()) };
+    for (kind, refs) in [(SecretKind::Secret, &c.secrets), (SecretKind::Config, &c.configs)] {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in refs {
+            let t = r.target.as_str();
+            let ok = match kind {
+                SecretKind::Secret => !t.contains('/') && t != "." && t != "..",
+                SecretKind::Config => t.starts_with('/') && !t.split('/').any(|p| p == ".."),
+            };
+            if !ok {
+                bail!("invalid {} target {t:?}", objects::word(kind));
+            }
+            if !seen.insert(t) {
+                bail!("two {}s use the target {t}", objects::word(kind));
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn apply_service(

@@ -356,3 +356,14 @@ fn specs_are_named_for_the_stack_and_compare_by_content() {
     changed.replicas = 4;
     assert_ne!(comparable(&changed), comparable(&stored));
 }
+
+#[test]
+fn clashing_targets_are_refused_before_deploying() {
+    let text = "services:\n  a:\n    image: x\n    secrets: [s, {source: t, target: s}]\nsecrets:\n  s: {external: true}\n  t: {external: true}\n";
+    let file = parse(text).unwrap();
+    let existing = [secret("s", SecretKind::Secret, &[]), secret("t", SecretKind::Secret, &[])];
+    let (_, names, _) = objects::plan(&file, "x", std::path::Path::new("."), &existing);
+    let spec = desired("x", "a", &file.services["a"], &names).unwrap();
+    let e = super::deploy::check_targets(&comparable(&spec)).unwrap_err();
+    assert_eq!(e.to_string(), "two secrets use the target s");
+}
