@@ -61,6 +61,14 @@ fn secs(v: &[Duration]) -> Vec<f64> {
     v.iter().map(|d| d.as_secs_f64()).collect()
 }
 
+/// The 1-minute load average and the CPU count: figures from a busy machine read differently.
+fn load_note() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let one = load.split_whitespace().next().unwrap_or("?").to_string();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("load average {one} on {cpus} CPUs")
+}
+
 fn temp_dir(prefix: &str) -> Result<tempfile::TempDir> {
     Ok(tempfile::Builder::new().prefix(prefix).tempdir()?)
 }
@@ -221,6 +229,7 @@ async fn convergence(args: ConvergenceArgs) -> Result<()> {
         d.stop().await;
     }
     print_convergence(n, runs, &ours, &theirs, docker_version.as_deref());
+    println!("  ({})", load_note());
     Ok(())
 }
 
@@ -775,6 +784,7 @@ async fn e2e(args: E2eArgs) -> Result<()> {
     }
     agents.stop();
     print_e2e(&args, &results, &agents.stats);
+    println!("  ({})", load_note());
     drop(cluster);
     Ok(())
 }
@@ -881,7 +891,7 @@ fn print_e2e(args: &E2eArgs, results: &[E2eRun], stats: &SimStats) {
          agents in this process (each its own key, certificate and TLS connection; session, \
          heartbeats, assignments stream; reports ACCEPTED then RUNNING, batched per agent); {} \
          services x {} replicas = {total} tasks created at once through the Control API; medians \
-         of {} runs; ASSIGNED and RUNNING are counted as a follower applies them (committed)",
+         of {} runs; ASSIGNED and RUNNING are counted as the leader applies them (committed)",
         args.managers,
         args.agents,
         args.services,
@@ -1076,11 +1086,10 @@ impl E2eCluster {
         Ok(self.members[leader].addr.clone())
     }
 
-    /// A manager whose store shows what is committed: a follower if there is one.
+    /// The leader: its store applies an entry once a quorum has it, so what it shows is
+    /// committed, with no follower's lag added.
     fn observer(&self) -> Manager {
-        let leader = self.leader().unwrap_or(0);
-        let i = (0..self.members.len()).find(|i| *i != leader).unwrap_or(leader);
-        self.members[i].manager.clone()
+        self.members[self.leader().unwrap_or(0)].manager.clone()
     }
 
     /// A Control API client on the leader, with the first manager's certificate.
