@@ -66,7 +66,8 @@ async fn assignments(worker: &Worker, mut link: Link) -> Result<(), String> {
 }
 
 /// Sends queued task states: gathered for up to `REPORT_EVERY`, at most `REPORT_BATCH` per
-/// call. A batch that fails goes back to the queue for the next session.
+/// call. A batch that fails, or whose call the session's end cuts short, goes back to the
+/// queue for the next session.
 async fn report(queue: &StatusQueue, mut link: Link) -> Result<(), String> {
     loop {
         if queue.is_empty() {
@@ -80,17 +81,21 @@ async fn report(queue: &StatusQueue, mut link: Link) -> Result<(), String> {
                 _ = queue.changed() => {}
             }
         }
-        let updates = queue.take(REPORT_BATCH);
-        if updates.is_empty() {
+        let batch = queue.batch(REPORT_BATCH);
+        if batch.updates().is_empty() {
             continue;
         }
+        let updates = batch.updates().to_vec();
         let req = UpdateTaskStatusRequest { session_id: link.session_id.clone(), updates };
-        if let Err(s) = link.client.update_task_status(req.clone()).await {
-            queue.restore(req.updates);
-            if s.code() != Code::Unimplemented {
-                return Err(link.error(&s));
+        match link.client.update_task_status(req).await {
+            Ok(_) => batch.sent(),
+            Err(s) => {
+                drop(batch);
+                if s.code() != Code::Unimplemented {
+                    return Err(link.error(&s));
+                }
+                tokio::time::sleep(UNIMPLEMENTED_RETRY).await;
             }
-            tokio::time::sleep(UNIMPLEMENTED_RETRY).await;
         }
     }
 }

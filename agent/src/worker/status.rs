@@ -77,6 +77,12 @@ impl StatusQueue {
             .collect()
     }
 
+    /// Takes up to `max` waiting updates as a batch that puts itself back unless marked sent,
+    /// so a send cut short (the session ends mid-call) loses nothing.
+    pub fn batch(&self, max: usize) -> Batch<'_> {
+        Batch { queue: self, updates: self.take(max) }
+    }
+
     /// Puts back updates that could not be sent, unless a newer one is waiting.
     pub fn restore(&self, batch: Vec<TaskStatusUpdate>) {
         let mut q = self.lock();
@@ -112,6 +118,33 @@ impl StatusQueue {
     }
 }
 
+/// Updates on their way out; see [`StatusQueue::batch`].
+#[derive(Debug)]
+pub struct Batch<'a> {
+    queue: &'a StatusQueue,
+    updates: Vec<TaskStatusUpdate>,
+}
+
+impl Batch<'_> {
+    /// The updates to send.
+    pub fn updates(&self) -> &[TaskStatusUpdate] {
+        &self.updates
+    }
+
+    /// The managers have them.
+    pub fn sent(mut self) {
+        self.updates.clear();
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if !self.updates.is_empty() {
+            self.queue.restore(std::mem::take(&mut self.updates));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +171,21 @@ mod tests {
         q.track("t", TaskState::Running);
         assert!(!q.push("t", status(TaskState::Starting, "")));
         assert!(q.push("t", status(TaskState::Failed, "")));
+    }
+
+    #[test]
+    fn a_batch_cut_short_comes_back() {
+        let q = StatusQueue::default();
+        for id in ["a", "b"] {
+            q.track(id, TaskState::Assigned);
+            q.push(id, status(TaskState::Running, ""));
+        }
+        let cut_short = q.batch(10);
+        assert_eq!(cut_short.updates().len(), 2);
+        drop(cut_short);
+        assert_eq!(q.len(), 2, "a batch not marked sent comes back");
+        q.batch(10).sent();
+        assert!(q.is_empty());
     }
 
     #[test]
