@@ -101,12 +101,15 @@ impl Worker {
         }
     }
 
-    /// The leftover containers, the first time a complete set arrives; none after.
+    /// The leftover containers, the first time a complete set arrives; none after. (Marked
+    /// done only once listed: an apply cut short by the session's end asks again.)
     async fn claim_leftovers(&self) -> HashSet<String> {
-        if self.shared.recovered.swap(true, Ordering::SeqCst) {
+        if self.shared.recovered.load(Ordering::SeqCst) {
             return HashSet::new();
         }
-        match self.shared.exec.leftovers().await {
+        let listed = self.shared.exec.leftovers().await;
+        self.shared.recovered.store(true, Ordering::SeqCst);
+        match listed {
             Ok(ids) => ids.into_iter().collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "could not list the containers of an earlier agent");
