@@ -10,6 +10,7 @@ use shoal_proto::{
     SecretVersion, Service, ServiceSpec, Task, TaskState, UpdateSecretRequest, UpdateState,
     UpdateStatus,
 };
+use subtle::ConstantTimeEq;
 use tonic::Status;
 
 use crate::manager::{now_ms, Shared};
@@ -249,7 +250,9 @@ pub(crate) async fn update(
             })?;
             let services = tx.list::<Service>()?;
             let mut rolled = Vec::new();
-            if !req.data.is_empty() {
+            let latest = secret.versions.iter().find(|v| v.version == secret.latest);
+            let same = latest.is_some_and(|v| bool::from(v.data.as_slice().ct_eq(&req.data)));
+            if !req.data.is_empty() && !same {
                 secret.latest += 1;
                 let v = SecretVersion {
                     version: secret.latest,

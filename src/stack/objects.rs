@@ -1,11 +1,10 @@
 //! Owns the secrets and configs of a stack deploy: which real object each compose key means,
 //! checking that files can be read and external ones exist before anything is created, and
-//! creating or versioning the stack's own. A stack's object carries a salted, slow digest of
-//! its data in a label, so a re-deploy can tell whether the file changed without the data
-//! ever leaving the manager.
+//! creating or versioning the stack's own. A re-deploy sends the stack's files again; the
+//! manager makes a new version only when the data differs (compared there, in constant time),
+//! so nothing derived from a secret is ever shown.
 
 use std::collections::{BTreeMap, HashMap};
-use std::num::NonZeroU32;
 use std::path::Path;
 
 use anyhow::Result;
@@ -17,10 +16,6 @@ use super::compose::{Compose, Source};
 use super::NAMESPACE;
 use crate::client;
 pub use crate::secret_cmd::word;
-
-/// Label holding `pbkdf2-sha256:ROUNDS:SALT:HASH` of a stack-created object's data.
-pub const DIGEST: &str = "com.shoal.stack.digest";
-const ROUNDS: u32 = 100_000;
 
 /// What deploy does with one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,8 +128,7 @@ fn own(
             word(kind)
         ));
     }
-    let same = found.labels.get(DIGEST).is_some_and(|d| digest_matches(&data, d));
-    Ok(if same { Action::Keep } else { Action::Update(data) })
+    Ok(Action::Update(data))
 }
 
 /// Creates and versions the stack's own objects (after [`plan`] found no problem).
@@ -144,8 +138,7 @@ pub async fn apply(control: &mut ControlClient<Channel>, planned: &[Planned]) ->
             Action::Keep => continue,
             Action::Create(d) | Action::Update(d) => d,
         };
-        let mut labels = p.labels.clone();
-        labels.insert(DIGEST.into(), digest(data));
+        let labels = p.labels.clone();
         let kind = p.kind as i32;
         if let Action::Create(_) = p.action {
             println!("Creating {} {}", word(p.kind), p.name);
@@ -160,8 +153,14 @@ pub async fn apply(control: &mut ControlClient<Channel>, planned: &[Planned]) ->
                 set_labels: true,
                 labels,
             };
+            let get = GetSecretRequest { kind, reference: p.name.clone() };
+            let before = control.get_secret(get).await.map_err(client::status)?.into_inner();
+            let before = before.secret.map(|s| s.latest).unwrap_or_default();
             let r = control.update_secret(req).await.map_err(client::status)?.into_inner();
             let version = r.secret.map(|s| s.latest).unwrap_or_default();
+            if version == before {
+                continue;
+            }
             println!("Updating {} {} (version {version})", word(p.kind), p.name);
             for s in r.services {
                 println!("  {s} rolls to the new version");
@@ -169,40 +168,4 @@ pub async fn apply(control: &mut ControlClient<Channel>, planned: &[Planned]) ->
         }
     }
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
-}
-
-/// A fresh salted PBKDF2 of `data`: it shows whether data changed, and is slow to guess from.
-pub fn digest(data: &[u8]) -> String {
-    let salt: [u8; 16] = rand::random();
-    let mut out = [0u8; 32];
-    let rounds = NonZeroU32::new(ROUNDS).unwrap_or(NonZeroU32::MIN);
-    ring::pbkdf2::derive(ring::pbkdf2::PBKDF2_HMAC_SHA256, rounds, &salt, data, &mut out);
-    format!("pbkdf2-sha256:{ROUNDS}:{}:{}", hex(&salt), hex(&out))
-}
-
-/// Whether `data` is what a [`digest`] label was made from (compared in constant time).
-pub fn digest_matches(data: &[u8], label: &str) -> bool {
-    let mut parts = label.split(':');
-    let (Some("pbkdf2-sha256"), Some(rounds), Some(salt), Some(hash), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return false;
-    };
-    let (Some(rounds), Some(salt), Some(hash)) =
-        (rounds.parse().ok().and_then(NonZeroU32::new), unhex(salt), unhex(hash))
-    else {
-        return false;
-    };
-    ring::pbkdf2::verify(ring::pbkdf2::PBKDF2_HMAC_SHA256, rounds, &salt, data, &hash).is_ok()
 }
