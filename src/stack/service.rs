@@ -353,6 +353,13 @@ fn read_refs(
                 rf.secret_name
             )));
         }
+        // Like Docker: the file is named for the compose key, not the stack-prefixed object.
+        if rf.target.is_empty() {
+            rf.target = match kind {
+                SecretKind::Secret => rf.secret_name.clone(),
+                SecretKind::Config => format!("/{}", rf.secret_name),
+            };
+        }
         out.push(rf);
     }
     Ok(out)

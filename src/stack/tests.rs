@@ -129,7 +129,8 @@ fn every_supported_key_reaches_the_spec() {
     assert_eq!(c.secrets.len(), 2);
     assert_eq!(
         (c.secrets[0].secret_name.as_str(), c.secrets[0].target.as_str()),
-        ("psql_user", "")
+        ("psql_user", "psql_user"),
+        "the file is named for the compose key, not the stack's prefixed secret"
     );
     let pw = &c.secrets[1];
     assert_eq!((pw.secret_name.as_str(), pw.target.as_str()), ("psql_password", "pw"));

@@ -108,6 +108,7 @@ impl OciRuntime {
     ) -> Result<Task> {
         rootfs::mkdir(&dirs.logs())?;
         rootfs::mount_rootfs(dirs, &spec.rootfs, self.userns(spec))?;
+        super::secrets::mount_files(dirs, &spec.files, self.userns(spec))?;
         oci::save(config, &dirs.bundle)?;
         let (stdout, out_r) = log_fifo(&dirs.bundle.join(STDOUT_FIFO))?;
         let (stderr, err_r) = log_fifo(&dirs.bundle.join(STDERR_FIFO))?;
@@ -271,6 +272,7 @@ impl OciRuntime {
 
     /// Unmounts the rootfs, removes leftover cgroups and the bundle directory.
     pub(crate) fn remove_remains(&self, dirs: &BundleDirs, cgroup: &Path) -> Result<()> {
+        super::secrets::unmount_files(dirs)?;
         rootfs::unmount_rootfs(dirs)?;
         let stuck = self.layout.remove(cgroup);
         if !stuck.is_empty() {

@@ -20,6 +20,7 @@ pub mod recover;
 pub mod rootfs;
 pub mod runc;
 pub mod seccomp;
+pub mod secrets;
 pub mod spec;
 
 use std::time::Duration;
@@ -33,6 +34,7 @@ pub use policy::{IdRange, NodePolicy};
 pub use reap::ExitStatus;
 pub use recover::Recovered;
 pub use runc::ExecOutput;
+pub use secrets::SecretFile;
 pub use spec::{HostNamespace, Resources, RootfsSource, SeccompChoice, TaskSpec, Ulimit, UserSpec};
 
 /// What the agent's task controllers need from a container runtime. Object-safe, so the worker

@@ -53,6 +53,8 @@ pub struct ConfigInputs {
     pub init_binary: Option<PathBuf>,
     /// SELinux label of the task's process and mounts (only where SELinux is on).
     pub selinux_label: Option<String>,
+    /// Host directory (a tmpfs) holding the task's secret and config files, `f0`, `f1`, …
+    pub files_dir: PathBuf,
 }
 
 /// The complete OCI config for `spec`; the bundle's rootfs is the `rootfs` directory.
@@ -161,6 +163,11 @@ fn mounts(spec: &TaskSpec, inputs: &ConfigInputs) -> Result<Vec<Mount>> {
     if let (Some(init), true) = (&inputs.init_binary, spec.init) {
         let src = init.to_string_lossy();
         v.push(mount(INIT_PATH, "bind", &src, &["bind", "ro", "nosuid", "nodev"])?);
+    }
+    for (i, f) in spec.files.iter().enumerate() {
+        let src = inputs.files_dir.join(format!("f{i}"));
+        let opts = ["bind", "ro", "nosuid", "nodev", "noexec"];
+        v.push(mount(&f.target, "bind", &src.to_string_lossy(), &opts)?);
     }
     Ok(v)
 }

@@ -138,6 +138,9 @@ impl OciRuntime {
             userns: self.userns(spec),
             init_binary: self.init_binary(spec)?,
             selinux_label: self.selinux_label.clone(),
+            files_dir: super::secrets::dir(&super::rootfs::BundleDirs::new(
+                self.bundle_dir(&spec.id),
+            )),
         };
         oci::build(spec, &inputs)
     }

@@ -108,6 +108,8 @@ pub struct TaskSpec {
     /// Let the task's processes gain privileges through setuid binaries (no-new-privileges
     /// off; needs the node's permission).
     pub allow_new_privileges: bool,
+    /// Secrets and configs, from memory onto a per-task read-only tmpfs.
+    pub files: Vec<super::SecretFile>,
 }
 
 impl TaskSpec {
@@ -134,6 +136,7 @@ impl TaskSpec {
             stop_grace: Duration::from_secs(10),
             init: false,
             allow_new_privileges: false,
+            files: Vec::new(),
         }
     }
 

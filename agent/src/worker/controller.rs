@@ -55,6 +55,7 @@ pub(super) struct Controller {
     pub id: String,
     pub exec: Arc<dyn Executor>,
     pub queue: Arc<StatusQueue>,
+    pub secrets: Arc<super::secrets::SecretStore>,
     pub desired: watch::Receiver<Desired>,
 }
 
@@ -119,7 +120,11 @@ impl Controller {
     async fn launch(&mut self, task: Box<Task>) -> Next {
         self.report(status(TaskState::Accepted, "accepted"));
         self.report(status(TaskState::Preparing, "preparing"));
-        if let Err(e) = self.exec.prepare(&task).await {
+        let prepared = match self.secrets.files_for(&task) {
+            Ok(files) => self.exec.prepare_with(&task, files).await,
+            Err(e) => Err(ExecError::Rejected(e)),
+        };
+        if let Err(e) = prepared {
             tracing::info!(task = %self.id, error = %e, "task rejected");
             let mut s = status(TaskState::Rejected, "rejected");
             s.err = e.to_string();

@@ -30,6 +30,16 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     /// Resolves the task's image and sets its container up without starting it. Any error
     /// means the task is REJECTED with its message.
     fn prepare<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), ExecError>>;
+    /// Like `prepare`, with the task's secret and config files (from memory). An executor
+    /// that runs no real containers may ignore them.
+    fn prepare_with<'a>(
+        &'a self,
+        task: &'a Task,
+        files: Vec<crate::runtime::SecretFile>,
+    ) -> BoxFuture<'a, Result<(), ExecError>> {
+        drop(files);
+        self.prepare(task)
+    }
     /// Starts a prepared container; an error means the task FAILED.
     fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), ExecError>>;
     /// Waits until the container's process exits (at once if it has).

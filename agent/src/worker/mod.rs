@@ -12,6 +12,7 @@ pub mod health;
 pub mod link;
 mod logs;
 mod oci;
+pub mod secrets;
 pub mod spec;
 pub mod status;
 
@@ -42,6 +43,8 @@ struct Shared {
     exec: Arc<dyn Executor>,
     queue: Arc<StatusQueue>,
     tasks: Mutex<HashMap<String, Entry>>,
+    /// Secret and config data for this node's tasks, in memory only.
+    secrets: Arc<secrets::SecretStore>,
     /// Whether the containers of an earlier agent have been claimed (first complete set).
     recovered: AtomicBool,
 }
@@ -61,6 +64,7 @@ impl Worker {
             exec,
             queue: Arc::new(StatusQueue::default()),
             tasks: Mutex::new(HashMap::new()),
+            secrets: Arc::default(),
             recovered: AtomicBool::new(false),
         };
         Worker { shared: Arc::new(shared) }
@@ -72,7 +76,9 @@ impl Worker {
 
     /// Applies one message of the assignments stream. A complete set stops and removes every
     /// task not in it; the first one also claims or discards an earlier agent's containers.
-    pub async fn apply(&self, msg: AssignmentsMessage) {
+    pub async fn apply(&self, mut msg: AssignmentsMessage) {
+        // Secrets first: the tasks of the same message may need them.
+        self.shared.secrets.take(&mut msg);
         let mut leftovers =
             if msg.complete { self.claim_leftovers().await } else { HashSet::new() };
         {
@@ -94,6 +100,7 @@ impl Worker {
                 self.remove(&mut tasks, id);
             }
         }
+        self.shared.secrets.forget(&msg.removed_secrets);
         for id in leftovers {
             tracing::info!(task = %id, "removing a container no task on this node needs");
             let exec = self.shared.exec.clone();
@@ -137,6 +144,7 @@ impl Worker {
                 id: task.id.clone(),
                 exec: self.shared.exec.clone(),
                 queue: self.shared.queue.clone(),
+                secrets: self.shared.secrets.clone(),
                 desired: rx,
             };
             tokio::spawn(c.run(Box::new(task.clone()), adopt))

@@ -86,8 +86,13 @@ impl OciExecutor {
             .map_err(ExecError::Rejected)
     }
 
-    async fn prepare_task(&self, task: &Task) -> Result<(), ExecError> {
-        let built = self.build(task).await?;
+    async fn prepare_task(
+        &self,
+        task: &Task,
+        files: Vec<crate::runtime::SecretFile>,
+    ) -> Result<(), ExecError> {
+        let mut built = self.build(task).await?;
+        built.spec.files = files;
         self.set_in_use(&task.id, Some(built.image_id));
         self.runtime.create(built.spec).await.map_err(|e| ExecError::Rejected(e.to_string()))
     }
@@ -157,7 +162,15 @@ fn write_profile(path: &Path, profile: &str) -> Result<(), String> {
 
 impl Executor for OciExecutor {
     fn prepare<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), ExecError>> {
-        Box::pin(self.prepare_task(task))
+        Box::pin(self.prepare_task(task, Vec::new()))
+    }
+
+    fn prepare_with<'a>(
+        &'a self,
+        task: &'a Task,
+        files: Vec<crate::runtime::SecretFile>,
+    ) -> BoxFuture<'a, Result<(), ExecError>> {
+        Box::pin(self.prepare_task(task, files))
     }
 
     fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), ExecError>> {

@@ -329,7 +329,8 @@ async fn a_running_tasks_controller_is_small() {
     let (_tx, rx) = watch::channel(controller::Desired::of(&task));
     let exec: Arc<dyn Executor> = Arc::new(FakeExecutor::new("n1"));
     let queue = Arc::new(StatusQueue::default());
-    let mut c = Controller { id: "a".into(), exec, queue, desired: rx };
+    let secrets = Arc::default();
+    let mut c = Controller { id: "a".into(), exec, queue, secrets, desired: rx };
     let running = std::mem::size_of_val(&c.supervise(None));
     let whole = std::mem::size_of_val(&c.run(Box::new(task), false));
     assert!(running + whole < 2048, "{running} + {whole} bytes per running task");

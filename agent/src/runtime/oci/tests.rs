@@ -14,7 +14,34 @@ fn inputs() -> ConfigInputs {
         userns: None,
         init_binary: Some("/usr/bin/tini-static".into()),
         selinux_label: None,
+        files_dir: "/b/secrets".into(),
     }
+}
+
+#[test]
+fn secret_files_are_bound_read_only_from_the_tasks_tmpfs() {
+    let mut s = spec();
+    s.files.push(crate::runtime::SecretFile {
+        target: "/run/secrets/pw".into(),
+        uid: 0,
+        gid: 0,
+        mode: 0o400,
+        data: b"hunter2".to_vec(),
+    });
+    let config = build(&s, &inputs()).unwrap();
+    let m = config
+        .mounts()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.destination() == std::path::Path::new("/run/secrets/pw"))
+        .expect("a mount for the secret");
+    assert_eq!(m.source().as_deref(), Some(std::path::Path::new("/b/secrets/f0")));
+    let opts = m.options().clone().unwrap();
+    for o in ["bind", "ro", "nosuid", "nodev", "noexec"] {
+        assert!(opts.iter().any(|x| x == o), "{o} missing from {opts:?}");
+    }
+    assert!(!format!("{s:?}").contains("hunter2"), "Debug of a task spec shows no secret");
 }
 
 fn spec() -> TaskSpec {
