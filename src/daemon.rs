@@ -386,11 +386,19 @@ impl Daemon {
             );
         }
         if let Some(m) = member.take() {
+            // A node that leaves stops its tasks (an agent restart would re-attach to them).
+            m.agent.remove_tasks().await;
             m.shutdown().await;
         }
         self.files.wipe()?;
         tracing::info!("left the swarm");
         Ok(())
+    }
+
+    /// IDs of the images this node's tasks run (they must not be removed).
+    pub async fn images_in_use(&self) -> Vec<String> {
+        let member = self.member.lock().await;
+        member.as_ref().map(|m| m.agent.worker().executor().images_in_use()).unwrap_or_default()
     }
 
     /// The manager this node runs, if any.

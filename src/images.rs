@@ -72,8 +72,8 @@ impl Images {
         self.run(|s| s.list()).await.map(wire)
     }
 
-    /// `image rm`. No task runs on this node yet (services arrive later), so nothing is in use.
-    pub async fn remove(&self, reference: String) -> Result<String, Status> {
-        self.run(move |s| s.remove(&reference, &[])).await
+    /// `image rm`, refused for an image a task of this node runs (`in_use`: image IDs).
+    pub async fn remove(&self, reference: String, in_use: Vec<String>) -> Result<String, Status> {
+        self.run(move |s| s.remove(&reference, &in_use)).await
     }
 }

@@ -86,7 +86,8 @@ impl DaemonRpc for LocalApi {
         &self,
         req: Request<ImageRmRequest>,
     ) -> Result<Response<ImageRmResponse>, Status> {
-        let id = self.images.remove(req.into_inner().reference).await?;
+        let in_use = self.daemon.images_in_use().await;
+        let id = self.images.remove(req.into_inner().reference, in_use).await?;
         Ok(Response::new(ImageRmResponse { id }))
     }
 

@@ -201,6 +201,11 @@ fn story(net: &Net, nodes: &mut [Node], tar: &str) {
         );
     }
 
+    // An image a task runs cannot be removed from under it.
+    let out = n1.shoal(&["image", "rm", IMAGE]);
+    assert!(!out.status.success(), "removed an image in use:\n{}", text(&out));
+    assert!(text(&out).contains("used by a task"), "{}", text(&out));
+
     // --- Kill n3's shoald: its task comes back within 10 s of n3 being Down. ------------------
     step("kill -9 n3's shoald");
     let stale = placed["n3"][0].id.clone();

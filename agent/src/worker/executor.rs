@@ -68,6 +68,10 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     /// The task's `(stdout, stderr)` log files, if it has any on this node. Rotated files are
     /// beside them as `<file>.1` (newest) to `<file>.N`.
     fn log_paths(&self, id: &str) -> Option<(PathBuf, PathBuf)>;
+    /// IDs of the images this node's tasks run (none for an executor without images).
+    fn images_in_use(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// What this node offers, sent to the managers when a session opens.
     fn describe(&self) -> NodeDescription {
         describe_host()

@@ -43,13 +43,6 @@ impl OciExecutor {
         &self.runtime
     }
 
-    /// IDs of the images the node's tasks run (an image in use must not be removed).
-    pub fn images_in_use(&self) -> Vec<String> {
-        let in_use = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
-        let set: HashSet<&String> = in_use.values().collect();
-        set.into_iter().cloned().collect()
-    }
-
     fn kept_logs(&self, id: &str) -> PathBuf {
         self.runtime.config().data_root.join("logs").join(id)
     }
@@ -163,6 +156,12 @@ fn write_profile(path: &Path, profile: &str) -> Result<(), String> {
 impl Executor for OciExecutor {
     fn prepare<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), ExecError>> {
         Box::pin(self.prepare_task(task, Vec::new()))
+    }
+
+    fn images_in_use(&self) -> Vec<String> {
+        let in_use = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
+        let set: HashSet<&String> = in_use.values().collect();
+        set.into_iter().cloned().collect()
     }
 
     fn prepare_with<'a>(
