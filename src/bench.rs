@@ -39,6 +39,15 @@ pub enum BenchCmd {
         #[arg(long)]
         crun: Option<std::path::PathBuf>,
     },
+    /// Place tasks of many services on many fake nodes in-process (one thread)
+    Scheduler {
+        #[arg(long, default_value_t = 1_000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 100_000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 100)]
+        services: usize,
+    },
 }
 
 /// Runs a benchmark.
@@ -49,6 +58,14 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         }
         BenchCmd::Raft(args) => crate::bench_raft::raft(args).await,
         BenchCmd::Runtime { runs, runc, crun } => runtime(runs.max(1), runc, crun).await,
+        BenchCmd::Scheduler { nodes, tasks, services } => {
+            let report = tokio::task::spawn_blocking(move || {
+                shoal_manager::scheduler::bench(nodes.max(1), tasks, services.max(1))
+            })
+            .await?;
+            println!("{report}");
+            Ok(())
+        }
     }
 }
 
