@@ -753,9 +753,16 @@ async fn e2e(args: E2eArgs) -> Result<()> {
     let limit = Duration::from_secs(args.timeout.max(10));
     let mut results = Vec::new();
     for run in 0..args.runs.max(1) {
-        let before = cluster.health(&agents.stats);
+        let (before, lagged) = (cluster.health(&agents.stats), tracker.lagged());
         let r = e2e_run(&mut control, &tracker, &agents, &args, run, limit).await;
         cluster.health(&agents.stats).note_changes(&before);
+        if tracker.lagged() > lagged {
+            println!(
+                "  note: the leader's store change feed dropped events {} times during the run \
+                 (seen by this bench's own watcher, which then rescanned the store)",
+                tracker.lagged() - lagged
+            );
+        }
         let r = match r {
             Ok(r) => r,
             Err(e) => {
@@ -1265,6 +1272,11 @@ impl TaskTracker {
         Counts { created: get(&s.created), assigned: get(&s.assigned), running: get(&s.running) }
     }
 
+    /// How often the change feed dropped events for this watcher.
+    fn lagged(&self) -> u64 {
+        self.lock().lagged
+    }
+
     /// Tasks of `run` still in the store.
     fn live(&self, run: usize) -> usize {
         self.lock().tasks.values().filter(|(r, _)| *r == run).count()
@@ -1280,6 +1292,8 @@ struct SimStats {
     /// Tasks first seen with desired state RUNNING.
     seen: AtomicUsize,
     reports: AtomicUsize,
+    /// Assignment streams the manager ended and the agent reopened.
+    reopened: AtomicUsize,
     errors: AtomicUsize,
     first_error: Mutex<Option<String>>,
 }
@@ -1294,8 +1308,10 @@ impl SimStats {
     fn summary(&self) -> String {
         let first = self.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
         format!(
-            "{} sessions opened, {} tasks started, {} UpdateTaskStatus calls, {} errors{}",
+            "{} sessions opened, {} assignment streams reopened, {} tasks started, {} \
+             UpdateTaskStatus calls, {} errors{}",
             self.sessions.load(Ordering::Relaxed),
+            self.reopened.load(Ordering::Relaxed),
             self.seen.load(Ordering::Relaxed),
             self.reports.load(Ordering::Relaxed),
             self.errors.load(Ordering::Relaxed),
@@ -1425,8 +1441,10 @@ impl SimAgent {
                 }
                 msg = assignments.message() => match msg {
                     Ok(Some(m)) => self.on_assignments(&mut client, &session_id, m).await?,
-                    // A stream dropped for falling behind: reopen it (the full set comes again).
+                    // A stream the manager ended (it resyncs, or the node fell behind):
+                    // reopen it; the full set comes again.
                     Ok(None) | Err(_) => {
+                        self.stats.reopened.fetch_add(1, Ordering::Relaxed);
                         assignments = client.assignments(req.clone()).await?.into_inner();
                     }
                 },
