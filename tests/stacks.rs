@@ -146,7 +146,8 @@ async fn the_seed_stack_deploys_and_stack_rm_keeps_the_external_secret() {
     let spec = psql.spec.unwrap();
     assert_eq!(spec.labels["com.docker.stack.namespace"], "db");
     let refs: Vec<_> = spec.container.unwrap().secrets.into_iter().map(|r| r.target).collect();
-    assert_eq!(refs, ["db_psql_user", "psql_password"]);
+    // Files are named for the compose keys (as Docker does), not the stack-prefixed secrets.
+    assert_eq!(refs, ["psql_user", "psql_password"]);
     wait_running(&m, "db_psql", 1).await;
     wait_running(&m, "db_web", 2).await;
 
