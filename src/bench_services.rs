@@ -718,6 +718,9 @@ const GOAL_TASKS_PER_S: f64 = 5_000.0;
 /// How long the managers may take to form and the agents to join and open sessions.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Reads one milestone of a run.
+type Milestone = fn(&E2eRun) -> Duration;
+
 /// What one e2e run measured, from the first CreateService call.
 #[derive(Debug, Clone, Copy)]
 struct E2eRun {
@@ -915,7 +918,7 @@ fn print_e2e(args: &E2eArgs, results: &[E2eRun], stats: &SimStats) {
     let assigned = med(|r| r.assigned);
     println!("  {:<44} {:>9} {:>12}", "", "seconds", "tasks/s");
     println!("  {:<44} {:>9.3}", "submit (all CreateService calls answered)", med(|r| r.submitted));
-    let rows: [(&str, fn(&E2eRun) -> Duration); 4] = [
+    let rows: [(&str, Milestone); 4] = [
         ("submit -> all tasks created (any state)", |r| r.created),
         ("submit -> all ASSIGNED (shoal)", |r| r.assigned),
         ("submit -> all seen by agents", |r| r.seen),
@@ -1538,4 +1541,73 @@ async fn report(
     client.update_task_status(req).await.with_context(|| format!("UpdateTaskStatus {state:?}"))?;
     stats.reports.fetch_add(1, Ordering::Relaxed);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: &str, service: &str, state: TaskState) -> Task {
+        Task {
+            id: id.into(),
+            service_name: service.into(),
+            status: Some(TaskStatus { state: state as i32, ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_task_counts_once_per_milestone_of_its_run() {
+        let mut t = Tracked::default();
+        t.apply(&task("a", "e2e-r0-s1", TaskState::Assigned));
+        t.apply(&task("a", "e2e-r0-s1", TaskState::Assigned));
+        t.apply(&task("a", "e2e-r0-s1", TaskState::Running));
+        t.apply(&task("a", "e2e-r0-s1", TaskState::Accepted));
+        t.apply(&task("b", "e2e-r1-s0", TaskState::Running));
+        t.apply(&task("c", "someone-else", TaskState::Running));
+        assert_eq!((t.created[&0], t.assigned[&0], t.running[&0]), (1, 1, 1));
+        assert_eq!((t.created[&1], t.assigned[&1], t.running[&1]), (1, 1, 1));
+        assert_eq!(t.tasks.len(), 2, "tasks of other services are not tracked");
+    }
+
+    #[test]
+    fn runc_state_dirs_name_the_root_and_the_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("agent/runc/task-1");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join("state.json"), r#"{"id":"task-1","init_process_pid":42}"#)
+            .unwrap();
+        let other = dir.path().join("bundle/x");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("state.json"), "{}").unwrap();
+        let found = runc_containers(dir.path());
+        assert_eq!(found, vec![(dir.path().join("agent/runc"), "task-1".to_string())]);
+    }
+
+    /// The whole e2e path at a small scale: managers, joined agents, services, every task
+    /// reported RUNNING, and removal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_cluster_runs_and_removes_every_task() {
+        shoal_pki::install_crypto_provider();
+        let args = E2eArgs {
+            managers: 3,
+            agents: 5,
+            services: 2,
+            replicas: 5,
+            runs: 1,
+            join_concurrency: 5,
+            timeout: 60,
+        };
+        let cluster = E2eCluster::start(args.managers).await.unwrap();
+        let tracker = TaskTracker::spawn(cluster.observer());
+        let agents = SimAgents::start(&cluster, args.agents, args.join_concurrency).await.unwrap();
+        let mut control = cluster.control().await.unwrap();
+        let limit = Duration::from_secs(args.timeout);
+        let r = e2e_run(&mut control, &tracker, &agents, &args, 0, limit).await.unwrap();
+        assert!(r.assigned <= r.running, "{r:?}");
+        assert_eq!(tracker.counts(0).running, 10);
+        remove_run(&mut control, &tracker, &args, 0, limit).await.unwrap();
+        assert_eq!(tracker.live(0), 0);
+        agents.stop();
+    }
 }
