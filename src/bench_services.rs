@@ -795,7 +795,11 @@ async fn e2e(args: E2eArgs) -> Result<()> {
     agents.stop();
     print_e2e(&args, &results, &agents.stats);
     println!("  ({})", load_note());
+    // Let the agents' connections close before the managers go, so the last reference to each
+    // store is not dropped while the runtime shuts down (sled's flush on drop once hung there).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     drop(cluster);
+    tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(())
 }
 
