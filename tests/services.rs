@@ -11,7 +11,8 @@ use harness::{eventually, TestNode};
 use shoal_proto::*;
 
 const BEAT: Duration = Duration::from_millis(200);
-const CONVERGE: Duration = Duration::from_secs(30);
+// A deadline, not a speed target: generous, as CI machines are small and busy.
+const CONVERGE: Duration = Duration::from_secs(90);
 
 async fn token(manager: &TestNode) -> String {
     let req = GetJoinTokenRequest { role: NodeRole::Worker as i32 };

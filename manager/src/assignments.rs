@@ -19,7 +19,7 @@ const FLUSH_EVERY: Duration = Duration::from_millis(30);
 const BATCH_LIMIT: usize = 100;
 /// Reported states are committed at most this often, or when this many are waiting.
 const STATUS_EVERY: Duration = Duration::from_millis(30);
-const STATUS_LIMIT: usize = 5_000;
+const STATUS_LIMIT: usize = 2_000;
 
 type AssignmentTx = mpsc::Sender<Result<AssignmentsMessage, Status>>;
 
@@ -49,6 +49,9 @@ struct HubState {
     /// such tasks use each secret version: a node has a secret exactly while one is above 0.
     holding: HashMap<String, (String, Vec<SecretKey>)>,
     node_secrets: HashMap<String, HashMap<SecretKey, usize>>,
+    /// The index was loaded from the store: until then no stream may open (its complete set
+    /// would be empty, and the agent would stop every task it runs).
+    ready: bool,
 }
 
 impl HubState {
@@ -116,20 +119,68 @@ impl Hub {
         *self.lock() = HubState::default();
     }
 
-    /// Loads the index of assigned tasks (a new leader).
-    fn load(&self, tasks: Vec<Task>) {
-        let mut s = self.lock();
+    /// Loads the index of assigned tasks from the store (a new leader, or after missed
+    /// changes) and lets streams open. Open streams close: their agents reconnect and get a
+    /// complete set again. A store that cannot be read leaves the hub closed.
+    fn load(&self, store: &crate::store::Store) -> bool {
+        let tasks = match store.list::<Task>() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load the assignments index; retrying");
+                return false;
+            }
+        };
+        let mut fresh = HubState::default();
         for t in tasks.into_iter().filter(assigned) {
-            s.track(&t.id, Some(&t));
-            s.node_tasks.entry(t.node_id.clone()).or_default().insert(t.id.clone());
-            s.task_node.insert(t.id, t.node_id);
+            fresh.track(&t.id, Some(&t));
+            fresh.node_tasks.entry(t.node_id.clone()).or_default().insert(t.id.clone());
+            fresh.task_node.insert(t.id, t.node_id);
         }
+        fresh.ready = true;
+        *self.lock() = fresh;
+        true
     }
 
-    /// Opens the stream of `node_id`, replacing an older one, and returns the IDs of the
-    /// tasks to put in its first (complete) message.
-    fn open(&self, node_id: &str, tx: AssignmentTx) -> (Vec<String>, Vec<SecretKey>) {
+    fn is_ready(&self) -> bool {
+        self.lock().ready
+    }
+
+    /// Opens the stream of `node_id` (replacing an older one) with its complete set, all
+    /// under the hub's lock so no change can slip between the set and the stream.
+    fn open(
+        &self,
+        node_id: &str,
+        tx: AssignmentTx,
+        store: &crate::store::Store,
+    ) -> Result<(), Status> {
         let mut s = self.lock();
+        if !s.ready {
+            return Err(Status::unavailable(
+                "this leader is still loading assignments; reconnect in a moment",
+            ));
+        }
+        let ids: Vec<String> =
+            s.node_tasks.get(node_id).map(|t| t.iter().cloned().collect()).unwrap_or_default();
+        let secrets: Vec<SecretKey> =
+            s.node_secrets.get(node_id).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        let mut tasks = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(t) = store.get::<Task>(&id)? {
+                if t.node_id == node_id {
+                    s.told.insert(t.id.clone(), (t.desired_state, t.spec_version));
+                    tasks.push(t);
+                }
+            }
+        }
+        let first = AssignmentsMessage {
+            complete: true,
+            tasks,
+            removed: Vec::new(),
+            sequence: 0,
+            secrets: secret_data(store, &secrets),
+            removed_secrets: Vec::new(),
+        };
+        tx.try_send(Ok(first)).map_err(|_| Status::unavailable("assignment stream closed"))?;
         let stream = NodeStream {
             tx,
             tasks: Vec::new(),
@@ -139,18 +190,7 @@ impl Hub {
             sequence: 1,
         };
         s.streams.insert(node_id.to_string(), stream);
-        let tasks =
-            s.node_tasks.get(node_id).map(|t| t.iter().cloned().collect()).unwrap_or_default();
-        let secrets =
-            s.node_secrets.get(node_id).map(|m| m.keys().cloned().collect()).unwrap_or_default();
-        (tasks, secrets)
-    }
-
-    fn told(&self, tasks: &[Task]) {
-        let mut s = self.lock();
-        for t in tasks {
-            s.told.insert(t.id.clone(), (t.desired_state, t.spec_version));
-        }
+        Ok(())
     }
 
     /// Routes one applied change of a task.
@@ -159,8 +199,19 @@ impl Hub {
         let s = &mut *s;
         let (node, gained, lost) = s.track(id, task.as_ref());
         if let Some(stream) = s.streams.get_mut(&node) {
-            stream.secrets.extend(gained);
-            stream.removed_secrets.extend(lost);
+            // A version lost and regained (or the reverse) within one batch cancels out.
+            for g in gained {
+                match stream.removed_secrets.iter().position(|x| *x == g) {
+                    Some(i) => drop(stream.removed_secrets.remove(i)),
+                    None => stream.secrets.push(g),
+                }
+            }
+            for l in lost {
+                match stream.secrets.iter().position(|x| *x == l) {
+                    Some(i) => drop(stream.secrets.remove(i)),
+                    None => stream.removed_secrets.push(l),
+                }
+            }
         }
         match task {
             Some(t) if assigned(&t) => {
@@ -232,25 +283,7 @@ impl Shared {
         node_id: &str,
     ) -> Result<mpsc::Receiver<Result<AssignmentsMessage, Status>>, Status> {
         let (tx, rx) = mpsc::channel(256);
-        let (ids, secrets) = self.hub.open(node_id, tx.clone());
-        let mut tasks = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(t) = self.store.get::<Task>(&id)? {
-                if t.node_id == node_id {
-                    tasks.push(t);
-                }
-            }
-        }
-        self.hub.told(&tasks);
-        let first = AssignmentsMessage {
-            complete: true,
-            tasks,
-            removed: Vec::new(),
-            sequence: 0,
-            secrets: secret_data(&self.store, &secrets),
-            removed_secrets: Vec::new(),
-        };
-        tx.try_send(Ok(first)).map_err(|_| Status::unavailable("assignment stream closed"))?;
+        self.hub.open(node_id, tx, &self.store)?;
         Ok(rx)
     }
 
@@ -329,8 +362,7 @@ fn apply_reports(tx: &mut crate::store::Tx<'_>, reports: &[StatusReport]) -> Res
 /// returned handles are aborted.
 pub(crate) fn spawn(shared: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
     let events = shared.store.watch();
-    let tasks = shared.store.list::<Task>().unwrap_or_default();
-    shared.hub.load(tasks);
+    shared.hub.load(&shared.store);
     let (tx, rx) = mpsc::channel(1024);
     *shared.status_batcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
     vec![
@@ -347,10 +379,11 @@ async fn route(weak: Weak<Shared>, mut events: broadcast::Receiver<Event>) {
                 let Some(shared) = weak.upgrade() else { return };
                 match ev {
                     Ok(e) => on_event(&shared, e),
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
                         // Rebuild from the store; every stream resyncs with a full set.
+                        tracing::warn!(missed = n, "assignments fell behind the store; reloading");
                         shared.hub.clear();
-                        shared.hub.load(shared.store.list::<Task>().unwrap_or_default());
+                        shared.hub.load(&shared.store);
                     }
                     Err(_) => return,
                 }
@@ -362,6 +395,9 @@ async fn route(weak: Weak<Shared>, mut events: broadcast::Receiver<Event>) {
             }
             _ = tick.tick() => {
                 let Some(shared) = weak.upgrade() else { return };
+                if !shared.hub.is_ready() {
+                    shared.hub.load(&shared.store);
+                }
                 shared.hub.flush(true, &shared.store);
             }
         }

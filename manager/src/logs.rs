@@ -22,7 +22,8 @@ const IDLE_END: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 struct Sub {
     tx: Lines,
-    tasks: HashSet<String>,
+    /// Task → the node that runs it: a node may publish only for its own tasks.
+    tasks: HashMap<String, String>,
     /// Nodes that have not finished sending (only matters without follow).
     pending: HashSet<String>,
     follow: bool,
@@ -56,7 +57,7 @@ impl LogRouter {
     pub fn publish(&self, node_id: &str, msg: PublishLogsMessage) -> bool {
         let mut s = self.lock();
         let Some(sub) = s.subs.get_mut(&msg.subscription_id) else { return false };
-        if !sub.pending.contains(node_id) && !sub.follow {
+        if !sub.pending.contains(node_id) {
             return false;
         }
         if msg.messages.is_empty() {
@@ -70,7 +71,7 @@ impl LogRouter {
             return true;
         }
         for m in msg.messages {
-            if !sub.tasks.contains(&m.task_id) {
+            if sub.tasks.get(&m.task_id).map(String::as_str) != Some(node_id) {
                 tracing::warn!(node = %node_id, task = %m.task_id, "log line for a task outside the subscription");
                 continue;
             }
@@ -142,7 +143,7 @@ pub(crate) async fn stream(
         if pending.is_empty() {
             return Ok(());
         }
-        let tasks = tasks.iter().map(|t| t.id.clone()).collect();
+        let tasks = tasks.iter().map(|t| (t.id.clone(), t.node_id.clone())).collect();
         s.subs.insert(id.clone(), Sub { tx, tasks, pending, follow });
     }
     loop {

@@ -146,7 +146,7 @@ impl Store {
             Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
             None => 0,
         };
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(65_536);
         Ok(Store {
             db: db.clone(),
             objects,

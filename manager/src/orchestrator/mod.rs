@@ -28,7 +28,7 @@ const DEBOUNCE: Duration = Duration::from_millis(10);
 /// Timers (restart delays, update delays and monitors) are checked this often.
 const TICK: Duration = Duration::from_millis(250);
 /// Operations per transaction.
-const CHUNK: usize = 2_000;
+const CHUNK: usize = 1_000;
 
 /// The orchestrator's copy of the cluster.
 #[derive(Debug, Default)]
@@ -67,18 +67,21 @@ impl World {
     }
 
     /// Loads everything (a new leader, or after missing changes).
+    /// Replaces the copy only once everything was read: planning from a partial copy (services
+    /// without their tasks) would create whole new replica sets.
     fn load(&mut self, shared: &Shared) -> Result<(), StoreError> {
-        let restarts = std::mem::take(&mut self.restarts);
-        *self = World { restarts, ..Default::default() };
+        let mut fresh = World::default();
         for s in shared.store.list::<Service>()? {
-            self.services.insert(s.id.clone(), s);
+            fresh.services.insert(s.id.clone(), s);
         }
         for n in shared.store.list::<Node>()? {
-            self.nodes.insert(n.id.clone(), n);
+            fresh.nodes.insert(n.id.clone(), n);
         }
         for t in shared.store.list::<Task>()? {
-            self.put_task(t);
+            fresh.put_task(t);
         }
+        fresh.restarts = std::mem::take(&mut self.restarts);
+        *self = fresh;
         Ok(())
     }
 }
@@ -170,8 +173,11 @@ fn apply(tx: &mut Tx<'_>, op: &Op) -> Result<(), StoreError> {
             }
             Ok(())
         }
-        Op::UpdateStatus(id, status) => {
+        Op::UpdateStatus(id, status, planned) => {
             let Some(mut s) = tx.get::<Service>(id)? else { return Ok(()) };
+            if s.spec_version != *planned {
+                return Ok(());
+            }
             let mut status = status.clone();
             if status.started_at_ms == 0 {
                 status.started_at_ms =
@@ -183,8 +189,11 @@ fn apply(tx: &mut Tx<'_>, op: &Op) -> Result<(), StoreError> {
             }
             Ok(())
         }
-        Op::Rollback(id, message) => {
+        Op::Rollback(id, message, planned) => {
             let Some(mut s) = tx.get::<Service>(id)? else { return Ok(()) };
+            if s.spec_version != *planned {
+                return Ok(());
+            }
             let Some(previous) = s.previous_spec.take() else { return Ok(()) };
             s.previous_spec = s.spec.take();
             s.spec = Some(previous);
@@ -222,11 +231,14 @@ async fn commit(shared: &Shared, ops: &[Op]) {
 /// The orchestrator loop of a leader; ends when the manager goes away.
 async fn run(weak: Weak<Shared>, mut events: broadcast::Receiver<Event>) {
     let mut world = World::default();
-    {
+    loop {
         let Some(shared) = weak.upgrade() else { return };
-        if let Err(e) = world.load(&shared) {
-            tracing::warn!(error = %e, "orchestrator could not load the store");
+        match world.load(&shared) {
+            Ok(()) => break,
+            Err(e) => tracing::warn!(error = %e, "orchestrator could not load the store; retrying"),
         }
+        drop(shared);
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let mut dirty = Dirty { all: true, ..Default::default() };
     let mut tick = tokio::time::interval(TICK);
@@ -238,7 +250,9 @@ async fn run(weak: Weak<Shared>, mut events: broadcast::Receiver<Event>) {
                     match ev {
                         Ok(e) => on_event(&shared, &mut world, &mut dirty, e),
                         Err(broadcast::error::RecvError::Lagged(_)) => {
-                            let _ = world.load(&shared);
+                            if let Err(e) = world.load(&shared) {
+                                tracing::warn!(error = %e, "orchestrator could not reload the store");
+                            }
                             dirty.all = true;
                         }
                         Err(_) => return,
@@ -254,7 +268,9 @@ async fn run(weak: Weak<Shared>, mut events: broadcast::Receiver<Event>) {
             match events.try_recv() {
                 Ok(e) => on_event(&shared, &mut world, &mut dirty, e),
                 Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                    let _ = world.load(&shared);
+                    if let Err(e) = world.load(&shared) {
+                        tracing::warn!(error = %e, "orchestrator could not reload the store");
+                    }
                     dirty.all = true;
                 }
                 Err(_) => break,

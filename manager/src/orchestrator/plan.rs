@@ -21,8 +21,10 @@ pub enum Op {
     Assign(String, String),
     Reason(String, String),
     Delete(String),
-    UpdateStatus(String, UpdateStatus),
-    Rollback(String, String),
+    /// Set a service's update status, if its spec version is still the one planned for.
+    UpdateStatus(String, UpdateStatus, u64),
+    /// Roll a service back to its previous spec, if its spec version is still the planned one.
+    Rollback(String, String, u64),
 }
 
 fn live(t: &Task) -> bool {
@@ -186,14 +188,27 @@ fn reconcile(ctx: &mut Ctx<'_>, s: &Service) {
     let global = spec.mode() == ServiceMode::Global;
 
     // 1. Dead tasks, tasks on lost or drained nodes, and stop-first successors.
+    // A slot gets at most one replacement per pass, and keeps at most one unfinished task of
+    // the current spec (a duplicate — a proposal re-sent after a leader change — is stopped).
+    let mut handled: std::collections::HashSet<String> = std::collections::HashSet::new();
     for (key, tasks) in &slots {
+        let mut fresh_seen = false;
         for t in tasks.iter().filter(|t| live(t)) {
             let state = t.state();
+            if !ended(state) && !is_dirty(t) {
+                if fresh_seen {
+                    ctx.ops.push(Op::Desired(t.id.clone(), TaskState::Shutdown));
+                    continue;
+                }
+                fresh_seen = true;
+            }
             if ended(state) {
-                restart(ctx, s, &spec, key, t);
+                if handled.insert(key.clone()) {
+                    restart(ctx, s, &spec, key, t);
+                }
             } else if !t.node_id.is_empty() && !ended(state) && !ctx.node_usable(&t.node_id) {
                 ctx.ops.push(Op::Desired(t.id.clone(), TaskState::Shutdown));
-                if !global {
+                if !global && handled.insert(key.clone()) {
                     ctx.new_task(s, t.slot, "", TaskState::Running, 0);
                 }
             } else if t.desired_state == TaskState::Ready as i32 {
@@ -232,11 +247,11 @@ fn reconcile(ctx: &mut Ctx<'_>, s: &Service) {
                 && has
                 && ctx.world.nodes.get(&info.id).is_some_and(|n| n.state() != NodeState::Down)
             {
-                // Drained or no longer matching: stop it (a Down node was handled above).
-                for t in slots[&info.id].iter().filter(|t| live(t)) {
-                    if !constraints.iter().all(|c| c.matches(info))
-                        || info.availability != Availability::Active
-                    {
+                // No longer matching its constraints: stop it (Down and drained nodes were
+                // handled above; a paused node keeps what it runs).
+                let usable = ctx.node_usable(&info.id);
+                if usable && !constraints.iter().all(|c| c.matches(info)) {
+                    for t in slots[&info.id].iter().filter(|t| live(t)) {
                         ctx.ops.push(Op::Desired(t.id.clone(), TaskState::Shutdown));
                     }
                 }
@@ -274,7 +289,7 @@ fn reconcile(ctx: &mut Ctx<'_>, s: &Service) {
     let mut watched = 0usize;
     let mut failures: Vec<&Task> = Vec::new();
     for (key, tasks) in &slots {
-        if removed.contains(key) {
+        if removed.contains(key) || handled.contains(key) {
             continue;
         }
         let live_tasks: Vec<&Task> = tasks.iter().copied().filter(|t| live(t)).collect();
@@ -332,7 +347,11 @@ fn reconcile(ctx: &mut Ctx<'_>, s: &Service) {
         );
         if cfg.failure_action() == FailureAction::Rollback && !rollback && s.previous_spec.is_some()
         {
-            ctx.ops.push(Op::Rollback(s.id.clone(), format!("update rolled back: {why}")));
+            ctx.ops.push(Op::Rollback(
+                s.id.clone(),
+                format!("update rolled back: {why}"),
+                s.spec_version,
+            ));
         } else {
             let (state, message) = if rollback {
                 (UpdateState::RollbackPaused, format!("rollback paused: {why}"))
@@ -342,6 +361,7 @@ fn reconcile(ctx: &mut Ctx<'_>, s: &Service) {
             ctx.ops.push(Op::UpdateStatus(
                 s.id.clone(),
                 UpdateStatus { state: state as i32, message, ..status.clone() },
+                s.spec_version,
             ));
         }
         return;
@@ -387,6 +407,7 @@ fn reconcile(ctx: &mut Ctx<'_>, s: &Service) {
                     completed_at_ms: ctx.now,
                     message: message.into(),
                 },
+                s.spec_version,
             ));
         }
     }

@@ -224,7 +224,7 @@ fn a_rolling_update_replaces_one_slot_at_a_time_and_pauses_on_failure() {
     let ops = run(&mut w);
     let paused = ops
         .iter()
-        .any(|o| matches!(o, Op::UpdateStatus(_, st) if st.state() == UpdateState::Paused));
+        .any(|o| matches!(o, Op::UpdateStatus(_, st, _) if st.state() == UpdateState::Paused));
     assert!(paused, "{ops:?}");
     assert!(
         desired(&ops, TaskState::Shutdown).iter().all(|id| *id == failed.id),
@@ -253,7 +253,7 @@ fn a_rollback_that_fails_pauses_instead_of_rolling_back_again() {
     let ops = run(&mut w);
     assert!(!ops.iter().any(|o| matches!(o, Op::Rollback(..))));
     assert!(ops.iter().any(
-        |o| matches!(o, Op::UpdateStatus(_, st) if st.state() == UpdateState::RollbackPaused)
+        |o| matches!(o, Op::UpdateStatus(_, st, _) if st.state() == UpdateState::RollbackPaused)
     ));
 }
 
@@ -346,6 +346,46 @@ fn the_next_slot_starts_once_the_last_runs_and_completion_waits_for_the_monitor(
     let mut w = world(&["a"], vec![s], settled);
     let done = run(&mut w)
         .into_iter()
-        .any(|o| matches!(o, Op::UpdateStatus(_, st) if st.state() == UpdateState::Completed));
+        .any(|o| matches!(o, Op::UpdateStatus(_, st, _) if st.state() == UpdateState::Completed));
     assert!(done);
+}
+
+#[test]
+fn a_slot_never_gets_two_live_tasks_of_the_current_spec() {
+    // Two running tasks in one slot (a create re-proposed after a leader change): one stops.
+    let s = service("web", 1);
+    let (a, b) = (task(&s, 1, "a", TaskState::Running, 1), task(&s, 1, "a", TaskState::Running, 2));
+    let mut w = world(&["a"], vec![s.clone()], vec![a, b]);
+    let ops = run(&mut w);
+    assert_eq!(desired(&ops, TaskState::Shutdown), vec!["web-1-1"], "the older duplicate stops");
+    assert!(created(&ops).is_empty());
+
+    // An old-spec task on a Down node during an update: one replacement, not two.
+    let mut s = service("web", 1);
+    let old = task(&s, 1, "a", TaskState::Running, 1);
+    s.previous_spec = s.spec.clone();
+    s.spec.as_mut().unwrap().container.as_mut().unwrap().image = "busybox:2".into();
+    s.spec_version = 2;
+    s.update_status = Some(UpdateStatus {
+        state: UpdateState::Updating as i32,
+        started_at_ms: 10,
+        ..Default::default()
+    });
+    let mut w = world(&["a", "b"], vec![s], vec![old]);
+    w.nodes.get_mut("a").unwrap().set_state(NodeState::Down);
+    assert_eq!(created(&run(&mut w)).len(), 1);
+}
+
+#[test]
+fn a_paused_node_keeps_its_global_task() {
+    let mut s = service("agent", 0);
+    s.spec.as_mut().unwrap().set_mode(ServiceMode::Global);
+    let mut t = task(&s, 0, "a", TaskState::Running, 1);
+    t.slot = 0;
+    let mut w = world(&["a"], vec![s], vec![t]);
+    w.nodes.get_mut("a").unwrap().set_availability(Availability::Pause);
+    let ops = run(&mut w);
+    assert!(desired(&ops, TaskState::Shutdown).is_empty(), "{ops:?}");
+    w.nodes.get_mut("a").unwrap().set_availability(Availability::Drain);
+    assert_eq!(desired(&run(&mut w), TaskState::Shutdown).len(), 1);
 }
