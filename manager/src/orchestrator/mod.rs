@@ -210,8 +210,10 @@ fn apply(tx: &mut Tx<'_>, op: &Op) -> Result<(), StoreError> {
     }
 }
 
+/// Commits a pass's operations in chunks proposed together, so Raft replicates and syncs them
+/// in the same rounds rather than one after another.
 async fn commit(shared: &Shared, ops: &[Op]) {
-    for chunk in ops.chunks(CHUNK) {
+    let writes = ops.chunks(CHUNK).map(|chunk| async move {
         let result = shared
             .store
             .update(|tx| {
@@ -225,7 +227,8 @@ async fn commit(shared: &Shared, ops: &[Op]) {
             // The next pass plans again from what the store holds.
             tracing::warn!(error = %e, ops = chunk.len(), "orchestrator write failed");
         }
-    }
+    });
+    futures::future::join_all(writes).await;
 }
 
 /// The orchestrator loop of a leader; ends when the manager goes away.
