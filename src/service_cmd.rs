@@ -979,11 +979,13 @@ fn task_name(t: &Task, no_trunc: bool) -> String {
 pub(crate) fn ago(ms: i64) -> String {
     let now = shoal_manager::manager::unix(std::time::SystemTime::now()) * 1000;
     let secs = ((now - ms).max(0) / 1000) as u64;
-    match secs {
-        0..=59 => format!("{secs} seconds ago"),
-        60..=3599 => format!("{} minutes ago", secs / 60),
-        _ => format!("{} hours ago", secs / 3600),
-    }
+    let (n, unit) = match secs {
+        0..=59 => (secs, "second"),
+        60..=3599 => (secs / 60, "minute"),
+        3600..=86_399 => (secs / 3600, "hour"),
+        _ => (secs / 86_400, "day"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
 }
 
 fn desired_word(d: i32) -> &'static str {
