@@ -27,6 +27,9 @@ pub use plan::Op;
 const DEBOUNCE: Duration = Duration::from_millis(10);
 /// Timers (restart delays, update delays and monitors) are checked this often.
 const TICK: Duration = Duration::from_millis(250);
+/// Every this many ticks a pass covers every service (a safety net for a write that failed);
+/// other ticks cover only services with a timer running.
+const FULL_EVERY: u32 = 20;
 /// Operations per transaction.
 const CHUNK: usize = 1_000;
 
@@ -64,6 +67,25 @@ impl World {
         }
         self.seen_dead.remove(id);
         Some(t.service_id)
+    }
+
+    /// Services with a timer running: an update in progress (delay, monitor), or tasks waiting
+    /// for their restart delay or for a node.
+    fn timed(&self) -> HashSet<String> {
+        let mut out: HashSet<String> = self.next_update_at.keys().cloned().collect();
+        for s in self.services.values() {
+            let state = s.update_status.as_ref().map(|u| u.state()).unwrap_or_default();
+            if matches!(state, UpdateState::Updating | UpdateState::RollbackStarted) {
+                out.insert(s.id.clone());
+            }
+        }
+        for t in self.tasks.values() {
+            if t.state() < TaskState::Assigned && t.desired_state <= TaskState::Running as i32 {
+                out.insert(t.service_id.clone());
+            }
+        }
+        out.retain(|id| self.services.contains_key(id));
+        out
     }
 
     /// Loads everything (a new leader, or after missing changes).
@@ -245,6 +267,7 @@ async fn run(weak: Weak<Shared>, mut events: broadcast::Receiver<Event>) {
     }
     let mut dirty = Dirty { all: true, ..Default::default() };
     let mut tick = tokio::time::interval(TICK);
+    let mut ticks = 0u32;
     loop {
         if dirty.is_empty() {
             tokio::select! {
@@ -263,7 +286,14 @@ async fn run(weak: Weak<Shared>, mut events: broadcast::Receiver<Event>) {
                     drop(shared);
                     tokio::time::sleep(DEBOUNCE).await;
                 }
-                _ = tick.tick() => dirty.all = true,
+                _ = tick.tick() => {
+                    ticks = ticks.wrapping_add(1);
+                    if ticks.is_multiple_of(FULL_EVERY) {
+                        dirty.all = true;
+                    } else {
+                        dirty.services = world.timed();
+                    }
+                }
             }
         }
         let Some(shared) = weak.upgrade() else { return };
