@@ -447,8 +447,67 @@ fn serve(
     (stop, server)
 }
 
-fn temp_dir(prefix: &str) -> Result<tempfile::TempDir> {
+pub(crate) fn temp_dir(prefix: &str) -> Result<tempfile::TempDir> {
     Ok(tempfile::Builder::new().prefix(prefix).tempdir()?)
+}
+
+/// A bench manager before it serves: its store directory, its listener and address.
+pub(crate) struct BenchManager {
+    pub dir: tempfile::TempDir,
+    pub listener: TcpListener,
+    pub addr: String,
+    pub manager: Manager,
+    pub cert: Arc<ReloadableCert>,
+}
+
+/// `swarm init` of the first manager of a bench cluster on loopback; returns its identity too.
+pub(crate) async fn init_manager(prefix: &str, hostname: &str) -> Result<(BenchManager, Identity)> {
+    let dir = temp_dir(prefix)?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let key = NodeKey::generate()?;
+    let params = InitParams {
+        hostname: hostname.into(),
+        advertise_addr: addr.clone(),
+        cert_expiry: shoal_pki::DEFAULT_CERT_EXPIRY,
+        heartbeat: shoal_manager::manager::DEFAULT_HEARTBEAT,
+        autolock: false,
+        election_timeout: shoal_manager::manager::DEFAULT_ELECTION_TIMEOUT,
+    };
+    let (manager, id, _) = Manager::init(&dir.path().join("store"), params, &key).await?;
+    let cert = id.cert.clone();
+    Ok((BenchManager { dir, listener, addr, manager, cert }, id))
+}
+
+/// A manager that joined `first` with the manager `token`, ready to serve and then to join
+/// the Raft group (`Manager::join_raft`) once it answers.
+pub(crate) async fn join_manager(
+    prefix: &str,
+    hostname: &str,
+    token: &str,
+    first: &str,
+) -> Result<BenchManager> {
+    let dir = temp_dir(prefix)?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let params = JoinParams {
+        token: token.to_string(),
+        remote_addr: first.to_string(),
+        hostname: hostname.to_string(),
+        advertise_addr: addr.clone(),
+    };
+    let joined = shoal_agent::join(&params).await.context("manager join")?;
+    anyhow::ensure!(joined.role == Role::Manager, "the manager token made a worker");
+    let cert = ReloadableCert::new(&joined.cert_chain_pem, &joined.key)?;
+    let id = Identity {
+        node_id: joined.node_id,
+        cluster_id: joined.cluster_id,
+        root_ca_pem: joined.root_ca_pem,
+        cert: cert.clone(),
+        election_timeout: shoal_manager::manager::DEFAULT_ELECTION_TIMEOUT,
+    };
+    let manager = Manager::prepare_join(&dir.path().join("store"), &id)?;
+    Ok(BenchManager { dir, listener, addr, manager, cert })
 }
 
 /// Three managers: `swarm init` on the first, a manager-token join for the others.
@@ -460,21 +519,10 @@ struct ShoalCluster {
 impl ShoalCluster {
     async fn start() -> Result<ShoalCluster> {
         let mut cluster = ShoalCluster { members: Vec::new() };
-        let dir = temp_dir("shoal-bench-raft-")?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let first = listener.local_addr()?.to_string();
-        let key = NodeKey::generate()?;
-        let params = InitParams {
-            hostname: "bench-manager-0".into(),
-            advertise_addr: first.clone(),
-            cert_expiry: shoal_pki::DEFAULT_CERT_EXPIRY,
-            heartbeat: shoal_manager::manager::DEFAULT_HEARTBEAT,
-            autolock: false,
-            election_timeout: shoal_manager::manager::DEFAULT_ELECTION_TIMEOUT,
-        };
-        let (manager, id, _) = Manager::init(&dir.path().join("store"), params, &key).await?;
-        let (stop, server) = serve(&manager, listener, id.cert.clone());
-        let token = manager.join_token(Role::Manager)?;
+        let (m, _) = init_manager("shoal-bench-raft-", "bench-manager-0").await?;
+        let (first, token) = (m.addr.clone(), m.manager.join_token(Role::Manager)?);
+        let (stop, server) = serve(&m.manager, m.listener, m.cert);
+        let (manager, dir) = (m.manager, m.dir);
         cluster.members.push(ShoalMember {
             manager,
             stop: Some(stop),
@@ -483,35 +531,17 @@ impl ShoalCluster {
             _dir: dir,
         });
         for i in 1..MEMBERS {
-            let dir = temp_dir("shoal-bench-raft-")?;
-            let listener = TcpListener::bind("127.0.0.1:0").await?;
-            let addr = listener.local_addr()?.to_string();
-            let params = JoinParams {
-                token: token.clone(),
-                remote_addr: first.clone(),
-                hostname: format!("bench-manager-{i}"),
-                advertise_addr: addr.clone(),
-            };
-            let joined = shoal_agent::join(&params).await.context("manager join")?;
-            anyhow::ensure!(joined.role == Role::Manager, "the manager token made a worker");
-            let cert = ReloadableCert::new(&joined.cert_chain_pem, &joined.key)?;
-            let id = Identity {
-                node_id: joined.node_id,
-                cluster_id: joined.cluster_id,
-                root_ca_pem: joined.root_ca_pem,
-                cert: cert.clone(),
-                election_timeout: shoal_manager::manager::DEFAULT_ELECTION_TIMEOUT,
-            };
-            let manager = Manager::prepare_join(&dir.path().join("store"), &id)?;
-            let (stop, server) = serve(&manager, listener, cert);
+            let hostname = format!("bench-manager-{i}");
+            let m = join_manager("shoal-bench-raft-", &hostname, &token, &first).await?;
+            let (stop, server) = serve(&m.manager, m.listener, m.cert);
             cluster.members.push(ShoalMember {
-                manager: manager.clone(),
+                manager: m.manager.clone(),
                 stop: Some(stop),
                 server,
                 killed: false,
-                _dir: dir,
+                _dir: m.dir,
             });
-            manager.join_raft(&first, &addr).await.context("joining the raft group")?;
+            m.manager.join_raft(&first, &m.addr).await.context("joining the raft group")?;
         }
         let deadline = Instant::now() + FORM_TIMEOUT;
         loop {

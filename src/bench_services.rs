@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use shoal_agent::{JoinParams, Joined};
-use shoal_manager::{Identity, InitParams, Manager};
-use shoal_pki::{NodeKey, ReloadableCert, Role};
+use shoal_manager::{Identity, Manager};
+use shoal_pki::{ReloadableCert, Role};
 use shoal_proto::control_client::ControlClient;
 use shoal_proto::daemon_client::DaemonClient;
 use shoal_proto::dispatcher_client::DispatcherClient;
@@ -24,6 +24,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+use crate::bench_raft::{init_manager, join_manager, temp_dir};
 use crate::client::{self, Host, TlsFiles};
 
 /// Every `shoal bench` subcommand: the older ones and the services benchmarks.
@@ -67,10 +68,6 @@ fn load_note() -> String {
     let one = load.split_whitespace().next().unwrap_or("?").to_string();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     format!("load average {one} on {cpus} CPUs")
-}
-
-fn temp_dir(prefix: &str) -> Result<tempfile::TempDir> {
-    Ok(tempfile::Builder::new().prefix(prefix).tempdir()?)
 }
 
 fn free_port() -> Result<u16> {
@@ -1029,23 +1026,18 @@ struct E2eCluster {
 
 impl E2eCluster {
     async fn start(managers: usize) -> Result<E2eCluster> {
-        let dir = temp_dir("shoal-bench-e2e-")?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let first = listener.local_addr()?.to_string();
-        let key = NodeKey::generate()?;
-        let params = InitParams {
-            hostname: "e2e-manager-0".into(),
-            advertise_addr: first.clone(),
-            cert_expiry: shoal_pki::DEFAULT_CERT_EXPIRY,
-            heartbeat: shoal_manager::manager::DEFAULT_HEARTBEAT,
-            autolock: false,
-            election_timeout: shoal_manager::manager::DEFAULT_ELECTION_TIMEOUT,
+        let (m, admin) = init_manager("shoal-bench-e2e-", "e2e-manager-0").await?;
+        let first = m.addr.clone();
+        let (stop, tasks) = serve_member(&m.manager, m.listener, m.cert);
+        let manager_token = m.manager.join_token(Role::Manager)?;
+        let worker_token = m.manager.join_token(Role::Worker)?;
+        let member = E2eMember {
+            manager: m.manager,
+            addr: first.clone(),
+            stop: Some(stop),
+            tasks,
+            _dir: m.dir,
         };
-        let (manager, admin, _) = Manager::init(&dir.path().join("store"), params, &key).await?;
-        let (stop, tasks) = serve_member(&manager, listener, admin.cert.clone());
-        let manager_token = manager.join_token(Role::Manager)?;
-        let worker_token = manager.join_token(Role::Worker)?;
-        let member = E2eMember { manager, addr: first.clone(), stop: Some(stop), tasks, _dir: dir };
         let mut cluster = E2eCluster { members: vec![member], admin, worker_token };
         for i in 1..managers {
             cluster.add_manager(i, &first, &manager_token).await?;
@@ -1060,34 +1052,17 @@ impl E2eCluster {
     }
 
     async fn add_manager(&mut self, i: usize, first: &str, token: &str) -> Result<()> {
-        let dir = temp_dir("shoal-bench-e2e-")?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?.to_string();
-        let params = JoinParams {
-            token: token.to_string(),
-            remote_addr: first.to_string(),
-            hostname: format!("e2e-manager-{i}"),
-            advertise_addr: addr.clone(),
-        };
-        let joined = shoal_agent::join(&params).await.context("manager join")?;
-        let cert = ReloadableCert::new(&joined.cert_chain_pem, &joined.key)?;
-        let id = Identity {
-            node_id: joined.node_id,
-            cluster_id: joined.cluster_id,
-            root_ca_pem: joined.root_ca_pem,
-            cert: cert.clone(),
-            election_timeout: shoal_manager::manager::DEFAULT_ELECTION_TIMEOUT,
-        };
-        let manager = Manager::prepare_join(&dir.path().join("store"), &id)?;
-        let (stop, tasks) = serve_member(&manager, listener, cert);
+        let hostname = format!("e2e-manager-{i}");
+        let m = join_manager("shoal-bench-e2e-", &hostname, token, first).await?;
+        let (stop, tasks) = serve_member(&m.manager, m.listener, m.cert);
         self.members.push(E2eMember {
-            manager: manager.clone(),
-            addr: addr.clone(),
+            manager: m.manager.clone(),
+            addr: m.addr.clone(),
             stop: Some(stop),
             tasks,
-            _dir: dir,
+            _dir: m.dir,
         });
-        manager.join_raft(first, &addr).await.context("joining the raft group")?;
+        m.manager.join_raft(first, &m.addr).await.context("joining the raft group")?;
         Ok(())
     }
 

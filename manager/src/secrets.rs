@@ -2,7 +2,7 @@
 //! references services make to them, and the rule that data never leaves the manager except in
 //! a node's assignments. Secrets live inside the sealed store like every other object.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use shoal_proto::{
     CreateSecretRequest, GetSecretRequest, ListSecretsRequest, ListSecretsResponse,
@@ -371,19 +371,6 @@ pub(crate) fn task_refs(t: &Task) -> Vec<(String, u64)> {
 /// One version's data, for a node's assignments.
 pub(crate) fn data_of(secret: &Secret, version: u64) -> Option<Vec<u8>> {
     secret.versions.iter().find(|v| v.version == version).map(|v| v.data.clone())
-}
-
-/// For tests and listings: how many services use each secret.
-pub fn usage(services: &[Service]) -> HashMap<String, usize> {
-    let mut out = HashMap::new();
-    for s in services {
-        if let Some(spec) = &s.spec {
-            for r in refs(spec) {
-                *out.entry(r.secret_id.clone()).or_default() += 1;
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
