@@ -10,7 +10,7 @@ use shoal_proto::{
 
 use super::World;
 use crate::scheduler::{self, ClusterView, Decision};
-use crate::services::{default_update, task_part};
+use crate::services::{default_update, is_live as live, task_part};
 
 /// One change to the store.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,10 +25,6 @@ pub enum Op {
     UpdateStatus(String, UpdateStatus, u64),
     /// Roll a service back to its previous spec, if its spec version is still the planned one.
     Rollback(String, String, u64),
-}
-
-fn live(t: &Task) -> bool {
-    t.desired_state <= TaskState::Running as i32
 }
 
 fn ended(state: TaskState) -> bool {
