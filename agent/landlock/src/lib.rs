@@ -38,8 +38,10 @@ use landlock::{
     RulesetCreatedAttr, RulesetError, RulesetStatus, Scope,
 };
 
-/// Where the helper appears inside a task (bound read-only, nosuid, nodev).
-pub const PATH_IN_TASK: &str = "/.shoal/landlock";
+/// Where the helper appears inside a task (bound read-only, nosuid, nodev): in its /dev, a tmpfs
+/// the runtime makes, so no image file can clash with it, nothing is written to the rootfs, and
+/// the mount point can be made under a remapped root too.
+pub const PATH_IN_TASK: &str = "/dev/.shoal-landlock";
 
 /// The one directory beneath which a task may still make device nodes: its own /dev tmpfs.
 pub const DEVICE_DIR: &str = "/dev";

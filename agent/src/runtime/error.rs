@@ -9,6 +9,11 @@ pub enum RuntimeError {
     #[error("node policy refuses task option `{option}`: {reason}; allow it on the node (shoald --task-allow-… or --userns-remap) or remove it from the service")]
     Refused { option: String, reason: String },
 
+    /// The node applies Landlock to every task but has no helper to do it with; the task must
+    /// be REJECTED.
+    #[error("this node applies Landlock to every task but {0}; restart shoald, which reinstalls its Landlock helper under its data root (it must be writable)")]
+    LandlockHelper(String),
+
     /// The task spec is malformed.
     #[error("invalid task spec: {0}")]
     InvalidSpec(String),

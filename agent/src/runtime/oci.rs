@@ -1,5 +1,6 @@
 //! Builds a task's OCI `config.json` from its `TaskSpec`: namespaces, capabilities, seccomp,
-//! masked and read-only paths, cgroup limits, mounts. Pure: it reads no files and runs nothing.
+//! masked and read-only paths, cgroup limits, mounts, and the entry point (the Landlock helper
+//! and the init, where they apply). Pure: it reads no files and runs nothing.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,9 @@ pub const READONLY_PATHS: [&str; 5] =
 /// Where the init binary appears inside a task that asked for one.
 pub const INIT_PATH: &str = "/sbin/shoal-init";
 
+/// Where the Landlock helper appears inside a task it applies to (in the task's own /dev).
+pub const LANDLOCK_PATH: &str = shoal_landlock::PATH_IN_TASK;
+
 /// Node-side inputs to the config that the task spec does not carry.
 #[derive(Clone, Debug)]
 pub struct ConfigInputs {
@@ -51,6 +55,9 @@ pub struct ConfigInputs {
     pub userns: Option<(IdRange, IdRange)>,
     /// Host path of the init binary, bound in when the task asked for an init.
     pub init_binary: Option<PathBuf>,
+    /// Host path of the Landlock helper, bound in and made the entry point when Landlock
+    /// applies to the task.
+    pub landlock_helper: Option<PathBuf>,
     /// SELinux label of the task's process and mounts (only where SELinux is on).
     pub selinux_label: Option<String>,
     /// Host directory (a tmpfs) holding the task's secret and config files, `f0`, `f1`, …
@@ -88,13 +95,20 @@ pub fn build(spec: &TaskSpec, inputs: &ConfigInputs) -> Result<Spec> {
         .build()?)
 }
 
+/// The task's command, behind the init and then the Landlock helper where they apply. The
+/// helper comes first so the init runs inside the task's Landlock domain too; both exec, never
+/// fork, so the init is still pid 1.
 fn process_args(spec: &TaskSpec, inputs: &ConfigInputs) -> Vec<String> {
-    match (&inputs.init_binary, spec.init) {
+    let command = match (&inputs.init_binary, spec.init) {
         (Some(_), true) => [INIT_PATH.to_string(), "--".to_string()]
             .into_iter()
             .chain(spec.args.iter().cloned())
             .collect(),
         _ => spec.args.clone(),
+    };
+    match inputs.landlock_helper {
+        Some(_) => shoal_landlock::command_line(command),
+        None => command,
     }
 }
 
@@ -163,6 +177,10 @@ fn mounts(spec: &TaskSpec, inputs: &ConfigInputs) -> Result<Vec<Mount>> {
     if let (Some(init), true) = (&inputs.init_binary, spec.init) {
         let src = init.to_string_lossy();
         v.push(mount(INIT_PATH, "bind", &src, &["bind", "ro", "nosuid", "nodev"])?);
+    }
+    if let Some(helper) = &inputs.landlock_helper {
+        let src = helper.to_string_lossy();
+        v.push(mount(LANDLOCK_PATH, "bind", &src, &["bind", "ro", "nosuid", "nodev"])?);
     }
     for (i, f) in spec.files.iter().enumerate() {
         let src = inputs.files_dir.join(format!("f{i}"));

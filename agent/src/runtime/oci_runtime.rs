@@ -71,7 +71,7 @@ impl OciRuntime {
             rootfs::mkdir(&d)?;
             set_mode(&d, 0o711)?;
         }
-        let mac = MacSupport::detect();
+        let mac = MacSupport::detect().with_landlock_helper(&cfg.data_root.join("bin"));
         let selinux_label = mac.selinux_label(cfg.selinux_label.as_deref())?;
         tracing::info!(mac = %mac.describe(), "container runtime ready");
         become_subreaper()?;
@@ -107,8 +107,8 @@ impl OciRuntime {
     }
 
     /// The MAC this host offers (SELinux, Landlock, AppArmor).
-    pub fn mac(&self) -> MacSupport {
-        self.mac
+    pub fn mac(&self) -> &MacSupport {
+        &self.mac
     }
 
     /// The host's cgroup layout.
@@ -137,6 +137,7 @@ impl OciRuntime {
             seccomp: filter.map(|f| seccomp::resolve(&f, &seccomp::Target::native(&set))),
             userns: self.userns(spec),
             init_binary: self.init_binary(spec)?,
+            landlock_helper: self.mac.landlock_helper_for(spec)?,
             selinux_label: self.selinux_label.clone(),
             files_dir: super::secrets::dir(&super::rootfs::BundleDirs::new(
                 self.bundle_dir(&spec.id),

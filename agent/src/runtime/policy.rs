@@ -43,6 +43,8 @@ pub struct NodePolicy {
     pub userns_gids: Option<IdRange>,
     /// Tasks may run with no-new-privileges off.
     pub allow_new_privileges: bool,
+    /// Tasks may run without the node's Landlock ruleset (`landlock=off`).
+    pub allow_landlock_off: bool,
 }
 
 impl NodePolicy {
@@ -98,6 +100,12 @@ impl NodePolicy {
             return Err(RuntimeError::refused(
                 "no-new-privileges=false",
                 "this node runs every task with no-new-privileges",
+            ));
+        }
+        if !spec.landlock && !self.allow_landlock_off {
+            return Err(RuntimeError::refused(
+                "landlock=off",
+                "this node runs every task under its Landlock ruleset",
             ));
         }
         if spec.userns_remap && (self.userns_uids.is_none() || self.userns_gids.is_none()) {
@@ -169,6 +177,7 @@ mod tests {
             (|s| s.host_namespaces = vec![HostNamespace::Pid], "pid=host"),
             (|s| s.userns_remap = true, "userns-remap"),
             (|s| s.allow_new_privileges = true, "no-new-privileges=false"),
+            (|s| s.landlock = false, "landlock=off"),
         ];
         for (edit, option) in cases {
             let mut s = spec();
@@ -191,7 +200,9 @@ mod tests {
         p.allow_unconfined_seccomp = true;
         p.allowed_cap_add.insert("net_admin".into());
         p.allowed_host_namespaces.insert(HostNamespace::Network);
+        p.allow_landlock_off = true;
         let mut s = spec();
+        s.landlock = false;
         s.seccomp = SeccompChoice::Unconfined;
         s.cap_add = vec!["CAP_NET_ADMIN".into()];
         s.host_namespaces = vec![HostNamespace::Network];

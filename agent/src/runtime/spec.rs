@@ -110,6 +110,9 @@ pub struct TaskSpec {
     pub allow_new_privileges: bool,
     /// Secrets and configs, from memory onto a per-task read-only tmpfs.
     pub files: Vec<super::SecretFile>,
+    /// Start through the Landlock helper where the kernel has Landlock (the default); off
+    /// needs the node's permission. Tasks with no-new-privileges off run without it.
+    pub landlock: bool,
 }
 
 impl TaskSpec {
@@ -137,6 +140,7 @@ impl TaskSpec {
             init: false,
             allow_new_privileges: false,
             files: Vec::new(),
+            landlock: true,
         }
     }
 

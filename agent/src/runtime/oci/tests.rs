@@ -13,6 +13,7 @@ fn inputs() -> ConfigInputs {
         seccomp: None,
         userns: None,
         init_binary: Some("/usr/bin/tini-static".into()),
+        landlock_helper: None,
         selinux_label: None,
         files_dir: "/b/secrets".into(),
     }
@@ -113,6 +114,24 @@ fn init_wraps_the_command() {
     assert_eq!(args, vec![INIT_PATH, "--", "/bin/sh"]);
     let mounts = cfg.mounts().as_ref().unwrap();
     assert!(mounts.iter().any(|m| m.destination() == Path::new(INIT_PATH)));
+}
+
+#[test]
+fn the_landlock_helper_comes_first_and_is_bound_read_only() {
+    let mut s = spec();
+    s.init = true;
+    let mut i = inputs();
+    i.landlock_helper = Some("/data/bin/shoal-landlock".into());
+    let cfg = build(&s, &i).unwrap();
+    let args = cfg.process().as_ref().unwrap().args().clone().unwrap();
+    assert_eq!(args, vec![LANDLOCK_PATH, "--", INIT_PATH, "--", "/bin/sh"]);
+    let mounts = cfg.mounts().as_ref().unwrap();
+    let m = mounts.iter().find(|m| m.destination() == Path::new(LANDLOCK_PATH)).unwrap();
+    assert_eq!(m.source().as_deref(), Some(Path::new("/data/bin/shoal-landlock")));
+    assert_eq!(m.options().clone().unwrap(), ["bind", "ro", "nosuid", "nodev"]);
+    s.init = false;
+    let args = build(&s, &i).unwrap().process().as_ref().unwrap().args().clone().unwrap();
+    assert_eq!(args, vec![LANDLOCK_PATH, "--", "/bin/sh"]);
 }
 
 #[test]
