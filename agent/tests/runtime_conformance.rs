@@ -1,5 +1,6 @@
 //! Runtime conformance: the static probe runs inside real tasks and reports what it sees; each
-//! isolation default is asserted, and each forbidden action must fail. Needs root.
+//! isolation default is asserted, and each forbidden action must fail; Landlock, where the kernel
+//! has it, is compared with the same task run without it. Needs root.
 
 mod common;
 
@@ -8,7 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use shoal_agent::runtime::{IdRange, Runtime, SeccompChoice, TaskSpec};
+use shoal_agent::runtime::mac::MacSupport;
+use shoal_agent::runtime::{HostNamespace, IdRange, Runtime, SeccompChoice, TaskSpec};
 
 const DEFAULT_CAPS: &str = "00000000a80425fb";
 const EPERM: &str = "errno:1";
@@ -16,6 +18,7 @@ const ESRCH: &str = "errno:3";
 const EROFS: &str = "errno:30";
 const ENOENT: &str = "errno:2";
 const EACCES: &str = "errno:13";
+const ECONNREFUSED: &str = "errno:111";
 
 /// Runs the probe in a task shaped by `edit` and returns its report.
 async fn probe(name: &str, edit: impl FnOnce(&mut TaskSpec)) -> HashMap<String, String> {
@@ -28,6 +31,8 @@ async fn probe(name: &str, edit: impl FnOnce(&mut TaskSpec)) -> HashMap<String, 
         let r = IdRange { host_start: 200_000, size: 65_536 };
         cfg.policy.userns_uids = Some(r);
         cfg.policy.userns_gids = Some(r);
+        cfg.policy.allow_landlock_off = true;
+        cfg.policy.allowed_host_namespaces.extend([HostNamespace::Pid, HostNamespace::Network]);
     });
     let id = task_id(name);
     let host_pid = std::process::id().to_string();
@@ -38,7 +43,7 @@ async fn probe(name: &str, edit: impl FnOnce(&mut TaskSpec)) -> HashMap<String, 
     rt.start(&id).await.unwrap();
     let status = rt.wait(&id).await.unwrap();
     let (out, err) = rt.log_paths(&id);
-    let done = || std::fs::read_to_string(&out).is_ok_and(|s| s.contains("try.chroot_dir_listing"));
+    let done = || std::fs::read_to_string(&out).is_ok_and(|s| s.contains("\ndone=1\n"));
     assert!(
         eventually(Duration::from_secs(5), done).await,
         "probe exited with {status:?}; stderr: {:?}",
@@ -105,7 +110,127 @@ async fn default_task_is_confined() {
     assert_eq!(r["rootfs_readonly"], "false");
     assert_eq!(r["try.raw_socket"], "ok", "NET_RAW is in Docker's default set");
     assert_eq!(r["try.fork"], "ok");
+    assert_eq!(
+        (r["try.kill_outside"].as_str(), r["try.abstract_outside"].as_str()),
+        (ESRCH, ECONNREFUSED),
+        "the host's processes and abstract sockets are not even visible"
+    );
     assert_forbidden_blocked(&r);
+}
+
+/// The kernel's Landlock ABI, `None` without Landlock (then tasks run without it).
+fn landlock_abi() -> Option<u32> {
+    let abi = MacSupport::detect().landlock_abi;
+    eprintln!("notice: Landlock ABI of this kernel: {abi:?}");
+    abi
+}
+
+#[tokio::test]
+async fn landlock_keeps_device_nodes_in_dev_and_ordinary_work_going() {
+    if !have_root("landlock_keeps_device_nodes_in_dev") {
+        return;
+    }
+    let on = probe("conf-landlock", |_| {}).await;
+    let off = probe("conf-landlock-off", |s| s.landlock = false).await;
+    for r in [&on, &off] {
+        for key in ["try.write_tmp", "try.write_rootfs", "try.exec", "try.fork", "try.mknod_dev"] {
+            assert_eq!(r[key], "ok", "{key}: ordinary work goes on");
+        }
+        assert_eq!(r["cap.eff"], DEFAULT_CAPS, "CAP_MKNOD is among them");
+    }
+    assert_eq!(off["try.mknod_tmp"], "ok", "without Landlock, root with CAP_MKNOD makes the node");
+    let want = if landlock_abi().is_some() { EACCES } else { "ok" };
+    assert_eq!(on["try.mknod_tmp"], want, "Landlock refuses device nodes outside /dev");
+    assert_forbidden_blocked(&on);
+}
+
+#[tokio::test]
+async fn landlock_scopes_signals_and_abstract_sockets_to_the_task() {
+    use std::os::linux::net::SocketAddrExt;
+    if !have_root("landlock_scopes_signals_and_abstract_sockets") {
+        return;
+    }
+    // Sharing the host's pid and network namespaces puts this process and its abstract socket
+    // within reach; only Landlock's scopes (ABI 6) stand between the task and them.
+    let name = format!("shoal-probe-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+    let host =
+        |s: &mut TaskSpec| s.host_namespaces = vec![HostNamespace::Pid, HostNamespace::Network];
+    let on = probe("conf-scopes", host).await;
+    let off = probe("conf-scopes-off", |s| {
+        host(s);
+        s.landlock = false;
+    })
+    .await;
+    let outside = |r: &HashMap<String, String>| {
+        (r["try.kill_outside"].clone(), r["try.abstract_outside"].clone())
+    };
+    let ok = ("ok".to_string(), "ok".to_string());
+    assert_eq!(outside(&off), ok, "without Landlock both are reachable");
+    let scoped = landlock_abi().is_some_and(|abi| abi >= 6);
+    let want = if scoped { (EPERM.to_string(), EPERM.to_string()) } else { ok };
+    assert_eq!(outside(&on), want, "signal 0 to the host process, connect to its abstract socket");
+}
+
+#[tokio::test]
+async fn landlock_and_init_run_together_with_init_as_pid_1() {
+    if !have_root("landlock_and_init_run_together") {
+        return;
+    }
+    assert!(Path::new("/usr/bin/tini-static").exists(), "apt-get install tini");
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(dir.path());
+    let rt = new_test_runtime(&dir.path().join("rt"));
+    let id = task_id("conf-landlock-init");
+    let script = "busybox mknod /tmp/node c 1 3 2>/dev/null; echo mknod=$?; \
+                  busybox tr '\\0' ' ' < /proc/1/cmdline; echo";
+    let mut spec = sh_task(&id, &rootfs, script);
+    spec.init = true;
+    rt.create(spec).await.unwrap();
+    rt.start(&id).await.unwrap();
+    assert_eq!(rt.wait(&id).await.unwrap().code, 0);
+    let (out, err) = rt.log_paths(&id);
+    let refused = if landlock_abi().is_some() { "mknod=1" } else { "mknod=0" };
+    let want = format!("{refused}\n/sbin/shoal-init -- /bin/sh -c ");
+    assert!(
+        eventually(Duration::from_secs(5), || std::fs::read_to_string(&out)
+            .is_ok_and(|s| s.starts_with(&want)))
+        .await,
+        "want {want:?}: stdout {:?} stderr {:?}",
+        std::fs::read_to_string(&out),
+        std::fs::read_to_string(&err)
+    );
+    rt.delete(&id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_command_that_cannot_run_exits_127_saying_why() {
+    if !have_root("a_command_that_cannot_run_exits_127") {
+        return;
+    }
+    if landlock_abi().is_none() {
+        return eprintln!("notice: without Landlock runc itself reports the missing command");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(dir.path());
+    let rt = new_test_runtime(&dir.path().join("rt"));
+    let id = task_id("conf-landlock-127");
+    let args = vec!["no-such-command".to_string()];
+    let spec = TaskSpec::new(&id, shoal_agent::runtime::RootfsSource::Dir(rootfs), args);
+    rt.create(spec).await.unwrap();
+    rt.start(&id).await.unwrap();
+    assert_eq!(rt.wait(&id).await.unwrap().code, 127);
+    let (_, err) = rt.log_paths(&id);
+    let want = "shoal-landlock: cannot run \"no-such-command\": No such file or directory";
+    assert!(
+        eventually(Duration::from_secs(5), || std::fs::read_to_string(&err)
+            .is_ok_and(|s| s.starts_with(want)))
+        .await,
+        "stderr {:?}",
+        std::fs::read_to_string(&err)
+    );
+    rt.delete(&id).await.unwrap();
 }
 
 #[tokio::test]

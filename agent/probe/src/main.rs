@@ -2,8 +2,11 @@
 //! sees (capabilities, seccomp, namespaces, mounts, id maps, cgroup limits) and the outcome of
 //! actions a confined task must not be able to take. Built statically so any rootfs can run it.
 //!
-//! Usage: `shoal-probe [HOST_PID]`: HOST_PID is a host process the probe must not be able to see.
-//! It refuses to try the forbidden actions unless it is pid 1 (of a container's pid namespace).
+//! Usage: `shoal-probe [HOST_PID]`: HOST_PID is a host process the probe must not be able to see
+//! or signal; it also listens on the abstract unix socket `shoal-probe-<HOST_PID>`, which the
+//! probe must not reach under `network=host`. The probe refuses to try the forbidden actions (and
+//! to make device nodes) unless it is pid 1 (of a container's pid namespace). Its last line is
+//! `done=1`.
 // The probe exists to make raw system calls; each is a single libc call on valid pointers.
 #![allow(unsafe_code)]
 
@@ -17,14 +20,19 @@ fn main() {
     report_files();
     report_cgroups();
     report_pids();
+    try_outside_the_task(host_pid);
     // The forbidden actions would change a host (mount over /tmp, ptrace pid 1): attempt them
     // only as pid 1 of a private pid namespace, which is where a task's probe runs.
     if std::process::id() != 1 {
         out("try.skipped", "not pid 1 of a container");
-        return;
+    } else {
+        try_device_nodes();
+        try_allowed();
+        // Last: a profile that allows unshare(CLONE_NEWUSER) leaves the probe in a new user
+        // namespace, where nothing else would be tried as the task.
+        try_forbidden(host_pid);
     }
-    try_forbidden(host_pid);
-    try_allowed();
+    out("done", 1);
 }
 
 fn out(key: &str, value: impl std::fmt::Display) {
@@ -181,6 +189,39 @@ fn open_write(p: &str) -> String {
     }
 }
 
+/// Signal 0 to the host process, and a connection to its abstract socket: both reachable only
+/// when the task shares the host's pid or network namespace, and then refused by Landlock's
+/// scopes (ABI 6).
+fn try_outside_the_task(host_pid: i32) {
+    use std::os::linux::net::SocketAddrExt;
+    // SAFETY: kill with signal 0 only checks that the signal could be sent.
+    out("try.kill_outside", outcome(unsafe { libc::kill(host_pid, 0) } as i64));
+    let name = format!("shoal-probe-{host_pid}");
+    let connect = std::os::unix::net::SocketAddr::from_abstract_name(name)
+        .and_then(|a| std::os::unix::net::UnixStream::connect_addr(&a));
+    out("try.abstract_outside", io_outcome(connect.map(drop)));
+}
+
+/// A character device node (/dev/null's numbers) in /tmp, which the task's Landlock ruleset
+/// refuses although Docker's default capabilities include CAP_MKNOD, and in /dev, which it allows.
+fn try_device_nodes() {
+    for (key, path) in [("try.mknod_tmp", "/tmp/probe-node"), ("try.mknod_dev", "/dev/probe-node")]
+    {
+        let p = c(path);
+        // SAFETY: a valid path string; mode and device are integers.
+        let r = unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) };
+        out(key, outcome(r as i64));
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+fn io_outcome(r: std::io::Result<()>) -> String {
+    match r {
+        Ok(()) => "ok".into(),
+        Err(e) => format!("errno:{}", e.raw_os_error().unwrap_or(0)),
+    }
+}
+
 fn try_allowed() {
     // SAFETY: fork in a single-threaded process; the child only calls _exit.
     let pid = unsafe { libc::fork() };
@@ -192,5 +233,13 @@ fn try_allowed() {
     // SAFETY: waiting for our own child with a valid status pointer.
     let waited = if pid > 0 { unsafe { libc::waitpid(pid, &mut status, 0) } } else { -1 };
     out("try.fork", outcome(waited as i64));
+    out("try.write_tmp", io_outcome(std::fs::write("/tmp/probe-file", "x")));
+    out("try.write_rootfs", io_outcome(std::fs::write("/probe-file", "x")));
+    let exec = match std::process::Command::new("/bin/true").status() {
+        Ok(s) if s.success() => "ok".to_string(),
+        Ok(s) => format!("failed:{s}"),
+        Err(e) => format!("errno:{}", e.raw_os_error().unwrap_or(0)),
+    };
+    out("try.exec", exec);
     out("try.chroot_dir_listing", std::fs::read_dir("/").map(|_| "ok").unwrap_or("failed"));
 }
