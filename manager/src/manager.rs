@@ -350,6 +350,7 @@ impl Manager {
         })?;
         let tls = Arc::new(shoal_pki::tls::client_config(&id.root_ca_pem, Some(id.cert.clone()))?);
         let peers = Peers::new(tls.clone(), parts.store.clone());
+        peers.follow_members();
         let raft = node::spawn(
             raft_config(raft_id, id.election_timeout),
             parts.storage,

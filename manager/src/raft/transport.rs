@@ -1,7 +1,9 @@
 //! Owns moving Raft messages between managers over the mTLS cluster port: one sender task per
 //! peer streaming each message in chunks (so a snapshot of any size fits), and the receiving side,
 //! which reassembles messages and steps them only after checking that the sending member is the
-//! manager whose certificate the connection presented.
+//! manager whose certificate the connection presented. A peer's address comes from the member
+//! table at every connection; when the table gives a peer a new address, its sender drops the
+//! connection (or the attempt) to the old one at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -11,7 +13,7 @@ use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use shoal_proto::raft_client::RaftClient;
 use shoal_proto::{Member, RaftChunk};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::raft::node::{RaftHandle, Transport};
@@ -32,6 +34,8 @@ pub struct Peers {
     senders: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
     /// Addresses learned before the store holds the membership (while joining).
     learned: Mutex<HashMap<u64, String>>,
+    /// Bumped whenever the member table may have changed.
+    members_changed: watch::Sender<u64>,
 }
 
 impl Peers {
@@ -44,7 +48,28 @@ impl Peers {
             raft: OnceLock::new(),
             senders: Mutex::new(HashMap::new()),
             learned: Mutex::new(HashMap::new()),
+            members_changed: watch::Sender::new(0),
         })
+    }
+
+    /// Follows the member table: each change wakes the senders, which reconnect if their peer's
+    /// address changed. Runs until the store's change feed closes or `self` is dropped.
+    pub fn follow_members(&self) {
+        let mut events = self.store.watch();
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            loop {
+                let relevant = match events.recv().await {
+                    Ok(e) => e.kind == "member" || e.kind == "snapshot",
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(_) => return,
+                };
+                let Some(peers) = me.upgrade() else { return };
+                if relevant {
+                    peers.members_changed.send_modify(|n| *n += 1);
+                }
+            }
+        });
     }
 
     /// Connects the local Raft member, for reports about unreachable peers.
@@ -60,6 +85,7 @@ impl Peers {
         }
     }
 
+    /// Where peer `id` is reached: the member table, else what the leader told while joining.
     fn addr_of(&self, id: u64) -> Option<String> {
         match self.store.get::<Member>(&format!("{id:016x}")).ok().flatten() {
             Some(member) => Some(member.addr),
@@ -99,10 +125,14 @@ impl Transport for Peers {
     }
 }
 
+const BACKOFF_START: Duration = Duration::from_millis(50);
+
 async fn run_sender(peers: Weak<Peers>, to: u64, mut rx: mpsc::Receiver<Message>) {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = BACKOFF_START;
     loop {
         let Some(p) = peers.upgrade() else { return };
+        // Watch from before the address is read, so a change after it is not missed.
+        let mut changes = p.members_changed.subscribe();
         let (addr, tls) = (p.addr_of(to), p.tls.clone());
         drop(p);
         let Some(addr) = addr else {
@@ -110,7 +140,14 @@ async fn run_sender(peers: Weak<Peers>, to: u64, mut rx: mpsc::Receiver<Message>
             tracing::debug!(peer = to, "no address known for raft peer");
             return;
         };
-        let result = stream_to(&addr, tls, &mut rx, &peers, to).await;
+        let result = tokio::select! {
+            r = stream_to(&addr, tls, &mut rx, &peers, to) => r,
+            () = moved(&peers, to, &addr, &mut changes) => {
+                tracing::info!(peer = to, old = %addr, "raft peer has a new address; reconnecting");
+                backoff = BACKOFF_START;
+                continue;
+            }
+        };
         match result {
             Ok(()) => return, // the queue closed: this peer is gone
             Err(e) => tracing::debug!(peer = to, error = %e, "raft peer unreachable"),
@@ -121,8 +158,25 @@ async fn run_sender(peers: Weak<Peers>, to: u64, mut rx: mpsc::Receiver<Message>
                 p.report(to, msg.get_msg_type() == MessageType::MsgSnapshot);
             }
         }
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = moved(&peers, to, &addr, &mut changes) => {}
+        }
         backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Resolves once the member table gives peer `to` an address other than `addr`, or the peers
+/// are dropped.
+async fn moved(peers: &Weak<Peers>, to: u64, addr: &str, changes: &mut watch::Receiver<u64>) {
+    loop {
+        if changes.changed().await.is_err() {
+            return;
+        }
+        let Some(p) = peers.upgrade() else { return };
+        if p.addr_of(to).is_some_and(|now| now != addr) {
+            return;
+        }
     }
 }
 
@@ -230,6 +284,51 @@ mod tests {
         assert!(sender.await.unwrap());
         assert_eq!(count, 4);
         assert_eq!(whole.unwrap(), msg);
+    }
+
+    /// The member table puts peer `id` at `addr`.
+    fn place(store: &Store, index: u64, id: u64, addr: &str) {
+        let member = Member {
+            id: format!("{id:016x}"),
+            raft_id: id,
+            addr: addr.into(),
+            ..Default::default()
+        };
+        let write = shoal_proto::Write {
+            key: format!("member/{id:016x}").into_bytes(),
+            value: prost::Message::encode_to_vec(&member),
+            delete: false,
+        };
+        let batch = shoal_proto::StoreBatch { preconditions: vec![], writes: vec![write] };
+        store.apply_batch(index, &batch).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_moves_is_dialled_at_its_new_address_at_once() {
+        shoal_pki::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::open_db(dir.path()).unwrap();
+        let sealer = Arc::new(crate::raft::crypto::Sealer::new(
+            &crate::raft::crypto::Key::generate().unwrap(),
+        ));
+        let store = Arc::new(Store::open(&db, sealer).unwrap());
+        // The old address takes the connection and never answers the TLS handshake (a host
+        // that went away mid-connection); the new one only counts who calls.
+        let old = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let new = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        place(&store, 1, 7, &old.local_addr().unwrap().to_string());
+        let root = shoal_pki::RootCa::generate().unwrap();
+        let tls = Arc::new(shoal_pki::tls::client_config(root.cert_pem(), None).unwrap());
+        let peers = Peers::new(tls, store.clone());
+        peers.follow_members();
+        let mut msg = Message::default();
+        msg.to = 7;
+        peers.send(vec![msg]);
+        let (_held, _) =
+            tokio::time::timeout(Duration::from_secs(5), old.accept()).await.unwrap().unwrap();
+        place(&store, 2, 7, &new.local_addr().unwrap().to_string());
+        let dialled = tokio::time::timeout(Duration::from_secs(2), new.accept()).await;
+        assert!(dialled.is_ok(), "the sender kept waiting on the old address after the move");
     }
 
     #[test]
