@@ -1,7 +1,9 @@
 //! Owns the Raft gRPC service (inbound messages, membership joins, reachability pings) and the
 //! client side of joining: a new manager asks the leader to add it, the leader checks it can
-//! reach the joiner back, then commits the membership change.
+//! reach the joiner back, then commits the membership change. A member whose address changed
+//! asks the same way and keeps its identity; only its address changes.
 
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use raft::prelude::{ConfChange, ConfChangeType};
@@ -18,6 +20,10 @@ use crate::raft::transport::Reassembler;
 use crate::{Manager, ManagerError};
 
 const JOIN_ATTEMPTS: usize = 20;
+/// How a manager that is not the leader points to it (the leader's address follows).
+const NOT_LEADER: &str = "not the leader; leader at ";
+/// What a manager that knows no leader answers.
+const NO_LEADER: &str = "the managers have no leader right now; retry";
 
 /// The Raft gRPC service of one manager.
 #[derive(Clone, Debug)]
@@ -55,7 +61,7 @@ impl Manager {
                 }
                 Err(status) if status.code() == tonic::Code::FailedPrecondition => {
                     last = status.message().to_string();
-                    if let Some(leader) = last.strip_prefix("not the leader; leader at ") {
+                    if let Some(leader) = last.strip_prefix(NOT_LEADER) {
                         target = leader.to_string();
                     }
                 }
@@ -68,7 +74,114 @@ impl Manager {
         }
         Err(ManagerError::Join(format!("could not join the managers' raft group: {last}")))
     }
+
+    /// This manager's address in the member table, as far as this manager knows.
+    pub fn member_addr(&self) -> Option<String> {
+        let me = &self.shared.local_node_id;
+        self.shared.members().ok()?.into_iter().find(|m| &m.node_id == me).map(|m| m.addr)
+    }
+
+    /// Tells the managers that this one is now reached at `addr`: asks the leader (found
+    /// through the other members this manager knows, then `via`, then itself) to dial `addr`
+    /// back and commit it as this member's address. Returns once the leader has committed it;
+    /// the error says why not (the leader cannot reach `addr`, no leader, nobody reachable).
+    pub async fn announce_addr(&self, addr: &str, via: &[String]) -> Result<(), ManagerError> {
+        let shared = &self.shared;
+        let req = RaftJoinRequest {
+            node_id: shared.local_node_id.clone(),
+            addr: addr.into(),
+            raft_id: shared.raft.status().id,
+        };
+        let others = shared.members()?.into_iter().filter(|m| m.node_id != req.node_id);
+        let mut queue: VecDeque<String> = others.map(|m| m.addr).collect();
+        let listed = self.member_addr();
+        queue.extend(via.iter().filter(|v| Some(*v) != listed.as_ref()).cloned());
+        queue.push_back(addr.to_string());
+        let (mut asked, mut why) = (HashSet::new(), Unanswered::default());
+        while let Some(target) = queue.pop_front() {
+            if !asked.insert(target.clone()) {
+                continue;
+            }
+            match ask(&target, shared.tls.clone(), req.clone()).await {
+                Answer::Accepted => return Ok(()),
+                Answer::Leader(leader) => queue.push_front(leader),
+                Answer::NoLeader => why.no_leader = true,
+                Answer::Refused(reason) => return Err(ManagerError::Join(reason)),
+                Answer::Unreachable(e) => why.unreachable.push(brief(&target, &e)),
+                Answer::Failed(e) => why.failed = Some(format!("{target}: {e}")),
+            }
+        }
+        Err(ManagerError::Join(why.explain()))
+    }
 }
+
+/// What one manager answered to a request to move this member.
+enum Answer {
+    Accepted,
+    /// Not the leader; the leader is at this address.
+    Leader(String),
+    NoLeader,
+    /// A final no (the leader cannot reach the new address, or this node may not move).
+    Refused(String),
+    Unreachable(String),
+    /// Anything else (a commit that timed out, say).
+    Failed(String),
+}
+
+async fn ask(
+    target: &str,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    req: RaftJoinRequest,
+) -> Answer {
+    let channel = match shoal_proto::dial::connect(target, tls).await {
+        Ok(channel) => channel,
+        Err(e) => return Answer::Unreachable(e),
+    };
+    let Err(status) = RaftClient::new(channel).join(req).await else { return Answer::Accepted };
+    let message = status.message().to_string();
+    match status.code() {
+        tonic::Code::FailedPrecondition => match message.strip_prefix(NOT_LEADER) {
+            Some(leader) => Answer::Leader(leader.to_string()),
+            None => Answer::Refused(message),
+        },
+        tonic::Code::Unavailable if message == NO_LEADER => Answer::NoLeader,
+        tonic::Code::PermissionDenied | tonic::Code::NotFound | tonic::Code::InvalidArgument => {
+            Answer::Refused(message)
+        }
+        _ => Answer::Failed(message),
+    }
+}
+
+/// `addr (cause)` from a dialling error, without the advice (which would repeat per address).
+fn brief(addr: &str, error: &str) -> String {
+    let cause =
+        error.strip_prefix(&format!("could not reach a manager at {addr}: ")).unwrap_or(error);
+    format!("{addr} ({})", cause.split("; ").next().unwrap_or(cause))
+}
+
+/// Why no manager took a new address.
+#[derive(Debug, Default)]
+struct Unanswered {
+    no_leader: bool,
+    unreachable: Vec<String>,
+    failed: Option<String>,
+}
+
+impl Unanswered {
+    fn explain(&self) -> String {
+        let unreachable = self.unreachable.join(", ");
+        match (&self.failed, self.no_leader) {
+            (Some(failed), _) => failed.clone(),
+            (None, true) if unreachable.is_empty() => NO_QUORUM.to_string(),
+            (None, true) => format!("{NO_QUORUM} (not reachable: {unreachable})"),
+            (None, false) if unreachable.is_empty() => "no other manager is known".to_string(),
+            (None, false) => format!("no manager could be reached: {unreachable}"),
+        }
+    }
+}
+
+const NO_QUORUM: &str = "the managers have no leader: too few of them are up or reach each \
+                         other, and a quorum of them must accept a manager's new address";
 
 async fn call_join(
     addr: &str,
@@ -130,15 +243,19 @@ impl Raft for RaftApi {
         &self,
         req: Request<RaftJoinRequest>,
     ) -> Result<Response<RaftJoinResponse>, Status> {
-        caller(&req).node()?;
+        let sender = caller(&req).node()?.node_id.clone();
         let req = req.into_inner();
+        if sender != req.node_id {
+            return Err(Status::permission_denied(format!(
+                "node {sender} asked to add or move node {}; a manager joins or moves only itself",
+                req.node_id
+            )));
+        }
         let shared = &self.manager.shared;
         if !shared.raft.status().is_leader {
             return match shared.leader_addr() {
-                Some(leader) => {
-                    Err(Status::failed_precondition(format!("not the leader; leader at {leader}")))
-                }
-                None => Err(Status::unavailable("the managers have no leader right now; retry")),
+                Some(leader) => Err(Status::failed_precondition(format!("{NOT_LEADER}{leader}"))),
+                None => Err(Status::unavailable(NO_LEADER)),
             };
         }
         shared.store.barrier().await?;
@@ -157,7 +274,12 @@ impl Raft for RaftApi {
                 "the raft ID is zero or already taken; retry with another",
             ));
         }
-        ping(&req.addr, shared.tls.clone(), &req.node_id).await?;
+        ping(&req.addr, shared.tls.clone(), &req.node_id).await.map_err(|e| {
+            Status::failed_precondition(format!(
+                "cannot reach the joining manager at {}: {e}",
+                req.addr
+            ))
+        })?;
         let member = Member {
             raft_id: req.raft_id,
             node_id: req.node_id.clone(),
@@ -189,34 +311,62 @@ impl RaftApi {
     ) -> Result<Response<RaftJoinResponse>, Status> {
         let shared = &self.manager.shared;
         if member.addr != addr {
-            ping(addr, shared.tls.clone(), &member.node_id).await?;
-            member.addr = addr.to_string();
+            ping(addr, shared.tls.clone(), &member.node_id).await.map_err(|e| {
+                Status::failed_precondition(format!(
+                    "the leader cannot reach this manager at {addr}: {e}; check the address and \
+                     that the managers can reach that port"
+                ))
+            })?;
+            let old = std::mem::replace(&mut member.addr, addr.to_string());
             shared.store.update(|tx| tx.update(member.clone())).await?;
+            tracing::info!(node = %member.node_id, %old, new = %addr, "manager moved to a new address");
         }
         Ok(Response::new(RaftJoinResponse { raft_id: member.raft_id, members: shared.members()? }))
     }
 }
 
-/// Checks that the manager `node_id` answers at `addr` with its own certificate.
+/// Checks that the manager `node_id` answers at `addr` with its own certificate; the error says
+/// what went wrong.
 async fn ping(
     addr: &str,
     tls: std::sync::Arc<rustls::ClientConfig>,
     node_id: &str,
-) -> Result<(), Status> {
-    let unreachable = |e: String| {
-        Status::failed_precondition(format!("cannot reach the joining manager at {addr}: {e}"))
-    };
+) -> Result<(), String> {
+    let prefix = format!("could not reach a manager at {addr}: ");
     let channel =
         tokio::time::timeout(Duration::from_secs(5), shoal_proto::dial::connect(addr, tls))
             .await
-            .map_err(|_| unreachable("timed out".into()))?
-            .map_err(unreachable)?;
+            .map_err(|_| "no answer within 5s".to_string())?
+            .map_err(|e| e.strip_prefix(&prefix).map(str::to_string).unwrap_or(e))?;
     let answer = RaftClient::new(channel)
         .ping(RaftPingRequest {})
         .await
-        .map_err(|s| unreachable(s.message().into()))?;
+        .map_err(|s| s.message().to_string())?;
     if answer.into_inner().node_id != node_id {
-        return Err(unreachable("a different node answered there".into()));
+        return Err("a different node answered there".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn why_no_manager_took_a_new_address_reads_as_one_line() {
+        let refused = "could not reach a manager at 10.0.0.1:4242: Connection refused (os error \
+                       111); check the address and that shoald listens there";
+        let mut why = Unanswered {
+            no_leader: true,
+            unreachable: vec![brief("10.0.0.1:4242", refused)],
+            failed: None,
+        };
+        let gone = "10.0.0.1:4242 (Connection refused (os error 111))";
+        assert_eq!(why.explain(), format!("{NO_QUORUM} (not reachable: {gone})"));
+        why.no_leader = false;
+        assert_eq!(why.explain(), format!("no manager could be reached: {gone}"));
+        why.failed = Some("10.0.0.2:4242: the write was not confirmed in time".into());
+        assert_eq!(why.explain(), "10.0.0.2:4242: the write was not confirmed in time");
+        assert_eq!(Unanswered::default().explain(), "no other manager is known");
+    }
 }
