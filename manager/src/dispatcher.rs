@@ -88,6 +88,18 @@ impl Sessions {
         }
     }
 
+    /// Sends every open session a message made for it.
+    fn push_all(&self, make: impl Fn(&str) -> SessionMessage) {
+        let targets: Vec<(String, SessionTx)> = self
+            .lock()
+            .values()
+            .filter_map(|e| Some((e.session_id.clone()?, e.stream.clone()?)))
+            .collect();
+        for (session_id, tx) in targets {
+            let _ = tx.try_send(Ok(make(&session_id)));
+        }
+    }
+
     /// Ends every session (their streams close), for shutdown.
     pub fn clear(&self) {
         self.lock().clear();
@@ -117,7 +129,8 @@ impl Manager {
         DispatcherApi { shared: self.shared.clone() }
     }
 
-    /// Sends each connected node its Node object again whenever it changes (on the leader).
+    /// Sends each connected node its Node object again whenever it changes, and every connected
+    /// node the managers' addresses whenever a manager joins, leaves or moves (on the leader).
     pub fn spawn_node_updates(&self) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(&self.shared);
         let mut events = self.shared.store.watch();
@@ -125,6 +138,11 @@ impl Manager {
             loop {
                 let event = match events.recv().await {
                     Ok(e) if e.kind == "node" && !e.deleted => e,
+                    Ok(e) if e.kind == "member" => {
+                        let Some(shared) = weak.upgrade() else { return };
+                        push_manager_addrs(&shared);
+                        continue;
+                    }
                     Ok(_) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(_) => return,
@@ -197,6 +215,19 @@ async fn mark_down(shared: &Shared, node_id: &str) -> Result<(), Status> {
             Ok::<_, Status>(())
         })
         .await
+}
+
+/// Tells every connected node the managers' current addresses (after one joined, left or
+/// moved), so a node that knew only old addresses still finds the managers after a restart.
+fn push_manager_addrs(shared: &Shared) {
+    let Ok(managers) = shared.manager_addrs() else { return };
+    let period = shared.cluster().map(|c| heartbeat_period(&c)).unwrap_or_default();
+    shared.sessions.push_all(|session_id| SessionMessage {
+        session_id: session_id.to_string(),
+        heartbeat_period_ms: period.as_millis() as u64,
+        node: None,
+        manager_addrs: managers.clone(),
+    });
 }
 
 fn jittered(period: Duration) -> Duration {
