@@ -412,9 +412,13 @@ async fn node(cmd: NodeCmd, channel: Channel) -> Result<()> {
             let mut found = Vec::new();
             for reference in nodes {
                 let reference = resolve_self(&reference, &channel).await?;
-                let r =
-                    control.get_node(GetNodeRequest { reference }).await.map_err(client::status)?;
-                found.push(r.into_inner().node.context("the manager returned no node")?);
+                let r = control
+                    .get_node(GetNodeRequest { reference })
+                    .await
+                    .map_err(client::status)?
+                    .into_inner();
+                r.node.as_ref().context("the manager returned no node")?;
+                found.push(r);
             }
             print!("{}", output::node_inspect(&found, pretty)?);
         }

@@ -5,7 +5,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Result;
 use serde_json::json;
-use shoal_proto::{InfoResponse, InitResponse, JoinTokenInfo, ListNodesResponse, Node, NodeRole};
+use shoal_proto::{
+    GetNodeResponse, InfoResponse, InitResponse, JoinTokenInfo, ListNodesResponse, NodeRole,
+};
 
 fn rfc3339_secs(unix: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64);
@@ -93,10 +95,11 @@ pub fn node_ls(r: &ListNodesResponse, quiet: bool) -> String {
     out
 }
 
-fn node_json(n: &Node) -> serde_json::Value {
+fn node_json(r: &GetNodeResponse) -> serde_json::Value {
+    let n = r.node.clone().unwrap_or_default();
     let meta = n.meta.unwrap_or_default();
     let cert = n.certificate.clone().unwrap_or_default();
-    json!({
+    let mut value = json!({
         "ID": n.id,
         "Version": meta.version,
         "CreatedAt": rfc3339_ms(meta.created_at_ms),
@@ -112,22 +115,31 @@ fn node_json(n: &Node) -> serde_json::Value {
             "NotAfter": rfc3339_secs(cert.not_after_unix),
             "Issued": n.serials.len(),
         },
-    })
+    });
+    if let Some(m) = &r.manager_status {
+        value["ManagerStatus"] = json!({ "Leader": m.leader, "Addr": m.addr });
+    }
+    value
 }
 
-/// `node inspect`.
-pub fn node_inspect(nodes: &[Node], pretty: bool) -> Result<String> {
+/// `node inspect`: managers also show where the other managers reach them.
+pub fn node_inspect(found: &[GetNodeResponse], pretty: bool) -> Result<String> {
     if !pretty {
-        let all: Vec<_> = nodes.iter().map(node_json).collect();
+        let all: Vec<_> = found.iter().map(node_json).collect();
         return Ok(serde_json::to_string_pretty(&all)? + "\n");
     }
     let mut out = String::new();
-    for n in nodes {
+    for r in found {
+        let n = r.node.clone().unwrap_or_default();
         let cert = n.certificate.clone().unwrap_or_default();
         let _ = writeln!(out, "ID:                  {}", n.id);
         let _ = writeln!(out, "Hostname:            {}", n.hostname);
         let _ = writeln!(out, "Role:                {}", n.role().word());
         let _ = writeln!(out, "Address:             {}", n.addr);
+        if let Some(m) = &r.manager_status {
+            let _ = writeln!(out, "Manager Address:     {}", m.addr);
+            let _ = writeln!(out, "Leader:              {}", if m.leader { "Yes" } else { "No" });
+        }
         let _ = writeln!(out, "Status:              {} {}", n.state().word(), n.state_message);
         let _ = writeln!(out, "Availability:        {}", n.availability().word());
         let _ = writeln!(out, "Certificate serial:  {}", cert.serial_hex);

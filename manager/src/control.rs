@@ -148,7 +148,7 @@ impl Control for ControlApi {
             tracing::info!(node = %node.id, role = role.word(), "node role changed");
         }
         let node = shared.store.get::<Node>(&node.id)?;
-        Ok(Response::new(GetNodeResponse { node }))
+        Ok(Response::new(GetNodeResponse { node, manager_status: None }))
     }
 
     async fn get_unlock_key(
@@ -212,7 +212,13 @@ impl Control for ControlApi {
     ) -> Result<Response<GetNodeResponse>, Status> {
         let nodes = self.shared.store.list::<Node>()?;
         let node = resolve_node(&nodes, &req.get_ref().reference)?.clone();
-        Ok(Response::new(GetNodeResponse { node: Some(node) }))
+        let leader = self.shared.raft.status().leader;
+        let members = self.shared.members()?;
+        let manager_status = members
+            .into_iter()
+            .find(|m| m.node_id == node.id)
+            .map(|m| shoal_proto::ManagerStatus { leader: m.raft_id == leader, addr: m.addr });
+        Ok(Response::new(GetNodeResponse { node: Some(node), manager_status }))
     }
 
     async fn remove_node(
@@ -347,7 +353,7 @@ impl Control for ControlApi {
         req: Request<UpdateNodeRequest>,
     ) -> Result<Response<GetNodeResponse>, Status> {
         let node = crate::services::update_node(&self.shared, req.into_inner()).await?;
-        Ok(Response::new(GetNodeResponse { node: Some(node) }))
+        Ok(Response::new(GetNodeResponse { node: Some(node), manager_status: None }))
     }
 
     async fn create_service(
