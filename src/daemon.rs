@@ -1,9 +1,10 @@
 //! Owns one node process: its membership (none, worker, manager), the manager and agent it runs,
-//! the cluster TCP port, and the transitions init / join / leave / restart between them.
+//! the cluster TCP port, and the transitions init / join / leave / restart between them (a
+//! restart may move the node to new addresses: see `readdress`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -13,6 +14,8 @@ use shoal_pki::{NodeKey, PeerIdentity, ReloadableCert, Role};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Mutex};
 use tokio::task::JoinHandle;
+
+use crate::readdress::{self, AddrOverrides, Announcer};
 
 /// Default cluster port.
 pub const DEFAULT_PORT: u16 = 4242;
@@ -28,6 +31,8 @@ pub struct DaemonConfig {
     pub election_timeout: Duration,
     /// What runs the node's tasks (built once, shared by every agent this daemon starts).
     pub executor: shoal_agent::ExecutorChoice,
+    /// Addresses that replace the saved ones when the node resumes its membership.
+    pub addrs: AddrOverrides,
 }
 
 /// What `swarm init` asks for.
@@ -53,10 +58,13 @@ pub struct JoinOptions {
 /// A node that is part of a cluster.
 #[derive(Debug)]
 struct Member {
+    /// What the node runs with (its addresses may be newer than the saved ones).
     state: NodeState,
     cert: Arc<ReloadableCert>,
     agent: Agent,
     manager: Option<Serving>,
+    /// Telling the other managers this manager's new address, until they accept it.
+    announcer: Option<Announcer>,
 }
 
 impl Member {
@@ -109,6 +117,7 @@ impl Drop for Serving {
 /// The node daemon.
 #[derive(Debug)]
 pub struct Daemon {
+    me: Weak<Daemon>,
     cfg: DaemonConfig,
     files: NodeFiles,
     member: Mutex<Option<Member>>,
@@ -125,6 +134,8 @@ pub struct Info {
     pub manager: Option<Manager>,
     /// Waiting for `swarm unlock`.
     pub locked: bool,
+    /// A manager's new address the other managers have not accepted yet, and why.
+    pub addr_pending: Option<String>,
 }
 
 const ALREADY: &str =
@@ -136,10 +147,23 @@ impl Daemon {
         let files = NodeFiles::new(&cfg.data_root);
         std::fs::create_dir_all(&cfg.data_root)
             .with_context(|| format!("creating data root {}", cfg.data_root.display()))?;
-        let daemon =
-            Arc::new(Daemon { cfg, files, member: Mutex::new(None), locked: Mutex::new(None) });
+        let daemon = Arc::new_cyclic(|me| Daemon {
+            me: me.clone(),
+            cfg,
+            files,
+            member: Mutex::new(None),
+            locked: Mutex::new(None),
+        });
         tokio::spawn(follow_role(Arc::downgrade(&daemon)));
-        if let Some(state) = daemon.files.load_state()? {
+        let state = daemon.files.load_state()?;
+        let addrs = &daemon.cfg.addrs;
+        if state.is_none() && (addrs.listen_addr.is_some() || addrs.advertise_addr.is_some()) {
+            tracing::warn!(
+                "--listen-addr and --advertise-addr are ignored: this node is not part of a \
+                 swarm (give them to 'shoal swarm init' or 'shoal swarm join')"
+            );
+        }
+        if let Some(state) = state {
             if state.runs_manager && Manager::is_locked(&daemon.files.store_dir()) {
                 tracing::warn!(
                     "this manager is locked: run 'shoal swarm unlock' and give the unlock key"
@@ -171,20 +195,50 @@ impl Daemon {
         &self.files
     }
 
-    async fn resume(&self, state: NodeState, unlock: Option<&str>) -> Result<Member> {
+    /// Resumes the membership `saved` on disk, at the addresses given to shoald if any. A
+    /// manager whose address changed tells the others in the background and saves the new
+    /// address once they accept it; any other change is saved at once.
+    async fn resume(&self, saved: NodeState, unlock: Option<&str>) -> Result<Member> {
+        let state = readdress::resumed_state(&saved, &self.cfg.addrs)?;
+        if let Some(warning) = readdress::foreign_advertise_addr(&state) {
+            tracing::warn!("{warning}");
+        }
         let (key, chain, root) = self.files.load_identity()?;
         let cert = ReloadableCert::new(&chain, &key)?;
-        let manager = if state.runs_manager {
+        let (mut manager, mut announcer) = (None, None);
+        if state.runs_manager {
             let id = self.identity(&state, cert.clone(), &root);
-            let manager = Manager::open(&self.files.store_dir(), &id, unlock)?;
-            let listener = bind(&state.listen_addr).await?;
-            Some(serve(manager, listener, cert.clone()))
-        } else {
-            None
-        };
+            let opened = Manager::open(&self.files.store_dir(), &id, unlock)?;
+            let listener = bind_resumed(&state.listen_addr).await?;
+            if readdress::must_announce(&saved, &state, &opened) {
+                announcer = Some(Announcer::start(self.me.clone(), opened.clone(), &state));
+            }
+            manager = Some(serve(opened, listener, cert.clone()));
+        }
+        if announcer.is_none() && state != saved {
+            self.files.save_state(&state)?;
+        }
         let agent = self.start_agent(&state, cert.clone(), root)?;
         tracing::info!(node = %state.node_id, role = %state.role, "resumed cluster membership");
-        Ok(Member { state, cert, agent, manager })
+        Ok(Member { state, cert, agent, manager, announcer })
+    }
+
+    /// Saves the addresses of `moved` once the managers accepted them (see [`Announcer`]), if
+    /// the node still runs with them.
+    pub(crate) async fn addresses_accepted(&self, moved: &NodeState) -> Result<()> {
+        let member = self.member.lock().await;
+        let Some(m) = member.as_ref().filter(|m| m.state.advertise_addr == moved.advertise_addr)
+        else {
+            return Ok(());
+        };
+        let mut saved = self.files.load_state()?.unwrap_or_else(|| m.state.clone());
+        saved.listen_addr = moved.listen_addr.clone();
+        saved.advertise_addr = moved.advertise_addr.clone();
+        if let Some(serving) = &m.manager {
+            saved.manager_addrs = serving.manager.manager_addrs().unwrap_or(saved.manager_addrs);
+        }
+        self.files.save_state(&saved)?;
+        Ok(())
     }
 
     fn start_agent(
@@ -252,7 +306,8 @@ impl Daemon {
         let serving = serve(manager, listener, cert.clone());
         let agent = self.start_agent(&state, cert.clone(), root)?;
         tracing::info!(node = %state.node_id, cluster = %state.cluster_id, "swarm initialized");
-        *member = Some(Member { state: state.clone(), cert, agent, manager: Some(serving) });
+        let manager = Some(serving);
+        *member = Some(Member { state: state.clone(), cert, agent, manager, announcer: None });
         Ok((state, tokens.0, tokens.1))
     }
 
@@ -273,11 +328,19 @@ impl Daemon {
         let manager = Manager::force_new_cluster(&self.files.store_dir(), &id, None).await?;
         let listener = bind(&state.listen_addr).await?;
         state.manager_addrs = vec![state.advertise_addr.clone()];
-        self.files.save_state(&state)?;
+        // Alone now, it accepts its own address (if it moved) at once.
+        let announcer = manager
+            .member_addr()
+            .is_some_and(|listed| listed != state.advertise_addr)
+            .then(|| Announcer::start(self.me.clone(), manager.clone(), &state));
+        if announcer.is_none() {
+            self.files.save_state(&state)?;
+        }
         let tokens = (manager.join_token(Role::Worker)?, manager.join_token(Role::Manager)?);
         let serving = serve(manager, listener, cert.clone());
         let agent = self.start_agent(&state, cert.clone(), root)?;
-        *member = Some(Member { state: state.clone(), cert, agent, manager: Some(serving) });
+        *member =
+            Some(Member { state: state.clone(), cert, agent, manager: Some(serving), announcer });
         Ok((state, tokens.0, tokens.1))
     }
 
@@ -336,7 +399,8 @@ impl Daemon {
         }
         let agent = self.start_agent(&state, cert.clone(), joined.root_ca_pem)?;
         tracing::info!(node = %state.node_id, role = %state.role, "joined swarm");
-        *member = Some(Member { state: state.clone(), cert, agent, manager: serving });
+        *member =
+            Some(Member { state: state.clone(), cert, agent, manager: serving, announcer: None });
         Ok(state)
     }
 
@@ -421,6 +485,7 @@ impl Daemon {
                 agent: m.agent.status(),
                 manager: m.manager.as_ref().map(|s| s.manager.clone()),
                 locked: false,
+                addr_pending: m.announcer.as_ref().and_then(Announcer::pending),
             },
         }
     }
@@ -446,6 +511,7 @@ async fn follow_role(daemon: std::sync::Weak<Daemon>) {
         let Some(daemon) = daemon.upgrade() else { return };
         let mut member = daemon.member.lock().await;
         let Some(m) = member.as_mut() else { continue };
+        daemon.keep_manager_addrs(m);
         let Some(wanted) = m.agent.status().role else { continue };
         if wanted == m.state.role {
             continue;
@@ -458,6 +524,26 @@ async fn follow_role(daemon: std::sync::Weak<Daemon>) {
 }
 
 impl Daemon {
+    /// Saves the managers' addresses the agent last heard of, so that after a restart the node
+    /// still finds the managers when every address it knew before has changed.
+    fn keep_manager_addrs(&self, m: &mut Member) {
+        let heard = m.agent.status().manager_addrs;
+        if heard.is_empty() || heard == m.state.manager_addrs {
+            return;
+        }
+        m.state.manager_addrs = heard.clone();
+        let saved = match self.files.load_state() {
+            Ok(Some(mut saved)) if saved.node_id == m.state.node_id => {
+                saved.manager_addrs = heard;
+                self.files.save_state(&saved)
+            }
+            _ => return,
+        };
+        if let Err(e) = saved {
+            tracing::warn!(error = %e, "could not save the managers' addresses");
+        }
+    }
+
     async fn change_role(&self, m: &mut Member, wanted: &str) -> Result<()> {
         m.agent.renew_now();
         let deadline = tokio::time::Instant::now() + ROLE_CERT_WAIT;
@@ -521,6 +607,19 @@ fn serve(manager: Manager, listener: TcpListener, cert: Arc<ReloadableCert>) -> 
 
 async fn bind(addr: &str) -> Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("could not listen on {addr}"))
+}
+
+/// Binds the listen address of a resumed node, saying what to do if the host lost it.
+async fn bind_resumed(addr: &str) -> Result<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => bail!(
+            "could not listen on {addr}: this host no longer has that address; if its address \
+             changed, start shoald with --advertise-addr NEW-IP (and --listen-addr if the node \
+             should not listen on NEW-IP with the same port)"
+        ),
+        Err(e) => Err(e).with_context(|| format!("could not listen on {addr}")),
+    }
 }
 
 /// Appends the default port to a bare IP or host name.

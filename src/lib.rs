@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod images;
 pub mod local_api;
 pub mod output;
+pub mod readdress;
 pub mod secret_cmd;
 pub mod service_cmd;
 pub mod stack;

@@ -174,7 +174,7 @@ impl DaemonRpc for LocalApi {
             resp.cert_not_after_unix = shoal_manager::manager::unix(id.not_after);
             resp.cert_serial = id.serial_hex;
             resp.is_manager = info.manager.is_some();
-            resp.error = info.agent.error.unwrap_or_default();
+            resp.error = info.addr_pending.or(info.agent.error).unwrap_or_default();
             resp.cert_renewals = info.agent.renewals;
         }
         if let Some(manager) = info.manager {

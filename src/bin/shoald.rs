@@ -33,6 +33,15 @@ struct Args {
     /// What runs tasks: runc (real containers) or fake (simulated, for tests)
     #[arg(long, default_value = "runc", hide = true)]
     executor: String,
+    /// After this host's address changed: the address (IP or IP:PORT) other nodes now reach
+    /// this node at, instead of the saved one; a manager tells the other managers
+    #[arg(long, value_name = "ADDR")]
+    advertise_addr: Option<String>,
+    /// After this host's address changed: where to listen for cluster traffic instead of the
+    /// saved address (default: the saved one, moved to the new advertised IP if it was pinned
+    /// to the old one)
+    #[arg(long, value_name = "ADDR")]
+    listen_addr: Option<String>,
     /// A capability tasks may add beyond Docker's default set (repeat it; ALL allows any)
     #[arg(long, value_name = "CAP")]
     task_allow_cap_add: Vec<String>,
@@ -85,6 +94,10 @@ async fn main() -> Result<()> {
         time_scale: args.test_time_scale,
         election_timeout: args.election_timeout,
         executor,
+        addrs: shoal::readdress::AddrOverrides {
+            listen_addr: args.listen_addr,
+            advertise_addr: args.advertise_addr,
+        },
     };
     let daemon = Daemon::start(cfg).await?;
     tracing::info!(socket = %socket.display(), "shoald ready");

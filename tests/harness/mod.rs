@@ -52,6 +52,7 @@ impl TestNode {
             election_timeout: shoal_manager::manager::DEFAULT_ELECTION_TIMEOUT,
             // The fake executor, unless SHOAL_TEST_EXECUTOR=runc.
             executor: shoal_agent::ExecutorChoice::for_tests(),
+            addrs: Default::default(),
         };
         let _ = std::fs::remove_file(&socket);
         let daemon = Daemon::start(cfg).await.unwrap();
