@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use netns::{eventually, finish, parse_node_ls, root_or_skip, run_within, stays, text, Net, Node};
+use netns::{eventually, finish, one_leader, root_or_skip, run_within, stays, text, Net, Node};
 use netns::{PORT, SHOAL};
 
 /// Second octet of every address: tests/multihost.rs uses 10.251.
@@ -111,21 +111,7 @@ impl Client {
     /// that `managers` managers are listed.
     fn leader(&self, managers: usize) -> Result<String, String> {
         let out = self.read(&["node", "ls"])?;
-        let rows = parse_node_ls(&out);
-        let leaders: Vec<_> =
-            rows.iter().filter(|r| r.starred || r.manager_status == "Leader").collect();
-        let listed = rows.iter().filter(|r| !r.manager_status.is_empty()).count();
-        match leaders.as_slice() {
-            [one] if one.starred && one.manager_status == "Leader" && listed == managers => {
-                Ok(one.hostname.clone())
-            }
-            _ => Err(format!(
-                "{} does not show one leader among {managers} managers ({} leader rows, {listed} \
-                 managers):\n{out}",
-                self.name,
-                leaders.len()
-            )),
-        }
+        one_leader(&out, managers).map_err(|e| format!("{}: {e}", self.name))
     }
 }
 

@@ -343,6 +343,20 @@ impl Net {
         must("ip", &["link", "set", &self.veth(i), "down"]);
     }
 
+    /// Gives host `i` the address `ip` instead of the one it has (as when DHCP hands a host a
+    /// new lease or a VM moves): the old address goes away, so nothing reaches it there.
+    pub fn move_host(&self, i: usize, from: &str, ip: &str) {
+        assert!((1..=self.count).contains(&i), "no host {i}");
+        let ns = self.ns(i);
+        must("ip", &["-n", &ns, "addr", "del", &format!("{from}/24"), "dev", "eth0"]);
+        must("ip", &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+    }
+
+    /// An address on the hosts' /24 that no host has at first (host `i` moved).
+    pub fn moved_ip(&self, i: usize) -> String {
+        format!("10.{}.{}.{}", self.octet, self.subnet, 100 + i)
+    }
+
     /// Undoes [`Net::partition`] for host `i`.
     pub fn heal(&self, i: usize) {
         must("ip", &["link", "set", &self.veth(i), "up"]);
@@ -405,6 +419,8 @@ pub struct Node {
     pub socket: PathBuf,
     /// `--test-time-scale` (divides certificate renewal waits); [`TIME_SCALE`] unless set.
     pub time_scale: String,
+    /// More `shoald` arguments, for the next start (`--advertise-addr` after a move, say).
+    pub args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -418,6 +434,7 @@ impl Node {
             data: dir.join(format!("n{i}")),
             socket: dir.join(format!("n{i}.sock")),
             time_scale: TIME_SCALE.to_string(),
+            args: Vec::new(),
             child: None,
         }
     }
@@ -463,6 +480,7 @@ impl Node {
             .arg(format!("unix://{}", self.socket.display()))
             .args(["--hostname", &self.name, "--test-time-scale", &self.time_scale])
             .args(["--log-level", "info"])
+            .args(&self.args)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -670,6 +688,24 @@ pub fn parse_node_ls(out: &str) -> Vec<Row> {
             }
         })
         .collect()
+}
+
+/// The leader's hostname in the `node ls` output `out`, after checking that exactly one row is
+/// the leader (starred and `Leader`) and that `managers` managers are listed.
+pub fn one_leader(out: &str, managers: usize) -> Result<String, String> {
+    let rows = parse_node_ls(out);
+    let leaders: Vec<_> =
+        rows.iter().filter(|r| r.starred || r.manager_status == "Leader").collect();
+    let listed = rows.iter().filter(|r| !r.manager_status.is_empty()).count();
+    match leaders.as_slice() {
+        [one] if one.starred && one.manager_status == "Leader" && listed == managers => {
+            Ok(one.hostname.clone())
+        }
+        _ => Err(format!(
+            "no single leader among {managers} managers ({} leader rows, {listed} managers):\n{out}",
+            leaders.len()
+        )),
+    }
 }
 
 /// `node ls` on a manager.
