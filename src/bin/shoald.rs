@@ -51,6 +51,9 @@ struct Args {
     /// Let tasks turn no-new-privileges off
     #[arg(long)]
     task_allow_new_privileges: bool,
+    /// Let tasks run without this node's Landlock ruleset (landlock=off)
+    #[arg(long)]
+    task_allow_landlock_off: bool,
     /// Run tasks that ask for a user namespace as this user's subordinate ids (/etc/subuid)
     #[arg(long, value_name = "USER")]
     userns_remap: Option<String>,
@@ -83,6 +86,7 @@ async fn main() -> Result<()> {
         &args.task_allow_cap_add,
         args.task_allow_unconfined_seccomp,
         args.task_allow_new_privileges,
+        args.task_allow_landlock_off,
         args.userns_remap.as_deref(),
     )
     .map_err(anyhow::Error::msg)?;

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// The node's policy refuses an option the task asked for; the task must be REJECTED.
-    #[error("node policy refuses task option `{option}`: {reason}; allow it on the node (shoald --task-allow-… or --userns-remap) or remove it from the service")]
-    Refused { option: String, reason: String },
+    /// `allow` says how a node allows it (the `shoald` flag, where there is one).
+    #[error("node policy refuses task option `{option}`: {reason}; {allow}, or remove it from the service")]
+    Refused { option: String, reason: String, allow: String },
 
     /// The node applies Landlock to every task but has no helper to do it with; the task must
     /// be REJECTED.
@@ -53,9 +54,13 @@ impl RuntimeError {
         RuntimeError::Io { what, path: path.into(), source }
     }
 
-    /// A refusal of `option` by the node policy.
-    pub fn refused(option: impl Into<String>, reason: impl Into<String>) -> Self {
-        RuntimeError::Refused { option: option.into(), reason: reason.into() }
+    /// A refusal of `option` by the node policy; `allow` says how a node allows it.
+    pub fn refused(
+        option: impl Into<String>,
+        reason: impl Into<String>,
+        allow: impl Into<String>,
+    ) -> Self {
+        RuntimeError::Refused { option: option.into(), reason: reason.into(), allow: allow.into() }
     }
 }
 

@@ -54,12 +54,13 @@ impl NodePolicy {
     }
 
     /// A policy from `shoald`'s flags: capabilities tasks may add, unconfined seccomp,
-    /// no-new-privileges off, and the user whose subordinate ids (`/etc/subuid`,
-    /// `/etc/subgid`) remapped tasks run as.
+    /// no-new-privileges off, `landlock=off`, and the user whose subordinate ids
+    /// (`/etc/subuid`, `/etc/subgid`) remapped tasks run as.
     pub fn from_flags(
         cap_add: &[String],
         unconfined_seccomp: bool,
         new_privileges: bool,
+        landlock_off: bool,
         userns_user: Option<&str>,
     ) -> std::result::Result<NodePolicy, String> {
         let mut p = NodePolicy::secure_default();
@@ -69,6 +70,7 @@ impl NodePolicy {
         }
         p.allow_unconfined_seccomp = unconfined_seccomp;
         p.allow_new_privileges = new_privileges;
+        p.allow_landlock_off = landlock_off;
         if let Some(user) = userns_user {
             let range = |file: &str| {
                 let text = std::fs::read_to_string(file).unwrap_or_default();
@@ -93,6 +95,7 @@ impl NodePolicy {
                 return Err(RuntimeError::refused(
                     ns.option_name(),
                     "this node does not let tasks share its namespaces",
+                    "run it where the runtime's policy allows that (shoald has no flag for it)",
                 ));
             }
         }
@@ -100,18 +103,21 @@ impl NodePolicy {
             return Err(RuntimeError::refused(
                 "no-new-privileges=false",
                 "this node runs every task with no-new-privileges",
+                "allow it with shoald --task-allow-new-privileges",
             ));
         }
         if !spec.landlock && !self.allow_landlock_off {
             return Err(RuntimeError::refused(
                 "landlock=off",
                 "this node runs every task under its Landlock ruleset",
+                "allow it with shoald --task-allow-landlock-off",
             ));
         }
         if spec.userns_remap && (self.userns_uids.is_none() || self.userns_gids.is_none()) {
             return Err(RuntimeError::refused(
                 "userns-remap",
                 "this node has no subordinate uid/gid range configured",
+                "allow it with shoald --userns-remap USER (a user with /etc/subuid and /etc/subgid ranges)",
             ));
         }
         Ok(())
@@ -119,12 +125,17 @@ impl NodePolicy {
 
     fn check_seccomp(&self, choice: &SeccompChoice) -> Result<()> {
         match choice {
-            SeccompChoice::Unconfined if !self.allow_unconfined_seccomp => Err(
-                RuntimeError::refused("seccomp=unconfined", "this node requires a seccomp filter"),
-            ),
+            SeccompChoice::Unconfined if !self.allow_unconfined_seccomp => {
+                Err(RuntimeError::refused(
+                    "seccomp=unconfined",
+                    "this node requires a seccomp filter",
+                    "allow it with shoald --task-allow-unconfined-seccomp",
+                ))
+            }
             SeccompChoice::Profile(p) if !self.allow_custom_seccomp => Err(RuntimeError::refused(
                 format!("seccomp={}", p.display()),
                 "this node only runs its built-in seccomp profile",
+                "run it where the runtime's policy allows custom profiles (shoald's does)",
             )),
             _ => Ok(()),
         }
@@ -139,6 +150,7 @@ impl NodePolicy {
             Some(cap) => Err(RuntimeError::refused(
                 format!("cap-add {cap}"),
                 "this node does not allow that capability",
+                format!("allow it with shoald --task-allow-cap-add {cap}"),
             )),
             None => Ok(()),
         }
@@ -187,6 +199,21 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_names_the_option_and_the_flag_that_allows_it() {
+        let mut s = spec();
+        s.landlock = false;
+        let err = NodePolicy::secure_default().check(&s).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "node policy refuses task option `landlock=off`: this node runs every task under its Landlock ruleset; allow it with shoald --task-allow-landlock-off, or remove it from the service"
+        );
+        let mut s = spec();
+        s.cap_add = vec!["NET_ADMIN".into()];
+        let err = NodePolicy::secure_default().check(&s).unwrap_err().to_string();
+        assert!(err.contains("allow it with shoald --task-allow-cap-add CAP_NET_ADMIN,"), "{err}");
+    }
+
+    #[test]
     fn dropping_and_readding_defaults_is_not_widening() {
         let mut s = spec();
         s.cap_drop = vec!["ALL".into()];
@@ -211,12 +238,16 @@ mod tests {
 
     #[test]
     fn flags_build_a_policy_and_bad_capabilities_are_caught() {
-        let p = NodePolicy::from_flags(&["NET_ADMIN".into()], true, true, None).unwrap();
+        let p = NodePolicy::from_flags(&["NET_ADMIN".into()], true, true, true, None).unwrap();
         assert!(p.allow_unconfined_seccomp && p.allow_new_privileges && p.allow_custom_seccomp);
+        assert!(p.allow_landlock_off);
         let mut s = spec();
         s.cap_add = vec!["CAP_NET_ADMIN".into()];
+        s.landlock = false;
         assert!(p.check(&s).is_ok());
-        assert!(NodePolicy::from_flags(&["NOT_A_CAP".into()], false, false, None).is_err());
+        let strict = NodePolicy::from_flags(&["ALL".into()], true, true, false, None).unwrap();
+        assert_eq!(refused_option(&strict, &s), "landlock=off", "only its own flag allows it");
+        assert!(NodePolicy::from_flags(&["NOT_A_CAP".into()], false, false, false, None).is_err());
     }
 
     #[test]
