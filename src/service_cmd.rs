@@ -163,7 +163,7 @@ pub struct SpecFlags {
     /// Run an init process as PID 1 that reaps zombies and forwards signals
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub init: Option<bool>,
-    /// seccomp=default|unconfined|PROFILE.json, no-new-privileges=true|false
+    /// seccomp=default|unconfined|PROFILE.json, no-new-privileges=true|false, landlock=on|off
     #[arg(long = "security-opt")]
     pub security_opt: Vec<String>,
     /// Command run in the container to check health (exit 0: healthy)
@@ -548,8 +548,15 @@ impl SpecFlags {
                         _ => bail!("invalid --security-opt {opt:?}: no-new-privileges=true|false"),
                     }
                 }
+                Some(("landlock", v)) => {
+                    c.landlock_off = match v {
+                        "on" => false,
+                        "off" => true,
+                        _ => bail!("invalid --security-opt {opt:?}: landlock=on|off"),
+                    }
+                }
                 _ => bail!(
-                    "unsupported --security-opt {opt:?}: use seccomp=default|unconfined|PROFILE.json or no-new-privileges=true|false"
+                    "unsupported --security-opt {opt:?}: use seccomp=default|unconfined|PROFILE.json, no-new-privileges=true|false or landlock=on|off"
                 ),
             }
         }
@@ -1144,6 +1151,7 @@ fn service_json(s: &Service) -> serde_json::Value {
                     "CapabilityDrop": c.cap_drop,
                     "Seccomp": if c.seccomp.is_empty() { "default" } else if c.seccomp == "unconfined" { "unconfined" } else { "custom profile" },
                     "NoNewPrivileges": !c.allow_new_privileges,
+                    "Landlock": landlock_label(&c),
                     "Userns": c.userns,
                     "Healthcheck": c.healthcheck.map(|h| serde_json::json!({"Test": h.test, "Interval": h.interval_ms, "Retries": h.retries})),
                     "Secrets": c.secrets.iter().map(ref_json).collect::<Vec<_>>(),
@@ -1225,8 +1233,19 @@ fn service_pretty(s: &Service) -> String {
             "custom"
         }
     );
+    let _ = writeln!(out, "Landlock:       {}", landlock_label(&c));
     let _ = writeln!(out);
     out
+}
+
+/// What `service inspect` shows of the spec's Landlock option: the node's ruleset by default
+/// (where the node's kernel has Landlock), or off.
+fn landlock_label(c: &ContainerSpec) -> &'static str {
+    if c.landlock_off {
+        "off"
+    } else {
+        "default"
+    }
 }
 
 /// Follows a service until every slot runs a task of its current spec (or the update is
@@ -1404,6 +1423,7 @@ mod tests {
         );
         let c = spec.container.unwrap();
         assert!(c.allow_new_privileges);
+        assert!(!c.landlock_off, "Landlock stays on unless asked");
         assert_eq!(c.seccomp, "unconfined");
         assert_eq!(c.healthcheck.unwrap().test, vec!["CMD-SHELL", "true"]);
         let bad = SpecFlags { restart_condition: Some("sometimes".into()), ..Default::default() };
@@ -1418,5 +1438,28 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unsupported"));
+    }
+
+    #[test]
+    fn landlock_off_is_a_security_opt_that_inspect_shows() {
+        let off = SpecFlags { security_opt: vec!["landlock=off".into()], ..Default::default() };
+        let mut spec = ServiceSpec::default();
+        off.apply(&mut spec).unwrap();
+        assert!(spec.container.as_ref().unwrap().landlock_off);
+        let service = Service { spec: Some(spec.clone()), ..Default::default() };
+        let json = service_json(&service);
+        assert_eq!(json["Spec"]["TaskTemplate"]["ContainerSpec"]["Landlock"], "off");
+        assert!(service_pretty(&service).contains("\nLandlock:       off\n"));
+
+        // An update can turn it back on; the default shows as the node's ruleset.
+        let on = SpecFlags { security_opt: vec!["landlock:on".into()], ..Default::default() };
+        on.apply(&mut spec).unwrap();
+        assert!(!spec.container.as_ref().unwrap().landlock_off);
+        let json = service_json(&Service { spec: Some(spec), ..Default::default() });
+        assert_eq!(json["Spec"]["TaskTemplate"]["ContainerSpec"]["Landlock"], "default");
+
+        let bad = SpecFlags { security_opt: vec!["landlock=maybe".into()], ..Default::default() };
+        let err = bad.apply(&mut ServiceSpec::default()).unwrap_err().to_string();
+        assert_eq!(err, "invalid --security-opt \"landlock=maybe\": landlock=on|off");
     }
 }

@@ -69,6 +69,7 @@ pub fn build(
     t.cap_add = c.cap_add.clone();
     t.cap_drop = c.cap_drop.clone();
     t.allow_new_privileges = c.allow_new_privileges;
+    t.landlock = !c.landlock_off;
     t.userns_remap = c.userns;
     t.sysctls = c.sysctls.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     t.ulimits = c
@@ -164,6 +165,7 @@ mod tests {
             cap_drop: vec!["CHOWN".into()],
             seccomp: "{\"defaultAction\":\"SCMP_ACT_ALLOW\"}".into(),
             allow_new_privileges: true,
+            landlock_off: true,
             userns: true,
             sysctls: [("net.core.somaxconn".to_string(), "1024".to_string())].into(),
             ulimits: vec![shoal_proto::Ulimit { name: "nofile".into(), soft: 10, hard: 20 }],
@@ -181,6 +183,7 @@ mod tests {
         assert_eq!((s.user.uid, s.user.gid), (1000, 2000));
         assert_eq!(s.hostname.as_deref(), Some("h"));
         assert!(s.read_only_rootfs && s.allow_new_privileges && s.userns_remap && s.init);
+        assert!(!s.landlock, "landlock=off reaches the runtime");
         assert_eq!(
             (s.cap_add.clone(), s.cap_drop.clone()),
             (vec!["NET_ADMIN".into()], vec!["CHOWN".into()])
@@ -205,6 +208,7 @@ mod tests {
         assert_eq!((b.spec.stop_signal, b.spec.stop_grace), (15, Duration::from_secs(10)));
         assert_eq!(b.spec.seccomp, SeccompChoice::Default);
         assert!(b.seccomp_profile.is_none() && !b.spec.allow_new_privileges);
+        assert!(b.spec.landlock, "Landlock stays on unless the spec turns it off");
     }
 
     #[test]
