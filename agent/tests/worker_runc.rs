@@ -1,6 +1,6 @@
 //! The worker with real containers (runc) from a busybox image: what the managers are told
-//! when tasks run, exit, lack their image, are shut down, turn unhealthy or outlive their
-//! agent, and the logs they get. Needs root (fails under CI without it).
+//! when tasks run, exit, lack their image, ask for a relaxation, are shut down, turn unhealthy
+//! or outlive their agent, and the logs they get. Needs root (fails under CI without it).
 
 mod common;
 
@@ -22,13 +22,21 @@ const IMAGE: &str = "busybox:test";
 
 /// An executor on runc under `dir`, with busybox imported as `busybox:test`.
 fn new_test_executor(dir: &std::path::Path) -> Arc<OciExecutor> {
+    new_test_executor_with(dir, |_| {})
+}
+
+/// The same, on a runtime whose config `edit` adjusts (the node's policy, say).
+fn new_test_executor_with(
+    dir: &std::path::Path,
+    edit: impl FnOnce(&mut shoal_agent::runtime::RuntimeConfig),
+) -> Arc<OciExecutor> {
     let images = ImageStore::open(dir.join("images")).unwrap();
     if images.resolve(IMAGE).is_err() {
         let rootfs = busybox_rootfs(&dir.join("image"));
         tar_dir(&rootfs, &dir.join("busybox.tar"));
         images.import(&dir.join("busybox.tar"), IMAGE).unwrap();
     }
-    let runtime = new_test_runtime(dir);
+    let runtime = new_test_runtime_with(dir, edit);
     Arc::new(OciExecutor::new(runtime, Arc::new(images), NODE))
 }
 
@@ -161,6 +169,50 @@ async fn a_missing_image_or_a_refused_option_is_rejected_with_what_to_do() {
     assert!(r.err.contains("cap-add CAP_SYS_ADMIN"), "{}", r.err);
     for id in [&missing, &privileged] {
         assert!(!reports.states(id).contains(&TaskState::Starting), "{id} never starts");
+        assert_removed(&exec, id).await;
+    }
+}
+
+#[tokio::test]
+async fn landlock_off_is_rejected_unless_the_node_allows_it_and_then_runs_unconfined() {
+    if !have_root("worker_landlock_off") {
+        return;
+    }
+    let landlock = shoal_agent::runtime::mac::MacSupport::detect().landlock_abi.is_some();
+    // Root in the task has CAP_MKNOD: only Landlock keeps the node out of /tmp.
+    let mknod = "busybox mknod /tmp/node c 1 3 && echo made";
+    let relaxed = |id: &str| {
+        let mut t = sh_task(id, IMAGE, mknod);
+        container(&mut t).landlock_off = true;
+        t
+    };
+
+    let strict_dir = tempfile::tempdir().unwrap();
+    let strict = Worker::new(new_test_executor(strict_dir.path()));
+    let reports = Reports::collect(&strict);
+    let refused = task_id("w-landlock-refused");
+    strict.apply(complete(vec![relaxed(&refused)])).await;
+    let r = reports.reaches(&refused, TaskState::Rejected).await;
+    assert_eq!(
+        r.err,
+        "node policy refuses task option `landlock=off`: this node runs every task under its Landlock ruleset; allow it with shoald --task-allow-landlock-off, or remove it from the service"
+    );
+    assert!(!reports.states(&refused).contains(&TaskState::Starting), "it never starts");
+
+    let dir = tempfile::tempdir().unwrap();
+    let exec = new_test_executor_with(dir.path(), |c| c.policy.allow_landlock_off = true);
+    let worker = Worker::new(exec.clone());
+    let reports = Reports::collect(&worker);
+    let (off, on) = (task_id("w-landlock-off"), task_id("w-landlock-on"));
+    worker.apply(complete(vec![relaxed(&off), sh_task(&on, IMAGE, mknod)])).await;
+    let done = reports.reaches(&off, TaskState::Complete).await;
+    assert_eq!(done.exit_code, 0, "without Landlock the node is made");
+    let (out, _) = exec.log_paths(&off).unwrap();
+    assert_eq!(std::fs::read_to_string(out).unwrap(), "made\n");
+    // The same command in a task that kept the ruleset, on the same node.
+    let want = if landlock { TaskState::Failed } else { TaskState::Complete };
+    reports.reaches(&on, want).await;
+    for id in [&off, &on] {
         assert_removed(&exec, id).await;
     }
 }
