@@ -15,11 +15,25 @@
 //!   cgroup. /dev is the task's own tmpfs, gone with it, and its device cgroup still decides which
 //!   nodes open; entry points that make `/dev/net/tun` or `/dev/fuse` keep working.
 //! - **No signals to processes outside the task** (`SCOPE_SIGNAL`; ABI 6): the host's processes
-//!   under `pid=host`, and commands run in the task with `exec` (they start outside its domain).
-//!   Signals into the task (stop, kill, an exec'd `kill -HUP 1`) are unaffected.
+//!   under `pid=host`, and commands run in the task with `exec` (they are outside its domain).
+//!   Signals into the task from outside (stop, kill) are unaffected.
 //! - **No abstract unix sockets of processes outside the task** (`SCOPE_ABSTRACT_UNIX_SOCKET`;
 //!   ABI 6): under `network=host`, the host's abstract sockets (X11, container shims) are out of
 //!   reach. Path sockets bound into the task are unaffected.
+//!
+//! # Commands run in a task (`exec`: health checks)
+//!
+//! runc starts them from the host, outside the task's domain, and a domain cannot be joined: so
+//! they start through the helper too, each in a domain of its own beside the task's, with the
+//! same device rule. Were they not confined, a task could rewrite its health-check command and
+//! have it run without the ruleset. Scopes, though, would cut an exec'd command off from the
+//! task's own processes (its domain is not the task's), breaking checks such as `kill -0 1`;
+//! so the runtime asks for a scope only where the task shares the host's namespace it guards
+//! (`--scopes=signal` under `pid=host`, `abstract-unix-socket` under `network=host`). In the
+//! task's own pid and network namespaces every process and abstract socket an exec'd command
+//! can reach is the task's, and there is nothing for a scope to keep out. Landlock's ptrace
+//! rule holds regardless: an exec'd command cannot trace the task's processes nor read what
+//! that needs in /proc (`/proc/1/environ`, `/proc/1/fd`); `/proc/1/stat` and `cmdline` stay.
 //!
 //! Left out on purpose: `IOCTL_DEV` (ABI 5): a task's only device nodes are null, zero, full,
 //! random, urandom, tty and its ptys, whose ioctls are harmless or already need `CAP_SYS_ADMIN`;
@@ -34,7 +48,7 @@
 use std::ffi::OsString;
 
 use landlock::{
-    AccessFs, LandlockStatus, PathBeneath, PathFd, PathFdError, Ruleset, RulesetAttr,
+    AccessFs, BitFlags, LandlockStatus, PathBeneath, PathFd, PathFdError, Ruleset, RulesetAttr,
     RulesetCreatedAttr, RulesetError, RulesetStatus, Scope,
 };
 
@@ -56,23 +70,101 @@ pub const EXIT_CANNOT_RUN: u8 = 126;
 /// Exit status when the command was not found.
 pub const EXIT_NOT_FOUND: u8 = 127;
 
-/// The command line that runs `command` through the helper.
+const USAGE: &str =
+    "usage: shoal-landlock [--scopes=signal,abstract-unix-socket|none] -- PROGRAM [ARG...]";
+
+/// Which of the ruleset's scopes (ABI 6) to apply. A task's entry point gets both; a command
+/// exec'd into a task only those its host namespaces call for (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scopes {
+    pub signal: bool,
+    pub abstract_unix_socket: bool,
+}
+
+impl Scopes {
+    pub const ALL: Scopes = Scopes { signal: true, abstract_unix_socket: true };
+    pub const NONE: Scopes = Scopes { signal: false, abstract_unix_socket: false };
+
+    /// The helper's `--scopes=` argument for this set.
+    pub fn to_arg(self) -> String {
+        let names = self.names();
+        format!("--scopes={}", if names.is_empty() { "none".to_string() } else { names.join(",") })
+    }
+
+    fn names(self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.signal {
+            v.push("signal");
+        }
+        if self.abstract_unix_socket {
+            v.push("abstract-unix-socket");
+        }
+        v
+    }
+
+    fn parse(list: &str) -> Result<Scopes, String> {
+        let mut scopes = Scopes::NONE;
+        for name in list.split(',').filter(|n| *n != "none") {
+            match name {
+                "signal" => scopes.signal = true,
+                "abstract-unix-socket" => scopes.abstract_unix_socket = true,
+                _ => return Err(format!("unknown scope {name:?}; {USAGE}")),
+            }
+        }
+        Ok(scopes)
+    }
+
+    fn flags(self) -> BitFlags<Scope> {
+        let mut flags = BitFlags::empty();
+        if self.signal {
+            flags |= Scope::Signal;
+        }
+        if self.abstract_unix_socket {
+            flags |= Scope::AbstractUnixSocket;
+        }
+        flags
+    }
+}
+
+/// The command line that runs `command` through the helper as a task's entry point (every
+/// scope).
 pub fn command_line(command: impl IntoIterator<Item = String>) -> Vec<String> {
     [PATH_IN_TASK.to_string(), "--".to_string()].into_iter().chain(command).collect()
 }
 
-/// The command the helper must run, from its arguments (without its own name):
-/// `-- PROGRAM [ARG...]`.
-pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Vec<OsString>, String> {
-    let mut args = args.into_iter();
+/// The command line that runs `command` through the helper with only `scopes`: for commands
+/// exec'd into a running task.
+pub fn exec_command_line(scopes: Scopes, command: impl IntoIterator<Item = String>) -> Vec<String> {
+    [PATH_IN_TASK.to_string(), scopes.to_arg(), "--".to_string()]
+        .into_iter()
+        .chain(command)
+        .collect()
+}
+
+/// What the helper was asked to do: apply these scopes, then run this command.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Invocation {
+    pub scopes: Scopes,
+    pub command: Vec<OsString>,
+}
+
+/// The helper's arguments (without its own name): `[--scopes=LIST] -- PROGRAM [ARG...]`;
+/// without `--scopes`, every scope applies.
+pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, String> {
+    let mut args = args.into_iter().peekable();
+    let mut scopes = Scopes::ALL;
+    if let Some(list) = args.peek().and_then(|a| a.to_str()?.strip_prefix("--scopes=")) {
+        scopes = Scopes::parse(list)?;
+        args.next();
+    }
     let command: Vec<OsString> = match args.next() {
         Some(sep) if sep == "--" => args.collect(),
         _ => Vec::new(),
     };
     if command.is_empty() {
-        return Err("usage: shoal-landlock -- PROGRAM [ARG...]".into());
+        return Err(USAGE.into());
     }
-    Ok(command)
+    Ok(Invocation { scopes, command })
 }
 
 /// What the ruleset restricts on a kernel with Landlock ABI `abi`, for logs.
@@ -127,15 +219,17 @@ impl std::fmt::Display for ConfineError {
 
 impl std::error::Error for ConfineError {}
 
-/// Confines the calling thread, and everything it execs or forks from now on, with the ruleset.
-/// Sets no-new-privileges first, as Landlock requires of an unprivileged caller (the agent only
-/// starts the helper in tasks that have it on already).
-pub fn confine() -> Result<(), ConfineError> {
+/// Confines the calling thread, and everything it execs or forks from now on, with the ruleset
+/// and `scopes`. Sets no-new-privileges first, as Landlock requires of an unprivileged caller
+/// (the agent only starts the helper in tasks that have it on already).
+pub fn confine(scopes: Scopes) -> Result<(), ConfineError> {
     let devices = AccessFs::MakeChar | AccessFs::MakeBlock;
     let dev = PathFd::new(DEVICE_DIR).map_err(ConfineError::DeviceDir)?;
-    let status = Ruleset::default()
-        .handle_access(devices)
-        .and_then(|r| r.scope(Scope::Signal | Scope::AbstractUnixSocket))
+    let mut ruleset = Ruleset::default().handle_access(devices);
+    if !scopes.flags().is_empty() {
+        ruleset = ruleset.and_then(|r| r.scope(scopes.flags()));
+    }
+    let status = ruleset
         .and_then(|r| r.create())
         .and_then(|r| r.add_rule(PathBeneath::new(dev, devices)))
         .and_then(|r| r.restrict_self())
@@ -154,12 +248,32 @@ mod tests {
         args.iter().map(OsString::from).collect()
     }
 
+    fn command(args: &[&str]) -> Vec<OsString> {
+        parse_args(os(args)).unwrap().command
+    }
+
     #[test]
     fn the_command_follows_a_double_dash() {
-        assert_eq!(parse_args(os(&["--", "sh", "-c", "true"])).unwrap(), os(&["sh", "-c", "true"]));
-        assert_eq!(parse_args(os(&["--", "--"])).unwrap(), os(&["--"]));
-        for bad in [&[][..], &["--"], &["sh"], &["-x", "--", "sh"]] {
+        assert_eq!(command(&["--", "sh", "-c", "true"]), os(&["sh", "-c", "true"]));
+        assert_eq!(command(&["--", "--"]), os(&["--"]));
+        assert_eq!(command(&["--scopes=none", "--", "--scopes=x"]), os(&["--scopes=x"]));
+        for bad in [&[][..], &["--"], &["sh"], &["-x", "--", "sh"], &["--scopes=none", "sh"]] {
             assert!(parse_args(os(bad)).unwrap_err().starts_with("usage:"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn scopes_are_all_unless_listed() {
+        let scopes = |args: &[&str]| parse_args(os(args)).map(|i| i.scopes);
+        assert_eq!(scopes(&["--", "sh"]), Ok(Scopes::ALL));
+        assert_eq!(scopes(&["--scopes=none", "--", "sh"]), Ok(Scopes::NONE));
+        let signal = Scopes { signal: true, abstract_unix_socket: false };
+        assert_eq!(scopes(&["--scopes=signal", "--", "sh"]), Ok(signal));
+        assert_eq!(scopes(&["--scopes=abstract-unix-socket,signal", "--", "sh"]), Ok(Scopes::ALL));
+        let err = scopes(&["--scopes=ptrace", "--", "sh"]).unwrap_err();
+        assert!(err.starts_with("unknown scope \"ptrace\"; usage:"), "{err}");
+        for s in [Scopes::ALL, Scopes::NONE, signal] {
+            assert_eq!(scopes(&[&s.to_arg(), "--", "sh"]), Ok(s), "{}", s.to_arg());
         }
     }
 
@@ -167,6 +281,8 @@ mod tests {
     fn command_lines_start_with_the_helper() {
         let line = command_line(["/bin/sh".to_string(), "-c".into(), "x".into()]);
         assert_eq!(line, [PATH_IN_TASK, "--", "/bin/sh", "-c", "x"]);
+        let line = exec_command_line(Scopes::NONE, ["cat".to_string(), "/tmp/ok".into()]);
+        assert_eq!(line, [PATH_IN_TASK, "--scopes=none", "--", "cat", "/tmp/ok"]);
     }
 
     #[test]

@@ -34,7 +34,7 @@ fn failures_have_their_own_exit_codes_and_say_why() {
     let dir = tempfile::tempdir().unwrap();
     let usage = helper(dir.path(), &["sh"]);
     assert_eq!(usage.status.code(), Some(125));
-    assert!(stderr(&usage).contains("usage: shoal-landlock -- PROGRAM"), "{}", stderr(&usage));
+    assert!(stderr(&usage).contains("usage: shoal-landlock [--scopes="), "{}", stderr(&usage));
     if landlock("failures_have_their_own_exit_codes").is_none() {
         return;
     }
@@ -93,5 +93,14 @@ fn signals_stop_at_the_tasks_domain() {
     let script = format!("kill -0 $$ && echo self; kill -0 {}", std::process::id());
     let out = helper(dir.path(), &["--", "sh", "-c", &script]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "self\n", "its own processes are in");
+    assert!(stderr(&out).contains("Operation not permitted"), "{}", stderr(&out));
+    // Without the signal scope (an exec'd command in a task's own pid namespace) the signal
+    // goes out; the abstract-socket scope alone does not stop it.
+    for scopes in ["--scopes=none", "--scopes=abstract-unix-socket"] {
+        let out = helper(dir.path(), &[scopes, "--", "sh", "-c", &script]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "self\n", "{scopes}: {}", stderr(&out));
+        assert!(out.status.success(), "{scopes}: {}", stderr(&out));
+    }
+    let out = helper(dir.path(), &["--scopes=signal", "--", "sh", "-c", &script]);
     assert!(stderr(&out).contains("Operation not permitted"), "{}", stderr(&out));
 }
