@@ -121,6 +121,11 @@ async fn a_restarted_agent_adopts_a_running_container_with_its_output() {
         "output flows again"
     );
 
+    // Commands exec'd into it keep its Landlock ruleset, read back from its config.
+    let mknod = ["/bin/sh", "-c", "busybox mknod /tmp/node c 1 3"].map(String::from);
+    let landlock = shoal_agent::runtime::mac::MacSupport::detect().landlock_abi.is_some();
+    let code = rt.exec(&id, &mknod, Duration::from_secs(5)).await.unwrap().code;
+    assert_eq!(code, if landlock { 1 } else { 0 }, "mknod in /tmp from an exec'd command");
     let stop = vec!["/bin/sh".to_string(), "-c".to_string(), "touch /tmp/stop".to_string()];
     assert_eq!(rt.exec(&id, &stop, Duration::from_secs(5)).await.unwrap().code, 0);
     let exit = tokio::time::timeout(Duration::from_secs(5), rt.wait(&id)).await.unwrap().unwrap();

@@ -1,7 +1,8 @@
 //! One task's life through the OCI runtime binary: prepare (rootfs, config, log fifos), run
 //! (`runc run --detach`: create and start in one process start), watch its exit, run commands
-//! in it (`runc exec`), stop with signal + grace + SIGKILL, delete; and adopting a container an
-//! earlier agent process started. The order of `create` then `start` is kept for callers;
+//! in it (`runc exec`, through the Landlock helper where the task started through it), stop
+//! with signal + grace + SIGKILL, delete; and adopting a container an earlier agent process
+//! started. The order of `create` then `start` is kept for callers;
 //! container set-up errors surface at `start`.
 
 use std::os::fd::OwnedFd;
@@ -36,6 +37,9 @@ pub(super) struct Task {
     cgroup: PathBuf,
     stop_signal: i32,
     stop_grace: Duration,
+    /// The scopes commands exec'd into the task start under, through the Landlock helper;
+    /// `None` where the task runs without Landlock.
+    exec_landlock: Option<shoal_landlock::Scopes>,
     exit: watch::Receiver<Option<ExitStatus>>,
     /// Until start: the exit sender and the write ends of stdout and stderr.
     pending: Mutex<Option<Pending>>,
@@ -119,6 +123,7 @@ impl OciRuntime {
             cgroup: self.cgroup_path(&spec.id),
             stop_signal: spec.stop_signal,
             stop_grace: spec.stop_grace,
+            exec_landlock: oci::exec_landlock(config),
             exit: rx,
             pending: Mutex::new(Some(Pending { exit: tx, stdout, stderr })),
             pumps: Mutex::new(pumps),
@@ -160,11 +165,13 @@ impl OciRuntime {
             pumps = self.pump_logs(id, out, err)?;
         }
         let (tx, rx) = watch::channel(None);
+        let exec_landlock = adopted_exec_landlock(&dirs.bundle);
         let task = Task {
             dirs,
             cgroup: cgroup.clone(),
             stop_signal,
             stop_grace: grace,
+            exec_landlock,
             exit: rx,
             pending: Mutex::new(None),
             pumps: Mutex::new(pumps),
@@ -205,8 +212,12 @@ impl OciRuntime {
         {
             return Err(RuntimeError::InvalidSpec(format!("task {id} is not running")));
         }
+        let args = match task.exec_landlock {
+            Some(scopes) => shoal_landlock::exec_command_line(scopes, args.iter().cloned()),
+            None => args.to_vec(),
+        };
         let pid_file = task.dirs.bundle.join(format!("exec-{:08x}.pid", rand::random::<u32>()));
-        let out = self.runc.exec(id, args, &pid_file, timeout).await;
+        let out = self.runc.exec(id, &args, &pid_file, timeout).await;
         let _ = std::fs::remove_file(&pid_file);
         out
     }
@@ -330,6 +341,20 @@ fn keep_dir(from: &Path, to: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(RuntimeError::io("keeping the logs of", from, e)),
+    }
+}
+
+/// How commands exec'd into an adopted task start, from the config it was started with. An
+/// unreadable config counts as Landlock with every scope: an exec'd command then fails rather
+/// than run unconfined in a task that may be confined.
+fn adopted_exec_landlock(bundle: &Path) -> Option<shoal_landlock::Scopes> {
+    let path = bundle.join("config.json");
+    match oci_spec::runtime::Spec::load(&path) {
+        Ok(config) => oci::exec_landlock(&config),
+        Err(e) => {
+            tracing::warn!(config = ?path, error = %e, "an adopted task's config is unreadable; commands exec'd into it start under the full Landlock ruleset");
+            Some(shoal_landlock::Scopes::ALL)
+        }
     }
 }
 

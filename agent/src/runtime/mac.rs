@@ -11,7 +11,8 @@
 //! no-new-privileges off runs without it (Landlock needs no-new-privileges, and the node already
 //! had to allow that), and so does one with `landlock=off`, if the node's policy allows it. Where
 //! the helper is missing, tasks are REJECTED saying so, never run unconfined. Commands run with
-//! `exec` (health checks) start outside the task's domain: runc starts them from the host.
+//! `exec` (health checks) in such a task start through the helper too, in a domain of their own
+//! (runc starts them from the host, and a domain cannot be joined).
 
 use std::path::{Path, PathBuf};
 

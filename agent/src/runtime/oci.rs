@@ -112,6 +112,24 @@ fn process_args(spec: &TaskSpec, inputs: &ConfigInputs) -> Vec<String> {
     }
 }
 
+/// How commands exec'd into a task (health checks) start, read from the task's config: through
+/// the Landlock helper wherever it is bound in (the task started through it), with the scopes
+/// of the host namespaces the task shares (a signal scope under `pid=host`, an abstract-socket
+/// one under `network=host`; the module doc of `shoal_landlock` says why no more); `None`
+/// where the task runs without Landlock.
+pub fn exec_landlock(config: &Spec) -> Option<shoal_landlock::Scopes> {
+    let mounts = config.mounts().as_deref().unwrap_or_default();
+    if !mounts.iter().any(|m| m.destination() == Path::new(LANDLOCK_PATH)) {
+        return None;
+    }
+    let namespaces = config.linux().as_ref().and_then(|l| l.namespaces().as_deref());
+    let shares = |typ| !namespaces.unwrap_or_default().iter().any(|n| n.typ() == typ);
+    Some(shoal_landlock::Scopes {
+        signal: shares(LinuxNamespaceType::Pid),
+        abstract_unix_socket: shares(LinuxNamespaceType::Network),
+    })
+}
+
 fn hostname(spec: &TaskSpec) -> String {
     spec.hostname.clone().unwrap_or_else(|| spec.id.chars().take(12).collect())
 }

@@ -135,6 +135,24 @@ fn the_landlock_helper_comes_first_and_is_bound_read_only() {
 }
 
 #[test]
+fn exec_d_commands_start_through_the_helper_with_the_scopes_of_shared_namespaces() {
+    use shoal_landlock::Scopes;
+    let mut i = inputs();
+    i.landlock_helper = Some("/data/bin/shoal-landlock".into());
+    let mut s = spec();
+    assert_eq!(exec_landlock(&build(&s, &i).unwrap()), Some(Scopes::NONE));
+    s.host_namespaces = vec![HostNamespace::Pid];
+    let signal = Scopes { signal: true, abstract_unix_socket: false };
+    assert_eq!(exec_landlock(&build(&s, &i).unwrap()), Some(signal));
+    s.host_namespaces = vec![HostNamespace::Network, HostNamespace::Pid];
+    i.userns = Some((IdRange { host_start: 1, size: 2 }, IdRange { host_start: 1, size: 2 }));
+    assert_eq!(exec_landlock(&build(&s, &i).unwrap()), Some(Scopes::ALL));
+    // Tasks without the helper (no Landlock here, landlock=off, no-new-privileges off).
+    i.landlock_helper = None;
+    assert_eq!(exec_landlock(&build(&s, &i).unwrap()), None);
+}
+
+#[test]
 fn seccomp_and_ulimits_serialize() {
     let mut s = spec();
     s.ulimits.push(crate::runtime::spec::Ulimit { name: "nofile".into(), soft: 10, hard: 20 });
