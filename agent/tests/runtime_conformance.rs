@@ -1,6 +1,7 @@
 //! Runtime conformance: the static probe runs inside real tasks and reports what it sees; each
 //! isolation default is asserted, and each forbidden action must fail; Landlock, where the kernel
-//! has it, is compared with the same task run without it. Needs root.
+//! has it, is compared with the same task run without it, for the task and for the commands
+//! exec'd into it. Needs root.
 
 mod common;
 
@@ -231,6 +232,87 @@ async fn a_command_that_cannot_run_exits_127_saying_why() {
         std::fs::read_to_string(&err)
     );
     rt.delete(&id).await.unwrap();
+}
+
+/// Starts `sleep` in a task shaped by `edit`, on a runtime that allows `landlock=off` and
+/// `pid=host`, and runs each script in it with `exec`: their exit codes and output.
+async fn exec_in(
+    name: &str,
+    edit: impl FnOnce(&mut TaskSpec),
+    scripts: &[&str],
+) -> Vec<(i32, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(dir.path());
+    let rt = new_test_runtime_with(&dir.path().join("rt"), |cfg| {
+        cfg.policy.allow_landlock_off = true;
+        cfg.policy.allowed_host_namespaces.insert(HostNamespace::Pid);
+    });
+    let id = task_id(name);
+    let mut spec = sh_task(&id, &rootfs, "sleep 1000");
+    edit(&mut spec);
+    rt.create(spec).await.unwrap();
+    rt.start(&id).await.unwrap();
+    let mut outs = Vec::new();
+    for script in scripts {
+        let args = ["/bin/sh", "-c", script].map(String::from);
+        let out = rt.exec(&id, &args, Duration::from_secs(5)).await.unwrap();
+        outs.push((out.code, out.output));
+    }
+    rt.delete(&id).await.unwrap();
+    outs
+}
+
+#[tokio::test]
+async fn exec_d_commands_are_under_the_tasks_ruleset() {
+    if !have_root("exec_d_commands_are_under_the_tasks_ruleset") {
+        return;
+    }
+    // A health check is a command the task itself may have rewritten: it must not make device
+    // nodes outside /dev either; it still reaches the task's own processes.
+    let scripts = [
+        "busybox mknod /tmp/node c 1 3",
+        "busybox mknod /dev/node c 1 3",
+        "kill -0 1 && echo signalled",
+    ];
+    let on = exec_in("conf-exec", |_| {}, &scripts).await;
+    let off = exec_in("conf-exec-off", |s| s.landlock = false, &scripts).await;
+    assert_eq!(off[0], (0, String::new()), "without Landlock, root with CAP_MKNOD makes it");
+    if landlock_abi().is_some() {
+        assert_eq!(on[0].0, 1, "refused: {:?}", on[0]);
+        assert!(on[0].1.contains("Permission denied"), "{:?}", on[0]);
+    } else {
+        assert_eq!(on[0], (0, String::new()));
+    }
+    for r in [&on, &off] {
+        assert_eq!(r[1], (0, String::new()), "device nodes in /dev are made");
+        assert_eq!(r[2], (0, "signalled\n".to_string()), "the task's pid 1 is in reach");
+    }
+}
+
+#[tokio::test]
+async fn exec_d_commands_under_pid_host_cannot_signal_the_host() {
+    if !have_root("exec_d_commands_under_pid_host") {
+        return;
+    }
+    let script = format!("kill -0 {} && echo signalled", std::process::id());
+    let pid_host = |s: &mut TaskSpec| s.host_namespaces = vec![HostNamespace::Pid];
+    let on = exec_in("conf-exec-pid", pid_host, &[&script]).await;
+    let off = exec_in(
+        "conf-exec-pid-off",
+        |s| {
+            pid_host(s);
+            s.landlock = false;
+        },
+        &[&script],
+    )
+    .await;
+    assert_eq!(off[0], (0, "signalled\n".to_string()), "without Landlock the host is in reach");
+    if landlock_abi().is_some_and(|abi| abi >= 6) {
+        assert_eq!(on[0].0, 1, "{:?}", on[0]);
+        assert!(on[0].1.contains("not permitted"), "EPERM from the signal scope: {:?}", on[0]);
+    } else {
+        assert_eq!(on[0], off[0], "no signal scoping before ABI 6");
+    }
 }
 
 #[tokio::test]
