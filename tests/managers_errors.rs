@@ -505,11 +505,6 @@ fn judge(outcome: &Outcome, store: &str) -> Result<(), String> {
 /// names the store (or serves everything, if the damage was harmless) and never serves a state
 /// without an acknowledged write.
 #[test]
-#[ignore = "sled 0.34 reads a checksum failure in its log as a torn tail: it drops that message \
-            and everything after it, overwrites the rest of the segment, and the daemon serves \
-            the older state (acknowledged secrets, services and the rotated token vanish \
-            silently); an emptied store is refused as 'this manager's data has no raft ID; it \
-            never finished joining', which names neither the store nor the damage"]
 fn a_damaged_store_is_refused_with_a_message_naming_it() {
     let mut s = Stopped::new(false);
     let store = s.daemon.store().display().to_string();

@@ -1,5 +1,12 @@
 //! Owns the Raft state machine driver: one task owns `RawNode` and runs tick, step, propose,
 //! Ready → persist → send → apply → advance. Everyone else talks to it through [`RaftHandle`].
+//!
+//! Persistence is asynchronous (raft-rs's `advance_append_async`): a Ready's entries and hard
+//! state are written to sled by the task, and a dedicated thread makes them durable (flush,
+//! fdatasync) while the task goes on stepping messages and taking proposals. Messages that
+//! promise durability (a follower's append responses, votes) leave only after that thread
+//! reports the Ready synced; the leader's appends leave at once (Raft thesis 10.2.1). Syncs
+//! that queue up behind a running one are done as one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +19,7 @@ use raft::{RawNode, SnapshotStatus, StateRole};
 use shoal_proto::{Member, StoreBatch};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::raft::storage::LogStorage;
+use crate::raft::storage::{LogStorage, Syncer};
 use crate::store::{BoxFuture, Outcome, Proposer, Store, StoreError};
 
 /// How long a proposal may wait for its commit.
@@ -21,6 +28,8 @@ const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
 const NO_LEADER_WAIT: Duration = Duration::from_secs(3);
 /// How long requests in flight during a leadership change may still wait.
 const LEADER_CHANGE_GRACE: Duration = Duration::from_secs(2);
+/// How long a read waits for the leader's confirmation before it is asked again.
+const READ_RETRY: Duration = Duration::from_millis(300);
 /// Commands handled per loop turn before the next Ready (batching).
 const BATCH: usize = 4096;
 
@@ -96,13 +105,21 @@ impl RaftHandle {
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
     ) -> Result<T, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).await.map_err(|_| stopped())?;
+        self.tx.send(make(reply)).await.map_err(|_| self.stopped())?;
         match tokio::time::timeout(PROPOSAL_TIMEOUT, rx).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(stopped()),
+            Ok(Err(_)) => Err(self.stopped()),
             Err(_) => Err(StoreError::Unavailable(
                 "timed out waiting for the managers to commit; is a quorum of managers up?".into(),
             )),
+        }
+    }
+
+    /// Why the member stopped: the error that stopped it, if one did.
+    fn stopped(&self) -> StoreError {
+        match &self.status.borrow().failed {
+            Some(why) => StoreError::Unavailable(why.clone()),
+            None => stopped(),
         }
     }
 
@@ -179,7 +196,7 @@ impl Proposer for RaftHandle {
             if ok {
                 Ok(())
             } else {
-                Err(stopped())
+                Err(self.stopped())
             }
         })
     }
@@ -195,14 +212,68 @@ struct Driver {
     /// Proposals in flight: deadline, who waits, and the batch (to propose again to a new
     /// leader; a batch's preconditions make a second copy a harmless no-op).
     proposals: HashMap<u64, (Instant, Reply<Outcome>, Vec<u8>)>,
+    /// Proposals received in this loop turn, proposed together as one Raft message so that
+    /// followers get one append (and answer once) per turn instead of once per write.
+    batch: Vec<(Vec<u8>, Reply<Outcome>)>,
     /// The term in which in-flight proposals were last (re)proposed.
     proposed_term: u64,
-    reads: HashMap<u64, (Instant, Reply<u64>)>,
+    /// Reads waiting for the leader's confirmation: deadline, who waits, when to ask again (a
+    /// leader that has not yet committed in its term drops read requests without an answer).
+    reads: HashMap<u64, (Instant, Reply<u64>, Instant)>,
+    /// The term in which waiting reads were last asked again of this member as a new leader.
+    reads_reissued_term: u64,
     members: HashMap<u64, (Instant, Reply<()>)>,
     /// Commands that need a leader, held while an election is under way.
     waiting: Vec<(Instant, Command)>,
     last_term: u64,
     status: watch::Sender<RaftStatus>,
+    /// Readies handed to the sync thread and not yet reported durable.
+    syncing: usize,
+    /// A received snapshot's Ready number and index: counted as applied once durable.
+    snapshot_to_apply: Option<(u64, u64)>,
+    sync_jobs: std::sync::mpsc::Sender<SyncJob>,
+}
+
+/// A Ready whose writes must be durable before its messages leave.
+struct SyncJob {
+    number: u64,
+    must_sync: bool,
+    messages: Vec<Message>,
+    /// Term and commit index written with it (recorded in the durable mark).
+    mark: (u64, u64),
+}
+
+/// What the sync thread reports: every job up to `number` is durable (or the sync failed).
+struct Synced {
+    number: u64,
+    jobs: usize,
+    messages: Vec<Message>,
+    result: Result<(), StoreError>,
+}
+
+/// The sync thread: takes every job queued, makes them durable with one sync, reports.
+fn run_syncer(
+    syncer: Syncer,
+    jobs: std::sync::mpsc::Receiver<SyncJob>,
+    done: mpsc::UnboundedSender<Synced>,
+) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        batch.extend(jobs.try_iter());
+        let must_sync = batch.iter().any(|j| j.must_sync);
+        let last = batch.last().map(|j| (j.number, j.mark)).unwrap_or_default();
+        let result = if must_sync { syncer.sync(last.1 .0, last.1 .1) } else { Ok(()) };
+        let failed = result.is_err();
+        let synced = Synced {
+            number: last.0,
+            jobs: batch.len(),
+            messages: batch.into_iter().flat_map(|j| j.messages).collect(),
+            result,
+        };
+        if done.send(synced).is_err() || failed {
+            return;
+        }
+    }
 }
 
 /// Starts the Raft task for member `cfg.id` over `storage`, applying to `store`.
@@ -232,26 +303,42 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(BATCH * 4);
     let (status_tx, status_rx) = watch::channel(RaftStatus { id: cfg.id, ..Default::default() });
     let cfg_id = cfg.id;
+    let (sync_jobs, jobs_rx) = std::sync::mpsc::channel();
+    let (synced_tx, synced_rx) = mpsc::unbounded_channel();
+    let (syncer, _) = raw.store().syncer();
+    std::thread::Builder::new()
+        .name(format!("raft-sync-{:x}", cfg_id & 0xffff))
+        .spawn(move || run_syncer(syncer, jobs_rx, synced_tx))
+        .map_err(|e| StoreError::Unavailable(format!("starting the raft sync thread: {e}")))?;
     let driver = Driver {
         raw,
         store,
         transport,
         cfg,
         proposals: HashMap::new(),
+        batch: Vec::new(),
         proposed_term: 0,
         reads: HashMap::new(),
+        reads_reissued_term: 0,
         members: HashMap::new(),
         waiting: Vec::new(),
         last_term: 0,
         status: status_tx,
+        syncing: 0,
+        snapshot_to_apply: None,
+        sync_jobs,
     };
     let span = tracing::info_span!("raft", id = cfg_id);
-    tokio::spawn(tracing::Instrument::instrument(driver.run(rx), span));
+    tokio::spawn(tracing::Instrument::instrument(driver.run(rx, synced_rx), span));
     Ok(RaftHandle { tx, status: status_rx })
 }
 
 impl Driver {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut synced: mpsc::UnboundedReceiver<Synced>,
+    ) {
         let mut ticker = tokio::time::interval(self.cfg.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -259,6 +346,12 @@ impl Driver {
                 _ = ticker.tick() => {
                     self.raw.tick();
                     self.expire();
+                }
+                Some(done) = synced.recv() => {
+                    if let Err(e) = self.on_synced(done) {
+                        self.fail_all(e);
+                        return;
+                    }
                 }
                 cmd = rx.recv() => match cmd {
                     Some(Command::Stop) | None => {
@@ -275,9 +368,9 @@ impl Driver {
                     Err(_) => break,
                 }
             }
+            self.propose_batch();
             if let Err(e) = self.on_ready() {
-                tracing::error!(error = %e, "raft stopped");
-                self.status.send_modify(|s| s.failed = Some(e.to_string()));
+                self.fail_all(e);
                 return;
             }
         }
@@ -296,18 +389,7 @@ impl Driver {
             return;
         }
         match cmd {
-            Command::Propose { data, reply } => {
-                let id = rand::random::<u64>();
-                match self.raw.propose(id.to_be_bytes().to_vec(), data.clone()) {
-                    Ok(()) => {
-                        self.proposed_term = self.raw.raft.term;
-                        self.proposals.insert(id, (deadline(), reply, data));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(no_leader(e)));
-                    }
-                }
-            }
+            Command::Propose { data, reply } => self.batch.push((data, reply)),
             Command::Step(msg) => {
                 if let Err(e) = self.raw.step(*msg) {
                     tracing::debug!(error = %e, "dropped a raft message");
@@ -316,7 +398,7 @@ impl Driver {
             Command::ReadIndex { reply } => {
                 let id = rand::random::<u64>();
                 self.raw.read_index(id.to_be_bytes().to_vec());
-                self.reads.insert(id, (deadline(), reply));
+                self.reads.insert(id, (deadline(), reply, Instant::now() + READ_RETRY));
             }
             Command::ChangeMember { cc, reply } => {
                 let node = cc.node_id;
@@ -363,8 +445,36 @@ impl Driver {
             term,
             "proposing in-flight writes again to the new leader"
         );
-        for (id, data) in again {
-            let _ = self.raw.propose(id.to_be_bytes().to_vec(), data);
+        if again.is_empty() {
+            return;
+        }
+        let entries = again.into_iter().map(|(id, data)| entry(id, data)).collect();
+        let _ = self.raw.step(propose_message(self.cfg.id, entries));
+    }
+
+    /// Proposes this turn's writes as one message: each becomes its own entry, carrying its
+    /// proposal ID as context.
+    fn propose_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let ids: Vec<u64> = batch.iter().map(|_| rand::random::<u64>()).collect();
+        let entries =
+            ids.iter().zip(&batch).map(|(id, (data, _))| entry(*id, data.clone())).collect();
+        match self.raw.step(propose_message(self.cfg.id, entries)) {
+            Ok(()) => {
+                self.proposed_term = self.raw.raft.term;
+                for (id, (data, reply)) in ids.into_iter().zip(batch) {
+                    self.proposals.insert(id, (deadline(), reply, data));
+                }
+            }
+            Err(e) => {
+                let err = no_leader(e);
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(clone_err(&err)));
+                }
+            }
         }
     }
 
@@ -392,7 +502,21 @@ impl Driver {
         for (_, (_, reply, _)) in self.proposals.extract_if(|_, (d, _, _)| *d <= now) {
             let _ = reply.send(timed_out());
         }
-        for (_, (_, reply)) in self.reads.extract_if(|_, (d, _)| *d <= now) {
+        let retry: Vec<u64> = self
+            .reads
+            .iter_mut()
+            .filter(|(_, (_, _, at))| *at <= now)
+            .map(|(id, (_, _, at))| {
+                *at = now + READ_RETRY;
+                *id
+            })
+            .collect();
+        if self.raw.raft.leader_id != 0 {
+            for id in retry {
+                self.raw.read_index(id.to_be_bytes().to_vec());
+            }
+        }
+        for (_, (_, reply, _)) in self.reads.extract_if(|_, (d, _, _)| *d <= now) {
             let _ = reply.send(Err(StoreError::Unavailable(
                 "the read could not be confirmed with the leader in time; retry".into(),
             )));
@@ -408,41 +532,121 @@ impl Driver {
         }
         let mut ready = self.raw.ready();
         self.transport.send(ready.take_messages());
-        if !ready.snapshot().is_empty() {
+        let has_snapshot = !ready.snapshot().is_empty();
+        let mut snapshot_index = None;
+        if has_snapshot {
             let snap = ready.snapshot().clone();
+            snapshot_index = Some(snap.get_metadata().index);
             self.raw.mut_store().apply_snapshot(&snap)?;
             tracing::info!(index = snap.get_metadata().index, "installed snapshot from the leader");
         }
-        self.apply(ready.take_committed_entries())?;
+        // Committed entries in a Ready are already durable here (raft-rs hands out only
+        // entries up to what was reported persisted).
+        let committed = ready.take_committed_entries();
+        let applied = committed.last().map(|e| e.index);
+        self.apply(committed)?;
         self.raw.mut_store().append(ready.entries())?;
         if let Some(hs) = ready.hs() {
             self.raw.mut_store().set_hard_state(hs.clone())?;
         }
-        // Entries, votes and terms must be on disk before anyone hears of them; commit-index
-        // moves and applied objects need not (they are replayed from the log).
-        if ready.must_sync() || !ready.snapshot().is_empty() {
-            let storage = self.raw.mut_store();
-            blocking(|| storage.sync())?;
-        }
-        self.transport.send(ready.take_persisted_messages());
         for rs in ready.take_read_states() {
             let id = u64::from_be_bytes(rs.request_ctx.as_slice().try_into().unwrap_or([0; 8]));
-            if let Some((_, reply)) = self.reads.remove(&id) {
+            if let Some((_, reply, _)) = self.reads.remove(&id) {
                 let _ = reply.send(Ok(rs.index));
             }
         }
-        let mut light = self.raw.advance(ready);
-        if let Some(commit) = light.commit_index() {
-            self.raw.mut_store().set_commit(commit)?;
+        let messages = ready.take_persisted_messages();
+        // Entries, votes and terms must be on disk before anyone hears of them; commit-index
+        // moves and applied objects need not (they are replayed from the log).
+        let must_sync = ready.must_sync() || has_snapshot;
+        let number = ready.number();
+        self.raw.advance_append_async(ready);
+        // Raft may count a snapshot as applied only once it is durable.
+        if let Some(index) = snapshot_index {
+            self.snapshot_to_apply = Some((number, index));
         }
-        self.transport.send(light.take_messages());
-        self.apply(light.take_committed_entries())?;
-        self.raw.advance_apply();
+        if let Some(index) = applied {
+            self.raw.advance_apply_to(index);
+        }
+        if must_sync || self.syncing > 0 {
+            // Behind a sync in progress even when this Ready needs none: its messages must
+            // not overtake the durable ones queued before it.
+            let (_, mark) = self.raw.store().syncer();
+            let job = SyncJob { number, must_sync, messages, mark };
+            self.sync_jobs
+                .send(job)
+                .map_err(|_| StoreError::Unavailable("the raft sync thread stopped".into()))?;
+            self.syncing += 1;
+        } else {
+            self.transport.send(messages);
+            self.raw.on_persist_ready(number);
+        }
         self.maybe_compact()?;
         self.publish();
         self.release_waiting();
+        self.propose_batch();
         self.repropose();
+        self.reissue_reads();
         Ok(())
+    }
+
+    /// A new leader answers reads only once it has committed an entry in its term and drops
+    /// earlier ones: asks again for the waiting reads as soon as it has.
+    fn reissue_reads(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader
+            || raft.term == self.reads_reissued_term
+            || !raft.commit_to_current_term()
+        {
+            return;
+        }
+        self.reads_reissued_term = raft.term;
+        let waiting: Vec<u64> = self.reads.keys().copied().collect();
+        for id in waiting {
+            self.raw.read_index(id.to_be_bytes().to_vec());
+        }
+    }
+
+    /// A sync finished: its Readies' messages may leave, and raft learns they are durable.
+    fn on_synced(&mut self, done: Synced) -> Result<(), StoreError> {
+        done.result?;
+        self.syncing -= done.jobs;
+        self.transport.send(done.messages);
+        self.raw.on_persist_ready(done.number);
+        if let Some((number, index)) = self.snapshot_to_apply {
+            if number <= done.number {
+                self.snapshot_to_apply = None;
+                self.raw.advance_apply_to(index);
+            }
+        }
+        Ok(())
+    }
+
+    /// The member cannot go on (its disk failed): says why to everyone waiting and to status.
+    fn fail_all(&mut self, e: StoreError) {
+        let mut why = format!("this manager's raft member stopped: {e}");
+        if why.contains("No space left on device") && !why.contains("disk is full") {
+            why.push_str(" (the disk is full: free space, then restart shoald)");
+        }
+        why.push_str("; writes in flight may or may not have been applied");
+        tracing::error!(error = %why, "raft stopped: this manager can no longer take part");
+        self.status.send_modify(|s| s.failed = Some(why.clone()));
+        let err = || StoreError::Unavailable(why.clone());
+        for (_, (_, reply, _)) in self.proposals.drain() {
+            let _ = reply.send(Err(err()));
+        }
+        for (_, reply) in self.batch.drain(..) {
+            let _ = reply.send(Err(err()));
+        }
+        for (_, (_, reply, _)) in self.reads.drain() {
+            let _ = reply.send(Err(err()));
+        }
+        for (_, (_, reply)) in self.members.drain() {
+            let _ = reply.send(Err(err()));
+        }
+        for (_, cmd) in self.waiting.drain(..) {
+            fail(cmd, err());
+        }
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StoreError> {
@@ -537,12 +741,20 @@ impl Driver {
     }
 }
 
-/// Runs a blocking disk call without stalling the other tasks of a multi-threaded runtime.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
+/// A normal entry for proposal `id`.
+fn entry(id: u64, data: Vec<u8>) -> Entry {
+    Entry { data: data.into(), context: id.to_be_bytes().to_vec().into(), ..Default::default() }
+}
+
+/// A local proposal of `entries` (what `RawNode::propose` builds, for many entries at once).
+fn propose_message(from: u64, entries: Vec<Entry>) -> Message {
+    let mut m = Message { from, entries: entries.into(), ..Default::default() };
+    m.set_msg_type(raft::prelude::MessageType::MsgPropose);
+    m
+}
+
+fn clone_err(e: &StoreError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
 }
 
 /// Answers a command that needed a leader and got none.

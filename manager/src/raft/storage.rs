@@ -2,8 +2,16 @@
 //! each record sealed with the manager's data key and bound to its index; an in-memory copy of
 //! the log since the last compaction serves raft-rs. Snapshots are cut from the object store.
 //! Never talks to the network.
+//!
+//! After every sync a small sealed mark file beside sled's data file records the term and
+//! commit index that were durable. sled 0.34 reads a damaged record as the torn end of its log
+//! and silently drops it and everything after it, so a damaged data file would otherwise come
+//! back as an older state (and a member that forgot its votes). At open, a store behind its
+//! mark is refused.
 
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use protobuf::Message as _;
@@ -17,18 +25,24 @@ const HARD_STATE: &[u8] = b"hard_state";
 const CONF_STATE: &[u8] = b"conf_state";
 const SNAP_META: &[u8] = b"snap_meta";
 const RAFT_ID: &[u8] = b"raft_id";
+/// The mark file, in sled's directory.
+const MARK_FILE: &str = "raft.mark";
+const MARK_AAD: &[u8] = b"raft-mark";
+/// Plain bytes of one mark slot: sequence, term, commit.
+const MARK_PLAIN: usize = 24;
+/// Sealed bytes of one slot (nonce and tag added); the file holds two, written alternately so
+/// a torn write leaves the other whole.
+const MARK_SLOT: usize = MARK_PLAIN + 12 + 16;
 
 /// The Raft log of one manager.
 #[derive(Debug)]
 pub struct LogStorage {
     log: sled::Tree,
     state: sled::Tree,
-    db: sled::Db,
     sealer: Arc<Sealer>,
     store: Arc<Store>,
-    /// sled's data file: fdatasync'd after sled's own flush, which only issues
-    /// sync_file_range and so would not reach the disk's cache.
-    data_file: Option<std::fs::File>,
+    /// What makes writes durable (shared with the Raft task's sync thread).
+    syncer: Syncer,
     hard_state: HardState,
     conf_state: ConfState,
     /// Index and term of the last entry folded into a snapshot or compaction.
@@ -58,10 +72,15 @@ impl LogStorage {
         let mut s = LogStorage {
             log: db.open_tree("raft_log")?,
             state: db.open_tree("raft_state")?,
-            db: db.clone(),
+            syncer: Syncer {
+                db: db.clone(),
+                data_file: None,
+                mark: None,
+                sealer: sealer.clone(),
+                seq: Arc::new(AtomicU64::new(0)),
+            },
             sealer,
             store,
-            data_file: None,
             hard_state: HardState::default(),
             conf_state: ConfState::default(),
             snap_meta: SnapshotMetadata::default(),
@@ -230,22 +249,45 @@ impl LogStorage {
         Ok(())
     }
 
-    /// Also fdatasyncs sled's data file in `dir` at every [`LogStorage::sync`].
-    pub fn with_data_file(mut self, dir: &std::path::Path) -> Result<LogStorage, StoreError> {
+    /// Also fdatasyncs sled's data file in `dir` at every sync and keeps the durable mark
+    /// beside it; refuses a store that is behind its mark (sled dropped durable records).
+    pub fn with_data_file(mut self, dir: &Path) -> Result<LogStorage, StoreError> {
         let file = std::fs::File::open(dir.join("db")).map_err(|e| {
             StoreError::Unavailable(format!("opening {} for fsync: {e}", dir.join("db").display()))
         })?;
-        self.data_file = Some(file);
+        self.syncer.data_file = Some(Arc::new(file));
+        let mark_path = dir.join(MARK_FILE);
+        if let Some((seq, term, commit)) = read_mark(&mark_path, &self.sealer)? {
+            let (has_term, has_commit) = (self.hard_state.term, self.durable_commit());
+            if has_term < term || has_commit < commit {
+                return Err(StoreError::Unavailable(format!(
+                    "the raft log is damaged: the store in {} holds term {has_term} and commit \
+                     index {has_commit}, but term {term} and index {commit} were durably written \
+                     (sled dropped records it could not read). Restore the data dir from a \
+                     backup, or remove this manager ('shoal node rm --force' on another manager) \
+                     and join it again",
+                    dir.display()
+                )));
+            }
+            self.syncer.seq.store(seq, Ordering::SeqCst);
+        }
+        self.syncer.mark = Some(Arc::new(mark_path));
         Ok(self)
     }
 
-    /// Makes everything written so far durable (sled's flush, then fdatasync).
+    /// The commit index that is on disk (a snapshot counts as committed).
+    fn durable_commit(&self) -> u64 {
+        self.hard_state.commit.max(self.snap_meta.index)
+    }
+
+    /// Makes everything written so far durable (sled's flush, then fdatasync, then the mark).
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        if let Some(f) = &self.data_file {
-            f.sync_data().map_err(|e| StoreError::Unavailable(format!("fsync failed: {e}")))?;
-        }
-        Ok(())
+        self.syncer.sync(self.hard_state.term, self.durable_commit())
+    }
+
+    /// A handle that makes writes durable from another thread, and the mark to record now.
+    pub fn syncer(&self) -> (Syncer, (u64, u64)) {
+        (self.syncer.clone(), (self.hard_state.term, self.durable_commit()))
     }
 
     /// Index of the last entry.
@@ -256,6 +298,106 @@ impl LogStorage {
     /// Index of the last compaction point.
     pub fn compacted(&self) -> u64 {
         self.snap_meta.index
+    }
+}
+
+/// Makes a manager's sled writes durable; cheap to clone and usable from any thread.
+#[derive(Clone)]
+pub struct Syncer {
+    db: sled::Db,
+    /// sled's data file: fdatasync'd after sled's own flush, which only issues
+    /// sync_file_range and so would not reach the disk's cache.
+    data_file: Option<Arc<std::fs::File>>,
+    mark: Option<Arc<PathBuf>>,
+    sealer: Arc<Sealer>,
+    seq: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Syncer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Syncer").field("mark", &self.mark).finish_non_exhaustive()
+    }
+}
+
+impl Syncer {
+    /// Flushes sled, fdatasyncs its file, then records `term` and `commit` as durable.
+    pub fn sync(&self, term: u64, commit: u64) -> Result<(), StoreError> {
+        self.db.flush()?;
+        if let Some(f) = &self.data_file {
+            f.sync_data().map_err(|e| io_failed("fsync of the raft store", &e))?;
+        }
+        if let Some(path) = &self.mark {
+            let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+            write_mark(path, &self.sealer, seq, term, commit)?;
+        }
+        Ok(())
+    }
+}
+
+/// An I/O error with what was being done; a full disk is named as such.
+pub fn io_failed(what: &str, e: &std::io::Error) -> StoreError {
+    if e.raw_os_error() == Some(libc_enospc()) {
+        StoreError::Unavailable(format!(
+            "{what} failed: the disk is full (no space left on device); free space, then \
+             restart shoald"
+        ))
+    } else {
+        StoreError::Unavailable(format!("{what} failed: {e}"))
+    }
+}
+
+const fn libc_enospc() -> i32 {
+    28
+}
+
+/// Writes slot `seq % 2` of the mark file (not fsynced: the mark only ever trails what is
+/// durable, so losing its latest write loses nothing but a little of its reach).
+fn write_mark(
+    path: &Path,
+    sealer: &Sealer,
+    seq: u64,
+    term: u64,
+    commit: u64,
+) -> Result<(), StoreError> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let plain = [seq.to_be_bytes(), term.to_be_bytes(), commit.to_be_bytes()].concat();
+    let sealed = sealer.seal(MARK_AAD, &plain)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io_failed(&format!("writing {}", path.display()), &e))?;
+    file.write_all_at(&sealed, (seq % 2) * MARK_SLOT as u64)
+        .map_err(|e| io_failed(&format!("writing {}", path.display()), &e))
+}
+
+/// The newest whole slot of the mark file: `(seq, term, commit)`; `None` when there is no
+/// file (a store from before marks, or one never synced).
+fn read_mark(path: &Path, sealer: &Sealer) -> Result<Option<(u64, u64, u64)>, StoreError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_failed(&format!("reading {}", path.display()), &e)),
+    };
+    let best = bytes
+        .chunks(MARK_SLOT)
+        .filter_map(|slot| sealer.open(MARK_AAD, slot, || "raft mark".into()).ok())
+        .filter(|plain| plain.len() == MARK_PLAIN)
+        .map(|p| {
+            let word =
+                |i: usize| u64::from_be_bytes(p[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+            (word(0), word(1), word(2))
+        })
+        .max();
+    match best {
+        Some(mark) => Ok(Some(mark)),
+        None => Err(StoreError::Unavailable(format!(
+            "{} is damaged or sealed with another key: it records how far the raft log was \
+             durably written, so the store cannot be checked against it",
+            path.display()
+        ))),
     }
 }
 
@@ -403,6 +545,68 @@ mod tests {
         let store = Arc::new(Store::open(&db, sealer.clone()).unwrap());
         let err = LogStorage::open(&db, sealer, store).unwrap_err().to_string();
         assert!(err.contains("raft entry 2"), "{err}");
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap().flatten() {
+            let dest = to.join(e.file_name());
+            if e.path().is_dir() {
+                copy_dir(&e.path(), &dest);
+            } else {
+                std::fs::copy(e.path(), dest).unwrap();
+            }
+        }
+    }
+
+    fn open_checked(dir: &Path, key: &Key) -> Result<LogStorage, StoreError> {
+        open(dir, key).with_data_file(dir)
+    }
+
+    #[test]
+    fn a_store_behind_what_was_durably_written_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let (live, old) = (root.path().join("live"), root.path().join("old"));
+        let key = Key::generate().unwrap();
+        {
+            let mut s = open_checked(&live, &key).unwrap();
+            s.append(&[entry(1, 1), entry(2, 1)]).unwrap();
+            s.set_hard_state(HardState { term: 1, commit: 1, ..Default::default() }).unwrap();
+            s.sync().unwrap();
+        }
+        copy_dir(&live, &old);
+        {
+            let mut s = open_checked(&live, &key).unwrap();
+            s.append(&[entry(3, 2)]).unwrap();
+            s.set_hard_state(HardState { term: 2, commit: 3, ..Default::default() }).unwrap();
+            s.sync().unwrap();
+        }
+        // A whole store reopens; one that lost what its mark says was durable (as sled does
+        // with a damaged record) is refused, naming the problem.
+        let s = open_checked(&live, &key).unwrap();
+        assert_eq!(s.initial_state().unwrap().hard_state.commit, 3);
+        drop(s);
+        std::fs::copy(live.join(MARK_FILE), old.join(MARK_FILE)).unwrap();
+        let err = open_checked(&old, &key).unwrap_err().to_string();
+        assert!(err.contains("the raft log is damaged") && err.contains("index 3"), "{err}");
+        // A damaged mark is reported, not ignored.
+        std::fs::write(live.join(MARK_FILE), [0u8; 2 * MARK_SLOT]).unwrap();
+        let err = open_checked(&live, &key).unwrap_err().to_string();
+        assert!(err.contains("raft.mark is damaged"), "{err}");
+    }
+
+    #[test]
+    fn a_torn_mark_write_leaves_the_other_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = Sealer::new(&Key::generate().unwrap());
+        let path = dir.path().join(MARK_FILE);
+        write_mark(&path, &sealer, 1, 4, 10).unwrap();
+        write_mark(&path, &sealer, 2, 4, 12).unwrap();
+        assert_eq!(read_mark(&path, &sealer).unwrap(), Some((2, 4, 12)));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] ^= 0xff; // slot 0 holds seq 2
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read_mark(&path, &sealer).unwrap(), Some((1, 4, 10)));
     }
 
     #[test]
