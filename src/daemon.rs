@@ -141,6 +141,10 @@ pub struct Info {
 const ALREADY: &str =
     "this node is already part of a swarm; use 'shoal swarm leave' to leave it first";
 
+/// What a locked manager answers, and how to open it.
+pub const LOCKED: &str =
+    "this manager is locked: run 'shoal swarm unlock' and give it the swarm's unlock key";
+
 impl Daemon {
     /// Opens the data root and resumes membership if the node was part of a cluster.
     pub async fn start(cfg: DaemonConfig) -> Result<Arc<Daemon>> {
@@ -165,9 +169,7 @@ impl Daemon {
         }
         if let Some(state) = state {
             if state.runs_manager && Manager::is_locked(&daemon.files.store_dir()) {
-                tracing::warn!(
-                    "this manager is locked: run 'shoal swarm unlock' and give the unlock key"
-                );
+                tracing::warn!("{LOCKED}");
                 *daemon.locked.lock().await = Some(state);
                 return Ok(daemon);
             }
@@ -184,8 +186,9 @@ impl Daemon {
             bail!("this node is not locked");
         };
         let member = self.resume(state, Some(key)).await?;
-        *locked = None;
+        // The manager is in place before `locked` is released: a caller sees one or the other.
         *self.member.lock().await = Some(member);
+        *locked = None;
         tracing::info!("manager unlocked");
         Ok(())
     }
@@ -465,6 +468,11 @@ impl Daemon {
         member.as_ref().map(|m| m.agent.worker().executor().images_in_use()).unwrap_or_default()
     }
 
+    /// Whether this node is a manager waiting for `swarm unlock`.
+    pub async fn is_locked(&self) -> bool {
+        self.locked.lock().await.is_some()
+    }
+
     /// The manager this node runs, if any.
     pub async fn manager(&self) -> Option<Manager> {
         let member = self.member.lock().await;
@@ -474,7 +482,11 @@ impl Daemon {
     /// A snapshot of the node's state.
     pub async fn info(&self) -> Info {
         if let Some(state) = self.locked.lock().await.clone() {
-            return Info { state: Some(state), locked: true, ..Default::default() };
+            // The node's certificate lives outside the sealed store: a locked node still shows it.
+            let identity = self.files.load_identity().ok().and_then(|(key, chain, _)| {
+                ReloadableCert::new(&chain, &key).ok().map(|c| c.identity())
+            });
+            return Info { state: Some(state), identity, locked: true, ..Default::default() };
         }
         let member = self.member.lock().await;
         match member.as_ref() {

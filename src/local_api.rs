@@ -146,33 +146,27 @@ impl DaemonRpc for LocalApi {
 
     async fn info(&self, _req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         let info = self.daemon.info().await;
-        if info.locked {
-            let state = info.state.unwrap_or_default();
-            return Ok(Response::new(InfoResponse {
-                swarm_state: "locked".into(),
-                node_id: state.node_id,
-                cluster_id: state.cluster_id,
-                is_manager: true,
-                error: "this manager is locked: run 'shoal swarm unlock' and give the unlock key"
-                    .into(),
-                data_root: self.daemon.files().root().display().to_string(),
-                ..Default::default()
-            }));
-        }
         let mut resp = InfoResponse {
             swarm_state: "inactive".into(),
             data_root: self.daemon.files().root().display().to_string(),
             ..Default::default()
         };
-        if let (Some(state), Some(id)) = (info.state, info.identity) {
-            resp.swarm_state = if info.agent.connected { "active" } else { "pending" }.into();
-            resp.node_id = state.node_id;
-            resp.role = if state.role == "manager" { NodeRole::Manager as i32 } else { 0 };
-            resp.cluster_id = state.cluster_id;
-            resp.node_addr = state.advertise_addr;
-            resp.manager_addrs = info.agent.manager_addrs;
+        if let Some(state) = &info.state {
+            node_fields(&mut resp, state);
+        }
+        if let Some(id) = &info.identity {
             resp.cert_not_after_unix = shoal_manager::manager::unix(id.not_after);
-            resp.cert_serial = id.serial_hex;
+            resp.cert_serial = id.serial_hex.clone();
+        }
+        if info.locked {
+            resp.swarm_state = "locked".into();
+            resp.is_manager = true;
+            resp.error = crate::daemon::LOCKED.into();
+            return Ok(Response::new(resp));
+        }
+        if info.state.is_some() && info.identity.is_some() {
+            resp.swarm_state = if info.agent.connected { "active" } else { "pending" }.into();
+            resp.manager_addrs = info.agent.manager_addrs;
             resp.is_manager = info.manager.is_some();
             resp.error = info.addr_pending.or(info.agent.error).unwrap_or_default();
             resp.cert_renewals = info.agent.renewals;
@@ -186,8 +180,22 @@ impl DaemonRpc for LocalApi {
     }
 }
 
+/// What `info` shows from the node's saved membership.
+fn node_fields(resp: &mut InfoResponse, state: &shoal_agent::NodeState) {
+    resp.node_id = state.node_id.clone();
+    resp.role = if state.role == "manager" { NodeRole::Manager as i32 } else { 0 };
+    resp.cluster_id = state.cluster_id.clone();
+    resp.node_addr = state.advertise_addr.clone();
+    resp.manager_addrs = state.manager_addrs.clone();
+}
+
 impl LocalApi {
+    /// This node's control API, or why it has none: a locked manager says how to unlock it.
     async fn control(&self) -> Result<shoal_manager::control::ControlApi, Status> {
+        // Asked first: `unlock` holds this state until the manager is in place.
+        if self.daemon.is_locked().await {
+            return Err(Status::failed_precondition(crate::daemon::LOCKED));
+        }
         match self.daemon.manager().await {
             Some(m) => Ok(m.control()),
             None => Err(Status::failed_precondition(

@@ -217,7 +217,8 @@ pub fn info(r: &InfoResponse) -> String {
     let _ = writeln!(out, " ClusterID: {}", r.cluster_id);
     let _ = writeln!(out, " Node Address: {}", r.node_addr);
     let _ = writeln!(out, " Manager Addresses: {}", r.manager_addrs.join(", "));
-    if r.is_manager {
+    // A locked manager reads no store: it has no counts to show.
+    if r.is_manager && r.swarm_state != "locked" {
         let _ = writeln!(out, " Nodes: {}", r.nodes);
         let _ = writeln!(out, " Managers: {}", r.managers);
     }

@@ -639,19 +639,26 @@ fn a_wrong_unlock_key_keeps_the_manager_locked_and_the_right_one_opens_everythin
     s.daemon.stop();
 }
 
-/// Calls to a locked manager say that it is locked and how to unlock it.
+/// Calls to a locked manager say that it is locked and how to unlock it, and `info` shows a
+/// locked manager, not a worker.
 #[test]
-#[ignore = "LocalApi::control (src/local_api.rs) answers every call to a locked manager with \
-            'this node is not a swarm manager; run the command on a manager node (or join or \
-            init a swarm first)'"]
 fn a_locked_manager_tells_callers_to_unlock_it() {
     let mut s = Stopped::new(true);
     s.daemon.start();
     assert_locked(&s.daemon, "after the restart");
-    let out = s.daemon.shoal(&["secret", "ls"]);
-    assert!(!out.status.success(), "a locked manager lists secrets:\n{}", text(&out));
-    let err = stderr(&out);
-    assert!(err.contains("locked") && err.contains("swarm unlock"), "`secret ls` says: {err}");
+    let info = s.daemon.must(&["info"]);
+    assert!(info.contains("Role: manager"), "a locked manager shows another role:\n{info}");
+    for call in [&["secret", "ls"][..], &["service", "ls"], &["node", "ls"]] {
+        let out = s.daemon.shoal(call);
+        assert!(!out.status.success(), "a locked manager answers {call:?}:\n{}", text(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("locked") && err.contains("swarm unlock"),
+            "`shoal {}` says: {err}",
+            call.join(" ")
+        );
+        assert!(!err.contains("not a swarm manager"), "`shoal {}` says: {err}", call.join(" "));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
