@@ -162,6 +162,9 @@ pub struct UpdateArgs {
     /// Turn autolock on or off (true|false)
     #[arg(long)]
     pub autolock: Option<bool>,
+    /// Make every manager rotate its data-at-rest key and seal its store again (no downtime)
+    #[arg(long)]
+    pub rotate_data_key: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -334,9 +337,14 @@ async fn swarm(cmd: SwarmCmd, channel: Channel, host: &Host) -> Result<()> {
             print!("{}", output::join_token(&info, a.rotate, a.quiet));
         }
         SwarmCmd::Update(a) => {
-            if a.cert_expiry.is_none() && a.dispatcher_heartbeat.is_none() && a.autolock.is_none() {
+            if a.cert_expiry.is_none()
+                && a.dispatcher_heartbeat.is_none()
+                && a.autolock.is_none()
+                && !a.rotate_data_key
+            {
                 bail!(
-                    "nothing to update: give --cert-expiry, --dispatcher-heartbeat or --autolock"
+                    "nothing to update: give --cert-expiry, --dispatcher-heartbeat, --autolock \
+                     or --rotate-data-key"
                 );
             }
             if let Some(e) = a.cert_expiry {
@@ -353,6 +361,7 @@ async fn swarm(cmd: SwarmCmd, channel: Channel, host: &Host) -> Result<()> {
                     Some(true) => Autolock::On,
                     Some(false) => Autolock::Off,
                 } as i32,
+                rotate_data_key: a.rotate_data_key,
             };
             control.update_cluster(req).await.map_err(client::status)?;
             println!("Swarm updated.");

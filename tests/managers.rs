@@ -425,3 +425,120 @@ async fn promote_makes_a_worker_a_raft_member_and_demote_undoes_it() {
     assert_eq!(m1.daemon.info().await.manager.unwrap().raft().status().voters.len(), 1);
     all_ready(&m1, 2).await;
 }
+
+/// The data keys in a manager's key file (autolock off).
+fn data_keys(node_root: &std::path::Path) -> shoal_manager::raft::crypto::DataKeys {
+    shoal_manager::raft::crypto::KeyFiles::new(node_root.join("manager/store/keys")).load().unwrap()
+}
+
+/// Opens a stopped manager's store with `key` alone and reads every log entry and object.
+fn read_everything_with(
+    node_root: &std::path::Path,
+    key: &shoal_manager::raft::crypto::Key,
+) -> Result<Vec<shoal_proto::Node>, String> {
+    use shoal_manager::raft::crypto::Sealer;
+    use shoal_manager::raft::storage::LogStorage;
+    use std::sync::Arc;
+    let path = node_root.join("manager/store/db");
+    let db = shoal_manager::store::open_db(&path).map_err(|e| e.to_string())?;
+    let sealer = Arc::new(Sealer::new(key));
+    let store =
+        Arc::new(shoal_manager::Store::open(&db, sealer.clone()).map_err(|e| e.to_string())?);
+    LogStorage::open(&db, sealer.clone(), store.clone())
+        .and_then(|s| s.with_data_file(&path))
+        .map_err(|e| e.to_string())?;
+    store.snapshot().map_err(|e| e.to_string())?;
+    store.list::<shoal_proto::Node>().map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn data_keys_rotate_under_load_and_every_record_is_sealed_again() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let ms = three_managers().await;
+    let old: Vec<_> = ms.iter().map(|m| data_keys(&m.root)).collect();
+    assert!(old.iter().all(|k| k.epoch == 0 && k.previous.is_none()));
+
+    // A writer keeps committing through the first manager the whole time.
+    let manager = ms[0].daemon.manager().await.expect("a manager");
+    let (stop, acked, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let writer = {
+        let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
+        tokio::spawn(async move {
+            let mut written = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let node = shoal_proto::Node {
+                    id: format!("rot-{i}"),
+                    hostname: format!("h{i}"),
+                    ..Default::default()
+                };
+                match manager.store().update(|tx| tx.create(node.clone())).await {
+                    Ok(()) => {
+                        written.push(node.id.clone());
+                        acked.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => failed.lock().unwrap().push(e.to_string()),
+                }
+                i += 1;
+            }
+            written
+        })
+    };
+    eventually("the writer is under way", Duration::from_secs(10), || async {
+        (acked.load(Ordering::SeqCst) >= 50).then_some(()).ok_or("not yet".into())
+    })
+    .await;
+
+    let req = shoal_proto::UpdateClusterRequest { rotate_data_key: true, ..Default::default() };
+    let info = ms[1].control().await.update_cluster(req).await.unwrap().into_inner();
+    assert_eq!(info.data_key_epoch, 1);
+    let at_request = acked.load(Ordering::SeqCst);
+    for m in &ms {
+        let manager = m.daemon.manager().await.expect("a manager");
+        eventually("every manager finished rotating", Duration::from_secs(30), || async {
+            match manager.data_key_status() {
+                (1, false) => Ok(()),
+                other => Err(format!("epoch, rotating = {other:?}")),
+            }
+        })
+        .await;
+    }
+    eventually("writes go on after the rotation", Duration::from_secs(10), || async {
+        (acked.load(Ordering::SeqCst) >= at_request + 50).then_some(()).ok_or("not yet".into())
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let written = writer.await.unwrap();
+    assert!(
+        failed.lock().unwrap().is_empty(),
+        "writes failed during the rotation: {:?}",
+        failed.lock().unwrap()
+    );
+
+    // Each manager has a new key; its store opens with that key alone, holding every
+    // acknowledged write, and no longer with the old one.
+    let mut roots = Vec::new();
+    let mut dirs = Vec::new();
+    for (m, old) in ms.into_iter().zip(&old) {
+        let new = data_keys(&m.root);
+        assert!(new.previous.is_none() && new.epoch == 1);
+        assert_ne!(new.current.expose(), old.current.expose(), "the key changed");
+        let (root, _, dir) = m.kill().await;
+        roots.push((root, new, old.clone()));
+        dirs.push(dir);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // sled lets go of its lock
+    for (root, new, old) in &roots {
+        let nodes = read_everything_with(root, &new.current)
+            .unwrap_or_else(|e| panic!("not readable with the new key alone: {e}"));
+        let missing = written.iter().filter(|id| !nodes.iter().any(|n| &n.id == *id)).count();
+        assert_eq!(missing, 0, "acknowledged writes missing after the rotation");
+        let err = read_everything_with(root, &old.current).unwrap_err();
+        assert!(err.contains("failed authentication") || err.contains("damaged"), "{err}");
+    }
+}

@@ -80,6 +80,7 @@ impl ControlApi {
             root_ca_pem: root,
             revoked_nodes: cluster.revoked.len() as u32,
             autolock: cluster.unlock_key.is_some(),
+            data_key_epoch: cluster.data_key_epoch,
             created_at_ms: cluster.meta.as_ref().map(|m| m.created_at_ms).unwrap_or(0),
         }
     }
@@ -301,10 +302,15 @@ impl Control for ControlApi {
                 }
                 match req.autolock() {
                     Autolock::On if cluster.unlock_key.is_none() => {
-                        cluster.unlock_key = Some(new_unlock_key()?)
+                        cluster.unlock_key = Some(new_unlock_key()?);
+                        // The data keys sat on disk next to the keys that wrapped them.
+                        cluster.data_key_epoch += 1;
                     }
                     Autolock::Off => cluster.unlock_key = None,
                     _ => {}
+                }
+                if req.rotate_data_key {
+                    cluster.data_key_epoch += 1;
                 }
                 tx.update(cluster.clone())?;
                 Ok::<_, Status>(cluster)

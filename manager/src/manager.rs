@@ -13,8 +13,9 @@ use shoal_proto::{
 use tonic::Status;
 
 use crate::dispatcher::Sessions;
-use crate::raft::crypto::{Key, KeyFiles, Sealer};
+use crate::raft::crypto::{DataKeys, Key, KeyFiles, Sealer};
 use crate::raft::node::{self, RaftConfig, RaftHandle};
+use crate::raft::rotation::DataKeyState;
 use crate::raft::storage::LogStorage;
 use crate::raft::transport::Peers;
 use crate::store::{Store, StoreError};
@@ -73,8 +74,7 @@ pub(crate) struct Shared {
     pub tls: Arc<rustls::ClientConfig>,
     /// Flips to true when the manager stops, ending long-lived inbound streams.
     pub closing: tokio::sync::watch::Sender<bool>,
-    dek: Key,
-    keys: KeyFiles,
+    data_keys: Arc<DataKeyState>,
 }
 
 /// A running manager. Cheap to clone.
@@ -84,6 +84,12 @@ pub struct Manager {
 }
 
 pub(crate) use crate::store::now_ms;
+
+/// The cluster's unlock key, when autolock is on.
+fn cluster_unlock_key(cluster: &Cluster) -> Option<Key> {
+    let bytes = cluster.unlock_key.as_ref()?.key.as_slice();
+    Some(Key::from_bytes(bytes.try_into().ok()?))
+}
 
 /// Seconds since the Unix epoch (0 if before it).
 pub fn unix(t: SystemTime) -> i64 {
@@ -142,18 +148,27 @@ pub(crate) fn certificate(issued: &IssuedCert) -> NodeCertificate {
 struct Parts {
     store: Arc<Store>,
     storage: LogStorage,
-    dek: Key,
-    keys: KeyFiles,
+    data_keys: Arc<DataKeyState>,
 }
 
-fn open_parts(store_dir: &Path, dek: Key) -> Result<Parts, ManagerError> {
+fn open_parts(store_dir: &Path, keys: DataKeys) -> Result<Parts, ManagerError> {
     let path = store_dir.join("db");
     let db = crate::store::open_db(&path)
         .map_err(|source| ManagerError::OpenDb { path: path.display().to_string(), source })?;
-    let sealer = Arc::new(Sealer::new(&dek));
+    let sealer = Arc::new(Sealer::for_keys(&keys));
     let store = Arc::new(Store::open(&db, sealer.clone())?);
-    let storage = LogStorage::open(&db, sealer, store.clone())?.with_data_file(&path)?;
-    Ok(Parts { store, storage, dek, keys: key_files(store_dir) })
+    let storage = LogStorage::open(&db, sealer.clone(), store.clone())?.with_data_file(&path)?;
+    let (syncer, _) = storage.syncer();
+    let data_keys = Arc::new(DataKeyState::new(
+        keys,
+        key_files(store_dir),
+        sealer,
+        db,
+        path,
+        syncer,
+        store.clone(),
+    ));
+    Ok(Parts { store, storage, data_keys })
 }
 
 fn key_files(store_dir: &Path) -> KeyFiles {
@@ -162,7 +177,7 @@ fn key_files(store_dir: &Path) -> KeyFiles {
 
 /// Loads a manager's data key: from its key file, or with the operator's unlock key when the
 /// manager is locked.
-fn load_dek(store_dir: &Path, unlock: Option<&str>) -> Result<Key, ManagerError> {
+fn load_dek(store_dir: &Path, unlock: Option<&str>) -> Result<DataKeys, ManagerError> {
     let keys = key_files(store_dir);
     match unlock {
         Some(text) => Ok(keys.load_with(&crate::raft::crypto::parse_unlock_key(text)?)?),
@@ -374,12 +389,13 @@ impl Manager {
             peers,
             tls,
             closing: tokio::sync::watch::Sender::new(false),
-            dek: parts.dek,
-            keys: parts.keys,
+            data_keys: parts.data_keys,
         };
         shared.refresh_revocations();
         let manager = Manager { shared: Arc::new(shared) };
         manager.spawn_revocation_watch();
+        // Finishes a rotation a crash interrupted (the key file still holds two keys).
+        manager.shared.maybe_rotate_data_key();
         Ok(manager)
     }
 
@@ -440,6 +456,11 @@ impl Manager {
         let cluster = self.shared.cluster()?;
         let key = cluster.unlock_key.and_then(|k| <[u8; 32]>::try_from(k.key.as_slice()).ok());
         Ok(key.map(|k| crate::raft::crypto::format_unlock_key(&Key::from_bytes(k))))
+    }
+
+    /// This manager's data key rotation epoch and whether a rotation is unfinished.
+    pub fn data_key_status(&self) -> (u64, bool) {
+        self.shared.data_keys.status()
     }
 
     /// Addresses of the managers, the leader first.
@@ -539,22 +560,31 @@ impl Shared {
     }
 
     /// Wraps this manager's data key the way the cluster says: with the unlock key when autolock
-    /// is on (no key file left on disk), with a local key file when it is off.
-    pub(crate) fn sync_key_files(&self) {
+    /// is on (no key file left on disk), with a local key file when it is off; and rotates it
+    /// when the cluster asks for a newer one.
+    pub(crate) fn sync_key_files(self: &Arc<Self>) {
         let Ok(cluster) = self.cluster() else { return };
-        let want = cluster.unlock_key.as_ref().map(|k| k.key.clone()).filter(|k| k.len() == 32);
-        let result = match want {
-            Some(bytes) => {
-                let mut raw = [0u8; 32];
-                raw.copy_from_slice(&bytes);
-                self.keys.lock(&self.dek, &Key::from_bytes(raw))
-            }
-            None if self.keys.is_locked() => self.keys.unlock(&self.dek),
-            None => Ok(()),
-        };
-        if let Err(e) = result {
+        if let Err(e) = self.data_keys.wrap(cluster_unlock_key(&cluster).as_ref()) {
             tracing::error!(error = %e, "could not re-wrap this manager's data key");
         }
+        self.maybe_rotate_data_key();
+    }
+
+    /// Starts a data key rotation in the background if the cluster's epoch is newer than this
+    /// manager's, or one was left unfinished.
+    fn maybe_rotate_data_key(self: &Arc<Self>) {
+        let epoch = self.cluster().map(|c| c.data_key_epoch).unwrap_or(0);
+        if !self.data_keys.needs_rotation(epoch) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::task::spawn_blocking(move || {
+            let Some(shared) = weak.upgrade() else { return };
+            let unlock = || shared.cluster().ok().and_then(|c| cluster_unlock_key(&c));
+            if let Err(e) = shared.data_keys.rotate(epoch, unlock) {
+                tracing::error!(error = %e, "data key rotation failed; it is retried at the next start or cluster change");
+            }
+        });
     }
 
     fn refresh_revocations(&self) {

@@ -200,6 +200,14 @@ impl Store {
         Ok(out)
     }
 
+    /// Seals every stored object again with the sealer's current key (data key rotation);
+    /// runs beside live writes. Returns how many were sealed again.
+    pub fn reseal(&self) -> Result<usize, StoreError> {
+        crate::raft::storage::reseal_tree(&self.objects, &self.sealer, |k| {
+            (k != APPLIED_KEY).then(|| aad(k))
+        })
+    }
+
     /// Subscribes to applied changes.
     pub fn watch(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()

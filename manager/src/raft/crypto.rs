@@ -1,8 +1,18 @@
 //! Owns encryption at rest: the per-manager data key (DEK) that seals every stored record with a
 //! fresh nonce and the record's own identity as associated data, and the key-encryption key (KEK)
 //! that wraps the DEK in a 0600 file. Never logs or prints key bytes.
+//!
+//! A DEK is rotated without stopping: the key file first holds the new key and the previous one,
+//! the sealer seals with the new key and opens with either, every stored record is sealed again,
+//! and only then does the key file drop the previous key. A crash in between leaves both keys in
+//! the file and the rotation is finished at the next start.
+//!
+//! The key file says how its keys are wrapped (`SHLDEK2` + `K` for the local KEK file, `U` for
+//! the operator's unlock key), so a missing KEK file is reported as missing, not taken for
+//! autolock.
 
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -22,10 +32,8 @@ pub enum CryptoError {
     Random,
     #[error("key file {path}: {reason}")]
     KeyFile { path: String, reason: String },
-    #[error(
-        "the data key in {path} cannot be unwrapped with this key: wrong or rotated unlock key"
-    )]
-    WrongKek { path: String },
+    #[error("the data key in {path} cannot be unwrapped with {with}")]
+    WrongKek { path: String, with: String },
     #[error("this manager is locked: give it the swarm's unlock key with 'shoal swarm unlock'")]
     Locked,
     #[error("invalid unlock key: {0}")]
@@ -91,10 +99,20 @@ impl Key {
     }
 }
 
-/// Seals and opens records with one key (ChaCha20-Poly1305, random 96-bit nonce per record).
+/// Seals and opens records (ChaCha20-Poly1305, random 96-bit nonce per record): seals with the
+/// current data key, opens with it or, during a rotation, with the previous one.
 pub struct Sealer {
-    key: LessSafeKey,
+    keys: RwLock<SealKeys>,
     rng: SystemRandom,
+}
+
+struct SealKeys {
+    current: LessSafeKey,
+    previous: Option<LessSafeKey>,
+}
+
+fn aead_key(key: &Key) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key.expose()).expect("32-byte key"))
 }
 
 impl std::fmt::Debug for Sealer {
@@ -106,8 +124,28 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     /// A sealer for `key`.
     pub fn new(key: &Key) -> Sealer {
-        let unbound = UnboundKey::new(&CHACHA20_POLY1305, key.expose()).expect("32-byte key");
-        Sealer { key: LessSafeKey::new(unbound), rng: SystemRandom::new() }
+        Sealer::for_keys(&DataKeys::new(key.clone()))
+    }
+
+    /// A sealer for a manager's data keys (both, while a rotation is unfinished).
+    pub fn for_keys(keys: &DataKeys) -> Sealer {
+        let keys = SealKeys {
+            current: aead_key(&keys.current),
+            previous: keys.previous.as_ref().map(aead_key),
+        };
+        Sealer { keys: RwLock::new(keys), rng: SystemRandom::new() }
+    }
+
+    /// Seals with `new` from now on; records sealed with the key used so far still open.
+    pub fn rotate_to(&self, new: &Key) {
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let old = std::mem::replace(&mut keys.current, aead_key(new));
+        keys.previous = Some(old);
+    }
+
+    /// Stops opening records with the previous key (every record was sealed again).
+    pub fn forget_previous(&self) {
+        self.keys.write().unwrap_or_else(|p| p.into_inner()).previous = None;
     }
 
     /// `nonce || ciphertext || tag`, bound to `aad` (the record's identity: kind and key/index).
@@ -117,8 +155,9 @@ impl Sealer {
         let mut out = Vec::with_capacity(NONCE_LEN + plain.len() + aead::MAX_TAG_LEN);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plain);
-        let tag = self
-            .key
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let tag = keys
+            .current
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad),
@@ -139,26 +178,95 @@ impl Sealer {
         if sealed.len() < NONCE_LEN + aead::MAX_TAG_LEN {
             return Err(CryptoError::Truncated { what: what() });
         }
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&sealed[..NONCE_LEN]);
-        let mut buf = sealed[NONCE_LEN..].to_vec();
-        let plain = self
-            .key
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
-            .map_err(|_| CryptoError::Open { what: what() })?;
-        let len = plain.len();
-        buf.truncate(len);
-        Ok(buf)
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        std::iter::once(&keys.current)
+            .chain(keys.previous.as_ref())
+            .find_map(|key| open_with(key, aad, sealed))
+            .ok_or_else(|| CryptoError::Open { what: what() })
+    }
+
+    /// Whether `sealed` opens with the current key (not only with the previous one).
+    pub fn is_current(&self, aad: &[u8], sealed: &[u8]) -> bool {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        sealed.len() >= NONCE_LEN + aead::MAX_TAG_LEN
+            && open_with(&keys.current, aad, sealed).is_some()
     }
 }
 
-/// The key files of a manager: `dek` (the DEK sealed with the KEK) and, without autolock, `kek`.
+fn open_with(key: &LessSafeKey, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&sealed[..NONCE_LEN]);
+    let mut buf = sealed[NONCE_LEN..].to_vec();
+    let len = key
+        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
+        .ok()?
+        .len();
+    buf.truncate(len);
+    Some(buf)
+}
+
+/// A manager's data keys: the current one, the previous one while a rotation is unfinished,
+/// and the rotation epoch reached (compared with the cluster's to start the next rotation).
+#[derive(Clone)]
+pub struct DataKeys {
+    pub current: Key,
+    pub previous: Option<Key>,
+    pub epoch: u64,
+}
+
+impl std::fmt::Debug for DataKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataKeys")
+            .field("rotating", &self.previous.is_some())
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DataKeys {
+    /// One key, epoch 0.
+    pub fn new(current: Key) -> DataKeys {
+        DataKeys { current, previous: None, epoch: 0 }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = self.epoch.to_be_bytes().to_vec();
+        out.push(1 + u8::from(self.previous.is_some()));
+        out.extend_from_slice(self.current.expose());
+        if let Some(p) = &self.previous {
+            out.extend_from_slice(p.expose());
+        }
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<DataKeys> {
+        let epoch = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+        let count = usize::from(*b.get(8)?);
+        let keys = b.get(9..)?;
+        if !(1..=2).contains(&count) || keys.len() != count * KEY_LEN {
+            return None;
+        }
+        let key = |i: usize| {
+            Key::from_bytes(keys[i * KEY_LEN..(i + 1) * KEY_LEN].try_into().unwrap_or([0; KEY_LEN]))
+        };
+        Some(DataKeys { current: key(0), previous: (count == 2).then(|| key(1)), epoch })
+    }
+}
+
+/// The key files of a manager: `dek` (the data keys sealed with the KEK or the unlock key) and,
+/// without autolock, `kek`.
 #[derive(Clone, Debug)]
 pub struct KeyFiles {
     dir: PathBuf,
 }
 
+/// Associated data of the first key file format (one DEK, wrapped by the KEK file or, when that
+/// file was absent, by the unlock key).
 const DEK_AAD: &[u8] = b"shoal-dek-v1";
+/// The current format: magic, a mode byte, then the sealed [`DataKeys`].
+const DEK_MAGIC: &[u8] = b"SHLDEK2";
+const MODE_KEK: u8 = b'K';
+const MODE_UNLOCK: u8 = b'U';
 
 fn key_err(path: &Path, reason: impl ToString) -> CryptoError {
     CryptoError::KeyFile { path: path.display().to_string(), reason: reason.to_string() }
@@ -179,67 +287,134 @@ impl KeyFiles {
     }
 
     /// Creates a fresh DEK and KEK (unlocked manager) and writes both.
-    pub fn create(&self) -> Result<Key, CryptoError> {
-        let (dek, kek) = (Key::generate()?, Key::generate()?);
+    pub fn create(&self) -> Result<DataKeys, CryptoError> {
+        let keys = DataKeys::new(Key::generate()?);
         std::fs::create_dir_all(&self.dir).map_err(|e| key_err(&self.dir, e))?;
+        self.write_kek(&Key::generate()?)?;
+        self.save(&keys, None)?;
+        Ok(keys)
+    }
+
+    fn write_kek(&self, kek: &Key) -> Result<(), CryptoError> {
         let path = self.kek_path();
-        write_atomic(&path, kek.expose(), KEY_FILE_MODE).map_err(|e| key_err(&path, e))?;
-        self.write_dek(&dek, &kek)?;
-        Ok(dek)
+        write_atomic(&path, kek.expose(), KEY_FILE_MODE).map_err(|e| key_err(&path, e))
     }
 
-    fn write_dek(&self, dek: &Key, kek: &Key) -> Result<(), CryptoError> {
-        let wrapped = Sealer::new(kek).seal(DEK_AAD, dek.expose())?;
+    fn read_kek(&self) -> Result<Key, CryptoError> {
+        let path = self.kek_path();
+        let raw = std::fs::read(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                key_err(&path, "missing: this manager's data keys are wrapped by it (autolock is off); restore it from a backup")
+            } else {
+                key_err(&path, e)
+            }
+        })?;
+        let kek: [u8; KEY_LEN] = raw.try_into().map_err(|_| key_err(&path, "not a 32-byte key"))?;
+        Ok(Key::from_bytes(kek))
+    }
+
+    /// Writes the data keys durably: wrapped by `unlock` (autolock; the KEK file is removed
+    /// afterwards) or by the KEK file (made if missing).
+    pub fn save(&self, keys: &DataKeys, unlock: Option<&Key>) -> Result<(), CryptoError> {
+        let (mode, wrapping) = match unlock {
+            Some(k) => (MODE_UNLOCK, k.clone()),
+            None => match self.read_kek() {
+                Ok(k) => (MODE_KEK, k),
+                Err(_) if !self.kek_path().exists() => {
+                    let k = Key::generate()?;
+                    self.write_kek(&k)?;
+                    (MODE_KEK, k)
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let aad = [DEK_MAGIC, &[mode]].concat();
+        let sealed = Sealer::new(&wrapping).seal(&aad, &keys.encode())?;
         let path = self.dek_path();
-        write_atomic(&path, &wrapped, KEY_FILE_MODE).map_err(|e| key_err(&path, e))
+        write_atomic(&path, &[aad, sealed].concat(), KEY_FILE_MODE)
+            .map_err(|e| key_err(&path, e))?;
+        if unlock.is_some() {
+            match std::fs::remove_file(self.kek_path()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(key_err(&self.kek_path(), e))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
-    /// Whether the DEK is wrapped by an unlock key only the operator holds (no KEK file).
+    /// The key file's mode byte (`None`: the first format, which has none).
+    fn mode(&self) -> Option<u8> {
+        let head = std::fs::read(self.dek_path()).ok()?;
+        head.strip_prefix(DEK_MAGIC).and_then(|rest| rest.first().copied())
+    }
+
+    /// Whether the DEK is wrapped by an unlock key only the operator holds.
     pub fn is_locked(&self) -> bool {
-        !self.kek_path().exists() && self.dek_path().exists()
-    }
-
-    /// Loads the DEK with the operator's unlock key.
-    pub fn load_with(&self, unlock: &Key) -> Result<Key, CryptoError> {
-        self.unwrap_dek(unlock)
-    }
-
-    /// Autolock on: wraps the DEK with the unlock key, then removes the KEK file.
-    pub fn lock(&self, dek: &Key, unlock: &Key) -> Result<(), CryptoError> {
-        self.write_dek(dek, unlock)?;
-        match std::fs::remove_file(self.kek_path()) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(key_err(&self.kek_path(), e)),
-            _ => Ok(()),
+        match self.mode() {
+            Some(mode) => mode == MODE_UNLOCK,
+            None => !self.kek_path().exists() && self.dek_path().exists(),
         }
     }
 
-    /// Autolock off: a fresh KEK file, then the DEK wrapped with it.
-    pub fn unlock(&self, dek: &Key) -> Result<(), CryptoError> {
-        let kek = Key::generate()?;
-        let path = self.kek_path();
-        write_atomic(&path, kek.expose(), KEY_FILE_MODE).map_err(|e| key_err(&path, e))?;
-        self.write_dek(dek, &kek)
+    /// Loads the data keys with the operator's unlock key.
+    pub fn load_with(&self, unlock: &Key) -> Result<DataKeys, CryptoError> {
+        self.unwrap_keys(unlock, "this key: wrong or rotated unlock key")
     }
 
-    /// Loads the DEK, unwrapping it with the KEK file.
-    pub fn load(&self) -> Result<Key, CryptoError> {
+    /// Autolock on: wraps the data keys with the unlock key, then removes the KEK file.
+    pub fn lock(&self, keys: &DataKeys, unlock: &Key) -> Result<(), CryptoError> {
+        self.save(keys, Some(unlock))
+    }
+
+    /// Autolock off: a fresh KEK file, then the data keys wrapped with it.
+    pub fn unlock(&self, keys: &DataKeys) -> Result<(), CryptoError> {
+        self.write_kek(&Key::generate()?)?;
+        self.save(keys, None)
+    }
+
+    /// Loads the data keys, unwrapping them with the KEK file.
+    pub fn load(&self) -> Result<DataKeys, CryptoError> {
         if self.is_locked() {
             return Err(CryptoError::Locked);
         }
-        let path = self.kek_path();
-        let raw = std::fs::read(&path).map_err(|e| key_err(&path, e))?;
-        let kek: [u8; KEY_LEN] = raw.try_into().map_err(|_| key_err(&path, "not a 32-byte key"))?;
-        self.unwrap_dek(&Key::from_bytes(kek))
+        let kek = self.read_kek()?;
+        let kek_path = self.kek_path().display().to_string();
+        self.unwrap_keys(
+            &kek,
+            &format!(
+                "the key in {kek_path}: one of the two files is damaged or from another manager"
+            ),
+        )
     }
 
-    fn unwrap_dek(&self, kek: &Key) -> Result<Key, CryptoError> {
+    fn unwrap_keys(&self, wrapping: &Key, with_what: &str) -> Result<DataKeys, CryptoError> {
         let path = self.dek_path();
-        let wrapped = std::fs::read(&path).map_err(|e| key_err(&path, e))?;
-        let raw = Sealer::new(kek)
-            .open(DEK_AAD, &wrapped, || "dek".into())
-            .map_err(|_| CryptoError::WrongKek { path: path.display().to_string() })?;
-        let dek: [u8; KEY_LEN] = raw.try_into().map_err(|_| key_err(&path, "not a 32-byte key"))?;
-        Ok(Key::from_bytes(dek))
+        let file = std::fs::read(&path).map_err(|e| key_err(&path, e))?;
+        let wrong = || CryptoError::WrongKek {
+            path: path.display().to_string(),
+            with: with_what.to_string(),
+        };
+        match file.strip_prefix(DEK_MAGIC) {
+            Some(rest) => {
+                let (mode, sealed) =
+                    rest.split_first().ok_or_else(|| key_err(&path, "truncated"))?;
+                let aad = [DEK_MAGIC, &[*mode]].concat();
+                let plain = Sealer::new(wrapping)
+                    .open(&aad, sealed, || "dek".into())
+                    .map_err(|_| wrong())?;
+                DataKeys::decode(&plain).ok_or_else(|| key_err(&path, "not a data key record"))
+            }
+            None => {
+                let raw = Sealer::new(wrapping)
+                    .open(DEK_AAD, &file, || "dek".into())
+                    .map_err(|_| wrong())?;
+                let dek: [u8; KEY_LEN] =
+                    raw.try_into().map_err(|_| key_err(&path, "not a 32-byte key"))?;
+                Ok(DataKeys::new(Key::from_bytes(dek)))
+            }
+        }
     }
 }
 
@@ -275,12 +450,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = KeyFiles::new(dir.path());
         let dek = files.create().unwrap();
-        assert_eq!(files.load().unwrap().expose(), dek.expose());
+        assert_eq!(files.load().unwrap().current.expose(), dek.current.expose());
         for name in ["dek", "kek"] {
             let mode = std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
-        assert_eq!(format!("{dek:?}"), "Key(<redacted>)");
+        assert_eq!(format!("{:?}", dek.current), "Key(<redacted>)");
+        assert!(!format!("{dek:?}").contains(&format!("{:?}", dek.current.expose())));
     }
 
     #[test]
@@ -296,9 +472,9 @@ mod tests {
             files.load_with(&Key::generate().unwrap()),
             Err(CryptoError::WrongKek { .. })
         ));
-        assert_eq!(files.load_with(&unlock).unwrap().expose(), dek.expose());
+        assert_eq!(files.load_with(&unlock).unwrap().current.expose(), dek.current.expose());
         files.unlock(&dek).unwrap();
-        assert_eq!(files.load().unwrap().expose(), dek.expose());
+        assert_eq!(files.load().unwrap().current.expose(), dek.current.expose());
     }
 
     #[test]
@@ -315,13 +491,74 @@ mod tests {
     }
 
     #[test]
+    fn a_rotating_sealer_opens_both_keys_until_told_to_forget_the_old_one() {
+        let (old, new) = (Key::generate().unwrap(), Key::generate().unwrap());
+        let s = Sealer::new(&old);
+        let before = s.seal(b"k", b"v1").unwrap();
+        s.rotate_to(&new);
+        let after = s.seal(b"k", b"v2").unwrap();
+        assert!(!s.is_current(b"k", &before) && s.is_current(b"k", &after));
+        assert_eq!(s.open(b"k", &before, || "k".into()).unwrap(), b"v1");
+        assert_eq!(Sealer::new(&new).open(b"k", &after, || "k".into()).unwrap(), b"v2");
+        s.forget_previous();
+        assert!(matches!(s.open(b"k", &before, || "k".into()), Err(CryptoError::Open { .. })));
+        assert_eq!(s.open(b"k", &after, || "k".into()).unwrap(), b"v2");
+    }
+
+    #[test]
+    fn key_files_keep_both_keys_of_an_unfinished_rotation_in_either_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = KeyFiles::new(dir.path());
+        let first = files.create().unwrap();
+        let rotating = DataKeys {
+            current: Key::generate().unwrap(),
+            previous: Some(first.current.clone()),
+            epoch: 3,
+        };
+        files.save(&rotating, None).unwrap();
+        let back = files.load().unwrap();
+        assert_eq!(back.epoch, 3);
+        assert_eq!(back.current.expose(), rotating.current.expose());
+        assert_eq!(back.previous.unwrap().expose(), first.current.expose());
+        let unlock = Key::generate().unwrap();
+        files.save(&rotating, Some(&unlock)).unwrap();
+        assert!(files.is_locked() && !dir.path().join("kek").exists());
+        assert_eq!(files.load_with(&unlock).unwrap().epoch, 3);
+    }
+
+    #[test]
+    fn a_first_format_key_file_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (dek, kek) = (Key::generate().unwrap(), Key::generate().unwrap());
+        std::fs::write(dir.path().join("kek"), kek.expose()).unwrap();
+        let wrapped = Sealer::new(&kek).seal(DEK_AAD, dek.expose()).unwrap();
+        std::fs::write(dir.path().join("dek"), wrapped).unwrap();
+        let files = KeyFiles::new(dir.path());
+        let keys = files.load().unwrap();
+        assert_eq!((keys.current.expose(), keys.epoch), (dek.expose(), 0));
+    }
+
+    #[test]
+    fn a_missing_kek_is_named_not_taken_for_autolock() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = KeyFiles::new(dir.path());
+        files.create().unwrap();
+        std::fs::remove_file(dir.path().join("kek")).unwrap();
+        assert!(!files.is_locked());
+        let err = files.load().unwrap_err().to_string();
+        assert!(err.contains("kek") && err.contains("missing"), "{err}");
+    }
+
+    #[test]
     fn a_missing_or_wrong_kek_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let files = KeyFiles::new(dir.path());
         files.create().unwrap();
         std::fs::write(dir.path().join("kek"), [7u8; 32]).unwrap();
-        assert!(matches!(files.load(), Err(CryptoError::WrongKek { .. })));
-        std::fs::remove_file(dir.path().join("kek")).unwrap();
+        let err = files.load().unwrap_err();
+        assert!(matches!(err, CryptoError::WrongKek { .. }));
+        assert!(err.to_string().contains("damaged or from another manager"), "{err}");
+        files.lock(&DataKeys::new(Key::generate().unwrap()), &Key::generate().unwrap()).unwrap();
         let err = files.load().unwrap_err().to_string();
         assert!(err.contains("shoal swarm unlock"), "{err}");
     }

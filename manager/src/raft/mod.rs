@@ -3,6 +3,7 @@
 
 pub mod crypto;
 pub mod node;
+pub(crate) mod rotation;
 pub mod service;
 pub mod storage;
 #[cfg(test)]

@@ -320,18 +320,68 @@ impl std::fmt::Debug for Syncer {
 }
 
 impl Syncer {
-    /// Flushes sled, fdatasyncs its file, then records `term` and `commit` as durable.
-    pub fn sync(&self, term: u64, commit: u64) -> Result<(), StoreError> {
+    /// Flushes sled and fdatasyncs its file.
+    pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         if let Some(f) = &self.data_file {
             f.sync_data().map_err(|e| io_failed("fsync of the raft store", &e))?;
         }
+        Ok(())
+    }
+
+    /// Flushes sled, fdatasyncs its file, then records `term` and `commit` as durable.
+    pub fn sync(&self, term: u64, commit: u64) -> Result<(), StoreError> {
+        self.flush()?;
         if let Some(path) = &self.mark {
             let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
             write_mark(path, &self.sealer, seq, term, commit)?;
         }
         Ok(())
     }
+}
+
+/// Seals every record of `tree` that is not yet sealed with the current key again (data key
+/// rotation). `aad` gives a record's associated data from its key, `None` for records that are
+/// not sealed. Runs beside live writers: a record is replaced only if it did not change since
+/// it was read (a changed one was written with the current key already). Returns how many were
+/// sealed again.
+pub(crate) fn reseal_tree(
+    tree: &sled::Tree,
+    sealer: &Sealer,
+    aad: impl Fn(&[u8]) -> Option<Vec<u8>>,
+) -> Result<usize, StoreError> {
+    let mut resealed = 0;
+    for kv in tree.iter() {
+        let (k, v) = kv?;
+        let Some(aad) = aad(&k) else { continue };
+        if sealer.is_current(&aad, &v) {
+            continue;
+        }
+        let plain =
+            sealer.open(&aad, &v, || format!("record {:?}", String::from_utf8_lossy(&k)))?;
+        let fresh = sealer.seal(&aad, &plain)?;
+        if tree.compare_and_swap(&k, Some(&v), Some(fresh))?.is_ok() {
+            resealed += 1;
+        }
+    }
+    Ok(resealed)
+}
+
+/// Seals the Raft log, its state records and the mark file in `db` (directory `dir`) again
+/// with the sealer's current key.
+pub(crate) fn reseal_log(db: &sled::Db, dir: &Path, sealer: &Sealer) -> Result<usize, StoreError> {
+    let log = db.open_tree("raft_log")?;
+    let state = db.open_tree("raft_state")?;
+    let mut n =
+        reseal_tree(&log, sealer, |k| Some(log_aad(u64::from_be_bytes(k.try_into().ok()?))))?;
+    n += reseal_tree(&state, sealer, |k| Some(state_aad(k)))?;
+    let mark = dir.join(MARK_FILE);
+    if let Some((seq, term, commit)) = read_mark(&mark, sealer)? {
+        // Both slots, so no copy sealed with the old key remains.
+        write_mark(&mark, sealer, seq, term, commit)?;
+        write_mark(&mark, sealer, seq + 1, term, commit)?;
+    }
+    Ok(n)
 }
 
 /// An I/O error with what was being done; a full disk is named as such.
