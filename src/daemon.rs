@@ -12,7 +12,7 @@ use shoal_agent::{Agent, AgentConfig, AgentStatus, NodeFiles, NodeState};
 use shoal_manager::{Identity, InitParams, Manager};
 use shoal_pki::{NodeKey, PeerIdentity, ReloadableCert, Role};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Mutex};
+use tokio::sync::{oneshot, watch, Mutex};
 use tokio::task::JoinHandle;
 
 use crate::readdress::{self, AddrOverrides, Announcer};
@@ -84,6 +84,8 @@ struct Serving {
     monitor: JoinHandle<()>,
     updates: JoinHandle<()>,
     orchestrator: JoinHandle<()>,
+    /// Passes on a failure of the Raft member (see [`Daemon::manager_failed`]).
+    failure: JoinHandle<()>,
 }
 
 impl Serving {
@@ -92,6 +94,7 @@ impl Serving {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        self.failure.abort();
         self.manager.stop();
         self.monitor.abort();
         self.orchestrator.abort();
@@ -106,6 +109,7 @@ impl Drop for Serving {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        self.failure.abort();
         self.monitor.abort();
         self.updates.abort();
         self.orchestrator.abort();
@@ -123,6 +127,8 @@ pub struct Daemon {
     member: Mutex<Option<Member>>,
     /// A manager that restarted with autolock on waits here for its unlock key, serving nothing.
     locked: Mutex<Option<NodeState>>,
+    /// Why the Raft member of this node's manager failed, once it has.
+    failure: watch::Sender<Option<String>>,
 }
 
 /// A snapshot for `shoal info`.
@@ -157,6 +163,7 @@ impl Daemon {
             files,
             member: Mutex::new(None),
             locked: Mutex::new(None),
+            failure: watch::Sender::new(None),
         });
         tokio::spawn(follow_role(Arc::downgrade(&daemon)));
         let state = daemon.files.load_state()?;
@@ -216,7 +223,7 @@ impl Daemon {
             if readdress::must_announce(&saved, &state, &opened) {
                 announcer = Some(Announcer::start(self.me.clone(), opened.clone(), &state));
             }
-            manager = Some(serve(opened, listener, cert.clone()));
+            manager = Some(serve(opened, listener, cert.clone(), &self.failure));
         }
         if announcer.is_none() && state != saved {
             self.files.save_state(&state)?;
@@ -306,7 +313,7 @@ impl Daemon {
             return Err(e);
         }
         let cert = id.cert;
-        let serving = serve(manager, listener, cert.clone());
+        let serving = serve(manager, listener, cert.clone(), &self.failure);
         let agent = self.start_agent(&state, cert.clone(), root)?;
         tracing::info!(node = %state.node_id, cluster = %state.cluster_id, "swarm initialized");
         let manager = Some(serving);
@@ -340,7 +347,7 @@ impl Daemon {
             self.files.save_state(&state)?;
         }
         let tokens = (manager.join_token(Role::Worker)?, manager.join_token(Role::Manager)?);
-        let serving = serve(manager, listener, cert.clone());
+        let serving = serve(manager, listener, cert.clone(), &self.failure);
         let agent = self.start_agent(&state, cert.clone(), root)?;
         *member =
             Some(Member { state: state.clone(), cert, agent, manager: Some(serving), announcer });
@@ -424,7 +431,7 @@ impl Daemon {
             }
         }
         let manager = Manager::prepare_join(&self.files.store_dir(), id)?;
-        let serving = serve(manager.clone(), listener, id.cert.clone());
+        let serving = serve(manager.clone(), listener, id.cert.clone(), &self.failure);
         manager.join_raft(remote, &state.advertise_addr).await?;
         if let Ok(addrs) = manager.manager_addrs() {
             state.manager_addrs = addrs;
@@ -499,6 +506,19 @@ impl Daemon {
                 locked: false,
                 addr_pending: m.announcer.as_ref().and_then(Announcer::pending),
             },
+        }
+    }
+
+    /// Waits until the Raft member of a manager this node runs fails (its disk is full or
+    /// broken), and returns why. Such a manager serves nothing more until shoald restarts; what
+    /// to do then is the binary's choice.
+    pub async fn manager_failed(&self) -> String {
+        let mut failure = self.failure.subscribe();
+        let why = failure.wait_for(Option::is_some).await.map(|why| why.clone());
+        match why {
+            Ok(why) => why.unwrap_or_default(),
+            // `self` holds the sender: it cannot close while we wait.
+            Err(_) => std::future::pending().await,
         }
     }
 
@@ -600,11 +620,19 @@ impl Daemon {
     }
 }
 
-fn serve(manager: Manager, listener: TcpListener, cert: Arc<ReloadableCert>) -> Serving {
+/// Serves `manager` on the cluster port; a failure of its Raft member goes to `failure` (see
+/// [`Daemon::manager_failed`]).
+fn serve(
+    manager: Manager,
+    listener: TcpListener,
+    cert: Arc<ReloadableCert>,
+    failure: &watch::Sender<Option<String>>,
+) -> Serving {
     let (stop, stopped) = oneshot::channel::<()>();
     let monitor = manager.spawn_monitor();
     let updates = manager.spawn_node_updates();
     let orchestrator = manager.spawn_orchestrator();
+    let failure = report_failure(&manager, failure.clone());
     let m = manager.clone();
     let server = tokio::spawn(async move {
         let shutdown = async {
@@ -614,7 +642,19 @@ fn serve(manager: Manager, listener: TcpListener, cert: Arc<ReloadableCert>) -> 
             tracing::error!(error = %e, "cluster port stopped");
         }
     });
-    Serving { manager, stop: Some(stop), server, monitor, updates, orchestrator }
+    Serving { manager, stop: Some(stop), server, monitor, updates, orchestrator, failure }
+}
+
+/// Waits until the Raft member of `manager` fails and passes on why.
+fn report_failure(manager: &Manager, report: watch::Sender<Option<String>>) -> JoinHandle<()> {
+    let mut status = manager.raft().watch();
+    tokio::spawn(async move {
+        let why = match status.wait_for(|s| s.failed.is_some()).await {
+            Ok(s) => s.failed.clone(),
+            Err(_) => return, // the member stopped without failing
+        };
+        report.send_replace(why);
+    })
 }
 
 async fn bind(addr: &str) -> Result<TcpListener> {

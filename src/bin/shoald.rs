@@ -1,6 +1,8 @@
 //! The `shoald` node daemon.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -104,11 +106,34 @@ async fn main() -> Result<()> {
         },
     };
     let daemon = Daemon::start(cfg).await?;
+    tokio::spawn(exit_when_manager_fails(daemon.clone(), socket.clone()));
     tracing::info!(socket = %socket.display(), "shoald ready");
     shoal::local_api::serve(daemon.clone(), &socket, shutdown_signal()).await?;
     daemon.stop().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// How long calls in flight get to carry a failed manager's reason to their callers.
+const FAILURE_GRACE: Duration = Duration::from_secs(1);
+
+/// Ends the process with status 1 once the Raft member of this node's manager has failed (a
+/// full or broken disk): such a manager serves nothing more until shoald restarts.
+///
+/// It exits without a graceful shutdown, and without running destructors: stopping the manager
+/// drops its sled store, and after a failed blob write sled 0.34 can wait forever in the flush
+/// its drop runs, keeping the process and the store's lock. Nothing is lost by skipping that
+/// flush: Raft syncs every write to disk before it is acknowledged. The operator (or systemd)
+/// frees space and starts shoald again, and the manager resumes from what is on disk.
+async fn exit_when_manager_fails(daemon: Arc<Daemon>, socket: PathBuf) {
+    let why = daemon.manager_failed().await;
+    tracing::error!(
+        error = %why,
+        "this manager cannot go on: shoald exits; restart it once the disk is fixed"
+    );
+    tokio::time::sleep(FAILURE_GRACE).await;
+    let _ = std::fs::remove_file(&socket);
+    std::process::exit(1);
 }
 
 async fn shutdown_signal() {
