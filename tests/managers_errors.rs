@@ -5,8 +5,8 @@
 //! everything), never serve a state that misses an acknowledged write, never start a new empty
 //! cluster; and once the files are restored every acknowledged write is there. On a small tmpfs,
 //! a write that does not fit must fail saying the disk is full; the daemon, whose manager cannot
-//! go on, must then exit promptly with that reason (not hang, not serve nothing); and once space
-//! is freed, a restarted daemon serves every write reported as done.
+//! go on, must then exit promptly with that reason (not hang, not serve nothing), also when told
+//! to stop; and once space is freed, a restarted daemon serves every write reported as done.
 //!
 //! No network namespaces: the cluster port is 127.0.0.1:0. The disk-full tests need root (a
 //! tmpfs mount); without it they print a notice and pass.
@@ -671,6 +671,37 @@ fn a_locked_manager_tells_callers_to_unlock_it() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Shutdown
+// ---------------------------------------------------------------------------------------------
+
+/// A `service logs --follow` left open does not keep a stopping shoald: a graceful shutdown
+/// waits for calls in flight, and this one never ends; within 15s of SIGTERM shoald is gone and
+/// a new one takes the store.
+#[test]
+fn sigterm_with_a_log_stream_open_still_ends_shoald() {
+    let dir = tempfile::Builder::new().prefix("shoal-stop-").tempdir().unwrap();
+    let mut daemon = Shoald::new(dir.path(), dir.path().join("data"));
+    daemon.start();
+    init(&daemon, false);
+    let acked = write_acked(&daemon, dir.path());
+    let mut follow = daemon
+        .command(&["service", "logs", "--follow", "web"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = daemon.stop_within(Duration::from_secs(15));
+    let _ = follow.kill();
+    let _ = follow.wait();
+    stopped.unwrap_or_else(|e| panic!("{e}:\n{}", daemon.log()));
+    daemon.start();
+    assert_all_there(&daemon, &acked, "in a new shoald after the SIGTERM");
+    daemon.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Full disk
 // ---------------------------------------------------------------------------------------------
 
@@ -843,5 +874,24 @@ fn a_full_disk_is_reported_shoald_exits_and_a_restart_recovers() {
     full.daemon.stop();
     full.daemon.start();
     assert_all_there(&full.daemon, &full.acked, "after a second restart");
+    full.daemon.stop();
+}
+
+/// SIGTERM right after a write failed on a full disk: whatever its store is doing, shoald is
+/// gone within 15s (a hung store flush must not keep it, and the store's lock, forever), and a
+/// new shoald takes the store and serves every acknowledged write once space is freed.
+#[test]
+fn sigterm_after_a_full_disk_ends_shoald_and_frees_the_store() {
+    if !is_root() {
+        eprintln!("NOTICE: skipped: it needs root (tmpfs)");
+        return;
+    }
+    let mut full = FullDisk::new();
+    if let Err(e) = full.daemon.stop_within(Duration::from_secs(15)) {
+        panic!("{e}:\n{}", full.daemon.log());
+    }
+    full.free_space();
+    full.daemon.start();
+    assert_all_there(&full.daemon, &full.acked, "in a new shoald after the SIGTERM");
     full.daemon.stop();
 }

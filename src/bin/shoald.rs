@@ -116,6 +116,8 @@ async fn main() -> Result<()> {
 
 /// How long calls in flight get to carry a failed manager's reason to their callers.
 const FAILURE_GRACE: Duration = Duration::from_secs(1);
+/// How long a graceful shutdown may take before shoald exits without finishing it.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 
 /// Ends the process with status 1 once the Raft member of this node's manager has failed (a
 /// full or broken disk): such a manager serves nothing more until shoald restarts.
@@ -136,6 +138,8 @@ async fn exit_when_manager_fails(daemon: Arc<Daemon>, socket: PathBuf) {
     std::process::exit(1);
 }
 
+/// Resolves on SIGTERM or SIGINT, and from then on bounds the shutdown (see
+/// [`exit_if_shutdown_hangs`]).
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) =
@@ -148,4 +152,23 @@ async fn shutdown_signal() {
         _ = int.recv() => {}
     }
     tracing::info!("shutting down");
+    exit_if_shutdown_hangs(SHUTDOWN_LIMIT);
+}
+
+/// Exits with status 1 if the process is still there `limit` after the shutdown began: a hung
+/// store flush (see [`exit_when_manager_fails`]) or a call that never ends must not keep the
+/// process, and the store's lock, forever. A thread of its own, so a blocked runtime cannot
+/// hold it up.
+fn exit_if_shutdown_hangs(limit: Duration) {
+    let watchdog = std::thread::Builder::new().name("shutdown-watchdog".into()).spawn(move || {
+        std::thread::sleep(limit);
+        tracing::error!(
+            "shutdown did not finish within {limit:?}; exiting without it (acknowledged writes \
+             are already on disk)"
+        );
+        std::process::exit(1);
+    });
+    if let Err(e) = watchdog {
+        tracing::warn!(error = %e, "no shutdown watchdog: a hung shutdown will not be cut short");
+    }
 }
