@@ -11,8 +11,7 @@
 //! No network namespaces: the cluster port is 127.0.0.1:0. The disk-full tests need root (a
 //! tmpfs mount); without it they print a notice and pass.
 //!
-//! Tests marked `#[ignore]` assert the behaviour we want and that the product does not have yet;
-//! each reason names the gap. On a failure the message ends with the tail of the daemon's log.
+//! On a failure the message ends with the tail of the daemon's log.
 
 mod netns;
 
@@ -581,9 +580,6 @@ fn damaged_key_files_stop_the_daemon_with_the_file_named() {
 /// Without autolock, a missing `kek` file is a lost key file, not a locked manager: the message
 /// names the file instead of asking for an unlock key that does not exist.
 #[test]
-#[ignore = "KeyFiles::is_locked (manager/src/raft/crypto.rs) takes 'no kek, a dek' for autolock: \
-            the daemon logs 'this manager is locked: run shoal swarm unlock' and shows Swarm: \
-            locked, for a swarm that has no unlock key; the missing keys/kek is never named"]
 fn a_missing_kek_is_named_not_taken_for_autolock() {
     let mut s = Stopped::new(false);
     std::fs::remove_file(s.keys().join("kek")).unwrap();
