@@ -158,16 +158,17 @@ fn open_parts(store_dir: &Path, keys: DataKeys) -> Result<Parts, ManagerError> {
     let sealer = Arc::new(Sealer::for_keys(&keys));
     let store = Arc::new(Store::open(&db, sealer.clone())?);
     let storage = LogStorage::open(&db, sealer.clone(), store.clone())?.with_data_file(&path)?;
-    let (syncer, _) = storage.syncer();
-    let data_keys = Arc::new(DataKeyState::new(
-        keys,
-        key_files(store_dir),
+    let syncer = storage.syncer();
+    let data_keys = Arc::new(DataKeyState {
+        keys: Mutex::new(keys),
+        files: key_files(store_dir),
         sealer,
         db,
-        path,
+        dir: path,
         syncer,
-        store.clone(),
-    ));
+        store: store.clone(),
+        rotation: Mutex::new(()),
+    });
     Ok(Parts { store, storage, data_keys })
 }
 

@@ -261,11 +261,11 @@ fn run_syncer(
         let mut batch = vec![first];
         batch.extend(jobs.try_iter());
         let must_sync = batch.iter().any(|j| j.must_sync);
-        let last = batch.last().map(|j| (j.number, j.mark)).unwrap_or_default();
-        let result = if must_sync { syncer.sync(last.1 .0, last.1 .1) } else { Ok(()) };
+        let (number, mark) = batch.last().map(|j| (j.number, j.mark)).unwrap_or_default();
+        let result = if must_sync { syncer.sync(mark) } else { Ok(()) };
         let failed = result.is_err();
         let synced = Synced {
-            number: last.0,
+            number,
             jobs: batch.len(),
             messages: batch.into_iter().flat_map(|j| j.messages).collect(),
             result,
@@ -305,7 +305,7 @@ pub fn spawn(
     let cfg_id = cfg.id;
     let (sync_jobs, jobs_rx) = std::sync::mpsc::channel();
     let (synced_tx, synced_rx) = mpsc::unbounded_channel();
-    let (syncer, _) = raw.store().syncer();
+    let syncer = raw.store().syncer();
     std::thread::Builder::new()
         .name(format!("raft-sync-{:x}", cfg_id & 0xffff))
         .spawn(move || run_syncer(syncer, jobs_rx, synced_tx))
@@ -571,8 +571,7 @@ impl Driver {
         if must_sync || self.syncing > 0 {
             // Behind a sync in progress even when this Ready needs none: its messages must
             // not overtake the durable ones queued before it.
-            let (_, mark) = self.raw.store().syncer();
-            let job = SyncJob { number, must_sync, messages, mark };
+            let job = SyncJob { number, must_sync, messages, mark: self.raw.store().mark() };
             self.sync_jobs
                 .send(job)
                 .map_err(|_| StoreError::Unavailable("the raft sync thread stopped".into()))?;

@@ -13,16 +13,16 @@ use crate::store::{Store, StoreError};
 
 /// The data keys of a running manager.
 pub(crate) struct DataKeyState {
-    keys: Mutex<DataKeys>,
-    files: KeyFiles,
-    sealer: Arc<Sealer>,
-    db: sled::Db,
+    pub(crate) keys: Mutex<DataKeys>,
+    pub(crate) files: KeyFiles,
+    pub(crate) sealer: Arc<Sealer>,
+    pub(crate) db: sled::Db,
     /// sled's directory (the mark file lives there).
-    dir: PathBuf,
-    syncer: Syncer,
-    store: Arc<Store>,
+    pub(crate) dir: PathBuf,
+    pub(crate) syncer: Syncer,
+    pub(crate) store: Arc<Store>,
     /// Held for a whole rotation: one at a time.
-    rotation: Mutex<()>,
+    pub(crate) rotation: Mutex<()>,
 }
 
 impl std::fmt::Debug for DataKeyState {
@@ -36,28 +36,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl DataKeyState {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        keys: DataKeys,
-        files: KeyFiles,
-        sealer: Arc<Sealer>,
-        db: sled::Db,
-        dir: PathBuf,
-        syncer: Syncer,
-        store: Arc<Store>,
-    ) -> DataKeyState {
-        DataKeyState {
-            keys: Mutex::new(keys),
-            files,
-            sealer,
-            db,
-            dir,
-            syncer,
-            store,
-            rotation: Mutex::new(()),
-        }
-    }
-
     /// The rotation epoch reached and whether a rotation is unfinished.
     pub(crate) fn status(&self) -> (u64, bool) {
         let keys = lock(&self.keys);

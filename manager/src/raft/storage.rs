@@ -282,12 +282,17 @@ impl LogStorage {
 
     /// Makes everything written so far durable (sled's flush, then fdatasync, then the mark).
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.syncer.sync(self.hard_state.term, self.durable_commit())
+        self.syncer.sync(self.mark())
     }
 
-    /// A handle that makes writes durable from another thread, and the mark to record now.
-    pub fn syncer(&self) -> (Syncer, (u64, u64)) {
-        (self.syncer.clone(), (self.hard_state.term, self.durable_commit()))
+    /// A handle that makes writes durable from another thread.
+    pub fn syncer(&self) -> Syncer {
+        self.syncer.clone()
+    }
+
+    /// The term and commit index written so far (what the next sync records in the mark).
+    pub fn mark(&self) -> (u64, u64) {
+        (self.hard_state.term, self.durable_commit())
     }
 
     /// Index of the last entry.
@@ -329,8 +334,8 @@ impl Syncer {
         Ok(())
     }
 
-    /// Flushes sled, fdatasyncs its file, then records `term` and `commit` as durable.
-    pub fn sync(&self, term: u64, commit: u64) -> Result<(), StoreError> {
+    /// Flushes sled, fdatasyncs its file, then records `(term, commit)` as durable.
+    pub fn sync(&self, (term, commit): (u64, u64)) -> Result<(), StoreError> {
         self.flush()?;
         if let Some(path) = &self.mark {
             let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
