@@ -101,10 +101,13 @@ async fn pids_limit_is_always_set_and_enforced() {
     assert_eq!(rt.cgroup_layout().pids_max(&rt.cgroup_path(&id)), Some(1024));
     rt.delete(&id).await.unwrap();
 
+    // runc's own init (a Go program, several threads) runs inside the limit before the task
+    // starts, so a limit of a handful of pids can kill it first; 16 leaves it room and the
+    // script still asks for twice that.
     let id = task_id("pids-small");
-    let script = "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 5 & done; wait; echo done";
+    let script = "i=0; while [ $i -lt 32 ]; do sleep 5 & i=$((i+1)); done; wait; echo done";
     let mut spec = sh_task(&id, &rootfs, script);
-    spec.resources.pids = Some(5);
+    spec.resources.pids = Some(16);
     rt.create(spec).await.unwrap();
     rt.start(&id).await.unwrap();
     let _ = rt.stop(&id).await;
