@@ -71,6 +71,18 @@ fn world(nodes: &[&str], services: Vec<Service>, tasks: Vec<Task>) -> World {
     w
 }
 
+/// Puts `s` in the middle of a rolling update from its image to `busybox:2` (spec version 2).
+fn start_update(s: &mut Service) {
+    s.previous_spec = s.spec.clone();
+    s.spec.as_mut().unwrap().container.as_mut().unwrap().image = "busybox:2".into();
+    s.spec_version = 2;
+    s.update_status = Some(UpdateStatus {
+        state: UpdateState::Updating as i32,
+        started_at_ms: 10,
+        ..Default::default()
+    });
+}
+
 fn run(w: &mut World) -> Vec<Op> {
     let ids: std::collections::BTreeSet<String> =
         w.services.keys().cloned().chain(w.by_service.keys().cloned()).collect();
@@ -191,14 +203,7 @@ fn a_paused_node_keeps_its_tasks_but_gets_no_new_ones() {
 fn a_rolling_update_replaces_one_slot_at_a_time_and_pauses_on_failure() {
     let mut s = service("web", 3);
     let old: Vec<Task> = (1..=3).map(|i| task(&s, i, "a", TaskState::Running, 1)).collect();
-    s.previous_spec = s.spec.clone();
-    s.spec.as_mut().unwrap().container.as_mut().unwrap().image = "busybox:2".into();
-    s.spec_version = 2;
-    s.update_status = Some(UpdateStatus {
-        state: UpdateState::Updating as i32,
-        started_at_ms: 10,
-        ..Default::default()
-    });
+    start_update(&mut s);
     let mut w = world(&["a"], vec![s.clone()], old.clone());
     let ops = run(&mut w);
     assert_eq!(desired(&ops, TaskState::Shutdown).len(), 1, "parallelism 1");
@@ -321,14 +326,7 @@ fn unplaceable_tasks_say_why() {
 fn the_next_slot_starts_once_the_last_runs_and_completion_waits_for_the_monitor() {
     let mut s = service("web", 2);
     let old = task(&s, 2, "a", TaskState::Running, 1);
-    s.previous_spec = s.spec.clone();
-    s.spec.as_mut().unwrap().container.as_mut().unwrap().image = "busybox:2".into();
-    s.spec_version = 2;
-    s.update_status = Some(UpdateStatus {
-        state: UpdateState::Updating as i32,
-        started_at_ms: 10,
-        ..Default::default()
-    });
+    start_update(&mut s);
     // Slot 1 already runs the new spec, started a moment ago (inside the 5 s monitor).
     let fresh = task(&s, 1, "a", TaskState::Running, NOW - 100);
     let mut w = world(&["a"], vec![s.clone()], vec![fresh.clone(), old]);
@@ -363,14 +361,7 @@ fn a_slot_never_gets_two_live_tasks_of_the_current_spec() {
     // An old-spec task on a Down node during an update: one replacement, not two.
     let mut s = service("web", 1);
     let old = task(&s, 1, "a", TaskState::Running, 1);
-    s.previous_spec = s.spec.clone();
-    s.spec.as_mut().unwrap().container.as_mut().unwrap().image = "busybox:2".into();
-    s.spec_version = 2;
-    s.update_status = Some(UpdateStatus {
-        state: UpdateState::Updating as i32,
-        started_at_ms: 10,
-        ..Default::default()
-    });
+    start_update(&mut s);
     let mut w = world(&["a", "b"], vec![s], vec![old]);
     w.nodes.get_mut("a").unwrap().set_state(NodeState::Down);
     assert_eq!(created(&run(&mut w)).len(), 1);
