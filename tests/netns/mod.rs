@@ -750,18 +750,24 @@ pub fn torn_read(out: &Output) -> bool {
 // Running a test
 // ---------------------------------------------------------------------------------------------
 
+/// Whether `test`, which needs root for `what`, can run here: without root it prints a notice
+/// and returns false (the test passes), except under CI (env `CI` set), where it panics.
+pub fn root_for(test: &str, what: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} needs root ({what}) and CI is set: run the tests as root");
+    }
+    eprintln!("NOTICE: {test} skipped: it needs root ({what})");
+    false
+}
+
 /// Whether `test` can run here: it needs root (network namespaces, veth, a bridge), `ip` and
 /// `nsenter`. Without root it prints a notice and returns false (the test passes), except under
 /// CI (env `CI` set), where it panics: CI must really run it.
 pub fn root_or_skip(test: &str) -> bool {
-    if !is_root() {
-        if std::env::var_os("CI").is_some() {
-            panic!(
-                "{test} needs root (network namespaces, veth, a bridge) and CI is set: run the \
-                 tests as root"
-            );
-        }
-        eprintln!("NOTICE: {test} skipped: it needs root (network namespaces)");
+    if !root_for(test, "network namespaces, veth, a bridge") {
         return false;
     }
     for tool in ["ip", "nsenter"] {
