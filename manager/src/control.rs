@@ -508,8 +508,8 @@ fn new_unlock_key() -> Result<UnlockKey, Status> {
 }
 
 fn unlock_key_info(cluster: &Cluster) -> UnlockKeyInfo {
-    let key = cluster.unlock_key.as_ref().and_then(|k| <[u8; 32]>::try_from(k.key.as_slice()).ok());
-    UnlockKeyInfo { key: key.map(|k| format_unlock_key(&Key::from_bytes(k))).unwrap_or_default() }
+    let key = crate::manager::cluster_unlock_key(cluster);
+    UnlockKeyInfo { key: key.map(|k| format_unlock_key(&k)).unwrap_or_default() }
 }
 
 fn check_removable(shared: &Shared, node: &Node, force: bool) -> Result<(), Status> {

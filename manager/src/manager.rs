@@ -86,7 +86,7 @@ pub struct Manager {
 pub(crate) use crate::store::now_ms;
 
 /// The cluster's unlock key, when autolock is on.
-fn cluster_unlock_key(cluster: &Cluster) -> Option<Key> {
+pub(crate) fn cluster_unlock_key(cluster: &Cluster) -> Option<Key> {
     let bytes = cluster.unlock_key.as_ref()?.key.as_slice();
     Some(Key::from_bytes(bytes.try_into().ok()?))
 }
@@ -455,8 +455,7 @@ impl Manager {
     /// The swarm's unlock key in text form, when autolock is on.
     pub fn unlock_key(&self) -> Result<Option<String>, ManagerError> {
         let cluster = self.shared.cluster()?;
-        let key = cluster.unlock_key.and_then(|k| <[u8; 32]>::try_from(k.key.as_slice()).ok());
-        Ok(key.map(|k| crate::raft::crypto::format_unlock_key(&Key::from_bytes(k))))
+        Ok(cluster_unlock_key(&cluster).map(|k| crate::raft::crypto::format_unlock_key(&k)))
     }
 
     /// This manager's data key rotation epoch and whether a rotation is unfinished.

@@ -201,13 +201,6 @@ impl LogStorage {
         Ok(())
     }
 
-    /// Persists the commit index.
-    pub fn set_commit(&mut self, commit: u64) -> Result<(), StoreError> {
-        let mut hs = self.hard_state.clone();
-        hs.commit = commit;
-        self.set_hard_state(hs)
-    }
-
     /// Persists the membership.
     pub fn set_conf_state(&mut self, cs: ConfState) -> Result<(), StoreError> {
         self.write_state(CONF_STATE, &cs)?;
