@@ -263,6 +263,7 @@ impl Store {
         }
         let mut sled_batch = sled::Batch::default();
         let mut events = Vec::with_capacity(batch.writes.len());
+        let gate = self.sealer.writing();
         for w in &batch.writes {
             let (kind, id) = split_key(&w.key);
             if w.delete {
@@ -275,6 +276,7 @@ impl Store {
         }
         sled_batch.insert(APPLIED_KEY, &index.to_be_bytes());
         self.objects.apply_batch(sled_batch)?;
+        drop(gate);
         self.applied.store(index, Ordering::SeqCst);
         for e in events {
             let _ = self.events.send(e);
@@ -315,12 +317,14 @@ impl Store {
         })?;
         self.objects.clear()?;
         let mut batch = sled::Batch::default();
+        let gate = self.sealer.writing();
         for r in &snap.records {
             let plain = [r.version.to_be_bytes().as_slice(), &r.value].concat();
             batch.insert(r.key.as_slice(), self.sealer.seal(&aad(&r.key), &plain)?);
         }
         batch.insert(APPLIED_KEY, &index.to_be_bytes());
         self.objects.apply_batch(batch)?;
+        drop(gate);
         self.applied.store(index, Ordering::SeqCst);
         for r in snap.records {
             let (kind, id) = split_key(&r.key);

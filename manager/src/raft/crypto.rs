@@ -101,9 +101,26 @@ impl Key {
 
 /// Seals and opens records (ChaCha20-Poly1305, random 96-bit nonce per record): seals with the
 /// current data key, opens with it or, during a rotation, with the previous one.
+///
+/// Writers hold a [`WriteGate`] from sealing a record until it is in sled, and the key switch
+/// waits for every gate to close: once `rotate_to` returns, no record sealed with the old key
+/// is still on its way to the store, so one pass over the store finds every such record.
 pub struct Sealer {
     keys: RwLock<SealKeys>,
+    /// Read-held by writers between seal and insert; write-held by the key switch.
+    gate: RwLock<()>,
     rng: SystemRandom,
+}
+
+/// Held by a writer from sealing its records until they are inserted (see [`Sealer`]). Never
+/// take a second one on the same thread while holding one: a waiting key switch would block it.
+#[must_use = "the gate must stay open until the sealed records are inserted"]
+pub struct WriteGate<'a>(#[allow(dead_code)] std::sync::RwLockReadGuard<'a, ()>);
+
+impl std::fmt::Debug for WriteGate<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteGate")
+    }
 }
 
 struct SealKeys {
@@ -133,11 +150,19 @@ impl Sealer {
             current: aead_key(&keys.current),
             previous: keys.previous.as_ref().map(aead_key),
         };
-        Sealer { keys: RwLock::new(keys), rng: SystemRandom::new() }
+        Sealer { keys: RwLock::new(keys), gate: RwLock::new(()), rng: SystemRandom::new() }
+    }
+
+    /// Opens the gate for one write: hold it from the first `seal` until the records are in
+    /// the store.
+    pub fn writing(&self) -> WriteGate<'_> {
+        WriteGate(self.gate.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Seals with `new` from now on; records sealed with the key used so far still open.
+    /// Waits for writes in flight (open gates) to reach the store first.
     pub fn rotate_to(&self, new: &Key) {
+        let _no_writes = self.gate.write().unwrap_or_else(|p| p.into_inner());
         let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
         let old = std::mem::replace(&mut keys.current, aead_key(new));
         keys.previous = Some(old);
@@ -421,6 +446,34 @@ impl KeyFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_switch_waits_for_a_write_sealed_with_the_old_key_to_land() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let sealer = Arc::new(Sealer::new(&Key::generate().unwrap()));
+        let switched = Arc::new(AtomicBool::new(false));
+        let gate = sealer.writing();
+        let in_flight = sealer.seal(b"node/a", b"v").unwrap();
+        let rotation = std::thread::spawn({
+            let (sealer, switched) = (sealer.clone(), switched.clone());
+            move || {
+                sealer.rotate_to(&Key::generate().unwrap());
+                switched.store(true, Ordering::SeqCst);
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(
+            !switched.load(Ordering::SeqCst),
+            "the key switched while a record sealed with the old key was not yet stored: a \
+             re-sealing pass could miss it"
+        );
+        drop(gate);
+        rotation.join().unwrap();
+        assert!(switched.load(Ordering::SeqCst));
+        assert!(!sealer.is_current(b"node/a", &in_flight));
+        assert!(sealer.is_current(b"node/a", &sealer.seal(b"node/a", b"v").unwrap()));
+    }
 
     #[test]
     fn records_open_only_with_their_own_identity() {

@@ -11,9 +11,6 @@ use crate::raft::crypto::{CryptoError, DataKeys, Key, KeyFiles, Sealer};
 use crate::raft::storage::{reseal_log, Syncer};
 use crate::store::{Store, StoreError};
 
-/// Pause before each re-sealing pass, for writes sealed with the old key to land.
-const RESEAL_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// The data keys of a running manager.
 pub(crate) struct DataKeyState {
     pub(crate) keys: Mutex<DataKeys>,
@@ -88,18 +85,16 @@ impl DataKeyState {
                 return Ok(0);
             }
         }
-        // A writer that sealed with the old key just before the switch may insert its record
-        // after a pass went by it: pass again, after a pause, until a pass finds nothing left.
-        // (Known gap: nothing bounds that window; holding the sealer's lock from seal to insert
-        // would.)
-        let mut resealed = 0;
-        loop {
-            std::thread::sleep(RESEAL_GRACE);
-            let pass = self.store.reseal()? + reseal_log(&self.db, &self.dir, &self.sealer)?;
-            resealed += pass;
-            if pass == 0 {
-                break;
-            }
+        // The switch waited for every write in flight (see `Sealer`), so each record sealed
+        // with the old key is in the store now and one pass finds it; a record a writer
+        // replaces meanwhile is sealed with the new key. A second pass checks that.
+        let resealed = self.reseal_pass()?;
+        let left = self.reseal_pass()?;
+        if left != 0 {
+            return Err(StoreError::Unavailable(format!(
+                "data key rotation: {left} records were still sealed with the previous key \
+                 after a full pass"
+            )));
         }
         self.syncer.flush()?;
         let mut keys = lock(&self.keys);
@@ -109,5 +104,9 @@ impl DataKeyState {
         *keys = done;
         tracing::info!(epoch = keys.epoch, resealed, "data key rotated; every record sealed again");
         Ok(resealed)
+    }
+
+    fn reseal_pass(&self) -> Result<usize, StoreError> {
+        Ok(self.store.reseal()? + reseal_log(&self.db, &self.dir, &self.sealer)?)
     }
 }

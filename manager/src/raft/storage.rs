@@ -104,6 +104,7 @@ impl LogStorage {
 
     fn write_state(&self, name: &[u8], m: &impl protobuf::Message) -> Result<(), StoreError> {
         let bytes = m.write_to_bytes().map_err(|e| corrupt(e.to_string()))?;
+        let _gate = self.sealer.writing();
         self.state.insert(name, self.sealer.seal(&state_aad(name), &bytes)?)?;
         Ok(())
     }
@@ -138,7 +139,11 @@ impl LogStorage {
 
     /// Records this member's Raft ID (durably).
     pub fn set_raft_id(&mut self, id: u64) -> Result<(), StoreError> {
-        self.state.insert(RAFT_ID, self.sealer.seal(&state_aad(RAFT_ID), &id.to_be_bytes())?)?;
+        {
+            let _gate = self.sealer.writing();
+            let sealed = self.sealer.seal(&state_aad(RAFT_ID), &id.to_be_bytes())?;
+            self.state.insert(RAFT_ID, sealed)?;
+        }
         self.sync()
     }
 
@@ -182,6 +187,7 @@ impl LogStorage {
         let keep = first.index.saturating_sub(self.snap_meta.index + 1) as usize;
         self.entries.truncate(keep);
         let mut batch = sled::Batch::default();
+        let gate = self.sealer.writing();
         for e in entries {
             let bytes = e.write_to_bytes().map_err(|e| corrupt(e.to_string()))?;
             batch.insert(&e.index.to_be_bytes(), self.sealer.seal(&log_aad(e.index), &bytes)?);
@@ -191,6 +197,7 @@ impl LogStorage {
             batch.remove(&stale.to_be_bytes());
         }
         self.log.apply_batch(batch)?;
+        drop(gate);
         Ok(())
     }
 
@@ -409,6 +416,7 @@ fn write_mark(
 ) -> Result<(), StoreError> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let plain = [seq.to_be_bytes(), term.to_be_bytes(), commit.to_be_bytes()].concat();
+    let _gate = sealer.writing();
     let sealed = sealer.seal(MARK_AAD, &plain)?;
     let file = std::fs::OpenOptions::new()
         .write(true)
