@@ -94,6 +94,22 @@ pub enum Outcome {
     Conflict,
 }
 
+/// Committed entries staged to be applied together (see [`Store::stage`]).
+#[derive(Debug, Default)]
+pub struct ApplyGroup {
+    /// By key: the new version and value, or `None` for a deletion.
+    writes: BTreeMap<Vec<u8>, Option<(u64, Vec<u8>)>>,
+    events: Vec<Event>,
+    last: Option<u64>,
+}
+
+impl ApplyGroup {
+    /// Records that entries up to `index` are applied by this group.
+    pub fn applied(&mut self, index: u64) {
+        self.last = Some(index);
+    }
+}
+
 /// A boxed future, for the proposer seam.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -252,36 +268,73 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Applies a committed batch at `index` (called in log order by the Raft task).
+    /// Applies a committed batch at `index` on its own (one sled write).
     pub fn apply_batch(&self, index: u64, batch: &StoreBatch) -> Result<Outcome, StoreError> {
+        let mut group = ApplyGroup::default();
+        let outcome = self.stage(&mut group, index, batch)?;
+        self.commit_group(group)?;
+        Ok(outcome)
+    }
+
+    /// The version `k` has once `group` is applied (0: absent).
+    fn staged_version(&self, group: &ApplyGroup, k: &[u8]) -> Result<u64, StoreError> {
+        match group.writes.get(k) {
+            Some(staged) => Ok(staged.as_ref().map_or(0, |(version, _)| *version)),
+            None => Ok(self.read_raw(k)?.map_or(0, |(version, _)| version)),
+        }
+    }
+
+    /// Adds the committed batch at `index` to `group` (called in log order by the Raft task):
+    /// its preconditions are checked against the store as it will be with everything staged
+    /// before it. Nothing is visible until [`Store::commit_group`].
+    pub fn stage(
+        &self,
+        group: &mut ApplyGroup,
+        index: u64,
+        batch: &StoreBatch,
+    ) -> Result<Outcome, StoreError> {
+        group.applied(index);
         for pre in &batch.preconditions {
-            let current = self.read_raw(&pre.key)?.map(|(v, _)| v).unwrap_or(0);
-            if current != pre.version {
-                self.set_applied(index)?;
+            if self.staged_version(group, &pre.key)? != pre.version {
                 return Ok(Outcome::Conflict);
             }
         }
-        let mut sled_batch = sled::Batch::default();
-        let mut events = Vec::with_capacity(batch.writes.len());
-        let gate = self.sealer.writing();
         for w in &batch.writes {
             let (kind, id) = split_key(&w.key);
-            if w.delete {
-                sled_batch.remove(w.key.as_slice());
-            } else {
-                let plain = [index.to_be_bytes().as_slice(), &w.value].concat();
-                sled_batch.insert(w.key.as_slice(), self.sealer.seal(&aad(&w.key), &plain)?);
-            }
-            events.push(Event { kind, id, version: index, deleted: w.delete });
-        }
-        sled_batch.insert(APPLIED_KEY, &index.to_be_bytes());
-        self.objects.apply_batch(sled_batch)?;
-        drop(gate);
-        self.applied.store(index, Ordering::SeqCst);
-        for e in events {
-            let _ = self.events.send(e);
+            let staged = (!w.delete).then(|| (index, w.value.clone()));
+            group.writes.insert(w.key.clone(), staged);
+            group.events.push(Event { kind, id, version: index, deleted: w.delete });
         }
         Ok(Outcome::Applied)
+    }
+
+    /// Writes a group of applied entries to sled at once (atomically, with the applied index),
+    /// then tells watchers. sled writes each batch out at once, so one per Raft Ready rather
+    /// than one per entry is what keeps the disk from being the limit.
+    pub fn commit_group(&self, group: ApplyGroup) -> Result<(), StoreError> {
+        let Some(index) = group.last else { return Ok(()) };
+        if group.writes.is_empty() {
+            return self.set_applied(index);
+        }
+        let mut batch = sled::Batch::default();
+        let gate = self.sealer.writing();
+        for (k, staged) in &group.writes {
+            match staged {
+                None => batch.remove(k.as_slice()),
+                Some((version, value)) => {
+                    let plain = [version.to_be_bytes().as_slice(), value].concat();
+                    batch.insert(k.as_slice(), self.sealer.seal(&aad(k), &plain)?);
+                }
+            }
+        }
+        batch.insert(APPLIED_KEY, &index.to_be_bytes());
+        self.objects.apply_batch(batch)?;
+        drop(gate);
+        self.applied.store(index, Ordering::SeqCst);
+        for e in group.events {
+            let _ = self.events.send(e);
+        }
+        Ok(())
     }
 
     /// Records that `index` was applied without changing objects (empty or config entries).
@@ -506,6 +559,52 @@ mod tests {
         assert!(found.is_empty(), "plaintext found in {found:?}");
         let wrong = open(dir.path(), &Key::generate().unwrap());
         assert!(matches!(wrong.get::<Node>("a"), Err(StoreError::Crypto(_))));
+    }
+
+    fn write(k: &str, value: &[u8]) -> Write {
+        Write { key: k.as_bytes().to_vec(), value: value.to_vec(), delete: false }
+    }
+
+    fn checked(k: &str, version: u64, w: Write) -> StoreBatch {
+        StoreBatch {
+            preconditions: vec![Precondition { key: k.as_bytes().to_vec(), version }],
+            writes: vec![w],
+        }
+    }
+
+    #[test]
+    fn a_group_of_entries_lands_at_once_and_each_sees_the_ones_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Key::generate().unwrap();
+        let store = open(dir.path(), &key);
+        let mut events = store.watch();
+        let mut group = ApplyGroup::default();
+        let plain = |w| StoreBatch { preconditions: vec![], writes: vec![w] };
+        assert_eq!(
+            store.stage(&mut group, 5, &plain(write("node/a", b"1"))).unwrap(),
+            Outcome::Applied
+        );
+        // Entry 6 read node/a at the version entry 5 gave it: applies.
+        let outcome = store.stage(&mut group, 6, &checked("node/a", 5, write("node/a", b"2")));
+        assert_eq!(outcome.unwrap(), Outcome::Applied);
+        // Entry 7 read it before entry 6 changed it: refused, and writes nothing.
+        let outcome = store.stage(&mut group, 7, &checked("node/a", 5, write("node/b", b"x")));
+        assert_eq!(outcome.unwrap(), Outcome::Conflict);
+        group.applied(8);
+        assert_eq!(store.version(), 0);
+        assert!(store.read_raw(b"node/a").unwrap().is_none(), "visible before the commit");
+        assert!(events.try_recv().is_err(), "watchers told before the commit");
+        store.commit_group(group).unwrap();
+        assert_eq!(store.version(), 8);
+        assert_eq!(store.read_raw(b"node/a").unwrap(), Some((6, b"2".to_vec())));
+        assert!(store.read_raw(b"node/b").unwrap().is_none());
+        let seen: Vec<u64> =
+            std::iter::from_fn(|| events.try_recv().ok()).map(|e| e.version).collect();
+        assert_eq!(seen, [5, 6]);
+        drop(store);
+        let store = open(dir.path(), &key);
+        assert_eq!(store.version(), 8);
+        assert_eq!(store.read_raw(b"node/a").unwrap(), Some((6, b"2".to_vec())));
     }
 
     fn grep(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {

@@ -20,7 +20,7 @@ use shoal_proto::{Member, StoreBatch};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::raft::storage::{LogStorage, Syncer};
-use crate::store::{BoxFuture, Outcome, Proposer, Store, StoreError};
+use crate::store::{ApplyGroup, BoxFuture, Outcome, Proposer, Store, StoreError};
 
 /// How long a proposal may wait for its commit.
 const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -203,6 +203,13 @@ impl Proposer for RaftHandle {
 }
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// Callers to answer once an applied group is in the store.
+#[derive(Default)]
+struct Answers {
+    proposals: Vec<(Reply<Outcome>, Outcome)>,
+    members: Vec<Reply<()>>,
+}
 
 struct Driver {
     raw: RawNode<LogStorage>,
@@ -648,37 +655,61 @@ impl Driver {
         }
     }
 
+    /// Applies committed entries as one group (one sled write), then answers their callers:
+    /// an answer never comes before the write is in the store.
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StoreError> {
+        let mut group = ApplyGroup::default();
+        let mut answers = Answers::default();
         for e in entries {
             match e.get_entry_type() {
-                EntryType::EntryNormal => self.apply_normal(&e)?,
-                EntryType::EntryConfChange => self.apply_conf_change(&e)?,
-                EntryType::EntryConfChangeV2 => self.store.set_applied(e.index)?,
+                EntryType::EntryNormal => self.apply_normal(&e, &mut group, &mut answers)?,
+                EntryType::EntryConfChange => {
+                    self.apply_conf_change(&e, &mut group, &mut answers)?
+                }
+                EntryType::EntryConfChangeV2 => group.applied(e.index),
             }
+        }
+        self.store.commit_group(group)?;
+        for (reply, outcome) in answers.proposals {
+            let _ = reply.send(Ok(outcome));
+        }
+        for reply in answers.members {
+            let _ = reply.send(Ok(()));
         }
         Ok(())
     }
 
-    fn apply_normal(&mut self, e: &Entry) -> Result<(), StoreError> {
+    fn apply_normal(
+        &mut self,
+        e: &Entry,
+        group: &mut ApplyGroup,
+        answers: &mut Answers,
+    ) -> Result<(), StoreError> {
         if e.data.is_empty() {
-            return self.store.set_applied(e.index);
+            group.applied(e.index);
+            return Ok(());
         }
         let outcome = match StoreBatch::decode(e.data.as_ref()) {
-            Ok(batch) => self.store.apply_batch(e.index, &batch)?,
+            Ok(batch) => self.store.stage(group, e.index, &batch)?,
             Err(err) => {
                 tracing::error!(index = e.index, error = %err, "skipping an undecodable entry");
-                self.store.set_applied(e.index)?;
+                group.applied(e.index);
                 Outcome::Conflict
             }
         };
         let id = u64::from_be_bytes(e.context.as_ref().try_into().unwrap_or([0; 8]));
         if let Some((_, reply, _)) = self.proposals.remove(&id) {
-            let _ = reply.send(Ok(outcome));
+            answers.proposals.push((reply, outcome));
         }
         Ok(())
     }
 
-    fn apply_conf_change(&mut self, e: &Entry) -> Result<(), StoreError> {
+    fn apply_conf_change(
+        &mut self,
+        e: &Entry,
+        group: &mut ApplyGroup,
+        answers: &mut Answers,
+    ) -> Result<(), StoreError> {
         let cc = ConfChange::parse_from_bytes(&e.data).map_err(|err| {
             StoreError::Unavailable(format!("bad conf change at {}: {err}", e.index))
         })?;
@@ -699,11 +730,11 @@ impl Driver {
                 shoal_proto::Write { key, value: member.encode_to_vec(), delete: false }
             }
         };
-        self.store
-            .apply_batch(e.index, &StoreBatch { preconditions: vec![], writes: vec![write] })?;
+        let batch = StoreBatch { preconditions: vec![], writes: vec![write] };
+        self.store.stage(group, e.index, &batch)?;
         tracing::info!(member = cc.node_id, change = ?cc.get_change_type(), "membership changed");
         if let Some((_, reply)) = self.members.remove(&cc.node_id) {
-            let _ = reply.send(Ok(()));
+            answers.members.push(reply);
         }
         Ok(())
     }
