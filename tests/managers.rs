@@ -520,6 +520,24 @@ async fn data_keys_rotate_under_load_and_every_record_is_sealed_again() {
         failed.lock().unwrap()
     );
 
+    // A follower learns the last commit with the leader's next message: let every manager
+    // apply it before they stop.
+    let last = written.last().expect("acknowledged writes").clone();
+    for m in &ms {
+        let manager = m.daemon.manager().await.expect("a manager");
+        eventually(
+            "every manager applied the last acknowledged write",
+            Duration::from_secs(10),
+            || async {
+                match manager.store().get::<shoal_proto::Node>(&last) {
+                    Ok(Some(_)) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+    }
+
     // Each manager has a new key; its store opens with that key alone, holding every
     // acknowledged write, and no longer with the old one.
     let mut roots = Vec::new();

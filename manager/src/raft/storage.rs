@@ -190,24 +190,26 @@ impl LogStorage {
         !self.conf_state.voters.is_empty() || self.snap_meta.index > 0 || !self.entries.is_empty()
     }
 
-    /// Persists and keeps new entries, replacing any conflicting tail.
+    /// Persists and keeps new entries, replacing any conflicting tail. Written record by record
+    /// rather than as one sled batch (sled writes a batch out to disk on its own at once): sled
+    /// recovers a prefix of its writes, so the conflicting tail is removed from its end first
+    /// and the new entries are written in order, and a crash at any point leaves a prefix of
+    /// the old log or of the new one, never a gap or an old entry after a new one.
     pub fn append(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
         let Some(first) = entries.first() else { return Ok(()) };
         let old_last = self.last();
         let keep = first.index.saturating_sub(self.snap_meta.index + 1) as usize;
         self.entries.truncate(keep);
-        let mut batch = sled::Batch::default();
-        let gate = self.sealer.writing();
+        for stale in (first.index..=old_last).rev() {
+            self.log.remove(&stale.to_be_bytes())?;
+        }
+        let _gate = self.sealer.writing();
         for e in entries {
             let bytes = e.write_to_bytes().map_err(|e| corrupt(e.to_string()))?;
-            batch.insert(&e.index.to_be_bytes(), self.sealer.seal(&log_aad(e.index), &bytes)?);
+            self.log
+                .insert(&e.index.to_be_bytes(), self.sealer.seal(&log_aad(e.index), &bytes)?)?;
             self.entries.push_back(e.clone());
         }
-        for stale in self.last() + 1..=old_last {
-            batch.remove(&stale.to_be_bytes());
-        }
-        self.log.apply_batch(batch)?;
-        drop(gate);
         Ok(())
     }
 
