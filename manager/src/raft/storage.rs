@@ -201,13 +201,12 @@ impl LogStorage {
         let keep = first.index.saturating_sub(self.snap_meta.index + 1) as usize;
         self.entries.truncate(keep);
         for stale in (first.index..=old_last).rev() {
-            self.log.remove(&stale.to_be_bytes())?;
+            self.log.remove(stale.to_be_bytes())?;
         }
         let _gate = self.sealer.writing();
         for e in entries {
             let bytes = e.write_to_bytes().map_err(|e| corrupt(e.to_string()))?;
-            self.log
-                .insert(&e.index.to_be_bytes(), self.sealer.seal(&log_aad(e.index), &bytes)?)?;
+            self.log.insert(e.index.to_be_bytes(), self.sealer.seal(&log_aad(e.index), &bytes)?)?;
             self.entries.push_back(e.clone());
         }
         Ok(())
