@@ -38,14 +38,31 @@ pub async fn serve(
         .with_context(|| format!("restricting {} to root", path.display()))?;
     let images = Arc::new(crate::images::Images::new(daemon.files().root().join("images")));
     let api = LocalApi { daemon, images };
-    tonic::transport::Server::builder()
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
         .layer(AuthzLayer::new(Transport::Local))
         .add_service(DaemonServer::new(api.clone()))
         .add_service(ControlServer::new(api))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+            let _ = stopped.await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        served = &mut server => return Ok(served?),
+        () = shutdown => {}
+    }
+    // Calls in flight get a moment; one that never ends by itself (`service logs --follow`)
+    // must not hold up the shutdown.
+    let _ = stop.send(());
+    match tokio::time::timeout(DRAIN, &mut server).await {
+        Ok(served) => served?,
+        Err(_) => tracing::info!("closing calls still open on the local socket"),
+    }
     Ok(())
 }
+
+/// How long calls in flight on the local socket get to finish once shoald shuts down.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 struct LocalApi {

@@ -124,15 +124,15 @@ impl Shoald {
         None
     }
 
-    /// SIGTERM, then waits up to `timeout`; a daemon still running then is killed and the error
-    /// says so.
-    fn stop_within(&mut self, timeout: Duration) -> Result<(), String> {
-        let Some(pid) = self.child.as_ref().map(|c| c.id()) else { return Ok(()) };
+    /// SIGTERM, then waits up to `timeout`: the exit status (`None` if it was not running); a
+    /// daemon still running then is killed and the error says so.
+    fn stop_within(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, String> {
+        let Some(pid) = self.child.as_ref().map(|c| c.id()) else { return Ok(None) };
         netns::quiet("kill", &["-TERM", &pid.to_string()]);
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.exited().is_some() {
-                return Ok(());
+            if let Some(status) = self.exited() {
+                return Ok(Some(status));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -671,8 +671,8 @@ fn a_locked_manager_tells_callers_to_unlock_it() {
 // ---------------------------------------------------------------------------------------------
 
 /// A `service logs --follow` left open does not keep a stopping shoald: a graceful shutdown
-/// waits for calls in flight, and this one never ends; within 15s of SIGTERM shoald is gone and
-/// a new one takes the store.
+/// waits for calls in flight, and this one never ends. shoald finishes its shutdown (exit 0,
+/// not the watchdog's exit 1) and a new one takes the store.
 #[test]
 fn sigterm_with_a_log_stream_open_still_ends_shoald() {
     let dir = tempfile::Builder::new().prefix("shoal-stop-").tempdir().unwrap();
@@ -691,7 +691,12 @@ fn sigterm_with_a_log_stream_open_still_ends_shoald() {
     let stopped = daemon.stop_within(Duration::from_secs(15));
     let _ = follow.kill();
     let _ = follow.wait();
-    stopped.unwrap_or_else(|e| panic!("{e}:\n{}", daemon.log()));
+    let status = stopped.unwrap_or_else(|e| panic!("{e}:\n{}", daemon.log()));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the shutdown was cut short ({status:?}): the open log stream held it up:\n{}",
+        daemon.log()
+    );
     daemon.start();
     assert_all_there(&daemon, &acked, "in a new shoald after the SIGTERM");
     daemon.stop();
