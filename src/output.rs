@@ -76,6 +76,7 @@ pub fn node_ls(r: &ListNodesResponse, quiet: bool) -> String {
         let marker = if n.id == r.leader_id { " *" } else { "  " };
         let manager_status = match (n.role(), n.id == r.leader_id) {
             (_, true) => "Leader",
+            (NodeRole::Manager, false) if r.unreachable_ids.contains(&n.id) => "Unreachable",
             (NodeRole::Manager, false) => "Reachable",
             (NodeRole::Worker, false) => "",
         };
@@ -117,7 +118,9 @@ fn node_json(r: &GetNodeResponse) -> serde_json::Value {
         },
     });
     if let Some(m) = &r.manager_status {
-        value["ManagerStatus"] = json!({ "Leader": m.leader, "Addr": m.addr });
+        let reachability = if m.reachable { "reachable" } else { "unreachable" };
+        value["ManagerStatus"] =
+            json!({ "Leader": m.leader, "Reachability": reachability, "Addr": m.addr });
     }
     value
 }
@@ -139,6 +142,8 @@ pub fn node_inspect(found: &[GetNodeResponse], pretty: bool) -> Result<String> {
         if let Some(m) = &r.manager_status {
             let _ = writeln!(out, "Manager Address:     {}", m.addr);
             let _ = writeln!(out, "Leader:              {}", if m.leader { "Yes" } else { "No" });
+            let reachability = if m.reachable { "Reachable" } else { "Unreachable" };
+            let _ = writeln!(out, "Reachability:        {reachability}");
         }
         let _ = writeln!(out, "Status:              {} {}", n.state().word(), n.state_message);
         let _ = writeln!(out, "Availability:        {}", n.availability().word());

@@ -560,3 +560,67 @@ async fn data_keys_rotate_under_load_and_every_record_is_sealed_again() {
         assert!(err.contains("failed authentication") || err.contains("damaged"), "{err}");
     }
 }
+
+/// What `node ls` on `m` says of manager `id`: "Leader", "Reachable" or "Unreachable".
+async fn manager_status_of(m: &TestNode, id: &str) -> Result<String, String> {
+    let r = m
+        .control()
+        .await
+        .list_nodes(ListNodesRequest {})
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    let output = shoal::output::node_ls(&r, false);
+    let line = output
+        .lines()
+        .find(|l| l.starts_with(id))
+        .ok_or_else(|| format!("{id} not listed:\n{output}"))?;
+    ["Leader", "Unreachable", "Reachable"]
+        .into_iter()
+        .find(|w| line.split_whitespace().any(|word| word == *w))
+        .map(str::to_string)
+        .ok_or_else(|| format!("no manager status in {line:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_manager_is_listed_unreachable_by_every_manager_until_it_is_back() {
+    let mut ms = three_managers().await;
+    let leader = leader_of(&ms[0]).await.unwrap();
+    let mut ids = Vec::new();
+    for m in &ms {
+        ids.push(m.id().await);
+    }
+    let down = ids.iter().position(|id| *id != leader).expect("a follower");
+    let down_id = ids[down].clone();
+    let name = format!("m{}", down + 1);
+    for m in &ms {
+        let status = manager_status_of(m, &down_id).await.unwrap();
+        assert_eq!(status, "Reachable", "before the stop");
+    }
+    let (root, socket, dir) = ms.remove(down).kill().await;
+    for m in &ms {
+        eventually(
+            "the stopped manager is listed Unreachable",
+            Duration::from_secs(10),
+            || async {
+                match manager_status_of(m, &down_id).await? {
+                    s if s == "Unreachable" => Ok(()),
+                    s => Err(s),
+                }
+            },
+        )
+        .await;
+    }
+    let back = TestNode::start_at(&name, root, socket).await;
+    ms.push(back);
+    for m in &ms {
+        eventually("the manager is Reachable again", Duration::from_secs(15), || async {
+            match manager_status_of(m, &down_id).await? {
+                s if s == "Reachable" => Ok(()),
+                s => Err(s),
+            }
+        })
+        .await;
+    }
+    drop(dir);
+}

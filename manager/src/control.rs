@@ -199,11 +199,14 @@ impl Control for ControlApi {
         let leader = self.shared.raft.status().leader;
         let members = self.shared.members()?;
         let leader_id = members.iter().find(|m| m.raft_id == leader).map(|m| m.node_id.clone());
+        let unreachable_ids =
+            members.iter().filter(|m| m.unreachable).map(|m| m.node_id.clone()).collect();
         let manager_ids = members.into_iter().map(|m| m.node_id).collect();
         Ok(Response::new(ListNodesResponse {
             nodes,
             leader_id: leader_id.unwrap_or_default(),
             manager_ids,
+            unreachable_ids,
         }))
     }
 
@@ -215,10 +218,13 @@ impl Control for ControlApi {
         let node = resolve_node(&nodes, &req.get_ref().reference)?.clone();
         let leader = self.shared.raft.status().leader;
         let members = self.shared.members()?;
-        let manager_status = members
-            .into_iter()
-            .find(|m| m.node_id == node.id)
-            .map(|m| shoal_proto::ManagerStatus { leader: m.raft_id == leader, addr: m.addr });
+        let manager_status = members.into_iter().find(|m| m.node_id == node.id).map(|m| {
+            shoal_proto::ManagerStatus {
+                leader: m.raft_id == leader,
+                addr: m.addr,
+                reachable: !m.unreachable,
+            }
+        });
         Ok(Response::new(GetNodeResponse { node: Some(node), manager_status }))
     }
 

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use shoal_proto::{Node, Service, Task, TaskState, TaskStatus, UpdateState, UpdateStatus};
+use shoal_proto::{Member, Node, Service, Task, TaskState, TaskStatus, UpdateState, UpdateStatus};
 use tokio::sync::broadcast;
 
 use crate::manager::{now_ms, Manager, Shared};
@@ -342,6 +342,7 @@ impl Manager {
                         let events = shared.store.watch();
                         running = crate::assignments::spawn(&shared);
                         running.push(tokio::spawn(run(Arc::downgrade(&shared), events)));
+                        running.push(tokio::spawn(track_reachability(Arc::downgrade(&shared))));
                         tracing::info!("leading: orchestrator and dispatcher assignments started");
                     }
                 } else if !leader && !running.is_empty() {
@@ -356,6 +357,49 @@ impl Manager {
             stop(&weak, &mut running);
         })
     }
+}
+
+/// While this manager leads: records in each member whether the leader hears from it, so
+/// `node ls` on every manager shows the same reachability. Writes only when that changes.
+async fn track_reachability(weak: Weak<Shared>) {
+    let Some(mut status) = weak.upgrade().map(|s| s.raft.watch()) else { return };
+    let mut recorded: Option<Vec<u64>> = None;
+    loop {
+        let unreachable = status.borrow_and_update().unreachable.clone();
+        if recorded.as_ref() != Some(&unreachable) {
+            let Some(shared) = weak.upgrade() else { return };
+            match record_reachability(&shared, &unreachable).await {
+                Ok(()) => recorded = Some(unreachable),
+                Err(e) => tracing::debug!(error = %e, "recording manager reachability"),
+            }
+        }
+        // Also now and then: a member added since has its flag checked too.
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(2)) => recorded = None,
+        }
+    }
+}
+
+async fn record_reachability(shared: &Shared, unreachable: &[u64]) -> Result<(), StoreError> {
+    shared
+        .store
+        .update(|tx| {
+            for mut m in tx.list::<Member>()? {
+                let now = unreachable.contains(&m.raft_id);
+                if m.unreachable != now {
+                    if now {
+                        tracing::warn!(manager = %m.node_id, addr = %m.addr, "manager unreachable");
+                    } else {
+                        tracing::info!(manager = %m.node_id, "manager reachable again");
+                    }
+                    m.unreachable = now;
+                    tx.update(m)?;
+                }
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await
 }
 
 fn stop(weak: &Weak<Shared>, running: &mut Vec<tokio::task::JoinHandle<()>>) {

@@ -74,6 +74,8 @@ pub struct RaftStatus {
     pub applied: u64,
     pub is_leader: bool,
     pub voters: Vec<u64>,
+    /// On the leader: voters it has not heard from for an election timeout.
+    pub unreachable: Vec<u64>,
     pub failed: Option<String>,
 }
 
@@ -238,6 +240,10 @@ struct Driver {
     syncing: usize,
     /// A received snapshot's Ready number and index: counted as applied once durable.
     snapshot_to_apply: Option<(u64, u64)>,
+    /// When each peer was last heard from (any Raft message), for reachability.
+    heard: HashMap<u64, Instant>,
+    /// The term this member leads in and since when (peers get that long to be heard).
+    leading: Option<(u64, Instant)>,
     sync_jobs: std::sync::mpsc::Sender<SyncJob>,
 }
 
@@ -333,6 +339,8 @@ pub fn spawn(
         status: status_tx,
         syncing: 0,
         snapshot_to_apply: None,
+        heard: HashMap::new(),
+        leading: None,
         sync_jobs,
     };
     let span = tracing::info_span!("raft", id = cfg_id);
@@ -353,6 +361,7 @@ impl Driver {
                 _ = ticker.tick() => {
                     self.raw.tick();
                     self.expire();
+                    self.publish();
                 }
                 Some(done) = synced.recv() => {
                     if let Err(e) = self.on_synced(done) {
@@ -398,6 +407,7 @@ impl Driver {
         match cmd {
             Command::Propose { data, reply } => self.batch.push((data, reply)),
             Command::Step(msg) => {
+                self.heard.insert(msg.from, Instant::now());
                 if let Err(e) = self.raw.step(*msg) {
                     tracing::debug!(error = %e, "dropped a raft message");
                 }
@@ -750,7 +760,38 @@ impl Driver {
         Ok(())
     }
 
+    /// Voters the leader has not heard from for an election timeout (empty on a follower,
+    /// which hears from the leader alone).
+    fn unreachable(&mut self) -> Vec<u64> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            self.leading = None;
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let since = match self.leading {
+            Some((term, since)) if term == raft.term => since,
+            _ => self.leading.insert((raft.term, now)).1,
+        };
+        let timeout = self.cfg.tick * self.cfg.election_ticks as u32;
+        let mut ids: Vec<u64> = raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|id| *id != self.cfg.id)
+            .filter(|id| {
+                let last = self.heard.get(id).copied().unwrap_or(since).max(since);
+                now.duration_since(last) > timeout
+            })
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     fn publish(&mut self) {
+        let unreachable = self.unreachable();
         let raft = &self.raw.raft;
         let next = RaftStatus {
             id: self.cfg.id,
@@ -759,6 +800,7 @@ impl Driver {
             applied: self.store.version(),
             is_leader: raft.state == StateRole::Leader,
             voters: raft.prs().conf().voters().ids().iter().collect(),
+            unreachable,
             failed: None,
         };
         self.status.send_if_modified(|s| {
