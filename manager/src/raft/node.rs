@@ -292,10 +292,11 @@ fn run_syncer(
 /// Starts the Raft task for member `cfg.id` over `storage`, applying to `store`.
 pub fn spawn(
     cfg: RaftConfig,
-    storage: LogStorage,
+    mut storage: LogStorage,
     store: Arc<Store>,
     transport: Arc<dyn Transport>,
 ) -> Result<RaftHandle, StoreError> {
+    storage.cover_applied(store.version())?;
     let config = raft::Config {
         id: cfg.id,
         election_tick: cfg.election_ticks,
@@ -557,15 +558,17 @@ impl Driver {
             self.raw.mut_store().apply_snapshot(&snap)?;
             tracing::info!(index = snap.get_metadata().index, "installed snapshot from the leader");
         }
-        // Committed entries in a Ready are already durable here (raft-rs hands out only
-        // entries up to what was reported persisted).
-        let committed = ready.take_committed_entries();
-        let applied = committed.last().map(|e| e.index);
-        self.apply(committed)?;
         self.raw.mut_store().append(ready.entries())?;
         if let Some(hs) = ready.hs() {
             self.raw.mut_store().set_hard_state(hs.clone())?;
         }
+        // Committed entries in a Ready are already durable here (raft-rs hands out only
+        // entries up to what was reported persisted). They are applied after the hard state
+        // is written: sled recovers a prefix of its writes, so after a crash the applied index
+        // is never beyond the commit index (raft-rs refuses to start from such a state).
+        let committed = ready.take_committed_entries();
+        let applied = committed.last().map(|e| e.index);
+        self.apply(committed)?;
         for rs in ready.take_read_states() {
             let id = u64::from_be_bytes(rs.request_ctx.as_slice().try_into().unwrap_or([0; 8]));
             if let Some((_, reply, _)) = self.reads.remove(&id) {

@@ -316,6 +316,24 @@ impl LogStorage {
     }
 
     /// The commit index that is on disk (a snapshot counts as committed).
+    /// Makes the commit index cover what the object store has applied. Only committed entries
+    /// are applied, but a store written before the hard state was saved ahead of the applied
+    /// objects could, after a crash, hold objects past its commit index, and raft-rs refuses
+    /// to start from that. A store ahead of the log itself is damaged.
+    pub fn cover_applied(&mut self, applied: u64) -> Result<(), StoreError> {
+        if applied <= self.durable_commit() {
+            return Ok(());
+        }
+        if applied > self.last() {
+            return Err(corrupt(format!(
+                "the object store has applied entry {applied}, beyond the log's last entry {}",
+                self.last()
+            )));
+        }
+        self.set_hard_state(HardState { commit: applied, ..self.hard_state.clone() })?;
+        self.sync()
+    }
+
     fn durable_commit(&self) -> u64 {
         self.hard_state.commit.max(self.snap_meta.index)
     }
@@ -629,6 +647,21 @@ mod tests {
         assert_eq!(s.first_index().unwrap(), 61);
         assert_eq!(s.last_index().unwrap(), 100);
         assert_eq!(s.entries(61, 101, None, GetEntriesContext::empty(false)).unwrap().len(), 40);
+    }
+
+    #[test]
+    fn a_commit_index_behind_the_applied_objects_is_raised_to_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Key::generate().unwrap();
+        let mut s = open(dir.path(), &key);
+        s.append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>()).unwrap();
+        s.set_hard_state(HardState { term: 1, commit: 5, ..Default::default() }).unwrap();
+        s.cover_applied(8).unwrap();
+        assert_eq!(s.initial_state().unwrap().hard_state.commit, 8);
+        s.cover_applied(3).unwrap();
+        assert_eq!(s.initial_state().unwrap().hard_state.commit, 8, "never lowered");
+        let err = s.cover_applied(11).unwrap_err().to_string();
+        assert!(err.contains("beyond the log's last entry 10"), "{err}");
     }
 
     #[test]

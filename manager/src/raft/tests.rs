@@ -147,3 +147,26 @@ async fn a_new_member_catches_up_by_snapshot_after_compaction() {
     assert_eq!(first.store.list::<Node>().unwrap(), second.store.list::<Node>().unwrap());
     assert_eq!(second.handle.status().voters, vec![1, 2]);
 }
+
+/// A crash could leave the object store applied past the log's saved commit index (objects
+/// written before the hard state); the member must still start, not trip raft-rs's check.
+#[tokio::test]
+async fn a_member_starts_when_its_objects_are_applied_past_the_saved_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(dir.path()).unwrap();
+    let sealer = Arc::new(Sealer::new(&Key::generate().unwrap()));
+    let store = Arc::new(Store::open(&db, sealer.clone()).unwrap());
+    let mut storage = LogStorage::open(&db, sealer, store.clone()).unwrap();
+    storage.bootstrap(1).unwrap();
+    let entries: Vec<_> = (2..=6)
+        .map(|index| raft::prelude::Entry { index, term: 1, ..Default::default() })
+        .collect();
+    storage.append(&entries).unwrap();
+    store.set_applied(6).unwrap();
+    let handle = spawn(RaftConfig::new(1), storage, store.clone(), Arc::new(Net::default()))
+        .expect("the member starts");
+    store.set_proposer(Arc::new(handle.clone()));
+    handle.wait_for_leader(Duration::from_secs(5)).await.unwrap();
+    store.update(|tx| tx.create(Node { id: "n".into(), ..Default::default() })).await.unwrap();
+    assert!(store.version() > 6);
+}
