@@ -249,3 +249,66 @@ async fn a_hundred_agents_each_get_only_their_own_tasks() {
     }
     drop(workers);
 }
+
+/// Many clients creating the same name at once (two `stack deploy`s, a retried script): one
+/// service and one secret get it, every other call is refused with "already exists", and the
+/// name is free again once its holder is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creations_of_one_name_make_exactly_one_object() {
+    let (m, _workers) = cluster(0).await;
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let mut control = m.control().await;
+        calls.push(tokio::spawn(async move {
+            let service = CreateServiceRequest { spec: Some(spec("dup", "busybox:demo", 0)) };
+            let secret = CreateSecretRequest {
+                kind: SecretKind::Secret as i32,
+                name: "dup-secret".into(),
+                data: b"v".to_vec(),
+                ..Default::default()
+            };
+            let mut other = control.clone();
+            let (a, b) = tokio::join!(other.create_service(service), control.create_secret(secret));
+            (a.map(|_| ()), b.map(|_| ()))
+        }));
+    }
+    let (mut services_made, mut secrets_made) = (0, 0);
+    for call in calls {
+        let (service, secret) = call.await.unwrap();
+        for (result, made) in [(service, &mut services_made), (secret, &mut secrets_made)] {
+            match result {
+                Ok(()) => *made += 1,
+                Err(s) => assert!(
+                    s.code() == tonic::Code::AlreadyExists
+                        && s.message().contains("already exists"),
+                    "refused with something else: {s:?}"
+                ),
+            }
+        }
+    }
+    assert_eq!((services_made, secrets_made), (1, 1), "one object per name");
+    let mut control = m.control().await;
+    let listed = control.list_services(ListServicesRequest::default()).await.unwrap().into_inner();
+    let named = listed
+        .services
+        .iter()
+        .filter_map(|s| s.service.as_ref()?.spec.as_ref())
+        .filter(|spec| spec.name == "dup")
+        .count();
+    assert_eq!(named, 1);
+    control.remove_service(RemoveServiceRequest { reference: "dup".into() }).await.unwrap();
+    control
+        .create_service(CreateServiceRequest { spec: Some(spec("dup", "busybox:demo", 0)) })
+        .await
+        .expect("the name is free again after the service is removed");
+    let rm =
+        RemoveSecretRequest { kind: SecretKind::Secret as i32, reference: "dup-secret".into() };
+    control.remove_secret(rm).await.unwrap();
+    let again = CreateSecretRequest {
+        kind: SecretKind::Secret as i32,
+        name: "dup-secret".into(),
+        data: b"w".to_vec(),
+        ..Default::default()
+    };
+    control.create_secret(again).await.expect("the secret name is free again");
+}

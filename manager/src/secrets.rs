@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 use tonic::Status;
 
 use crate::manager::{now_ms, Shared};
-use crate::store::Tx;
+use crate::store::{StoreError, Tx};
 
 /// Swarm's limits: secrets under 500 KiB, configs under 1000 KiB.
 pub const MAX_SECRET: usize = 500 * 1024;
@@ -216,13 +216,20 @@ pub(crate) async fn create(
     shared
         .store
         .update(|tx| {
-            if tx.list::<Secret>()?.iter().any(|s| s.kind() == kind && s.name == req.name) {
-                return Err(Status::already_exists(format!(
+            let exists = || {
+                Status::already_exists(format!(
                     "a {} named {} already exists",
                     word(kind),
                     req.name
-                )));
+                ))
+            };
+            if tx.list::<Secret>()?.iter().any(|s| s.kind() == kind && s.name == req.name) {
+                return Err(exists());
             }
+            tx.claim_name(word(kind), &req.name, &id).map_err(|e| match e {
+                StoreError::Exists { .. } => exists(),
+                e => e.into(),
+            })?;
             tx.create(secret.clone())?;
             Ok(())
         })
@@ -353,6 +360,7 @@ pub(crate) async fn remove(
                 )));
             }
             tx.delete::<Secret>(&id)?;
+            tx.release_name(word(kind), &secret.name)?;
             Ok(secret.name)
         })
         .await?;

@@ -16,6 +16,7 @@ use tonic::Status;
 use crate::control::resolve_node;
 use crate::manager::{now_ms, Shared};
 use crate::scheduler;
+use crate::store::StoreError;
 
 /// Tasks kept per slot (running one included) unless the spec says otherwise (Swarm's default).
 pub const DEFAULT_HISTORY: u32 = 5;
@@ -191,12 +192,15 @@ pub(crate) async fn create(
     let service = shared
         .store
         .update(|tx| {
+            let exists =
+                || Status::already_exists(format!("a service named {} already exists", spec.name));
             if tx.list::<Service>()?.iter().any(|s| service_name(s) == spec.name) {
-                return Err(Status::already_exists(format!(
-                    "a service named {} already exists",
-                    spec.name
-                )));
+                return Err(exists());
             }
+            tx.claim_name("service", &spec.name, &id).map_err(|e| match e {
+                StoreError::Exists { .. } => exists(),
+                e => e.into(),
+            })?;
             let mut spec = spec.clone();
             crate::secrets::resolve_refs(tx, &mut spec, None)?;
             let service =
@@ -355,6 +359,7 @@ pub(crate) async fn remove(
                 return Err(Status::not_found(format!("no such service: {}", req.reference)));
             }
             tx.delete::<Service>(&service.id)?;
+            tx.release_name("service", service_name(&service))?;
             Ok(())
         })
         .await?;

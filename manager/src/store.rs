@@ -11,8 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use shoal_proto::{
-    Cluster, Member, Meta, Node, Precondition, Secret, Service, SnapshotRecord, StoreBatch,
-    StoreSnapshot, Task, Write,
+    Cluster, Member, Meta, NameClaim, Node, Precondition, Secret, Service, SnapshotRecord,
+    StoreBatch, StoreSnapshot, Task, Write,
 };
 use tokio::sync::broadcast;
 
@@ -77,6 +77,7 @@ impl_object!(Member, "member");
 impl_object!(Service, "service");
 impl_object!(Task, "task");
 impl_object!(Secret, "secret");
+impl_object!(NameClaim, "name");
 
 /// One applied change, as seen by watchers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -488,6 +489,25 @@ impl Tx<'_> {
         }
         obj.meta_mut().updated_at_ms = now_ms();
         self.put(obj);
+        Ok(())
+    }
+
+    /// Reserves `name` among the objects of `kind` for the object `owner`: `Exists` if another
+    /// holds it. Two transactions reserving the same name conflict (each read it absent), so
+    /// only one commits; a listing of names alone would let both through.
+    pub fn claim_name(&mut self, kind: &str, name: &str, owner: &str) -> Result<(), StoreError> {
+        let claim =
+            NameClaim { id: format!("{kind}/{name}"), owner: owner.into(), ..Default::default() };
+        self.create(claim)
+    }
+
+    /// Gives up the name `name` among the objects of `kind`, if it was reserved (objects made
+    /// before reservations existed hold none).
+    pub fn release_name(&mut self, kind: &str, name: &str) -> Result<(), StoreError> {
+        let id = format!("{kind}/{name}");
+        if self.get::<NameClaim>(&id)?.is_some() {
+            self.delete::<NameClaim>(&id)?;
+        }
         Ok(())
     }
 
