@@ -311,11 +311,10 @@ impl LogStorage {
             }
             self.syncer.seq.store(seq, Ordering::SeqCst);
         }
-        self.syncer.mark = Some(Arc::new(mark_path));
+        self.syncer.mark = Some(Arc::new(MarkFile::new(mark_path)));
         Ok(self)
     }
 
-    /// The commit index that is on disk (a snapshot counts as committed).
     /// Makes the commit index cover what the object store has applied. Only committed entries
     /// are applied, but a store written before the hard state was saved ahead of the applied
     /// objects could, after a crash, hold objects past its commit index, and raft-rs refuses
@@ -334,6 +333,7 @@ impl LogStorage {
         self.sync()
     }
 
+    /// The commit index that is on disk (a snapshot counts as committed).
     fn durable_commit(&self) -> u64 {
         self.hard_state.commit.max(self.snap_meta.index)
     }
@@ -371,7 +371,7 @@ pub struct Syncer {
     /// sled's data file: fdatasync'd after sled's own flush, which only issues
     /// sync_file_range and so would not reach the disk's cache.
     data_file: Option<Arc<std::fs::File>>,
-    mark: Option<Arc<PathBuf>>,
+    mark: Option<Arc<MarkFile>>,
     sealer: Arc<Sealer>,
     seq: Arc<AtomicU64>,
 }
@@ -395,9 +395,9 @@ impl Syncer {
     /// Flushes sled, fdatasyncs its file, then records `(term, commit)` as durable.
     pub fn sync(&self, (term, commit): (u64, u64)) -> Result<(), StoreError> {
         self.flush()?;
-        if let Some(path) = &self.mark {
+        if let Some(mark) = &self.mark {
             let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-            write_mark(path, &self.sealer, seq, term, commit)?;
+            mark.write(&self.sealer, seq, term, commit)?;
         }
         Ok(())
     }
@@ -438,18 +438,19 @@ pub(crate) fn reseal_log(db: &sled::Db, dir: &Path, sealer: &Sealer) -> Result<u
     let mut n =
         reseal_tree(&log, sealer, |k| Some(log_aad(u64::from_be_bytes(k.try_into().ok()?))))?;
     n += reseal_tree(&state, sealer, |k| Some(state_aad(k)))?;
-    let mark = dir.join(MARK_FILE);
-    if let Some((seq, term, commit)) = read_mark(&mark, sealer)? {
+    let path = dir.join(MARK_FILE);
+    if let Some((seq, term, commit)) = read_mark(&path, sealer)? {
         // Both slots, so no copy sealed with the old key remains.
-        write_mark(&mark, sealer, seq, term, commit)?;
-        write_mark(&mark, sealer, seq + 1, term, commit)?;
+        let mark = MarkFile::new(path);
+        mark.write(sealer, seq, term, commit)?;
+        mark.write(sealer, seq + 1, term, commit)?;
     }
     Ok(n)
 }
 
 /// An I/O error with what was being done; a full disk is named as such.
 pub fn io_failed(what: &str, e: &std::io::Error) -> StoreError {
-    if e.raw_os_error() == Some(libc_enospc()) {
+    if e.kind() == std::io::ErrorKind::StorageFull {
         StoreError::Unavailable(format!(
             "{what} failed: the disk is full (no space left on device); free space, then \
              restart shoald"
@@ -459,32 +460,44 @@ pub fn io_failed(what: &str, e: &std::io::Error) -> StoreError {
     }
 }
 
-const fn libc_enospc() -> i32 {
-    28
+/// The mark file, opened at its first write and kept open (it is written at every sync).
+#[derive(Debug)]
+struct MarkFile {
+    path: PathBuf,
+    file: std::sync::OnceLock<std::fs::File>,
 }
 
-/// Writes slot `seq % 2` of the mark file (not fsynced: the mark only ever trails what is
-/// durable, so losing its latest write loses nothing but a little of its reach).
-fn write_mark(
-    path: &Path,
-    sealer: &Sealer,
-    seq: u64,
-    term: u64,
-    commit: u64,
-) -> Result<(), StoreError> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let plain = [seq.to_be_bytes(), term.to_be_bytes(), commit.to_be_bytes()].concat();
-    let _gate = sealer.writing();
-    let sealed = sealer.seal(MARK_AAD, &plain)?;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| io_failed(&format!("writing {}", path.display()), &e))?;
-    file.write_all_at(&sealed, (seq % 2) * MARK_SLOT as u64)
-        .map_err(|e| io_failed(&format!("writing {}", path.display()), &e))
+impl MarkFile {
+    fn new(path: PathBuf) -> MarkFile {
+        MarkFile { path, file: std::sync::OnceLock::new() }
+    }
+
+    fn failed(&self, e: &std::io::Error) -> StoreError {
+        io_failed(&format!("writing {}", self.path.display()), e)
+    }
+
+    /// Writes slot `seq % 2` (not fsynced: the mark only ever trails what is durable, so losing
+    /// its latest write loses nothing but a little of its reach).
+    fn write(&self, sealer: &Sealer, seq: u64, term: u64, commit: u64) -> Result<(), StoreError> {
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        let plain = [seq.to_be_bytes(), term.to_be_bytes(), commit.to_be_bytes()].concat();
+        let _gate = sealer.writing();
+        let sealed = sealer.seal(MARK_AAD, &plain)?;
+        let file = match self.file.get() {
+            Some(f) => f,
+            None => {
+                let opened = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600)
+                    .open(&self.path)
+                    .map_err(|e| self.failed(&e))?;
+                self.file.get_or_init(|| opened)
+            }
+        };
+        file.write_all_at(&sealed, (seq % 2) * MARK_SLOT as u64).map_err(|e| self.failed(&e))
+    }
 }
 
 /// The newest whole slot of the mark file: `(seq, term, commit)`; `None` when there is no
@@ -755,8 +768,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sealer = Sealer::new(&Key::generate().unwrap());
         let path = dir.path().join(MARK_FILE);
-        write_mark(&path, &sealer, 1, 4, 10).unwrap();
-        write_mark(&path, &sealer, 2, 4, 12).unwrap();
+        let mark = MarkFile::new(path.clone());
+        mark.write(&sealer, 1, 4, 10).unwrap();
+        mark.write(&sealer, 2, 4, 12).unwrap();
         assert_eq!(read_mark(&path, &sealer).unwrap(), Some((2, 4, 12)));
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[0] ^= 0xff; // slot 0 holds seq 2
