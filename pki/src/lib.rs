@@ -15,7 +15,7 @@ pub mod token;
 
 pub use ca::{IssuedCert, RootCa};
 pub use node::{NodeKey, PeerIdentity};
-pub use tls::{CapturedServerCerts, ReloadableCert, Revocations};
+pub use tls::{CapturedServerCerts, ManagerTrust, ReloadableCert, Revocations};
 pub use token::{JoinToken, TokenError};
 
 /// DNS SAN that clients verify managers against.

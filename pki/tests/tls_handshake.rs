@@ -6,10 +6,12 @@ use std::time::SystemTime;
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::ServerName;
-use shoal_pki::tls::{bootstrap_client_config, client_config, server_config};
+use shoal_pki::tls::{
+    bootstrap_client_config, client_config, manager_client_config, server_config,
+};
 use shoal_pki::{
-    IssuedCert, NodeKey, PeerIdentity, PkiError, ReloadableCert, Revocations, Role, RootCa,
-    CA_SERVER_NAME, DEFAULT_CERT_EXPIRY, MANAGER_SERVER_NAME,
+    IssuedCert, ManagerTrust, NodeKey, PeerIdentity, PkiError, ReloadableCert, Revocations, Role,
+    RootCa, CA_SERVER_NAME, DEFAULT_CERT_EXPIRY, MANAGER_SERVER_NAME,
 };
 
 const CLUSTER: &str = "c1";
@@ -328,4 +330,27 @@ fn an_expired_client_certificate_is_refused() {
             ),
         "{err:?}"
     );
+}
+
+#[test]
+fn a_manager_client_refuses_a_server_that_is_no_longer_a_manager() {
+    let ca = RootCa::generate().expect("ca");
+    let (old, current) = (node(&ca, "mgr-old", Role::Manager), node(&ca, "mgr-now", Role::Manager));
+    let wrk = node(&ca, "wrk1", Role::Worker);
+    let rev = Arc::new(Revocations::default());
+    let trust = ManagerTrust::with_revocations(Arc::default());
+    let client = || {
+        manager_client_config(ca.cert_pem(), Some(Arc::clone(&wrk.cert)), Arc::clone(&trust))
+            .expect("client")
+    };
+    // Before the node is told the manager set, the CA alone decides (as for a joiner).
+    handshake(client(), server(&ca, &old, &rev), MANAGER_SERVER_NAME).expect("set not known");
+    trust.set_managers(["mgr-now".to_string()]);
+    let err = handshake(client(), server(&ca, &old, &rev), MANAGER_SERVER_NAME).unwrap_err();
+    assert!(err.to_string().contains("no longer a manager"), "{err}");
+    handshake(client(), server(&ca, &current, &rev), MANAGER_SERVER_NAME).expect("current");
+    // A certificate issued before a role change is refused even for a node that is a manager.
+    trust.revocations().supersede_serial(&current.issued.serial_hex);
+    let err = handshake(client(), server(&ca, &current, &rev), MANAGER_SERVER_NAME).unwrap_err();
+    assert!(err.to_string().contains("role changed"), "{err}");
 }

@@ -15,14 +15,17 @@ use crate::node::certs_from_pem;
 use crate::PkiError;
 
 mod bootstrap;
+mod managers;
 mod reload;
 mod revoke;
 
 pub use bootstrap::CapturedServerCerts;
+pub use managers::ManagerTrust;
 pub use reload::ReloadableCert;
 pub use revoke::Revocations;
 
 use bootstrap::CapturingVerifier;
+use managers::ManagerVerifier;
 use revoke::RevokingVerifier;
 
 /// The only ALPN protocol shoal speaks (gRPC over HTTP/2).
@@ -65,15 +68,41 @@ pub fn client_config(
     root_ca_pem: &str,
     cert: Option<Arc<ReloadableCert>>,
 ) -> Result<ClientConfig, PkiError> {
-    let provider = ring_provider();
+    let verifier = webpki_server_verifier(root_ca_pem)?;
+    Ok(client_config_with(verifier, cert))
+}
+
+/// Client config for reaching managers from inside the cluster (agents, joiners after the CA
+/// fetch, Raft peers): besides chaining to the root, the server's certificate must be a current
+/// manager's as `trust` knows it (see [`ManagerTrust::refusal`]).
+pub fn manager_client_config(
+    root_ca_pem: &str,
+    cert: Option<Arc<ReloadableCert>>,
+    trust: Arc<ManagerTrust>,
+) -> Result<ClientConfig, PkiError> {
+    let inner = webpki_server_verifier(root_ca_pem)?;
+    Ok(client_config_with(Arc::new(ManagerVerifier { inner, trust }), cert))
+}
+
+fn webpki_server_verifier(root_ca_pem: &str) -> Result<Arc<WebPkiServerVerifier>, PkiError> {
     let roots = Arc::new(root_store(root_ca_pem)?);
-    let verifier = WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
+    WebPkiServerVerifier::builder_with_provider(roots, ring_provider())
         .build()
-        .map_err(|e| PkiError::Tls(format!("cannot build the server verifier: {e}")))?;
-    let builder = ClientConfig::builder_with_provider(provider)
+        .map_err(|e| PkiError::Tls(format!("cannot build the server verifier: {e}")))
+}
+
+fn client_config_with(
+    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    cert: Option<Arc<ReloadableCert>>,
+) -> ClientConfig {
+    let builder = match ClientConfig::builder_with_provider(ring_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| PkiError::Tls(e.to_string()))?
-        .with_webpki_verifier(verifier);
+    {
+        Ok(builder) => builder,
+        // The ring provider always supports TLS 1.3; reaching this is a build bug.
+        Err(e) => panic!("ring provider rejected TLS 1.3: {e}"),
+    };
+    let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
     let mut config = match cert {
         Some(cert) => builder.with_client_cert_resolver(cert),
         None => builder.with_no_client_auth(),
@@ -81,7 +110,7 @@ pub fn client_config(
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     // Always do a full handshake so the server's current certificate is verified.
     config.resumption = rustls::client::Resumption::disabled();
-    Ok(config)
+    config
 }
 
 /// Client config for a joiner's first call, before it knows the root CA.

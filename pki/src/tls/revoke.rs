@@ -10,11 +10,18 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 
 use crate::PeerIdentity;
 
-/// Thread-safe sets of revoked node IDs and revoked certificate serials (lowercase hex).
+/// Thread-safe sets of revoked node IDs and revoked certificate serials (lowercase hex), and of
+/// serials superseded by a role change.
+///
+/// A revoked certificate is refused everywhere. A superseded one was issued for a role the node
+/// no longer has (`node promote` / `node demote`): it still proves who the node is, so the node
+/// may renew into its new role with it, but it carries no more than a worker's rights and no
+/// client takes it for a manager's.
 #[derive(Default, Debug)]
 pub struct Revocations {
     nodes: RwLock<HashSet<String>>,
     serials: RwLock<HashSet<String>>,
+    superseded: RwLock<HashSet<String>>,
 }
 
 impl Revocations {
@@ -28,13 +35,24 @@ impl Revocations {
         write(&self.serials).insert(normalize_serial(serial_hex));
     }
 
+    /// Marks one certificate as issued for a role its node no longer has.
+    pub fn supersede_serial(&self, serial_hex: &str) {
+        write(&self.superseded).insert(normalize_serial(serial_hex));
+    }
+
     /// Whether the certificate's node or serial has been revoked.
     pub fn is_revoked(&self, id: &PeerIdentity) -> bool {
         read(&self.nodes).contains(&id.node_id)
             || read(&self.serials).contains(&normalize_serial(&id.serial_hex))
     }
 
-    /// Replaces both sets wholesale (e.g. after reloading them from the cluster store).
+    /// Whether the certificate was issued for a role its node no longer has.
+    pub fn is_superseded(&self, id: &PeerIdentity) -> bool {
+        read(&self.superseded).contains(&normalize_serial(&id.serial_hex))
+    }
+
+    /// Replaces both sets wholesale (e.g. after reloading them from the cluster store); the
+    /// superseded serials are left as they are.
     pub fn replace_all(
         &self,
         nodes: impl IntoIterator<Item = String>,
@@ -44,6 +62,21 @@ impl Revocations {
         let serials: HashSet<String> = serials.into_iter().map(|s| normalize_serial(&s)).collect();
         *write(&self.nodes) = nodes;
         *write(&self.serials) = serials;
+    }
+
+    /// Replaces the superseded serials wholesale.
+    pub fn replace_superseded(&self, serials: impl IntoIterator<Item = String>) {
+        *write(&self.superseded) = serials.into_iter().map(|s| normalize_serial(&s)).collect();
+    }
+
+    /// The revoked node IDs, revoked serials and superseded serials, each sorted (to hand on).
+    pub fn lists(&self) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let sorted = |set: &RwLock<HashSet<String>>| {
+            let mut v: Vec<String> = read(set).iter().cloned().collect();
+            v.sort();
+            v
+        };
+        (sorted(&self.nodes), sorted(&self.serials), sorted(&self.superseded))
     }
 }
 
@@ -149,5 +182,17 @@ mod tests {
         assert!(!r.is_revoked(&identity("a", "01")));
         assert!(!r.is_revoked(&identity("b", "0abc")));
         assert!(r.is_revoked(&identity("c", "ff")));
+    }
+
+    #[test]
+    fn a_superseded_serial_is_not_revoked() {
+        let r = Revocations::default();
+        r.supersede_serial("0A");
+        assert!(r.is_superseded(&identity("a", "0a")));
+        assert!(!r.is_revoked(&identity("a", "0a")));
+        r.replace_all(Vec::new(), Vec::new());
+        assert!(r.is_superseded(&identity("a", "0a")), "replace_all keeps superseded serials");
+        r.replace_superseded(Vec::new());
+        assert!(!r.is_superseded(&identity("a", "0a")));
     }
 }
