@@ -264,7 +264,8 @@ impl Daemon {
             time_scale: self.cfg.time_scale,
             executor,
         };
-        Ok(Agent::start(cfg, self.files.clone(), cert, root, state.manager_addrs.clone())?)
+        let (addrs, ids) = (state.manager_addrs.clone(), state.manager_ids.clone());
+        Ok(Agent::start(cfg, self.files.clone(), cert, root, addrs, ids)?)
     }
 
     /// `swarm init`: a new cluster with this node as its manager. Returns the state and tokens.
@@ -304,6 +305,7 @@ impl Daemon {
             listen_addr: listen.to_string(),
             advertise_addr: advertise.clone(),
             manager_addrs: vec![advertise],
+            manager_ids: vec![id.node_id.clone()],
         };
         let tokens = (manager.join_token(Role::Worker)?, manager.join_token(Role::Manager)?);
         let root = manager.root_ca_pem().to_string();
@@ -338,6 +340,7 @@ impl Daemon {
         let manager = Manager::force_new_cluster(&self.files.store_dir(), &id, None).await?;
         let listener = bind(&state.listen_addr).await?;
         state.manager_addrs = vec![state.advertise_addr.clone()];
+        state.manager_ids = vec![state.node_id.clone()];
         // Alone now, it accepts its own address (if it moved) at once.
         let announcer = manager
             .member_addr()
@@ -387,6 +390,7 @@ impl Daemon {
             } else {
                 joined.manager_addrs.clone()
             },
+            manager_ids: joined.manager_ids.clone(),
         };
         let cert = ReloadableCert::new(&joined.cert_chain_pem, &joined.key)?;
         let serving = if state.runs_manager {
@@ -559,14 +563,17 @@ impl Daemon {
     /// Saves the managers' addresses the agent last heard of, so that after a restart the node
     /// still finds the managers when every address it knew before has changed.
     fn keep_manager_addrs(&self, m: &mut Member) {
-        let heard = m.agent.status().manager_addrs;
-        if heard.is_empty() || heard == m.state.manager_addrs {
+        let status = m.agent.status();
+        let (heard, ids) = (status.manager_addrs, status.manager_ids);
+        if heard.is_empty() || (heard == m.state.manager_addrs && ids == m.state.manager_ids) {
             return;
         }
         m.state.manager_addrs = heard.clone();
+        m.state.manager_ids = ids.clone();
         let saved = match self.files.load_state() {
             Ok(Some(mut saved)) if saved.node_id == m.state.node_id => {
                 saved.manager_addrs = heard;
+                saved.manager_ids = ids;
                 self.files.save_state(&saved)
             }
             _ => return,

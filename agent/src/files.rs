@@ -30,6 +30,10 @@ pub struct NodeState {
     pub listen_addr: String,
     pub advertise_addr: String,
     pub manager_addrs: Vec<String>,
+    /// Node IDs of the managers as last heard: a server outside this set is not taken for a
+    /// manager, whatever its certificate says (empty: not known yet).
+    #[serde(default)]
+    pub manager_ids: Vec<String>,
 }
 
 /// The layout of a node's data root.

@@ -53,6 +53,8 @@ pub struct Joined {
     pub cert_chain_pem: String,
     pub key: NodeKey,
     pub manager_addrs: Vec<String>,
+    /// Node IDs of the managers, as the manager that let this node in said.
+    pub manager_ids: Vec<String>,
 }
 
 /// Joins the cluster of the manager at `params.remote_addr`.
@@ -87,6 +89,7 @@ pub async fn join(params: &JoinParams) -> Result<Joined, JoinError> {
         cert_chain_pem: resp.cert_chain_pem,
         key,
         manager_addrs: resp.manager_addrs,
+        manager_ids: resp.managers.map(|m| m.node_ids).unwrap_or_default(),
     })
 }
 

@@ -13,7 +13,7 @@ pub mod worker;
 
 use std::sync::Arc;
 
-use shoal_pki::ReloadableCert;
+use shoal_pki::{ManagerTrust, ReloadableCert};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -27,6 +27,8 @@ pub struct AgentStatus {
     pub connected: bool,
     pub manager: Option<String>,
     pub manager_addrs: Vec<String>,
+    /// Node IDs of the managers, as last told (see [`files::NodeState::manager_ids`]).
+    pub manager_ids: Vec<String>,
     pub error: Option<String>,
     pub renewals: u64,
     /// The role the managers say this node has ("worker" or "manager"), from the session.
@@ -54,22 +56,31 @@ pub struct Agent {
 
 impl Agent {
     /// Starts the session (with the worker) and renewal loops for the node whose identity is
-    /// in `files`.
+    /// in `files`, reaching the managers at `manager_addrs` and accepting only the nodes
+    /// `manager_ids` as managers (any manager of the cluster while it is empty).
     pub fn start(
         cfg: AgentConfig,
         files: NodeFiles,
         cert: Arc<ReloadableCert>,
         root_ca_pem: String,
         manager_addrs: Vec<String>,
+        manager_ids: Vec<String>,
     ) -> Result<Agent, shoal_pki::PkiError> {
-        let tls = Arc::new(shoal_pki::tls::client_config(&root_ca_pem, Some(cert.clone()))?);
-        let initial = AgentStatus { manager_addrs, ..Default::default() };
+        let trust = ManagerTrust::with_revocations(Arc::default());
+        trust.set_managers(manager_ids.clone());
+        let tls = Arc::new(shoal_pki::tls::manager_client_config(
+            &root_ca_pem,
+            Some(cert.clone()),
+            trust.clone(),
+        )?);
+        let initial = AgentStatus { manager_addrs, manager_ids, ..Default::default() };
         let (tx, rx) = watch::channel(initial);
         let worker = Worker::new(cfg.executor);
         let session_cfg = session::SessionConfig {
             hostname: cfg.hostname,
             advertise_addr: cfg.advertise_addr,
             worker: worker.clone(),
+            trust,
         };
         let renew_now = Arc::new(tokio::sync::Notify::new());
         let renew_cfg = renew::RenewConfig {

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rand::Rng;
-use shoal_pki::ReloadableCert;
+use shoal_pki::{ManagerTrust, ReloadableCert};
 use shoal_proto::dispatcher_client::DispatcherClient;
-use shoal_proto::{HeartbeatRequest, SessionRequest};
+use shoal_proto::{HeartbeatRequest, SessionMessage, SessionRequest};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -27,6 +27,8 @@ pub struct SessionConfig {
     pub advertise_addr: String,
     /// Runs the tasks the session's assignments carry.
     pub worker: Worker,
+    /// Which servers are taken for managers; updated from the session's messages.
+    pub trust: Arc<ManagerTrust>,
 }
 
 /// Runs sessions forever, publishing the agent's view in `status`.
@@ -79,6 +81,28 @@ fn expired(cert: &ReloadableCert) -> Option<String> {
     })
 }
 
+/// Takes in the manager set a session message carries: from now on only those nodes are
+/// accepted as managers when this node connects.
+fn take_manager_set(
+    cfg: &SessionConfig,
+    msg: &SessionMessage,
+    status: &watch::Sender<AgentStatus>,
+) {
+    let Some(set) = &msg.managers else { return };
+    crate::connect::apply_manager_set(&cfg.trust, set);
+    status.send_modify(|s| s.manager_ids = cfg.trust.managers());
+}
+
+/// Whether the manager at `addr` was one of the managers' addresses and `update` drops it
+/// (it was demoted or removed): the session then ends, and the next one goes to a current
+/// manager, checked against the new set.
+fn left_the_managers(addr: &str, known: &[String], update: &SessionMessage) -> bool {
+    let addr = addr.to_string();
+    known.contains(&addr)
+        && !update.manager_addrs.is_empty()
+        && !update.manager_addrs.contains(&addr)
+}
+
 /// One session; returns when it breaks.
 async fn session(
     cfg: &SessionConfig,
@@ -107,6 +131,7 @@ async fn session(
         }
         s.role = first.node.as_ref().map(|n| n.role().word().to_string());
     });
+    take_manager_set(cfg, &first, status);
     tracing::info!(manager = %addr, "session established");
     let link =
         Link { client: client.clone(), session_id: session_id.clone(), manager: addr.into() };
@@ -125,14 +150,20 @@ async fn session(
                 next_beat = tokio::time::Instant::now() + period;
             }
             msg = stream.message() => match msg.map_err(line)? {
-                Some(update) => status.send_modify(|s| {
-                    if !update.manager_addrs.is_empty() {
-                        s.manager_addrs = update.manager_addrs;
+                Some(update) => {
+                    take_manager_set(cfg, &update, status);
+                    if left_the_managers(addr, &status.borrow().manager_addrs, &update) {
+                        return Err(format!("the manager at {addr} is no longer a manager"));
                     }
-                    if let Some(node) = &update.node {
-                        s.role = Some(node.role().word().to_string());
-                    }
-                }),
+                    status.send_modify(|s| {
+                        if !update.manager_addrs.is_empty() {
+                            s.manager_addrs = update.manager_addrs;
+                        }
+                        if let Some(node) = &update.node {
+                            s.role = Some(node.role().word().to_string());
+                        }
+                    })
+                }
                 None => return Ok(()),
             },
         }

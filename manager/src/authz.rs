@@ -1,7 +1,10 @@
 //! Owns who may call what: one table from gRPC method to the callers allowed, and the tower layer
-//! that checks it (with the peer's certificate) before any handler runs. Never reads the store.
+//! that checks it (with the peer's certificate and the node's current role) before any handler
+//! runs. Never reads the store itself: the manager keeps [`NodeRoles`] up to date.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use shoal_pki::{PeerIdentity, Revocations, Role};
@@ -122,20 +125,83 @@ pub fn authorize(path: &str, caller: &Caller) -> Result<(), Status> {
     }
 }
 
+/// Looks a node's role up in the store, for a node [`NodeRoles`] has not heard of yet.
+pub type RoleLookup = Box<dyn Fn(&str) -> Option<Role> + Send + Sync>;
+
+/// Each node's current role as the store has it, kept up to date by the manager from its change
+/// feed, so that a certificate's OU is never taken on its own word (a demoted manager's
+/// certificate says "manager" until it expires).
+#[derive(Default)]
+pub struct NodeRoles {
+    known: RwLock<HashMap<String, Role>>,
+    lookup: Option<RoleLookup>,
+    /// This manager holds the cluster's state: a node it does not know is not a node.
+    complete: AtomicBool,
+}
+
+impl NodeRoles {
+    /// Roles that fall back to `lookup` for nodes not recorded yet (a node that joined a moment
+    /// ago, before the change feed reached this table).
+    pub fn with_lookup(lookup: RoleLookup) -> NodeRoles {
+        NodeRoles { lookup: Some(lookup), ..Default::default() }
+    }
+
+    /// Marks that this manager holds the cluster's state. Until then (a manager still joining,
+    /// whose store is empty) the certificate's role is all there is to go by.
+    pub fn set_complete(&self) {
+        self.complete.store(true, Ordering::Relaxed);
+    }
+
+    /// Records a node's role, or forgets the node (`None`: it was removed). Returns the role
+    /// recorded before.
+    pub fn set(&self, node_id: &str, role: Option<Role>) -> Option<Role> {
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        match role {
+            Some(role) => known.insert(node_id.to_string(), role),
+            None => known.remove(node_id),
+        }
+    }
+
+    /// The nodes recorded as managers.
+    pub fn managers(&self) -> Vec<String> {
+        let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+        known.iter().filter(|(_, r)| **r == Role::Manager).map(|(id, _)| id.clone()).collect()
+    }
+
+    /// Replaces every record.
+    pub fn replace_all(&self, roles: impl IntoIterator<Item = (String, Role)>) {
+        *self.known.write().unwrap_or_else(|e| e.into_inner()) = roles.into_iter().collect();
+    }
+
+    /// The node's current role, if the store has the node.
+    pub fn get(&self, node_id: &str) -> Option<Role> {
+        let known = self.known.read().unwrap_or_else(|e| e.into_inner()).get(node_id).copied();
+        known.or_else(|| self.lookup.as_ref().and_then(|f| f(node_id)))
+    }
+}
+
+impl std::fmt::Debug for NodeRoles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.known.read().map(|k| k.len()).unwrap_or(0);
+        f.debug_struct("NodeRoles").field("known", &n).finish()
+    }
+}
+
 /// How the transport identifies callers for the layer.
 #[derive(Clone, Debug)]
 pub enum Transport {
     /// The unix socket: every caller is the local operator.
     Local,
-    /// mTLS over TCP: callers are identified by their certificate.
-    Tls { cluster_id: String, revocations: Arc<Revocations> },
+    /// mTLS over TCP: callers are identified by their certificate, with the rights of the role
+    /// the store gives their node now.
+    Tls { cluster_id: String, revocations: Arc<Revocations>, roles: Arc<NodeRoles> },
 }
 
 impl Transport {
     fn identify(&self, ext: &http::Extensions) -> Result<Caller, Status> {
-        let (cluster_id, revocations) = match self {
+        let (cluster_id, revocations, roles) = match self {
             Transport::Local => return Ok(Caller::Local),
-            Transport::Tls { cluster_id, revocations } => (cluster_id, revocations),
+            Transport::Tls { cluster_id, revocations, roles } => (cluster_id, revocations, roles),
         };
         let certs = ext.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|i| i.peer_certs());
         let Some(leaf) = certs.as_ref().and_then(|c| c.first()) else {
@@ -152,8 +218,27 @@ impl Transport {
                 id.node_id
             )));
         }
-        Ok(Caller::Node(id))
+        Ok(Caller::Node(current_rights(id, revocations, roles)))
     }
+}
+
+/// The identity a caller is served as: a manager certificate carries a manager's rights only
+/// while the store still makes its node a manager and the certificate was issued for that role;
+/// otherwise the node keeps a worker's rights (the dispatcher, and renewal into its new role).
+fn current_rights(
+    mut id: PeerIdentity,
+    revocations: &Revocations,
+    roles: &NodeRoles,
+) -> PeerIdentity {
+    let store_says_manager = match roles.get(&id.node_id) {
+        Some(role) => role == Role::Manager,
+        None => !roles.complete.load(Ordering::Relaxed),
+    };
+    if id.role == Role::Manager && (revocations.is_superseded(&id) || !store_says_manager) {
+        tracing::debug!(node = %id.node_id, "a manager certificate of a node that is no longer a manager: worker rights");
+        id.role = Role::Worker;
+    }
+    id
 }
 
 /// Tower layer that identifies the caller, applies [`TABLE`], and hands the handlers a [`Caller`].
@@ -256,6 +341,24 @@ mod tests {
         let err = authorize(path, &node(Role::Worker)).unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert!(err.message().contains("worker"), "{}", err.message());
+    }
+
+    #[test]
+    fn a_manager_certificate_counts_only_while_the_store_says_manager() {
+        let Caller::Node(cert) = node(Role::Manager) else { unreachable!() };
+        let (revocations, roles) = (Revocations::default(), NodeRoles::default());
+        assert_eq!(current_rights(cert.clone(), &revocations, &roles).role, Role::Manager);
+        roles.set_complete();
+        roles.set("n", Some(Role::Manager));
+        assert_eq!(current_rights(cert.clone(), &revocations, &roles).role, Role::Manager);
+        roles.set("n", Some(Role::Worker));
+        assert_eq!(current_rights(cert.clone(), &revocations, &roles).role, Role::Worker);
+        roles.set("n", Some(Role::Manager));
+        revocations.supersede_serial("01");
+        assert_eq!(current_rights(cert.clone(), &revocations, &roles).role, Role::Worker);
+        let (revocations, roles) = (Revocations::default(), NodeRoles::default());
+        roles.set_complete();
+        assert_eq!(current_rights(cert, &revocations, &roles).role, Role::Worker, "unknown node");
     }
 
     #[test]

@@ -112,6 +112,7 @@ impl NodeCa for CaApi {
             cluster_id: shared.cluster_id.clone(),
             cert_chain_pem: chain,
             manager_addrs: shared.manager_addrs()?,
+            managers: Some(shared.manager_set()),
         }))
     }
 

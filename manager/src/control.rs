@@ -78,7 +78,7 @@ impl ControlApi {
             spec: cluster.spec,
             root_ca_digest: format!("sha256:{}", hex(&digest)),
             root_ca_pem: root,
-            revoked_nodes: cluster.revoked.len() as u32,
+            revoked_nodes: cluster.revoked.iter().filter(|r| !r.superseded).count() as u32,
             autolock: cluster.unlock_key.is_some(),
             data_key_epoch: cluster.data_key_epoch,
             created_at_ms: cluster.meta.as_ref().map(|m| m.created_at_ms).unwrap_or(0),
@@ -128,18 +128,36 @@ impl Control for ControlApi {
                 check_quorum_after_removal(shared, &nodes, member)?;
             }
             // The role first, while a demoted manager still votes; the node then renews its
-            // certificate and joins or leaves the managers on its own.
-            shared
+            // certificate and joins or leaves the managers on its own. Every certificate it
+            // holds was issued for the old role: from this write on they carry a worker's
+            // rights only and no node takes them for a manager's.
+            let superseded = shared
                 .store
                 .update(|tx| {
                     let mut n = tx
                         .get::<Node>(&node.id)?
                         .ok_or_else(|| Status::not_found("node is gone"))?;
+                    let mut cluster = tx
+                        .get::<Cluster>(&shared.cluster_id)?
+                        .ok_or_else(|| Status::internal("cluster object missing"))?;
+                    cluster.revoked.push(Revoked {
+                        node_id: n.id.clone(),
+                        serials: n.serials.clone(),
+                        until_unix: n.certificate.as_ref().map(|c| c.not_after_unix).unwrap_or(0),
+                        superseded: true,
+                    });
+                    let serials = n.serials.clone();
                     n.set_role(role);
+                    tx.update(cluster)?;
                     tx.update(n)?;
-                    Ok::<_, Status>(())
+                    Ok::<_, Status>(serials)
                 })
                 .await?;
+            // This manager applies it at once; the others follow their change feed.
+            shared.refresh_role(&node.id);
+            for serial in &superseded {
+                shared.revocations.supersede_serial(serial);
+            }
             if let (NodeRole::Worker, Some(member)) = (role, member) {
                 let mut cc = ConfChange::default();
                 cc.set_change_type(ConfChangeType::RemoveNode);
@@ -256,6 +274,7 @@ impl Control for ControlApi {
                     node_id: node.id.clone(),
                     serials: node.serials.clone(),
                     until_unix: until,
+                    superseded: false,
                 });
                 tx.update(cluster)?;
                 tx.delete::<Node>(&node.id)?;

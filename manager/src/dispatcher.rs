@@ -1,7 +1,7 @@
 //! Owns agent sessions: registration, heartbeats, and marking nodes Down after missed
 //! heartbeats. Task assignment arrives with the services issue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,7 @@ use rand::Rng;
 use shoal_proto::dispatcher_server::Dispatcher;
 use shoal_proto::{
     AssignmentsMessage, AssignmentsRequest, HeartbeatRequest, HeartbeatResponse,
-    ListenSubscriptionsRequest, LogSubscription, Node, NodeState, PublishLogsMessage,
+    ListenSubscriptionsRequest, LogSubscription, Node, NodeRole, NodeState, PublishLogsMessage,
     PublishLogsResponse, SessionMessage, SessionRequest, UpdateTaskStatusRequest,
     UpdateTaskStatusResponse,
 };
@@ -134,11 +134,12 @@ impl Manager {
     pub fn spawn_node_updates(&self) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(&self.shared);
         let mut events = self.shared.store.watch();
+        let mut managers: HashSet<String> = self.shared.trust.managers().into_iter().collect();
         tokio::spawn(async move {
             loop {
                 let event = match events.recv().await {
-                    Ok(e) if e.kind == "node" && !e.deleted => e,
-                    Ok(e) if e.kind == "member" => {
+                    Ok(e) if e.kind == "node" => e,
+                    Ok(e) if e.kind == "member" || e.kind == "cluster" => {
                         let Some(shared) = weak.upgrade() else { return };
                         push_manager_addrs(&shared);
                         continue;
@@ -148,7 +149,18 @@ impl Manager {
                     Err(_) => return,
                 };
                 let Some(shared) = weak.upgrade() else { return };
-                let Ok(Some(node)) = shared.store.get::<Node>(&event.id) else { continue };
+                let node = shared.store.get::<Node>(&event.id).ok().flatten();
+                let manager = node.as_ref().is_some_and(|n| n.role() == NodeRole::Manager);
+                if manager != managers.contains(&event.id) {
+                    // A node became a manager or stopped being one: every node hears of it.
+                    match manager {
+                        true => managers.insert(event.id.clone()),
+                        false => managers.remove(&event.id),
+                    };
+                    shared.refresh_role(&event.id);
+                    push_manager_addrs(&shared);
+                }
+                let Some(node) = node else { continue };
                 let period = shared.cluster().map(|c| heartbeat_period(&c)).unwrap_or_default();
                 let managers = shared.manager_addrs().unwrap_or_default();
                 shared.sessions.push(&event.id, |session_id| SessionMessage {
@@ -156,6 +168,7 @@ impl Manager {
                     heartbeat_period_ms: period.as_millis() as u64,
                     node: Some(node),
                     manager_addrs: managers,
+                    managers: Some(shared.manager_set()),
                 });
             }
         })
@@ -217,16 +230,19 @@ async fn mark_down(shared: &Shared, node_id: &str) -> Result<(), Status> {
         .await
 }
 
-/// Tells every connected node the managers' current addresses (after one joined, left or
-/// moved), so a node that knew only old addresses still finds the managers after a restart.
+/// Tells every connected node the managers' current addresses and who they are (after one
+/// joined, left, moved or was demoted, or a certificate was revoked), so a node that knew only
+/// old addresses still finds the managers after a restart, and refuses a former manager.
 fn push_manager_addrs(shared: &Shared) {
     let Ok(managers) = shared.manager_addrs() else { return };
+    let set = shared.manager_set();
     let period = shared.cluster().map(|c| heartbeat_period(&c)).unwrap_or_default();
     shared.sessions.push_all(|session_id| SessionMessage {
         session_id: session_id.to_string(),
         heartbeat_period_ms: period.as_millis() as u64,
         node: None,
         manager_addrs: managers.clone(),
+        managers: Some(set.clone()),
     });
 }
 
@@ -297,6 +313,7 @@ impl Dispatcher for DispatcherApi {
             heartbeat_period_ms: jittered(period).as_millis() as u64,
             node: Some(node),
             manager_addrs: self.shared.manager_addrs()?,
+            managers: Some(self.shared.manager_set()),
         };
         tx.send(Ok(first)).await.map_err(|_| Status::cancelled("session closed"))?;
         self.shared.sessions.open(&id.node_id, session_id, period * GRACE_PERIODS, tx);

@@ -5,13 +5,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use shoal_pki::{IssuedCert, NodeKey, ReloadableCert, Revocations, Role, RootCa};
+use shoal_pki::{IssuedCert, ManagerTrust, NodeKey, ReloadableCert, Revocations, Role, RootCa};
 use shoal_proto::{
-    Availability, Cluster, ClusterSpec, JoinTokens, Member, Node, NodeCertificate, NodeRole,
-    NodeState, UnlockKey,
+    Availability, Cluster, ClusterSpec, JoinTokens, ManagerSet, Member, Node, NodeCertificate,
+    NodeRole, NodeState, UnlockKey,
 };
 use tonic::Status;
 
+use crate::authz::NodeRoles;
 use crate::dispatcher::Sessions;
 use crate::raft::crypto::{DataKeys, Key, KeyFiles, Sealer};
 use crate::raft::node::{self, RaftConfig, RaftHandle};
@@ -64,6 +65,10 @@ pub(crate) struct Shared {
     pub root_ca_pem: String,
     signer: Mutex<Option<(String, Arc<RootCa>)>>,
     pub revocations: Arc<Revocations>,
+    /// Each node's current role, for the authorization layer.
+    pub roles: Arc<NodeRoles>,
+    /// The managers this manager's own outgoing calls accept (Raft peers, forwarding).
+    pub trust: Arc<ManagerTrust>,
     pub sessions: Sessions,
     pub hub: crate::assignments::Hub,
     pub status_batcher: Mutex<Option<tokio::sync::mpsc::Sender<crate::assignments::StatusReport>>>,
@@ -364,7 +369,17 @@ impl Manager {
                 "this manager's data has no raft ID; it never finished joining".into(),
             )
         })?;
-        let tls = Arc::new(shoal_pki::tls::client_config(&id.root_ca_pem, Some(id.cert.clone()))?);
+        let revocations = Arc::new(Revocations::default());
+        let trust = ManagerTrust::with_revocations(revocations.clone());
+        let tls = Arc::new(shoal_pki::tls::manager_client_config(
+            &id.root_ca_pem,
+            Some(id.cert.clone()),
+            trust.clone(),
+        )?);
+        let lookup_store = parts.store.clone();
+        let roles = Arc::new(NodeRoles::with_lookup(Box::new(move |node_id| {
+            lookup_store.get::<Node>(node_id).ok().flatten().map(|n| pki_role(n.role()))
+        })));
         let peers = Peers::new(tls.clone(), parts.store.clone());
         peers.follow_members();
         let raft = node::spawn(
@@ -380,7 +395,9 @@ impl Manager {
             cluster_id: id.cluster_id.clone(),
             root_ca_pem: id.root_ca_pem.clone(),
             signer: Mutex::new(None),
-            revocations: Arc::new(Revocations::default()),
+            revocations,
+            roles,
+            trust,
             sessions: Sessions::default(),
             hub: Default::default(),
             status_batcher: Mutex::new(None),
@@ -392,7 +409,7 @@ impl Manager {
             closing: tokio::sync::watch::Sender::new(false),
             data_keys: parts.data_keys,
         };
-        shared.refresh_revocations();
+        shared.refresh_access();
         let manager = Manager { shared: Arc::new(shared) };
         manager.spawn_revocation_watch();
         // Finishes a rotation a crash interrupted (the key file still holds two keys).
@@ -408,10 +425,16 @@ impl Manager {
                 let event = events.recv().await;
                 let Some(shared) = weak.upgrade() else { return };
                 match event {
-                    Ok(e) if e.kind != "cluster" => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                    _ => {
+                    Ok(e) if e.kind == "node" => shared.refresh_role(&e.id),
+                    Ok(e) if e.kind == "cluster" => {
                         shared.refresh_revocations();
+                        shared.sync_key_files();
+                    }
+                    Ok(e) if e.kind != "snapshot" => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    // A snapshot, or events missed: everything may have changed.
+                    _ => {
+                        shared.refresh_access();
                         shared.sync_key_files();
                     }
                 }
@@ -484,7 +507,7 @@ impl Manager {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.shared.refresh_revocations();
+        self.shared.refresh_access();
         self.shared.sync_key_files();
         Ok(())
     }
@@ -587,13 +610,53 @@ impl Shared {
         });
     }
 
+    /// Reloads everything the authorization layer and the manager's own clients consult.
+    fn refresh_access(&self) {
+        self.refresh_revocations();
+        if let Ok(nodes) = self.store.list::<Node>() {
+            self.roles.replace_all(nodes.iter().map(|n| (n.id.clone(), pki_role(n.role()))));
+            self.trust.set_managers(self.roles.managers());
+        }
+    }
+
     fn refresh_revocations(&self) {
         if let Ok(cluster) = self.cluster() {
+            self.roles.set_complete();
+            let (superseded, removed): (Vec<_>, Vec<_>) =
+                cluster.revoked.iter().partition(|r| r.superseded);
             self.revocations.replace_all(
-                cluster.revoked.iter().map(|r| r.node_id.clone()),
-                cluster.revoked.iter().flat_map(|r| r.serials.clone()),
+                removed.iter().map(|r| r.node_id.clone()),
+                removed.iter().flat_map(|r| r.serials.clone()),
             );
+            self.revocations.replace_superseded(superseded.iter().flat_map(|r| r.serials.clone()));
         }
+    }
+
+    /// Takes in a node's current role (after a change to the node); the nodes this manager's
+    /// own clients accept as managers follow.
+    pub(crate) fn refresh_role(&self, node_id: &str) {
+        let Ok(node) = self.store.get::<Node>(node_id) else { return };
+        let role = node.map(|n| pki_role(n.role()));
+        let before = self.roles.set(node_id, role);
+        if (before == Some(Role::Manager)) != (role == Some(Role::Manager)) {
+            self.trust.set_managers(self.roles.managers());
+        }
+    }
+
+    /// The managers (every node the store makes a manager, joining ones included) and the
+    /// revocations every node is told, so that it refuses a server that is no longer a manager
+    /// (demoted or removed) even though its certificate chains to the root.
+    pub fn manager_set(&self) -> ManagerSet {
+        let mut set = ManagerSet { node_ids: self.trust.managers(), ..Default::default() };
+        for r in self.cluster().map(|c| c.revoked).unwrap_or_default() {
+            if r.superseded {
+                set.superseded_serials.extend(r.serials);
+            } else {
+                set.revoked_nodes.push(r.node_id);
+                set.revoked_serials.extend(r.serials);
+            }
+        }
+        set
     }
 
     /// The Raft members.

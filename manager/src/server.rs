@@ -43,6 +43,7 @@ impl Manager {
         let transport = Transport::Tls {
             cluster_id: self.cluster_id().to_string(),
             revocations: self.revocations(),
+            roles: self.shared.roles.clone(),
         };
         let result = Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))

@@ -5,6 +5,7 @@
 //! `cargo test --test security` runs it alone; it is part of `cargo test --workspace`. Tests that
 //! need root fail under CI (env `CI`) when not root, and are skipped elsewhere.
 
+mod demoted_manager;
 #[path = "../harness/mod.rs"]
 #[allow(dead_code)]
 mod harness;
