@@ -7,8 +7,6 @@
 
 mod demoted_manager;
 #[path = "../harness/mod.rs"]
-#[allow(dead_code)]
 mod harness;
 #[path = "../netns/mod.rs"]
-#[allow(dead_code)]
 mod netns;
