@@ -126,15 +126,21 @@ impl OciRuntime {
         spec.validate()?;
         self.cfg.policy.check(spec)?;
         let set = caps::effective(&spec.cap_add, &spec.cap_drop)?;
+        let target = seccomp::Target::native(&set);
+        let default = || seccomp::resolve(&seccomp::builtin_profile(), &target);
         let filter = match &spec.seccomp {
             SeccompChoice::Unconfined => None,
-            SeccompChoice::Default => Some(seccomp::builtin_profile()),
-            SeccompChoice::Profile(p) => Some(seccomp::load_profile(p)?),
+            SeccompChoice::Default => Some(default()),
+            SeccompChoice::Profile(p) => {
+                let custom = seccomp::resolve(&seccomp::load_profile(p)?, &target);
+                self.cfg.policy.check_custom_seccomp(&custom, &default())?;
+                Some(custom)
+            }
         };
         let inputs = oci::ConfigInputs {
             cgroups_path: self.cgroup_path(&spec.id),
             default_pids_limit: self.cfg.default_pids_limit,
-            seccomp: filter.map(|f| seccomp::resolve(&f, &seccomp::Target::native(&set))),
+            seccomp: filter,
             userns: self.userns(spec),
             init_binary: self.init_binary(spec)?,
             landlock_helper: self.mac.landlock_helper_for(spec)?,
