@@ -91,6 +91,12 @@ impl NodePolicy {
         Ok(p)
     }
 
+    /// The host group of remapped container roots, where this node remaps: the one group
+    /// besides root's that may pass through the directories on the way to a task's rootfs.
+    pub fn remapped_root_gid(&self) -> Option<u32> {
+        self.userns_uids.and(self.userns_gids).map(|g| g.host_start)
+    }
+
     /// Accepts `spec` or names the first option this node refuses.
     pub fn check(&self, spec: &TaskSpec) -> Result<()> {
         self.check_seccomp(&spec.seccomp)?;
