@@ -11,3 +11,6 @@ mod harness;
 #[path = "../netns/mod.rs"]
 #[allow(dead_code)]
 mod netns;
+
+mod custom_seccomp;
+mod host_files;
