@@ -87,6 +87,7 @@ fn story(nodes: &mut [Node], dir: &Path) {
     }
     let setuid = find(data, &["-type", "f", "-perm", "-4000", "-name", &format!("*{SETUID_NAME}")]);
     assert!(!setuid.is_empty(), "root finds no setuid program under {data:?}");
+    eprintln!("setuid programs under the data root, tried as nobody: {setuid:#?}");
 
     // The same, as nobody.
     let mut script = String::new();
