@@ -155,7 +155,8 @@ impl Daemon {
     /// Opens the data root and resumes membership if the node was part of a cluster.
     pub async fn start(cfg: DaemonConfig) -> Result<Arc<Daemon>> {
         let files = NodeFiles::new(&cfg.data_root);
-        std::fs::create_dir_all(&cfg.data_root)
+        cfg.executor
+            .prepare_data_root(&cfg.data_root)
             .with_context(|| format!("creating data root {}", cfg.data_root.display()))?;
         let daemon = Arc::new_cyclic(|me| Daemon {
             me: me.clone(),

@@ -33,6 +33,8 @@ async fn probe(name: &str, edit: impl FnOnce(&mut TaskSpec)) -> HashMap<String, 
         cfg.policy.userns_uids = Some(r);
         cfg.policy.userns_gids = Some(r);
         cfg.policy.allow_landlock_off = true;
+        // containers-common's profile allows more than ours (keyctl, unshare): a node flag.
+        cfg.policy.allow_custom_seccomp = true;
         cfg.policy.allowed_host_namespaces.extend([HostNamespace::Pid, HostNamespace::Network]);
     });
     let id = task_id(name);

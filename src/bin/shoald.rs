@@ -50,6 +50,10 @@ struct Args {
     /// Let tasks run without a seccomp filter (seccomp=unconfined)
     #[arg(long)]
     task_allow_unconfined_seccomp: bool,
+    /// Let tasks bring their own seccomp profile even when it allows what the default does not
+    /// (without it, only a profile at least as strict as the default runs)
+    #[arg(long)]
+    task_allow_custom_seccomp: bool,
     /// Let tasks turn no-new-privileges off
     #[arg(long)]
     task_allow_new_privileges: bool,
@@ -93,6 +97,7 @@ async fn main() -> Result<()> {
     let policy = shoal_agent::runtime::NodePolicy::from_flags(
         &args.task_allow_cap_add,
         args.task_allow_unconfined_seccomp,
+        args.task_allow_custom_seccomp,
         args.task_allow_new_privileges,
         args.task_allow_landlock_off,
         args.userns_remap.as_deref(),

@@ -10,3 +10,6 @@ mod demoted_manager;
 mod harness;
 #[path = "../netns/mod.rs"]
 mod netns;
+
+mod custom_seccomp;
+mod host_files;

@@ -59,6 +59,10 @@ impl ImageStore {
             let p = root.join(d);
             std::fs::create_dir_all(&p).map_err(|e| ImageError::io("creating", &p, e))?;
         }
+        // Root's alone: unpacked layers keep their setuid files and device nodes.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| ImageError::io("restricting", &root, e))?;
         Ok(ImageStore { root, lock: Mutex::new(()) })
     }
 

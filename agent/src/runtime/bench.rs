@@ -124,7 +124,7 @@ impl BareBundle {
             RootfsSource::Dir(opts.rootfs.clone()),
             vec!["/bin/true".into()],
         );
-        rootfs::mount_rootfs(&rootfs::BundleDirs::new(dir.clone()), &spec.rootfs, None)?;
+        rootfs::mount_rootfs(&rootfs::BundleDirs::new(dir.clone()), &spec.rootfs, None, true)?;
         oci::save(&rt.oci_config(&spec)?, &dir)?;
         Ok(BareBundle { dir, state })
     }

@@ -110,8 +110,11 @@ impl OciRuntime {
         config: &oci_spec::runtime::Spec,
         dirs: &BundleDirs,
     ) -> Result<Task> {
-        rootfs::mkdir(&dirs.logs())?;
-        rootfs::mount_rootfs(dirs, &spec.rootfs, self.userns(spec))?;
+        let remap = self.userns(spec);
+        rootfs::private_dir(&dirs.bundle, remap.map(|(_, gids)| gids.host_start))?;
+        rootfs::private_dir(&dirs.logs(), None)?;
+        // A task that may gain privileges keeps its setuid files working; its bundle is 0700.
+        rootfs::mount_rootfs(dirs, &spec.rootfs, remap, !spec.allow_new_privileges)?;
         super::secrets::mount_files(dirs, &spec.files, self.userns(spec))?;
         oci::save(config, &dirs.bundle)?;
         let (stdout, out_r) = log_fifo(&dirs.bundle.join(STDOUT_FIFO))?;
@@ -159,7 +162,7 @@ impl OciRuntime {
         let cgroup = self.cgroup_path(id);
         let mut pumps = Vec::new();
         if dirs.bundle.join(STDOUT_FIFO).exists() {
-            rootfs::mkdir(&dirs.logs())?;
+            rootfs::private_dir(&dirs.logs(), None)?;
             let out = LogReader::open_fifo(&dirs.bundle.join(STDOUT_FIFO))?;
             let err = LogReader::open_fifo(&dirs.bundle.join(STDERR_FIFO))?;
             pumps = self.pump_logs(id, out, err)?;
@@ -334,7 +337,7 @@ async fn drain(task: &Task) {
 /// Moves directory `from` to `to` (replacing it), creating `to`'s parent.
 fn keep_dir(from: &Path, to: &Path) -> Result<()> {
     if let Some(parent) = to.parent() {
-        rootfs::mkdir(parent)?;
+        rootfs::private_dir(parent, None)?;
     }
     let _ = std::fs::remove_dir_all(to);
     match std::fs::rename(from, to) {

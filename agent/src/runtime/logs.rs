@@ -69,10 +69,13 @@ impl RotatingFile {
     }
 }
 
+/// Opens a log for appending; a new one is 0600 (task output is the task's business).
 fn open_append(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)
         .map_err(|e| RuntimeError::io("opening log", path, e))
 }

@@ -277,10 +277,22 @@ fn id_map(r: IdRange) -> Result<oci_spec::runtime::LinuxIdMapping> {
         .build()?)
 }
 
-/// Writes `spec` as `config.json` in `bundle`.
+/// Writes `spec` as `config.json` in `bundle`, 0600: it holds the task's environment.
 pub fn save(spec: &Spec, bundle: &Path) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let path = bundle.join("config.json");
-    spec.save(&path).map_err(|e| RuntimeError::Config(format!("writing {path:?}: {e}")))
+    let fail = |e: std::io::Error| RuntimeError::Config(format!("writing {path:?}: {e}"));
+    let json = serde_json::to_vec(spec).map_err(|e| fail(e.into()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(fail)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
+    file.write_all(&json).map_err(fail)
 }
 
 #[cfg(test)]

@@ -67,9 +67,9 @@ pub struct OciRuntime {
 impl OciRuntime {
     /// Prepares the data root and makes this process the reaper of its containers.
     pub fn new(cfg: RuntimeConfig) -> Result<OciRuntime> {
+        let search_gid = cfg.policy.remapped_root_gid();
         for d in [cfg.data_root.clone(), cfg.data_root.join("tasks"), cfg.data_root.join("runc")] {
-            rootfs::mkdir(&d)?;
-            set_mode(&d, 0o711)?;
+            rootfs::private_dir(&d, search_gid)?;
         }
         let mac = MacSupport::detect().with_landlock_helper(&cfg.data_root.join("bin"));
         let selinux_label = mac.selinux_label(cfg.selinux_label.as_deref())?;
@@ -126,15 +126,21 @@ impl OciRuntime {
         spec.validate()?;
         self.cfg.policy.check(spec)?;
         let set = caps::effective(&spec.cap_add, &spec.cap_drop)?;
+        let target = seccomp::Target::native(&set);
+        let default = || seccomp::resolve(&seccomp::builtin_profile(), &target);
         let filter = match &spec.seccomp {
             SeccompChoice::Unconfined => None,
-            SeccompChoice::Default => Some(seccomp::builtin_profile()),
-            SeccompChoice::Profile(p) => Some(seccomp::load_profile(p)?),
+            SeccompChoice::Default => Some(default()),
+            SeccompChoice::Profile(p) => {
+                let custom = seccomp::resolve(&seccomp::load_profile(p)?, &target);
+                self.cfg.policy.check_custom_seccomp(&custom, &default())?;
+                Some(custom)
+            }
         };
         let inputs = oci::ConfigInputs {
             cgroups_path: self.cgroup_path(&spec.id),
             default_pids_limit: self.cfg.default_pids_limit,
-            seccomp: filter.map(|f| seccomp::resolve(&f, &seccomp::Target::native(&set))),
+            seccomp: filter,
             userns: self.userns(spec),
             init_binary: self.init_binary(spec)?,
             landlock_helper: self.mac.landlock_helper_for(spec)?,
@@ -165,10 +171,4 @@ impl OciRuntime {
     pub fn task_ids(&self) -> Vec<String> {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
     }
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| RuntimeError::io("setting permissions of", path, e))
 }

@@ -3,9 +3,11 @@
 
 use std::collections::BTreeSet;
 
-use super::caps;
+use oci_spec::runtime::LinuxSeccomp;
+
 use super::error::{Result, RuntimeError};
 use super::spec::{HostNamespace, SeccompChoice, TaskSpec};
+use super::{caps, seccomp};
 
 /// A range of host ids that container ids 0..size map onto.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +33,8 @@ impl IdRange {
 pub struct NodePolicy {
     /// Tasks may run with no seccomp filter.
     pub allow_unconfined_seccomp: bool,
-    /// Tasks may bring their own seccomp profile.
+    /// Tasks may bring their own seccomp profile, however permissive; without this, a custom
+    /// profile runs only when it is provably at least as strict as the built-in default.
     pub allow_custom_seccomp: bool,
     /// Capabilities beyond Docker's 14 that tasks may add (`CAP_NET_ADMIN`, or `ALL`).
     pub allowed_cap_add: BTreeSet<String>,
@@ -48,17 +51,18 @@ pub struct NodePolicy {
 }
 
 impl NodePolicy {
-    /// A node that allows custom seccomp profiles and nothing else beyond the defaults.
+    /// A node that allows nothing beyond the defaults.
     pub fn secure_default() -> NodePolicy {
-        NodePolicy { allow_custom_seccomp: true, ..Default::default() }
+        NodePolicy::default()
     }
 
-    /// A policy from `shoald`'s flags: capabilities tasks may add, unconfined seccomp,
-    /// no-new-privileges off, `landlock=off`, and the user whose subordinate ids
-    /// (`/etc/subuid`, `/etc/subgid`) remapped tasks run as.
+    /// A policy from `shoald`'s flags: capabilities tasks may add, unconfined seccomp, custom
+    /// seccomp profiles, no-new-privileges off, `landlock=off`, and the user whose subordinate
+    /// ids (`/etc/subuid`, `/etc/subgid`) remapped tasks run as.
     pub fn from_flags(
         cap_add: &[String],
         unconfined_seccomp: bool,
+        custom_seccomp: bool,
         new_privileges: bool,
         landlock_off: bool,
         userns_user: Option<&str>,
@@ -69,6 +73,7 @@ impl NodePolicy {
             p.allowed_cap_add.insert(cap.clone());
         }
         p.allow_unconfined_seccomp = unconfined_seccomp;
+        p.allow_custom_seccomp = custom_seccomp;
         p.allow_new_privileges = new_privileges;
         p.allow_landlock_off = landlock_off;
         if let Some(user) = userns_user {
@@ -84,6 +89,12 @@ impl NodePolicy {
             p.userns_gids = Some(range("/etc/subgid")?);
         }
         Ok(p)
+    }
+
+    /// The host group of remapped container roots, where this node remaps: the one group
+    /// besides root's that may pass through the directories on the way to a task's rootfs.
+    pub fn remapped_root_gid(&self) -> Option<u32> {
+        self.userns_uids.and(self.userns_gids).map(|g| g.host_start)
     }
 
     /// Accepts `spec` or names the first option this node refuses.
@@ -132,12 +143,28 @@ impl NodePolicy {
                     "allow it with shoald --task-allow-unconfined-seccomp",
                 ))
             }
-            SeccompChoice::Profile(p) if !self.allow_custom_seccomp => Err(RuntimeError::refused(
-                format!("seccomp={}", p.display()),
-                "this node only runs its built-in seccomp profile",
-                "run it where the runtime's policy allows custom profiles (shoald's does)",
-            )),
+            // A custom profile is judged once it is loaded and resolved: check_custom_seccomp.
             _ => Ok(()),
+        }
+    }
+
+    /// Accepts a task's own seccomp filter where the node allows custom profiles, or where it
+    /// lets through nothing the node's `default` filter (resolved for the same task) would not.
+    pub fn check_custom_seccomp(
+        &self,
+        custom: &LinuxSeccomp,
+        default: &LinuxSeccomp,
+    ) -> Result<()> {
+        if self.allow_custom_seccomp {
+            return Ok(());
+        }
+        match seccomp::weaker_than(custom, default) {
+            None => Ok(()),
+            Some(why) => Err(RuntimeError::refused(
+                "seccomp=<custom profile>",
+                format!("this node runs custom seccomp profiles only when they are at least as strict as its default, and {why}"),
+                "allow it with shoald --task-allow-custom-seccomp",
+            )),
         }
     }
 
@@ -238,16 +265,19 @@ mod tests {
 
     #[test]
     fn flags_build_a_policy_and_bad_capabilities_are_caught() {
-        let p = NodePolicy::from_flags(&["NET_ADMIN".into()], true, true, true, None).unwrap();
-        assert!(p.allow_unconfined_seccomp && p.allow_new_privileges && p.allow_custom_seccomp);
+        let p =
+            NodePolicy::from_flags(&["NET_ADMIN".into()], true, false, true, true, None).unwrap();
+        assert!(p.allow_unconfined_seccomp && p.allow_new_privileges && !p.allow_custom_seccomp);
         assert!(p.allow_landlock_off);
         let mut s = spec();
         s.cap_add = vec!["CAP_NET_ADMIN".into()];
         s.landlock = false;
         assert!(p.check(&s).is_ok());
-        let strict = NodePolicy::from_flags(&["ALL".into()], true, true, false, None).unwrap();
+        let strict =
+            NodePolicy::from_flags(&["ALL".into()], true, true, true, false, None).unwrap();
         assert_eq!(refused_option(&strict, &s), "landlock=off", "only its own flag allows it");
-        assert!(NodePolicy::from_flags(&["NOT_A_CAP".into()], false, false, false, None).is_err());
+        assert!(NodePolicy::from_flags(&["NOT_A_CAP".into()], false, false, false, false, None)
+            .is_err());
     }
 
     #[test]

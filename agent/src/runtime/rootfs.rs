@@ -1,9 +1,13 @@
 //! Mounts and unmounts a task's root filesystem inside its bundle: image layers under a per-task
 //! overlay (writes go to the task's own upper directory), or a prepared directory bound in.
+//! Both are mounted `nodev` and (unless the task may gain privileges) `nosuid`, so a device node
+//! or setuid file an image or a task put there gives nothing to whoever reaches it from the host.
+//! Also owns the modes of the runtime's directories ([`private_dir`]): no host user but root
+//! passes through them.
 
 use std::path::{Path, PathBuf};
 
-use rustix::mount::{mount, mount_bind, unmount, MountFlags, UnmountFlags};
+use rustix::mount::{mount, mount_bind, mount_remount, unmount, MountFlags, UnmountFlags};
 
 use super::error::{Result, RuntimeError};
 use super::policy::IdRange;
@@ -22,30 +26,43 @@ impl BundleDirs {
     pub fn rootfs(&self) -> PathBuf {
         self.bundle.join("rootfs")
     }
+    /// The overlay's own directories, root's alone (0700): the overlay reaches them with the
+    /// credentials of its mounter, the task only through the mounted rootfs.
+    fn overlay(&self) -> PathBuf {
+        self.bundle.join("overlay")
+    }
     fn upper(&self) -> PathBuf {
-        self.bundle.join("upper")
+        self.overlay().join("upper")
     }
     fn work(&self) -> PathBuf {
-        self.bundle.join("work")
+        self.overlay().join("work")
     }
     pub fn logs(&self) -> PathBuf {
         self.bundle.join("logs")
     }
 }
 
-/// Mounts the rootfs for `source`; with `owner`, the writable layer's root belongs to the
-/// remapped container root.
+/// Mounts the rootfs for `source`, `nodev` and, with `nosuid`, `nosuid`; with `owner`, the
+/// writable layer's root belongs to the remapped container root.
 pub fn mount_rootfs(
     dirs: &BundleDirs,
     source: &RootfsSource,
     owner: Option<(IdRange, IdRange)>,
+    nosuid: bool,
 ) -> Result<()> {
     let rootfs = dirs.rootfs();
-    mkdir(&rootfs)?;
+    private_dir(&rootfs, None)?;
+    let flags = if nosuid { MountFlags::NOSUID | MountFlags::NODEV } else { MountFlags::NODEV };
     match source {
-        RootfsSource::Dir(dir) => mount_bind(dir, &rootfs)
-            .map_err(|e| RuntimeError::io("bind-mounting rootfs from", dir, e.into())),
-        RootfsSource::Layers(layers) => mount_overlay(dirs, layers, owner),
+        RootfsSource::Dir(dir) => {
+            mount_bind(dir, &rootfs)
+                .map_err(|e| RuntimeError::io("bind-mounting rootfs from", dir, e.into()))?;
+            // A bind takes its flags from a remount of its own.
+            mount_remount(&rootfs, MountFlags::BIND | flags, c"").map_err(|e| {
+                RuntimeError::io("making the rootfs nosuid,nodev at", &rootfs, e.into())
+            })
+        }
+        RootfsSource::Layers(layers) => mount_overlay(dirs, layers, owner, flags),
     }
 }
 
@@ -53,13 +70,16 @@ fn mount_overlay(
     dirs: &BundleDirs,
     layers: &[PathBuf],
     owner: Option<(IdRange, IdRange)>,
+    flags: MountFlags,
 ) -> Result<()> {
     if layers.is_empty() {
         return Err(RuntimeError::InvalidSpec("the image has no layers".into()));
     }
     let (upper, work) = (dirs.upper(), dirs.work());
+    private_dir(&dirs.overlay(), None)?;
+    // The upper root is the task's `/`: searchable by every user of the task.
     mkdir(&upper)?;
-    mkdir(&work)?;
+    private_dir(&work, None)?;
     if let Some((uids, gids)) = owner {
         let (u, g) = (
             rustix::fs::Uid::from_raw(uids.host_start),
@@ -84,7 +104,7 @@ fn mount_overlay(
     }
     let data = std::ffi::CString::new(data)
         .map_err(|_| RuntimeError::InvalidSpec("a layer path contains a NUL byte".into()))?;
-    mount("overlay", dirs.rootfs(), "overlay", MountFlags::empty(), Some(data.as_c_str()))
+    mount("overlay", dirs.rootfs(), "overlay", flags, Some(data.as_c_str()))
         .map_err(|e| RuntimeError::io("mounting overlay rootfs at", dirs.rootfs(), e.into()))
 }
 
@@ -136,7 +156,8 @@ fn unescape_octal(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Creates `dir` (and parents) searchable by remapped roots: mode 0711.
+/// Creates `dir` (and parents) searchable by everyone: mode 0711. Only for the root of a task's
+/// writable layer, which is the task's `/`.
 pub fn mkdir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
@@ -144,6 +165,31 @@ pub fn mkdir(dir: &Path) -> Result<()> {
         .mode(0o711)
         .create(dir)
         .map_err(|e| RuntimeError::io("creating directory", dir, e))
+}
+
+/// Creates `dir` (and missing parents, 0700) for root alone: mode 0700, owned by root. With
+/// `search_gid`, the group of remapped container roots, the directory is 0710 in that group
+/// instead: runc's init, running as the remapped root inside the task's user namespace, must
+/// pass through every directory on the way to the task's rootfs; other host users still cannot.
+/// An existing directory gets the same mode and group.
+pub fn private_dir(dir: &Path, search_gid: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let err = |what, e| RuntimeError::io(what, dir, e);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| err("creating directory", e))?;
+    let owner = std::fs::metadata(dir).map_err(|e| err("reading", e))?;
+    let gid = search_gid.unwrap_or(0);
+    if (owner.uid(), owner.gid()) != (0, gid) {
+        let gid = rustix::fs::Gid::from_raw(gid);
+        rustix::fs::chown(dir, Some(rustix::fs::Uid::ROOT), Some(gid))
+            .map_err(|e| err("setting the owner of", e.into()))?;
+    }
+    let mode = if search_gid.is_some() { 0o710 } else { 0o700 };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| err("setting the mode of", e))
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! Files a task reads from memory — secrets and configs: a per-task tmpfs in the bundle
 //! (nodev, nosuid, noexec), each file written with its owner and mode, then the tmpfs made
 //! read-only; the runtime binds each file into the container. Nothing touches a disk, and the
-//! tmpfs goes away with the task.
+//! tmpfs goes away with the task. The tmpfs root is 0700, owned by the task's root (the
+//! remapped one under a user namespace): no other host user reaches a file, whatever the mode
+//! the task asked for inside the container.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -61,9 +63,10 @@ pub fn mount_files(
         return Ok(());
     }
     let d = dir(dirs);
-    super::rootfs::mkdir(&d)?;
+    super::rootfs::private_dir(&d, None)?;
     let size: usize = files.iter().map(|f| f.data.len() + 4096).sum::<usize>() + 65536;
-    let opts = std::ffi::CString::new(format!("mode=0755,size={size}"))
+    let (uid, gid) = remap.map_or((0, 0), |(u, g)| (u.host_start, g.host_start));
+    let opts = std::ffi::CString::new(format!("mode=0700,uid={uid},gid={gid},size={size}"))
         .map_err(|_| RuntimeError::InvalidSpec("bad tmpfs options".into()))?;
     let flags = MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC;
     mount("tmpfs", &d, "tmpfs", flags, Some(opts.as_c_str()))

@@ -61,6 +61,19 @@ impl ExecutorChoice {
         ExecutorChoice { kind, built: Arc::new(Mutex::new(None)) }
     }
 
+    /// Creates the node's data root (or tightens an existing one) for root alone: 0700, or
+    /// 0710 in the group of remapped container roots where the node remaps (runc's init, as
+    /// that root, passes through it to a task's rootfs). No other host user reaches anything
+    /// under it: task secrets, environments, logs, setuid files of images and tasks.
+    pub fn prepare_data_root(&self, data_root: &Path) -> Result<(), ExecError> {
+        let gid = match &self.kind {
+            Kind::Runc(policy) => policy.remapped_root_gid(),
+            Kind::Fake => None,
+        };
+        crate::runtime::rootfs::private_dir(data_root, gid)
+            .map_err(|e| ExecError::Failed(format!("preparing the data root: {e}")))
+    }
+
     /// The executor of a node whose data root is `data_root`, built on first use: runtime
     /// state under `<data_root>/runtime`, images from `<data_root>/images` (the store `shoal
     /// image` loads into).

@@ -147,10 +147,19 @@ impl OciExecutor {
 
 fn write_profile(path: &Path, profile: &str) -> Result<(), String> {
     let fail = |e: std::io::Error| format!("writing the task's seccomp profile to {path:?}: {e}");
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(fail)?;
+        crate::runtime::rootfs::private_dir(dir, None).map_err(|e| e.to_string())?;
     }
-    std::fs::write(path, profile).map_err(fail)
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(fail)?;
+    file.write_all(profile.as_bytes()).map_err(fail)
 }
 
 impl Executor for OciExecutor {

@@ -3,6 +3,7 @@
 //! Owns no IO beyond reading a profile file.
 
 mod default;
+mod strictness;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{Result, RuntimeError};
 
 pub use default::builtin_profile;
+pub use strictness::weaker_than;
 
 /// A seccomp profile as Docker, Podman and containers-common write it.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -175,3 +175,81 @@ fn agrees_with_containers_common_profile() {
         assert_ne!(a.allowed(), b.allowed(), "{name} no longer differs; move it to COMPARED");
     }
 }
+
+/// A custom profile judged against the default for a task with Docker's capabilities.
+fn weaker(json: &str) -> Option<String> {
+    let caps = default_caps();
+    let t = Target { caps: &caps, arch: "amd64", kernel: (6, 1) };
+    let custom: DockerProfile = serde_json::from_str(json).unwrap();
+    weaker_than(&resolve(&custom, &t), &amd64(&caps))
+}
+
+#[test]
+fn the_default_is_as_strict_as_itself() {
+    let json = serde_json::to_string(&builtin_profile()).unwrap();
+    assert_eq!(weaker(&json), None);
+}
+
+#[test]
+fn a_strict_subset_of_the_default_is_as_strict() {
+    let subset = r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[
+        {"names":["read","write","exit_group"],"action":"SCMP_ACT_ALLOW"},
+        {"names":["personality"],"action":"SCMP_ACT_ALLOW","args":[{"index":0,"value":8,"op":"SCMP_CMP_EQ"}]},
+        {"names":["unshare","keyctl"],"action":"SCMP_ACT_KILL_PROCESS"}]}"#;
+    assert_eq!(weaker(subset), None);
+    // an argument condition on a call the default allows outright only narrows it
+    let narrowed = r#"{"defaultAction":"SCMP_ACT_KILL","syscalls":[
+        {"names":["socket"],"action":"SCMP_ACT_ALLOW","args":[{"index":0,"value":40,"op":"SCMP_CMP_NE"}]},
+        {"names":["read"],"action":"SCMP_ACT_ALLOW","args":[{"index":0,"value":3,"op":"SCMP_CMP_EQ"}]}]}"#;
+    assert_eq!(weaker(narrowed), None);
+}
+
+#[test]
+fn anything_the_default_refuses_makes_a_profile_weaker() {
+    let cases = [
+        (r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#, "SCMP_ACT_ALLOW"),
+        (r#"{"defaultAction":"SCMP_ACT_LOG"}"#, "SCMP_ACT_LOG"),
+        (r#"{"defaultAction":"SCMP_ACT_TRACE"}"#, "SCMP_ACT_TRACE"),
+        (
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["read","keyctl"],"action":"SCMP_ACT_ALLOW"}]}"#,
+            "keyctl",
+        ),
+        (
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["io_uring_setup"],"action":"SCMP_ACT_LOG"}]}"#,
+            "io_uring_setup",
+        ),
+        (
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["perf_event_open"],"action":"SCMP_ACT_NOTIFY"}]}"#,
+            "perf_event_open",
+        ),
+        // the default allows clone only without namespace flags for this task
+        (
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["clone"],"action":"SCMP_ACT_ALLOW"}]}"#,
+            "clone",
+        ),
+        (
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["personality"],"action":"SCMP_ACT_ALLOW","args":[{"index":0,"value":4194304,"op":"SCMP_CMP_EQ"}]}]}"#,
+            "personality",
+        ),
+        // a capability condition the task meets is resolved away: unshare is allowed outright
+        (
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["unshare"],"action":"SCMP_ACT_ALLOW","includes":{"caps":["CAP_CHOWN"]}}]}"#,
+            "unshare",
+        ),
+        (
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","archMap":[{"architecture":"SCMP_ARCH_X86_64","subArchitectures":["SCMP_ARCH_MIPS"]}]}"#,
+            "architecture",
+        ),
+    ];
+    for (json, named) in cases {
+        let why = weaker(json).unwrap_or_else(|| panic!("{json} passed as strict"));
+        assert!(why.contains(named), "{json}: {why}");
+    }
+}
+
+#[test]
+fn rules_that_do_not_apply_to_the_task_do_not_count() {
+    // unshare for holders of CAP_SYS_ADMIN only: this task holds none, so the rule is left out
+    let json = r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["unshare"],"action":"SCMP_ACT_ALLOW","includes":{"caps":["CAP_SYS_ADMIN"]}}]}"#;
+    assert_eq!(weaker(json), None);
+}
