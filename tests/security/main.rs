@@ -5,11 +5,11 @@
 //! `cargo test --test security` runs it alone; it is part of `cargo test --workspace`. Tests that
 //! need root fail under CI (env `CI`) when not root, and are skipped elsewhere.
 
-mod demoted_manager;
 #[path = "../harness/mod.rs"]
 mod harness;
 #[path = "../netns/mod.rs"]
 mod netns;
 
 mod custom_seccomp;
+mod demoted_manager;
 mod host_files;
