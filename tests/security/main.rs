@@ -11,3 +11,4 @@ mod harness;
 #[path = "../netns/mod.rs"]
 #[allow(dead_code)]
 mod netns;
+mod small_items;
