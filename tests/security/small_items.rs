@@ -110,7 +110,7 @@ async fn replicas_and_services_are_capped_with_an_error_naming_the_limit() {
     // Fill the cluster to the cap in one write (creating ten thousand services one by one would
     // take minutes), then ask for one more.
     let manager = m.daemon.info().await.manager.unwrap();
-    let cap = shoal_manager::services::MAX_SERVICES;
+    let cap = 10_000; // shoal_manager::services::MAX_SERVICES
     manager
         .store()
         .update(|tx| {
