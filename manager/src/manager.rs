@@ -74,6 +74,8 @@ pub(crate) struct Shared {
     pub tls: Arc<rustls::ClientConfig>,
     /// Flips to true when the manager stops, ending long-lived inbound streams.
     pub closing: tokio::sync::watch::Sender<bool>,
+    /// Bytes of unfinished inbound Raft messages per peer.
+    pub raft_inbound: Arc<crate::raft::inbound::Inbound>,
     data_keys: Arc<DataKeyState>,
 }
 
@@ -390,6 +392,7 @@ impl Manager {
             peers,
             tls,
             closing: tokio::sync::watch::Sender::new(false),
+            raft_inbound: Default::default(),
             data_keys: parts.data_keys,
         };
         shared.refresh_revocations();
