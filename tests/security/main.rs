@@ -12,3 +12,5 @@ mod harness;
 #[allow(dead_code)]
 mod netns;
 mod small_items;
+mod fake_node;
+mod raft_send;
