@@ -14,3 +14,4 @@ mod netns;
 mod small_items;
 mod fake_node;
 mod raft_send;
+mod removed_node_streams;

@@ -1,0 +1,95 @@
+//! Item 8: the moment a node is removed, the streams it holds open end: nothing more is
+//! assigned to it, and it gets no more log subscriptions. A fake worker (a certificate from the
+//! real CA, speaking the real dispatcher protocol) plays the node that is removed.
+
+use std::time::Duration;
+
+use shoal_proto::dispatcher_client::DispatcherClient;
+use shoal_proto::{
+    AssignmentsRequest, CreateServiceRequest, ListenSubscriptionsRequest, NodeRole,
+    RemoveNodeRequest, ServiceSpec, SessionRequest,
+};
+use tonic::Streaming;
+
+use crate::fake_node::FakeNode;
+use crate::harness::TestNode;
+
+/// Long enough that the fake worker, which never heartbeats, keeps its session for the test.
+const BEAT: Duration = Duration::from_secs(10);
+/// "At once", with room for a loaded machine.
+const AT_ONCE: Duration = Duration::from_secs(2);
+
+/// The next item of a node's stream, within `wait`.
+async fn next<T>(stream: &mut Streaming<T>, wait: Duration) -> Option<Result<Option<T>, tonic::Status>> {
+    tokio::time::timeout(wait, stream.message()).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_nodes_assignment_and_log_streams_close_at_once() {
+    let m = TestNode::start("m").await;
+    let addr = m.init(BEAT, None).await;
+    let worker = FakeNode::join(&m, &addr, NodeRole::Worker, "doomed").await;
+    let mut dispatcher = DispatcherClient::new(worker.channel(&addr).await);
+    let session = SessionRequest { hostname: "doomed".into(), ..Default::default() };
+    let mut session = dispatcher.session(session).await.unwrap().into_inner();
+    let session_id = session.message().await.unwrap().unwrap().session_id;
+    let mut assignments = dispatcher
+        .assignments(AssignmentsRequest { session_id: session_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut subscriptions = dispatcher
+        .listen_subscriptions(ListenSubscriptionsRequest { session_id })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Two replicas on two nodes: one task is the fake worker's.
+    let spec = ServiceSpec {
+        name: "web".into(),
+        container: Some(shoal_proto::ContainerSpec {
+            image: "busybox".into(),
+            ..Default::default()
+        }),
+        replicas: 2,
+        ..Default::default()
+    };
+    let mut control = m.control().await;
+    control.create_service(CreateServiceRequest { spec: Some(spec) }).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, assignments.message())
+            .await
+            .expect("the fake worker was never given its task")
+            .unwrap()
+            .expect("the assignments stream ended before the removal");
+        if !msg.tasks.is_empty() {
+            break;
+        }
+    }
+
+    // The operator removes the node. From here on, nothing may reach it.
+    let req = RemoveNodeRequest { reference: worker.node_id.clone(), force: true };
+    control.remove_node(req).await.unwrap();
+    match next(&mut assignments, AT_ONCE).await {
+        None => panic!("the removed node's assignments stream was still open {AT_ONCE:?} later"),
+        Some(Ok(Some(msg))) => panic!("the removed node was sent one more assignment: {msg:?}"),
+        Some(Ok(None)) => {} // ended; the status below is only for a clear story
+        Some(Err(status)) => {
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{}", status.message());
+            assert!(status.message().contains("was removed"), "{}", status.message());
+        }
+    }
+    match next(&mut subscriptions, AT_ONCE).await {
+        None => panic!("the removed node's log subscription stream was still open {AT_ONCE:?} later"),
+        Some(Ok(Some(sub))) => panic!("the removed node was sent a log subscription: {sub:?}"),
+        Some(Ok(None)) => {}
+        Some(Err(status)) => {
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{}", status.message())
+        }
+    }
+    assert!(
+        !matches!(next(&mut session, AT_ONCE).await, None | Some(Ok(Some(_)))),
+        "the removed node's session stream stayed open"
+    );
+}
