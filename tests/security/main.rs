@@ -5,13 +5,13 @@
 //! `cargo test --test security` runs it alone; it is part of `cargo test --workspace`. Tests that
 //! need root fail under CI (env `CI`) when not root, and are skipped elsewhere.
 
+mod fake_node;
 #[path = "../harness/mod.rs"]
 #[allow(dead_code)]
 mod harness;
 #[path = "../netns/mod.rs"]
 #[allow(dead_code)]
 mod netns;
-mod small_items;
-mod fake_node;
 mod raft_send;
 mod removed_node_streams;
+mod small_items;

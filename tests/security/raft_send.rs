@@ -17,7 +17,9 @@ const MIB: usize = 1 << 20;
 
 /// `count` chunks of 1 MiB that never finish a message; counts the chunks the client has
 /// handed to the connection, i.e. that the server could have read.
-fn unfinished_chunks(count: usize) -> (impl tokio_stream::Stream<Item = RaftChunk>, Arc<AtomicUsize>) {
+fn unfinished_chunks(
+    count: usize,
+) -> (impl tokio_stream::Stream<Item = RaftChunk>, Arc<AtomicUsize>) {
     let taken = Arc::new(AtomicUsize::new(0));
     let counter = taken.clone();
     let chunks = tokio_stream::iter(0..count).map(move |_| {

@@ -20,7 +20,10 @@ const BEAT: Duration = Duration::from_secs(10);
 const AT_ONCE: Duration = Duration::from_secs(2);
 
 /// The next item of a node's stream, within `wait`.
-async fn next<T>(stream: &mut Streaming<T>, wait: Duration) -> Option<Result<Option<T>, tonic::Status>> {
+async fn next<T>(
+    stream: &mut Streaming<T>,
+    wait: Duration,
+) -> Option<Result<Option<T>, tonic::Status>> {
     tokio::time::timeout(wait, stream.message()).await.ok()
 }
 
@@ -81,7 +84,9 @@ async fn a_removed_nodes_assignment_and_log_streams_close_at_once() {
         }
     }
     match next(&mut subscriptions, AT_ONCE).await {
-        None => panic!("the removed node's log subscription stream was still open {AT_ONCE:?} later"),
+        None => {
+            panic!("the removed node's log subscription stream was still open {AT_ONCE:?} later")
+        }
         Some(Ok(Some(sub))) => panic!("the removed node was sent a log subscription: {sub:?}"),
         Some(Ok(None)) => {}
         Some(Err(status)) => {
