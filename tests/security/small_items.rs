@@ -65,7 +65,7 @@ fn another_process_of_shoalds_user_cannot_read_its_memory() {
         .spawn()
         .unwrap();
     let pid = shoald.id();
-    let ready = (0..100).any(|_| {
+    let ready = (0..300).any(|_| {
         std::thread::sleep(Duration::from_millis(100));
         socket.exists()
     });
