@@ -26,6 +26,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "shoal.SecretData",
             "shoal.CreateSecretRequest",
             "shoal.UpdateSecretRequest",
+            "shoal.InitResponse",
+            "shoal.JoinRequest",
+            "shoal.IssueNodeCertificateRequest",
+            "shoal.UnlockRequest",
+            "shoal.JoinTokenInfo",
+            "shoal.UnlockKeyInfo",
         ])
         .compile_protos(&files, &["proto"])?;
     Ok(())

@@ -47,12 +47,24 @@ pub struct InitOptions {
 }
 
 /// What `swarm join` asks for.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct JoinOptions {
     pub token: String,
     pub remote_addr: String,
     pub listen_addr: String,
     pub advertise_addr: String,
+}
+
+/// The join token never reaches logs or `Debug` output.
+impl std::fmt::Debug for JoinOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinOptions")
+            .field("token", &"<redacted>")
+            .field("remote_addr", &self.remote_addr)
+            .field("listen_addr", &self.listen_addr)
+            .field("advertise_addr", &self.advertise_addr)
+            .finish()
+    }
 }
 
 /// A node that is part of a cluster.

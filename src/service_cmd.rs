@@ -1068,9 +1068,9 @@ pub fn service_ps(r: &ListTasksResponse, no_trunc: bool, quiet: bool) -> String 
         let status = t.status.clone().unwrap_or_default();
         let current = format!("{} {}", t.state().word(), ago(status.timestamp_ms));
         let mut err = if !status.err.is_empty() {
-            status.err.clone()
+            one_line(&status.err)
         } else if !t.unscheduled_reason.is_empty() {
-            t.unscheduled_reason.clone()
+            one_line(&t.unscheduled_reason)
         } else {
             String::new()
         };
@@ -1085,19 +1085,28 @@ pub fn service_ps(r: &ListTasksResponse, no_trunc: bool, quiet: bool) -> String 
             .unwrap_or_default();
         let node = r.node_names.get(&t.node_id).cloned().unwrap_or_default();
         let id: String = if no_trunc { t.id.clone() } else { t.id.chars().take(12).collect() };
-        let _ = writeln!(
-            out,
+        let row = format!(
             "{:<14}{:<24}{:<18}{:<16}{:<10}{:<28}{}",
-            id,
-            name,
-            image,
-            node,
+            one_line(&id),
+            one_line(&name),
+            one_line(&image),
+            one_line(&node),
             desired_word(t.desired_state),
             current,
             err
         );
+        let _ = writeln!(out, "{}", row.trim_end());
     }
     out
+}
+
+/// A cell of a table as one line of plain text: the words come from nodes and task output
+/// (an error a process printed, a hostname), and a line break, carriage return or terminal
+/// escape in them would break the row, or move the cursor so the shell's next prompt lands on
+/// the last line. Control characters become spaces.
+fn one_line(text: &str) -> String {
+    let plain: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    plain.trim().to_string()
 }
 
 /// A secret or config reference as Docker's inspect shows it, plus the version it pins.

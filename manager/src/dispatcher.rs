@@ -14,11 +14,11 @@ use shoal_proto::{
     UpdateTaskStatusResponse,
 };
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::authz::caller;
 use crate::manager::{heartbeat_period, now_ms, Manager, Shared};
+use crate::removal::UntilRemoved;
 
 /// Missed periods after which a node is Down (Swarm's grace multiplier).
 pub const GRACE_PERIODS: u32 = 3;
@@ -264,7 +264,7 @@ impl DispatcherApi {
 
 #[tonic::async_trait]
 impl Dispatcher for DispatcherApi {
-    type SessionStream = ReceiverStream<Result<SessionMessage, Status>>;
+    type SessionStream = UntilRemoved<SessionMessage>;
 
     async fn session(
         &self,
@@ -318,7 +318,7 @@ impl Dispatcher for DispatcherApi {
         tx.send(Ok(first)).await.map_err(|_| Status::cancelled("session closed"))?;
         self.shared.sessions.open(&id.node_id, session_id, period * GRACE_PERIODS, tx);
         tracing::debug!(node = %id.node_id, "session opened");
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(self.shared.until_removed(&id, rx)))
     }
 
     async fn heartbeat(
@@ -337,7 +337,7 @@ impl Dispatcher for DispatcherApi {
         Ok(Response::new(HeartbeatResponse { period_ms: jittered(period).as_millis() as u64 }))
     }
 
-    type AssignmentsStream = ReceiverStream<Result<AssignmentsMessage, Status>>;
+    type AssignmentsStream = UntilRemoved<AssignmentsMessage>;
 
     async fn assignments(
         &self,
@@ -346,7 +346,7 @@ impl Dispatcher for DispatcherApi {
         let id = caller(&req).node()?.clone();
         self.check_session(&id.node_id, &req.get_ref().session_id)?;
         let rx = self.shared.open_assignments(&id.node_id)?;
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(self.shared.until_removed(&id, rx)))
     }
 
     async fn update_task_status(
@@ -360,7 +360,7 @@ impl Dispatcher for DispatcherApi {
         Ok(Response::new(UpdateTaskStatusResponse {}))
     }
 
-    type ListenSubscriptionsStream = ReceiverStream<Result<LogSubscription, Status>>;
+    type ListenSubscriptionsStream = UntilRemoved<LogSubscription>;
 
     async fn listen_subscriptions(
         &self,
@@ -369,7 +369,7 @@ impl Dispatcher for DispatcherApi {
         let id = caller(&req).node()?.clone();
         self.check_session(&id.node_id, &req.get_ref().session_id)?;
         let rx = self.shared.logs.listen(&id.node_id);
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(self.shared.until_removed(&id, rx)))
     }
 
     async fn publish_logs(
@@ -379,7 +379,14 @@ impl Dispatcher for DispatcherApi {
         let id = caller(&req).node()?.clone();
         let mut stream = req.into_inner();
         let mut subscription = None;
-        while let Some(msg) = stream.message().await? {
+        let removed = self.shared.removed(&id);
+        tokio::pin!(removed);
+        loop {
+            let msg = tokio::select! {
+                msg = stream.message() => msg,
+                () = &mut removed => Err(crate::removal::removed_status(&id)),
+            };
+            let Some(msg) = msg? else { break };
             self.check_session(&id.node_id, &msg.session_id)?;
             subscription = Some(msg.subscription_id.clone());
             if !self.shared.logs.publish(&id.node_id, msg) {

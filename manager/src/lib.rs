@@ -10,6 +10,7 @@ pub mod logs;
 pub mod manager;
 pub mod orchestrator;
 pub mod raft;
+pub mod removal;
 pub mod scheduler;
 pub mod secrets;
 pub mod server;

@@ -79,6 +79,10 @@ pub(crate) struct Shared {
     pub tls: Arc<rustls::ClientConfig>,
     /// Flips to true when the manager stops, ending long-lived inbound streams.
     pub closing: tokio::sync::watch::Sender<bool>,
+    /// Bytes of unfinished inbound Raft messages per peer.
+    pub raft_inbound: Arc<crate::raft::inbound::Inbound>,
+    /// Wakes nodes' open streams to check that their node is still in the cluster.
+    pub removals: crate::removal::Removals,
     data_keys: Arc<DataKeyState>,
 }
 
@@ -407,11 +411,14 @@ impl Manager {
             peers,
             tls,
             closing: tokio::sync::watch::Sender::new(false),
+            raft_inbound: Default::default(),
+            removals: Default::default(),
             data_keys: parts.data_keys,
         };
         shared.refresh_access();
         let manager = Manager { shared: Arc::new(shared) };
         manager.spawn_revocation_watch();
+        manager.spawn_removal_watch();
         // Finishes a rotation a crash interrupted (the key file still holds two keys).
         manager.shared.maybe_rotate_data_key();
         Ok(manager)

@@ -27,6 +27,15 @@ pub const DEFAULT_MONITOR_MS: u64 = 5_000;
 const MAX_NAME: usize = 63;
 /// The smallest memory limit a container can start with.
 const MIN_MEMORY: i64 = 6 * 1024 * 1024;
+/// The most replicas one service may ask for. Each replica is a task object (and up to its
+/// history limit of old ones) that the managers store, replicate and schedule, and that one
+/// update rolls through: ten thousand is well past any real service on one cluster, and keeps a
+/// typo (or a `--replicas 18446744073709551615`) from making the managers build tasks until
+/// they run out of memory.
+pub const MAX_REPLICAS: u64 = 10_000;
+/// The most services one cluster may hold: every manager keeps and scans them all (listing,
+/// name checks, orchestration), so their number is bounded like the replicas of each.
+pub const MAX_SERVICES: usize = 10_000;
 
 /// Swarm's update (and rollback) defaults: one slot at a time, no delay, pause on failure,
 /// 5 s monitor, no failures tolerated, stop the old task first.
@@ -66,6 +75,12 @@ pub fn normalize(mut spec: ServiceSpec) -> Result<ServiceSpec, Status> {
     }
     if ServiceMode::try_from(spec.mode).is_err() {
         return bad(format!("unknown service mode {}", spec.mode));
+    }
+    if spec.mode() == ServiceMode::Replicated && spec.replicas > MAX_REPLICAS {
+        return bad(format!(
+            "{} replicas is more than a service may have (at most {MAX_REPLICAS})",
+            spec.replicas
+        ));
     }
     let placement = spec.placement.clone().unwrap_or_default();
     scheduler::parse_constraints(&placement.constraints)
@@ -194,8 +209,16 @@ pub(crate) async fn create(
         .update(|tx| {
             let exists =
                 || Status::already_exists(format!("a service named {} already exists", spec.name));
-            if tx.list::<Service>()?.iter().any(|s| service_name(s) == spec.name) {
+            let services = tx.list::<Service>()?;
+            if services.iter().any(|s| service_name(s) == spec.name) {
                 return Err(exists());
+            }
+            if services.len() >= MAX_SERVICES {
+                return Err(Status::resource_exhausted(format!(
+                    "the cluster already has {} services, the most it may hold \
+                     ({MAX_SERVICES}); remove one before creating another",
+                    services.len()
+                )));
             }
             tx.claim_name("service", &spec.name, &id).map_err(|e| match e {
                 StoreError::Exists { .. } => exists(),
@@ -456,6 +479,20 @@ mod tests {
             replicas: 3,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn replicas_beyond_the_cap_are_refused_naming_it() {
+        let mut s = spec("web");
+        s.replicas = MAX_REPLICAS;
+        assert!(normalize(s.clone()).is_ok());
+        s.replicas = u64::MAX;
+        let err = normalize(s.clone()).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("at most 10000"), "{}", err.message());
+        // A global service ignores replicas.
+        s.mode = ServiceMode::Global as i32;
+        assert!(normalize(s).is_ok());
     }
 
     #[test]

@@ -119,6 +119,49 @@ impl std::fmt::Debug for UnlockKey {
     }
 }
 
+/// Join tokens and unlock keys (strings on the wire) never reach logs or `Debug` output: only
+/// whether one is set shows.
+struct Hidden<'a>(&'a str);
+
+impl std::fmt::Debug for Hidden<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "<empty>" } else { "<redacted>" })
+    }
+}
+
+/// A hand-written `Debug` for a message whose named fields carry a token or key: those show as
+/// [`Hidden`], the others as usual.
+macro_rules! redact_fields {
+    ($t:ty, shown: [$($field:ident),*], hidden: [$($secret:ident),*]) => {
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t))
+                    $(.field(stringify!($field), &self.$field))*
+                    $(.field(stringify!($secret), &Hidden(&self.$secret)))*
+                    .finish()
+            }
+        }
+    };
+}
+redact_fields!(InitResponse, shown: [node_id, cluster_id, advertise_addr],
+    hidden: [worker_token, manager_token, unlock_key]);
+redact_fields!(JoinRequest, shown: [remote_addr, listen_addr, advertise_addr], hidden: [token]);
+redact_fields!(UnlockRequest, shown: [], hidden: [key]);
+redact_fields!(UnlockKeyInfo, shown: [], hidden: [key]);
+redact_fields!(JoinTokenInfo, shown: [role, expires_at_ms, max_uses, uses, manager_addrs],
+    hidden: [token]);
+
+impl std::fmt::Debug for IssueNodeCertificateRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssueNodeCertificateRequest")
+            .field("csr_der", &format_args!("<{} bytes>", self.csr_der.len()))
+            .field("token", &Hidden(&self.token))
+            .field("hostname", &self.hostname)
+            .field("advertise_addr", &self.advertise_addr)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +202,40 @@ mod tests {
         assert!(!shown.contains("TOPSECRETKEY"), "{shown}");
         assert!(!shown.contains("171"), "secret bytes leaked: {shown}");
         assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn debug_output_of_messages_carrying_tokens_or_unlock_keys_hides_them() {
+        let token = "SWMTKN-1-TOPSECRETTOKEN";
+        let key = "SWMKEY-1-TOPSECRETUNLOCK";
+        let shown = format!(
+            "{:?} {:?} {:?} {:?} {:?} {:?}",
+            InitResponse {
+                node_id: "n1".into(),
+                worker_token: token.into(),
+                manager_token: token.into(),
+                unlock_key: key.into(),
+                ..Default::default()
+            },
+            JoinRequest {
+                token: token.into(),
+                remote_addr: "10.0.0.1:4242".into(),
+                ..Default::default()
+            },
+            IssueNodeCertificateRequest {
+                token: token.into(),
+                hostname: "w1".into(),
+                ..Default::default()
+            },
+            UnlockRequest { key: key.into() },
+            JoinTokenInfo { token: token.into(), max_uses: 3, ..Default::default() },
+            UnlockKeyInfo { key: key.into() },
+        );
+        assert!(!shown.contains("TOPSECRET"), "a token or key leaked: {shown}");
+        // What is not secret still shows, and so does whether a secret is set.
+        for visible in ["n1", "10.0.0.1:4242", "w1", "max_uses: 3", "<redacted>"] {
+            assert!(shown.contains(visible), "{visible} missing from {shown}");
+        }
+        assert!(format!("{:?}", UnlockKeyInfo::default()).contains("<empty>"));
     }
 }

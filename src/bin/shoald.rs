@@ -71,8 +71,22 @@ struct Args {
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+fn main() -> Result<()> {
+    forbid_core_dumps()?;
+    run()
+}
+
+/// Marks the process not dumpable before anything is read: no core dump can carry the node key,
+/// the managers' data keys or a task's secrets, and only root with CAP_SYS_PTRACE may read its
+/// memory or /proc files (which now belong to root whoever runs shoald). Programs it executes
+/// (runc, tasks) start dumpable again, as execve resets the flag.
+fn forbid_core_dumps() -> Result<()> {
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .context("could not mark shoald not dumpable (prctl PR_SET_DUMPABLE)")
+}
+
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn run() -> Result<()> {
     shoal_pki::install_crypto_provider();
     let args = Args::parse();
     tracing_subscriber::fmt()

@@ -10,6 +10,12 @@ mod harness;
 #[path = "../netns/mod.rs"]
 mod netns;
 
+/// A node made with a join token and the real CA, speaking real mTLS gRPC.
+mod fake_node;
+
 mod custom_seccomp;
 mod demoted_manager;
 mod host_files;
+mod raft_send;
+mod removed_node_streams;
+mod small_items;

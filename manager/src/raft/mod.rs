@@ -2,6 +2,7 @@
 //! member task, the transport between managers, and the Raft gRPC service.
 
 pub mod crypto;
+pub mod inbound;
 pub mod node;
 pub(crate) mod rotation;
 pub mod service;

@@ -16,6 +16,7 @@ use shoal_proto::{
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::authz::caller;
+use crate::raft::inbound;
 use crate::raft::transport::Reassembler;
 use crate::{Manager, ManagerError};
 
@@ -73,6 +74,12 @@ impl Manager {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         Err(ManagerError::Join(format!("could not join the managers' raft group: {last}")))
+    }
+
+    /// Sets how many bytes of unfinished Raft messages one peer may hold on this manager, across
+    /// all its streams (default [`inbound::PEER_LIMIT`]); a stream that would pass it is cut.
+    pub fn limit_raft_inbound(&self, bytes: usize) {
+        self.shared.raft_inbound.set_limit(bytes);
     }
 
     /// This manager's address in the member table, as far as this manager knows.
@@ -197,10 +204,13 @@ impl Raft for RaftApi {
     async fn send(&self, req: Request<Streaming<RaftChunk>>) -> Result<Response<RaftAck>, Status> {
         let sender = caller(&req).node()?.clone();
         let shared = &self.manager.shared;
+        // Who speaks is settled before a byte of what they say is read.
+        inbound::check_member(shared, &sender.node_id)?;
         let local = shared.raft.status().id;
         let mut stream = req.into_inner();
         tracing::debug!(from = %sender.node_id, "raft stream opened");
         let mut reassembler = Reassembler::default();
+        let mut held = shared.raft_inbound.account(&sender.node_id);
         let mut closing = shared.closing.subscribe();
         loop {
             let chunk = tokio::select! {
@@ -208,9 +218,11 @@ impl Raft for RaftApi {
                 _ = closing.wait_for(|c| *c) => None,
             };
             let Some(chunk) = chunk else { break };
+            held.take(chunk.data.len())?;
             let Some(msg) = reassembler.push(chunk).map_err(Status::invalid_argument)? else {
                 continue;
             };
+            held.release();
             if msg.to != local {
                 return Err(Status::invalid_argument(format!(
                     "message for member {:x}, this is {local:x}",
