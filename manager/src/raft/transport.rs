@@ -321,8 +321,7 @@ mod tests {
         let tls = Arc::new(shoal_pki::tls::client_config(root.cert_pem(), None).unwrap());
         let peers = Peers::new(tls, store.clone());
         peers.follow_members();
-        let mut msg = Message::default();
-        msg.to = 7;
+        let msg = Message { to: 7, ..Default::default() };
         peers.send(vec![msg]);
         let (_held, _) =
             tokio::time::timeout(Duration::from_secs(5), old.accept()).await.unwrap().unwrap();
