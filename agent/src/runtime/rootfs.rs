@@ -167,7 +167,8 @@ pub fn mkdir(dir: &Path) -> Result<()> {
         .map_err(|e| RuntimeError::io("creating directory", dir, e))
 }
 
-/// Creates `dir` (and missing parents, 0700) for root alone: mode 0700, owned by root. With
+/// Creates `dir` (and missing parents, 0700) for the daemon's user alone (root, wherever tasks
+/// run in containers): mode 0700, owned by that user. With
 /// `search_gid`, the group of remapped container roots, the directory is 0710 in that group
 /// instead: runc's init, running as the remapped root inside the task's user namespace, must
 /// pass through every directory on the way to the task's rootfs; other host users still cannot.
@@ -181,10 +182,11 @@ pub fn private_dir(dir: &Path, search_gid: Option<u32>) -> Result<()> {
         .create(dir)
         .map_err(|e| err("creating directory", e))?;
     let owner = std::fs::metadata(dir).map_err(|e| err("reading", e))?;
-    let gid = search_gid.unwrap_or(0);
-    if (owner.uid(), owner.gid()) != (0, gid) {
-        let gid = rustix::fs::Gid::from_raw(gid);
-        rustix::fs::chown(dir, Some(rustix::fs::Uid::ROOT), Some(gid))
+    // The daemon's own user (root wherever tasks run in containers).
+    let uid = rustix::process::geteuid();
+    let gid = search_gid.map(rustix::fs::Gid::from_raw).unwrap_or_else(rustix::process::getegid);
+    if (owner.uid(), owner.gid()) != (uid.as_raw(), gid.as_raw()) {
+        rustix::fs::chown(dir, Some(uid), Some(gid))
             .map_err(|e| err("setting the owner of", e.into()))?;
     }
     let mode = if search_gid.is_some() { 0o710 } else { 0o700 };
