@@ -93,4 +93,6 @@ pub fn go_arch() -> &'static str {
 }
 
 #[cfg(test)]
+mod hostile;
+#[cfg(test)]
 pub(crate) mod tests;
