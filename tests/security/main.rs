@@ -8,6 +8,7 @@
 #[path = "../harness/mod.rs"]
 #[allow(dead_code)]
 mod harness;
+mod image_layers;
 #[path = "../netns/mod.rs"]
 #[allow(dead_code)]
 mod netns;
