@@ -25,6 +25,10 @@ use super::ImageError;
 pub const MAX_MEMBERS: usize = 50_000;
 /// Bytes a manifest, index or config may have.
 pub const MAX_JSON: u64 = 8 << 20;
+/// Bytes of one member name or link target (Linux's PATH_MAX).
+const MAX_NAME: usize = 4096;
+/// Bytes of all member names and link targets together, which are kept in memory.
+const MAX_NAMES_TOTAL: usize = 16 << 20;
 /// Links followed from one name before giving up.
 const MAX_LINK_HOPS: usize = 16;
 /// Nested indexes followed from `index.json`.
@@ -59,12 +63,14 @@ enum Staged {
 pub struct Archive {
     dir: PathBuf,
     members: BTreeMap<PathBuf, Staged>,
+    /// Bytes of names and link targets kept so far.
+    name_bytes: usize,
 }
 
 /// Copies the archive in `src` (plain or gzip) into `dir`, which is made and must not exist.
 pub fn stage(src: impl Read, dir: &Path) -> Result<Archive, ImageError> {
     std::fs::create_dir(dir).map_err(|e| ImageError::io("creating", dir, e))?;
-    let mut archive = Archive { dir: dir.to_path_buf(), members: BTreeMap::new() };
+    let mut archive = Archive { dir: dir.to_path_buf(), members: BTreeMap::new(), name_bytes: 0 };
     let mut count = 0usize;
     stream::each_member(src, |member| {
         count += 1;
@@ -85,6 +91,17 @@ impl Archive {
         let refuse = |reason: String| ImageError::ArchiveMember { member: raw.clone(), reason };
         let kind = member.header().entry_type();
         let name = name_in_archive(&raw).map_err(refuse)?;
+        let link_len = member.link_name_bytes().map_or(0, |l| l.len());
+        if raw.as_os_str().len() > MAX_NAME || link_len > MAX_NAME {
+            return Err(refuse(format!("has a name or link longer than {MAX_NAME} bytes")));
+        }
+        self.name_bytes += raw.as_os_str().len() + link_len;
+        if self.name_bytes > MAX_NAMES_TOTAL {
+            return Err(ImageError::UnknownArchive(format!(
+                "the archive's member names add up to more than {} MiB",
+                MAX_NAMES_TOTAL >> 20
+            )));
+        }
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let file = self.dir.join(number.to_string());

@@ -801,3 +801,27 @@ fn an_import_with_a_hostile_layer_stores_nothing() {
     assert_eq!(std::fs::read(s.dir.path().join("host/canary")).unwrap(), b"precious");
     s.assert_store_empty();
 }
+
+#[test]
+fn an_archive_member_name_longer_than_path_max_is_refused() {
+    let s = StoreScene::new();
+    let name = "a/".repeat(2100) + "manifest.json";
+    let err = s.refused(&RawTar::new().file(&name, b"[]").finish());
+    assert!(err.contains("longer than 4096 bytes"), "{err}");
+    s.assert_store_empty();
+}
+
+#[test]
+fn a_layer_nested_deeper_than_any_image_is_refused() {
+    let s = Scene::new();
+    let name = "d/".repeat(300) + "f";
+    let err = s.unpack(&RawTar::new().file(&name, b"x").finish()).expect("refused");
+    assert!(err.contains("deeper than 256"), "{err}");
+}
+
+#[test]
+fn a_regular_member_with_a_trailing_slash_is_a_directory() {
+    let s = Scene::new();
+    assert_eq!(s.unpack(&RawTar::new().file("old-style/", b"").finish()), None);
+    assert!(s.layer().join("old-style").is_dir());
+}

@@ -99,7 +99,11 @@ struct Meta {
 
 fn apply(root: &Beneath, entry: &mut Member<'_, '_>) -> Result<(), LayerError> {
     let raw = entry.path().map_err(|e| LayerError::Tar(TarError::Read(e)))?.into_owned();
-    let kind = entry.header().entry_type();
+    let kind = match entry.header().entry_type() {
+        // Old tars mark directories by a trailing slash on a regular member.
+        EntryType::Regular if entry.path_bytes().ends_with(b"/") => EntryType::Directory,
+        kind => kind,
+    };
     if kind.is_pax_global_extensions() {
         return Ok(());
     }
@@ -175,6 +179,9 @@ fn meta_of(entry: &Member<'_, '_>, raw: &Path) -> Result<Meta, LayerError> {
     })
 }
 
+/// An extended attribute to set: name, value.
+type Xattr = (Vec<u8>, Vec<u8>);
+
 /// What happens to an extended attribute an image carries.
 #[derive(Debug, PartialEq, Eq)]
 enum XattrRule {
@@ -194,10 +201,7 @@ fn rule_for(name: &[u8]) -> XattrRule {
 }
 
 /// The extended attributes to set on the entry (PAX `SCHILY.xattr.*` records).
-fn xattrs_of(
-    entry: &mut Member<'_, '_>,
-    raw: &Path,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, LayerError> {
+fn xattrs_of(entry: &mut Member<'_, '_>, raw: &Path) -> Result<Vec<Xattr>, LayerError> {
     let mut out = Vec::new();
     let Some(exts) = entry.pax_extensions().map_err(|e| LayerError::Tar(TarError::Read(e)))? else {
         return Ok(out);
@@ -229,7 +233,7 @@ fn xattrs_of(
 
 /// Owner, mode, attributes, then times, on an open entry (chown clears set-id bits and file
 /// capabilities, so it goes first).
-fn finish(fd: impl AsFd, meta: &Meta, xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), Denied> {
+fn finish(fd: impl AsFd, meta: &Meta, xattrs: &[Xattr]) -> Result<(), Denied> {
     fchown(&fd, Some(meta.uid), Some(meta.gid)).map_err(Denied::io("setting the owner"))?;
     fchmod(&fd, meta.mode).map_err(Denied::io("setting the mode"))?;
     for (name, value) in xattrs {
@@ -258,7 +262,7 @@ fn regular(
     path: &Inside,
     data: &mut impl Read,
     meta: &Meta,
-    xattrs: &[(Vec<u8>, Vec<u8>)],
+    xattrs: &[Xattr],
 ) -> Result<(), Denied> {
     let dir = clear_spot(root, path)?;
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -270,12 +274,7 @@ fn regular(
     finish(&file, meta, xattrs)
 }
 
-fn directory(
-    root: &Beneath,
-    path: &Inside,
-    meta: &Meta,
-    xattrs: &[(Vec<u8>, Vec<u8>)],
-) -> Result<(), Denied> {
+fn directory(root: &Beneath, path: &Inside, meta: &Meta, xattrs: &[Xattr]) -> Result<(), Denied> {
     let parent = root.dir(path.parent(), true)?;
     if beneath::kind_of(&parent, path.name())? != Some(FileType::Directory) {
         beneath::remove(&parent, path.name())?;
