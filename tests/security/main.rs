@@ -6,9 +6,7 @@
 //! need root fail under CI (env `CI`) when not root, and are skipped elsewhere.
 
 #[path = "../harness/mod.rs"]
-#[allow(dead_code)]
 mod harness;
 mod image_layers;
 #[path = "../netns/mod.rs"]
-#[allow(dead_code)]
 mod netns;
