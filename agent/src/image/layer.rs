@@ -12,10 +12,12 @@
 //! (file capabilities, as `setcap` leaves them); other `security.*` and `system.*` attributes
 //! (host labels and ACLs) are dropped.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
 
 use flate2::read::GzDecoder;
 use rustix::fs::{
@@ -107,10 +109,7 @@ fn apply(root: &Beneath, entry: &mut Member<'_, '_>) -> Result<(), LayerError> {
     if kind.is_pax_global_extensions() {
         return Ok(());
     }
-    if raw
-        .components()
-        .all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::CurDir))
-    {
+    if is_root(&raw) {
         // The layer's root directory: the store owns it.
         return match kind {
             EntryType::Directory => Ok(()),
@@ -119,22 +118,8 @@ fn apply(root: &Beneath, entry: &mut Member<'_, '_>) -> Result<(), LayerError> {
     }
     let at = LayerError::at(&raw);
     let path = Inside::new(&raw).map_err(&at)?;
-    let name = path.name().to_string_lossy();
-    if name == OPAQUE {
-        return opaque(root, &path).map_err(&at);
-    }
-    if name.starts_with(AUFS_META) {
-        return Ok(());
-    }
-    if let Some(hidden) = name.strip_prefix(WHITEOUT) {
-        if hidden.is_empty() || hidden == "." || hidden == ".." {
-            return Err(LayerError::refused(
-                &raw,
-                format!("whites out {hidden:?}, which is not a name"),
-            ));
-        }
-        let hidden = path.sibling(std::ffi::OsStr::new(hidden));
-        return whiteout(root, &hidden).map_err(&at);
+    if let Some(done) = marker(root, &path, &raw) {
+        return done;
     }
     let meta = meta_of(entry, &raw)?;
     let xattrs = xattrs_of(entry, &raw)?;
@@ -161,6 +146,31 @@ fn apply(root: &Beneath, entry: &mut Member<'_, '_>) -> Result<(), LayerError> {
             ),
         )),
     }
+}
+
+fn is_root(raw: &Path) -> bool {
+    raw.components().all(|c| matches!(c, Component::RootDir | Component::CurDir))
+}
+
+/// Applies a whiteout or opaque marker (or skips AUFS bookkeeping); `None` for other entries.
+fn marker(root: &Beneath, path: &Inside, raw: &Path) -> Option<Result<(), LayerError>> {
+    let at = LayerError::at(raw);
+    let name = path.name().as_bytes();
+    if name == OPAQUE.as_bytes() {
+        return Some(opaque(root, path).map_err(&at));
+    }
+    if name.starts_with(AUFS_META.as_bytes()) {
+        return Some(Ok(()));
+    }
+    let hidden = name.strip_prefix(WHITEOUT.as_bytes())?;
+    if hidden.is_empty() || hidden == b"." || hidden == b".." {
+        let shown = String::from_utf8_lossy(hidden);
+        return Some(Err(LayerError::refused(
+            raw,
+            format!("whites out {shown:?}, which is not a name"),
+        )));
+    }
+    Some(whiteout(root, &path.sibling(OsStr::from_bytes(hidden))).map_err(&at))
 }
 
 fn meta_of(entry: &Member<'_, '_>, raw: &Path) -> Result<Meta, LayerError> {
@@ -237,7 +247,7 @@ fn finish(fd: impl AsFd, meta: &Meta, xattrs: &[Xattr]) -> Result<(), Denied> {
     fchown(&fd, Some(meta.uid), Some(meta.gid)).map_err(Denied::io("setting the owner"))?;
     fchmod(&fd, meta.mode).map_err(Denied::io("setting the mode"))?;
     for (name, value) in xattrs {
-        let name = std::ffi::OsStr::from_bytes(name);
+        let name = OsStr::from_bytes(name);
         match fsetxattr(&fd, name, value, XattrFlags::empty()) {
             // Not every filesystem keeps user attributes; Docker skips them there too.
             Ok(()) | Err(rustix::io::Errno::NOTSUP) => {}
@@ -247,8 +257,6 @@ fn finish(fd: impl AsFd, meta: &Meta, xattrs: &[Xattr]) -> Result<(), Denied> {
     let times = Timestamps { last_access: meta.mtime, last_modification: meta.mtime };
     rustix::fs::futimens(&fd, &times).map_err(Denied::io("setting the time"))
 }
-
-use std::os::unix::ffi::OsStrExt;
 
 /// The directory an entry goes in (made if missing) with whatever held its name removed.
 fn clear_spot(root: &Beneath, path: &Inside) -> Result<OwnedFd, Denied> {
