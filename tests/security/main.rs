@@ -7,6 +7,7 @@
 
 #[path = "../harness/mod.rs"]
 mod harness;
+mod image_layers;
 #[path = "../netns/mod.rs"]
 mod netns;
 

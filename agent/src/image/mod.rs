@@ -4,9 +4,11 @@
 //! registry. Synchronous: call it from a blocking task.
 
 mod archive;
+mod beneath;
 pub mod layer;
 pub mod reference;
 mod store;
+mod stream;
 mod task;
 
 use std::path::PathBuf;
@@ -38,8 +40,15 @@ pub enum ImageError {
     DigestMismatch { what: PathBuf, expected: String },
     #[error("layer {index} of image {image} has diff id {actual}, its config says {expected}")]
     DiffIdMismatch { image: String, index: usize, expected: String, actual: String },
-    #[error("unpacking a layer into {path:?}: {source}")]
-    Layer { path: PathBuf, source: std::io::Error },
+    /// A layer was refused or could not be unpacked; nothing of the image was stored.
+    #[error("layer {layer}: {source}")]
+    Layer { layer: String, source: layer::LayerError },
+    /// A member of an image archive was refused; nothing of the archive was stored.
+    #[error("refusing archive member {member:?}: it {reason}")]
+    ArchiveMember { member: PathBuf, reason: String },
+    /// The image archive itself is unreadable (truncated, huge headers).
+    #[error("the image archive: {0}")]
+    Archive(#[from] stream::TarError),
     #[error("{what} {path:?}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
 }
@@ -92,5 +101,7 @@ pub fn go_arch() -> &'static str {
     crate::runtime::seccomp::native_arch()
 }
 
+#[cfg(test)]
+mod hostile;
 #[cfg(test)]
 pub(crate) mod tests;

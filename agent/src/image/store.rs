@@ -67,99 +67,98 @@ impl ImageStore {
     }
 
     /// Imports a rootfs tarball (plain or gzip) as a one-layer image named `reference`.
+    /// All or nothing: a refused layer leaves the store as it was.
     pub fn import(&self, rootfs_tar: &Path, reference: &str) -> Result<ImageInfo, ImageError> {
         let name =
             Reference::parse(reference)?.tagged().ok_or_else(|| ImageError::BadReference {
                 reference: reference.into(),
                 reason: "import needs NAME[:TAG]".into(),
             })?;
+        let work = self.tmp_dir()?;
+        let result = self.import_staged(rootfs_tar, name, &work);
+        let _ = std::fs::remove_dir_all(&work);
+        result
+    }
+
+    fn import_staged(
+        &self,
+        rootfs_tar: &Path,
+        name: String,
+        work: &Path,
+    ) -> Result<ImageInfo, ImageError> {
         let file = std::fs::File::open(rootfs_tar)
             .map_err(|e| ImageError::io("opening", rootfs_tar, e))?;
-        let diff_id = self.add_layer(file)?;
+        let layer = unpack_layer(file, &rootfs_tar.display().to_string(), &work.join("layer"))?;
         let config = serde_json::json!({
             "architecture": super::go_arch(),
             "os": "linux",
             "config": {},
-            "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+            "rootfs": { "type": "layers", "diff_ids": [layer.diff_id] },
         });
         let found =
             Found { names: vec![name], config: config.to_string().into_bytes(), layers: vec![] };
-        self.store(found, vec![diff_id])
+        let ready = prepare(found, vec![layer])?;
+        let mut stored = self.commit(vec![ready])?;
+        stored.pop().ok_or_else(|| ImageError::UnknownArchive("nothing imported".into()))
     }
 
-    /// Loads every image of a `docker save` or OCI-layout archive (plain or gzip).
+    /// Loads every image of a `docker save` or OCI-layout archive (plain or gzip). All or
+    /// nothing: a refused member or layer leaves the store as it was.
     pub fn load_archive(&self, path: &Path) -> Result<Vec<ImageInfo>, ImageError> {
-        let staging = self.tmp_dir()?;
-        let result = self.load_staged(path, &staging);
-        let _ = std::fs::remove_dir_all(&staging);
+        let work = self.tmp_dir()?;
+        let result = self.load_staged(path, &work);
+        let _ = std::fs::remove_dir_all(&work);
         result
     }
 
-    fn load_staged(&self, path: &Path, staging: &Path) -> Result<Vec<ImageInfo>, ImageError> {
+    fn load_staged(&self, path: &Path, work: &Path) -> Result<Vec<ImageInfo>, ImageError> {
         let file = std::fs::File::open(path).map_err(|e| ImageError::io("opening", path, e))?;
-        let reader = layer::decompressed(file).map_err(|e| ImageError::io("reading", path, e))?;
-        tar::Archive::new(reader)
-            .unpack(staging)
-            .map_err(|e| ImageError::io("unpacking", path, e))?;
-        let mut out = Vec::new();
-        for found in archive::read(staging)? {
-            let mut diff_ids = Vec::new();
-            for l in &found.layers {
-                let f = std::fs::File::open(l).map_err(|e| ImageError::io("opening", l, e))?;
-                diff_ids.push(self.add_layer(f)?);
+        let staged = archive::stage(file, &work.join("archive"))?;
+        let mut ready = Vec::new();
+        for (i, found) in archive::read(&staged)?.into_iter().enumerate() {
+            let mut layers = Vec::new();
+            for (j, l) in found.layers.iter().enumerate() {
+                let f = std::fs::File::open(&l.path)
+                    .map_err(|e| ImageError::io("opening", &l.path, e))?;
+                layers.push(unpack_layer(f, &l.name, &work.join(format!("layer-{i}-{j}")))?);
             }
-            out.push(self.store(found, diff_ids)?);
+            ready.push(prepare(found, layers)?);
+        }
+        self.commit(ready)
+    }
+
+    /// Moves checked images into the store: layers not stored yet, configs, metadata and
+    /// names. Holds the writer lock throughout, so a removal cannot take a layer in between.
+    fn commit(&self, ready: Vec<Ready>) -> Result<Vec<ImageInfo>, ImageError> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for r in ready {
+            for l in &r.layers {
+                let dest = self.layer_dir(&l.diff_id);
+                if !dest.exists() {
+                    std::fs::rename(&l.dir, &dest)
+                        .map_err(|e| ImageError::io("storing a layer in", &dest, e))?;
+                }
+            }
+            let diff_ids: Vec<String> = r.layers.iter().map(|l| l.diff_id.clone()).collect();
+            write(&self.blob_path(&r.id), &r.config)?;
+            let mut info = self.read_meta(&r.id).unwrap_or(ImageInfo {
+                id: r.id.clone(),
+                names: Vec::new(),
+                size: diff_ids.iter().map(|d| dir_size(&self.layer_dir(d))).sum(),
+                layers: diff_ids,
+                config: r.run,
+            });
+            for tagged in &r.names {
+                self.untag_everywhere(tagged)?;
+                if !info.names.contains(tagged) {
+                    info.names.push(tagged.clone());
+                }
+            }
+            self.write_meta(&info)?;
+            out.push(info);
         }
         Ok(out)
-    }
-
-    /// Unpacks a layer unless a layer with its diff id is already stored; returns the diff id.
-    fn add_layer(&self, src: impl std::io::Read) -> Result<String, ImageError> {
-        let tmp = self.tmp_dir()?;
-        let diff_id = match layer::unpack(src, &tmp) {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(e);
-            }
-        };
-        let dest = self.layer_dir(&diff_id);
-        if dest.exists() || std::fs::rename(&tmp, &dest).is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-        Ok(diff_id)
-    }
-
-    fn store(&self, found: Found, diff_ids: Vec<String>) -> Result<ImageInfo, ImageError> {
-        let id = digest(&found.config);
-        let raw: RawConfig = serde_json::from_slice(&found.config)
-            .map_err(|e| ImageError::UnknownArchive(format!("image config {id}: {e}")))?;
-        check_diff_ids(&id, &raw.rootfs.diff_ids, &diff_ids)?;
-        let run = raw.config.unwrap_or_default();
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        write(&self.blob_path(&id), &found.config)?;
-        let mut info = self.read_meta(&id).unwrap_or(ImageInfo {
-            id: id.clone(),
-            names: Vec::new(),
-            layers: diff_ids.clone(),
-            config: RunConfig {
-                env: run.env.unwrap_or_default(),
-                entrypoint: run.entrypoint.unwrap_or_default(),
-                cmd: run.cmd.unwrap_or_default(),
-                workdir: run.working_dir.filter(|w| !w.is_empty()),
-                user: run.user.filter(|u| !u.is_empty()),
-            },
-            size: diff_ids.iter().map(|d| dir_size(&self.layer_dir(d))).sum(),
-        });
-        for name in &found.names {
-            let tagged = Reference::parse(name)?.tagged().unwrap_or_else(|| name.clone());
-            self.untag_everywhere(&tagged)?;
-            if !info.names.contains(&tagged) {
-                info.names.push(tagged);
-            }
-        }
-        self.write_meta(&info)?;
-        Ok(info)
     }
 
     /// Every stored image.
@@ -262,6 +261,60 @@ impl ImageStore {
         let bytes = serde_json::to_vec_pretty(info).expect("image metadata serializes");
         write(&self.meta_path(&info.id), &bytes)
     }
+}
+
+/// A layer unpacked into the staging area, not yet in the store.
+#[derive(Debug)]
+struct Unpacked {
+    diff_id: String,
+    dir: PathBuf,
+}
+
+/// An image checked and ready to be stored.
+#[derive(Debug)]
+struct Ready {
+    id: String,
+    config: Vec<u8>,
+    run: RunConfig,
+    /// `name:tag` references.
+    names: Vec<String>,
+    layers: Vec<Unpacked>,
+}
+
+/// Unpacks the layer `name` (its name in the archive, for messages) into `dir`.
+fn unpack_layer(src: impl std::io::Read, name: &str, dir: &Path) -> Result<Unpacked, ImageError> {
+    std::fs::create_dir(dir).map_err(|e| ImageError::io("creating", dir, e))?;
+    let diff_id = layer::unpack(src, dir)
+        .map_err(|source| ImageError::Layer { layer: format!("{name:?}"), source })?;
+    Ok(Unpacked { diff_id, dir: dir.to_path_buf() })
+}
+
+/// Checks a found image against its config: layers match the diff ids, names parse.
+fn prepare(found: Found, layers: Vec<Unpacked>) -> Result<Ready, ImageError> {
+    let id = digest(&found.config);
+    let raw: RawConfig = serde_json::from_slice(&found.config)
+        .map_err(|e| ImageError::UnknownArchive(format!("image config {id}: {e}")))?;
+    let actual: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
+    check_diff_ids(&id, &raw.rootfs.diff_ids, &actual)?;
+    let run = raw.config.unwrap_or_default();
+    let names = found
+        .names
+        .iter()
+        .map(|n| Ok(Reference::parse(n)?.tagged().unwrap_or_else(|| n.clone())))
+        .collect::<Result<_, ImageError>>()?;
+    Ok(Ready {
+        id,
+        config: found.config,
+        run: RunConfig {
+            env: run.env.unwrap_or_default(),
+            entrypoint: run.entrypoint.unwrap_or_default(),
+            cmd: run.cmd.unwrap_or_default(),
+            workdir: run.working_dir.filter(|w| !w.is_empty()),
+            user: run.user.filter(|u| !u.is_empty()),
+        },
+        names,
+        layers,
+    })
 }
 
 fn check_diff_ids(id: &str, expected: &[String], actual: &[String]) -> Result<(), ImageError> {
