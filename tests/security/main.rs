@@ -7,7 +7,6 @@
 
 #[path = "../harness/mod.rs"]
 mod harness;
-mod image_layers;
 #[path = "../netns/mod.rs"]
 mod netns;
 
@@ -17,6 +16,7 @@ mod fake_node;
 mod custom_seccomp;
 mod demoted_manager;
 mod host_files;
+mod image_layers;
 mod raft_send;
 mod removed_node_streams;
 mod small_items;
