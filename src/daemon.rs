@@ -155,6 +155,7 @@ impl Daemon {
     /// Opens the data root and resumes membership if the node was part of a cluster.
     pub async fn start(cfg: DaemonConfig) -> Result<Arc<Daemon>> {
         let files = NodeFiles::new(&cfg.data_root);
+        shoal_manager::intake::set_time_scale(cfg.time_scale);
         std::fs::create_dir_all(&cfg.data_root)
             .with_context(|| format!("creating data root {}", cfg.data_root.display()))?;
         let daemon = Arc::new_cyclic(|me| Daemon {
@@ -372,7 +373,13 @@ impl Daemon {
             token: opts.token,
             remote_addr: with_default_port(&opts.remote_addr),
             hostname: self.cfg.hostname.clone(),
-            advertise_addr: advertise.clone(),
+            // Only an operator's choice is sent: otherwise the managers record the address
+            // this node's connection comes from.
+            advertise_addr: if opts.advertise_addr.is_empty() {
+                String::new()
+            } else {
+                advertise.clone()
+            },
         };
         let joined = shoal_agent::join(&params).await?;
         let mut state = NodeState {

@@ -1,10 +1,12 @@
 //! Owns the CA services: handing out the root bundle, issuing node certificates for join
 //! tokens, and renewing them for nodes that prove their identity with their current certificate.
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use shoal_pki::{JoinToken, PkiError};
+use shoal_pki::ca::NODE_CERT_BACKDATE;
+use shoal_pki::{JoinToken, PeerIdentity, PkiError};
 use shoal_proto::ca_server::Ca;
 use shoal_proto::node_ca_server::NodeCa;
 use shoal_proto::{
@@ -15,7 +17,10 @@ use shoal_proto::{
 use tonic::{Request, Response, Status};
 
 use crate::authz::caller;
-use crate::manager::{cert_expiry, certificate, node_role, now_ms, pki_role, Manager, Shared};
+use crate::intake;
+use crate::manager::{
+    cert_expiry, certificate, node_role, now_ms, pki_role, unix, Manager, Shared,
+};
 use crate::tokens;
 
 /// Attempts at drawing an unused node ID before giving up.
@@ -60,7 +65,9 @@ impl NodeCa for CaApi {
         &self,
         req: Request<IssueNodeCertificateRequest>,
     ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
+        let peer = intake::peer_ip(&req);
         let req = req.into_inner();
+        intake::check_join(&req)?;
         if req.csr_der.is_empty() {
             return Err(Status::invalid_argument("the certificate request (CSR) is empty"));
         }
@@ -75,6 +82,7 @@ impl NodeCa for CaApi {
                     .ok_or_else(|| Status::internal("cluster object missing"))?;
                 let role = tokens::redeem(&mut cluster, &token, now_ms())
                     .map_err(|e| Status::permission_denied(e.to_string()))?;
+                intake::check_unique_hostname(tx.list::<Node>()?, &req.hostname, None)?;
                 let node_id = fresh_node_id(|id| Ok(tx.get::<Node>(id)?.is_none()))?;
                 let issued = shared
                     .signer(&cluster)?
@@ -91,11 +99,13 @@ impl NodeCa for CaApi {
                     id: node_id,
                     role: node_role(role) as i32,
                     hostname: req.hostname.clone(),
-                    addr: req.advertise_addr.clone(),
+                    addr: joined_addr(&req.advertise_addr, peer),
+                    addr_pinned: !req.advertise_addr.is_empty(),
                     state: NodeState::Unknown as i32,
                     availability: Availability::Active as i32,
                     certificate: Some(certificate(&issued)),
                     serials: vec![issued.serial_hex.clone()],
+                    serial_not_after_unix: vec![unix(issued.not_after)],
                     ..Default::default()
                 };
                 if tokens::counts_uses(&cluster, role) {
@@ -121,9 +131,71 @@ impl NodeCa for CaApi {
     ) -> Result<Response<RenewNodeCertificateResponse>, Status> {
         let id = caller(&req).node()?.clone();
         let csr = req.into_inner().csr_der;
-        let chain = renew(&self.shared, &id.node_id, &csr).await?;
+        intake::check_csr(&csr)?;
+        let chain = renew_paced(&self.shared, &id, &csr).await?;
         Ok(Response::new(RenewNodeCertificateResponse { cert_chain_pem: chain }))
     }
+}
+
+/// The address recorded for a joining node: the operator's `--advertise-addr` when given, else
+/// the IP its connection comes from.
+fn joined_addr(advertised: &str, peer: Option<IpAddr>) -> String {
+    if !advertised.is_empty() {
+        return advertised.to_string();
+    }
+    peer.map(|ip| ip.to_string()).unwrap_or_default()
+}
+
+/// When the node's current certificate was issued (its not-before is backdated).
+fn issued_at(node: &Node) -> Option<SystemTime> {
+    let c = node.certificate.as_ref()?;
+    let not_before = UNIX_EPOCH + Duration::from_secs(u64::try_from(c.not_before_unix).ok()?);
+    Some(not_before + NODE_CERT_BACKDATE)
+}
+
+/// Refuses a renewal that comes sooner than [`intake::renew_interval`] after the last one,
+/// unless the node's role changed (it needs a certificate for its new role now).
+fn check_pace(node: &Node, caller: &PeerIdentity, now: SystemTime) -> Result<(), Status> {
+    if pki_role(node.role()) != caller.role {
+        return Ok(());
+    }
+    let Some(last) = issued_at(node) else { return Ok(()) };
+    let interval = intake::renew_interval();
+    match now.duration_since(last) {
+        Ok(since) if since >= interval => Ok(()),
+        Err(_) => Ok(()),
+        Ok(since) => Err(Status::resource_exhausted(format!(
+            "node {} renewed its certificate {since:.1?} ago; renew at most once every {interval:?}",
+            node.id
+        ))),
+    }
+}
+
+/// Keeps the serials of certificates that have not expired yet (an expired certificate is
+/// refused by every TLS check, so it needs no revocation entry). Entries from before expiries
+/// were recorded are given the expiry of the newest earlier certificate.
+fn prune_serials(node: &mut Node, now: SystemTime) {
+    let now = unix(now);
+    let known = node.serial_not_after_unix.len().min(node.serials.len());
+    let legacy = node.serials.len() - known;
+    let fallback = node.certificate.as_ref().map(|c| c.not_after_unix).unwrap_or(i64::MAX);
+    let expiries = std::iter::repeat_n(fallback, legacy)
+        .chain(node.serial_not_after_unix.iter().copied().take(known));
+    let kept: Vec<(String, i64)> = node
+        .serials
+        .drain(..)
+        .zip(expiries)
+        .filter(|(_, not_after)| *not_after > now)
+        .collect();
+    (node.serials, node.serial_not_after_unix) = kept.into_iter().unzip();
+}
+
+/// [`renew`] for a node's own request: paced (see [`check_pace`]).
+async fn renew_paced(shared: &Shared, caller: &PeerIdentity, csr: &[u8]) -> Result<String, Status> {
+    if let Some(node) = shared.store.get::<Node>(&caller.node_id)? {
+        check_pace(&node, caller, SystemTime::now())?;
+    }
+    renew(shared, &caller.node_id, csr).await
 }
 
 /// Signs a new certificate for an existing node; subject fields come from the store only.
@@ -148,8 +220,10 @@ pub(crate) async fn renew(shared: &Shared, node_id: &str, csr: &[u8]) -> Result<
                     SystemTime::now(),
                 )
                 .map_err(csr_status)?;
+            prune_serials(&mut node, SystemTime::now());
             node.certificate = Some(certificate(&issued));
             node.serials.push(issued.serial_hex.clone());
+            node.serial_not_after_unix.push(unix(issued.not_after));
             tx.update(node)?;
             Ok::<_, Status>(issued.cert_pem)
         })

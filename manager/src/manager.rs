@@ -273,6 +273,7 @@ impl Manager {
             availability: Availability::Active as i32,
             certificate: Some(certificate(&issued)),
             serials: vec![issued.serial_hex.clone()],
+            serial_not_after_unix: vec![unix(issued.not_after)],
             ..Default::default()
         };
         let member = Member {
