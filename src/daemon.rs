@@ -155,7 +155,6 @@ impl Daemon {
     /// Opens the data root and resumes membership if the node was part of a cluster.
     pub async fn start(cfg: DaemonConfig) -> Result<Arc<Daemon>> {
         let files = NodeFiles::new(&cfg.data_root);
-        shoal_manager::intake::set_time_scale(cfg.time_scale);
         std::fs::create_dir_all(&cfg.data_root)
             .with_context(|| format!("creating data root {}", cfg.data_root.display()))?;
         let daemon = Arc::new_cyclic(|me| Daemon {
@@ -224,7 +223,8 @@ impl Daemon {
             if readdress::must_announce(&saved, &state, &opened) {
                 announcer = Some(Announcer::start(self.me.clone(), opened.clone(), &state));
             }
-            manager = Some(serve(opened, listener, cert.clone(), &self.failure));
+            manager =
+                Some(serve(opened, listener, cert.clone(), &self.failure, self.cfg.time_scale));
         }
         if announcer.is_none() && state != saved {
             self.files.save_state(&state)?;
@@ -314,7 +314,7 @@ impl Daemon {
             return Err(e);
         }
         let cert = id.cert;
-        let serving = serve(manager, listener, cert.clone(), &self.failure);
+        let serving = serve(manager, listener, cert.clone(), &self.failure, self.cfg.time_scale);
         let agent = self.start_agent(&state, cert.clone(), root)?;
         tracing::info!(node = %state.node_id, cluster = %state.cluster_id, "swarm initialized");
         let manager = Some(serving);
@@ -348,7 +348,7 @@ impl Daemon {
             self.files.save_state(&state)?;
         }
         let tokens = (manager.join_token(Role::Worker)?, manager.join_token(Role::Manager)?);
-        let serving = serve(manager, listener, cert.clone(), &self.failure);
+        let serving = serve(manager, listener, cert.clone(), &self.failure, self.cfg.time_scale);
         let agent = self.start_agent(&state, cert.clone(), root)?;
         *member =
             Some(Member { state: state.clone(), cert, agent, manager: Some(serving), announcer });
@@ -438,7 +438,8 @@ impl Daemon {
             }
         }
         let manager = Manager::prepare_join(&self.files.store_dir(), id)?;
-        let serving = serve(manager.clone(), listener, id.cert.clone(), &self.failure);
+        let serving =
+            serve(manager.clone(), listener, id.cert.clone(), &self.failure, self.cfg.time_scale);
         manager.join_raft(remote, &state.advertise_addr).await?;
         if let Ok(addrs) = manager.manager_addrs() {
             state.manager_addrs = addrs;
@@ -634,7 +635,9 @@ fn serve(
     listener: TcpListener,
     cert: Arc<ReloadableCert>,
     failure: &watch::Sender<Option<String>>,
+    time_scale: f64,
 ) -> Serving {
+    manager.set_time_scale(time_scale);
     let (stop, stopped) = oneshot::channel::<()>();
     let monitor = manager.spawn_monitor();
     let updates = manager.spawn_node_updates();

@@ -132,7 +132,7 @@ impl NodeCa for CaApi {
         let id = caller(&req).node()?.clone();
         let csr = req.into_inner().csr_der;
         intake::check_csr(&csr)?;
-        let chain = renew_paced(&self.shared, &id, &csr).await?;
+        let chain = renew(&self.shared, &id, &csr).await?;
         Ok(Response::new(RenewNodeCertificateResponse { cert_chain_pem: chain }))
     }
 }
@@ -153,14 +153,18 @@ fn issued_at(node: &Node) -> Option<SystemTime> {
     Some(not_before + NODE_CERT_BACKDATE)
 }
 
-/// Refuses a renewal that comes sooner than [`intake::renew_interval`] after the last one,
+/// Refuses a renewal that comes sooner than `interval` after the last one,
 /// unless the node's role changed (it needs a certificate for its new role now).
-fn check_pace(node: &Node, caller: &PeerIdentity, now: SystemTime) -> Result<(), Status> {
+fn check_pace(
+    node: &Node,
+    caller: &PeerIdentity,
+    interval: Duration,
+    now: SystemTime,
+) -> Result<(), Status> {
     if pki_role(node.role()) != caller.role {
         return Ok(());
     }
     let Some(last) = issued_at(node) else { return Ok(()) };
-    let interval = intake::renew_interval();
     match now.duration_since(last) {
         Ok(since) if since >= interval => Ok(()),
         Err(_) => Ok(()),
@@ -181,25 +185,17 @@ fn prune_serials(node: &mut Node, now: SystemTime) {
     let fallback = node.certificate.as_ref().map(|c| c.not_after_unix).unwrap_or(i64::MAX);
     let expiries = std::iter::repeat_n(fallback, legacy)
         .chain(node.serial_not_after_unix.iter().copied().take(known));
-    let kept: Vec<(String, i64)> = node
-        .serials
-        .drain(..)
-        .zip(expiries)
-        .filter(|(_, not_after)| *not_after > now)
-        .collect();
+    let kept: Vec<(String, i64)> =
+        node.serials.drain(..).zip(expiries).filter(|(_, not_after)| *not_after > now).collect();
     (node.serials, node.serial_not_after_unix) = kept.into_iter().unzip();
 }
 
-/// [`renew`] for a node's own request: paced (see [`check_pace`]).
-async fn renew_paced(shared: &Shared, caller: &PeerIdentity, csr: &[u8]) -> Result<String, Status> {
-    if let Some(node) = shared.store.get::<Node>(&caller.node_id)? {
-        check_pace(&node, caller, SystemTime::now())?;
-    }
-    renew(shared, &caller.node_id, csr).await
-}
-
-/// Signs a new certificate for an existing node; subject fields come from the store only.
-pub(crate) async fn renew(shared: &Shared, node_id: &str, csr: &[u8]) -> Result<String, Status> {
+/// Signs a new certificate for the calling node, at most once per [`Shared::renew_pace`]
+/// (checked inside the transaction, so a burst of concurrent renewals yields one); subject
+/// fields come from the store only, and serials of expired certificates are dropped.
+async fn renew(shared: &Shared, caller: &PeerIdentity, csr: &[u8]) -> Result<String, Status> {
+    let node_id = caller.node_id.as_str();
+    let interval = shared.renew_pace.interval();
     let chain = shared
         .store
         .update(|tx| {
@@ -209,6 +205,8 @@ pub(crate) async fn renew(shared: &Shared, node_id: &str, csr: &[u8]) -> Result<
             let mut node = tx.get::<Node>(node_id)?.ok_or_else(|| {
                 Status::not_found(format!("node {node_id} is not part of this cluster"))
             })?;
+            let now = SystemTime::now();
+            check_pace(&node, caller, interval, now)?;
             let issued = shared
                 .signer(&cluster)?
                 .sign_node_csr(
@@ -217,10 +215,10 @@ pub(crate) async fn renew(shared: &Shared, node_id: &str, csr: &[u8]) -> Result<
                     pki_role(node.role()),
                     &shared.cluster_id,
                     cert_expiry(&cluster),
-                    SystemTime::now(),
+                    now,
                 )
                 .map_err(csr_status)?;
-            prune_serials(&mut node, SystemTime::now());
+            prune_serials(&mut node, now);
             node.certificate = Some(certificate(&issued));
             node.serials.push(issued.serial_hex.clone());
             node.serial_not_after_unix.push(unix(issued.not_after));

@@ -18,22 +18,31 @@ use tonic::Status;
 /// A node renews at most this often (unless its role changed), scaled by the time scale.
 pub const RENEW_INTERVAL: Duration = Duration::from_secs(60);
 
-/// `f64` bits of the time scale; 0 means 1.
-static TIME_SCALE_BITS: AtomicU64 = AtomicU64::new(0);
+/// The shortest time between two renewals of one node: [`RENEW_INTERVAL`] divided by the time
+/// scale (`--test-time-scale`, which divides the agents' renewal waits too, so tests watch
+/// certificates renew in seconds).
+#[derive(Debug)]
+pub struct Pace {
+    nanos: AtomicU64,
+}
 
-/// Divides the renewal interval, like the agents' renewal waits (`--test-time-scale`): tests
-/// watch certificates renew in seconds, and the managers must let them.
-pub fn set_time_scale(scale: f64) {
-    if scale.is_finite() && scale >= 1.0 {
-        TIME_SCALE_BITS.store(scale.to_bits(), Ordering::Relaxed);
+impl Default for Pace {
+    fn default() -> Pace {
+        Pace { nanos: AtomicU64::new(RENEW_INTERVAL.as_nanos() as u64) }
     }
 }
 
-/// The shortest time between two renewals of one node.
-pub fn renew_interval() -> Duration {
-    let bits = TIME_SCALE_BITS.load(Ordering::Relaxed);
-    let scale = if bits == 0 { 1.0 } else { f64::from_bits(bits) };
-    RENEW_INTERVAL.div_f64(scale)
+impl Pace {
+    /// Divides [`RENEW_INTERVAL`] by `scale` (values below 1 count as 1).
+    pub fn set_time_scale(&self, scale: f64) {
+        let scale = if scale.is_finite() { scale.max(1.0) } else { 1.0 };
+        self.nanos.store(RENEW_INTERVAL.div_f64(scale).as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// The current interval.
+    pub fn interval(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
+    }
 }
 
 fn invalid(e: LimitError) -> Status {

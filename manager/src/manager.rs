@@ -75,6 +75,8 @@ pub(crate) struct Shared {
     /// Flips to true when the manager stops, ending long-lived inbound streams.
     pub closing: tokio::sync::watch::Sender<bool>,
     data_keys: Arc<DataKeyState>,
+    /// How often a node may renew its certificate.
+    pub renew_pace: crate::intake::Pace,
 }
 
 /// A running manager. Cheap to clone.
@@ -392,6 +394,7 @@ impl Manager {
             tls,
             closing: tokio::sync::watch::Sender::new(false),
             data_keys: parts.data_keys,
+            renew_pace: Default::default(),
         };
         shared.refresh_revocations();
         let manager = Manager { shared: Arc::new(shared) };
@@ -418,6 +421,12 @@ impl Manager {
                 }
             }
         });
+    }
+
+    /// Divides the shortest time between two renewals of one node, like the agents'
+    /// `--test-time-scale` divides their renewal waits.
+    pub fn set_time_scale(&self, scale: f64) {
+        self.shared.renew_pace.set_time_scale(scale);
     }
 
     /// The cluster ID.

@@ -64,7 +64,10 @@ pub fn bytes_at_most(field: &'static str, len: usize, max: usize) -> Result<(), 
 /// Checks a count of items against `max`.
 pub fn count_at_most(field: &'static str, count: usize, max: usize) -> Result<(), LimitError> {
     if count > max {
-        return Err(LimitError { field, problem: format!("{count} items is over the limit of {max}") });
+        return Err(LimitError {
+            field,
+            problem: format!("{count} items is over the limit of {max}"),
+        });
     }
     Ok(())
 }
@@ -82,10 +85,14 @@ pub fn hostname(field: &'static str, value: &str) -> Result<(), LimitError> {
             return bad(format!("{value:?} is not a valid hostname: each dot-separated part must be 1 to 63 characters"));
         }
         if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return bad(format!("{value:?} is not a valid hostname: use letters, digits, '-', '_' and '.'"));
+            return bad(format!(
+                "{value:?} is not a valid hostname: use letters, digits, '-', '_' and '.'"
+            ));
         }
         if label.starts_with('-') || label.ends_with('-') {
-            return bad(format!("{value:?} is not a valid hostname: a part may not start or end with '-'"));
+            return bad(format!(
+                "{value:?} is not a valid hostname: a part may not start or end with '-'"
+            ));
         }
     }
     Ok(())
