@@ -11,3 +11,5 @@ mod harness;
 #[path = "../netns/mod.rs"]
 #[allow(dead_code)]
 mod netns;
+mod fake_worker;
+mod node_identity;
