@@ -13,3 +13,4 @@ mod harness;
 mod netns;
 mod fake_worker;
 mod node_identity;
+mod write_bounds;
