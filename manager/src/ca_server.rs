@@ -239,3 +239,68 @@ fn fresh_node_id(mut unused: impl FnMut(&str) -> Result<bool, Status>) -> Result
     }
     Err(Status::internal("could not draw an unused node ID"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_with(serials: &[&str], not_after: &[i64], current_not_after: i64) -> Node {
+        Node {
+            serials: serials.iter().map(|s| s.to_string()).collect(),
+            serial_not_after_unix: not_after.to_vec(),
+            certificate: Some(shoal_proto::NodeCertificate {
+                not_after_unix: current_not_after,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn expired_serials_are_dropped_and_live_ones_kept() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut node = node_with(&["a", "b", "c"], &[900, 1_000, 1_100], 1_100);
+        prune_serials(&mut node, now);
+        assert_eq!(node.serials, ["c"]);
+        assert_eq!(node.serial_not_after_unix, [1_100]);
+    }
+
+    #[test]
+    fn serials_recorded_before_expiries_take_the_current_certificates() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut live = node_with(&["old1", "old2", "new"], &[1_200], 1_200);
+        prune_serials(&mut live, now);
+        assert_eq!(live.serials, ["old1", "old2", "new"]);
+        assert_eq!(live.serial_not_after_unix, [1_200, 1_200, 1_200]);
+        let mut expired = node_with(&["old1", "old2"], &[], 999);
+        prune_serials(&mut expired, now);
+        assert!(expired.serials.is_empty() && expired.serial_not_after_unix.is_empty());
+    }
+
+    #[test]
+    fn a_renewal_comes_at_most_once_per_interval_unless_the_role_changed() {
+        let key = shoal_pki::NodeKey::generate().unwrap();
+        let ca = shoal_pki::RootCa::generate().unwrap();
+        let now = SystemTime::now();
+        let issued = ca
+            .sign_node_csr(
+                &key.csr_der().unwrap(),
+                "n1",
+                shoal_pki::Role::Worker,
+                "c1",
+                Duration::from_secs(3_600),
+                now,
+            )
+            .unwrap();
+        let caller = PeerIdentity::from_pem(&issued.cert_pem).unwrap();
+        let mut node =
+            Node { id: "n1".into(), certificate: Some(certificate(&issued)), ..Default::default() };
+        let minute = Duration::from_secs(60);
+        let e = check_pace(&node, &caller, minute, now + Duration::from_secs(5)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(e.message().contains("renew at most once every 60s"), "{e}");
+        assert!(check_pace(&node, &caller, minute, now + Duration::from_secs(61)).is_ok());
+        node.set_role(shoal_proto::NodeRole::Manager);
+        assert!(check_pace(&node, &caller, minute, now + Duration::from_secs(5)).is_ok());
+    }
+}

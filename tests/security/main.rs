@@ -5,12 +5,12 @@
 //! `cargo test --test security` runs it alone; it is part of `cargo test --workspace`. Tests that
 //! need root fail under CI (env `CI`) when not root, and are skipped elsewhere.
 
+mod fake_worker;
 #[path = "../harness/mod.rs"]
 #[allow(dead_code)]
 mod harness;
 #[path = "../netns/mod.rs"]
 #[allow(dead_code)]
 mod netns;
-mod fake_worker;
 mod node_identity;
 mod write_bounds;

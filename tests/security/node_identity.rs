@@ -46,8 +46,8 @@ async fn an_impostor_worker_cannot_take_another_nodes_hostname_address_tasks_or_
     let refused = FakeWorker::join(&addr, &token, "victim", "").await.err().expect("refused");
     let refused = refused.to_string();
     assert!(
-        refused.contains("hostname \"victim\" is already used by node") &&
-            refused.contains(&victim_id),
+        refused.contains("hostname \"victim\" is already used by node")
+            && refused.contains(&victim_id),
         "the refusal names the duplicate: {refused}"
     );
     assert_eq!(m.nodes().await.len(), 2, "the refused join left no node behind");
@@ -109,8 +109,7 @@ async fn an_impostor_worker_cannot_take_another_nodes_hostname_address_tasks_or_
     })
     .await;
     let until = Instant::now() + Duration::from_secs(1);
-    while let Ok(Ok(Some(msg))) =
-        tokio::time::timeout_at(until.into(), assignments.message()).await
+    while let Ok(Ok(Some(msg))) = tokio::time::timeout_at(until.into(), assignments.message()).await
     {
         assert!(msg.tasks.is_empty(), "the impostor was assigned {:?}", msg.tasks);
         assert!(msg.secrets.is_empty(), "the impostor received a secret");
@@ -132,8 +131,8 @@ async fn only_an_operator_changes_a_nodes_hostname_with_node_update() {
             .args(args)
             .output()
             .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string() +
-            &String::from_utf8_lossy(&out.stderr);
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
         (out.status.success(), text)
     };
     let (ok, text) = shoal(&["node", "update", "--hostname", "new-name", &w.node_id]);

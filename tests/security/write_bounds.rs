@@ -85,20 +85,27 @@ async fn a_burst_of_renewals_is_refused_and_the_store_does_not_grow() {
         let req = RenewNodeCertificateRequest { csr_der: csr_der.clone() };
         calls.push(tokio::spawn(async move { ca.renew_node_certificate(req).await }));
     }
-    let (mut renewed, mut paced) = (0, 0);
+    let (mut renewed, mut paced, mut other) = (0, 0, Vec::new());
     for call in calls {
         match call.await.unwrap() {
             Ok(_) => renewed += 1,
-            Err(s) => {
-                assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
-                assert!(s.message().contains("renew at most once every 60s"), "{s:?}");
-                paced += 1;
+            Err(s)
+                if s.code() == Code::ResourceExhausted
+                    && s.message().contains("renew at most once every 60s") =>
+            {
+                paced += 1
             }
+            Err(s) => other.push(s),
         }
     }
     let grown = size_of(&m.root).saturating_sub(before);
     let serials = node(&m, &w.node_id).await.serials.len();
-    eprintln!("200 renewals: {renewed} renewed, {paced} refused; store grew {grown} bytes; {serials} serials kept");
+    eprintln!(
+        "200 renewals: {renewed} renewed, {paced} paced, {} otherwise refused; store grew {grown} \
+         bytes; {serials} serials kept",
+        other.len()
+    );
+    assert!(other.is_empty(), "refused otherwise: {:?}", other.first());
     assert!(renewed <= 1, "{renewed} renewals were signed");
     assert!(serials <= 2, "{serials} serials kept");
     assert!(grown < 1 << 20, "the manager's data grew by {grown} bytes");
@@ -178,7 +185,11 @@ async fn a_status_report_that_only_changes_its_message_is_not_written() {
         w.report(report(TaskState::Running, &format!("still running {i}"))).await.unwrap();
     }
     let after = task().await;
-    assert_eq!(after.meta.unwrap_or_default().version, version, "a message-only report was written");
+    assert_eq!(
+        after.meta.unwrap_or_default().version,
+        version,
+        "a message-only report was written"
+    );
     assert_eq!(after.status.unwrap_or_default().message, "started");
 
     // A report that changes the state is written.
