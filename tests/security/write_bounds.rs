@@ -60,12 +60,12 @@ async fn oversized_fields_from_a_node_are_refused_naming_the_field_and_limit() {
     let status = TaskStatus { message: "m".repeat(2048), ..Default::default() };
     let update = TaskStatusUpdate { task_id: "t".into(), status: Some(status) };
     let req = UpdateTaskStatusRequest { session_id: session.id.clone(), updates: vec![update] };
-    let s = w.report(req).await.err().expect("refused");
+    let s = w.report(req).await.expect_err("refused");
     assert_eq!(s.code(), Code::InvalidArgument);
     assert!(s.message().contains("status.message: 2048 bytes is over the limit of 1024"), "{s:?}");
     let many = vec![TaskStatusUpdate::default(); 1001];
     let req = UpdateTaskStatusRequest { session_id: session.id.clone(), updates: many };
-    let s = w.report(req).await.err().expect("refused");
+    let s = w.report(req).await.expect_err("refused");
     assert!(s.message().contains("updates: 1001 items is over the limit of 1000"), "{s:?}");
 }
 
