@@ -232,11 +232,16 @@ fn push_manager_addrs(shared: &Shared) {
     });
 }
 
-/// A node's hostname and address are never taken from its word: the hostname is fixed at join
-/// (operators change it with `node update --hostname`), and an address no operator chose
-/// follows the IP the node's session comes from (a port it had stays).
-fn follow_connection(node: &mut Node, peer: Option<IpAddr>) {
+/// A node's hostname and address are never taken from its word alone: the hostname is fixed
+/// at join (operators change it with `node update --hostname`); an address the node reports is
+/// taken only when its IP is the one the session comes from (a moved manager restarted with a
+/// new `--advertise-addr`), and an address no operator chose follows that IP.
+fn follow_connection(node: &mut Node, reported: &str, peer: Option<IpAddr>) {
     let Some(ip) = peer else { return };
+    if !reported.is_empty() && intake::ip_of(reported) == Some(ip) {
+        node.addr = reported.to_string();
+        return;
+    }
     if node.addr_pinned || intake::ip_of(&node.addr) == Some(ip) {
         return;
     }
@@ -292,7 +297,7 @@ impl Dispatcher for DispatcherApi {
                 if req.description.is_some() {
                     node.description = req.description.clone();
                 }
-                follow_connection(&mut node, peer_ip);
+                follow_connection(&mut node, &req.advertise_addr, peer_ip);
                 tx.update(node.clone())?;
                 Ok::<_, Status>(node)
             })

@@ -72,6 +72,10 @@ async fn an_impostor_worker_cannot_take_another_nodes_hostname_address_tasks_or_
     assert_eq!((after.hostname.as_str(), after.addr.as_str()), ("impostor", "127.0.0.1"));
     let hosts: Vec<String> = m.nodes().await.into_iter().map(|n| n.hostname).collect();
     assert_eq!(hosts.iter().filter(|h| *h == "victim").count(), 1, "{hosts:?}");
+    // An address at the IP it really comes from is taken (a node that moved says where).
+    let truthful = SessionRequest { advertise_addr: "127.0.0.1:7777".into(), ..Default::default() };
+    let session = impostor.session(truthful).await.unwrap();
+    assert_eq!(session.node.addr, "127.0.0.1:7777");
 
     // A task pinned to the victim, with a secret, goes to the victim only.
     let mut assignments = impostor.assignments(&session).await;
