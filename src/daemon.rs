@@ -236,7 +236,8 @@ impl Daemon {
             if readdress::must_announce(&saved, &state, &opened) {
                 announcer = Some(Announcer::start(self.me.clone(), opened.clone(), &state));
             }
-            manager = Some(serve(opened, listener, cert.clone(), &self.failure));
+            manager =
+                Some(serve(opened, listener, cert.clone(), &self.failure, self.cfg.time_scale));
         }
         if announcer.is_none() && state != saved {
             self.files.save_state(&state)?;
@@ -328,7 +329,7 @@ impl Daemon {
             return Err(e);
         }
         let cert = id.cert;
-        let serving = serve(manager, listener, cert.clone(), &self.failure);
+        let serving = serve(manager, listener, cert.clone(), &self.failure, self.cfg.time_scale);
         let agent = self.start_agent(&state, cert.clone(), root)?;
         tracing::info!(node = %state.node_id, cluster = %state.cluster_id, "swarm initialized");
         let manager = Some(serving);
@@ -363,7 +364,7 @@ impl Daemon {
             self.files.save_state(&state)?;
         }
         let tokens = (manager.join_token(Role::Worker)?, manager.join_token(Role::Manager)?);
-        let serving = serve(manager, listener, cert.clone(), &self.failure);
+        let serving = serve(manager, listener, cert.clone(), &self.failure, self.cfg.time_scale);
         let agent = self.start_agent(&state, cert.clone(), root)?;
         *member =
             Some(Member { state: state.clone(), cert, agent, manager: Some(serving), announcer });
@@ -388,7 +389,13 @@ impl Daemon {
             token: opts.token,
             remote_addr: with_default_port(&opts.remote_addr),
             hostname: self.cfg.hostname.clone(),
-            advertise_addr: advertise.clone(),
+            // Only an operator's choice is sent: otherwise the managers record the address
+            // this node's connection comes from.
+            advertise_addr: if opts.advertise_addr.is_empty() {
+                String::new()
+            } else {
+                advertise.clone()
+            },
         };
         let joined = shoal_agent::join(&params).await?;
         let mut state = NodeState {
@@ -448,7 +455,8 @@ impl Daemon {
             }
         }
         let manager = Manager::prepare_join(&self.files.store_dir(), id)?;
-        let serving = serve(manager.clone(), listener, id.cert.clone(), &self.failure);
+        let serving =
+            serve(manager.clone(), listener, id.cert.clone(), &self.failure, self.cfg.time_scale);
         manager.join_raft(remote, &state.advertise_addr).await?;
         if let Ok(addrs) = manager.manager_addrs() {
             state.manager_addrs = addrs;
@@ -647,7 +655,9 @@ fn serve(
     listener: TcpListener,
     cert: Arc<ReloadableCert>,
     failure: &watch::Sender<Option<String>>,
+    time_scale: f64,
 ) -> Serving {
+    manager.set_time_scale(time_scale);
     let (stop, stopped) = oneshot::channel::<()>();
     let monitor = manager.spawn_monitor();
     let updates = manager.spawn_node_updates();

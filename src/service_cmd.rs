@@ -320,6 +320,9 @@ pub struct NodeUpdateArgs {
     /// Labels to remove
     #[arg(long)]
     pub label_rm: Vec<String>,
+    /// A new hostname (a node's own hostname is fixed at join; only an operator changes it)
+    #[arg(long)]
+    pub hostname: Option<String>,
     pub node: String,
 }
 
@@ -924,6 +927,7 @@ pub async fn node_update(a: NodeUpdateArgs, channel: Channel) -> Result<()> {
             availability,
             label_add: a.label_add,
             label_rm: a.label_rm,
+            hostname: a.hostname,
         })
         .await
         .map_err(client::status)?;

@@ -104,6 +104,7 @@ async fn malformed_tokens_and_csrs_get_clear_errors() {
     let req = IssueNodeCertificateRequest {
         csr_der: b"garbage".to_vec(),
         token: good.clone(),
+        hostname: "garbage-csr".into(),
         ..Default::default()
     };
     let status = NodeCaClient::new(channel).issue_node_certificate(req).await.unwrap_err();

@@ -335,7 +335,7 @@ pub(crate) struct StatusReport {
 }
 
 /// Applies reported states to the tasks in one transaction: only the reporting node's own
-/// tasks, only forward (or the same state with news such as health).
+/// tasks, only forward (or the same state with a new error or health).
 fn apply_reports(tx: &mut crate::store::Tx<'_>, reports: &[StatusReport]) -> Result<(), Status> {
     for r in reports {
         for u in &r.updates {
@@ -346,9 +346,11 @@ fn apply_reports(tx: &mut crate::store::Tx<'_>, reports: &[StatusReport]) -> Res
                 continue;
             }
             let current = task.status.clone().unwrap_or_default();
+            // Only a new state, error or health is written: a report that changes nothing
+            // else (its message, its time) would be a Raft write a node could repeat forever.
             let forward = status.state > current.state
                 || (status.state == current.state
-                    && (status.health != current.health || status.message != current.message));
+                    && (status.health != current.health || status.err != current.err));
             if forward {
                 task.status = Some(status.clone());
                 tx.update(task)?;

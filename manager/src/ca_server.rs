@@ -1,10 +1,12 @@
 //! Owns the CA services: handing out the root bundle, issuing node certificates for join
 //! tokens, and renewing them for nodes that prove their identity with their current certificate.
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use shoal_pki::{JoinToken, PkiError};
+use shoal_pki::ca::NODE_CERT_BACKDATE;
+use shoal_pki::{JoinToken, PeerIdentity, PkiError};
 use shoal_proto::ca_server::Ca;
 use shoal_proto::node_ca_server::NodeCa;
 use shoal_proto::{
@@ -15,7 +17,10 @@ use shoal_proto::{
 use tonic::{Request, Response, Status};
 
 use crate::authz::caller;
-use crate::manager::{cert_expiry, certificate, node_role, now_ms, pki_role, Manager, Shared};
+use crate::intake;
+use crate::manager::{
+    cert_expiry, certificate, node_role, now_ms, pki_role, unix, Manager, Shared,
+};
 use crate::tokens;
 
 /// Attempts at drawing an unused node ID before giving up.
@@ -60,7 +65,9 @@ impl NodeCa for CaApi {
         &self,
         req: Request<IssueNodeCertificateRequest>,
     ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
+        let peer = intake::peer_ip(&req);
         let req = req.into_inner();
+        intake::check_join(&req)?;
         if req.csr_der.is_empty() {
             return Err(Status::invalid_argument("the certificate request (CSR) is empty"));
         }
@@ -75,6 +82,7 @@ impl NodeCa for CaApi {
                     .ok_or_else(|| Status::internal("cluster object missing"))?;
                 let role = tokens::redeem(&mut cluster, &token, now_ms())
                     .map_err(|e| Status::permission_denied(e.to_string()))?;
+                intake::check_unique_hostname(tx.list::<Node>()?, &req.hostname, None)?;
                 let node_id = fresh_node_id(|id| Ok(tx.get::<Node>(id)?.is_none()))?;
                 let issued = shared
                     .signer(&cluster)?
@@ -91,11 +99,13 @@ impl NodeCa for CaApi {
                     id: node_id,
                     role: node_role(role) as i32,
                     hostname: req.hostname.clone(),
-                    addr: req.advertise_addr.clone(),
+                    addr: joined_addr(&req.advertise_addr, peer),
+                    addr_pinned: !req.advertise_addr.is_empty(),
                     state: NodeState::Unknown as i32,
                     availability: Availability::Active as i32,
                     certificate: Some(certificate(&issued)),
                     serials: vec![issued.serial_hex.clone()],
+                    serial_not_after_unix: vec![unix(issued.not_after)],
                     ..Default::default()
                 };
                 if tokens::counts_uses(&cluster, role) {
@@ -122,13 +132,73 @@ impl NodeCa for CaApi {
     ) -> Result<Response<RenewNodeCertificateResponse>, Status> {
         let id = caller(&req).node()?.clone();
         let csr = req.into_inner().csr_der;
-        let chain = renew(&self.shared, &id.node_id, &csr).await?;
+        intake::check_csr(&csr)?;
+        let chain = renew(&self.shared, &id, &csr).await?;
         Ok(Response::new(RenewNodeCertificateResponse { cert_chain_pem: chain }))
     }
 }
 
-/// Signs a new certificate for an existing node; subject fields come from the store only.
-pub(crate) async fn renew(shared: &Shared, node_id: &str, csr: &[u8]) -> Result<String, Status> {
+/// The address recorded for a joining node: the operator's `--advertise-addr` when given, else
+/// the IP its connection comes from.
+fn joined_addr(advertised: &str, peer: Option<IpAddr>) -> String {
+    if !advertised.is_empty() {
+        return advertised.to_string();
+    }
+    peer.map(|ip| ip.to_string()).unwrap_or_default()
+}
+
+/// When the node's current certificate was issued (its not-before is backdated).
+fn issued_at(node: &Node) -> Option<SystemTime> {
+    let c = node.certificate.as_ref()?;
+    let not_before = UNIX_EPOCH + Duration::from_secs(u64::try_from(c.not_before_unix).ok()?);
+    Some(not_before + NODE_CERT_BACKDATE)
+}
+
+/// Refuses a renewal that comes sooner than `interval` after the last one, unless the node's
+/// role changed (it needs a certificate for its new role now): the caller's certificate is of
+/// another role, or was superseded by the change (a demoted manager's is served as a worker's).
+fn check_pace(
+    node: &Node,
+    caller: &PeerIdentity,
+    superseded: bool,
+    interval: Duration,
+    now: SystemTime,
+) -> Result<(), Status> {
+    if superseded || pki_role(node.role()) != caller.role {
+        return Ok(());
+    }
+    let Some(last) = issued_at(node) else { return Ok(()) };
+    match now.duration_since(last) {
+        Ok(since) if since >= interval => Ok(()),
+        Err(_) => Ok(()),
+        Ok(since) => Err(Status::resource_exhausted(format!(
+            "node {} renewed its certificate {since:.1?} ago; renew at most once every {interval:?}",
+            node.id
+        ))),
+    }
+}
+
+/// Keeps the serials of certificates that have not expired yet (an expired certificate is
+/// refused by every TLS check, so it needs no revocation entry). Entries from before expiries
+/// were recorded are given the expiry of the newest earlier certificate.
+fn prune_serials(node: &mut Node, now: SystemTime) {
+    let now = unix(now);
+    let known = node.serial_not_after_unix.len().min(node.serials.len());
+    let legacy = node.serials.len() - known;
+    let fallback = node.certificate.as_ref().map(|c| c.not_after_unix).unwrap_or(i64::MAX);
+    let expiries = std::iter::repeat_n(fallback, legacy)
+        .chain(node.serial_not_after_unix.iter().copied().take(known));
+    let kept: Vec<(String, i64)> =
+        node.serials.drain(..).zip(expiries).filter(|(_, not_after)| *not_after > now).collect();
+    (node.serials, node.serial_not_after_unix) = kept.into_iter().unzip();
+}
+
+/// Signs a new certificate for the calling node, at most once per [`Shared::renew_pace`]
+/// (checked inside the transaction, so a burst of concurrent renewals yields one); subject
+/// fields come from the store only, and serials of expired certificates are dropped.
+async fn renew(shared: &Shared, caller: &PeerIdentity, csr: &[u8]) -> Result<String, Status> {
+    let node_id = caller.node_id.as_str();
+    let interval = shared.renew_pace.interval();
     let chain = shared
         .store
         .update(|tx| {
@@ -138,6 +208,9 @@ pub(crate) async fn renew(shared: &Shared, node_id: &str, csr: &[u8]) -> Result<
             let mut node = tx.get::<Node>(node_id)?.ok_or_else(|| {
                 Status::not_found(format!("node {node_id} is not part of this cluster"))
             })?;
+            let now = SystemTime::now();
+            let superseded = shared.revocations.is_superseded(caller);
+            check_pace(&node, caller, superseded, interval, now)?;
             let issued = shared
                 .signer(&cluster)?
                 .sign_node_csr(
@@ -146,11 +219,13 @@ pub(crate) async fn renew(shared: &Shared, node_id: &str, csr: &[u8]) -> Result<
                     pki_role(node.role()),
                     &shared.cluster_id,
                     cert_expiry(&cluster),
-                    SystemTime::now(),
+                    now,
                 )
                 .map_err(csr_status)?;
+            prune_serials(&mut node, now);
             node.certificate = Some(certificate(&issued));
             node.serials.push(issued.serial_hex.clone());
+            node.serial_not_after_unix.push(unix(issued.not_after));
             tx.update(node)?;
             Ok::<_, Status>(issued.cert_pem)
         })
@@ -167,4 +242,71 @@ fn fresh_node_id(mut unused: impl FnMut(&str) -> Result<bool, Status>) -> Result
         }
     }
     Err(Status::internal("could not draw an unused node ID"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_with(serials: &[&str], not_after: &[i64], current_not_after: i64) -> Node {
+        Node {
+            serials: serials.iter().map(|s| s.to_string()).collect(),
+            serial_not_after_unix: not_after.to_vec(),
+            certificate: Some(shoal_proto::NodeCertificate {
+                not_after_unix: current_not_after,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn expired_serials_are_dropped_and_live_ones_kept() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut node = node_with(&["a", "b", "c"], &[900, 1_000, 1_100], 1_100);
+        prune_serials(&mut node, now);
+        assert_eq!(node.serials, ["c"]);
+        assert_eq!(node.serial_not_after_unix, [1_100]);
+    }
+
+    #[test]
+    fn serials_recorded_before_expiries_take_the_current_certificates() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut live = node_with(&["old1", "old2", "new"], &[1_200], 1_200);
+        prune_serials(&mut live, now);
+        assert_eq!(live.serials, ["old1", "old2", "new"]);
+        assert_eq!(live.serial_not_after_unix, [1_200, 1_200, 1_200]);
+        let mut expired = node_with(&["old1", "old2"], &[], 999);
+        prune_serials(&mut expired, now);
+        assert!(expired.serials.is_empty() && expired.serial_not_after_unix.is_empty());
+    }
+
+    #[test]
+    fn a_renewal_comes_at_most_once_per_interval_unless_the_role_changed() {
+        let key = shoal_pki::NodeKey::generate().unwrap();
+        let ca = shoal_pki::RootCa::generate().unwrap();
+        let now = SystemTime::now();
+        let issued = ca
+            .sign_node_csr(
+                &key.csr_der().unwrap(),
+                "n1",
+                shoal_pki::Role::Worker,
+                "c1",
+                Duration::from_secs(3_600),
+                now,
+            )
+            .unwrap();
+        let caller = PeerIdentity::from_pem(&issued.cert_pem).unwrap();
+        let mut node =
+            Node { id: "n1".into(), certificate: Some(certificate(&issued)), ..Default::default() };
+        let minute = Duration::from_secs(60);
+        let soon = now + Duration::from_secs(5);
+        let e = check_pace(&node, &caller, false, minute, soon).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(e.message().contains("renew at most once every 60s"), "{e}");
+        assert!(check_pace(&node, &caller, false, minute, now + Duration::from_secs(61)).is_ok());
+        assert!(check_pace(&node, &caller, true, minute, soon).is_ok(), "superseded by a change");
+        node.set_role(shoal_proto::NodeRole::Manager);
+        assert!(check_pace(&node, &caller, false, minute, soon).is_ok());
+    }
 }

@@ -2,6 +2,7 @@
 //! heartbeats. Task assignment arrives with the services issue.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use crate::authz::caller;
+use crate::intake;
 use crate::manager::{heartbeat_period, now_ms, Manager, Shared};
 use crate::removal::UntilRemoved;
 
@@ -246,6 +248,22 @@ fn push_manager_addrs(shared: &Shared) {
     });
 }
 
+/// A node's hostname and address are never taken from its word alone: the hostname is fixed
+/// at join (operators change it with `node update --hostname`); an address the node reports is
+/// taken only when its IP is the one the session comes from (a moved manager restarted with a
+/// new `--advertise-addr`), and an address no operator chose follows that IP.
+fn follow_connection(node: &mut Node, reported: &str, peer: Option<IpAddr>) {
+    let Some(ip) = peer else { return };
+    if !reported.is_empty() && intake::ip_of(reported) == Some(ip) {
+        node.addr = reported.to_string();
+        return;
+    }
+    if node.addr_pinned || intake::ip_of(&node.addr) == Some(ip) {
+        return;
+    }
+    node.addr = ip.to_string();
+}
+
 fn jittered(period: Duration) -> Duration {
     let ms = period.as_millis() as u64;
     let spread = (ms / 10).max(1);
@@ -277,8 +295,9 @@ impl Dispatcher for DispatcherApi {
                 "this manager is not the leader; the leader is {leader}"
             )));
         }
-        let peer_ip = req.remote_addr().map(|a| a.ip().to_string());
+        let peer_ip = intake::peer_ip(&req);
         let req = req.into_inner();
+        intake::check_session(&req)?;
         let cluster = self.shared.cluster()?;
         let period = heartbeat_period(&cluster);
         let node = self
@@ -294,14 +313,7 @@ impl Dispatcher for DispatcherApi {
                 if req.description.is_some() {
                     node.description = req.description.clone();
                 }
-                if !req.hostname.is_empty() {
-                    node.hostname = req.hostname.clone();
-                }
-                match (req.advertise_addr.is_empty(), &peer_ip) {
-                    (false, _) => node.addr = req.advertise_addr.clone(),
-                    (true, Some(ip)) if node.addr.is_empty() => node.addr = ip.clone(),
-                    _ => {}
-                }
+                follow_connection(&mut node, &req.advertise_addr, peer_ip);
                 tx.update(node.clone())?;
                 Ok::<_, Status>(node)
             })
@@ -356,6 +368,7 @@ impl Dispatcher for DispatcherApi {
         let id = caller(&req).node()?.clone();
         let req = req.into_inner();
         self.check_session(&id.node_id, &req.session_id)?;
+        intake::check_statuses(&req.updates)?;
         self.shared.report_status(&id.node_id, req.updates).await?;
         Ok(Response::new(UpdateTaskStatusResponse {}))
     }
@@ -388,6 +401,7 @@ impl Dispatcher for DispatcherApi {
             };
             let Some(msg) = msg? else { break };
             self.check_session(&id.node_id, &msg.session_id)?;
+            intake::check_logs(&msg)?;
             subscription = Some(msg.subscription_id.clone());
             if !self.shared.logs.publish(&id.node_id, msg) {
                 break;

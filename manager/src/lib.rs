@@ -6,6 +6,7 @@ pub mod authz;
 pub mod ca_server;
 pub mod control;
 pub mod dispatcher;
+pub mod intake;
 pub mod logs;
 pub mod manager;
 pub mod orchestrator;

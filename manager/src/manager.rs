@@ -84,6 +84,8 @@ pub(crate) struct Shared {
     /// Wakes nodes' open streams to check that their node is still in the cluster.
     pub removals: crate::removal::Removals,
     data_keys: Arc<DataKeyState>,
+    /// How often a node may renew its certificate.
+    pub renew_pace: crate::intake::Pace,
 }
 
 /// A running manager. Cheap to clone.
@@ -282,6 +284,7 @@ impl Manager {
             availability: Availability::Active as i32,
             certificate: Some(certificate(&issued)),
             serials: vec![issued.serial_hex.clone()],
+            serial_not_after_unix: vec![unix(issued.not_after)],
             ..Default::default()
         };
         let member = Member {
@@ -414,6 +417,7 @@ impl Manager {
             raft_inbound: Default::default(),
             removals: Default::default(),
             data_keys: parts.data_keys,
+            renew_pace: Default::default(),
         };
         shared.refresh_access();
         let manager = Manager { shared: Arc::new(shared) };
@@ -447,6 +451,12 @@ impl Manager {
                 }
             }
         });
+    }
+
+    /// Divides the shortest time between two renewals of one node, like the agents'
+    /// `--test-time-scale` divides their renewal waits.
+    pub fn set_time_scale(&self, scale: f64) {
+        self.shared.renew_pace.set_time_scale(scale);
     }
 
     /// The cluster ID.

@@ -445,10 +445,18 @@ pub(crate) async fn update_node(shared: &Shared, req: UpdateNodeRequest) -> Resu
         }
         add.push((k.to_string(), v.to_string()));
     }
+    if let Some(h) = &req.hostname {
+        shoal_proto::limits::hostname("hostname", h)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    }
     let node = shared
         .store
         .update(|tx| {
             let mut n = tx.get::<Node>(&id)?.ok_or_else(|| Status::not_found("node is gone"))?;
+            if let Some(h) = &req.hostname {
+                crate::intake::check_unique_hostname(tx.list::<Node>()?, h, Some(&id))?;
+                n.hostname = h.clone();
+            }
             if let Some(a) = availability {
                 n.set_availability(a);
             }
@@ -464,7 +472,7 @@ pub(crate) async fn update_node(shared: &Shared, req: UpdateNodeRequest) -> Resu
             Ok(n)
         })
         .await?;
-    tracing::info!(node = %node.id, availability = node.availability().word(), "node updated");
+    tracing::info!(node = %node.id, hostname = %node.hostname, availability = node.availability().word(), "node updated");
     Ok(shared.store.get::<Node>(&node.id)?.unwrap_or(node))
 }
 

@@ -6,6 +6,7 @@
 tonic::include_proto!("shoal");
 
 pub mod dial;
+pub mod limits;
 
 impl NodeRole {
     /// The word the CLI shows and accepts for this role.

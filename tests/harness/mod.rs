@@ -173,3 +173,35 @@ where
         }
     }
 }
+
+impl TestNode {
+    /// Like [`TestNode::start`], with its own time scale (1.0: renewals at the real pace).
+    pub async fn start_with_time_scale(name: &str, time_scale: f64) -> TestNode {
+        shoal_pki::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let (root, socket) = (dir.path().join("data"), dir.path().join("shoal.sock"));
+        let cfg = DaemonConfig {
+            data_root: root.clone(),
+            hostname: name.into(),
+            time_scale,
+            election_timeout: shoal_manager::manager::DEFAULT_ELECTION_TIMEOUT,
+            executor: shoal_agent::ExecutorChoice::for_tests(),
+            addrs: Default::default(),
+        };
+        let daemon = Daemon::start(cfg).await.unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (d, s) = (daemon.clone(), socket.clone());
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            shoal::local_api::serve(d, &s, shutdown).await.unwrap();
+        });
+        eventually("local socket up", Duration::from_secs(5), || {
+            let s = socket.clone();
+            async move { tokio::net::UnixStream::connect(&s).await.map(drop).map_err(|e| e.to_string()) }
+        })
+        .await;
+        TestNode { name: name.into(), daemon, root, socket, stop: Some(stop), _dir: Some(dir) }
+    }
+}

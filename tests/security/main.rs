@@ -12,11 +12,15 @@ mod netns;
 
 /// A node made with a join token and the real CA, speaking real mTLS gRPC.
 mod fake_node;
+/// A worker that joined through the real join code, speaking real mTLS gRPC.
+mod fake_worker;
 
 mod custom_seccomp;
 mod demoted_manager;
 mod host_files;
 mod image_layers;
+mod node_identity;
 mod raft_send;
 mod removed_node_streams;
 mod small_items;
+mod write_bounds;

@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use shoal_proto::dispatcher_client::DispatcherClient;
-use shoal_proto::{AssignmentsRequest, ListenSubscriptionsRequest, UpdateTaskStatusRequest};
+use shoal_proto::limits;
+use shoal_proto::{
+    AssignmentsRequest, ListenSubscriptionsRequest, TaskStatusUpdate, UpdateTaskStatusRequest,
+};
 use tokio::task::{AbortHandle, JoinSet};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -65,6 +68,17 @@ async fn assignments(worker: &Worker, mut link: Link) -> Result<(), String> {
     Err("the manager closed the assignments stream".into())
 }
 
+/// A status report trimmed to what the managers accept (a long error, such as a health
+/// check's output, loses its end rather than the whole batch being refused).
+fn within_limits(u: &TaskStatusUpdate) -> TaskStatusUpdate {
+    let mut u = u.clone();
+    if let Some(s) = u.status.as_mut() {
+        s.message = limits::trimmed(&s.message, limits::MESSAGE_BYTES).to_string();
+        s.err = limits::trimmed(&s.err, limits::MESSAGE_BYTES).to_string();
+    }
+    u
+}
+
 /// Sends queued task states: gathered for up to `REPORT_EVERY`, at most `REPORT_BATCH` per
 /// call. A batch that fails, or whose call the session's end cuts short, goes back to the
 /// queue for the next session.
@@ -85,7 +99,7 @@ async fn report(queue: &StatusQueue, mut link: Link) -> Result<(), String> {
         if batch.updates().is_empty() {
             continue;
         }
-        let updates = batch.updates().to_vec();
+        let updates = batch.updates().iter().map(within_limits).collect();
         let req = UpdateTaskStatusRequest { session_id: link.session_id.clone(), updates };
         match link.client.update_task_status(req).await {
             Ok(_) => batch.sent(),

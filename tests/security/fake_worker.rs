@@ -1,0 +1,115 @@
+//! A fake worker that speaks the real protocol: it joins with a worker token through the real
+//! join code (pinned CA fetch, CSR, `IssueNodeCertificate`), then calls the managers over real
+//! mTLS with the certificate it got — saying whatever it likes about itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_agent::{JoinError, JoinParams};
+use shoal_pki::ReloadableCert;
+use shoal_proto::dispatcher_client::DispatcherClient;
+use shoal_proto::node_ca_client::NodeCaClient;
+use shoal_proto::{
+    AssignmentsMessage, AssignmentsRequest, HeartbeatRequest, Node, SessionRequest,
+    UpdateTaskStatusRequest,
+};
+use tonic::transport::Channel;
+use tonic::{Status, Streaming};
+
+use crate::harness::TestNode;
+
+/// A node identity obtained with a join token, used by hand.
+pub struct FakeWorker {
+    pub node_id: String,
+    manager: String,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+/// An open session: its ID and the Node object the manager sent first.
+pub struct Session {
+    pub id: String,
+    pub node: Node,
+    _stream: Streaming<shoal_proto::SessionMessage>,
+    beats: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.beats.abort();
+    }
+}
+
+impl FakeWorker {
+    /// Joins the cluster of the manager at `manager` claiming `hostname` and `advertise_addr`.
+    pub async fn join(
+        manager: &str,
+        token: &str,
+        hostname: &str,
+        advertise_addr: &str,
+    ) -> Result<FakeWorker, JoinError> {
+        let params = JoinParams {
+            token: token.into(),
+            remote_addr: manager.into(),
+            hostname: hostname.into(),
+            advertise_addr: advertise_addr.into(),
+        };
+        let joined = shoal_agent::join(&params).await?;
+        let cert = ReloadableCert::new(&joined.cert_chain_pem, &joined.key)?;
+        let tls = shoal_pki::tls::client_config(&joined.root_ca_pem, Some(cert))?;
+        Ok(FakeWorker { node_id: joined.node_id, manager: manager.into(), tls: Arc::new(tls) })
+    }
+
+    async fn channel(&self) -> Channel {
+        shoal_proto::dial::connect(&self.manager, self.tls.clone()).await.unwrap()
+    }
+
+    pub async fn dispatcher(&self) -> DispatcherClient<Channel> {
+        DispatcherClient::new(self.channel().await).max_decoding_message_size(64 << 20)
+    }
+
+    pub async fn node_ca(&self) -> NodeCaClient<Channel> {
+        NodeCaClient::new(self.channel().await)
+    }
+
+    /// Opens a session saying `req`, and keeps it alive with heartbeats.
+    pub async fn session(&self, req: SessionRequest) -> Result<Session, Status> {
+        let mut client = self.dispatcher().await;
+        let mut stream = client.session(req).await?.into_inner();
+        let first = stream.message().await?.ok_or_else(|| Status::aborted("session closed"))?;
+        let id = first.session_id.clone();
+        let beat_id = id.clone();
+        let beats = tokio::spawn(async move {
+            loop {
+                let req = HeartbeatRequest { session_id: beat_id.clone() };
+                let period = match client.heartbeat(req).await {
+                    Ok(r) => Duration::from_millis(r.into_inner().period_ms),
+                    Err(_) => Duration::from_millis(50),
+                };
+                tokio::time::sleep(period / 2).await;
+            }
+        });
+        Ok(Session { id, node: first.node.unwrap_or_default(), _stream: stream, beats })
+    }
+
+    /// The node's assignments stream.
+    pub async fn assignments(&self, session: &Session) -> Streaming<AssignmentsMessage> {
+        let req = AssignmentsRequest { session_id: session.id.clone() };
+        self.dispatcher().await.assignments(req).await.unwrap().into_inner()
+    }
+
+    /// Reports task states.
+    pub async fn report(&self, req: UpdateTaskStatusRequest) -> Result<(), Status> {
+        self.dispatcher().await.update_task_status(req).await.map(drop)
+    }
+}
+
+/// The worker join token of `manager`.
+pub async fn worker_token(manager: &TestNode) -> String {
+    let req = shoal_proto::GetJoinTokenRequest { role: shoal_proto::NodeRole::Worker as i32 };
+    manager.control().await.get_join_token(req).await.unwrap().into_inner().token
+}
+
+/// The node `id` as `manager` has it.
+pub async fn node(manager: &TestNode, id: &str) -> Node {
+    manager.nodes().await.into_iter().find(|n| n.id == id).expect("node is listed")
+}
