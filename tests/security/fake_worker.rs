@@ -1,6 +1,7 @@
-//! A fake worker that speaks the real protocol: it joins with a worker token through the real
-//! join code (pinned CA fetch, CSR, `IssueNodeCertificate`), then calls the managers over real
-//! mTLS with the certificate it got — saying whatever it likes about itself.
+//! A fake node that speaks the real protocol: it joins with a join token through the real join
+//! code (pinned CA fetch, CSR, `IssueNodeCertificate`), or takes a real node's saved certificate,
+//! then calls the managers over real mTLS — saying whatever it likes about itself, and running
+//! nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use tonic::{Status, Streaming};
 
 use crate::harness::TestNode;
 
-/// A node identity obtained with a join token, used by hand.
+/// A node identity obtained with a join token (or a real node's), used by hand.
 pub struct FakeWorker {
     pub node_id: String,
     manager: String,
@@ -59,7 +60,17 @@ impl FakeWorker {
         Ok(FakeWorker { node_id: joined.node_id, manager: manager.into(), tls: Arc::new(tls) })
     }
 
-    async fn channel(&self) -> Channel {
+    /// Takes the certificate a real node saved in its data root.
+    pub fn of(node: &TestNode, node_id: &str, manager: &str) -> FakeWorker {
+        let files = shoal_agent::NodeFiles::new(&node.root);
+        let (key, chain, root) = files.load_identity().unwrap();
+        let cert = ReloadableCert::new(&chain, &key).unwrap();
+        let tls = shoal_pki::tls::client_config(&root, Some(cert)).unwrap();
+        FakeWorker { node_id: node_id.into(), manager: manager.into(), tls: Arc::new(tls) }
+    }
+
+    /// An mTLS channel to its manager presenting this node's certificate.
+    pub async fn channel(&self) -> Channel {
         shoal_proto::dial::connect(&self.manager, self.tls.clone()).await.unwrap()
     }
 
@@ -105,7 +116,12 @@ impl FakeWorker {
 
 /// The worker join token of `manager`.
 pub async fn worker_token(manager: &TestNode) -> String {
-    let req = shoal_proto::GetJoinTokenRequest { role: shoal_proto::NodeRole::Worker as i32 };
+    token(manager, shoal_proto::NodeRole::Worker).await
+}
+
+/// The join token of `manager` for `role`.
+pub async fn token(manager: &TestNode, role: shoal_proto::NodeRole) -> String {
+    let req = shoal_proto::GetJoinTokenRequest { role: role as i32 };
     manager.control().await.get_join_token(req).await.unwrap().into_inner().token
 }
 

@@ -10,9 +10,8 @@ mod harness;
 #[path = "../netns/mod.rs"]
 mod netns;
 
-/// A node made with a join token and the real CA, speaking real mTLS gRPC.
-mod fake_node;
-/// A worker that joined through the real join code, speaking real mTLS gRPC.
+/// A node that joined through the real join code (or holds a real node's certificate),
+/// speaking real mTLS gRPC.
 mod fake_worker;
 
 mod custom_seccomp;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use shoal_proto::raft_client::RaftClient;
 use shoal_proto::{NodeRole, RaftChunk};
 
-use crate::fake_node::FakeNode;
+use crate::fake_worker::{token, FakeWorker};
 use crate::harness::TestNode;
 
 const BEAT: Duration = Duration::from_millis(200);
@@ -37,9 +37,10 @@ async fn a_manager_certificate_of_a_non_member_is_refused_before_a_chunk_is_read
     let addr = m.init(BEAT, None).await;
     // An outsider with the manager token gets a manager certificate but never joins the Raft
     // group (it runs no manager), so it is no Raft member.
-    let intruder = FakeNode::join(&m, &addr, NodeRole::Manager, "intruder").await;
+    let manager_token = token(&m, NodeRole::Manager).await;
+    let intruder = FakeWorker::join(&addr, &manager_token, "intruder", "").await.unwrap();
     let (chunks, taken) = unfinished_chunks(64);
-    let mut raft = RaftClient::new(intruder.channel(&addr).await);
+    let mut raft = RaftClient::new(intruder.channel().await);
     let answer = tokio::time::timeout(Duration::from_secs(20), raft.send(chunks)).await;
     let taken = taken.load(Ordering::SeqCst);
     let status = match answer {
@@ -66,9 +67,9 @@ async fn a_member_sending_more_than_its_allowance_is_cut_off_with_a_clear_status
     let manager = m.daemon.info().await.manager.unwrap();
     manager.limit_raft_inbound(8 * MIB);
     // The manager's own certificate: a current member (the only one).
-    let member = FakeNode::of(&m, &m.id().await);
+    let member = FakeWorker::of(&m, &m.id().await, &addr);
     let (chunks, _) = unfinished_chunks(32);
-    let mut raft = RaftClient::new(member.channel(&addr).await);
+    let mut raft = RaftClient::new(member.channel().await);
     let status = tokio::time::timeout(Duration::from_secs(20), raft.send(chunks))
         .await
         .expect("the stream was not cut within 20 s")

@@ -11,7 +11,7 @@ use shoal_proto::{
 };
 use tonic::Streaming;
 
-use crate::fake_node::FakeNode;
+use crate::fake_worker::{worker_token, FakeWorker};
 use crate::harness::TestNode;
 
 /// Long enough that the fake worker, which never heartbeats, keeps its session for the test.
@@ -35,9 +35,9 @@ struct Streams {
 }
 
 /// A fake worker joins the cluster of `m` and opens its streams on the leader at `addr`.
-async fn doomed_worker(m: &TestNode, addr: &str) -> (FakeNode, Streams) {
-    let worker = FakeNode::join(m, addr, NodeRole::Worker, "doomed").await;
-    let mut dispatcher = DispatcherClient::new(worker.channel(addr).await);
+async fn doomed_worker(m: &TestNode, addr: &str) -> (FakeWorker, Streams) {
+    let worker = FakeWorker::join(addr, &worker_token(m).await, "doomed", "").await.unwrap();
+    let mut dispatcher = DispatcherClient::new(worker.channel().await);
     let session = SessionRequest { hostname: "doomed".into(), ..Default::default() };
     let mut session = dispatcher.session(session).await.unwrap().into_inner();
     let session_id = session.message().await.unwrap().unwrap().session_id;
