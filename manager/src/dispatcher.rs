@@ -264,6 +264,15 @@ fn follow_connection(node: &mut Node, reported: &str, peer: Option<IpAddr>) {
     node.addr = ip.to_string();
 }
 
+/// Whether opening a session must write the node: something it reports changed, or its last
+/// recorded heartbeat is older than a period. A node reopening sessions in a loop thus costs
+/// the managers at most one write per heartbeat period.
+fn needs_write(before: &Node, after: &Node, period: Duration) -> bool {
+    let same = Node { last_heartbeat_ms: after.last_heartbeat_ms, ..before.clone() } == *after;
+    let age = after.last_heartbeat_ms.saturating_sub(before.last_heartbeat_ms);
+    !same || age >= period.as_millis() as i64
+}
+
 fn jittered(period: Duration) -> Duration {
     let ms = period.as_millis() as u64;
     let spread = (ms / 10).max(1);
@@ -307,6 +316,7 @@ impl Dispatcher for DispatcherApi {
                 let mut node = tx.get::<Node>(&id.node_id)?.ok_or_else(|| {
                     Status::not_found(format!("node {} is not part of this cluster", id.node_id))
                 })?;
+                let before = node.clone();
                 node.set_state(NodeState::Ready);
                 node.state_message.clear();
                 node.last_heartbeat_ms = now_ms();
@@ -314,7 +324,9 @@ impl Dispatcher for DispatcherApi {
                     node.description = req.description.clone();
                 }
                 follow_connection(&mut node, &req.advertise_addr, peer_ip);
-                tx.update(node.clone())?;
+                if needs_write(&before, &node, period) {
+                    tx.update(node.clone())?;
+                }
                 Ok::<_, Status>(node)
             })
             .await?;

@@ -198,3 +198,23 @@ async fn a_status_report_that_only_changes_its_message_is_not_written() {
     assert!(done.meta.unwrap_or_default().version > version);
     assert_eq!(done.status.unwrap_or_default().state(), TaskState::Complete);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reopening_sessions_in_a_loop_does_not_write_the_node_each_time() {
+    let m = TestNode::start("m").await;
+    let addr = m.init(Duration::from_secs(5), None).await;
+    let w = FakeWorker::join(&addr, &worker_token(&m).await, "looper", "").await.unwrap();
+    drop(w.session(SessionRequest::default()).await.unwrap());
+    let version = || async { node(&m, &w.node_id).await.meta.unwrap_or_default().version };
+    let first = version().await;
+    for _ in 0..50 {
+        drop(w.session(SessionRequest::default()).await.unwrap());
+    }
+    let after = version().await;
+    assert!(
+        after <= first + 1,
+        "50 sessions that changed nothing wrote the node {} times",
+        after - first
+    );
+    assert_eq!(node(&m, &w.node_id).await.state(), NodeState::Ready);
+}
