@@ -45,10 +45,15 @@ impl TestNode {
 
     /// Starts a daemon on an existing data root (a restart).
     pub async fn start_at(name: &str, root: PathBuf, socket: PathBuf) -> TestNode {
+        TestNode::start_scaled(name, root, socket, TIME_SCALE).await
+    }
+
+    /// Starts a daemon on `root` whose waits are divided by `time_scale`.
+    async fn start_scaled(name: &str, root: PathBuf, socket: PathBuf, time_scale: f64) -> TestNode {
         let cfg = DaemonConfig {
             data_root: root.clone(),
             hostname: name.into(),
-            time_scale: TIME_SCALE,
+            time_scale,
             election_timeout: shoal_manager::manager::DEFAULT_ELECTION_TIMEOUT,
             // The fake executor, unless SHOAL_TEST_EXECUTOR=runc.
             executor: shoal_agent::ExecutorChoice::for_tests(),
@@ -180,28 +185,8 @@ impl TestNode {
         shoal_pki::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let (root, socket) = (dir.path().join("data"), dir.path().join("shoal.sock"));
-        let cfg = DaemonConfig {
-            data_root: root.clone(),
-            hostname: name.into(),
-            time_scale,
-            election_timeout: shoal_manager::manager::DEFAULT_ELECTION_TIMEOUT,
-            executor: shoal_agent::ExecutorChoice::for_tests(),
-            addrs: Default::default(),
-        };
-        let daemon = Daemon::start(cfg).await.unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (d, s) = (daemon.clone(), socket.clone());
-        tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            shoal::local_api::serve(d, &s, shutdown).await.unwrap();
-        });
-        eventually("local socket up", Duration::from_secs(5), || {
-            let s = socket.clone();
-            async move { tokio::net::UnixStream::connect(&s).await.map(drop).map_err(|e| e.to_string()) }
-        })
-        .await;
-        TestNode { name: name.into(), daemon, root, socket, stop: Some(stop), _dir: Some(dir) }
+        let mut node = TestNode::start_scaled(name, root, socket, time_scale).await;
+        node._dir = Some(dir);
+        node
     }
 }
