@@ -509,13 +509,13 @@ impl SpecFlags {
         if let Some(v) = self.restart_window {
             restart.window_ms = ms(v);
         }
-        let u = spec.update.get_or_insert_with(shoal_manager::services::default_update);
+        let u = spec.update.get_or_insert_with(shoal_proto::spec::service::default_update);
         apply_update(
             u,
             (self.update_parallelism, self.update_delay, &self.update_failure_action),
             (&self.update_order, self.update_monitor, self.update_max_failure_ratio),
         )?;
-        let r = spec.rollback.get_or_insert_with(shoal_manager::services::default_update);
+        let r = spec.rollback.get_or_insert_with(shoal_proto::spec::service::default_update);
         apply_update(
             r,
             (self.rollback_parallelism, self.rollback_delay, &self.rollback_failure_action),
@@ -1302,8 +1302,8 @@ async fn converge(control: &mut ControlClient<Channel>, s: &Service) -> Result<(
         for t in &tasks.tasks {
             let live = t.desired_state <= TaskState::Running as i32;
             let fresh = t.spec_version == current.spec_version
-                || t.spec.as_ref().map(shoal_manager::services::task_part)
-                    == current.spec.as_ref().map(shoal_manager::services::task_part);
+                || t.spec.as_ref().map(shoal_proto::spec::service::task_part)
+                    == current.spec.as_ref().map(shoal_proto::spec::service::task_part);
             let key = if t.slot > 0 {
                 t.slot.to_string()
             } else {

@@ -6,6 +6,7 @@
 tonic::include_proto!("shoal");
 
 pub mod dial;
+pub mod spec;
 
 impl NodeRole {
     /// The word the CLI shows and accepts for this role.
@@ -36,6 +37,16 @@ impl Availability {
             Availability::Active => "Active",
             Availability::Pause => "Pause",
             Availability::Drain => "Drain",
+        }
+    }
+}
+
+impl SecretKind {
+    /// "secret" or "config", as messages and the CLI say it.
+    pub fn word(self) -> &'static str {
+        match self {
+            SecretKind::Secret => "secret",
+            SecretKind::Config => "config",
         }
     }
 }
