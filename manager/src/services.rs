@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use shoal_proto::spec::service::{is_live, normalize, task_part};
+use shoal_proto::spec::service::{check_update, is_live, normalize, task_part};
 use shoal_proto::{
     Availability, CreateServiceRequest, GetServiceRequest, ListServicesResponse, ListTasksRequest,
     ListTasksResponse, Node, RemoveServiceRequest, RemoveServiceResponse, Service, ServiceMode,
@@ -146,17 +146,7 @@ pub(crate) async fn update(
                     let mut spec = spec.clone();
                     crate::secrets::resolve_refs(tx, &mut spec, Some(&current))?;
                     let spec = &spec;
-                    if spec.name != current.name {
-                        return Err(Status::invalid_argument(format!(
-                            "a service cannot be renamed ({} → {})",
-                            current.name, spec.name
-                        )));
-                    }
-                    if spec.mode != current.mode {
-                        return Err(Status::invalid_argument(
-                            "a service's mode (replicated or global) cannot be changed",
-                        ));
-                    }
+                    check_update(&current, spec)?;
                     let dirty = req.force || task_part(spec) != task_part(&current);
                     s.previous_spec = Some(current);
                     s.previous_spec_version = s.spec_version;

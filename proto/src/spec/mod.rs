@@ -35,6 +35,12 @@ pub enum SpecError {
         max = service::MAX_REPLICAS
     )]
     Replicas(u64),
+    /// An update that renames a service.
+    #[error("a service cannot be renamed ({from} → {to})")]
+    Rename { from: String, to: String },
+    /// An update that switches a service between replicated and global.
+    #[error("a service's mode (replicated or global) cannot be changed")]
+    ModeChange,
     /// A bad constraint or spread preference.
     #[error(transparent)]
     Placement(#[from] PlacementError),

@@ -122,6 +122,17 @@ fn validate_resources(r: &crate::ResourceRequirements) -> Result<(), SpecError> 
     Ok(())
 }
 
+/// What an update may not change: a service keeps its name and its mode.
+pub fn check_update(current: &ServiceSpec, new: &ServiceSpec) -> Result<(), SpecError> {
+    if new.name != current.name {
+        return Err(SpecError::Rename { from: current.name.clone(), to: new.name.clone() });
+    }
+    if new.mode != current.mode {
+        return Err(SpecError::ModeChange);
+    }
+    Ok(())
+}
+
 /// Service names: 1–63 letters, digits, `-`, `_` or `.`, starting with a letter or digit.
 pub fn validate_name(name: &str) -> Result<(), SpecError> {
     let ok = !name.is_empty()
@@ -244,6 +255,17 @@ mod tests {
         for (e, want) in cases {
             assert_eq!(e.to_string(), want);
         }
+    }
+
+    #[test]
+    fn updates_keep_the_name_and_the_mode() {
+        let a = normalize(spec("web")).unwrap();
+        check_update(&a, &ServiceSpec { replicas: 9, ..a.clone() }).unwrap();
+        let e = check_update(&a, &ServiceSpec { name: "api".into(), ..a.clone() }).unwrap_err();
+        assert_eq!(e.to_string(), "a service cannot be renamed (web → api)");
+        let global = ServiceSpec { mode: ServiceMode::Global as i32, ..a.clone() };
+        let e = check_update(&a, &global).unwrap_err();
+        assert_eq!(e.to_string(), "a service's mode (replicated or global) cannot be changed");
     }
 
     #[test]
