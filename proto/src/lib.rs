@@ -1,5 +1,6 @@
 //! Owns Shoal's protobuf messages and gRPC service stubs, small helpers on the generated types,
-//! and (in `dial`) the one way to open a TLS gRPC channel to a manager.
+//! the rules of specs (in `spec`), and (in `dial`) the one way to open a TLS gRPC channel to a
+//! manager.
 
 #![allow(missing_debug_implementations)]
 

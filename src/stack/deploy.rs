@@ -6,8 +6,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use shoal_proto::control_client::ControlClient;
-use shoal_proto::spec::secret;
 use shoal_proto::spec::service::normalize;
+use shoal_proto::spec::{secret, SpecError};
 use shoal_proto::*;
 use tonic::transport::Channel;
 
@@ -133,7 +133,7 @@ pub(super) fn check_targets(spec: &ServiceSpec) -> Result<()> {
                 bail!("invalid {} target {t:?}", kind.word());
             }
             if !seen.insert(t) {
-                bail!("two {}s use the target {t}", kind.word());
+                return Err(SpecError::SameTarget { kind, target: t.to_string() }.into());
             }
         }
     }
