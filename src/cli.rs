@@ -291,7 +291,7 @@ async fn swarm(cmd: SwarmCmd, channel: Channel, host: &Host) -> Result<()> {
         SwarmCmd::Init(a) => {
             local_only(host)?;
             if let Some(e) = a.cert_expiry {
-                shoal_manager::manager::validate_cert_expiry(e).map_err(anyhow::Error::msg)?;
+                shoal_pki::validate_cert_expiry(e)?;
             }
             let req = InitRequest {
                 listen_addr: a.listen_addr,
@@ -348,7 +348,7 @@ async fn swarm(cmd: SwarmCmd, channel: Channel, host: &Host) -> Result<()> {
                 );
             }
             if let Some(e) = a.cert_expiry {
-                shoal_manager::manager::validate_cert_expiry(e).map_err(anyhow::Error::msg)?;
+                shoal_pki::validate_cert_expiry(e)?;
             }
             let req = UpdateClusterRequest {
                 cert_expiry_secs: a.cert_expiry.map(|d| d.as_secs()).unwrap_or(0),

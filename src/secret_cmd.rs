@@ -12,14 +12,6 @@ use tonic::transport::Channel;
 
 use crate::client;
 
-/// "secret" or "config".
-pub fn word(kind: SecretKind) -> &'static str {
-    match kind {
-        SecretKind::Secret => "secret",
-        SecretKind::Config => "config",
-    }
-}
-
 /// `secret` and `config` take the same verbs.
 #[derive(Debug, Subcommand)]
 pub enum SecretCmd {
@@ -142,18 +134,15 @@ pub fn read_data(kind: SecretKind, file: &str) -> Result<Vec<u8>> {
         std::fs::read(Path::new(file)).with_context(|| format!("reading {file}"))?
     };
     let from = if file == "-" { "standard input".to_string() } else { file.to_string() };
-    let max = match kind {
-        SecretKind::Secret => shoal_manager::secrets::MAX_SECRET,
-        SecretKind::Config => shoal_manager::secrets::MAX_CONFIG,
-    };
+    let max = shoal_proto::spec::secret::max_data(kind);
     if data.is_empty() {
-        bail!("{from} gave no data: a {} needs at least 1 byte", word(kind));
+        bail!("{from} gave no data: a {} needs at least 1 byte", kind.word());
     }
     if data.len() >= max {
         bail!(
             "{from} gave {} bytes: a {} must be under {} KiB",
             data.len(),
-            word(kind),
+            kind.word(),
             max / 1024
         );
     }

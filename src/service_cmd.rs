@@ -8,6 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use shoal_proto::control_client::ControlClient;
 use shoal_proto::daemon_client::DaemonClient;
+use shoal_proto::spec::secret::check_mode;
+use shoal_proto::spec::service::{default_update, task_part, DEFAULT_RESTART_DELAY_MS};
 use shoal_proto::*;
 use tonic::transport::Channel;
 
@@ -445,7 +447,7 @@ pub fn parse_secret_ref(s: &str) -> Result<SecretReference> {
 pub fn parse_mode(v: &str) -> Result<u32> {
     let digits = v.strip_prefix("0o").unwrap_or(v);
     match u32::from_str_radix(digits, 8) {
-        Ok(m) if m <= 0o777 && !digits.is_empty() => Ok(m),
+        Ok(m) if check_mode(m).is_ok() && !digits.is_empty() => Ok(m),
         _ => bail!("invalid mode {v:?}: use octal, like 0400"),
     }
 }
@@ -498,8 +500,10 @@ impl SpecFlags {
         if let Some(v) = self.limit_pids {
             c.pids_limit = v;
         }
-        let restart =
-            spec.restart.get_or_insert(RestartPolicy { delay_ms: 5_000, ..Default::default() });
+        let restart = spec.restart.get_or_insert(RestartPolicy {
+            delay_ms: DEFAULT_RESTART_DELAY_MS,
+            ..Default::default()
+        });
         if let Some(v) = &self.restart_condition {
             restart.set_condition(restart_condition(v)?);
         }
@@ -512,13 +516,13 @@ impl SpecFlags {
         if let Some(v) = self.restart_window {
             restart.window_ms = ms(v);
         }
-        let u = spec.update.get_or_insert_with(shoal_manager::services::default_update);
+        let u = spec.update.get_or_insert_with(default_update);
         apply_update(
             u,
             (self.update_parallelism, self.update_delay, &self.update_failure_action),
             (&self.update_order, self.update_monitor, self.update_max_failure_ratio),
         )?;
-        let r = spec.rollback.get_or_insert_with(shoal_manager::services::default_update);
+        let r = spec.rollback.get_or_insert_with(default_update);
         apply_update(
             r,
             (self.rollback_parallelism, self.rollback_delay, &self.rollback_failure_action),
@@ -1306,8 +1310,7 @@ async fn converge(control: &mut ControlClient<Channel>, s: &Service) -> Result<(
         for t in &tasks.tasks {
             let live = t.desired_state <= TaskState::Running as i32;
             let fresh = t.spec_version == current.spec_version
-                || t.spec.as_ref().map(shoal_manager::services::task_part)
-                    == current.spec.as_ref().map(shoal_manager::services::task_part);
+                || t.spec.as_ref().map(task_part) == current.spec.as_ref().map(task_part);
             let key = if t.slot > 0 {
                 t.slot.to_string()
             } else {

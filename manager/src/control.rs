@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status};
 
 use crate::raft::crypto::{format_unlock_key, Key};
 
-use crate::manager::{now_ms, pki_role, validate_cert_expiry, validate_heartbeat, Manager, Shared};
+use crate::manager::{now_ms, pki_role, validate_heartbeat, Manager, Shared};
 use crate::tokens::{self, TokenPolicy};
 
 /// The Control gRPC service.
@@ -304,8 +304,8 @@ impl Control for ControlApi {
     ) -> Result<Response<ClusterInfo>, Status> {
         let req = req.into_inner();
         if req.cert_expiry_secs != 0 {
-            validate_cert_expiry(Duration::from_secs(req.cert_expiry_secs))
-                .map_err(Status::invalid_argument)?;
+            shoal_pki::validate_cert_expiry(Duration::from_secs(req.cert_expiry_secs))
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
         if req.heartbeat_period_ms != 0 {
             validate_heartbeat(Duration::from_millis(req.heartbeat_period_ms))

@@ -1,9 +1,14 @@
-//! Owns secrets and configs in the control API: validation (names, sizes), versions, the
-//! references services make to them, and the rule that data never leaves the manager except in
-//! a node's assignments. Secrets live inside the sealed store like every other object.
+//! Owns secrets and configs in the control API: versions, the references services make to them,
+//! and the rule that data never leaves the manager except in a node's assignments. Secrets live
+//! inside the sealed store like every other object. The rules of names, sizes, targets and
+//! modes are `shoal_proto::spec::secret`'s.
 
 use std::collections::BTreeSet;
 
+use shoal_proto::spec::secret::{
+    check_mode, check_target, default_target, kind_of, validate_data, validate_name, DEFAULT_MODE,
+};
+use shoal_proto::spec::SpecError;
 use shoal_proto::{
     CreateSecretRequest, GetSecretRequest, ListSecretsRequest, ListSecretsResponse,
     RemoveSecretRequest, RemoveSecretResponse, Secret, SecretKind, SecretReference, SecretResponse,
@@ -15,57 +20,6 @@ use tonic::Status;
 
 use crate::manager::{now_ms, Shared};
 use crate::store::{StoreError, Tx};
-
-/// Swarm's limits: secrets under 500 KiB, configs under 1000 KiB.
-pub const MAX_SECRET: usize = 500 * 1024;
-pub const MAX_CONFIG: usize = 1000 * 1024;
-const MAX_NAME: usize = 64;
-const DEFAULT_MODE: u32 = 0o444;
-
-fn word(kind: SecretKind) -> &'static str {
-    match kind {
-        SecretKind::Secret => "secret",
-        SecretKind::Config => "config",
-    }
-}
-
-fn kind_of(raw: i32) -> Result<SecretKind, Status> {
-    SecretKind::try_from(raw).map_err(|_| Status::invalid_argument(format!("unknown kind {raw}")))
-}
-
-/// Names like Swarm's: letters and digits, with `-`, `_` or `.` inside, at most 64.
-pub fn validate_name(kind: SecretKind, name: &str) -> Result<(), Status> {
-    let inner_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
-        && name.chars().all(inner_ok);
-    if ok {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(format!(
-            "invalid {} name {name:?}: use 1–{MAX_NAME} letters and digits, with '-', '_' or '.' inside",
-            word(kind)
-        )))
-    }
-}
-
-fn validate_data(kind: SecretKind, data: &[u8]) -> Result<(), Status> {
-    let max = if kind == SecretKind::Secret { MAX_SECRET } else { MAX_CONFIG };
-    if data.is_empty() {
-        return Err(Status::invalid_argument(format!("{} data is empty", word(kind))));
-    }
-    if data.len() >= max {
-        return Err(Status::invalid_argument(format!(
-            "{} data is {} bytes; the limit is {} KiB",
-            word(kind),
-            data.len(),
-            max / 1024
-        )));
-    }
-    Ok(())
-}
 
 /// The secret without any data, as the API shows it.
 fn strip(s: &Secret) -> Secret {
@@ -87,10 +41,10 @@ fn resolve<'a>(all: &'a [Secret], kind: SecretKind, reference: &str) -> Result<&
     }
     match mine.iter().filter(|s| s.id.starts_with(reference)).collect::<Vec<_>>().as_slice() {
         [one] if !reference.is_empty() => Ok(one),
-        [] | [_] => Err(Status::not_found(format!("no such {}: {reference}", word(kind)))),
+        [] | [_] => Err(Status::not_found(format!("no such {}: {reference}", kind.word()))),
         _ => Err(Status::invalid_argument(format!(
             "{reference} matches more than one {}; use a longer ID prefix",
-            word(kind)
+            kind.word()
         ))),
     }
 }
@@ -131,42 +85,16 @@ pub(crate) fn resolve_refs(
             r.secret_id = found.id.clone();
             r.secret_name = found.name.clone();
             if r.target.is_empty() {
-                r.target = match kind {
-                    SecretKind::Secret => found.name.clone(),
-                    SecretKind::Config => format!("/{}", found.name),
-                };
+                r.target = default_target(kind, &found.name);
             }
-            let bad_target = match kind {
-                SecretKind::Secret => r.target.contains('/') || r.target == "." || r.target == "..",
-                SecretKind::Config => {
-                    !r.target.starts_with('/') || r.target.split('/').any(|p| p == "..")
-                }
-            };
-            if bad_target {
-                return Err(Status::invalid_argument(format!(
-                    "invalid {} target {:?}: {}",
-                    word(kind),
-                    r.target,
-                    if kind == SecretKind::Secret {
-                        "a file name under /run/secrets"
-                    } else {
-                        "an absolute path without '..'"
-                    }
-                )));
-            }
+            check_target(kind, &r.target)?;
             if !targets.insert(r.target.clone()) {
-                return Err(Status::invalid_argument(format!(
-                    "two {}s use the target {}",
-                    word(kind),
-                    r.target
-                )));
+                return Err(SpecError::SameTarget { kind, target: r.target.clone() }.into());
             }
             if r.mode == 0 {
                 r.mode = DEFAULT_MODE;
             }
-            if r.mode > 0o777 {
-                return Err(Status::invalid_argument(format!("invalid file mode {:o}", r.mode)));
-            }
+            check_mode(r.mode)?;
             let kept =
                 old.and_then(|o| refs(o).find(|x| x.secret_id == r.secret_id)).map(|x| x.version);
             let exists = |v: u64| found.versions.iter().any(|x| x.version == v);
@@ -219,14 +147,14 @@ pub(crate) async fn create(
             let exists = || {
                 Status::already_exists(format!(
                     "a {} named {} already exists",
-                    word(kind),
+                    kind.word(),
                     req.name
                 ))
             };
             if tx.list::<Secret>()?.iter().any(|s| s.kind() == kind && s.name == req.name) {
                 return Err(exists());
             }
-            tx.claim_name(word(kind), &req.name, &id).map_err(|e| match e {
+            tx.claim_name(kind.word(), &req.name, &id).map_err(|e| match e {
                 StoreError::Exists { .. } => exists(),
                 e => e.into(),
             })?;
@@ -234,7 +162,7 @@ pub(crate) async fn create(
             Ok(())
         })
         .await?;
-    tracing::info!(id = %id, kind = word(kind), name = %req.name, "created");
+    tracing::info!(id = %id, kind = kind.word(), name = %req.name, "created");
     let stored = shared.store.get::<Secret>(&id)?.unwrap_or(secret);
     Ok(SecretResponse { secret: Some(strip(&stored)), services: Vec::new() })
 }
@@ -253,7 +181,7 @@ pub(crate) async fn update(
         .store
         .update(|tx| {
             let mut secret = tx.get::<Secret>(&id)?.ok_or_else(|| {
-                Status::not_found(format!("no such {}: {}", word(kind), req.reference))
+                Status::not_found(format!("no such {}: {}", kind.word(), req.reference))
             })?;
             let services = tx.list::<Service>()?;
             let mut rolled = Vec::new();
@@ -291,7 +219,7 @@ pub(crate) async fn update(
                         started_at_ms: now_ms(),
                         message: format!(
                             "{} {} updated to version {}",
-                            word(kind),
+                            kind.word(),
                             secret.name,
                             secret.latest
                         ),
@@ -311,7 +239,7 @@ pub(crate) async fn update(
             Ok::<_, Status>((secret, rolled))
         })
         .await?;
-    tracing::info!(id = %id, kind = word(kind), version = secret.latest, rolled = ?rolled, "updated");
+    tracing::info!(id = %id, kind = kind.word(), version = secret.latest, rolled = ?rolled, "updated");
     Ok(SecretResponse { secret: Some(strip(&secret)), services: rolled })
 }
 
@@ -347,24 +275,24 @@ pub(crate) async fn remove(
         .store
         .update(|tx| {
             let secret = tx.get::<Secret>(&id)?.ok_or_else(|| {
-                Status::not_found(format!("no such {}: {}", word(kind), req.reference))
+                Status::not_found(format!("no such {}: {}", kind.word(), req.reference))
             })?;
             let using = users(&tx.list::<Service>()?, &id);
             if !using.is_empty() {
                 return Err(Status::failed_precondition(format!(
                     "{} {} is in use by the following service{}: {}",
-                    word(kind),
+                    kind.word(),
                     secret.name,
                     if using.len() == 1 { "" } else { "s" },
                     using.join(", ")
                 )));
             }
             tx.delete::<Secret>(&id)?;
-            tx.release_name(word(kind), &secret.name)?;
+            tx.release_name(kind.word(), &secret.name)?;
             Ok(secret.name)
         })
         .await?;
-    tracing::info!(id = %id, kind = word(kind), "removed");
+    tracing::info!(id = %id, kind = kind.word(), "removed");
     Ok(RemoveSecretResponse { id, name })
 }
 
@@ -384,23 +312,6 @@ pub(crate) fn data_of(secret: &Secret, version: u64) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_and_sizes_follow_swarm() {
-        for ok in ["db", "psql_user", "a.b-c_d", "x"] {
-            validate_name(SecretKind::Secret, ok).unwrap();
-        }
-        for bad in ["", "-db", "db-", "a/b", "with space", &"x".repeat(65)] {
-            let e = validate_name(SecretKind::Secret, bad).unwrap_err();
-            assert!(e.message().contains("invalid secret name"), "{bad}: {}", e.message());
-        }
-        assert!(validate_data(SecretKind::Secret, b"").is_err());
-        assert!(validate_data(SecretKind::Secret, &vec![1; MAX_SECRET - 1]).is_ok());
-        let e = validate_data(SecretKind::Secret, &vec![1; MAX_SECRET]).unwrap_err();
-        assert!(e.message().contains("500 KiB"), "{}", e.message());
-        assert!(validate_data(SecretKind::Config, &vec![1; MAX_SECRET]).is_ok());
-        assert!(validate_data(SecretKind::Config, &vec![1; MAX_CONFIG]).is_err());
-    }
 
     #[test]
     fn stripped_secrets_carry_no_data() {

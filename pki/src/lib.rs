@@ -27,6 +27,25 @@ pub const DEFAULT_CERT_EXPIRY: Duration = Duration::from_secs(90 * 24 * 60 * 60)
 /// Shortest node certificate lifetime the CA will issue (1 hour).
 pub const MIN_CERT_EXPIRY: Duration = Duration::from_secs(60 * 60);
 
+/// Checks a cluster's certificate expiry setting (`swarm init`, `swarm update`) against
+/// [`MIN_CERT_EXPIRY`], before it is sent or stored.
+pub fn validate_cert_expiry(expiry: Duration) -> Result<(), PkiError> {
+    if expiry < MIN_CERT_EXPIRY {
+        return Err(PkiError::ExpiryBelowMinimum(expiry));
+    }
+    Ok(())
+}
+
+/// A duration as settings are written: `100ms`, `45s`, `30m`, `1h` (the largest whole unit).
+pub fn short_duration(d: Duration) -> String {
+    match d.as_secs() {
+        0 => format!("{}ms", d.as_millis()),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// The role a node plays in the cluster; encoded in the certificate's OU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -109,6 +128,9 @@ pub enum PkiError {
         /// Minimum lifetime in seconds.
         minimum_secs: u64,
     },
+    /// A cluster's certificate expiry setting is below [`MIN_CERT_EXPIRY`].
+    #[error("certificate expiry {} is below the minimum of 1h", short_duration(*.0))]
+    ExpiryBelowMinimum(Duration),
     /// A node ID or cluster ID cannot be put in a certificate.
     #[error("invalid identity: {0}")]
     BadIdentity(String),
@@ -165,6 +187,15 @@ mod tests {
     fn unknown_role_message() {
         let err = "boss".parse::<Role>().err().map(|e| e.to_string());
         assert_eq!(err.as_deref(), Some("unknown role \"boss\": use worker or manager"));
+    }
+
+    #[test]
+    fn cert_expiry_below_the_minimum_is_refused_clearly() {
+        let err = validate_cert_expiry(Duration::from_secs(1800)).unwrap_err();
+        assert_eq!(err.to_string(), "certificate expiry 30m is below the minimum of 1h");
+        assert!(validate_cert_expiry(MIN_CERT_EXPIRY).is_ok());
+        assert_eq!(short_duration(Duration::from_millis(100)), "100ms");
+        assert_eq!(short_duration(Duration::from_secs(90)), "90s");
     }
 
     #[test]

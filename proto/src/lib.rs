@@ -1,5 +1,6 @@
 //! Owns Shoal's protobuf messages and gRPC service stubs, small helpers on the generated types,
-//! and (in `dial`) the one way to open a TLS gRPC channel to a manager.
+//! the rules of specs (in `spec`), and (in `dial`) the one way to open a TLS gRPC channel to a
+//! manager.
 
 #![allow(missing_debug_implementations)]
 
@@ -7,6 +8,7 @@ tonic::include_proto!("shoal");
 
 pub mod dial;
 pub mod limits;
+pub mod spec;
 
 impl NodeRole {
     /// The word the CLI shows and accepts for this role.
@@ -37,6 +39,16 @@ impl Availability {
             Availability::Active => "Active",
             Availability::Pause => "Pause",
             Availability::Drain => "Drain",
+        }
+    }
+}
+
+impl SecretKind {
+    /// "secret" or "config", as messages and the CLI say it.
+    pub fn word(self) -> &'static str {
+        match self {
+            SecretKind::Secret => "secret",
+            SecretKind::Config => "config",
         }
     }
 }

@@ -6,6 +6,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use shoal_proto::control_client::ControlClient;
+use shoal_proto::spec::service::normalize;
+use shoal_proto::spec::{secret, SpecError};
 use shoal_proto::*;
 use tonic::transport::Channel;
 
@@ -51,8 +53,7 @@ pub async fn deploy(channel: &Channel, stack: &str, path: &Path, prune: bool) ->
     let mut specs = Vec::new();
     for (key, spec) in &file.services {
         let spec = desired(stack, key, spec, &names)?;
-        shoal_manager::services::normalize(spec.clone())
-            .map_err(|s| anyhow::anyhow!("service {key}: {}", s.message()))?;
+        normalize(spec.clone()).map_err(|e| anyhow::anyhow!("service {key}: {e}"))?;
         check_targets(&comparable(&spec)).with_context(|| format!("service {key}"))?;
         specs.push(spec);
     }
@@ -87,10 +88,9 @@ pub fn desired(stack: &str, key: &str, spec: &ServiceSpec, names: &Names) -> Res
     for (kind, refs) in [(SecretKind::Secret, &mut c.secrets), (SecretKind::Config, &mut c.configs)]
     {
         for r in refs.iter_mut() {
-            let (name, owned) =
-                names.get(&(kind as i32, r.secret_name.clone())).with_context(|| {
-                    format!("{} {} is not defined", objects::word(kind), r.secret_name)
-                })?;
+            let (name, owned) = names
+                .get(&(kind as i32, r.secret_name.clone()))
+                .with_context(|| format!("{} {} is not defined", kind.word(), r.secret_name))?;
             r.secret_name = name.clone();
             r.follow = *owned;
         }
@@ -101,8 +101,7 @@ pub fn desired(stack: &str, key: &str, spec: &ServiceSpec, names: &Names) -> Res
 /// A spec as the manager would store it, minus what the manager picks (IDs, versions), so a
 /// deployed spec and a freshly read one compare equal when nothing changed.
 pub fn comparable(spec: &ServiceSpec) -> ServiceSpec {
-    let mut spec =
-        shoal_manager::services::normalize(spec.clone()).unwrap_or_else(|_| spec.clone());
+    let mut spec = normalize(spec.clone()).unwrap_or_else(|_| spec.clone());
     if let Some(c) = spec.container.as_mut() {
         for (kind, refs) in
             [(SecretKind::Secret, &mut c.secrets), (SecretKind::Config, &mut c.configs)]
@@ -111,13 +110,10 @@ pub fn comparable(spec: &ServiceSpec) -> ServiceSpec {
                 r.secret_id.clear();
                 r.version = 0;
                 if r.target.is_empty() {
-                    r.target = match kind {
-                        SecretKind::Secret => r.secret_name.clone(),
-                        SecretKind::Config => format!("/{}", r.secret_name),
-                    };
+                    r.target = secret::default_target(kind, &r.secret_name);
                 }
                 if r.mode == 0 {
-                    r.mode = 0o444;
+                    r.mode = secret::DEFAULT_MODE;
                 }
             }
         }
@@ -133,15 +129,11 @@ pub(super) fn check_targets(spec: &ServiceSpec) -> Result<()> {
         let mut seen = std::collections::BTreeSet::new();
         for r in refs {
             let t = r.target.as_str();
-            let ok = match kind {
-                SecretKind::Secret => !t.contains('/') && t != "." && t != "..",
-                SecretKind::Config => t.starts_with('/') && !t.split('/').any(|p| p == ".."),
-            };
-            if !ok {
-                bail!("invalid {} target {t:?}", objects::word(kind));
+            if secret::check_target(kind, t).is_err() {
+                bail!("invalid {} target {t:?}", kind.word());
             }
             if !seen.insert(t) {
-                bail!("two {}s use the target {t}", objects::word(kind));
+                return Err(SpecError::SameTarget { kind, target: t.to_string() }.into());
             }
         }
     }

@@ -174,7 +174,7 @@ async fn remove(control: &mut ControlClient<Channel>, stack: &str) -> Result<()>
         control.remove_service(req).await.map_err(client::status)?;
     }
     for s in &owned {
-        println!("Removing {} {}", objects::word(s.kind()), s.name);
+        println!("Removing {} {}", s.kind().word(), s.name);
         let req = RemoveSecretRequest { kind: s.kind, reference: s.id.clone() };
         control.remove_secret(req).await.map_err(client::status)?;
     }

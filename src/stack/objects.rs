@@ -15,7 +15,6 @@ use tonic::transport::Channel;
 use super::compose::{Compose, Source};
 use super::NAMESPACE;
 use crate::client;
-pub use crate::secret_cmd::word;
 
 /// What deploy does with one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,14 +71,14 @@ pub fn plan(
             };
             names.insert((kind as i32, key.clone()), (name.clone(), owned));
             let found = existing.iter().find(|s| s.kind() == kind && s.name == name);
-            let what = format!("{} {key} (line {})", word(kind), def.line);
+            let what = format!("{} {key} (line {})", kind.word(), def.line);
             let action = match &def.source {
                 Source::External => match found {
                     Some(_) => Ok(Action::Keep),
                     None => Err(format!(
                         "external {} {name} does not exist; create it first with 'shoal {} create {name} -'",
-                        word(kind),
-                        word(kind)
+                        kind.word(),
+                        kind.word()
                     )),
                 },
                 Source::File(path) => own(kind, &name, stack, &dir.join(path), found),
@@ -105,10 +104,7 @@ fn own(
     found: Option<&Secret>,
 ) -> Result<Action, String> {
     let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let max = match kind {
-        SecretKind::Secret => shoal_manager::secrets::MAX_SECRET,
-        SecretKind::Config => shoal_manager::secrets::MAX_CONFIG,
-    };
+    let max = shoal_proto::spec::secret::max_data(kind);
     if data.is_empty() {
         return Err(format!("{} is empty", path.display()));
     }
@@ -120,12 +116,12 @@ fn own(
             max / 1024
         ));
     }
-    shoal_manager::secrets::validate_name(kind, name).map_err(|s| s.message().to_string())?;
+    shoal_proto::spec::secret::validate_name(kind, name).map_err(|e| e.to_string())?;
     let Some(found) = found else { return Ok(Action::Create(data)) };
     if found.labels.get(NAMESPACE).map(String::as_str) != Some(stack) {
         return Err(format!(
             "a {} named {name} already exists and is not part of stack {stack}; remove it, or declare it external",
-            word(kind)
+            kind.word()
         ));
     }
     Ok(Action::Update(data))
@@ -141,7 +137,7 @@ pub async fn apply(control: &mut ControlClient<Channel>, planned: &[Planned]) ->
         let labels = p.labels.clone();
         let kind = p.kind as i32;
         if let Action::Create(_) = p.action {
-            println!("Creating {} {}", word(p.kind), p.name);
+            println!("Creating {} {}", p.kind.word(), p.name);
             let req =
                 CreateSecretRequest { kind, name: p.name.clone(), labels, data: data.clone() };
             control.create_secret(req).await.map_err(client::status)?;
@@ -161,7 +157,7 @@ pub async fn apply(control: &mut ControlClient<Channel>, planned: &[Planned]) ->
             if version == before {
                 continue;
             }
-            println!("Updating {} {} (version {version})", word(p.kind), p.name);
+            println!("Updating {} {} (version {version})", p.kind.word(), p.name);
             for s in r.services {
                 println!("  {s} rolls to the new version");
             }

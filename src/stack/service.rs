@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use shoal_manager::services::{default_update, DEFAULT_RESTART_DELAY_MS};
+use shoal_proto::spec::service::{default_update, DEFAULT_RESTART_DELAY_MS};
 use shoal_proto::{
     ContainerSpec, FailureAction, HealthCheck, Placement, RestartCondition, RestartPolicy,
     SecretKind, SecretReference, ServiceMode, ServiceSpec, Ulimit, UpdateConfig, UpdateOrder,

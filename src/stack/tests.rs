@@ -325,7 +325,7 @@ fn specs_are_named_for_the_stack_and_compare_by_content() {
     assert_eq!(c.configs[0].secret_name, "pg_conf_v2");
 
     // What the manager stores: IDs, versions and default targets filled in.
-    let mut stored = shoal_manager::services::normalize(spec.clone()).unwrap();
+    let mut stored = shoal_proto::spec::service::normalize(spec.clone()).unwrap();
     for r in &mut stored.container.as_mut().unwrap().secrets {
         r.secret_id = format!("id-{}", r.secret_name);
         r.version = 3;

@@ -373,7 +373,7 @@ impl<'a> At<'a> {
             t.parse()
         };
         match parsed {
-            Ok(m) if m <= 0o777 => Ok(m),
+            Ok(m) if shoal_proto::spec::secret::check_mode(m).is_ok() => Ok(m),
             _ => Err(self.error(format!("invalid file mode {t:?}: use octal like 0440"))),
         }
     }

@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use shoal_proto::spec::parse_constraints;
+use shoal_proto::spec::service::{default_update, is_live as live, task_part};
 use shoal_proto::{
     Availability, FailureAction, NodeState, RestartCondition, Service, ServiceMode, ServiceSpec,
     Task, TaskState, TaskStatus, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
@@ -10,7 +12,6 @@ use shoal_proto::{
 
 use super::World;
 use crate::scheduler::{self, ClusterView, Decision};
-use crate::services::{default_update, is_live as live, task_part};
 
 /// One change to the store.
 #[derive(Clone, Debug, PartialEq)]
@@ -230,12 +231,12 @@ fn reconcile(ctx: &mut Ctx<'_>, s: &Service) {
             std::iter::empty(),
         );
         let constraints =
-            scheduler::parse_constraints(&spec.placement.clone().unwrap_or_default().constraints)
+            parse_constraints(&spec.placement.clone().unwrap_or_default().constraints)
                 .unwrap_or_default();
         for info in view.nodes() {
             let eligible = info.ready
                 && info.availability == Availability::Active
-                && constraints.iter().all(|c| c.matches(info));
+                && constraints.iter().all(|c| scheduler::matches(c, info));
             let has = live_keys.iter().any(|k| **k == info.id);
             if eligible && !has {
                 ctx.new_task(s, 0, &info.id, TaskState::Running, 0);
@@ -246,7 +247,7 @@ fn reconcile(ctx: &mut Ctx<'_>, s: &Service) {
                 // No longer matching its constraints: stop it (Down and drained nodes were
                 // handled above; a paused node keeps what it runs).
                 let usable = ctx.node_usable(&info.id);
-                if usable && !constraints.iter().all(|c| c.matches(info)) {
+                if usable && !constraints.iter().all(|c| scheduler::matches(c, info)) {
                     for t in slots[&info.id].iter().filter(|t| live(t)) {
                         ctx.ops.push(Op::Desired(t.id.clone(), TaskState::Shutdown));
                     }

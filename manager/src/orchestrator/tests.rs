@@ -1,10 +1,10 @@
 //! Orchestrator passes over fake worlds: what a user would see change in `service ps`.
 
+use shoal_proto::spec::service::normalize;
 use shoal_proto::*;
 
 use super::plan::{plan, Op};
 use super::World;
-use crate::services::normalize;
 
 const NOW: i64 = 1_000_000;
 

@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use shoal_proto::spec::Constraint;
 use shoal_proto::Availability;
 
-use super::constraint::Constraint;
+use super::constraint::matches;
 use super::view::{CpuMem, NodeInfo};
 
 /// The first filter that refused a node, in pipeline order (the derived order is that order).
@@ -44,7 +45,7 @@ impl Filter<'_> {
         let cpu = fits(total.nano_cpus, used.nano_cpus, need.nano_cpus).ok_or(Failure::Cpu)?;
         let mem = fits(total.memory_bytes, used.memory_bytes, need.memory_bytes)
             .ok_or(Failure::Memory)?;
-        if let Some(i) = self.constraints.iter().position(|c| !c.matches(node)) {
+        if let Some(i) = self.constraints.iter().position(|c| !matches(c, node)) {
             return Err(Failure::Constraint(i));
         }
         let mut room = cpu.min(mem);

@@ -18,10 +18,11 @@ mod tests;
 
 use std::sync::Arc;
 
+use shoal_proto::spec::constraint::{parse_constraints, spread_labels};
 use shoal_proto::{ServiceSpec, Task};
 
 pub use bench::{bench, BenchReport};
-pub use constraint::{parse_constraints, validate_spread, Constraint, PlacementError};
+pub use constraint::matches;
 pub use view::{holds_resources, ClusterView, CpuMem, NodeInfo, FAILURE_WINDOW_MS, MAX_FAILURES};
 
 use filter::Filter;
@@ -49,7 +50,7 @@ pub fn schedule(
 ) -> Vec<Decision> {
     let placement = spec.placement.clone().unwrap_or_default();
     let parsed = parse_constraints(&placement.constraints)
-        .and_then(|c| Ok((c, constraint::spread_labels(&placement.spread)?)));
+        .and_then(|c| Ok((c, spread_labels(&placement.spread)?)));
     let (constraints, labels) = match parsed {
         Ok(p) => p,
         Err(e) => return tasks.iter().map(|t| no_node(t, format!("{e}"))).collect(),
