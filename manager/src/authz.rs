@@ -230,11 +230,14 @@ fn current_rights(
     revocations: &Revocations,
     roles: &NodeRoles,
 ) -> PeerIdentity {
+    if id.role != Role::Manager {
+        return id;
+    }
     let store_says_manager = match roles.get(&id.node_id) {
         Some(role) => role == Role::Manager,
         None => !roles.complete.load(Ordering::Relaxed),
     };
-    if id.role == Role::Manager && (revocations.is_superseded(&id) || !store_says_manager) {
+    if revocations.is_superseded(&id) || !store_says_manager {
         tracing::debug!(node = %id.node_id, "a manager certificate of a node that is no longer a manager: worker rights");
         id.role = Role::Worker;
     }

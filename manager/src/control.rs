@@ -140,6 +140,7 @@ impl Control for ControlApi {
                     let mut cluster = tx
                         .get::<Cluster>(&shared.cluster_id)?
                         .ok_or_else(|| Status::internal("cluster object missing"))?;
+                    forget_expired_revocations(&mut cluster);
                     cluster.revoked.push(Revoked {
                         node_id: n.id.clone(),
                         serials: n.serials.clone(),
@@ -270,6 +271,7 @@ impl Control for ControlApi {
                 let mut cluster = tx
                     .get::<Cluster>(&shared.cluster_id)?
                     .ok_or_else(|| Status::internal("cluster object missing"))?;
+                forget_expired_revocations(&mut cluster);
                 cluster.revoked.push(Revoked {
                     node_id: node.id.clone(),
                     serials: node.serials.clone(),
@@ -557,4 +559,31 @@ fn check_removable(shared: &Shared, node: &Node, force: bool) -> Result<(), Stat
         )));
     }
     Ok(())
+}
+
+/// Drops revocations whose certificates have all expired (an expired certificate fails every
+/// TLS check anyway), so the list every node is sent does not grow for ever. An entry without a
+/// known expiry is kept.
+fn forget_expired_revocations(cluster: &mut Cluster) {
+    let now = crate::manager::unix(std::time::SystemTime::now());
+    cluster.revoked.retain(|r| r.until_unix <= 0 || r.until_unix > now);
+}
+
+#[cfg(test)]
+mod revocation_tests {
+    use super::*;
+
+    #[test]
+    fn expired_revocations_are_forgotten_and_live_or_undated_ones_kept() {
+        let now = crate::manager::unix(std::time::SystemTime::now());
+        let entry =
+            |id: &str, until_unix| Revoked { node_id: id.into(), until_unix, ..Default::default() };
+        let mut cluster = Cluster {
+            revoked: vec![entry("old", now - 10), entry("live", now + 3600), entry("undated", 0)],
+            ..Default::default()
+        };
+        forget_expired_revocations(&mut cluster);
+        let kept: Vec<_> = cluster.revoked.iter().map(|r| r.node_id.as_str()).collect();
+        assert_eq!(kept, ["live", "undated"]);
+    }
 }
