@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use shoal_agent::{JoinParams, Joined};
+use shoal_manager::server::Serving;
 use shoal_manager::{Identity, Manager};
 use shoal_pki::{ReloadableCert, Role};
 use shoal_proto::control_client::ControlClient;
 use shoal_proto::daemon_client::DaemonClient;
 use shoal_proto::dispatcher_client::DispatcherClient;
 use shoal_proto::*;
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
@@ -973,46 +973,8 @@ async fn raise_nofile(need: usize) -> Result<()> {
 struct E2eMember {
     manager: Manager,
     addr: String,
-    stop: Option<oneshot::Sender<()>>,
-    tasks: Vec<JoinHandle<()>>,
+    _serving: Serving,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for E2eMember {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.manager.stop();
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
-/// Serves `manager` on `listener` with the background work the daemon starts beside it.
-fn serve_member(
-    manager: &Manager,
-    listener: TcpListener,
-    cert: Arc<ReloadableCert>,
-) -> (oneshot::Sender<()>, Vec<JoinHandle<()>>) {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let m = manager.clone();
-    let server = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        if let Err(e) = m.serve_tls(listener, cert, shutdown).await {
-            tracing::error!(error = %e, "bench manager stopped serving");
-        }
-    });
-    let tasks = vec![
-        server,
-        manager.spawn_monitor(),
-        manager.spawn_node_updates(),
-        manager.spawn_orchestrator(),
-    ];
-    (stop, tasks)
 }
 
 /// The managers: `swarm init` on the first, manager-token joins for the others.
@@ -1028,16 +990,11 @@ impl E2eCluster {
     async fn start(managers: usize) -> Result<E2eCluster> {
         let (m, admin) = init_manager("shoal-bench-e2e-", "e2e-manager-0").await?;
         let first = m.addr.clone();
-        let (stop, tasks) = serve_member(&m.manager, m.listener, m.cert);
+        let serving = m.manager.serve(m.listener, m.cert);
         let manager_token = m.manager.join_token(Role::Manager)?;
         let worker_token = m.manager.join_token(Role::Worker)?;
-        let member = E2eMember {
-            manager: m.manager,
-            addr: first.clone(),
-            stop: Some(stop),
-            tasks,
-            _dir: m.dir,
-        };
+        let member =
+            E2eMember { manager: m.manager, addr: first.clone(), _serving: serving, _dir: m.dir };
         let mut cluster = E2eCluster { members: vec![member], admin, worker_token };
         for i in 1..managers {
             cluster.add_manager(i, &first, &manager_token).await?;
@@ -1054,12 +1011,10 @@ impl E2eCluster {
     async fn add_manager(&mut self, i: usize, first: &str, token: &str) -> Result<()> {
         let hostname = format!("e2e-manager-{i}");
         let m = join_manager("shoal-bench-e2e-", &hostname, token, first).await?;
-        let (stop, tasks) = serve_member(&m.manager, m.listener, m.cert);
         self.members.push(E2eMember {
             manager: m.manager.clone(),
             addr: m.addr.clone(),
-            stop: Some(stop),
-            tasks,
+            _serving: m.manager.serve(m.listener, m.cert),
             _dir: m.dir,
         });
         m.manager.join_raft(first, &m.addr).await.context("joining the raft group")?;

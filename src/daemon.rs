@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use shoal_agent::{Agent, AgentConfig, AgentStatus, NodeFiles, NodeState};
+use shoal_manager::server::AbortOnDrop;
 use shoal_manager::{Identity, InitParams, Manager};
 use shoal_pki::{NodeKey, PeerIdentity, ReloadableCert, Role};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch, Mutex};
+use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 
 use crate::readdress::{self, AddrOverrides, Announcer};
@@ -91,42 +92,16 @@ impl Member {
 #[derive(Debug)]
 struct Serving {
     manager: Manager,
-    stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<()>,
-    monitor: JoinHandle<()>,
-    updates: JoinHandle<()>,
-    orchestrator: JoinHandle<()>,
+    serving: shoal_manager::server::Serving,
     /// Passes on a failure of the Raft member (see [`Daemon::manager_failed`]).
-    failure: JoinHandle<()>,
+    failure: AbortOnDrop<()>,
 }
 
 impl Serving {
     /// Stops serving: no new connections, sessions closed, in-flight calls given a moment.
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.failure.abort();
-        self.manager.stop();
-        self.monitor.abort();
-        self.orchestrator.abort();
-        if tokio::time::timeout(Duration::from_secs(3), &mut self.server).await.is_err() {
-            tracing::warn!("cluster port did not drain in 3s; closing it");
-        }
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.failure.abort();
-        self.monitor.abort();
-        self.updates.abort();
-        self.orchestrator.abort();
-        self.server.abort();
-        self.manager.stop();
+    async fn shutdown(self) {
+        drop(self.failure);
+        self.serving.shutdown().await;
     }
 }
 
@@ -658,21 +633,9 @@ fn serve(
     time_scale: f64,
 ) -> Serving {
     manager.set_time_scale(time_scale);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let monitor = manager.spawn_monitor();
-    let updates = manager.spawn_node_updates();
-    let orchestrator = manager.spawn_orchestrator();
-    let failure = report_failure(&manager, failure.clone());
-    let m = manager.clone();
-    let server = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        if let Err(e) = m.serve_tls(listener, cert, shutdown).await {
-            tracing::error!(error = %e, "cluster port stopped");
-        }
-    });
-    Serving { manager, stop: Some(stop), server, monitor, updates, orchestrator, failure }
+    let failure = AbortOnDrop(report_failure(&manager, failure.clone()));
+    let serving = manager.serve(listener, cert);
+    Serving { manager, serving, failure }
 }
 
 /// Waits until the Raft member of `manager` fails and passes on why.

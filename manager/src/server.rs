@@ -1,5 +1,6 @@
 //! Owns serving: the mTLS TCP listener that other nodes reach (TLS handshakes done concurrently,
-//! certificates hot-swapped through the resolver) and the router with the authorization layer.
+//! certificates hot-swapped through the resolver), the router with the authorization layer, and
+//! [`Serving`], the one seam that starts a manager's port with its background work.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -63,10 +64,77 @@ impl Manager {
     }
 }
 
-/// Stops the accept loop (and frees the port) however serving ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// A manager serving its cluster port, with the work that runs beside it (the heartbeat monitor,
+/// node updates to sessions, the orchestrator). Dropping it stops everything at once;
+/// [`Serving::shutdown`] lets in-flight calls finish first.
+#[derive(Debug)]
+pub struct Serving {
+    manager: Manager,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
 
-impl Drop for AbortOnDrop {
+impl Manager {
+    /// Serves the cluster port on `listener` presenting `cert` (see [`Manager::serve_tls`]) and
+    /// starts the monitor, node updates and orchestrator.
+    pub fn serve(&self, listener: TcpListener, cert: Arc<ReloadableCert>) -> Serving {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let m = self.clone();
+        let server = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) = m.serve_tls(listener, cert, shutdown).await {
+                tracing::error!(error = %e, "cluster port stopped");
+            }
+        });
+        let background =
+            vec![self.spawn_monitor(), self.spawn_node_updates(), self.spawn_orchestrator()];
+        Serving { manager: self.clone(), stop: Some(stop), server, background }
+    }
+}
+
+impl Serving {
+    /// The manager being served.
+    pub fn manager(&self) -> &Manager {
+        &self.manager
+    }
+
+    /// Stops serving: no new connections, sessions closed, in-flight calls given up to 3 s.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.manager.stop();
+        for task in &self.background {
+            task.abort();
+        }
+        if tokio::time::timeout(Duration::from_secs(3), &mut self.server).await.is_err() {
+            tracing::warn!("cluster port did not drain in 3s; closing it");
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        for task in &self.background {
+            task.abort();
+        }
+        self.server.abort();
+        self.manager.stop();
+    }
+}
+
+/// A task that ends with its owner (the accept loop, which frees the port however serving
+/// ends; a call in flight; a watcher beside a server).
+#[derive(Debug)]
+pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

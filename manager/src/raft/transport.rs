@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::raft::node::{RaftHandle, Transport};
+use crate::server::AbortOnDrop;
 use crate::store::Store;
 
 /// Bytes per chunk on the wire.
@@ -210,14 +211,6 @@ async fn stream_to(
         }
     }
     Ok(())
-}
-
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 async fn send_chunks(chunks: &mpsc::Sender<RaftChunk>, bytes: &[u8]) -> bool {
