@@ -230,7 +230,10 @@ async fn removing_a_manager_takes_it_out_of_raft_but_never_below_quorum() {
         .remove_node(shoal_proto::RemoveNodeRequest { reference: other, force: true })
         .await
         .unwrap_err();
-    assert!(err.message().contains("quorum"), "{}", err.message());
+    // The commit cannot happen; which timeout speaks first (the proposal's, or the leader
+    // stepping down without a quorum) depends on the machine's load.
+    let said = err.message();
+    assert!(said.contains("quorum") || said.contains("not confirmed in time"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -104,24 +104,7 @@ fn story(nodes: &mut [Node], dir: &std::path::Path) {
     eventually("n1 Ready", Duration::from_secs(30), || all_ready(n1, &["n1"]));
 
     step("secret create psql_password - (stdin)");
-    let mut child = Command::new(netns::SHOAL)
-        .env_remove("SHOAL_HOST")
-        .args([
-            "-H",
-            &format!("unix://{}", n1.socket.display()),
-            "secret",
-            "create",
-            "psql_password",
-            "-",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(PASSWORD.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    n1.must_create_secret("psql_password", PASSWORD);
 
     step("stack deploy (psql uses psql_user from a file and the external psql_password)");
     std::fs::write(dir.join("psql_user.txt"), USER).unwrap();

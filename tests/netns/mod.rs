@@ -809,3 +809,22 @@ pub fn finish(result: std::thread::Result<()>, nodes: Vec<Node>, net: Net, dir: 
     drop(nodes);
     drop(net);
 }
+
+impl Node {
+    /// `shoal secret create NAME -` with `value` on stdin; panics with the output if it fails.
+    pub fn must_create_secret(&self, name: &str, value: &str) {
+        use std::io::Write;
+        let mut child = Command::new(SHOAL)
+            .env_remove("SHOAL_HOST")
+            .args(["-H", &format!("unix://{}", self.socket.display()), "secret", "create"])
+            .args([name, "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(value.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "secret create {name}: {}", text(&out));
+    }
+}

@@ -6,14 +6,13 @@
 //! data root runs with euid 0. Also, seen as root: the task's rootfs is mounted nosuid,nodev, so
 //! even a path that reached it would not elevate.
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use crate::netns::{self, all_ready, eventually, finish, root_or_skip, text, Net, Node};
+use crate::netns::{all_ready, eventually, finish, root_or_skip, text, Net, Node};
 
 const IMAGE: &str = "hostfiles:t";
 const SECRET: &str = "secret-hf-5d9c1e77a2b4";
@@ -46,7 +45,7 @@ fn story(nodes: &mut [Node], dir: &Path) {
     n1.must_shoal(&["swarm", "init", "--advertise-addr", &n1.ip.clone()]);
     let n1 = &nodes[0];
     eventually("n1 Ready", Duration::from_secs(30), || all_ready(n1, &["n1"]));
-    create_secret(n1, "hf_secret", SECRET);
+    n1.must_create_secret("hf_secret", SECRET);
 
     let script = format!(
         "/bin/busybox cp /{SETUID_NAME} /own-{SETUID_NAME} && /bin/busybox chmod 4755 /own-{SETUID_NAME} /{SETUID_NAME}; \
@@ -146,20 +145,6 @@ fn image_with_a_setuid_program(dir: &Path) -> PathBuf {
         .unwrap();
     assert!(status.success(), "tar failed");
     tar
-}
-
-fn create_secret(node: &Node, name: &str, value: &str) {
-    let mut child = Command::new(netns::SHOAL)
-        .env_remove("SHOAL_HOST")
-        .args(["-H", &format!("unix://{}", node.socket.display()), "secret", "create", name, "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(value.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "secret create: {}", text(&out));
 }
 
 /// `find DIR ARGS` as root (crossing into the task's mounts).
