@@ -140,13 +140,7 @@ impl Control for ControlApi {
                     let mut cluster = tx
                         .get::<Cluster>(&shared.cluster_id)?
                         .ok_or_else(|| Status::internal("cluster object missing"))?;
-                    forget_expired_revocations(&mut cluster);
-                    cluster.revoked.push(Revoked {
-                        node_id: n.id.clone(),
-                        serials: n.serials.clone(),
-                        until_unix: n.certificate.as_ref().map(|c| c.not_after_unix).unwrap_or(0),
-                        superseded: true,
-                    });
+                    revoke(&mut cluster, &n, true);
                     let serials = n.serials.clone();
                     n.set_role(role);
                     tx.update(cluster)?;
@@ -264,20 +258,13 @@ impl Control for ControlApi {
             shared.raft.change_member(cc).await?;
             tracing::info!(node = %node.id, raft_id = member.raft_id, "manager removed from the raft group");
         }
-        let until = node.certificate.as_ref().map(|c| c.not_after_unix).unwrap_or(0);
         shared
             .store
             .update(|tx| {
                 let mut cluster = tx
                     .get::<Cluster>(&shared.cluster_id)?
                     .ok_or_else(|| Status::internal("cluster object missing"))?;
-                forget_expired_revocations(&mut cluster);
-                cluster.revoked.push(Revoked {
-                    node_id: node.id.clone(),
-                    serials: node.serials.clone(),
-                    until_unix: until,
-                    superseded: false,
-                });
+                revoke(&mut cluster, &node, false);
                 tx.update(cluster)?;
                 tx.delete::<Node>(&node.id)?;
                 Ok::<_, Status>(())
@@ -559,6 +546,18 @@ fn check_removable(shared: &Shared, node: &Node, force: bool) -> Result<(), Stat
         )));
     }
     Ok(())
+}
+
+/// Records that every certificate `node` holds is revoked (a removal) or superseded (a role
+/// change), forgetting revocations that have expired meanwhile.
+fn revoke(cluster: &mut Cluster, node: &Node, superseded: bool) {
+    forget_expired_revocations(cluster);
+    cluster.revoked.push(Revoked {
+        node_id: node.id.clone(),
+        serials: node.serials.clone(),
+        until_unix: node.certificate.as_ref().map(|c| c.not_after_unix).unwrap_or(0),
+        superseded,
+    });
 }
 
 /// Drops revocations whose certificates have all expired (an expired certificate fails every
