@@ -14,7 +14,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netns::{all_ready, eventually, finish, root_or_skip, text, Net, Node};
+use netns::{eventually, finish, root_or_skip, text, Net, Node};
 
 const IMAGE: &str = "busybox:t";
 const USER: &str = "db-admin-7c1f9e";
@@ -96,12 +96,8 @@ fn story(nodes: &mut [Node], dir: &std::path::Path) {
         .unwrap()
         .success());
 
-    let n1 = &mut nodes[0];
-    n1.start();
-    n1.must_shoal(&["image", "import", &tar.to_string_lossy(), IMAGE]);
-    n1.must_shoal(&["swarm", "init", "--advertise-addr", &n1.ip.clone()]);
+    nodes[0].start_alone_with_image(&tar, IMAGE);
     let n1 = &nodes[0];
-    eventually("n1 Ready", Duration::from_secs(30), || all_ready(n1, &["n1"]));
 
     step("secret create psql_password - (stdin)");
     n1.must_create_secret("psql_password", PASSWORD);

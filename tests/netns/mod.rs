@@ -811,6 +811,18 @@ pub fn finish(result: std::thread::Result<()>, nodes: Vec<Node>, net: Net, dir: 
 }
 
 impl Node {
+    /// Starts this node, imports the image at `tar` as `image`, and makes it a swarm of its own
+    /// (`swarm init`), waiting until it is Ready.
+    pub fn start_alone_with_image(&mut self, tar: &Path, image: &str) {
+        self.start();
+        self.must_shoal(&["image", "import", &tar.to_string_lossy(), image]);
+        self.must_shoal(&["swarm", "init", "--advertise-addr", &self.ip.clone()]);
+        let name = self.name.clone();
+        eventually(&format!("{name} Ready"), Duration::from_secs(30), || {
+            all_ready(self, &[name.as_str()])
+        });
+    }
+
     /// `shoal secret create NAME -` with `value` on stdin; panics with the output if it fails.
     pub fn must_create_secret(&self, name: &str, value: &str) {
         use std::io::Write;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::netns::{all_ready, eventually, finish, root_or_skip, text, Net, Node};
+use crate::netns::{eventually, finish, root_or_skip, text, Net, Node};
 
 const IMAGE: &str = "seccomp:t";
 const FLAG: &str = "--task-allow-custom-seccomp";
@@ -34,11 +34,8 @@ fn story(nodes: &mut [Node], dir: &Path) {
     let stricter = dir.join("default-minus-mknod.json");
     std::fs::write(&stricter, default_without(&["mknod", "mknodat"])).unwrap();
 
+    nodes[0].start_alone_with_image(&tar, IMAGE);
     let n1 = &mut nodes[0];
-    n1.start();
-    n1.must_shoal(&["image", "import", &tar.to_string_lossy(), IMAGE]);
-    n1.must_shoal(&["swarm", "init", "--advertise-addr", &n1.ip.clone()]);
-    eventually("n1 Ready", Duration::from_secs(30), || all_ready(n1, &["n1"]));
 
     // A task that reports whether mknod reaches the kernel, then stays.
     let script = "/bin/busybox mkfifo /tmp/p && echo mknod-ran || echo mknod-refused; \

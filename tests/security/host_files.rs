@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::netns::{all_ready, eventually, finish, root_or_skip, text, Net, Node};
+use crate::netns::{eventually, finish, root_or_skip, text, Net, Node};
 
 const IMAGE: &str = "hostfiles:t";
 const SECRET: &str = "secret-hf-5d9c1e77a2b4";
@@ -39,12 +39,8 @@ fn a_host_user_reads_no_task_secret_env_or_log_and_gains_no_root_from_setuid_fil
 
 fn story(nodes: &mut [Node], dir: &Path) {
     let tar = image_with_a_setuid_program(dir);
-    let n1 = &mut nodes[0];
-    n1.start();
-    n1.must_shoal(&["image", "import", &tar.to_string_lossy(), IMAGE]);
-    n1.must_shoal(&["swarm", "init", "--advertise-addr", &n1.ip.clone()]);
+    nodes[0].start_alone_with_image(&tar, IMAGE);
     let n1 = &nodes[0];
-    eventually("n1 Ready", Duration::from_secs(30), || all_ready(n1, &["n1"]));
     n1.must_create_secret("hf_secret", SECRET);
 
     let script = format!(
