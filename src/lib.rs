@@ -1,15 +1,11 @@
 //! Shoal's command-line client and node daemon, wired from the workspace crates.
+//!
+//! Three rooms, with a one-way rule:
+//! - [`cli`]: the `shoal` client. It speaks gRPC and may use only `shoal-proto` and `shoal-pki`.
+//! - [`node`]: the `shoald` daemon (init, join, the local API, image loading, re-addressing).
+//!   It wires `shoal-manager` and `shoal-agent` together and never uses [`cli`].
+//! - [`bench`]: the benchmarks behind `shoal bench`.
 
 pub mod bench;
-pub mod bench_raft;
-pub mod bench_services;
 pub mod cli;
-pub mod client;
-pub mod daemon;
-pub mod images;
-pub mod local_api;
-pub mod output;
-pub mod readdress;
-pub mod secret_cmd;
-pub mod service_cmd;
-pub mod stack;
+pub mod node;

@@ -256,7 +256,7 @@ async fn force_new_cluster_recovers_a_lone_survivor_with_all_its_state() {
         err.message()
     );
 
-    let opts = shoal::daemon::InitOptions { force_new_cluster: true, ..Default::default() };
+    let opts = shoal::node::daemon::InitOptions { force_new_cluster: true, ..Default::default() };
     survivor.daemon.init(opts).await.unwrap();
     let nodes = survivor.nodes().await;
     assert!(nodes.iter().any(|n| n.id == worker_id), "state kept: {nodes:?}");
@@ -573,7 +573,7 @@ async fn manager_status_of(m: &TestNode, id: &str) -> Result<String, String> {
         .await
         .map_err(|s| s.message().to_string())?
         .into_inner();
-    let output = shoal::output::node_ls(&r, false);
+    let output = shoal::cli::output::node_ls(&r, false);
     let line = output
         .lines()
         .find(|l| l.starts_with(id))

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use shoal::daemon::{Daemon, DaemonConfig};
+use shoal::node::daemon::{Daemon, DaemonConfig};
 use tracing_subscriber::EnvFilter;
 
 /// Runs a Shoal node: its agent always, its manager once it inits a swarm.
@@ -93,9 +93,11 @@ async fn run() -> Result<()> {
         .with_env_filter(EnvFilter::try_new(&args.log_level).context("--log-level")?)
         .with_writer(std::io::stderr)
         .init();
-    let socket = match shoal::client::parse_host(&args.host)? {
-        shoal::client::Host::Unix(path) => path,
-        shoal::client::Host::Tcp(_) => bail!("shoald serves its local API on a unix socket only"),
+    let socket = match shoal::cli::client::parse_host(&args.host)? {
+        shoal::cli::client::Host::Unix(path) => path,
+        shoal::cli::client::Host::Tcp(_) => {
+            bail!("shoald serves its local API on a unix socket only")
+        }
     };
     shoal_manager::manager::validate_election_timeout(args.election_timeout)
         .map_err(anyhow::Error::msg)?;
@@ -125,7 +127,7 @@ async fn run() -> Result<()> {
         time_scale: args.test_time_scale,
         election_timeout: args.election_timeout,
         executor,
-        addrs: shoal::readdress::AddrOverrides {
+        addrs: shoal::node::readdress::AddrOverrides {
             listen_addr: args.listen_addr,
             advertise_addr: args.advertise_addr,
         },
@@ -133,7 +135,7 @@ async fn run() -> Result<()> {
     let daemon = Daemon::start(cfg).await?;
     tokio::spawn(exit_when_manager_fails(daemon.clone(), socket.clone()));
     tracing::info!(socket = %socket.display(), "shoald ready");
-    shoal::local_api::serve(daemon.clone(), &socket, shutdown_signal()).await?;
+    shoal::node::local_api::serve(daemon.clone(), &socket, shutdown_signal()).await?;
     daemon.stop().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal::client::{self, Host, TlsFiles};
-use shoal::daemon::{Daemon, DaemonConfig, InitOptions, JoinOptions};
+use shoal::cli::client::{self, Host, TlsFiles};
+use shoal::node::daemon::{Daemon, DaemonConfig, InitOptions, JoinOptions};
 use shoal_proto::control_client::ControlClient;
 use shoal_proto::{ListNodesRequest, Node, NodeState};
 use tokio::sync::oneshot;
@@ -67,7 +67,7 @@ impl TestNode {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            shoal::local_api::serve(d, &s, shutdown).await.unwrap();
+            shoal::node::local_api::serve(d, &s, shutdown).await.unwrap();
         });
         eventually("local socket up", Duration::from_secs(5), || {
             let s = socket.clone();

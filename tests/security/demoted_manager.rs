@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal::client::{self, Host, TlsFiles};
+use shoal::cli::client::{self, Host, TlsFiles};
 use shoal_agent::NodeFiles;
 use shoal_proto::control_client::ControlClient;
 use shoal_proto::{

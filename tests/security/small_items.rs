@@ -34,7 +34,7 @@ fn logging_a_request_never_shows_a_join_token_or_unlock_key() {
         shoal_proto::UnlockRequest { key: key.into() },
         shoal_proto::JoinTokenInfo { token: token.into(), ..Default::default() },
         shoal_proto::UnlockKeyInfo { key: key.into() },
-        shoal::daemon::JoinOptions { token: token.into(), ..Default::default() },
+        shoal::node::daemon::JoinOptions { token: token.into(), ..Default::default() },
     );
     assert!(!logged.contains("OUTSIDER"), "a secret reached Debug output: {logged}");
 }
@@ -156,7 +156,7 @@ fn service_ps_prints_one_whole_line_per_task_whatever_a_task_reported() {
         ..Default::default()
     };
     for no_trunc in [false, true] {
-        let out = shoal::service_cmd::service_ps(&listing, no_trunc, false);
+        let out = shoal::cli::service::service_ps(&listing, no_trunc, false);
         assert!(out.ends_with('\n'), "{out:?}");
         assert_eq!(out.lines().count(), 4, "a header and one line per task: {out:?}");
         assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");

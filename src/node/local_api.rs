@@ -15,7 +15,7 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
-use crate::daemon::{Daemon, InitOptions, JoinOptions};
+use crate::node::daemon::{Daemon, InitOptions, JoinOptions};
 
 /// Serves the local socket at `path` until `shutdown` resolves.
 pub async fn serve(
@@ -36,7 +36,7 @@ pub async fn serve(
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {} to root", path.display()))?;
-    let images = Arc::new(crate::images::Images::new(daemon.files().root().join("images")));
+    let images = Arc::new(crate::node::images::Images::new(daemon.files().root().join("images")));
     let api = LocalApi { daemon, images };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
@@ -67,7 +67,7 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 #[derive(Clone, Debug)]
 struct LocalApi {
     daemon: Arc<Daemon>,
-    images: Arc<crate::images::Images>,
+    images: Arc<crate::node::images::Images>,
 }
 
 fn failed(e: anyhow::Error) -> Status {
@@ -178,7 +178,7 @@ impl DaemonRpc for LocalApi {
         if info.locked {
             resp.swarm_state = "locked".into();
             resp.is_manager = true;
-            resp.error = crate::daemon::LOCKED.into();
+            resp.error = crate::node::daemon::LOCKED.into();
             return Ok(Response::new(resp));
         }
         if info.state.is_some() && info.identity.is_some() {
@@ -211,7 +211,7 @@ impl LocalApi {
     async fn control(&self) -> Result<shoal_manager::control::ControlApi, Status> {
         // Asked first: `unlock` holds this state until the manager is in place.
         if self.daemon.is_locked().await {
-            return Err(Status::failed_precondition(crate::daemon::LOCKED));
+            return Err(Status::failed_precondition(crate::node::daemon::LOCKED));
         }
         match self.daemon.manager().await {
             Some(m) => Ok(m.control()),

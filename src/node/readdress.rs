@@ -12,7 +12,7 @@ use shoal_agent::NodeState;
 use shoal_manager::Manager;
 use tokio::task::JoinHandle;
 
-use crate::daemon::{advertise_addr, normalize_listen, Daemon};
+use crate::node::daemon::{advertise_addr, normalize_listen, Daemon};
 
 /// First wait between two attempts to tell the managers; it doubles up to [`RETRY_MAX`].
 const RETRY_START: Duration = Duration::from_secs(1);

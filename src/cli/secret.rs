@@ -10,7 +10,7 @@ use shoal_proto::control_client::ControlClient;
 use shoal_proto::*;
 use tonic::transport::Channel;
 
-use crate::client;
+use crate::cli::client;
 
 /// `secret` and `config` take the same verbs.
 #[derive(Debug, Subcommand)]
@@ -176,8 +176,8 @@ pub fn ls(secrets: &[Secret], quiet: bool) -> String {
             s.id,
             s.name,
             s.latest,
-            crate::service_cmd::ago(created(s)),
-            crate::service_cmd::ago(updated(s))
+            crate::cli::service::ago(created(s)),
+            crate::cli::service::ago(updated(s))
         );
     }
     out

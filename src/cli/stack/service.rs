@@ -11,7 +11,7 @@ use shoal_proto::{
 
 use super::compose::{labels_of, Reader};
 use super::yaml::{At, ComposeError, Entry, Value};
-use crate::service_cmd::{parse_bytes, parse_cpus};
+use crate::cli::service::{parse_bytes, parse_cpus};
 
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64

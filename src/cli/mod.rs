@@ -11,8 +11,13 @@ use shoal_proto::daemon_client::DaemonClient;
 use shoal_proto::*;
 use tonic::transport::Channel;
 
-use crate::client::{self, Host, TlsFiles};
-use crate::output;
+pub mod client;
+pub mod output;
+pub mod secret;
+pub mod service;
+pub mod stack;
+
+use client::{Host, TlsFiles};
 
 /// Shoal: a secure, fast, Swarm-style container cluster manager.
 #[derive(Debug, Parser)]
@@ -45,24 +50,24 @@ pub enum Command {
     Node(NodeCmd),
     /// Manage services
     #[command(subcommand)]
-    Service(crate::service_cmd::ServiceCmd),
+    Service(service::ServiceCmd),
     /// Manage this node's images
     #[command(subcommand)]
     Image(ImageCmd),
     /// Manage secrets (data only tasks that name them can read)
     #[command(subcommand)]
-    Secret(crate::secret_cmd::SecretCmd),
+    Secret(secret::SecretCmd),
     /// Manage configs (like secrets, for data that is not secret)
     #[command(subcommand)]
-    Config(crate::secret_cmd::SecretCmd),
+    Config(secret::SecretCmd),
     /// Manage stacks (services, secrets and configs from a compose file)
     #[command(subcommand)]
-    Stack(crate::stack::StackCmd),
+    Stack(stack::StackCmd),
     /// Show this node's view of the swarm
     Info,
     /// Measure Shoal against its targets
     #[command(subcommand)]
-    Bench(crate::bench_services::BenchCmd),
+    Bench(crate::bench::services::BenchCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,7 +230,7 @@ pub enum NodeCmd {
         nodes: Vec<String>,
     },
     /// Change a node's availability (active, pause, drain) or labels
-    Update(crate::service_cmd::NodeUpdateArgs),
+    Update(service::NodeUpdateArgs),
     /// Remove nodes from the swarm and revoke their certificates
     #[command(alias = "remove")]
     Rm {
@@ -254,7 +259,7 @@ fn role(word: &str) -> Result<NodeRole> {
 /// Runs one parsed command.
 pub async fn run(cli: Cli) -> Result<()> {
     if let Command::Bench(cmd) = cli.command {
-        return crate::bench_services::run(cmd).await;
+        return crate::bench::services::run(cmd).await;
     }
     let host = client::parse_host(&cli.host)?;
     let tls = TlsFiles { ca: cli.tlscacert, cert: cli.tlscert, key: cli.tlskey };
@@ -262,10 +267,10 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Swarm(cmd) => swarm(cmd, channel, &host).await,
         Command::Node(cmd) => node(cmd, channel).await,
-        Command::Service(cmd) => crate::service_cmd::run(cmd, channel).await,
-        Command::Secret(cmd) => crate::secret_cmd::run(SecretKind::Secret, cmd, channel).await,
-        Command::Config(cmd) => crate::secret_cmd::run(SecretKind::Config, cmd, channel).await,
-        Command::Stack(cmd) => crate::stack::run(cmd, channel).await,
+        Command::Service(cmd) => service::run(cmd, channel).await,
+        Command::Secret(cmd) => secret::run(SecretKind::Secret, cmd, channel).await,
+        Command::Config(cmd) => secret::run(SecretKind::Config, cmd, channel).await,
+        Command::Stack(cmd) => stack::run(cmd, channel).await,
         Command::Image(cmd) => {
             local_only(&host)?;
             image(cmd, channel).await
@@ -433,7 +438,7 @@ async fn node(cmd: NodeCmd, channel: Channel) -> Result<()> {
         }
         NodeCmd::Promote { nodes } => set_roles(&mut control, nodes, NodeRole::Manager).await?,
         NodeCmd::Demote { nodes } => set_roles(&mut control, nodes, NodeRole::Worker).await?,
-        NodeCmd::Update(args) => return crate::service_cmd::node_update(args, channel).await,
+        NodeCmd::Update(args) => return service::node_update(args, channel).await,
         NodeCmd::Rm { force, nodes } => {
             for reference in nodes {
                 let r = control

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 
 use super::compose::{Compose, Source};
 use super::NAMESPACE;
-use crate::client;
+use crate::cli::client;
 
 /// What deploy does with one object.
 #[derive(Debug, Clone, PartialEq, Eq)]

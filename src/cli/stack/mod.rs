@@ -20,7 +20,7 @@ use shoal_proto::control_client::ControlClient;
 use shoal_proto::*;
 use tonic::transport::Channel;
 
-use crate::client;
+use crate::cli::client;
 
 /// The label that ties a stack's services, secrets and configs together (Docker's).
 pub const NAMESPACE: &str = "com.docker.stack.namespace";
@@ -86,7 +86,7 @@ pub async fn run(cmd: StackCmd, channel: Channel) -> Result<()> {
                 .filter(|s| s.service.as_ref().is_some_and(|s| ids.contains(&s.id.as_str())))
                 .collect();
             let r = ListServicesResponse { services };
-            print!("{}", crate::service_cmd::service_ls(&r, quiet));
+            print!("{}", crate::cli::service::service_ls(&r, quiet));
             Ok(())
         }
         StackCmd::Ps { no_trunc, quiet, stack } => {
@@ -99,7 +99,7 @@ pub async fn run(cmd: StackCmd, channel: Channel) -> Result<()> {
                 all.tasks.extend(r.tasks);
                 all.node_names.extend(r.node_names);
             }
-            print!("{}", crate::service_cmd::service_ps(&all, no_trunc, quiet));
+            print!("{}", crate::cli::service::service_ps(&all, no_trunc, quiet));
             Ok(())
         }
         StackCmd::Rm { stacks } => {

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use super::compose::{self, Compose};
 use super::objects::{self, Names};
 use super::{stack_services, NAMESPACE};
-use crate::client;
+use crate::cli::client;
 
 /// Stack names become service-name prefixes: letters, digits, `-`, `_`, `.`.
 pub fn validate_stack_name(name: &str) -> Result<()> {
@@ -151,7 +151,7 @@ async fn apply_service(
     let same_image = old_spec.container.as_ref().is_some_and(|o| o.image == c.image);
     c.image_digest = match (same_image, &old_spec.container) {
         (true, Some(o)) => o.image_digest.clone(),
-        _ => crate::service_cmd::pin_image(channel, &c.image).await.unwrap_or_default(),
+        _ => crate::cli::service::pin_image(channel, &c.image).await.unwrap_or_default(),
     };
     if c.image_digest.is_empty() && !same_image {
         eprintln!(

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 
-use crate::readdress::{self, AddrOverrides, Announcer};
+use crate::node::readdress::{self, AddrOverrides, Announcer};
 
 /// Default cluster port.
 pub const DEFAULT_PORT: u16 = 4242;

@@ -13,8 +13,8 @@ use shoal_proto::spec::service::{default_update, task_part, DEFAULT_RESTART_DELA
 use shoal_proto::*;
 use tonic::transport::Channel;
 
+use crate::cli::client;
 use crate::cli::parse_duration;
-use crate::client;
 
 #[derive(Debug, Subcommand)]
 pub enum ServiceCmd {

@@ -1,6 +1,9 @@
 //! Owns `shoal bench`: measurements of Shoal's own figures, printed beside the targets and the
 //! peers' figures in one run.
 
+pub mod raft;
+pub mod services;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +29,7 @@ pub enum BenchCmd {
         runs: usize,
     },
     /// Replicated writes through 3 managers (mTLS, fsync) beside a 3-member etcd 3.4 cluster
-    Raft(crate::bench_raft::RaftBenchArgs),
+    Raft(crate::bench::raft::RaftBenchArgs),
     /// create -> start -> exit of a trivial task with default isolation, beside bare runc (root)
     Runtime {
         /// Runs of each
@@ -56,7 +59,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Joins { nodes, concurrency, runs } => {
             joins(nodes, concurrency.max(1), runs.max(1)).await
         }
-        BenchCmd::Raft(args) => crate::bench_raft::raft(args).await,
+        BenchCmd::Raft(args) => crate::bench::raft::raft(args).await,
         BenchCmd::Runtime { runs, runc, crun } => runtime(runs.max(1), runc, crun).await,
         BenchCmd::Scheduler { nodes, tasks, services } => {
             let report = tokio::task::spawn_blocking(move || {

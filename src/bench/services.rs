@@ -24,8 +24,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
-use crate::bench_raft::{init_manager, join_manager, temp_dir};
-use crate::client::{self, Host, TlsFiles};
+use crate::bench::raft::{init_manager, join_manager, temp_dir};
+use crate::cli::client::{self, Host, TlsFiles};
 
 /// Every `shoal bench` subcommand: the older ones and the services benchmarks.
 #[derive(Debug, Subcommand)]
