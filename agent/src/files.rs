@@ -46,31 +46,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FilesError + '_ {
     move |source| FilesError::Io { path: path.display().to_string(), source }
 }
 
-const KEY_BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
-const KEY_END: &str = "-----END PRIVATE KEY-----";
-
-/// Splits a PEM file holding a PKCS#8 private key (and maybe certificates) into the key block.
-pub fn key_block(pem: &str) -> Option<&str> {
-    let start = pem.find(KEY_BEGIN)?;
-    let end = pem[start..].find(KEY_END)? + start + KEY_END.len();
-    Some(&pem[start..end])
-}
-
-/// Every certificate block of a PEM file, concatenated.
-pub fn cert_blocks(pem: &str) -> String {
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    const END: &str = "-----END CERTIFICATE-----";
-    let mut out = String::new();
-    let mut rest = pem;
-    while let Some(start) = rest.find(BEGIN) {
-        let Some(len) = rest[start..].find(END) else { break };
-        out.push_str(&rest[start..start + len + END.len()]);
-        out.push('\n');
-        rest = &rest[start + len + END.len()..];
-    }
-    out
-}
-
 impl NodeFiles {
     /// The files of the data root `root`.
     pub fn new(root: impl Into<PathBuf>) -> NodeFiles {
@@ -146,13 +121,10 @@ impl NodeFiles {
             path: path.display().to_string(),
             reason: reason.into(),
         };
-        let key_pem = key_block(&pem).ok_or_else(|| damaged("no private key"))?;
-        let key = NodeKey::from_pem(key_pem)
+        let key = NodeKey::from_pem(&pem)
             .map_err(|source| FilesError::Pki { path: path.display().to_string(), source })?;
-        let chain = cert_blocks(&pem);
-        if chain.is_empty() {
-            return Err(damaged("no certificate"));
-        }
+        let chain =
+            shoal_pki::certificate_chain_pem(&pem).map_err(|_| damaged("no certificate"))?;
         let ca_path = self.root_ca_path();
         let root = std::fs::read_to_string(&ca_path).map_err(io_err(&ca_path))?;
         Ok((key, chain, root))

@@ -219,3 +219,33 @@ fn rejects_bad_identities() {
     let res = ca.sign_node_csr(&csr, "n1", Role::Worker, "", DEFAULT_CERT_EXPIRY, now);
     assert!(matches!(res, Err(PkiError::BadIdentity(_))));
 }
+
+#[test]
+fn a_node_file_with_key_and_chain_splits_into_both() {
+    let ca = RootCa::generate().expect("ca");
+    let key = NodeKey::generate().expect("key");
+    let issued = ca
+        .sign_node_csr(
+            &key.csr_der().unwrap(),
+            "n1",
+            Role::Worker,
+            CLUSTER,
+            DEFAULT_CERT_EXPIRY,
+            SystemTime::now(),
+        )
+        .expect("sign");
+    let chain = format!("{}{}", issued.cert_pem, ca.cert_pem());
+    // The key may come before or after the certificates, as in the node's identity file.
+    for file in [format!("{}{chain}", key.to_pem()), format!("{chain}{}", key.to_pem())] {
+        assert_eq!(NodeKey::from_pem(&file).unwrap().to_pem(), key.to_pem());
+        let only_certs = crate::certificate_chain_pem(&file).unwrap();
+        assert!(!only_certs.contains("PRIVATE KEY"), "the chain must not carry the key");
+        assert_eq!(
+            crate::node::certs_from_pem(&only_certs).unwrap(),
+            crate::node::certs_from_pem(&chain).unwrap()
+        );
+    }
+    let err = NodeKey::from_pem(&chain).unwrap_err().to_string();
+    assert!(err.contains("PRIVATE KEY"), "{err}");
+    assert!(crate::certificate_chain_pem(&key.to_pem()).is_err(), "a key alone is no chain");
+}

@@ -14,7 +14,7 @@ pub mod tls;
 pub mod token;
 
 pub use ca::{IssuedCert, RootCa};
-pub use node::{NodeKey, PeerIdentity};
+pub use node::{certificate_chain_pem, NodeKey, PeerIdentity};
 pub use tls::{CapturedServerCerts, ManagerTrust, ReloadableCert, Revocations};
 pub use token::{JoinToken, TokenError};
 
@@ -36,14 +36,9 @@ pub fn validate_cert_expiry(expiry: Duration) -> Result<(), PkiError> {
     Ok(())
 }
 
-/// A duration as settings are written: `100ms`, `45s`, `30m`, `1h` (the largest whole unit).
+/// A duration as settings are written: `100ms`, `45s`, `30m`, `1h 30m`.
 pub fn short_duration(d: Duration) -> String {
-    match d.as_secs() {
-        0 => format!("{}ms", d.as_millis()),
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
+    humantime::format_duration(d).to_string()
 }
 
 /// The role a node plays in the cluster; encoded in the certificate's OU.
@@ -195,7 +190,7 @@ mod tests {
         assert_eq!(err.to_string(), "certificate expiry 30m is below the minimum of 1h");
         assert!(validate_cert_expiry(MIN_CERT_EXPIRY).is_ok());
         assert_eq!(short_duration(Duration::from_millis(100)), "100ms");
-        assert_eq!(short_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(short_duration(Duration::from_secs(90)), "1m 30s");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 use x509_parser::time::ASN1Time;
@@ -25,11 +25,18 @@ impl NodeKey {
         Ok(NodeKey { key })
     }
 
-    /// Loads a key from PKCS#8 PEM; it must be ECDSA P-256.
+    /// Loads a key from PKCS#8 PEM; it must be ECDSA P-256. The text may hold other PEM
+    /// sections too (a certificate chain beside the key, as in the node's files): the first
+    /// `PRIVATE KEY` section is the key.
     pub fn from_pem(key_pem: &str) -> Result<NodeKey, PkiError> {
-        let key = KeyPair::from_pem(key_pem).map_err(|e| {
+        let der = PrivatePkcs8KeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
             PkiError::BadKey(format!(
-                "could not read the PEM private key ({e}); the key file may be corrupt"
+                "no PKCS#8 \"PRIVATE KEY\" section could be read ({e}); the key file may be corrupt"
+            ))
+        })?;
+        let key = KeyPair::try_from(&der).map_err(|e| {
+            PkiError::BadKey(format!(
+                "could not read the PKCS#8 private key ({e}); the key file may be corrupt"
             ))
         })?;
         if key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
@@ -134,6 +141,16 @@ pub(crate) fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, 
         ));
     }
     Ok(certs)
+}
+
+/// The certificate sections of a PEM text (which may also hold a private key), re-encoded as
+/// a PEM chain in the same order: what a node keeps as its certificate chain.
+pub fn certificate_chain_pem(pem_text: &str) -> Result<String, PkiError> {
+    let certs = certs_from_pem(pem_text)?;
+    let sections: Vec<pem::Pem> =
+        certs.iter().map(|c| pem::Pem::new("CERTIFICATE", c.as_ref().to_vec())).collect();
+    let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    Ok(pem::encode_many_config(&sections, lf))
 }
 
 /// The first certificate in a PEM string.

@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use hyper_util::rt::TokioIo;
-use shoal_agent::files::{cert_blocks, key_block};
-use shoal_pki::{NodeKey, ReloadableCert};
+use shoal_pki::{certificate_chain_pem, NodeKey, ReloadableCert};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
 
@@ -52,7 +51,7 @@ pub async fn connect(host: &Host, tls: &TlsFiles) -> Result<Channel> {
         Host::Unix(path) => connect_unix(path).await,
         Host::Tcp(addr) => {
             let config = client_tls(tls)?;
-            shoal_agent::connect::connect(addr, Arc::new(config)).await.map_err(anyhow::Error::msg)
+            shoal_proto::dial::connect(addr, Arc::new(config)).await.map_err(anyhow::Error::msg)
         }
     }
 }
@@ -82,10 +81,8 @@ fn read(path: &Option<PathBuf>, flag: &str) -> Result<String> {
 
 fn client_tls(files: &TlsFiles) -> Result<rustls::ClientConfig> {
     let ca = read(&files.ca, "--tlscacert")?;
-    let chain = cert_blocks(&read(&files.cert, "--tlscert")?);
-    let key_file = read(&files.key, "--tlskey")?;
-    let key_pem = key_block(&key_file).context("--tlskey holds no PKCS#8 private key")?;
-    let key = NodeKey::from_pem(key_pem).context("--tlskey")?;
+    let chain = certificate_chain_pem(&read(&files.cert, "--tlscert")?).context("--tlscert")?;
+    let key = NodeKey::from_pem(&read(&files.key, "--tlskey")?).context("--tlskey")?;
     let cert = ReloadableCert::new(&chain, &key).context("--tlscert/--tlskey")?;
     Ok(shoal_pki::tls::client_config(&ca, Some(cert))?)
 }

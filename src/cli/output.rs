@@ -9,6 +9,34 @@ use shoal_proto::{
     GetNodeResponse, InfoResponse, InitResponse, JoinTokenInfo, ListNodesResponse, NodeRole,
 };
 
+/// A table with elastic columns, as Docker prints them: each column as wide as its longest
+/// cell, three spaces apart, every cell made one line of plain text first (see [`one_line`]).
+/// Blank ends of rows are trimmed.
+pub fn table(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
+    let mut tw = tabwriter::TabWriter::new(Vec::new()).padding(3);
+    let mut line = |cells: &mut dyn Iterator<Item = String>| {
+        let cells: Vec<String> = cells.map(|c| one_line(&c)).collect();
+        // Writing to a Vec cannot fail.
+        let _ = std::io::Write::write_all(&mut tw, format!("{}\n", cells.join("\t")).as_bytes());
+    };
+    line(&mut header.iter().map(|h| h.to_string()));
+    for row in rows {
+        line(&mut row.into_iter());
+    }
+    let bytes = tw.into_inner().unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    text.lines().map(|l| format!("{}\n", l.trim_end())).collect()
+}
+
+/// A cell of a table as one line of plain text: the words come from nodes and task output
+/// (an error a process printed, a hostname), and a line break, carriage return, tab or
+/// terminal escape in them would break the row, or move the cursor so the shell's next prompt
+/// lands on the last line. Control characters become spaces.
+pub fn one_line(text: &str) -> String {
+    let plain: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    plain.trim().to_string()
+}
+
 fn rfc3339_secs(unix: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
@@ -67,13 +95,8 @@ pub fn node_ls(r: &ListNodesResponse, quiet: bool) -> String {
         }
         return out;
     }
-    let _ = writeln!(
-        out,
-        "{:<28} {:<20} {:<8} {:<13} {:<15} CERT EXPIRY",
-        "ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"
-    );
-    for n in &r.nodes {
-        let marker = if n.id == r.leader_id { " *" } else { "  " };
+    let rows = r.nodes.iter().map(|n| {
+        let marker = if n.id == r.leader_id { " *" } else { "" };
         let manager_status = match (n.role(), n.id == r.leader_id) {
             (_, true) => "Leader",
             (NodeRole::Manager, false) if r.unreachable_ids.contains(&n.id) => "Unreachable",
@@ -82,18 +105,19 @@ pub fn node_ls(r: &ListNodesResponse, quiet: bool) -> String {
         };
         let expiry =
             n.certificate.as_ref().map(|c| rfc3339_secs(c.not_after_unix)).unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "{:<28} {:<20} {:<8} {:<13} {:<15} {}",
+        vec![
             format!("{}{marker}", n.id),
-            n.hostname,
-            n.state().word(),
-            n.availability().word(),
-            manager_status,
-            expiry
-        );
-    }
-    out
+            n.hostname.clone(),
+            n.state().word().to_string(),
+            n.availability().word().to_string(),
+            manager_status.to_string(),
+            expiry,
+        ]
+    });
+    out + &table(
+        &["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "CERT EXPIRY"],
+        rows,
+    )
 }
 
 fn node_json(r: &GetNodeResponse) -> serde_json::Value {
@@ -181,14 +205,12 @@ pub fn images(list: &shoal_proto::ImageList, quiet: bool) -> String {
         }
         return out;
     }
-    let _ = writeln!(out, "{:<32} {:<20} {:>8} {:>10}", "REFERENCE", "IMAGE ID", "LAYERS", "SIZE");
-    for i in &list.images {
+    let rows = list.images.iter().map(|i| {
         let short = i.id.trim_start_matches("sha256:").chars().take(12).collect::<String>();
         let names = if i.names.is_empty() { "<none>".to_string() } else { i.names.join(",") };
-        let size = format!("{:.1}MB", i.size as f64 / 1e6);
-        let _ = writeln!(out, "{names:<32} {short:<20} {:>8} {size:>10}", i.layers);
-    }
-    out
+        vec![names, short, i.layers.to_string(), format!("{:.1}MB", i.size as f64 / 1e6)]
+    });
+    out + &table(&["REFERENCE", "IMAGE ID", "LAYERS", "SIZE"], rows)
 }
 
 /// `swarm inspect`.

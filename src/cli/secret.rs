@@ -168,19 +168,16 @@ pub fn ls(secrets: &[Secret], quiet: bool) -> String {
         }
         return out;
     }
-    let _ = writeln!(out, "{:<27}{:<28}{:<9}{:<20}UPDATED", "ID", "NAME", "VERSION", "CREATED");
-    for s in secrets {
-        let _ = writeln!(
-            out,
-            "{:<27}{:<28}{:<9}{:<20}{}",
-            s.id,
-            s.name,
-            s.latest,
-            crate::cli::service::ago(created(s)),
-            crate::cli::service::ago(updated(s))
-        );
-    }
-    out
+    let rows = secrets.iter().map(|s| {
+        vec![
+            s.id.clone(),
+            s.name.clone(),
+            s.latest.to_string(),
+            crate::cli::service::render::ago(created(s)),
+            crate::cli::service::render::ago(updated(s)),
+        ]
+    });
+    out + &crate::cli::output::table(&["ID", "NAME", "VERSION", "CREATED", "UPDATED"], rows)
 }
 
 fn rfc3339(ms: i64) -> String {

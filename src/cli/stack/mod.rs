@@ -148,11 +148,8 @@ pub fn stack_ls(services: &[ServiceSummary]) -> String {
             *count.entry(stack).or_default() += 1;
         }
     }
-    let mut out = format!("{:<24}SERVICES\n", "NAME");
-    for (stack, n) in count {
-        out.push_str(&format!("{stack:<24}{n}\n"));
-    }
-    out
+    let rows = count.into_iter().map(|(stack, n)| vec![stack.to_string(), n.to_string()]);
+    crate::cli::output::table(&["NAME", "SERVICES"], rows)
 }
 
 /// `stack rm`: the services first (secrets in use cannot go), then the secrets and configs

@@ -1,0 +1,351 @@
+//! Docker's flag values turned into parts of a service spec: sizes, CPUs, policies, secret
+//! references, and `SpecFlags` applied onto a spec (create starts from defaults, update from the
+//! current spec).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use shoal_proto::spec::secret::check_mode;
+use shoal_proto::spec::service::{default_update, DEFAULT_RESTART_DELAY_MS};
+use shoal_proto::*;
+
+use super::args::SpecFlags;
+
+/// Parses sizes like Docker's flags: `64m`, `1g`, `512k`, `1048576`.
+pub fn parse_bytes(s: &str) -> Result<i64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('t') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("invalid size {s:?}: use e.g. 64m, 1g"))?;
+    if !(n >= 0.0 && n.is_finite()) {
+        return Err(format!("invalid size {s:?}: must not be negative"));
+    }
+    Ok((n * mult as f64) as i64)
+}
+
+/// Parses CPU counts (`0.5`, `2`) into nano-CPUs.
+pub fn parse_cpus(s: &str) -> Result<i64, String> {
+    let n: f64 = s.trim().parse().map_err(|_| format!("invalid CPU count {s:?}: use e.g. 0.5"))?;
+    if !(n >= 0.0 && n.is_finite()) {
+        return Err(format!("invalid CPU count {s:?}: must not be negative"));
+    }
+    Ok((n * 1e9) as i64)
+}
+
+pub(super) fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+pub(super) fn restart_condition(s: &str) -> Result<RestartCondition> {
+    Ok(match s {
+        "any" => RestartCondition::Any,
+        "on-failure" => RestartCondition::OnFailure,
+        "none" => RestartCondition::None,
+        o => bail!("invalid restart condition {o:?}: use any, on-failure or none"),
+    })
+}
+
+pub(super) fn failure_action(s: &str) -> Result<FailureAction> {
+    Ok(match s {
+        "pause" => FailureAction::Pause,
+        "continue" => FailureAction::Continue,
+        "rollback" => FailureAction::Rollback,
+        o => bail!("invalid failure action {o:?}: use pause, continue or rollback"),
+    })
+}
+
+pub(super) fn update_order(s: &str) -> Result<UpdateOrder> {
+    Ok(match s {
+        "stop-first" => UpdateOrder::StopFirst,
+        "start-first" => UpdateOrder::StartFirst,
+        o => bail!("invalid update order {o:?}: use stop-first or start-first"),
+    })
+}
+
+pub(super) fn split_kv(list: &[String], what: &str) -> Result<Vec<(String, String)>> {
+    list.iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("invalid {what} {kv:?}: expected KEY=VALUE"),
+        })
+        .collect()
+}
+
+pub(super) fn parse_ulimit(s: &str) -> Result<Ulimit> {
+    let bad = || anyhow::anyhow!("invalid ulimit {s:?}: expected NAME=SOFT[:HARD]");
+    let (name, vals) = s.split_once('=').ok_or_else(bad)?;
+    let (soft, hard) = vals.split_once(':').unwrap_or((vals, vals));
+    Ok(Ulimit {
+        name: name.to_string(),
+        soft: soft.parse().map_err(|_| bad())?,
+        hard: hard.parse().map_err(|_| bad())?,
+    })
+}
+
+/// `--secret`/`--config`: `NAME`, or `source=NAME,target=T,uid=U,gid=G,mode=0400[,follow]`
+/// (the mode is octal; `follow` moves the service to each new version of the secret).
+pub fn parse_secret_ref(s: &str) -> Result<SecretReference> {
+    let mut r = SecretReference::default();
+    if !s.contains('=') && !s.contains(',') {
+        r.secret_name = s.to_string();
+        return Ok(r);
+    }
+    for part in s.split(',') {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let id =
+            |v: &str| v.parse::<u32>().map_err(|_| anyhow::anyhow!("invalid {k} {v:?} in {s:?}"));
+        match k.trim() {
+            "source" | "src" => r.secret_name = v.to_string(),
+            "target" => r.target = v.to_string(),
+            "uid" => r.uid = id(v)?,
+            "gid" => r.gid = id(v)?,
+            "mode" => r.mode = parse_mode(v).with_context(|| format!("in {s:?}"))?,
+            "follow" => {
+                r.follow = match v {
+                    "" | "true" => true,
+                    "false" => false,
+                    _ => {
+                        bail!("invalid follow {v:?} in {s:?}: follow, follow=true or follow=false")
+                    }
+                }
+            }
+            _ => bail!(
+                "invalid option {part:?} in {s:?}: use source, target, uid, gid, mode or follow"
+            ),
+        }
+    }
+    if r.secret_name.is_empty() {
+        bail!("{s:?} names no source: use NAME or source=NAME,…");
+    }
+    Ok(r)
+}
+
+/// A file mode in octal (`0400`, `400`, `0o400`).
+pub fn parse_mode(v: &str) -> Result<u32> {
+    let digits = v.strip_prefix("0o").unwrap_or(v);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if check_mode(m).is_ok() && !digits.is_empty() => Ok(m),
+        _ => bail!("invalid mode {v:?}: use octal, like 0400"),
+    }
+}
+
+/// `--secret-rm` then `--secret-add`: an added reference replaces one of the same name.
+pub(super) fn edit_refs(
+    list: &mut Vec<SecretReference>,
+    add: &[String],
+    rm: &[String],
+) -> Result<()> {
+    let add: Vec<SecretReference> =
+        add.iter().map(|a| parse_secret_ref(a)).collect::<Result<_>>()?;
+    list.retain(|r| {
+        let named = |n: &String| *n == r.secret_name || *n == r.secret_id;
+        !rm.iter().any(named) && !add.iter().any(|a| a.secret_name == r.secret_name)
+    });
+    list.extend(add);
+    Ok(())
+}
+
+pub(super) fn pref(p: &str) -> Result<String> {
+    match p.split_once('=') {
+        Some(("spread", label)) if !label.is_empty() => Ok(label.to_string()),
+        _ => bail!("invalid placement preference {p:?}: use spread=node.labels.NAME"),
+    }
+}
+
+impl SpecFlags {
+    /// Applies the flags that were given to `spec`, leaving everything else as it was.
+    pub fn apply(&self, spec: &mut ServiceSpec) -> Result<()> {
+        self.apply_scale(spec);
+        self.apply_restart(spec)?;
+        self.apply_rollouts(spec)?;
+        let c = spec.container.get_or_insert_with(Default::default);
+        self.apply_security(c)?;
+        self.apply_health(c);
+        self.apply_process(c)?;
+        Ok(())
+    }
+
+    /// Replicas, placement limits and resources.
+    fn apply_scale(&self, spec: &mut ServiceSpec) {
+        set(&mut spec.replicas, self.replicas);
+        let placement = spec.placement.get_or_insert_with(Default::default);
+        set(&mut placement.max_replicas_per_node, self.max_per_node);
+        let res = spec.resources.get_or_insert_with(Default::default);
+        let limits = res.limits.get_or_insert_with(Default::default);
+        set(&mut limits.memory_bytes, self.limit_memory);
+        set(&mut limits.nano_cpus, self.limit_cpu);
+        let reserve = res.reservations.get_or_insert_with(Default::default);
+        set(&mut reserve.memory_bytes, self.reserve_memory);
+        set(&mut reserve.nano_cpus, self.reserve_cpu);
+        let c = spec.container.get_or_insert_with(Default::default);
+        set(&mut c.pids_limit, self.limit_pids);
+    }
+
+    fn apply_restart(&self, spec: &mut ServiceSpec) -> Result<()> {
+        let restart = spec.restart.get_or_insert(RestartPolicy {
+            delay_ms: DEFAULT_RESTART_DELAY_MS,
+            ..Default::default()
+        });
+        if let Some(v) = &self.restart_condition {
+            restart.set_condition(restart_condition(v)?);
+        }
+        set(&mut restart.delay_ms, self.restart_delay.map(ms));
+        set(&mut restart.max_attempts, self.restart_max_attempts);
+        set(&mut restart.window_ms, self.restart_window.map(ms));
+        Ok(())
+    }
+
+    /// The update and rollback configs.
+    fn apply_rollouts(&self, spec: &mut ServiceSpec) -> Result<()> {
+        let update = Rollout {
+            parallelism: self.update_parallelism,
+            delay: self.update_delay,
+            failure_action: &self.update_failure_action,
+            order: &self.update_order,
+            monitor: self.update_monitor,
+            max_failure_ratio: self.update_max_failure_ratio,
+        };
+        update.apply(spec.update.get_or_insert_with(default_update))?;
+        let rollback = Rollout {
+            parallelism: self.rollback_parallelism,
+            delay: self.rollback_delay,
+            failure_action: &self.rollback_failure_action,
+            order: &self.rollback_order,
+            monitor: self.rollback_monitor,
+            max_failure_ratio: self.rollback_max_failure_ratio,
+        };
+        let r = spec.rollback.get_or_insert_with(default_update);
+        rollback.apply(r)?;
+        if r.failure_action() == FailureAction::Rollback {
+            bail!("a rollback cannot itself roll back: use --rollback-failure-action pause or continue");
+        }
+        Ok(())
+    }
+
+    /// `--read-only`, `--userns`, `--init` and every `--security-opt`.
+    fn apply_security(&self, c: &mut ContainerSpec) -> Result<()> {
+        set(&mut c.read_only, self.read_only);
+        set(&mut c.userns, self.userns);
+        set(&mut c.init, self.init);
+        for opt in &self.security_opt {
+            security_opt(c, opt)?;
+        }
+        Ok(())
+    }
+
+    fn apply_health(&self, c: &mut ContainerSpec) {
+        if self.no_healthcheck {
+            c.healthcheck = None;
+            return;
+        }
+        let touches_health = self.health_cmd.is_some()
+            || self.health_interval.is_some()
+            || self.health_timeout.is_some()
+            || self.health_retries.is_some()
+            || self.health_start_period.is_some();
+        if !touches_health {
+            return;
+        }
+        let h = c.healthcheck.get_or_insert_with(Default::default);
+        if let Some(cmd) = &self.health_cmd {
+            h.test = vec!["CMD-SHELL".into(), cmd.clone()];
+        }
+        set(&mut h.interval_ms, self.health_interval.map(ms));
+        set(&mut h.timeout_ms, self.health_timeout.map(ms));
+        set(&mut h.retries, self.health_retries);
+        set(&mut h.start_period_ms, self.health_start_period.map(ms));
+    }
+
+    /// Working directory, user, hostname, stopping, and the entrypoint.
+    fn apply_process(&self, c: &mut ContainerSpec) -> Result<()> {
+        set(&mut c.workdir, self.workdir.clone());
+        set(&mut c.user, self.user.clone());
+        set(&mut c.hostname, self.hostname.clone());
+        set(&mut c.stop_signal, self.stop_signal.clone());
+        set(&mut c.stop_grace_ms, self.stop_grace_period.map(ms));
+        if let Some(v) = &self.entrypoint {
+            c.command = command_line(v, "--entrypoint")?;
+        }
+        Ok(())
+    }
+}
+
+/// Overwrites `field` when the flag was given.
+fn set<T>(field: &mut T, flag: Option<T>) {
+    if let Some(v) = flag {
+        *field = v;
+    }
+}
+
+/// Splits a command line given as one flag value the way a POSIX shell would (quotes and
+/// backslashes group words), so `--entrypoint "sh -c 'echo hi'"` is three words, not four.
+pub fn command_line(line: &str, flag: &str) -> Result<Vec<String>> {
+    shell_words::split(line).with_context(|| format!("invalid {flag} {line:?}"))
+}
+
+/// One `--security-opt`.
+fn security_opt(c: &mut ContainerSpec, opt: &str) -> Result<()> {
+    match opt.split_once(['=', ':']) {
+        Some(("seccomp", "default")) => c.seccomp = String::new(),
+        Some(("seccomp", "unconfined")) => c.seccomp = "unconfined".into(),
+        Some(("seccomp", path)) => {
+            c.seccomp = std::fs::read_to_string(path)
+                .with_context(|| format!("reading seccomp profile {path}"))?;
+        }
+        Some(("no-new-privileges", v)) => {
+            c.allow_new_privileges = match v {
+                "true" => false,
+                "false" => true,
+                _ => bail!("invalid --security-opt {opt:?}: no-new-privileges=true|false"),
+            }
+        }
+        Some(("landlock", v)) => {
+            c.landlock_off = match v {
+                "on" => false,
+                "off" => true,
+                _ => bail!("invalid --security-opt {opt:?}: landlock=on|off"),
+            }
+        }
+        _ => bail!(
+            "unsupported --security-opt {opt:?}: use seccomp=default|unconfined|PROFILE.json, no-new-privileges=true|false or landlock=on|off"
+        ),
+    }
+    Ok(())
+}
+
+/// The flags of one rollout config: `--update-*` or `--rollback-*`.
+struct Rollout<'a> {
+    parallelism: Option<u64>,
+    delay: Option<Duration>,
+    failure_action: &'a Option<String>,
+    order: &'a Option<String>,
+    monitor: Option<Duration>,
+    max_failure_ratio: Option<f32>,
+}
+
+impl Rollout<'_> {
+    fn apply(&self, u: &mut UpdateConfig) -> Result<()> {
+        set(&mut u.parallelism, self.parallelism);
+        set(&mut u.delay_ms, self.delay.map(ms));
+        if let Some(v) = self.failure_action {
+            u.set_failure_action(failure_action(v)?);
+        }
+        if let Some(v) = self.order {
+            u.set_order(update_order(v)?);
+        }
+        set(&mut u.monitor_ms, self.monitor.map(ms));
+        if let Some(v) = self.max_failure_ratio {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("invalid max failure ratio {v}: must be between 0 and 1");
+            }
+            u.max_failure_ratio = v;
+        }
+        Ok(())
+    }
+}

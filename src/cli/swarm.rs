@@ -1,0 +1,257 @@
+//! `shoal swarm …`: create, join and leave a swarm, its tokens, settings and autolock.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use shoal_proto::control_client::ControlClient;
+use shoal_proto::daemon_client::DaemonClient;
+use shoal_proto::*;
+use tonic::transport::Channel;
+
+use super::client::{self, Host};
+use super::{local_only, output, parse_duration};
+
+#[derive(Debug, Subcommand)]
+pub enum SwarmCmd {
+    /// Create a swarm with this node as its manager
+    Init(InitArgs),
+    /// Join a swarm as a worker or manager
+    Join(JoinArgs),
+    /// Show or rotate a join token
+    JoinToken(JoinTokenArgs),
+    /// Change swarm settings
+    Update(UpdateArgs),
+    /// Show the swarm's settings (JSON)
+    Inspect,
+    /// Show or rotate the key that unlocks restarted managers (autolock)
+    UnlockKey {
+        /// Replace the key; managers re-wrap their data keys with the new one
+        #[arg(long)]
+        rotate: bool,
+        /// Print the key only
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Unlock a restarted, locked manager (reads the unlock key from standard input)
+    Unlock,
+    /// Leave the swarm
+    Leave {
+        /// Leave even if this is the last manager (the cluster's state is lost)
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Address to listen on for cluster traffic (IP[:PORT], default 0.0.0.0:4242)
+    #[arg(long, default_value = "")]
+    pub listen_addr: String,
+    /// Address other nodes use to reach this one (IP[:PORT])
+    #[arg(long, default_value = "")]
+    pub advertise_addr: String,
+    /// Validity of node certificates (e.g. 2160h; at least 1h)
+    #[arg(long, value_parser = parse_duration)]
+    pub cert_expiry: Option<Duration>,
+    /// Period of agent heartbeats (e.g. 5s)
+    #[arg(long, value_parser = parse_duration)]
+    pub dispatcher_heartbeat: Option<Duration>,
+    /// Recovery after losing quorum: make this manager the only one, keeping the cluster's state
+    #[arg(long)]
+    pub force_new_cluster: bool,
+    /// Lock managers' data at rest with a key only you hold; a restarted manager needs it
+    #[arg(long)]
+    pub autolock: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// Join token from 'shoal swarm join-token'
+    #[arg(long)]
+    pub token: String,
+    /// Address to listen on for cluster traffic
+    #[arg(long, default_value = "")]
+    pub listen_addr: String,
+    /// Address other nodes use to reach this one
+    #[arg(long, default_value = "")]
+    pub advertise_addr: String,
+    /// A manager's address (HOST[:PORT])
+    pub remote_addr: String,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinTokenArgs {
+    /// Replace the token: the old one stops working for new joins at once
+    #[arg(long)]
+    pub rotate: bool,
+    /// Print the token only
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// With --rotate: the new token expires after this long (e.g. 1h)
+    #[arg(long, value_parser = parse_duration, requires = "rotate")]
+    pub ttl: Option<Duration>,
+    /// With --rotate: the new token admits at most this many nodes
+    #[arg(long, requires = "rotate")]
+    pub max_uses: Option<u32>,
+    /// worker or manager
+    pub role: String,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Validity of node certificates issued from now on (at least 1h)
+    #[arg(long, value_parser = parse_duration)]
+    pub cert_expiry: Option<Duration>,
+    /// Period of agent heartbeats
+    #[arg(long, value_parser = parse_duration)]
+    pub dispatcher_heartbeat: Option<Duration>,
+    /// Turn autolock on or off (true|false)
+    #[arg(long)]
+    pub autolock: Option<bool>,
+    /// Make every manager rotate its data-at-rest key and seal its store again (no downtime)
+    #[arg(long)]
+    pub rotate_data_key: bool,
+}
+
+/// Runs one `swarm` command.
+pub async fn run(cmd: SwarmCmd, channel: Channel, host: &Host) -> Result<()> {
+    let mut daemon = DaemonClient::new(channel.clone());
+    let mut control = ControlClient::new(channel);
+    match cmd {
+        SwarmCmd::Init(a) => {
+            local_only(host)?;
+            init(&mut daemon, a).await
+        }
+        SwarmCmd::Join(a) => {
+            local_only(host)?;
+            let req = JoinRequest {
+                token: a.token,
+                remote_addr: a.remote_addr,
+                listen_addr: a.listen_addr,
+                advertise_addr: a.advertise_addr,
+            };
+            let r = daemon.join(req).await.map_err(client::status)?.into_inner();
+            println!("This node joined a swarm as a {}.", r.role().word());
+            Ok(())
+        }
+        SwarmCmd::JoinToken(a) => join_token(&mut control, a).await,
+        SwarmCmd::Update(a) => update(&mut control, a).await,
+        SwarmCmd::UnlockKey { rotate, quiet } => {
+            let info = if rotate {
+                control.rotate_unlock_key(RotateUnlockKeyRequest {}).await
+            } else {
+                control.get_unlock_key(GetUnlockKeyRequest {}).await
+            };
+            let key = info.map_err(client::status)?.into_inner().key;
+            print!("{}", output::unlock_key(&key, rotate, quiet));
+            Ok(())
+        }
+        SwarmCmd::Unlock => {
+            local_only(host)?;
+            unlock(&mut daemon).await
+        }
+        SwarmCmd::Inspect => {
+            let info =
+                control.get_cluster_info(GetClusterInfoRequest {}).await.map_err(client::status)?;
+            print!("{}", output::cluster(&info.into_inner())?);
+            Ok(())
+        }
+        SwarmCmd::Leave { force } => {
+            local_only(host)?;
+            daemon.leave(LeaveRequest { force }).await.map_err(client::status)?;
+            println!("Node left the swarm.");
+            Ok(())
+        }
+    }
+}
+
+async fn init(daemon: &mut DaemonClient<Channel>, a: InitArgs) -> Result<()> {
+    if let Some(e) = a.cert_expiry {
+        shoal_pki::validate_cert_expiry(e)?;
+    }
+    let req = InitRequest {
+        listen_addr: a.listen_addr,
+        advertise_addr: a.advertise_addr,
+        cert_expiry_secs: a.cert_expiry.map(|d| d.as_secs()).unwrap_or(0),
+        heartbeat_period_ms: a.dispatcher_heartbeat.map(|d| d.as_millis() as u64).unwrap_or(0),
+        force_new_cluster: a.force_new_cluster,
+        autolock: a.autolock,
+    };
+    let r = daemon.init(req).await.map_err(client::status)?.into_inner();
+    print!("{}", output::init(&r));
+    if !r.unlock_key.is_empty() {
+        print!("{}", output::unlock_key(&r.unlock_key, false, false));
+    }
+    Ok(())
+}
+
+async fn join_token(control: &mut ControlClient<Channel>, a: JoinTokenArgs) -> Result<()> {
+    let role = role(&a.role)? as i32;
+    let info = if a.rotate {
+        let req = RotateJoinTokenRequest {
+            role,
+            ttl_secs: a.ttl.map(|d| d.as_secs().max(1)).unwrap_or(0),
+            max_uses: a.max_uses.unwrap_or(0),
+        };
+        control.rotate_join_token(req).await
+    } else {
+        control.get_join_token(GetJoinTokenRequest { role }).await
+    };
+    let info = info.map_err(client::status)?.into_inner();
+    print!("{}", output::join_token(&info, a.rotate, a.quiet));
+    Ok(())
+}
+
+async fn update(control: &mut ControlClient<Channel>, a: UpdateArgs) -> Result<()> {
+    if a.cert_expiry.is_none()
+        && a.dispatcher_heartbeat.is_none()
+        && a.autolock.is_none()
+        && !a.rotate_data_key
+    {
+        bail!(
+            "nothing to update: give --cert-expiry, --dispatcher-heartbeat, --autolock \
+             or --rotate-data-key"
+        );
+    }
+    if let Some(e) = a.cert_expiry {
+        shoal_pki::validate_cert_expiry(e)?;
+    }
+    let req = UpdateClusterRequest {
+        cert_expiry_secs: a.cert_expiry.map(|d| d.as_secs()).unwrap_or(0),
+        heartbeat_period_ms: a.dispatcher_heartbeat.map(|d| d.as_millis() as u64).unwrap_or(0),
+        autolock: match a.autolock {
+            None => Autolock::Unchanged,
+            Some(true) => Autolock::On,
+            Some(false) => Autolock::Off,
+        } as i32,
+        rotate_data_key: a.rotate_data_key,
+    };
+    control.update_cluster(req).await.map_err(client::status)?;
+    println!("Swarm updated.");
+    if a.autolock == Some(true) {
+        let key = control.get_unlock_key(GetUnlockKeyRequest {}).await.map_err(client::status)?;
+        print!("{}", output::unlock_key(&key.into_inner().key, false, false));
+    }
+    Ok(())
+}
+
+/// Reads the unlock key from standard input (prompting on a terminal).
+async fn unlock(daemon: &mut DaemonClient<Channel>) -> Result<()> {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprint!("Enter unlock key: ");
+    }
+    let mut key = String::new();
+    std::io::stdin().read_line(&mut key).context("reading the unlock key")?;
+    daemon.unlock(UnlockRequest { key: key.trim().to_string() }).await.map_err(client::status)?;
+    println!("Manager unlocked.");
+    Ok(())
+}
+
+fn role(word: &str) -> Result<NodeRole> {
+    match word {
+        "worker" => Ok(NodeRole::Worker),
+        "manager" => Ok(NodeRole::Manager),
+        other => bail!("unknown role {other:?}: use worker or manager"),
+    }
+}
