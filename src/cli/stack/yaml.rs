@@ -379,44 +379,10 @@ impl<'a> At<'a> {
     }
 }
 
-/// Splits a command line into words: whitespace separates, quotes group, `\` escapes.
+/// Splits a command line into words as a POSIX shell would: whitespace separates, quotes
+/// group, `\` escapes (Compose's rule for a command given as one string).
 pub fn split_words(s: &str) -> Result<Vec<String>, String> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut quote: Option<char> = None;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some('"'), '\\') | (None, '\\') => match chars.next() {
-                Some(n) => word.push(n),
-                None => return Err("the command ends with a lone backslash".into()),
-            },
-            (Some(_), c) => word.push(c),
-            (None, '"' | '\'') => {
-                quote = Some(c);
-                in_word = true;
-            }
-            (None, c) if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            (None, c) => {
-                word.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if let Some(q) = quote {
-        return Err(format!("unterminated {q} quote in the command"));
-    }
-    if in_word {
-        words.push(word);
-    }
-    Ok(words)
+    shell_words::split(s).map_err(|e| format!("cannot split the command into words: {e}"))
 }
 
 /// Parses durations the way Go's `time.ParseDuration` does (Compose's format).
