@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc);
     let files = [
         "proto/types.proto",
+        "proto/networks.proto",
         "proto/services.proto",
         "proto/ca.proto",
         "proto/control.proto",

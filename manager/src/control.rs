@@ -75,7 +75,7 @@ impl ControlApi {
         let digest = ca_digest(root.as_bytes());
         ClusterInfo {
             id: cluster.id.clone(),
-            spec: cluster.spec,
+            spec: cluster.spec.clone(),
             root_ca_digest: format!("sha256:{}", hex(&digest)),
             root_ca_pem: root,
             revoked_nodes: cluster.revoked.iter().filter(|r| !r.superseded).count() as u32,
@@ -486,6 +486,34 @@ impl Control for ControlApi {
         req: Request<shoal_proto::RemoveSecretRequest>,
     ) -> Result<Response<shoal_proto::RemoveSecretResponse>, Status> {
         Ok(Response::new(crate::secrets::remove(&self.shared, req.into_inner()).await?))
+    }
+
+    async fn create_network(
+        &self,
+        req: Request<shoal_proto::CreateNetworkRequest>,
+    ) -> Result<Response<shoal_proto::NetworkResponse>, Status> {
+        Ok(Response::new(crate::networks::create(&self.shared, req.into_inner()).await?))
+    }
+
+    async fn get_network(
+        &self,
+        req: Request<shoal_proto::GetNetworkRequest>,
+    ) -> Result<Response<shoal_proto::NetworkResponse>, Status> {
+        Ok(Response::new(crate::networks::get(&self.shared, req.into_inner()).await?))
+    }
+
+    async fn list_networks(
+        &self,
+        _req: Request<shoal_proto::ListNetworksRequest>,
+    ) -> Result<Response<shoal_proto::ListNetworksResponse>, Status> {
+        Ok(Response::new(crate::networks::list(&self.shared).await?))
+    }
+
+    async fn remove_network(
+        &self,
+        req: Request<shoal_proto::RemoveNetworkRequest>,
+    ) -> Result<Response<shoal_proto::RemoveNetworkResponse>, Status> {
+        Ok(Response::new(crate::networks::remove(&self.shared, req.into_inner()).await?))
     }
 }
 

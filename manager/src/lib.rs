@@ -9,6 +9,7 @@ pub mod dispatcher;
 pub mod intake;
 pub mod logs;
 pub mod manager;
+pub mod networks;
 pub mod orchestrator;
 pub mod raft;
 pub mod removal;

@@ -58,6 +58,10 @@ pub struct InitParams {
     pub heartbeat: Duration,
     pub autolock: bool,
     pub election_timeout: Duration,
+    /// Where networks without a subnet take theirs (empty: 10.0.0.0/8), and the block size
+    /// (0: /24); checked with `shoal_proto::spec::network::address_pool`.
+    pub default_addr_pool: Vec<String>,
+    pub subnet_size: u32,
 }
 
 /// State shared by every service of one manager.
@@ -535,6 +539,8 @@ fn new_cluster(cluster_id: &str, ca: &RootCa, params: &InitParams) -> Cluster {
         spec: Some(ClusterSpec {
             cert_expiry_secs: params.cert_expiry.as_secs(),
             heartbeat_period_ms: params.heartbeat.as_millis() as u64,
+            default_addr_pool: params.default_addr_pool.clone(),
+            subnet_size: params.subnet_size,
         }),
         root_ca: Some(shoal_proto::RootCa {
             cert_pem: ca.cert_pem().to_string(),

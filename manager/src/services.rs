@@ -81,8 +81,9 @@ pub(crate) async fn create(
             })?;
             let mut spec = spec.clone();
             crate::secrets::resolve_refs(tx, &mut spec, None)?;
-            let service =
+            let mut service =
                 Service { id: id.clone(), spec: Some(spec), spec_version: 1, ..Default::default() };
+            crate::networks::attach_service(tx, &mut service, None)?;
             tx.create(service.clone())?;
             Ok(service)
         })
@@ -145,6 +146,7 @@ pub(crate) async fn update(
                 Some(spec) => {
                     let mut spec = spec.clone();
                     crate::secrets::resolve_refs(tx, &mut spec, Some(&current))?;
+                    crate::networks::resolve_targets(tx, &mut spec)?;
                     let spec = &spec;
                     check_update(&current, spec)?;
                     let dirty = req.force || task_part(spec) != task_part(&current);
@@ -162,6 +164,8 @@ pub(crate) async fn update(
                     }
                 }
             }
+            let old = s.endpoint.clone();
+            crate::networks::attach_service(tx, &mut s, old.as_ref())?;
             tx.update(s.clone())?;
             Ok(s)
         })
@@ -228,6 +232,7 @@ pub(crate) async fn remove(
             }
             tx.delete::<Service>(&service.id)?;
             tx.release_name("service", service_name(&service))?;
+            crate::networks::detach_service(tx, &service)?;
             Ok(())
         })
         .await?;

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use shoal_proto::{
-    Cluster, Member, Meta, NameClaim, Node, Precondition, Secret, Service, SnapshotRecord,
+    Cluster, Member, Meta, NameClaim, Network, Node, Precondition, Secret, Service, SnapshotRecord,
     StoreBatch, StoreSnapshot, Task, Write,
 };
 use tokio::sync::broadcast;
@@ -78,6 +78,7 @@ impl_object!(Service, "service");
 impl_object!(Task, "task");
 impl_object!(Secret, "secret");
 impl_object!(NameClaim, "name");
+impl_object!(Network, "network");
 
 /// One applied change, as seen by watchers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,11 +206,17 @@ impl Store {
 
     /// Lists every object of a kind.
     pub fn list<T: Object>(&self) -> Result<Vec<T>, StoreError> {
-        let prefix = key(T::KIND, "");
+        self.list_under("")
+    }
+
+    /// Lists the objects of a kind whose IDs start with `id_prefix`.
+    pub fn list_under<T: Object>(&self, id_prefix: &str) -> Result<Vec<T>, StoreError> {
+        let prefix = key(T::KIND, id_prefix);
+        let kind_len = key(T::KIND, "").len();
         let mut out = Vec::new();
         for kv in self.objects.scan_prefix(&prefix) {
             let (k, _) = kv?;
-            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let id = String::from_utf8_lossy(&k[kind_len..]).into_owned();
             if let Some((v, b)) = self.read_raw(&k)? {
                 out.push(decode::<T>(&id, v, &b)?);
             }
@@ -451,12 +458,23 @@ impl Tx<'_> {
     /// Lists every object of a kind, including this transaction's own writes. (A list does not
     /// make the transaction conflict with later creations; read objects you depend on by ID.)
     pub fn list<T: Object>(&self) -> Result<Vec<T>, StoreError> {
-        let mut all: BTreeMap<String, T> =
-            self.store.list::<T>()?.into_iter().map(|o| (o.id().to_string(), o)).collect();
-        let prefix = key(T::KIND, "");
+        self.list_under("")
+    }
+
+    /// Lists the objects of a kind whose IDs start with `id_prefix`, with this transaction's
+    /// own writes (the same caveat as [`Tx::list`]).
+    pub fn list_under<T: Object>(&self, id_prefix: &str) -> Result<Vec<T>, StoreError> {
+        let mut all: BTreeMap<String, T> = self
+            .store
+            .list_under::<T>(id_prefix)?
+            .into_iter()
+            .map(|o| (o.id().to_string(), o))
+            .collect();
+        let prefix = key(T::KIND, id_prefix);
+        let kind_len = key(T::KIND, "").len();
         let mine = self.writes.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix));
         for (k, v) in mine {
-            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let id = String::from_utf8_lossy(&k[kind_len..]).into_owned();
             match v {
                 Some(bytes) => all.insert(id.clone(), decode(&id, 0, bytes)?),
                 None => all.remove(&id),

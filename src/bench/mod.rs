@@ -102,6 +102,8 @@ async fn start_manager() -> Result<Bench> {
         heartbeat: shoal_manager::manager::DEFAULT_HEARTBEAT,
         autolock: false,
         election_timeout: shoal_manager::manager::DEFAULT_ELECTION_TIMEOUT,
+        default_addr_pool: Vec::new(),
+        subnet_size: 0,
     };
     let (manager, _, issued) = Manager::init(&dir.path().join("store"), params, &key).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

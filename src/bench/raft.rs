@@ -473,6 +473,8 @@ pub(crate) async fn init_manager(prefix: &str, hostname: &str) -> Result<(BenchM
         heartbeat: shoal_manager::manager::DEFAULT_HEARTBEAT,
         autolock: false,
         election_timeout: shoal_manager::manager::DEFAULT_ELECTION_TIMEOUT,
+        default_addr_pool: Vec::new(),
+        subnet_size: 0,
     };
     let (manager, id, _) = Manager::init(&dir.path().join("store"), params, &key).await?;
     let cert = id.cert.clone();

@@ -12,6 +12,7 @@ use tonic::transport::Channel;
 
 pub mod client;
 pub mod image;
+pub mod network;
 pub mod node;
 pub mod output;
 pub mod secret;
@@ -62,6 +63,9 @@ pub enum Command {
     /// Manage configs (like secrets, for data that is not secret)
     #[command(subcommand)]
     Config(secret::SecretCmd),
+    /// Manage networks
+    #[command(subcommand)]
+    Network(network::NetworkCmd),
     /// Manage stacks (services, secrets and configs from a compose file)
     #[command(subcommand)]
     Stack(stack::StackCmd),
@@ -93,6 +97,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Secret(cmd) => secret::run(SecretKind::Secret, cmd, channel).await,
         Command::Config(cmd) => secret::run(SecretKind::Config, cmd, channel).await,
         Command::Stack(cmd) => stack::run(cmd, channel).await,
+        Command::Network(cmd) => network::run(cmd, channel).await,
         Command::Image(cmd) => {
             local_only(&host)?;
             image::run(cmd, channel).await

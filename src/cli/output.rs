@@ -215,7 +215,7 @@ pub fn images(list: &shoal_proto::ImageList, quiet: bool) -> String {
 
 /// `swarm inspect`.
 pub fn cluster(c: &shoal_proto::ClusterInfo) -> Result<String> {
-    let spec = c.spec.unwrap_or_default();
+    let spec = c.spec.clone().unwrap_or_default();
     let value = json!({
         "ID": c.id,
         "CreatedAt": rfc3339_ms(c.created_at_ms),

@@ -63,6 +63,12 @@ pub struct InitArgs {
     /// Lock managers' data at rest with a key only you hold; a restarted manager needs it
     #[arg(long)]
     pub autolock: bool,
+    /// Address pool networks take their subnets from (CIDR, repeatable; default 10.0.0.0/8)
+    #[arg(long)]
+    pub default_addr_pool: Vec<String>,
+    /// Prefix length of each network's block of the pool (default 24)
+    #[arg(long)]
+    pub default_addr_pool_mask_length: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -170,6 +176,8 @@ async fn init(daemon: &mut DaemonClient<Channel>, a: InitArgs) -> Result<()> {
     if let Some(e) = a.cert_expiry {
         shoal_pki::validate_cert_expiry(e)?;
     }
+    let mask = a.default_addr_pool_mask_length.unwrap_or(0);
+    shoal_proto::spec::network::address_pool(&a.default_addr_pool, mask)?;
     let req = InitRequest {
         listen_addr: a.listen_addr,
         advertise_addr: a.advertise_addr,
@@ -177,6 +185,8 @@ async fn init(daemon: &mut DaemonClient<Channel>, a: InitArgs) -> Result<()> {
         heartbeat_period_ms: a.dispatcher_heartbeat.map(|d| d.as_millis() as u64).unwrap_or(0),
         force_new_cluster: a.force_new_cluster,
         autolock: a.autolock,
+        default_addr_pool: a.default_addr_pool,
+        default_addr_pool_mask_length: mask,
     };
     let r = daemon.init(req).await.map_err(client::status)?.into_inner();
     print!("{}", output::init(&r));

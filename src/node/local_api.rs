@@ -117,6 +117,8 @@ impl DaemonRpc for LocalApi {
             heartbeat: duration(r.heartbeat_period_ms),
             force_new_cluster: r.force_new_cluster,
             autolock: r.autolock,
+            default_addr_pool: r.default_addr_pool,
+            subnet_size: r.default_addr_pool_mask_length,
         };
         let (state, worker_token, manager_token) = self.daemon.init(opts).await.map_err(failed)?;
         let unlock_key = match self.daemon.manager().await {
@@ -267,4 +269,8 @@ delegate! {
     get_secret(GetSecretRequest) -> SecretResponse;
     list_secrets(ListSecretsRequest) -> ListSecretsResponse;
     remove_secret(RemoveSecretRequest) -> RemoveSecretResponse;
+    create_network(CreateNetworkRequest) -> NetworkResponse;
+    get_network(GetNetworkRequest) -> NetworkResponse;
+    list_networks(ListNetworksRequest) -> ListNetworksResponse;
+    remove_network(RemoveNetworkRequest) -> RemoveNetworkResponse;
 }

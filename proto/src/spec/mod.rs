@@ -4,6 +4,7 @@
 //! the wire types; never touches the store or the network.
 
 pub mod constraint;
+pub mod network;
 pub mod secret;
 pub mod service;
 
@@ -87,6 +88,33 @@ pub enum SpecError {
     /// A file mode with bits beyond 0o777.
     #[error("invalid file mode {0:o}")]
     FileMode(u32),
+    /// A network name outside `[A-Za-z0-9][A-Za-z0-9._-]{0,62}`.
+    #[error(
+        "invalid network name {0:?}: use 1–{max} letters, digits, '-', '_' or '.', starting with a letter or digit",
+        max = network::MAX_NAME
+    )]
+    NetworkName(String),
+    /// A name Docker keeps for its own networks.
+    #[error("network name {0:?} is reserved; choose another")]
+    ReservedNetworkName(String),
+    /// A network driver other than overlay.
+    #[error("network driver {0:?} is not supported: swarm networks use the overlay driver")]
+    NetworkDriver(String),
+    /// A subnet that is not an IPv4 CIDR the overlay can use.
+    #[error("invalid subnet {value:?}: {why}")]
+    Subnet { value: String, why: &'static str },
+    /// A gateway that is not a host address of its subnet.
+    #[error("invalid gateway {value:?}: {why}")]
+    Gateway { value: String, why: &'static str },
+    /// An address pool or block size `swarm init` cannot use.
+    #[error("invalid default address pool {value:?}: {why}")]
+    AddrPool { value: String, why: String },
+    /// A service naming one network twice.
+    #[error("the service names network {0} twice")]
+    SameNetwork(String),
+    /// A network alias outside the name rules.
+    #[error("invalid network alias {0:?}: use letters, digits, '-', '_' or '.'")]
+    NetworkAlias(String),
 }
 
 impl From<SpecError> for tonic::Status {

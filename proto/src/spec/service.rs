@@ -155,6 +155,8 @@ pub fn task_part(spec: &ServiceSpec) -> ServiceSpec {
         resources: spec.resources,
         restart: spec.restart,
         mode: spec.mode,
+        // A task joins its networks when it starts: another set of networks is new tasks.
+        networks: spec.networks.clone(),
         ..Default::default()
     }
 }

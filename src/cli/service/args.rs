@@ -241,6 +241,9 @@ pub struct CreateArgs {
     /// Configs the tasks may read: NAME or source=NAME,target=/PATH,uid=U,gid=G,mode=0444[,follow]
     #[arg(long)]
     pub config: Vec<String>,
+    /// Networks the tasks join: NAME or name=NAME,alias=A[,alias=B]
+    #[arg(long)]
+    pub network: Vec<String>,
     #[command(flatten)]
     pub flags: SpecFlags,
     /// Image name (as loaded with 'shoal image load' or 'image import')
@@ -290,6 +293,12 @@ pub struct UpdateArgs {
     /// Remove a config (its name)
     #[arg(long)]
     pub config_rm: Vec<String>,
+    /// Add or replace a network (same forms as service create --network)
+    #[arg(long)]
+    pub network_add: Vec<String>,
+    /// Take the service off a network (its name or ID)
+    #[arg(long)]
+    pub network_rm: Vec<String>,
     /// Replace every task even if nothing changed
     #[arg(long)]
     pub force: bool,

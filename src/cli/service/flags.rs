@@ -349,3 +349,36 @@ impl Rollout<'_> {
         Ok(())
     }
 }
+
+/// `--network`: `NAME`, or `name=NAME,alias=A[,alias=B]` (also `target=` for the name).
+pub fn parse_network(s: &str) -> Result<NetworkAttachmentConfig> {
+    let mut a = NetworkAttachmentConfig::default();
+    if !s.contains('=') {
+        a.target = s.to_string();
+        return Ok(a);
+    }
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("name" | "target", v)) => a.target = v.to_string(),
+            Some(("alias", v)) => a.aliases.push(v.to_string()),
+            _ => bail!("invalid --network {s:?}: use NAME or name=NAME,alias=ALIAS"),
+        }
+    }
+    if a.target.is_empty() {
+        bail!("invalid --network {s:?}: it names no network (name=NAME)");
+    }
+    Ok(a)
+}
+
+/// `--network-rm` then `--network-add`: an added attachment replaces one to the same network.
+pub(super) fn edit_networks(
+    list: &mut Vec<NetworkAttachmentConfig>,
+    add: &[String],
+    rm: &[String],
+) -> Result<()> {
+    let add: Vec<NetworkAttachmentConfig> =
+        add.iter().map(|a| parse_network(a)).collect::<Result<_>>()?;
+    list.retain(|n| !rm.contains(&n.target) && !add.iter().any(|a| a.target == n.target));
+    list.extend(add);
+    Ok(())
+}

@@ -21,7 +21,7 @@ pub use flags::{parse_bytes, parse_cpus, parse_mode, parse_secret_ref};
 pub use render::{service_ls, service_ps};
 
 use converge::converge;
-use flags::{edit_refs, parse_ulimit, pref, split_kv};
+use flags::{edit_networks, edit_refs, parse_network, parse_ulimit, pref, split_kv};
 use render::{service_json, service_pretty, task_name};
 
 /// The image digest as the local node knows it, to pin the service to it.
@@ -169,6 +169,19 @@ async fn rollback(
     Ok(())
 }
 
+/// The IDs of networks named by name, ID or ID prefix (a stored spec names networks by ID).
+async fn network_ids(control: &mut ControlClient<Channel>, refs: &[String]) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for reference in refs {
+        let r = control
+            .get_network(GetNetworkRequest { reference: reference.clone() })
+            .await
+            .map_err(client::status)?;
+        ids.extend(r.into_inner().network.map(|n| n.id));
+    }
+    Ok(ids)
+}
+
 async fn get(control: &mut ControlClient<Channel>, reference: &str) -> Result<Service> {
     let r = control
         .get_service(GetServiceRequest { reference: reference.to_string() })
@@ -213,6 +226,7 @@ async fn create(
             spread: a.placement_pref.iter().map(|p| pref(p)).collect::<Result<_>>()?,
             max_replicas_per_node: 0,
         }),
+        networks: a.network.iter().map(|n| parse_network(n)).collect::<Result<_>>()?,
         ..Default::default()
     };
     if spec.container.as_ref().is_some_and(|c| c.image_digest.is_empty()) {
@@ -264,6 +278,8 @@ async fn update(
     edit_list(&mut c.cap_add, &a.cap_add, &a.cap_drop, |e| e);
     edit_refs(&mut c.secrets, &a.secret_add, &a.secret_rm)?;
     edit_refs(&mut c.configs, &a.config_add, &a.config_rm)?;
+    let network_rm = network_ids(control, &a.network_rm).await?;
+    edit_networks(&mut spec.networks, &a.network_add, &network_rm)?;
     c.cap_drop.retain(|d| !a.cap_add.contains(d));
     for d in &a.cap_drop {
         if !c.cap_drop.contains(d)

@@ -173,6 +173,7 @@ pub(super) fn service_json(s: &Service) -> serde_json::Value {
                     "Window": format!("{}ms", r.window_ms),
                 },
                 "Placement": {"Constraints": p.constraints, "Preferences": p.spread, "MaxReplicas": p.max_replicas_per_node},
+                "Networks": spec.networks.iter().map(|n| serde_json::json!({"Target": n.target, "Aliases": n.aliases})).collect::<Vec<_>>(),
             },
             "UpdateConfig": upd(spec.update),
             "RollbackConfig": upd(spec.rollback),
@@ -181,6 +182,9 @@ pub(super) fn service_json(s: &Service) -> serde_json::Value {
         "UpdateStatus": {
             "State": format!("{:?}", status.state()).to_lowercase(),
             "Message": status.message,
+        },
+        "Endpoint": {
+            "VirtualIPs": s.endpoint.iter().flat_map(|e| e.vips.iter()).map(|v| serde_json::json!({"NetworkID": v.network_id, "Addr": v.addr})).collect::<Vec<_>>(),
         },
     })
 }

@@ -19,6 +19,7 @@ impl Daemon {
         if member.is_some() {
             bail!(ALREADY);
         }
+        shoal_proto::spec::network::address_pool(&opts.default_addr_pool, opts.subnet_size)?;
         let listener = bind(&normalize_listen(&opts.listen_addr)?.to_string()).await?;
         let listen = listener.local_addr()?;
         let advertise = advertise_addr(&opts.advertise_addr, &listen)?;
@@ -29,6 +30,8 @@ impl Daemon {
             heartbeat: opts.heartbeat.unwrap_or(shoal_manager::manager::DEFAULT_HEARTBEAT),
             autolock: opts.autolock,
             election_timeout: self.cfg.election_timeout,
+            default_addr_pool: opts.default_addr_pool.clone(),
+            subnet_size: opts.subnet_size,
         };
         let key = NodeKey::generate()?;
         let store_dir = self.files.store_dir();

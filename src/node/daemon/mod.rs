@@ -53,6 +53,9 @@ pub struct InitOptions {
     pub heartbeat: Option<Duration>,
     pub force_new_cluster: bool,
     pub autolock: bool,
+    /// `--default-addr-pool` CIDRs and `--default-addr-pool-mask-length`.
+    pub default_addr_pool: Vec<String>,
+    pub subnet_size: u32,
 }
 
 /// What `swarm join` asks for.

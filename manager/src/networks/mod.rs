@@ -1,0 +1,237 @@
+//! Owns networks in the control API (create, inspect, list, remove) and the addresses services
+//! and tasks hold on them. Rules of specs are `shoal_proto::spec::network`'s; address choices
+//! are `ipam`'s (pure) made durable by `alloc` (in the caller's store transaction).
+
+pub(crate) mod alloc;
+pub mod ipam;
+
+use shoal_proto::spec::network::{normalize, validate_attachments};
+use shoal_proto::spec::SpecError;
+use shoal_proto::{
+    CreateNetworkRequest, Endpoint, GetNetworkRequest, ListNetworksResponse, Network,
+    NetworkResponse, RemoveNetworkRequest, RemoveNetworkResponse, Service, VirtualIp,
+};
+use tonic::Status;
+
+use crate::manager::Shared;
+use crate::store::{StoreError, Tx};
+use alloc::name_of;
+
+/// Why a network call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// The spec broke a rule of `shoal_proto::spec::network`.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// Another network has the name.
+    #[error("a network named {0} already exists")]
+    Exists(String),
+    /// No network has this name, ID or ID prefix.
+    #[error("no such network: {0}")]
+    NotFound(String),
+    /// An ID prefix that fits several networks.
+    #[error("{0} matches more than one network; use a longer ID prefix")]
+    Ambiguous(String),
+    /// Services (or their last tasks) still use the network.
+    #[error("network {network} is in use by {}; remove them or take them off it first", .users.join(", "))]
+    InUse { network: String, users: Vec<String> },
+    /// A user's subnet overlaps a network that exists.
+    #[error("subnet {subnet} overlaps {other} of network {network}; choose another subnet")]
+    SubnetInUse { subnet: String, other: String, network: String },
+    /// No free block left in the cluster's address pool (or no free VNI).
+    #[error(
+        "the cluster's address pool has no free subnet left: remove unused networks or create one with --subnet"
+    )]
+    PoolExhausted,
+    /// Every host address of a network is taken.
+    #[error("network {network} has no free address left; give it a larger subnet")]
+    Full { network: String },
+    /// A stored network whose subnet or gateway does not parse.
+    #[error("network {network} is stored with a damaged subnet or gateway")]
+    Corrupt { network: String },
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<NetworkError> for Status {
+    fn from(e: NetworkError) -> Status {
+        let msg = e.to_string();
+        match e {
+            NetworkError::Spec(s) => s.into(),
+            NetworkError::Exists(_) => Status::already_exists(msg),
+            NetworkError::NotFound(_) => Status::not_found(msg),
+            NetworkError::Ambiguous(_) | NetworkError::SubnetInUse { .. } => {
+                Status::invalid_argument(msg)
+            }
+            NetworkError::InUse { .. } => Status::failed_precondition(msg),
+            NetworkError::PoolExhausted | NetworkError::Full { .. } => {
+                Status::resource_exhausted(msg)
+            }
+            NetworkError::Corrupt { .. } => Status::internal(msg),
+            NetworkError::Store(s) => s.into(),
+        }
+    }
+}
+
+/// Finds a network by ID, name or unique ID prefix.
+pub(crate) fn resolve<'a>(
+    all: &'a [Network],
+    reference: &str,
+) -> Result<&'a Network, NetworkError> {
+    if let Some(n) = all.iter().find(|n| n.id == reference || name_of(n) == reference) {
+        return Ok(n);
+    }
+    match all.iter().filter(|n| n.id.starts_with(reference)).collect::<Vec<_>>().as_slice() {
+        [one] if !reference.is_empty() => Ok(one),
+        [] | [_] => Err(NetworkError::NotFound(reference.to_string())),
+        _ => Err(NetworkError::Ambiguous(reference.to_string())),
+    }
+}
+
+/// Names of the services whose current spec is on network `id`.
+fn users(services: &[Service], id: &str) -> Vec<String> {
+    let mut names: Vec<String> = services
+        .iter()
+        .filter_map(|s| s.spec.as_ref())
+        .filter(|spec| spec.networks.iter().any(|a| a.target == id))
+        .map(|spec| spec.name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+pub(crate) async fn create(
+    shared: &Shared,
+    req: CreateNetworkRequest,
+) -> Result<NetworkResponse, NetworkError> {
+    let mut spec = req.spec.unwrap_or_default();
+    normalize(&mut spec)?;
+    let id = shoal_pki::id::new_id();
+    let network = shared
+        .store
+        .update(|tx| {
+            if tx.list::<Network>()?.iter().any(|n| name_of(n) == spec.name) {
+                return Err(NetworkError::Exists(spec.name.clone()));
+            }
+            tx.claim_name("network", &spec.name, &id).map_err(|e| match e {
+                StoreError::Exists { .. } => NetworkError::Exists(spec.name.clone()),
+                e => e.into(),
+            })?;
+            let network = alloc::place_network(tx, &id, &spec)?;
+            tx.create(network.clone())?;
+            Ok(network)
+        })
+        .await?;
+    tracing::info!(network = %id, name = %spec.name, subnet = %network.subnet, vni = network.vni, "network created");
+    let network = shared.store.get::<Network>(&id)?.unwrap_or(network);
+    Ok(NetworkResponse { network: Some(network), services: Vec::new() })
+}
+
+pub(crate) async fn get(
+    shared: &Shared,
+    req: GetNetworkRequest,
+) -> Result<NetworkResponse, NetworkError> {
+    let all = shared.store.list::<Network>()?;
+    let network = resolve(&all, &req.reference)?.clone();
+    let services = users(&shared.store.list::<Service>()?, &network.id);
+    Ok(NetworkResponse { network: Some(network), services })
+}
+
+pub(crate) async fn list(shared: &Shared) -> Result<ListNetworksResponse, NetworkError> {
+    let mut networks = shared.store.list::<Network>()?;
+    networks.sort_by(|a, b| name_of(a).cmp(name_of(b)));
+    Ok(ListNetworksResponse { networks })
+}
+
+/// Removes a network no service uses and no unfinished task holds an address on.
+pub(crate) async fn remove(
+    shared: &Shared,
+    req: RemoveNetworkRequest,
+) -> Result<RemoveNetworkResponse, NetworkError> {
+    shared.store.barrier().await?;
+    let network = resolve(&shared.store.list::<Network>()?, &req.reference)?.clone();
+    let name = name_of(&network).to_string();
+    shared
+        .store
+        .update(|tx| {
+            if tx.get::<Network>(&network.id)?.is_none() {
+                return Err(NetworkError::NotFound(req.reference.clone()));
+            }
+            let mut in_use = users(&tx.list::<Service>()?, &network.id);
+            if in_use.is_empty() && !alloc::holders(tx, &network.id)?.is_empty() {
+                in_use.push("tasks that are still stopping".into());
+            }
+            if !in_use.is_empty() {
+                return Err(NetworkError::InUse { network: name.clone(), users: in_use });
+            }
+            alloc::serialize_network_changes(tx)?;
+            tx.delete::<Network>(&network.id)?;
+            tx.release_name("network", &name)?;
+            Ok(())
+        })
+        .await?;
+    tracing::info!(network = %network.id, name = %name, "network removed");
+    Ok(RemoveNetworkResponse { id: network.id, name })
+}
+
+/// Inside a service create or update: names each network of the spec by its ID (a spec may
+/// give names), so specs compare and services are found by network alike.
+pub(crate) fn resolve_targets(
+    tx: &mut Tx<'_>,
+    spec: &mut shoal_proto::ServiceSpec,
+) -> Result<(), NetworkError> {
+    validate_attachments(&spec.networks)?;
+    if spec.networks.is_empty() {
+        return Ok(());
+    }
+    let all = tx.list::<Network>()?;
+    for a in &mut spec.networks {
+        let id = resolve(&all, &a.target)?.id.clone();
+        // Read by ID so a concurrent removal makes the transaction conflict.
+        tx.get::<Network>(&id)?.ok_or_else(|| NetworkError::NotFound(a.target.clone()))?;
+        a.target = id;
+    }
+    // Two names of one network are one network twice.
+    validate_attachments(&spec.networks)?;
+    Ok(())
+}
+
+/// Inside a service create or update: resolves the spec's networks (see [`resolve_targets`])
+/// and gives the service a virtual IP on each (kept from `old` where it had one); releases the
+/// virtual IPs of networks the spec no longer names.
+pub(crate) fn attach_service(
+    tx: &mut Tx<'_>,
+    service: &mut Service,
+    old: Option<&Endpoint>,
+) -> Result<(), NetworkError> {
+    let Some(spec) = service.spec.as_mut() else { return Ok(()) };
+    resolve_targets(tx, spec)?;
+    let mut vips = Vec::new();
+    for a in &spec.networks {
+        let network = tx
+            .get::<Network>(&a.target)?
+            .ok_or_else(|| NetworkError::NotFound(a.target.clone()))?;
+        let kept = old.and_then(|e| e.vips.iter().find(|v| v.network_id == network.id));
+        let addr = match kept {
+            Some(v) => v.addr.clone(),
+            None => alloc::allocate_addr(tx, &network, &service.id)?,
+        };
+        vips.push(VirtualIp { network_id: network.id, addr });
+    }
+    for gone in old.iter().flat_map(|e| e.vips.iter()) {
+        if !vips.iter().any(|v| v.network_id == gone.network_id) {
+            alloc::release_addr(tx, &gone.network_id, &gone.addr)?;
+        }
+    }
+    service.endpoint = if vips.is_empty() { None } else { Some(Endpoint { vips }) };
+    Ok(())
+}
+
+/// Inside a service removal: gives back the service's virtual IPs.
+pub(crate) fn detach_service(tx: &mut Tx<'_>, service: &Service) -> Result<(), NetworkError> {
+    for v in service.endpoint.iter().flat_map(|e| e.vips.iter()) {
+        alloc::release_addr(tx, &v.network_id, &v.addr)?;
+    }
+    Ok(())
+}

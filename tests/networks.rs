@@ -1,0 +1,201 @@
+//! Networks on an in-process cluster (real manager, Raft, sled and gRPC): what `network create`,
+//! `ls`, `inspect` and `rm` give a user, the subnets and VNIs the managers hand out, the
+//! virtual IPs services get, and that concurrent allocations never share an address.
+
+mod harness;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use harness::TestNode;
+use shoal::node::daemon::InitOptions;
+use shoal_proto::*;
+use tonic::Code;
+
+const BEAT: Duration = Duration::from_millis(200);
+
+async fn manager(name: &str) -> TestNode {
+    let m = TestNode::start(name).await;
+    m.init(BEAT, None).await;
+    m
+}
+
+fn net_spec(name: &str, subnet: &str) -> NetworkSpec {
+    NetworkSpec {
+        name: name.into(),
+        ipam: Some(IpamConfig { subnet: subnet.into(), gateway: String::new() }),
+        ..Default::default()
+    }
+}
+
+async fn create_network(m: &TestNode, name: &str, subnet: &str) -> Result<Network, tonic::Status> {
+    let req = CreateNetworkRequest { spec: Some(net_spec(name, subnet)) };
+    Ok(m.control().await.create_network(req).await?.into_inner().network.unwrap())
+}
+
+fn service(name: &str, networks: &[&str]) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        replicas: 0,
+        container: Some(ContainerSpec { image: "busybox".into(), ..Default::default() }),
+        networks: networks
+            .iter()
+            .map(|n| NetworkAttachmentConfig { target: n.to_string(), aliases: vec![] })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+async fn create_service(m: &TestNode, spec: ServiceSpec) -> Result<Service, tonic::Status> {
+    let req = CreateServiceRequest { spec: Some(spec) };
+    Ok(m.control().await.create_service(req).await?.into_inner().service.unwrap())
+}
+
+fn vips(s: &Service) -> Vec<(String, String)> {
+    let vips = s.endpoint.iter().flat_map(|e| e.vips.iter());
+    vips.map(|v| (v.network_id.clone(), v.addr.clone())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn networks_take_their_own_subnet_and_vni_and_refuse_overlaps() {
+    let m = manager("m").await;
+    let front = create_network(&m, "front", "").await.unwrap();
+    let back = create_network(&m, "back", "").await.unwrap();
+    assert_eq!((front.subnet.as_str(), front.gateway.as_str()), ("10.0.0.0/24", "10.0.0.1"));
+    assert_eq!(back.subnet, "10.0.1.0/24", "the pool's next block");
+    assert_eq!((front.vni, back.vni), (4096, 4097));
+    assert_eq!(front.spec.as_ref().unwrap().driver, "overlay");
+
+    let mine = create_network(&m, "mine", "192.168.50.0/24").await.unwrap();
+    assert_eq!(mine.gateway, "192.168.50.1");
+
+    let again = create_network(&m, "front", "").await.unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
+    let overlap = create_network(&m, "wide", "10.0.0.0/16").await.unwrap_err();
+    assert_eq!(overlap.code(), Code::InvalidArgument);
+    assert!(overlap.message().contains("overlaps 10.0.0.0/24 of network front"), "{overlap:?}");
+    let bad = create_network(&m, "bad", "10.9.9.9/24").await.unwrap_err();
+    assert!(bad.message().contains("host bits"), "{bad:?}");
+    let reserved = create_network(&m, "ingress", "").await.unwrap_err();
+    assert!(reserved.message().contains("reserved"), "{reserved:?}");
+
+    let listed = m.control().await.list_networks(ListNetworksRequest {}).await.unwrap();
+    let names: Vec<String> = listed
+        .into_inner()
+        .networks
+        .iter()
+        .map(|n| n.spec.as_ref().unwrap().name.clone())
+        .collect();
+    assert_eq!(names, ["back", "front", "mine"]);
+    let prefix = front.id[..6].to_string();
+    let got = m.control().await.get_network(GetNetworkRequest { reference: prefix }).await;
+    assert_eq!(got.unwrap().into_inner().network.unwrap().id, front.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_network_in_use_stays_and_addresses_come_back_when_services_leave() {
+    let m = manager("m").await;
+    let front = create_network(&m, "front", "10.50.0.0/29").await.unwrap();
+    let web = create_service(&m, service("web", &["front"])).await.unwrap();
+    assert_eq!(vips(&web), [(front.id.clone(), "10.50.0.2/29".to_string())]);
+    assert_eq!(web.spec.as_ref().unwrap().networks[0].target, front.id, "stored by ID");
+
+    let req = RemoveNetworkRequest { reference: "front".into() };
+    let refused = m.control().await.remove_network(req.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("in use by web"), "{refused:?}");
+    let inspect = GetNetworkRequest { reference: "front".into() };
+    let shown = m.control().await.get_network(inspect).await.unwrap().into_inner();
+    assert_eq!(shown.services, ["web"]);
+
+    // A /29 has five addresses: the four others go, a sixth service finds none.
+    for name in ["a", "b", "c", "d"] {
+        create_service(&m, service(name, &["front"])).await.unwrap();
+    }
+    let full = create_service(&m, service("e", &["front"])).await.unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    assert!(full.message().contains("no free address"), "{full:?}");
+    // The failed create left nothing behind: its name is free again.
+    let req = ListServicesRequest {};
+    assert_eq!(m.control().await.list_services(req).await.unwrap().into_inner().services.len(), 5);
+
+    // Taking web off the network gives its address to the next service.
+    let mut spec = web.spec.clone().unwrap();
+    spec.networks.clear();
+    let req =
+        UpdateServiceRequest { reference: "web".into(), spec: Some(spec), ..Default::default() };
+    let web = m.control().await.update_service(req).await.unwrap().into_inner().service.unwrap();
+    assert!(vips(&web).is_empty());
+    let e = create_service(&m, service("e", &["front"])).await.unwrap();
+    assert_eq!(vips(&e)[0].1, "10.50.0.2/29");
+
+    for name in ["a", "b", "c", "d", "e", "web"] {
+        let req = RemoveServiceRequest { reference: name.into() };
+        m.control().await.remove_service(req).await.unwrap();
+    }
+    let req = RemoveNetworkRequest { reference: "front".into() };
+    let gone = m.control().await.remove_network(req).await.unwrap().into_inner();
+    assert_eq!(gone.id, front.id);
+    let listed = m.control().await.list_networks(ListNetworksRequest {}).await.unwrap();
+    assert!(listed.into_inner().networks.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_allocations_never_share_an_address_a_subnet_or_a_vni() {
+    let m = manager("m").await;
+    create_network(&m, "shared", "").await.unwrap();
+    let mut creates = Vec::new();
+    for i in 0..16 {
+        let control = m.control().await;
+        creates.push(tokio::spawn(async move {
+            let mut control = control;
+            let spec = service(&format!("s{i}"), &["shared"]);
+            control.create_service(CreateServiceRequest { spec: Some(spec) }).await
+        }));
+    }
+    let mut addrs = BTreeSet::new();
+    for c in creates {
+        let s = c.await.unwrap().unwrap().into_inner().service.unwrap();
+        assert!(addrs.insert(vips(&s)[0].1.clone()), "address given twice: {:?}", vips(&s));
+    }
+    assert_eq!(addrs.len(), 16);
+
+    let mut creates = Vec::new();
+    for i in 0..8 {
+        let control = m.control().await;
+        creates.push(tokio::spawn(async move {
+            let mut control = control;
+            let req = CreateNetworkRequest { spec: Some(net_spec(&format!("n{i}"), "")) };
+            control.create_network(req).await
+        }));
+    }
+    let (mut subnets, mut vnis) = (BTreeSet::new(), BTreeSet::new());
+    for c in creates {
+        let n = c.await.unwrap().unwrap().into_inner().network.unwrap();
+        assert!(subnets.insert(n.subnet.clone()), "subnet given twice: {}", n.subnet);
+        assert!(vnis.insert(n.vni), "VNI given twice: {}", n.vni);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn swarm_init_sets_the_address_pool_networks_draw_from() {
+    let m = TestNode::start("m").await;
+    let bad = InitOptions {
+        listen_addr: "127.0.0.1:0".into(),
+        default_addr_pool: vec!["10.0.0.0/8".into(), "10.20.0.0/16".into()],
+        ..Default::default()
+    };
+    let err = m.daemon.init(bad).await.unwrap_err();
+    assert!(format!("{err:#}").contains("overlaps"), "{err:#}");
+    let opts = InitOptions {
+        listen_addr: "127.0.0.1:0".into(),
+        heartbeat: Some(BEAT),
+        default_addr_pool: vec!["172.30.0.0/16".into()],
+        subnet_size: 26,
+        ..Default::default()
+    };
+    m.daemon.init(opts).await.unwrap();
+    let a = create_network(&m, "a", "").await.unwrap();
+    let b = create_network(&m, "b", "").await.unwrap();
+    assert_eq!((a.subnet.as_str(), b.subnet.as_str()), ("172.30.0.0/26", "172.30.0.64/26"));
+}
