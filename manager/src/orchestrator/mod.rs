@@ -8,6 +8,7 @@
 //! through the feed, so the copy never runs ahead of the store.
 
 mod plan;
+mod rollout;
 #[cfg(test)]
 mod tests;
 
