@@ -159,7 +159,7 @@ pub fn spawn(
     config
         .validate()
         .map_err(|e| StoreError::Unavailable(format!("invalid raft settings: {e}")))?;
-    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let logger = crate::raft::logging::raft_logger();
     let raw = RawNode::new(&config, storage, &logger)
         .map_err(|e| StoreError::Unavailable(format!("raft: {e}")))?;
     let (tx, rx) = mpsc::channel(BATCH * 4);
