@@ -47,6 +47,8 @@ const BATCH: usize = 4096;
 #[derive(Clone, Debug)]
 pub struct RaftConfig {
     pub id: u64,
+    /// The manager's node ID, for its log lines (the raft span's `node` field).
+    pub node: String,
     pub tick: Duration,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
@@ -61,6 +63,7 @@ impl RaftConfig {
     pub fn new(id: u64) -> RaftConfig {
         RaftConfig {
             id,
+            node: format!("{id:016x}"),
             tick: Duration::from_millis(50),
             election_ticks: 10,
             heartbeat_ticks: 1,
@@ -192,7 +195,7 @@ pub fn spawn(
         leading: None,
         sync_jobs,
     };
-    let span = tracing::info_span!("raft", id = cfg_id);
+    let span = tracing::info_span!("raft", node = %driver.cfg.node);
     tokio::spawn(tracing::Instrument::instrument(driver.run(rx, synced_rx), span));
     Ok(RaftHandle { tx, status: status_rx })
 }
