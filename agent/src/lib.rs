@@ -16,6 +16,7 @@ use std::sync::Arc;
 use shoal_pki::{ManagerTrust, ReloadableCert};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 pub use files::{NodeFiles, NodeState};
 pub use join::{join, JoinError, JoinParams, Joined};
@@ -75,7 +76,8 @@ impl Agent {
         )?);
         let initial = AgentStatus { manager_addrs, manager_ids, ..Default::default() };
         let (tx, rx) = watch::channel(initial);
-        let worker = Worker::new(cfg.executor);
+        let node = cert.identity().node_id;
+        let worker = Worker::with_span(cfg.executor, tracing::info_span!("worker", node = %node));
         let session_cfg = session::SessionConfig {
             hostname: cfg.hostname,
             advertise_addr: cfg.advertise_addr,
@@ -89,9 +91,11 @@ impl Agent {
             time_scale: cfg.time_scale,
             now: renew_now.clone(),
         };
+        let session = session::run(session_cfg, cert.clone(), tls.clone(), tx.clone());
+        let renew = renew::run(renew_cfg, cert, tls, tx);
         let tasks = vec![
-            tokio::spawn(session::run(session_cfg, cert.clone(), tls.clone(), tx.clone())),
-            tokio::spawn(renew::run(renew_cfg, cert, tls, tx)),
+            tokio::spawn(session.instrument(tracing::info_span!("session", node = %node))),
+            tokio::spawn(renew.instrument(tracing::info_span!("renew", node = %node))),
         ];
         Ok(Agent { status: rx, tasks, renew_now, worker })
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use shoal_proto::{AssignmentsMessage, Secret, SecretData, Task, TaskState, TaskStatusUpdate};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::Status;
+use tracing::Instrument;
 
 use crate::manager::Shared;
 use crate::store::Event;
@@ -367,9 +368,10 @@ pub(crate) fn spawn(shared: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
     shared.hub.load(&shared.store);
     let (tx, rx) = mpsc::channel(1024);
     *shared.status_batcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    let span = tracing::info_span!(parent: None, "dispatcher", node = %shared.local_node_id);
     vec![
-        tokio::spawn(route(Arc::downgrade(shared), events)),
-        tokio::spawn(batch_status(Arc::downgrade(shared), rx)),
+        tokio::spawn(route(Arc::downgrade(shared), events).instrument(span.clone())),
+        tokio::spawn(batch_status(Arc::downgrade(shared), rx).instrument(span)),
     ]
 }
 

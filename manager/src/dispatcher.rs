@@ -16,6 +16,7 @@ use shoal_proto::{
 };
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::authz::caller;
 use crate::intake;
@@ -137,7 +138,8 @@ impl Manager {
         let weak = Arc::downgrade(&self.shared);
         let mut events = self.shared.store.watch();
         let mut managers: HashSet<String> = self.shared.trust.managers().into_iter().collect();
-        tokio::spawn(async move {
+        let span = tracing::info_span!("dispatcher", node = %self.shared.local_node_id);
+        let task = async move {
             loop {
                 let event = match events.recv().await {
                     Ok(e) if e.kind == "node" => e,
@@ -173,14 +175,16 @@ impl Manager {
                     managers: Some(shared.manager_set()),
                 });
             }
-        })
+        };
+        tokio::spawn(task.instrument(span))
     }
 
     /// On the leader, marks nodes Down when their heartbeats stop; runs until the manager is
     /// dropped. A new leader first gives every Ready node time to reconnect to it.
     pub fn spawn_monitor(&self) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(&self.shared);
-        tokio::spawn(async move {
+        let span = tracing::info_span!("dispatcher", node = %self.shared.local_node_id);
+        let task = async move {
             let mut was_leader = false;
             loop {
                 let Some(shared) = weak.upgrade() else { return };
@@ -204,7 +208,8 @@ impl Manager {
                 drop(shared);
                 tokio::time::sleep(tick).await;
             }
-        })
+        };
+        tokio::spawn(task.instrument(span))
     }
 }
 

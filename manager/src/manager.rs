@@ -384,7 +384,7 @@ impl Manager {
         let peers = Peers::new(tls.clone(), parts.store.clone());
         peers.follow_members();
         let raft = node::spawn(
-            raft_config(raft_id, id.election_timeout),
+            RaftConfig { node: id.node_id.clone(), ..raft_config(raft_id, id.election_timeout) },
             parts.storage,
             parts.store.clone(),
             peers.clone(),

@@ -56,6 +56,7 @@ pub struct ExitWatch {
 
 impl ExitWatch {
     /// Watches process `pid`; must be called from inside a tokio runtime.
+    #[allow(unsafe_code)]
     pub fn open(pid: i32) -> Result<ExitWatch> {
         let bad = || RuntimeError::InvalidSpec(format!("container pid {pid} is not a valid pid"));
         let p = Pid::from_raw(pid).ok_or_else(bad)?;

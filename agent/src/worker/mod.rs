@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use shoal_proto::{AssignmentsMessage, Task};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 pub use choice::ExecutorChoice;
 pub use executor::{describe_host, ExecError, ExecOutput, Executor, ExitStatus};
@@ -47,6 +48,8 @@ struct Shared {
     secrets: Arc<secrets::SecretStore>,
     /// Whether the containers of an earlier agent have been claimed (first complete set).
     recovered: AtomicBool,
+    /// The span the worker's own tasks (controllers, removals) run in.
+    span: tracing::Span,
 }
 
 /// A task the worker knows: how to tell its controller what is wanted, and the controller
@@ -60,14 +63,24 @@ struct Entry {
 impl Worker {
     /// A worker running tasks through `exec`.
     pub fn new(exec: Arc<dyn Executor>) -> Worker {
+        Worker::with_span(exec, tracing::Span::none())
+    }
+
+    /// A worker whose controllers and removals run in `span` (the agent's names its node).
+    pub fn with_span(exec: Arc<dyn Executor>, span: tracing::Span) -> Worker {
         let shared = Shared {
             exec,
             queue: Arc::new(StatusQueue::default()),
             tasks: Mutex::new(HashMap::new()),
             secrets: Arc::default(),
             recovered: AtomicBool::new(false),
+            span,
         };
         Worker { shared: Arc::new(shared) }
+    }
+
+    fn span(&self) -> tracing::Span {
+        self.shared.span.clone()
     }
 
     fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -104,7 +117,7 @@ impl Worker {
         for id in leftovers {
             tracing::info!(task = %id, "removing a container no task on this node needs");
             let exec = self.shared.exec.clone();
-            tokio::spawn(async move { exec.forget(&id).await });
+            tokio::spawn(async move { exec.forget(&id).await }.instrument(self.span()));
         }
     }
 
@@ -147,7 +160,7 @@ impl Worker {
                 secrets: self.shared.secrets.clone(),
                 desired: rx,
             };
-            tokio::spawn(c.run(Box::new(task.clone()), adopt))
+            tokio::spawn(c.run(Box::new(task.clone()), adopt).instrument(self.span()))
         });
         tasks.insert(task.id, Entry { desired: tx, controller });
     }
@@ -159,12 +172,13 @@ impl Worker {
         entry.desired.send_modify(|d| d.removed = true);
         self.shared.queue.untrack(id);
         let (exec, id) = (self.shared.exec.clone(), id.to_string());
-        Some(tokio::spawn(async move {
+        let removal = async move {
             if let Some(c) = entry.controller {
                 let _ = c.await;
             }
             exec.forget(&id).await;
-        }))
+        };
+        Some(tokio::spawn(removal.instrument(self.span())))
     }
 
     /// Stops and removes every task and container on this node, with their logs (the node

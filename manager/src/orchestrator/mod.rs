@@ -8,6 +8,7 @@
 //! through the feed, so the copy never runs ahead of the store.
 
 mod plan;
+mod rollout;
 #[cfg(test)]
 mod tests;
 
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use shoal_proto::{Member, Node, Service, Task, TaskState, TaskStatus, UpdateState, UpdateStatus};
 use tokio::sync::broadcast;
+use tracing::Instrument;
 
 use crate::manager::{now_ms, Manager, Shared};
 use crate::store::{Event, StoreError, Tx};
@@ -331,7 +333,8 @@ impl Manager {
     pub fn spawn_orchestrator(&self) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(&self.shared);
         let mut status = self.shared.raft.watch();
-        tokio::spawn(async move {
+        let span = tracing::info_span!("orchestrator", node = %self.shared.local_node_id);
+        let task = async move {
             let mut running: Vec<tokio::task::JoinHandle<()>> = Vec::new();
             loop {
                 let leader = status.borrow_and_update().is_leader;
@@ -341,8 +344,10 @@ impl Manager {
                     if shared.store.barrier().await.is_ok() && shared.raft.status().is_leader {
                         let events = shared.store.watch();
                         running = crate::assignments::spawn(&shared);
-                        running.push(tokio::spawn(run(Arc::downgrade(&shared), events)));
-                        running.push(tokio::spawn(track_reachability(Arc::downgrade(&shared))));
+                        let orchestrate = run(Arc::downgrade(&shared), events);
+                        running.push(tokio::spawn(orchestrate.in_current_span()));
+                        let reachability = track_reachability(Arc::downgrade(&shared));
+                        running.push(tokio::spawn(reachability.in_current_span()));
                         tracing::info!("leading: orchestrator and dispatcher assignments started");
                     }
                 } else if !leader && !running.is_empty() {
@@ -355,7 +360,8 @@ impl Manager {
                 }
             }
             stop(&weak, &mut running);
-        })
+        };
+        tokio::spawn(task.instrument(span))
     }
 }
 

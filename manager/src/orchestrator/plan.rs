@@ -1,16 +1,17 @@
 //! One orchestrator pass as a pure function of the orchestrator's copy of the cluster: what to
-//! create, stop, place, delete and record. No IO; tested with fake worlds.
+//! create, stop, place, delete and record. No IO; tested with fake worlds. Phase 3 of a
+//! service's reconciliation, the rolling update, lives in the sibling module `rollout`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use shoal_proto::spec::parse_constraints;
-use shoal_proto::spec::service::{default_update, is_live as live, task_part};
+use shoal_proto::spec::service::{is_live as live, task_part};
 use shoal_proto::{
-    Availability, FailureAction, NodeState, RestartCondition, Service, ServiceMode, ServiceSpec,
-    Task, TaskState, TaskStatus, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
+    Availability, NodeState, RestartCondition, Service, ServiceMode, ServiceSpec, Task, TaskState,
+    TaskStatus, UpdateStatus,
 };
 
-use super::World;
+use super::{rollout, World};
 use crate::scheduler::{self, ClusterView, Decision};
 
 /// One change to the store.
@@ -41,33 +42,34 @@ fn slot_key(t: &Task) -> String {
     }
 }
 
-struct Ctx<'a> {
-    world: &'a World,
-    now: i64,
-    ops: Vec<Op>,
+/// One pass under way: the world it reads, and what it has decided so far.
+pub(super) struct Ctx<'a> {
+    pub world: &'a World,
+    pub now: i64,
+    pub ops: Vec<Op>,
     /// New tasks of this pass, to be placed before they are written.
     created: Vec<Task>,
     /// Restarts made, by (service, slot key), and services whose update delay starts now.
     restarted: Vec<(String, String)>,
-    delayed: Vec<(String, i64)>,
+    pub delayed: Vec<(String, i64)>,
 }
 
 impl Ctx<'_> {
     /// Whether a node can run tasks (it exists, is not Down and not drained).
-    fn node_usable(&self, id: &str) -> bool {
+    pub fn node_usable(&self, id: &str) -> bool {
         self.world.nodes.get(id).is_some_and(|n| {
             n.state() != NodeState::Down && n.availability() != Availability::Drain
         })
     }
 
     /// Whether a task is known to have stopped, or never will report again.
-    fn stopped(&self, t: &Task) -> bool {
+    pub fn stopped(&self, t: &Task) -> bool {
         ended(t.state())
             || t.node_id.is_empty()
             || self.world.nodes.get(&t.node_id).is_none_or(|n| n.state() == NodeState::Down)
     }
 
-    fn new_task(&mut self, s: &Service, slot: u64, node: &str, desired: TaskState, delay: u64) {
+    pub fn new_task(&mut self, s: &Service, slot: u64, node: &str, desired: TaskState, delay: u64) {
         let spec = s.spec.clone().unwrap_or_default();
         let task = Task {
             id: shoal_pki::id::new_id(),
@@ -158,41 +160,92 @@ fn remove_all(ctx: &mut Ctx<'_>, service_id: &str) {
     }
 }
 
-fn reconcile(ctx: &mut Ctx<'_>, s: &Service) {
-    let spec = s.spec.clone().unwrap_or_default();
-    let mut slots: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
-    if let Some(ids) = ctx.world.by_service.get(&s.id) {
-        for id in ids {
-            let t = &ctx.world.tasks[id];
-            slots.entry(slot_key(t)).or_default().push(t);
-        }
-    }
-    for tasks in slots.values_mut() {
-        tasks.sort_by_key(|t| {
-            std::cmp::Reverse(t.meta.as_ref().map(|m| (m.created_at_ms, m.version)))
-        });
-    }
-    // Whether a task was made from an older spec than the service's (by content, so a rollback
-    // to what a task already runs does not replace it).
-    let mut dirty_versions: HashMap<u64, bool> = HashMap::new();
-    let current = task_part(&spec);
-    let mut is_dirty = |t: &Task| {
-        t.spec_version != s.spec_version
-            && *dirty_versions
-                .entry(t.spec_version)
-                .or_insert_with(|| task_part(&t.spec.clone().unwrap_or_default()) != current)
+/// Brings one service's tasks to its spec, in four phases (each reads the slots as they were
+/// at the start of the pass): repair, count, rolling update, history.
+fn reconcile<'w>(ctx: &mut Ctx<'w>, s: &'w Service) {
+    let mut pass = Pass::new(ctx.world, s);
+    let handled = repair_slots(ctx, &mut pass);
+    let live_keys = pass.live_keys();
+    let removed = if pass.global {
+        cover_nodes(ctx, &pass, &live_keys);
+        Vec::new()
+    } else {
+        fit_replicas(ctx, &pass, &live_keys)
     };
-    let global = spec.mode() == ServiceMode::Global;
+    let live = live_keys.len();
+    let skip = |key: &str| removed.iter().any(|k| k == key) || handled.contains(key);
+    let halted = rollout::advance(ctx, &mut pass, skip, live);
+    if !halted {
+        trim_history(ctx, &pass);
+    }
+}
 
-    // 1. Dead tasks, tasks on lost or drained nodes, and stop-first successors.
-    // A slot gets at most one replacement per pass, and keeps at most one unfinished task of
-    // the current spec (a duplicate — a proposal re-sent after a leader change — is stopped).
-    let mut handled: std::collections::HashSet<String> = std::collections::HashSet::new();
-    for (key, tasks) in &slots {
+/// One service as one pass sees it: its spec, and its tasks by slot, newest first.
+pub(super) struct Pass<'w> {
+    pub s: &'w Service,
+    pub spec: ServiceSpec,
+    pub global: bool,
+    pub slots: BTreeMap<String, Vec<&'w Task>>,
+    pub stale: Staleness,
+}
+
+impl<'w> Pass<'w> {
+    fn new(world: &'w World, s: &'w Service) -> Pass<'w> {
+        let spec = s.spec.clone().unwrap_or_default();
+        let mut slots: BTreeMap<String, Vec<&'w Task>> = BTreeMap::new();
+        if let Some(ids) = world.by_service.get(&s.id) {
+            for id in ids {
+                let t = &world.tasks[id];
+                slots.entry(slot_key(t)).or_default().push(t);
+            }
+        }
+        for tasks in slots.values_mut() {
+            tasks.sort_by_key(|t| {
+                std::cmp::Reverse(t.meta.as_ref().map(|m| (m.created_at_ms, m.version)))
+            });
+        }
+        let stale =
+            Staleness { version: s.spec_version, current: task_part(&spec), known: HashMap::new() };
+        let global = spec.mode() == ServiceMode::Global;
+        Pass { s, spec, global, slots, stale }
+    }
+
+    /// The slots that hold a live task.
+    fn live_keys(&self) -> Vec<&String> {
+        self.slots.iter().filter(|(_, ts)| ts.iter().any(|t| live(t))).map(|(k, _)| k).collect()
+    }
+}
+
+/// Whether a task was made from an older spec than the service's (by content, so a rollback
+/// to what a task already runs does not replace it). Remembers the answer per spec version.
+pub(super) struct Staleness {
+    version: u64,
+    current: ServiceSpec,
+    known: HashMap<u64, bool>,
+}
+
+impl Staleness {
+    pub fn is_dirty(&mut self, t: &Task) -> bool {
+        let current = &self.current;
+        t.spec_version != self.version
+            && *self
+                .known
+                .entry(t.spec_version)
+                .or_insert_with(|| task_part(&t.spec.clone().unwrap_or_default()) != *current)
+    }
+}
+
+/// Phase 1: dead tasks, tasks on lost or drained nodes, and stop-first successors. A slot gets
+/// at most one replacement per pass, and keeps at most one unfinished task of the current
+/// spec (a duplicate — a proposal re-sent after a leader change — is stopped). Returns the
+/// slots given a replacement.
+fn repair_slots(ctx: &mut Ctx<'_>, pass: &mut Pass<'_>) -> HashSet<String> {
+    let mut handled = HashSet::new();
+    for (key, tasks) in &pass.slots {
         let mut fresh_seen = false;
         for t in tasks.iter().filter(|t| live(t)) {
             let state = t.state();
-            if !ended(state) && !is_dirty(t) {
+            if !ended(state) && !pass.stale.is_dirty(t) {
                 if fresh_seen {
                     ctx.ops.push(Op::Desired(t.id.clone(), TaskState::Shutdown));
                     continue;
@@ -201,217 +254,86 @@ fn reconcile(ctx: &mut Ctx<'_>, s: &Service) {
             }
             if ended(state) {
                 if handled.insert(key.clone()) {
-                    restart(ctx, s, &spec, key, t);
+                    restart(ctx, pass.s, &pass.spec, key, t);
                 }
             } else if !t.node_id.is_empty() && !ended(state) && !ctx.node_usable(&t.node_id) {
                 ctx.ops.push(Op::Desired(t.id.clone(), TaskState::Shutdown));
-                if !global && handled.insert(key.clone()) {
-                    ctx.new_task(s, t.slot, "", TaskState::Running, 0);
+                if !pass.global && handled.insert(key.clone()) {
+                    ctx.new_task(pass.s, t.slot, "", TaskState::Running, 0);
                 }
             } else if t.desired_state == TaskState::Ready as i32 {
-                // Start once every other task of the slot has stopped.
-                let others_stopped = tasks
-                    .iter()
-                    .filter(|o| o.id != t.id)
-                    .all(|o| !live(o) && ctx.stopped(o) || (live(o) && ended(o.state())));
-                if others_stopped {
-                    ctx.ops.push(Op::Desired(t.id.clone(), TaskState::Running));
-                }
+                start_when_alone(ctx, t, tasks);
             }
         }
     }
+    handled
+}
 
-    // 2. Slot count (replicated) or node coverage (global).
-    let live_keys: Vec<&String> =
-        slots.iter().filter(|(_, ts)| ts.iter().any(|t| live(t))).map(|(k, _)| k).collect();
-    let mut removed: Vec<String> = Vec::new();
-    if global {
-        let view = ClusterView::build(
-            &ctx.world.nodes.values().cloned().collect::<Vec<_>>(),
-            std::iter::empty(),
-        );
-        let constraints =
-            parse_constraints(&spec.placement.clone().unwrap_or_default().constraints)
-                .unwrap_or_default();
-        for info in view.nodes() {
-            let eligible = info.ready
-                && info.availability == Availability::Active
-                && constraints.iter().all(|c| scheduler::matches(c, info));
-            let has = live_keys.iter().any(|k| **k == info.id);
-            if eligible && !has {
-                ctx.new_task(s, 0, &info.id, TaskState::Running, 0);
-            } else if !eligible
-                && has
-                && ctx.world.nodes.get(&info.id).is_some_and(|n| n.state() != NodeState::Down)
-            {
-                // No longer matching its constraints: stop it (Down and drained nodes were
-                // handled above; a paused node keeps what it runs).
-                let usable = ctx.node_usable(&info.id);
-                if usable && !constraints.iter().all(|c| scheduler::matches(c, info)) {
-                    for t in slots[&info.id].iter().filter(|t| live(t)) {
-                        ctx.ops.push(Op::Desired(t.id.clone(), TaskState::Shutdown));
-                    }
-                }
-            }
-        }
-    } else {
-        let want = spec.replicas as usize;
-        if live_keys.len() < want {
-            let taken: std::collections::HashSet<u64> =
-                live_keys.iter().filter_map(|k| k.parse().ok()).collect();
-            let mut next = 1u64;
-            for _ in live_keys.len()..want {
-                while taken.contains(&next) {
-                    next += 1;
-                }
-                ctx.new_task(s, next, "", TaskState::Running, 0);
-                next += 1;
-            }
-        } else if live_keys.len() > want {
-            removed = scale_down(ctx, &slots, &live_keys, live_keys.len() - want);
-        }
+/// Starts a stop-first successor once every other task of its slot has stopped.
+fn start_when_alone(ctx: &mut Ctx<'_>, t: &Task, slot: &[&Task]) {
+    let others_stopped = slot
+        .iter()
+        .filter(|o| o.id != t.id)
+        .all(|o| !live(o) && ctx.stopped(o) || (live(o) && ended(o.state())));
+    if others_stopped {
+        ctx.ops.push(Op::Desired(t.id.clone(), TaskState::Running));
     }
+}
 
-    // 3. Rolling update of the slots made from an older spec.
-    let status = s.update_status.clone().unwrap_or_default();
-    let rollback = status.state() == UpdateState::RollbackStarted
-        || status.state() == UpdateState::RollbackPaused;
-    let cfg: UpdateConfig =
-        if rollback { spec.rollback } else { spec.update }.unwrap_or_else(default_update);
-    let monitor = cfg.monitor_ms as i64;
-    let mut dirty_slots = Vec::new();
-    // Slots whose new task is not running yet hold back the next ones (like Swarm, which waits
-    // for RUNNING, then the delay); the monitor period only delays calling the update complete.
-    let mut settling = 0usize;
-    let mut watched = 0usize;
-    let mut failures: Vec<&Task> = Vec::new();
-    for (key, tasks) in &slots {
-        if removed.contains(key) || handled.contains(key) {
-            continue;
-        }
-        let live_tasks: Vec<&Task> = tasks.iter().copied().filter(|t| live(t)).collect();
-        if live_tasks.is_empty() {
-            continue;
-        }
-        let fresh: Vec<&Task> = live_tasks.iter().copied().filter(|t| !is_dirty(t)).collect();
-        if fresh.is_empty() {
-            dirty_slots.push(key.clone());
-            continue;
-        }
-        for t in &fresh {
-            let st = t.state();
-            let since = t.status.as_ref().map(|x| x.timestamp_ms).unwrap_or(0);
-            if st < TaskState::Running {
-                settling += 1;
-            } else if st == TaskState::Running && ctx.now - since < monitor {
-                watched += 1;
-            }
-        }
-        // Start-first: the old task stops once its successor runs.
-        if fresh.iter().any(|t| t.state() == TaskState::Running) {
-            for old in live_tasks.iter().filter(|t| is_dirty(t)) {
-                ctx.ops.push(Op::Desired(old.id.clone(), TaskState::Shutdown));
-            }
-        }
-    }
-    if matches!(status.state(), UpdateState::Updating | UpdateState::RollbackStarted) {
-        if let Some(ids) = ctx.world.by_service.get(&s.id) {
-            for id in ids {
-                let t = &ctx.world.tasks[id];
-                let made_here =
-                    t.meta.as_ref().is_some_and(|m| m.created_at_ms >= status.started_at_ms);
-                if made_here
-                    && !is_dirty(t)
-                    && matches!(t.state(), TaskState::Failed | TaskState::Rejected)
-                {
-                    failures.push(t);
-                }
-            }
-        }
-    }
-    let total = live_keys.len().max(1) as f32;
-    let paused = matches!(status.state(), UpdateState::Paused | UpdateState::RollbackPaused);
-    let failing = !failures.is_empty() && failures.len() as f32 / total > cfg.max_failure_ratio;
-    if failing && !paused && cfg.failure_action() != FailureAction::Continue {
-        let what = &failures[0];
-        let why = format!(
-            "task {} failed{}",
-            &what.id[..what.id.len().min(12)],
-            what.status
-                .as_ref()
-                .map(|x| format!(": {}", if x.err.is_empty() { &x.message } else { &x.err }))
-                .unwrap_or_default()
-        );
-        if cfg.failure_action() == FailureAction::Rollback && !rollback && s.previous_spec.is_some()
+/// Phase 2, global services: a task on every eligible node, none on a node that no longer
+/// matches the constraints.
+fn cover_nodes(ctx: &mut Ctx<'_>, pass: &Pass<'_>, live_keys: &[&String]) {
+    let view = ClusterView::build(
+        &ctx.world.nodes.values().cloned().collect::<Vec<_>>(),
+        std::iter::empty(),
+    );
+    let constraints =
+        parse_constraints(&pass.spec.placement.clone().unwrap_or_default().constraints)
+            .unwrap_or_default();
+    for info in view.nodes() {
+        let matching = constraints.iter().all(|c| scheduler::matches(c, info));
+        let eligible = info.ready && info.availability == Availability::Active && matching;
+        let has = live_keys.iter().any(|k| **k == info.id);
+        if eligible && !has {
+            ctx.new_task(pass.s, 0, &info.id, TaskState::Running, 0);
+        } else if !eligible
+            && has
+            && ctx.world.nodes.get(&info.id).is_some_and(|n| n.state() != NodeState::Down)
         {
-            ctx.ops.push(Op::Rollback(
-                s.id.clone(),
-                format!("update rolled back: {why}"),
-                s.spec_version,
-            ));
-        } else {
-            let (state, message) = if rollback {
-                (UpdateState::RollbackPaused, format!("rollback paused: {why}"))
-            } else {
-                (UpdateState::Paused, format!("update paused: {why}"))
-            };
-            ctx.ops.push(Op::UpdateStatus(
-                s.id.clone(),
-                UpdateStatus { state: state as i32, message, ..status.clone() },
-                s.spec_version,
-            ));
-        }
-        return;
-    }
-    if !paused && !dirty_slots.is_empty() {
-        let parallel = if cfg.parallelism == 0 { usize::MAX } else { cfg.parallelism as usize };
-        let due = ctx.world.next_update_at.get(&s.id).is_none_or(|at| *at <= ctx.now);
-        if due && settling < parallel {
-            let start_first = cfg.order() == UpdateOrder::StartFirst;
-            for key in dirty_slots.iter().take(parallel - settling) {
-                let olds: Vec<&Task> = slots[key].iter().copied().filter(|t| live(t)).collect();
-                let slot = olds[0].slot;
-                let node = if global { key.as_str() } else { "" };
-                if start_first {
-                    ctx.new_task(s, slot, node, TaskState::Running, 0);
-                } else {
-                    for old in &olds {
-                        ctx.ops.push(Op::Desired(old.id.clone(), TaskState::Shutdown));
-                    }
-                    let all_stopped = olds.iter().all(|o| ctx.stopped(o));
-                    let desired = if all_stopped { TaskState::Running } else { TaskState::Ready };
-                    ctx.new_task(s, slot, node, desired, 0);
+            // No longer matching its constraints: stop it (Down and drained nodes were
+            // handled in phase 1; a paused node keeps what it runs).
+            if ctx.node_usable(&info.id) && !matching {
+                for t in pass.slots[&info.id].iter().filter(|t| live(t)) {
+                    ctx.ops.push(Op::Desired(t.id.clone(), TaskState::Shutdown));
                 }
             }
-            if cfg.delay_ms > 0 {
-                ctx.delayed.push((s.id.clone(), ctx.now + cfg.delay_ms as i64));
-            }
-        }
-    } else if dirty_slots.is_empty() && settling == 0 && watched == 0 {
-        let done = match status.state() {
-            UpdateState::Updating => Some((UpdateState::Completed, "update completed")),
-            UpdateState::RollbackStarted => {
-                Some((UpdateState::RollbackCompleted, "rollback completed"))
-            }
-            _ => None,
-        };
-        if let Some((state, message)) = done {
-            ctx.ops.push(Op::UpdateStatus(
-                s.id.clone(),
-                UpdateStatus {
-                    state: state as i32,
-                    started_at_ms: status.started_at_ms,
-                    completed_at_ms: ctx.now,
-                    message: message.into(),
-                },
-                s.spec_version,
-            ));
         }
     }
+}
 
-    // 4. History: keep `history_limit` tasks per slot; delete removed tasks once stopped.
-    let keep = spec.history_limit.max(1) as usize;
-    for tasks in slots.values() {
+/// Phase 2, replicated services: new slots up to the replica count (filling the lowest free
+/// numbers), or slots removed down to it. Returns the slots removed.
+fn fit_replicas(ctx: &mut Ctx<'_>, pass: &Pass<'_>, live_keys: &[&String]) -> Vec<String> {
+    let want = pass.spec.replicas as usize;
+    if live_keys.len() > want {
+        return scale_down(ctx, &pass.slots, live_keys, live_keys.len() - want);
+    }
+    let taken: HashSet<u64> = live_keys.iter().filter_map(|k| k.parse().ok()).collect();
+    let mut next = 1u64;
+    for _ in live_keys.len()..want {
+        while taken.contains(&next) {
+            next += 1;
+        }
+        ctx.new_task(pass.s, next, "", TaskState::Running, 0);
+        next += 1;
+    }
+    Vec::new()
+}
+
+/// Phase 4, history: keeps `history_limit` tasks per slot; deletes removed tasks once stopped.
+fn trim_history(ctx: &mut Ctx<'_>, pass: &Pass<'_>) {
+    let keep = pass.spec.history_limit.max(1) as usize;
+    for tasks in pass.slots.values() {
         let mut kept = tasks.iter().filter(|t| live(t)).count();
         for t in tasks.iter().filter(|t| !live(t)) {
             let stopped = ctx.stopped(t);
