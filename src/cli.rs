@@ -244,11 +244,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn role(word: &str) -> Result<NodeRole> {
-    match word {
-        "worker" => Ok(NodeRole::Worker),
-        "manager" => Ok(NodeRole::Manager),
-        other => bail!("unknown role {other:?}: use worker or manager"),
-    }
+    Ok(word.parse::<shoal_pki::Role>()?.into())
 }
 
 /// Runs one parsed command.

@@ -289,7 +289,7 @@ impl Daemon {
         let state = NodeState {
             node_id: id.node_id.clone(),
             cluster_id: manager.cluster_id().to_string(),
-            role: Role::Manager.as_str().into(),
+            role: Role::Manager,
             runs_manager: true,
             listen_addr: listen.to_string(),
             advertise_addr: advertise.clone(),
@@ -376,7 +376,7 @@ impl Daemon {
         let mut state = NodeState {
             node_id: joined.node_id.clone(),
             cluster_id: joined.cluster_id.clone(),
-            role: joined.role.as_str().into(),
+            role: joined.role,
             runs_manager: joined.role == Role::Manager,
             listen_addr: listen.to_string(),
             advertise_addr: advertise,
@@ -549,7 +549,7 @@ async fn follow_role(daemon: std::sync::Weak<Daemon>) {
             continue;
         }
         tracing::info!(from = %m.state.role, to = %wanted, "the managers changed this node's role");
-        if let Err(e) = daemon.change_role(m, &wanted).await {
+        if let Err(e) = daemon.change_role(m, wanted).await {
             tracing::warn!(error = %format!("{e:#}"), "role change not finished; will retry");
         }
     }
@@ -579,18 +579,18 @@ impl Daemon {
         }
     }
 
-    async fn change_role(&self, m: &mut Member, wanted: &str) -> Result<()> {
+    async fn change_role(&self, m: &mut Member, wanted: Role) -> Result<()> {
         m.agent.renew_now();
         let deadline = tokio::time::Instant::now() + ROLE_CERT_WAIT;
-        while m.cert.identity().role.as_str() != wanted {
+        while m.cert.identity().role != wanted {
             if tokio::time::Instant::now() >= deadline {
                 bail!("no {wanted} certificate yet");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let mut state = m.state.clone();
-        state.role = wanted.to_string();
-        if wanted == Role::Manager.as_str() {
+        state.role = wanted;
+        if wanted == Role::Manager {
             let (_, _, root) = self.files.load_identity()?;
             let id = self.identity(&state, m.cert.clone(), &root);
             let remote =

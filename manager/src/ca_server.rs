@@ -6,21 +6,20 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use shoal_pki::ca::NODE_CERT_BACKDATE;
-use shoal_pki::{JoinToken, PeerIdentity, PkiError};
+use shoal_pki::{JoinToken, PeerIdentity, PkiError, Role};
 use shoal_proto::ca_server::Ca;
 use shoal_proto::node_ca_server::NodeCa;
 use shoal_proto::{
     Availability, Cluster, GetRootCaCertificateRequest, GetRootCaCertificateResponse,
-    IssueNodeCertificateRequest, IssueNodeCertificateResponse, Node, NodeState,
+    IssueNodeCertificateRequest, IssueNodeCertificateResponse, Node, NodeRole, NodeState,
     RenewNodeCertificateRequest, RenewNodeCertificateResponse,
 };
 use tonic::{Request, Response, Status};
 
 use crate::authz::caller;
+use crate::config::cert_expiry;
 use crate::intake;
-use crate::manager::{
-    cert_expiry, certificate, node_role, now_ms, pki_role, unix, Manager, Shared,
-};
+use crate::manager::{certificate, now_ms, unix, Manager, Shared};
 use crate::tokens;
 
 /// Attempts at drawing an unused node ID before giving up.
@@ -97,7 +96,7 @@ impl NodeCa for CaApi {
                     .map_err(csr_status)?;
                 let node = Node {
                     id: node_id,
-                    role: node_role(role) as i32,
+                    role: NodeRole::from(role) as i32,
                     hostname: req.hostname.clone(),
                     addr: joined_addr(&req.advertise_addr, peer),
                     addr_pinned: !req.advertise_addr.is_empty(),
@@ -164,7 +163,7 @@ fn check_pace(
     interval: Duration,
     now: SystemTime,
 ) -> Result<(), Status> {
-    if superseded || pki_role(node.role()) != caller.role {
+    if superseded || Role::from(node.role()) != caller.role {
         return Ok(());
     }
     let Some(last) = issued_at(node) else { return Ok(()) };
@@ -216,7 +215,7 @@ async fn renew(shared: &Shared, caller: &PeerIdentity, csr: &[u8]) -> Result<Str
                 .sign_node_csr(
                     csr,
                     node_id,
-                    pki_role(node.role()),
+                    Role::from(node.role()),
                     &shared.cluster_id,
                     cert_expiry(&cluster),
                     now,

@@ -4,6 +4,7 @@
 pub mod assignments;
 pub mod authz;
 pub mod ca_server;
+pub mod config;
 pub mod control;
 pub mod dispatcher;
 pub mod intake;
