@@ -6,6 +6,7 @@ pub mod authz;
 pub mod ca_server;
 pub mod config;
 pub mod control;
+mod data_dir;
 pub mod dispatcher;
 pub mod intake;
 pub mod logs;

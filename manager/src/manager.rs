@@ -18,11 +18,11 @@ pub use crate::config::{
     validate_election_timeout, validate_heartbeat, ConfigError, InitParams,
     DEFAULT_ELECTION_TIMEOUT, DEFAULT_HEARTBEAT, RAFT_TICK,
 };
+use crate::data_dir::{key_files, load_dek, open_parts, Parts};
 use crate::dispatcher::Sessions;
-use crate::raft::crypto::{DataKeys, Key, KeyFiles, Sealer};
+use crate::raft::crypto::Key;
 use crate::raft::node::{self, RaftHandle};
 use crate::raft::rotation::DataKeyState;
-use crate::raft::storage::LogStorage;
 use crate::raft::transport::Peers;
 use crate::store::{Store, StoreError};
 use crate::tokens;
@@ -115,48 +115,6 @@ pub(crate) fn certificate(issued: &IssuedCert) -> NodeCertificate {
         serial_hex: issued.serial_hex.clone(),
         not_before_unix: unix(issued.not_before),
         not_after_unix: unix(issued.not_after),
-    }
-}
-
-/// The parts a manager is built from, before its Raft member runs.
-struct Parts {
-    store: Arc<Store>,
-    storage: LogStorage,
-    data_keys: Arc<DataKeyState>,
-}
-
-fn open_parts(store_dir: &Path, keys: DataKeys) -> Result<Parts, ManagerError> {
-    let path = store_dir.join("db");
-    let db = crate::store::open_db(&path)
-        .map_err(|source| ManagerError::OpenDb { path: path.display().to_string(), source })?;
-    let sealer = Arc::new(Sealer::for_keys(&keys));
-    let store = Arc::new(Store::open(&db, sealer.clone())?);
-    let storage = LogStorage::open(&db, sealer.clone(), store.clone())?.with_data_file(&path)?;
-    let syncer = storage.syncer();
-    let data_keys = Arc::new(DataKeyState {
-        keys: Mutex::new(keys),
-        files: key_files(store_dir),
-        sealer,
-        db,
-        dir: path,
-        syncer,
-        store: store.clone(),
-        rotation: Mutex::new(()),
-    });
-    Ok(Parts { store, storage, data_keys })
-}
-
-fn key_files(store_dir: &Path) -> KeyFiles {
-    KeyFiles::new(store_dir.join("keys"))
-}
-
-/// Loads a manager's data key: from its key file, or with the operator's unlock key when the
-/// manager is locked.
-fn load_dek(store_dir: &Path, unlock: Option<&str>) -> Result<DataKeys, ManagerError> {
-    let keys = key_files(store_dir);
-    match unlock {
-        Some(text) => Ok(keys.load_with(&crate::raft::crypto::parse_unlock_key(text)?)?),
-        None => Ok(keys.load()?),
     }
 }
 
