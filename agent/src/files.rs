@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use shoal_pki::files::{write_atomic, KEY_FILE_MODE};
-use shoal_pki::{NodeKey, PkiError};
+use shoal_pki::{NodeKey, PkiError, Role};
 
 /// Errors reading or writing node files.
 #[derive(Debug, thiserror::Error)]
@@ -23,8 +23,8 @@ pub enum FilesError {
 pub struct NodeState {
     pub node_id: String,
     pub cluster_id: String,
-    /// "worker" or "manager".
-    pub role: String,
+    /// Stored as "worker" or "manager".
+    pub role: Role,
     /// Whether this node runs the manager (the control plane store).
     pub runs_manager: bool,
     pub listen_addr: String,
@@ -204,7 +204,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = NodeFiles::new(dir.path());
         assert_eq!(files.load_state().unwrap(), None);
-        let state = NodeState { node_id: "n".into(), role: "worker".into(), ..Default::default() };
+        let state = NodeState { node_id: "n".into(), role: Role::Worker, ..Default::default() };
         files.save_state(&state).unwrap();
         assert_eq!(files.load_state().unwrap(), Some(state));
         files.wipe().unwrap();

@@ -7,9 +7,9 @@ use std::time::Duration;
 use shoal_pki::{JoinToken, NodeKey, PeerIdentity, Role, TokenError};
 use shoal_proto::ca_client::CaClient;
 use shoal_proto::node_ca_client::NodeCaClient;
-use shoal_proto::{GetRootCaCertificateRequest, IssueNodeCertificateRequest, NodeRole};
+use shoal_proto::{GetRootCaCertificateRequest, IssueNodeCertificateRequest};
 
-use crate::connect::{connect, status_line};
+use crate::connect::{connect, status_line, DialError};
 
 /// Attempts at reaching the manager before giving up (it may still be starting).
 const ATTEMPTS: u32 = 3;
@@ -19,6 +19,10 @@ const ATTEMPTS: u32 = 3;
 pub enum JoinError {
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// The manager could not be dialed.
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    /// The manager was dialed but did not answer the request for its CA.
     #[error("{0}")]
     Unreachable(String),
     #[error(
@@ -64,7 +68,7 @@ pub async fn join(params: &JoinParams) -> Result<Joined, JoinError> {
     let root_ca_pem = fetch_pinned_root(addr, &token).await?;
     let key = NodeKey::generate()?;
     let config = Arc::new(shoal_pki::tls::client_config(&root_ca_pem, None)?);
-    let channel = retry(|| connect(addr, config.clone())).await.map_err(JoinError::Unreachable)?;
+    let channel = retry(|| connect(addr, config.clone())).await?;
     let request = IssueNodeCertificateRequest {
         csr_der: key.csr_der()?,
         token: params.token.trim().to_string(),
@@ -76,10 +80,7 @@ pub async fn join(params: &JoinParams) -> Result<Joined, JoinError> {
         .await
         .map_err(|s| JoinError::Refused { addr: addr.into(), reason: status_line(addr, &s) })?
         .into_inner();
-    let role = match resp.role() {
-        NodeRole::Worker => Role::Worker,
-        NodeRole::Manager => Role::Manager,
-    };
+    let role = Role::from(resp.role());
     check_certificate(addr, &resp.cert_chain_pem, &resp.node_id, role, &resp.cluster_id)?;
     Ok(Joined {
         node_id: resp.node_id,
@@ -98,7 +99,7 @@ pub async fn join(params: &JoinParams) -> Result<Joined, JoinError> {
 async fn fetch_pinned_root(addr: &str, token: &JoinToken) -> Result<String, JoinError> {
     let (config, captured) = shoal_pki::tls::bootstrap_client_config();
     let config = Arc::new(config);
-    let channel = retry(|| connect(addr, config.clone())).await.map_err(JoinError::Unreachable)?;
+    let channel = retry(|| connect(addr, config.clone())).await?;
     let bundle = CaClient::new(channel)
         .get_root_ca_certificate(GetRootCaCertificateRequest {})
         .await
@@ -133,21 +134,21 @@ fn check_certificate(
     Ok(())
 }
 
-async fn retry<T, F, Fut>(mut f: F) -> Result<T, String>
+/// Dials with `f`, again after a pause while the connection is refused (the manager may be
+/// starting), at most [`ATTEMPTS`] times.
+async fn retry<T, F, Fut>(mut f: F) -> Result<T, DialError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
+    Fut: std::future::Future<Output = Result<T, DialError>>,
 {
-    let mut last = String::new();
-    for attempt in 0..ATTEMPTS {
+    let mut attempt = 1;
+    loop {
         match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.contains("refused") && attempt + 1 < ATTEMPTS => {
-                last = e;
+            Err(e) if e.is_refused() && attempt < ATTEMPTS => {
+                attempt += 1;
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(e) => return Err(e),
+            result => return result,
         }
     }
-    Err(last)
 }

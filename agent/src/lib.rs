@@ -32,8 +32,8 @@ pub struct AgentStatus {
     pub manager_ids: Vec<String>,
     pub error: Option<String>,
     pub renewals: u64,
-    /// The role the managers say this node has ("worker" or "manager"), from the session.
-    pub role: Option<String>,
+    /// The role the managers say this node has, from the session.
+    pub role: Option<shoal_pki::Role>,
 }
 
 /// How to run an agent.

@@ -10,14 +10,37 @@ use shoal_proto::node_ca_client::NodeCaClient;
 use shoal_proto::RenewNodeCertificateRequest;
 use tokio::sync::watch;
 
-use crate::connect::{connect, status_line};
-use crate::files::NodeFiles;
+use crate::connect::{connect, status_line, DialError};
+use crate::files::{FilesError, NodeFiles};
 use crate::AgentStatus;
 
 const RETRY_STEP: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(3600);
 /// Retries never come faster than this, whatever the time scale.
 const MIN_RETRY: Duration = Duration::from_millis(500);
+
+/// Why one renewal failed (the loop retries).
+#[derive(Debug, thiserror::Error)]
+pub enum RenewError {
+    /// The session has not told this node of any manager yet.
+    #[error("no manager known")]
+    NoManager,
+    /// The manager could not be dialed.
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    /// The manager refused the renewal; `line` says why.
+    #[error("{line}")]
+    Refused { line: String },
+    /// The new key or the certificate the manager sent could not be used.
+    #[error(transparent)]
+    Pki(#[from] shoal_pki::PkiError),
+    /// The manager sent a certificate for another node or cluster.
+    #[error("the renewed certificate is for node {0}, not this one")]
+    OtherNode(String),
+    /// The new identity could not be saved.
+    #[error(transparent)]
+    Files(#[from] FilesError),
+}
 
 /// What the renewal loop needs.
 #[derive(Clone, Debug)]
@@ -79,27 +102,24 @@ async fn renew_once(
     cert: &ReloadableCert,
     tls: Arc<rustls::ClientConfig>,
     status: &watch::Sender<AgentStatus>,
-) -> Result<String, String> {
+) -> Result<String, RenewError> {
     let managers = status.borrow().manager_addrs.clone();
-    let addr = managers.first().ok_or("no manager known")?;
-    let key = NodeKey::generate().map_err(|e| e.to_string())?;
-    let csr_der = key.csr_der().map_err(|e| e.to_string())?;
+    let addr = managers.first().ok_or(RenewError::NoManager)?;
+    let key = NodeKey::generate()?;
+    let csr_der = key.csr_der()?;
     let channel = connect(addr, tls).await?;
     let chain = NodeCaClient::new(channel)
         .renew_node_certificate(RenewNodeCertificateRequest { csr_der })
         .await
-        .map_err(|s| status_line(addr, &s))?
+        .map_err(|s| RenewError::Refused { line: status_line(addr, &s) })?
         .into_inner()
         .cert_chain_pem;
-    let new_id = PeerIdentity::from_pem(&chain).map_err(|e| e.to_string())?;
+    let new_id = PeerIdentity::from_pem(&chain)?;
     let old_id = cert.identity();
     if new_id.node_id != old_id.node_id || new_id.cluster_id != old_id.cluster_id {
-        return Err(format!(
-            "the renewed certificate is for node {}, not this one",
-            new_id.node_id
-        ));
+        return Err(RenewError::OtherNode(new_id.node_id));
     }
-    cfg.files.save_identity(&key, &chain, &cfg.root_ca_pem).map_err(|e| e.to_string())?;
-    cert.replace(&chain, &key).map_err(|e| e.to_string())?;
+    cfg.files.save_identity(&key, &chain, &cfg.root_ca_pem)?;
+    cert.replace(&chain, &key)?;
     Ok(new_id.serial_hex)
 }

@@ -12,13 +12,44 @@ use shoal_proto::{HeartbeatRequest, SessionMessage, SessionRequest};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-use crate::connect::{connect, status_line};
+use crate::connect::{connect, status_line, DialError};
 use crate::worker::link::{self, Link};
 use crate::worker::Worker;
 use crate::AgentStatus;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(8);
+
+/// Why a dispatcher session ended; each message is one line for `shoal info`.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The manager could not be dialed.
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    /// A call on the session failed; the message is the manager's, or the transport's cause.
+    #[error("{}", status_line(.manager, .status))]
+    Call { manager: String, status: tonic::Status },
+    /// The manager ended one of the session's streams; `what` names it.
+    #[error("the manager closed the {what}")]
+    Closed { what: &'static str },
+    /// The manager was demoted or removed while the session was open.
+    #[error("the manager at {0} is no longer a manager")]
+    NoLongerManager(String),
+    /// This node's certificate ran out; managers refuse it and it cannot renew.
+    #[error(
+        "this node's certificate expired at {}; it cannot renew it: run 'shoal swarm leave --force' \
+         and join again with a current token",
+        humantime::format_rfc3339_seconds(*.0)
+    )]
+    Expired(SystemTime),
+}
+
+impl SessionError {
+    /// A failed call to the manager at `manager`.
+    pub fn call(manager: &str, status: tonic::Status) -> SessionError {
+        SessionError::Call { manager: manager.to_string(), status }
+    }
+}
 
 /// What the session loop needs.
 #[derive(Clone, Debug)]
@@ -56,7 +87,7 @@ pub async fn run(
                 backoff = BACKOFF_START;
                 "session ended".to_string()
             }
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         tracing::debug!(manager = %addr, %error, "session lost");
         status.send_modify(|s| {
@@ -70,15 +101,9 @@ pub async fn run(
 }
 
 /// A clear error if this node's certificate has expired (managers would refuse it).
-fn expired(cert: &ReloadableCert) -> Option<String> {
+fn expired(cert: &ReloadableCert) -> Option<SessionError> {
     let not_after = cert.identity().not_after;
-    (not_after <= SystemTime::now()).then(|| {
-        format!(
-            "this node's certificate expired at {}; it cannot renew it: run 'shoal swarm leave --force' \
-             and join again with a current token",
-            humantime::format_rfc3339_seconds(not_after)
-        )
-    })
+    (not_after <= SystemTime::now()).then_some(SessionError::Expired(not_after))
 }
 
 /// Takes in the manager set a session message carries: from now on only those nodes are
@@ -109,7 +134,7 @@ async fn session(
     addr: &str,
     tls: Arc<rustls::ClientConfig>,
     status: &watch::Sender<AgentStatus>,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let channel: Channel = connect(addr, tls).await?;
     let mut client = DispatcherClient::new(channel);
     let request = SessionRequest {
@@ -117,9 +142,10 @@ async fn session(
         advertise_addr: cfg.advertise_addr.clone(),
         description: Some(cfg.worker.executor().describe()),
     };
-    let line = |s: tonic::Status| status_line(addr, &s);
+    let line = |s: tonic::Status| SessionError::call(addr, s);
     let mut stream = client.session(request).await.map_err(line)?.into_inner();
-    let first = stream.message().await.map_err(line)?.ok_or("the manager closed the session")?;
+    let first =
+        stream.message().await.map_err(line)?.ok_or(SessionError::Closed { what: "session" })?;
     let session_id = first.session_id.clone();
     let mut period = Duration::from_millis(first.heartbeat_period_ms.max(50));
     status.send_modify(|s| {
@@ -129,7 +155,7 @@ async fn session(
         if !first.manager_addrs.is_empty() {
             s.manager_addrs = first.manager_addrs.clone();
         }
-        s.role = first.node.as_ref().map(|n| n.role().word().to_string());
+        s.role = first.node.as_ref().map(|n| n.role().into());
     });
     take_manager_set(cfg, &first, status);
     tracing::info!(manager = %addr, "session established");
@@ -153,14 +179,14 @@ async fn session(
                 Some(update) => {
                     take_manager_set(cfg, &update, status);
                     if left_the_managers(addr, &status.borrow().manager_addrs, &update) {
-                        return Err(format!("the manager at {addr} is no longer a manager"));
+                        return Err(SessionError::NoLongerManager(addr.to_string()));
                     }
                     status.send_modify(|s| {
                         if !update.manager_addrs.is_empty() {
                             s.manager_addrs = update.manager_addrs;
                         }
                         if let Some(node) = &update.node {
-                            s.role = Some(node.role().word().to_string());
+                            s.role = Some(node.role().into());
                         }
                     })
                 }
@@ -195,9 +221,9 @@ mod tests {
     #[test]
     fn an_expired_certificate_is_reported_with_what_to_do() {
         let day_ago = SystemTime::now() - Duration::from_secs(24 * 3600);
-        let message = expired(&cert_issued_at(day_ago)).expect("expired");
+        let message = expired(&cert_issued_at(day_ago)).expect("expired").to_string();
         assert!(message.contains("expired at"), "{message}");
         assert!(message.contains("shoal swarm leave --force"), "{message}");
-        assert_eq!(expired(&cert_issued_at(SystemTime::now())), None);
+        assert!(expired(&cert_issued_at(SystemTime::now())).is_none());
     }
 }

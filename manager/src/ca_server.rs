@@ -6,22 +6,22 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use shoal_pki::ca::NODE_CERT_BACKDATE;
-use shoal_pki::{JoinToken, PeerIdentity, PkiError};
+use shoal_pki::{JoinToken, PeerIdentity, PkiError, Role, TokenError};
 use shoal_proto::ca_server::Ca;
 use shoal_proto::node_ca_server::NodeCa;
 use shoal_proto::{
     Availability, Cluster, GetRootCaCertificateRequest, GetRootCaCertificateResponse,
-    IssueNodeCertificateRequest, IssueNodeCertificateResponse, Node, NodeState,
+    IssueNodeCertificateRequest, IssueNodeCertificateResponse, Node, NodeRole, NodeState,
     RenewNodeCertificateRequest, RenewNodeCertificateResponse,
 };
 use tonic::{Request, Response, Status};
 
 use crate::authz::caller;
+use crate::config::cert_expiry;
 use crate::intake;
-use crate::manager::{
-    cert_expiry, certificate, node_role, now_ms, pki_role, unix, Manager, Shared,
-};
-use crate::tokens;
+use crate::manager::{certificate, now_ms, unix, Manager, Shared};
+use crate::store::StoreError;
+use crate::tokens::{self, TokenRefused};
 
 /// Attempts at drawing an unused node ID before giving up.
 const ID_ATTEMPTS: usize = 3;
@@ -39,12 +39,71 @@ impl Manager {
     }
 }
 
-fn csr_status(e: PkiError) -> Status {
-    match e {
-        PkiError::BadCsr(msg) => {
-            Status::invalid_argument(format!("bad certificate request: {msg}"))
+/// Why a certificate was not issued. Messages never carry a token's secret or a key.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// A join without a certificate request.
+    #[error("the certificate request (CSR) is empty")]
+    EmptyCsr,
+    /// The join token cannot be read; the message says what is wrong with it.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The join token is not (or no longer) good for this cluster.
+    #[error(transparent)]
+    TokenRefused(#[from] TokenRefused),
+    /// The certificate request cannot be signed as sent.
+    #[error("bad certificate request: {0}")]
+    BadCsr(String),
+    /// Signing failed on this manager's side.
+    #[error("{0}")]
+    Signing(PkiError),
+    /// The store holds no cluster object (a manager that has not caught up).
+    #[error("cluster object missing")]
+    NoCluster,
+    /// A renewal from a node that was removed.
+    #[error("node {0} is not part of this cluster")]
+    UnknownNode(String),
+    /// A renewal sooner than the pace allows.
+    #[error(
+        "node {node} renewed its certificate {since:.1?} ago; renew at most once every {interval:?}"
+    )]
+    TooSoon { node: String, since: Duration, interval: Duration },
+    /// Every drawn node ID was taken (practically impossible).
+    #[error("could not draw an unused node ID")]
+    NoFreeId,
+    /// The store could not answer or commit.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Refused by a check shared with other services (request limits, unique hostnames, the
+    /// caller's identity, the signer), which answer with their own status.
+    #[error("{}", .0.message())]
+    Refused(#[from] Status),
+}
+
+impl From<PkiError> for CaError {
+    fn from(e: PkiError) -> CaError {
+        match e {
+            PkiError::BadCsr(msg) => CaError::BadCsr(msg),
+            other => CaError::Signing(other),
         }
-        other => Status::internal(other.to_string()),
+    }
+}
+
+impl From<CaError> for Status {
+    fn from(e: CaError) -> Status {
+        match e {
+            CaError::EmptyCsr | CaError::Token(_) | CaError::BadCsr(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            CaError::TokenRefused(_) => Status::permission_denied(e.to_string()),
+            CaError::Signing(_) | CaError::NoCluster | CaError::NoFreeId => {
+                Status::internal(e.to_string())
+            }
+            CaError::UnknownNode(_) => Status::not_found(e.to_string()),
+            CaError::TooSoon { .. } => Status::resource_exhausted(e.to_string()),
+            CaError::Store(e) => e.into(),
+            CaError::Refused(status) => status,
+        }
     }
 }
 
@@ -66,64 +125,7 @@ impl NodeCa for CaApi {
         req: Request<IssueNodeCertificateRequest>,
     ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
         let peer = intake::peer_ip(&req);
-        let req = req.into_inner();
-        intake::check_join(&req)?;
-        if req.csr_der.is_empty() {
-            return Err(Status::invalid_argument("the certificate request (CSR) is empty"));
-        }
-        let token =
-            JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let shared = &self.shared;
-        let (node, chain) = shared
-            .store
-            .update(|tx| {
-                let mut cluster = tx
-                    .get::<Cluster>(&shared.cluster_id)?
-                    .ok_or_else(|| Status::internal("cluster object missing"))?;
-                let role = tokens::redeem(&mut cluster, &token, now_ms())
-                    .map_err(|e| Status::permission_denied(e.to_string()))?;
-                intake::check_unique_hostname(tx.list::<Node>()?, &req.hostname, None)?;
-                let node_id = fresh_node_id(|id| Ok(tx.get::<Node>(id)?.is_none()))?;
-                let issued = shared
-                    .signer(&cluster)?
-                    .sign_node_csr(
-                        &req.csr_der,
-                        &node_id,
-                        role,
-                        &shared.cluster_id,
-                        cert_expiry(&cluster),
-                        SystemTime::now(),
-                    )
-                    .map_err(csr_status)?;
-                let node = Node {
-                    id: node_id,
-                    role: node_role(role) as i32,
-                    hostname: req.hostname.clone(),
-                    addr: joined_addr(&req.advertise_addr, peer),
-                    addr_pinned: !req.advertise_addr.is_empty(),
-                    state: NodeState::Unknown as i32,
-                    availability: Availability::Active as i32,
-                    certificate: Some(certificate(&issued)),
-                    serials: vec![issued.serial_hex.clone()],
-                    serial_not_after_unix: vec![unix(issued.not_after)],
-                    ..Default::default()
-                };
-                if tokens::counts_uses(&cluster, role) {
-                    tx.update(cluster)?;
-                }
-                tx.create(node.clone())?;
-                Ok::<_, Status>((node, issued.cert_pem))
-            })
-            .await?;
-        tracing::info!(node = %node.id, role = node.role().word(), hostname = %node.hostname, "node joined");
-        Ok(Response::new(IssueNodeCertificateResponse {
-            node_id: node.id,
-            role: node.role,
-            cluster_id: shared.cluster_id.clone(),
-            cert_chain_pem: chain,
-            manager_addrs: shared.manager_addrs()?,
-            managers: Some(shared.manager_set()),
-        }))
+        Ok(Response::new(issue(&self.shared, req.into_inner(), peer).await?))
     }
 
     async fn renew_node_certificate(
@@ -136,6 +138,63 @@ impl NodeCa for CaApi {
         let chain = renew(&self.shared, &id, &csr).await?;
         Ok(Response::new(RenewNodeCertificateResponse { cert_chain_pem: chain }))
     }
+}
+
+/// Lets a node in: redeems its token, records it and signs its first certificate.
+async fn issue(
+    shared: &Shared,
+    req: IssueNodeCertificateRequest,
+    peer: Option<IpAddr>,
+) -> Result<IssueNodeCertificateResponse, CaError> {
+    intake::check_join(&req)?;
+    if req.csr_der.is_empty() {
+        return Err(CaError::EmptyCsr);
+    }
+    let token = JoinToken::parse(&req.token)?;
+    let (node, chain) = shared
+        .store
+        .update(|tx| {
+            let mut cluster = tx.get::<Cluster>(&shared.cluster_id)?.ok_or(CaError::NoCluster)?;
+            let role = tokens::redeem(&mut cluster, &token, now_ms())?;
+            intake::check_unique_hostname(tx.list::<Node>()?, &req.hostname, None)?;
+            let node_id = fresh_node_id(|id| Ok(tx.get::<Node>(id)?.is_none()))?;
+            let issued = shared.signer(&cluster)?.sign_node_csr(
+                &req.csr_der,
+                &node_id,
+                role,
+                &shared.cluster_id,
+                cert_expiry(&cluster),
+                SystemTime::now(),
+            )?;
+            let node = Node {
+                id: node_id,
+                role: NodeRole::from(role) as i32,
+                hostname: req.hostname.clone(),
+                addr: joined_addr(&req.advertise_addr, peer),
+                addr_pinned: !req.advertise_addr.is_empty(),
+                state: NodeState::Unknown as i32,
+                availability: Availability::Active as i32,
+                certificate: Some(certificate(&issued)),
+                serials: vec![issued.serial_hex.clone()],
+                serial_not_after_unix: vec![unix(issued.not_after)],
+                ..Default::default()
+            };
+            if tokens::counts_uses(&cluster, role) {
+                tx.update(cluster)?;
+            }
+            tx.create(node.clone())?;
+            Ok::<_, CaError>((node, issued.cert_pem))
+        })
+        .await?;
+    tracing::info!(node = %node.id, role = node.role().word(), hostname = %node.hostname, "node joined");
+    Ok(IssueNodeCertificateResponse {
+        node_id: node.id,
+        role: node.role,
+        cluster_id: shared.cluster_id.clone(),
+        cert_chain_pem: chain,
+        manager_addrs: shared.manager_addrs()?,
+        managers: Some(shared.manager_set()),
+    })
 }
 
 /// The address recorded for a joining node: the operator's `--advertise-addr` when given, else
@@ -163,18 +222,15 @@ fn check_pace(
     superseded: bool,
     interval: Duration,
     now: SystemTime,
-) -> Result<(), Status> {
-    if superseded || pki_role(node.role()) != caller.role {
+) -> Result<(), CaError> {
+    if superseded || Role::from(node.role()) != caller.role {
         return Ok(());
     }
     let Some(last) = issued_at(node) else { return Ok(()) };
     match now.duration_since(last) {
         Ok(since) if since >= interval => Ok(()),
         Err(_) => Ok(()),
-        Ok(since) => Err(Status::resource_exhausted(format!(
-            "node {} renewed its certificate {since:.1?} ago; renew at most once every {interval:?}",
-            node.id
-        ))),
+        Ok(since) => Err(CaError::TooSoon { node: node.id.clone(), since, interval }),
     }
 }
 
@@ -196,52 +252,46 @@ fn prune_serials(node: &mut Node, now: SystemTime) {
 /// Signs a new certificate for the calling node, at most once per [`Shared::renew_pace`]
 /// (checked inside the transaction, so a burst of concurrent renewals yields one); subject
 /// fields come from the store only, and serials of expired certificates are dropped.
-async fn renew(shared: &Shared, caller: &PeerIdentity, csr: &[u8]) -> Result<String, Status> {
+async fn renew(shared: &Shared, caller: &PeerIdentity, csr: &[u8]) -> Result<String, CaError> {
     let node_id = caller.node_id.as_str();
     let interval = shared.renew_pace.interval();
     let chain = shared
         .store
         .update(|tx| {
-            let cluster = tx
-                .get::<Cluster>(&shared.cluster_id)?
-                .ok_or_else(|| Status::internal("cluster object missing"))?;
-            let mut node = tx.get::<Node>(node_id)?.ok_or_else(|| {
-                Status::not_found(format!("node {node_id} is not part of this cluster"))
-            })?;
+            let cluster = tx.get::<Cluster>(&shared.cluster_id)?.ok_or(CaError::NoCluster)?;
+            let mut node =
+                tx.get::<Node>(node_id)?.ok_or_else(|| CaError::UnknownNode(node_id.into()))?;
             let now = SystemTime::now();
             let superseded = shared.revocations.is_superseded(caller);
             check_pace(&node, caller, superseded, interval, now)?;
-            let issued = shared
-                .signer(&cluster)?
-                .sign_node_csr(
-                    csr,
-                    node_id,
-                    pki_role(node.role()),
-                    &shared.cluster_id,
-                    cert_expiry(&cluster),
-                    now,
-                )
-                .map_err(csr_status)?;
+            let issued = shared.signer(&cluster)?.sign_node_csr(
+                csr,
+                node_id,
+                Role::from(node.role()),
+                &shared.cluster_id,
+                cert_expiry(&cluster),
+                now,
+            )?;
             prune_serials(&mut node, now);
             node.certificate = Some(certificate(&issued));
             node.serials.push(issued.serial_hex.clone());
             node.serial_not_after_unix.push(unix(issued.not_after));
             tx.update(node)?;
-            Ok::<_, Status>(issued.cert_pem)
+            Ok::<_, CaError>(issued.cert_pem)
         })
         .await?;
     tracing::info!(node = %node_id, "certificate renewed");
     Ok(chain)
 }
 
-fn fresh_node_id(mut unused: impl FnMut(&str) -> Result<bool, Status>) -> Result<String, Status> {
+fn fresh_node_id(mut unused: impl FnMut(&str) -> Result<bool, CaError>) -> Result<String, CaError> {
     for _ in 0..ID_ATTEMPTS {
         let id = shoal_pki::id::new_id();
         if unused(&id)? {
             return Ok(id);
         }
     }
-    Err(Status::internal("could not draw an unused node ID"))
+    Err(CaError::NoFreeId)
 }
 
 #[cfg(test)]
@@ -301,7 +351,7 @@ mod tests {
             Node { id: "n1".into(), certificate: Some(certificate(&issued)), ..Default::default() };
         let minute = Duration::from_secs(60);
         let soon = now + Duration::from_secs(5);
-        let e = check_pace(&node, &caller, false, minute, soon).unwrap_err();
+        let e = Status::from(check_pace(&node, &caller, false, minute, soon).unwrap_err());
         assert_eq!(e.code(), tonic::Code::ResourceExhausted);
         assert!(e.message().contains("renew at most once every 60s"), "{e}");
         assert!(check_pace(&node, &caller, false, minute, now + Duration::from_secs(61)).is_ok());

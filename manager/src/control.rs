@@ -28,7 +28,8 @@ use tonic::{Request, Response, Status};
 
 use crate::raft::crypto::{format_unlock_key, Key};
 
-use crate::manager::{now_ms, pki_role, validate_heartbeat, Manager, Shared};
+use crate::config::validate_heartbeat;
+use crate::manager::{now_ms, Manager, Shared};
 use crate::tokens::{self, TokenPolicy};
 
 /// The Control gRPC service.
@@ -65,7 +66,7 @@ pub fn resolve_node<'a>(nodes: &'a [Node], reference: &str) -> Result<&'a Node, 
 
 fn role_of(raw: i32) -> Result<Role, Status> {
     NodeRole::try_from(raw)
-        .map(pki_role)
+        .map(Role::from)
         .map_err(|_| Status::invalid_argument(format!("unknown role {raw}")))
 }
 
@@ -89,7 +90,7 @@ impl ControlApi {
         let tokens = cluster.join_tokens.clone().unwrap_or_default();
         let rec = tokens::record(&tokens, role).cloned().unwrap_or_default();
         Ok(JoinTokenInfo {
-            role: crate::manager::node_role(role) as i32,
+            role: NodeRole::from(role) as i32,
             token: tokens::encode(&self.shared.root_ca_pem, &rec),
             expires_at_ms: rec.expires_at_ms,
             max_uses: rec.max_uses,
@@ -298,7 +299,7 @@ impl Control for ControlApi {
         }
         if req.heartbeat_period_ms != 0 {
             validate_heartbeat(Duration::from_millis(req.heartbeat_period_ms))
-                .map_err(Status::invalid_argument)?;
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
         let cluster = self
             .shared

@@ -19,8 +19,9 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::authz::caller;
+use crate::config::heartbeat_period;
 use crate::intake;
-use crate::manager::{heartbeat_period, now_ms, Manager, Shared};
+use crate::manager::{now_ms, Manager, Shared};
 use crate::removal::UntilRemoved;
 
 /// Missed periods after which a node is Down (Swarm's grace multiplier).

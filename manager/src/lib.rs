@@ -4,7 +4,9 @@
 pub mod assignments;
 pub mod authz;
 pub mod ca_server;
+pub mod config;
 pub mod control;
+mod data_dir;
 pub mod dispatcher;
 pub mod intake;
 pub mod logs;

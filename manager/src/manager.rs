@@ -5,28 +5,29 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use shoal_pki::{
-    short_duration, validate_cert_expiry, IssuedCert, ManagerTrust, NodeKey, ReloadableCert,
-    Revocations, Role, RootCa,
-};
+use shoal_pki::{IssuedCert, ManagerTrust, NodeKey, ReloadableCert, Revocations, Role, RootCa};
 use shoal_proto::{
-    Availability, Cluster, ClusterSpec, JoinTokens, ManagerSet, Member, Node, NodeCertificate,
-    NodeRole, NodeState, UnlockKey,
+    Availability, Cluster, ManagerSet, Member, Node, NodeCertificate, NodeRole, NodeState,
+    UnlockKey,
 };
 use tonic::Status;
 
 use crate::authz::NodeRoles;
+use crate::config::{new_cluster, raft_config};
+pub use crate::config::{
+    validate_election_timeout, validate_heartbeat, ConfigError, InitParams,
+    DEFAULT_ELECTION_TIMEOUT, DEFAULT_HEARTBEAT, RAFT_TICK,
+};
+use crate::data_dir::{key_files, load_dek, open_parts, Parts};
 use crate::dispatcher::Sessions;
-use crate::raft::crypto::{DataKeys, Key, KeyFiles, Sealer};
-use crate::raft::node::{self, RaftConfig, RaftHandle};
+use crate::raft::crypto::Key;
+use crate::raft::node::RaftConfig;
+use crate::raft::node::{self, RaftHandle};
 use crate::raft::rotation::DataKeyState;
-use crate::raft::storage::LogStorage;
 use crate::raft::transport::Peers;
 use crate::store::{Store, StoreError};
-use crate::tokens::{self, TokenPolicy};
+use crate::tokens;
 
-/// Default dispatcher heartbeat period (Swarm's).
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long a new member may take to receive the cluster's state.
 const CATCH_UP: Duration = Duration::from_secs(60);
 
@@ -43,25 +44,20 @@ pub enum ManagerError {
     OpenDb { path: String, source: sled::Error },
     #[error("serving gRPC failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A setting of `swarm init` or the daemon outside its bounds.
     #[error("invalid setting: {0}")]
-    Invalid(String),
+    Config(#[from] ConfigError),
+    /// `swarm init` on a data dir that already holds a cluster.
+    #[error("invalid setting: this data dir already holds a cluster")]
+    AlreadyInitialized,
+    /// `--force-new-cluster` on a node whose data never belonged to a manager.
+    #[error("invalid setting: this node's manager data has no raft ID; it never became a manager")]
+    NeverAManager,
+    /// A manager's data from a join that stopped before it got its Raft ID.
+    #[error("invalid setting: this manager's data has no raft ID; it never finished joining")]
+    JoinUnfinished,
     #[error("{0}")]
     Join(String),
-}
-
-/// What `swarm init` decides.
-#[derive(Clone, Debug)]
-pub struct InitParams {
-    pub hostname: String,
-    pub advertise_addr: String,
-    pub cert_expiry: Duration,
-    pub heartbeat: Duration,
-    pub autolock: bool,
-    pub election_timeout: Duration,
-    /// Where networks without a subnet take theirs (empty: 10.0.0.0/8), and the block size
-    /// (0: /24); checked with `shoal_proto::spec::network::address_pool`.
-    pub default_addr_pool: Vec<String>,
-    pub subnet_size: u32,
 }
 
 /// State shared by every service of one manager.
@@ -114,79 +110,12 @@ pub fn unix(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-pub(crate) fn node_role(role: Role) -> NodeRole {
-    match role {
-        Role::Worker => NodeRole::Worker,
-        Role::Manager => NodeRole::Manager,
-    }
-}
-
-pub(crate) fn pki_role(role: NodeRole) -> Role {
-    match role {
-        NodeRole::Worker => Role::Worker,
-        NodeRole::Manager => Role::Manager,
-    }
-}
-
-/// Checks a heartbeat period.
-pub fn validate_heartbeat(period: Duration) -> Result<(), String> {
-    if period < Duration::from_millis(100) || period > Duration::from_secs(3600) {
-        return Err(format!(
-            "heartbeat period {} must be between 100ms and 1h",
-            short_duration(period)
-        ));
-    }
-    Ok(())
-}
-
 pub(crate) fn certificate(issued: &IssuedCert) -> NodeCertificate {
     NodeCertificate {
         cert_pem: issued.cert_pem.clone(),
         serial_hex: issued.serial_hex.clone(),
         not_before_unix: unix(issued.not_before),
         not_after_unix: unix(issued.not_after),
-    }
-}
-
-/// The parts a manager is built from, before its Raft member runs.
-struct Parts {
-    store: Arc<Store>,
-    storage: LogStorage,
-    data_keys: Arc<DataKeyState>,
-}
-
-fn open_parts(store_dir: &Path, keys: DataKeys) -> Result<Parts, ManagerError> {
-    let path = store_dir.join("db");
-    let db = crate::store::open_db(&path)
-        .map_err(|source| ManagerError::OpenDb { path: path.display().to_string(), source })?;
-    let sealer = Arc::new(Sealer::for_keys(&keys));
-    let store = Arc::new(Store::open(&db, sealer.clone())?);
-    let storage = LogStorage::open(&db, sealer.clone(), store.clone())?.with_data_file(&path)?;
-    let syncer = storage.syncer();
-    let data_keys = Arc::new(DataKeyState {
-        keys: Mutex::new(keys),
-        files: key_files(store_dir),
-        sealer,
-        db,
-        dir: path,
-        syncer,
-        store: store.clone(),
-        rotation: Mutex::new(()),
-    });
-    Ok(Parts { store, storage, data_keys })
-}
-
-fn key_files(store_dir: &Path) -> KeyFiles {
-    KeyFiles::new(store_dir.join("keys"))
-}
-
-/// Loads a manager's data key: from its key file, or with the operator's unlock key when the
-/// manager is locked.
-fn load_dek(store_dir: &Path, unlock: Option<&str>) -> Result<DataKeys, ManagerError> {
-    let keys = key_files(store_dir);
-    match unlock {
-        Some(text) => Ok(keys.load_with(&crate::raft::crypto::parse_unlock_key(text)?)?),
-        None => Ok(keys.load()?),
     }
 }
 
@@ -202,30 +131,6 @@ pub struct Identity {
     pub election_timeout: Duration,
 }
 
-/// Raft ticks are this long; election timeouts are whole numbers of ticks.
-pub const RAFT_TICK: Duration = Duration::from_millis(50);
-/// Default election timeout: 0.5–1 s of silence, well under Swarm's ~10 s.
-pub const DEFAULT_ELECTION_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// Checks an election timeout (at least 3 ticks, at most a minute).
-pub fn validate_election_timeout(t: Duration) -> Result<(), String> {
-    if t < RAFT_TICK * 3 || t > Duration::from_secs(60) {
-        return Err(format!(
-            "election timeout {} must be between {}ms and 60s",
-            short_duration(t),
-            (RAFT_TICK * 3).as_millis()
-        ));
-    }
-    Ok(())
-}
-
-fn raft_config(raft_id: u64, election_timeout: Duration) -> RaftConfig {
-    let mut cfg = RaftConfig::new(raft_id);
-    cfg.tick = RAFT_TICK;
-    cfg.election_ticks = (election_timeout.as_millis() / RAFT_TICK.as_millis()).max(3) as usize;
-    cfg
-}
-
 impl Manager {
     /// Creates a new cluster in `store_dir`: cluster ID, root CA, join tokens, a one-member Raft
     /// group, and this node as its first manager, whose certificate (for `key`) is returned.
@@ -234,14 +139,11 @@ impl Manager {
         params: InitParams,
         key: &NodeKey,
     ) -> Result<(Manager, Identity, IssuedCert), ManagerError> {
-        validate_cert_expiry(params.cert_expiry)
-            .map_err(|e| ManagerError::Invalid(e.to_string()))?;
-        validate_heartbeat(params.heartbeat).map_err(ManagerError::Invalid)?;
-        validate_election_timeout(params.election_timeout).map_err(ManagerError::Invalid)?;
+        params.validate()?;
         let dek = key_files(store_dir).create()?;
         let mut parts = open_parts(store_dir, dek)?;
         if parts.storage.is_initialized() {
-            return Err(ManagerError::Invalid("this data dir already holds a cluster".into()));
+            return Err(ManagerError::AlreadyInitialized);
         }
         let raft_id = new_raft_id();
         parts.storage.set_raft_id(raft_id)?;
@@ -323,11 +225,7 @@ impl Manager {
         unlock: Option<&str>,
     ) -> Result<Manager, ManagerError> {
         let mut parts = open_parts(store_dir, load_dek(store_dir, unlock)?)?;
-        let raft_id = parts.storage.raft_id()?.ok_or_else(|| {
-            ManagerError::Invalid(
-                "this node's manager data has no raft ID; it never became a manager".into(),
-            )
-        })?;
+        let raft_id = parts.storage.raft_id()?.ok_or(ManagerError::NeverAManager)?;
         parts.storage.force_new_cluster(raft_id)?;
         let manager = Manager::start(parts, id)?;
         manager.shared.raft.campaign();
@@ -365,11 +263,7 @@ impl Manager {
     }
 
     fn start(parts: Parts, id: &Identity) -> Result<Manager, ManagerError> {
-        let raft_id = parts.storage.raft_id()?.ok_or_else(|| {
-            ManagerError::Invalid(
-                "this manager's data has no raft ID; it never finished joining".into(),
-            )
-        })?;
+        let raft_id = parts.storage.raft_id()?.ok_or(ManagerError::JoinUnfinished)?;
         let revocations = Arc::new(Revocations::default());
         let trust = ManagerTrust::with_revocations(revocations.clone());
         let tls = Arc::new(shoal_pki::tls::manager_client_config(
@@ -379,7 +273,7 @@ impl Manager {
         )?);
         let lookup_store = parts.store.clone();
         let roles = Arc::new(NodeRoles::with_lookup(Box::new(move |node_id| {
-            lookup_store.get::<Node>(node_id).ok().flatten().map(|n| pki_role(n.role()))
+            lookup_store.get::<Node>(node_id).ok().flatten().map(|n| Role::from(n.role()))
         })));
         let peers = Peers::new(tls.clone(), parts.store.clone());
         peers.follow_members();
@@ -533,41 +427,6 @@ fn new_raft_id() -> u64 {
     }
 }
 
-fn new_cluster(cluster_id: &str, ca: &RootCa, params: &InitParams) -> Cluster {
-    Cluster {
-        id: cluster_id.to_string(),
-        spec: Some(ClusterSpec {
-            cert_expiry_secs: params.cert_expiry.as_secs(),
-            heartbeat_period_ms: params.heartbeat.as_millis() as u64,
-            default_addr_pool: params.default_addr_pool.clone(),
-            subnet_size: params.subnet_size,
-        }),
-        root_ca: Some(shoal_proto::RootCa {
-            cert_pem: ca.cert_pem().to_string(),
-            key_pem: ca.key_pem(),
-        }),
-        join_tokens: Some(JoinTokens {
-            worker: Some(tokens::mint(TokenPolicy::default(), now_ms())),
-            manager: Some(tokens::mint(TokenPolicy::default(), now_ms())),
-        }),
-        ..Default::default()
-    }
-}
-
-pub(crate) fn heartbeat_period(cluster: &Cluster) -> Duration {
-    match cluster.spec.as_ref().map(|s| s.heartbeat_period_ms) {
-        Some(ms) if ms > 0 => Duration::from_millis(ms),
-        _ => DEFAULT_HEARTBEAT,
-    }
-}
-
-pub(crate) fn cert_expiry(cluster: &Cluster) -> Duration {
-    match cluster.spec.as_ref().map(|s| s.cert_expiry_secs) {
-        Some(s) if s > 0 => Duration::from_secs(s),
-        _ => shoal_pki::DEFAULT_CERT_EXPIRY,
-    }
-}
-
 impl Shared {
     /// The cluster object.
     pub fn cluster(&self) -> Result<Cluster, StoreError> {
@@ -627,7 +486,7 @@ impl Shared {
     fn refresh_access(&self) {
         self.refresh_revocations();
         if let Ok(nodes) = self.store.list::<Node>() {
-            self.roles.replace_all(nodes.iter().map(|n| (n.id.clone(), pki_role(n.role()))));
+            self.roles.replace_all(nodes.iter().map(|n| (n.id.clone(), Role::from(n.role()))));
             self.trust.set_managers(self.roles.managers());
         }
     }
@@ -649,7 +508,7 @@ impl Shared {
     /// own clients accept as managers follow.
     pub(crate) fn refresh_role(&self, node_id: &str) {
         let Ok(node) = self.store.get::<Node>(node_id) else { return };
-        let role = node.map(|n| pki_role(n.role()));
+        let role = node.map(|n| Role::from(n.role()));
         let before = self.roles.set(node_id, role);
         if (before == Some(Role::Manager)) != (role == Some(Role::Manager)) {
             self.trust.set_managers(self.roles.managers());
@@ -708,24 +567,5 @@ impl From<StoreError> for Status {
             StoreError::Unavailable(_) => Status::unavailable(e.to_string()),
             _ => Status::internal(e.to_string()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn election_timeouts_are_checked_and_become_whole_ticks() {
-        assert!(validate_election_timeout(Duration::from_millis(100)).is_err());
-        assert!(validate_election_timeout(Duration::from_secs(61)).is_err());
-        assert!(validate_election_timeout(DEFAULT_ELECTION_TIMEOUT).is_ok());
-        assert_eq!(raft_config(7, Duration::from_secs(2)).election_ticks, 40);
-        assert_eq!(raft_config(7, DEFAULT_ELECTION_TIMEOUT).election_ticks, 10);
-    }
-
-    #[test]
-    fn heartbeats_outside_their_bounds_are_refused() {
-        assert!(validate_heartbeat(Duration::from_millis(10)).is_err());
     }
 }

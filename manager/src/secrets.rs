@@ -21,6 +21,48 @@ use tonic::Status;
 use crate::manager::{now_ms, Shared};
 use crate::store::{StoreError, Tx};
 
+/// Why a secret or config request was refused; `kind` says which of the two it was about.
+/// Messages never carry the data.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// No secret (config) has this ID, ID prefix or name.
+    #[error("no such {}: {reference}", .kind.word())]
+    NotFound { kind: SecretKind, reference: String },
+    /// The ID prefix fits more than one.
+    #[error("{reference} matches more than one {}; use a longer ID prefix", .kind.word())]
+    Ambiguous { kind: SecretKind, reference: String },
+    /// Another one of the same kind has this name.
+    #[error("a {} named {name} already exists", .kind.word())]
+    NameTaken { kind: SecretKind, name: String },
+    /// Services still use it; they must drop it first.
+    #[error(
+        "{} {name} is in use by the following service{}: {}",
+        .kind.word(),
+        if .services.len() == 1 { "" } else { "s" },
+        .services.join(", ")
+    )]
+    InUse { kind: SecretKind, name: String, services: Vec<String> },
+    /// The request breaks a rule of names, sizes, targets or modes.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The store could not answer or commit.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<SecretError> for Status {
+    fn from(e: SecretError) -> Status {
+        match e {
+            SecretError::NotFound { .. } => Status::not_found(e.to_string()),
+            SecretError::Ambiguous { .. } => Status::invalid_argument(e.to_string()),
+            SecretError::NameTaken { .. } => Status::already_exists(e.to_string()),
+            SecretError::InUse { .. } => Status::failed_precondition(e.to_string()),
+            SecretError::Spec(e) => e.into(),
+            SecretError::Store(e) => e.into(),
+        }
+    }
+}
+
 /// The secret without any data, as the API shows it.
 fn strip(s: &Secret) -> Secret {
     let mut s = s.clone();
@@ -34,18 +76,19 @@ fn refs(spec: &ServiceSpec) -> impl Iterator<Item = &SecretReference> {
     spec.container.iter().flat_map(|c| c.secrets.iter().chain(c.configs.iter()))
 }
 
-fn resolve<'a>(all: &'a [Secret], kind: SecretKind, reference: &str) -> Result<&'a Secret, Status> {
+fn resolve<'a>(
+    all: &'a [Secret],
+    kind: SecretKind,
+    reference: &str,
+) -> Result<&'a Secret, SecretError> {
     let mine: Vec<&Secret> = all.iter().filter(|s| s.kind() == kind).collect();
     if let Some(s) = mine.iter().find(|s| s.id == reference || s.name == reference) {
         return Ok(s);
     }
     match mine.iter().filter(|s| s.id.starts_with(reference)).collect::<Vec<_>>().as_slice() {
         [one] if !reference.is_empty() => Ok(one),
-        [] | [_] => Err(Status::not_found(format!("no such {}: {reference}", kind.word()))),
-        _ => Err(Status::invalid_argument(format!(
-            "{reference} matches more than one {}; use a longer ID prefix",
-            kind.word()
-        ))),
+        [] | [_] => Err(SecretError::NotFound { kind, reference: reference.into() }),
+        _ => Err(SecretError::Ambiguous { kind, reference: reference.into() }),
     }
 }
 
@@ -67,7 +110,7 @@ pub(crate) fn resolve_refs(
     tx: &mut Tx<'_>,
     spec: &mut ServiceSpec,
     old: Option<&ServiceSpec>,
-) -> Result<(), Status> {
+) -> Result<(), SecretError> {
     let Some(c) = spec.container.as_mut() else { return Ok(()) };
     if c.secrets.is_empty() && c.configs.is_empty() {
         return Ok(());
@@ -123,7 +166,7 @@ fn prune(secret: &mut Secret, services: &[Service], tasks: &[Task]) {
 pub(crate) async fn create(
     shared: &Shared,
     req: CreateSecretRequest,
-) -> Result<SecretResponse, Status> {
+) -> Result<SecretResponse, SecretError> {
     let kind = kind_of(req.kind)?;
     validate_name(kind, &req.name)?;
     validate_data(kind, &req.data)?;
@@ -144,13 +187,7 @@ pub(crate) async fn create(
     shared
         .store
         .update(|tx| {
-            let exists = || {
-                Status::already_exists(format!(
-                    "a {} named {} already exists",
-                    kind.word(),
-                    req.name
-                ))
-            };
+            let exists = || SecretError::NameTaken { kind, name: req.name.clone() };
             if tx.list::<Secret>()?.iter().any(|s| s.kind() == kind && s.name == req.name) {
                 return Err(exists());
             }
@@ -170,19 +207,18 @@ pub(crate) async fn create(
 pub(crate) async fn update(
     shared: &Shared,
     req: UpdateSecretRequest,
-) -> Result<SecretResponse, Status> {
+) -> Result<SecretResponse, SecretError> {
     let kind = kind_of(req.kind)?;
     if !req.data.is_empty() {
         validate_data(kind, &req.data)?;
     }
     shared.store.barrier().await?;
     let id = resolve(&shared.store.list::<Secret>()?, kind, &req.reference)?.id.clone();
+    let gone = || SecretError::NotFound { kind, reference: req.reference.clone() };
     let (secret, rolled) = shared
         .store
         .update(|tx| {
-            let mut secret = tx.get::<Secret>(&id)?.ok_or_else(|| {
-                Status::not_found(format!("no such {}: {}", kind.word(), req.reference))
-            })?;
+            let mut secret = tx.get::<Secret>(&id)?.ok_or_else(gone)?;
             let services = tx.list::<Service>()?;
             let mut rolled = Vec::new();
             let latest = secret.versions.iter().find(|v| v.version == secret.latest);
@@ -236,14 +272,17 @@ pub(crate) async fn update(
                 secret.labels = req.labels.clone();
             }
             tx.update(secret.clone())?;
-            Ok::<_, Status>((secret, rolled))
+            Ok::<_, SecretError>((secret, rolled))
         })
         .await?;
     tracing::info!(id = %id, kind = kind.word(), version = secret.latest, rolled = ?rolled, "updated");
     Ok(SecretResponse { secret: Some(strip(&secret)), services: rolled })
 }
 
-pub(crate) async fn get(shared: &Shared, req: GetSecretRequest) -> Result<SecretResponse, Status> {
+pub(crate) async fn get(
+    shared: &Shared,
+    req: GetSecretRequest,
+) -> Result<SecretResponse, SecretError> {
     let kind = kind_of(req.kind)?;
     shared.store.barrier().await?;
     let all = shared.store.list::<Secret>()?;
@@ -255,7 +294,7 @@ pub(crate) async fn get(shared: &Shared, req: GetSecretRequest) -> Result<Secret
 pub(crate) async fn list(
     shared: &Shared,
     req: ListSecretsRequest,
-) -> Result<ListSecretsResponse, Status> {
+) -> Result<ListSecretsResponse, SecretError> {
     let kind = kind_of(req.kind)?;
     shared.store.barrier().await?;
     let mut secrets: Vec<Secret> =
@@ -267,25 +306,18 @@ pub(crate) async fn list(
 pub(crate) async fn remove(
     shared: &Shared,
     req: RemoveSecretRequest,
-) -> Result<RemoveSecretResponse, Status> {
+) -> Result<RemoveSecretResponse, SecretError> {
     let kind = kind_of(req.kind)?;
     shared.store.barrier().await?;
     let id = resolve(&shared.store.list::<Secret>()?, kind, &req.reference)?.id.clone();
+    let gone = || SecretError::NotFound { kind, reference: req.reference.clone() };
     let name = shared
         .store
         .update(|tx| {
-            let secret = tx.get::<Secret>(&id)?.ok_or_else(|| {
-                Status::not_found(format!("no such {}: {}", kind.word(), req.reference))
-            })?;
-            let using = users(&tx.list::<Service>()?, &id);
-            if !using.is_empty() {
-                return Err(Status::failed_precondition(format!(
-                    "{} {} is in use by the following service{}: {}",
-                    kind.word(),
-                    secret.name,
-                    if using.len() == 1 { "" } else { "s" },
-                    using.join(", ")
-                )));
+            let secret = tx.get::<Secret>(&id)?.ok_or_else(gone)?;
+            let services = users(&tx.list::<Service>()?, &id);
+            if !services.is_empty() {
+                return Err(SecretError::InUse { kind, name: secret.name, services });
             }
             tx.delete::<Secret>(&id)?;
             tx.release_name(kind.word(), &secret.name)?;

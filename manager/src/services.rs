@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use shoal_proto::spec::service::{check_update, is_live, normalize, task_part};
+use shoal_proto::spec::SpecError;
 use shoal_proto::{
     Availability, CreateServiceRequest, GetServiceRequest, ListServicesResponse, ListTasksRequest,
     ListTasksResponse, Node, RemoveServiceRequest, RemoveServiceResponse, Service, ServiceMode,
@@ -16,6 +17,7 @@ use tonic::Status;
 
 use crate::control::resolve_node;
 use crate::manager::{now_ms, Shared};
+use crate::secrets::SecretError;
 use crate::store::StoreError;
 
 /// The most services one cluster may hold: every manager keeps and scans them all (listing,
@@ -23,13 +25,100 @@ use crate::store::StoreError;
 /// them needs the store, so this cap lives here and not with the spec rules in `shoal_proto`.
 pub const MAX_SERVICES: usize = 10_000;
 
+/// Why a service or node request was refused. Each message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The request named no service.
+    #[error("name a service by ID, ID prefix or name")]
+    NoReference,
+    /// No service has this ID, ID prefix or name.
+    #[error("no such service: {0}")]
+    NotFound(String),
+    /// The ID prefix fits more than one service.
+    #[error("{0} matches more than one service; use a longer ID prefix")]
+    Ambiguous(String),
+    /// A create or update without a spec.
+    #[error("missing service spec")]
+    NoSpec,
+    /// Another service has this name.
+    #[error("a service named {0} already exists")]
+    NameTaken(String),
+    /// The cluster holds [`MAX_SERVICES`] services already; the number is how many.
+    #[error(
+        "the cluster already has {0} services, the most it may hold ({MAX_SERVICES}); remove one \
+         before creating another"
+    )]
+    TooMany(usize),
+    /// The update was based on an older version of the service.
+    #[error(
+        "service {name} was changed by someone else (version {asked} is not {current}); read it \
+         again and retry"
+    )]
+    Changed { name: String, asked: u64, current: u64 },
+    /// A rollback of a service that was never updated.
+    #[error("service {0} has no previous spec to roll back to")]
+    NoPreviousSpec(String),
+    /// An availability this version does not know.
+    #[error("unknown availability {0}")]
+    Availability(i32),
+    /// A label to add that is not `key=value`.
+    #[error("bad label {0:?}: expected key=value")]
+    Label(String),
+    /// A hostname outside the limits.
+    #[error("{0}")]
+    Hostname(String),
+    /// The node was removed while it was being updated.
+    #[error("node is gone")]
+    NodeGone,
+    /// A label to remove that the node does not have.
+    #[error("node {node} has no label {key}")]
+    NoLabel { node: String, key: String },
+    /// The spec breaks a rule of `shoal_proto::spec`.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// A secret or config reference of the spec.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// A network of the spec, or its addresses.
+    #[error(transparent)]
+    Network(#[from] crate::networks::NetworkError),
+    /// The store could not answer or commit.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Refused by a check shared with other parts of the control API (node references,
+    /// unique hostnames), which answer with their own status.
+    #[error("{}", .0.message())]
+    Refused(#[from] Status),
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Status {
+        use ServiceError::*;
+        match e {
+            NotFound(_) | NodeGone | NoLabel { .. } => Status::not_found(e.to_string()),
+            NoReference | Ambiguous(_) | NoSpec | Availability(_) | Label(_) | Hostname(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            NameTaken(_) => Status::already_exists(e.to_string()),
+            TooMany(_) => Status::resource_exhausted(e.to_string()),
+            Changed { .. } => Status::aborted(e.to_string()),
+            NoPreviousSpec(_) => Status::failed_precondition(e.to_string()),
+            Spec(e) => e.into(),
+            Secret(e) => e.into(),
+            Network(e) => e.into(),
+            Store(e) => e.into(),
+            Refused(status) => status,
+        }
+    }
+}
+
 /// Finds a service by full ID, unique ID prefix, or name.
 pub fn resolve_service<'a>(
     services: &'a [Service],
     reference: &str,
-) -> Result<&'a Service, Status> {
+) -> Result<&'a Service, ServiceError> {
     if reference.is_empty() {
-        return Err(Status::invalid_argument("name a service by ID, ID prefix or name"));
+        return Err(ServiceError::NoReference);
     }
     let name = |s: &Service| s.spec.as_ref().map(|p| p.name.as_str()) == Some(reference);
     if let Some(s) = services.iter().find(|s| s.id == reference || name(s)) {
@@ -38,10 +127,8 @@ pub fn resolve_service<'a>(
     let by_prefix: Vec<_> = services.iter().filter(|s| s.id.starts_with(reference)).collect();
     match by_prefix.as_slice() {
         [one] => Ok(one),
-        [] => Err(Status::not_found(format!("no such service: {reference}"))),
-        _ => Err(Status::invalid_argument(format!(
-            "{reference} matches more than one service; use a longer ID prefix"
-        ))),
+        [] => Err(ServiceError::NotFound(reference.into())),
+        _ => Err(ServiceError::Ambiguous(reference.into())),
     }
 }
 
@@ -52,8 +139,8 @@ fn service_name(s: &Service) -> &str {
 pub(crate) async fn create(
     shared: &Shared,
     req: CreateServiceRequest,
-) -> Result<ServiceResponse, Status> {
-    let mut spec = req.spec.ok_or_else(|| Status::invalid_argument("missing service spec"))?;
+) -> Result<ServiceResponse, ServiceError> {
+    let mut spec = req.spec.ok_or(ServiceError::NoSpec)?;
     let id = shoal_pki::id::new_id();
     if spec.name.is_empty() {
         spec.name = format!("svc-{}", &id[..8]);
@@ -62,18 +149,13 @@ pub(crate) async fn create(
     let service = shared
         .store
         .update(|tx| {
-            let exists =
-                || Status::already_exists(format!("a service named {} already exists", spec.name));
+            let exists = || ServiceError::NameTaken(spec.name.clone());
             let services = tx.list::<Service>()?;
             if services.iter().any(|s| service_name(s) == spec.name) {
                 return Err(exists());
             }
             if services.len() >= MAX_SERVICES {
-                return Err(Status::resource_exhausted(format!(
-                    "the cluster already has {} services, the most it may hold \
-                     ({MAX_SERVICES}); remove one before creating another",
-                    services.len()
-                )));
+                return Err(ServiceError::TooMany(services.len()));
             }
             tx.claim_name("service", &spec.name, &id).map_err(|e| match e {
                 StoreError::Exists { .. } => exists(),
@@ -96,15 +178,14 @@ pub(crate) async fn create(
 pub(crate) async fn update(
     shared: &Shared,
     req: UpdateServiceRequest,
-) -> Result<ServiceResponse, Status> {
+) -> Result<ServiceResponse, ServiceError> {
     shared.store.barrier().await?;
     let services = shared.store.list::<Service>()?;
     let id = resolve_service(&services, &req.reference)?.id.clone();
     let new_spec = if req.rollback {
         None
     } else {
-        let spec =
-            req.spec.clone().ok_or_else(|| Status::invalid_argument("missing service spec"))?;
+        let spec = req.spec.clone().ok_or(ServiceError::NoSpec)?;
         Some(normalize(spec)?)
     };
     let service = shared
@@ -112,25 +193,21 @@ pub(crate) async fn update(
         .update(|tx| {
             let mut s = tx
                 .get::<Service>(&id)?
-                .ok_or_else(|| Status::not_found(format!("no such service: {}", req.reference)))?;
+                .ok_or_else(|| ServiceError::NotFound(req.reference.clone()))?;
             let version = s.meta.as_ref().map(|m| m.version).unwrap_or(0);
             if req.version != 0 && req.version != version {
-                return Err(Status::aborted(format!(
-                    "service {} was changed by someone else (version {} is not {}); read it again and retry",
-                    service_name(&s),
-                    req.version,
-                    version
-                )));
+                return Err(ServiceError::Changed {
+                    name: service_name(&s).to_string(),
+                    asked: req.version,
+                    current: version,
+                });
             }
             let current = s.spec.clone().unwrap_or_default();
             let now = now_ms();
             match &new_spec {
                 None => {
                     let Some(previous) = s.previous_spec.take() else {
-                        return Err(Status::failed_precondition(format!(
-                            "service {} has no previous spec to roll back to",
-                            current.name
-                        )));
+                        return Err(ServiceError::NoPreviousSpec(current.name));
                     };
                     s.previous_spec = Some(current);
                     s.spec = Some(previous);
@@ -178,14 +255,14 @@ pub(crate) async fn update(
 pub(crate) async fn get(
     shared: &Shared,
     req: GetServiceRequest,
-) -> Result<ServiceResponse, Status> {
+) -> Result<ServiceResponse, ServiceError> {
     shared.store.barrier().await?;
     let services = shared.store.list::<Service>()?;
     let service = resolve_service(&services, &req.reference)?.clone();
     Ok(ServiceResponse { service: Some(service) })
 }
 
-pub(crate) async fn list(shared: &Shared) -> Result<ListServicesResponse, Status> {
+pub(crate) async fn list(shared: &Shared) -> Result<ListServicesResponse, ServiceError> {
     shared.store.barrier().await?;
     let mut services = shared.store.list::<Service>()?;
     services.sort_by(|a, b| service_name(a).cmp(service_name(b)));
@@ -220,7 +297,7 @@ pub(crate) async fn list(shared: &Shared) -> Result<ListServicesResponse, Status
 pub(crate) async fn remove(
     shared: &Shared,
     req: RemoveServiceRequest,
-) -> Result<RemoveServiceResponse, Status> {
+) -> Result<RemoveServiceResponse, ServiceError> {
     shared.store.barrier().await?;
     let services = shared.store.list::<Service>()?;
     let service = resolve_service(&services, &req.reference)?.clone();
@@ -228,7 +305,7 @@ pub(crate) async fn remove(
         .store
         .update(|tx| {
             if tx.get::<Service>(&service.id)?.is_none() {
-                return Err(Status::not_found(format!("no such service: {}", req.reference)));
+                return Err(ServiceError::NotFound(req.reference.clone()));
             }
             tx.delete::<Service>(&service.id)?;
             tx.release_name("service", service_name(&service))?;
@@ -243,7 +320,7 @@ pub(crate) async fn remove(
 pub(crate) async fn list_tasks(
     shared: &Shared,
     req: ListTasksRequest,
-) -> Result<ListTasksResponse, Status> {
+) -> Result<ListTasksResponse, ServiceError> {
     shared.store.barrier().await?;
     let nodes = shared.store.list::<Node>()?;
     let service_id = if req.service.is_empty() {
@@ -276,33 +353,33 @@ pub(crate) async fn list_tasks(
     Ok(ListTasksResponse { tasks, node_names })
 }
 
-pub(crate) async fn update_node(shared: &Shared, req: UpdateNodeRequest) -> Result<Node, Status> {
+pub(crate) async fn update_node(
+    shared: &Shared,
+    req: UpdateNodeRequest,
+) -> Result<Node, ServiceError> {
     shared.store.barrier().await?;
     let nodes = shared.store.list::<Node>()?;
     let id = resolve_node(&nodes, &req.reference)?.id.clone();
     let availability = match req.availability {
-        Some(a) => Some(
-            Availability::try_from(a)
-                .map_err(|_| Status::invalid_argument(format!("unknown availability {a}")))?,
-        ),
+        Some(a) => Some(Availability::try_from(a).map_err(|_| ServiceError::Availability(a))?),
         None => None,
     };
     let mut add = Vec::new();
     for kv in &req.label_add {
         let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
         if k.is_empty() {
-            return Err(Status::invalid_argument(format!("bad label {kv:?}: expected key=value")));
+            return Err(ServiceError::Label(kv.clone()));
         }
         add.push((k.to_string(), v.to_string()));
     }
     if let Some(h) = &req.hostname {
         shoal_proto::limits::hostname("hostname", h)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| ServiceError::Hostname(e.to_string()))?;
     }
     let node = shared
         .store
         .update(|tx| {
-            let mut n = tx.get::<Node>(&id)?.ok_or_else(|| Status::not_found("node is gone"))?;
+            let mut n = tx.get::<Node>(&id)?.ok_or(ServiceError::NodeGone)?;
             if let Some(h) = &req.hostname {
                 crate::intake::check_unique_hostname(tx.list::<Node>()?, h, Some(&id))?;
                 n.hostname = h.clone();
@@ -315,7 +392,7 @@ pub(crate) async fn update_node(shared: &Shared, req: UpdateNodeRequest) -> Resu
             }
             for k in &req.label_rm {
                 if n.labels.remove(k).is_none() {
-                    return Err(Status::not_found(format!("node {} has no label {k}", n.hostname)));
+                    return Err(ServiceError::NoLabel { node: n.hostname, key: k.clone() });
                 }
             }
             tx.update(n.clone())?;

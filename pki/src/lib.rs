@@ -1,7 +1,5 @@
 //! Shoal's PKI: root CA, CSR signing, node identity, join tokens, renewal timing, key files and rustls configs.
 
-use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 pub mod base36;
@@ -15,6 +13,8 @@ pub mod token;
 
 pub use ca::{IssuedCert, RootCa};
 pub use node::{certificate_chain_pem, NodeKey, PeerIdentity};
+/// The domain role, defined with its names in `shoal-role` so the wire crate can share them.
+pub use shoal_role::{Role, UnknownRoleError};
 pub use tls::{CapturedServerCerts, ManagerTrust, ReloadableCert, Revocations};
 pub use token::{JoinToken, TokenError};
 
@@ -39,65 +39,6 @@ pub fn validate_cert_expiry(expiry: Duration) -> Result<(), PkiError> {
 /// A duration as settings are written: `100ms`, `45s`, `30m`, `1h 30m`.
 pub fn short_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
-}
-
-/// The role a node plays in the cluster; encoded in the certificate's OU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// Runs tasks only.
-    Worker,
-    /// Runs the control plane (and the CA).
-    Manager,
-}
-
-impl Role {
-    /// The role's lowercase name: `"worker"` or `"manager"`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Role::Worker => "worker",
-            Role::Manager => "manager",
-        }
-    }
-
-    /// The organizational unit (and DNS SAN) used in certificates for this role.
-    pub fn ou(&self) -> &'static str {
-        match self {
-            Role::Worker => "shoal-worker",
-            Role::Manager => "shoal-manager",
-        }
-    }
-
-    /// The role whose [`Role::ou`] is `s`, if any.
-    pub fn from_ou(s: &str) -> Option<Role> {
-        match s {
-            "shoal-worker" => Some(Role::Worker),
-            "shoal-manager" => Some(Role::Manager),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Error returned when parsing a [`Role`] from an unknown name.
-#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
-#[error("unknown role \"{0}\": use worker or manager")]
-pub struct UnknownRoleError(pub String);
-
-impl FromStr for Role {
-    type Err = UnknownRoleError;
-
-    fn from_str(s: &str) -> Result<Role, UnknownRoleError> {
-        match s {
-            "worker" => Ok(Role::Worker),
-            "manager" => Ok(Role::Manager),
-            other => Err(UnknownRoleError(other.escape_debug().to_string())),
-        }
-    }
 }
 
 /// Installs rustls's ring provider as the process default; calling it again is harmless.
@@ -168,21 +109,6 @@ pub enum PkiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn role_names_round_trip() {
-        for role in [Role::Worker, Role::Manager] {
-            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
-            assert_eq!(Role::from_ou(role.ou()), Some(role));
-        }
-        assert_eq!(Role::from_ou("worker"), None);
-    }
-
-    #[test]
-    fn unknown_role_message() {
-        let err = "boss".parse::<Role>().err().map(|e| e.to_string());
-        assert_eq!(err.as_deref(), Some("unknown role \"boss\": use worker or manager"));
-    }
 
     #[test]
     fn cert_expiry_below_the_minimum_is_refused_clearly() {

@@ -44,10 +44,24 @@ pub enum TokenError {
     WrongFieldCount(usize),
     /// The CA digest field is malformed.
     #[error("invalid join token: the CA digest field {0}")]
-    BadDigest(String),
+    BadDigest(FieldError),
     /// The secret field is malformed (its content is never shown).
     #[error("invalid join token: the secret field {0}")]
-    BadSecret(String),
+    BadSecret(FieldError),
+}
+
+/// What is wrong with a token's digest or secret field; never shows the field itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    /// The field has the wrong number of characters.
+    #[error("has {len} characters, expected {expected} (was the token truncated?)")]
+    Length { len: usize, expected: usize },
+    /// The field holds characters outside base36.
+    #[error("contains characters other than 0-9 and a-z (was the token mistyped?)")]
+    Alphabet,
+    /// The field's number does not fit its bytes.
+    #[error("is out of range (was the token mistyped?)")]
+    Range,
 }
 
 /// SHA-256 of the root CA bundle PEM bytes, as carried in join tokens.
@@ -132,18 +146,15 @@ fn describe_version(v: &str) -> String {
 }
 
 /// Decodes a fixed-width base36 field of `N` bytes; the error describes the field without echoing it.
-fn decode_field<const N: usize>(field: &str, chars: usize) -> Result<[u8; N], String> {
+fn decode_field<const N: usize>(field: &str, chars: usize) -> Result<[u8; N], FieldError> {
     let len = field.chars().count();
     if len != chars {
-        return Err(format!("has {len} characters, expected {chars} (was the token truncated?)"));
+        return Err(FieldError::Length { len, expected: chars });
     }
     if !field.bytes().all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()) {
-        return Err(
-            "contains characters other than 0-9 and a-z (was the token mistyped?)".to_string()
-        );
+        return Err(FieldError::Alphabet);
     }
-    let bytes = base36::decode(field, N)
-        .ok_or_else(|| "is out of range (was the token mistyped?)".to_string())?;
+    let bytes = base36::decode(field, N).ok_or(FieldError::Range)?;
     let mut out = [0u8; N];
     out.copy_from_slice(&bytes);
     Ok(out)

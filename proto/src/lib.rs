@@ -10,12 +10,30 @@ pub mod dial;
 pub mod limits;
 pub mod spec;
 
+pub use shoal_role::Role;
+
 impl NodeRole {
-    /// The word the CLI shows and accepts for this role.
+    /// The word the CLI shows and accepts for this role (the [`Role`]'s name).
     pub fn word(self) -> &'static str {
-        match self {
-            NodeRole::Worker => "worker",
-            NodeRole::Manager => "manager",
+        Role::from(self).as_str()
+    }
+}
+
+/// The one mapping between the domain role and its wire enum.
+impl From<NodeRole> for Role {
+    fn from(r: NodeRole) -> Role {
+        match r {
+            NodeRole::Worker => Role::Worker,
+            NodeRole::Manager => Role::Manager,
+        }
+    }
+}
+
+impl From<Role> for NodeRole {
+    fn from(r: Role) -> NodeRole {
+        match r {
+            Role::Worker => NodeRole::Worker,
+            Role::Manager => NodeRole::Manager,
         }
     }
 }
@@ -178,6 +196,14 @@ impl std::fmt::Debug for IssueNodeCertificateRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wire_roles_convert_both_ways_and_share_the_domain_names() {
+        for role in Role::ALL {
+            assert_eq!(Role::from(NodeRole::from(role)), role);
+            assert_eq!(NodeRole::from(role).word(), role.as_str());
+        }
+    }
 
     #[test]
     fn debug_output_of_secrets_hides_their_data() {

@@ -259,9 +259,5 @@ async fn unlock(daemon: &mut DaemonClient<Channel>) -> Result<()> {
 }
 
 fn role(word: &str) -> Result<NodeRole> {
-    match word {
-        "worker" => Ok(NodeRole::Worker),
-        "manager" => Ok(NodeRole::Manager),
-        other => bail!("unknown role {other:?}: use worker or manager"),
-    }
+    Ok(word.parse::<shoal_pki::Role>()?.into())
 }

@@ -146,8 +146,8 @@ impl DaemonRpc for LocalApi {
             advertise_addr: r.advertise_addr,
         };
         let state = self.daemon.join(opts).await.map_err(failed)?;
-        let role = if state.role == "manager" { NodeRole::Manager } else { NodeRole::Worker };
-        Ok(Response::new(JoinResponse { node_id: state.node_id, role: role as i32 }))
+        let role = NodeRole::from(state.role) as i32;
+        Ok(Response::new(JoinResponse { node_id: state.node_id, role }))
     }
 
     async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
@@ -202,7 +202,7 @@ impl DaemonRpc for LocalApi {
 /// What `info` shows from the node's saved membership.
 fn node_fields(resp: &mut InfoResponse, state: &shoal_agent::NodeState) {
     resp.node_id = state.node_id.clone();
-    resp.role = if state.role == "manager" { NodeRole::Manager as i32 } else { 0 };
+    resp.role = NodeRole::from(state.role) as i32;
     resp.cluster_id = state.cluster_id.clone();
     resp.node_addr = state.advertise_addr.clone();
     resp.manager_addrs = state.manager_addrs.clone();

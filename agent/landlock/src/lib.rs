@@ -102,13 +102,13 @@ impl Scopes {
         v
     }
 
-    fn parse(list: &str) -> Result<Scopes, String> {
+    fn parse(list: &str) -> Result<Scopes, ArgsError> {
         let mut scopes = Scopes::NONE;
         for name in list.split(',').filter(|n| *n != "none") {
             match name {
                 "signal" => scopes.signal = true,
                 "abstract-unix-socket" => scopes.abstract_unix_socket = true,
-                _ => return Err(format!("unknown scope {name:?}; {USAGE}")),
+                _ => return Err(ArgsError::UnknownScope(name.to_string())),
             }
         }
         Ok(scopes)
@@ -148,9 +148,29 @@ pub struct Invocation {
     pub command: Vec<OsString>,
 }
 
+/// Why the helper's arguments were refused; each message ends with the usage line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ArgsError {
+    /// `--scopes=` named a scope this helper does not know.
+    UnknownScope(String),
+    /// No `-- PROGRAM` (or something else before it).
+    Usage,
+}
+
+impl std::fmt::Display for ArgsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ArgsError::UnknownScope(name) => write!(f, "unknown scope {name:?}; {USAGE}"),
+            ArgsError::Usage => f.write_str(USAGE),
+        }
+    }
+}
+
+impl std::error::Error for ArgsError {}
+
 /// The helper's arguments (without its own name): `[--scopes=LIST] -- PROGRAM [ARG...]`;
 /// without `--scopes`, every scope applies.
-pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, String> {
+pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, ArgsError> {
     let mut args = args.into_iter().peekable();
     let mut scopes = Scopes::ALL;
     if let Some(list) = args.peek().and_then(|a| a.to_str()?.strip_prefix("--scopes=")) {
@@ -162,7 +182,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation
         _ => Vec::new(),
     };
     if command.is_empty() {
-        return Err(USAGE.into());
+        return Err(ArgsError::Usage);
     }
     Ok(Invocation { scopes, command })
 }
@@ -258,7 +278,8 @@ mod tests {
         assert_eq!(command(&["--", "--"]), os(&["--"]));
         assert_eq!(command(&["--scopes=none", "--", "--scopes=x"]), os(&["--scopes=x"]));
         for bad in [&[][..], &["--"], &["sh"], &["-x", "--", "sh"], &["--scopes=none", "sh"]] {
-            assert!(parse_args(os(bad)).unwrap_err().starts_with("usage:"), "{bad:?}");
+            assert_eq!(parse_args(os(bad)), Err(ArgsError::Usage), "{bad:?}");
+            assert!(ArgsError::Usage.to_string().starts_with("usage:"));
         }
     }
 
@@ -270,7 +291,7 @@ mod tests {
         let signal = Scopes { signal: true, abstract_unix_socket: false };
         assert_eq!(scopes(&["--scopes=signal", "--", "sh"]), Ok(signal));
         assert_eq!(scopes(&["--scopes=abstract-unix-socket,signal", "--", "sh"]), Ok(Scopes::ALL));
-        let err = scopes(&["--scopes=ptrace", "--", "sh"]).unwrap_err();
+        let err = scopes(&["--scopes=ptrace", "--", "sh"]).unwrap_err().to_string();
         assert!(err.starts_with("unknown scope \"ptrace\"; usage:"), "{err}");
         for s in [Scopes::ALL, Scopes::NONE, signal] {
             assert_eq!(scopes(&[&s.to_arg(), "--", "sh"]), Ok(s), "{}", s.to_arg());

@@ -17,7 +17,7 @@ use shoal_landlock::{EXIT_CANNOT_RUN, EXIT_NOT_CONFINED, EXIT_NOT_FOUND};
 fn main() -> ExitCode {
     let invocation = match shoal_landlock::parse_args(std::env::args_os().skip(1)) {
         Ok(i) => i,
-        Err(usage) => return fail(EXIT_NOT_CONFINED, &usage),
+        Err(usage) => return fail(EXIT_NOT_CONFINED, &usage.to_string()),
     };
     if let Err(e) = shoal_landlock::confine(invocation.scopes) {
         let why = format!("cannot confine the task with Landlock, so it did not run: {e}");

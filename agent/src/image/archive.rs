@@ -90,7 +90,7 @@ impl Archive {
             member.path().map_err(|e| ImageError::io("reading", "the archive", e))?.into_owned();
         let refuse = |reason: String| ImageError::ArchiveMember { member: raw.clone(), reason };
         let kind = member.header().entry_type();
-        let name = name_in_archive(&raw).map_err(refuse)?;
+        let name = name_in_archive(&raw).map_err(|why| refuse(why.to_string()))?;
         let link_len = member.link_name_bytes().map_or(0, |l| l.len());
         if raw.as_os_str().len() > MAX_NAME || link_len > MAX_NAME {
             return Err(refuse(format!("has a name or link longer than {MAX_NAME} bytes")));
@@ -194,17 +194,26 @@ fn link_name(member: &Member<'_, '_>, raw: &Path) -> Result<PathBuf, ImageError>
 }
 
 /// A member name as a plain relative path; `..` and absolute names are refused.
-fn name_in_archive(raw: &Path) -> Result<PathBuf, String> {
+fn name_in_archive(raw: &Path) -> Result<PathBuf, UnsafeName> {
     let mut out = PathBuf::new();
     for c in raw.components() {
         match c {
             Component::Normal(p) => out.push(p),
             Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return Err("has an absolute name".into()),
-            Component::ParentDir => return Err("climbs out with \"..\"".into()),
+            Component::RootDir | Component::Prefix(_) => return Err(UnsafeName::Absolute),
+            Component::ParentDir => return Err(UnsafeName::Climbs),
         }
     }
     Ok(out)
+}
+
+/// Why a member name would land outside the staged archive; reads after the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum UnsafeName {
+    #[error("has an absolute name")]
+    Absolute,
+    #[error("climbs out with \"..\"")]
+    Climbs,
 }
 
 /// The member a symbolic link in `parent` to `target` names, if it stays inside the archive.

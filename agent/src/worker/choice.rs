@@ -29,6 +29,11 @@ impl std::fmt::Debug for ExecutorChoice {
     }
 }
 
+/// An executor name other than `runc` or `fake`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown executor {0:?}: use runc or fake")]
+pub struct UnknownExecutor(pub String);
+
 impl ExecutorChoice {
     /// Real containers through runc, within `policy`.
     pub fn runc(policy: NodePolicy) -> ExecutorChoice {
@@ -41,11 +46,11 @@ impl ExecutorChoice {
     }
 
     /// `runc` or `fake` by name, as `shoald --executor` takes it.
-    pub fn named(name: &str, policy: NodePolicy) -> Result<ExecutorChoice, String> {
+    pub fn named(name: &str, policy: NodePolicy) -> Result<ExecutorChoice, UnknownExecutor> {
         match name {
             "runc" => Ok(ExecutorChoice::runc(policy)),
             "fake" => Ok(ExecutorChoice::fake()),
-            other => Err(format!("unknown executor {other:?}: use runc or fake")),
+            other => Err(UnknownExecutor(other.to_string())),
         }
     }
 

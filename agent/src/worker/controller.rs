@@ -122,7 +122,7 @@ impl Controller {
         self.report(status(TaskState::Preparing, "preparing"));
         let prepared = match self.secrets.files_for(&task) {
             Ok(files) => self.exec.prepare_with(&task, files).await,
-            Err(e) => Err(ExecError::Rejected(e)),
+            Err(e) => Err(ExecError::Rejected(e.to_string())),
         };
         if let Err(e) = prepared {
             tracing::info!(task = %self.id, error = %e, "task rejected");

@@ -16,6 +16,7 @@ use tonic::{Code, Status};
 
 use super::status::StatusQueue;
 use super::Worker;
+use crate::session::SessionError;
 
 /// States are sent at most this often…
 pub const REPORT_EVERY: Duration = Duration::from_millis(50);
@@ -34,13 +35,13 @@ pub struct Link {
 }
 
 impl Link {
-    fn error(&self, s: &Status) -> String {
-        crate::connect::status_line(&self.manager, s)
+    fn error(&self, s: Status) -> SessionError {
+        SessionError::call(&self.manager, s)
     }
 }
 
 /// Runs the worker's part of a session until one of its streams breaks.
-pub async fn serve(worker: &Worker, link: Link) -> Result<(), String> {
+pub async fn serve(worker: &Worker, link: Link) -> Result<(), SessionError> {
     tokio::select! {
         r = assignments(worker, link.clone()) => r,
         r = report(worker.statuses(), link.clone()) => r,
@@ -49,14 +50,14 @@ pub async fn serve(worker: &Worker, link: Link) -> Result<(), String> {
 }
 
 /// Applies the assignments stream to the worker: the complete set first, then changes.
-async fn assignments(worker: &Worker, mut link: Link) -> Result<(), String> {
+async fn assignments(worker: &Worker, mut link: Link) -> Result<(), SessionError> {
     let req = AssignmentsRequest { session_id: link.session_id.clone() };
     let mut stream = match link.client.assignments(req).await {
         Ok(r) => r.into_inner(),
         Err(s) if s.code() == Code::Unimplemented => return std::future::pending().await,
-        Err(s) => return Err(link.error(&s)),
+        Err(s) => return Err(link.error(s)),
     };
-    while let Some(msg) = stream.message().await.map_err(|s| link.error(&s))? {
+    while let Some(msg) = stream.message().await.map_err(|s| link.error(s))? {
         tracing::debug!(
             complete = msg.complete,
             tasks = msg.tasks.len(),
@@ -65,7 +66,7 @@ async fn assignments(worker: &Worker, mut link: Link) -> Result<(), String> {
         );
         worker.apply(msg).await;
     }
-    Err("the manager closed the assignments stream".into())
+    Err(SessionError::Closed { what: "assignments stream" })
 }
 
 /// A status report trimmed to what the managers accept (a long error, such as a health
@@ -82,7 +83,7 @@ fn within_limits(u: &TaskStatusUpdate) -> TaskStatusUpdate {
 /// Sends queued task states: gathered for up to `REPORT_EVERY`, at most `REPORT_BATCH` per
 /// call. A batch that fails, or whose call the session's end cuts short, goes back to the
 /// queue for the next session.
-async fn report(queue: &StatusQueue, mut link: Link) -> Result<(), String> {
+async fn report(queue: &StatusQueue, mut link: Link) -> Result<(), SessionError> {
     loop {
         if queue.is_empty() {
             queue.changed().await;
@@ -106,7 +107,7 @@ async fn report(queue: &StatusQueue, mut link: Link) -> Result<(), String> {
             Err(s) => {
                 drop(batch);
                 if s.code() != Code::Unimplemented {
-                    return Err(link.error(&s));
+                    return Err(link.error(s));
                 }
                 tokio::time::sleep(UNIMPLEMENTED_RETRY).await;
             }
@@ -115,17 +116,17 @@ async fn report(queue: &StatusQueue, mut link: Link) -> Result<(), String> {
 }
 
 /// Serves the log subscriptions the managers send, one publisher each, until closed.
-async fn subscriptions(worker: &Worker, mut link: Link) -> Result<(), String> {
+async fn subscriptions(worker: &Worker, mut link: Link) -> Result<(), SessionError> {
     let req = ListenSubscriptionsRequest { session_id: link.session_id.clone() };
     let mut stream = match link.client.listen_subscriptions(req).await {
         Ok(r) => r.into_inner(),
         Err(s) if s.code() == Code::Unimplemented => return std::future::pending().await,
-        Err(s) => return Err(link.error(&s)),
+        Err(s) => return Err(link.error(s)),
     };
     // Dropping the set (the session ends) stops every publisher.
     let mut publishers = JoinSet::new();
     let mut by_id: HashMap<String, AbortHandle> = HashMap::new();
-    while let Some(sub) = stream.message().await.map_err(|s| link.error(&s))? {
+    while let Some(sub) = stream.message().await.map_err(|s| link.error(s))? {
         while publishers.try_join_next().is_some() {}
         by_id.retain(|_, h| !h.is_finished());
         if sub.close {
@@ -139,7 +140,7 @@ async fn subscriptions(worker: &Worker, mut link: Link) -> Result<(), String> {
             super::logs::publish(worker.clone(), link.client.clone(), link.session_id.clone(), sub);
         by_id.insert(id, publishers.spawn(job));
     }
-    Err("the manager closed the log subscriptions stream".into())
+    Err(SessionError::Closed { what: "log subscriptions stream" })
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use shoal_proto::Task;
 
 use super::executor::{ExecError, ExecOutput, Executor, ExitStatus};
-use super::spec::{build, parse_signal, resolve_image, Built};
+use super::spec::{build, parse_signal, resolve_image, Built, TaskSpecError};
 use crate::image::ImageStore;
 use crate::runtime::{OciRuntime, Runtime, RuntimeError};
 
@@ -65,18 +65,18 @@ impl OciExecutor {
         let path = self.seccomp_path(&task.id);
         let job = move || {
             let c = task.spec.as_ref().and_then(|s| s.container.as_ref());
-            let c = c.ok_or("the task has no container spec")?;
+            let c = c.ok_or(TaskSpecError::NoContainer)?;
             let image = resolve_image(&images, c, &node)?;
             let built = build(&task, &image, &images, path)?;
             if let Some((path, profile)) = &built.seccomp_profile {
                 write_profile(path, profile)?;
             }
-            Ok::<_, String>(built)
+            Ok::<_, TaskSpecError>(built)
         };
         tokio::task::spawn_blocking(job)
             .await
             .map_err(|e| ExecError::Rejected(format!("preparing the task failed: {e}")))?
-            .map_err(ExecError::Rejected)
+            .map_err(|e| ExecError::Rejected(e.to_string()))
     }
 
     async fn prepare_task(
@@ -105,7 +105,7 @@ impl OciExecutor {
         let c = task.spec.as_ref().and_then(|s| s.container.as_ref());
         let signal = match c.map(|c| c.stop_signal.as_str()).unwrap_or("") {
             "" => rustix::process::Signal::TERM.as_raw(),
-            name => parse_signal(name).map_err(ExecError::Failed)?,
+            name => parse_signal(name).map_err(|e| ExecError::Failed(e.to_string()))?,
         };
         let grace = match c.map(|c| c.stop_grace_ms).unwrap_or(0) {
             0 => Duration::from_secs(10),
@@ -145,12 +145,12 @@ impl OciExecutor {
     }
 }
 
-fn write_profile(path: &Path, profile: &str) -> Result<(), String> {
-    let fail = |e: std::io::Error| format!("writing the task's seccomp profile to {path:?}: {e}");
+fn write_profile(path: &Path, profile: &str) -> Result<(), TaskSpecError> {
+    let fail = |source| TaskSpecError::Profile { path: path.to_path_buf(), source };
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
-        crate::runtime::rootfs::private_dir(dir, None).map_err(|e| e.to_string())?;
+        crate::runtime::rootfs::private_dir(dir, None).map_err(TaskSpecError::ProfileDir)?;
     }
     let mut file = std::fs::OpenOptions::new()
         .write(true)

@@ -17,6 +17,15 @@ pub struct SecretStore {
     held: Mutex<HashMap<Key, Arc<Vec<u8>>>>,
 }
 
+/// A secret or config a task names that the managers have not sent to this node (yet).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} {name} (version {version}) was not delivered to this node", .kind.word())]
+pub struct Undelivered {
+    pub kind: SecretKind,
+    pub name: String,
+    pub version: u64,
+}
+
 impl std::fmt::Debug for SecretStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecretStore").field("held", &self.len()).finish()
@@ -62,26 +71,23 @@ impl SecretStore {
     }
 
     /// The files of `task`: one per secret and config its spec names, or why one is missing.
-    pub fn files_for(&self, task: &Task) -> Result<Vec<SecretFile>, String> {
+    pub fn files_for(&self, task: &Task) -> Result<Vec<SecretFile>, Undelivered> {
         let Some(c) = task.spec.as_ref().and_then(|s| s.container.as_ref()) else {
             return Ok(Vec::new());
         };
         let held = self.lock();
-        let file = |kind: SecretKind, r: &SecretReference| -> Result<SecretFile, String> {
-            let data = held.get(&(r.secret_id.clone(), r.version)).ok_or_else(|| {
-                let what = if kind == SecretKind::Secret { "secret" } else { "config" };
-                format!(
-                    "{what} {} (version {}) was not delivered to this node",
-                    r.secret_name, r.version
-                )
-            })?;
-            let target = match kind {
-                SecretKind::Secret => format!("/run/secrets/{}", r.target),
-                SecretKind::Config => r.target.clone(),
+        let file =
+            |kind: SecretKind, r: &SecretReference| -> Result<SecretFile, Undelivered> {
+                let data = held.get(&(r.secret_id.clone(), r.version)).ok_or_else(|| {
+                    Undelivered { kind, name: r.secret_name.clone(), version: r.version }
+                })?;
+                let target = match kind {
+                    SecretKind::Secret => format!("/run/secrets/{}", r.target),
+                    SecretKind::Config => r.target.clone(),
+                };
+                let mode = if r.mode == 0 { 0o444 } else { r.mode };
+                Ok(SecretFile { target, uid: r.uid, gid: r.gid, mode, data: data.to_vec() })
             };
-            let mode = if r.mode == 0 { 0o444 } else { r.mode };
-            Ok(SecretFile { target, uid: r.uid, gid: r.gid, mode, data: data.to_vec() })
-        };
         let mut out = Vec::new();
         for r in &c.secrets {
             out.push(file(SecretKind::Secret, r)?);
@@ -146,7 +152,7 @@ mod tests {
             (files[0].target.as_str(), files[0].data.as_slice(), files[0].mode),
             ("/run/secrets/pw", &b"A"[..], 0o444)
         );
-        let err = store.files_for(&task(&[("a", 2, "pw")])).unwrap_err();
+        let err = store.files_for(&task(&[("a", 2, "pw")])).unwrap_err().to_string();
         assert!(err.contains("version 2") && err.contains("not delivered"), "{err}");
         store.forget(&["a@1".into()]);
         assert!(

@@ -10,6 +10,38 @@ use shoal_proto::{ContainerSpec, Task};
 use crate::image::{ImageError, ImageInfo, ImageStore};
 use crate::runtime::{SeccompChoice, TaskSpec, Ulimit};
 
+/// Why a task cannot run as specified on this node; the message becomes its REJECTED status.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskSpecError {
+    /// The spec names neither an image nor a digest.
+    #[error("the task names no image")]
+    NoImage,
+    /// The image is not loaded here; `pin` is " (digest)" when the spec pins one.
+    #[error("image {name}{pin} is not on node {node}; load it with 'shoal image load'")]
+    ImageMissing { name: String, pin: String, node: String },
+    /// The image store failed otherwise.
+    #[error(transparent)]
+    Image(ImageError),
+    /// A task without a spec.
+    #[error("the task has no spec")]
+    NoSpec,
+    /// A task spec without a container spec.
+    #[error("the task has no container spec")]
+    NoContainer,
+    /// A user this runtime cannot map.
+    #[error("user {0:?}: only numeric users (uid[:gid]) and root are supported")]
+    User(String),
+    /// A stop signal that is not one.
+    #[error("stop signal {0:?} is not a signal; use e.g. SIGTERM, SIGINT or 15")]
+    Signal(String),
+    /// The custom seccomp profile could not be written.
+    #[error("writing the task's seccomp profile to {path:?}: {source}")]
+    Profile { path: PathBuf, source: std::io::Error },
+    /// The directory for the profile could not be made.
+    #[error(transparent)]
+    ProfileDir(crate::runtime::RuntimeError),
+}
+
 /// A task's runtime spec, and the custom seccomp profile to write where the spec says.
 #[derive(Debug)]
 pub struct Built {
@@ -23,10 +55,10 @@ pub fn resolve_image(
     store: &ImageStore,
     c: &ContainerSpec,
     node: &str,
-) -> Result<ImageInfo, String> {
+) -> Result<ImageInfo, TaskSpecError> {
     let wanted = if c.image_digest.is_empty() { &c.image } else { &c.image_digest };
     if wanted.is_empty() {
-        return Err("the task names no image".into());
+        return Err(TaskSpecError::NoImage);
     }
     store.resolve(wanted).map_err(|e| match e {
         ImageError::NotFound(_) => {
@@ -36,9 +68,9 @@ pub fn resolve_image(
                 format!(" ({})", c.image_digest)
             };
             let name = if c.image.is_empty() { &c.image_digest } else { &c.image };
-            format!("image {name}{pin} is not on node {node}; load it with 'shoal image load'")
+            TaskSpecError::ImageMissing { name: name.clone(), pin, node: node.to_string() }
         }
-        other => other.to_string(),
+        other => TaskSpecError::Image(other),
     })
 }
 
@@ -48,19 +80,18 @@ pub fn build(
     image: &ImageInfo,
     store: &ImageStore,
     seccomp_path: PathBuf,
-) -> Result<Built, String> {
-    let spec = task.spec.as_ref().ok_or("the task has no spec")?;
-    let c = spec.container.as_ref().ok_or("the task has no container spec")?;
+) -> Result<Built, TaskSpecError> {
+    let spec = task.spec.as_ref().ok_or(TaskSpecError::NoSpec)?;
+    let c = spec.container.as_ref().ok_or(TaskSpecError::NoContainer)?;
     let mut t = store
         .task_spec_with(&task.id, image, &c.command, &c.args, &c.env)
-        .map_err(|e| e.to_string())?;
+        .map_err(TaskSpecError::Image)?;
     if !c.workdir.is_empty() {
         t.workdir = Some(c.workdir.clone());
     }
     if !c.user.is_empty() {
-        t.user = crate::image::parse_user(Some(&c.user), &image.id).map_err(|_| {
-            format!("user {:?}: only numeric users (uid[:gid]) and root are supported", c.user)
-        })?;
+        t.user = crate::image::parse_user(Some(&c.user), &image.id)
+            .map_err(|_| TaskSpecError::User(c.user.clone()))?;
     }
     if !c.hostname.is_empty() {
         t.hostname = Some(c.hostname.clone());
@@ -105,13 +136,13 @@ fn seccomp(choice: &str, path: PathBuf) -> (SeccompChoice, Option<(PathBuf, Stri
 }
 
 /// The stop signal a task spec names: `SIGTERM`, `TERM` or `15`.
-pub fn parse_signal(name: &str) -> Result<i32, String> {
+pub fn parse_signal(name: &str) -> Result<i32, TaskSpecError> {
     const NAMES: [&str; 31] = [
         "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
         "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
         "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
     ];
-    let bad = || format!("stop signal {name:?} is not a signal; use e.g. SIGTERM, SIGINT or 15");
+    let bad = || TaskSpecError::Signal(name.to_string());
     if let Ok(n) = name.parse::<i32>() {
         return if (1..=64).contains(&n) { Ok(n) } else { Err(bad()) };
     }
@@ -217,18 +248,18 @@ mod tests {
         let store = ImageStore::open(dir.path()).unwrap();
         let c = ContainerSpec { image: "busybox:latest".into(), ..Default::default() };
         assert_eq!(
-            resolve_image(&store, &c, "node-7").unwrap_err(),
+            resolve_image(&store, &c, "node-7").unwrap_err().to_string(),
             "image busybox:latest is not on node node-7; load it with 'shoal image load'"
         );
         let pinned = ContainerSpec { image_digest: format!("sha256:{}", "a".repeat(64)), ..c };
-        let err = resolve_image(&store, &pinned, "node-7").unwrap_err();
+        let err = resolve_image(&store, &pinned, "node-7").unwrap_err().to_string();
         assert!(err.starts_with("image busybox:latest (sha256:aaa"), "{err}");
     }
 
     #[test]
     fn signals_by_name_or_number() {
         for (s, n) in [("SIGTERM", 15), ("term", 15), ("SIGKILL", 9), ("USR1", 10), ("3", 3)] {
-            assert_eq!(parse_signal(s), Ok(n), "{s}");
+            assert_eq!(parse_signal(s).ok(), Some(n), "{s}");
         }
         for bad in ["SIGNOPE", "0", "99", ""] {
             assert!(parse_signal(bad).is_err(), "{bad}");

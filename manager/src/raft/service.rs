@@ -19,6 +19,7 @@ use crate::authz::caller;
 use crate::raft::inbound;
 use crate::raft::transport::Reassembler;
 use crate::{Manager, ManagerError};
+use shoal_proto::dial::DialError;
 
 const JOIN_ATTEMPTS: usize = 20;
 /// How a manager that is not the leader points to it (the leader's address follows).
@@ -130,7 +131,7 @@ enum Answer {
     NoLeader,
     /// A final no (the leader cannot reach the new address, or this node may not move).
     Refused(String),
-    Unreachable(String),
+    Unreachable(DialError),
     /// Anything else (a commit that timed out, say).
     Failed(String),
 }
@@ -160,10 +161,8 @@ async fn ask(
 }
 
 /// `addr (cause)` from a dialling error, without the advice (which would repeat per address).
-fn brief(addr: &str, error: &str) -> String {
-    let cause =
-        error.strip_prefix(&format!("could not reach a manager at {addr}: ")).unwrap_or(error);
-    format!("{addr} ({})", cause.split("; ").next().unwrap_or(cause))
+fn brief(addr: &str, error: &DialError) -> String {
+    format!("{addr} ({})", error.detail())
 }
 
 /// Why no manager took a new address.
@@ -195,7 +194,7 @@ async fn call_join(
     tls: std::sync::Arc<rustls::ClientConfig>,
     req: RaftJoinRequest,
 ) -> Result<RaftJoinResponse, Status> {
-    let channel = shoal_proto::dial::connect(addr, tls).await.map_err(Status::unavailable)?;
+    let channel = shoal_proto::dial::connect(addr, tls).await?;
     Ok(RaftClient::new(channel).join(req).await?.into_inner())
 }
 
@@ -343,21 +342,33 @@ async fn ping(
     addr: &str,
     tls: std::sync::Arc<rustls::ClientConfig>,
     node_id: &str,
-) -> Result<(), String> {
-    let prefix = format!("could not reach a manager at {addr}: ");
+) -> Result<(), PingError> {
     let channel =
         tokio::time::timeout(Duration::from_secs(5), shoal_proto::dial::connect(addr, tls))
             .await
-            .map_err(|_| "no answer within 5s".to_string())?
-            .map_err(|e| e.strip_prefix(&prefix).map(str::to_string).unwrap_or(e))?;
-    let answer = RaftClient::new(channel)
-        .ping(RaftPingRequest {})
-        .await
-        .map_err(|s| s.message().to_string())?;
+            .map_err(|_| PingError::Timeout)??;
+    let answer = RaftClient::new(channel).ping(RaftPingRequest {}).await?;
     if answer.into_inner().node_id != node_id {
-        return Err("a different node answered there".into());
+        return Err(PingError::OtherNode);
     }
     Ok(())
+}
+
+/// Why a manager did not answer a ping at an address; the address is the caller's to say.
+#[derive(Debug, thiserror::Error)]
+enum PingError {
+    /// Nothing within five seconds.
+    #[error("no answer within 5s")]
+    Timeout,
+    /// The address could not be dialed.
+    #[error("{}", .0.reason())]
+    Dial(#[from] DialError),
+    /// A manager answered with an error.
+    #[error("{}", .0.message())]
+    Refused(#[from] Status),
+    /// Another node holds the address.
+    #[error("a different node answered there")]
+    OtherNode,
 }
 
 #[cfg(test)]
@@ -366,11 +377,13 @@ mod tests {
 
     #[test]
     fn why_no_manager_took_a_new_address_reads_as_one_line() {
-        let refused = "could not reach a manager at 10.0.0.1:4242: Connection refused (os error \
-                       111); check the address and that shoald listens there";
+        let refused = DialError::Refused {
+            addr: "10.0.0.1:4242".into(),
+            detail: "Connection refused (os error 111)".into(),
+        };
         let mut why = Unanswered {
             no_leader: true,
-            unreachable: vec![brief("10.0.0.1:4242", refused)],
+            unreachable: vec![brief("10.0.0.1:4242", &refused)],
             failed: None,
         };
         let gone = "10.0.0.1:4242 (Connection refused (os error 111))";

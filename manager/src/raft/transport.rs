@@ -187,7 +187,7 @@ async fn stream_to(
     rx: &mut mpsc::Receiver<Message>,
     peers: &Weak<Peers>,
     to: u64,
-) -> Result<(), String> {
+) -> Result<(), StreamError> {
     let channel = shoal_proto::dial::connect(addr, tls).await?;
     tracing::debug!(peer = to, %addr, "raft stream connected");
     let (chunks, chunk_rx) = mpsc::channel::<RaftChunk>(64);
@@ -196,7 +196,7 @@ async fn stream_to(
     let _abort = AbortOnDrop(call);
     while let Some(msg) = rx.recv().await {
         let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
-        let bytes = msg.write_to_bytes().map_err(|e| e.to_string())?;
+        let bytes = msg.write_to_bytes().map_err(StreamError::Encode)?;
         let sent = send_chunks(&chunks, &bytes).await;
         if let (true, Some(p)) = (snapshot, peers.upgrade()) {
             if let Some(raft) = p.raft.get() {
@@ -207,10 +207,24 @@ async fn stream_to(
             if let Some(p) = peers.upgrade() {
                 p.report(to, false);
             }
-            return Err("the stream to the peer broke".into());
+            return Err(StreamError::Broken);
         }
     }
     Ok(())
+}
+
+/// Why a stream to a Raft peer ended before its queue closed.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    /// The peer could not be dialed.
+    #[error(transparent)]
+    Dial(#[from] shoal_proto::dial::DialError),
+    /// A message could not be encoded (a bug: Raft built it).
+    #[error("a raft message could not be encoded: {0}")]
+    Encode(protobuf::ProtobufError),
+    /// The peer stopped taking chunks.
+    #[error("the stream to the peer broke")]
+    Broken,
 }
 
 async fn send_chunks(chunks: &mpsc::Sender<RaftChunk>, bytes: &[u8]) -> bool {

@@ -132,11 +132,7 @@ fn bad_value(expr: &str, why: &str) -> PlacementError {
 }
 
 fn parse_role(value: &str) -> Option<NodeRole> {
-    match value.to_ascii_lowercase().as_str() {
-        "manager" => Some(NodeRole::Manager),
-        "worker" => Some(NodeRole::Worker),
-        _ => None,
-    }
+    value.to_ascii_lowercase().parse::<crate::Role>().ok().map(NodeRole::from)
 }
 
 /// `node.labels.<name>` → `<name>` (the prefix is case-insensitive, the name is not).

@@ -45,7 +45,7 @@ impl Daemon {
         let state = NodeState {
             node_id: id.node_id.clone(),
             cluster_id: manager.cluster_id().to_string(),
-            role: Role::Manager.as_str().into(),
+            role: Role::Manager,
             runs_manager: true,
             listen_addr: listen.to_string(),
             advertise_addr: advertise.clone(),
@@ -132,7 +132,7 @@ impl Daemon {
         let mut state = NodeState {
             node_id: joined.node_id.clone(),
             cluster_id: joined.cluster_id.clone(),
-            role: joined.role.as_str().into(),
+            role: joined.role,
             runs_manager: joined.role == Role::Manager,
             listen_addr: listen.to_string(),
             advertise_addr: advertise,

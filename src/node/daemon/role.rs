@@ -27,7 +27,7 @@ pub(super) async fn follow_role(daemon: std::sync::Weak<Daemon>) {
             continue;
         }
         tracing::info!(from = %m.state.role, to = %wanted, "the managers changed this node's role");
-        if let Err(e) = daemon.change_role(m, &wanted).await {
+        if let Err(e) = daemon.change_role(m, wanted).await {
             tracing::warn!(error = %format!("{e:#}"), "role change not finished; will retry");
         }
     }
@@ -57,18 +57,18 @@ impl Daemon {
         }
     }
 
-    async fn change_role(&self, m: &mut Member, wanted: &str) -> Result<()> {
+    async fn change_role(&self, m: &mut Member, wanted: Role) -> Result<()> {
         m.agent.renew_now();
         let deadline = tokio::time::Instant::now() + ROLE_CERT_WAIT;
-        while m.cert.identity().role.as_str() != wanted {
+        while m.cert.identity().role != wanted {
             if tokio::time::Instant::now() >= deadline {
                 bail!("no {wanted} certificate yet");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let mut state = m.state.clone();
-        state.role = wanted.to_string();
-        if wanted == Role::Manager.as_str() {
+        state.role = wanted;
+        if wanted == Role::Manager {
             let (_, _, root) = self.files.load_identity()?;
             let id = self.identity(&state, m.cert.clone(), &root);
             let remote =

@@ -62,7 +62,7 @@ async fn an_unsent_report_goes_out_on_the_next_session() {
     let feed =
         assignments.send(Ok(complete(vec![new_test_task("a", "web:1", TaskState::Running)])));
     let (ended, _) = tokio::join!(serve(&worker, first), feed);
-    assert!(ended.unwrap_err().contains("the leader is gone"));
+    assert!(ended.unwrap_err().to_string().contains("the leader is gone"));
     assert!(d.reported("a").is_empty());
 
     let second = link_to(d.clone(), "s2").await;
