@@ -155,6 +155,6 @@ mod tests {
         let err = validate_heartbeat(Duration::from_millis(10)).unwrap_err();
         assert_eq!(err.to_string(), "heartbeat period 10ms must be between 100ms and 1h");
         let err = validate_election_timeout(Duration::from_secs(61)).unwrap_err();
-        assert_eq!(err.to_string(), "election timeout 61s must be between 150ms and 60s");
+        assert_eq!(err.to_string(), "election timeout 1m 1s must be between 150ms and 60s");
     }
 }

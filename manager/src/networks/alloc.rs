@@ -16,7 +16,7 @@ use shoal_proto::{Cluster, NameClaim, Network, NetworkSpec};
 
 use super::ipam::{default_gateway, next_host, next_subnet, next_vni, overlaps};
 use super::NetworkError;
-use crate::store::Tx;
+use crate::store::{StoreError, Tx};
 
 /// The record every network creation and removal updates.
 const LOCK: &str = "ipam/networks";
@@ -41,8 +41,10 @@ pub(crate) fn place_network(
 ) -> Result<Network, NetworkError> {
     serialize_network_changes(tx)?;
     let networks = tx.list::<Network>()?;
-    let taken: Vec<(Ipv4Net, &str)> =
+    let mut taken: Vec<(Ipv4Net, &str)> =
         networks.iter().filter_map(|n| Some((n.subnet.parse().ok()?, name_of(n)))).collect();
+    // In address order, so a refusal names the lowest network overlapped.
+    taken.sort();
     let ipam = spec.ipam.clone().unwrap_or_default();
     let subnet = if ipam.subnet.is_empty() {
         let (pools, size) = pool(tx)?;
@@ -96,15 +98,23 @@ pub(crate) fn allocate_addr(
     let subnet: Ipv4Net = network.subnet.parse().map_err(|_| corrupt(network))?;
     let gateway: Ipv4Addr = network.gateway.parse().map_err(|_| corrupt(network))?;
     let kind = claim_kind(&network.id);
-    let taken: BTreeSet<Ipv4Addr> = tx
+    let mut taken: BTreeSet<Ipv4Addr> = tx
         .list_under::<NameClaim>(&format!("{kind}/"))?
         .iter()
         .filter_map(|c| c.id.rsplit('/').next()?.parse().ok())
         .collect();
-    let ip = next_host(subnet, gateway, &taken)
-        .ok_or_else(|| NetworkError::Full { network: name_of(network).to_string() })?;
-    tx.claim_name(&kind, &ip.to_string(), owner)?;
-    Ok(format!("{ip}/{}", subnet.prefix_len()))
+    loop {
+        let ip = next_host(subnet, gateway, &taken)
+            .ok_or_else(|| NetworkError::Full { network: name_of(network).to_string() })?;
+        match tx.claim_name(&kind, &ip.to_string(), owner) {
+            Ok(()) => return Ok(format!("{ip}/{}", subnet.prefix_len())),
+            // Committed by another transaction since the listing: take the next one.
+            Err(StoreError::Exists { .. }) => {
+                taken.insert(ip);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Gives back an address taken with [`allocate_addr`].
