@@ -1456,10 +1456,7 @@ async fn report(
     state: TaskState,
     stats: &SimStats,
 ) -> Result<()> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now = shoal_proto::time::now_ms();
     let updates = ids
         .iter()
         .map(|id| TaskStatusUpdate {
