@@ -1,11 +1,9 @@
 //! `shoal image` end to end: the CLI binary talks to a real daemon over its unix socket, and
 //! the daemon's image store imports, lists and removes images built from local files.
 
-mod harness;
-
 use std::process::Command;
 
-use harness::TestNode;
+use shoal_testkit::cluster::TestNode;
 
 fn shoal(node: &TestNode, args: &[&str]) -> std::process::Output {
     let host = format!("unix://{}", node.socket.display());

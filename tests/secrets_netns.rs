@@ -7,14 +7,13 @@
 //!
 //! Needs root; under CI (env `CI`) it must run.
 
-mod netns;
-
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netns::{eventually, finish, root_or_skip, text, Net, Node};
+use shoal_testkit::netns::{finish, root_or_skip, text, Net, Node};
+use shoal_testkit::poll::blocking::eventually;
 
 const IMAGE: &str = "busybox:t";
 const USER: &str = "db-admin-7c1f9e";

@@ -9,14 +9,13 @@
 //!
 //! Needs root; under CI (env `CI`) it must run.
 
-mod netns;
-
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use netns::{all_ready, eventually, finish, root_or_skip, status_of, text, Net, Node};
+use shoal_testkit::netns::{self, all_ready, finish, root_or_skip, status_of, text, Net, Node};
+use shoal_testkit::poll::blocking::eventually;
 
 fn subnet() -> u8 {
     (std::process::id() % 240 + 10) as u8

@@ -17,9 +17,10 @@ use shoal_proto::{
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
-use crate::harness::TestNode;
+use crate::cluster::TestNode;
 
 /// A node identity obtained with a join token (or a real node's), used by hand.
+#[derive(Debug)]
 pub struct FakeWorker {
     pub node_id: String,
     manager: String,
@@ -27,6 +28,7 @@ pub struct FakeWorker {
 }
 
 /// An open session: its ID and the Node object the manager sent first.
+#[derive(Debug)]
 pub struct Session {
     pub id: String,
     pub node: Node,
@@ -112,20 +114,4 @@ impl FakeWorker {
     pub async fn report(&self, req: UpdateTaskStatusRequest) -> Result<(), Status> {
         self.dispatcher().await.update_task_status(req).await.map(drop)
     }
-}
-
-/// The worker join token of `manager`.
-pub async fn worker_token(manager: &TestNode) -> String {
-    token(manager, shoal_proto::NodeRole::Worker).await
-}
-
-/// The join token of `manager` for `role`.
-pub async fn token(manager: &TestNode, role: shoal_proto::NodeRole) -> String {
-    let req = shoal_proto::GetJoinTokenRequest { role: role as i32 };
-    manager.control().await.get_join_token(req).await.unwrap().into_inner().token
-}
-
-/// The node `id` as `manager` has it.
-pub async fn node(manager: &TestNode, id: &str) -> Node {
-    manager.nodes().await.into_iter().find(|n| n.id == id).expect("node is listed")
 }
