@@ -65,9 +65,6 @@ pub enum Command {
     Stack(stack::StackCmd),
     /// Show this node's view of the swarm
     Info,
-    /// Measure Shoal against its targets
-    #[command(subcommand)]
-    Bench(crate::bench::services::BenchCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,9 +255,6 @@ fn role(word: &str) -> Result<NodeRole> {
 
 /// Runs one parsed command.
 pub async fn run(cli: Cli) -> Result<()> {
-    if let Command::Bench(cmd) = cli.command {
-        return crate::bench::services::run(cmd).await;
-    }
     let host = client::parse_host(&cli.host)?;
     let tls = TlsFiles { ca: cli.tlscacert, cert: cli.tlscert, key: cli.tlskey };
     let channel = client::connect(&host, &tls).await?;
@@ -276,7 +270,6 @@ pub async fn run(cli: Cli) -> Result<()> {
             image(cmd, channel).await
         }
         Command::Info => info(channel).await,
-        Command::Bench(_) => Ok(()),
     }
 }
 

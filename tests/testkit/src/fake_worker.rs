@@ -73,7 +73,12 @@ impl FakeWorker {
 
     /// An mTLS channel to its manager presenting this node's certificate.
     pub async fn channel(&self) -> Channel {
-        shoal_proto::dial::connect(&self.manager, self.tls.clone()).await.unwrap()
+        self.connect().await.unwrap()
+    }
+
+    /// Like [`FakeWorker::channel`], with the failure as an error.
+    pub async fn connect(&self) -> Result<Channel, String> {
+        shoal_proto::dial::connect(&self.manager, self.tls.clone()).await.map_err(|e| e.to_string())
     }
 
     pub async fn dispatcher(&self) -> DispatcherClient<Channel> {
