@@ -11,31 +11,10 @@ use shoal::cli::client::{self, Host, TlsFiles};
 use shoal_proto::control_client::ControlClient;
 use shoal_proto::daemon_client::DaemonClient;
 use shoal_proto::*;
+use shoal_testkit::image::busybox_tar;
 use tonic::transport::Channel;
 
 use crate::common::{free_port, load_note, log_tail, median, secs, temp_dir, wait_for};
-
-/// A rootfs tarball: busybox-static with the applets the tasks use.
-fn rootfs_tar(dir: &Path) -> Result<PathBuf> {
-    let root = dir.join("rootfs");
-    std::fs::create_dir_all(root.join("bin"))?;
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .context("copying /bin/busybox (apt-get install busybox-static)")?;
-    for applet in ["sh", "sleep", "true"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
-    }
-    let tar = dir.join("rootfs.tar");
-    let status = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .context("running tar")?;
-    anyhow::ensure!(status.success(), "tar failed ({status})");
-    Ok(tar)
-}
 
 // ---------------------------------------------------------------------------------------------
 // convergence: one node, N replicas of `sleep 3600`
@@ -85,7 +64,7 @@ pub(crate) async fn convergence(args: ConvergenceArgs) -> Result<()> {
     let limit = Duration::from_secs(args.timeout.max(10));
     let n = args.replicas.max(1);
     let dir = temp_dir("shoal-bench-conv-")?;
-    let tar = rootfs_tar(dir.path())?;
+    let tar = busybox_tar(dir.path(), &["sh", "sleep", "true"]).map_err(anyhow::Error::msg)?;
     let mut shoal = match args.skip_shoal {
         true => None,
         false => start_shoal_side(&args, &tar).await,

@@ -3,12 +3,14 @@
 //! - [`managers`]: bare in-process managers on loopback, for the benchmarks;
 //! - [`netns`]: `shoald` processes on hosts in network namespaces, driven with `shoal`;
 //! - [`fake_worker`]: a node that speaks the real protocol and runs nothing;
+//! - [`image`]: a busybox image to import;
 //! - [`poll`]: waiting for conditions (`eventually`, `stays`).
 //!
 //! It turns on `shoal`'s `test-util` feature (test knobs in `shoald`, the fake executor).
 
 pub mod cluster;
 pub mod fake_worker;
+pub mod image;
 pub mod managers;
 pub mod netns;
 pub mod poll;
