@@ -1,24 +1,18 @@
 //! In-process cluster stories: managers and agents as tasks of one test, real gRPC, real mTLS,
 //! real sled stores, each node with its own data root and loopback port.
 
-mod harness;
-
 use std::time::Duration;
 
-use harness::{eventually, TestNode};
 use shoal_pki::PeerIdentity;
 use shoal_proto::node_ca_client::NodeCaClient;
 use shoal_proto::{
-    GetJoinTokenRequest, GetNodeRequest, IssueNodeCertificateRequest, NodeRole, NodeState,
-    RemoveNodeRequest, RotateJoinTokenRequest, UpdateClusterRequest,
+    GetNodeRequest, IssueNodeCertificateRequest, NodeRole, NodeState, RemoveNodeRequest,
+    RotateJoinTokenRequest, UpdateClusterRequest,
 };
+use shoal_testkit::cluster::{token, TestNode};
+use shoal_testkit::poll::eventually;
 
 const BEAT: Duration = Duration::from_millis(200);
-
-async fn token(manager: &TestNode, role: NodeRole) -> String {
-    let req = GetJoinTokenRequest { role: role as i32 };
-    manager.control().await.get_join_token(req).await.unwrap().into_inner().token
-}
 
 async fn rotate(manager: &TestNode, role: NodeRole, ttl_secs: u64, max_uses: u32) -> String {
     let req = RotateJoinTokenRequest { role: role as i32, ttl_secs, max_uses };

@@ -1,11 +1,10 @@
 //! `shoal image` end to end: the CLI binary talks to a real daemon over its unix socket, and
 //! the daemon's image store imports, lists and removes images built from local files.
 
-mod harness;
-
 use std::process::Command;
 
-use harness::TestNode;
+use shoal_testkit::cluster::TestNode;
+use shoal_testkit::image::busybox_tar;
 
 fn shoal(node: &TestNode, args: &[&str]) -> std::process::Output {
     let host = format!("unix://{}", node.socket.display());
@@ -16,23 +15,11 @@ fn text(out: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
-fn busybox_rootfs_tar(dir: &std::path::Path) -> std::path::PathBuf {
-    let root = dir.join("rootfs");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("/bin/busybox (apt-get install busybox-static)");
-    let tar = dir.join("rootfs.tar");
-    let ok =
-        Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().unwrap();
-    assert!(ok.success());
-    tar
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_import_list_and_remove_through_the_cli() {
     let node = TestNode::start("img").await;
     let dir = tempfile::tempdir().unwrap();
-    let tar = busybox_rootfs_tar(dir.path());
+    let tar = busybox_tar(dir.path(), &[]).unwrap();
     let out = shoal(&node, &["image", "import", tar.to_str().unwrap(), "busybox:test"]);
     assert!(out.status.success(), "{}", text(&out));
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();

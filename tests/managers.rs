@@ -1,19 +1,13 @@
 //! Several managers in one process, each with its own Raft member, sled store and loopback port,
 //! talking real gRPC over mTLS: joining, replication, leader loss, restarts, encryption at rest.
 
-mod harness;
-
 use std::time::{Duration, Instant};
 
-use harness::{eventually, TestNode};
 use shoal_proto::{GetJoinTokenRequest, ListNodesRequest, NodeRole, RotateJoinTokenRequest};
+use shoal_testkit::cluster::{token, TestNode};
+use shoal_testkit::poll::eventually;
 
 const BEAT: Duration = Duration::from_millis(300);
-
-async fn token(node: &TestNode, role: NodeRole) -> String {
-    let req = GetJoinTokenRequest { role: role as i32 };
-    node.control().await.get_join_token(req).await.unwrap().into_inner().token
-}
 
 async fn leader_of(node: &TestNode) -> Result<String, String> {
     let mut control = node.control().await;

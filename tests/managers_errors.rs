@@ -13,14 +13,14 @@
 //!
 //! On a failure the message ends with the tail of the daemon's log.
 
-mod netns;
-
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use netns::{run_within, stderr, stdout, strip_ansi, text, Deviations, SHOAL, SHOALD};
+use shoal_testkit::netns::{
+    self, run_within, stderr, stdout, strip_ansi, text, Deviations, SHOAL, SHOALD,
+};
 
 /// How long one `shoal` call may take before the test calls it hung.
 const CALL: Duration = Duration::from_secs(20);
@@ -65,7 +65,7 @@ impl Shoald {
         let _ = std::fs::remove_file(&self.socket);
         self.log_from = std::fs::read(&self.log).map(|l| l.len()).unwrap_or(0);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(SHOALD)
+        let child = Command::new(&*SHOALD)
             .arg("--data-root")
             .arg(&self.data)
             .arg("-H")
@@ -77,7 +77,7 @@ impl Shoald {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {SHOALD}: {e}"));
+            .unwrap_or_else(|e| panic!("starting {}: {e}", SHOALD.display()));
         self.child = Some(child);
     }
 
@@ -154,7 +154,7 @@ impl Shoald {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(SHOAL);
+        let mut cmd = Command::new(&*SHOAL);
         cmd.env_remove("SHOAL_HOST").arg("-H").arg(format!("unix://{}", self.socket.display()));
         cmd.args(args);
         cmd

@@ -23,8 +23,6 @@
 //! Needs root; without it the tests print a notice and pass, except under CI (env `CI` set).
 //! Failover times are printed (no timing assertions): run with `--nocapture`.
 
-mod netns;
-
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -32,8 +30,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use netns::{eventually, finish, one_leader, root_or_skip, run_within, stays, text, Net, Node};
-use netns::{PORT, SHOAL};
+use shoal_testkit::netns::{
+    self, finish, one_leader, root_or_skip, run_within, text, Net, Node, PORT, SHOAL,
+};
+use shoal_testkit::poll::blocking::{eventually, stays};
 
 /// Second octet of every address: tests/multihost.rs uses 10.251.
 const OCTET: u8 = 252;
@@ -68,7 +68,7 @@ impl Client {
     }
 
     fn shoal(&self, args: &[&str], timeout: Duration) -> Result<Output, String> {
-        let mut cmd = Command::new(SHOAL);
+        let mut cmd = Command::new(&*SHOAL);
         cmd.env_remove("SHOAL_HOST").arg("-H").arg(format!("unix://{}", self.socket.display()));
         cmd.args(args);
         run_within(cmd, timeout)

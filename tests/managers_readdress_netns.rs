@@ -16,12 +16,11 @@
 //! from `swarm inspect`, a linearizable read). Needs root; without it the test prints a notice and
 //! passes, except under CI (env `CI` set).
 
-mod netns;
-
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use netns::{eventually, finish, one_leader, root_or_skip, stdout, text, Net, Node, PORT};
+use shoal_testkit::netns::{finish, one_leader, root_or_skip, stdout, text, Net, Node, PORT};
+use shoal_testkit::poll::blocking::eventually;
 
 /// Second octet of every address (the other netns tests use 248..=252).
 const OCTET: u8 = 247;

@@ -16,16 +16,15 @@
 //! On any failure the message ends with the tail of every node's log, and the node directories
 //! are kept for inspection.
 
-mod netns;
-
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use netns::{
-    all_ready, eventually, finish, node_ls, parse_node_ls, root_or_skip, status_of, stays, stderr,
-    stdout, text, torn_read, try_eventually, Deviations, Net, Node,
+use shoal_testkit::netns::{
+    all_ready, finish, node_ls, parse_node_ls, root_or_skip, status_of, stderr, stdout, text,
+    torn_read, Deviations, Net, Node,
 };
+use shoal_testkit::poll::blocking::{eventually, stays, try_eventually};
 
 // ---------------------------------------------------------------------------------------------
 // The test

@@ -2,14 +2,12 @@
 //! `ls`, `inspect` and `rm` give a user, the subnets and VNIs the managers hand out, the
 //! virtual IPs services get, and that concurrent allocations never share an address.
 
-mod harness;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use harness::TestNode;
 use shoal::node::daemon::InitOptions;
 use shoal_proto::*;
+use shoal_testkit::cluster::TestNode;
 use tonic::Code;
 
 const BEAT: Duration = Duration::from_millis(200);

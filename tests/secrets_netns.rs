@@ -7,14 +7,14 @@
 //!
 //! Needs root; under CI (env `CI`) it must run.
 
-mod netns;
-
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netns::{eventually, finish, root_or_skip, text, Net, Node};
+use shoal_testkit::image::busybox_tar;
+use shoal_testkit::netns::{finish, root_or_skip, text, Net, Node};
+use shoal_testkit::poll::blocking::eventually;
 
 const IMAGE: &str = "busybox:t";
 const USER: &str = "db-admin-7c1f9e";
@@ -82,19 +82,7 @@ fn secrets_on_a_real_host() {
 fn story(nodes: &mut [Node], dir: &std::path::Path) {
     let t0 = Instant::now();
     let step = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
-    let root = dir.join("rootfs");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("/bin/busybox (busybox-static)");
-    let tar = dir.join("busybox.tar");
-    assert!(Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success());
+    let tar = busybox_tar(dir, &[]).unwrap();
 
     nodes[0].start_alone_with_image(&tar, IMAGE);
     let n1 = &nodes[0];

@@ -2,28 +2,21 @@
 //! agents running the real worker with the fake executor (so a test can run 100+ agents).
 //! What is checked is what `service ps` would show a user.
 
-mod harness;
-
-use std::collections::HashMap;
 use std::time::Duration;
 
-use harness::{eventually, TestNode};
 use shoal_proto::*;
+use shoal_testkit::cluster::{worker_token, TestNode};
+use shoal_testkit::poll::eventually;
 
 const BEAT: Duration = Duration::from_millis(200);
 // A deadline, not a speed target: generous, as CI machines are small and busy.
 const CONVERGE: Duration = Duration::from_secs(90);
 
-async fn token(manager: &TestNode) -> String {
-    let req = GetJoinTokenRequest { role: NodeRole::Worker as i32 };
-    manager.control().await.get_join_token(req).await.unwrap().into_inner().token
-}
-
 /// A manager and `workers` agents, all Ready.
 async fn cluster(workers: usize) -> (TestNode, Vec<TestNode>) {
     let m = TestNode::start("m").await;
     let addr = m.init(BEAT, None).await;
-    let t = token(&m).await;
+    let t = worker_token(&m).await;
     let mut nodes = Vec::new();
     for i in 0..workers {
         let w = TestNode::start(&format!("w{i}")).await;
@@ -66,28 +59,6 @@ async fn tasks(m: &TestNode, service: &str) -> ListTasksResponse {
     m.control().await.list_tasks(req).await.unwrap().into_inner()
 }
 
-/// Running tasks of the service (desired running too) per node hostname.
-async fn running(m: &TestNode, service: &str) -> HashMap<String, Vec<Task>> {
-    let list = tasks(m, service).await;
-    let mut out: HashMap<String, Vec<Task>> = HashMap::new();
-    for t in list.tasks {
-        if t.state() == TaskState::Running && t.desired_state == TaskState::Running as i32 {
-            out.entry(list.node_names[&t.node_id].clone()).or_default().push(t);
-        }
-    }
-    out
-}
-
-async fn wait_running(m: &TestNode, service: &str, want: usize) -> HashMap<String, Vec<Task>> {
-    eventually(&format!("{want} tasks of {service} running"), CONVERGE, || async {
-        let r = running(m, service).await;
-        let n: usize = r.values().map(Vec::len).sum();
-        (n == want).then_some(()).ok_or(format!("{n} running"))
-    })
-    .await;
-    running(m, service).await
-}
-
 async fn update_status(m: &TestNode, service: &str) -> UpdateStatus {
     let req = GetServiceRequest { reference: service.into() };
     let s = m.control().await.get_service(req).await.unwrap().into_inner().service.unwrap();
@@ -112,7 +83,7 @@ async fn update(m: &TestNode, service: &str, edit: impl FnOnce(&mut ServiceSpec)
 async fn a_replicated_service_spreads_scales_and_is_removed() {
     let (m, _workers) = cluster(3).await;
     create(&m, spec("web", "busybox", 8)).await;
-    let placed = wait_running(&m, "web", 8).await;
+    let placed = m.wait_running("web", 8, CONVERGE).await;
     assert_eq!(placed.len(), 4, "every node runs some: {:?}", placed.keys());
     assert!(placed.values().all(|t| t.len() == 2), "8 tasks over 4 nodes, 2 each");
     let mut slots: Vec<u64> = placed.values().flatten().map(|t| t.slot).collect();
@@ -120,7 +91,7 @@ async fn a_replicated_service_spreads_scales_and_is_removed() {
     assert_eq!(slots, (1..=8).collect::<Vec<_>>());
 
     update(&m, "web", |s| s.replicas = 3).await;
-    let placed = wait_running(&m, "web", 3).await;
+    let placed = m.wait_running("web", 3, CONVERGE).await;
     assert_eq!(placed.len(), 3, "scale-down kept the spread: {:?}", placed.keys());
 
     let req = RemoveServiceRequest { reference: "web".into() };
@@ -137,7 +108,7 @@ async fn a_replicated_service_spreads_scales_and_is_removed() {
 async fn tasks_of_a_lost_or_drained_node_come_back_on_the_others() {
     let (m, mut workers) = cluster(3).await;
     create(&m, spec("web", "busybox", 4)).await;
-    wait_running(&m, "web", 4).await;
+    m.wait_running("web", 4, CONVERGE).await;
 
     // Kill a worker: once it is Down its task runs elsewhere.
     let lost = workers.remove(0);
@@ -150,7 +121,7 @@ async fn tasks_of_a_lost_or_drained_node_come_back_on_the_others() {
     })
     .await;
     eventually("its task running elsewhere", CONVERGE, || async {
-        let r = running(&m, "web").await;
+        let r = m.running("web").await;
         let n: usize = r.values().map(Vec::len).sum();
         (n == 4 && !r.contains_key(&lost_name)).then_some(()).ok_or(format!("{:?}", r.keys()))
     })
@@ -165,7 +136,7 @@ async fn tasks_of_a_lost_or_drained_node_come_back_on_the_others() {
     };
     m.control().await.update_node(req).await.unwrap();
     eventually("drained node empty", CONVERGE, || async {
-        let r = running(&m, "web").await;
+        let r = m.running("web").await;
         let n: usize = r.values().map(Vec::len).sum();
         (n == 4 && !r.contains_key(&drained)).then_some(()).ok_or(format!("{:?}", r.keys()))
     })
@@ -176,7 +147,7 @@ async fn tasks_of_a_lost_or_drained_node_come_back_on_the_others() {
 async fn a_broken_update_pauses_while_old_tasks_keep_serving_or_rolls_back() {
     let (m, _workers) = cluster(2).await;
     create(&m, spec("web", "busybox:1", 3)).await;
-    wait_running(&m, "web", 3).await;
+    m.wait_running("web", 3, CONVERGE).await;
 
     // The fake executor rejects images named missing/…, like a node without the image.
     update(&m, "web", |s| s.container.as_mut().unwrap().image = "missing/busybox:2".into()).await;
@@ -185,7 +156,7 @@ async fn a_broken_update_pauses_while_old_tasks_keep_serving_or_rolls_back() {
         (st.state() == UpdateState::Paused).then_some(()).ok_or(format!("{st:?}"))
     })
     .await;
-    let serving = running(&m, "web").await;
+    let serving = m.running("web").await;
     let old: usize = serving
         .values()
         .flatten()
@@ -196,7 +167,7 @@ async fn a_broken_update_pauses_while_old_tasks_keep_serving_or_rolls_back() {
 
     // The same bad update with failure action rollback goes back to busybox:1 on its own.
     create(&m, spec("api", "busybox:1", 2)).await;
-    wait_running(&m, "api", 2).await;
+    m.wait_running("api", 2, CONVERGE).await;
     update(&m, "api", |s| {
         s.container.as_mut().unwrap().image = "missing/busybox:2".into();
         s.update.as_mut().unwrap().set_failure_action(FailureAction::Rollback);
@@ -207,7 +178,7 @@ async fn a_broken_update_pauses_while_old_tasks_keep_serving_or_rolls_back() {
         (st.state() == UpdateState::RollbackCompleted).then_some(()).ok_or(format!("{st:?}"))
     })
     .await;
-    let serving = wait_running(&m, "api", 2).await;
+    let serving = m.wait_running("api", 2, CONVERGE).await;
     assert!(serving
         .values()
         .flatten()
@@ -230,7 +201,7 @@ async fn a_global_service_runs_once_per_eligible_node() {
         ..Default::default()
     });
     create(&m, s).await;
-    let placed = wait_running(&m, "agent", 3).await;
+    let placed = m.wait_running("agent", 3, CONVERGE).await;
     assert!(!placed.contains_key(&workers[0].name), "the constraint kept it off the edge node");
     assert!(placed.values().all(|t| t.len() == 1));
 }
@@ -239,7 +210,7 @@ async fn a_global_service_runs_once_per_eligible_node() {
 async fn a_hundred_agents_each_get_only_their_own_tasks() {
     let (m, workers) = cluster(100).await;
     create(&m, spec("wide", "busybox", 300)).await;
-    let placed = wait_running(&m, "wide", 300).await;
+    let placed = m.wait_running("wide", 300, CONVERGE).await;
     assert_eq!(placed.len(), 101, "all 101 nodes used");
     assert!(placed.values().all(|t| (2..=3).contains(&t.len())), "even spread");
     // The store agrees with what each agent runs: every task's node is the node it reported from.

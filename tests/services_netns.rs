@@ -9,14 +9,14 @@
 //!
 //! Needs root; under CI (env `CI`) it must run.
 
-mod netns;
-
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use netns::{all_ready, eventually, finish, root_or_skip, status_of, text, Net, Node};
+use shoal_testkit::image::busybox_tar;
+use shoal_testkit::netns::{self, all_ready, finish, root_or_skip, status_of, text, Net, Node};
+use shoal_testkit::poll::blocking::eventually;
 
 fn subnet() -> u8 {
     (std::process::id() % 240 + 10) as u8
@@ -118,17 +118,6 @@ fn containers(node: &Node) -> Vec<String> {
     ids
 }
 
-fn busybox_tar(dir: &std::path::Path) -> String {
-    let root = dir.join("rootfs");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("/bin/busybox (busybox-static)");
-    let tar = dir.join("busybox.tar");
-    let ok =
-        Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().unwrap();
-    assert!(ok.success());
-    tar.to_string_lossy().into_owned()
-}
-
 #[test]
 fn services_on_real_hosts() {
     if !root_or_skip("services_on_real_hosts") {
@@ -138,7 +127,7 @@ fn services_on_real_hosts() {
     let dir = tempfile::Builder::new().prefix("shoal-services-").tempdir().unwrap();
     let net = Net::with("sv", 249, subnet(), 3);
     let mut nodes: Vec<Node> = (1..=3).map(|i| Node::new(&net, i, dir.path())).collect();
-    let tar = busybox_tar(dir.path());
+    let tar = busybox_tar(dir.path(), &[]).unwrap().to_string_lossy().into_owned();
     let result = catch_unwind(AssertUnwindSafe(|| story(&net, &mut nodes, &tar)));
     finish(result, nodes, net, dir);
     eprintln!("services_on_real_hosts: passed in {:.1}s", started.elapsed().as_secs_f64());

@@ -2,15 +2,14 @@
 //! agents with the fake executor), driven through the real `shoal` binary as a user would:
 //! `secret create NAME -` from stdin, `stack deploy -c FILE`, `stack rm`.
 
-mod harness;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use harness::{eventually, TestNode};
 use shoal_proto::*;
+use shoal_testkit::cluster::{worker_token, TestNode};
+use shoal_testkit::poll::eventually;
 
 const BEAT: Duration = Duration::from_millis(200);
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -19,8 +18,7 @@ const CONVERGE: Duration = Duration::from_secs(30);
 async fn cluster() -> (TestNode, TestNode) {
     let m = TestNode::start("m").await;
     let addr = m.init(BEAT, None).await;
-    let req = GetJoinTokenRequest { role: NodeRole::Worker as i32 };
-    let token = m.control().await.get_join_token(req).await.unwrap().into_inner().token;
+    let token = worker_token(&m).await;
     let w = TestNode::start("w").await;
     w.join(&token, &addr).await.unwrap();
     eventually("both nodes Ready", CONVERGE, || async {
@@ -87,16 +85,6 @@ async fn service_names(m: &TestNode) -> Vec<String> {
     list.into_inner().services.into_iter().filter_map(|s| s.service?.spec.map(|p| p.name)).collect()
 }
 
-async fn wait_running(m: &TestNode, service: &str, want: usize) {
-    eventually(&format!("{want} tasks of {service} running"), CONVERGE, || async {
-        let req = ListTasksRequest { service: service.into(), ..Default::default() };
-        let tasks = m.control().await.list_tasks(req).await.unwrap().into_inner().tasks;
-        let n = tasks.iter().filter(|t| t.state() == TaskState::Running).count();
-        (n == want).then_some(()).ok_or(format!("{n} running"))
-    })
-    .await;
-}
-
 /// The seed's example: `psql` reads `psql_user` from a file and `psql_password` made outside.
 fn seed_stack(dir: &Path, web_env: &str) -> String {
     std::fs::write(dir.join("psql_user.txt"), "postgres\n").unwrap();
@@ -148,8 +136,8 @@ async fn the_seed_stack_deploys_and_stack_rm_keeps_the_external_secret() {
     let refs: Vec<_> = spec.container.unwrap().secrets.into_iter().map(|r| r.target).collect();
     // Files are named for the compose keys (as Docker does), not the stack-prefixed secrets.
     assert_eq!(refs, ["psql_user", "psql_password"]);
-    wait_running(&m, "db_psql", 1).await;
-    wait_running(&m, "db_web", 2).await;
+    m.wait_running("db_psql", 1, CONVERGE).await;
+    m.wait_running("db_web", 2, CONVERGE).await;
 
     let ls = must(&m, &["stack", "ls"], b"").await;
     assert!(ls.lines().any(|l| l.split_whitespace().eq(["db", "2"])), "{ls}");
@@ -199,7 +187,7 @@ async fn a_redeploy_changes_only_what_changed() {
     must(&m, &["secret", "create", "psql_password", "-"], b"s3cret-pw").await;
     let file = seed_stack(dir.path(), "MODE=a");
     must(&m, &["stack", "deploy", "-c", &file, "db"], b"").await;
-    wait_running(&m, "db_web", 2).await;
+    m.wait_running("db_web", 2, CONVERGE).await;
     let (psql, web) = (service(&m, "db_psql").await, service(&m, "db_web").await);
 
     let out = must(&m, &["stack", "deploy", "-c", &file, "db"], b"").await;
@@ -213,7 +201,7 @@ async fn a_redeploy_changes_only_what_changed() {
     assert!(out.contains("Service db_psql is up to date"), "{out}");
     assert_eq!(service(&m, "db_psql").await.meta, psql.meta, "psql untouched");
     assert_eq!(service(&m, "db_web").await.spec_version, web.spec_version + 1);
-    wait_running(&m, "db_web", 2).await;
+    m.wait_running("db_web", 2, CONVERGE).await;
 
     // New data in the stack's own secret: a new version, and psql (which follows it) rolls.
     std::fs::write(dir.path().join("psql_user.txt"), "admin\n").unwrap();
@@ -224,7 +212,7 @@ async fn a_redeploy_changes_only_what_changed() {
     assert_eq!(rolled.spec_version, psql.spec_version + 1);
     let refs = rolled.spec.unwrap().container.unwrap().secrets;
     assert_eq!(refs.iter().map(|r| r.version).collect::<Vec<_>>(), [2, 1]);
-    wait_running(&m, "db_psql", 1).await;
+    m.wait_running("db_psql", 1, CONVERGE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -269,7 +257,7 @@ async fn a_used_secret_cannot_go_and_an_update_rolls_only_its_followers() {
     must(&m, &[&follow.concat()[..], &["busybox", "sleep", "3600"]].concat(), b"").await;
     let pinned = [&create[..], &["batch", "--secret", "api_token", "busybox", "sleep", "3600"]];
     must(&m, &pinned.concat(), b"").await;
-    wait_running(&m, "api", 1).await;
+    m.wait_running("api", 1, CONVERGE).await;
     let (api, batch) = (service(&m, "api").await, service(&m, "batch").await);
     let r = &api.spec.as_ref().unwrap().container.as_ref().unwrap().secrets[0];
     assert_eq!((r.target.as_str(), r.mode, r.follow, r.version), ("token", 0o400, true, 1));
@@ -286,7 +274,7 @@ async fn a_used_secret_cannot_go_and_an_update_rolls_only_its_followers() {
     assert_eq!(rolled.spec_version, api.spec_version + 1, "a new spec version: a rolling update");
     assert_eq!(rolled.spec.unwrap().container.unwrap().secrets[0].version, 2);
     assert_eq!(service(&m, "batch").await.meta, batch.meta, "batch does not follow");
-    wait_running(&m, "api", 1).await;
+    m.wait_running("api", 1, CONVERGE).await;
 
     for svc in ["api", "batch"] {
         must(&m, &["service", "update", "--detach", "--secret-rm", "api_token", svc], b"").await;

@@ -20,7 +20,9 @@ use tracing::Instrument;
 
 pub use files::{NodeFiles, NodeState};
 pub use join::{join, JoinError, JoinParams, Joined};
-pub use worker::{Executor, ExecutorChoice, FakeExecutor, Worker};
+#[cfg(any(test, feature = "test-util"))]
+pub use worker::FakeExecutor;
+pub use worker::{Executor, ExecutorChoice, Worker};
 
 /// What the agent currently knows about its link to the control plane.
 #[derive(Clone, Debug, Default)]

@@ -7,7 +7,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use shoal_proto::{
@@ -147,10 +146,7 @@ fn split_key(k: &[u8]) -> (String, String) {
     }
 }
 
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+pub(crate) use shoal_proto::time::now_ms;
 
 fn aad(k: &[u8]) -> Vec<u8> {
     [b"obj:".as_slice(), k].concat()

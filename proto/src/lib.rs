@@ -1,6 +1,6 @@
 //! Owns Shoal's protobuf messages and gRPC service stubs, small helpers on the generated types,
-//! the rules of specs (in `spec`), and (in `dial`) the one way to open a TLS gRPC channel to a
-//! manager.
+//! the rules of specs (in `spec`), wall-clock milliseconds (in `time`), and (in `dial`) the one
+//! way to open a TLS gRPC channel to a manager.
 
 #![allow(missing_debug_implementations)]
 
@@ -9,6 +9,7 @@ tonic::include_proto!("shoal");
 pub mod dial;
 pub mod limits;
 pub mod spec;
+pub mod time;
 
 pub use shoal_role::Role;
 

@@ -1,23 +1,22 @@
-//! Owns `shoal bench raft`: replicated writes through three real managers on loopback (mTLS,
+//! Owns `shoal-bench raft`: replicated writes through three real managers on loopback (mTLS,
 //! fsync'd Raft log) beside a three-member etcd 3.4 cluster running the same workload on the same
 //! machine, plus the time from killing the leader to the next committed write.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use rand::Rng;
-use shoal_agent::JoinParams;
-use shoal_manager::{Identity, InitParams, Manager};
-use shoal_pki::{NodeKey, ReloadableCert, Role};
 use shoal_proto::Node;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use shoal_testkit::managers::{Managers, Serve};
+
+use etcd::EtcdCluster;
+
+use crate::common::{median, percentile};
+
+mod etcd;
 
 /// Bytes of every written value.
 const VALUE_BYTES: usize = 256;
@@ -31,7 +30,7 @@ const FAILOVER_ATTEMPT: Duration = Duration::from_millis(200);
 /// How long a cluster may take to form.
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `shoal bench raft`.
+/// `shoal-bench raft`.
 #[derive(Debug, clap::Args)]
 pub struct RaftBenchArgs {
     /// Seconds of load per run and client count
@@ -57,7 +56,7 @@ pub struct RaftBenchArgs {
     pub skip_failover: bool,
 }
 
-/// Runs `shoal bench raft`.
+/// Runs `shoal-bench raft`.
 pub async fn raft(args: RaftBenchArgs) -> Result<()> {
     if let Ok(filter) = std::env::var("RUST_LOG") {
         // Managers' own logs (elections, snapshots), for looking into odd numbers.
@@ -174,24 +173,6 @@ impl RunStats {
     fn percentile(&self, p: f64) -> Duration {
         percentile(&self.latencies, p)
     }
-}
-
-/// Sorted copy's `p` quantile (nearest rank); zero for no samples.
-fn percentile(v: &[Duration], p: f64) -> Duration {
-    if v.is_empty() {
-        return Duration::ZERO;
-    }
-    let mut sorted = v.to_vec();
-    sorted.sort();
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// Runs `clients` concurrent clients, each writing sequentially with `op(client, seq)` until
@@ -398,186 +379,28 @@ fn print_failover(what: &str, times: &[Duration], note: &str) {
 // ---------------------------------------------------------------------------------------------
 // Shoal: three real managers
 
-/// One manager with its cluster port, served the way the daemon serves it.
-#[derive(Debug)]
-struct ShoalMember {
-    manager: Manager,
-    stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<()>,
-    killed: bool,
-    _dir: tempfile::TempDir,
-}
-
-impl ShoalMember {
-    /// Stops the manager and its server at once (no draining).
-    fn kill(&mut self) {
-        if self.killed {
-            return;
-        }
-        self.killed = true;
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.manager.stop();
-        self.server.abort();
-    }
-}
-
-impl Drop for ShoalMember {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn serve(
-    manager: &Manager,
-    listener: TcpListener,
-    cert: Arc<ReloadableCert>,
-) -> (oneshot::Sender<()>, JoinHandle<()>) {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let m = manager.clone();
-    let server = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        if let Err(e) = m.serve_tls(listener, cert, shutdown).await {
-            tracing::error!(error = %e, "bench manager stopped serving");
-        }
-    });
-    (stop, server)
-}
-
-pub(crate) fn temp_dir(prefix: &str) -> Result<tempfile::TempDir> {
-    Ok(tempfile::Builder::new().prefix(prefix).tempdir()?)
-}
-
-/// A bench manager before it serves: its store directory, its listener and address.
-pub(crate) struct BenchManager {
-    pub dir: tempfile::TempDir,
-    pub listener: TcpListener,
-    pub addr: String,
-    pub manager: Manager,
-    pub cert: Arc<ReloadableCert>,
-}
-
-/// `swarm init` of the first manager of a bench cluster on loopback; returns its identity too.
-pub(crate) async fn init_manager(prefix: &str, hostname: &str) -> Result<(BenchManager, Identity)> {
-    let dir = temp_dir(prefix)?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?.to_string();
-    let key = NodeKey::generate()?;
-    let params = InitParams {
-        hostname: hostname.into(),
-        advertise_addr: addr.clone(),
-        cert_expiry: shoal_pki::DEFAULT_CERT_EXPIRY,
-        heartbeat: shoal_manager::manager::DEFAULT_HEARTBEAT,
-        autolock: false,
-        election_timeout: shoal_manager::manager::DEFAULT_ELECTION_TIMEOUT,
-        default_addr_pool: Vec::new(),
-        subnet_size: 0,
-    };
-    let (manager, id, _) = Manager::init(&dir.path().join("store"), params, &key).await?;
-    let cert = id.cert.clone();
-    Ok((BenchManager { dir, listener, addr, manager, cert }, id))
-}
-
-/// A manager that joined `first` with the manager `token`, ready to serve and then to join
-/// the Raft group (`Manager::join_raft`) once it answers.
-pub(crate) async fn join_manager(
-    prefix: &str,
-    hostname: &str,
-    token: &str,
-    first: &str,
-) -> Result<BenchManager> {
-    let dir = temp_dir(prefix)?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?.to_string();
-    let params = JoinParams {
-        token: token.to_string(),
-        remote_addr: first.to_string(),
-        hostname: hostname.to_string(),
-        advertise_addr: addr.clone(),
-    };
-    let joined = shoal_agent::join(&params).await.context("manager join")?;
-    anyhow::ensure!(joined.role == Role::Manager, "the manager token made a worker");
-    let cert = ReloadableCert::new(&joined.cert_chain_pem, &joined.key)?;
-    let id = Identity {
-        node_id: joined.node_id,
-        cluster_id: joined.cluster_id,
-        root_ca_pem: joined.root_ca_pem,
-        cert: cert.clone(),
-        election_timeout: shoal_manager::manager::DEFAULT_ELECTION_TIMEOUT,
-    };
-    let manager = Manager::prepare_join(&dir.path().join("store"), &id)?;
-    Ok(BenchManager { dir, listener, addr, manager, cert })
-}
-
-/// Three managers: `swarm init` on the first, a manager-token join for the others.
+/// Three managers serving their cluster ports alone: no orchestrator or monitor reacts to the
+/// writes, which are all they do.
 #[derive(Debug)]
 struct ShoalCluster {
-    members: Vec<ShoalMember>,
+    managers: Managers,
 }
 
 impl ShoalCluster {
     async fn start() -> Result<ShoalCluster> {
-        let mut cluster = ShoalCluster { members: Vec::new() };
-        let (m, _) = init_manager("shoal-bench-raft-", "bench-manager-0").await?;
-        let (first, token) = (m.addr.clone(), m.manager.join_token(Role::Manager)?);
-        let (stop, server) = serve(&m.manager, m.listener, m.cert);
-        let (manager, dir) = (m.manager, m.dir);
-        cluster.members.push(ShoalMember {
-            manager,
-            stop: Some(stop),
-            server,
-            killed: false,
-            _dir: dir,
-        });
-        for i in 1..MEMBERS {
-            let hostname = format!("bench-manager-{i}");
-            let m = join_manager("shoal-bench-raft-", &hostname, &token, &first).await?;
-            let (stop, server) = serve(&m.manager, m.listener, m.cert);
-            cluster.members.push(ShoalMember {
-                manager: m.manager.clone(),
-                stop: Some(stop),
-                server,
-                killed: false,
-                _dir: m.dir,
-            });
-            m.manager.join_raft(&first, &m.addr).await.context("joining the raft group")?;
-        }
-        let deadline = Instant::now() + FORM_TIMEOUT;
-        loop {
-            let i = cluster.leader().await?;
-            if cluster.members[i].manager.raft().status().voters.len() == MEMBERS {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the managers did not form a {MEMBERS}-voter group in time");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(cluster)
+        let managers =
+            Managers::start(MEMBERS, "bench-raft", Serve::PortOnly, FORM_TIMEOUT).await?;
+        Ok(ShoalCluster { managers })
     }
 
     /// The index of the live leader (waits for one).
     async fn leader(&self) -> Result<usize> {
-        let deadline = Instant::now() + FORM_TIMEOUT;
-        loop {
-            let found =
-                self.members.iter().position(|m| !m.killed && m.manager.raft().status().is_leader);
-            if let Some(i) = found {
-                return Ok(i);
-            }
-            if Instant::now() > deadline {
-                bail!("no shoal manager became leader");
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        self.managers.wait_leader(FORM_TIMEOUT).await
     }
 
     /// The highest Raft term a live member knows.
     fn term(&self) -> u64 {
-        let live = self.members.iter().filter(|m| !m.killed);
+        let live = self.managers.members.iter().filter(|m| m.live());
         live.map(|m| m.manager.raft().status().term).max().unwrap_or(0)
     }
 
@@ -592,10 +415,11 @@ impl ShoalCluster {
     /// A live member that is not the leader.
     async fn follower(&self) -> Result<usize> {
         let leader = self.leader().await?;
-        self.members
+        self.managers
+            .members
             .iter()
             .enumerate()
-            .position(|(i, m)| i != leader && !m.killed)
+            .position(|(i, m)| i != leader && m.live())
             .context("no live follower")
     }
 
@@ -608,7 +432,7 @@ impl ShoalCluster {
            + Send
            + Sync
            + 'static {
-        let manager = self.members[i].manager.clone();
+        let manager = self.managers.members[i].manager.clone();
         let tag = tag.to_string();
         move |c, seq| {
             let manager = manager.clone();
@@ -625,306 +449,12 @@ impl ShoalCluster {
     async fn failover(mut self, tag: &str) -> Result<Duration> {
         let leader = self.leader().await?;
         drive(8, Duration::from_millis(500), self.writer(leader, &format!("{tag}w"))).await?;
-        let survivor = (0..self.members.len()).find(|i| *i != leader).context("no survivor")?;
+        let survivor =
+            (0..self.managers.members.len()).find(|i| *i != leader).context("no survivor")?;
         let write = self.writer(survivor, tag);
         let killed = Instant::now();
-        self.members[leader].kill();
+        self.managers.members[leader].kill();
         first_commit_after(killed, "managers", write).await
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// etcd: three processes, peer and client mTLS, and a hand-written KV.Put client
-
-/// The few etcd v3 API messages the benchmark uses (field numbers as in etcd's rpc.proto).
-mod etcdpb {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct PutRequest {
-        #[prost(bytes = "vec", tag = "1")]
-        pub key: Vec<u8>,
-        #[prost(bytes = "vec", tag = "2")]
-        pub value: Vec<u8>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ResponseHeader {
-        #[prost(uint64, tag = "1")]
-        pub cluster_id: u64,
-        #[prost(uint64, tag = "2")]
-        pub member_id: u64,
-        #[prost(int64, tag = "3")]
-        pub revision: i64,
-        #[prost(uint64, tag = "4")]
-        pub raft_term: u64,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct PutResponse {
-        #[prost(message, optional, tag = "1")]
-        pub header: Option<ResponseHeader>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct StatusRequest {}
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct StatusResponse {
-        #[prost(message, optional, tag = "1")]
-        pub header: Option<ResponseHeader>,
-        #[prost(string, tag = "2")]
-        pub version: String,
-        #[prost(uint64, tag = "4")]
-        pub leader: u64,
-    }
-}
-
-/// A gRPC client of etcd's `KV.Put` and `Maintenance.Status`.
-#[derive(Clone, Debug)]
-struct EtcdClient {
-    grpc: tonic::client::Grpc<tonic::transport::Channel>,
-}
-
-impl EtcdClient {
-    async fn connect(url: &str, tls: &EtcdTls) -> Result<EtcdClient> {
-        let config = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca))
-            .identity(tonic::transport::Identity::from_pem(&tls.client_cert, &tls.client_key))
-            .domain_name("localhost");
-        let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
-            .connect_timeout(Duration::from_secs(2))
-            .tls_config(config)?
-            .connect()
-            .await
-            .with_context(|| format!("connecting to etcd at {url}"))?;
-        Ok(EtcdClient { grpc: tonic::client::Grpc::new(channel) })
-    }
-
-    async fn unary<Req, Resp>(&mut self, path: &'static str, req: Req) -> Result<Resp>
-    where
-        Req: prost::Message + Send + Sync + 'static,
-        Resp: prost::Message + Default + Send + Sync + 'static,
-    {
-        self.grpc.ready().await.map_err(|e| anyhow::anyhow!("etcd connection: {e}"))?;
-        let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
-        let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
-        let resp = self.grpc.unary(tonic::Request::new(req), path, codec).await?;
-        Ok(resp.into_inner())
-    }
-
-    async fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<etcdpb::PutResponse> {
-        self.unary("/etcdserverpb.KV/Put", etcdpb::PutRequest { key, value }).await
-    }
-
-    async fn status(&mut self) -> Result<etcdpb::StatusResponse> {
-        self.unary("/etcdserverpb.Maintenance/Status", etcdpb::StatusRequest {}).await
-    }
-}
-
-/// PEM files of the etcd cluster's private CA.
-#[derive(Debug, Clone)]
-struct EtcdTls {
-    ca: String,
-    client_cert: String,
-    client_key: String,
-}
-
-/// Makes a CA and one certificate (server and client use, SANs localhost and 127.0.0.1) for the
-/// members, one for the benchmark's client, and writes them under `dir`.
-fn make_etcd_certs(dir: &Path) -> Result<EtcdTls> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::default();
-    ca_params.distinguished_name.push(DnType::CommonName, "shoal bench etcd CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf = |cn: &str| -> Result<(String, String)> {
-        let key = KeyPair::generate()?;
-        let mut p = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        p.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = p.signed_by(&key, &issuer)?;
-        Ok((cert.pem(), key.serialize_pem()))
-    };
-    let (member_cert, member_key) = leaf("etcd-member")?;
-    let (client_cert, client_key) = leaf("bench-client")?;
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
-    std::fs::write(dir.join("member.pem"), member_cert)?;
-    std::fs::write(dir.join("member-key.pem"), member_key)?;
-    Ok(EtcdTls { ca: ca_cert.pem(), client_cert, client_key })
-}
-
-#[derive(Debug)]
-struct EtcdMember {
-    client_url: String,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-/// Three etcd processes in one temp dir; killed (and the dir removed) when dropped.
-#[derive(Debug)]
-struct EtcdCluster {
-    members: Vec<EtcdMember>,
-    tls: EtcdTls,
-    keys: Arc<AtomicU64>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for EtcdCluster {
-    fn drop(&mut self) {
-        for m in &mut self.members {
-            if let Some(mut child) = m.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-}
-
-/// Free loopback ports (held until all are chosen, so they differ).
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners: Vec<std::net::TcpListener> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
-    Ok(listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?)
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(5)..].join("\n")
-}
-
-impl EtcdCluster {
-    async fn start(binary: &Path) -> Result<EtcdCluster> {
-        let dir = temp_dir("shoal-bench-etcd-")?;
-        let tls = make_etcd_certs(dir.path())?;
-        let ports = free_ports(2 * MEMBERS)?;
-        let peer_url = |i: usize| format!("https://127.0.0.1:{}", ports[2 * i + 1]);
-        let initial: Vec<String> = (0..MEMBERS).map(|i| format!("m{i}={}", peer_url(i))).collect();
-        let mut cluster =
-            EtcdCluster { members: Vec::new(), tls, keys: Arc::new(AtomicU64::new(0)), _dir: dir };
-        let root = cluster._dir.path().to_path_buf();
-        let file = |name: &str| root.join(name).display().to_string();
-        for i in 0..MEMBERS {
-            let client_url = format!("https://127.0.0.1:{}", ports[2 * i]);
-            let log = root.join(format!("m{i}.log"));
-            let out = std::fs::File::create(&log)?;
-            let child = Command::new(binary)
-                .args(["--name", &format!("m{i}")])
-                .args(["--data-dir", &file(&format!("m{i}.etcd"))])
-                .args(["--listen-client-urls", &client_url])
-                .args(["--advertise-client-urls", &client_url])
-                .args(["--listen-peer-urls", &peer_url(i)])
-                .args(["--initial-advertise-peer-urls", &peer_url(i)])
-                .args(["--initial-cluster", &initial.join(",")])
-                .args(["--initial-cluster-state", "new"])
-                .args(["--initial-cluster-token", "shoal-bench"])
-                .args(["--cert-file", &file("member.pem"), "--key-file", &file("member-key.pem")])
-                .args(["--trusted-ca-file", &file("ca.pem"), "--client-cert-auth"])
-                .args(["--peer-cert-file", &file("member.pem")])
-                .args(["--peer-key-file", &file("member-key.pem")])
-                .args(["--peer-trusted-ca-file", &file("ca.pem"), "--peer-client-cert-auth"])
-                .args(["--logger", "zap", "--log-level", "warn"])
-                .stdin(Stdio::null())
-                .stdout(out.try_clone()?)
-                .stderr(out)
-                .spawn()
-                .with_context(|| {
-                    format!(
-                        "running {}: install Debian's etcd-server (apt-get install etcd-server) \
-                         or pass --etcd PATH, or --skip-etcd",
-                        binary.display()
-                    )
-                })?;
-            cluster.members.push(EtcdMember { client_url, child: Some(child), log });
-        }
-        let deadline = Instant::now() + FORM_TIMEOUT;
-        loop {
-            for m in &mut cluster.members {
-                if let Some(status) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                    bail!("etcd exited ({status}): {}", log_tail(&m.log));
-                }
-            }
-            if cluster.leader().await.is_ok() {
-                return Ok(cluster);
-            }
-            if Instant::now() > deadline {
-                let tails: Vec<String> = cluster.members.iter().map(|m| log_tail(&m.log)).collect();
-                bail!("the etcd cluster did not elect a leader in time:\n{}", tails.join("\n"));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn version(&self) -> Result<String> {
-        let mut c = EtcdClient::connect(&self.members[0].client_url, &self.tls).await?;
-        Ok(c.status().await?.version)
-    }
-
-    /// The index of the member that is leader, as the live members report.
-    async fn leader(&self) -> Result<usize> {
-        let mut ids = Vec::new();
-        let mut leader = 0;
-        for m in &self.members {
-            if m.child.is_none() {
-                ids.push(None);
-                continue;
-            }
-            let status = match EtcdClient::connect(&m.client_url, &self.tls).await {
-                Ok(mut c) => tokio::time::timeout(Duration::from_secs(1), c.status()).await,
-                Err(e) => return Err(e),
-            };
-            let status = status.context("etcd status timed out")??;
-            ids.push(status.header.map(|h| h.member_id));
-            leader = leader.max(status.leader);
-        }
-        if leader == 0 {
-            bail!("etcd has no leader yet");
-        }
-        ids.iter().position(|id| *id == Some(leader)).context("the etcd leader is not known")
-    }
-
-    /// Puts 8-byte keys with {VALUE_BYTES}-byte values through member `i`, all clients sharing
-    /// one connection.
-    async fn writer(
-        &self,
-        i: usize,
-    ) -> Result<
-        impl Fn(usize, u64) -> std::pin::Pin<Box<dyn Future<Output = Result<String>> + Send>>
-            + Send
-            + Sync
-            + 'static,
-    > {
-        let client = EtcdClient::connect(&self.members[i].client_url, &self.tls).await?;
-        let keys = self.keys.clone();
-        Ok(move |_c: usize, _seq: u64| {
-            let mut client = client.clone();
-            let key = format!("{:08x}", keys.fetch_add(1, Ordering::Relaxed));
-            Box::pin(async move {
-                client.put(key.clone().into_bytes(), random_value().into_bytes()).await?;
-                Ok(key)
-            }) as std::pin::Pin<Box<dyn Future<Output = Result<String>> + Send>>
-        })
-    }
-
-    /// Kills the leader (SIGKILL) and returns the time until a survivor commits a Put.
-    async fn failover(&mut self) -> Result<Duration> {
-        let leader = self.leader().await?;
-        drive(8, Duration::from_millis(500), self.writer(leader).await?).await?;
-        let survivor = (0..self.members.len()).find(|i| *i != leader).context("no survivor")?;
-        let write = self.writer(survivor).await?;
-        let killed = Instant::now();
-        if let Some(mut child) = self.members[leader].child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        first_commit_after(killed, "etcd members", write).await
     }
 }
 
@@ -960,7 +490,7 @@ mod tests {
         let stats = drive(1, Duration::from_secs(1), cluster.writer(leader, "test")).await.unwrap();
         assert!(stats.writes > 0, "no write succeeded: {:?}", stats.first_error);
         assert_eq!(stats.acked.len(), stats.writes);
-        for (i, m) in cluster.members.iter().enumerate() {
+        for (i, m) in cluster.managers.members.iter().enumerate() {
             let store = m.manager.store();
             store.barrier().await.unwrap();
             for id in &stats.acked {

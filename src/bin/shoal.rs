@@ -4,7 +4,7 @@ use clap::Parser;
 
 /// mimalloc in its secure mode (guard pages, encoded free lists, randomised allocation):
 /// glibc's allocator spent a fifth of the managers' CPU in contended arena locks and
-/// consolidation under write load (`shoal bench raft`).
+/// consolidation under write load (`shoal-bench raft`).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use shoal::node::daemon::{Daemon, DaemonConfig};
+use shoal_agent::runtime::NodePolicy;
+use shoal_agent::ExecutorChoice;
 use tracing_subscriber::EnvFilter;
 
 /// Runs a Shoal node: its agent always, its manager once it inits a swarm.
@@ -30,9 +32,11 @@ struct Args {
     #[arg(long, default_value = "500ms", value_parser = shoal::cli::parse_duration)]
     election_timeout: std::time::Duration,
     /// Divide certificate renewal waits by this factor (tests only)
+    #[cfg(feature = "test-util")]
     #[arg(long, default_value_t = 1.0, hide = true)]
     test_time_scale: f64,
     /// What runs tasks: runc (real containers) or fake (simulated, for tests)
+    #[cfg(feature = "test-util")]
     #[arg(long, default_value = "runc", hide = true)]
     executor: String,
     /// After this host's address changed: the address (IP or IP:PORT) other nodes now reach
@@ -67,7 +71,7 @@ struct Args {
 
 /// mimalloc in its secure mode (guard pages, encoded free lists, randomised allocation):
 /// glibc's allocator spent a fifth of the managers' CPU in contended arena locks and
-/// consolidation under write load (`shoal bench raft`).
+/// consolidation under write load (`shoal-bench raft`).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -101,16 +105,8 @@ async fn run() -> Result<()> {
     };
     shoal_manager::manager::validate_election_timeout(args.election_timeout)
         .map_err(anyhow::Error::msg)?;
-    if args.test_time_scale.is_nan() || args.test_time_scale < 1.0 {
-        bail!("--test-time-scale must be at least 1");
-    }
-    let hostname = match args.hostname {
-        Some(h) => h,
-        None => hostname::get()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "localhost".into()),
-    };
-    let policy = shoal_agent::runtime::NodePolicy::from_flags(
+    let time_scale = time_scale(&args)?;
+    let policy = NodePolicy::from_flags(
         &args.task_allow_cap_add,
         args.task_allow_unconfined_seccomp,
         args.task_allow_custom_seccomp,
@@ -119,12 +115,17 @@ async fn run() -> Result<()> {
         args.userns_remap.as_deref(),
     )
     .map_err(anyhow::Error::msg)?;
-    let executor = shoal_agent::ExecutorChoice::named(&args.executor, policy)
-        .map_err(|e| anyhow::anyhow!("--executor: {e}"))?;
+    let executor = executor(&args, policy)?;
+    let hostname = match args.hostname {
+        Some(h) => h,
+        None => hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "localhost".into()),
+    };
     let cfg = DaemonConfig {
         data_root: args.data_root,
         hostname,
-        time_scale: args.test_time_scale,
+        time_scale,
         election_timeout: args.election_timeout,
         executor,
         addrs: shoal::node::readdress::AddrOverrides {
@@ -139,6 +140,33 @@ async fn run() -> Result<()> {
     daemon.stop().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// `--test-time-scale`, in a build with the `test-util` feature (the one tests spawn).
+#[cfg(feature = "test-util")]
+fn time_scale(args: &Args) -> Result<f64> {
+    if args.test_time_scale.is_nan() || args.test_time_scale < 1.0 {
+        bail!("--test-time-scale must be at least 1");
+    }
+    Ok(args.test_time_scale)
+}
+
+/// Real time: the product has no `--test-time-scale`.
+#[cfg(not(feature = "test-util"))]
+fn time_scale(_: &Args) -> Result<f64> {
+    Ok(1.0)
+}
+
+/// `--executor` (runc or fake), in a build with the `test-util` feature.
+#[cfg(feature = "test-util")]
+fn executor(args: &Args, policy: NodePolicy) -> Result<ExecutorChoice> {
+    ExecutorChoice::named(&args.executor, policy).map_err(|e| anyhow::anyhow!("--executor: {e}"))
+}
+
+/// Real containers: the product has no fake executor.
+#[cfg(not(feature = "test-util"))]
+fn executor(_: &Args, policy: NodePolicy) -> Result<ExecutorChoice> {
+    Ok(ExecutorChoice::runc(policy))
 }
 
 /// How long calls in flight get to carry a failed manager's reason to their callers.

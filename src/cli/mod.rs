@@ -71,9 +71,6 @@ pub enum Command {
     Stack(stack::StackCmd),
     /// Show this node's view of the swarm
     Info,
-    /// Measure Shoal against its targets
-    #[command(subcommand)]
-    Bench(crate::bench::services::BenchCmd),
 }
 
 /// Parses durations like Docker's flags: `90s`, `30m`, `720h`, `1h30m`.
@@ -84,9 +81,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Runs one parsed command.
 pub async fn run(cli: Cli) -> Result<()> {
-    if let Command::Bench(cmd) = cli.command {
-        return crate::bench::services::run(cmd).await;
-    }
     let host = client::parse_host(&cli.host)?;
     let tls = TlsFiles { ca: cli.tlscacert, cert: cli.tlscert, key: cli.tlskey };
     let channel = client::connect(&host, &tls).await?;
@@ -103,7 +97,6 @@ pub async fn run(cli: Cli) -> Result<()> {
             image::run(cmd, channel).await
         }
         Command::Info => info(channel).await,
-        Command::Bench(_) => Ok(()),
     }
 }
 

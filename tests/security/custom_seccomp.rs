@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::netns::{eventually, finish, root_or_skip, text, Net, Node};
+use shoal_testkit::netns::{finish, root_or_skip, text, Net, Node};
+use shoal_testkit::poll::blocking::eventually;
 
 const IMAGE: &str = "seccomp:t";
 const FLAG: &str = "--task-allow-custom-seccomp";

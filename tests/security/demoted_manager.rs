@@ -16,7 +16,8 @@ use shoal_proto::{
 };
 use tokio_rustls::TlsAcceptor;
 
-use crate::harness::{eventually, TestNode};
+use shoal_testkit::cluster::TestNode;
+use shoal_testkit::poll::eventually;
 
 const BEAT: Duration = Duration::from_millis(300);
 

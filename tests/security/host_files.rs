@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::netns::{eventually, finish, root_or_skip, text, Net, Node};
+use shoal_testkit::netns::{finish, root_or_skip, text, Net, Node};
+use shoal_testkit::poll::blocking::eventually;
 
 const IMAGE: &str = "hostfiles:t";
 const SECRET: &str = "secret-hf-5d9c1e77a2b4";

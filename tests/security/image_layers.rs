@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::harness::TestNode;
+use shoal_testkit::cluster::TestNode;
 
 fn shoal(node: &TestNode, args: &[&str]) -> Output {
     let host = format!("unix://{}", node.socket.display());

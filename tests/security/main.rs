@@ -5,15 +5,6 @@
 //! `cargo test --test security` runs it alone; it is part of `cargo test --workspace`. Tests that
 //! need root fail under CI (env `CI`) when not root, and are skipped elsewhere.
 
-#[path = "../harness/mod.rs"]
-mod harness;
-#[path = "../netns/mod.rs"]
-mod netns;
-
-/// A node that joined through the real join code (or holds a real node's certificate),
-/// speaking real mTLS gRPC.
-mod fake_worker;
-
 mod custom_seccomp;
 mod demoted_manager;
 mod host_files;

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use shoal_proto::*;
 
-use crate::fake_worker::{node, worker_token, FakeWorker};
-use crate::harness::{eventually, TestNode};
+use shoal_testkit::cluster::{node, worker_token, TestNode};
+use shoal_testkit::fake_worker::FakeWorker;
+use shoal_testkit::poll::eventually;
 
 const BEAT: Duration = Duration::from_millis(200);
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -43,7 +44,7 @@ async fn an_impostor_worker_cannot_take_another_nodes_hostname_address_tasks_or_
     ready(&m, &victim_id).await;
 
     // Joining under the victim's hostname is refused, naming the node that holds it.
-    let refused = FakeWorker::join(&addr, &token, "victim", "").await.err().expect("refused");
+    let refused = FakeWorker::join(&addr, &token, "victim", "").await.expect_err("refused");
     let refused = refused.to_string();
     assert!(
         refused.contains("hostname \"victim\" is already used by node")

@@ -9,8 +9,8 @@ use std::time::Duration;
 use shoal_proto::raft_client::RaftClient;
 use shoal_proto::{NodeRole, RaftChunk};
 
-use crate::fake_worker::{token, FakeWorker};
-use crate::harness::TestNode;
+use shoal_testkit::cluster::{token, TestNode};
+use shoal_testkit::fake_worker::FakeWorker;
 
 const BEAT: Duration = Duration::from_millis(200);
 const MIB: usize = 1 << 20;

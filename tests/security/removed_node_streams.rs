@@ -11,8 +11,8 @@ use shoal_proto::{
 };
 use tonic::Streaming;
 
-use crate::fake_worker::{worker_token, FakeWorker};
-use crate::harness::TestNode;
+use shoal_testkit::cluster::{worker_token, TestNode};
+use shoal_testkit::fake_worker::FakeWorker;
 
 /// Long enough that the fake worker, which never heartbeats, keeps its session for the test.
 const BEAT: Duration = Duration::from_secs(10);

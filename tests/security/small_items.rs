@@ -10,8 +10,8 @@ use shoal_proto::{
     CreateServiceRequest, ListTasksResponse, Service, ServiceSpec, Task, TaskState, TaskStatus,
 };
 
-use crate::harness::TestNode;
-use crate::netns;
+use shoal_testkit::cluster::TestNode;
+use shoal_testkit::netns;
 
 const BEAT: Duration = Duration::from_millis(200);
 /// The user the host's unprivileged processes run as.
@@ -52,7 +52,7 @@ fn another_process_of_shoalds_user_cannot_read_its_memory() {
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))
         .unwrap();
     let socket = dir.path().join("shoal.sock");
-    let mut shoald = Command::new(netns::SHOALD)
+    let mut shoald = Command::new(&*netns::SHOALD)
         .arg("--data-root")
         .arg(dir.path().join("data"))
         .arg("-H")

@@ -8,8 +8,9 @@ use std::time::Duration;
 use shoal_proto::*;
 use tonic::Code;
 
-use crate::fake_worker::{node, worker_token, FakeWorker};
-use crate::harness::{eventually, TestNode};
+use shoal_testkit::cluster::{node, worker_token, TestNode};
+use shoal_testkit::fake_worker::FakeWorker;
+use shoal_testkit::poll::eventually;
 
 const BEAT: Duration = Duration::from_millis(200);
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -34,7 +35,7 @@ async fn oversized_fields_from_a_node_are_refused_naming_the_field_and_limit() {
     let token = worker_token(&m).await;
 
     let huge = "a".repeat(3 << 20);
-    let refused = FakeWorker::join(&addr, &token, &huge, "").await.err().expect("refused");
+    let refused = FakeWorker::join(&addr, &token, &huge, "").await.expect_err("refused");
     let refused = refused.to_string();
     assert!(
         refused.contains("hostname: 3145728 bytes is over the limit of 253 bytes"),
@@ -45,12 +46,12 @@ async fn oversized_fields_from_a_node_are_refused_naming_the_field_and_limit() {
 
     let w = FakeWorker::join(&addr, &token, "w", "").await.unwrap();
     let claim = SessionRequest { hostname: huge, ..Default::default() };
-    let s = w.session(claim).await.err().expect("refused");
+    let s = w.session(claim).await.expect_err("refused");
     assert_eq!(s.code(), Code::InvalidArgument);
     assert!(s.message().contains("hostname: 3145728 bytes is over the limit"), "{}", s.message());
     let description = NodeDescription { os: "x".repeat(4096), ..Default::default() };
     let claim = SessionRequest { description: Some(description), ..Default::default() };
-    let s = w.session(claim).await.err().expect("refused");
+    let s = w.session(claim).await.expect_err("refused");
     assert!(s.message().contains("description.os: 4096 bytes"), "{}", s.message());
     let stored = node(&m, &w.node_id).await;
     assert_eq!(stored.hostname, "w");

@@ -1,4 +1,4 @@
-//! `shoal bench runtime`: create→start→exit→delete of a trivial task with default isolation,
+//! `shoal-bench runtime`: create→start→exit→delete of a trivial task with default isolation,
 //! timed through Shoal's runtime and, in the same run, through bare `runc run` (and crun where
 //! the host allows it) on the same bundle contents. Prints medians and p99s side by side.
 

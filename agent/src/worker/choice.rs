@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::executor::{ExecError, Executor};
+#[cfg(any(test, feature = "test-util"))]
 use super::fake::FakeExecutor;
 use super::oci::OciExecutor;
 use crate::image::ImageStore;
@@ -20,6 +21,7 @@ pub struct ExecutorChoice {
 #[derive(Clone, Debug)]
 enum Kind {
     Runc(NodePolicy),
+    #[cfg(any(test, feature = "test-util"))]
     Fake,
 }
 
@@ -41,11 +43,13 @@ impl ExecutorChoice {
     }
 
     /// The fake executor (tests, simulated nodes).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn fake() -> ExecutorChoice {
         ExecutorChoice::of(Kind::Fake)
     }
 
-    /// `runc` or `fake` by name, as `shoald --executor` takes it.
+    /// `runc` or `fake` by name, as a test build's `shoald --executor` takes it.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn named(name: &str, policy: NodePolicy) -> Result<ExecutorChoice, UnknownExecutor> {
         match name {
             "runc" => Ok(ExecutorChoice::runc(policy)),
@@ -55,6 +59,7 @@ impl ExecutorChoice {
     }
 
     /// For in-process test clusters: the fake, unless `SHOAL_TEST_EXECUTOR=runc`.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn for_tests() -> ExecutorChoice {
         match std::env::var("SHOAL_TEST_EXECUTOR").as_deref() {
             Ok("runc") => ExecutorChoice::runc(NodePolicy::secure_default()),
@@ -73,6 +78,7 @@ impl ExecutorChoice {
     pub fn prepare_data_root(&self, data_root: &Path) -> Result<(), ExecError> {
         let gid = match &self.kind {
             Kind::Runc(policy) => policy.remapped_root_gid(),
+            #[cfg(any(test, feature = "test-util"))]
             Kind::Fake => None,
         };
         crate::runtime::rootfs::private_dir(data_root, gid)
@@ -88,6 +94,7 @@ impl ExecutorChoice {
             return Ok(e.clone());
         }
         let exec: Arc<dyn Executor> = match &self.kind {
+            #[cfg(any(test, feature = "test-util"))]
             Kind::Fake => Arc::new(FakeExecutor::new(node).with_logs(data_root.join("fake-logs"))),
             Kind::Runc(policy) => {
                 let mut cfg = RuntimeConfig::new(data_root.join("runtime"));

@@ -4,9 +4,10 @@
 //! step. Holds no container state itself; the container is removed when the task ends.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
+use shoal_proto::time::now_ms;
 use shoal_proto::{Task, TaskState, TaskStatus};
 use tokio::sync::watch;
 
@@ -228,10 +229,6 @@ async fn until(rx: &mut watch::Receiver<Desired>, pred: impl FnMut(&Desired) -> 
 fn probe_of(task: &Task) -> Option<Probe> {
     let check = task.spec.as_ref()?.container.as_ref()?.healthcheck.as_ref();
     Probe::from_spec(check)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn status(state: TaskState, message: &str) -> TaskStatus {

@@ -8,9 +8,10 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use shoal_proto::dispatcher_client::DispatcherClient;
+use shoal_proto::time::{ms_since_epoch, now_ms};
 use shoal_proto::{LogMessage, LogSubscription, PublishLogsMessage};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -283,14 +284,6 @@ fn modified_ms(path: &Path) -> i64 {
         .and_then(|m| m.modified())
         .map(ms_since_epoch)
         .unwrap_or_else(|_| now_ms())
-}
-
-fn now_ms() -> i64 {
-    ms_since_epoch(SystemTime::now())
-}
-
-fn ms_since_epoch(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 mod choice;
 mod controller;
 pub mod executor;
+#[cfg(any(test, feature = "test-util"))]
 mod fake;
 pub mod health;
 pub mod link;
@@ -27,6 +28,7 @@ use tracing::Instrument;
 
 pub use choice::ExecutorChoice;
 pub use executor::{describe_host, ExecError, ExecOutput, Executor, ExitStatus};
+#[cfg(any(test, feature = "test-util"))]
 pub use fake::FakeExecutor;
 pub use oci::OciExecutor;
 pub use status::StatusQueue;

@@ -203,8 +203,7 @@ async fn desired_ready_prepares_and_waits_for_running() {
 async fn a_delayed_restart_waits_for_not_before() {
     let f = Fixture::new();
     let mut a = new_test_task("a", "web:1", TaskState::Running);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    a.not_before_ms = now.as_millis() as i64 + 300;
+    a.not_before_ms = shoal_proto::time::now_ms() + 300;
     let started = Instant::now();
     f.worker.apply(complete(vec![a])).await;
     f.reaches("a", TaskState::Running).await;

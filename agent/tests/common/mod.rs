@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shoal_agent::runtime::{OciRuntime, RootfsSource, RuntimeConfig, TaskSpec};
 
@@ -70,18 +70,6 @@ pub fn task_id(name: &str) -> String {
     format!("{name}-{}", std::process::id())
 }
 
-/// Polls `cond` until it holds or `limit` passes.
-pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
-}
-
 /// The probe binary, built statically (glibc static-pie) once per test process.
 pub fn probe_binary() -> &'static Path {
     static PROBE: OnceLock<PathBuf> = OnceLock::new();
@@ -112,3 +100,8 @@ pub fn tar_dir(root: &Path, out: &Path) {
 }
 
 pub mod dispatcher;
+pub mod poll;
+
+// Not every test file waits for something.
+#[allow(unused_imports)]
+pub use poll::eventually;

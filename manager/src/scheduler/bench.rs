@@ -1,4 +1,4 @@
-//! Owns the scheduler benchmark behind `shoal bench scheduler`: a fake cluster, timed calls to
+//! Owns the scheduler benchmark behind `shoal-bench scheduler`: a fake cluster, timed calls to
 //! [`schedule`], nothing else. Never touches a real store or node.
 
 use std::collections::HashMap;

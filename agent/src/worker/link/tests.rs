@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shoal_proto::*;
 
@@ -13,7 +13,10 @@ use crate::worker::{FakeExecutor, Worker};
 
 #[path = "../../../tests/common/dispatcher.rs"]
 mod dispatcher;
+#[path = "../../../tests/common/poll.rs"]
+mod poll;
 use dispatcher::{serve_fake, FakeDispatcher};
+use poll::assert_eventually;
 
 /// Serves `d` on a loopback port; returns a link to it for session `session`.
 async fn link_to(d: Arc<FakeDispatcher>, session: &str) -> Link {
@@ -21,13 +24,8 @@ async fn link_to(d: Arc<FakeDispatcher>, session: &str) -> Link {
     Link { client, session_id: session.into(), manager }
 }
 
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what}: still not true after 10s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+/// How long a condition may take to hold.
+const WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn reports_travel_in_batches_of_at_most_100() {
@@ -40,7 +38,7 @@ async fn reports_travel_in_batches_of_at_most_100() {
 
     let tasks = (0..250).map(|i| new_test_task(&format!("t{i}"), "web:1", TaskState::Running));
     assignments.send(Ok(complete(tasks.collect()))).await.unwrap();
-    eventually("every task reported running", || {
+    assert_eventually("every task reported running", WAIT, || {
         (0..250)
             .all(|i| d.reported(&format!("t{i}")).last().map(|r| r.1) == Some(TaskState::Running))
     })
@@ -68,7 +66,7 @@ async fn an_unsent_report_goes_out_on_the_next_session() {
     let second = link_to(d.clone(), "s2").await;
     let w = worker.clone();
     tokio::spawn(async move { serve(&w, second).await });
-    eventually("the state reported on the new session", || {
+    assert_eventually("the state reported on the new session", WAIT, || {
         d.reported("a").last() == Some(&("s2".to_string(), TaskState::Running))
     })
     .await;
@@ -89,12 +87,15 @@ async fn logs_are_published_then_followed_until_closed() {
         .send(Ok(complete(vec![new_test_task("a", "web:1", TaskState::Running)])))
         .await
         .unwrap();
-    eventually("running", || d.reported("a").last().map(|r| r.1) == Some(TaskState::Running)).await;
+    assert_eventually("running", WAIT, || {
+        d.reported("a").last().map(|r| r.1) == Some(TaskState::Running)
+    })
+    .await;
 
     let once =
         LogSubscription { id: "once".into(), task_ids: vec!["a".into()], ..Default::default() };
     subs.send(Ok(once)).await.unwrap();
-    eventually("the existing line, then the end marker", || {
+    assert_eventually("the existing line, then the end marker", WAIT, || {
         let p = d.published.lock().unwrap();
         p.iter().any(|(_, m)| m.subscription_id == "once" && m.messages.is_empty())
     })
@@ -109,9 +110,9 @@ async fn logs_are_published_then_followed_until_closed() {
         close: false,
     };
     subs.send(Ok(follow)).await.unwrap();
-    eventually("the tail", || d.lines().len() == 2).await;
+    assert_eventually("the tail", WAIT, || d.lines().len() == 2).await;
     std::fs::write(dir.path().join("a/stderr.log"), "late trouble\n").unwrap();
-    eventually("a new line", || d.lines().len() == 3).await;
+    assert_eventually("a new line", WAIT, || d.lines().len() == 3).await;
     let last = d.published.lock().unwrap().last().unwrap().1.messages[0].clone();
     assert_eq!(
         (last.stream, last.data.as_slice(), last.task_id.as_str()),

@@ -1,21 +1,25 @@
-//! In-process cluster harness: several Shoal daemons in one test, each with its own data root,
-//! unix socket and loopback port, talking real gRPC over real mTLS.
+//! In-process clusters: several Shoal daemons in one test, each with its own data root, unix
+//! socket and loopback port, talking real gRPC over real mTLS.
 
-#![allow(dead_code)]
-
-use std::future::Future;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shoal::cli::client::{self, Host, TlsFiles};
 use shoal::node::daemon::{Daemon, DaemonConfig, InitOptions, JoinOptions};
 use shoal_proto::control_client::ControlClient;
-use shoal_proto::{ListNodesRequest, Node, NodeState};
+use shoal_proto::{
+    GetJoinTokenRequest, ListNodesRequest, ListTasksRequest, Node, NodeRole, NodeState, Task,
+    TaskState,
+};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
+use crate::poll::eventually;
+
 /// One node of an in-process cluster.
+#[derive(Debug)]
 pub struct TestNode {
     pub name: String,
     pub daemon: Arc<Daemon>,
@@ -151,30 +155,58 @@ impl TestNode {
     pub async fn state_of(&self, id: &str) -> Option<NodeState> {
         self.nodes().await.into_iter().find(|n| n.id == id).map(|n| n.state())
     }
+
+    /// The tasks of `service` that run and are meant to, per node hostname.
+    pub async fn running(&self, service: &str) -> HashMap<String, Vec<Task>> {
+        let req = ListTasksRequest { service: service.into(), ..Default::default() };
+        let list = self.control().await.list_tasks(req).await.unwrap().into_inner();
+        let mut out: HashMap<String, Vec<Task>> = HashMap::new();
+        for t in list.tasks {
+            if t.state() == TaskState::Running && t.desired_state == TaskState::Running as i32 {
+                out.entry(list.node_names[&t.node_id].clone()).or_default().push(t);
+            }
+        }
+        out
+    }
+
+    /// Waits until exactly `want` tasks of `service` run (see [`TestNode::running`]); returns
+    /// them per node hostname.
+    pub async fn wait_running(
+        &self,
+        service: &str,
+        want: usize,
+        within: Duration,
+    ) -> HashMap<String, Vec<Task>> {
+        eventually(&format!("{want} tasks of {service} running"), within, || async {
+            let r = self.running(service).await;
+            let n: usize = r.values().map(Vec::len).sum();
+            (n == want).then_some(()).ok_or(format!("{n} running"))
+        })
+        .await;
+        self.running(service).await
+    }
+}
+
+/// The join token of `manager` for `role`.
+pub async fn token(manager: &TestNode, role: NodeRole) -> String {
+    let req = GetJoinTokenRequest { role: role as i32 };
+    manager.control().await.get_join_token(req).await.unwrap().into_inner().token
+}
+
+/// The worker join token of `manager`.
+pub async fn worker_token(manager: &TestNode) -> String {
+    token(manager, NodeRole::Worker).await
+}
+
+/// The node `id` as `manager` has it.
+pub async fn node(manager: &TestNode, id: &str) -> Node {
+    manager.nodes().await.into_iter().find(|n| n.id == id).expect("node is listed")
 }
 
 impl Drop for TestNode {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
-        }
-    }
-}
-
-/// Polls `check` until it succeeds; panics with its last error after `timeout`.
-pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check().await {
-            Ok(()) => return,
-            Err(e) if Instant::now() >= deadline => {
-                panic!("{what}: still not true after {timeout:?}: {e}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
 }

@@ -17,9 +17,10 @@ use shoal_proto::{
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
-use crate::harness::TestNode;
+use crate::cluster::TestNode;
 
 /// A node identity obtained with a join token (or a real node's), used by hand.
+#[derive(Debug)]
 pub struct FakeWorker {
     pub node_id: String,
     manager: String,
@@ -27,6 +28,7 @@ pub struct FakeWorker {
 }
 
 /// An open session: its ID and the Node object the manager sent first.
+#[derive(Debug)]
 pub struct Session {
     pub id: String,
     pub node: Node,
@@ -71,7 +73,12 @@ impl FakeWorker {
 
     /// An mTLS channel to its manager presenting this node's certificate.
     pub async fn channel(&self) -> Channel {
-        shoal_proto::dial::connect(&self.manager, self.tls.clone()).await.unwrap()
+        self.connect().await.unwrap()
+    }
+
+    /// Like [`FakeWorker::channel`], with the failure as an error.
+    pub async fn connect(&self) -> Result<Channel, String> {
+        shoal_proto::dial::connect(&self.manager, self.tls.clone()).await.map_err(|e| e.to_string())
     }
 
     pub async fn dispatcher(&self) -> DispatcherClient<Channel> {
@@ -112,20 +119,4 @@ impl FakeWorker {
     pub async fn report(&self, req: UpdateTaskStatusRequest) -> Result<(), Status> {
         self.dispatcher().await.update_task_status(req).await.map(drop)
     }
-}
-
-/// The worker join token of `manager`.
-pub async fn worker_token(manager: &TestNode) -> String {
-    token(manager, shoal_proto::NodeRole::Worker).await
-}
-
-/// The join token of `manager` for `role`.
-pub async fn token(manager: &TestNode, role: shoal_proto::NodeRole) -> String {
-    let req = shoal_proto::GetJoinTokenRequest { role: role as i32 };
-    manager.control().await.get_join_token(req).await.unwrap().into_inner().token
-}
-
-/// The node `id` as `manager` has it.
-pub async fn node(manager: &TestNode, id: &str) -> Node {
-    manager.nodes().await.into_iter().find(|n| n.id == id).expect("node is listed")
 }
