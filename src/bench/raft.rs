@@ -94,49 +94,12 @@ pub async fn raft(args: RaftBenchArgs) -> Result<()> {
     }
 
     for run in 0..runs {
-        for &n in &clients {
-            let tag = format!("r{run}c{n}");
-            let leader = shoal.leader().await?;
-            let term = shoal.term();
-            let s = drive(n, duration, shoal.writer(leader, &format!("{tag}l"))).await?;
-            report_run(run, n, "shoal (leader)", &s, &shoal.term_note(term));
-            results.add(Sys::ShoalLeader, n, s);
-            if !args.skip_follower {
-                let follower = shoal.follower().await?;
-                let term = shoal.term();
-                let s = drive(n, duration, shoal.writer(follower, &format!("{tag}f"))).await?;
-                report_run(run, n, "shoal (via follower)", &s, &shoal.term_note(term));
-                results.add(Sys::ShoalFollower, n, s);
-            }
-            if let Some(e) = &etcd {
-                let s = drive(n, duration, e.writer(e.leader().await?).await?).await?;
-                report_run(run, n, "etcd", &s, "");
-                results.add(Sys::Etcd, n, s);
-            }
-        }
+        throughput_round(&args, run, &clients, duration, &shoal, etcd.as_ref(), &mut results)
+            .await?;
     }
     drop(shoal);
     drop(etcd);
-
-    let mut shoal_failover = Vec::new();
-    let mut etcd_failover = Vec::new();
-    if !args.skip_failover {
-        for trial in 0..FAILOVERS {
-            let cluster = ShoalCluster::start().await?;
-            let t = cluster.failover(&format!("fo{trial}")).await?;
-            println!("failover {}: shoal leader killed -> next committed write {t:.3?}", trial + 1);
-            shoal_failover.push(t);
-            if !args.skip_etcd {
-                let mut cluster = EtcdCluster::start(&args.etcd).await?;
-                let t = cluster.failover().await?;
-                println!(
-                    "failover {}: etcd leader killed -> next committed write {t:.3?}",
-                    trial + 1
-                );
-                etcd_failover.push(t);
-            }
-        }
-    }
+    let (shoal_failover, etcd_failover) = failovers(&args).await?;
 
     print_table(&args, duration, runs, &clients, &results, etcd_version.as_deref());
     print_failover(
@@ -148,6 +111,62 @@ pub async fn raft(args: RaftBenchArgs) -> Result<()> {
         print_failover("etcd", &etcd_failover, "defaults: 100 ms heartbeat, 1 s election timeout");
     }
     Ok(())
+}
+
+/// One round of writes at each client count: Shoal through the leader, through a follower,
+/// and etcd.
+async fn throughput_round(
+    args: &RaftBenchArgs,
+    run: usize,
+    clients: &[usize],
+    duration: Duration,
+    shoal: &ShoalCluster,
+    etcd: Option<&EtcdCluster>,
+    results: &mut Results,
+) -> Result<()> {
+    for &n in clients {
+        let tag = format!("r{run}c{n}");
+        let leader = shoal.leader().await?;
+        let term = shoal.term();
+        let s = drive(n, duration, shoal.writer(leader, &format!("{tag}l"))).await?;
+        report_run(run, n, "shoal (leader)", &s, &shoal.term_note(term));
+        results.add(Sys::ShoalLeader, n, s);
+        if !args.skip_follower {
+            let follower = shoal.follower().await?;
+            let term = shoal.term();
+            let s = drive(n, duration, shoal.writer(follower, &format!("{tag}f"))).await?;
+            report_run(run, n, "shoal (via follower)", &s, &shoal.term_note(term));
+            results.add(Sys::ShoalFollower, n, s);
+        }
+        if let Some(e) = etcd {
+            let s = drive(n, duration, e.writer(e.leader().await?).await?).await?;
+            report_run(run, n, "etcd", &s, "");
+            results.add(Sys::Etcd, n, s);
+        }
+    }
+    Ok(())
+}
+
+/// Kills the leader of fresh clusters and times the next committed write (Shoal, then etcd).
+async fn failovers(args: &RaftBenchArgs) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let mut shoal_failover = Vec::new();
+    let mut etcd_failover = Vec::new();
+    if args.skip_failover {
+        return Ok((shoal_failover, etcd_failover));
+    }
+    for trial in 0..FAILOVERS {
+        let cluster = ShoalCluster::start().await?;
+        let t = cluster.failover(&format!("fo{trial}")).await?;
+        println!("failover {}: shoal leader killed -> next committed write {t:.3?}", trial + 1);
+        shoal_failover.push(t);
+        if !args.skip_etcd {
+            let mut cluster = EtcdCluster::start(&args.etcd).await?;
+            let t = cluster.failover().await?;
+            println!("failover {}: etcd leader killed -> next committed write {t:.3?}", trial + 1);
+            etcd_failover.push(t);
+        }
+    }
+    Ok((shoal_failover, etcd_failover))
 }
 
 // ---------------------------------------------------------------------------------------------
