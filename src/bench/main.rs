@@ -7,6 +7,10 @@ mod convergence;
 mod e2e;
 mod joins;
 mod raft;
+mod runtime;
+#[cfg(test)]
+mod runtime_smoke;
+mod scheduler;
 mod sim_agents;
 
 use std::path::PathBuf;
@@ -93,7 +97,7 @@ async fn run(bench: Bench) -> Result<()> {
         Bench::Runtime { runs, runc, crun } => runtime(runs.max(1), runc, crun).await,
         Bench::Scheduler { nodes, tasks, services } => {
             let report = tokio::task::spawn_blocking(move || {
-                shoal_manager::scheduler::bench(nodes.max(1), tasks, services.max(1))
+                scheduler::bench(nodes.max(1), tasks, services.max(1))
             })
             .await?;
             println!("{report}");
@@ -105,7 +109,7 @@ async fn run(bench: Bench) -> Result<()> {
 }
 
 async fn runtime(runs: usize, runc: PathBuf, crun: Option<PathBuf>) -> Result<()> {
-    use shoal_agent::runtime::bench::{bench_runtime, busybox_rootfs, BenchOptions};
+    use runtime::{bench_runtime, busybox_rootfs, BenchOptions};
     let dir = tempfile::tempdir()?;
     let rootfs = busybox_rootfs(dir.path())?;
     let opts = BenchOptions { work_dir: dir.path().to_path_buf(), rootfs, runs, runc, crun };

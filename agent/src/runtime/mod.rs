@@ -4,7 +4,6 @@
 // Privileged calls go through rustix's safe wrappers; the few raw calls that have none are
 // allowed one by one (`#[allow(unsafe_code)]` on the item), each with its own SAFETY comment.
 
-pub mod bench;
 pub mod caps;
 pub mod cgroup;
 pub mod error;

@@ -7,7 +7,6 @@
 //! over nodes (fewest tasks of the service, then fewest tasks, then node ID), with nodes where
 //! this service version keeps failing pushed to the end.
 
-mod bench;
 mod constraint;
 mod filter;
 mod spread;
@@ -21,7 +20,6 @@ use std::sync::Arc;
 use shoal_proto::spec::constraint::{parse_constraints, spread_labels};
 use shoal_proto::{ServiceSpec, Task};
 
-pub use bench::{bench, BenchReport};
 pub use constraint::matches;
 pub use view::{holds_resources, ClusterView, CpuMem, NodeInfo, FAILURE_WINDOW_MS, MAX_FAILURES};
 

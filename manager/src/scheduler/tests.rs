@@ -405,12 +405,3 @@ fn node_addresses_yield_their_ip() {
     assert_eq!(ip("fd00::1").as_deref(), Some("fd00::1"));
     assert_eq!(ip("manager.example:4242"), None);
 }
-
-/// Prints the scheduler figure: `cargo test --release -p shoal-manager -- --ignored bench`.
-#[test]
-#[ignore]
-fn bench_scheduler_100k_tasks_on_1k_nodes() {
-    let report = bench(1000, 100_000, 100);
-    assert_eq!(report.placed, 100_000);
-    println!("{report}");
-}

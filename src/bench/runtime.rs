@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use super::error::{Result, RuntimeError};
-use super::spec::{RootfsSource, TaskSpec};
-use super::{oci, rootfs, OciRuntime, Runtime, RuntimeConfig};
+use shoal_agent::runtime::error::{Result, RuntimeError};
+use shoal_agent::runtime::spec::{RootfsSource, TaskSpec};
+use shoal_agent::runtime::{oci, rootfs, OciRuntime, Runtime, RuntimeConfig};
 
 /// What to benchmark.
 #[derive(Clone, Debug)]
