@@ -6,6 +6,17 @@ use std::collections::BTreeSet;
 use oci_spec::runtime::LinuxSeccomp;
 
 use super::error::{Result, RuntimeError};
+
+/// Why shoald's task-policy flags were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyFlagError {
+    /// A `--task-allow-cap-add` that names no capability.
+    #[error("{0}")]
+    Capability(String),
+    /// `--userns-remap USER` without USER's range in /etc/subuid or /etc/subgid.
+    #[error("{file} has no range for user {user:?}; add one (e.g. {user}:100000:65536)")]
+    NoSubordinateIds { file: String, user: String },
+}
 use super::spec::{HostNamespace, SeccompChoice, TaskSpec};
 use super::{caps, seccomp};
 
@@ -66,10 +77,10 @@ impl NodePolicy {
         new_privileges: bool,
         landlock_off: bool,
         userns_user: Option<&str>,
-    ) -> std::result::Result<NodePolicy, String> {
+    ) -> std::result::Result<NodePolicy, PolicyFlagError> {
         let mut p = NodePolicy::secure_default();
         for cap in cap_add {
-            caps::normalize(cap).map_err(|e| e.to_string())?;
+            caps::normalize(cap).map_err(|e| PolicyFlagError::Capability(e.to_string()))?;
             p.allowed_cap_add.insert(cap.clone());
         }
         p.allow_unconfined_seccomp = unconfined_seccomp;
@@ -80,9 +91,10 @@ impl NodePolicy {
             let range = |file: &str| {
                 let text = std::fs::read_to_string(file).unwrap_or_default();
                 IdRange::from_subid_file(&text, user).ok_or_else(|| {
-                    format!(
-                        "{file} has no range for user {user:?}; add one (e.g. {user}:100000:65536)"
-                    )
+                    PolicyFlagError::NoSubordinateIds {
+                        file: file.to_string(),
+                        user: user.to_string(),
+                    }
                 })
             };
             p.userns_uids = Some(range("/etc/subuid")?);

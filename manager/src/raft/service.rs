@@ -218,7 +218,9 @@ impl Raft for RaftApi {
             };
             let Some(chunk) = chunk else { break };
             held.take(chunk.data.len())?;
-            let Some(msg) = reassembler.push(chunk).map_err(Status::invalid_argument)? else {
+            let Some(msg) =
+                reassembler.push(chunk).map_err(|e| Status::invalid_argument(e.to_string()))?
+            else {
                 continue;
             };
             held.release();

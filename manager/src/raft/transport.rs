@@ -252,9 +252,9 @@ pub const MAX_MESSAGE: usize = 4 << 30;
 
 impl Reassembler {
     /// Adds a chunk; returns a whole decoded message when `chunk.last`.
-    pub fn push(&mut self, chunk: RaftChunk) -> Result<Option<Message>, String> {
+    pub fn push(&mut self, chunk: RaftChunk) -> Result<Option<Message>, ChunkError> {
         if self.buf.len() + chunk.data.len() > MAX_MESSAGE {
-            return Err("a raft message exceeded the size limit".into());
+            return Err(ChunkError::TooLarge);
         }
         self.buf.extend_from_slice(&chunk.data);
         if !chunk.last {
@@ -263,8 +263,17 @@ impl Reassembler {
         let bytes = std::mem::take(&mut self.buf);
         Message::parse_from_bytes(&bytes)
             .map(Some)
-            .map_err(|e| format!("undecodable raft message: {e}"))
+            .map_err(|e| ChunkError::Undecodable(e.to_string()))
     }
+}
+
+/// Why a stream of Raft chunks was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    #[error("a raft message exceeded the size limit")]
+    TooLarge,
+    #[error("undecodable raft message: {0}")]
+    Undecodable(String),
 }
 
 #[cfg(test)]
@@ -341,6 +350,6 @@ mod tests {
     fn garbage_is_refused_not_stepped() {
         let mut r = Reassembler::default();
         let err = r.push(RaftChunk { data: vec![0xff; 10], last: true }).unwrap_err();
-        assert!(err.contains("undecodable"), "{err}");
+        assert!(matches!(err, ChunkError::Undecodable(_)), "{err}");
     }
 }
