@@ -21,13 +21,7 @@ async fn leader_of(node: &TestNode) -> Result<String, String> {
 }
 
 async fn three_managers() -> Vec<TestNode> {
-    let m1 = TestNode::start("m1").await;
-    let addr = m1.init(BEAT, None).await;
-    let manager_token = token(&m1, NodeRole::Manager).await;
-    let (m2, m3) = (TestNode::start("m2").await, TestNode::start("m3").await);
-    m2.join(&manager_token, &addr).await.unwrap();
-    m3.join(&manager_token, &addr).await.unwrap();
-    vec![m1, m2, m3]
+    shoal_testkit::cluster::three_managers(BEAT).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

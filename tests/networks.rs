@@ -8,6 +8,7 @@ use std::time::Duration;
 use shoal::node::daemon::InitOptions;
 use shoal_proto::*;
 use shoal_testkit::cluster::TestNode;
+use shoal_testkit::poll::eventually;
 use tonic::Code;
 
 const BEAT: Duration = Duration::from_millis(200);
@@ -196,4 +197,31 @@ async fn swarm_init_sets_the_address_pool_networks_draw_from() {
     let a = create_network(&m, "a", "").await.unwrap();
     let b = create_network(&m, "b", "").await.unwrap();
     assert_eq!((a.subnet.as_str(), b.subnet.as_str()), ("172.30.0.0/26", "172.30.0.64/26"));
+}
+
+/// The allocator's state is the store: a manager that becomes leader after the old one dies
+/// hands out neither a subnet, a VNI nor an address that is already taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_leader_allocates_around_what_the_old_one_gave() {
+    let mut ms = shoal_testkit::cluster::three_managers(BEAT).await;
+    let a = create_network(&ms[0], "a", "").await.unwrap();
+    let web = create_service(&ms[0], service("web", &["a"])).await.unwrap();
+    let old_leader = ms.remove(0);
+    old_leader.kill().await;
+    let survivor = &ms[0];
+    eventually("a new leader creates network b", Duration::from_secs(30), || async {
+        match create_network(survivor, "b", "").await {
+            Ok(_) => Ok(()),
+            // A try whose answer was lost in the election may have created it.
+            Err(e) if e.code() == Code::AlreadyExists => Ok(()),
+            Err(e) => Err(e.message().to_string()),
+        }
+    })
+    .await;
+    let req = GetNetworkRequest { reference: "b".into() };
+    let b = survivor.control().await.get_network(req).await.unwrap().into_inner().network.unwrap();
+    assert_ne!(b.subnet, a.subnet);
+    assert_ne!(b.vni, a.vni);
+    let api = create_service(survivor, service("api", &["a"])).await.unwrap();
+    assert_ne!(vips(&api)[0].1, vips(&web)[0].1, "web's address is still taken");
 }

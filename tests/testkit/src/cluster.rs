@@ -222,3 +222,15 @@ impl TestNode {
         node
     }
 }
+
+/// Three managers on loopback (the first initialised with `heartbeat`, two joined with the
+/// manager token), in that order.
+pub async fn three_managers(heartbeat: Duration) -> Vec<TestNode> {
+    let m1 = TestNode::start("m1").await;
+    let addr = m1.init(heartbeat, None).await;
+    let manager_token = token(&m1, NodeRole::Manager).await;
+    let (m2, m3) = (TestNode::start("m2").await, TestNode::start("m3").await);
+    m2.join(&manager_token, &addr).await.unwrap();
+    m3.join(&manager_token, &addr).await.unwrap();
+    vec![m1, m2, m3]
+}
