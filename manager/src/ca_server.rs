@@ -10,8 +10,8 @@ use shoal_pki::{JoinToken, PeerIdentity, PkiError, Role, TokenError};
 use shoal_proto::ca_server::Ca;
 use shoal_proto::node_ca_server::NodeCa;
 use shoal_proto::{
-    Availability, Cluster, GetRootCaCertificateRequest, GetRootCaCertificateResponse,
-    IssueNodeCertificateRequest, IssueNodeCertificateResponse, Node, NodeRole, NodeState,
+    Cluster, GetRootCaCertificateRequest, GetRootCaCertificateResponse,
+    IssueNodeCertificateRequest, IssueNodeCertificateResponse, Node, NodeRole,
     RenewNodeCertificateRequest, RenewNodeCertificateResponse,
 };
 use tonic::{Request, Response, Status};
@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::authz::caller;
 use crate::config::cert_expiry;
 use crate::intake;
-use crate::manager::{certificate, now_ms, unix, Manager, Shared};
+use crate::manager::{certificate, new_node, now_ms, unix, Manager, Shared};
 use crate::store::StoreError;
 use crate::tokens::{self, TokenRefused};
 
@@ -166,19 +166,10 @@ async fn issue(
                 cert_expiry(&cluster),
                 SystemTime::now(),
             )?;
-            let node = Node {
-                id: node_id,
-                role: NodeRole::from(role) as i32,
-                hostname: req.hostname.clone(),
-                addr: joined_addr(&req.advertise_addr, peer),
-                addr_pinned: !req.advertise_addr.is_empty(),
-                state: NodeState::Unknown as i32,
-                availability: Availability::Active as i32,
-                certificate: Some(certificate(&issued)),
-                serials: vec![issued.serial_hex.clone()],
-                serial_not_after_unix: vec![unix(issued.not_after)],
-                ..Default::default()
-            };
+            let addr = joined_addr(&req.advertise_addr, peer);
+            let mut node =
+                new_node(node_id, NodeRole::from(role), req.hostname.clone(), addr, &issued);
+            node.addr_pinned = !req.advertise_addr.is_empty();
             if tokens::counts_uses(&cluster, role) {
                 tx.update(cluster)?;
             }

@@ -119,6 +119,29 @@ pub(crate) fn certificate(issued: &IssuedCert) -> NodeCertificate {
     }
 }
 
+/// The record of a node that has just been issued its first certificate: state Unknown until
+/// its session opens, availability Active.
+pub(crate) fn new_node(
+    id: String,
+    role: NodeRole,
+    hostname: String,
+    addr: String,
+    issued: &IssuedCert,
+) -> Node {
+    Node {
+        id,
+        role: role as i32,
+        hostname,
+        addr,
+        state: NodeState::Unknown as i32,
+        availability: Availability::Active as i32,
+        certificate: Some(certificate(issued)),
+        serials: vec![issued.serial_hex.clone()],
+        serial_not_after_unix: vec![unix(issued.not_after)],
+        ..Default::default()
+    }
+}
+
 /// Who the local manager is.
 #[derive(Clone, Debug)]
 pub struct Identity {
@@ -171,18 +194,13 @@ impl Manager {
         if params.autolock {
             cluster.unlock_key = Some(UnlockKey { key: Key::generate()?.expose().to_vec() });
         }
-        let node = Node {
-            id: node_id.clone(),
-            role: NodeRole::Manager as i32,
-            hostname: params.hostname,
-            addr: params.advertise_addr.clone(),
-            state: NodeState::Unknown as i32,
-            availability: Availability::Active as i32,
-            certificate: Some(certificate(&issued)),
-            serials: vec![issued.serial_hex.clone()],
-            serial_not_after_unix: vec![unix(issued.not_after)],
-            ..Default::default()
-        };
+        let node = new_node(
+            node_id.clone(),
+            NodeRole::Manager,
+            params.hostname,
+            params.advertise_addr.clone(),
+            &issued,
+        );
         let member = Member {
             id: format!("{raft_id:016x}"),
             raft_id,
