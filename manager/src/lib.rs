@@ -14,6 +14,7 @@ pub mod manager;
 pub mod networks;
 pub mod orchestrator;
 pub mod raft;
+mod reference;
 pub mod removal;
 pub mod scheduler;
 pub mod secrets;

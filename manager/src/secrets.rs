@@ -19,6 +19,7 @@ use subtle::ConstantTimeEq;
 use tonic::Status;
 
 use crate::manager::{now_ms, Shared};
+use crate::reference::{find, Miss};
 use crate::store::{StoreError, Tx};
 
 /// Why a secret or config request was refused; `kind` says which of the two it was about.
@@ -81,15 +82,11 @@ fn resolve<'a>(
     kind: SecretKind,
     reference: &str,
 ) -> Result<&'a Secret, SecretError> {
-    let mine: Vec<&Secret> = all.iter().filter(|s| s.kind() == kind).collect();
-    if let Some(s) = mine.iter().find(|s| s.id == reference || s.name == reference) {
-        return Ok(s);
-    }
-    match mine.iter().filter(|s| s.id.starts_with(reference)).collect::<Vec<_>>().as_slice() {
-        [one] if !reference.is_empty() => Ok(one),
-        [] | [_] => Err(SecretError::NotFound { kind, reference: reference.into() }),
-        _ => Err(SecretError::Ambiguous { kind, reference: reference.into() }),
-    }
+    let mine = all.iter().filter(|s| s.kind() == kind);
+    find(mine, reference, |s| &s.id, |s| &s.name).map_err(|miss| match miss {
+        Miss::NotFound => SecretError::NotFound { kind, reference: reference.into() },
+        Miss::Ambiguous => SecretError::Ambiguous { kind, reference: reference.into() },
+    })
 }
 
 /// Names of the services whose current spec uses secret `id`.

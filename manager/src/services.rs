@@ -17,6 +17,7 @@ use tonic::Status;
 
 use crate::control::resolve_node;
 use crate::manager::{now_ms, Shared};
+use crate::reference::{find, Miss};
 use crate::secrets::SecretError;
 use crate::store::StoreError;
 
@@ -120,16 +121,10 @@ pub fn resolve_service<'a>(
     if reference.is_empty() {
         return Err(ServiceError::NoReference);
     }
-    let name = |s: &Service| s.spec.as_ref().map(|p| p.name.as_str()) == Some(reference);
-    if let Some(s) = services.iter().find(|s| s.id == reference || name(s)) {
-        return Ok(s);
-    }
-    let by_prefix: Vec<_> = services.iter().filter(|s| s.id.starts_with(reference)).collect();
-    match by_prefix.as_slice() {
-        [one] => Ok(one),
-        [] => Err(ServiceError::NotFound(reference.into())),
-        _ => Err(ServiceError::Ambiguous(reference.into())),
-    }
+    find(services, reference, |s| &s.id, service_name).map_err(|miss| match miss {
+        Miss::NotFound => ServiceError::NotFound(reference.into()),
+        Miss::Ambiguous => ServiceError::Ambiguous(reference.into()),
+    })
 }
 
 fn service_name(s: &Service) -> &str {

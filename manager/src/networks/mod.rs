@@ -14,6 +14,7 @@ use shoal_proto::{
 use tonic::Status;
 
 use crate::manager::Shared;
+use crate::reference::{find, Miss};
 use crate::store::{StoreError, Tx};
 use alloc::name_of;
 
@@ -79,14 +80,10 @@ pub(crate) fn resolve<'a>(
     all: &'a [Network],
     reference: &str,
 ) -> Result<&'a Network, NetworkError> {
-    if let Some(n) = all.iter().find(|n| n.id == reference || name_of(n) == reference) {
-        return Ok(n);
-    }
-    match all.iter().filter(|n| n.id.starts_with(reference)).collect::<Vec<_>>().as_slice() {
-        [one] if !reference.is_empty() => Ok(one),
-        [] | [_] => Err(NetworkError::NotFound(reference.to_string())),
-        _ => Err(NetworkError::Ambiguous(reference.to_string())),
-    }
+    find(all, reference, |n| &n.id, name_of).map_err(|miss| match miss {
+        Miss::NotFound => NetworkError::NotFound(reference.to_string()),
+        Miss::Ambiguous => NetworkError::Ambiguous(reference.to_string()),
+    })
 }
 
 /// Names of the services whose current spec is on network `id`.
