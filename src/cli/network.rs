@@ -9,7 +9,7 @@ use shoal_proto::*;
 use tonic::transport::Channel;
 
 use super::client;
-use super::output::table;
+use super::output::{rfc3339_ms, table};
 
 #[derive(Debug, Subcommand)]
 pub enum NetworkCmd {
@@ -149,11 +149,6 @@ pub fn ls(networks: &[Network], quiet: bool) -> String {
     table(&["NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET"], rows)
 }
 
-fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
 /// `network inspect`: Docker's fields that apply, plus the VNI.
 fn json(r: &NetworkResponse) -> Result<serde_json::Value> {
     let n = r.network.clone().context("the manager returned no network")?;
@@ -167,7 +162,7 @@ fn json(r: &NetworkResponse) -> Result<serde_json::Value> {
     Ok(serde_json::json!({
         "Name": spec.name,
         "Id": n.id,
-        "Created": rfc3339(meta.created_at_ms),
+        "Created": rfc3339_ms(meta.created_at_ms),
         "Scope": "swarm",
         "Driver": spec.driver,
         "IPAM": {"Driver": "default", "Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]},

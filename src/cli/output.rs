@@ -42,7 +42,8 @@ fn rfc3339_secs(unix: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-fn rfc3339_ms(ms: i64) -> String {
+/// A time in milliseconds since the epoch as RFC 3339 (what `inspect` prints).
+pub fn rfc3339_ms(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }

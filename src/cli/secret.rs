@@ -180,24 +180,19 @@ pub fn ls(secrets: &[Secret], quiet: bool) -> String {
     out + &crate::cli::output::table(&["ID", "NAME", "VERSION", "CREATED", "UPDATED"], rows)
 }
 
-fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
 fn json_one(r: &SecretResponse) -> serde_json::Value {
     let s = r.secret.clone().unwrap_or_default();
     let labels: std::collections::BTreeMap<_, _> = s.labels.iter().collect();
     let versions: Vec<_> = s
         .versions
         .iter()
-        .map(|v| serde_json::json!({"Version": v.version, "CreatedAt": rfc3339(v.created_at_ms)}))
+        .map(|v| serde_json::json!({"Version": v.version, "CreatedAt": crate::cli::output::rfc3339_ms(v.created_at_ms)}))
         .collect();
     serde_json::json!({
         "ID": s.id,
         "Version": {"Index": s.meta.as_ref().map(|m| m.version).unwrap_or(0)},
-        "CreatedAt": rfc3339(created(&s)),
-        "UpdatedAt": rfc3339(updated(&s)),
+        "CreatedAt": crate::cli::output::rfc3339_ms(created(&s)),
+        "UpdatedAt": crate::cli::output::rfc3339_ms(updated(&s)),
         "Spec": {"Name": s.name, "Labels": labels},
         "Latest": s.latest,
         "Versions": versions,
@@ -218,8 +213,8 @@ fn pretty_one(r: &SecretResponse) -> String {
             let _ = writeln!(out, " - {k}={v}");
         }
     }
-    let _ = writeln!(out, "Created at:      {}", rfc3339(created(&s)));
-    let _ = writeln!(out, "Updated at:      {}", rfc3339(updated(&s)));
+    let _ = writeln!(out, "Created at:      {}", crate::cli::output::rfc3339_ms(created(&s)));
+    let _ = writeln!(out, "Updated at:      {}", crate::cli::output::rfc3339_ms(updated(&s)));
     let kept: Vec<String> = s.versions.iter().map(|v| v.version.to_string()).collect();
     let _ = writeln!(out, "Version:         {} (kept: {})", s.latest, kept.join(", "));
     let used = if r.services.is_empty() { "-".to_string() } else { r.services.join(", ") };
