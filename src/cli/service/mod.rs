@@ -130,19 +130,10 @@ async fn scale(control: &mut ControlClient<Channel>, pairs: &[String], detach: b
             bail!("{name} is a global service; only replicated services can be scaled");
         }
         spec.replicas = n;
-        let version = s.meta.as_ref().map(|m| m.version).unwrap_or(0);
-        let r = control
-            .update_service(UpdateServiceRequest {
-                reference: s.id.clone(),
-                spec: Some(spec),
-                version,
-                ..Default::default()
-            })
-            .await
-            .map_err(client::status)?;
+        let updated = put_spec(control, &s, spec, false).await?;
         println!("{name} scaled to {n}");
         if !detach {
-            converge(control, &r.into_inner().service.unwrap_or(s)).await?;
+            converge(control, &updated).await?;
         }
     }
     Ok(())
@@ -180,6 +171,25 @@ async fn network_ids(control: &mut ControlClient<Channel>, refs: &[String]) -> R
         ids.extend(r.into_inner().network.map(|n| n.id));
     }
     Ok(ids)
+}
+
+/// Sends `spec` as the new spec of `s`, refused if someone changed `s` since it was read.
+async fn put_spec(
+    control: &mut ControlClient<Channel>,
+    s: &Service,
+    spec: ServiceSpec,
+    force: bool,
+) -> Result<Service> {
+    let version = s.meta.as_ref().map(|m| m.version).unwrap_or(0);
+    let req = UpdateServiceRequest {
+        reference: s.id.clone(),
+        spec: Some(spec),
+        version,
+        rollback: false,
+        force,
+    };
+    let r = control.update_service(req).await.map_err(client::status)?;
+    r.into_inner().service.context("the manager returned no service")
 }
 
 async fn get(control: &mut ControlClient<Channel>, reference: &str) -> Result<Service> {
@@ -306,18 +316,7 @@ async fn update(
         a.placement_pref_rm.iter().map(|p| pref(p)).collect::<Result<_>>()?;
     edit_list(&mut placement.spread, &prefs_add, &prefs_rm, |e| e);
     a.flags.apply(&mut spec)?;
-    let version = s.meta.as_ref().map(|m| m.version).unwrap_or(0);
-    let r = control
-        .update_service(UpdateServiceRequest {
-            reference: s.id.clone(),
-            spec: Some(spec),
-            version,
-            rollback: false,
-            force: a.force,
-        })
-        .await
-        .map_err(client::status)?;
-    let s = r.into_inner().service.context("the manager returned no service")?;
+    let s = put_spec(control, &s, spec, a.force).await?;
     println!("{}", s.spec.as_ref().map(|p| p.name.as_str()).unwrap_or(&s.id));
     if !a.flags.detach {
         converge(control, &s).await?;
