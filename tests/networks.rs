@@ -139,6 +139,56 @@ async fn a_network_in_use_stays_and_addresses_come_back_when_services_leave() {
     assert!(listed.into_inner().networks.is_empty());
 }
 
+/// Addresses of `service`'s running tasks on their networks.
+async fn task_addrs(m: &TestNode, service: &str) -> Vec<String> {
+    let running = m.running(service).await;
+    let tasks = running.values().flatten();
+    tasks.flat_map(|t| t.networks.iter().map(|a| a.addr.clone())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_task_gets_its_own_address_and_gives_it_back_when_it_ends() {
+    let m = manager("m").await;
+    // A /28: gateway .1, then 13 addresses; each service's virtual IP takes one.
+    let net = create_network(&m, "small", "10.60.0.0/28").await.unwrap();
+    let mut spec = service("web", &["small"]);
+    spec.replicas = 12;
+    let web = create_service(&m, spec.clone()).await.unwrap();
+    m.wait_running("web", 12, Duration::from_secs(20)).await;
+    let addrs = task_addrs(&m, "web").await;
+    let distinct: BTreeSet<&String> = addrs.iter().collect();
+    assert_eq!(distinct.len(), 12, "every task its own address: {addrs:?}");
+    assert!(!addrs.contains(&vips(&web)[0].1), "no task has the virtual IP");
+    assert!(!addrs.iter().any(|a| a.starts_with("10.60.0.1/")), "no task has the gateway");
+    let running = m.running("web").await;
+    let attachment = &running.values().flatten().next().unwrap().networks[0];
+    assert_eq!(attachment.network.as_ref().unwrap().vni, net.vni, "the task carries its network");
+
+    // Scaled down to 2, ten addresses come back: a service of nine more tasks fits.
+    spec.replicas = 2;
+    let req = UpdateServiceRequest {
+        reference: "web".into(),
+        spec: Some(spec),
+        version: 0,
+        ..Default::default()
+    };
+    m.control().await.update_service(req).await.unwrap();
+    m.wait_running("web", 2, Duration::from_secs(20)).await;
+    let mut api = service("api", &["small"]);
+    api.replicas = 9;
+    eventually("the stopped tasks' addresses are free", Duration::from_secs(20), || async {
+        match create_service(&m, api.clone()).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.message().to_string()),
+        }
+    })
+    .await;
+    m.wait_running("api", 9, Duration::from_secs(20)).await;
+    let all: BTreeSet<String> =
+        task_addrs(&m, "web").await.into_iter().chain(task_addrs(&m, "api").await).collect();
+    assert_eq!(all.len(), 11, "no address is shared: {all:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_allocations_never_share_an_address_a_subnet_or_a_vni() {
     let m = manager("m").await;

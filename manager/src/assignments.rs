@@ -1,17 +1,22 @@
 //! Owns what each node is told to run (on the leader): the per-node assignment streams — the
 //! full set when a stream opens, then batched changes — and the batching of the task states
-//! that agents report into few Raft writes. Only a node's own tasks ever reach it.
+//! that agents report into few Raft writes. Only a node's own tasks ever reach it, and only
+//! the maps of networks its tasks are on.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use shoal_proto::{AssignmentsMessage, Secret, SecretData, Task, TaskState, TaskStatusUpdate};
+use shoal_proto::{
+    AssignmentsMessage, Network, Node, Secret, SecretData, Service, Task, TaskState,
+    TaskStatusUpdate,
+};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::Status;
 use tracing::Instrument;
 
 use crate::manager::Shared;
+use crate::networks::maps::{self, Maps};
 use crate::store::Event;
 
 /// Changes for one node are sent at most this often (Swarm batches for 100 ms).
@@ -21,6 +26,8 @@ const BATCH_LIMIT: usize = 100;
 /// Reported states are committed at most this often, or when this many are waiting.
 const STATUS_EVERY: Duration = Duration::from_millis(30);
 const STATUS_LIMIT: usize = 2_000;
+/// Network maps are rebuilt at most this often while tasks on networks change.
+const MAPS_EVERY: Duration = Duration::from_millis(50);
 
 type AssignmentTx = mpsc::Sender<Result<AssignmentsMessage, Status>>;
 
@@ -31,6 +38,9 @@ struct NodeStream {
     removed: Vec<String>,
     secrets: Vec<SecretKey>,
     removed_secrets: Vec<SecretKey>,
+    /// Networks whose map changed since the last batch, and ones the node left.
+    networks: BTreeSet<String>,
+    removed_networks: BTreeSet<String>,
     sequence: u64,
 }
 
@@ -53,6 +63,11 @@ struct HubState {
     /// The index was loaded from the store: until then no stream may open (its complete set
     /// would be empty, and the agent would stop every task it runs).
     ready: bool,
+    /// The network maps as last built, and the tasks with network addresses (whose changes
+    /// make them stale).
+    maps: Maps,
+    net_tasks: HashSet<String>,
+    maps_stale: bool,
 }
 
 impl HubState {
@@ -132,6 +147,12 @@ impl Hub {
             }
         };
         let mut fresh = HubState::default();
+        match build_maps(store, &tasks) {
+            Some(m) => fresh.maps = m,
+            None => return false,
+        }
+        fresh.net_tasks =
+            tasks.iter().filter(|t| !t.networks.is_empty()).map(|t| t.id.clone()).collect();
         for t in tasks.into_iter().filter(assigned) {
             fresh.track(&t.id, Some(&t));
             fresh.node_tasks.entry(t.node_id.clone()).or_default().insert(t.id.clone());
@@ -173,6 +194,14 @@ impl Hub {
                 }
             }
         }
+        let networks = s
+            .maps
+            .by_node
+            .get(node_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| s.maps.by_network.get(id).cloned())
+            .collect();
         let first = AssignmentsMessage {
             complete: true,
             tasks,
@@ -180,6 +209,8 @@ impl Hub {
             sequence: 0,
             secrets: secret_data(store, &secrets),
             removed_secrets: Vec::new(),
+            networks,
+            removed_networks: Vec::new(),
         };
         tx.try_send(Ok(first)).map_err(|_| Status::unavailable("assignment stream closed"))?;
         let stream = NodeStream {
@@ -188,16 +219,67 @@ impl Hub {
             removed: Vec::new(),
             secrets: Vec::new(),
             removed_secrets: Vec::new(),
+            networks: BTreeSet::new(),
+            removed_networks: BTreeSet::new(),
             sequence: 1,
         };
         s.streams.insert(node_id.to_string(), stream);
         Ok(())
     }
 
+    /// Notes a change that may make the network maps stale.
+    fn on_change(&self, kind: &str) {
+        let mut s = self.lock();
+        if kind == "network" || kind == "service" || (kind == "node" && !s.net_tasks.is_empty()) {
+            s.maps_stale = true;
+        }
+    }
+
+    /// Whether the maps are stale (and then no longer marked so: changes after this call
+    /// mark them again, so none is lost between the reading and [`Hub::set_maps`]).
+    fn take_stale(&self) -> bool {
+        let mut s = self.lock();
+        s.ready && std::mem::take(&mut s.maps_stale)
+    }
+
+    fn mark_stale(&self) {
+        self.lock().maps_stale = true;
+    }
+
+    /// Takes freshly built maps: every open stream is sent the maps of its networks that
+    /// changed, and the IDs of networks it is no longer on.
+    fn set_maps(&self, fresh: Maps) {
+        let mut s = self.lock();
+        let HubState { streams, maps: old, .. } = &mut *s;
+        let none = BTreeSet::new();
+        for (node, stream) in streams.iter_mut() {
+            let before = old.by_node.get(node).unwrap_or(&none);
+            let after = fresh.by_node.get(node).unwrap_or(&none);
+            for id in after {
+                if !before.contains(id) || old.by_network.get(id) != fresh.by_network.get(id) {
+                    stream.removed_networks.remove(id);
+                    stream.networks.insert(id.clone());
+                }
+            }
+            for id in before.difference(after) {
+                stream.networks.remove(id);
+                stream.removed_networks.insert(id.clone());
+            }
+        }
+        s.maps = fresh;
+    }
+
     /// Routes one applied change of a task.
     fn on_task(&self, id: &str, task: Option<Task>) {
         let mut s = self.lock();
         let s = &mut *s;
+        let on_networks = task.as_ref().is_some_and(|t| !t.networks.is_empty());
+        if on_networks {
+            s.net_tasks.insert(id.to_string());
+            s.maps_stale = true;
+        } else if s.net_tasks.remove(id) {
+            s.maps_stale = true;
+        }
         let (node, gained, lost) = s.track(id, task.as_ref());
         if let Some(stream) = s.streams.get_mut(&node) {
             // A version lost and regained (or the reverse) within one batch cancels out.
@@ -244,12 +326,15 @@ impl Hub {
     /// Sends the batches that are due (`all`) or full; drops streams whose node went away.
     fn flush(&self, all: bool, store: &crate::store::Store) {
         let mut s = self.lock();
+        let HubState { streams, maps, .. } = &mut *s;
         let mut gone = Vec::new();
-        for (node, stream) in s.streams.iter_mut() {
+        for (node, stream) in streams.iter_mut() {
             let n = stream.tasks.len()
                 + stream.removed.len()
                 + stream.secrets.len()
-                + stream.removed_secrets.len();
+                + stream.removed_secrets.len()
+                + stream.networks.len()
+                + stream.removed_networks.len();
             if n == 0 || (!all && n < BATCH_LIMIT) {
                 continue;
             }
@@ -263,6 +348,13 @@ impl Hub {
                     .into_iter()
                     .map(|(id, v)| format!("{id}@{v}"))
                     .collect(),
+                networks: std::mem::take(&mut stream.networks)
+                    .iter()
+                    .filter_map(|id| maps.by_network.get(id).cloned())
+                    .collect(),
+                removed_networks: std::mem::take(&mut stream.removed_networks)
+                    .into_iter()
+                    .collect(),
             };
             stream.sequence += 1;
             match stream.tx.try_send(Ok(msg)) {
@@ -272,7 +364,27 @@ impl Hub {
             }
         }
         for node in gone {
-            s.streams.remove(&node);
+            streams.remove(&node);
+        }
+    }
+}
+
+/// Every network map, from the store as it is; `None` if it cannot be read.
+fn build_maps(store: &crate::store::Store, tasks: &[Task]) -> Option<Maps> {
+    let read = || -> Result<Maps, crate::store::StoreError> {
+        let networks = store.list::<Network>()?;
+        if networks.is_empty() {
+            return Ok(Maps::default());
+        }
+        let services = store.list::<Service>()?;
+        let nodes = store.list::<Node>()?;
+        Ok(maps::build(&networks, &services, tasks, &nodes))
+    };
+    match read() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build the network maps; retrying");
+            None
         }
     }
 }
@@ -353,6 +465,9 @@ fn apply_reports(tx: &mut crate::store::Tx<'_>, reports: &[StatusReport]) -> Res
                 || (status.state == current.state
                     && (status.health != current.health || status.err != current.err));
             if forward {
+                if status.state().is_terminal() {
+                    crate::networks::release_task(tx, &task)?;
+                }
                 task.status = Some(status.clone());
                 tx.update(task)?;
             }
@@ -377,6 +492,7 @@ pub(crate) fn spawn(shared: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
 
 async fn route(weak: Weak<Shared>, mut events: broadcast::Receiver<Event>) {
     let mut tick = tokio::time::interval(FLUSH_EVERY);
+    let mut maps_built = tokio::time::Instant::now();
     loop {
         tokio::select! {
             ev = events.recv() => {
@@ -402,6 +518,14 @@ async fn route(weak: Weak<Shared>, mut events: broadcast::Receiver<Event>) {
                 if !shared.hub.is_ready() {
                     shared.hub.load(&shared.store);
                 }
+                if maps_built.elapsed() >= MAPS_EVERY && shared.hub.take_stale() {
+                    maps_built = tokio::time::Instant::now();
+                    let tasks = shared.store.list::<Task>().ok();
+                    match tasks.and_then(|t| build_maps(&shared.store, &t)) {
+                        Some(fresh) => shared.hub.set_maps(fresh),
+                        None => shared.hub.mark_stale(),
+                    }
+                }
                 shared.hub.flush(true, &shared.store);
             }
         }
@@ -410,6 +534,7 @@ async fn route(weak: Weak<Shared>, mut events: broadcast::Receiver<Event>) {
 
 fn on_event(shared: &Shared, e: Event) {
     if e.kind != "task" {
+        shared.hub.on_change(&e.kind);
         return;
     }
     let task = if e.deleted { None } else { shared.store.get::<Task>(&e.id).ok().flatten() };

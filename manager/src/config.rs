@@ -61,6 +61,8 @@ pub struct InitParams {
     /// (0: /24).
     pub default_addr_pool: Vec<String>,
     pub subnet_size: u32,
+    /// The overlay data plane's UDP port between nodes (0: 4789).
+    pub data_path_port: u32,
 }
 
 impl InitParams {
@@ -70,6 +72,7 @@ impl InitParams {
         validate_heartbeat(self.heartbeat)?;
         validate_election_timeout(self.election_timeout)?;
         address_pool(&self.default_addr_pool, self.subnet_size)?;
+        shoal_proto::spec::network::data_path_port(self.data_path_port)?;
         Ok(())
     }
 }
@@ -107,6 +110,7 @@ pub(crate) fn new_cluster(cluster_id: &str, ca: &RootCa, params: &InitParams) ->
             heartbeat_period_ms: params.heartbeat.as_millis() as u64,
             default_addr_pool: params.default_addr_pool.clone(),
             subnet_size: params.subnet_size,
+            data_path_port: params.data_path_port,
         }),
         root_ca: Some(shoal_proto::RootCa {
             cert_pem: ca.cert_pem().to_string(),

@@ -69,6 +69,9 @@ pub struct InitArgs {
     /// Prefix length of each network's block of the pool (default 24)
     #[arg(long)]
     pub default_addr_pool_mask_length: Option<u32>,
+    /// UDP port of the overlay data plane between nodes (VXLAN; default 4789)
+    #[arg(long)]
+    pub data_path_port: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +181,7 @@ async fn init(daemon: &mut DaemonClient<Channel>, a: InitArgs) -> Result<()> {
     }
     let mask = a.default_addr_pool_mask_length.unwrap_or(0);
     shoal_proto::spec::network::address_pool(&a.default_addr_pool, mask)?;
+    shoal_proto::spec::network::data_path_port(a.data_path_port.unwrap_or(0))?;
     let req = InitRequest {
         listen_addr: a.listen_addr,
         advertise_addr: a.advertise_addr,
@@ -187,6 +191,7 @@ async fn init(daemon: &mut DaemonClient<Channel>, a: InitArgs) -> Result<()> {
         autolock: a.autolock,
         default_addr_pool: a.default_addr_pool,
         default_addr_pool_mask_length: mask,
+        data_path_port: a.data_path_port.unwrap_or(0),
     };
     let r = daemon.init(req).await.map_err(client::status)?.into_inner();
     print!("{}", output::init(&r));

@@ -119,6 +119,7 @@ impl DaemonRpc for LocalApi {
             autolock: r.autolock,
             default_addr_pool: r.default_addr_pool,
             subnet_size: r.default_addr_pool_mask_length,
+            data_path_port: r.data_path_port,
         };
         let (state, worker_token, manager_token) = self.daemon.init(opts).await.map_err(failed)?;
         let unlock_key = match self.daemon.manager().await {

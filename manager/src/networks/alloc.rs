@@ -11,8 +11,8 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use shoal_proto::spec::network::{address_pool, parse_gateway, parse_subnet};
-use shoal_proto::{Cluster, NameClaim, Network, NetworkSpec};
+use shoal_proto::spec::network::{address_pool, data_path_port, parse_gateway, parse_subnet};
+use shoal_proto::{Cluster, ClusterSpec, NameClaim, Network, NetworkSpec};
 
 use super::ipam::{default_gateway, next_host, next_subnet, next_vni, overlaps};
 use super::NetworkError;
@@ -68,20 +68,31 @@ pub(crate) fn place_network(
     };
     let vnis: BTreeSet<u32> = networks.iter().map(|n| n.vni).collect();
     let vni = next_vni(&vnis).ok_or(NetworkError::PoolExhausted)?;
+    let data_port = data_port(tx)?;
     Ok(Network {
         id: id.to_string(),
         spec: Some(spec.clone()),
         subnet: subnet.to_string(),
         gateway: gateway.to_string(),
         vni,
+        data_port: data_port.into(),
         ..Default::default()
     })
 }
 
+fn cluster_spec(tx: &mut Tx<'_>) -> Result<ClusterSpec, NetworkError> {
+    Ok(tx.list::<Cluster>()?.into_iter().next().and_then(|c| c.spec).unwrap_or_default())
+}
+
 /// The cluster's default address pool (set at `swarm init`).
 fn pool(tx: &mut Tx<'_>) -> Result<(Vec<Ipv4Net>, u8), NetworkError> {
-    let spec = tx.list::<Cluster>()?.into_iter().next().and_then(|c| c.spec).unwrap_or_default();
+    let spec = cluster_spec(tx)?;
     Ok(address_pool(&spec.default_addr_pool, spec.subnet_size)?)
+}
+
+/// The cluster's data-path port (set at `swarm init`).
+fn data_port(tx: &mut Tx<'_>) -> Result<u16, NetworkError> {
+    Ok(data_path_port(cluster_spec(tx)?.data_path_port)?)
 }
 
 fn claim_kind(network_id: &str) -> String {
@@ -117,14 +128,19 @@ pub(crate) fn allocate_addr(
     }
 }
 
-/// Gives back an address taken with [`allocate_addr`].
+/// Gives back an address `owner` took with [`allocate_addr`]; one given to another owner
+/// since (after an earlier release) stays theirs.
 pub(crate) fn release_addr(
     tx: &mut Tx<'_>,
     network_id: &str,
     addr: &str,
-) -> Result<(), NetworkError> {
+    owner: &str,
+) -> Result<(), StoreError> {
     let ip = addr.split('/').next().unwrap_or(addr);
-    tx.release_name(&claim_kind(network_id), ip)?;
+    let id = format!("{}/{ip}", claim_kind(network_id));
+    if tx.get::<NameClaim>(&id)?.is_some_and(|c| c.owner == owner) {
+        tx.release_name(&claim_kind(network_id), ip)?;
+    }
     Ok(())
 }
 

@@ -4,12 +4,14 @@
 
 pub(crate) mod alloc;
 pub mod ipam;
+pub(crate) mod maps;
 
-use shoal_proto::spec::network::{normalize, validate_attachments};
+use shoal_proto::spec::network::{normalize, validate_attachments, NONE};
 use shoal_proto::spec::SpecError;
 use shoal_proto::{
     CreateNetworkRequest, Endpoint, GetNetworkRequest, ListNetworksResponse, Network,
-    NetworkResponse, RemoveNetworkRequest, RemoveNetworkResponse, Service, VirtualIp,
+    NetworkAttachment, NetworkAttachmentConfig, NetworkResponse, RemoveNetworkRequest,
+    RemoveNetworkResponse, Service, Task, VirtualIp,
 };
 use tonic::Status;
 
@@ -183,7 +185,7 @@ pub(crate) fn resolve_targets(
         return Ok(());
     }
     let all = tx.list::<Network>()?;
-    for a in &mut spec.networks {
+    for a in spec.networks.iter_mut().filter(|a| a.target != NONE) {
         let id = resolve(&all, &a.target)?.id.clone();
         // Read by ID so a concurrent removal makes the transaction conflict.
         tx.get::<Network>(&id)?.ok_or_else(|| NetworkError::NotFound(a.target.clone()))?;
@@ -205,7 +207,7 @@ pub(crate) fn attach_service(
     let Some(spec) = service.spec.as_mut() else { return Ok(()) };
     resolve_targets(tx, spec)?;
     let mut vips = Vec::new();
-    for a in &spec.networks {
+    for a in spec.networks.iter().filter(|a| a.target != NONE) {
         let network = tx
             .get::<Network>(&a.target)?
             .ok_or_else(|| NetworkError::NotFound(a.target.clone()))?;
@@ -218,17 +220,58 @@ pub(crate) fn attach_service(
     }
     for gone in old.iter().flat_map(|e| e.vips.iter()) {
         if !vips.iter().any(|v| v.network_id == gone.network_id) {
-            alloc::release_addr(tx, &gone.network_id, &gone.addr)?;
+            alloc::release_addr(tx, &gone.network_id, &gone.addr, &service.id)?;
         }
     }
-    service.endpoint = if vips.is_empty() { None } else { Some(Endpoint { vips }) };
+    service.endpoint =
+        if vips.is_empty() { None } else { Some(Endpoint { vips, ports: Vec::new() }) };
     Ok(())
 }
 
 /// Inside a service removal: gives back the service's virtual IPs.
 pub(crate) fn detach_service(tx: &mut Tx<'_>, service: &Service) -> Result<(), NetworkError> {
     for v in service.endpoint.iter().flat_map(|e| e.vips.iter()) {
-        alloc::release_addr(tx, &v.network_id, &v.addr)?;
+        alloc::release_addr(tx, &v.network_id, &v.addr, &service.id)?;
+    }
+    Ok(())
+}
+
+/// Inside the creation of a task: an address on each network of its spec, with the network
+/// as it is now (all a node needs to plumb it).
+pub(crate) fn attach_task(tx: &mut Tx<'_>, task: &mut Task) -> Result<(), NetworkError> {
+    let targets: Vec<NetworkAttachmentConfig> =
+        task.spec.as_ref().map(|s| s.networks.clone()).unwrap_or_default();
+    let mut attached = Vec::new();
+    for a in targets.into_iter().filter(|a| a.target != NONE) {
+        let network = tx
+            .get::<Network>(&a.target)?
+            .ok_or_else(|| NetworkError::NotFound(a.target.clone()))?;
+        let addr = match alloc::allocate_addr(tx, &network, &task.id) {
+            Ok(addr) => addr,
+            Err(e) => {
+                // Give back what this task took on its other networks.
+                for done in &attached {
+                    let done: &NetworkAttachment = done;
+                    alloc::release_addr(tx, &done.network_id, &done.addr, &task.id)?;
+                }
+                return Err(e);
+            }
+        };
+        attached.push(NetworkAttachment {
+            network_id: network.id.clone(),
+            addr,
+            aliases: a.aliases,
+            network: Some(network),
+        });
+    }
+    task.networks = attached;
+    Ok(())
+}
+
+/// Inside a write that ends a task (or deletes it): gives back its addresses. Safe to repeat.
+pub(crate) fn release_task(tx: &mut Tx<'_>, task: &Task) -> Result<(), StoreError> {
+    for a in &task.networks {
+        alloc::release_addr(tx, &a.network_id, &a.addr, &task.id)?;
     }
     Ok(())
 }

@@ -21,6 +21,7 @@ use tokio::sync::broadcast;
 use tracing::Instrument;
 
 use crate::manager::{now_ms, Manager, Shared};
+use crate::networks::NetworkError;
 use crate::store::{Event, StoreError, Tx};
 
 pub use plan::Op;
@@ -159,11 +160,32 @@ fn on_event(shared: &Shared, world: &mut World, dirty: &mut Dirty, e: Event) {
 /// store already moved past it, so a retried or stale plan does no harm.
 fn apply(tx: &mut Tx<'_>, op: &Op) -> Result<(), StoreError> {
     match op {
-        Op::Create(t) => tx.create((**t).clone()),
+        Op::Create(t) => {
+            let mut t = (**t).clone();
+            match crate::networks::attach_task(tx, &mut t) {
+                Ok(()) => {}
+                Err(NetworkError::Store(e)) => return Err(e),
+                // No address to be had: the task is refused, and the restart policy tries again.
+                Err(e) => {
+                    t.status = Some(TaskStatus {
+                        state: TaskState::Rejected as i32,
+                        timestamp_ms: now_ms(),
+                        message: "network allocation failed".into(),
+                        err: e.to_string(),
+                        ..Default::default()
+                    });
+                }
+            }
+            tx.create(t)
+        }
         Op::Desired(id, state) => {
             let Some(mut t) = tx.get::<Task>(id)? else { return Ok(()) };
             if (*state as i32) > t.desired_state {
                 t.desired_state = *state as i32;
+                // A task that never reached a node will not run: its addresses go back now.
+                if t.state() < TaskState::Assigned && *state > TaskState::Running {
+                    crate::networks::release_task(tx, &t)?;
+                }
                 tx.update(t)?;
             }
             Ok(())
@@ -192,7 +214,8 @@ fn apply(tx: &mut Tx<'_>, op: &Op) -> Result<(), StoreError> {
             Ok(())
         }
         Op::Delete(id) => {
-            if tx.get::<Task>(id)?.is_some() {
+            if let Some(t) = tx.get::<Task>(id)? {
+                crate::networks::release_task(tx, &t)?;
                 tx.delete::<Task>(id)?;
             }
             Ok(())

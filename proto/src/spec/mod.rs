@@ -115,6 +115,15 @@ pub enum SpecError {
     /// A network alias outside the name rules.
     #[error("invalid network alias {0:?}: use letters, digits, '-', '_' or '.'")]
     NetworkAlias(String),
+    /// A data-path port outside 1024–49151.
+    #[error("invalid data path port {0}: use a UDP port from 1024 to 49151 (default 4789)")]
+    DataPathPort(u32),
+    /// `--network none` beside other networks.
+    #[error("network none leaves a task without any network; it cannot be combined with others")]
+    NoneWithOthers,
+    /// An endpoint mode other than vip or dnsrr, or a published port that cannot be used.
+    #[error("invalid port {value:?}: {why}")]
+    Port { value: String, why: String },
 }
 
 impl From<SpecError> for tonic::Status {

@@ -25,6 +25,19 @@ pub const MAX_PREFIX: u8 = 29;
 pub const MIN_PREFIX: u8 = 8;
 /// Longest network alias (a DNS label set).
 pub const MAX_ALIAS: usize = 253;
+/// The network a service names to have no network at all (loopback only).
+pub const NONE: &str = "none";
+/// The overlay data plane's UDP port when `swarm init` gives none (VXLAN's IANA port).
+pub const DEFAULT_DATA_PORT: u16 = 4789;
+
+/// The data-path port `swarm init --data-path-port` asks for (0: the default), checked.
+pub fn data_path_port(port: u32) -> Result<u16, SpecError> {
+    match port {
+        0 => Ok(DEFAULT_DATA_PORT),
+        1024..=49151 => Ok(port as u16),
+        _ => Err(SpecError::DataPathPort(port)),
+    }
+}
 
 /// Checks a network name against Docker's rule for names.
 pub fn validate_name(name: &str) -> Result<(), SpecError> {
@@ -127,6 +140,9 @@ pub fn address_pool(pools: &[String], size: u32) -> Result<(Vec<Ipv4Net>, u8), S
 
 /// Checks a service's network attachments: each names a network once, aliases are names.
 pub fn validate_attachments(list: &[NetworkAttachmentConfig]) -> Result<(), SpecError> {
+    if list.len() > 1 && list.iter().any(|a| a.target == NONE) {
+        return Err(SpecError::NoneWithOthers);
+    }
     let mut seen = std::collections::BTreeSet::new();
     for a in list {
         if a.target.is_empty() || !seen.insert(a.target.as_str()) {
@@ -186,6 +202,19 @@ mod tests {
         let mut bridge = spec("a", "", "");
         bridge.driver = "bridge".into();
         assert!(normalize(&mut bridge).unwrap_err().to_string().contains("overlay"));
+    }
+
+    #[test]
+    fn the_data_path_port_is_a_user_port_and_none_stands_alone() {
+        assert_eq!(data_path_port(0).unwrap(), 4789);
+        assert_eq!(data_path_port(7789).unwrap(), 7789);
+        for bad in [53, 1023, 49152, 70000] {
+            assert!(data_path_port(bad).unwrap_err().to_string().contains("1024 to 49151"));
+        }
+        let att = |t: &str| NetworkAttachmentConfig { target: t.into(), ..Default::default() };
+        validate_attachments(&[att(NONE)]).unwrap();
+        let err = validate_attachments(&[att(NONE), att("backend")]).unwrap_err();
+        assert!(err.to_string().contains("cannot be combined"), "{err}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ impl Daemon {
             bail!(ALREADY);
         }
         shoal_proto::spec::network::address_pool(&opts.default_addr_pool, opts.subnet_size)?;
+        shoal_proto::spec::network::data_path_port(opts.data_path_port)?;
         let listener = bind(&normalize_listen(&opts.listen_addr)?.to_string()).await?;
         let listen = listener.local_addr()?;
         let advertise = advertise_addr(&opts.advertise_addr, &listen)?;
@@ -32,6 +33,7 @@ impl Daemon {
             election_timeout: self.cfg.election_timeout,
             default_addr_pool: opts.default_addr_pool.clone(),
             subnet_size: opts.subnet_size,
+            data_path_port: opts.data_path_port,
         };
         let key = NodeKey::generate()?;
         let store_dir = self.files.store_dir();

@@ -56,6 +56,8 @@ pub struct InitOptions {
     /// `--default-addr-pool` CIDRs and `--default-addr-pool-mask-length`.
     pub default_addr_pool: Vec<String>,
     pub subnet_size: u32,
+    /// `--data-path-port`: the overlay data plane's UDP port (0: 4789).
+    pub data_path_port: u32,
 }
 
 /// What `swarm join` asks for.

@@ -198,6 +198,7 @@ async fn init_manager(prefix: &str, hostname: &str) -> Result<(Unserved, Identit
         election_timeout: shoal_manager::manager::DEFAULT_ELECTION_TIMEOUT,
         default_addr_pool: Vec::new(),
         subnet_size: 0,
+        data_path_port: 0,
     };
     let (manager, id, _) = Manager::init(&dir.path().join("store"), params, &key).await?;
     let cert = id.cert.clone();

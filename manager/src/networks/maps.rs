@@ -1,0 +1,220 @@
+//! What each node is told about the networks its tasks are on: per network, every task's
+//! address and node (to program the overlay's forwarding tables), and every service's names
+//! and virtual IP (to answer DNS and balance connections). Pure: built from lists read from
+//! the store; the assignment hub sends what changed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use shoal_proto::{
+    EndpointMode, Network, NetworkEndpoint, NetworkMap, Node, Service, ServiceRecord, Task,
+    TaskState,
+};
+
+/// Every network's map, and the networks each node is on.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Maps {
+    pub by_network: HashMap<String, NetworkMap>,
+    pub by_node: HashMap<String, BTreeSet<String>>,
+}
+
+/// The IP part of a node's `host:port` address (`[v6]:port` too).
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Whether the task is on its node's books: assigned there and not yet ended.
+fn placed(t: &Task) -> bool {
+    !t.node_id.is_empty()
+        && t.state() >= TaskState::Assigned
+        && t.state() <= TaskState::Running
+        && !t.networks.is_empty()
+}
+
+/// Running, wanted, and healthy where a health check says so.
+fn ready(t: &Task) -> bool {
+    let health = t.status.as_ref().map(|s| s.health.as_str()).unwrap_or("");
+    t.state() == TaskState::Running
+        && t.desired_state <= TaskState::Running as i32
+        && (health.is_empty() || health == "healthy")
+}
+
+fn task_name(t: &Task) -> String {
+    let slot = if t.slot > 0 { t.slot.to_string() } else { t.node_id.clone() };
+    format!("{}.{slot}.{}", t.service_name, t.id)
+}
+
+/// Builds every map from the store's lists.
+pub(crate) fn build(
+    networks: &[Network],
+    services: &[Service],
+    tasks: &[Task],
+    nodes: &[Node],
+) -> Maps {
+    let node_addr: HashMap<&str, &str> =
+        nodes.iter().map(|n| (n.id.as_str(), host_of(&n.addr))).collect();
+    let mut endpoints: BTreeMap<&str, Vec<NetworkEndpoint>> = BTreeMap::new();
+    let mut by_node: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for t in tasks.iter().filter(|t| placed(t)) {
+        let Some(addr) = node_addr.get(t.node_id.as_str()) else { continue };
+        for a in &t.networks {
+            by_node.entry(t.node_id.clone()).or_default().insert(a.network_id.clone());
+            endpoints.entry(a.network_id.as_str()).or_default().push(NetworkEndpoint {
+                task_id: t.id.clone(),
+                service_id: t.service_id.clone(),
+                addr: a.addr.clone(),
+                node_addr: addr.to_string(),
+                ready: ready(t),
+                aliases: a.aliases.clone(),
+                name: task_name(t),
+            });
+        }
+    }
+    let mut records: BTreeMap<&str, Vec<ServiceRecord>> = BTreeMap::new();
+    for s in services {
+        let Some(spec) = s.spec.as_ref() else { continue };
+        let endpoint = spec.endpoint.clone().unwrap_or_default();
+        for a in &spec.networks {
+            let vip = s
+                .endpoint
+                .iter()
+                .flat_map(|e| e.vips.iter())
+                .find(|v| v.network_id == a.target)
+                .map(|v| v.addr.clone())
+                .unwrap_or_default();
+            let dnsrr = endpoint.mode() == EndpointMode::Dnsrr;
+            records.entry(a.target.as_str()).or_default().push(ServiceRecord {
+                id: s.id.clone(),
+                name: spec.name.clone(),
+                aliases: a.aliases.clone(),
+                vip: if dnsrr { String::new() } else { vip },
+                mode: endpoint.mode,
+                ports: endpoint.ports.clone(),
+            });
+        }
+    }
+    let mut by_network = HashMap::new();
+    for n in networks {
+        let mut eps = endpoints.remove(n.id.as_str()).unwrap_or_default();
+        eps.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        let mut svcs = records.remove(n.id.as_str()).unwrap_or_default();
+        svcs.sort_by(|a, b| a.id.cmp(&b.id));
+        by_network.insert(
+            n.id.clone(),
+            NetworkMap { network: Some(n.clone()), endpoints: eps, services: svcs },
+        );
+    }
+    // A node is told only of networks that exist.
+    for nets in by_node.values_mut() {
+        nets.retain(|id| by_network.contains_key(id));
+    }
+    Maps { by_network, by_node }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_proto::{
+        Endpoint, EndpointSpec, NetworkAttachment, NetworkAttachmentConfig, ServiceSpec,
+        TaskStatus, VirtualIp,
+    };
+
+    fn net(id: &str) -> Network {
+        Network { id: id.into(), vni: 4097, ..Default::default() }
+    }
+
+    fn node(id: &str, addr: &str) -> Node {
+        Node { id: id.into(), addr: addr.into(), ..Default::default() }
+    }
+
+    fn task(id: &str, node: &str, state: TaskState, net: &str, addr: &str) -> Task {
+        Task {
+            id: id.into(),
+            service_id: "s1".into(),
+            service_name: "web".into(),
+            slot: 1,
+            node_id: node.into(),
+            status: Some(TaskStatus { state: state as i32, ..Default::default() }),
+            networks: vec![NetworkAttachment {
+                network_id: net.into(),
+                addr: addr.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn service(mode: EndpointMode) -> Service {
+        Service {
+            id: "s1".into(),
+            spec: Some(ServiceSpec {
+                name: "web".into(),
+                networks: vec![NetworkAttachmentConfig {
+                    target: "n1".into(),
+                    aliases: vec!["www".into()],
+                }],
+                endpoint: Some(EndpointSpec { mode: mode as i32, ports: vec![] }),
+                ..Default::default()
+            }),
+            endpoint: Some(Endpoint {
+                vips: vec![VirtualIp { network_id: "n1".into(), addr: "10.0.1.2/24".into() }],
+                ports: vec![],
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn nodes_hear_of_the_networks_their_tasks_are_on_with_every_peer() {
+        let nodes = [node("a", "192.168.1.1:4242"), node("b", "192.168.1.2:4242")];
+        let mut unhealthy = task("t3", "b", TaskState::Running, "n1", "10.0.1.5/24");
+        unhealthy.status.as_mut().unwrap().health = "unhealthy".into();
+        let tasks = [
+            task("t1", "a", TaskState::Running, "n1", "10.0.1.3/24"),
+            task("t2", "b", TaskState::Starting, "n1", "10.0.1.4/24"),
+            unhealthy,
+            // Ended or not yet placed: in no map.
+            task("t4", "b", TaskState::Failed, "n1", "10.0.1.6/24"),
+            task("t5", "", TaskState::Pending, "n1", "10.0.1.7/24"),
+            // On a network that is gone: not sent.
+            task("t6", "a", TaskState::Running, "gone", "10.9.0.3/24"),
+        ];
+        let maps = build(&[net("n1")], &[service(EndpointMode::Vip)], &tasks, &nodes);
+        let m = &maps.by_network["n1"];
+        let eps: Vec<(&str, &str, bool)> = m
+            .endpoints
+            .iter()
+            .map(|e| (e.task_id.as_str(), e.node_addr.as_str(), e.ready))
+            .collect();
+        assert_eq!(
+            eps,
+            [
+                ("t1", "192.168.1.1", true),
+                ("t2", "192.168.1.2", false),
+                ("t3", "192.168.1.2", false)
+            ]
+        );
+        assert_eq!(m.endpoints[0].name, "web.1.t1");
+        assert_eq!(m.services[0].vip, "10.0.1.2/24");
+        assert_eq!(m.services[0].aliases, ["www"]);
+        assert_eq!(maps.by_node["a"], BTreeSet::from(["n1".to_string()]));
+        assert_eq!(maps.by_node["b"], BTreeSet::from(["n1".to_string()]));
+    }
+
+    #[test]
+    fn dns_round_robin_services_have_no_virtual_ip() {
+        let maps = build(&[net("n1")], &[service(EndpointMode::Dnsrr)], &[], &[]);
+        assert_eq!(maps.by_network["n1"].services[0].vip, "");
+        assert!(maps.by_node.is_empty());
+    }
+
+    #[test]
+    fn a_task_being_stopped_leaves_the_balancer_at_once() {
+        let mut t = task("t1", "a", TaskState::Running, "n1", "10.0.1.3/24");
+        t.desired_state = TaskState::Shutdown as i32;
+        let maps = build(&[net("n1")], &[], &[t], &[node("a", "[fd00::1]:4242")]);
+        let e = &maps.by_network["n1"].endpoints[0];
+        assert!(!e.ready);
+        assert_eq!(e.node_addr, "fd00::1");
+    }
+}
