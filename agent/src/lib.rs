@@ -6,6 +6,7 @@ pub mod connect;
 pub mod files;
 pub mod image;
 pub mod join;
+pub mod net;
 pub mod renew;
 pub mod runtime;
 pub mod session;

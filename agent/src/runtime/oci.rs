@@ -180,7 +180,7 @@ fn mounts(spec: &TaskSpec, inputs: &ConfigInputs) -> Result<Vec<Mount>> {
         )?,
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
     ];
-    if host_net && inputs.userns.is_some() {
+    if (host_net || spec.netns.is_some()) && inputs.userns.is_some() {
         // sysfs cannot be mounted from a user namespace that does not own the network namespace.
         v.push(mount("/sys", "none", "/sys", &["rbind", "nosuid", "noexec", "nodev", "ro"])?);
     } else {
@@ -199,6 +199,10 @@ fn mounts(spec: &TaskSpec, inputs: &ConfigInputs) -> Result<Vec<Mount>> {
     if let Some(helper) = &inputs.landlock_helper {
         let src = helper.to_string_lossy();
         v.push(mount(LANDLOCK_PATH, "bind", &src, &["bind", "ro", "nosuid", "nodev"])?);
+    }
+    for (target, source) in &spec.etc_files {
+        let src = source.to_string_lossy();
+        v.push(mount(target, "bind", &src, &["bind", "nosuid", "nodev", "noexec"])?);
     }
     for (i, f) in spec.files.iter().enumerate() {
         let src = inputs.files_dir.join(format!("f{i}"));
@@ -221,7 +225,11 @@ fn namespaces(spec: &TaskSpec, userns: bool) -> Result<Vec<LinuxNamespace>> {
         if host.is_some_and(|h| spec.host_namespaces.contains(&h)) {
             continue;
         }
-        v.push(LinuxNamespaceBuilder::default().typ(typ).build()?);
+        let mut ns = LinuxNamespaceBuilder::default().typ(typ);
+        if let (LinuxNamespaceType::Network, Some(path)) = (typ, &spec.netns) {
+            ns = ns.path(path.clone());
+        }
+        v.push(ns.build()?);
     }
     if userns {
         v.push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::User).build()?);

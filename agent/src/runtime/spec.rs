@@ -113,6 +113,12 @@ pub struct TaskSpec {
     /// Start through the Landlock helper where the kernel has Landlock (the default); off
     /// needs the node's permission. Tasks with no-new-privileges off run without it.
     pub landlock: bool,
+    /// A network namespace the node prepared (interfaces, addresses, routes) for the task to
+    /// join; `None`: a fresh one with loopback only (or the host's, with `network=host`).
+    pub netns: Option<PathBuf>,
+    /// Files bound over paths of the task's root (`/etc/resolv.conf`, `/etc/hosts`,
+    /// `/etc/hostname`): (path in the task, file on the node).
+    pub etc_files: Vec<(String, PathBuf)>,
 }
 
 impl TaskSpec {
@@ -141,6 +147,8 @@ impl TaskSpec {
             allow_new_privileges: false,
             files: Vec::new(),
             landlock: true,
+            netns: None,
+            etc_files: Vec::new(),
         }
     }
 

@@ -105,7 +105,8 @@ impl ExecutorChoice {
                 let runtime = OciRuntime::new(cfg).map_err(|e| fail("runtime", &e))?;
                 let images = ImageStore::attach(data_root.join("images"))
                     .map_err(|e| fail("image store", &e))?;
-                Arc::new(OciExecutor::new(runtime, Arc::new(images), node))
+                let net = crate::net::DataPlane::new(crate::net::NetConfig::new(data_root));
+                Arc::new(OciExecutor::new(runtime, Arc::new(images), node).with_network(net))
             }
         };
         *built = Some(exec.clone());

@@ -72,6 +72,17 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     fn images_in_use(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Takes the maps of the networks this node's tasks are on (all of them when `complete`)
+    /// and forgets the `removed` ones. An executor without a data plane ignores them.
+    fn update_networks<'a>(
+        &'a self,
+        maps: Vec<shoal_proto::NetworkMap>,
+        removed: &'a [String],
+        complete: bool,
+    ) -> BoxFuture<'a, ()> {
+        drop((maps, removed, complete));
+        Box::pin(async {})
+    }
     /// What this node offers, sent to the managers when a session opens.
     fn describe(&self) -> NodeDescription {
         describe_host()

@@ -92,8 +92,12 @@ impl Worker {
     /// Applies one message of the assignments stream. A complete set stops and removes every
     /// task not in it; the first one also claims or discards an earlier agent's containers.
     pub async fn apply(&self, mut msg: AssignmentsMessage) {
-        // Secrets first: the tasks of the same message may need them.
+        // Secrets and network maps first: the tasks of the same message may need them.
         self.shared.secrets.take(&mut msg);
+        if msg.complete || !msg.networks.is_empty() || !msg.removed_networks.is_empty() {
+            let maps = std::mem::take(&mut msg.networks);
+            self.shared.exec.update_networks(maps, &msg.removed_networks, msg.complete).await;
+        }
         let mut leftovers =
             if msg.complete { self.claim_leftovers().await } else { HashSet::new() };
         {

@@ -13,7 +13,8 @@ use shoal_proto::Task;
 use super::executor::{ExecError, ExecOutput, Executor, ExitStatus};
 use super::spec::{build, parse_signal, resolve_image, Built, TaskSpecError};
 use crate::image::ImageStore;
-use crate::runtime::{OciRuntime, Runtime, RuntimeError};
+use crate::net::DataPlane;
+use crate::runtime::{HostNamespace, OciRuntime, Runtime, RuntimeError};
 
 /// Real containers.
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub struct OciExecutor {
     node: String,
     /// The image each prepared task runs (task id → image id).
     in_use: Mutex<HashMap<String, String>>,
+    /// Interfaces, addresses, DNS and load balancing of tasks; `None`: tasks get loopback only.
+    net: Option<Arc<DataPlane>>,
 }
 
 fn failed(e: RuntimeError) -> ExecError {
@@ -35,7 +38,65 @@ fn failed(e: RuntimeError) -> ExecError {
 impl OciExecutor {
     /// Runs tasks on `runtime` from `images`; `node` is the hostname rejections name.
     pub fn new(runtime: OciRuntime, images: Arc<ImageStore>, node: impl Into<String>) -> Self {
-        OciExecutor { runtime, images, node: node.into(), in_use: Mutex::new(HashMap::new()) }
+        OciExecutor {
+            runtime,
+            images,
+            node: node.into(),
+            in_use: Mutex::new(HashMap::new()),
+            net: None,
+        }
+    }
+
+    /// Plumbs tasks into networks through `net`.
+    pub fn with_network(mut self, net: Arc<DataPlane>) -> Self {
+        self.net = Some(net);
+        self
+    }
+
+    /// Runs `job` on the data plane off the async threads; `None` without a data plane.
+    async fn on_net<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&DataPlane) -> T + Send + 'static,
+    ) -> Option<T> {
+        let net = self.net.clone()?;
+        tokio::task::spawn_blocking(move || job(&net)).await.ok()
+    }
+
+    /// Prepares the task's network namespace, files and resolver, if it gets any.
+    async fn plumb(&self, task: &Task, spec: &mut crate::runtime::TaskSpec) -> Result<(), ExecError> {
+        let host = spec.host_namespaces.contains(&HostNamespace::Network);
+        if self.net.is_none() || !DataPlane::wants(task, host) {
+            return Ok(());
+        }
+        let hostname = spec.hostname.clone().unwrap_or_else(|| task.id.chars().take(12).collect());
+        let t = task.clone();
+        let plumbed = self
+            .on_net(move |net| {
+                let p = net.attach(&t, &hostname)?;
+                let socket = net.resolver_socket(&t.id);
+                if socket.is_err() {
+                    net.detach(&t.id);
+                }
+                Ok::<_, crate::net::NetError>((p, socket?))
+            })
+            .await;
+        let (p, socket) = match plumbed {
+            Some(Ok(done)) => done,
+            Some(Err(e)) => return Err(ExecError::Rejected(format!("network setup failed: {e}"))),
+            None => return Err(ExecError::Rejected("network setup failed".into())),
+        };
+        if let Some(net) = &self.net {
+            net.serve_resolver(&task.id, socket)
+                .map_err(|e| ExecError::Rejected(format!("network setup failed: {e}")))?;
+        }
+        spec.netns = Some(p.netns);
+        spec.etc_files = p.etc_files;
+        Ok(())
+    }
+
+    async fn unplumb(&self, id: &str) {
+        let id = id.to_string();
+        self.on_net(move |net| net.detach(&id)).await;
     }
 
     /// The runtime underneath.
@@ -86,8 +147,13 @@ impl OciExecutor {
     ) -> Result<(), ExecError> {
         let mut built = self.build(task).await?;
         built.spec.files = files;
+        self.plumb(task, &mut built.spec).await?;
         self.set_in_use(&task.id, Some(built.image_id));
-        self.runtime.create(built.spec).await.map_err(|e| ExecError::Rejected(e.to_string()))
+        let created = self.runtime.create(built.spec).await;
+        if created.is_err() {
+            self.unplumb(&task.id).await;
+        }
+        created.map_err(|e| ExecError::Rejected(e.to_string()))
     }
 
     /// Containers no worker drives: an earlier process's, and this runtime's own when a new
@@ -112,6 +178,25 @@ impl OciExecutor {
             ms => Duration::from_millis(ms),
         };
         self.runtime.adopt(&task.id, signal, grace).await.map_err(failed)?;
+        let t = task.clone();
+        let adopted = self
+            .on_net(move |net| match net.adopt(&t) {
+                Ok(true) => net.resolver_socket(&t.id).map(Some),
+                Ok(false) => Ok(None),
+                Err(e) => Err(e),
+            })
+            .await;
+        match (adopted, &self.net) {
+            (Some(Ok(Some(socket))), Some(net)) => {
+                if let Err(e) = net.serve_resolver(&task.id, socket) {
+                    tracing::warn!(task = %task.id, error = %e, "could not serve the task's resolver");
+                }
+            }
+            (Some(Err(e)), _) => {
+                tracing::warn!(task = %task.id, error = %e, "could not take over the task's network")
+            }
+            _ => {}
+        }
         if let Some(image) = c.and_then(|c| resolve_image(&self.images, c, &self.node).ok()) {
             self.set_in_use(&task.id, Some(image.id));
         }
@@ -120,6 +205,7 @@ impl OciExecutor {
 
     async fn remove_task(&self, id: &str) -> Result<(), ExecError> {
         let result = self.runtime.delete_keeping_logs(id, &self.kept_logs(id)).await;
+        self.unplumb(id).await;
         let _ = std::fs::remove_file(self.seccomp_path(id));
         self.set_in_use(id, None);
         result.map_err(failed)
@@ -139,6 +225,7 @@ impl OciExecutor {
         if let Err(e) = result {
             tracing::warn!(task = %id, error = %e, "could not remove a task's container");
         }
+        self.unplumb(id).await;
         let _ = std::fs::remove_dir_all(self.kept_logs(id));
         let _ = std::fs::remove_file(self.seccomp_path(id));
         self.set_in_use(id, None);
@@ -216,6 +303,18 @@ impl Executor for OciExecutor {
 
     fn forget<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(self.forget_task(id))
+    }
+
+    fn update_networks<'a>(
+        &'a self,
+        maps: Vec<shoal_proto::NetworkMap>,
+        removed: &'a [String],
+        complete: bool,
+    ) -> BoxFuture<'a, ()> {
+        let removed = removed.to_vec();
+        Box::pin(async move {
+            self.on_net(move |net| net.update(maps, &removed, complete)).await;
+        })
     }
 
     fn retain_logs(&self, keep: &HashSet<String>) {

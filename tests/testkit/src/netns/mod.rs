@@ -8,6 +8,7 @@
 mod net;
 mod node;
 mod process;
+pub mod ps;
 mod table;
 
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 pub use net::Net;
-pub use node::{reap_containers, Node};
+pub use node::{reap_containers, reap_namespaces, Node};
 pub use process::*;
 pub use table::*;
 

@@ -202,6 +202,31 @@ impl Drop for Node {
     }
 }
 
+/// Removes the network namespaces (tasks' and overlay sandboxes') of the nodes under `dir`:
+/// each node's data plane names its own after the tag it writes to `…/net/tag`.
+pub fn reap_namespaces(dir: &Path) {
+    let Ok(found) = Command::new("find")
+        .arg(dir)
+        .args(["-maxdepth", "4", "-type", "f", "-path", "*/net/tag"])
+        .output()
+    else {
+        return;
+    };
+    for tag_file in String::from_utf8_lossy(&found.stdout).lines() {
+        let tag = std::fs::read_to_string(tag_file).unwrap_or_default();
+        let prefix = format!("shoal-{}-", tag.trim());
+        if tag.trim().is_empty() {
+            continue;
+        }
+        for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) {
+                let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            }
+        }
+    }
+}
+
 /// Removes what a killed node's containers left behind under `dir`: the containers themselves
 /// (they outlive a SIGKILLed shoald, as they should) and their rootfs mounts.
 pub fn reap_containers(dir: &Path) {
@@ -219,6 +244,7 @@ pub fn reap_containers(dir: &Path) {
             let _ = Command::new("runc").args(["--root", root, "delete", "--force", id]).output();
         }
     }
+    reap_namespaces(dir);
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let prefix = dir.to_string_lossy().to_string();
     let mut points: Vec<&str> = mounts

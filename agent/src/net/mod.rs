@@ -1,0 +1,719 @@
+//! The node's data plane: what makes tasks reachable.
+//!
+//! Every task with networks gets a network namespace of its own, prepared here before the
+//! runtime starts the task in it (`/run/netns/shoal-<node tag>-<task>`):
+//! - per overlay network, a veth whose other end is on that network's bridge in the
+//!   network's *sandbox* namespace (`shoal-<tag>-ov<vni>`), beside a VXLAN device created in
+//!   the node's namespace (so its UDP socket is the node's, on the data-path port) and moved
+//!   in. The VXLAN device learns nothing and floods nothing: each remote task's MAC is written
+//!   into its forwarding table (pointing at the task's node) and its address into the
+//!   neighbour table, which the device answers ARP from (`proxy`). MACs are derived from
+//!   addresses (02:42 + the IPv4 bytes), so a map of addresses is all a node needs.
+//! - unless every network is internal, a leg on the node's gateway bridge (`shoal_gwbridge`,
+//!   NAT to the outside, ports isolated from one another like Docker's gwbridge), with the
+//!   default route. A task on no network has only this leg (Docker's default for services).
+//! - `/etc/resolv.conf` pointing at 127.0.0.11, where the agent serves DNS for the task from a
+//!   socket it opened inside the task's namespace (`dns`), and a load balancer for the virtual
+//!   IPs of its networks (`lb`), rewritten when the maps change.
+//!
+//! Networks on different bridges in different sandboxes cannot reach one another; the node
+//! routes nothing into a sandbox. The tools are iproute2 and nftables, run as processes: the
+//! same commands an operator debugs with, and no netlink code of our own to keep.
+
+pub mod cmd;
+mod dns;
+pub mod files;
+pub mod lb;
+pub mod names;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+use ipnet::Ipv4Net;
+use shoal_proto::spec::network::NONE;
+use shoal_proto::{Network, NetworkMap, Task};
+
+use names::ip_of;
+
+/// The node's gateway bridge (outbound NAT for tasks).
+pub const GW_BRIDGE: &str = "shoal_gwbridge";
+/// Its subnet unless the node is told otherwise.
+pub const GW_SUBNET: &str = "172.31.0.0/16";
+/// Inner MTU of overlay interfaces: a 1500-byte underlay less VXLAN's 50 bytes.
+pub const OVERLAY_MTU: u32 = 1450;
+/// Where `ip netns` keeps named namespaces.
+const NETNS_DIR: &str = "/run/netns";
+
+/// Why the data plane could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A network tool failed.
+    #[error("{tool}: {message}")]
+    Tool { tool: String, message: String },
+    /// The task's resolver socket could not be opened.
+    #[error("opening the task's DNS resolver in {0}")]
+    Resolver(String),
+    /// A task's network attachment the node cannot use.
+    #[error("network attachment of task {task}: {why}")]
+    Attachment { task: String, why: String },
+    /// No address left on the gateway bridge.
+    #[error("the gateway bridge {GW_BRIDGE} has no free address left")]
+    GatewayFull,
+    /// Files of the data plane could not be written.
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// How the data plane is set up on this node.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Where the data plane keeps its files (gateway leases, each task's /etc files).
+    pub state_dir: PathBuf,
+    /// Short tag telling this node's namespaces apart from other nodes' on the same host.
+    pub tag: String,
+    /// The gateway bridge's subnet.
+    pub gw_subnet: Ipv4Net,
+    /// The node's resolver configuration (its nameservers get what tasks ask beyond the
+    /// cluster's names).
+    pub resolv_conf: PathBuf,
+}
+
+impl NetConfig {
+    /// The defaults for a node whose data root is `data_root`.
+    pub fn new(data_root: &Path) -> NetConfig {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        data_root.hash(&mut h);
+        NetConfig {
+            state_dir: data_root.join("net"),
+            tag: format!("{:06x}", h.finish() & 0xff_ffff),
+            gw_subnet: GW_SUBNET.parse().expect("a valid constant"),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+        }
+    }
+}
+
+/// What a task needs from the data plane to start: the namespace to join and its /etc files.
+#[derive(Debug)]
+pub struct Plumbed {
+    pub netns: PathBuf,
+    pub etc_files: Vec<(String, PathBuf)>,
+}
+
+/// The node's data plane. Blocking: call from blocking threads.
+#[derive(Debug)]
+pub struct DataPlane {
+    cfg: NetConfig,
+    upstreams: Arc<Vec<SocketAddr>>,
+    search: Vec<String>,
+    inner: Mutex<Inner>,
+    /// Serialises plumbing (sandbox and bridge creation, leases).
+    plumbing: Mutex<()>,
+    me: Weak<DataPlane>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    maps: HashMap<String, NetworkMap>,
+    tasks: HashMap<String, TaskNet>,
+    sandboxes: HashMap<String, Sandbox>,
+    leases: BTreeMap<String, Ipv4Addr>,
+}
+
+#[derive(Debug)]
+struct TaskNet {
+    netns: String,
+    networks: Vec<String>,
+    resolver: Option<tokio::task::AbortHandle>,
+    /// The balancer ruleset last applied.
+    lb: String,
+}
+
+#[derive(Debug)]
+struct Sandbox {
+    netns: String,
+    vxlan: String,
+    /// Remote tasks programmed: address → node address.
+    peers: BTreeMap<Ipv4Addr, Ipv4Addr>,
+    /// Entries left by an earlier agent have been read back.
+    synced: bool,
+}
+
+/// The MAC of an overlay or bridge address: 02:42 and the address's bytes (Docker's rule).
+pub fn mac_of(ip: Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
+/// Interface names are limited to 15 bytes: a short stable hash of what they connect.
+fn short(parts: &[&str]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parts.hash(&mut h);
+    format!("{:010x}", h.finish() & 0xff_ffff_ffff)
+}
+
+impl DataPlane {
+    pub fn new(cfg: NetConfig) -> Arc<DataPlane> {
+        let resolv = std::fs::read_to_string(&cfg.resolv_conf).unwrap_or_default();
+        let upstreams: Vec<SocketAddr> = files::nameservers(&resolv)
+            .into_iter()
+            .filter(|ip| !ip.is_loopback())
+            .map(|ip| SocketAddr::new(ip, 53))
+            .collect();
+        let search = files::search_domains(&resolv);
+        let leases = read_leases(&cfg.state_dir.join("gw-leases"));
+        // Operators (and test fixtures) find this node's namespaces by their tag.
+        if std::fs::create_dir_all(&cfg.state_dir).is_ok() {
+            let _ = std::fs::write(cfg.state_dir.join("tag"), &cfg.tag);
+        }
+        Arc::new_cyclic(|me| DataPlane {
+            cfg,
+            upstreams: Arc::new(upstreams),
+            search,
+            inner: Mutex::new(Inner { leases, ..Default::default() }),
+            plumbing: Mutex::new(()),
+            me: me.clone(),
+        })
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn task_netns(&self, task_id: &str) -> String {
+        format!("shoal-{}-{task_id}", self.cfg.tag)
+    }
+
+    fn sandbox_netns(&self, vni: u32) -> String {
+        format!("shoal-{}-ov{vni}", self.cfg.tag)
+    }
+
+    fn etc_dir(&self, task_id: &str) -> PathBuf {
+        self.cfg.state_dir.join("tasks").join(task_id)
+    }
+
+    /// Whether `task` gets plumbing: not on the host's network, not `--network none`.
+    pub fn wants(task: &Task, host_network: bool) -> bool {
+        let nets = task.spec.as_ref().map(|s| s.networks.as_slice()).unwrap_or_default();
+        !host_network && !nets.iter().any(|a| a.target == NONE)
+    }
+
+    /// Prepares task `task`'s namespace: its overlay legs, its gateway leg, its /etc files,
+    /// its balancer. Undoes what it did on failure.
+    pub fn attach(&self, task: &Task, hostname: &str) -> Result<Plumbed, NetError> {
+        let result = self.plumb(task, hostname);
+        if result.is_err() {
+            self.detach(&task.id);
+        }
+        result
+    }
+
+    fn plumb(&self, task: &Task, hostname: &str) -> Result<Plumbed, NetError> {
+        let _guard = self.plumbing.lock().unwrap_or_else(|p| p.into_inner());
+        let ns = self.task_netns(&task.id);
+        let path = Path::new(NETNS_DIR).join(&ns);
+        if path.exists() {
+            // An earlier try's leftovers.
+            let _ = cmd::ip(None, &[format!("netns del {ns}")]);
+        }
+        cmd::ip(None, &[format!("netns add {ns}")])?;
+        self.inner().tasks.insert(
+            task.id.clone(),
+            TaskNet { netns: ns.clone(), networks: Vec::new(), resolver: None, lb: String::new() },
+        );
+        let mut inside = vec!["link set lo up".to_string()];
+        let mut first_addr = None;
+        let mut external = task.networks.is_empty();
+        for (i, a) in task.networks.iter().enumerate() {
+            let bad = |why: &str| NetError::Attachment { task: task.id.clone(), why: why.into() };
+            let network = a.network.as_ref().ok_or_else(|| bad("the network is missing"))?;
+            let ip = ip_of(&a.addr).ok_or_else(|| bad("the address does not parse"))?;
+            let sandbox = self.ensure_sandbox(network)?;
+            self.inner().tasks.get_mut(&task.id).map(|t| t.networks.push(network.id.clone()));
+            let host_end = format!("vo{}", short(&[&task.id, &network.id]));
+            let eth = format!("eth{i}");
+            cmd::ip(
+                None,
+                &[
+                    format!("link add {host_end} mtu {OVERLAY_MTU} type veth peer name {eth} netns {ns}"),
+                    format!("link set {host_end} netns {sandbox}"),
+                ],
+            )?;
+            cmd::ip(
+                Some(&sandbox),
+                &[format!("link set {host_end} master br0"), format!("link set {host_end} up")],
+            )?;
+            inside.push(format!("link set {eth} address {}", mac_of(ip)));
+            inside.push(format!("addr add {} dev {eth}", a.addr));
+            inside.push(format!("link set {eth} up"));
+            first_addr.get_or_insert(ip);
+            external |= !network.spec.as_ref().is_some_and(|s| s.internal);
+        }
+        if external {
+            let gw = self.lease(&task.id)?;
+            self.ensure_gateway()?;
+            let host_end = format!("vg{}", short(&[&task.id]));
+            let eth = format!("eth{}", task.networks.len());
+            cmd::ip(
+                None,
+                &[
+                    format!("link add {host_end} type veth peer name {eth} netns {ns}"),
+                    format!("link set {host_end} master {GW_BRIDGE}"),
+                    format!("link set dev {host_end} type bridge_slave isolated on"),
+                    format!("link set {host_end} up"),
+                ],
+            )?;
+            let prefix = self.cfg.gw_subnet.prefix_len();
+            inside.push(format!("link set {eth} address {}", mac_of(gw)));
+            inside.push(format!("addr add {gw}/{prefix} dev {eth}"));
+            inside.push(format!("link set {eth} up"));
+            inside.push(format!("route add default via {}", self.gateway_ip()));
+            first_addr.get_or_insert(gw);
+        }
+        cmd::ip(Some(&ns), &inside)?;
+        let etc_files = self.write_etc(&task.id, hostname, first_addr)?;
+        self.program_lb(&task.id)?;
+        Ok(Plumbed { netns: path, etc_files })
+    }
+
+    fn gateway_ip(&self) -> Ipv4Addr {
+        self.cfg.gw_subnet.hosts().next().unwrap_or(self.cfg.gw_subnet.network())
+    }
+
+    /// The network's sandbox (bridge and VXLAN device), made if this node has none yet.
+    fn ensure_sandbox(&self, network: &Network) -> Result<String, NetError> {
+        let sandbox = self.sandbox_netns(network.vni);
+        if self.inner().sandboxes.contains_key(&network.id) {
+            return Ok(sandbox);
+        }
+        if Path::new(NETNS_DIR).join(&sandbox).exists() {
+            // Left by an earlier agent: adopted, its peers read back at the next map.
+            self.inner().sandboxes.insert(
+                network.id.clone(),
+                Sandbox {
+                    netns: sandbox.clone(),
+                    vxlan: format!("vx{}", network.vni),
+                    peers: BTreeMap::new(),
+                    synced: false,
+                },
+            );
+            return Ok(sandbox);
+        }
+        let vxlan = format!("vx{}", network.vni);
+        let port = if network.data_port == 0 { 4789 } else { network.data_port };
+        let made = (|| {
+            cmd::ip(None, &[format!("netns add {sandbox}")])?;
+            cmd::ip(
+                Some(&sandbox),
+                &[
+                    "link set lo up".into(),
+                    format!("link add br0 mtu {OVERLAY_MTU} type bridge"),
+                    "link set br0 up".into(),
+                ],
+            )?;
+            let _ = cmd::ip(None, &[format!("link del {vxlan}")]);
+            cmd::ip(
+                None,
+                &[
+                    format!(
+                        "link add {vxlan} mtu {OVERLAY_MTU} type vxlan id {} dstport {port} proxy nolearning",
+                        network.vni
+                    ),
+                    format!("link set {vxlan} netns {sandbox}"),
+                ],
+            )?;
+            cmd::ip(
+                Some(&sandbox),
+                &[format!("link set {vxlan} master br0"), format!("link set {vxlan} up")],
+            )
+        })();
+        if let Err(e) = made {
+            let _ = cmd::ip(None, &[format!("netns del {sandbox}")]);
+            let _ = cmd::ip(None, &[format!("link del {vxlan}")]);
+            return Err(e);
+        }
+        tracing::info!(network = %network.id, vni = network.vni, "overlay sandbox created");
+        self.inner().sandboxes.insert(
+            network.id.clone(),
+            Sandbox { netns: sandbox.clone(), vxlan, peers: BTreeMap::new(), synced: true },
+        );
+        // Peers already known go in now.
+        self.sync_peers(&network.id)?;
+        Ok(sandbox)
+    }
+
+    /// The gateway bridge with its address and outbound NAT (idempotent).
+    fn ensure_gateway(&self) -> Result<(), NetError> {
+        let subnet = self.cfg.gw_subnet;
+        let exists = cmd::ip_out(None, &["link", "show", GW_BRIDGE]).is_ok();
+        if !exists {
+            cmd::ip(
+                None,
+                &[
+                    format!("link add {GW_BRIDGE} type bridge"),
+                    format!("addr add {}/{} dev {GW_BRIDGE}", self.gateway_ip(), subnet.prefix_len()),
+                    format!("link set {GW_BRIDGE} up"),
+                ],
+            )?;
+        }
+        let forward = "/proc/sys/net/ipv4/ip_forward";
+        std::fs::write(forward, "1")
+            .map_err(|source| NetError::Io { path: forward.into(), source })?;
+        let nat = format!(
+            "table ip shoal-gw\ndelete table ip shoal-gw\ntable ip shoal-gw {{\n  chain post {{\n    \
+             type nat hook postrouting priority 100; policy accept;\n    \
+             ip saddr {subnet} oifname != \"{GW_BRIDGE}\" masquerade\n  }}\n}}\n"
+        );
+        cmd::nft(None, &nat)?;
+        // Where Docker runs, FORWARD drops what it does not know: let the bridge's traffic out
+        // and its replies back in.
+        if cmd::have("iptables") {
+            let rules: [&[&str]; 2] = [
+                &["FORWARD", "-i", GW_BRIDGE, "!", "-o", GW_BRIDGE, "-j", "ACCEPT"],
+                &[
+                    "FORWARD", "-o", GW_BRIDGE, "-m", "conntrack", "--ctstate",
+                    "RELATED,ESTABLISHED", "-j", "ACCEPT",
+                ],
+            ];
+            for rule in rules {
+                let mut check = vec!["-C"];
+                check.extend_from_slice(rule);
+                if cmd::iptables(&check).is_err() {
+                    let mut insert = vec!["-I"];
+                    insert.extend_from_slice(rule);
+                    let _ = cmd::iptables(&insert);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The task's address on the gateway bridge (kept across agent restarts).
+    fn lease(&self, task_id: &str) -> Result<Ipv4Addr, NetError> {
+        let mut inner = self.inner();
+        if let Some(ip) = inner.leases.get(task_id) {
+            return Ok(*ip);
+        }
+        let taken: BTreeSet<Ipv4Addr> = inner.leases.values().copied().collect();
+        let gw = self.gateway_ip();
+        let ip = self
+            .cfg
+            .gw_subnet
+            .hosts()
+            .find(|ip| *ip != gw && !taken.contains(ip))
+            .ok_or(NetError::GatewayFull)?;
+        inner.leases.insert(task_id.to_string(), ip);
+        write_leases(&self.cfg.state_dir, &inner.leases)?;
+        Ok(ip)
+    }
+
+    fn write_etc(
+        &self,
+        task_id: &str,
+        hostname: &str,
+        addr: Option<Ipv4Addr>,
+    ) -> Result<Vec<(String, PathBuf)>, NetError> {
+        let dir = self.etc_dir(task_id);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| NetError::Io { path, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let files = [
+            ("/etc/resolv.conf", "resolv.conf", files::resolv_conf(&self.search)),
+            ("/etc/hosts", "hosts", files::hosts(hostname, addr)),
+            ("/etc/hostname", "hostname", format!("{hostname}\n")),
+        ];
+        let mut out = Vec::new();
+        for (target, name, text) in files {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(io(&path))?;
+            out.push((target.to_string(), path));
+        }
+        Ok(out)
+    }
+
+    /// Opens task `task_id`'s resolver socket in its namespace (blocking).
+    pub fn resolver_socket(&self, task_id: &str) -> Result<std::net::UdpSocket, NetError> {
+        dns::bind_in(&Path::new(NETNS_DIR).join(self.task_netns(task_id)))
+    }
+
+    /// Serves task `task_id`'s resolver on `socket` (from [`DataPlane::resolver_socket`]);
+    /// call within the runtime.
+    pub fn serve_resolver(&self, task_id: &str, socket: std::net::UdpSocket) -> Result<(), NetError> {
+        let me = self.me.clone();
+        let id = task_id.to_string();
+        let resolve: dns::Resolve = Arc::new(move |name: &str| {
+            let plane = me.upgrade()?;
+            let inner = plane.inner();
+            let nets = &inner.tasks.get(&id)?.networks;
+            let maps: Vec<&NetworkMap> = nets.iter().filter_map(|n| inner.maps.get(n)).collect();
+            names::lookup(&maps, name)
+        });
+        let handle = dns::serve(socket, resolve, self.upstreams.clone())?;
+        let mut inner = self.inner();
+        match inner.tasks.get_mut(task_id) {
+            Some(t) => {
+                if let Some(old) = t.resolver.replace(handle.abort_handle()) {
+                    old.abort();
+                }
+            }
+            None => handle.abort(),
+        }
+        Ok(())
+    }
+
+    /// Removes everything task `task_id` had: its namespace (and with it its interfaces),
+    /// its resolver, its lease, its files; and the sandboxes no task of this node uses any
+    /// more. Safe to repeat.
+    pub fn detach(&self, task_id: &str) {
+        let _guard = self.plumbing.lock().unwrap_or_else(|p| p.into_inner());
+        let (gone, unused) = {
+            let mut inner = self.inner();
+            let gone = inner.tasks.remove(task_id);
+            if let Some(r) = gone.as_ref().and_then(|t| t.resolver.as_ref()) {
+                r.abort();
+            }
+            let used: BTreeSet<String> =
+                inner.tasks.values().flat_map(|t| t.networks.iter().cloned()).collect();
+            let unused: Vec<(String, Sandbox)> = inner
+                .sandboxes
+                .keys()
+                .filter(|id| !used.contains(*id))
+                .cloned()
+                .collect::<Vec<_>>()
+                .into_iter()
+                .filter_map(|id| inner.sandboxes.remove(&id).map(|s| (id, s)))
+                .collect();
+            if inner.leases.remove(task_id).is_some() {
+                let _ = write_leases(&self.cfg.state_dir, &inner.leases);
+            }
+            (gone, unused)
+        };
+        let ns = gone.map(|t| t.netns).unwrap_or_else(|| self.task_netns(task_id));
+        if Path::new(NETNS_DIR).join(&ns).exists() {
+            if let Err(e) = cmd::ip(None, &[format!("netns del {ns}")]) {
+                tracing::warn!(task = %task_id, error = %e, "could not remove a task's network namespace");
+            }
+        }
+        for (id, s) in unused {
+            match cmd::ip(None, &[format!("netns del {}", s.netns)]) {
+                Ok(()) => tracing::info!(network = %id, "overlay sandbox removed"),
+                Err(e) => tracing::warn!(network = %id, error = %e, "could not remove an overlay sandbox"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.etc_dir(task_id));
+    }
+
+    /// Takes over the plumbing of a task an earlier agent started: its namespace is kept as it
+    /// is; the resolver and balancer are set up again. `false` if it has none.
+    pub fn adopt(&self, task: &Task) -> Result<bool, NetError> {
+        let ns = self.task_netns(&task.id);
+        if !Path::new(NETNS_DIR).join(&ns).exists() {
+            return Ok(false);
+        }
+        let mut networks = Vec::new();
+        for a in &task.networks {
+            if let Some(n) = &a.network {
+                self.ensure_sandbox(n)?;
+                networks.push(n.id.clone());
+            }
+        }
+        self.inner()
+            .tasks
+            .insert(task.id.clone(), TaskNet { netns: ns, networks, resolver: None, lb: String::new() });
+        self.program_lb(&task.id)?;
+        Ok(true)
+    }
+
+    /// Takes network maps from the managers: the overlays' forwarding and neighbour tables
+    /// and every task's balancer follow them.
+    pub fn update(&self, maps: Vec<NetworkMap>, removed: &[String], complete: bool) {
+        {
+            let mut inner = self.inner();
+            if complete {
+                inner.maps.clear();
+            }
+            for id in removed {
+                inner.maps.remove(id);
+            }
+            for m in maps {
+                if let Some(n) = &m.network {
+                    inner.maps.insert(n.id.clone(), m);
+                }
+            }
+        }
+        let _guard = self.plumbing.lock().unwrap_or_else(|p| p.into_inner());
+        let sandboxes: Vec<String> = self.inner().sandboxes.keys().cloned().collect();
+        for id in sandboxes {
+            if let Err(e) = self.sync_peers(&id) {
+                tracing::warn!(network = %id, error = %e, "could not program the overlay's peers");
+            }
+        }
+        let tasks: Vec<String> = self.inner().tasks.keys().cloned().collect();
+        for id in tasks {
+            if let Err(e) = self.program_lb(&id) {
+                tracing::warn!(task = %id, error = %e, "could not program the task's load balancer");
+            }
+        }
+    }
+
+    /// Brings the sandbox of network `id` in line with its map: one forwarding and one
+    /// neighbour entry per task on another node, none for tasks gone.
+    fn sync_peers(&self, id: &str) -> Result<(), NetError> {
+        let (netns, vxlan, have, synced, want) = {
+            let inner = self.inner();
+            let Some(s) = inner.sandboxes.get(id) else { return Ok(()) };
+            let local: BTreeSet<&String> = inner.tasks.keys().collect();
+            let want: BTreeMap<Ipv4Addr, Ipv4Addr> = inner
+                .maps
+                .get(id)
+                .map(|m| {
+                    m.endpoints
+                        .iter()
+                        .filter(|e| !local.contains(&e.task_id))
+                        .filter_map(|e| Some((ip_of(&e.addr)?, e.node_addr.parse().ok()?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (s.netns.clone(), s.vxlan.clone(), s.peers.clone(), s.synced, want)
+        };
+        let have = if synced { have } else { read_peers(&netns, &vxlan) };
+        let mut fdb = Vec::new();
+        let mut neigh = Vec::new();
+        for (ip, node) in &have {
+            if want.get(ip) != Some(node) {
+                fdb.push(format!("fdb del {} dev {vxlan} dst {node} self", mac_of(*ip)));
+                if !want.contains_key(ip) {
+                    neigh.push(format!("neigh del {ip} dev {vxlan}"));
+                }
+            }
+        }
+        for (ip, node) in &want {
+            if have.get(ip) != Some(node) {
+                fdb.push(format!("fdb append {} dev {vxlan} dst {node} self permanent", mac_of(*ip)));
+                neigh.push(format!("neigh replace {ip} lladdr {} dev {vxlan} nud permanent", mac_of(*ip)));
+            }
+        }
+        // Deletions of entries already gone fail harmlessly; each line is tried on its own.
+        for line in &fdb {
+            if let Err(e) = cmd::bridge(&netns, std::slice::from_ref(line)) {
+                if line.starts_with("fdb append") {
+                    return Err(e);
+                }
+            }
+        }
+        for line in &neigh {
+            if let Err(e) = cmd::ip(Some(&netns), std::slice::from_ref(line)) {
+                if line.starts_with("neigh replace") {
+                    return Err(e);
+                }
+            }
+        }
+        if let Some(s) = self.inner().sandboxes.get_mut(id) {
+            s.peers = want;
+            s.synced = true;
+        }
+        Ok(())
+    }
+
+    /// Rewrites task `id`'s balancer if what its networks' virtual IPs lead to changed.
+    fn program_lb(&self, id: &str) -> Result<(), NetError> {
+        let (netns, ruleset) = {
+            let inner = self.inner();
+            let Some(t) = inner.tasks.get(id) else { return Ok(()) };
+            let maps: Vec<&NetworkMap> = t.networks.iter().filter_map(|n| inner.maps.get(n)).collect();
+            let ruleset = lb::ruleset(&names::balanced(&maps));
+            if ruleset == t.lb {
+                return Ok(());
+            }
+            (t.netns.clone(), ruleset)
+        };
+        let path = Path::new(NETNS_DIR).join(&netns);
+        cmd::nft(Some(&path.to_string_lossy()), &ruleset)?;
+        if let Some(t) = self.inner().tasks.get_mut(id) {
+            t.lb = ruleset;
+        }
+        Ok(())
+    }
+
+    /// Namespaces of this node's tasks that no running task claims (after a crash): removed.
+    pub fn sweep(&self, keep: &BTreeSet<String>) {
+        let prefix = format!("shoal-{}-", self.cfg.tag);
+        let Ok(entries) = std::fs::read_dir(NETNS_DIR) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(task) = name.strip_prefix(&prefix) else { continue };
+            if task.starts_with("ov") || keep.contains(task) || self.inner().tasks.contains_key(task) {
+                continue;
+            }
+            self.detach(task);
+        }
+    }
+}
+
+/// The remote peers a sandbox's VXLAN device holds (an earlier agent's entries).
+fn read_peers(netns: &str, vxlan: &str) -> BTreeMap<Ipv4Addr, Ipv4Addr> {
+    let out = cmd::bridge_out(netns, &["fdb", "show", "dev", vxlan]).unwrap_or_default();
+    let mut peers = BTreeMap::new();
+    for line in out.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (Some(mac), Some(i)) = (words.first(), words.iter().position(|w| *w == "dst")) else {
+            continue;
+        };
+        let Some(node) = words.get(i + 1).and_then(|d| d.parse().ok()) else { continue };
+        let b: Vec<u8> = mac.split(':').filter_map(|x| u8::from_str_radix(x, 16).ok()).collect();
+        if b.len() == 6 && b[0] == 0x02 && b[1] == 0x42 {
+            peers.insert(Ipv4Addr::new(b[2], b[3], b[4], b[5]), node);
+        }
+    }
+    peers
+}
+
+fn read_leases(path: &Path) -> BTreeMap<String, Ipv4Addr> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (task, ip) = l.split_once(' ')?;
+            Some((task.to_string(), ip.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Writes the gateway leases atomically (a temporary file renamed over the old one).
+fn write_leases(dir: &Path, leases: &BTreeMap<String, Ipv4Addr>) -> Result<(), NetError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| NetError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let text: String = leases.iter().map(|(t, ip)| format!("{t} {ip}\n")).collect();
+    let tmp = dir.join("gw-leases.tmp");
+    std::fs::write(&tmp, text).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, dir.join("gw-leases")).map_err(io(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_come_from_addresses_and_names_fit_in_an_interface_name() {
+        assert_eq!(mac_of(Ipv4Addr::new(10, 0, 1, 7)), "02:42:0a:00:01:07");
+        let name = format!("vo{}", short(&["a-task-id-that-is-long", "net"]));
+        assert!(name.len() <= 15, "{name}");
+        assert_ne!(short(&["a", "b"]), short(&["a", "c"]));
+    }
+
+    #[test]
+    fn leases_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = BTreeMap::new();
+        l.insert("t1".to_string(), Ipv4Addr::new(172, 31, 0, 2));
+        write_leases(dir.path(), &l).unwrap();
+        assert_eq!(read_leases(&dir.path().join("gw-leases")), l);
+    }
+}
