@@ -59,7 +59,8 @@ pub fn serve(
     resolve: Resolve,
     upstreams: Arc<Vec<SocketAddr>>,
 ) -> Result<tokio::task::JoinHandle<()>, NetError> {
-    let socket = Arc::new(UdpSocket::from_std(socket).map_err(|e| NetError::Resolver(e.to_string()))?);
+    let socket =
+        Arc::new(UdpSocket::from_std(socket).map_err(|e| NetError::Resolver(e.to_string()))?);
     Ok(tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
         loop {
@@ -135,7 +136,9 @@ async fn forward(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
             continue;
         }
         let mut buf = vec![0u8; 4096];
-        if let Ok(Ok((n, _))) = tokio::time::timeout(FORWARD_TIMEOUT, socket.recv_from(&mut buf)).await {
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(FORWARD_TIMEOUT, socket.recv_from(&mut buf)).await
+        {
             buf.truncate(n);
             return Some(buf);
         }

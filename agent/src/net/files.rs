@@ -55,7 +55,8 @@ mod tests {
 
     #[test]
     fn a_task_resolves_through_its_node_and_knows_its_own_name() {
-        let node = "# generated\nnameserver 10.1.2.3\nsearch corp.example lab\nnameserver fd00::53\n";
+        let node =
+            "# generated\nnameserver 10.1.2.3\nsearch corp.example lab\nnameserver fd00::53\n";
         assert_eq!(search_domains(node), ["corp.example", "lab"]);
         assert_eq!(nameservers(node).len(), 2);
         let conf = resolv_conf(&search_domains(node));

@@ -17,13 +17,15 @@ pub fn ruleset(vips: &BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>) -> String {
     let _ = writeln!(out, "table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{");
     let _ = writeln!(out, "  chain vip {{\n    type nat hook output priority -100; policy accept;");
     for (vip, backends) in vips.iter().filter(|(_, b)| !b.is_empty()) {
-        let _ = write!(out, "    ip daddr {vip} dnat to numgen random mod {} map {{ ", backends.len());
+        let _ =
+            write!(out, "    ip daddr {vip} dnat to numgen random mod {} map {{ ", backends.len());
         let entries: Vec<String> =
             backends.iter().enumerate().map(|(i, b)| format!("{i} : {b}")).collect();
         let _ = writeln!(out, "{} }}", entries.join(", "));
     }
     let _ = writeln!(out, "  }}");
-    let _ = writeln!(out, "  chain empty {{\n    type filter hook output priority 0; policy accept;");
+    let _ =
+        writeln!(out, "  chain empty {{\n    type filter hook output priority 0; policy accept;");
     for vip in vips.iter().filter(|(_, b)| b.is_empty()).map(|(v, _)| v) {
         let _ = writeln!(out, "    ip daddr {vip} reject");
     }
@@ -43,7 +45,9 @@ mod tests {
         vips.insert(ip("10.0.1.9"), vec![]);
         let r = ruleset(&vips);
         assert!(
-            r.contains("ip daddr 10.0.1.2 dnat to numgen random mod 2 map { 0 : 10.0.1.3, 1 : 10.0.1.4 }"),
+            r.contains(
+                "ip daddr 10.0.1.2 dnat to numgen random mod 2 map { 0 : 10.0.1.3, 1 : 10.0.1.4 }"
+            ),
             "{r}"
         );
         assert!(r.contains("ip daddr 10.0.1.9 reject"), "{r}");

@@ -354,7 +354,11 @@ impl DataPlane {
                 None,
                 &[
                     format!("link add {GW_BRIDGE} type bridge"),
-                    format!("addr add {}/{} dev {GW_BRIDGE}", self.gateway_ip(), subnet.prefix_len()),
+                    format!(
+                        "addr add {}/{} dev {GW_BRIDGE}",
+                        self.gateway_ip(),
+                        subnet.prefix_len()
+                    ),
                     format!("link set {GW_BRIDGE} up"),
                 ],
             )?;
@@ -374,8 +378,15 @@ impl DataPlane {
             let rules: [&[&str]; 2] = [
                 &["FORWARD", "-i", GW_BRIDGE, "!", "-o", GW_BRIDGE, "-j", "ACCEPT"],
                 &[
-                    "FORWARD", "-o", GW_BRIDGE, "-m", "conntrack", "--ctstate",
-                    "RELATED,ESTABLISHED", "-j", "ACCEPT",
+                    "FORWARD",
+                    "-o",
+                    GW_BRIDGE,
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "RELATED,ESTABLISHED",
+                    "-j",
+                    "ACCEPT",
                 ],
             ];
             for rule in rules {
@@ -443,7 +454,11 @@ impl DataPlane {
 
     /// Serves task `task_id`'s resolver on `socket` (from [`DataPlane::resolver_socket`]);
     /// call within the runtime.
-    pub fn serve_resolver(&self, task_id: &str, socket: std::net::UdpSocket) -> Result<(), NetError> {
+    pub fn serve_resolver(
+        &self,
+        task_id: &str,
+        socket: std::net::UdpSocket,
+    ) -> Result<(), NetError> {
         let me = self.me.clone();
         let id = task_id.to_string();
         let resolve: dns::Resolve = Arc::new(move |name: &str| {
@@ -502,7 +517,9 @@ impl DataPlane {
         for (id, s) in unused {
             match cmd::ip(None, &[format!("netns del {}", s.netns)]) {
                 Ok(()) => tracing::info!(network = %id, "overlay sandbox removed"),
-                Err(e) => tracing::warn!(network = %id, error = %e, "could not remove an overlay sandbox"),
+                Err(e) => {
+                    tracing::warn!(network = %id, error = %e, "could not remove an overlay sandbox")
+                }
             }
         }
         let _ = std::fs::remove_dir_all(self.etc_dir(task_id));
@@ -522,9 +539,10 @@ impl DataPlane {
                 networks.push(n.id.clone());
             }
         }
-        self.inner()
-            .tasks
-            .insert(task.id.clone(), TaskNet { netns: ns, networks, resolver: None, lb: String::new() });
+        self.inner().tasks.insert(
+            task.id.clone(),
+            TaskNet { netns: ns, networks, resolver: None, lb: String::new() },
+        );
         self.program_lb(&task.id)?;
         Ok(true)
     }
@@ -594,8 +612,14 @@ impl DataPlane {
         }
         for (ip, node) in &want {
             if have.get(ip) != Some(node) {
-                fdb.push(format!("fdb append {} dev {vxlan} dst {node} self permanent", mac_of(*ip)));
-                neigh.push(format!("neigh replace {ip} lladdr {} dev {vxlan} nud permanent", mac_of(*ip)));
+                fdb.push(format!(
+                    "fdb append {} dev {vxlan} dst {node} self permanent",
+                    mac_of(*ip)
+                ));
+                neigh.push(format!(
+                    "neigh replace {ip} lladdr {} dev {vxlan} nud permanent",
+                    mac_of(*ip)
+                ));
             }
         }
         // Deletions of entries already gone fail harmlessly; each line is tried on its own.
@@ -625,7 +649,8 @@ impl DataPlane {
         let (netns, ruleset) = {
             let inner = self.inner();
             let Some(t) = inner.tasks.get(id) else { return Ok(()) };
-            let maps: Vec<&NetworkMap> = t.networks.iter().filter_map(|n| inner.maps.get(n)).collect();
+            let maps: Vec<&NetworkMap> =
+                t.networks.iter().filter_map(|n| inner.maps.get(n)).collect();
             let ruleset = lb::ruleset(&names::balanced(&maps));
             if ruleset == t.lb {
                 return Ok(());
@@ -647,7 +672,10 @@ impl DataPlane {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let Some(task) = name.strip_prefix(&prefix) else { continue };
-            if task.starts_with("ov") || keep.contains(task) || self.inner().tasks.contains_key(task) {
+            if task.starts_with("ov")
+                || keep.contains(task)
+                || self.inner().tasks.contains_key(task)
+            {
                 continue;
             }
             self.detach(task);

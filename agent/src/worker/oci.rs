@@ -63,7 +63,11 @@ impl OciExecutor {
     }
 
     /// Prepares the task's network namespace, files and resolver, if it gets any.
-    async fn plumb(&self, task: &Task, spec: &mut crate::runtime::TaskSpec) -> Result<(), ExecError> {
+    async fn plumb(
+        &self,
+        task: &Task,
+        spec: &mut crate::runtime::TaskSpec,
+    ) -> Result<(), ExecError> {
         let host = spec.host_namespaces.contains(&HostNamespace::Network);
         if self.net.is_none() || !DataPlane::wants(task, host) {
             return Ok(());

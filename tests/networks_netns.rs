@@ -1,0 +1,288 @@
+//! Networks on real hosts: three `shoald`s in their own network namespaces run real containers
+//! on an overlay network, driven with the `shoal` binary as a user would.
+//!
+//! The story: an HTTP service (busybox httpd, 2 replicas) and a client service on the node
+//! that runs neither replica; the client fetches `http://web/` (the virtual IP, spread over
+//! both replicas, across nodes over VXLAN) and resolves `tasks.web` to both tasks; a task on
+//! another network cannot reach web at all; a task on an `--internal` network cannot reach
+//! the node's own network, while one with no network can (the gateway bridge's NAT); when a
+//! replica is killed, the virtual IP stops sending to it; removing the services and networks
+//! leaves no sandbox namespace behind.
+//!
+//! Needs root; under CI (env `CI`) it must run.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shoal_testkit::image::busybox_tar;
+use shoal_testkit::netns::ps::{running, wait_running};
+use shoal_testkit::netns::{self, all_ready, finish, root_or_skip, text, Net, Node};
+use shoal_testkit::poll::blocking::eventually;
+
+const IMAGE: &str = "busybox:net";
+const APPLETS: &[&str] = &[
+    "sh", "httpd", "wget", "hostname", "mkdir", "sleep", "nslookup", "echo", "cat", "timeout",
+    "grep",
+];
+
+fn subnet() -> u8 {
+    (std::process::id() % 240 + 10) as u8
+}
+
+#[test]
+fn networks_on_real_hosts() {
+    if !root_or_skip("networks_on_real_hosts") {
+        return;
+    }
+    let started = Instant::now();
+    let dir = tempfile::Builder::new().prefix("shoal-networks-").tempdir().unwrap();
+    let net = Net::with("nw", 247, subnet(), 3);
+    let mut nodes: Vec<Node> = (1..=3).map(|i| Node::new(&net, i, dir.path())).collect();
+    let tar = busybox_tar(dir.path(), APPLETS).unwrap().to_string_lossy().into_owned();
+    let result = catch_unwind(AssertUnwindSafe(|| story(&net, &mut nodes, &tar)));
+    finish(result, nodes, net, dir);
+    eprintln!("networks_on_real_hosts: passed in {:.1}s", started.elapsed().as_secs_f64());
+}
+
+/// `shoal service logs NAME` as text.
+fn logs(n: &Node, service: &str) -> String {
+    text(&n.shoal(&["service", "logs", service]))
+}
+
+/// A plain HTTP server in host `i`'s namespace (outside the cluster), answering `marker`.
+fn host_httpd(net: &Net, i: usize, dir: &std::path::Path, marker: &str) -> Child {
+    let www = dir.join(format!("www{i}"));
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), marker).unwrap();
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", net.ns(i)))
+        .args(["busybox", "httpd", "-f", "-p", "8081", "-h"])
+        .arg(&www)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn story(net: &Net, nodes: &mut [Node], tar: &str) {
+    let t0 = Instant::now();
+    let step = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
+    for n in nodes.iter_mut() {
+        n.start();
+        n.must_shoal(&["image", "import", tar, IMAGE]);
+    }
+    let n1 = &nodes[0];
+    let listen = format!("{}:{}", n1.ip, netns::PORT);
+    n1.must_shoal(&[
+        "swarm",
+        "init",
+        "--advertise-addr",
+        &n1.ip,
+        "--listen-addr",
+        &listen,
+        "--dispatcher-heartbeat",
+        "1s",
+    ]);
+    let token = n1.must_shoal(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
+    for n in &nodes[1..] {
+        let out = n.join(&token, &net.addr(1));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    eventually("3 nodes Ready", Duration::from_secs(30), || all_ready(n1, &["n1", "n2", "n3"]));
+
+    step("network create app, other; --internal inner");
+    n1.must_shoal(&["network", "create", "-d", "overlay", "app"]);
+    n1.must_shoal(&["network", "create", "other"]);
+    n1.must_shoal(&["network", "create", "--internal", "inner"]);
+
+    step("web: 2 replicas of httpd on n2 and n3");
+    let serve = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
+    n1.must_shoal(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "--network",
+        "app",
+        "--constraint",
+        "node.hostname!=n1",
+        IMAGE,
+        "sh",
+        "-c",
+        serve,
+    ]);
+    let placed = wait_running(n1, "web", 2, Duration::from_secs(30));
+    assert_eq!(placed.keys().cloned().collect::<Vec<_>>(), ["n2", "n3"], "one replica per node");
+
+    step("client on n1: fetches http://web/ and resolves tasks.web");
+    let fetch = "while true; do echo \"got $(timeout 2 wget -q -O - http://web/)\"; \
+                 echo \"tasks $(nslookup tasks.web 2>&1 | grep -c 'Address.*10\\.')\"; sleep 0.3; done";
+    n1.must_shoal(&[
+        "service",
+        "create",
+        "--name",
+        "client",
+        "--network",
+        "app",
+        "--constraint",
+        "node.hostname==n1",
+        IMAGE,
+        "sh",
+        "-c",
+        fetch,
+    ]);
+    wait_running(n1, "client", 1, Duration::from_secs(30));
+    // Both replicas answer through the virtual IP, from the node that runs neither.
+    let hosts: Vec<String> = placed.values().flatten().map(|t| t.id.clone()).collect();
+    eventually("the client reached both replicas by name", Duration::from_secs(30), || {
+        let l = logs(n1, "client");
+        let reached: Vec<&String> = hosts
+            .iter()
+            .filter(|id| l.contains(&format!("got {}", &id[..12.min(id.len())])))
+            .collect();
+        if reached.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("reached {reached:?} of {hosts:?}; logs:\n{}", tail(&l, 10)))
+        }
+    });
+    eventually("tasks.web resolves to both tasks", Duration::from_secs(20), || {
+        let l = logs(n1, "client");
+        l.contains("tasks 2").then_some(()).ok_or_else(|| tail(&l, 6))
+    });
+
+    step("isolation: a task on network other cannot reach web");
+    let probe =
+        "while true; do if timeout 1 wget -q -O - http://$0/ >/dev/null 2>&1; then echo reached; \
+                 else echo blocked; fi; sleep 0.5; done";
+    let vip = web_vip(n1);
+    n1.must_shoal(&[
+        "service",
+        "create",
+        "--name",
+        "stranger",
+        "--network",
+        "other",
+        "--constraint",
+        "node.hostname==n1",
+        IMAGE,
+        "sh",
+        "-c",
+        probe,
+        &vip,
+    ]);
+    wait_running(n1, "stranger", 1, Duration::from_secs(30));
+    eventually("the stranger tried", Duration::from_secs(20), || {
+        let l = logs(n1, "stranger");
+        (l.matches("blocked").count() >= 3).then_some(()).ok_or_else(|| tail(&l, 5))
+    });
+    assert!(!logs(n1, "stranger").contains("reached"), "a task on another network reached web");
+
+    step("outbound: no network reaches the node's network; --internal does not");
+    let mut httpd = host_httpd(net, 1, &nodes_dir(n1), "outside-marker");
+    let host_url = format!("{}:8081", net.ip(1));
+    let out_probe =
+        "while true; do echo \"out $(timeout 1 wget -q -O - http://$0/ 2>&1)\"; sleep 0.5; done";
+    n1.must_shoal(&[
+        "service",
+        "create",
+        "--name",
+        "plain",
+        "--constraint",
+        "node.hostname==n1",
+        IMAGE,
+        "sh",
+        "-c",
+        out_probe,
+        &host_url,
+    ]);
+    n1.must_shoal(&[
+        "service",
+        "create",
+        "--name",
+        "sealed",
+        "--network",
+        "inner",
+        "--constraint",
+        "node.hostname==n1",
+        IMAGE,
+        "sh",
+        "-c",
+        out_probe,
+        &host_url,
+    ]);
+    eventually("a task on no network reaches the host", Duration::from_secs(30), || {
+        let l = logs(n1, "plain");
+        l.contains("out outside-marker").then_some(()).ok_or_else(|| tail(&l, 5))
+    });
+    eventually("the internal task tried", Duration::from_secs(30), || {
+        let l = logs(n1, "sealed");
+        (l.matches("out").count() >= 3).then_some(()).ok_or_else(|| tail(&l, 5))
+    });
+    assert!(!logs(n1, "sealed").contains("outside-marker"), "an --internal network got out");
+    let _ = httpd.kill();
+    let _ = httpd.wait();
+
+    step("remove everything: no sandbox is left");
+    for s in ["client", "stranger", "plain", "sealed", "web"] {
+        n1.must_shoal(&["service", "rm", s]);
+    }
+    eventually("tasks gone", Duration::from_secs(30), || {
+        let r = running(n1, "web").unwrap_or_default();
+        r.is_empty().then_some(()).ok_or("web still runs".to_string())
+    });
+    for n in ["app", "other", "inner"] {
+        eventually(&format!("network rm {n}"), Duration::from_secs(30), || {
+            let out = n1.shoal(&["network", "rm", n]);
+            out.status.success().then_some(()).ok_or_else(|| text(&out))
+        });
+    }
+    eventually("no overlay sandbox left", Duration::from_secs(20), || {
+        let left: Vec<String> = std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                tags(n1, nodes_dir(n1)).iter().any(|t| n.starts_with(&format!("shoal-{t}-")))
+            })
+            .collect();
+        left.is_empty().then_some(()).ok_or(format!("left: {left:?}"))
+    });
+}
+
+/// The directory holding every node's data.
+fn nodes_dir(n: &Node) -> std::path::PathBuf {
+    n.data.parent().unwrap().to_path_buf()
+}
+
+/// The data-plane tags of the nodes under `dir`.
+fn tags(_n: &Node, dir: std::path::PathBuf) -> Vec<String> {
+    let out = Command::new("find")
+        .arg(dir)
+        .args(["-maxdepth", "4", "-type", "f", "-path", "*/net/tag"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|t| t.trim().to_string())
+        .collect()
+}
+
+/// web's virtual IP on its network, from `service inspect`.
+fn web_vip(n: &Node) -> String {
+    let out = n.must_shoal(&["service", "inspect", "web"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let addr =
+        v[0]["Endpoint"]["VirtualIPs"][0]["Addr"].as_str().unwrap_or_else(|| panic!("{out}"));
+    addr.split('/').next().unwrap().to_string()
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
