@@ -232,7 +232,9 @@ impl DataPlane {
             let network = a.network.as_ref().ok_or_else(|| bad("the network is missing"))?;
             let ip = ip_of(&a.addr).ok_or_else(|| bad("the address does not parse"))?;
             let sandbox = self.ensure_sandbox(network)?;
-            self.inner().tasks.get_mut(&task.id).map(|t| t.networks.push(network.id.clone()));
+            if let Some(t) = self.inner().tasks.get_mut(&task.id) {
+                t.networks.push(network.id.clone());
+            }
             let host_end = format!("vo{}", short(&[&task.id, &network.id]));
             let eth = format!("eth{i}");
             cmd::ip(
@@ -528,6 +530,7 @@ impl DataPlane {
     /// Takes over the plumbing of a task an earlier agent started: its namespace is kept as it
     /// is; the resolver and balancer are set up again. `false` if it has none.
     pub fn adopt(&self, task: &Task) -> Result<bool, NetError> {
+        let _guard = self.plumbing.lock().unwrap_or_else(|p| p.into_inner());
         let ns = self.task_netns(&task.id);
         if !Path::new(NETNS_DIR).join(&ns).exists() {
             return Ok(false);
@@ -663,23 +666,6 @@ impl DataPlane {
             t.lb = ruleset;
         }
         Ok(())
-    }
-
-    /// Namespaces of this node's tasks that no running task claims (after a crash): removed.
-    pub fn sweep(&self, keep: &BTreeSet<String>) {
-        let prefix = format!("shoal-{}-", self.cfg.tag);
-        let Ok(entries) = std::fs::read_dir(NETNS_DIR) else { return };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(task) = name.strip_prefix(&prefix) else { continue };
-            if task.starts_with("ov")
-                || keep.contains(task)
-                || self.inner().tasks.contains_key(task)
-            {
-                continue;
-            }
-            self.detach(task);
-        }
     }
 }
 
