@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Shoal demo: a three-node swarm on one machine, running a replicated service.
+# Shoal demo: a three-node swarm on one machine, running a replicated HTTP service on an overlay
+# network, and a client that reaches it by name through its virtual IP.
 #
 # Each node is a separate shoald in its own network namespace (10.252.0.1-3), wired to one
 # bridge, exactly like three hosts on a LAN:
@@ -74,7 +75,7 @@ down() {
     # Containers outlive their daemon (an agent restart re-attaches to them): remove them, and
     # any rootfs mount they left, before deleting the state.
     if [[ -d "$STATE" ]]; then
-        local root id mnt
+        local root id mnt tag netns
         while read -r root; do
             for id in $(runc --root "$root" list -q 2>/dev/null); do
                 runc --root "$root" delete --force "$id" 2>/dev/null || true
@@ -83,6 +84,12 @@ down() {
         while read -r mnt; do
             umount -l "$mnt" 2>/dev/null || true
         done < <(awk -v s="$STATE" 'index($5, s) == 1 { print $5 }' /proc/self/mountinfo | sort -r)
+        # Each node's data plane names its task and overlay namespaces after its tag.
+        while read -r tag; do
+            for netns in /run/netns/shoal-"$tag"-*; do
+                [[ -e "$netns" ]] && ip netns del "$(basename "$netns")" 2>/dev/null || true
+            done
+        done < <(cat "$STATE"/*/net/tag 2>/dev/null)
     fi
     rm -rf "$STATE" "$RUN"
 }
@@ -199,12 +206,28 @@ deploy_service() {
     mkdir -p "$rootfs/bin"
     cp /bin/busybox "$rootfs/bin/busybox"
     tar -C "$rootfs" -cf "$STATE/busybox.tar" .
+    for applet in sh httpd wget hostname mkdir sleep echo date timeout; do
+        ln -sf busybox "$rootfs/bin/$applet"
+    done
+    tar -C "$rootfs" -cf "$STATE/busybox.tar" .
     for node in "${NODES[@]}"; do
         shoal_on "$node" image import "$STATE/busybox.tar" busybox:demo >/dev/null
     done
-    say "Creating service 'web' with 3 replicas"
-    shoal_on n1 service create --name web --replicas 3 busybox:demo \
-        /bin/busybox sh -c 'while true; do echo "hello from $(hostname)"; sleep 5; done'
+    say "Creating overlay network 'demo'"
+    shoal_on n1 network create -d overlay demo >/dev/null
+    say "Creating service 'web': 3 replicas of an HTTP server on network demo"
+    shoal_on n1 service create --name web --replicas 3 --network demo busybox:demo \
+        sh -c 'mkdir -p /www && echo "hello from $(hostname)" > /www/index.html && exec httpd -f -p 80 -h /www'
+    say "Creating service 'client': fetches http://web/ by name every 2 seconds"
+    shoal_on n1 service create --name client --network demo busybox:demo \
+        sh -c 'while true; do echo "$(date +%T) $(timeout 2 wget -q -O - http://web/)"; sleep 2; done'
+    say "Waiting for the client's first answers"
+    wait_for "the client to reach web" 60 client_answered
+}
+
+# client_answered: the client's log holds an answer from web.
+client_answered() {
+    shoal_on n1 service logs client 2>/dev/null | grep -q "hello from"
 }
 
 usage_notes() {
@@ -214,6 +237,8 @@ usage_notes() {
     shoal_on n1 service ls
     echo
     shoal_on n1 service ps web
+    echo
+    shoal_on n1 service logs --tail 3 client
     cat <<EOF
 
 The demo swarm is running: ${NODES[*]} on $SUBNET.0/24, manager n1 at $(ip_of n1):$PORT.
@@ -222,7 +247,8 @@ Drive it from the manager's socket:
     export SHOAL_HOST=unix://$(sock_of n1)
     target/release/shoal node ls
     target/release/shoal service ps web
-    target/release/shoal service logs web
+    target/release/shoal service logs -f client      # answers spread over web's replicas
+    target/release/shoal network inspect demo
     target/release/shoal service scale web=6
     target/release/shoal node update --availability drain n2
 

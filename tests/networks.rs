@@ -190,6 +190,22 @@ async fn every_task_gets_its_own_address_and_gives_it_back_when_it_ends() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dns_round_robin_service_has_no_virtual_ip_and_none_means_no_network() {
+    let m = manager("m").await;
+    create_network(&m, "back", "").await.unwrap();
+    let mut spec = service("db", &["back"]);
+    spec.endpoint = Some(EndpointSpec { mode: EndpointMode::Dnsrr as i32, ports: vec![] });
+    let db = create_service(&m, spec).await.unwrap();
+    assert!(vips(&db).is_empty(), "dnsrr: no virtual IP: {:?}", vips(&db));
+
+    let alone = create_service(&m, service("alone", &["none"])).await.unwrap();
+    assert!(vips(&alone).is_empty());
+    let both = create_service(&m, service("both", &["none", "back"])).await.unwrap_err();
+    assert_eq!(both.code(), Code::InvalidArgument);
+    assert!(both.message().contains("cannot be combined"), "{both:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_allocations_never_share_an_address_a_subnet_or_a_vni() {
     let m = manager("m").await;
     create_network(&m, "shared", "").await.unwrap();

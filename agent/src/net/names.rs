@@ -133,7 +133,7 @@ mod tests {
         assert_eq!(lookup(&maps, "WWW."), Some(ips(&["10.0.1.2"])), "aliases, any case");
         assert_eq!(lookup(&maps, "tasks.web"), Some(ips(&["10.0.1.3", "10.0.1.4"])));
         assert_eq!(lookup(&maps, "db"), Some(ips(&["10.0.1.6"])), "dnsrr: the tasks");
-        assert_eq!(lookup(&maps, "web.1.t3"), Some(ips(&["10.0.1.5"])), "a task by its name");
+        assert_eq!(lookup(&maps, "s-web.1.t3"), Some(ips(&["10.0.1.5"])), "a task by its name");
         assert_eq!(lookup(&maps, "example.com"), None, "not ours: forwarded");
         // A service with no ready task is still ours: an empty answer, not a forward.
         let mut m2 = map();

@@ -9,7 +9,7 @@ pub(crate) mod maps;
 use shoal_proto::spec::network::{normalize, validate_attachments, NONE};
 use shoal_proto::spec::SpecError;
 use shoal_proto::{
-    CreateNetworkRequest, Endpoint, GetNetworkRequest, ListNetworksResponse, Network,
+    CreateNetworkRequest, Endpoint, EndpointMode, GetNetworkRequest, ListNetworksResponse, Network,
     NetworkAttachment, NetworkAttachmentConfig, NetworkResponse, RemoveNetworkRequest,
     RemoveNetworkResponse, Service, Task, VirtualIp,
 };
@@ -207,7 +207,9 @@ pub(crate) fn attach_service(
     let Some(spec) = service.spec.as_mut() else { return Ok(()) };
     resolve_targets(tx, spec)?;
     let mut vips = Vec::new();
-    for a in spec.networks.iter().filter(|a| a.target != NONE) {
+    // DNS round robin: the name resolves to the tasks; there is no virtual IP.
+    let dnsrr = spec.endpoint.as_ref().is_some_and(|e| e.mode() == EndpointMode::Dnsrr);
+    for a in spec.networks.iter().filter(|a| a.target != NONE && !dnsrr) {
         let network = tx
             .get::<Network>(&a.target)?
             .ok_or_else(|| NetworkError::NotFound(a.target.clone()))?;

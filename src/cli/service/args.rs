@@ -81,6 +81,10 @@ pub struct SpecFlags {
     /// Number of tasks
     #[arg(long)]
     pub replicas: Option<u64>,
+    /// How the service is reached on its networks: vip (a virtual IP spread over the tasks) or
+    /// dnsrr (its name resolves to every task)
+    #[arg(long)]
+    pub endpoint_mode: Option<String>,
     /// Maximum tasks of the service per node (0: no limit)
     #[arg(long = "replicas-max-per-node")]
     pub max_per_node: Option<u64>,

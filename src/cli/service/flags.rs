@@ -162,12 +162,26 @@ impl SpecFlags {
     /// Applies the flags that were given to `spec`, leaving everything else as it was.
     pub fn apply(&self, spec: &mut ServiceSpec) -> Result<()> {
         self.apply_scale(spec);
+        self.apply_endpoint(spec)?;
         self.apply_restart(spec)?;
         self.apply_rollouts(spec)?;
         let c = spec.container.get_or_insert_with(Default::default);
         self.apply_security(c)?;
         self.apply_health(c);
         self.apply_process(c)?;
+        Ok(())
+    }
+
+    /// The endpoint mode.
+    fn apply_endpoint(&self, spec: &mut ServiceSpec) -> Result<()> {
+        if let Some(m) = &self.endpoint_mode {
+            let mode = match m.as_str() {
+                "vip" => EndpointMode::Vip,
+                "dnsrr" => EndpointMode::Dnsrr,
+                _ => bail!("invalid --endpoint-mode {m:?}: use vip or dnsrr"),
+            };
+            spec.endpoint.get_or_insert_with(Default::default).set_mode(mode);
+        }
         Ok(())
     }
 
