@@ -200,7 +200,7 @@ impl Hub {
             .get(node_id)
             .into_iter()
             .flatten()
-            .filter_map(|id| s.maps.by_network.get(id).cloned())
+            .filter_map(|id| s.maps.for_node(node_id, id))
             .collect();
         let first = AssignmentsMessage {
             complete: true,
@@ -256,7 +256,7 @@ impl Hub {
             let before = old.by_node.get(node).unwrap_or(&none);
             let after = fresh.by_node.get(node).unwrap_or(&none);
             for id in after {
-                if !before.contains(id) || old.by_network.get(id) != fresh.by_network.get(id) {
+                if !before.contains(id) || old.for_node(node, id) != fresh.for_node(node, id) {
                     stream.removed_networks.remove(id);
                     stream.networks.insert(id.clone());
                 }
@@ -350,7 +350,7 @@ impl Hub {
                     .collect(),
                 networks: std::mem::take(&mut stream.networks)
                     .iter()
-                    .filter_map(|id| maps.by_network.get(id).cloned())
+                    .filter_map(|id| maps.for_node(node, id))
                     .collect(),
                 removed_networks: std::mem::take(&mut stream.removed_networks)
                     .into_iter()
@@ -378,7 +378,16 @@ fn build_maps(store: &crate::store::Store, tasks: &[Task]) -> Option<Maps> {
         }
         let services = store.list::<Service>()?;
         let nodes = store.list::<Node>()?;
-        Ok(maps::build(&networks, &services, tasks, &nodes))
+        let ingress_nodes = match crate::networks::ports::find_ingress(&networks) {
+            Some(n) => {
+                let claims =
+                    store.list_under::<shoal_proto::NameClaim>(&format!("ip/{}/", n.id))?;
+                let prefix = n.subnet.split('/').nth(1).unwrap_or("24");
+                crate::networks::ports::node_claims(&claims, prefix)
+            }
+            None => Default::default(),
+        };
+        Ok(maps::build(&networks, &services, tasks, &nodes, &ingress_nodes))
     };
     match read() {
         Ok(m) => Some(m),
@@ -522,7 +531,12 @@ async fn route(weak: Weak<Shared>, mut events: broadcast::Receiver<Event>) {
                     maps_built = tokio::time::Instant::now();
                     let tasks = shared.store.list::<Task>().ok();
                     match tasks.and_then(|t| build_maps(&shared.store, &t)) {
-                        Some(fresh) => shared.hub.set_maps(fresh),
+                        Some(fresh) => {
+                            if fresh.ingress_stale {
+                                tokio::spawn(address_nodes_on_ingress(weak.clone()));
+                            }
+                            shared.hub.set_maps(fresh);
+                        }
                         None => shared.hub.mark_stale(),
                     }
                 }
@@ -530,6 +544,26 @@ async fn route(weak: Weak<Shared>, mut events: broadcast::Receiver<Event>) {
             }
         }
     }
+}
+
+/// Gives nodes that joined since the ingress network was made an address on it (and takes
+/// back those of removed nodes); the maps are rebuilt after.
+async fn address_nodes_on_ingress(weak: Weak<Shared>) {
+    let Some(shared) = weak.upgrade() else { return };
+    let result = shared
+        .store
+        .update(|tx| {
+            let networks = tx.list::<Network>()?;
+            match crate::networks::ports::find_ingress(&networks).cloned() {
+                Some(ingress) => crate::networks::ports::give_nodes_addresses(tx, &ingress),
+                None => Ok(false),
+            }
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not give nodes addresses on the ingress network");
+    }
+    shared.hub.mark_stale();
 }
 
 fn on_event(shared: &Shared, e: Event) {

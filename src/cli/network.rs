@@ -131,6 +131,7 @@ pub fn spec_of(a: CreateArgs) -> Result<NetworkSpec> {
         attachable: a.attachable,
         internal: a.internal,
         encrypted,
+        ingress: false,
     };
     shoal_proto::spec::network::normalize(&mut spec)?;
     Ok(spec)

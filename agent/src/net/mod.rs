@@ -16,6 +16,10 @@
 //!   socket it opened inside the task's namespace (`dns`), and a load balancer for the virtual
 //!   IPs of its networks (`lb`), rewritten when the maps change.
 //!
+//! - published ports (`mesh`): the node's leg on the ingress network (the routing mesh: a
+//!   veth from the node's namespace onto the ingress sandbox's bridge, with the node's
+//!   address there) and a table in the node's namespace forwarding each published port.
+//!
 //! Networks on different bridges in different sandboxes cannot reach one another; the node
 //! routes nothing into a sandbox. The tools are iproute2 and nftables, run as processes: the
 //! same commands an operator debugs with, and no netlink code of our own to keep.
@@ -24,6 +28,7 @@ pub mod cmd;
 mod dns;
 pub mod files;
 pub mod lb;
+pub mod mesh;
 pub mod names;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -33,7 +38,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use ipnet::Ipv4Net;
 use shoal_proto::spec::network::NONE;
-use shoal_proto::{Network, NetworkMap, Task};
+use shoal_proto::{Network, NetworkMap, PortConfig, Task};
 
 use names::ip_of;
 
@@ -58,6 +63,9 @@ pub enum NetError {
     /// A task's network attachment the node cannot use.
     #[error("network attachment of task {task}: {why}")]
     Attachment { task: String, why: String },
+    /// A host-mode port another task of this node publishes.
+    #[error("port {port}/{protocol} is already published on this node by task {task}")]
+    PortTaken { port: u32, protocol: String, task: String },
     /// No address left on the gateway bridge.
     #[error("the gateway bridge {GW_BRIDGE} has no free address left")]
     GatewayFull,
@@ -120,6 +128,19 @@ struct Inner {
     tasks: HashMap<String, TaskNet>,
     sandboxes: HashMap<String, Sandbox>,
     leases: BTreeMap<String, Ipv4Addr>,
+    /// The node's leg on the ingress network, once it has one.
+    ingress: Option<Ingress>,
+    /// The published-ports table last applied.
+    mesh: String,
+}
+
+#[derive(Debug, Clone)]
+struct Ingress {
+    network_id: String,
+    /// The node's address there (CIDR form).
+    addr: String,
+    /// The interface in the node's namespace.
+    leg: String,
 }
 
 #[derive(Debug)]
@@ -129,6 +150,41 @@ struct TaskNet {
     resolver: Option<tokio::task::AbortHandle>,
     /// The balancer ruleset last applied.
     lb: String,
+    /// Ports published in host mode, forwarded to `gw`.
+    host_ports: Vec<PortConfig>,
+    /// The task's address on the gateway bridge.
+    gw: Option<Ipv4Addr>,
+}
+
+impl TaskNet {
+    fn new(netns: String) -> TaskNet {
+        TaskNet {
+            netns,
+            networks: Vec::new(),
+            resolver: None,
+            lb: String::new(),
+            host_ports: Vec::new(),
+            gw: None,
+        }
+    }
+}
+
+/// The maps of the networks a task resolves and balances on (not the routing mesh's).
+fn task_maps<'a>(inner: &'a Inner, t: &TaskNet) -> Vec<&'a NetworkMap> {
+    t.networks.iter().filter_map(|n| inner.maps.get(n)).filter(|m| !is_ingress(m)).collect()
+}
+
+fn is_ingress(m: &NetworkMap) -> bool {
+    m.network.as_ref().and_then(|n| n.spec.as_ref()).is_some_and(|s| s.ingress)
+}
+
+/// The ports task `task` publishes in host mode.
+fn host_ports(task: &Task) -> Vec<PortConfig> {
+    task.spec
+        .as_ref()
+        .and_then(|s| s.endpoint.as_ref())
+        .map(|e| e.ports.iter().filter(|p| p.publish_mode == "host").cloned().collect())
+        .unwrap_or_default()
 }
 
 #[derive(Debug)]
@@ -219,11 +275,29 @@ impl DataPlane {
             // An earlier try's leftovers.
             let _ = cmd::ip(None, &[format!("netns del {ns}")]);
         }
+        let published = host_ports(task);
+        {
+            let inner = self.inner();
+            for p in &published {
+                let holder = inner.tasks.iter().find(|(id, t)| {
+                    *id != &task.id
+                        && t.host_ports.iter().any(|h| {
+                            h.published_port == p.published_port && h.protocol == p.protocol
+                        })
+                });
+                if let Some((other, _)) = holder {
+                    return Err(NetError::PortTaken {
+                        port: p.published_port,
+                        protocol: p.protocol.clone(),
+                        task: other.clone(),
+                    });
+                }
+            }
+        }
         cmd::ip(None, &[format!("netns add {ns}")])?;
-        self.inner().tasks.insert(
-            task.id.clone(),
-            TaskNet { netns: ns.clone(), networks: Vec::new(), resolver: None, lb: String::new() },
-        );
+        let mut net = TaskNet::new(ns.clone());
+        net.host_ports = published;
+        self.inner().tasks.insert(task.id.clone(), net);
         let mut inside = vec!["link set lo up".to_string()];
         let mut first_addr = None;
         let mut external = task.networks.is_empty();
@@ -256,6 +330,9 @@ impl DataPlane {
         }
         if external {
             let gw = self.lease(&task.id)?;
+            if let Some(t) = self.inner().tasks.get_mut(&task.id) {
+                t.gw = Some(gw);
+            }
             self.ensure_gateway()?;
             let host_end = format!("vg{}", short(&[&task.id]));
             let eth = format!("eth{}", task.networks.len());
@@ -278,6 +355,7 @@ impl DataPlane {
         cmd::ip(Some(&ns), &inside)?;
         let etc_files = self.write_etc(&task.id, hostname, first_addr)?;
         self.program_lb(&task.id)?;
+        self.program_mesh()?;
         Ok(Plumbed { netns: path, etc_files })
     }
 
@@ -374,34 +452,114 @@ impl DataPlane {
              ip saddr {subnet} oifname != \"{GW_BRIDGE}\" masquerade\n  }}\n}}\n"
         );
         cmd::nft(None, &nat)?;
-        // Where Docker runs, FORWARD drops what it does not know: let the bridge's traffic out
-        // and its replies back in.
-        if cmd::have("iptables") {
-            let rules: [&[&str]; 2] = [
-                &["FORWARD", "-i", GW_BRIDGE, "!", "-o", GW_BRIDGE, "-j", "ACCEPT"],
-                &[
-                    "FORWARD",
-                    "-o",
-                    GW_BRIDGE,
-                    "-m",
-                    "conntrack",
-                    "--ctstate",
-                    "RELATED,ESTABLISHED",
-                    "-j",
-                    "ACCEPT",
-                ],
-            ];
-            for rule in rules {
-                let mut check = vec!["-C"];
-                check.extend_from_slice(rule);
-                if cmd::iptables(&check).is_err() {
-                    let mut insert = vec!["-I"];
-                    insert.extend_from_slice(rule);
-                    let _ = cmd::iptables(&insert);
-                }
-            }
-        }
+        // Where Docker runs, FORWARD drops what it does not know: let the bridge's traffic out,
+        // its replies back in, and connections to ports published in host mode through.
+        accept_forward(&[
+            &["-i", GW_BRIDGE, "!", "-o", GW_BRIDGE, "-j", "ACCEPT"],
+            &[
+                "-o",
+                GW_BRIDGE,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "RELATED,ESTABLISHED",
+                "-j",
+                "ACCEPT",
+            ],
+            &["-o", GW_BRIDGE, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"],
+        ]);
         Ok(())
+    }
+
+    /// Brings the node's leg on the ingress network in line with the maps: made when the
+    /// managers give this node an address there (kept if an earlier agent made it), removed
+    /// with the network. Call with the plumbing lock held.
+    fn sync_ingress(&self) -> Result<(), NetError> {
+        let (want, have) = {
+            let inner = self.inner();
+            let want = inner
+                .maps
+                .values()
+                .find(|m| is_ingress(m) && !m.local_addr.is_empty())
+                .and_then(|m| Some((m.network.clone()?, m.local_addr.clone())));
+            (want, inner.ingress.clone())
+        };
+        let leg = format!("ig{}", short(&[&self.cfg.tag]));
+        if let Some(h) = &have {
+            let same = want.as_ref().is_some_and(|(n, a)| n.id == h.network_id && *a == h.addr);
+            if same {
+                return Ok(());
+            }
+            self.remove_ingress_leg(h);
+        }
+        let Some((network, addr)) = want else { return Ok(()) };
+        let bad = |why: &str| NetError::Attachment { task: "ingress".into(), why: why.into() };
+        let ip = ip_of(&addr).ok_or_else(|| bad("the node's address does not parse"))?;
+        let sandbox = self.ensure_sandbox(&network)?;
+        let existing = cmd::ip_out(None, &["-o", "addr", "show", "dev", &leg]).unwrap_or_default();
+        if !existing.contains(&format!("inet {addr} ")) {
+            let _ = cmd::ip(None, &[format!("link del {leg}")]);
+            cmd::ip(
+                None,
+                &[format!(
+                    "link add {leg} mtu {OVERLAY_MTU} type veth peer name node netns {sandbox}"
+                )],
+            )?;
+            cmd::ip(
+                Some(&sandbox),
+                &["link set node master br0".to_string(), "link set node up".to_string()],
+            )?;
+            cmd::ip(
+                None,
+                &[
+                    format!("link set {leg} address {}", mac_of(ip)),
+                    format!("addr add {addr} dev {leg}"),
+                    format!("link set {leg} up"),
+                ],
+            )?;
+            tracing::info!(network = %network.id, addr = %addr, "joined the routing mesh");
+        }
+        // Forwarded to other nodes; the node's own connections to 127.0.0.1 too.
+        for (path, value) in [
+            ("/proc/sys/net/ipv4/ip_forward".to_string(), "1"),
+            (format!("/proc/sys/net/ipv4/conf/{leg}/route_localnet"), "1"),
+        ] {
+            std::fs::write(&path, value)
+                .map_err(|source| NetError::Io { path: path.into(), source })?;
+        }
+        accept_forward(&[
+            &["-o", &leg, "-j", "ACCEPT"],
+            &["-i", &leg, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+        ]);
+        self.inner().ingress = Some(Ingress { network_id: network.id.clone(), addr, leg });
+        Ok(())
+    }
+
+    /// Removes the node's leg on the ingress network, and its sandbox if no task uses it.
+    fn remove_ingress_leg(&self, h: &Ingress) {
+        let _ = cmd::ip(None, &[format!("link del {}", h.leg)]);
+        for rule in [
+            &["-o", h.leg.as_str(), "-j", "ACCEPT"][..],
+            &["-i", &h.leg, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+        ] {
+            let mut delete = vec!["-D", "FORWARD"];
+            delete.extend_from_slice(rule);
+            let _ = cmd::iptables(&delete);
+        }
+        let sandbox = {
+            let mut inner = self.inner();
+            inner.ingress = None;
+            let used = inner.tasks.values().any(|t| t.networks.contains(&h.network_id));
+            if used {
+                None
+            } else {
+                inner.sandboxes.remove(&h.network_id)
+            }
+        };
+        if let Some(s) = sandbox {
+            let _ = cmd::ip(None, &[format!("netns del {}", s.netns)]);
+        }
+        tracing::info!(network = %h.network_id, "left the routing mesh");
     }
 
     /// The task's address on the gateway bridge (kept across agent restarts).
@@ -466,8 +624,7 @@ impl DataPlane {
         let resolve: dns::Resolve = Arc::new(move |name: &str| {
             let plane = me.upgrade()?;
             let inner = plane.inner();
-            let nets = &inner.tasks.get(&id)?.networks;
-            let maps: Vec<&NetworkMap> = nets.iter().filter_map(|n| inner.maps.get(n)).collect();
+            let maps = task_maps(&inner, inner.tasks.get(&id)?);
             names::lookup(&maps, name)
         });
         let handle = dns::serve(socket, resolve, self.upstreams.clone())?;
@@ -494,8 +651,9 @@ impl DataPlane {
             if let Some(r) = gone.as_ref().and_then(|t| t.resolver.as_ref()) {
                 r.abort();
             }
-            let used: BTreeSet<String> =
+            let mut used: BTreeSet<String> =
                 inner.tasks.values().flat_map(|t| t.networks.iter().cloned()).collect();
+            used.extend(inner.ingress.as_ref().map(|i| i.network_id.clone()));
             let unused: Vec<(String, Sandbox)> = inner
                 .sandboxes
                 .keys()
@@ -525,6 +683,9 @@ impl DataPlane {
             }
         }
         let _ = std::fs::remove_dir_all(self.etc_dir(task_id));
+        if let Err(e) = self.program_mesh() {
+            tracing::warn!(error = %e, "could not program the node's published ports");
+        }
     }
 
     /// Takes over the plumbing of a task an earlier agent started: its namespace is kept as it
@@ -542,11 +703,17 @@ impl DataPlane {
                 networks.push(n.id.clone());
             }
         }
-        self.inner().tasks.insert(
-            task.id.clone(),
-            TaskNet { netns: ns, networks, resolver: None, lb: String::new() },
-        );
+        {
+            let mut inner = self.inner();
+            let gw = inner.leases.get(&task.id).copied();
+            let mut net = TaskNet::new(ns);
+            net.networks = networks;
+            net.host_ports = host_ports(task);
+            net.gw = gw;
+            inner.tasks.insert(task.id.clone(), net);
+        }
         self.program_lb(&task.id)?;
+        self.program_mesh()?;
         Ok(true)
     }
 
@@ -568,6 +735,9 @@ impl DataPlane {
             }
         }
         let _guard = self.plumbing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = self.sync_ingress() {
+            tracing::warn!(error = %e, "could not set up the node's leg on the ingress network");
+        }
         let sandboxes: Vec<String> = self.inner().sandboxes.keys().cloned().collect();
         for id in sandboxes {
             if let Err(e) = self.sync_peers(&id) {
@@ -579,6 +749,9 @@ impl DataPlane {
             if let Err(e) = self.program_lb(&id) {
                 tracing::warn!(task = %id, error = %e, "could not program the task's load balancer");
             }
+        }
+        if let Err(e) = self.program_mesh() {
+            tracing::warn!(error = %e, "could not program the node's published ports");
         }
     }
 
@@ -596,6 +769,8 @@ impl DataPlane {
                     m.endpoints
                         .iter()
                         .filter(|e| !local.contains(&e.task_id))
+                        // This node's own leg on the ingress network.
+                        .filter(|e| m.local_addr.is_empty() || e.addr != m.local_addr)
                         .filter_map(|e| Some((ip_of(&e.addr)?, e.node_addr.parse().ok()?)))
                         .collect()
                 })
@@ -647,14 +822,60 @@ impl DataPlane {
         Ok(())
     }
 
+    /// Rewrites the node's published-ports table if where its ports lead changed.
+    fn program_mesh(&self) -> Result<(), NetError> {
+        let ruleset = {
+            let inner = self.inner();
+            let mut forwards = Vec::new();
+            let ingress = inner.ingress.as_ref();
+            if let Some(m) = ingress.and_then(|i| inner.maps.get(&i.network_id)) {
+                for s in &m.services {
+                    let mut backends: Vec<Ipv4Addr> = m
+                        .endpoints
+                        .iter()
+                        .filter(|e| e.ready && e.service_id == s.id)
+                        .filter_map(|e| ip_of(&e.addr))
+                        .collect();
+                    backends.sort();
+                    for p in s.ports.iter().filter(|p| p.publish_mode != "host") {
+                        forwards.push(mesh::Forward {
+                            protocol: p.protocol.clone(),
+                            published: p.published_port,
+                            target: p.target_port,
+                            backends: backends.clone(),
+                        });
+                    }
+                }
+            }
+            for t in inner.tasks.values() {
+                let Some(gw) = t.gw else { continue };
+                for p in &t.host_ports {
+                    forwards.push(mesh::Forward {
+                        protocol: p.protocol.clone(),
+                        published: p.published_port,
+                        target: p.target_port,
+                        backends: vec![gw],
+                    });
+                }
+            }
+            forwards.sort();
+            let ruleset = mesh::ruleset(ingress.map(|i| i.leg.as_str()), &forwards);
+            if ruleset == inner.mesh {
+                return Ok(());
+            }
+            ruleset
+        };
+        cmd::nft(None, &ruleset)?;
+        self.inner().mesh = ruleset;
+        Ok(())
+    }
+
     /// Rewrites task `id`'s balancer if what its networks' virtual IPs lead to changed.
     fn program_lb(&self, id: &str) -> Result<(), NetError> {
         let (netns, ruleset) = {
             let inner = self.inner();
             let Some(t) = inner.tasks.get(id) else { return Ok(()) };
-            let maps: Vec<&NetworkMap> =
-                t.networks.iter().filter_map(|n| inner.maps.get(n)).collect();
-            let ruleset = lb::ruleset(&names::balanced(&maps));
+            let ruleset = lb::ruleset(&names::balanced(&task_maps(&inner, t)));
             if ruleset == t.lb {
                 return Ok(());
             }
@@ -666,6 +887,23 @@ impl DataPlane {
             t.lb = ruleset;
         }
         Ok(())
+    }
+}
+
+/// Puts ACCEPT rules at the head of iptables' FORWARD chain, each once: where Docker runs,
+/// its policy drops what it does not know.
+fn accept_forward(rules: &[&[&str]]) {
+    if !cmd::have("iptables") {
+        return;
+    }
+    for rule in rules {
+        let mut check = vec!["-C", "FORWARD"];
+        check.extend_from_slice(rule);
+        if cmd::iptables(&check).is_err() {
+            let mut insert = vec!["-I", "FORWARD"];
+            insert.extend_from_slice(rule);
+            let _ = cmd::iptables(&insert);
+        }
     }
 }
 

@@ -118,6 +118,7 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            local_addr: String::new(),
         }
     }
 

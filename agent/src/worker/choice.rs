@@ -32,6 +32,7 @@ impl std::fmt::Debug for ExecutorChoice {
 }
 
 /// An executor name other than `runc` or `fake`.
+#[cfg(any(test, feature = "test-util"))]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown executor {0:?}: use runc or fake")]
 pub struct UnknownExecutor(pub String);

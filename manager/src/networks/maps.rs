@@ -15,6 +15,21 @@ use shoal_proto::{
 pub(crate) struct Maps {
     pub by_network: HashMap<String, NetworkMap>,
     pub by_node: HashMap<String, BTreeSet<String>>,
+    /// Each node's own address on a network (the ingress network), by (node, network).
+    pub local: HashMap<(String, String), String>,
+    /// Nodes that have no address on the ingress network yet, or addresses of nodes gone.
+    pub ingress_stale: bool,
+}
+
+impl Maps {
+    /// The map of network `id` as node `node` is to get it (with its own address there).
+    pub fn for_node(&self, node: &str, id: &str) -> Option<NetworkMap> {
+        let mut m = self.by_network.get(id)?.clone();
+        if let Some(addr) = self.local.get(&(node.to_string(), id.to_string())) {
+            m.local_addr = addr.clone();
+        }
+        Some(m)
+    }
 }
 
 /// The IP part of a node's `host:port` address (`[v6]:port` too).
@@ -44,12 +59,14 @@ fn task_name(t: &Task) -> String {
     format!("{}.{slot}.{}", t.service_name, t.id)
 }
 
-/// Builds every map from the store's lists.
+/// Builds every map from the store's lists; `ingress_nodes` holds each node's address on the
+/// ingress network (if there is one).
 pub(crate) fn build(
     networks: &[Network],
     services: &[Service],
     tasks: &[Task],
     nodes: &[Node],
+    ingress_nodes: &BTreeMap<String, String>,
 ) -> Maps {
     let node_addr: HashMap<&str, &str> =
         nodes.iter().map(|n| (n.id.as_str(), host_of(&n.addr))).collect();
@@ -93,22 +110,66 @@ pub(crate) fn build(
             });
         }
     }
+    let mut local = HashMap::new();
+    let mut ingress_stale = false;
+    if let Some(ingress) = super::ports::find_ingress(networks) {
+        let id = ingress.id.as_str();
+        for s in services {
+            let ports: Vec<_> = s
+                .endpoint
+                .iter()
+                .flat_map(|e| e.ports.iter())
+                .filter(|p| p.publish_mode != "host")
+                .cloned()
+                .collect();
+            if ports.is_empty() {
+                continue;
+            }
+            let name = s.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+            records.entry(id).or_default().push(ServiceRecord {
+                id: s.id.clone(),
+                name,
+                ports,
+                ..Default::default()
+            });
+        }
+        for (node, addr) in ingress_nodes {
+            let Some(node_addr) = node_addr.get(node.as_str()) else {
+                ingress_stale = true;
+                continue;
+            };
+            by_node.entry(node.clone()).or_default().insert(id.to_string());
+            local.insert((node.clone(), id.to_string()), addr.clone());
+            endpoints.entry(id).or_default().push(NetworkEndpoint {
+                addr: addr.clone(),
+                node_addr: node_addr.to_string(),
+                name: format!("ingress-sbox.{node}"),
+                ..Default::default()
+            });
+        }
+        ingress_stale |= nodes.iter().any(|n| !ingress_nodes.contains_key(&n.id));
+    }
     let mut by_network = HashMap::new();
     for n in networks {
         let mut eps = endpoints.remove(n.id.as_str()).unwrap_or_default();
-        eps.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        eps.sort_by(|a, b| (&a.task_id, &a.addr).cmp(&(&b.task_id, &b.addr)));
         let mut svcs = records.remove(n.id.as_str()).unwrap_or_default();
         svcs.sort_by(|a, b| a.id.cmp(&b.id));
         by_network.insert(
             n.id.clone(),
-            NetworkMap { network: Some(n.clone()), endpoints: eps, services: svcs },
+            NetworkMap {
+                network: Some(n.clone()),
+                endpoints: eps,
+                services: svcs,
+                local_addr: String::new(),
+            },
         );
     }
     // A node is told only of networks that exist.
     for nets in by_node.values_mut() {
         nets.retain(|id| by_network.contains_key(id));
     }
-    Maps { by_network, by_node }
+    Maps { by_network, by_node, local, ingress_stale }
 }
 
 #[cfg(test)]
@@ -179,7 +240,8 @@ mod tests {
             // On a network that is gone: not sent.
             task("t6", "a", TaskState::Running, "gone", "10.9.0.3/24"),
         ];
-        let maps = build(&[net("n1")], &[service(EndpointMode::Vip)], &tasks, &nodes);
+        let maps =
+            build(&[net("n1")], &[service(EndpointMode::Vip)], &tasks, &nodes, &BTreeMap::new());
         let m = &maps.by_network["n1"];
         let eps: Vec<(&str, &str, bool)> = m
             .endpoints
@@ -203,7 +265,7 @@ mod tests {
 
     #[test]
     fn dns_round_robin_services_have_no_virtual_ip() {
-        let maps = build(&[net("n1")], &[service(EndpointMode::Dnsrr)], &[], &[]);
+        let maps = build(&[net("n1")], &[service(EndpointMode::Dnsrr)], &[], &[], &BTreeMap::new());
         assert_eq!(maps.by_network["n1"].services[0].vip, "");
         assert!(maps.by_node.is_empty());
     }
@@ -212,7 +274,7 @@ mod tests {
     fn a_task_being_stopped_leaves_the_balancer_at_once() {
         let mut t = task("t1", "a", TaskState::Running, "n1", "10.0.1.3/24");
         t.desired_state = TaskState::Shutdown as i32;
-        let maps = build(&[net("n1")], &[], &[t], &[node("a", "[fd00::1]:4242")]);
+        let maps = build(&[net("n1")], &[], &[t], &[node("a", "[fd00::1]:4242")], &BTreeMap::new());
         let e = &maps.by_network["n1"].endpoints[0];
         assert!(!e.ready);
         assert_eq!(e.node_addr, "fd00::1");

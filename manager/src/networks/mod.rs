@@ -5,6 +5,7 @@
 pub(crate) mod alloc;
 pub mod ipam;
 pub(crate) mod maps;
+pub(crate) mod ports;
 
 use shoal_proto::spec::network::{normalize, validate_attachments, NONE};
 use shoal_proto::spec::SpecError;
@@ -49,6 +50,12 @@ pub enum NetworkError {
     /// Every host address of a network is taken.
     #[error("network {network} has no free address left; give it a larger subnet")]
     Full { network: String },
+    /// Another service publishes the port.
+    #[error("port {port}/{protocol} is already published by service {service}; choose another")]
+    PortInUse { port: u32, protocol: String, service: String },
+    /// Every port of the range the managers choose from is taken.
+    #[error("no free port left in 30000-32767 to publish; give one (published=PORT)")]
+    NoFreePort,
     /// A stored network whose subnet or gateway does not parse.
     #[error("network {network} is stored with a damaged subnet or gateway")]
     Corrupt { network: String },
@@ -64,9 +71,10 @@ impl From<NetworkError> for Status {
             NetworkError::Spec(s) => s.into(),
             NetworkError::Exists(_) => Status::already_exists(msg),
             NetworkError::NotFound(_) => Status::not_found(msg),
-            NetworkError::Ambiguous(_) | NetworkError::SubnetInUse { .. } => {
-                Status::invalid_argument(msg)
-            }
+            NetworkError::Ambiguous(_)
+            | NetworkError::SubnetInUse { .. }
+            | NetworkError::PortInUse { .. } => Status::invalid_argument(msg),
+            NetworkError::NoFreePort => Status::resource_exhausted(msg),
             NetworkError::InUse { .. } => Status::failed_precondition(msg),
             NetworkError::PoolExhausted | NetworkError::Full { .. } => {
                 Status::resource_exhausted(msg)
@@ -88,6 +96,18 @@ pub(crate) fn resolve<'a>(
     })
 }
 
+/// Names of the services that publish ports on the routing mesh.
+fn publishers(services: &[Service]) -> Vec<String> {
+    let mut names: Vec<String> = services
+        .iter()
+        .filter_map(|s| s.spec.as_ref())
+        .filter(|spec| spec.endpoint.as_ref().is_some_and(|e| ports::publishes_ingress(&e.ports)))
+        .map(|spec| spec.name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
 /// Names of the services whose current spec is on network `id`.
 fn users(services: &[Service], id: &str) -> Vec<String> {
     let mut names: Vec<String> = services
@@ -106,6 +126,8 @@ pub(crate) async fn create(
 ) -> Result<NetworkResponse, NetworkError> {
     let mut spec = req.spec.unwrap_or_default();
     normalize(&mut spec)?;
+    // The routing mesh's network is made by the managers, when a port is first published.
+    spec.ingress = false;
     let id = shoal_pki::id::new_id();
     let network = shared
         .store
@@ -157,14 +179,23 @@ pub(crate) async fn remove(
             if tx.get::<Network>(&network.id)?.is_none() {
                 return Err(NetworkError::NotFound(req.reference.clone()));
             }
-            let mut in_use = users(&tx.list::<Service>()?, &network.id);
-            if in_use.is_empty() && !alloc::holders(tx, &network.id)?.is_empty() {
+            let ingress = network.spec.as_ref().is_some_and(|s| s.ingress);
+            let services = tx.list::<Service>()?;
+            let mut in_use =
+                if ingress { publishers(&services) } else { users(&services, &network.id) };
+            // Node addresses on the ingress network go with it.
+            let tasks_hold =
+                alloc::holders(tx, &network.id)?.iter().any(|o| !o.starts_with("node:"));
+            if in_use.is_empty() && tasks_hold {
                 in_use.push("tasks that are still stopping".into());
             }
             if !in_use.is_empty() {
                 return Err(NetworkError::InUse { network: name.clone(), users: in_use });
             }
             alloc::serialize_network_changes(tx)?;
+            for (node, addr) in ports::node_addresses(tx, &network.id)? {
+                alloc::release_addr(tx, &network.id, &addr, &format!("node:{node}"))?;
+            }
             tx.delete::<Network>(&network.id)?;
             tx.release_name("network", &name)?;
             Ok(())
@@ -186,7 +217,12 @@ pub(crate) fn resolve_targets(
     }
     let all = tx.list::<Network>()?;
     for a in spec.networks.iter_mut().filter(|a| a.target != NONE) {
-        let id = resolve(&all, &a.target)?.id.clone();
+        let found = resolve(&all, &a.target)?;
+        if found.spec.as_ref().is_some_and(|s| s.ingress) {
+            // The routing mesh is joined by publishing a port, not by name.
+            return Err(SpecError::ReservedNetworkName(ports::INGRESS.into()).into());
+        }
+        let id = found.id.clone();
         // Read by ID so a concurrent removal makes the transaction conflict.
         tx.get::<Network>(&id)?.ok_or_else(|| NetworkError::NotFound(a.target.clone()))?;
         a.target = id;
@@ -225,8 +261,15 @@ pub(crate) fn attach_service(
             alloc::release_addr(tx, &gone.network_id, &gone.addr, &service.id)?;
         }
     }
-    service.endpoint =
-        if vips.is_empty() { None } else { Some(Endpoint { vips, ports: Vec::new() }) };
+    let published = ports::publish(tx, service, old)?;
+    if ports::publishes_ingress(&published) {
+        ports::ensure_ingress(tx)?;
+    }
+    service.endpoint = if vips.is_empty() && published.is_empty() {
+        None
+    } else {
+        Some(Endpoint { vips, ports: published })
+    };
     Ok(())
 }
 
@@ -235,14 +278,22 @@ pub(crate) fn detach_service(tx: &mut Tx<'_>, service: &Service) -> Result<(), N
     for v in service.endpoint.iter().flat_map(|e| e.vips.iter()) {
         alloc::release_addr(tx, &v.network_id, &v.addr, &service.id)?;
     }
+    ports::unpublish(tx, service)?;
     Ok(())
 }
 
 /// Inside the creation of a task: an address on each network of its spec, with the network
 /// as it is now (all a node needs to plumb it).
 pub(crate) fn attach_task(tx: &mut Tx<'_>, task: &mut Task) -> Result<(), NetworkError> {
-    let targets: Vec<NetworkAttachmentConfig> =
+    let mut targets: Vec<NetworkAttachmentConfig> =
         task.spec.as_ref().map(|s| s.networks.clone()).unwrap_or_default();
+    let spec_ports =
+        task.spec.as_ref().and_then(|s| s.endpoint.as_ref()).map(|e| e.ports.as_slice());
+    if ports::publishes_ingress(spec_ports.unwrap_or_default()) {
+        if let Some(ingress) = ports::find_ingress(&tx.list::<Network>()?) {
+            targets.push(NetworkAttachmentConfig { target: ingress.id.clone(), aliases: vec![] });
+        }
+    }
     let mut attached = Vec::new();
     for a in targets.into_iter().filter(|a| a.target != NONE) {
         let network = tx

@@ -7,7 +7,7 @@ use shoal_proto::spec::Constraint;
 use shoal_proto::Availability;
 
 use super::constraint::matches;
-use super::view::{CpuMem, NodeInfo};
+use super::view::{CpuMem, HostPort, NodeInfo};
 
 /// The first filter that refused a node, in pipeline order (the derived order is that order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -18,6 +18,8 @@ pub(super) enum Failure {
     Memory,
     /// The index of the first constraint the node does not satisfy.
     Constraint(usize),
+    /// The index of the first host-mode port a task there already publishes.
+    HostPort(usize),
     MaxReplicas,
 }
 
@@ -32,6 +34,8 @@ pub(super) struct Filter<'a> {
     pub constraints: &'a [Constraint],
     /// 0: unlimited.
     pub max_per_node: u64,
+    /// Ports the group publishes in host mode: one task per node.
+    pub host_ports: &'a [HostPort],
 }
 
 impl Filter<'_> {
@@ -48,7 +52,13 @@ impl Filter<'_> {
         if let Some(i) = self.constraints.iter().position(|c| !matches(c, node)) {
             return Err(Failure::Constraint(i));
         }
+        if let Some(i) = self.host_ports.iter().position(|p| node.has_host_port(p)) {
+            return Err(Failure::HostPort(i));
+        }
         let mut room = cpu.min(mem);
+        if !self.host_ports.is_empty() {
+            room = 1;
+        }
         if self.max_per_node > 0 {
             let have = node.service_tasks(self.service_id) as u64;
             if have >= self.max_per_node {
@@ -97,6 +107,9 @@ impl Filter<'_> {
             Failure::Memory => format!("{has} insufficient memory"),
             Failure::Constraint(i) => {
                 format!("{does} not satisfy constraint {}", self.constraints[i])
+            }
+            Failure::HostPort(i) => {
+                format!("{has} host-mode port {} already in use", self.host_ports[i])
             }
             Failure::MaxReplicas => {
                 format!("{has} reached max replicas per node ({})", self.max_per_node)

@@ -21,7 +21,9 @@ use shoal_proto::spec::constraint::{parse_constraints, spread_labels};
 use shoal_proto::{ServiceSpec, Task};
 
 pub use constraint::matches;
-pub use view::{holds_resources, ClusterView, CpuMem, NodeInfo, FAILURE_WINDOW_MS, MAX_FAILURES};
+pub use view::{
+    holds_resources, ClusterView, CpuMem, HostPort, NodeInfo, FAILURE_WINDOW_MS, MAX_FAILURES,
+};
 
 use filter::Filter;
 use spread::{Candidate, Ordering};
@@ -54,13 +56,16 @@ pub fn schedule(
         Err(e) => return tasks.iter().map(|t| no_node(t, format!("{e}"))).collect(),
     };
     let version = (service_id.to_string(), tasks.first().map_or(0, |t| t.spec_version));
+    let host_ports = HostPort::of(spec);
     let group = Group {
         filter: Filter {
             service_id,
             need: CpuMem::reserved_by(spec),
             constraints: &constraints,
             max_per_node: placement.max_replicas_per_node,
+            host_ports: &host_ports,
         },
+        ports: host_ports.clone().into(),
         service: Arc::from(service_id),
         labels: &labels,
         order: Ordering { service_id, version: &version, now_ms },
@@ -79,6 +84,8 @@ struct Group<'a> {
     filter: Filter<'a>,
     /// The service ID, shared by every task counted in the view.
     service: Arc<str>,
+    /// Its host-mode ports, shared likewise.
+    ports: Arc<[view::HostPort]>,
     /// Spread labels, outermost first.
     labels: &'a [String],
     order: Ordering<'a>,
@@ -94,7 +101,7 @@ fn validate(view: &mut ClusterView, group: &Group<'_>, task: &Task) -> Decision 
         if let Err(f) = filter.room(view.node_at(i)) {
             return no_node(task, filter.refusal(view.node_at(i), f));
         }
-        view.count_at(i, &task.id, &group.service, filter.need);
+        view.count_at(i, &task.id, &group.service, filter.need, &group.ports);
     }
     Decision::Assign { task_id: task.id.clone(), node_id: task.node_id.clone() }
 }
@@ -118,7 +125,7 @@ fn place_free(
     view.reserve_tasks(chosen.len());
     for (&k, &i) in free.iter().zip(&chosen) {
         let task = tasks[k];
-        view.count_at(i, &task.id, &group.service, filter.need);
+        view.count_at(i, &task.id, &group.service, filter.need, &group.ports);
         let node_id = view.node_at(i).id.clone();
         decisions[k] = Some(Decision::Assign { task_id: task.id.clone(), node_id });
     }

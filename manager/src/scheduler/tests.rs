@@ -405,3 +405,46 @@ fn node_addresses_yield_their_ip() {
     assert_eq!(ip("fd00::1").as_deref(), Some("fd00::1"));
     assert_eq!(ip("manager.example:4242"), None);
 }
+
+#[test]
+fn a_host_mode_port_takes_one_task_per_node_across_services() {
+    let host = |port: u32, protocol: &str| {
+        let mut s = spec(&[], &[], 0);
+        s.endpoint = Some(shoal_proto::EndpointSpec {
+            ports: vec![shoal_proto::PortConfig {
+                protocol: protocol.into(),
+                target_port: 80,
+                published_port: port,
+                publish_mode: "host".into(),
+                ..default()
+            }],
+            ..default()
+        });
+        s
+    };
+    let mut view = new_test_view(3, |_, _| {});
+    let d = run(&mut view, &host(8080, "tcp"), &new_test_tasks("web", 1, 4));
+    let mut nodes: Vec<String> = d
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Assign { node_id, .. } => Some(node_id.clone()),
+            Decision::NoNode { .. } => None,
+        })
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    assert_eq!(nodes.len(), 3, "one task per node: {d:?}");
+    let why = "no suitable node (3 nodes have host-mode port 8080/tcp already in use)";
+    assert_eq!(refusals(&d), vec![why]);
+    // Another service cannot have the port either, but the same number over UDP is free.
+    let d = run(&mut view, &host(8080, "tcp"), &new_test_tasks("api", 1, 1));
+    assert_eq!(refusals(&d), vec![why]);
+    must_assign(&run(&mut view, &host(8080, "udp"), &new_test_tasks("dns", 1, 3)));
+    // A task that stops gives its node's port back.
+    let mut stopped = new_test_tasks("web", 1, 1).remove(0);
+    stopped.node_id = "n0000".into();
+    stopped.spec = Some(host(8080, "tcp"));
+    stopped.desired_state = TaskState::Shutdown as i32;
+    view.add_task(&stopped);
+    must_assign(&run(&mut view, &host(8080, "tcp"), &new_test_tasks("api", 1, 1)));
+}

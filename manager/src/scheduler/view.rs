@@ -33,6 +33,31 @@ impl CpuMem {
     }
 }
 
+/// A port published in host mode: one task per node can have it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostPort {
+    pub udp: bool,
+    pub port: u32,
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.port, if self.udp { "udp" } else { "tcp" })
+    }
+}
+
+impl HostPort {
+    /// The host-mode ports of a service spec.
+    pub fn of(spec: &ServiceSpec) -> Vec<HostPort> {
+        let ports = spec.endpoint.as_ref().map(|e| e.ports.as_slice()).unwrap_or_default();
+        ports
+            .iter()
+            .filter(|p| p.publish_mode == "host" && p.published_port != 0)
+            .map(|p| HostPort { udp: p.protocol == "udp", port: p.published_port })
+            .collect()
+    }
+}
+
 /// What the scheduler knows about one node.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
@@ -53,6 +78,8 @@ pub struct NodeInfo {
     pub reserved: CpuMem,
     pub tasks_total: usize,
     pub tasks_by_service: HashMap<String, usize>,
+    /// Host-mode ports the tasks counted here publish (and how many have each).
+    pub host_ports: HashMap<HostPort, usize>,
     /// Failure times (ms) by (service ID, spec version), pruned to the failure window.
     pub recent_failures: HashMap<(String, u64), Vec<i64>>,
 }
@@ -73,6 +100,7 @@ impl NodeInfo {
             reserved: CpuMem::default(),
             tasks_total: 0,
             tasks_by_service: HashMap::new(),
+            host_ports: HashMap::new(),
             recent_failures: HashMap::new(),
         };
         info.describe(node);
@@ -105,8 +133,20 @@ impl NodeInfo {
         times.iter().filter(|&&t| now_ms - t < FAILURE_WINDOW_MS).count() >= MAX_FAILURES
     }
 
-    fn count(&mut self, service_id: &str, res: CpuMem, sign: i64) {
+    /// Whether a counted task publishes `port` in host mode here.
+    pub fn has_host_port(&self, port: &HostPort) -> bool {
+        self.host_ports.get(port).is_some_and(|n| *n > 0)
+    }
+
+    fn count(&mut self, service_id: &str, res: CpuMem, ports: &[HostPort], sign: i64) {
         self.reserved.add(res, sign);
+        for p in ports {
+            let n = self.host_ports.entry(*p).or_default();
+            *n = n.saturating_add_signed(sign as isize);
+            if *n == 0 {
+                self.host_ports.remove(p);
+            }
+        }
         if sign > 0 {
             self.tasks_total += 1;
             match self.tasks_by_service.get_mut(service_id) {
@@ -144,6 +184,7 @@ struct Counted {
     node: usize,
     service_id: Arc<str>,
     res: CpuMem,
+    ports: Arc<[HostPort]>,
 }
 
 /// What the scheduler knows about the whole cluster. Nodes are kept sorted by ID.
@@ -194,14 +235,16 @@ impl ClusterView {
         };
         if !self.is_counted_at(&task.id, i) {
             let res = task.spec.as_ref().map(CpuMem::reserved_by).unwrap_or_default();
-            self.count_at(i, &task.id, &Arc::from(task.service_id.as_str()), res);
+            let ports: Arc<[HostPort]> =
+                task.spec.as_ref().map(HostPort::of).unwrap_or_default().into();
+            self.count_at(i, &task.id, &Arc::from(task.service_id.as_str()), res, &ports);
         }
     }
 
     /// Releases what a stopped (or removed) task held. Idempotent.
     pub fn remove_task(&mut self, task: &Task) {
         if let Some(c) = self.tasks.remove(&task.id) {
-            self.nodes[c.node].count(&c.service_id, c.res, -1);
+            self.nodes[c.node].count(&c.service_id, c.res, &c.ports, -1);
         }
     }
 
@@ -268,11 +311,18 @@ impl ClusterView {
     }
 
     /// Counts a task on the node at `i`, releasing it first from wherever it was counted.
-    pub(super) fn count_at(&mut self, i: usize, task_id: &str, service: &Arc<str>, res: CpuMem) {
-        self.nodes[i].count(service, res, 1);
-        let c = Counted { node: i, service_id: Arc::clone(service), res };
+    pub(super) fn count_at(
+        &mut self,
+        i: usize,
+        task_id: &str,
+        service: &Arc<str>,
+        res: CpuMem,
+        ports: &Arc<[HostPort]>,
+    ) {
+        self.nodes[i].count(service, res, ports, 1);
+        let c = Counted { node: i, service_id: Arc::clone(service), res, ports: Arc::clone(ports) };
         if let Some(old) = self.tasks.insert(task_id.to_string(), c) {
-            self.nodes[old.node].count(&old.service_id, old.res, -1);
+            self.nodes[old.node].count(&old.service_id, old.res, &old.ports, -1);
         }
     }
 

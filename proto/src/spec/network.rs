@@ -138,6 +138,42 @@ pub fn address_pool(pools: &[String], size: u32) -> Result<(Vec<Ipv4Net>, u8), S
     Ok((out, size))
 }
 
+/// The range the managers choose published ports from when a service gives none (Swarm's).
+pub const AUTO_PORTS: std::ops::RangeInclusive<u32> = 30000..=32767;
+
+/// Fills the defaults of a service's published ports (tcp, ingress) and refuses what cannot
+/// be published: a bad protocol or mode, a port outside 1-65535, host mode without a
+/// published port, the same published port twice.
+pub fn normalize_ports(ports: &mut [crate::PortConfig]) -> Result<(), SpecError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for p in ports.iter_mut() {
+        let value = format!("{}:{}/{}", p.published_port, p.target_port, p.protocol);
+        let bad = |why: &str| SpecError::Port { value: value.clone(), why: why.to_string() };
+        if p.protocol.is_empty() {
+            p.protocol = "tcp".into();
+        }
+        if p.publish_mode.is_empty() {
+            p.publish_mode = "ingress".into();
+        }
+        if !matches!(p.protocol.as_str(), "tcp" | "udp") {
+            return Err(bad("the protocol must be tcp or udp"));
+        }
+        if !matches!(p.publish_mode.as_str(), "ingress" | "host") {
+            return Err(bad("the mode must be ingress or host"));
+        }
+        if !(1..=65535).contains(&p.target_port) || p.published_port > 65535 {
+            return Err(bad("ports are numbers from 1 to 65535"));
+        }
+        if p.publish_mode == "host" && p.published_port == 0 {
+            return Err(bad("host mode needs a published port (published=PORT)"));
+        }
+        if p.published_port != 0 && !seen.insert((p.published_port, p.protocol.clone())) {
+            return Err(bad("the service publishes this port twice"));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a service's network attachments: each names a network once, aliases are names.
 pub fn validate_attachments(list: &[NetworkAttachmentConfig]) -> Result<(), SpecError> {
     if list.len() > 1 && list.iter().any(|a| a.target == NONE) {
@@ -215,6 +251,36 @@ mod tests {
         validate_attachments(&[att(NONE)]).unwrap();
         let err = validate_attachments(&[att(NONE), att("backend")]).unwrap_err();
         assert!(err.to_string().contains("cannot be combined"), "{err}");
+    }
+
+    #[test]
+    fn published_ports_default_to_tcp_on_the_routing_mesh() {
+        use crate::PortConfig;
+        let port = |published, target, protocol: &str, mode: &str| PortConfig {
+            published_port: published,
+            target_port: target,
+            protocol: protocol.into(),
+            publish_mode: mode.into(),
+            ..Default::default()
+        };
+        let mut ok =
+            vec![port(8080, 80, "", ""), port(0, 53, "udp", ""), port(9000, 90, "tcp", "host")];
+        normalize_ports(&mut ok).unwrap();
+        assert_eq!((ok[0].protocol.as_str(), ok[0].publish_mode.as_str()), ("tcp", "ingress"));
+        let cases = [
+            (vec![port(80, 80, "sctp", "")], "tcp or udp"),
+            (vec![port(80, 80, "", "bridge")], "ingress or host"),
+            (vec![port(80, 0, "", "")], "1 to 65535"),
+            (vec![port(70000, 80, "", "")], "1 to 65535"),
+            (vec![port(0, 80, "", "host")], "host mode needs"),
+            (vec![port(80, 80, "", ""), port(80, 81, "tcp", "")], "twice"),
+        ];
+        for (mut ports, want) in cases {
+            let err = normalize_ports(&mut ports).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+        // The same number over tcp and udp is two ports.
+        normalize_ports(&mut [port(53, 53, "tcp", ""), port(53, 53, "udp", "")]).unwrap();
     }
 
     #[test]

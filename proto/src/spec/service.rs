@@ -75,6 +75,15 @@ pub fn normalize(mut spec: ServiceSpec) -> Result<ServiceSpec, SpecError> {
     if spec.history_limit == 0 {
         spec.history_limit = DEFAULT_HISTORY;
     }
+    if let Some(e) = spec.endpoint.as_mut() {
+        if crate::EndpointMode::try_from(e.mode).is_err() {
+            return Err(SpecError::Port {
+                value: e.mode.to_string(),
+                why: "unknown endpoint mode".into(),
+            });
+        }
+        super::network::normalize_ports(&mut e.ports)?;
+    }
     Ok(spec)
 }
 

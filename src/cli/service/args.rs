@@ -248,6 +248,10 @@ pub struct CreateArgs {
     /// Networks the tasks join: NAME or name=NAME,alias=A[,alias=B]
     #[arg(long)]
     pub network: Vec<String>,
+    /// Publish a port: [PUBLISHED:]TARGET[/PROTOCOL] or
+    /// published=P,target=T[,protocol=tcp|udp][,mode=ingress|host]
+    #[arg(short = 'p', long)]
+    pub publish: Vec<String>,
     #[command(flatten)]
     pub flags: SpecFlags,
     /// Image name (as loaded with 'shoal image load' or 'image import')
@@ -303,6 +307,12 @@ pub struct UpdateArgs {
     /// Take the service off a network (its name or ID)
     #[arg(long)]
     pub network_rm: Vec<String>,
+    /// Publish a port (same forms as service create --publish)
+    #[arg(long)]
+    pub publish_add: Vec<String>,
+    /// Stop publishing a port: PUBLISHED[/PROTOCOL] (or the same forms as --publish-add)
+    #[arg(long)]
+    pub publish_rm: Vec<String>,
     /// Replace every task even if nothing changed
     #[arg(long)]
     pub force: bool,

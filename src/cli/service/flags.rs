@@ -396,3 +396,86 @@ pub(super) fn edit_networks(
     list.extend(add);
     Ok(())
 }
+
+/// `--publish`: Docker's short form `[PUBLISHED:]TARGET[/PROTOCOL]` (no published port: the
+/// managers choose one) or the long form `published=P,target=T,protocol=tcp,mode=ingress`.
+pub fn parse_publish(s: &str) -> Result<PortConfig> {
+    let bad = |why: &str| anyhow::anyhow!("invalid --publish {s:?}: {why}");
+    let num = |v: &str, what: &str| -> Result<u32> {
+        v.parse::<u32>().ok().filter(|n| (1..=65535).contains(n)).ok_or_else(|| {
+            bad(&format!(
+                "{what} port {v:?} is not a number from 1 to 65535 (ranges are not supported)"
+            ))
+        })
+    };
+    let mut p =
+        PortConfig { protocol: "tcp".into(), publish_mode: "ingress".into(), ..Default::default() };
+    if s.contains('=') {
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("published", v)) => p.published_port = num(v, "published")?,
+                Some(("target", v)) => p.target_port = num(v, "target")?,
+                Some(("protocol", v)) => p.protocol = v.to_string(),
+                Some(("mode", v)) => p.publish_mode = v.to_string(),
+                _ => {
+                    return Err(bad(
+                        "use published=P,target=T[,protocol=tcp|udp][,mode=ingress|host]",
+                    ))
+                }
+            }
+        }
+        if p.target_port == 0 {
+            return Err(bad("it names no target port (target=PORT)"));
+        }
+    } else {
+        let (ports, protocol) = s.split_once('/').unwrap_or((s, "tcp"));
+        p.protocol = protocol.to_string();
+        match ports.split_once(':') {
+            Some((published, target)) => {
+                p.published_port = num(published, "published")?;
+                p.target_port = num(target, "target")?;
+            }
+            None => p.target_port = num(ports, "target")?,
+        }
+    }
+    if !matches!(p.protocol.as_str(), "tcp" | "udp") {
+        return Err(bad("the protocol must be tcp or udp"));
+    }
+    if !matches!(p.publish_mode.as_str(), "ingress" | "host") {
+        return Err(bad("the mode must be ingress or host"));
+    }
+    Ok(p)
+}
+
+/// `--publish-rm` then `--publish-add`: a port is known by its published number and protocol;
+/// an added one replaces one with the same. Removing a port the service does not publish is
+/// an error (a typo should not pass for a change).
+pub(super) fn edit_ports(list: &mut Vec<PortConfig>, add: &[String], rm: &[String]) -> Result<()> {
+    let add: Vec<PortConfig> = add.iter().map(|a| parse_publish(a)).collect::<Result<_>>()?;
+    for r in rm {
+        let (number, protocol) = if r.contains('=') || r.contains(':') {
+            let p = parse_publish(r)?;
+            (p.published_port, p.protocol)
+        } else {
+            let (n, proto) = r.split_once('/').unwrap_or((r, "tcp"));
+            let n = n.parse::<u32>().map_err(|_| {
+                anyhow::anyhow!("invalid --publish-rm {r:?}: use PUBLISHED[/PROTOCOL]")
+            })?;
+            (n, proto.to_string())
+        };
+        let before = list.len();
+        list.retain(|p| !(p.published_port == number && p.protocol == protocol));
+        if list.len() == before {
+            bail!("invalid --publish-rm {r:?}: the service does not publish {number}/{protocol}");
+        }
+    }
+    list.retain(|p| {
+        !add.iter().any(|a| {
+            a.protocol == p.protocol
+                && a.published_port != 0
+                && a.published_port == p.published_port
+        })
+    });
+    list.extend(add);
+    Ok(())
+}

@@ -21,7 +21,10 @@ pub use flags::{parse_bytes, parse_cpus, parse_mode, parse_secret_ref};
 pub use render::{service_ls, service_ps};
 
 use converge::converge;
-use flags::{edit_networks, edit_refs, parse_network, parse_ulimit, pref, split_kv};
+use flags::{
+    edit_networks, edit_ports, edit_refs, parse_network, parse_publish, parse_ulimit, pref,
+    split_kv,
+};
 use render::{service_json, service_pretty, task_name};
 
 /// The image digest as the local node knows it, to pin the service to it.
@@ -239,6 +242,10 @@ async fn create(
         networks: a.network.iter().map(|n| parse_network(n)).collect::<Result<_>>()?,
         ..Default::default()
     };
+    if !a.publish.is_empty() {
+        let ports = a.publish.iter().map(|p| parse_publish(p)).collect::<Result<_>>()?;
+        spec.endpoint = Some(EndpointSpec { ports, ..Default::default() });
+    }
     if spec.container.as_ref().is_some_and(|c| c.image_digest.is_empty()) {
         eprintln!(
             "warning: image {} is not on this node, so the service is not pinned to a digest; each node uses its own {}",
@@ -290,6 +297,22 @@ async fn update(
     edit_refs(&mut c.configs, &a.config_add, &a.config_rm)?;
     let network_rm = network_ids(control, &a.network_rm).await?;
     edit_networks(&mut spec.networks, &a.network_add, &network_rm)?;
+    if !a.publish_add.is_empty() || !a.publish_rm.is_empty() {
+        let e = spec.endpoint.get_or_insert_with(Default::default);
+        // Ports the managers chose are known by their number from now on.
+        let chosen = s.endpoint.as_ref().map(|e| e.ports.as_slice()).unwrap_or_default();
+        for p in e.ports.iter_mut().filter(|p| p.published_port == 0) {
+            let same = chosen.iter().find(|c| {
+                c.target_port == p.target_port
+                    && c.protocol == p.protocol
+                    && c.publish_mode == p.publish_mode
+            });
+            if let Some(c) = same {
+                p.published_port = c.published_port;
+            }
+        }
+        edit_ports(&mut e.ports, &a.publish_add, &a.publish_rm)?;
+    }
     c.cap_drop.retain(|d| !a.cap_add.contains(d));
     for d in &a.cap_drop {
         if !c.cap_drop.contains(d)

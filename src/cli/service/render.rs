@@ -49,9 +49,33 @@ pub fn service_ls(r: &ListServicesResponse, quiet: bool) -> String {
         let mode = if spec.mode() == ServiceMode::Global { "global" } else { "replicated" };
         let image = spec.container.map(|c| c.image).unwrap_or_default();
         let id = s.id.chars().take(12).collect();
-        Some(vec![id, spec.name, mode.into(), format!("{}/{}", sum.running, sum.desired), image])
+        let replicas = format!("{}/{}", sum.running, sum.desired);
+        let ports = s.endpoint.iter().flat_map(|e| e.ports.iter()).map(port_text);
+        let ports = ports.collect::<Vec<_>>().join(", ");
+        Some(vec![id, spec.name, mode.into(), replicas, image, ports])
     });
-    table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE"], rows)
+    table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], rows)
+}
+
+/// A published port as `service ls` shows it (Docker's form: `*:8080->80/tcp`; host mode
+/// without the star).
+pub fn port_text(p: &shoal_proto::PortConfig) -> String {
+    let star = if p.publish_mode == "host" { "" } else { "*" };
+    format!("{star}:{}->{}/{}", p.published_port, p.target_port, p.protocol)
+}
+
+fn ports_json(ports: &[shoal_proto::PortConfig]) -> Vec<serde_json::Value> {
+    ports
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "Protocol": p.protocol,
+                "TargetPort": p.target_port,
+                "PublishedPort": p.published_port,
+                "PublishMode": p.publish_mode,
+            })
+        })
+        .collect()
 }
 
 /// `service ps`: newest task of each slot first, its history below it.
@@ -175,6 +199,10 @@ pub(super) fn service_json(s: &Service) -> serde_json::Value {
                 "Placement": {"Constraints": p.constraints, "Preferences": p.spread, "MaxReplicas": p.max_replicas_per_node},
                 "Networks": spec.networks.iter().map(|n| serde_json::json!({"Target": n.target, "Aliases": n.aliases})).collect::<Vec<_>>(),
             },
+            "EndpointSpec": {
+                "Mode": if spec.endpoint.as_ref().is_some_and(|e| e.mode() == shoal_proto::EndpointMode::Dnsrr) { "dnsrr" } else { "vip" },
+                "Ports": ports_json(spec.endpoint.as_ref().map(|e| e.ports.as_slice()).unwrap_or_default()),
+            },
             "UpdateConfig": upd(spec.update),
             "RollbackConfig": upd(spec.rollback),
         },
@@ -184,6 +212,7 @@ pub(super) fn service_json(s: &Service) -> serde_json::Value {
             "Message": status.message,
         },
         "Endpoint": {
+            "Ports": ports_json(s.endpoint.as_ref().map(|e| e.ports.as_slice()).unwrap_or_default()),
             "VirtualIPs": s.endpoint.iter().flat_map(|e| e.vips.iter()).map(|v| serde_json::json!({"NetworkID": v.network_id, "Addr": v.addr})).collect::<Vec<_>>(),
         },
     })
@@ -243,6 +272,25 @@ pub(super) fn service_pretty(s: &Service) -> String {
         }
     );
     let _ = writeln!(out, "Landlock:       {}", landlock_label(&c));
+    if !spec.networks.is_empty() {
+        let names: Vec<&str> = spec.networks.iter().map(|n| n.target.as_str()).collect();
+        let _ = writeln!(out, "Networks:       {}", names.join(" "));
+    }
+    let endpoint = s.endpoint.clone().unwrap_or_default();
+    if !endpoint.vips.is_empty() {
+        let vips: Vec<&str> = endpoint.vips.iter().map(|v| v.addr.as_str()).collect();
+        let _ = writeln!(out, "Virtual IPs:    {}", vips.join(" "));
+    }
+    if !endpoint.ports.is_empty() {
+        let _ = writeln!(out, "Ports:");
+        for p in &endpoint.ports {
+            let _ = writeln!(
+                out,
+                " PublishedPort = {}\n  Protocol = {}\n  TargetPort = {}\n  PublishMode = {}",
+                p.published_port, p.protocol, p.target_port, p.publish_mode
+            );
+        }
+    }
     let _ = writeln!(out);
     out
 }
