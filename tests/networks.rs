@@ -291,3 +291,79 @@ async fn a_new_leader_allocates_around_what_the_old_one_gave() {
     let api = create_service(survivor, service("api", &["a"])).await.unwrap();
     assert_ne!(vips(&api)[0].1, vips(&web)[0].1, "web's address is still taken");
 }
+
+fn publishing(name: &str, ports: &[(u32, u32, &str, &str)]) -> ServiceSpec {
+    let mut spec = service(name, &[]);
+    let ports = ports
+        .iter()
+        .map(|&(published, target, protocol, mode)| PortConfig {
+            published_port: published,
+            target_port: target,
+            protocol: protocol.into(),
+            publish_mode: mode.into(),
+            ..Default::default()
+        })
+        .collect();
+    spec.endpoint = Some(EndpointSpec { ports, ..Default::default() });
+    spec
+}
+
+fn published(s: &Service) -> Vec<(u32, String, String)> {
+    let ports = s.endpoint.iter().flat_map(|e| e.ports.iter());
+    ports.map(|p| (p.published_port, p.protocol.clone(), p.publish_mode.clone())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_published_port_is_the_clusters_and_comes_back_when_its_service_leaves() {
+    let m = manager("m").await;
+    let web = create_service(&m, publishing("web", &[(8080, 80, "", "")])).await.unwrap();
+    assert_eq!(published(&web), [(8080, "tcp".into(), "ingress".into())], "defaults filled in");
+    // The routing mesh's network now exists; users can neither make nor join one.
+    let nets = m.control().await.list_networks(ListNetworksRequest {}).await.unwrap();
+    let nets = nets.into_inner().networks;
+    let ingress = nets.iter().find(|n| n.spec.as_ref().unwrap().ingress).expect("ingress");
+    assert_eq!(ingress.spec.as_ref().unwrap().name, "ingress");
+    let joined = create_service(&m, service("joiner", &["ingress"])).await.unwrap_err();
+    assert!(joined.message().contains("reserved"), "{joined:?}");
+
+    let taken = create_service(&m, publishing("api", &[(8080, 81, "tcp", "")])).await.unwrap_err();
+    assert_eq!(taken.code(), Code::InvalidArgument);
+    assert!(
+        taken.message().contains("port 8080/tcp is already published by service web"),
+        "{taken:?}"
+    );
+    // Host mode cannot take a port of the routing mesh either; UDP 8080 is another port.
+    let host =
+        create_service(&m, publishing("api", &[(8080, 81, "tcp", "host")])).await.unwrap_err();
+    assert!(host.message().contains("already published by service web"), "{host:?}");
+    create_service(&m, publishing("dns", &[(8080, 53, "udp", "")])).await.unwrap();
+    // ...nor the mesh a port a service publishes in host mode.
+    create_service(&m, publishing("edge", &[(9090, 90, "tcp", "host")])).await.unwrap();
+    let mesh = create_service(&m, publishing("api", &[(9090, 81, "", "")])).await.unwrap_err();
+    assert!(mesh.message().contains("already published by service edge"), "{mesh:?}");
+
+    // No published port: the managers choose from 30000-32767, and keep the choice.
+    let auto = create_service(&m, publishing("auto", &[(0, 80, "", "")])).await.unwrap();
+    let auto2 = create_service(&m, publishing("auto2", &[(0, 80, "", "")])).await.unwrap();
+    assert_eq!((published(&auto)[0].0, published(&auto2)[0].0), (30000, 30001));
+    let mut spec = auto.spec.clone().unwrap();
+    spec.labels.insert("changed".into(), "yes".into());
+    let req =
+        UpdateServiceRequest { reference: "auto".into(), spec: Some(spec), ..Default::default() };
+    let auto = m.control().await.update_service(req).await.unwrap().into_inner().service.unwrap();
+    assert_eq!(published(&auto)[0].0, 30000, "an update keeps the chosen port");
+
+    // While services publish, the ingress network stays, naming them.
+    let req = RemoveNetworkRequest { reference: "ingress".into() };
+    let refused = m.control().await.remove_network(req).await.unwrap_err();
+    assert!(refused.message().contains("auto, auto2, dns, web"), "{refused:?}");
+
+    // Removing a service frees its port for the next one.
+    let req = RemoveServiceRequest { reference: "web".into() };
+    m.control().await.remove_service(req).await.unwrap();
+    let api = create_service(&m, publishing("api", &[(8080, 81, "", "")])).await.unwrap();
+    assert_eq!(published(&api)[0].0, 8080);
+    // Malformed ports are refused with what is wrong.
+    let bad = create_service(&m, publishing("bad", &[(70000, 80, "", "")])).await.unwrap_err();
+    assert!(bad.message().contains("1 to 65535"), "{bad:?}");
+}
