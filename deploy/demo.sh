@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Shoal demo: a three-node swarm on one machine, running a replicated HTTP service on an overlay
-# network, and a client that reaches it by name through its virtual IP.
+# network that answers on published port 8080 of every node (the routing mesh), and a client
+# that reaches it by name through its virtual IP.
 #
 # Each node is a separate shoald in its own network namespace (10.252.0.1-3), wired to one
 # bridge, exactly like three hosts on a LAN:
@@ -84,12 +85,17 @@ down() {
         while read -r mnt; do
             umount -l "$mnt" 2>/dev/null || true
         done < <(awk -v s="$STATE" 'index($5, s) == 1 { print $5 }' /proc/self/mountinfo | sort -r)
-        # Each node's data plane names its task and overlay namespaces after its tag.
-        while read -r tag; do
+        # Each node's data plane names its task and overlay namespaces after its tag (a file
+        # without a trailing newline, so read whole rather than by line).
+        local file
+        for file in "$STATE"/*/net/tag; do
+            [[ -f "$file" ]] || continue
+            tag=$(<"$file")
+            [[ -n "$tag" ]] || continue
             for netns in /run/netns/shoal-"$tag"-*; do
                 [[ -e "$netns" ]] && ip netns del "$(basename "$netns")" 2>/dev/null || true
             done
-        done < <(cat "$STATE"/*/net/tag 2>/dev/null)
+        done
     fi
     rm -rf "$STATE" "$RUN"
 }
@@ -125,6 +131,8 @@ make_network() {
     say "Creating bridge $BRIDGE and namespaces for ${NODES[*]} on $SUBNET.0/24"
     ip link add "$BRIDGE" type bridge
     ip link set "$BRIDGE" up
+    # This machine's own address on the demo LAN, to reach the published port from here.
+    ip addr add "$SUBNET.254/24" dev "$BRIDGE"
     # Where Docker is installed the FORWARD policy is DROP, and bridged traffic passes FORWARD.
     if command -v iptables >/dev/null; then
         iptables -I FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT
@@ -215,14 +223,23 @@ deploy_service() {
     done
     say "Creating overlay network 'demo'"
     shoal_on n1 network create -d overlay demo >/dev/null
-    say "Creating service 'web': 3 replicas of an HTTP server on network demo"
-    shoal_on n1 service create --name web --replicas 3 --network demo busybox:demo \
+    say "Creating service 'web': 3 replicas of an HTTP server on network demo, published on 8080"
+    shoal_on n1 service create --name web --replicas 3 --network demo --publish 8080:80 busybox:demo \
         sh -c 'mkdir -p /www && echo "hello from $(hostname)" > /www/index.html && exec httpd -f -p 80 -h /www'
     say "Creating service 'client': fetches http://web/ by name every 2 seconds"
     shoal_on n1 service create --name client --network demo busybox:demo \
         sh -c 'while true; do echo "$(date +%T) $(timeout 2 wget -q -O - http://web/)"; sleep 2; done'
     say "Waiting for the client's first answers"
     wait_for "the client to reach web" 60 client_answered
+    say "Waiting for port 8080 to answer on every node"
+    for node in "${NODES[@]}"; do
+        wait_for "http://$(ip_of "$node"):8080/" 30 published_answers "$(ip_of "$node")"
+    done
+}
+
+# published_answers IP: web answers on IP:8080, from this machine (outside the swarm).
+published_answers() {
+    timeout 3 busybox wget -q -O - "http://$1:8080/" 2>/dev/null | grep -q "hello from"
 }
 
 # client_answered: the client's log holds an answer from web.
@@ -239,6 +256,10 @@ usage_notes() {
     shoal_on n1 service ps web
     echo
     shoal_on n1 service logs --tail 3 client
+    echo
+    for node in "${NODES[@]}"; do
+        echo "http://$(ip_of "$node"):8080/ -> $(timeout 3 busybox wget -q -O - "http://$(ip_of "$node"):8080/")"
+    done
     cat <<EOF
 
 The demo swarm is running: ${NODES[*]} on $SUBNET.0/24, manager n1 at $(ip_of n1):$PORT.
@@ -248,6 +269,7 @@ Drive it from the manager's socket:
     target/release/shoal node ls
     target/release/shoal service ps web
     target/release/shoal service logs -f client      # answers spread over web's replicas
+    busybox wget -q -O - http://$(ip_of n1):8080/     # the published port, on any node
     target/release/shoal network inspect demo
     target/release/shoal service scale web=6
     target/release/shoal node update --availability drain n2
