@@ -7,8 +7,11 @@
 //! both replicas; the node's own 127.0.0.1:8080 answers too. A replica killed leaves every
 //! node's forwarding at once. edge publishes 9090 in host mode on n2 only: n2 answers, the
 //! others refuse, and a second service wanting 9090 on n2 is kept pending with the reason.
-//! `service update --publish-rm/--publish-add` moves web to another port. When the services
-//! and the ingress network are removed, no namespace, interface or rule of the mesh is left.
+//! `service update --publish-rm/--publish-add` moves web to another port. A stack from a
+//! compose file with `ports:` and `networks:` (an alias, the stack's short names) works end
+//! to end: its front service, published on 8090, answers with what it fetched from its api
+//! service by name; `stack rm` takes its network away. When the services and the ingress
+//! network are removed, no namespace, interface or rule of the mesh is left.
 //!
 //! Needs root; under CI (env `CI`) it must run.
 
@@ -23,7 +26,8 @@ use shoal_testkit::netns::{self, all_ready, finish, root_or_skip, text, Net, Nod
 use shoal_testkit::poll::blocking::eventually;
 
 const IMAGE: &str = "busybox:ports";
-const APPLETS: &[&str] = &["sh", "httpd", "hostname", "mkdir"];
+const APPLETS: &[&str] =
+    &["sh", "httpd", "hostname", "mkdir", "wget", "sleep", "echo", "cat", "timeout", "mv"];
 /// What each replica serves: its hostname (its task ID's first 12 characters).
 const SERVE: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
 
@@ -93,6 +97,11 @@ fn namespaces_of(n: &Node) -> Vec<String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|name| name.starts_with(&prefix))
         .collect()
+}
+
+/// The directory holding every node's data.
+fn nodes_dir(n: &Node) -> std::path::PathBuf {
+    n.data.parent().unwrap().to_path_buf()
 }
 
 /// Kills every process of the task whose ID starts with `id` on node `n`.
@@ -261,6 +270,52 @@ fn story(net: &Net, nodes: &mut [Node], tar: &str) {
         }
         (!body.is_empty()).then_some(()).ok_or(body)
     });
+
+    step("a stack with ports: and networks: whose services talk by name");
+    let compose = r#"
+version: "3.8"
+services:
+  api:
+    image: busybox:ports
+    command: sh -c 'mkdir -p /www && echo "api $(hostname)" > /www/index.html && exec httpd -f -p 80 -h /www'
+    networks:
+      back:
+        aliases: [backend]
+    deploy: {replicas: 2}
+  front:
+    image: busybox:ports
+    command:
+      - sh
+      - -c
+      - |
+        mkdir -p /www
+        httpd -p 80 -h /www
+        while true; do
+          a=$(timeout 2 wget -q -O - http://api/)
+          b=$(timeout 2 wget -q -O - http://backend/)
+          echo "front saw [$a] [$b]" > /www/next && mv /www/next /www/index.html
+          sleep 0.3
+        done
+    ports: ["8090:80"]
+    networks: [back]
+networks:
+  back:
+    driver: overlay
+"#;
+    let file = nodes_dir(n1).join("shop.yml");
+    std::fs::write(&file, compose).unwrap();
+    let out = n1.must_shoal(&["stack", "deploy", "-c", &file.to_string_lossy(), "shop"]);
+    assert!(out.contains("Creating network shop_back") && !out.contains("Ignoring"), "{out}");
+    wait_running(n1, "shop_api", 2, Duration::from_secs(30));
+    eventually("shop's front answers on 8090 with api's answers", Duration::from_secs(40), || {
+        let body = fetch(net, 3, &ips[0], 8090)?;
+        let ok = body.starts_with("front saw [api ") && body.contains("] [api ");
+        ok.then_some(()).ok_or(body)
+    });
+    let out = n1.must_shoal(&["stack", "rm", "shop"]);
+    assert!(out.contains("Removing network shop_back"), "{out}");
+    let nets = n1.must_shoal(&["network", "ls"]);
+    assert!(!nets.contains("shop_back"), "{nets}");
 
     step("remove everything: the mesh leaves nothing behind");
     for s in ["web", "edge", "edge2"] {

@@ -127,10 +127,15 @@ async fn the_seed_stack_deploys_and_stack_rm_keeps_the_external_secret() {
     must(&m, &["secret", "create", "psql_password", "-"], b"s3cret-pw").await;
 
     let out = must(&m, &["stack", "deploy", "-c", &file, "db"], b"").await;
-    assert!(out.contains("Ignoring unsupported options: services.psql.ports (line 10)"), "{out}");
+    assert!(!out.contains("Ignoring"), "ports and networks are honoured: {out}");
     assert!(out.contains("Creating secret db_psql_user"), "{out}");
+    // Services that name no network share the stack's default one (Docker's behaviour).
+    assert!(out.contains("Creating network db_default"), "{out}");
     assert!(out.contains("Creating service db_psql") && out.contains("Creating service db_web"));
     let psql = service(&m, "db_psql").await;
+    let published: Vec<u32> =
+        psql.endpoint.iter().flat_map(|e| e.ports.iter()).map(|p| p.published_port).collect();
+    assert_eq!(published, [5432]);
     let spec = psql.spec.unwrap();
     assert_eq!(spec.labels["com.docker.stack.namespace"], "db");
     let refs: Vec<_> = spec.container.unwrap().secrets.into_iter().map(|r| r.target).collect();
@@ -150,8 +155,11 @@ async fn the_seed_stack_deploys_and_stack_rm_keeps_the_external_secret() {
     assert!(
         out.contains("Removing service db_psql") && out.contains("Removing secret db_psql_user")
     );
+    assert!(out.contains("Removing network db_default"), "{out}");
     assert!(service_names(&m).await.is_empty());
     assert_eq!(secret_names(&m, SecretKind::Secret).await, ["psql_password"]);
+    let nets = must(&m, &["network", "ls"], b"").await;
+    assert!(!nets.contains("db_default"), "{nets}");
     let out = must_fail(&m, &["stack", "rm", "db"], b"").await;
     assert!(out.contains("nothing found in stack: db"), "{out}");
 }

@@ -21,6 +21,9 @@ pub struct Compose {
     pub services: BTreeMap<String, ServiceSpec>,
     pub secrets: BTreeMap<String, ObjectDef>,
     pub configs: BTreeMap<String, ObjectDef>,
+    /// Top-level networks by compose key; `default` (the stack's own network for services
+    /// that name none) is added when a service uses it.
+    pub networks: BTreeMap<String, NetworkDef>,
     /// `path (line N)` of each key that is ignored.
     pub unsupported: Vec<String>,
 }
@@ -34,6 +37,25 @@ pub struct ObjectDef {
     pub labels: HashMap<String, String>,
     pub line: u64,
 }
+
+/// A top-level network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkDef {
+    /// Must already exist (named `name`, or the key).
+    pub external: bool,
+    /// `name:`: the real name (otherwise `<stack>_<key>`, or the key for external ones).
+    pub name: Option<String>,
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+    pub attachable: bool,
+    pub internal: bool,
+    pub encrypted: bool,
+    pub labels: HashMap<String, String>,
+    pub line: u64,
+}
+
+/// The network a service that names none joins (Docker's `<stack>_default`).
+pub const DEFAULT_NETWORK: &str = "default";
 
 /// Where a secret's or config's data comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +90,8 @@ pub(super) struct Reader {
     /// Top-level secret and config keys, which services may name.
     pub(super) secrets: Vec<String>,
     pub(super) configs: Vec<String>,
+    /// Top-level network keys, which services may name.
+    pub(super) networks: Vec<String>,
 }
 
 impl Reader {
@@ -121,6 +145,11 @@ pub fn parse(text: &str) -> Result<Compose, ComposeError> {
                 r.need(e, (3, 3))?;
                 out.configs = read_objects(e, SecretKind::Config, &mut r)?;
             }
+            "networks" => {
+                for def in e.at().entries()? {
+                    out.networks.insert(def.key.to_string(), read_network(&def, &mut r)?);
+                }
+            }
             _ => r.skip(e),
         }
     }
@@ -129,8 +158,18 @@ pub fn parse(text: &str) -> Result<Compose, ComposeError> {
     };
     r.secrets = out.secrets.keys().cloned().collect();
     r.configs = out.configs.keys().cloned().collect();
+    r.networks = out.networks.keys().cloned().collect();
     for e in services.at().entries()? {
-        let spec = read_service(&e, &mut r)?;
+        let mut spec = read_service(&e, &mut r)?;
+        if spec.networks.is_empty() {
+            spec.networks.push(shoal_proto::NetworkAttachmentConfig {
+                target: DEFAULT_NETWORK.into(),
+                aliases: Vec::new(),
+            });
+        }
+        if spec.networks.iter().any(|n| n.target == DEFAULT_NETWORK) {
+            out.networks.entry(DEFAULT_NETWORK.into()).or_default();
+        }
         out.services.insert(e.key.to_string(), spec);
     }
     if out.services.is_empty() {
@@ -213,6 +252,78 @@ fn read_object(
         }
     };
     Ok(ObjectDef { source, name, labels, line: def.line })
+}
+
+/// Reads `networks.<key>`: an overlay network the stack makes, or an external one.
+fn read_network(def: &Entry<'_>, r: &mut Reader) -> Result<NetworkDef, ComposeError> {
+    let mut out = NetworkDef { line: def.line, ..Default::default() };
+    for e in def.at().entries()? {
+        let at = e.at();
+        match e.key {
+            "driver" => {
+                let driver = at.text()?;
+                if driver != "overlay" {
+                    return Err(at.error(format!(
+                        "network driver {driver:?} is not supported: stack networks are overlay networks"
+                    )));
+                }
+            }
+            "driver_opts" => {
+                for (k, v) in at.pairs()? {
+                    match (k.as_str(), v.as_deref()) {
+                        ("encrypted", None | Some("" | "true")) => out.encrypted = true,
+                        ("encrypted", Some("false")) => {}
+                        _ => {
+                            return Err(at.error(format!(
+                                "unsupported driver option {k:?}: the overlay takes encrypted"
+                            )))
+                        }
+                    }
+                }
+            }
+            "ipam" => {
+                for x in at.entries()? {
+                    match x.key {
+                        "driver" if x.at().text()? == "default" => {}
+                        "config" => {
+                            let items = x.at().items()?;
+                            if items.len() > 1 {
+                                return Err(x.at().error("a network takes one subnet"));
+                            }
+                            for (path, node) in items {
+                                for c in (At { node, path: &path }).entries()? {
+                                    match c.key {
+                                        "subnet" => out.subnet = Some(c.at().text()?),
+                                        "gateway" => out.gateway = Some(c.at().text()?),
+                                        _ => r.skip(&c),
+                                    }
+                                }
+                            }
+                        }
+                        _ => r.skip(&x),
+                    }
+                }
+            }
+            "external" => match e.node.value {
+                yaml::Value::Map(_) => {
+                    out.external = true;
+                    for x in at.entries()? {
+                        match x.key {
+                            "name" => out.name = Some(x.at().text()?),
+                            _ => r.skip(&x),
+                        }
+                    }
+                }
+                _ => out.external = at.bool()?,
+            },
+            "name" => out.name = Some(at.text()?),
+            "attachable" => out.attachable = at.bool()?,
+            "internal" => out.internal = at.bool()?,
+            "labels" => out.labels = labels_of(at)?,
+            _ => r.skip(&e),
+        }
+    }
+    Ok(out)
 }
 
 /// Labels as a mapping or a `k=v` list.

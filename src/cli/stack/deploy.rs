@@ -12,6 +12,7 @@ use shoal_proto::*;
 use tonic::transport::Channel;
 
 use super::compose::{self, Compose};
+use super::networks;
 use super::objects::{self, Names};
 use super::{stack_services, NAMESPACE};
 use crate::cli::client;
@@ -46,7 +47,10 @@ pub async fn deploy(channel: &Channel, stack: &str, path: &Path, prune: bool) ->
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut control = ControlClient::new(channel.clone());
     let existing = objects::existing(&mut control).await?;
-    let (planned, names, problems) = objects::plan(&file, stack, dir, &existing);
+    let (planned, names, mut problems) = objects::plan(&file, stack, dir, &existing);
+    let (nets, net_problems) =
+        networks::plan(&file, stack, &networks::existing(&mut control).await?);
+    problems.extend(net_problems);
     if !problems.is_empty() {
         bail!("stack {stack} was not deployed (nothing was created):\n  {}", problems.join("\n  "));
     }
@@ -58,6 +62,10 @@ pub async fn deploy(channel: &Channel, stack: &str, path: &Path, prune: bool) ->
         specs.push(spec);
     }
     objects::apply(&mut control, &planned).await?;
+    let ids = networks::apply(&mut control, &nets).await?;
+    for spec in &mut specs {
+        networks::attach(spec, &ids)?;
+    }
     // Read after the secrets changed: versioning one rolls the services that follow it.
     let current = stack_services(&mut control, stack).await?;
     for spec in specs {
@@ -84,6 +92,12 @@ pub fn desired(stack: &str, key: &str, spec: &ServiceSpec, names: &Names) -> Res
     let mut spec = spec.clone();
     spec.name = format!("{stack}_{key}");
     spec.labels.insert(NAMESPACE.into(), stack.into());
+    // Services of a stack find one another by their compose names (Docker's alias).
+    for a in &mut spec.networks {
+        if !a.aliases.iter().any(|x| x == key) {
+            a.aliases.insert(0, key.to_string());
+        }
+    }
     let c = spec.container.get_or_insert_with(Default::default);
     for (kind, refs) in [(SecretKind::Secret, &mut c.secrets), (SecretKind::Config, &mut c.configs)]
     {

@@ -4,6 +4,7 @@
 
 pub mod compose;
 pub mod deploy;
+pub mod networks;
 pub mod objects;
 mod service;
 pub mod yaml;
@@ -152,8 +153,8 @@ pub fn stack_ls(services: &[ServiceSummary]) -> String {
     crate::cli::output::table(&["NAME", "SERVICES"], rows)
 }
 
-/// `stack rm`: the services first (secrets in use cannot go), then the secrets and configs
-/// the stack created. External ones carry no stack label and stay.
+/// `stack rm`: the services first (secrets and networks in use cannot go), then the secrets,
+/// configs and networks the stack created. External ones carry no stack label and stay.
 async fn remove(control: &mut ControlClient<Channel>, stack: &str) -> Result<()> {
     let services = stack_services(control, stack).await?;
     let owned: Vec<Secret> = objects::existing(control)
@@ -161,7 +162,8 @@ async fn remove(control: &mut ControlClient<Channel>, stack: &str) -> Result<()>
         .into_iter()
         .filter(|s| s.labels.get(NAMESPACE).map(String::as_str) == Some(stack))
         .collect();
-    if services.is_empty() && owned.is_empty() {
+    let nets = networks::existing(control).await?;
+    if services.is_empty() && owned.is_empty() && !networks::has_stack_networks(&nets, stack) {
         anyhow::bail!("nothing found in stack: {stack}");
     }
     for s in &services {
@@ -175,5 +177,5 @@ async fn remove(control: &mut ControlClient<Channel>, stack: &str) -> Result<()>
         let req = RemoveSecretRequest { kind: s.kind, reference: s.id.clone() };
         control.remove_secret(req).await.map_err(client::status)?;
     }
-    Ok(())
+    networks::remove(control, stack).await
 }

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use shoal_proto::spec::service::{default_update, DEFAULT_RESTART_DELAY_MS};
 use shoal_proto::{
-    ContainerSpec, FailureAction, HealthCheck, Placement, RestartCondition, RestartPolicy,
-    SecretKind, SecretReference, ServiceMode, ServiceSpec, Ulimit, UpdateConfig, UpdateOrder,
+    ContainerSpec, EndpointMode, FailureAction, HealthCheck, NetworkAttachmentConfig, Placement,
+    PortConfig, RestartCondition, RestartPolicy, SecretKind, SecretReference, ServiceMode,
+    ServiceSpec, Ulimit, UpdateConfig, UpdateOrder,
 };
 
 use super::compose::{labels_of, Reader};
@@ -54,6 +55,11 @@ pub(super) fn read_service(e: &Entry<'_>, r: &mut Reader) -> Result<ServiceSpec,
             "stop_signal" => c.stop_signal = at.text()?,
             "stop_grace_period" => c.stop_grace_ms = ms(at.duration()?),
             "init" => c.init = at.bool()?,
+            "ports" => {
+                let e = spec.endpoint.get_or_insert_with(Default::default);
+                e.ports = read_ports(&f)?;
+            }
+            "networks" => spec.networks = read_networks(&f, r)?,
             _ => r.skip(&f),
         }
     }
@@ -109,6 +115,18 @@ fn read_deploy(
             "update_config" => spec.update = Some(read_update(&f, r, false)?),
             "rollback_config" => spec.rollback = Some(read_update(&f, r, true)?),
             "placement" => spec.placement = Some(read_placement(&f, r)?),
+            "endpoint_mode" => {
+                let mode = match at.text()?.as_str() {
+                    "vip" => EndpointMode::Vip,
+                    "dnsrr" => EndpointMode::Dnsrr,
+                    o => {
+                        return Err(
+                            at.error(format!("unsupported endpoint_mode {o:?}: use vip or dnsrr"))
+                        )
+                    }
+                };
+                spec.endpoint.get_or_insert_with(Default::default).set_mode(mode);
+            }
             _ => r.skip(&f),
         }
     }
@@ -361,6 +379,135 @@ fn read_refs(
             };
         }
         out.push(rf);
+    }
+    Ok(out)
+}
+
+/// `ports:`, short (`"8080:80"`, `"80"`, `"8080:80/udp"`, `"8000-8001:80-81"`, `80`) or long
+/// (`{target, published, protocol, mode}`) syntax.
+fn read_ports(e: &Entry<'_>) -> Result<Vec<PortConfig>, ComposeError> {
+    let mut out = Vec::new();
+    for (path, node) in e.at().items()? {
+        let at = At { node, path: &path };
+        if let Value::Map(_) = node.value {
+            let mut p = PortConfig {
+                protocol: "tcp".into(),
+                publish_mode: "ingress".into(),
+                ..Default::default()
+            };
+            for f in at.entries()? {
+                let v = f.at();
+                match f.key {
+                    "target" => p.target_port = port_number(v, &v.text()?)?,
+                    "published" => p.published_port = port_number(v, &v.text()?)?,
+                    "protocol" => p.protocol = v.text()?,
+                    "mode" => p.publish_mode = v.text()?,
+                    "name" | "app_protocol" => {}
+                    "host_ip" => {
+                        return Err(v.error("host_ip is not supported: a published port answers on every address of the node"))
+                    }
+                    other => return Err(v.error(format!("unknown port key {other:?}"))),
+                }
+            }
+            if p.target_port == 0 {
+                return Err(at.error("the port has no target"));
+            }
+            out.push(p);
+            continue;
+        }
+        out.extend(short_port(at, &at.text()?)?);
+    }
+    Ok(out)
+}
+
+fn port_number(at: At<'_>, text: &str) -> Result<u32, ComposeError> {
+    text.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=65535).contains(n))
+        .ok_or_else(|| at.error(format!("invalid port {text:?}: a number from 1 to 65535")))
+}
+
+/// A range `A-B` (or one port) as its numbers.
+fn port_range(at: At<'_>, text: &str) -> Result<Vec<u32>, ComposeError> {
+    match text.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (port_number(at, a)?, port_number(at, b)?);
+            if a > b {
+                return Err(at.error(format!("invalid port range {text:?}")));
+            }
+            Ok((a..=b).collect())
+        }
+        None => Ok(vec![port_number(at, text)?]),
+    }
+}
+
+fn short_port(at: At<'_>, text: &str) -> Result<Vec<PortConfig>, ComposeError> {
+    let (ports, protocol) = text.split_once('/').unwrap_or((text, "tcp"));
+    let parts: Vec<&str> = ports.split(':').collect();
+    let (published, target) = match parts.as_slice() {
+        [target] => (None, *target),
+        [published, target] => (Some(*published), *target),
+        _ => {
+            return Err(at.error(format!(
+                "invalid port {text:?}: host addresses are not supported; use PUBLISHED:TARGET[/PROTOCOL]"
+            )))
+        }
+    };
+    let targets = port_range(at, target)?;
+    let published = match published {
+        Some(p) => port_range(at, p)?,
+        None => Vec::new(),
+    };
+    if !published.is_empty() && published.len() != targets.len() {
+        return Err(at.error(format!("invalid port {text:?}: the ranges differ in length")));
+    }
+    Ok(targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| PortConfig {
+            target_port: *t,
+            published_port: published.get(i).copied().unwrap_or(0),
+            protocol: protocol.to_string(),
+            publish_mode: "ingress".into(),
+            ..Default::default()
+        })
+        .collect())
+}
+
+/// A service's `networks:`: a list of keys, or a mapping of keys to `{aliases: [...]}`;
+/// each must be a top-level network (or `default`).
+fn read_networks(
+    e: &Entry<'_>,
+    r: &mut Reader,
+) -> Result<Vec<NetworkAttachmentConfig>, ComposeError> {
+    let known = |at: At<'_>, key: &str, r: &Reader| {
+        if key == super::compose::DEFAULT_NETWORK || r.networks.iter().any(|n| n == key) {
+            Ok(())
+        } else {
+            Err(at.error(format!("network {key} is not defined under the top-level networks key")))
+        }
+    };
+    let mut out = Vec::new();
+    if let Value::Seq(_) = e.node.value {
+        for (path, node) in e.at().items()? {
+            let at = At { node, path: &path };
+            let key = at.text()?;
+            known(at, &key, r)?;
+            out.push(NetworkAttachmentConfig { target: key, aliases: Vec::new() });
+        }
+        return Ok(out);
+    }
+    for n in e.at().entries()? {
+        known(n.at(), n.key, r)?;
+        let mut a = NetworkAttachmentConfig { target: n.key.to_string(), aliases: Vec::new() };
+        for f in n.at().entries()? {
+            match f.key {
+                "aliases" => a.aliases = f.at().strings()?,
+                _ => r.skip(&f),
+            }
+        }
+        out.push(a);
     }
     Ok(out)
 }

@@ -229,11 +229,12 @@ fn bad_files_name_the_line_and_the_key() {
 
 #[test]
 fn ignored_keys_make_one_warning_naming_each() {
-    let text = "services:\n  web:\n    image: x\n    ports: ['80:80']\n    networks: [front]\n    x-note: mine\n    deploy:\n      endpoint_mode: vip\nnetworks:\n  front: {}\nvolumes: {}\nx-extra: 1\n";
+    // Ports, networks and the endpoint mode are honoured now; volumes are not yet.
+    let text = "services:\n  web:\n    image: x\n    ports: ['80:80']\n    networks: [front]\n    x-note: mine\n    deploy:\n      endpoint_mode: vip\nnetworks:\n  front: {enable_ipv6: true}\nvolumes: {}\nx-extra: 1\n";
     let file = parse(text).unwrap();
     assert_eq!(
         file.warning().unwrap(),
-        "Ignoring unsupported options: services.web.ports (line 4), services.web.networks (line 5), services.web.deploy.endpoint_mode (line 8), networks (line 9), volumes (line 11)"
+        "Ignoring unsupported options: networks.front.enable_ipv6 (line 10), volumes (line 11)"
     );
     assert!(parse("services: {a: {image: x}}\n").unwrap().warning().is_none());
 }
@@ -349,4 +350,133 @@ fn clashing_targets_are_refused_before_deploying() {
     let spec = desired("x", "a", &file.services["a"], &names).unwrap();
     let e = super::deploy::check_targets(&comparable(&spec)).unwrap_err();
     assert_eq!(e.to_string(), "two secrets use the target s");
+}
+
+#[test]
+fn ports_and_networks_read_like_docker_stack_deploy() {
+    let text = r#"
+services:
+  web:
+    image: x
+    ports:
+      - "8080:80"
+      - 443
+      - "5353:53/udp"
+      - "9000-9001:90-91"
+      - {target: 22, published: 2222, mode: host}
+    networks:
+      front:
+        aliases: [www]
+      back:
+    deploy: {endpoint_mode: dnsrr}
+  db:
+    image: y
+networks:
+  front:
+    driver: overlay
+    driver_opts: {encrypted: ""}
+    ipam: {config: [{subnet: 10.20.0.0/24}]}
+    attachable: true
+    labels: [tier=front]
+  back:
+    external: {name: shared}
+"#;
+    let file = parse(text).unwrap();
+    assert!(file.warning().is_none(), "{:?}", file.warning());
+    let web = &file.services["web"];
+    let e = web.endpoint.clone().unwrap();
+    assert_eq!(e.mode(), EndpointMode::Dnsrr);
+    let ports: Vec<(u32, u32, &str, &str)> = e
+        .ports
+        .iter()
+        .map(|p| (p.published_port, p.target_port, p.protocol.as_str(), p.publish_mode.as_str()))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            (8080, 80, "tcp", "ingress"),
+            (0, 443, "tcp", "ingress"),
+            (5353, 53, "udp", "ingress"),
+            (9000, 90, "tcp", "ingress"),
+            (9001, 91, "tcp", "ingress"),
+            (2222, 22, "tcp", "host"),
+        ]
+    );
+    let nets: Vec<(&str, Vec<String>)> =
+        web.networks.iter().map(|n| (n.target.as_str(), n.aliases.clone())).collect();
+    assert_eq!(nets, [("front", vec!["www".to_string()]), ("back", vec![])]);
+    // A service naming no network joins the stack's default one, which the stack makes.
+    assert_eq!(file.services["db"].networks[0].target, "default");
+    let front = &file.networks["front"];
+    assert!(front.encrypted && front.attachable && !front.external);
+    assert_eq!(front.subnet.as_deref(), Some("10.20.0.0/24"));
+    assert!(file.networks["back"].external);
+    assert!(file.networks.contains_key("default"));
+
+    // What deploy would do: make front and default (labelled), use the external one.
+    let shared = Network {
+        id: "n-shared".into(),
+        spec: Some(NetworkSpec { name: "shared".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    let (planned, problems) = super::networks::plan(&file, "shop", &[shared]);
+    assert!(problems.is_empty(), "{problems:?}");
+    let made: Vec<(&str, &str)> = planned
+        .iter()
+        .filter_map(|p| Some((p.key.as_str(), p.create.as_ref()?.name.as_str())))
+        .collect();
+    assert_eq!(made, [("default", "shop_default"), ("front", "shop_front")]);
+    let spec = planned.iter().find(|p| p.key == "front").unwrap().create.clone().unwrap();
+    assert_eq!(spec.labels.get(NAMESPACE).map(String::as_str), Some("shop"));
+    assert!(spec.encrypted && spec.attachable);
+    // Without the external network, nothing is made and the problem is named.
+    let (_, problems) = super::networks::plan(&file, "shop", &[]);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("external network shared does not exist"), "{problems:?}");
+}
+
+#[test]
+fn bad_ports_and_networks_are_refused_with_the_line_and_key() {
+    let cases = [
+        (
+            "services:\n  a:\n    image: x\n    ports: ['70000:80']\n",
+            "services.a.ports[0]",
+            "1 to 65535",
+        ),
+        (
+            "services:\n  a:\n    image: x\n    ports: ['127.0.0.1:80:80']\n",
+            "services.a.ports[0]",
+            "host addresses",
+        ),
+        (
+            "services:\n  a:\n    image: x\n    ports: ['80-82:80-81']\n",
+            "services.a.ports[0]",
+            "differ in length",
+        ),
+        (
+            "services:\n  a:\n    image: x\n    ports: [{published: 80}]\n",
+            "services.a.ports[0]",
+            "no target",
+        ),
+        (
+            "services:\n  a:\n    image: x\n    networks: [nope]\n",
+            "services.a.networks[0]",
+            "network nope is not defined",
+        ),
+        (
+            "services:\n  a:\n    image: x\nnetworks:\n  n: {driver: bridge}\n",
+            "networks.n.driver",
+            "not supported",
+        ),
+        (
+            "services:\n  a:\n    image: x\n    deploy: {endpoint_mode: rr}\n",
+            "services.a.deploy.endpoint_mode",
+            "vip or dnsrr",
+        ),
+    ];
+    for (text, key, want) in cases {
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.to_string().contains(want), "{e}");
+    }
 }
