@@ -39,6 +39,10 @@ fn md5(value: &str) -> String {
 /// A command that prints what it finds under /run/secrets (paths and digests, never values).
 const REPORT: &str = "for f in /run/secrets/*; do [ -f \"$f\" ] && echo \"seen $f $(/bin/busybox md5sum < $f)\"; done; echo report-done; exec /bin/busybox sleep 3600";
 
+/// Resolves the stack's psql service by its short name (the stack's default network), for up
+/// to 30 s while psql starts.
+const RESOLVE: &str = "for i in $(/bin/busybox seq 60); do if /bin/busybox nslookup psql 2>/dev/null | /bin/busybox grep -q 'Address.*10\\.'; then echo resolved-psql; break; fi; /bin/busybox sleep 0.5; done";
+
 fn logs(node: &Node, service: &str) -> String {
     let out = node.shoal(&["service", "logs", service]);
     text(&out)
@@ -101,14 +105,15 @@ services:
     secrets: [psql_user, psql_password]
   other:
     image: {IMAGE}
-    command: ["/bin/busybox", "sh", "-c", {report:?}]
+    command: ["/bin/busybox", "sh", "-c", {resolve_then_report:?}]
 secrets:
   psql_user:
     file: ./psql_user.txt
   psql_password:
     external: true
 "#,
-        report = REPORT
+        report = REPORT,
+        resolve_then_report = format!("{RESOLVE}; {REPORT}"),
     );
     let file = dir.join("stack.yml");
     std::fs::write(&file, compose).unwrap();
@@ -116,6 +121,11 @@ secrets:
     eventually("both services running", Duration::from_secs(60), || {
         let (a, b) = (running_tasks(n1, "db_psql"), running_tasks(n1, "db_other"));
         (a == 1 && b == 1).then_some(()).ok_or(format!("psql {a}, other {b}"))
+    });
+
+    eventually("other resolves psql by name", Duration::from_secs(40), || {
+        let l = logs(n1, "db_other");
+        l.contains("resolved-psql").then_some(()).ok_or(l)
     });
 
     let (user_md5, pw_md5) = (md5(USER), md5(PASSWORD));
