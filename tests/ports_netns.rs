@@ -205,6 +205,49 @@ fn story(net: &Net, nodes: &mut [Node], tar: &str) {
     }
     wait_running(n1, "web", 2, Duration::from_secs(30));
 
+    step("n3's agent restarts: its task keeps its namespace, processes and place in the mesh");
+    let before = running(n1, "web").unwrap();
+    let on_n3 = before["n3"][0].id.clone();
+    let ns = namespaces_of(&nodes[2])
+        .into_iter()
+        .find(|name| {
+            name.trim_start_matches(&format!("shoal-{}-", tag(&nodes[2]))).starts_with(&on_n3)
+        })
+        .expect("the task's namespace");
+    let identity = |ns: &str| {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(format!("/run/netns/{ns}")).map(|m| m.ino()).unwrap_or(0);
+        let pids = Command::new("ip").args(["netns", "pids", ns]).output().unwrap();
+        (
+            ino,
+            String::from_utf8_lossy(&pids.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect::<BTreeSet<_>>(),
+        )
+    };
+    let was = identity(&ns);
+    assert!(!was.1.is_empty(), "the task runs");
+    nodes[2].kill();
+    nodes[2].start();
+    let n1 = &nodes[0];
+    eventually("3 nodes Ready again", Duration::from_secs(30), || {
+        all_ready(n1, &["n1", "n2", "n3"])
+    });
+    eventually("n3's task still runs after the restart", Duration::from_secs(20), || {
+        let now = running(n1, "web")?;
+        let ids: Vec<String> = now.values().flatten().map(|t| t.id.clone()).collect();
+        ids.contains(&on_n3).then_some(()).ok_or(format!("{now:?}"))
+    });
+    assert_eq!(identity(&ns), was, "same namespace and processes: nothing was re-plumbed");
+    let got = running(n1, "web").unwrap();
+    let replicas: BTreeSet<String> =
+        got.values().flatten().map(|t| t.id[..12.min(t.id.len())].to_string()).collect();
+    eventually("n3:8080 reaches both replicas after the restart", Duration::from_secs(20), || {
+        let got = answers(net, 1, &ips[2], 8080, 12);
+        (got == replicas).then_some(()).ok_or(format!("answered by {got:?}, want {replicas:?}"))
+    });
+
     step("edge publishes 9090 in host mode on n2: only n2 answers");
     n1.must_shoal(&[
         "service",
