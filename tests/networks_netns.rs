@@ -6,8 +6,10 @@
 //! both replicas, across nodes over VXLAN) and resolves `tasks.web` to both tasks; a task on
 //! another network cannot reach web at all; a task on an `--internal` network cannot reach
 //! the node's own network, while one with no network can (the gateway bridge's NAT); when a
-//! replica is killed, the virtual IP stops sending to it; removing the services and networks
-//! leaves no sandbox namespace behind.
+//! replica is killed, the client's balancer stops sending to it (the test prints how fast); a
+//! `--hostname` template names a task, `--dns-search`/`--dns-option` reach its resolv.conf and
+//! `--dns` is where its resolver forwards other names (a nameserver outside the cluster);
+//! removing the services and networks leaves no sandbox namespace behind.
 //!
 //! Needs root; under CI (env `CI`) it must run.
 
@@ -154,6 +156,32 @@ fn story(net: &Net, nodes: &mut [Node], tar: &str) {
         l.contains("tasks 2").then_some(()).ok_or_else(|| tail(&l, 6))
     });
 
+    step("a replica killed leaves the client's balancer");
+    let client_id = running(n1, "client").unwrap()["n1"][0].id.clone();
+    let client_ns = task_namespace(&client_id);
+    let balancer = || {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{client_ns}"))
+            .args(["nft", "list", "table", "ip", "shoal"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(balancer().contains("mod 2"), "both replicas behind the VIP:\n{}", balancer());
+    let victim = placed["n3"][0].id.clone();
+    let victim_ns = task_namespace(&victim);
+    let pids = Command::new("ip").args(["netns", "pids", &victim_ns]).output().unwrap();
+    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        let _ = Command::new("kill").args(["-KILL", pid]).status();
+    }
+    let killed = Instant::now();
+    eventually("the killed replica left the VIP", Duration::from_secs(15), || {
+        let now = balancer();
+        (!now.contains("mod 2")).then_some(()).ok_or(now)
+    });
+    eprintln!("killed replica out of the VIP after {:.2}s", killed.elapsed().as_secs_f64());
+    wait_running(n1, "web", 2, Duration::from_secs(30));
+
     step("isolation: a task on network other cannot reach web");
     let probe =
         "while true; do if timeout 1 wget -q -O - http://$0/ >/dev/null 2>&1; then echo reached; \
@@ -226,8 +254,44 @@ fn story(net: &Net, nodes: &mut [Node], tar: &str) {
     let _ = httpd.kill();
     let _ = httpd.wait();
 
+    step("--hostname template, --dns (forwarded to a nameserver outside), --dns-search/-option");
+    let outside = net.outside_ip();
+    let dns = OutsideDns::start(&outside);
+    let show = "while true; do echo \"host $(hostname)\"; cat /etc/resolv.conf; \
+                if nslookup far.example 2>&1 | grep -q 10.99.99.99; then echo forwarded-ok; fi; sleep 0.5; done";
+    n1.must_shoal(&[
+        "service",
+        "create",
+        "--name",
+        "named",
+        "--hostname",
+        "{{.Service.Name}}-{{.Task.Slot}}",
+        "--dns",
+        &outside,
+        "--dns-search",
+        "corp.example",
+        "--dns-option",
+        "ndots:2",
+        "--constraint",
+        "node.hostname==n1",
+        IMAGE,
+        "sh",
+        "-c",
+        show,
+    ]);
+    eventually("the task's name, resolver file and forwarder", Duration::from_secs(30), || {
+        let l = logs(n1, "named");
+        let ok = l.contains("host named-1")
+            && l.contains("search corp.example")
+            && l.contains("options ndots:2")
+            && l.contains("forwarded-ok");
+        ok.then_some(()).ok_or_else(|| tail(&l, 8))
+    });
+    assert!(dns.answered() > 0, "the outside nameserver was asked");
+    drop(dns);
+
     step("remove everything: no sandbox is left");
-    for s in ["client", "stranger", "plain", "sealed", "web"] {
+    for s in ["client", "stranger", "plain", "sealed", "named", "web"] {
         n1.must_shoal(&["service", "rm", s]);
     }
     eventually("tasks gone", Duration::from_secs(30), || {
@@ -252,6 +316,17 @@ fn story(net: &Net, nodes: &mut [Node], tar: &str) {
             .collect();
         left.is_empty().then_some(()).ok_or(format!("left: {left:?}"))
     });
+}
+
+/// The named namespace of the task whose ID starts with `id` (any node of this test).
+fn task_namespace(id: &str) -> String {
+    let names = std::fs::read_dir("/run/netns").unwrap().flatten();
+    names
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| {
+            n.starts_with("shoal-") && n.splitn(3, '-').nth(2).is_some_and(|t| t.starts_with(id))
+        })
+        .unwrap_or_else(|| panic!("no namespace for task {id}"))
 }
 
 /// The directory holding every node's data.
@@ -280,6 +355,70 @@ fn web_vip(n: &Node) -> String {
     let addr =
         v[0]["Endpoint"]["VirtualIPs"][0]["Addr"].as_str().unwrap_or_else(|| panic!("{out}"));
     addr.split('/').next().unwrap().to_string()
+}
+
+/// A nameserver outside the cluster that answers every A question with 10.99.99.99 (enough
+/// to see a task's `--dns` forwarding), on `ip`:53 in this machine's namespace.
+struct OutsideDns {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OutsideDns {
+    fn start(ip: &str) -> OutsideDns {
+        use std::sync::atomic::Ordering;
+        let socket = std::net::UdpSocket::bind((ip, 53)).expect("binding the outside nameserver");
+        socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, a) = (stop.clone(), answered.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !s.load(Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
+                if let Some(reply) = answer_a(&buf[..n]) {
+                    let _ = socket.send_to(&reply, from);
+                    a.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        OutsideDns { stop, answered, thread: Some(thread) }
+    }
+
+    fn answered(&self) -> usize {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for OutsideDns {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The reply to a one-question query: A 10.99.99.99 for an A question, no answer otherwise.
+fn answer_a(query: &[u8]) -> Option<Vec<u8>> {
+    if query.len() < 12 || u16::from_be_bytes([query[4], query[5]]) != 1 {
+        return None;
+    }
+    // The question: labels up to the root, then type and class.
+    let mut i = 12;
+    while *query.get(i)? != 0 {
+        i += 1 + usize::from(query[i]);
+    }
+    let end = i + 5;
+    let qtype = u16::from_be_bytes([*query.get(i + 1)?, *query.get(i + 2)?]);
+    let mut out = query[..2].to_vec();
+    out.extend_from_slice(&[0x81, 0x80, 0, 1, 0, u8::from(qtype == 1), 0, 0, 0, 0]);
+    out.extend_from_slice(query.get(12..end)?);
+    if qtype == 1 {
+        out.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 99, 99, 99]);
+    }
+    Some(out)
 }
 
 fn tail(s: &str, n: usize) -> String {

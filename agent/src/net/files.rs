@@ -8,12 +8,16 @@ use std::net::Ipv4Addr;
 pub const RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
 
 /// `/etc/resolv.conf`: the embedded resolver, with the search domains the node uses.
-pub fn resolv_conf(search: &[String]) -> String {
+pub fn resolv_conf(search: &[String], options: &[String]) -> String {
     let mut out = format!("nameserver {RESOLVER}\n");
     if !search.is_empty() {
         out.push_str(&format!("search {}\n", search.join(" ")));
     }
-    out.push_str("options ndots:0\n");
+    let mut opts: Vec<String> = options.to_vec();
+    if !opts.iter().any(|o| o.starts_with("ndots:")) {
+        opts.insert(0, "ndots:0".into());
+    }
+    out.push_str(&format!("options {}\n", opts.join(" ")));
     out
 }
 
@@ -59,8 +63,11 @@ mod tests {
             "# generated\nnameserver 10.1.2.3\nsearch corp.example lab\nnameserver fd00::53\n";
         assert_eq!(search_domains(node), ["corp.example", "lab"]);
         assert_eq!(nameservers(node).len(), 2);
-        let conf = resolv_conf(&search_domains(node));
+        let conf = resolv_conf(&search_domains(node), &[]);
         assert_eq!(conf, "nameserver 127.0.0.11\nsearch corp.example lab\noptions ndots:0\n");
+        // --dns-option: the task's options, ndots only when it gives none.
+        let conf = resolv_conf(&[], &["ndots:2".into(), "timeout:1".into()]);
+        assert_eq!(conf, "nameserver 127.0.0.11\noptions ndots:2 timeout:1\n");
         let h = hosts("web-1", Some(Ipv4Addr::new(10, 0, 1, 7)));
         assert!(h.starts_with("127.0.0.1\tlocalhost\n"));
         assert!(h.ends_with("10.0.1.7\tweb-1\n"), "{h}");

@@ -154,6 +154,8 @@ struct TaskNet {
     host_ports: Vec<PortConfig>,
     /// The task's address on the gateway bridge.
     gw: Option<Ipv4Addr>,
+    /// Where its resolver forwards other names (`--dns`), instead of the node's resolvers.
+    upstreams: Option<Arc<Vec<SocketAddr>>>,
 }
 
 impl TaskNet {
@@ -165,6 +167,7 @@ impl TaskNet {
             lb: String::new(),
             host_ports: Vec::new(),
             gw: None,
+            upstreams: None,
         }
     }
 }
@@ -176,6 +179,23 @@ fn task_maps<'a>(inner: &'a Inner, t: &TaskNet) -> Vec<&'a NetworkMap> {
 
 fn is_ingress(m: &NetworkMap) -> bool {
     m.network.as_ref().and_then(|n| n.spec.as_ref()).is_some_and(|s| s.ingress)
+}
+
+/// The task's resolver settings (`--dns`, `--dns-search`, `--dns-option`).
+fn task_dns(task: &Task) -> shoal_proto::DnsConfig {
+    let c = task.spec.as_ref().and_then(|s| s.container.as_ref());
+    c.and_then(|c| c.dns.clone()).unwrap_or_default()
+}
+
+/// The nameservers a task's resolver forwards to, when the task names its own.
+fn upstreams_of(dns: &shoal_proto::DnsConfig) -> Option<Arc<Vec<SocketAddr>>> {
+    let ups: Vec<SocketAddr> = dns
+        .nameservers
+        .iter()
+        .filter_map(|n| n.parse::<std::net::IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect();
+    (!ups.is_empty()).then(|| Arc::new(ups))
 }
 
 /// The ports task `task` publishes in host mode.
@@ -353,7 +373,12 @@ impl DataPlane {
             first_addr.get_or_insert(gw);
         }
         cmd::ip(Some(&ns), &inside)?;
-        let etc_files = self.write_etc(&task.id, hostname, first_addr)?;
+        let dns = task_dns(task);
+        if let Some(t) = self.inner().tasks.get_mut(&task.id) {
+            t.upstreams = upstreams_of(&dns);
+        }
+        let search = if dns.search.is_empty() { &self.search } else { &dns.search };
+        let etc_files = self.write_etc(&task.id, hostname, first_addr, search, &dns.options)?;
         self.program_lb(&task.id)?;
         self.program_mesh()?;
         Ok(Plumbed { netns: path, etc_files })
@@ -586,6 +611,8 @@ impl DataPlane {
         task_id: &str,
         hostname: &str,
         addr: Option<Ipv4Addr>,
+        search: &[String],
+        options: &[String],
     ) -> Result<Vec<(String, PathBuf)>, NetError> {
         let dir = self.etc_dir(task_id);
         let io = |path: &Path| {
@@ -594,7 +621,7 @@ impl DataPlane {
         };
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let files = [
-            ("/etc/resolv.conf", "resolv.conf", files::resolv_conf(&self.search)),
+            ("/etc/resolv.conf", "resolv.conf", files::resolv_conf(search, options)),
             ("/etc/hosts", "hosts", files::hosts(hostname, addr)),
             ("/etc/hostname", "hostname", format!("{hostname}\n")),
         ];
@@ -627,7 +654,13 @@ impl DataPlane {
             let maps = task_maps(&inner, inner.tasks.get(&id)?);
             names::lookup(&maps, name)
         });
-        let handle = dns::serve(socket, resolve, self.upstreams.clone())?;
+        let upstreams = self
+            .inner()
+            .tasks
+            .get(task_id)
+            .and_then(|t| t.upstreams.clone())
+            .unwrap_or_else(|| self.upstreams.clone());
+        let handle = dns::serve(socket, resolve, upstreams)?;
         let mut inner = self.inner();
         match inner.tasks.get_mut(task_id) {
             Some(t) => {
@@ -710,6 +743,7 @@ impl DataPlane {
             net.networks = networks;
             net.host_ports = host_ports(task);
             net.gw = gw;
+            net.upstreams = upstreams_of(&task_dns(task));
             inner.tasks.insert(task.id.clone(), net);
         }
         self.program_lb(&task.id)?;

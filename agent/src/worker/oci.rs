@@ -132,7 +132,10 @@ impl OciExecutor {
             let c = task.spec.as_ref().and_then(|s| s.container.as_ref());
             let c = c.ok_or(TaskSpecError::NoContainer)?;
             let image = resolve_image(&images, c, &node)?;
-            let built = build(&task, &image, &images, path)?;
+            let mut built = build(&task, &image, &images, path)?;
+            if let Some(h) = built.spec.hostname.take() {
+                built.spec.hostname = Some(super::spec::expand_template(&h, &task, &node)?);
+            }
             if let Some((path, profile)) = &built.seccomp_profile {
                 write_profile(path, profile)?;
             }

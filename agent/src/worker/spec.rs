@@ -40,6 +40,45 @@ pub enum TaskSpecError {
     /// The directory for the profile could not be made.
     #[error(transparent)]
     ProfileDir(crate::runtime::RuntimeError),
+    /// A `{{…}}` placeholder the hostname template does not know.
+    #[error("hostname template {template:?}: unknown placeholder {field:?}; use .Service.Name, .Service.ID, .Task.Name, .Task.ID, .Task.Slot, .Node.ID or .Node.Hostname")]
+    Template { template: String, field: String },
+}
+
+/// Expands Docker's service templates (`{{.Task.Slot}}`, `{{.Node.Hostname}}`, …) in a
+/// hostname, for task `task` on the node called `node_hostname`.
+pub fn expand_template(
+    template: &str,
+    task: &Task,
+    node_hostname: &str,
+) -> Result<String, TaskSpecError> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let bad = |field: &str| TaskSpecError::Template {
+            template: template.to_string(),
+            field: field.to_string(),
+        };
+        let end = after.find("}}").ok_or_else(|| bad(after))?;
+        let field = after[..end].trim();
+        let slot = if task.slot > 0 { task.slot.to_string() } else { task.node_id.clone() };
+        let value = match field {
+            ".Service.Name" => task.service_name.clone(),
+            ".Service.ID" => task.service_id.clone(),
+            ".Task.ID" => task.id.clone(),
+            ".Task.Slot" => slot,
+            ".Task.Name" => format!("{}.{slot}.{}", task.service_name, task.id),
+            ".Node.ID" => task.node_id.clone(),
+            ".Node.Hostname" => node_hostname.to_string(),
+            other => return Err(bad(other)),
+        };
+        out.push_str(&value);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// A task's runtime spec, and the custom seccomp profile to write where the spec says.
@@ -264,5 +303,34 @@ mod tests {
         for bad in ["SIGNOPE", "0", "99", ""] {
             assert!(parse_signal(bad).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod template_tests {
+    use super::*;
+
+    #[test]
+    fn hostname_templates_expand_like_docker_and_unknown_fields_are_named() {
+        let task = Task {
+            id: "t0abc".into(),
+            service_id: "s1".into(),
+            service_name: "web".into(),
+            node_id: "n9".into(),
+            slot: 3,
+            ..Default::default()
+        };
+        let h = expand_template(
+            "{{.Service.Name}}-{{ .Task.Slot }}.{{.Node.Hostname}}",
+            &task,
+            "host-a",
+        )
+        .unwrap();
+        assert_eq!(h, "web-3.host-a");
+        assert_eq!(expand_template("plain", &task, "x").unwrap(), "plain");
+        assert_eq!(expand_template("{{.Task.Name}}", &task, "x").unwrap(), "web.3.t0abc");
+        let err = expand_template("{{.Task.Secret}}", &task, "x").unwrap_err().to_string();
+        assert!(err.contains("unknown placeholder \".Task.Secret\""), "{err}");
+        assert!(expand_template("{{.Task.ID", &task, "x").is_err(), "unclosed");
     }
 }

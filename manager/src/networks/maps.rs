@@ -280,3 +280,97 @@ mod tests {
         assert_eq!(e.node_addr, "fd00::1");
     }
 }
+
+#[cfg(test)]
+mod ingress_tests {
+    use std::collections::BTreeMap;
+
+    use shoal_proto::{
+        Endpoint, EndpointMode, Network, NetworkAttachment, NetworkSpec, Node, PortConfig, Service,
+        ServiceSpec, Task, TaskState, TaskStatus,
+    };
+
+    use super::build;
+
+    fn ingress() -> Network {
+        Network {
+            id: "ing".into(),
+            vni: 4096,
+            spec: Some(NetworkSpec { name: "ingress".into(), ingress: true, ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_node_joins_the_mesh_and_a_node_gone_leaves_every_map() {
+        let nodes = vec![
+            Node { id: "a".into(), addr: "192.168.1.1:4242".into(), ..Default::default() },
+            Node { id: "b".into(), addr: "192.168.1.2:4242".into(), ..Default::default() },
+        ];
+        let web = Service {
+            id: "s1".into(),
+            spec: Some(ServiceSpec {
+                name: "web".into(),
+                endpoint: Some(shoal_proto::EndpointSpec {
+                    mode: EndpointMode::Vip as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            endpoint: Some(Endpoint {
+                vips: vec![],
+                ports: vec![PortConfig {
+                    protocol: "tcp".into(),
+                    target_port: 80,
+                    published_port: 8080,
+                    publish_mode: "ingress".into(),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        };
+        let task = Task {
+            id: "t1".into(),
+            service_id: "s1".into(),
+            service_name: "web".into(),
+            slot: 1,
+            node_id: "b".into(),
+            desired_state: TaskState::Running as i32,
+            status: Some(TaskStatus { state: TaskState::Running as i32, ..Default::default() }),
+            networks: vec![NetworkAttachment {
+                network_id: "ing".into(),
+                addr: "10.0.0.9/24".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut addrs = BTreeMap::new();
+        addrs.insert("a".to_string(), "10.0.0.2/24".to_string());
+        addrs.insert("b".to_string(), "10.0.0.3/24".to_string());
+        let maps = build(&[ingress()], &[web.clone()], &[task.clone()], &nodes, &addrs);
+        assert!(!maps.ingress_stale);
+        // Node a runs no task of web, yet it is on the mesh with its own address.
+        let a = maps.for_node("a", "ing").expect("a has the ingress map");
+        assert_eq!(a.local_addr, "10.0.0.2/24");
+        assert_eq!(maps.for_node("b", "ing").unwrap().local_addr, "10.0.0.3/24");
+        let peers: Vec<(&str, &str)> =
+            a.endpoints.iter().map(|e| (e.addr.as_str(), e.node_addr.as_str())).collect();
+        assert_eq!(
+            peers,
+            [
+                ("10.0.0.2/24", "192.168.1.1"),
+                ("10.0.0.3/24", "192.168.1.2"),
+                ("10.0.0.9/24", "192.168.1.2")
+            ]
+        );
+        assert_eq!(a.services[0].ports[0].published_port, 8080);
+
+        // Node b removed: its task and its mesh address leave every map (no stale forwarding
+        // entry on a), and the managers are told to take its address back.
+        let maps = build(&[ingress()], &[web], &[task], &nodes[..1], &addrs);
+        let a = maps.for_node("a", "ing").unwrap();
+        let peers: Vec<&str> = a.endpoints.iter().map(|e| e.addr.as_str()).collect();
+        assert_eq!(peers, ["10.0.0.2/24"]);
+        assert!(maps.ingress_stale);
+    }
+}

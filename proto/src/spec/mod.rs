@@ -124,6 +124,9 @@ pub enum SpecError {
     /// An endpoint mode other than vip or dnsrr, or a published port that cannot be used.
     #[error("invalid port {value:?}: {why}")]
     Port { value: String, why: String },
+    /// A nameserver that is not an IP address, or a search domain or option that is not one.
+    #[error("invalid DNS setting {value:?}: {why}")]
+    Dns { value: String, why: &'static str },
 }
 
 impl From<SpecError> for tonic::Status {

@@ -75,6 +75,24 @@ pub fn normalize(mut spec: ServiceSpec) -> Result<ServiceSpec, SpecError> {
     if spec.history_limit == 0 {
         spec.history_limit = DEFAULT_HISTORY;
     }
+    if let Some(dns) = spec.container.as_ref().and_then(|c| c.dns.as_ref()) {
+        for ns in &dns.nameservers {
+            if ns.parse::<std::net::IpAddr>().is_err() {
+                return Err(SpecError::Dns {
+                    value: ns.clone(),
+                    why: "a nameserver is an IP address",
+                });
+            }
+        }
+        for word in dns.search.iter().chain(&dns.options) {
+            if word.is_empty()
+                || word.len() > 253
+                || word.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(SpecError::Dns { value: word.clone(), why: "one word, no spaces" });
+            }
+        }
+    }
     if let Some(e) = spec.endpoint.as_mut() {
         if crate::EndpointMode::try_from(e.mode).is_err() {
             return Err(SpecError::Port {
@@ -288,5 +306,25 @@ mod tests {
         assert_eq!(task_part(&a), task_part(&b));
         b.container.as_mut().unwrap().env.push("A=1".into());
         assert_ne!(task_part(&a), task_part(&b));
+    }
+
+    #[test]
+    fn dns_settings_are_addresses_and_single_words() {
+        let with = |dns: crate::DnsConfig| {
+            let mut s = spec("web");
+            s.container.get_or_insert_with(Default::default).dns = Some(dns);
+            normalize(s)
+        };
+        let ok = crate::DnsConfig {
+            nameservers: vec!["10.0.0.53".into(), "fd00::53".into()],
+            search: vec!["corp.example".into()],
+            options: vec!["ndots:2".into()],
+        };
+        with(ok).unwrap();
+        let bad =
+            crate::DnsConfig { nameservers: vec!["dns.example".into()], ..Default::default() };
+        assert!(with(bad).unwrap_err().to_string().contains("a nameserver is an IP address"));
+        let bad = crate::DnsConfig { options: vec!["ndots:2 rotate".into()], ..Default::default() };
+        assert!(with(bad).unwrap_err().to_string().contains("no spaces"));
     }
 }

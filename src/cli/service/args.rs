@@ -187,9 +187,18 @@ pub struct SpecFlags {
     /// uid[:gid] to run as
     #[arg(short, long)]
     pub user: Option<String>,
-    /// Container hostname
+    /// Container hostname (templates: {{.Service.Name}}, {{.Task.Slot}}, {{.Node.Hostname}}, …)
     #[arg(long)]
     pub hostname: Option<String>,
+    /// Nameserver for names outside the cluster (repeatable; replaces the node's)
+    #[arg(long)]
+    pub dns: Vec<String>,
+    /// DNS search domain (repeatable)
+    #[arg(long)]
+    pub dns_search: Vec<String>,
+    /// DNS resolver option, e.g. ndots:2 (repeatable)
+    #[arg(long)]
+    pub dns_option: Vec<String>,
     /// Signal that stops a task
     #[arg(long)]
     pub stop_signal: Option<String>,

@@ -281,6 +281,18 @@ impl SpecFlags {
         set(&mut c.workdir, self.workdir.clone());
         set(&mut c.user, self.user.clone());
         set(&mut c.hostname, self.hostname.clone());
+        if !self.dns.is_empty() || !self.dns_search.is_empty() || !self.dns_option.is_empty() {
+            let d = c.dns.get_or_insert_with(Default::default);
+            for (field, flag) in [
+                (&mut d.nameservers, &self.dns),
+                (&mut d.search, &self.dns_search),
+                (&mut d.options, &self.dns_option),
+            ] {
+                if !flag.is_empty() {
+                    *field = flag.clone();
+                }
+            }
+        }
         set(&mut c.stop_signal, self.stop_signal.clone());
         set(&mut c.stop_grace_ms, self.stop_grace_period.map(ms));
         if let Some(v) = &self.entrypoint {

@@ -60,6 +60,9 @@ pub(super) fn read_service(e: &Entry<'_>, r: &mut Reader) -> Result<ServiceSpec,
                 e.ports = read_ports(&f)?;
             }
             "networks" => spec.networks = read_networks(&f, r)?,
+            "dns" => c.dns.get_or_insert_with(Default::default).nameservers = one_or_many(at)?,
+            "dns_search" => c.dns.get_or_insert_with(Default::default).search = one_or_many(at)?,
+            "dns_opt" => c.dns.get_or_insert_with(Default::default).options = one_or_many(at)?,
             _ => r.skip(&f),
         }
     }
@@ -381,6 +384,14 @@ fn read_refs(
         out.push(rf);
     }
     Ok(out)
+}
+
+/// A string or a list of strings.
+fn one_or_many(at: At<'_>) -> Result<Vec<String>, ComposeError> {
+    match at.node.value {
+        Value::Seq(_) => at.strings(),
+        _ => Ok(vec![at.text()?]),
+    }
 }
 
 /// `ports:`, short (`"8080:80"`, `"80"`, `"8080:80/udp"`, `"8000-8001:80-81"`, `80`) or long

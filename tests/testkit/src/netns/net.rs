@@ -90,6 +90,15 @@ impl Net {
         format!("10.{}.{}.{i}", self.octet, self.subnet)
     }
 
+    /// Gives this machine's own namespace an address on the hosts' LAN (`.254`, on the bridge,
+    /// gone with it) and returns it: a place outside every host, for servers the tests run.
+    pub fn outside_ip(&self) -> String {
+        let ip = self.ip(254);
+        // Fails harmlessly when an earlier call added it.
+        quiet("ip", &["addr", "add", &format!("{ip}/24"), "dev", &self.bridge]);
+        ip
+    }
+
     /// The hosts' /24, for messages.
     pub fn cidr(&self) -> String {
         format!("10.{}.{}.0/24", self.octet, self.subnet)
