@@ -347,7 +347,13 @@ mod ingress_tests {
         let mut addrs = BTreeMap::new();
         addrs.insert("a".to_string(), "10.0.0.2/24".to_string());
         addrs.insert("b".to_string(), "10.0.0.3/24".to_string());
-        let maps = build(&[ingress()], &[web.clone()], &[task.clone()], &nodes, &addrs);
+        let maps = build(
+            &[ingress()],
+            std::slice::from_ref(&web),
+            std::slice::from_ref(&task),
+            &nodes,
+            &addrs,
+        );
         assert!(!maps.ingress_stale);
         // Node a runs no task of web, yet it is on the mesh with its own address.
         let a = maps.for_node("a", "ing").expect("a has the ingress map");
