@@ -127,7 +127,8 @@ fn reply(query: &Message, code: ResponseCode, addrs: &[Ipv4Addr]) -> Option<Vec<
     m.to_vec().ok()
 }
 
-/// Passes the query to the node's resolvers in turn; the first answer wins.
+/// Passes the query to the node's resolvers in turn; the first answer wins. Only a reply from
+/// the resolver asked, to the query's ID, counts (anything else on the port is dropped).
 async fn forward(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
     for up in upstreams {
         let bind: SocketAddr = if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
@@ -135,12 +136,15 @@ async fn forward(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
         if socket.send_to(query, up).await.is_err() {
             continue;
         }
+        let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
         let mut buf = vec![0u8; 4096];
-        if let Ok(Ok((n, _))) =
-            tokio::time::timeout(FORWARD_TIMEOUT, socket.recv_from(&mut buf)).await
+        while let Ok(Ok((n, from))) =
+            tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await
         {
-            buf.truncate(n);
-            return Some(buf);
+            if from == *up && n >= 2 && buf[..2] == query[..2] {
+                buf.truncate(n);
+                return Some(buf);
+            }
         }
     }
     None
@@ -190,6 +194,52 @@ mod tests {
             let mut buf = vec![0u8; 512];
             let (n, from) = up.recv_from(&mut buf).await.unwrap();
             let q = Message::from_vec(&buf[..n]).unwrap();
+            let r = reply(&q, ResponseCode::Refused, &[]).unwrap();
+            up.send_to(&r, from).await.unwrap();
+        });
+        let r = respond(&ask("example.com.", RecordType::A), &resolver(), &[addr]).await.unwrap();
+        assert_eq!(Message::from_vec(&r).unwrap().response_code(), ResponseCode::Refused);
+    }
+
+    #[tokio::test]
+    async fn mangled_queries_never_panic_and_answers_keep_the_id() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+        let seeds = [ask("web.", RecordType::A), ask("tasks.web.", RecordType::AAAA)];
+        for round in 0..5_000 {
+            let mut q = seeds[round % seeds.len()].clone();
+            match round % 4 {
+                0 => {
+                    let i = rng.gen_range(0..q.len());
+                    q[i] = rng.gen();
+                }
+                1 => q.truncate(rng.gen_range(0..q.len())),
+                2 => q.extend((0..rng.gen_range(1..64)).map(|_| rng.gen::<u8>())),
+                _ => q = (0..rng.gen_range(0..600)).map(|_| rng.gen()).collect(),
+            }
+            if let Some(r) = respond(&q, &resolver(), &[]).await {
+                let m = Message::from_vec(&r).expect("every reply parses");
+                assert_eq!(m.id(), u16::from_be_bytes([q[0], q[1]]), "round {round}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_from_anyone_but_the_upstream_is_ignored() {
+        let up = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = up.local_addr().unwrap();
+        let spoofer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 512];
+            let (n, from) = up.recv_from(&mut buf).await.unwrap();
+            let q = Message::from_vec(&buf[..n]).unwrap();
+            // Someone else answers first, with a forged address; then the upstream, refusing.
+            let forged = reply(&q, ResponseCode::NoError, &[Ipv4Addr::new(6, 6, 6, 6)]).unwrap();
+            spoofer.send_to(&forged, from).await.unwrap();
+            let mut wrong_id = q.clone();
+            wrong_id.set_id(q.id().wrapping_add(1));
+            let r = reply(&wrong_id, ResponseCode::NoError, &[Ipv4Addr::new(6, 6, 6, 6)]).unwrap();
+            up.send_to(&r, from).await.unwrap();
             let r = reply(&q, ResponseCode::Refused, &[]).unwrap();
             up.send_to(&r, from).await.unwrap();
         });
