@@ -48,7 +48,15 @@ pub struct ConvergenceArgs {
     /// Seconds one run may take before it is given up
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+    /// Put the service on an overlay network with a port published on the routing mesh (both
+    /// sides): the plumbing's cost on the way to running
+    #[arg(long)]
+    pub network: bool,
 }
+
+/// The overlay network and published port of `--network` runs.
+const CONV_NETWORK: &str = "shoal-bench-conv";
+const CONV_PORT: u32 = 18080;
 
 /// What one convergence run measured.
 #[derive(Debug, Clone, Copy)]
@@ -76,7 +84,7 @@ pub(crate) async fn convergence(args: ConvergenceArgs) -> Result<()> {
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for run in 0..runs {
         if let Some(node) = &shoal {
-            match node.converge(run, n, limit).await {
+            match node.converge(run, n, limit, args.network).await {
                 Ok(r) => {
                     report_conv_run(run, "shoal", n, &r);
                     ours.push(r);
@@ -91,7 +99,7 @@ pub(crate) async fn convergence(args: ConvergenceArgs) -> Result<()> {
             }
         }
         if let Some(d) = &docker {
-            match d.converge(run, n, limit).await {
+            match d.converge(run, n, limit, args.network).await {
                 Ok(r) => {
                     report_conv_run(run, "docker swarm", n, &r);
                     theirs.push(r);
@@ -112,7 +120,7 @@ pub(crate) async fn convergence(args: ConvergenceArgs) -> Result<()> {
     if let Some(d) = docker {
         d.stop().await;
     }
-    print_convergence(n, runs, &ours, &theirs, docker_version.as_deref());
+    print_convergence(n, runs, &ours, &theirs, docker_version.as_deref(), args.network);
     println!("  ({})", load_note());
     Ok(())
 }
@@ -132,6 +140,7 @@ fn print_convergence(
     ours: &[ConvRun],
     theirs: &[ConvRun],
     docker: Option<&str>,
+    network: bool,
 ) {
     let figure = |v: &[ConvRun], f: fn(&ConvRun) -> Duration| -> String {
         match v.is_empty() {
@@ -145,9 +154,14 @@ fn print_convergence(
         all.join(", ")
     };
     println!();
+    let on = if network {
+        format!(" --network {CONV_NETWORK} (overlay) --publish {CONV_PORT}:80")
+    } else {
+        String::new()
+    };
     println!(
-        "convergence: one node, `service create --replicas {n}` of `/bin/sleep 3600` (busybox-static \
-         rootfs imported into each) -> {n} tasks running; medians of {runs} runs"
+        "convergence: one node, `service create --replicas {n}{on}` of `/bin/sleep 3600` \
+         (busybox-static rootfs imported into each) -> {n} tasks running; medians of {runs} runs"
     );
     println!("  {:<40} {:>12} {:>14}  runs (s)", "", "to running", "rm -> gone");
     println!(
@@ -284,9 +298,44 @@ impl ShoalNode {
         ControlClient::new(self.channel.clone())
     }
 
-    async fn converge(&self, run: usize, n: u64, limit: Duration) -> Result<ConvRun> {
-        let spec = sleep_service(&format!("bench-conv-{run}"), CONV_IMAGE, n);
+    /// The overlay network of `--network` runs (made once).
+    async fn ensure_network(&self) -> Result<()> {
+        let all = self.control().list_networks(ListNetworksRequest {}).await?.into_inner();
+        if all.networks.iter().any(|n| n.spec.as_ref().is_some_and(|s| s.name == CONV_NETWORK)) {
+            return Ok(());
+        }
+        let spec = NetworkSpec { name: CONV_NETWORK.into(), ..Default::default() };
+        let req = CreateNetworkRequest { spec: Some(spec) };
+        self.control()
+            .create_network(req)
+            .await
+            .map_err(client::status)
+            .context("network create")?;
+        Ok(())
+    }
+
+    async fn converge(
+        &self,
+        run: usize,
+        n: u64,
+        limit: Duration,
+        network: bool,
+    ) -> Result<ConvRun> {
+        let mut spec = sleep_service(&format!("bench-conv-{run}"), CONV_IMAGE, n);
         let mut control = self.control();
+        if network {
+            self.ensure_network().await?;
+            spec.networks =
+                vec![NetworkAttachmentConfig { target: CONV_NETWORK.into(), aliases: vec![] }];
+            spec.endpoint = Some(EndpointSpec {
+                ports: vec![PortConfig {
+                    published_port: CONV_PORT,
+                    target_port: 80,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
         let start = Instant::now();
         let created = control
             .create_service(CreateServiceRequest { spec: Some(spec) })
@@ -490,28 +539,39 @@ impl Docker {
         Ok(docker)
     }
 
-    async fn converge(&self, run: usize, n: u64, limit: Duration) -> Result<ConvRun> {
+    async fn converge(
+        &self,
+        run: usize,
+        n: u64,
+        limit: Duration,
+        network: bool,
+    ) -> Result<ConvRun> {
         let name = format!("shoal-bench-conv-{run}");
         let replicas = n.to_string();
+        let publish = format!("{CONV_PORT}:80");
+        let mut args = vec![
+            "service",
+            "create",
+            "--detach",
+            "--quiet",
+            "--no-resolve-image",
+            "--name",
+            &name,
+            "--replicas",
+            &replicas,
+        ];
+        if network {
+            let have = self
+                .run(&["network", "ls", "-q", "--filter", &format!("name=^{CONV_NETWORK}$")])
+                .await?;
+            if have.trim().is_empty() {
+                self.run(&["network", "create", "-d", "overlay", CONV_NETWORK]).await?;
+            }
+            args.extend(["--network", CONV_NETWORK, "--publish", &publish]);
+        }
+        args.extend([self.image_id.as_str(), "/bin/sleep", "3600"]);
         let start = Instant::now();
-        let id = self
-            .run(&[
-                "service",
-                "create",
-                "--detach",
-                "--quiet",
-                "--no-resolve-image",
-                "--name",
-                &name,
-                "--replicas",
-                &replicas,
-                &self.image_id,
-                "/bin/sleep",
-                "3600",
-            ])
-            .await?
-            .trim()
-            .to_string();
+        let id = self.run(&args).await?.trim().to_string();
         let filter = format!("id={id}");
         let result = wait_for(&format!("{n} running replicas"), limit, POLL, || async {
             let out = self
@@ -541,6 +601,7 @@ impl Docker {
 
     /// Removes the image and, if we made the swarm, leaves it.
     async fn stop(self) {
+        let _ = self.run(&["network", "rm", CONV_NETWORK]).await;
         if !self.image_id.is_empty() {
             let _ = self.run(&["image", "rm", "--force", &self.image_id]).await;
         }
