@@ -57,6 +57,8 @@ pub struct ConvergenceArgs {
 /// The overlay network and published port of `--network` runs.
 const CONV_NETWORK: &str = "shoal-bench-conv";
 const CONV_PORT: u32 = 18080;
+/// Shoal's VXLAN port here (Docker keeps 4789).
+const BENCH_DATA_PORT: u32 = 4790;
 
 /// What one convergence run measured.
 #[derive(Debug, Clone, Copy)]
@@ -206,7 +208,34 @@ struct ShoalNode {
     data: PathBuf,
     log: PathBuf,
     channel: Channel,
+    /// This machine had a Shoal gateway bridge before the bench (then it is left alone).
+    gateway_was_here: bool,
     _dir: tempfile::TempDir,
+}
+
+/// The node's gateway bridge, as the agent names it.
+const GW_BRIDGE: &str = "shoal_gwbridge";
+
+/// Removes the gateway bridge the bench's node made, with its NAT table and FORWARD rules.
+async fn remove_gateway() {
+    let run = |program: &'static str, args: Vec<String>| async move {
+        let _ = tokio::process::Command::new(program)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+    };
+    let words = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+    run("ip", words(&format!("link del {GW_BRIDGE}"))).await;
+    run("nft", words("delete table ip shoal-gw")).await;
+    for rule in [
+        format!("-i {GW_BRIDGE} ! -o {GW_BRIDGE} -j ACCEPT"),
+        format!("-o {GW_BRIDGE} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+        format!("-o {GW_BRIDGE} -m conntrack --ctstate DNAT -j ACCEPT"),
+    ] {
+        run("iptables", words(&format!("-D FORWARD {rule}"))).await;
+    }
 }
 
 async fn start_shoal_side(args: &ConvergenceArgs, tar: &Path) -> Option<ShoalNode> {
@@ -239,6 +268,7 @@ impl ShoalNode {
             dir.path().join("shoald.log"),
         );
         let out = std::fs::File::create(&log)?;
+        let gateway_was_here = Path::new("/sys/class/net").join(GW_BRIDGE).exists();
         let child = std::process::Command::new(shoald)
             .arg("--data-root")
             .arg(&data)
@@ -259,7 +289,7 @@ impl ShoalNode {
         })
         .await
         .with_context(|| format!("shoald did not come up: {}", log_tail(&log, 8)))?;
-        let node = ShoalNode { child, data, log, channel, _dir: dir };
+        let node = ShoalNode { child, data, log, channel, gateway_was_here, _dir: dir };
         node.init_swarm().await?;
         node.import(tar).await?;
         Ok(node)
@@ -267,8 +297,14 @@ impl ShoalNode {
 
     async fn init_swarm(&self) -> Result<()> {
         let addr = format!("127.0.0.1:{}", free_port()?);
-        let req =
-            InitRequest { listen_addr: addr.clone(), advertise_addr: addr, ..Default::default() };
+        // Docker's overlay on this same machine holds VXLAN port 4789 with the same VNIs:
+        // Shoal's data path moves aside, as an operator running both would do.
+        let req = InitRequest {
+            listen_addr: addr.clone(),
+            advertise_addr: addr,
+            data_path_port: BENCH_DATA_PORT,
+            ..Default::default()
+        };
         let mut daemon = DaemonClient::new(self.channel.clone());
         daemon.init(req).await.map_err(client::status).context("swarm init")?;
         let mut control = ControlClient::new(self.channel.clone());
@@ -404,6 +440,20 @@ impl ShoalNode {
                 let _ = self.remove(&s.id, Duration::from_secs(60)).await;
             }
         }
+        // The networks go while shoald runs, so its node takes down their plumbing (the
+        // routing mesh's leg and table included).
+        for network in [CONV_NETWORK, "ingress"] {
+            let _ = wait_for("network rm", Duration::from_secs(20), POLL, || async {
+                let req = RemoveNetworkRequest { reference: network.to_string() };
+                match self.control().remove_network(req).await {
+                    Ok(_) => Ok(Some(())),
+                    Err(s) if s.code() == tonic::Code::NotFound => Ok(Some(())),
+                    Err(_) => Ok(None),
+                }
+            })
+            .await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let pid = self.child.id().to_string();
         let _ = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await;
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -423,6 +473,9 @@ impl ShoalNode {
                 .args(["delete", "--force", &id])
                 .status()
                 .await;
+        }
+        if !self.gateway_was_here {
+            remove_gateway().await;
         }
     }
 }

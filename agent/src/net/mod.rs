@@ -438,6 +438,17 @@ impl DataPlane {
         if let Err(e) = made {
             let _ = cmd::ip(None, &[format!("netns del {sandbox}")]);
             let _ = cmd::ip(None, &[format!("link del {vxlan}")]);
+            if e.to_string().contains("VNI already exists") {
+                return Err(NetError::Tool {
+                    tool: "ip".into(),
+                    message: format!(
+                        "VXLAN {} on UDP port {port} is already used by another overlay on this host \
+                         (Docker Swarm uses 4789 too): give the swarm another data port \
+                         (swarm init --data-path-port)",
+                        network.vni
+                    ),
+                });
+            }
             return Err(e);
         }
         tracing::info!(network = %network.id, vni = network.vni, "overlay sandbox created");
