@@ -257,12 +257,15 @@ async fn swarm_init_sets_the_address_pool_networks_draw_from() {
         heartbeat: Some(BEAT),
         default_addr_pool: vec!["172.30.0.0/16".into()],
         subnet_size: 26,
+        data_path_port: 4790,
         ..Default::default()
     };
     m.daemon.init(opts).await.unwrap();
     let a = create_network(&m, "a", "").await.unwrap();
     let b = create_network(&m, "b", "").await.unwrap();
     assert_eq!((a.subnet.as_str(), b.subnet.as_str()), ("172.30.0.0/26", "172.30.0.64/26"));
+    // The data-path port goes with every network, so nodes open VXLAN on it.
+    assert_eq!((a.data_port, b.data_port), (4790, 4790));
 }
 
 /// The allocator's state is the store: a manager that becomes leader after the old one dies

@@ -184,8 +184,23 @@ pub fn task_part(spec: &ServiceSpec) -> ServiceSpec {
         mode: spec.mode,
         // A task joins its networks when it starts: another set of networks is new tasks.
         networks: spec.networks.clone(),
+        endpoint: endpoint_part(spec.endpoint.as_ref()),
         ..Default::default()
     }
+}
+
+/// What of a service's endpoint its tasks carry: the ports they publish in host mode (their
+/// node forwards to them), and whether they join the routing mesh at all. Which ports the
+/// mesh publishes, and the endpoint mode, are the nodes' business: changing them leaves the
+/// tasks be.
+fn endpoint_part(e: Option<&crate::EndpointSpec>) -> Option<crate::EndpointSpec> {
+    let e = e?;
+    let mut ports: Vec<crate::PortConfig> =
+        e.ports.iter().filter(|p| p.publish_mode == "host").cloned().collect();
+    if e.ports.iter().any(|p| p.publish_mode != "host") {
+        ports.push(crate::PortConfig { publish_mode: "ingress".into(), ..Default::default() });
+    }
+    (!ports.is_empty()).then_some(crate::EndpointSpec { mode: 0, ports })
 }
 
 /// Whether a task still counts toward its service (its desired state is at most RUNNING).
@@ -306,6 +321,35 @@ mod tests {
         assert_eq!(task_part(&a), task_part(&b));
         b.container.as_mut().unwrap().env.push("A=1".into());
         assert_ne!(task_part(&a), task_part(&b));
+    }
+
+    #[test]
+    fn publishing_makes_tasks_dirty_moving_a_mesh_port_does_not() {
+        let port = |published, mode: &str| crate::PortConfig {
+            published_port: published,
+            target_port: 80,
+            protocol: "tcp".into(),
+            publish_mode: mode.into(),
+            ..Default::default()
+        };
+        let with = |ports: Vec<crate::PortConfig>| {
+            let mut s = normalize(spec("web")).unwrap();
+            s.endpoint = Some(crate::EndpointSpec { ports, ..Default::default() });
+            s
+        };
+        let none = normalize(spec("web")).unwrap();
+        // Joining the routing mesh: the tasks need an address on it.
+        assert_ne!(task_part(&none), task_part(&with(vec![port(8080, "ingress")])));
+        // Another mesh port: the nodes forward it; the tasks stay.
+        assert_eq!(
+            task_part(&with(vec![port(8080, "ingress")])),
+            task_part(&with(vec![port(8081, "ingress")]))
+        );
+        // Host-mode ports are the tasks' own.
+        assert_ne!(
+            task_part(&with(vec![port(9090, "host")])),
+            task_part(&with(vec![port(9091, "host")]))
+        );
     }
 
     #[test]
