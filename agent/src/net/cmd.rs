@@ -93,6 +93,12 @@ pub fn have(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether iptables runs here (asked once per process).
+pub fn have_iptables() -> bool {
+    static HAVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAVE.get_or_init(|| have("iptables"))
+}
+
 /// `iptables args…`, for the one integration that needs it (Docker's FORWARD policy).
 pub fn iptables(args: &[&str]) -> Result<(), NetError> {
     run("iptables", args, "").map(drop)

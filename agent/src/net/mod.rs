@@ -119,6 +119,10 @@ pub struct DataPlane {
     inner: Mutex<Inner>,
     /// Serialises plumbing (sandbox and bridge creation, leases).
     plumbing: Mutex<()>,
+    /// Serialises balancer rewrites (so an older ruleset never lands after a newer one).
+    lb_lock: Mutex<()>,
+    /// Wakes the balancer thread (with `inner`'s lock).
+    lb_wake: std::sync::Condvar,
     me: Weak<DataPlane>,
 }
 
@@ -132,6 +136,11 @@ struct Inner {
     ingress: Option<Ingress>,
     /// The published-ports table last applied.
     mesh: String,
+    /// The gateway's NAT table and FORWARD rules are in place.
+    gateway_ready: bool,
+    /// Tasks whose balancer is to be rewritten from the current maps (by the balancer
+    /// thread, which coalesces bursts of map changes).
+    lb_dirty: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -245,14 +254,24 @@ impl DataPlane {
         if std::fs::create_dir_all(&cfg.state_dir).is_ok() {
             let _ = std::fs::write(cfg.state_dir.join("tag"), &cfg.tag);
         }
-        Arc::new_cyclic(|me| DataPlane {
+        let plane = Arc::new_cyclic(|me| DataPlane {
             cfg,
             upstreams: Arc::new(upstreams),
             search,
             inner: Mutex::new(Inner { leases, ..Default::default() }),
             plumbing: Mutex::new(()),
+            lb_lock: Mutex::new(()),
+            lb_wake: std::sync::Condvar::new(),
             me: me.clone(),
-        })
+        });
+        let weak = Arc::downgrade(&plane);
+        let spawned = std::thread::Builder::new()
+            .name("shoal-balancers".into())
+            .spawn(move || balancer_loop(weak));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no balancer thread: balancers follow map changes inline");
+        }
+        plane
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -333,10 +352,9 @@ impl DataPlane {
             let eth = format!("eth{i}");
             cmd::ip(
                 None,
-                &[
-                    format!("link add {host_end} mtu {OVERLAY_MTU} type veth peer name {eth} netns {ns}"),
-                    format!("link set {host_end} netns {sandbox}"),
-                ],
+                &[format!(
+                    "link add {host_end} mtu {OVERLAY_MTU} netns {sandbox} type veth peer name {eth} netns {ns}"
+                )],
             )?;
             cmd::ip(
                 Some(&sandbox),
@@ -461,10 +479,14 @@ impl DataPlane {
         Ok(sandbox)
     }
 
-    /// The gateway bridge with its address and outbound NAT (idempotent).
+    /// The gateway bridge with its address and outbound NAT (idempotent; the NAT table and
+    /// FORWARD rules are written once per agent, the bridge whenever it is missing).
     fn ensure_gateway(&self) -> Result<(), NetError> {
         let subnet = self.cfg.gw_subnet;
-        let exists = cmd::ip_out(None, &["link", "show", GW_BRIDGE]).is_ok();
+        let exists = Path::new("/sys/class/net").join(GW_BRIDGE).exists();
+        if exists && self.inner().gateway_ready {
+            return Ok(());
+        }
         if !exists {
             cmd::ip(
                 None,
@@ -504,6 +526,7 @@ impl DataPlane {
             ],
             &["-o", GW_BRIDGE, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"],
         ]);
+        self.inner().gateway_ready = true;
         Ok(())
     }
 
@@ -789,12 +812,14 @@ impl DataPlane {
                 tracing::warn!(network = %id, error = %e, "could not program the overlay's peers");
             }
         }
-        let tasks: Vec<String> = self.inner().tasks.keys().cloned().collect();
-        for id in tasks {
-            if let Err(e) = self.program_lb(&id) {
-                tracing::warn!(task = %id, error = %e, "could not program the task's load balancer");
-            }
+        // Every task's balancer follows, on the balancer thread: a burst of changes (50
+        // replicas starting or stopping) becomes a few rewrites per task, not one per change.
+        {
+            let mut inner = self.inner();
+            let ids: Vec<String> = inner.tasks.keys().cloned().collect();
+            inner.lb_dirty.extend(ids);
         }
+        self.lb_wake.notify_one();
         if let Err(e) = self.program_mesh() {
             tracing::warn!(error = %e, "could not program the node's published ports");
         }
@@ -917,6 +942,7 @@ impl DataPlane {
 
     /// Rewrites task `id`'s balancer if what its networks' virtual IPs lead to changed.
     fn program_lb(&self, id: &str) -> Result<(), NetError> {
+        let _one_at_a_time = self.lb_lock.lock().unwrap_or_else(|p| p.into_inner());
         let (netns, ruleset) = {
             let inner = self.inner();
             let Some(t) = inner.tasks.get(id) else { return Ok(()) };
@@ -935,10 +961,36 @@ impl DataPlane {
     }
 }
 
+/// Rewrites the balancers marked dirty, from the maps as they are when each is written, until
+/// the data plane is dropped.
+fn balancer_loop(weak: Weak<DataPlane>) {
+    loop {
+        let Some(plane) = weak.upgrade() else { return };
+        let batch = {
+            let mut inner = plane.inner();
+            if inner.lb_dirty.is_empty() {
+                let waited = plane
+                    .lb_wake
+                    .wait_timeout(inner, std::time::Duration::from_millis(500))
+                    .unwrap_or_else(|p| p.into_inner());
+                inner = waited.0;
+            }
+            std::mem::take(&mut inner.lb_dirty)
+        };
+        for id in batch {
+            if let Err(e) = plane.program_lb(&id) {
+                if plane.inner().tasks.contains_key(&id) {
+                    tracing::warn!(task = %id, error = %e, "could not program the task's load balancer");
+                }
+            }
+        }
+    }
+}
+
 /// Puts ACCEPT rules at the head of iptables' FORWARD chain, each once: where Docker runs,
 /// its policy drops what it does not know.
 fn accept_forward(rules: &[&[&str]]) {
-    if !cmd::have("iptables") {
+    if !cmd::have_iptables() {
         return;
     }
     for rule in rules {
