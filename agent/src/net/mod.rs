@@ -121,6 +121,8 @@ pub struct DataPlane {
     plumbing: Mutex<()>,
     /// Serialises balancer rewrites (so an older ruleset never lands after a newer one).
     lb_lock: Mutex<()>,
+    /// The same for the node's published-ports table.
+    mesh_lock: Mutex<()>,
     /// Wakes the balancer thread (with `inner`'s lock).
     lb_wake: std::sync::Condvar,
     me: Weak<DataPlane>,
@@ -261,6 +263,7 @@ impl DataPlane {
             inner: Mutex::new(Inner { leases, ..Default::default() }),
             plumbing: Mutex::new(()),
             lb_lock: Mutex::new(()),
+            mesh_lock: Mutex::new(()),
             lb_wake: std::sync::Condvar::new(),
             me: me.clone(),
         });
@@ -306,8 +309,9 @@ impl DataPlane {
         result
     }
 
+    /// Tasks are plumbed in parallel; what they share (a network's sandbox, the gateway
+    /// bridge) is made under the plumbing lock, which removals take too.
     fn plumb(&self, task: &Task, hostname: &str) -> Result<Plumbed, NetError> {
-        let _guard = self.plumbing.lock().unwrap_or_else(|p| p.into_inner());
         let ns = self.task_netns(&task.id);
         let path = Path::new(NETNS_DIR).join(&ns);
         if path.exists() {
@@ -316,7 +320,8 @@ impl DataPlane {
         }
         let published = host_ports(task);
         {
-            let inner = self.inner();
+            // Checked and claimed at once: two tasks never both get a host port.
+            let mut inner = self.inner();
             for p in &published {
                 let holder = inner.tasks.iter().find(|(id, t)| {
                     *id != &task.id
@@ -332,11 +337,11 @@ impl DataPlane {
                     });
                 }
             }
+            let mut net = TaskNet::new(ns.clone());
+            net.host_ports = published;
+            inner.tasks.insert(task.id.clone(), net);
         }
         cmd::ip(None, &[format!("netns add {ns}")])?;
-        let mut net = TaskNet::new(ns.clone());
-        net.host_ports = published;
-        self.inner().tasks.insert(task.id.clone(), net);
         let mut inside = vec!["link set lo up".to_string()];
         let mut first_addr = None;
         let mut external = task.networks.is_empty();
@@ -344,10 +349,15 @@ impl DataPlane {
             let bad = |why: &str| NetError::Attachment { task: task.id.clone(), why: why.into() };
             let network = a.network.as_ref().ok_or_else(|| bad("the network is missing"))?;
             let ip = ip_of(&a.addr).ok_or_else(|| bad("the address does not parse"))?;
-            let sandbox = self.ensure_sandbox(network)?;
-            if let Some(t) = self.inner().tasks.get_mut(&task.id) {
-                t.networks.push(network.id.clone());
-            }
+            let sandbox = {
+                // Made (or found) and claimed at once, so a removal cannot take it between.
+                let _guard = self.plumbing.lock().unwrap_or_else(|p| p.into_inner());
+                let sandbox = self.ensure_sandbox(network)?;
+                if let Some(t) = self.inner().tasks.get_mut(&task.id) {
+                    t.networks.push(network.id.clone());
+                }
+                sandbox
+            };
             let host_end = format!("vo{}", short(&[&task.id, &network.id]));
             let eth = format!("eth{i}");
             cmd::ip(
@@ -371,7 +381,10 @@ impl DataPlane {
             if let Some(t) = self.inner().tasks.get_mut(&task.id) {
                 t.gw = Some(gw);
             }
-            self.ensure_gateway()?;
+            {
+                let _guard = self.plumbing.lock().unwrap_or_else(|p| p.into_inner());
+                self.ensure_gateway()?;
+            }
             let host_end = format!("vg{}", short(&[&task.id]));
             let eth = format!("eth{}", task.networks.len());
             cmd::ip(
@@ -382,7 +395,11 @@ impl DataPlane {
                     format!("link set dev {host_end} type bridge_slave isolated on"),
                     format!("link set {host_end} up"),
                 ],
-            )?;
+            )
+            .inspect_err(|_| {
+                // Someone removed the bridge: made again on the next try.
+                self.inner().gateway_ready = false;
+            })?;
             let prefix = self.cfg.gw_subnet.prefix_len();
             inside.push(format!("link set {eth} address {}", mac_of(gw)));
             inside.push(format!("addr add {gw}/{prefix} dev {eth}"));
@@ -479,14 +496,15 @@ impl DataPlane {
         Ok(sandbox)
     }
 
-    /// The gateway bridge with its address and outbound NAT (idempotent; the NAT table and
-    /// FORWARD rules are written once per agent, the bridge whenever it is missing).
+    /// The gateway bridge with its address and outbound NAT (idempotent; set up once per
+    /// agent, again after a task's leg could not join it).
     fn ensure_gateway(&self) -> Result<(), NetError> {
         let subnet = self.cfg.gw_subnet;
-        let exists = Path::new("/sys/class/net").join(GW_BRIDGE).exists();
-        if exists && self.inner().gateway_ready {
+        if self.inner().gateway_ready {
             return Ok(());
         }
+        // Asked of the node's namespace (/sys may be another namespace's mount).
+        let exists = cmd::ip_out(None, &["link", "show", GW_BRIDGE]).is_ok();
         if !exists {
             cmd::ip(
                 None,
@@ -894,6 +912,7 @@ impl DataPlane {
 
     /// Rewrites the node's published-ports table if where its ports lead changed.
     fn program_mesh(&self) -> Result<(), NetError> {
+        let _one_at_a_time = self.mesh_lock.lock().unwrap_or_else(|p| p.into_inner());
         let ruleset = {
             let inner = self.inner();
             let mut forwards = Vec::new();
