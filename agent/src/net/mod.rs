@@ -348,6 +348,13 @@ impl DataPlane {
         for (i, a) in task.networks.iter().enumerate() {
             let bad = |why: &str| NetError::Attachment { task: task.id.clone(), why: why.into() };
             let network = a.network.as_ref().ok_or_else(|| bad("the network is missing"))?;
+            if network.spec.as_ref().is_some_and(|s| s.encrypted) {
+                // Never in the clear what was asked to be encrypted (stored before the
+                // managers refused the option).
+                return Err(bad(
+                    "the network is marked encrypted and this node cannot encrypt overlay traffic",
+                ));
+            }
             let ip = ip_of(&a.addr).ok_or_else(|| bad("the address does not parse"))?;
             let sandbox = {
                 // Made (or found) and claimed at once, so a removal cannot take it between.

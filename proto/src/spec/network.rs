@@ -90,6 +90,10 @@ pub fn normalize(spec: &mut NetworkSpec) -> Result<(), SpecError> {
     if spec.driver != OVERLAY {
         return Err(SpecError::NetworkDriver(spec.driver.clone()));
     }
+    if spec.encrypted {
+        // Accepting the option and sending VXLAN in the clear would be a lie.
+        return Err(SpecError::EncryptionUnavailable(spec.name.clone()));
+    }
     let ipam = spec.ipam.get_or_insert_with(Default::default);
     if ipam.subnet.is_empty() {
         if !ipam.gateway.is_empty() {
@@ -251,6 +255,13 @@ mod tests {
         validate_attachments(&[att(NONE)]).unwrap();
         let err = validate_attachments(&[att(NONE), att("backend")]).unwrap_err();
         assert!(err.to_string().contains("cannot be combined"), "{err}");
+    }
+
+    #[test]
+    fn an_encrypted_network_is_refused_rather_than_carried_in_the_clear() {
+        let mut spec = NetworkSpec { name: "secure".into(), encrypted: true, ..Default::default() };
+        let err = normalize(&mut spec).unwrap_err().to_string();
+        assert!(err.contains("encrypted overlays are not available"), "{err}");
     }
 
     #[test]
