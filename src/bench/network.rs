@@ -7,6 +7,12 @@
 //! so the packets take exactly the path the task's own would. The bare figures run in the two
 //! host namespaces themselves.
 //!
+//! The figures: iperf3 throughput to the server service's virtual IP and to its task's own
+//! address; a 64-byte TCP request/response loop; DNS lookups of the service's name at the
+//! task's resolver (127.0.0.11); and how long a virtual IP (and DNS round robin) keeps
+//! sending new connections to a task after its processes are SIGKILLed. Docker's virtual IPs
+//! need IPVS; on a kernel without it their rows say so and Docker is measured to the task.
+//!
 //! Owns everything it creates (namespaces, veths, bridges, the FORWARD rules for them,
 //! `dockerd`s and their directories) and removes it on the way out, also after a failure;
 //! never touches a Docker or a namespace it did not start.
@@ -135,12 +141,12 @@ fn bench(args: &NetworkArgs) -> Result<()> {
     let sides: [Option<&dyn Cluster>; 2] =
         [shoal.as_ref().map(|s| s as &dyn Cluster), docker.as_ref().map(|d| d as &dyn Cluster)];
     // The bare path runs between the hosts of the first system up: the overlay's underlay.
-    let bare = match sides.iter().flatten().next() {
-        Some(side) => caught("bare path", || Bare::start(side.net()))
-            .map_err(|e| println!("bare veth: skipped: {e:#}"))
-            .ok(),
-        None => None,
+    let Some(first) = sides.iter().flatten().next() else {
+        bail!("neither Shoal nor Docker Swarm came up: nothing to measure");
     };
+    let bare = caught("bare path", || Bare::start(first.net()))
+        .map_err(|e| println!("bare veth: skipped: {e:#}"))
+        .ok();
     let mut figures = [Figures::default(), Figures::default(), Figures::default()];
     let mut result = Ok(());
     for run in 0..args.runs.max(1) {
@@ -496,28 +502,8 @@ fn tcp_rr(route: &Route, n: usize) -> Result<Vec<Duration>> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = in_netns(&route.server, move || {
         let listener = TcpListener::bind(("0.0.0.0", ECHO_PORT))?;
-        listener.set_nonblocking(true)?;
         let _ = ready_tx.send(());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut stream = loop {
-            match listener.accept() {
-                Ok((s, _)) => break s,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if Instant::now() > deadline {
-                        bail!("no connection reached the echo server");
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        stream.set_nonblocking(false)?;
-        stream.set_nodelay(true)?;
-        let mut buf = [0u8; ECHO_SIZE];
-        while stream.read_exact(&mut buf).is_ok() {
-            stream.write_all(&buf)?;
-        }
-        Ok(())
+        echo_one(listener)
     });
     if ready_rx.recv_timeout(Duration::from_secs(10)).is_err() {
         let why = joined(server).err().unwrap_or_else(|| anyhow!("it never bound"));
@@ -555,6 +541,29 @@ fn tcp_rr(route: &Route, n: usize) -> Result<Vec<Duration>> {
     Ok(times)
 }
 
+/// Accepts one connection (within 15 s) and echoes it `ECHO_SIZE` bytes at a time until it
+/// closes.
+fn echo_one(listener: TcpListener) -> Result<()> {
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(anyhow!(e).context("no connection reached the echo server")),
+        }
+    };
+    stream.set_nonblocking(false)?;
+    stream.set_nodelay(true)?;
+    let mut buf = [0u8; ECHO_SIZE];
+    while stream.read_exact(&mut buf).is_ok() {
+        stream.write_all(&buf)?;
+    }
+    Ok(())
+}
+
 /// A DNS query for `name`'s A records, with ID 0.
 fn a_query(name: &str) -> Result<Vec<u8>> {
     let mut query = Message::new();
@@ -574,8 +583,9 @@ fn first_a(answer: &[u8]) -> Result<Ipv4Addr> {
 }
 
 /// `n` DNS A queries for `name`, one at a time, to 127.0.0.11:53 from inside `ns` (the
-/// cluster's resolver for that task), after 100 untimed ones: each answer's time, and how
-/// many queries got none within a second. Every answer must hold an A record.
+/// cluster's resolver for that task), after 100 untimed ones: each answer's time (send to
+/// receive), and how many queries got none within a second. Every answer must hold an A
+/// record.
 fn lookups(ns: &Path, name: &str, n: usize) -> Result<(Vec<Duration>, usize)> {
     let mut bytes = a_query(name)?;
     joined(in_netns(ns, move || {
@@ -587,12 +597,12 @@ fn lookups(ns: &Path, name: &str, n: usize) -> Result<(Vec<Duration>, usize)> {
         for i in 0..n + 100 {
             let id = (i % 65_536) as u16;
             bytes[..2].copy_from_slice(&id.to_be_bytes());
-            let t = Instant::now();
+            let sent = Instant::now();
             socket.send(&bytes)?;
-            match answer(&socket, &mut buf, id)? {
-                true if i >= 100 => times.push(t.elapsed()),
-                true => {}
-                false => lost += 1,
+            match answer(&socket, &mut buf, id, sent)? {
+                Some(took) if i >= 100 => times.push(took),
+                Some(_) => {}
+                None => lost += 1,
             }
         }
         if times.is_empty() {
@@ -605,25 +615,20 @@ fn lookups(ns: &Path, name: &str, n: usize) -> Result<(Vec<Duration>, usize)> {
 /// Where every task's resolver listens.
 const RESOLVER: (&str, u16) = ("127.0.0.11", 53);
 
-/// Waits for the answer to query `id` (skipping late answers to earlier ones) and checks it
-/// holds an address; false when none comes in time.
-fn answer(socket: &UdpSocket, buf: &mut [u8], id: u16) -> Result<bool> {
+/// Waits for the answer to query `id` (skipping late answers to earlier ones): the time from
+/// `sent` to its arrival, once checked to hold an address; `None` when none comes in time.
+fn answer(socket: &UdpSocket, buf: &mut [u8], id: u16, sent: Instant) -> Result<Option<Duration>> {
+    use std::io::ErrorKind::{TimedOut, WouldBlock};
     loop {
         let len = match socket.recv(buf) {
             Ok(len) => len,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Ok(false)
-            }
+            Err(e) if matches!(e.kind(), WouldBlock | TimedOut) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
+        let took = sent.elapsed();
         if len >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id {
             first_a(&buf[..len])?;
-            return Ok(true);
+            return Ok(Some(took));
         }
     }
 }
@@ -1131,7 +1136,19 @@ fn print_table(args: &NetworkArgs, f: &[Figures; 3], docker: Option<&str>, no_vi
         f[1].dns_lost,
         load_note()
     );
+    println!("{METHOD}");
 }
+
+/// How each figure is taken, printed under the table.
+const METHOD: &str =
+    "  how: iperf3 runs inside the client task's network namespace (nsenter) against the \
+iperf3 service's task on the other host; request/response is a 64-byte ping-pong on one TCP \
+connection between two bench threads setns'd into the client's and the server task's \
+namespaces; lookups are A queries for the server service's name sent one at a time to \
+127.0.0.11:53 from the client task's namespace; removal: a fresh 2-task service (restart \
+condition none) probed with a new connection every 10 ms (500 ms timeout) from the client \
+task's namespace, one task's processes SIGKILLed from the host, then the time to the first \
+attempt after which every attempt for 3 s connects.";
 
 /// Shoal through its virtual IP against the bare path, and against Docker on the same kind
 /// of path: through Docker's virtual IP where that was measured, else both straight to the

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::process::{have, stdout, tail};
+use super::process::{have, quiet, stdout, tail};
 use super::{reap_containers, Net};
 use crate::poll::blocking::try_eventually;
 
@@ -200,7 +200,7 @@ impl Drop for DockerSwarm {
 
 /// SIGTERM, up to `grace` to exit, then SIGKILL.
 fn stop(child: &mut Child, grace: Duration) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    quiet("kill", &["-TERM", &child.id().to_string()]);
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
