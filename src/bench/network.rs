@@ -390,8 +390,8 @@ fn removals(run: usize, side: &dyn Cluster, client: &Path, figures: &mut Figures
             Mode::Dnsrr => "task killed, out of DNS answers after",
         };
         match (mode, report(what, i, r)) {
-            (Mode::Vip, Some(d)) => figures.out_of_vip.push(d),
-            (Mode::Dnsrr, Some(d)) => figures.out_of_dns.push(d),
+            (Mode::Vip, Some(r)) => figures.out_of_vip.push(r.after),
+            (Mode::Dnsrr, Some(r)) => figures.out_of_dns.push(r.after),
             (_, None) => {}
         }
     }
@@ -423,9 +423,14 @@ impl Shown for f64 {
     }
 }
 
-impl Shown for Duration {
+impl Shown for Removal {
     fn shown(&self) -> String {
-        format!("{:.0} ms", self.as_secs_f64() * 1e3)
+        let ms = self.after.as_secs_f64() * 1e3;
+        match self.failed {
+            // Then the figure is only when the first attempt after the kill started.
+            0 => format!("{ms:.0} ms (no attempt reached the dead task)"),
+            n => format!("{ms:.0} ms ({n} attempts reached the dead task)"),
+        }
     }
 }
 
@@ -635,12 +640,21 @@ fn answer(socket: &UdpSocket, buf: &mut [u8], id: u16, sent: Instant) -> Result<
 
 // --- a task's death ---------------------------------------------------------------------------
 
+/// What the probe saw after the kill.
+#[derive(Debug)]
+struct Removal {
+    /// From the kill to the first attempt after which every one reached a live task.
+    after: Duration,
+    /// Attempts after the kill that failed (sent to the dead task).
+    failed: usize,
+}
+
 /// Starts 2-task service `name`, probes it from the client's namespace with new connections
 /// (one every `PROBE_EVERY`: to its virtual IP, or to the first address DNS gives for its
 /// name), waits until every attempt succeeds, SIGKILLs one task's processes, and times until
 /// the attempts succeed again for good: from the kill to the first attempt after which every
 /// one reached a live task.
-fn removal(side: &dyn Cluster, client: &Path, name: &str, mode: Mode) -> Result<Duration> {
+fn removal(side: &dyn Cluster, client: &Path, name: &str, mode: Mode) -> Result<Removal> {
     side.start_pair(name, mode)?;
     let dial = match mode {
         Mode::Vip => Dial::Addr(SocketAddr::from((side.vip(name)?, IPERF_PORT))),
@@ -652,7 +666,7 @@ fn removal(side: &dyn Cluster, client: &Path, name: &str, mode: Mode) -> Result<
     result
 }
 
-fn probe_removal(side: &dyn Cluster, probe: &Probe, name: &str) -> Result<Duration> {
+fn probe_removal(side: &dyn Cluster, probe: &Probe, name: &str) -> Result<Removal> {
     let steady = Duration::from_secs(2);
     try_eventually("every attempt to reach the service", Duration::from_secs(60), || {
         let seen = probe.since(Instant::now() - steady - PROBE_TIMEOUT);
@@ -673,17 +687,26 @@ fn probe_removal(side: &dyn Cluster, probe: &Probe, name: &str) -> Result<Durati
         std::thread::sleep(Duration::from_millis(100));
         // Only attempts surely finished count: those started more than a timeout ago.
         let settled = Instant::now() - PROBE_TIMEOUT;
-        let seen: Vec<(Instant, bool)> =
-            probe.since(killed).into_iter().filter(|(t, _)| *t < settled).collect();
-        let quiet_since = seen.iter().rev().find(|(_, ok)| !ok).map_or(killed, |(t, _)| *t);
-        if settled.duration_since(quiet_since) >= PROBE_QUIET {
-            let first_good = seen.iter().find(|(t, ok)| *ok && *t > quiet_since);
-            return Ok(first_good.context("no attempt after the kill")?.0.duration_since(killed));
+        if let Some(r) = judge(&probe.since(killed), killed, settled) {
+            return Ok(r);
         }
         if killed.elapsed() > Duration::from_secs(60) {
             bail!("attempts still reached the dead task a minute after the kill");
         }
     }
+}
+
+/// The removal the attempts `seen` since `killed` show, once the ones started before
+/// `settled` have been all successes for `PROBE_QUIET`; `None` while that is not so.
+fn judge(seen: &[(Instant, bool)], killed: Instant, settled: Instant) -> Option<Removal> {
+    let seen: Vec<&(Instant, bool)> = seen.iter().filter(|(t, _)| *t < settled).collect();
+    let quiet_since = seen.iter().rev().find(|(_, ok)| !ok).map_or(killed, |(t, _)| *t);
+    if settled.saturating_duration_since(quiet_since) < PROBE_QUIET {
+        return None;
+    }
+    let first_good = seen.iter().find(|(t, ok)| *ok && *t > quiet_since)?;
+    let failed = seen.iter().filter(|(_, ok)| !ok).count();
+    Some(Removal { after: first_good.0.duration_since(killed), failed })
 }
 
 /// What a probe attempt dials.
@@ -1136,12 +1159,31 @@ fn print_table(args: &NetworkArgs, f: &[Figures; 3], docker: Option<&str>, no_vi
         f[1].dns_lost,
         load_note()
     );
-    println!("{METHOD}");
+    for line in wrapped(METHOD, 100) {
+        println!("  {line}");
+    }
+}
+
+/// `text`'s words in lines of at most `width` characters.
+fn wrapped(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = vec![String::new()];
+    for word in text.split_whitespace() {
+        let last = lines.last_mut().expect("never empty");
+        if !last.is_empty() && last.len() + 1 + word.len() > width {
+            lines.push(word.to_string());
+        } else {
+            if !last.is_empty() {
+                last.push(' ');
+            }
+            last.push_str(word);
+        }
+    }
+    lines
 }
 
 /// How each figure is taken, printed under the table.
 const METHOD: &str =
-    "  how: iperf3 runs inside the client task's network namespace (nsenter) against the \
+    "how: iperf3 runs inside the client task's network namespace (nsenter) against the \
 iperf3 service's task on the other host; request/response is a 64-byte ping-pong on one TCP \
 connection between two bench threads setns'd into the client's and the server task's \
 namespaces; lookups are A queries for the server service's name sent one at a time to \
@@ -1204,5 +1246,48 @@ fn print_rows(rows: &[[String; 5]]) {
         let cells: Vec<String> =
             row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}", w = *w)).collect();
         println!("| {} |", cells.join(" | "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attempts every 10 ms from `start`, failing at the given indexes.
+    fn attempts(start: Instant, n: usize, failing: &[usize]) -> Vec<(Instant, bool)> {
+        let at = |i: usize| start + PROBE_EVERY * i as u32;
+        (0..n).map(|i| (at(i), !failing.contains(&i))).collect()
+    }
+
+    #[test]
+    fn removal_is_the_first_attempt_after_the_last_failure() {
+        let killed = Instant::now();
+        let seen = attempts(killed, 400, &[1, 2, 5, 9]);
+        let settled = killed + Duration::from_secs(4);
+        let r = judge(&seen, killed, settled).expect("3 s of successes after the last failure");
+        assert_eq!((r.after, r.failed), (PROBE_EVERY * 10, 4));
+    }
+
+    #[test]
+    fn no_verdict_until_the_successes_last() {
+        let killed = Instant::now();
+        let seen = attempts(killed, 400, &[1, 250]);
+        assert!(judge(&seen, killed, killed + Duration::from_secs(4)).is_none());
+        // Attempts not yet settled do not count, failed or not.
+        assert!(judge(&seen, killed, killed + Duration::from_millis(2_000)).is_none());
+    }
+
+    #[test]
+    fn without_failures_the_first_attempt_is_the_figure() {
+        let killed = Instant::now();
+        let seen = attempts(killed + Duration::from_millis(3), 400, &[]);
+        let r = judge(&seen, killed, killed + Duration::from_secs(4)).unwrap();
+        assert_eq!((r.after, r.failed), (Duration::from_millis(3), 0));
+    }
+
+    #[test]
+    fn words_wrap_at_the_width() {
+        assert_eq!(wrapped("aa bb cc dd", 5), ["aa bb", "cc dd"]);
+        assert_eq!(wrapped("abcdefgh ij", 5), ["abcdefgh", "ij"]);
     }
 }
