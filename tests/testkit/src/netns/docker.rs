@@ -5,7 +5,8 @@
 //!
 //! Never touches a Docker it did not start: no default socket, no default directories; what
 //! a `dockerd` creates outside its own directories anyway (see [`RESIDUE`]) is removed
-//! afterwards only if it was not there before.
+//! afterwards only if it was not there before, no other `dockerd` runs, and it holds nothing
+//! but what these daemons make there.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -184,12 +185,47 @@ impl DockerSwarm {
             // What matters here is the unmounting: overlay2 layers, namespace files.
             reap_containers(&d.dir);
         }
+        self.remove_residue();
+    }
+
+    /// Removes the [`RESIDUE`] paths that were not there before, unless another `dockerd`
+    /// runs now (it may have made them meanwhile) or they hold files of a kind ours do not
+    /// make there.
+    fn remove_residue(&self) {
+        if let Some(pid) = running_dockerd() {
+            eprintln!("note: another dockerd runs (pid {pid}): leaving {RESIDUE:?} as they are");
+            return;
+        }
         for (path, existed) in RESIDUE.iter().zip(&self.residue_before) {
-            if !existed {
+            let path = Path::new(path);
+            if !existed && only_ours(path) {
                 let _ = std::fs::remove_dir_all(path).or_else(|_| std::fs::remove_file(path));
             }
         }
     }
+}
+
+/// A running `dockerd`, by PID.
+fn running_dockerd() -> Option<u32> {
+    let procs = std::fs::read_dir("/proc").ok()?;
+    procs.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        (comm.trim() == "dockerd").then_some(pid)
+    })
+}
+
+/// Whether everything under `path` is of a kind the daemons here leave outside their own
+/// directories: directories, sockets, the trust key, and the files of the load balancers'
+/// sandboxes under `network/files/lb_*`.
+fn only_ours(path: &Path) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return true };
+    if meta.is_dir() {
+        let Ok(entries) = std::fs::read_dir(path) else { return false };
+        return entries.flatten().all(|e| only_ours(&e.path()));
+    }
+    let text = path.to_string_lossy();
+    !meta.is_file() || text == "/etc/docker/key.json" || text.contains("/network/files/lb_")
 }
 
 impl Drop for DockerSwarm {
