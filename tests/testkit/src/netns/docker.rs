@@ -177,6 +177,11 @@ impl DockerSwarm {
                 let _ = self.docker(i, &["rm", "-f", id]);
             }
         }
+        let mut networks = Vec::new();
+        for i in 0..self.daemons.len() {
+            let ids = self.docker(i, &["network", "ls", "-q", "--no-trunc"]).unwrap_or_default();
+            networks.extend(ids.split_whitespace().map(str::to_string));
+        }
         for i in (0..self.daemons.len()).rev() {
             let _ = self.docker(i, &["swarm", "leave", "--force"]);
         }
@@ -184,6 +189,11 @@ impl DockerSwarm {
             stop(&mut d.child, Duration::from_secs(30));
             // What matters here is the unmounting: overlay2 layers, namespace files.
             reap_containers(&d.dir);
+        }
+        // dockerd 20.10 writes the files of an overlay's load-balancer sandbox under the
+        // default data root whatever --data-root says: those of our networks are ours alone.
+        for id in networks {
+            let _ = std::fs::remove_dir_all(format!("/var/lib/docker/network/files/lb_{id}"));
         }
         self.remove_residue();
     }
