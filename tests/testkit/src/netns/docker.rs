@@ -39,11 +39,11 @@ pub struct DockerSwarm {
     /// Which of [`RESIDUE`] existed before the first daemon started.
     residue_before: Vec<bool>,
     pub version: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl DockerSwarm {
-    /// Starts a `dockerd` (the binary `dockerd`) on each host of `net` and forms the swarm,
+    /// Starts the daemon binary `dockerd` on each host of `net` and forms the swarm,
     /// driven with the CLI `cli`; waits until every node is Ready.
     pub fn start(net: &Net, cli: &Path, dockerd: &Path) -> Result<DockerSwarm> {
         for tool in [cli, dockerd] {
@@ -58,7 +58,7 @@ impl DockerSwarm {
             daemons: Vec::new(),
             residue_before: RESIDUE.iter().map(|p| Path::new(p).exists()).collect(),
             version: String::new(),
-            _dir: dir,
+            dir,
         };
         for i in 1..=net.count() {
             let d = swarm.spawn(dockerd, &net.ns(i))?;
@@ -74,7 +74,7 @@ impl DockerSwarm {
     }
 
     fn spawn(&self, dockerd: &Path, ns: &str) -> Result<Dockerd> {
-        let dir = self._dir.path().join(self.daemons.len().to_string());
+        let dir = self.dir.path().join(self.daemons.len().to_string());
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("docker.sock");
         let log = std::fs::File::create(dir.join("dockerd.log"))?;
