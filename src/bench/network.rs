@@ -303,6 +303,13 @@ struct Figures {
     vip_gbits: Vec<f64>,
     /// The same to the server task's own address (host 1's, bare).
     direct_gbits: Vec<f64>,
+    /// Per run, the rate to the virtual IP over the bare path's in the same run.
+    vip_of_bare: Vec<f64>,
+    /// Per run, the rate to the task over the bare path's in the same run.
+    direct_of_bare: Vec<f64>,
+    /// Per run (Shoal's column only), Shoal's rate over Docker's on the same kind of path:
+    /// both through their virtual IPs if Docker's was measured, else both to the task.
+    of_docker: Vec<f64>,
     rr_p50: Vec<Duration>,
     rr_p99: Vec<Duration>,
     dns_p50: Vec<Duration>,
@@ -330,7 +337,7 @@ fn measure_run(
         .map(|s| s.and_then(|s| s.route().map_err(|e| println!("  {}: {e:#}", s.label())).ok()))
         .collect();
     routes.push(bare.cloned());
-    throughput(args.duration, &routes, figures)?;
+    throughput(args.duration, run, &routes, figures)?;
     for (i, route) in routes.iter().enumerate() {
         let Some(route) = route else { continue };
         if let Some(rtts) = report("request/response", i, tcp_rr(route, args.pings)) {
@@ -356,18 +363,39 @@ fn measure_run(
 }
 
 /// iperf3 to the virtual IP (where there is one) and to the server task's own address.
-fn throughput(secs: u64, routes: &[Option<Route>], figures: &mut [Figures; 3]) -> Result<()> {
-    for (i, route) in routes.iter().enumerate() {
-        let Some(route) = route else { continue };
+/// Which system goes first turns with the run, so no one always meets the machine in the
+/// same state.
+fn throughput(
+    secs: u64,
+    run: usize,
+    routes: &[Option<Route>],
+    figures: &mut [Figures; 3],
+) -> Result<()> {
+    // Per column: [to the virtual IP, to the task].
+    let mut rates = [[None; 2]; 3];
+    for i in (0..3).map(|k| (k + run) % 3) {
+        let Some(route) = &routes[i] else { continue };
         if let Some(vip) = route.vip {
             go_on()?;
-            let r = iperf3(&route.client, vip, secs);
-            figures[i].vip_gbits.extend(report("iperf3 to the VIP", i, r));
+            rates[i][0] = report("iperf3 to the VIP", i, iperf3(&route.client, vip, secs));
         }
         go_on()?;
-        let r = iperf3(&route.client, route.direct, secs);
-        figures[i].direct_gbits.extend(report("iperf3 to the task", i, r));
+        rates[i][1] = report("iperf3 to the task", i, iperf3(&route.client, route.direct, secs));
     }
+    for (f, [vip, direct]) in figures.iter_mut().zip(rates) {
+        f.vip_gbits.extend(vip);
+        f.direct_gbits.extend(direct);
+        if let Some(bare) = rates[2][1] {
+            f.vip_of_bare.extend(vip.map(|v| v / bare));
+            f.direct_of_bare.extend(direct.map(|d| d / bare));
+        }
+    }
+    let [shoal, docker, _] = rates;
+    let like = match (shoal[0], docker[0]) {
+        (Some(s), Some(d)) => Some(s / d),
+        _ => shoal[1].zip(docker[1]).map(|(s, d)| s / d),
+    };
+    figures[0].of_docker.extend(like);
     Ok(())
 }
 
@@ -1073,13 +1101,38 @@ fn med(v: &[Duration]) -> f64 {
 }
 
 fn print_table(args: &NetworkArgs, f: &[Figures; 3], docker: Option<&str>, no_vip: Option<&str>) {
-    let bare = median(f[2].direct_gbits.clone());
-    let gbits = |v: &[f64]| match v.is_empty() {
-        true => "-".to_string(),
-        false if f[2].direct_gbits.is_empty() => format!("{:.2} Gbit/s", median(v.to_vec())),
-        false => {
-            let g = median(v.to_vec());
-            format!("{g:.2} Gbit/s ({:.0}% of bare)", 100.0 * g / bare)
+    println!();
+    println!(
+        "network: per system two netns hosts on a veth bridge, a 2-node swarm, an overlay network; \
+         medians of {} runs; Docker {}",
+        args.runs.max(1),
+        docker.unwrap_or("not measured")
+    );
+    print_rows(&rows(args.duration, f, no_vip));
+    if let Some(note) = ratios_note(f) {
+        for line in wrapped(&format!("({note})"), 100) {
+            println!("  {line}");
+        }
+    }
+    println!(
+        "  (lookups unanswered within 1 s: shoal {}, docker {}; {}; 2 shared cores: read ratios)",
+        f[0].dns_lost,
+        f[1].dns_lost,
+        load_note()
+    );
+    for line in wrapped(METHOD, 100) {
+        println!("  {line}");
+    }
+}
+
+/// The table's rows: the figures' medians, and the goals they are held to.
+fn rows(secs: u64, f: &[Figures; 3], no_vip: Option<&str>) -> Vec<[String; 5]> {
+    let gbits = |v: &[f64], of_bare: &[f64]| match (v.is_empty(), of_bare.is_empty()) {
+        (true, _) => "-".to_string(),
+        (false, true) => format!("{:.2} Gbit/s", median(v.to_vec())),
+        (false, false) => {
+            let (g, r) = (median(v.to_vec()), median(of_bare.to_vec()));
+            format!("{g:.2} Gbit/s ({:.0}% of bare)", 100.0 * r)
         }
     };
     let pair = |p50: &[Duration], p99: &[Duration]| match p50.is_empty() {
@@ -1094,22 +1147,19 @@ fn print_table(args: &NetworkArgs, f: &[Figures; 3], docker: Option<&str>, no_vi
         Some(why) if cell == "-" => format!("n/a: {why}"),
         _ => cell,
     };
-    let bare_gbits = match f[2].direct_gbits.is_empty() {
-        true => "-".to_string(),
-        false => format!("{bare:.2} Gbit/s"),
-    };
-    let rows: Vec<[String; 5]> = vec![
+    let bare_gbits = gbits(&f[2].direct_gbits, &[]);
+    vec![
         [
-            format!("TCP throughput to the service VIP (iperf3, {} s)", args.duration),
-            gbits(&f[0].vip_gbits),
-            docker_vip(gbits(&f[1].vip_gbits)),
+            format!("TCP throughput to the service VIP (iperf3, {secs} s)"),
+            gbits(&f[0].vip_gbits, &f[0].vip_of_bare),
+            docker_vip(gbits(&f[1].vip_gbits, &f[1].vip_of_bare)),
             bare_gbits.clone(),
             format!(">= 90% of bare and >= Docker: {}", throughput_goal(f)),
         ],
         [
             "TCP throughput to the server task's address".into(),
-            gbits(&f[0].direct_gbits),
-            gbits(&f[1].direct_gbits),
+            gbits(&f[0].direct_gbits, &f[0].direct_of_bare),
+            gbits(&f[1].direct_gbits, &f[1].direct_of_bare),
             bare_gbits,
             "-".into(),
         ],
@@ -1141,27 +1191,7 @@ fn print_table(args: &NetworkArgs, f: &[Figures; 3], docker: Option<&str>, no_vi
             "-".into(),
             "-".into(),
         ],
-    ];
-    println!();
-    println!(
-        "network: per system two netns hosts on a veth bridge, a 2-node swarm, an overlay network; \
-         medians of {} runs; Docker {}",
-        args.runs.max(1),
-        docker.unwrap_or("not measured")
-    );
-    print_rows(&rows);
-    if let Some(note) = ratios_note(f) {
-        println!("  ({note})");
-    }
-    println!(
-        "  (lookups unanswered within 1 s: shoal {}, docker {}; {}; 2 shared cores: read ratios)",
-        f[0].dns_lost,
-        f[1].dns_lost,
-        load_note()
-    );
-    for line in wrapped(METHOD, 100) {
-        println!("  {line}");
-    }
+    ]
 }
 
 /// `text`'s words in lines of at most `width` characters.
@@ -1193,32 +1223,30 @@ task's namespace, one task's processes SIGKILLed from the host, then the time to
 attempt after which every attempt for 3 s connects.";
 
 /// Shoal through its virtual IP against the bare path, and against Docker on the same kind
-/// of path: through Docker's virtual IP where that was measured, else both straight to the
-/// server task.
+/// of path: each the median of the ratios of figures taken back to back in one run.
 fn throughput_goal(f: &[Figures; 3]) -> &'static str {
-    if f[0].vip_gbits.is_empty() || f[2].direct_gbits.is_empty() {
+    if f[0].vip_of_bare.is_empty() {
         return "-";
     }
-    let vs_bare = median(f[0].vip_gbits.clone()) >= 0.9 * median(f[2].direct_gbits.clone());
-    let vs_docker = match (f[1].vip_gbits.is_empty(), f[1].direct_gbits.is_empty()) {
-        (false, _) => median(f[0].vip_gbits.clone()) >= median(f[1].vip_gbits.clone()),
-        (true, false) => median(f[0].direct_gbits.clone()) >= median(f[1].direct_gbits.clone()),
-        (true, true) => true,
-    };
+    let vs_bare = median(f[0].vip_of_bare.clone()) >= 0.9;
+    let vs_docker = f[0].of_docker.is_empty() || median(f[0].of_docker.clone()) >= 1.0;
     verdict(vs_bare && vs_docker)
 }
 
-/// Shoal's throughput over Docker's, per path both were measured on.
+/// Shoal's throughput over Docker's, run by run.
 fn ratios_note(f: &[Figures; 3]) -> Option<String> {
-    let ratio = |a: &[f64], b: &[f64]| {
-        (!a.is_empty() && !b.is_empty()).then(|| median(a.to_vec()) / median(b.to_vec()))
-    };
-    let to_task = ratio(&f[0].direct_gbits, &f[1].direct_gbits)?;
-    let mut note = format!("shoal / docker throughput, both to the task: {to_task:.3}");
-    if let Some(r) = ratio(&f[0].vip_gbits, &f[1].direct_gbits) {
-        note.push_str(&format!("; shoal through its VIP / docker to the task: {r:.3}"));
+    let runs = &f[0].of_docker;
+    if runs.is_empty() {
+        return None;
     }
-    Some(note)
+    let path = if f[1].vip_gbits.is_empty() { "both to the task" } else { "both via VIP" };
+    let each: Vec<String> = runs.iter().map(|r| format!("{r:.2}")).collect();
+    Some(format!(
+        "shoal / docker throughput ({path}), per run: {}; median {:.3}; % of bare: median of \
+         per-run ratios to the bare path in the same run",
+        each.join(", "),
+        median(runs.clone())
+    ))
 }
 
 fn goal(v: &[Duration], met: impl Fn(f64) -> bool) -> &'static str {
