@@ -6,6 +6,7 @@ mod common;
 mod convergence;
 mod e2e;
 mod joins;
+mod network;
 mod raft;
 mod runtime;
 #[cfg(test)]
@@ -73,6 +74,9 @@ enum Bench {
     Convergence(convergence::ConvergenceArgs),
     /// 3 managers, 1,000 simulated agents, 100 services x 100 replicas: tasks/s to ASSIGNED
     E2e(e2e::E2eArgs),
+    /// Overlay throughput, latency, lookups and VIP removal across two netns hosts, beside
+    /// Docker Swarm's overlay and the bare veth path (root)
+    Network(network::NetworkArgs),
 }
 
 #[tokio::main]
@@ -105,6 +109,7 @@ async fn run(bench: Bench) -> Result<()> {
         }
         Bench::Convergence(args) => convergence::convergence(args).await,
         Bench::E2e(args) => e2e::e2e(args).await,
+        Bench::Network(args) => network::network(args).await,
     }
 }
 

@@ -4,7 +4,10 @@
 //!
 //! They need root (network namespaces): see [`root_or_skip`]. On a failure, [`finish`] ends the
 //! message with the tail of every node's log and keeps the node directories for inspection.
+//!
+//! [`DockerSwarm`] puts Docker's daemons on such hosts instead, for the benchmarks' peer.
 
+mod docker;
 mod net;
 mod node;
 mod process;
@@ -15,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+pub use docker::DockerSwarm;
 pub use net::Net;
 pub use node::{reap_containers, reap_namespaces, Node};
 pub use process::*;

@@ -21,7 +21,10 @@ pub struct Node {
     pub data: PathBuf,
     pub socket: PathBuf,
     /// `--test-time-scale` (divides certificate renewal waits); [`TIME_SCALE`] unless set.
+    /// Empty: no such flag (a product `shoald` has no test knobs).
     pub time_scale: String,
+    /// The `shoald` to run: this build's ([`SHOALD`]) unless set.
+    pub shoald: Option<PathBuf>,
     /// More `shoald` arguments, for the next start (`--advertise-addr` after a move, say).
     pub args: Vec<String>,
     child: Option<Child>,
@@ -37,9 +40,18 @@ impl Node {
             data: dir.join(format!("n{i}")),
             socket: dir.join(format!("n{i}.sock")),
             time_scale: TIME_SCALE.to_string(),
+            shoald: None,
             args: Vec::new(),
             child: None,
         }
+    }
+
+    /// The same node running the product `shoald` at `path` (no test knobs), as the
+    /// benchmarks do.
+    pub fn with_product_shoald(mut self, path: &Path) -> Node {
+        self.shoald = Some(path.to_path_buf());
+        self.time_scale = String::new();
+        self
     }
 
     /// The same node with another `--test-time-scale`.
@@ -74,14 +86,18 @@ impl Node {
         assert!(self.child.is_none(), "{} is already running", self.name);
         std::fs::create_dir_all(&self.data).unwrap();
         let log = OpenOptions::new().create(true).append(true).open(self.log()).unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.ns))
-            .arg(&*SHOALD)
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.ns));
+        cmd.arg(self.shoald.as_deref().unwrap_or(SHOALD.as_path()));
+        if !self.time_scale.is_empty() {
+            cmd.args(["--test-time-scale", &self.time_scale]);
+        }
+        let child = cmd
             .arg("--data-root")
             .arg(&self.data)
             .arg("-H")
             .arg(format!("unix://{}", self.socket.display()))
-            .args(["--hostname", &self.name, "--test-time-scale", &self.time_scale])
+            .args(["--hostname", &self.name])
             .args(["--log-level", "info"])
             .args(&self.args)
             .env("NO_COLOR", "1")
