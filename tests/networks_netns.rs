@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use shoal_testkit::image::busybox_tar;
 use shoal_testkit::netns::ps::{running, wait_running};
-use shoal_testkit::netns::{self, all_ready, finish, root_or_skip, text, Net, Node};
+use shoal_testkit::netns::{self, finish, root_or_skip, text, Net, Node};
 use shoal_testkit::poll::blocking::eventually;
 
 const IMAGE: &str = "busybox:net";
@@ -70,28 +70,8 @@ fn host_httpd(net: &Net, i: usize, dir: &std::path::Path, marker: &str) -> Child
 fn story(net: &Net, nodes: &mut [Node], tar: &str) {
     let t0 = Instant::now();
     let step = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
-    for n in nodes.iter_mut() {
-        n.start();
-        n.must_shoal(&["image", "import", tar, IMAGE]);
-    }
+    netns::worker_swarm(net, nodes, tar, IMAGE);
     let n1 = &nodes[0];
-    let listen = format!("{}:{}", n1.ip, netns::PORT);
-    n1.must_shoal(&[
-        "swarm",
-        "init",
-        "--advertise-addr",
-        &n1.ip,
-        "--listen-addr",
-        &listen,
-        "--dispatcher-heartbeat",
-        "1s",
-    ]);
-    let token = n1.must_shoal(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
-    for n in &nodes[1..] {
-        let out = n.join(&token, &net.addr(1));
-        assert!(out.status.success(), "{}", text(&out));
-    }
-    eventually("3 nodes Ready", Duration::from_secs(30), || all_ready(n1, &["n1", "n2", "n3"]));
 
     step("network create app, other; --internal inner");
     n1.must_shoal(&["network", "create", "-d", "overlay", "app"]);

@@ -121,28 +121,8 @@ fn kill_task(n: &Node, id: &str) {
 fn story(net: &Net, nodes: &mut [Node], tar: &str) {
     let t0 = Instant::now();
     let step = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
-    for n in nodes.iter_mut() {
-        n.start();
-        n.must_shoal(&["image", "import", tar, IMAGE]);
-    }
+    netns::worker_swarm(net, nodes, tar, IMAGE);
     let n1 = &nodes[0];
-    let listen = format!("{}:{}", n1.ip, netns::PORT);
-    n1.must_shoal(&[
-        "swarm",
-        "init",
-        "--advertise-addr",
-        &n1.ip,
-        "--listen-addr",
-        &listen,
-        "--dispatcher-heartbeat",
-        "1s",
-    ]);
-    let token = n1.must_shoal(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
-    for n in &nodes[1..] {
-        let out = n.join(&token, &net.addr(1));
-        assert!(out.status.success(), "{}", text(&out));
-    }
-    eventually("3 nodes Ready", Duration::from_secs(30), || all_ready(n1, &["n1", "n2", "n3"]));
     let ips: Vec<String> = nodes.iter().map(|n| n.ip.clone()).collect();
 
     step("web publishes 8080 on the routing mesh, replicas on n2 and n3");

@@ -926,13 +926,7 @@ impl DataPlane {
             let ingress = inner.ingress.as_ref();
             if let Some(m) = ingress.and_then(|i| inner.maps.get(&i.network_id)) {
                 for s in &m.services {
-                    let mut backends: Vec<Ipv4Addr> = m
-                        .endpoints
-                        .iter()
-                        .filter(|e| e.ready && e.service_id == s.id)
-                        .filter_map(|e| ip_of(&e.addr))
-                        .collect();
-                    backends.sort();
+                    let backends = names::ready_addrs(m, &s.id);
                     for p in s.ports.iter().filter(|p| p.publish_mode != "host") {
                         forwards.push(mesh::Forward {
                             protocol: p.protocol.clone(),

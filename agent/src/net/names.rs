@@ -59,20 +59,25 @@ pub fn lookup(maps: &[&NetworkMap], name: &str) -> Option<Vec<Ipv4Addr>> {
     found.then_some(out)
 }
 
+/// The addresses, sorted, of service `service_id`'s ready tasks on `map`.
+pub fn ready_addrs(map: &NetworkMap, service_id: &str) -> Vec<Ipv4Addr> {
+    let mut out: Vec<Ipv4Addr> = map
+        .endpoints
+        .iter()
+        .filter(|e| e.ready && e.service_id == service_id)
+        .filter_map(|e| ip_of(&e.addr))
+        .collect();
+    out.sort();
+    out
+}
+
 /// Every virtual IP on `maps` and the addresses of the ready tasks behind it (none: refused).
 pub fn balanced(maps: &[&NetworkMap]) -> BTreeMap<Ipv4Addr, Vec<Ipv4Addr>> {
     let mut out = BTreeMap::new();
     for map in maps {
         for s in map.services.iter().filter(|s| s.mode() == EndpointMode::Vip) {
             let Some(vip) = ip_of(&s.vip) else { continue };
-            let mut backends: Vec<Ipv4Addr> = map
-                .endpoints
-                .iter()
-                .filter(|e| e.ready && e.service_id == s.id)
-                .filter_map(|e| ip_of(&e.addr))
-                .collect();
-            backends.sort();
-            out.insert(vip, backends);
+            out.insert(vip, ready_addrs(map, &s.id));
         }
     }
     out

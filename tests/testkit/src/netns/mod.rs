@@ -90,6 +90,30 @@ pub fn node_logs(nodes: &[Node], lines: usize) -> String {
     logs
 }
 
+/// Starts every node with `image` imported from the rootfs tarball `tar`, makes the first the
+/// manager (heartbeat 1 s) and the others workers, and waits until all are Ready.
+pub fn worker_swarm(net: &Net, nodes: &mut [Node], tar: &str, image: &str) {
+    for n in nodes.iter_mut() {
+        n.start();
+        n.must_shoal(&["image", "import", tar, image]);
+    }
+    let n1 = &nodes[0];
+    let listen = format!("{}:{}", n1.ip, PORT);
+    let init = ["swarm", "init", "--advertise-addr", &n1.ip, "--listen-addr", &listen];
+    n1.must_shoal(&[&init[..], &["--dispatcher-heartbeat", "1s"]].concat());
+    let token = n1.must_shoal(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
+    for n in &nodes[1..] {
+        let out = n.join(&token, &net.addr(1));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    crate::poll::blocking::eventually(
+        "every node Ready",
+        std::time::Duration::from_secs(30),
+        || all_ready(n1, &names),
+    );
+}
+
 /// Ends a test run under `catch_unwind`: stops the nodes and tears the network down, and on a
 /// failure panics again with the original message followed by the tail of every node's log,
 /// keeping `dir` (the node directories) for inspection.
