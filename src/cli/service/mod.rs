@@ -423,6 +423,39 @@ mod tests {
     }
 
     #[test]
+    fn publish_flags_read_like_docker_and_say_what_is_wrong() {
+        let p = parse_publish("8080:80").unwrap();
+        assert_eq!(
+            (p.published_port, p.target_port, p.protocol.as_str(), p.publish_mode.as_str()),
+            (8080, 80, "tcp", "ingress")
+        );
+        let p = parse_publish("53/udp").unwrap();
+        assert_eq!((p.published_port, p.target_port, p.protocol.as_str()), (0, 53, "udp"));
+        let p = parse_publish("published=9090,target=90,protocol=udp,mode=host").unwrap();
+        assert_eq!((p.published_port, p.publish_mode.as_str()), (9090, "host"));
+        for (bad, why) in [
+            ("80:", "not a number"),
+            ("0:80", "1 to 65535"),
+            ("8000-8001:80-81", "ranges are not supported"),
+            ("8080:80/sctp", "tcp or udp"),
+            ("published=80,target=80,mode=bridge", "ingress or host"),
+            ("published=80", "no target port"),
+            ("published=80,target=80,color=red", "use published=P"),
+        ] {
+            let err = parse_publish(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        let mut ports =
+            vec![parse_publish("8080:80").unwrap(), parse_publish("53:53/udp").unwrap()];
+        flags::edit_ports(&mut ports, &["8081:80".into()], &["8080".into()]).unwrap();
+        let now: Vec<(u32, &str)> =
+            ports.iter().map(|p| (p.published_port, p.protocol.as_str())).collect();
+        assert_eq!(now, [(53, "udp"), (8081, "tcp")]);
+        let err = flags::edit_ports(&mut ports, &[], &["53".into()]).unwrap_err().to_string();
+        assert!(err.contains("does not publish 53/tcp"), "{err}");
+    }
+
+    #[test]
     fn flags_fill_the_spec() {
         let flags = SpecFlags {
             replicas: Some(4),
