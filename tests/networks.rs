@@ -370,3 +370,32 @@ async fn a_published_port_is_the_clusters_and_comes_back_when_its_service_leaves
     let bad = create_service(&m, publishing("bad", &[(70000, 80, "", "")])).await.unwrap_err();
     assert!(bad.message().contains("1 to 65535"), "{bad:?}");
 }
+
+/// The nodes that hold an address on the ingress network (the store's claims).
+async fn mesh_nodes(m: &TestNode, ingress: &str) -> BTreeSet<String> {
+    let manager = m.daemon.manager().await.expect("a manager");
+    let claims = manager.store().list_under::<NameClaim>(&format!("ip/{ingress}/")).unwrap();
+    claims.into_iter().filter_map(|c| c.owner.strip_prefix("node:").map(String::from)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_joins_after_the_mesh_exists_gets_its_address_on_it() {
+    let m = manager("m").await;
+    create_service(&m, publishing("web", &[(8080, 80, "", "")])).await.unwrap();
+    let nets = m.control().await.list_networks(ListNetworksRequest {}).await.unwrap();
+    let ingress = nets.into_inner().networks.into_iter().find(|n| n.spec.as_ref().unwrap().ingress);
+    let ingress = ingress.expect("the mesh").id;
+    let first = mesh_nodes(&m, &ingress).await;
+    assert_eq!(first, BTreeSet::from([m.id().await]), "the manager's node is on the mesh");
+
+    let w = TestNode::start("w").await;
+    let token = shoal_testkit::cluster::worker_token(&m).await;
+    let addr = m.nodes().await[0].addr.clone();
+    w.join(&token, &addr).await.unwrap();
+    let w_id = w.id().await;
+    eventually("the new node has a mesh address", Duration::from_secs(10), || async {
+        let now = mesh_nodes(&m, &ingress).await;
+        now.contains(&w_id).then_some(()).ok_or(format!("{now:?}"))
+    })
+    .await;
+}

@@ -118,6 +118,8 @@ impl HubState {
 #[derive(Debug, Default)]
 pub(crate) struct Hub {
     state: Mutex<HubState>,
+    /// Nodes are being given ingress addresses (one such write at a time).
+    addressing: std::sync::atomic::AtomicBool,
 }
 
 /// Whether a task is the node's business: placed on it and past scheduling.
@@ -230,7 +232,10 @@ impl Hub {
     /// Notes a change that may make the network maps stale.
     fn on_change(&self, kind: &str) {
         let mut s = self.lock();
-        if kind == "network" || kind == "service" || (kind == "node" && !s.net_tasks.is_empty()) {
+        // Nodes matter to the maps when tasks are on networks (their addresses) or when the
+        // routing mesh exists (every node has an address on it).
+        let nodes_matter = !s.net_tasks.is_empty() || s.maps.has_ingress();
+        if kind == "network" || kind == "service" || (kind == "node" && nodes_matter) {
             s.maps_stale = true;
         }
     }
@@ -532,7 +537,9 @@ async fn route(weak: Weak<Shared>, mut events: broadcast::Receiver<Event>) {
                     let tasks = shared.store.list::<Task>().ok();
                     match tasks.and_then(|t| build_maps(&shared.store, &t)) {
                         Some(fresh) => {
-                            if fresh.ingress_stale {
+                            let ordering = std::sync::atomic::Ordering::AcqRel;
+                            // One write at a time; the next rebuild sees what it did.
+                            if fresh.ingress_stale && !shared.hub.addressing.swap(true, ordering) {
                                 tokio::spawn(address_nodes_on_ingress(weak.clone()));
                             }
                             shared.hub.set_maps(fresh);
@@ -562,7 +569,10 @@ async fn address_nodes_on_ingress(weak: Weak<Shared>) {
         .await;
     if let Err(e) = result {
         tracing::warn!(error = %e, "could not give nodes addresses on the ingress network");
+        // Not again at once: the maps are rebuilt every 50 ms.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
+    shared.hub.addressing.store(false, std::sync::atomic::Ordering::Release);
     shared.hub.mark_stale();
 }
 

@@ -22,6 +22,13 @@ pub(crate) struct Maps {
 }
 
 impl Maps {
+    /// Whether the routing mesh's network is among the maps.
+    pub fn has_ingress(&self) -> bool {
+        self.by_network
+            .values()
+            .any(|m| m.network.as_ref().and_then(|n| n.spec.as_ref()).is_some_and(|s| s.ingress))
+    }
+
     /// The map of network `id` as node `node` is to get it (with its own address there).
     pub fn for_node(&self, node: &str, id: &str) -> Option<NetworkMap> {
         let mut m = self.by_network.get(id)?.clone();
