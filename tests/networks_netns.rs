@@ -138,7 +138,7 @@ fn story(net: &Net, nodes: &mut [Node], tar: &str) {
 
     step("a replica killed leaves the client's balancer");
     let client_id = running(n1, "client").unwrap()["n1"][0].id.clone();
-    let client_ns = task_namespace(&client_id);
+    let client_ns = nodes[0].task_namespace(&client_id);
     let balancer = || {
         let out = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{client_ns}"))
@@ -148,12 +148,7 @@ fn story(net: &Net, nodes: &mut [Node], tar: &str) {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(balancer().contains("mod 2"), "both replicas behind the VIP:\n{}", balancer());
-    let victim = placed["n3"][0].id.clone();
-    let victim_ns = task_namespace(&victim);
-    let pids = Command::new("ip").args(["netns", "pids", &victim_ns]).output().unwrap();
-    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-        let _ = Command::new("kill").args(["-KILL", pid]).status();
-    }
+    nodes[2].kill_task(&placed["n3"][0].id);
     let killed = Instant::now();
     eventually("the killed replica left the VIP", Duration::from_secs(15), || {
         let now = balancer();
@@ -285,47 +280,14 @@ fn story(net: &Net, nodes: &mut [Node], tar: &str) {
         });
     }
     eventually("no overlay sandbox left", Duration::from_secs(20), || {
-        let left: Vec<String> = std::fs::read_dir("/run/netns")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| {
-                tags(n1, nodes_dir(n1)).iter().any(|t| n.starts_with(&format!("shoal-{t}-")))
-            })
-            .collect();
+        let left: Vec<String> = nodes.iter().flat_map(Node::namespaces).collect();
         left.is_empty().then_some(()).ok_or(format!("left: {left:?}"))
     });
-}
-
-/// The named namespace of the task whose ID starts with `id` (any node of this test).
-fn task_namespace(id: &str) -> String {
-    let names = std::fs::read_dir("/run/netns").unwrap().flatten();
-    names
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| {
-            n.starts_with("shoal-") && n.splitn(3, '-').nth(2).is_some_and(|t| t.starts_with(id))
-        })
-        .unwrap_or_else(|| panic!("no namespace for task {id}"))
 }
 
 /// The directory holding every node's data.
 fn nodes_dir(n: &Node) -> std::path::PathBuf {
     n.data.parent().unwrap().to_path_buf()
-}
-
-/// The data-plane tags of the nodes under `dir`.
-fn tags(_n: &Node, dir: std::path::PathBuf) -> Vec<String> {
-    let out = Command::new("find")
-        .arg(dir)
-        .args(["-maxdepth", "4", "-type", "f", "-path", "*/net/tag"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .map(|t| t.trim().to_string())
-        .collect()
 }
 
 /// web's virtual IP on its network, from `service inspect`.

@@ -81,41 +81,9 @@ fn node_nft(net: &Net, i: usize, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The data-plane tag of node `n` (its namespaces are `shoal-<tag>-…`).
-fn tag(n: &Node) -> String {
-    std::fs::read_to_string(n.data.join("net").join("tag"))
-        .unwrap_or_else(|e| panic!("{}: {e}", n.data.display()))
-        .trim()
-        .to_string()
-}
-
-/// Named namespaces of node `n`'s data plane.
-fn namespaces_of(n: &Node) -> Vec<String> {
-    let prefix = format!("shoal-{}-", tag(n));
-    let names = std::fs::read_dir("/run/netns").into_iter().flatten().flatten();
-    names
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with(&prefix))
-        .collect()
-}
-
 /// The directory holding every node's data.
 fn nodes_dir(n: &Node) -> std::path::PathBuf {
     n.data.parent().unwrap().to_path_buf()
-}
-
-/// Kills every process of the task whose ID starts with `id` on node `n`.
-fn kill_task(n: &Node, id: &str) {
-    let ns = namespaces_of(n)
-        .into_iter()
-        .find(|name| name.trim_start_matches(&format!("shoal-{}-", tag(n))).starts_with(id))
-        .unwrap_or_else(|| panic!("no namespace for task {id} on {}", n.name));
-    let out = Command::new("ip").args(["netns", "pids", &ns]).output().unwrap();
-    let pids = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(!pids.trim().is_empty(), "task {id} runs no process");
-    for pid in pids.split_whitespace() {
-        let _ = Command::new("kill").args(["-KILL", pid]).status();
-    }
 }
 
 fn story(net: &Net, nodes: &mut [Node], tar: &str) {
@@ -169,7 +137,7 @@ fn story(net: &Net, nodes: &mut [Node], tar: &str) {
     let before = node_nft(net, 1, &["list", "table", "ip", "shoal-mesh"]);
     assert!(before.contains("mod 2"), "both replicas in n1's mesh:\n{before}");
     let killed_at = Instant::now();
-    kill_task(&nodes[if victim_node == "n2" { 1 } else { 2 }], &victim);
+    nodes[if victim_node == "n2" { 1 } else { 2 }].kill_task(&victim);
     eventually("the killed replica left n1's forwarding", Duration::from_secs(15), || {
         let now = node_nft(net, 1, &["list", "table", "ip", "shoal-mesh"]);
         (!now.contains("mod 2")).then_some(()).ok_or(now)
@@ -188,12 +156,7 @@ fn story(net: &Net, nodes: &mut [Node], tar: &str) {
     step("n3's agent restarts: its task keeps its namespace, processes and place in the mesh");
     let before = running(n1, "web").unwrap();
     let on_n3 = before["n3"][0].id.clone();
-    let ns = namespaces_of(&nodes[2])
-        .into_iter()
-        .find(|name| {
-            name.trim_start_matches(&format!("shoal-{}-", tag(&nodes[2]))).starts_with(&on_n3)
-        })
-        .expect("the task's namespace");
+    let ns = nodes[2].task_namespace(&on_n3);
     let identity = |ns: &str| {
         use std::os::unix::fs::MetadataExt;
         let ino = std::fs::metadata(format!("/run/netns/{ns}")).map(|m| m.ino()).unwrap_or(0);
@@ -354,7 +317,7 @@ networks:
     });
     for (i, n) in nodes.iter().enumerate() {
         eventually(&format!("{} is clean", n.name), Duration::from_secs(20), || {
-            let left = namespaces_of(n);
+            let left = n.namespaces();
             if !left.is_empty() {
                 return Err(format!("namespaces left: {left:?}"));
             }

@@ -305,3 +305,44 @@ impl Node {
         assert!(out.status.success(), "secret create {name}: {}", text(&out));
     }
 }
+
+/// A node's data plane, as tests look at it from the host.
+impl Node {
+    /// The tag the node's data plane names its namespaces after (`shoal-<tag>-…`).
+    pub fn net_tag(&self) -> String {
+        std::fs::read_to_string(self.data.join("net").join("tag"))
+            .unwrap_or_else(|e| panic!("{}: no data-plane tag: {e}", self.name))
+            .trim()
+            .to_string()
+    }
+
+    /// The named namespaces of the node's data plane (its tasks' and its sandboxes').
+    pub fn namespaces(&self) -> Vec<String> {
+        let prefix = format!("shoal-{}-", self.net_tag());
+        let names = std::fs::read_dir("/run/netns").into_iter().flatten().flatten();
+        names
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(&prefix))
+            .collect()
+    }
+
+    /// The namespace of this node's task whose ID starts with `id`.
+    pub fn task_namespace(&self, id: &str) -> String {
+        let prefix = format!("shoal-{}-", self.net_tag());
+        self.namespaces()
+            .into_iter()
+            .find(|name| name[prefix.len()..].starts_with(id))
+            .unwrap_or_else(|| panic!("no namespace for task {id} on {}", self.name))
+    }
+
+    /// SIGKILLs every process of this node's task whose ID starts with `id`.
+    pub fn kill_task(&self, id: &str) {
+        let ns = self.task_namespace(id);
+        let out = Command::new("ip").args(["netns", "pids", &ns]).output().unwrap();
+        let pids = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(!pids.trim().is_empty(), "task {id} on {} runs no process", self.name);
+        for pid in pids.split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+    }
+}
