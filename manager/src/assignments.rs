@@ -387,8 +387,7 @@ fn build_maps(store: &crate::store::Store, tasks: &[Task]) -> Option<Maps> {
             Some(n) => {
                 let claims =
                     store.list_under::<shoal_proto::NameClaim>(&format!("ip/{}/", n.id))?;
-                let prefix = n.subnet.split('/').nth(1).unwrap_or("24");
-                crate::networks::ports::node_claims(&claims, prefix)
+                crate::networks::ports::node_claims(&claims, n)
             }
             None => Default::default(),
         };

@@ -193,7 +193,7 @@ pub(crate) async fn remove(
                 return Err(NetworkError::InUse { network: name.clone(), users: in_use });
             }
             alloc::serialize_network_changes(tx)?;
-            for (node, addr) in ports::node_addresses(tx, &network.id)? {
+            for (node, addr) in ports::node_addresses(tx, &network)? {
                 alloc::release_addr(tx, &network.id, &addr, &format!("node:{node}"))?;
             }
             tx.delete::<Network>(&network.id)?;

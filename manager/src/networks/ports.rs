@@ -199,7 +199,7 @@ pub(crate) fn give_nodes_addresses(
     ingress: &Network,
 ) -> Result<bool, NetworkError> {
     let nodes: BTreeSet<String> = tx.list::<Node>()?.into_iter().map(|n| n.id).collect();
-    let held = node_addresses(tx, &ingress.id)?;
+    let held = node_addresses(tx, ingress)?;
     let mut changed = false;
     for (node, addr) in &held {
         if !nodes.contains(node) {
@@ -217,21 +217,15 @@ pub(crate) fn give_nodes_addresses(
 /// Each node's address on the ingress network (CIDR form).
 pub(crate) fn node_addresses(
     tx: &mut Tx<'_>,
-    ingress_id: &str,
+    ingress: &Network,
 ) -> Result<BTreeMap<String, String>, StoreError> {
-    let claims = tx.list_under::<NameClaim>(&format!("ip/{ingress_id}/"))?;
-    Ok(node_claims(&claims, &prefix_len_of(tx, ingress_id)?))
+    let claims = tx.list_under::<NameClaim>(&format!("ip/{}/", ingress.id))?;
+    Ok(node_claims(&claims, ingress))
 }
 
-fn prefix_len_of(tx: &mut Tx<'_>, id: &str) -> Result<String, StoreError> {
-    Ok(tx
-        .get::<Network>(id)?
-        .and_then(|n| n.subnet.split('/').nth(1).map(str::to_string))
-        .unwrap_or_else(|| "24".into()))
-}
-
-/// Node addresses among the address claims of a network whose prefix length is `prefix`.
-pub(crate) fn node_claims(claims: &[NameClaim], prefix: &str) -> BTreeMap<String, String> {
+/// Node addresses (CIDR form) among the address claims of network `network`.
+pub(crate) fn node_claims(claims: &[NameClaim], network: &Network) -> BTreeMap<String, String> {
+    let prefix = network.subnet.split('/').nth(1).unwrap_or("24");
     claims
         .iter()
         .filter_map(|c| {
