@@ -34,6 +34,7 @@ pub mod lb;
 pub mod mesh;
 pub mod names;
 mod overlay;
+pub mod tunnel;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};

@@ -1,0 +1,1 @@
+//! The encrypted data plane (WireGuard protocol over UDP, through a TUN device).
