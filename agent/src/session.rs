@@ -141,6 +141,7 @@ async fn session(
         hostname: cfg.hostname.clone(),
         advertise_addr: cfg.advertise_addr.clone(),
         description: Some(cfg.worker.executor().describe()),
+        tunnel_keys: Vec::new(),
     };
     let line = |s: tonic::Status| SessionError::call(addr, s);
     let mut stream = client.session(request).await.map_err(line)?.into_inner();
@@ -170,7 +171,8 @@ async fn session(
         tokio::select! {
             r = &mut work => return r,
             _ = tokio::time::sleep_until(next_beat) => {
-                let beat = HeartbeatRequest { session_id: session_id.clone() };
+                let beat =
+                    HeartbeatRequest { session_id: session_id.clone(), tunnel_keys: Vec::new() };
                 let resp = client.heartbeat(beat).await.map_err(line)?.into_inner();
                 period = Duration::from_millis(resp.period_ms.max(50));
                 next_beat = tokio::time::Instant::now() + period;

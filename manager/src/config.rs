@@ -111,6 +111,7 @@ pub(crate) fn new_cluster(cluster_id: &str, ca: &RootCa, params: &InitParams) ->
             default_addr_pool: params.default_addr_pool.clone(),
             subnet_size: params.subnet_size,
             data_path_port: params.data_path_port,
+            network_key_rotation_secs: 0,
         }),
         root_ca: Some(shoal_proto::RootCa {
             cert_pem: ca.cert_pem().to_string(),
@@ -138,6 +139,13 @@ pub(crate) fn cert_expiry(cluster: &Cluster) -> Duration {
         Some(s) if s > 0 => Duration::from_secs(s),
         _ => shoal_pki::DEFAULT_CERT_EXPIRY,
     }
+}
+
+/// How often nodes replace their tunnel keys.
+pub(crate) fn network_key_rotation(cluster: &Cluster) -> Duration {
+    shoal_pki::tunnel::rotation_period(
+        cluster.spec.as_ref().map(|s| s.network_key_rotation_secs).unwrap_or(0),
+    )
 }
 
 #[cfg(test)]

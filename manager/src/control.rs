@@ -301,6 +301,10 @@ impl Control for ControlApi {
             validate_heartbeat(Duration::from_millis(req.heartbeat_period_ms))
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
+        if req.network_key_rotation_secs != 0 {
+            shoal_pki::tunnel::validate_rotation(Duration::from_secs(req.network_key_rotation_secs))
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
         let cluster = self
             .shared
             .store
@@ -314,6 +318,9 @@ impl Control for ControlApi {
                 }
                 if req.heartbeat_period_ms != 0 {
                     spec.heartbeat_period_ms = req.heartbeat_period_ms;
+                }
+                if req.network_key_rotation_secs != 0 {
+                    spec.network_key_rotation_secs = req.network_key_rotation_secs;
                 }
                 match req.autolock() {
                     Autolock::On if cluster.unlock_key.is_none() => {

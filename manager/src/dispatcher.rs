@@ -11,7 +11,7 @@ use shoal_proto::dispatcher_server::Dispatcher;
 use shoal_proto::{
     AssignmentsMessage, AssignmentsRequest, HeartbeatRequest, HeartbeatResponse,
     ListenSubscriptionsRequest, LogSubscription, Node, NodeRole, NodeState, PublishLogsMessage,
-    PublishLogsResponse, SessionMessage, SessionRequest, UpdateTaskStatusRequest,
+    PublishLogsResponse, SessionMessage, SessionRequest, TunnelKey, UpdateTaskStatusRequest,
     UpdateTaskStatusResponse,
 };
 use tokio::sync::mpsc;
@@ -36,6 +36,8 @@ struct Entry {
     /// The session stream: held open exactly as long as the session lives, and used to push
     /// the node's own updates (a role change) to it.
     stream: Option<SessionTx>,
+    /// The node's tunnel keys as stored: a heartbeat with others is a rotation to store.
+    tunnel_keys: Vec<TunnelKey>,
 }
 
 /// Live sessions by node ID.
@@ -51,26 +53,54 @@ impl Sessions {
 
     /// Expects `node_id` to (re)open a session within `grace`, or it will be marked Down.
     pub fn expect(&self, node_id: &str, grace: Duration) {
-        let entry = Entry { session_id: None, deadline: Instant::now() + grace, stream: None };
+        let entry = Entry {
+            session_id: None,
+            deadline: Instant::now() + grace,
+            stream: None,
+            tunnel_keys: Vec::new(),
+        };
         self.lock().entry(node_id.to_string()).or_insert(entry);
     }
 
-    fn open(&self, node_id: &str, session_id: String, grace: Duration, tx: SessionTx) {
+    fn open(
+        &self,
+        node_id: &str,
+        session_id: String,
+        grace: Duration,
+        tx: SessionTx,
+        tunnel_keys: Vec<TunnelKey>,
+    ) {
         let entry = Entry {
             session_id: Some(session_id),
             deadline: Instant::now() + grace,
             stream: Some(tx),
+            tunnel_keys,
         };
         self.lock().insert(node_id.to_string(), entry);
     }
 
-    fn beat(&self, node_id: &str, session_id: &str, grace: Duration) -> bool {
+    /// Extends the session; `Some(true)` when the node reports other tunnel keys than the
+    /// stored ones, `None` when the session is not the node's current one.
+    fn beat(
+        &self,
+        node_id: &str,
+        session_id: &str,
+        grace: Duration,
+        keys: &[TunnelKey],
+    ) -> Option<bool> {
         match self.lock().get_mut(node_id) {
             Some(e) if e.session_id.as_deref() == Some(session_id) => {
                 e.deadline = Instant::now() + grace;
-                true
+                Some(!keys.is_empty() && e.tunnel_keys != keys)
             }
-            _ => false,
+            _ => None,
+        }
+    }
+
+    /// Records the keys stored for a node's session.
+    fn stored_keys(&self, node_id: &str, keys: Vec<TunnelKey>) {
+        if let Some(e) = self.lock().get_mut(node_id) {
+            e.tunnel_keys = keys;
         }
     }
 
@@ -329,6 +359,7 @@ impl Dispatcher for DispatcherApi {
                 if req.description.is_some() {
                     node.description = req.description.clone();
                 }
+                node.tunnel_keys = req.tunnel_keys.clone();
                 follow_connection(&mut node, &req.advertise_addr, peer_ip);
                 if needs_write(&before, &node, period) {
                     tx.update(node.clone())?;
@@ -338,6 +369,7 @@ impl Dispatcher for DispatcherApi {
             .await?;
         let session_id = shoal_pki::id::new_id();
         let (tx, rx) = mpsc::channel(16);
+        let tunnel_keys = node.tunnel_keys.clone();
         let first = SessionMessage {
             session_id: session_id.clone(),
             heartbeat_period_ms: jittered(period).as_millis() as u64,
@@ -346,7 +378,13 @@ impl Dispatcher for DispatcherApi {
             managers: Some(self.shared.manager_set()),
         };
         tx.send(Ok(first)).await.map_err(|_| Status::cancelled("session closed"))?;
-        self.shared.sessions.open(&id.node_id, session_id, period * GRACE_PERIODS, tx);
+        self.shared.sessions.open(
+            &id.node_id,
+            session_id,
+            period * GRACE_PERIODS,
+            tx,
+            tunnel_keys,
+        );
         tracing::debug!(node = %id.node_id, "session opened");
         Ok(Response::new(self.shared.until_removed(&id, rx)))
     }
@@ -356,15 +394,35 @@ impl Dispatcher for DispatcherApi {
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let id = caller(&req).node()?.clone();
-        let period = heartbeat_period(&self.shared.cluster()?);
-        if !self.shared.sessions.beat(
-            &id.node_id,
-            &req.get_ref().session_id,
-            period * GRACE_PERIODS,
-        ) {
-            return Err(Status::not_found("unknown session; open a new one"));
+        let req = req.into_inner();
+        intake::check_tunnel_keys(&req.tunnel_keys)?;
+        let cluster = self.shared.cluster()?;
+        let period = heartbeat_period(&cluster);
+        let rotated = self
+            .shared
+            .sessions
+            .beat(&id.node_id, &req.session_id, period * GRACE_PERIODS, &req.tunnel_keys)
+            .ok_or_else(|| Status::not_found("unknown session; open a new one"))?;
+        if rotated {
+            // The node rotated its tunnel key: its peers learn of it through the maps.
+            let keys = req.tunnel_keys;
+            self.shared
+                .store
+                .update(|tx| {
+                    let Some(mut node) = tx.get::<Node>(&id.node_id)? else { return Ok(()) };
+                    node.tunnel_keys = keys.clone();
+                    tx.update(node)?;
+                    Ok::<_, Status>(())
+                })
+                .await?;
+            tracing::info!(node = %id.node_id, "tunnel key rotated");
+            self.shared.sessions.stored_keys(&id.node_id, keys);
         }
-        Ok(Response::new(HeartbeatResponse { period_ms: jittered(period).as_millis() as u64 }))
+        let rotation = crate::config::network_key_rotation(&cluster);
+        Ok(Response::new(HeartbeatResponse {
+            period_ms: jittered(period).as_millis() as u64,
+            network_key_rotation_secs: rotation.as_secs(),
+        }))
     }
 
     type AssignmentsStream = UntilRemoved<AssignmentsMessage>;

@@ -94,7 +94,13 @@ pub fn check_session(req: &SessionRequest) -> Result<(), Status> {
     if let Some(d) = &req.description {
         check_description(d)?;
     }
-    Ok(())
+    check_tunnel_keys(&req.tunnel_keys)
+}
+
+/// Checks the tunnel public keys a node reports.
+pub fn check_tunnel_keys(keys: &[shoal_proto::TunnelKey]) -> Result<(), Status> {
+    shoal_pki::tunnel::validate_public_keys(keys.iter().map(|k| k.public_key.as_slice()))
+        .map_err(|e| Status::invalid_argument(format!("tunnel_keys: {e}")))
 }
 
 fn check_description(d: &NodeDescription) -> Result<(), Status> {

@@ -10,6 +10,7 @@ pub mod node;
 pub mod renew;
 pub mod tls;
 pub mod token;
+pub mod tunnel;
 
 pub use ca::{IssuedCert, RootCa};
 pub use node::{certificate_chain_pem, NodeKey, PeerIdentity};

@@ -140,6 +140,7 @@ impl SimAgent {
                 nano_cpus: 4_000_000_000,
                 memory_bytes: 8 << 30,
             }),
+            tunnel_keys: Vec::new(),
         };
         let mut session = client.session(request).await?.into_inner();
         let first = session.message().await?.context("the manager closed the session")?;
@@ -152,7 +153,7 @@ impl SimAgent {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next_beat) => {
-                    let beat = HeartbeatRequest { session_id: session_id.clone() };
+                    let beat = HeartbeatRequest { session_id: session_id.clone(), ..Default::default() };
                     let resp = client.heartbeat(beat).await?.into_inner();
                     period = Duration::from_millis(resp.period_ms.max(50));
                     next_beat = tokio::time::Instant::now() + period;

@@ -141,6 +141,7 @@ fn node_json(r: &GetNodeResponse) -> serde_json::Value {
             "NotAfter": rfc3339_secs(cert.not_after_unix),
             "Issued": n.serials.len(),
         },
+        "TunnelKeys": tunnel_keys(&n),
     });
     if let Some(m) = &r.manager_status {
         let reachability = if m.reachable { "reachable" } else { "unreachable" };
@@ -148,6 +149,19 @@ fn node_json(r: &GetNodeResponse) -> serde_json::Value {
             json!({ "Leader": m.leader, "Reachability": reachability, "Addr": m.addr });
     }
     value
+}
+
+/// A node's tunnel public keys as fingerprints, newest first (the key itself is not shown).
+fn tunnel_keys(n: &shoal_proto::Node) -> Vec<serde_json::Value> {
+    n.tunnel_keys
+        .iter()
+        .map(|k| {
+            json!({
+                "Fingerprint": shoal_pki::tunnel::fingerprint(&k.public_key),
+                "CreatedAt": rfc3339_ms(k.created_ms),
+            })
+        })
+        .collect()
 }
 
 /// `node inspect`: managers also show where the other managers reach them.
@@ -174,6 +188,15 @@ pub fn node_inspect(found: &[GetNodeResponse], pretty: bool) -> Result<String> {
         let _ = writeln!(out, "Availability:        {}", n.availability().word());
         let _ = writeln!(out, "Certificate serial:  {}", cert.serial_hex);
         let _ = writeln!(out, "Certificate expiry:  {}", rfc3339_secs(cert.not_after_unix));
+        match n.tunnel_keys.first() {
+            Some(k) => {
+                let fp = shoal_pki::tunnel::fingerprint(&k.public_key);
+                let _ = writeln!(out, "Tunnel key:          {fp} (since {})", rfc3339_ms(k.created_ms));
+            }
+            None => {
+                let _ = writeln!(out, "Tunnel key:          none reported");
+            }
+        }
         let _ = writeln!(out);
     }
     Ok(out)
@@ -223,6 +246,12 @@ pub fn cluster(c: &shoal_proto::ClusterInfo) -> Result<String> {
         "Spec": {
             "CAConfig": { "NodeCertExpiry": format!("{}s", spec.cert_expiry_secs) },
             "Dispatcher": { "HeartbeatPeriod": format!("{}ms", spec.heartbeat_period_ms) },
+            "EncryptionConfig": {
+                "NetworkKeyRotation": format!(
+                    "{}s",
+                    shoal_pki::tunnel::rotation_period(spec.network_key_rotation_secs).as_secs()
+                ),
+            },
         },
         "RootCA": { "Digest": c.root_ca_digest, "Certificate": c.root_ca_pem },
         "RevokedNodes": c.revoked_nodes,

@@ -121,6 +121,9 @@ pub struct UpdateArgs {
     /// Make every manager rotate its data-at-rest key and seal its store again (no downtime)
     #[arg(long)]
     pub rotate_data_key: bool,
+    /// How often each node replaces its encrypted-overlay key (default 12h, at least 10s)
+    #[arg(long, value_parser = parse_duration)]
+    pub network_key_rotation: Option<Duration>,
 }
 
 /// Runs one `swarm` command.
@@ -223,14 +226,18 @@ async fn update(control: &mut ControlClient<Channel>, a: UpdateArgs) -> Result<(
         && a.dispatcher_heartbeat.is_none()
         && a.autolock.is_none()
         && !a.rotate_data_key
+        && a.network_key_rotation.is_none()
     {
         bail!(
-            "nothing to update: give --cert-expiry, --dispatcher-heartbeat, --autolock \
-             or --rotate-data-key"
+            "nothing to update: give --cert-expiry, --dispatcher-heartbeat, --autolock, \
+             --rotate-data-key or --network-key-rotation"
         );
     }
     if let Some(e) = a.cert_expiry {
         shoal_pki::validate_cert_expiry(e)?;
+    }
+    if let Some(r) = a.network_key_rotation {
+        shoal_pki::tunnel::validate_rotation(r)?;
     }
     let req = UpdateClusterRequest {
         cert_expiry_secs: a.cert_expiry.map(|d| d.as_secs()).unwrap_or(0),
@@ -241,6 +248,7 @@ async fn update(control: &mut ControlClient<Channel>, a: UpdateArgs) -> Result<(
             Some(false) => Autolock::Off,
         } as i32,
         rotate_data_key: a.rotate_data_key,
+        network_key_rotation_secs: a.network_key_rotation.map(|d| d.as_secs()).unwrap_or(0),
     };
     control.update_cluster(req).await.map_err(client::status)?;
     println!("Swarm updated.");

@@ -30,6 +30,7 @@ mod dns;
 pub mod files;
 mod gateway;
 mod ingress;
+pub mod keys;
 pub mod lb;
 pub mod mesh;
 pub mod names;

@@ -124,6 +124,7 @@ mod tests {
                 },
             ],
             local_addr: String::new(),
+            tunnel_peers: Vec::new(),
         }
     }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use shoal_proto::{
     EndpointMode, Network, NetworkEndpoint, NetworkMap, Node, Service, ServiceRecord, Task,
-    TaskState,
+    TaskState, TunnelPeer,
 };
 
 /// Every network's map, and the networks each node is on.
@@ -77,12 +77,16 @@ pub(crate) fn build(
 ) -> Maps {
     let node_addr: HashMap<&str, &str> =
         nodes.iter().map(|n| (n.id.as_str(), host_of(&n.addr))).collect();
+    let by_id: HashMap<&str, &Node> = nodes.iter().map(|n| (n.id.as_str(), n)).collect();
     let mut endpoints: BTreeMap<&str, Vec<NetworkEndpoint>> = BTreeMap::new();
     let mut by_node: HashMap<String, BTreeSet<String>> = HashMap::new();
+    // Who is on each network: the nodes an encrypted network's nodes keep tunnels to.
+    let mut members: HashMap<&str, BTreeSet<&str>> = HashMap::new();
     for t in tasks.iter().filter(|t| placed(t)) {
         let Some(addr) = node_addr.get(t.node_id.as_str()) else { continue };
         for a in &t.networks {
             by_node.entry(t.node_id.clone()).or_default().insert(a.network_id.clone());
+            members.entry(a.network_id.as_str()).or_default().insert(t.node_id.as_str());
             endpoints.entry(a.network_id.as_str()).or_default().push(NetworkEndpoint {
                 task_id: t.id.clone(),
                 service_id: t.service_id.clone(),
@@ -162,6 +166,21 @@ pub(crate) fn build(
         eps.sort_by(|a, b| (&a.task_id, &a.addr).cmp(&(&b.task_id, &b.addr)));
         let mut svcs = records.remove(n.id.as_str()).unwrap_or_default();
         svcs.sort_by(|a, b| a.id.cmp(&b.id));
+        let encrypted = n.spec.as_ref().is_some_and(|s| s.encrypted);
+        let tunnel_peers = match (encrypted, members.get(n.id.as_str())) {
+            (true, Some(on)) => on
+                .iter()
+                .filter_map(|id| {
+                    let node = by_id.get(id)?;
+                    Some(TunnelPeer {
+                        node_id: node.id.clone(),
+                        addr: node_addr.get(id)?.to_string(),
+                        keys: node.tunnel_keys.clone(),
+                    })
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         by_network.insert(
             n.id.clone(),
             NetworkMap {
@@ -169,6 +188,7 @@ pub(crate) fn build(
                 endpoints: eps,
                 services: svcs,
                 local_addr: String::new(),
+                tunnel_peers,
             },
         );
     }
@@ -268,6 +288,41 @@ mod tests {
         assert_eq!(m.services[0].aliases, ["www"]);
         assert_eq!(maps.by_node["a"], BTreeSet::from(["n1".to_string()]));
         assert_eq!(maps.by_node["b"], BTreeSet::from(["n1".to_string()]));
+    }
+
+    #[test]
+    fn an_encrypted_network_names_its_nodes_and_their_keys_and_no_one_else() {
+        use shoal_proto::{NetworkSpec, TunnelKey};
+        let key = |b: u8| TunnelKey { public_key: vec![b; 32], created_ms: 1 };
+        let mut a = node("a", "192.168.1.1:4242");
+        a.tunnel_keys = vec![key(1)];
+        let mut b = node("b", "192.168.1.2:4242");
+        b.tunnel_keys = vec![key(3), key(2)];
+        let mut c = node("c", "192.168.1.3:4242");
+        c.tunnel_keys = vec![key(4)];
+        let mut secure = net("n1");
+        secure.spec = Some(NetworkSpec { encrypted: true, ..Default::default() });
+        let tasks = [
+            task("t1", "a", TaskState::Running, "n1", "10.0.1.3/24"),
+            task("t2", "b", TaskState::Assigned, "n1", "10.0.1.4/24"),
+            // On another node that was removed: gone from the node list, so no peer.
+            task("t3", "gone", TaskState::Running, "n1", "10.0.1.5/24"),
+            // c is only on the plain network.
+            task("t4", "c", TaskState::Running, "n2", "10.0.2.3/24"),
+        ];
+        let maps = build(
+            &[secure, net("n2")],
+            &[],
+            &tasks,
+            &[a, b, c],
+            &BTreeMap::new(),
+        );
+        let peers = &maps.by_network["n1"].tunnel_peers;
+        let seen: Vec<(&str, &str, usize)> =
+            peers.iter().map(|p| (p.node_id.as_str(), p.addr.as_str(), p.keys.len())).collect();
+        assert_eq!(seen, [("a", "192.168.1.1", 1), ("b", "192.168.1.2", 2)]);
+        assert_eq!(peers[1].keys[0].public_key, vec![3; 32], "newest key first");
+        assert!(maps.by_network["n2"].tunnel_peers.is_empty(), "a plain network has no tunnels");
     }
 
     #[test]

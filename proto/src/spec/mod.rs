@@ -124,9 +124,6 @@ pub enum SpecError {
     /// An endpoint mode other than vip or dnsrr, or a published port that cannot be used.
     #[error("invalid port {value:?}: {why}")]
     Port { value: String, why: String },
-    /// `--opt encrypted`, which this data plane cannot honour yet.
-    #[error("network {0}: encrypted overlays are not available: this data plane has no encryption yet (the kernels it targets may lack IPsec ESP and WireGuard), and Shoal will not carry a network marked encrypted in the clear; create it without --opt encrypted, or keep the traffic on a trusted link")]
-    EncryptionUnavailable(String),
     /// A nameserver that is not an IP address, or a search domain or option that is not one.
     #[error("invalid DNS setting {value:?}: {why}")]
     Dns { value: String, why: &'static str },

@@ -90,10 +90,6 @@ pub fn normalize(spec: &mut NetworkSpec) -> Result<(), SpecError> {
     if spec.driver != OVERLAY {
         return Err(SpecError::NetworkDriver(spec.driver.clone()));
     }
-    if spec.encrypted {
-        // Accepting the option and sending VXLAN in the clear would be a lie.
-        return Err(SpecError::EncryptionUnavailable(spec.name.clone()));
-    }
     let ipam = spec.ipam.get_or_insert_with(Default::default);
     if ipam.subnet.is_empty() {
         if !ipam.gateway.is_empty() {
@@ -258,10 +254,10 @@ mod tests {
     }
 
     #[test]
-    fn an_encrypted_network_is_refused_rather_than_carried_in_the_clear() {
+    fn an_encrypted_network_keeps_its_option() {
         let mut spec = NetworkSpec { name: "secure".into(), encrypted: true, ..Default::default() };
-        let err = normalize(&mut spec).unwrap_err().to_string();
-        assert!(err.contains("encrypted overlays are not available"), "{err}");
+        normalize(&mut spec).unwrap();
+        assert!(spec.encrypted);
     }
 
     #[test]

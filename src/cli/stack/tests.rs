@@ -413,19 +413,13 @@ networks:
     assert!(file.networks["back"].external);
     assert!(file.networks.contains_key("default"));
 
-    // What deploy would do: refuse an encrypted network (the data plane cannot encrypt, and
-    // it never carries such a network in the clear)...
+    // What deploy would do: make front (encrypted) and default (labelled), and use the
+    // external one.
     let shared = Network {
         id: "n-shared".into(),
         spec: Some(NetworkSpec { name: "shared".into(), ..Default::default() }),
         ..Default::default()
     };
-    let (_, problems) = super::networks::plan(&file, "shop", std::slice::from_ref(&shared));
-    assert_eq!(problems.len(), 1, "{problems:?}");
-    assert!(problems[0].contains("encrypted overlays are not available"), "{problems:?}");
-    // ...and without it, make front and default (labelled) and use the external one.
-    let mut file = file;
-    file.networks.get_mut("front").unwrap().encrypted = false;
     let (planned, problems) = super::networks::plan(&file, "shop", &[shared]);
     assert!(problems.is_empty(), "{problems:?}");
     let made: Vec<(&str, &str)> = planned
@@ -435,7 +429,7 @@ networks:
     assert_eq!(made, [("default", "shop_default"), ("front", "shop_front")]);
     let spec = planned.iter().find(|p| p.key == "front").unwrap().create.clone().unwrap();
     assert_eq!(spec.labels.get(NAMESPACE).map(String::as_str), Some("shop"));
-    assert!(spec.attachable);
+    assert!(spec.attachable && spec.encrypted);
     // Without the external network, nothing is made and the problem is named.
     let (_, problems) = super::networks::plan(&file, "shop", &[]);
     assert_eq!(problems.len(), 1, "{problems:?}");
