@@ -1,0 +1,62 @@
+//! The TUN device: opened here, configured by `plumbing` with `ip`.
+//!
+//! Hand-rolled on purpose: it is one `open` and one `TUNSETIFF` ioctl. The TUN crates also
+//! set addresses, MTUs and routes through ioctls or netlink of their own, which this project
+//! does with iproute2, and bring dependencies we would not otherwise use.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+
+/// `struct ifreq` as TUNSETIFF reads it: the name, then the flags in the union.
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _union_rest: [u8; 22],
+}
+
+/// Creates the TUN device `name` (layer 3, no packet-info header) in the calling thread's
+/// network namespace, non-blocking. It lives as long as the file (and its duplicates).
+pub(super) fn open(name: &str) -> io::Result<File> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")?;
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+        _union_rest: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    set_iff(&file, &mut req)?;
+    Ok(file)
+}
+
+#[allow(unsafe_code)]
+fn set_iff(file: &File, req: &mut IfReq) -> io::Result<()> {
+    // SAFETY: `file` is an open /dev/net/tun; TUNSETIFF reads (and writes back) a `struct
+    // ifreq`, which `IfReq` matches in layout and size (40 bytes), and `req` outlives the call.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, req as *mut IfReq) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_has_the_kernels_layout() {
+        assert_eq!(std::mem::size_of::<IfReq>(), 40);
+        assert!(open("").is_err());
+        assert!(open("a-name-longer-than-15").is_err());
+    }
+}

@@ -1,0 +1,406 @@
+//! The packet threads: device → peers (seal), network → device (open), and the timers.
+//!
+//! Each thread owns its file descriptors (duplicates of the device's and the socket's), so
+//! the device disappears when the last thread ends. Threads read the registry through a
+//! [`View`], refreshed only when its generation changes; a peer's lock is held for one
+//! packet's crypto, never while writing to the device.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddrV4, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+
+use super::links::{self, Link, PeerLinks, Registry};
+use super::packet::{self, Route};
+use super::stats::{Counters, DropReason};
+use super::udp::{self, Batch, SLOT};
+use super::TunnelConfig;
+
+/// How long an idle thread waits before looking at the stop flag again.
+const IDLE: Duration = Duration::from_millis(100);
+/// How often boringtun's timers run (retransmissions, keepalives, rekeying).
+const TICK: Duration = Duration::from_millis(100);
+/// WireGuard's overhead on a data packet.
+const SEAL_OVERHEAD: usize = 32;
+
+/// What the tunnel's threads and its handle share.
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub cfg: TunnelConfig,
+    pub stop: AtomicBool,
+    pub counters: Counters,
+    generation: AtomicU64,
+    registry: Mutex<Arc<Registry>>,
+}
+
+impl Shared {
+    pub fn new(cfg: TunnelConfig) -> Shared {
+        Shared {
+            cfg,
+            stop: AtomicBool::new(false),
+            counters: Counters::default(),
+            generation: AtomicU64::new(0),
+            registry: Mutex::new(Arc::default()),
+        }
+    }
+
+    /// Makes `registry` the one every thread uses from its next packet on.
+    pub fn publish(&self, registry: Registry) {
+        *self.registry.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(registry);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+}
+
+/// A thread's copy of the registry.
+struct View {
+    generation: u64,
+    registry: Arc<Registry>,
+}
+
+impl View {
+    fn new(shared: &Shared) -> View {
+        let generation = shared.generation.load(Ordering::Acquire);
+        View { generation, registry: shared.registry() }
+    }
+
+    /// The current registry (re-read only when it changed).
+    fn get(&mut self, shared: &Shared) -> Arc<Registry> {
+        let now = shared.generation.load(Ordering::Acquire);
+        if now != self.generation {
+            self.generation = now;
+            self.registry = shared.registry();
+        }
+        self.registry.clone()
+    }
+}
+
+/// Starts the three threads; on failure, stops those already started.
+pub(super) fn spawn(
+    shared: Arc<Shared>,
+    tun: File,
+    socket: UdpSocket,
+) -> io::Result<Vec<JoinHandle<()>>> {
+    let mut threads = Vec::new();
+    let mut start = |name: &str, f: Box<dyn FnOnce() + Send>| -> io::Result<()> {
+        threads.push(std::thread::Builder::new().name(name.into()).spawn(f)?);
+        Ok(())
+    };
+    let started = (|| {
+        let (s, t, u) = (shared.clone(), tun.try_clone()?, socket.try_clone()?);
+        start("shoal-tun-seal", Box::new(move || seal_loop(&s, t, u)))?;
+        let (s, u) = (shared.clone(), socket.try_clone()?);
+        start("shoal-tun-open", Box::new(move || open_loop(&s, tun, u)))?;
+        let s = shared.clone();
+        start("shoal-tun-timer", Box::new(move || timer_loop(&s, socket)))
+    })();
+    if let Err(e) = started {
+        shared.stop.store(true, Ordering::Release);
+        for t in threads {
+            let _ = t.join();
+        }
+        return Err(e);
+    }
+    Ok(threads)
+}
+
+/// Device → network: reads packets, seals each for its peer, sends them in batches.
+fn seal_loop(shared: &Shared, mut tun: File, socket: UdpSocket) {
+    let mut view = View::new(shared);
+    let mut batch = Batch::default();
+    let mut packet = vec![0u8; SLOT];
+    let mut scratch = vec![0u8; SLOT];
+    while !shared.stopped() {
+        match tun.read(&mut packet) {
+            Ok(n) => {
+                let registry = view.get(shared);
+                let sealed =
+                    seal(shared, &registry, &packet[..n], &mut batch, &mut scratch, &socket);
+                if let Err(why) = sealed {
+                    shared.counters.drop(why);
+                }
+                if batch.is_full() {
+                    flush(shared, &mut batch, &socket);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                flush(shared, &mut batch, &socket);
+                if let Err(e) = udp::wait_readable(&tun, IDLE) {
+                    tracing::error!(error = %e, "waiting on the tunnel device");
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // The device was deleted under us: routing fails closed from now on.
+                tracing::error!(error = %e, device = %shared.cfg.device, "the tunnel device failed; no more packets go out");
+                return;
+            }
+        }
+    }
+}
+
+fn flush(shared: &Shared, batch: &mut Batch, socket: &UdpSocket) {
+    for _ in 0..batch.send(socket) {
+        shared.counters.drop(DropReason::Io);
+    }
+}
+
+/// Seals one packet from the device into the batch (see [`links::choose`] for the link).
+fn seal(
+    shared: &Shared,
+    registry: &Registry,
+    pkt: &[u8],
+    batch: &mut Batch,
+    scratch: &mut [u8],
+    socket: &UdpSocket,
+) -> Result<(), DropReason> {
+    let cfg = &shared.cfg;
+    let dst = packet::outbound(pkt, cfg.local_addr, cfg.vxlan_port)?;
+    if pkt.len() + SEAL_OVERHEAD > SLOT {
+        return Err(DropReason::Oversize);
+    }
+    let state = registry.by_addr(dst).ok_or(DropReason::NoPeer)?;
+    let mut peer = state.lock();
+    if peer.removed || peer.links.is_empty() {
+        return Err(DropReason::NoPeer);
+    }
+    let endpoint = peer.endpoint;
+    let choice = links::choose(peer.links.iter().map(Link::established));
+    if choice.kick_newest {
+        kick(shared, &mut peer.links[0], scratch, socket, endpoint);
+    }
+    if choice.kick_others {
+        for link in &mut peer.links[1..] {
+            kick(shared, link, scratch, socket, endpoint);
+        }
+    }
+    let sealed = match peer.links[choice.send].tunn().encapsulate(pkt, batch.free_slot()) {
+        TunnResult::WriteToNetwork(out) => Some(out.len()),
+        _ => None,
+    };
+    if let Some(len) = sealed {
+        peer.tx_bytes += pkt.len() as u64;
+        batch.push(len, endpoint);
+    }
+    Ok(())
+}
+
+/// Starts a handshake on `link` unless one is under way.
+fn kick(shared: &Shared, link: &mut Link, buf: &mut [u8], socket: &UdpSocket, to: SocketAddrV4) {
+    if let TunnResult::WriteToNetwork(init) = link.tunn().format_handshake_initiation(buf, false) {
+        send(shared, socket, init, to);
+    }
+}
+
+fn send(shared: &Shared, socket: &UdpSocket, datagram: &[u8], to: SocketAddrV4) {
+    if socket.send_to(datagram, to).is_err() {
+        shared.counters.drop(DropReason::Io);
+    }
+}
+
+/// Network → device: receives datagrams in batches, opens each, writes what may enter.
+fn open_loop(shared: &Shared, mut tun: File, socket: UdpSocket) {
+    let mut view = View::new(shared);
+    let mut batch = Batch::default();
+    let mut out = vec![0u8; SLOT];
+    while !shared.stopped() {
+        match batch.recv(&socket) {
+            Ok(n) => {
+                let registry = view.get(shared);
+                for i in 0..n {
+                    let (datagram, from) = batch.get(i);
+                    let Some(range) = open(shared, &registry, datagram, from, &mut out, &socket)
+                    else {
+                        continue;
+                    };
+                    if tun.write(&out[range]).is_err() {
+                        shared.counters.drop(DropReason::Io);
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if let Err(e) = udp::wait_readable(&socket, IDLE) {
+                    tracing::error!(error = %e, "waiting on the tunnel socket");
+                    return;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "tunnel socket receive"),
+        }
+    }
+}
+
+/// Opens one datagram; the range of `out` holding a packet for the device, if any.
+fn open(
+    shared: &Shared,
+    registry: &Registry,
+    datagram: &[u8],
+    from: SocketAddrV4,
+    out: &mut [u8],
+    socket: &UdpSocket,
+) -> Option<std::ops::Range<usize>> {
+    let index = match packet::route(datagram) {
+        Route::Link(index) => index,
+        Route::Init => return accept(shared, registry, datagram, from, out, socket),
+        Route::Invalid => {
+            shared.counters.drop(DropReason::Invalid);
+            return None;
+        }
+    };
+    let Some(state) = registry.by_index(index) else {
+        shared.counters.drop(DropReason::UnknownLink);
+        return None;
+    };
+    let mut peer = state.lock();
+    let Some(at) = peer.links.iter().position(|l| l.index == index) else {
+        shared.counters.drop(DropReason::UnknownLink);
+        return None;
+    };
+    decapsulate(shared, &mut peer, at, datagram, from, out, socket)
+}
+
+/// A handshake initiation: the local key it is for (by its MAC, no Diffie-Hellman), then
+/// the initiator's static key, which must be one of a peer's; anything else is refused.
+fn accept(
+    shared: &Shared,
+    registry: &Registry,
+    datagram: &[u8],
+    from: SocketAddrV4,
+    out: &mut [u8],
+    socket: &UdpSocket,
+) -> Option<std::ops::Range<usize>> {
+    let Ok(Packet::HandshakeInit(init)) = Tunn::parse_incoming_packet(datagram) else {
+        shared.counters.drop(DropReason::Invalid);
+        return None;
+    };
+    let src = Some(IpAddr::V4(*from.ip()));
+    for key in &registry.keys {
+        match key.limiter.verify_packet(src, datagram, out) {
+            Ok(_) => {}
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                // Under load: the initiator must prove its address first.
+                send(shared, socket, cookie, from);
+                return None;
+            }
+            Err(_) => continue,
+        }
+        let Ok(half) = parse_handshake_anon(&key.secret, &key.public, &init) else {
+            shared.counters.drop(DropReason::Invalid);
+            return None;
+        };
+        let initiator = half.peer_static_public;
+        let Some(state) = registry.by_key(&initiator) else { break };
+        let mut peer = state.lock();
+        let Some(at) = peer
+            .links
+            .iter()
+            .position(|l| l.local.public == key.public && *l.peer_key.as_bytes() == initiator)
+        else {
+            break;
+        };
+        return decapsulate(shared, &mut peer, at, datagram, from, out, socket);
+    }
+    shared.counters.refuse();
+    None
+}
+
+/// Runs one datagram through link `at` of `peer`: replies go out (with what boringtun
+/// queued during a handshake), a decrypted packet passes cryptokey routing, and the peer's
+/// endpoint follows authenticated messages.
+fn decapsulate(
+    shared: &Shared,
+    peer: &mut PeerLinks,
+    at: usize,
+    datagram: &[u8],
+    from: SocketAddrV4,
+    out: &mut [u8],
+    socket: &UdpSocket,
+) -> Option<std::ops::Range<usize>> {
+    const COOKIE_REPLY: u8 = 3;
+    const DATA: u8 = 4;
+    let cfg = &shared.cfg;
+    let base = out.as_ptr() as usize;
+    let tunn = peer.links[at].tunn();
+    match tunn.decapsulate(Some(IpAddr::V4(*from.ip())), datagram, out) {
+        TunnResult::WriteToNetwork(reply) => {
+            let authentic = reply[0] != COOKIE_REPLY;
+            send(shared, socket, reply, from);
+            if authentic {
+                peer.endpoint = from;
+            }
+            let tunn = peer.links[at].tunn();
+            while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], out) {
+                send(shared, socket, queued, peer.endpoint);
+            }
+            None
+        }
+        TunnResult::WriteToTunnelV4(pkt, _) => {
+            peer.endpoint = from;
+            if !packet::inbound_allowed(pkt, peer.addr, cfg.local_addr, cfg.vxlan_port) {
+                shared.counters.drop(DropReason::Cryptokey);
+                return None;
+            }
+            peer.rx_bytes += pkt.len() as u64;
+            let start = pkt.as_ptr() as usize - base;
+            Some(start..start + pkt.len())
+        }
+        TunnResult::WriteToTunnelV6(..) => {
+            peer.endpoint = from;
+            shared.counters.drop(DropReason::Cryptokey);
+            None
+        }
+        TunnResult::Done => {
+            // A keepalive (authentic) or a cookie reply (not proof of the peer's address).
+            if datagram[0] == DATA {
+                peer.endpoint = from;
+            }
+            None
+        }
+        TunnResult::Err(e) => {
+            tracing::trace!(error = ?e, "tunnel datagram refused");
+            shared.counters.drop(DropReason::Invalid);
+            None
+        }
+    }
+}
+
+/// Runs every link's timers (handshake retries, keepalives, rekeying, expiry) and resets
+/// the handshake rate limiters once a second.
+fn timer_loop(shared: &Shared, socket: UdpSocket) {
+    let mut view = View::new(shared);
+    let mut buf = vec![0u8; SLOT];
+    let mut last_reset = Instant::now();
+    while !shared.stopped() {
+        std::thread::park_timeout(TICK);
+        let registry = view.get(shared);
+        if last_reset.elapsed() >= Duration::from_secs(1) {
+            for key in &registry.keys {
+                key.limiter.reset_count();
+            }
+            last_reset = Instant::now();
+        }
+        for state in &registry.peers {
+            let mut peer = state.lock();
+            let endpoint = peer.endpoint;
+            for link in &mut peer.links {
+                let Some(tunn) = link.tunn.as_mut() else { continue };
+                if let TunnResult::WriteToNetwork(p) = tunn.update_timers(&mut buf) {
+                    send(shared, &socket, p, endpoint);
+                }
+            }
+        }
+    }
+}
