@@ -141,7 +141,7 @@ async fn session(
         hostname: cfg.hostname.clone(),
         advertise_addr: cfg.advertise_addr.clone(),
         description: Some(cfg.worker.executor().describe()),
-        tunnel_keys: Vec::new(),
+        tunnel_keys: cfg.worker.executor().tunnel_keys(),
     };
     let line = |s: tonic::Status| SessionError::call(addr, s);
     let mut stream = client.session(request).await.map_err(line)?.into_inner();
@@ -149,6 +149,12 @@ async fn session(
         stream.message().await.map_err(line)?.ok_or(SessionError::Closed { what: "session" })?;
     let session_id = first.session_id.clone();
     let mut period = Duration::from_millis(first.heartbeat_period_ms.max(50));
+    if let Some(node) = &first.node {
+        cfg.worker.executor().node_known(node);
+    }
+    // Learnt from the first heartbeat's answer; checked before each beat, so a new key goes
+    // to the managers with the beat that follows its making.
+    let mut key_rotation = None;
     status.send_modify(|s| {
         s.connected = true;
         s.error = None;
@@ -171,15 +177,27 @@ async fn session(
         tokio::select! {
             r = &mut work => return r,
             _ = tokio::time::sleep_until(next_beat) => {
-                let beat =
-                    HeartbeatRequest { session_id: session_id.clone(), tunnel_keys: Vec::new() };
+                let exec = cfg.worker.executor();
+                if let Some(every) = key_rotation {
+                    exec.rotate_tunnel_key(every);
+                }
+                let beat = HeartbeatRequest {
+                    session_id: session_id.clone(),
+                    tunnel_keys: exec.tunnel_keys(),
+                };
                 let resp = client.heartbeat(beat).await.map_err(line)?.into_inner();
                 period = Duration::from_millis(resp.period_ms.max(50));
+                if resp.network_key_rotation_secs > 0 {
+                    key_rotation = Some(Duration::from_secs(resp.network_key_rotation_secs));
+                }
                 next_beat = tokio::time::Instant::now() + period;
             }
             msg = stream.message() => match msg.map_err(line)? {
                 Some(update) => {
                     take_manager_set(cfg, &update, status);
+                    if let Some(node) = &update.node {
+                        cfg.worker.executor().node_known(node);
+                    }
                     if left_the_managers(addr, &status.borrow().manager_addrs, &update) {
                         return Err(SessionError::NoLongerManager(addr.to_string()));
                     }

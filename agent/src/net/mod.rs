@@ -27,6 +27,7 @@
 mod balancers;
 pub mod cmd;
 mod dns;
+mod encrypted;
 pub mod files;
 mod gateway;
 mod ingress;
@@ -78,6 +79,9 @@ pub enum NetError {
     /// No address left on the gateway bridge.
     #[error("the gateway bridge {GW_BRIDGE} has no free address left")]
     GatewayFull,
+    /// The encrypted overlays' tunnel could not be set up.
+    #[error("encrypted overlay: {0}")]
+    Tunnel(String),
     /// Files of the data plane could not be written.
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
@@ -134,6 +138,8 @@ pub struct DataPlane {
     mesh_lock: Mutex<()>,
     /// Wakes the balancer thread (with `inner`'s lock).
     lb_wake: std::sync::Condvar,
+    /// Tunnel keys and the tunnel of encrypted networks.
+    crypt: Mutex<encrypted::Crypt>,
     me: Weak<DataPlane>,
 }
 
@@ -235,6 +241,8 @@ struct Sandbox {
     peers: BTreeMap<Ipv4Addr, Ipv4Addr>,
     /// Entries left by an earlier agent have been read back.
     synced: bool,
+    /// The network is encrypted (its VXLAN traffic goes through the tunnel).
+    encrypted: bool,
 }
 
 /// The MAC of an overlay or bridge address: 02:42 and the address's bytes (Docker's rule).
@@ -274,8 +282,10 @@ impl DataPlane {
             lb_lock: Mutex::new(()),
             mesh_lock: Mutex::new(()),
             lb_wake: std::sync::Condvar::new(),
+            crypt: Mutex::new(Default::default()),
             me: me.clone(),
         });
+        plane.resume_tunnel();
         let weak = Arc::downgrade(&plane);
         let spawned = std::thread::Builder::new()
             .name("shoal-balancers".into())
@@ -357,13 +367,6 @@ impl DataPlane {
         for (i, a) in task.networks.iter().enumerate() {
             let bad = |why: &str| NetError::Attachment { task: task.id.clone(), why: why.into() };
             let network = a.network.as_ref().ok_or_else(|| bad("the network is missing"))?;
-            if network.spec.as_ref().is_some_and(|s| s.encrypted) {
-                // Never in the clear what was asked to be encrypted (stored before the
-                // managers refused the option).
-                return Err(bad(
-                    "the network is marked encrypted and this node cannot encrypt overlay traffic",
-                ));
-            }
             let ip = ip_of(&a.addr).ok_or_else(|| bad("the address does not parse"))?;
             let sandbox = {
                 // Made (or found) and claimed at once, so a removal cannot take it between.
@@ -376,10 +379,11 @@ impl DataPlane {
             };
             let host_end = format!("vo{}", short(&[&task.id, &network.id]));
             let eth = format!("eth{i}");
+            let mtu = encrypted::mtu_of(network);
             cmd::ip(
                 None,
                 &[format!(
-                    "link add {host_end} mtu {OVERLAY_MTU} netns {sandbox} type veth peer name {eth} netns {ns}"
+                    "link add {host_end} mtu {mtu} netns {sandbox} type veth peer name {eth} netns {ns}"
                 )],
             )?;
             cmd::ip(
@@ -536,6 +540,7 @@ impl DataPlane {
                 tracing::warn!(task = %task_id, error = %e, "could not remove a task's network namespace");
             }
         }
+        let encrypted_gone = unused.iter().any(|(_, s)| s.encrypted);
         for (id, s) in unused {
             match cmd::ip(None, &[format!("netns del {}", s.netns)]) {
                 Ok(()) => tracing::info!(network = %id, "overlay sandbox removed"),
@@ -543,6 +548,9 @@ impl DataPlane {
                     tracing::warn!(network = %id, error = %e, "could not remove an overlay sandbox")
                 }
             }
+        }
+        if encrypted_gone {
+            self.sync_tunnel();
         }
         let _ = std::fs::remove_dir_all(self.etc_dir(task_id));
         if let Err(e) = self.program_mesh() {
@@ -598,6 +606,7 @@ impl DataPlane {
             }
         }
         let _guard = self.plumbing.lock().unwrap_or_else(|p| p.into_inner());
+        self.sync_tunnel();
         if let Err(e) = self.sync_ingress() {
             tracing::warn!(error = %e, "could not set up the node's leg on the ingress network");
         }

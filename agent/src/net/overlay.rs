@@ -7,8 +7,9 @@ use std::path::Path;
 
 use shoal_proto::Network;
 
+use super::encrypted::{is_encrypted, mtu_of, vxlan_port_of};
 use super::names::ip_of;
-use super::{cmd, mac_of, DataPlane, NetError, Sandbox, NETNS_DIR, OVERLAY_MTU};
+use super::{cmd, mac_of, DataPlane, NetError, Sandbox, NETNS_DIR};
 
 impl DataPlane {
     /// The network's sandbox (bridge and VXLAN device), made if this node has none yet.
@@ -16,6 +17,11 @@ impl DataPlane {
         let sandbox = self.sandbox_netns(network.vni);
         if self.inner().sandboxes.contains_key(&network.id) {
             return Ok(sandbox);
+        }
+        let encrypted = is_encrypted(network);
+        if encrypted {
+            // The tunnel and its rules first: the VXLAN device never has another way out.
+            self.ensure_tunnel(network)?;
         }
         if Path::new(NETNS_DIR).join(&sandbox).exists() {
             // Left by an earlier agent: adopted, its peers read back at the next map.
@@ -26,19 +32,21 @@ impl DataPlane {
                     vxlan: format!("vx{}", network.vni),
                     peers: BTreeMap::new(),
                     synced: false,
+                    encrypted,
                 },
             );
             return Ok(sandbox);
         }
         let vxlan = format!("vx{}", network.vni);
-        let port = if network.data_port == 0 { 4789 } else { network.data_port };
+        let port = vxlan_port_of(network);
+        let mtu = mtu_of(network);
         let made = (|| {
             cmd::ip(None, &[format!("netns add {sandbox}")])?;
             cmd::ip(
                 Some(&sandbox),
                 &[
                     "link set lo up".into(),
-                    format!("link add br0 mtu {OVERLAY_MTU} type bridge"),
+                    format!("link add br0 mtu {mtu} type bridge"),
                     "link set br0 up".into(),
                 ],
             )?;
@@ -47,7 +55,7 @@ impl DataPlane {
                 None,
                 &[
                     format!(
-                        "link add {vxlan} mtu {OVERLAY_MTU} type vxlan id {} dstport {port} proxy nolearning",
+                        "link add {vxlan} mtu {mtu} type vxlan id {} dstport {port} proxy nolearning",
                         network.vni
                     ),
                     format!("link set {vxlan} netns {sandbox}"),
@@ -77,7 +85,13 @@ impl DataPlane {
         tracing::info!(network = %network.id, vni = network.vni, "overlay sandbox created");
         self.inner().sandboxes.insert(
             network.id.clone(),
-            Sandbox { netns: sandbox.clone(), vxlan, peers: BTreeMap::new(), synced: true },
+            Sandbox {
+                netns: sandbox.clone(),
+                vxlan,
+                peers: BTreeMap::new(),
+                synced: true,
+                encrypted,
+            },
         );
         // Peers already known go in now.
         self.sync_peers(&network.id)?;

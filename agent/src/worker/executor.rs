@@ -87,6 +87,14 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     fn describe(&self) -> NodeDescription {
         describe_host()
     }
+    /// The node's encrypted-overlay public keys, newest first (none without a data plane).
+    fn tunnel_keys(&self) -> Vec<shoal_proto::TunnelKey> {
+        Vec::new()
+    }
+    /// Replaces the node's tunnel key when it is `period` old.
+    fn rotate_tunnel_key(&self, _period: Duration) {}
+    /// The node's own record, as its session reports it (its ID and data-plane address).
+    fn node_known(&self, _node: &shoal_proto::Node) {}
 }
 
 /// This host's OS, architecture, CPUs (in billionths) and memory.

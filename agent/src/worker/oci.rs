@@ -312,6 +312,22 @@ impl Executor for OciExecutor {
         Box::pin(self.forget_task(id))
     }
 
+    fn tunnel_keys(&self) -> Vec<shoal_proto::TunnelKey> {
+        self.net.as_ref().map(|n| n.tunnel_keys()).unwrap_or_default()
+    }
+
+    fn rotate_tunnel_key(&self, period: Duration) {
+        if let Some(n) = &self.net {
+            n.rotate_tunnel_key(period);
+        }
+    }
+
+    fn node_known(&self, node: &shoal_proto::Node) {
+        if let Some(n) = &self.net {
+            n.set_node(&node.id, &node.addr);
+        }
+    }
+
     fn update_networks<'a>(
         &'a self,
         maps: Vec<shoal_proto::NetworkMap>,

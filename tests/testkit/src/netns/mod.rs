@@ -13,6 +13,7 @@ mod node;
 mod process;
 pub mod ps;
 mod table;
+pub mod tunnel;
 
 use std::path::PathBuf;
 use std::sync::LazyLock;
