@@ -65,7 +65,10 @@ pub(super) fn install_guards(cfg: &TunnelConfig) -> Result<(), NetError> {
 pub(super) fn route_through_device(cfg: &TunnelConfig) -> Result<(), NetError> {
     let dev = &cfg.device;
     // Decrypted packets come from peers' underlay addresses, which the main table routes
-    // elsewhere: the reverse-path check must be loose on the device (max(all, dev) applies).
+    // elsewhere: the reverse-path check must be loose on the device (max(all, dev) applies),
+    // and loose mode still refuses every packet arriving on a device without an address.
+    // So the device gets this node's address too (as a /32 of global scope: a host-scoped
+    // one does not pass the check); the kernel then has it twice, which routes nothing new.
     write_sysctl(&format!("net/ipv4/conf/{dev}/rp_filter"), "2")?;
     // No IPv6 link-local chatter into the tunnel (absent when IPv6 is off).
     let _ = write_sysctl(&format!("net/ipv6/conf/{dev}/disable_ipv6"), "1");
@@ -73,6 +76,7 @@ pub(super) fn route_through_device(cfg: &TunnelConfig) -> Result<(), NetError> {
         None,
         &[
             format!("link set dev {dev} mtu {TUNNEL_MTU} up"),
+            format!("addr replace {}/32 dev {dev}", cfg.local_addr),
             format!("route replace default dev {dev} src {} table {}", cfg.local_addr, cfg.table),
         ],
     )
