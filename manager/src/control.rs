@@ -302,8 +302,10 @@ impl Control for ControlApi {
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
         if req.network_key_rotation_secs != 0 {
-            shoal_pki::tunnel::validate_rotation(Duration::from_secs(req.network_key_rotation_secs))
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            shoal_pki::tunnel::validate_rotation(Duration::from_secs(
+                req.network_key_rotation_secs,
+            ))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
         let cluster = self
             .shared

@@ -378,13 +378,7 @@ impl Dispatcher for DispatcherApi {
             managers: Some(self.shared.manager_set()),
         };
         tx.send(Ok(first)).await.map_err(|_| Status::cancelled("session closed"))?;
-        self.shared.sessions.open(
-            &id.node_id,
-            session_id,
-            period * GRACE_PERIODS,
-            tx,
-            tunnel_keys,
-        );
+        self.shared.sessions.open(&id.node_id, session_id, period * GRACE_PERIODS, tx, tunnel_keys);
         tracing::debug!(node = %id.node_id, "session opened");
         Ok(Response::new(self.shared.until_removed(&id, rx)))
     }

@@ -191,7 +191,8 @@ pub fn node_inspect(found: &[GetNodeResponse], pretty: bool) -> Result<String> {
         match n.tunnel_keys.first() {
             Some(k) => {
                 let fp = shoal_pki::tunnel::fingerprint(&k.public_key);
-                let _ = writeln!(out, "Tunnel key:          {fp} (since {})", rfc3339_ms(k.created_ms));
+                let _ =
+                    writeln!(out, "Tunnel key:          {fp} (since {})", rfc3339_ms(k.created_ms));
             }
             None => {
                 let _ = writeln!(out, "Tunnel key:          none reported");

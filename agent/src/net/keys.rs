@@ -25,11 +25,8 @@ pub struct TunnelKeys {
 // Never the secrets: only how many keys there are and their public fingerprints.
 impl std::fmt::Debug for TunnelKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let public: Vec<String> = self
-            .public()
-            .iter()
-            .map(|k| shoal_pki::tunnel::fingerprint(&k.public_key))
-            .collect();
+        let public: Vec<String> =
+            self.public().iter().map(|k| shoal_pki::tunnel::fingerprint(&k.public_key)).collect();
         f.debug_struct("TunnelKeys").field("path", &self.path).field("public", &public).finish()
     }
 }

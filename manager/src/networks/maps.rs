@@ -310,13 +310,7 @@ mod tests {
             // c is only on the plain network.
             task("t4", "c", TaskState::Running, "n2", "10.0.2.3/24"),
         ];
-        let maps = build(
-            &[secure, net("n2")],
-            &[],
-            &tasks,
-            &[a, b, c],
-            &BTreeMap::new(),
-        );
+        let maps = build(&[secure, net("n2")], &[], &tasks, &[a, b, c], &BTreeMap::new());
         let peers = &maps.by_network["n1"].tunnel_peers;
         let seen: Vec<(&str, &str, usize)> =
             peers.iter().map(|p| (p.node_id.as_str(), p.addr.as_str(), p.keys.len())).collect();
