@@ -161,8 +161,9 @@ fn story(net: &Net, nodes: &mut [Node], tar: &str, dir: &std::path::Path) {
         body.contains(&format!("{MARKER}-3000")).then_some(()).ok_or_else(|| body.len().to_string())
     });
 
+    // Captured on n2's port of the hosts' bridge: every packet n2 sends or receives.
     step("a capture on the bridge: the marker crosses plain, never secure");
-    let plain_cap = Capture::start(net.bridge(), &dir.join("plain.pcap"));
+    let plain_cap = Capture::start(&net.veth(2), &dir.join("plain.pcap"));
     fetch_from(&client_ns, &plain_url, 10).expect("the plain fetch");
     let plain_bytes = plain_cap.stop();
     assert!(
@@ -171,7 +172,7 @@ fn story(net: &Net, nodes: &mut [Node], tar: &str, dir: &std::path::Path) {
         plain_bytes.len()
     );
     let secure_file = dir.join("secure.pcap");
-    let secure_cap = Capture::start(net.bridge(), &secure_file);
+    let secure_cap = Capture::start(&net.veth(2), &secure_file);
     let body = fetch_from(&client_ns, &secure_url, 10).expect("the encrypted fetch");
     assert!(body.contains(&format!("{MARKER}-3000")), "the whole page came through");
     let secure_bytes = secure_cap.stop();
@@ -231,7 +232,7 @@ fn story(net: &Net, nodes: &mut [Node], tar: &str, dir: &std::path::Path) {
 
     step("n3's agent killed: its task reaches web neither in the clear nor at all");
     others[1].kill();
-    let killed_cap = Capture::start(net.bridge(), &dir.join("killed.pcap"));
+    let killed_cap = Capture::start(&net.veth(2), &dir.join("killed.pcap"));
     let refused = fetch_from(&client_ns, &secure_url, 3);
     let killed_bytes = killed_cap.stop();
     assert!(refused.is_err(), "without its tunnel, the task's traffic must not flow");

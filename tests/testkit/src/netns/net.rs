@@ -86,11 +86,6 @@ impl Net {
         format!("sh{}{}n{i}", self.tag, self.subnet)
     }
 
-    /// The bridge every host's veth is on (where captures see the hosts' traffic).
-    pub fn bridge(&self) -> &str {
-        &self.bridge
-    }
-
     pub fn ip(&self, i: usize) -> String {
         format!("10.{}.{}.{i}", self.octet, self.subnet)
     }
