@@ -285,6 +285,8 @@ fn connect(to: SocketAddr, limit: Duration) -> TcpStream {
 /// tcpdump on an interface of a namespace, writing everything to a file.
 struct Capture {
     child: Child,
+    /// Kept open: tcpdump reports on it when it stops (a closed pipe would kill it).
+    stderr: std::process::ChildStderr,
     file: PathBuf,
 }
 
@@ -293,7 +295,22 @@ impl Capture {
         let file = dir.join(format!("{name}.pcap"));
         let net = format!("--net=/run/netns/{ns}");
         let mut child = Command::new("nsenter")
-            .args([&net, "tcpdump", "-Z", "root", "-i", dev, "-n", "-U", "-s", "0", "-w"])
+            .args([
+                &net,
+                "tcpdump",
+                "-Z",
+                "root",
+                "--immediate-mode",
+                "-B",
+                "65536",
+                "-i",
+                dev,
+                "-n",
+                "-U",
+                "-s",
+                "70000",
+                "-w",
+            ])
             .arg(&file)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -309,14 +326,18 @@ impl Capture {
                 _ => panic!("tcpdump did not start: {}", String::from_utf8_lossy(&said)),
             }
         }
-        Capture { child, file }
+        Capture { child, stderr, file }
     }
 
-    /// Stops the capture; returns what it saw.
+    /// Stops the capture (after a moment for the last packets); returns what it saw.
     fn finish(mut self) -> Captured {
+        std::thread::sleep(Duration::from_millis(200));
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+        let mut report = String::new();
+        let _ = self.stderr.read_to_string(&mut report);
         let _ = self.child.wait();
+        eprintln!("capture {}: {}", self.file.display(), report.trim().replace('\n', "; "));
         Captured { bytes: std::fs::read(&self.file).expect("reading the capture"), file: self.file }
     }
 }

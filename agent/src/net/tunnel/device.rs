@@ -17,8 +17,9 @@ struct IfReq {
     _union_rest: [u8; 22],
 }
 
-/// Creates the TUN device `name` (layer 3, no packet-info header) in the calling thread's
-/// network namespace, non-blocking. It lives as long as the file (and its duplicates).
+/// Creates the TUN device `name` (layer 3, no packet-info header, a `virtio_net_hdr` before
+/// each packet so writes can be UDP GSO packets) in the calling thread's network namespace,
+/// non-blocking. It lives as long as the file (and its duplicates).
 pub(super) fn open(name: &str) -> io::Result<File> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"));
@@ -30,7 +31,7 @@ pub(super) fn open(name: &str) -> io::Result<File> {
         .open("/dev/net/tun")?;
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
-        flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+        flags: (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
         _union_rest: [0; 22],
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());

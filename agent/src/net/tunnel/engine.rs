@@ -6,7 +6,7 @@
 //! packet's crypto, never while writing to the device.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
+use super::coalesce::{Coalescer, VNET_HDR};
 use super::links::{self, Link, PeerLinks, Registry};
 use super::packet::{self, Route};
 use super::stats::{Counters, DropReason};
-use super::udp::{self, Batch, SLOT};
+use super::udp::{self, Batch, RecvBatch, SLOT};
 use super::TunnelConfig;
 
 /// How long an idle thread waits before looking at the stop flag again.
@@ -93,6 +94,7 @@ pub(super) fn spawn(
     shared: Arc<Shared>,
     tun: File,
     socket: UdpSocket,
+    gso: bool,
 ) -> io::Result<Vec<JoinHandle<()>>> {
     let mut threads = Vec::new();
     let mut start = |name: &str, f: Box<dyn FnOnce() + Send>| -> io::Result<()> {
@@ -101,7 +103,7 @@ pub(super) fn spawn(
     };
     let started = (|| {
         let (s, t, u) = (shared.clone(), tun.try_clone()?, socket.try_clone()?);
-        start("shoal-tun-seal", Box::new(move || seal_loop(&s, t, u)))?;
+        start("shoal-tun-seal", Box::new(move || seal_loop(&s, t, u, gso)))?;
         let (s, u) = (shared.clone(), socket.try_clone()?);
         start("shoal-tun-open", Box::new(move || open_loop(&s, tun, u)))?;
         let s = shared.clone();
@@ -118,17 +120,18 @@ pub(super) fn spawn(
 }
 
 /// Device → network: reads packets, seals each for its peer, sends them in batches.
-fn seal_loop(shared: &Shared, mut tun: File, socket: UdpSocket) {
+fn seal_loop(shared: &Shared, mut tun: File, socket: UdpSocket, gso: bool) {
     let mut view = View::new(shared);
-    let mut batch = Batch::default();
+    let mut batch = Batch::new(gso);
     let mut packet = vec![0u8; SLOT];
     let mut scratch = vec![0u8; SLOT];
     while !shared.stopped() {
         match tun.read(&mut packet) {
             Ok(n) => {
+                // No offloads are enabled, so the kernel's vnet header says nothing: skip it.
+                let Some(pkt) = packet[..n].get(VNET_HDR..) else { continue };
                 let registry = view.get(shared);
-                let sealed =
-                    seal(shared, &registry, &packet[..n], &mut batch, &mut scratch, &socket);
+                let sealed = seal(shared, &registry, pkt, &mut batch, &mut scratch, &socket);
                 if let Err(why) = sealed {
                     shared.counters.drop(why);
                 }
@@ -215,21 +218,25 @@ fn send(shared: &Shared, socket: &UdpSocket, datagram: &[u8], to: SocketAddrV4) 
 /// Network → device: receives datagrams in batches, opens each, writes what may enter.
 fn open_loop(shared: &Shared, mut tun: File, socket: UdpSocket) {
     let mut view = View::new(shared);
-    let mut batch = Batch::default();
+    let mut batch = RecvBatch::default();
     let mut out = vec![0u8; SLOT];
+    let mut pending = Coalescer::default();
     while !shared.stopped() {
         match batch.recv(&socket) {
             Ok(n) => {
                 let registry = view.get(shared);
                 for i in 0..n {
-                    let (datagram, from) = batch.get(i);
-                    let Some(range) = open(shared, &registry, datagram, from, &mut out, &socket)
-                    else {
-                        continue;
-                    };
-                    if tun.write(&out[range]).is_err() {
-                        shared.counters.drop(DropReason::Io);
+                    let (datagrams, from) = batch.get(i);
+                    for datagram in datagrams {
+                        let opened = open(shared, &registry, datagram, from, &mut out, &socket);
+                        let Some(range) = opened else { continue };
+                        for _ in 0..pending.push(&out[range], &mut tun) {
+                            shared.counters.drop(DropReason::Io);
+                        }
                     }
+                }
+                for _ in 0..pending.flush(&mut tun) {
+                    shared.counters.drop(DropReason::Io);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -12,6 +12,7 @@
 //! index; a node has one or two local keys and a peer one or two public keys during a
 //! rotation, so a peer has at most four links, the newest pair preferred (see [`links`]).
 
+mod coalesce;
 mod device;
 mod engine;
 mod links;
@@ -156,7 +157,7 @@ impl Tunnel {
         let tun = device::open(&cfg.device)
             .map_err(|source| TunnelError::Device { device: cfg.device.clone(), source })?;
         plumbing::route_through_device(&cfg).map_err(TunnelError::Plumbing)?;
-        let socket = udp::bind(cfg.listen_port)
+        let (socket, gso) = udp::bind(cfg.listen_port)
             .map_err(|source| TunnelError::Socket { port: cfg.listen_port, source })?;
         let shared = Arc::new(Shared::new(cfg));
         let tunnel = Tunnel {
@@ -165,7 +166,7 @@ impl Tunnel {
             threads: Mutex::new(Vec::new()),
         };
         tunnel.set_keys(keys);
-        let threads = engine::spawn(shared, tun, socket).map_err(TunnelError::Thread)?;
+        let threads = engine::spawn(shared, tun, socket, gso).map_err(TunnelError::Thread)?;
         *tunnel.threads() = threads;
         tracing::info!(device = %tunnel.shared.cfg.device, port = tunnel.shared.cfg.listen_port, "tunnel started");
         Ok(Arc::new(tunnel))

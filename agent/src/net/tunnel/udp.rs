@@ -1,5 +1,8 @@
-//! The tunnel's UDP socket and batched datagram IO (`recvmmsg`/`sendmmsg`): one system call
-//! moves up to [`BATCH`] datagrams, into and out of buffers allocated once per thread.
+//! The tunnel's UDP socket and batched datagram IO: `sendmmsg` with UDP segmentation
+//! offload (a run of equal-sized datagrams to one peer leaves as one GSO send, which the
+//! stack and a veth or capable NIC carry whole), and `recvmmsg` with UDP GRO (datagrams
+//! coalesced by the receiving side arrive as one buffer), into buffers allocated once per
+//! thread.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -15,9 +18,16 @@ pub(super) const SLOT: usize = 2048;
 pub(super) const BATCH: usize = 32;
 /// Socket buffers: room for bursts while the other thread is busy (forced: we are root).
 const SOCKET_BUFFER: usize = 16 << 20;
+/// `setsockopt(SOL_UDP, …)` options (linux/udp.h; not in the libc crate for glibc).
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+/// A GSO send carries at most this many bytes and segments.
+const GSO_MAX_BYTES: usize = 65_000;
+const GSO_MAX_SEGMENTS: usize = 64;
 
-/// Binds the tunnel's socket on every address, with large buffers.
-pub(super) fn bind(port: u16) -> io::Result<UdpSocket> {
+/// Binds the tunnel's socket on every address, with large buffers and UDP GRO when the
+/// kernel has it; says whether it can send with UDP GSO.
+pub(super) fn bind(port: u16) -> io::Result<(UdpSocket, bool)> {
     let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
     // Without CAP_NET_ADMIN, as much as net.core.{r,w}mem_max allow.
     if sockopt::set_socket_recv_buffer_size_force(&socket, SOCKET_BUFFER).is_err() {
@@ -26,7 +36,22 @@ pub(super) fn bind(port: u16) -> io::Result<UdpSocket> {
     if sockopt::set_socket_send_buffer_size_force(&socket, SOCKET_BUFFER).is_err() {
         sockopt::set_socket_send_buffer_size(&socket, SOCKET_BUFFER)?;
     }
-    Ok(socket)
+    // Both from Linux 5.0 on; without them, one datagram per buffer each way.
+    let gso = set_udp_option(&socket, UDP_SEGMENT, 0).is_ok();
+    let _ = set_udp_option(&socket, UDP_GRO, 1);
+    Ok((socket, gso))
+}
+
+#[allow(unsafe_code)]
+fn set_udp_option(socket: &UdpSocket, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let value: *const libc::c_int = &value;
+    // SAFETY: `value` points at a live c_int of `len` bytes, read during the call only.
+    let r = unsafe { libc::setsockopt(socket.as_raw_fd(), libc::SOL_UDP, name, value.cast(), len) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Waits until `fd` is readable or `timeout` passes; `true` if readable.
@@ -40,12 +65,22 @@ pub(super) fn wait_readable(fd: &impl AsFd, timeout: Duration) -> io::Result<boo
     }
 }
 
-/// Up to [`BATCH`] datagrams with their peers' addresses, in one allocation.
+/// `struct cmsghdr` with a UDP_SEGMENT (u16) or UDP_GRO (int) value: the layout of
+/// CMSG_SPACE bytes the kernel reads and writes (the data right after the aligned header).
+#[repr(C)]
+struct Cmsg<T> {
+    hdr: libc::cmsghdr,
+    value: T,
+}
+
+/// Datagrams to send, up to [`BATCH`], with their peers' addresses, in one allocation.
 pub(super) struct Batch {
     buf: Box<[u8]>,
     lens: [usize; BATCH],
     addrs: [SocketAddrV4; BATCH],
     count: usize,
+    /// Runs of equal datagrams to one peer go out as one UDP GSO send.
+    gso: bool,
 }
 
 impl std::fmt::Debug for Batch {
@@ -54,18 +89,17 @@ impl std::fmt::Debug for Batch {
     }
 }
 
-impl Default for Batch {
-    fn default() -> Batch {
+impl Batch {
+    pub fn new(gso: bool) -> Batch {
         Batch {
             buf: vec![0u8; SLOT * BATCH].into_boxed_slice(),
             lens: [0; BATCH],
             addrs: [SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); BATCH],
             count: 0,
+            gso,
         }
     }
-}
 
-impl Batch {
     pub fn is_full(&self) -> bool {
         self.count == BATCH
     }
@@ -83,25 +117,28 @@ impl Batch {
         self.count += 1;
     }
 
-    /// Datagram `i` and where it came from (or goes).
-    pub fn get(&self, i: usize) -> (&[u8], SocketAddrV4) {
-        (&self.buf[i * SLOT..i * SLOT + self.lens[i]], self.addrs[i])
-    }
-
     /// Sends every datagram (blocking while the socket's buffer is full) and empties the
     /// batch; returns how many could not be sent.
     pub fn send(&mut self, socket: &UdpSocket) -> usize {
-        let mut sent = 0;
         let mut failed = 0;
-        while sent < self.count {
-            match self.sendmmsg(socket, sent) {
-                Ok(n) => sent += n.max(1),
+        let mut from = 0;
+        while from < self.count {
+            match self.sendmmsg(socket, from) {
+                Ok(sent) => from += sent.max(1),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if self.gso && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) =>
+                {
+                    // The route's device cannot take GSO sends: one datagram at a time.
+                    tracing::debug!(error = %e, "UDP GSO refused; sending datagrams one by one");
+                    self.gso = false;
+                }
                 Err(e) => {
-                    // The first datagram was refused (no route, message too long): skip it.
-                    tracing::trace!(error = %e, to = %self.addrs[sent], "tunnel send failed");
-                    sent += 1;
-                    failed += 1;
+                    // The first message was refused (no route, too long): skip its datagrams.
+                    tracing::trace!(error = %e, to = %self.addrs[from], "tunnel send failed");
+                    let n = self.run(from);
+                    from += n;
+                    failed += n;
                 }
             }
         }
@@ -109,76 +146,162 @@ impl Batch {
         failed
     }
 
-    /// Fills the batch with the datagrams waiting on `socket` (none: `WouldBlock`).
-    pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        self.count = 0;
-        let n = self.recvmmsg(socket)?;
-        self.count = n;
-        Ok(n)
+    /// How many datagrams from `from` on go in one message: with GSO, a run to the same
+    /// peer of equal sizes (the last may be shorter), within the kernel's limits.
+    fn run(&self, from: usize) -> usize {
+        if !self.gso {
+            return 1;
+        }
+        let (size, to) = (self.lens[from], self.addrs[from]);
+        let mut n = 1;
+        let mut bytes = size;
+        while from + n < self.count && n < GSO_MAX_SEGMENTS {
+            let (len, dst) = (self.lens[from + n], self.addrs[from + n]);
+            if dst != to || len > size || bytes + len > GSO_MAX_BYTES {
+                break;
+            }
+            n += 1;
+            bytes += len;
+            if len < size {
+                break;
+            }
+        }
+        n
     }
 
+    /// One `sendmmsg` of the datagrams from `from` on; returns how many datagrams went.
     #[allow(unsafe_code)]
     fn sendmmsg(&mut self, socket: &UdpSocket, from: usize) -> io::Result<usize> {
-        let n = self.count - from;
         // SAFETY: all-zero is a valid value of these plain C structs.
         let mut names: [libc::sockaddr_in; BATCH] = unsafe { std::mem::zeroed() };
         let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        for k in 0..n {
-            let i = from + k;
-            names[k] = sockaddr(self.addrs[i]);
-            iovs[k].iov_base = self.buf[i * SLOT..].as_mut_ptr().cast();
-            iovs[k].iov_len = self.lens[i];
-            let h = &mut msgs[k].msg_hdr;
-            h.msg_name = (&mut names[k] as *mut libc::sockaddr_in).cast();
+        let mut cmsgs: [Cmsg<u16>; BATCH] = unsafe { std::mem::zeroed() };
+        let mut runs = [0usize; BATCH];
+        let (mut m, mut i) = (0, from);
+        while i < self.count {
+            let n = self.run(i);
+            for (k, iov) in iovs.iter_mut().enumerate().skip(i).take(n) {
+                iov.iov_base = self.buf[k * SLOT..].as_mut_ptr().cast();
+                iov.iov_len = self.lens[k];
+            }
+            names[m] = sockaddr(self.addrs[i]);
+            let h = &mut msgs[m].msg_hdr;
+            h.msg_name = (&mut names[m] as *mut libc::sockaddr_in).cast();
             h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_iov = &mut iovs[k];
-            h.msg_iovlen = 1;
+            h.msg_iov = &mut iovs[i];
+            h.msg_iovlen = n as _;
+            if n > 1 {
+                let c = &mut cmsgs[m];
+                c.hdr.cmsg_level = libc::SOL_UDP;
+                c.hdr.cmsg_type = UDP_SEGMENT;
+                c.hdr.cmsg_len = (std::mem::offset_of!(Cmsg<u16>, value) + 2) as _;
+                c.value = self.lens[i] as u16;
+                h.msg_control = (c as *mut Cmsg<u16>).cast();
+                h.msg_controllen = std::mem::size_of::<Cmsg<u16>>() as _;
+            }
+            runs[m] = n;
+            m += 1;
+            i += n;
         }
-        // SAFETY: the first `n` headers point at live names and iovecs, which point into
-        // `self.buf` within each slot; the kernel only reads them during the call.
-        let r = unsafe { libc::sendmmsg(socket.as_raw_fd(), msgs.as_mut_ptr(), n as _, 0) };
+        // SAFETY: the first `m` headers point at live names, iovecs (into `self.buf`, within
+        // each slot) and control messages; the kernel only reads them during the call.
+        let r = unsafe { libc::sendmmsg(socket.as_raw_fd(), msgs.as_mut_ptr(), m as _, 0) };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(r as usize)
+        Ok(runs[..r as usize].iter().sum())
+    }
+}
+
+/// Room for a GRO-coalesced buffer of datagrams.
+const GRO_SLOT: usize = 1 << 16;
+/// Buffers per `recvmmsg`.
+const RECV_BATCH: usize = 16;
+
+/// Received datagrams: up to [`RECV_BATCH`] buffers, each one datagram or several of one
+/// size from one sender (UDP GRO), with their senders' addresses.
+pub(super) struct RecvBatch {
+    buf: Box<[u8]>,
+    lens: [usize; RECV_BATCH],
+    segments: [usize; RECV_BATCH],
+    addrs: [SocketAddrV4; RECV_BATCH],
+    count: usize,
+}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch").field("count", &self.count).finish_non_exhaustive()
+    }
+}
+
+impl Default for RecvBatch {
+    fn default() -> RecvBatch {
+        RecvBatch {
+            buf: vec![0u8; GRO_SLOT * RECV_BATCH].into_boxed_slice(),
+            lens: [0; RECV_BATCH],
+            segments: [0; RECV_BATCH],
+            addrs: [SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); RECV_BATCH],
+            count: 0,
+        }
+    }
+}
+
+impl RecvBatch {
+    /// Fills the batch with what waits on `socket` (nothing: `WouldBlock`); returns the
+    /// number of buffers.
+    pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        self.count = 0;
+        self.count = self.recvmmsg(socket)?;
+        Ok(self.count)
+    }
+
+    /// The datagrams of buffer `i`, and who sent them.
+    pub fn get(&self, i: usize) -> (impl Iterator<Item = &[u8]>, SocketAddrV4) {
+        let data = &self.buf[i * GRO_SLOT..i * GRO_SLOT + self.lens[i]];
+        (data.chunks(self.segments[i].max(1)), self.addrs[i])
     }
 
     #[allow(unsafe_code)]
     fn recvmmsg(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         // SAFETY: all-zero is a valid value of these plain C structs.
-        let mut names: [libc::sockaddr_in; BATCH] = unsafe { std::mem::zeroed() };
-        let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        for k in 0..BATCH {
-            iovs[k].iov_base = self.buf[k * SLOT..].as_mut_ptr().cast();
-            iovs[k].iov_len = SLOT;
+        let mut names: [libc::sockaddr_in; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        let mut iovs: [libc::iovec; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        let mut msgs: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        let mut cmsgs: [Cmsg<libc::c_int>; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        for k in 0..RECV_BATCH {
+            iovs[k].iov_base = self.buf[k * GRO_SLOT..].as_mut_ptr().cast();
+            iovs[k].iov_len = GRO_SLOT;
             let h = &mut msgs[k].msg_hdr;
             h.msg_name = (&mut names[k] as *mut libc::sockaddr_in).cast();
             h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
             h.msg_iov = &mut iovs[k];
             h.msg_iovlen = 1;
+            h.msg_control = (&mut cmsgs[k] as *mut Cmsg<libc::c_int>).cast();
+            h.msg_controllen = std::mem::size_of::<Cmsg<libc::c_int>>() as _;
         }
         let flags = libc::MSG_DONTWAIT;
-        // SAFETY: every header points at a live name and iovec; each iovec covers one
-        // `SLOT`-sized slot of `self.buf`, which the kernel writes during the call only.
+        // SAFETY: every header points at a live name, iovec and control buffer; each iovec
+        // covers one `GRO_SLOT`-sized slot of `self.buf`; the kernel writes them during the
+        // call only.
         let r = unsafe {
-            libc::recvmmsg(
-                socket.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                BATCH as _,
-                flags,
-                std::ptr::null_mut(),
-            )
+            let msgs = msgs.as_mut_ptr();
+            libc::recvmmsg(socket.as_raw_fd(), msgs, RECV_BATCH as _, flags, std::ptr::null_mut())
         };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
         let n = r as usize;
         for k in 0..n {
-            let truncated = msgs[k].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            let h = &msgs[k].msg_hdr;
+            let truncated = h.msg_flags & libc::MSG_TRUNC != 0;
             // A truncated datagram cannot authenticate: length 0 makes it invalid.
             self.lens[k] = if truncated { 0 } else { msgs[k].msg_len as usize };
+            let c = &cmsgs[k];
+            let gro = h.msg_controllen >= std::mem::size_of::<Cmsg<libc::c_int>>() as _
+                && c.hdr.cmsg_level == libc::SOL_UDP
+                && c.hdr.cmsg_type == UDP_GRO;
+            self.segments[k] = if gro { c.value.max(1) as usize } else { self.lens[k] };
             self.addrs[k] = from_sockaddr(&names[k]);
         }
         Ok(n)
@@ -202,34 +325,56 @@ fn from_sockaddr(s: &libc::sockaddr_in) -> SocketAddrV4 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_batch_goes_out_and_comes_back_whole() {
-        let a = bind(0).unwrap();
-        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let to = match b.local_addr().unwrap() {
-            std::net::SocketAddr::V4(v4) => v4,
-            _ => unreachable!(),
-        };
-        let mut out = Batch::default();
-        for i in 0..5u8 {
-            let slot = out.free_slot();
-            slot[..3].copy_from_slice(&[i, i, i]);
-            out.push(3 + usize::from(i), to);
+    fn exchange(gso: bool, lens: &[usize]) -> Vec<Vec<u8>> {
+        let (a, _) = bind(0).unwrap();
+        let (b, _) = bind(0).unwrap();
+        let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, b.local_addr().unwrap().port());
+        let mut out = Batch::new(gso);
+        for (i, &len) in lens.iter().enumerate() {
+            out.free_slot()[..len].fill(i as u8);
+            out.push(len, to);
         }
         assert_eq!(out.send(&a), 0);
         assert_eq!(out.count, 0);
-        let mut got = Batch::default();
+        let mut got = RecvBatch::default();
         let mut seen = Vec::new();
-        while seen.len() < 5 {
+        while seen.len() < lens.len() {
             assert!(wait_readable(&b, Duration::from_secs(5)).unwrap(), "nothing arrived");
             for i in 0..got.recv(&b).unwrap() {
-                let (d, from) = got.get(i);
+                let (datagrams, from) = got.get(i);
                 assert_eq!(from.port(), a.local_addr().unwrap().port());
-                seen.push(d.to_vec());
+                seen.extend(datagrams.map(<[u8]>::to_vec));
             }
         }
-        assert_eq!(seen[4].len(), 7);
-        assert_eq!(&seen[4][..3], &[4, 4, 4]);
         assert!(matches!(got.recv(&b), Err(e) if e.kind() == io::ErrorKind::WouldBlock));
+        seen
+    }
+
+    #[test]
+    fn batches_go_out_and_come_back_whole_with_and_without_segmentation() {
+        let lens = [1000, 1000, 1000, 600, 1000, 1000, 40, 1472, 148];
+        for gso in [false, true] {
+            let seen = exchange(gso, &lens);
+            let got: Vec<usize> = seen.iter().map(Vec::len).collect();
+            assert_eq!(got, lens, "gso {gso}");
+            for (i, d) in seen.iter().enumerate() {
+                assert!(d.iter().all(|b| *b == i as u8), "datagram {i} (gso {gso})");
+            }
+        }
+    }
+
+    #[test]
+    fn runs_are_equal_datagrams_to_one_peer() {
+        let (p, q) = ("10.0.0.1:1".parse().unwrap(), "10.0.0.2:1".parse().unwrap());
+        let mut b = Batch::new(true);
+        for (len, to) in [(100, p), (100, p), (50, p), (100, p), (100, q), (100, q), (120, q)] {
+            b.push(len, to);
+        }
+        assert_eq!(b.run(0), 3, "equal sizes, then a shorter last one");
+        assert_eq!(b.run(3), 1, "another peer next");
+        assert_eq!(b.run(4), 2, "a longer one cannot follow");
+        assert_eq!(b.run(6), 1);
+        b.gso = false;
+        assert_eq!(b.run(0), 1);
     }
 }
