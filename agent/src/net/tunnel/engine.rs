@@ -25,6 +25,8 @@ use super::TunnelConfig;
 
 /// How long an idle thread waits before looking at the stop flag again.
 const IDLE: Duration = Duration::from_millis(100);
+/// How long a packet thread keeps trying before it sleeps.
+const LINGER: Duration = Duration::from_micros(30);
 /// How often boringtun's timers run (retransmissions, keepalives, rekeying).
 const TICK: Duration = Duration::from_millis(100);
 /// WireGuard's overhead on a data packet.
@@ -89,6 +91,31 @@ impl View {
     }
 }
 
+/// Trying again for a moment before sleeping when there is nothing to read: waking a
+/// sleeping thread (on a VM, an interrupt to a halted CPU) costs more than the wait, and
+/// under load the next packet is microseconds away.
+#[derive(Default)]
+struct Linger {
+    idle_since: Option<Instant>,
+}
+
+impl Linger {
+    fn busy(&mut self) {
+        self.idle_since = None;
+    }
+
+    /// Whether to try again at once rather than sleep.
+    fn spin(&mut self) -> bool {
+        let now = Instant::now();
+        if now - *self.idle_since.get_or_insert(now) < LINGER {
+            std::hint::spin_loop();
+            return true;
+        }
+        self.idle_since = None;
+        false
+    }
+}
+
 /// Starts the three threads; on failure, stops those already started.
 pub(super) fn spawn(
     shared: Arc<Shared>,
@@ -125,9 +152,11 @@ fn seal_loop(shared: &Shared, mut tun: File, socket: UdpSocket, gso: bool) {
     let mut batch = Batch::new(gso);
     let mut packet = vec![0u8; SLOT];
     let mut scratch = vec![0u8; SLOT];
+    let mut linger = Linger::default();
     while !shared.stopped() {
         match tun.read(&mut packet) {
             Ok(n) => {
+                linger.busy();
                 // No offloads are enabled, so the kernel's vnet header says nothing: skip it.
                 let Some(pkt) = packet[..n].get(VNET_HDR..) else { continue };
                 let registry = view.get(shared);
@@ -141,6 +170,9 @@ fn seal_loop(shared: &Shared, mut tun: File, socket: UdpSocket, gso: bool) {
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 flush(shared, &mut batch, &socket);
+                if linger.spin() {
+                    continue;
+                }
                 if let Err(e) = udp::wait_readable(&tun, IDLE) {
                     tracing::error!(error = %e, "waiting on the tunnel device");
                     return;
@@ -221,9 +253,11 @@ fn open_loop(shared: &Shared, mut tun: File, socket: UdpSocket) {
     let mut batch = RecvBatch::default();
     let mut out = vec![0u8; SLOT];
     let mut pending = Coalescer::default();
+    let mut linger = Linger::default();
     while !shared.stopped() {
         match batch.recv(&socket) {
             Ok(n) => {
+                linger.busy();
                 let registry = view.get(shared);
                 for i in 0..n {
                     let (datagrams, from) = batch.get(i);
@@ -240,6 +274,9 @@ fn open_loop(shared: &Shared, mut tun: File, socket: UdpSocket) {
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if linger.spin() {
+                    continue;
+                }
                 if let Err(e) = udp::wait_readable(&socket, IDLE) {
                     tracing::error!(error = %e, "waiting on the tunnel socket");
                     return;
