@@ -121,7 +121,7 @@ impl TunnelKeys {
 }
 
 fn parse(bytes: &[u8]) -> Option<Vec<(i64, StaticSecret)>> {
-    if bytes.is_empty() || bytes.len() % RECORD != 0 || bytes.len() / RECORD > 2 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) || bytes.len() / RECORD > 2 {
         return None;
     }
     let keys: Vec<(i64, StaticSecret)> = bytes
