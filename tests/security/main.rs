@@ -13,4 +13,5 @@ mod node_identity;
 mod raft_send;
 mod removed_node_streams;
 mod small_items;
+mod tunnel_keys;
 mod write_bounds;
