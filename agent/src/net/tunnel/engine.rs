@@ -7,18 +7,18 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::net::{IpAddr, SocketAddrV4, UdpSocket};
+use std::net::{SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::noise::TunnResult;
 
 use super::coalesce::{Coalescer, VNET_HDR};
-use super::links::{self, Link, PeerLinks, Registry};
-use super::packet::{self, Route};
+use super::links::{self, Link, Registry};
+use super::packet;
+use super::receive;
 use super::stats::{Counters, DropReason};
 use super::udp::{self, Batch, RecvBatch, SLOT};
 use super::TunnelConfig;
@@ -241,7 +241,7 @@ fn kick(shared: &Shared, link: &mut Link, buf: &mut [u8], socket: &UdpSocket, to
     }
 }
 
-fn send(shared: &Shared, socket: &UdpSocket, datagram: &[u8], to: SocketAddrV4) {
+pub(super) fn send(shared: &Shared, socket: &UdpSocket, datagram: &[u8], to: SocketAddrV4) {
     if socket.send_to(datagram, to).is_err() {
         shared.counters.drop(DropReason::Io);
     }
@@ -262,7 +262,8 @@ fn open_loop(shared: &Shared, mut tun: File, socket: UdpSocket) {
                 for i in 0..n {
                     let (datagrams, from) = batch.get(i);
                     for datagram in datagrams {
-                        let opened = open(shared, &registry, datagram, from, &mut out, &socket);
+                        let opened =
+                            receive::open(shared, &registry, datagram, from, &mut out, &socket);
                         let Some(range) = opened else { continue };
                         for _ in 0..pending.push(&out[range], &mut tun) {
                             shared.counters.drop(DropReason::Io);
@@ -283,140 +284,6 @@ fn open_loop(shared: &Shared, mut tun: File, socket: UdpSocket) {
                 }
             }
             Err(e) => tracing::debug!(error = %e, "tunnel socket receive"),
-        }
-    }
-}
-
-/// Opens one datagram; the range of `out` holding a packet for the device, if any.
-fn open(
-    shared: &Shared,
-    registry: &Registry,
-    datagram: &[u8],
-    from: SocketAddrV4,
-    out: &mut [u8],
-    socket: &UdpSocket,
-) -> Option<std::ops::Range<usize>> {
-    let index = match packet::route(datagram) {
-        Route::Link(index) => index,
-        Route::Init => return accept(shared, registry, datagram, from, out, socket),
-        Route::Invalid => {
-            shared.counters.drop(DropReason::Invalid);
-            return None;
-        }
-    };
-    let Some(state) = registry.by_index(index) else {
-        shared.counters.drop(DropReason::UnknownLink);
-        return None;
-    };
-    let mut peer = state.lock();
-    let Some(at) = peer.links.iter().position(|l| l.index == index) else {
-        shared.counters.drop(DropReason::UnknownLink);
-        return None;
-    };
-    decapsulate(shared, &mut peer, at, datagram, from, out, socket)
-}
-
-/// A handshake initiation: the local key it is for (by its MAC, no Diffie-Hellman), then
-/// the initiator's static key, which must be one of a peer's; anything else is refused.
-fn accept(
-    shared: &Shared,
-    registry: &Registry,
-    datagram: &[u8],
-    from: SocketAddrV4,
-    out: &mut [u8],
-    socket: &UdpSocket,
-) -> Option<std::ops::Range<usize>> {
-    let Ok(Packet::HandshakeInit(init)) = Tunn::parse_incoming_packet(datagram) else {
-        shared.counters.drop(DropReason::Invalid);
-        return None;
-    };
-    let src = Some(IpAddr::V4(*from.ip()));
-    for key in &registry.keys {
-        match key.limiter.verify_packet(src, datagram, out) {
-            Ok(_) => {}
-            Err(TunnResult::WriteToNetwork(cookie)) => {
-                // Under load: the initiator must prove its address first.
-                send(shared, socket, cookie, from);
-                return None;
-            }
-            Err(_) => continue,
-        }
-        let Ok(half) = parse_handshake_anon(&key.secret, &key.public, &init) else {
-            shared.counters.drop(DropReason::Invalid);
-            return None;
-        };
-        let initiator = half.peer_static_public;
-        let Some(state) = registry.by_key(&initiator) else { break };
-        let mut peer = state.lock();
-        let Some(at) = peer
-            .links
-            .iter()
-            .position(|l| l.local.public == key.public && *l.peer_key.as_bytes() == initiator)
-        else {
-            break;
-        };
-        return decapsulate(shared, &mut peer, at, datagram, from, out, socket);
-    }
-    shared.counters.refuse();
-    None
-}
-
-/// Runs one datagram through link `at` of `peer`: replies go out (with what boringtun
-/// queued during a handshake), a decrypted packet passes cryptokey routing, and the peer's
-/// endpoint follows authenticated messages.
-fn decapsulate(
-    shared: &Shared,
-    peer: &mut PeerLinks,
-    at: usize,
-    datagram: &[u8],
-    from: SocketAddrV4,
-    out: &mut [u8],
-    socket: &UdpSocket,
-) -> Option<std::ops::Range<usize>> {
-    const COOKIE_REPLY: u8 = 3;
-    const DATA: u8 = 4;
-    let cfg = &shared.cfg;
-    let base = out.as_ptr() as usize;
-    let tunn = peer.links[at].tunn();
-    match tunn.decapsulate(Some(IpAddr::V4(*from.ip())), datagram, out) {
-        TunnResult::WriteToNetwork(reply) => {
-            let authentic = reply[0] != COOKIE_REPLY;
-            send(shared, socket, reply, from);
-            if authentic {
-                peer.endpoint = from;
-            }
-            let tunn = peer.links[at].tunn();
-            while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], out) {
-                send(shared, socket, queued, peer.endpoint);
-            }
-            None
-        }
-        TunnResult::WriteToTunnelV4(pkt, _) => {
-            peer.endpoint = from;
-            if !packet::inbound_allowed(pkt, peer.addr, cfg.local_addr, cfg.vxlan_port) {
-                shared.counters.drop(DropReason::Cryptokey);
-                return None;
-            }
-            peer.rx_bytes += pkt.len() as u64;
-            let start = pkt.as_ptr() as usize - base;
-            Some(start..start + pkt.len())
-        }
-        TunnResult::WriteToTunnelV6(..) => {
-            peer.endpoint = from;
-            shared.counters.drop(DropReason::Cryptokey);
-            None
-        }
-        TunnResult::Done => {
-            // A keepalive (authentic) or a cookie reply (not proof of the peer's address).
-            if datagram[0] == DATA {
-                peer.endpoint = from;
-            }
-            None
-        }
-        TunnResult::Err(e) => {
-            tracing::trace!(error = ?e, "tunnel datagram refused");
-            shared.counters.drop(DropReason::Invalid);
-            None
         }
     }
 }

@@ -127,13 +127,22 @@ pub(super) fn ranked_pairs(local: usize, peer: usize) -> Vec<(usize, usize)> {
 
 /// The lookup maps the packet threads use; rebuilt (never changed) on every key or peer
 /// change.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(super) struct Registry {
     pub keys: Vec<Arc<LocalKey>>,
     pub peers: Vec<Arc<PeerState>>,
     by_addr: HashMap<Ipv4Addr, usize>,
     by_index: HashMap<u32, usize>,
     by_key: HashMap<[u8; 32], usize>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("keys", &self.keys.len())
+            .field("peers", &self.peers)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Registry {

@@ -11,6 +11,13 @@
 //! Each (local key, peer key) pair is a *link*, one boringtun `Tunn` with its own 24-bit
 //! index; a node has one or two local keys and a peer one or two public keys during a
 //! rotation, so a peer has at most four links, the newest pair preferred (see [`links`]).
+//!
+//! Three threads move the packets ([`engine`]): one seals what the device gives and sends it
+//! in batches (`sendmmsg`, equal datagrams to one peer as one UDP GSO send), one receives in
+//! batches (`recvmmsg` with UDP GRO), opens, checks (WireGuard's cryptokey routing) and
+//! writes runs of one flow to the device as one UDP GSO packet ([`coalesce`]), and one runs
+//! boringtun's timers. No allocation per packet; a peer's lock is held for one packet's
+//! crypto. Key material is never logged nor shown by `Debug`.
 
 mod coalesce;
 mod device;
@@ -18,6 +25,7 @@ mod engine;
 mod links;
 mod packet;
 mod plumbing;
+mod receive;
 mod stats;
 mod udp;
 
