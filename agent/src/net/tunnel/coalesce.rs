@@ -7,6 +7,8 @@
 
 use std::io::Write;
 
+use super::segment::{fold, sum};
+
 /// `struct virtio_net_hdr` (legacy, 10 bytes): what IFF_VNET_HDR puts before each packet.
 pub(super) const VNET_HDR: usize = 10;
 const NEEDS_CSUM: u8 = 1;
@@ -32,6 +34,8 @@ pub(super) struct Coalescer {
     closed: bool,
     /// Off once the kernel refused a GSO write (no USO on TUN before Linux 6.2).
     enabled: bool,
+    /// Size of the device's vnet header (10, or 24 with tunnel offloads).
+    hdr: usize,
 }
 
 impl std::fmt::Debug for Coalescer {
@@ -40,10 +44,12 @@ impl std::fmt::Debug for Coalescer {
     }
 }
 
-impl Default for Coalescer {
-    fn default() -> Coalescer {
+impl Coalescer {
+    /// A coalescer for a device whose vnet header has `hdr` bytes.
+    pub fn new(hdr: usize) -> Coalescer {
         Coalescer {
-            buf: vec![0u8; VNET_HDR + MAX_PACKET].into_boxed_slice(),
+            hdr,
+            buf: vec![0u8; hdr + MAX_PACKET].into_boxed_slice(),
             len: 0,
             segments: 0,
             size: 0,
@@ -83,7 +89,7 @@ impl Coalescer {
                 && self.segments < MAX_SEGMENTS
                 && self.len + size <= MAX_PACKET;
             if fits {
-                let at = VNET_HDR + self.len;
+                let at = self.hdr + self.len;
                 self.buf[at..at + size].copy_from_slice(&pkt[HEADERS..]);
                 self.len += size;
                 self.segments += 1;
@@ -92,7 +98,7 @@ impl Coalescer {
             }
         }
         let dropped = self.flush(tun);
-        self.buf[VNET_HDR..VNET_HDR + pkt.len()].copy_from_slice(pkt);
+        self.buf[self.hdr..self.hdr + pkt.len()].copy_from_slice(pkt);
         self.len = pkt.len();
         self.segments = 1;
         self.flow = this.map(|(key, _)| key);
@@ -108,7 +114,7 @@ impl Coalescer {
         }
         let segments = std::mem::take(&mut self.segments);
         self.finish(segments);
-        match tun.write(&self.buf[..VNET_HDR + self.len]) {
+        match tun.write(&self.buf[..self.hdr + self.len]) {
             Ok(_) => 0,
             Err(e) if segments > 1 && e.raw_os_error() == Some(libc::EINVAL) => {
                 tracing::debug!(error = %e, "the device refused a UDP GSO packet; writing packets one by one from now on");
@@ -121,7 +127,7 @@ impl Coalescer {
 
     /// Fills in the vnet header and, for several datagrams, the headers of the whole.
     fn finish(&mut self, segments: usize) {
-        let (hdr, pkt) = self.buf.split_at_mut(VNET_HDR);
+        let (hdr, pkt) = self.buf.split_at_mut(self.hdr);
         hdr.fill(0);
         if segments == 1 {
             hdr[1] = GSO_NONE;
@@ -132,11 +138,11 @@ impl Coalescer {
         let udp_len = total - 20;
         pkt[2..4].copy_from_slice(&total.to_be_bytes());
         pkt[10..12].fill(0);
-        let ip_sum = !fold(sum(&pkt[..20]));
+        let ip_sum = !fold(sum(&pkt[..20], 0));
         pkt[10..12].copy_from_slice(&ip_sum.to_be_bytes());
         pkt[24..26].copy_from_slice(&udp_len.to_be_bytes());
         // Checksum offload: the field holds the pseudo-header's sum, the kernel the rest.
-        let pseudo = sum(&pkt[12..20]) + 17 + u32::from(udp_len);
+        let pseudo = sum(&pkt[12..20], 17 + u64::from(udp_len));
         pkt[26..28].copy_from_slice(&fold(pseudo).to_be_bytes());
         hdr[0] = NEEDS_CSUM;
         hdr[1] = GSO_UDP_L4;
@@ -145,18 +151,6 @@ impl Coalescer {
         hdr[6..8].copy_from_slice(&20u16.to_ne_bytes());
         hdr[8..10].copy_from_slice(&6u16.to_ne_bytes());
     }
-}
-
-/// The ones'-complement sum of big-endian 16-bit words.
-fn sum(bytes: &[u8]) -> u32 {
-    bytes.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]))).sum()
-}
-
-fn fold(mut s: u32) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
 }
 
 #[cfg(test)]
@@ -187,7 +181,7 @@ mod tests {
 
     /// (segments, gso_size, bytes after the vnet header) of each write.
     fn writes(packets: &[Vec<u8>]) -> Vec<(u8, u16, usize)> {
-        let (mut c, mut dev) = (Coalescer::default(), Device::default());
+        let (mut c, mut dev) = (Coalescer::new(VNET_HDR), Device::default());
         for p in packets {
             assert_eq!(c.push(p, &mut dev), 0);
         }
@@ -217,7 +211,7 @@ mod tests {
 
     #[test]
     fn a_coalesced_packet_has_consistent_headers_for_the_kernel() {
-        let mut c = Coalescer::default();
+        let mut c = Coalescer::new(VNET_HDR);
         let first = udp(100);
         c.buf[VNET_HDR..VNET_HDR + first.len()].copy_from_slice(&first);
         c.len = first.len();
@@ -231,9 +225,9 @@ mod tests {
         assert_eq!(u16::from_ne_bytes([hdr[4], hdr[5]]), 100, "gso_size is one payload");
         assert_eq!(usize::from(u16::from_be_bytes([pkt[2], pkt[3]])), 20 + 8 + 200);
         assert_eq!(usize::from(u16::from_be_bytes([pkt[24], pkt[25]])), 8 + 200);
-        assert_eq!(fold(sum(&pkt[..20])), 0xffff, "a valid IPv4 header checksum");
+        assert_eq!(fold(sum(&pkt[..20], 0)), 0xffff, "a valid IPv4 header checksum");
         let single = udp(50);
-        let mut c = Coalescer::default();
+        let mut c = Coalescer::new(VNET_HDR);
         c.buf[VNET_HDR..VNET_HDR + single.len()].copy_from_slice(&single);
         c.len = single.len();
         c.finish(1);

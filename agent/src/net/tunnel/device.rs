@@ -9,6 +9,9 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 
+use super::coalesce::VNET_HDR;
+use super::segment::TUNNEL_VNET_HDR;
+
 /// `struct ifreq` as TUNSETIFF reads it: the name, then the flags in the union.
 #[repr(C)]
 struct IfReq {
@@ -17,10 +20,16 @@ struct IfReq {
     _union_rest: [u8; 22],
 }
 
+/// Offloads asked of the device: checksums, TCP segmentation, and UDP tunnels around it,
+/// with or without their own checksum (`TUN_F_UDP_TUNNEL_GSO` and `…_CSUM`, Linux 6.17;
+/// VXLAN devices checksum by default): TCP over VXLAN then reaches us as one packet.
+const OFFLOADS: libc::c_uint = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | 0x080 | 0x100;
+
 /// Creates the TUN device `name` (layer 3, no packet-info header, a `virtio_net_hdr` before
 /// each packet so writes can be UDP GSO packets) in the calling thread's network namespace,
-/// non-blocking. It lives as long as the file (and its duplicates).
-pub(super) fn open(name: &str) -> io::Result<File> {
+/// non-blocking, with [`OFFLOADS`] when the kernel has them. It lives as long as the file
+/// (and its duplicates). Returns the vnet header's size: 24 with offloads, else 10.
+pub(super) fn open(name: &str) -> io::Result<(File, usize)> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"));
     }
@@ -36,7 +45,26 @@ pub(super) fn open(name: &str) -> io::Result<File> {
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
     set_iff(&file, &mut req)?;
-    Ok(file)
+    let hdr = if cfg!(target_endian = "little") && set_offloads(&file, TUNNEL_VNET_HDR, OFFLOADS) {
+        TUNNEL_VNET_HDR
+    } else {
+        set_offloads(&file, VNET_HDR, 0);
+        VNET_HDR
+    };
+    Ok((file, hdr))
+}
+
+/// Sets the vnet header's size and the offloads; `false` if the kernel refuses either.
+#[allow(unsafe_code)]
+fn set_offloads(file: &File, hdr: usize, offloads: libc::c_uint) -> bool {
+    let size = hdr as libc::c_int;
+    let fd = file.as_raw_fd();
+    // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which outlives the call;
+    // TUNSETOFFLOAD takes its flags by value.
+    unsafe {
+        libc::ioctl(fd, libc::TUNSETVNETHDRSZ, &size as *const libc::c_int) == 0
+            && libc::ioctl(fd, libc::TUNSETOFFLOAD, offloads as libc::c_ulong) == 0
+    }
 }
 
 #[allow(unsafe_code)]

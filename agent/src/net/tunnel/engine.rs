@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use boringtun::noise::TunnResult;
 
-use super::coalesce::{Coalescer, VNET_HDR};
+use super::coalesce::Coalescer;
 use super::links::{self, Link, Registry};
 use super::packet;
 use super::receive;
+use super::segment::{self, VnetHdr};
 use super::stats::{Counters, DropReason};
 use super::udp::{self, Batch, RecvBatch, SLOT};
 use super::TunnelConfig;
@@ -29,6 +30,8 @@ const IDLE: Duration = Duration::from_millis(100);
 const LINGER: Duration = Duration::from_micros(30);
 /// How often boringtun's timers run (retransmissions, keepalives, rekeying).
 const TICK: Duration = Duration::from_millis(100);
+/// The largest packet the device hands over (a GSO packet; one packet is at most its MTU).
+const MAX_READ: usize = 1 << 16;
 /// WireGuard's overhead on a data packet.
 const SEAL_OVERHEAD: usize = 32;
 
@@ -116,13 +119,20 @@ impl Linger {
     }
 }
 
+/// The device and the socket, with what they can do.
+#[derive(Debug)]
+pub(super) struct Io {
+    pub tun: File,
+    /// Size of the device's vnet header (with tunnel offloads when 24).
+    pub hdr: usize,
+    pub socket: UdpSocket,
+    /// Whether the socket sends with UDP GSO.
+    pub gso: bool,
+}
+
 /// Starts the three threads; on failure, stops those already started.
-pub(super) fn spawn(
-    shared: Arc<Shared>,
-    tun: File,
-    socket: UdpSocket,
-    gso: bool,
-) -> io::Result<Vec<JoinHandle<()>>> {
+pub(super) fn spawn(shared: Arc<Shared>, io: Io) -> io::Result<Vec<JoinHandle<()>>> {
+    let Io { tun, hdr, socket, gso } = io;
     let mut threads = Vec::new();
     let mut start = |name: &str, f: Box<dyn FnOnce() + Send>| -> io::Result<()> {
         threads.push(std::thread::Builder::new().name(name.into()).spawn(f)?);
@@ -130,9 +140,9 @@ pub(super) fn spawn(
     };
     let started = (|| {
         let (s, t, u) = (shared.clone(), tun.try_clone()?, socket.try_clone()?);
-        start("shoal-tun-seal", Box::new(move || seal_loop(&s, t, u, gso)))?;
+        start("shoal-tun-seal", Box::new(move || seal_loop(&s, t, hdr, u, gso)))?;
         let (s, u) = (shared.clone(), socket.try_clone()?);
-        start("shoal-tun-open", Box::new(move || open_loop(&s, tun, u)))?;
+        start("shoal-tun-open", Box::new(move || open_loop(&s, tun, hdr, u)))?;
         let s = shared.clone();
         start("shoal-tun-timer", Box::new(move || timer_loop(&s, socket)))
     })();
@@ -146,28 +156,36 @@ pub(super) fn spawn(
     Ok(threads)
 }
 
-/// Device → network: reads packets, seals each for its peer, sends them in batches.
-fn seal_loop(shared: &Shared, mut tun: File, socket: UdpSocket, gso: bool) {
+/// Device → network: reads packets (whole GSO packets with offloads), seals each packet
+/// for its peer, sends them in batches.
+fn seal_loop(shared: &Shared, mut tun: File, hdr: usize, socket: UdpSocket, gso: bool) {
     let mut view = View::new(shared);
     let mut batch = Batch::new(gso);
-    let mut packet = vec![0u8; SLOT];
+    let mut packet = vec![0u8; hdr + MAX_READ];
+    let mut segment = vec![0u8; MAX_READ];
     let mut scratch = vec![0u8; SLOT];
     let mut linger = Linger::default();
     while !shared.stopped() {
         match tun.read(&mut packet) {
-            Ok(n) => {
+            Ok(n) if n > hdr => {
                 linger.busy();
-                // No offloads are enabled, so the kernel's vnet header says nothing: skip it.
-                let Some(pkt) = packet[..n].get(VNET_HDR..) else { continue };
                 let registry = view.get(shared);
-                let sealed = seal(shared, &registry, pkt, &mut batch, &mut scratch, &socket);
-                if let Err(why) = sealed {
+                let (vnet, pkt) = packet[..n].split_at_mut(hdr);
+                let vnet = VnetHdr::parse(vnet);
+                let cut = segment::packets(&vnet, pkt, &mut segment, |pkt| {
+                    let sealed = seal(shared, &registry, pkt, &mut batch, &mut scratch, &socket);
+                    if let Err(why) = sealed {
+                        shared.counters.drop(why);
+                    }
+                    if batch.is_full() {
+                        flush(shared, &mut batch, &socket);
+                    }
+                });
+                if let Err(why) = cut {
                     shared.counters.drop(why);
                 }
-                if batch.is_full() {
-                    flush(shared, &mut batch, &socket);
-                }
             }
+            Ok(_) => shared.counters.drop(DropReason::NotVxlan),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 flush(shared, &mut batch, &socket);
                 if linger.spin() {
@@ -248,11 +266,11 @@ pub(super) fn send(shared: &Shared, socket: &UdpSocket, datagram: &[u8], to: Soc
 }
 
 /// Network → device: receives datagrams in batches, opens each, writes what may enter.
-fn open_loop(shared: &Shared, mut tun: File, socket: UdpSocket) {
+fn open_loop(shared: &Shared, mut tun: File, hdr: usize, socket: UdpSocket) {
     let mut view = View::new(shared);
     let mut batch = RecvBatch::default();
     let mut out = vec![0u8; SLOT];
-    let mut pending = Coalescer::default();
+    let mut pending = Coalescer::new(hdr);
     let mut linger = Linger::default();
     while !shared.stopped() {
         match batch.recv(&socket) {

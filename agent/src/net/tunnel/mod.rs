@@ -26,6 +26,7 @@ mod links;
 mod packet;
 mod plumbing;
 mod receive;
+mod segment;
 mod stats;
 mod udp;
 
@@ -162,7 +163,7 @@ impl Tunnel {
         cfg.validate()?;
         // The guards first: from here on, encrypted VXLAN leaves only through the device.
         plumbing::install_guards(&cfg).map_err(TunnelError::Plumbing)?;
-        let tun = device::open(&cfg.device)
+        let (tun, hdr) = device::open(&cfg.device)
             .map_err(|source| TunnelError::Device { device: cfg.device.clone(), source })?;
         plumbing::route_through_device(&cfg).map_err(TunnelError::Plumbing)?;
         let (socket, gso) = udp::bind(cfg.listen_port)
@@ -174,7 +175,8 @@ impl Tunnel {
             threads: Mutex::new(Vec::new()),
         };
         tunnel.set_keys(keys);
-        let threads = engine::spawn(shared, tun, socket, gso).map_err(TunnelError::Thread)?;
+        let threads = engine::spawn(shared, engine::Io { tun, hdr, socket, gso })
+            .map_err(TunnelError::Thread)?;
         *tunnel.threads() = threads;
         tracing::info!(device = %tunnel.shared.cfg.device, port = tunnel.shared.cfg.listen_port, "tunnel started");
         Ok(Arc::new(tunnel))
