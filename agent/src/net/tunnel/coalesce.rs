@@ -1,13 +1,14 @@
-//! Writes to the device in bulk: consecutive decrypted VXLAN datagrams of one flow and size
-//! become one UDP GSO packet (a `virtio_net_hdr` in front, the device opened with
-//! IFF_VNET_HDR), which the kernel splits again at the VXLAN socket. The VXLAN device then
-//! receives the inner frames in one go and GRO merges them, so the inner TCP stack sees a
-//! few large segments instead of one wake-up per packet. Writes need no copy back: the
-//! datagrams are appended to one buffer and written with one system call.
+//! Writes to the device in bulk. With tunnel offloads, consecutive segments of one TCP flow
+//! inside VXLAN become one UDP-tunnel GSO packet ([`merge`]), which the VXLAN device and TCP
+//! take whole. Otherwise consecutive VXLAN datagrams of one flow and size become one UDP
+//! GSO packet, which the kernel splits again at the VXLAN socket; the VXLAN device then
+//! receives the inner frames in one go and GRO merges them. Either way the inner TCP stack
+//! sees a few large segments instead of one wake-up per packet, for one system call.
 
 use std::io::Write;
 
-use super::segment::{fold, sum};
+use super::merge::{self, TcpSegment};
+use super::segment::{fold, sum, TUNNEL_VNET_HDR};
 
 /// `struct virtio_net_hdr` (legacy, 10 bytes): what IFF_VNET_HDR puts before each packet.
 pub(super) const VNET_HDR: usize = 10;
@@ -20,20 +21,30 @@ const HEADERS: usize = 28;
 const MAX_SEGMENTS: usize = 64;
 const MAX_PACKET: usize = 65_535;
 
-/// The packets waiting to be written: one, or several datagrams of one flow.
+/// What the packets waiting to be written are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Run {
+    /// One packet that takes no others.
+    Single,
+    /// UDP datagrams of one flow (source, destination, ports, TOS) of `size` payload bytes
+    /// each (the last may be shorter; then the run is closed).
+    Udp { flow: [u8; 13], size: usize, closed: bool },
+    /// TCP segments of one flow inside VXLAN, of `mss` payload bytes each (the last may be
+    /// shorter, or have PSH; then the run is closed).
+    Tcp { payload: usize, mss: usize, next_seq: u32, psh: bool, closed: bool },
+}
+
+/// The packets waiting to be written: one, or several of one flow.
 pub(super) struct Coalescer {
     buf: Box<[u8]>,
     /// Bytes in `buf` after the vnet header.
     len: usize,
     segments: usize,
-    /// Payload size of each datagram (the last may be shorter, then no more join).
-    size: usize,
-    /// Source, destination, ports and TOS of the flow (`None`: the packet cannot take
-    /// others, being fragmented, with options or not UDP).
-    flow: Option<[u8; 13]>,
-    closed: bool,
-    /// Off once the kernel refused a GSO write (no USO on TUN before Linux 6.2).
-    enabled: bool,
+    run: Run,
+    /// UDP GSO writes; off once the kernel refused one (no USO on TUN before Linux 6.2).
+    udp: bool,
+    /// UDP-tunnel TCP GSO writes: with tunnel offloads, until the kernel refuses one.
+    tcp: bool,
     /// Size of the device's vnet header (10, or 24 with tunnel offloads).
     hdr: usize,
 }
@@ -52,10 +63,9 @@ impl Coalescer {
             buf: vec![0u8; hdr + MAX_PACKET].into_boxed_slice(),
             len: 0,
             segments: 0,
-            size: 0,
-            flow: None,
-            closed: false,
-            enabled: true,
+            run: Run::Single,
+            udp: true,
+            tcp: hdr >= TUNNEL_VNET_HDR,
         }
     }
 }
@@ -81,30 +91,61 @@ impl Coalescer {
     /// Adds a packet for the device; writes what was waiting when it cannot join it.
     /// Returns the packets dropped because a write failed.
     pub fn push(&mut self, pkt: &[u8], tun: &mut impl Write) -> usize {
-        let this = flow(pkt).filter(|_| self.enabled);
-        if let (Some((key, size)), Some(f)) = (this, self.flow) {
-            let fits = key == f
-                && !self.closed
-                && size <= self.size
-                && self.segments < MAX_SEGMENTS
-                && self.len + size <= MAX_PACKET;
-            if fits {
-                let at = self.hdr + self.len;
-                self.buf[at..at + size].copy_from_slice(&pkt[HEADERS..]);
-                self.len += size;
-                self.segments += 1;
-                self.closed = size < self.size;
-                return 0;
+        let tcp = merge::segment(pkt).filter(|_| self.tcp);
+        let udp = flow(pkt).filter(|_| self.udp && tcp.is_none());
+        if self.joins(pkt, tcp, udp) {
+            let at = self.hdr + self.len;
+            let (from, run) = (tcp.map_or(HEADERS, |t| t.payload), &mut self.run);
+            let size = pkt.len() - from;
+            self.buf[at..at + size].copy_from_slice(&pkt[from..]);
+            self.len += size;
+            self.segments += 1;
+            match (run, tcp) {
+                (Run::Tcp { mss, next_seq, psh, closed, .. }, Some(t)) => {
+                    *next_seq = t.seq.wrapping_add(size as u32);
+                    *psh = t.psh;
+                    *closed = t.psh || size < *mss;
+                }
+                (Run::Udp { size: full, closed, .. }, _) => *closed = size < *full,
+                _ => {}
             }
+            return 0;
         }
         let dropped = self.flush(tun);
         self.buf[self.hdr..self.hdr + pkt.len()].copy_from_slice(pkt);
         self.len = pkt.len();
         self.segments = 1;
-        self.flow = this.map(|(key, _)| key);
-        self.size = this.map_or(0, |(_, size)| size);
-        self.closed = false;
+        self.run = match (tcp, udp) {
+            (Some(t), _) => {
+                let mss = pkt.len() - t.payload;
+                let next_seq = t.seq.wrapping_add(mss as u32);
+                Run::Tcp { payload: t.payload, mss, next_seq, psh: t.psh, closed: t.psh }
+            }
+            (None, Some((flow, size))) => Run::Udp { flow, size, closed: false },
+            (None, None) => Run::Single,
+        };
         dropped
+    }
+
+    /// Whether `pkt` can join the packets waiting.
+    fn joins(&self, pkt: &[u8], tcp: Option<TcpSegment>, udp: Option<([u8; 13], usize)>) -> bool {
+        let room = self.segments < MAX_SEGMENTS;
+        match (self.run, tcp, udp) {
+            (Run::Tcp { payload, mss, next_seq, closed, .. }, Some(t), _) => {
+                let size = pkt.len() - t.payload;
+                let first = &self.buf[self.hdr..self.hdr + payload];
+                room && !closed
+                    && t.payload == payload
+                    && t.seq == next_seq
+                    && size <= mss
+                    && self.len + size <= MAX_PACKET
+                    && merge::same_flow(first, pkt, payload)
+            }
+            (Run::Udp { flow, size: full, closed }, None, Some((key, size))) => {
+                room && !closed && key == flow && size <= full && self.len + size <= MAX_PACKET
+            }
+            _ => false,
+        }
     }
 
     /// Writes what is waiting; returns the packets dropped because the write failed.
@@ -117,40 +158,49 @@ impl Coalescer {
         match tun.write(&self.buf[..self.hdr + self.len]) {
             Ok(_) => 0,
             Err(e) if segments > 1 && e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::debug!(error = %e, "the device refused a UDP GSO packet; writing packets one by one from now on");
-                self.enabled = false;
+                tracing::debug!(error = %e, run = ?self.run, "the device refused a GSO packet; no more of the kind");
+                match self.run {
+                    Run::Tcp { .. } => self.tcp = false,
+                    _ => self.udp = false,
+                }
                 segments
             }
             Err(_) => segments,
         }
     }
 
-    /// Fills in the vnet header and, for several datagrams, the headers of the whole.
+    /// Fills in the vnet header and, for several packets, the headers of the whole.
     fn finish(&mut self, segments: usize) {
         let (hdr, pkt) = self.buf.split_at_mut(self.hdr);
-        hdr.fill(0);
-        if segments == 1 {
-            hdr[1] = GSO_NONE;
-            return;
-        }
         let pkt = &mut pkt[..self.len];
-        let total = self.len as u16;
-        let udp_len = total - 20;
-        pkt[2..4].copy_from_slice(&total.to_be_bytes());
-        pkt[10..12].fill(0);
-        let ip_sum = !fold(sum(&pkt[..20], 0));
-        pkt[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-        pkt[24..26].copy_from_slice(&udp_len.to_be_bytes());
-        // Checksum offload: the field holds the pseudo-header's sum, the kernel the rest.
-        let pseudo = sum(&pkt[12..20], 17 + u64::from(udp_len));
-        pkt[26..28].copy_from_slice(&fold(pseudo).to_be_bytes());
-        hdr[0] = NEEDS_CSUM;
-        hdr[1] = GSO_UDP_L4;
-        hdr[2..4].copy_from_slice(&(HEADERS as u16).to_ne_bytes());
-        hdr[4..6].copy_from_slice(&(self.size as u16).to_ne_bytes());
-        hdr[6..8].copy_from_slice(&20u16.to_ne_bytes());
-        hdr[8..10].copy_from_slice(&6u16.to_ne_bytes());
+        hdr.fill(0);
+        match self.run {
+            _ if segments == 1 => hdr[1] = GSO_NONE,
+            Run::Tcp { payload, mss, psh, .. } => merge::finish(hdr, pkt, payload, mss, psh),
+            Run::Udp { size, .. } => finish_udp(hdr, pkt, size),
+            Run::Single => {}
+        }
     }
+}
+
+/// The headers of a UDP GSO packet of `size`-byte datagrams.
+fn finish_udp(hdr: &mut [u8], pkt: &mut [u8], size: usize) {
+    let total = pkt.len() as u16;
+    let udp_len = total - 20;
+    pkt[2..4].copy_from_slice(&total.to_be_bytes());
+    pkt[10..12].fill(0);
+    let ip_sum = !fold(sum(&pkt[..20], 0));
+    pkt[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    pkt[24..26].copy_from_slice(&udp_len.to_be_bytes());
+    // Checksum offload: the field holds the pseudo-header's sum, the kernel the rest.
+    let pseudo = sum(&pkt[12..20], 17 + u64::from(udp_len));
+    pkt[26..28].copy_from_slice(&fold(pseudo).to_be_bytes());
+    hdr[0] = NEEDS_CSUM;
+    hdr[1] = GSO_UDP_L4;
+    hdr[2..4].copy_from_slice(&(HEADERS as u16).to_ne_bytes());
+    hdr[4..6].copy_from_slice(&(size as u16).to_ne_bytes());
+    hdr[6..8].copy_from_slice(&20u16.to_ne_bytes());
+    hdr[8..10].copy_from_slice(&6u16.to_ne_bytes());
 }
 
 #[cfg(test)]
@@ -179,14 +229,45 @@ mod tests {
         }
     }
 
-    /// (segments, gso_size, bytes after the vnet header) of each write.
-    fn writes(packets: &[Vec<u8>]) -> Vec<(u8, u16, usize)> {
-        let (mut c, mut dev) = (Coalescer::new(VNET_HDR), Device::default());
+    /// (gso_type, gso_size, bytes after the vnet header) of each write, through a device
+    /// with a vnet header of `hdr` bytes.
+    fn writes_with(hdr: usize, packets: &[Vec<u8>]) -> Vec<(u8, u16, usize)> {
+        let (mut c, mut dev) = (Coalescer::new(hdr), Device::default());
         for p in packets {
             assert_eq!(c.push(p, &mut dev), 0);
         }
         assert_eq!(c.flush(&mut dev), 0);
-        dev.0.iter().map(|w| (w[1], u16::from_ne_bytes([w[4], w[5]]), w.len() - VNET_HDR)).collect()
+        dev.0.iter().map(|w| (w[1], u16::from_ne_bytes([w[4], w[5]]), w.len() - hdr)).collect()
+    }
+
+    fn writes(packets: &[Vec<u8>]) -> Vec<(u8, u16, usize)> {
+        writes_with(VNET_HDR, packets)
+    }
+
+    #[test]
+    fn with_tunnel_offloads_consecutive_tcp_segments_merge() {
+        use super::super::merge::tests::vxlan_tcp;
+        const ACK: u8 = 0x10;
+        let seg = |seq: u32, flags: u8, len: usize| vxlan_tcp(seq, flags, len);
+        let packets = [
+            seg(0, ACK, 100),
+            seg(100, ACK, 100),
+            seg(200, ACK | 0x08, 100), // PSH closes the run
+            seg(300, ACK, 100),
+            seg(500, ACK, 100), // a gap
+            seg(600, ACK, 0),   // a pure ACK
+        ];
+        let header = 90;
+        let tunnel = 0x21;
+        let want = vec![
+            (tunnel, 100, header + 300),
+            (GSO_NONE, 0, header + 100),
+            (GSO_NONE, 0, header + 100),
+            (GSO_NONE, 0, header),
+        ];
+        assert_eq!(writes_with(TUNNEL_VNET_HDR, &packets), want);
+        let plain = writes_with(VNET_HDR, &packets[..2]);
+        assert_eq!(plain, vec![(GSO_UDP_L4, 162, 28 + 2 * 162)], "without offloads: UDP GSO");
     }
 
     #[test]
@@ -215,7 +296,7 @@ mod tests {
         let first = udp(100);
         c.buf[VNET_HDR..VNET_HDR + first.len()].copy_from_slice(&first);
         c.len = first.len();
-        c.size = 100;
+        c.run = Run::Udp { flow: [0; 13], size: 100, closed: false };
         let second = udp(100);
         c.buf[VNET_HDR + c.len..VNET_HDR + c.len + 100].copy_from_slice(&second[28..]);
         c.len += 100;

@@ -23,6 +23,7 @@ mod coalesce;
 mod device;
 mod engine;
 mod links;
+mod merge;
 mod packet;
 mod plumbing;
 mod receive;
