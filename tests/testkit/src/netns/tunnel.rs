@@ -86,23 +86,39 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Starts `tcpdump` on `iface` (full packets, written as they come).
+    /// Starts `tcpdump` on `iface` (full packets, written as they come) and waits until it
+    /// says it is listening.
     pub fn start(iface: &str, file: &Path) -> Capture {
-        let child = Command::new("tcpdump")
-            .args(["-i", iface, "-s", "0", "-U", "-n", "-w"])
+        let mut child = Command::new("tcpdump")
+            // Immediate mode: packets are not held back in the kernel's ring buffer (for up to
+            // a second), where stopping the capture would discard them.
+            .args(["-i", iface, "-s", "0", "-U", "-n", "--immediate-mode", "-w"])
             .arg(file)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("tcpdump (apt-get install tcpdump)");
-        // tcpdump needs a moment before it captures.
-        std::thread::sleep(Duration::from_millis(700));
+        // Its stderr is read to the end on a thread of its own: tcpdump dies writing to a
+        // closed pipe, and says "listening on" once packets are being captured.
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in
+                std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok)
+            {
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(15))
+            .unwrap_or_else(|_| panic!("tcpdump on {iface} did not start listening"));
         Capture { child, file: file.to_path_buf() }
     }
 
     /// Stops the capture; the file's bytes.
     pub fn stop(mut self) -> Vec<u8> {
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(1200));
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("a child's pid");
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
         let _ = self.child.wait();
