@@ -390,6 +390,7 @@ fn encrypted_vxlan_works_and_never_shows_in_the_clear_even_after_a_stop() {
     let seen = cap.finish();
     assert!(!seen.shows(&marker()), "the marker crossed the underlay in the clear");
     assert_eq!(seen.count(&format!("udp port {VXLAN_PORT}")), 0, "encrypted VXLAN in the clear");
+    assert_eq!(seen.count(&format!("udp and not port {TUNNEL_PORT}")), 0, "UDP besides the tunnel");
     let sealed = seen.count(&format!("udp port {TUNNEL_PORT}"));
     assert!(sealed > 10, "the capture saw the transfer ({sealed} packets)");
     // ...while the same transfer over plain VXLAN shows it (the capture does see payloads).

@@ -10,14 +10,15 @@
 //!
 //! Each (local key, peer key) pair is a *link*, one boringtun `Tunn` with its own 24-bit
 //! index; a node has one or two local keys and a peer one or two public keys during a
-//! rotation, so a peer has at most four links, the newest pair preferred (see [`links`]).
+//! rotation, so a peer has at most four links, the newest pair preferred (see `links`).
 //!
-//! Three threads move the packets ([`engine`]): one seals what the device gives and sends it
-//! in batches (`sendmmsg`, equal datagrams to one peer as one UDP GSO send), one receives in
-//! batches (`recvmmsg` with UDP GRO), opens, checks (WireGuard's cryptokey routing) and
-//! writes runs of one flow to the device as one UDP GSO packet ([`coalesce`]), and one runs
-//! boringtun's timers. No allocation per packet; a peer's lock is held for one packet's
-//! crypto. Key material is never logged nor shown by `Debug`.
+//! Three threads move the packets (`engine`): one reads the device (with offloads, Linux
+//! 6.17+, TCP over VXLAN comes as one 64 KiB packet, cut up in `segment`), seals and sends
+//! in batches (`sendmmsg`, equal datagrams to one peer as one UDP GSO send); one receives in
+//! batches (`recvmmsg` with UDP GRO), opens, checks (WireGuard's cryptokey routing,
+//! `receive`) and writes runs of one flow as one GSO packet (`coalesce`, `merge`);
+//! one runs boringtun's timers. No allocation per packet; a peer's lock is held for one
+//! packet's crypto. Key material is never logged nor shown by `Debug`.
 
 mod coalesce;
 mod device;

@@ -62,7 +62,12 @@ pub(super) fn install_guards(cfg: &TunnelConfig) -> Result<(), NetError> {
     let selector = format!("ipproto udp dport {}", cfg.vxlan_port);
     // The black-hole rule first: while the table's rule is replaced, it catches.
     replace_rule(RULE_PREF + 1, &format!("{selector} blackhole"))?;
-    replace_rule(RULE_PREF, &format!("{selector} table {table}"))
+    replace_rule(RULE_PREF, &format!("{selector} table {table}"))?;
+    // The reverse-path check of a decrypted packet looks its source up with the ports
+    // swapped: from the VXLAN port. Routed by the table too, that lookup finds the device the
+    // packet came in on, so even strict mode (rp_filter=1) passes it. Nothing sends from the
+    // VXLAN port (VXLAN picks source ports from the ephemeral range).
+    replace_rule(RULE_PREF - 1, &format!("ipproto udp sport {} table {table}", cfg.vxlan_port))
 }
 
 /// Brings the device up and routes encrypted VXLAN through it.
@@ -88,6 +93,7 @@ pub(super) fn route_through_device(cfg: &TunnelConfig) -> Result<(), NetError> {
 
 /// Removes the rules, the table's routes, the nftables table and the device.
 pub(super) fn remove(cfg: &TunnelConfig) {
+    delete_rules(RULE_PREF - 1);
     delete_rules(RULE_PREF);
     delete_rules(RULE_PREF + 1);
     let steps = [
