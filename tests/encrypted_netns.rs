@@ -98,6 +98,13 @@ fn fingerprint(n: &Node, name: &str) -> String {
 fn story(net: &Net, nodes: &mut [Node], tar: &str, dir: &std::path::Path) {
     let t0 = Instant::now();
     let step = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
+    // Strict reverse-path filtering on the task nodes, as some distributions set it: the
+    // tunnel's decrypted packets must pass it.
+    for i in [2, 3] {
+        let ns = format!("--net=/run/netns/{}", net.ns(i));
+        let strict = ["sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=1"];
+        assert!(Command::new("nsenter").arg(&ns).args(strict).status().unwrap().success());
+    }
     netns::worker_swarm(net, nodes, tar, IMAGE);
     let (first, others) = nodes.split_at_mut(1);
     let n1 = &first[0];
