@@ -36,7 +36,7 @@ async fn tunnel_keys_are_checked_stored_and_rotated() {
         (vec![key(1, 32), key(1, 32)], "listed twice"),
         (vec![key(1, 32), key(2, 32), key(3, 32)], "at most 2"),
     ] {
-        let err = w.session(session_with(keys)).await.err().expect("refused");
+        let Err(err) = w.session(session_with(keys)).await else { panic!("{says}: accepted") };
         assert_eq!(err.code(), Code::InvalidArgument, "{err}");
         assert!(err.message().contains(says), "{says:?} in {:?}", err.message());
     }
