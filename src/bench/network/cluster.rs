@@ -29,6 +29,15 @@ pub(super) enum Mode {
     Dnsrr,
 }
 
+/// What keeps an encrypted overlay from passing traffic on this machine.
+#[derive(Debug, Clone)]
+pub(super) struct Blocked {
+    /// In a few words, for the table.
+    pub(super) what: &'static str,
+    /// What the machine answered when asked, for the note under it.
+    pub(super) said: String,
+}
+
 /// A two-host cluster with the server and client services running.
 pub(super) trait Cluster {
     fn label(&self) -> &'static str;
@@ -36,8 +45,13 @@ pub(super) trait Cluster {
     fn net(&self) -> &Net;
     /// From the client task to the server service.
     fn route(&self) -> Result<Route>;
+    /// From the client task to the server task's address on overlay `network`; no VIP.
+    fn task_route(&self, network: &str) -> Result<Route>;
     /// Why this system's virtual IPs cannot work on this machine, if they cannot.
     fn no_vip(&self) -> Option<&'static str>;
+    /// What on this machine keeps this system's encrypted overlay from passing traffic, if
+    /// the machine shows something (asked once a connection over it failed).
+    fn no_encryption(&self) -> Option<Blocked>;
     /// Creates service `name`: 2 iperf3 servers on host 1, never restarted, on the overlay,
     /// reached as `mode` says; returns once both tasks run.
     fn start_pair(&self, name: &str, mode: Mode) -> Result<()>;

@@ -15,7 +15,7 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use shoal_testkit::netns::{panic_text, text};
 
 use super::cluster::Route;
-use super::{ECHO_PORT, ECHO_SIZE, IPERF_PORT};
+use super::{go_on, ECHO_PORT, ECHO_SIZE, IPERF_PORT, REACH_TIMEOUT, REACH_TRIES};
 
 /// Runs `job` on a thread of its own inside the network namespace at `ns`: every socket it
 /// opens belongs to that namespace (the rest of the process stays where it is).
@@ -65,9 +65,31 @@ pub(super) fn iperf3(client: &Path, target: Ipv4Addr, secs: u64) -> Result<f64> 
     bail!("{last}")
 }
 
+/// Whether a TCP connection from the client's namespace reaches the iperf3 server at the
+/// server task's own address: up to `REACH_TRIES` attempts of `REACH_TIMEOUT` each, so a path
+/// that passes nothing is known in bounded time. The error says what the last attempt got.
+pub(super) fn connects(route: &Route) -> Result<()> {
+    let target = SocketAddr::from((route.direct, IPERF_PORT));
+    joined(in_netns(&route.client, move || {
+        let mut last = String::new();
+        for _ in 0..REACH_TRIES {
+            let t = Instant::now();
+            match TcpStream::connect_timeout(&target, REACH_TIMEOUT) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            }
+            // A quick failure (unreachable) waits out its attempt's time.
+            std::thread::sleep(REACH_TIMEOUT.saturating_sub(t.elapsed()));
+        }
+        let each = REACH_TIMEOUT.as_secs_f64();
+        bail!("no TCP connection to {target} in {REACH_TRIES} attempts of {each} s (last: {last})")
+    }))
+}
+
 /// `n` round trips of `ECHO_SIZE` bytes over one TCP connection from the client's namespace
 /// to an echo server the bench runs in the server's namespace (port `ECHO_PORT` of the
-/// server task's own address): each round trip's time, after 200 untimed ones.
+/// server task's own address): each round trip's time, after 200 untimed ones. Ctrl-C stops
+/// it between round trips.
 pub(super) fn tcp_rr(route: &Route, n: usize) -> Result<Vec<Duration>> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = in_netns(&route.server, move || {
@@ -88,6 +110,7 @@ pub(super) fn tcp_rr(route: &Route, n: usize) -> Result<Vec<Duration>> {
         let mut buf = [7u8; ECHO_SIZE];
         let mut times = Vec::with_capacity(n);
         for i in 0..n + 200 {
+            go_on()?;
             let t = Instant::now();
             stream.write_all(&buf)?;
             stream.read_exact(&mut buf)?;

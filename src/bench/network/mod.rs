@@ -13,12 +13,18 @@
 //! sending new connections to a task after its processes are SIGKILLed. Docker's virtual IPs
 //! need IPVS; on a kernel without it their rows say so and Docker is measured to the task.
 //!
+//! With `--encrypted` ([`encrypted`]) both systems also create an encrypted overlay and put
+//! both services on it as well; the bench then measures task to task only (throughput and
+//! the request/response loop) on each system's encrypted and plain overlays and the bare path,
+//! and reports encrypted over plain. A path that passes no TCP connection is said so.
+//!
 //! Owns everything it creates (namespaces, veths, bridges, the FORWARD rules for them,
 //! `dockerd`s and their directories) and removes it on the way out, also after a failure;
 //! never touches a Docker or a namespace it did not start.
 
 mod cluster;
 mod docker;
+mod encrypted;
 mod measure;
 mod removal;
 mod run;
@@ -45,6 +51,8 @@ use table::print_table;
 const IMAGE: &str = "shoal-bench/iperf3:net";
 /// The overlay network both systems create.
 const NETWORK: &str = "benchnet";
+/// The encrypted overlay both systems create too with `--encrypted`.
+const ENCRYPTED: &str = "benchenc";
 /// The iperf3 server service (one task on host 1); its name is what the lookups ask for.
 const SERVER: &str = "iperf";
 /// The idle client service (one task on host 2) whose namespace the bench measures from.
@@ -61,6 +69,9 @@ const PROBE_EVERY: Duration = Duration::from_millis(10);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Success only for this long after the last failure means the dead task is out.
 const PROBE_QUIET: Duration = Duration::from_secs(3);
+/// Connection attempts, each given `REACH_TIMEOUT`, before a path is said to pass no traffic.
+const REACH_TRIES: u32 = 5;
+const REACH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Set by Ctrl-C: the bench stops at the next step and cleans up.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -95,6 +106,28 @@ pub struct NetworkArgs {
     /// Measure Docker Swarm (and the bare path) only
     #[arg(long)]
     pub skip_shoal: bool,
+    /// Task to task on an encrypted overlay beside the plain one and the bare path:
+    /// throughput and request/response only (no virtual IP, lookups or removal)
+    #[arg(long)]
+    pub encrypted: bool,
+}
+
+/// The overlay networks a system creates; every service joins all of them.
+fn overlays(args: &NetworkArgs) -> &'static [&'static str] {
+    match args.encrypted {
+        true => &[NETWORK, ENCRYPTED],
+        false => &[NETWORK],
+    }
+}
+
+/// `network create -d overlay [--opt encrypted] NAME`, the same for both systems.
+fn network_create(name: &'static str) -> Vec<&'static str> {
+    let mut args = vec!["network", "create", "-d", "overlay"];
+    if name == ENCRYPTED {
+        args.extend(["--opt", "encrypted"]);
+    }
+    args.push(name);
+    args
 }
 
 pub(crate) async fn network(args: NetworkArgs) -> Result<()> {
@@ -150,11 +183,16 @@ fn bench(args: &NetworkArgs) -> Result<()> {
     let bare = caught("bare path", || Bare::start(first.net()))
         .map_err(|e| println!("bare veth: skipped: {e:#}"))
         .ok();
+    let bare_route = bare.as_ref().map(|b| &b.route);
     let mut figures = [Figures::default(), Figures::default(), Figures::default()];
+    let mut columns = encrypted::Columns::default();
     let mut result = Ok(());
     for run in 0..args.runs.max(1) {
         println!("run {}:", run + 1);
-        result = measure_run(args, run, &sides, bare.as_ref().map(|b| &b.route), &mut figures);
+        result = match args.encrypted {
+            false => measure_run(args, run, &sides, bare_route, &mut figures),
+            true => encrypted::measure_run(args, run, &sides, bare_route, &mut columns),
+        };
         if result.is_err() {
             break;
         }
@@ -164,7 +202,10 @@ fn bench(args: &NetworkArgs) -> Result<()> {
     drop(bare);
     drop(shoal);
     drop(docker);
-    print_table(args, &figures, docker_version.as_deref(), no_vip);
+    match args.encrypted {
+        false => print_table(args, &figures, docker_version.as_deref(), no_vip),
+        true => encrypted::print_table(args, &columns, docker_version.as_deref()),
+    }
     result
 }
 

@@ -56,7 +56,7 @@ pub(super) fn measure_run(
     throughput(args.duration, run, &routes, figures)?;
     for (i, route) in routes.iter().enumerate() {
         let Some(route) = route else { continue };
-        if let Some(rtts) = report("request/response", i, tcp_rr(route, args.pings)) {
+        if let Some(rtts) = report("request/response", WHO[i], tcp_rr(route, args.pings)) {
             figures[i].rr_p50.push(percentile(&rtts, 0.5));
             figures[i].rr_p99.push(percentile(&rtts, 0.99));
         }
@@ -64,7 +64,7 @@ pub(super) fn measure_run(
     for (i, route) in routes.iter().take(2).enumerate() {
         let Some(route) = route else { continue };
         let asked = lookups(&route.client, SERVER, args.lookups);
-        if let Some((times, lost)) = report("lookups", i, asked) {
+        if let Some((times, lost)) = report("lookups", WHO[i], asked) {
             figures[i].dns_p50.push(percentile(&times, 0.5));
             figures[i].dns_p99.push(percentile(&times, 0.99));
             figures[i].dns_lost += lost;
@@ -93,10 +93,11 @@ fn throughput(
         let Some(route) = &routes[i] else { continue };
         if let Some(vip) = route.vip {
             go_on()?;
-            rates[i][0] = report("iperf3 to the VIP", i, iperf3(&route.client, vip, secs));
+            rates[i][0] = report("iperf3 to the VIP", WHO[i], iperf3(&route.client, vip, secs));
         }
         go_on()?;
-        rates[i][1] = report("iperf3 to the task", i, iperf3(&route.client, route.direct, secs));
+        let rate = iperf3(&route.client, route.direct, secs);
+        rates[i][1] = report("iperf3 to the task", WHO[i], rate);
     }
     for (f, [vip, direct]) in figures.iter_mut().zip(rates) {
         f.vip_gbits.extend(vip);
@@ -133,7 +134,7 @@ fn removals(run: usize, side: &dyn Cluster, client: &Path, figures: &mut Figures
             Mode::Vip => "task killed, out of the VIP after",
             Mode::Dnsrr => "task killed, out of DNS answers after",
         };
-        match (mode, report(what, i, r)) {
+        match (mode, report(what, WHO[i], r)) {
             (Mode::Vip, Some(r)) => figures.out_of_vip.push(r.after),
             (Mode::Dnsrr, Some(r)) => figures.out_of_dns.push(r.after),
             (_, None) => {}
@@ -142,22 +143,22 @@ fn removals(run: usize, side: &dyn Cluster, client: &Path, figures: &mut Figures
     Ok(())
 }
 
-/// Prints one measurement's outcome for column `i`; the value if there is one.
-fn report<T: Shown>(what: &str, i: usize, r: Result<T>) -> Option<T> {
+/// Prints one measurement's outcome for column `who`; the value if there is one.
+pub(super) fn report<T: Shown>(what: &str, who: &str, r: Result<T>) -> Option<T> {
     match r {
         Ok(v) => {
-            println!("  {:<13} {what}: {}", WHO[i], v.shown());
+            println!("  {who:<13} {what}: {}", v.shown());
             Some(v)
         }
         Err(e) => {
-            println!("  {:<13} {what}: failed: {e:#}", WHO[i]);
+            println!("  {who:<13} {what}: failed: {e:#}");
             None
         }
     }
 }
 
 /// How a measurement reads in a run's report.
-trait Shown {
+pub(super) trait Shown {
     fn shown(&self) -> String;
 }
 

@@ -10,15 +10,17 @@ use shoal_testkit::netns::ps::{parse_ps, wait_running};
 use shoal_testkit::netns::{all_ready, stdout, text, Net, Node};
 use shoal_testkit::poll::blocking::try_eventually;
 
-use super::cluster::{Cluster, Mode, Route};
-use super::{NetworkArgs, CLIENT, IMAGE, NETWORK, SERVER};
+use super::cluster::{Blocked, Cluster, Mode, Route};
+use super::{network_create, overlays, NetworkArgs, CLIENT, IMAGE, NETWORK, SERVER};
 
 /// Two `shoald`s (the product binary) on two namespace hosts, in one swarm, with the overlay
-/// network, the iperf3 server on n1 and the client on n2. Dropping it kills the nodes, deletes
+/// networks, the iperf3 server on n1 and the client on n2. Dropping it kills the nodes, deletes
 /// their containers and task namespaces, then the hosts.
 pub(super) struct ShoalSide {
     nodes: Vec<Node>,
     net: Net,
+    /// The overlays every service joins.
+    overlays: &'static [&'static str],
     _dir: tempfile::TempDir,
 }
 
@@ -34,9 +36,12 @@ impl ShoalSide {
         let dir = tempfile::Builder::new().prefix("sbn-shoal").tempdir()?;
         let net = Net::with("nb", 246, subnet, 2);
         let nodes = (1..=2).map(|i| Node::new(&net, i, dir.path()).with_product_shoald(&shoald));
-        let mut side = ShoalSide { nodes: nodes.collect(), net, _dir: dir };
+        let overlays = overlays(args);
+        let mut side = ShoalSide { nodes: nodes.collect(), net, overlays, _dir: dir };
         side.form_swarm(tar)?;
-        side.nodes[0].must_shoal(&["network", "create", "-d", "overlay", NETWORK]);
+        for name in overlays {
+            side.nodes[0].must_shoal(&network_create(name));
+        }
         side.create(SERVER, 1, "n1", &["/usr/bin/iperf3", "-s"], &[])?;
         side.create(CLIENT, 1, "n2", &["/bin/sleep", "100000000"], &[])?;
         Ok(side)
@@ -60,18 +65,27 @@ impl ShoalSide {
         .map_err(anyhow::Error::msg)
     }
 
-    /// `service create` on the overlay, every task on `node`, and waits for them to run.
+    /// `service create` on the overlays, every task on `node`, and waits for them to run.
     fn create(&self, name: &str, n: usize, node: &str, cmd: &[&str], extra: &[&str]) -> Result<()> {
         let n1 = &self.nodes[0];
         let (replicas, constraint) = (n.to_string(), format!("node.hostname=={node}"));
         let mut args = vec!["service", "create", "--detach", "--name", name, "--replicas"];
-        args.extend([replicas.as_str(), "--network", NETWORK, "--constraint", &constraint]);
+        args.extend([replicas.as_str(), "--constraint", &constraint]);
+        args.extend(self.overlays.iter().flat_map(|o| ["--network", o]));
         args.extend(extra);
         args.push(IMAGE);
         args.extend(cmd);
         n1.must_shoal(&args);
         wait_running(n1, name, n, Duration::from_secs(60));
         Ok(())
+    }
+
+    /// The subnet of overlay `network`, as `network inspect` gives it.
+    fn subnet(&self, network: &str) -> Result<String> {
+        let out = self.nodes[0].must_shoal(&["network", "inspect", network]);
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let subnet = v[0]["IPAM"]["Config"][0]["Subnet"].as_str();
+        Ok(subnet.with_context(|| format!("no subnet in {out}"))?.to_string())
     }
 
     /// The full IDs of the running tasks of `service`.
@@ -102,17 +116,28 @@ fn shoal_task_netns(task: &str) -> Result<PathBuf> {
     bail!("no namespace of task {task} under /run/netns")
 }
 
-/// The IPv4 address of `eth0` inside the namespace at `ns`.
-fn eth0_addr(ns: &Path) -> Result<Ipv4Addr> {
+/// The IPv4 address the namespace at `ns` has in `subnet` (a task's interfaces need not
+/// follow the order of its networks).
+fn addr_in(ns: &Path, subnet: &str) -> Result<Ipv4Addr> {
     let out = Command::new("nsenter")
         .arg(format!("--net={}", ns.display()))
-        .args(["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
+        .args(["ip", "-4", "-o", "addr", "show"])
         .output()?;
-    let words: Vec<String> = stdout(&out).split_whitespace().map(str::to_string).collect();
-    let addr = words.iter().skip_while(|w| *w != "inet").nth(1);
-    let addr =
-        addr.with_context(|| format!("no address on eth0 in {}: {}", ns.display(), text(&out)))?;
-    Ok(addr.split('/').next().unwrap_or_default().parse()?)
+    let listing = stdout(&out);
+    let words: Vec<&str> = listing.split_whitespace().collect();
+    let addr = words.windows(2).filter(|w| w[0] == "inet").find_map(|w| {
+        let addr = w[1].split('/').next()?.parse().ok()?;
+        within(addr, subnet).then_some(addr)
+    });
+    addr.with_context(|| format!("no address in {subnet} in {}: {}", ns.display(), text(&out)))
+}
+
+/// Whether `addr` is in `subnet` (`a.b.c.d/len`).
+fn within(addr: Ipv4Addr, subnet: &str) -> bool {
+    let Some((net, len)) = subnet.split_once('/') else { return false };
+    let (Ok(net), Ok(len)) = (net.parse::<Ipv4Addr>(), len.parse::<u32>()) else { return false };
+    let mask = u32::MAX.checked_shl(32 - len.min(32)).unwrap_or(0);
+    u32::from(addr) & mask == u32::from(net) & mask
 }
 
 impl Cluster for ShoalSide {
@@ -125,13 +150,23 @@ impl Cluster for ShoalSide {
     }
 
     fn route(&self) -> Result<Route> {
+        let route = self.task_route(NETWORK)?;
+        Ok(Route { vip: Some(self.vip(SERVER)?), ..route })
+    }
+
+    fn task_route(&self, network: &str) -> Result<Route> {
         let client = shoal_task_netns(&self.task_ids(CLIENT)?[0])?;
         let server = shoal_task_netns(&self.task_ids(SERVER)?[0])?;
-        let direct = eth0_addr(&server)?;
-        Ok(Route { client, server, vip: Some(self.vip(SERVER)?), direct })
+        let direct = addr_in(&server, &self.subnet(network)?)?;
+        Ok(Route { client, server, vip: None, direct })
     }
 
     fn no_vip(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn no_encryption(&self) -> Option<Blocked> {
+        // The tunnel is userspace WireGuard over a TUN device and UDP: nothing to ask.
         None
     }
 
@@ -172,5 +207,17 @@ impl Cluster for ShoalSide {
             gone.then_some(()).ok_or_else(|| stdout(&out))
         })
         .map_err(anyhow::Error::msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_matched_to_subnets() {
+        let a: Ipv4Addr = "10.0.2.7".parse().unwrap();
+        assert!(within(a, "10.0.2.0/24") && within(a, "10.0.0.0/16") && within(a, "0.0.0.0/0"));
+        assert!(!within(a, "10.0.1.0/24") && !within(a, "10.0.2.6/32") && !within(a, "bad"));
     }
 }

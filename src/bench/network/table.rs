@@ -24,11 +24,10 @@ pub(super) fn print_table(
         args.runs.max(1),
         docker.unwrap_or("not measured")
     );
-    print_rows(&rows(args.duration, f, no_vip));
+    let header = ["metric", "Shoal", "Docker Swarm", "bare veth", "goal"];
+    print_rows(header, &rows(args.duration, f, no_vip));
     if let Some(note) = ratios_note(f) {
-        for line in wrapped(&format!("({note})"), 100) {
-            println!("  {line}");
-        }
+        print_note(&format!("({note})"));
     }
     println!(
         "  (lookups unanswered within 1 s: shoal {}, docker {}; {}; 2 shared cores: read ratios)",
@@ -36,7 +35,12 @@ pub(super) fn print_table(
         f[1].dns_lost,
         load_note()
     );
-    for line in wrapped(METHOD, 100) {
+    print_note(METHOD);
+}
+
+/// `text` under the table, indented, in lines of at most 100 characters.
+pub(super) fn print_note(text: &str) {
+    for line in wrapped(text, 100) {
         println!("  {line}");
     }
 }
@@ -172,7 +176,7 @@ fn goal(v: &[Duration], met: impl Fn(f64) -> bool) -> &'static str {
     }
 }
 
-fn verdict(met: bool) -> &'static str {
+pub(super) fn verdict(met: bool) -> &'static str {
     if met {
         "met"
     } else {
@@ -180,12 +184,12 @@ fn verdict(met: bool) -> &'static str {
     }
 }
 
-/// A table with `|` between columns as wide as their widest cell, the first row the header.
-fn print_rows(rows: &[[String; 5]]) {
-    let header = ["metric", "Shoal", "Docker Swarm", "bare veth", "goal"].map(String::from);
-    let all: Vec<&[String; 5]> = std::iter::once(&header).chain(rows).collect();
+/// A table with `|` between columns as wide as their widest cell, under `header`.
+pub(super) fn print_rows<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let header = header.map(String::from);
+    let all: Vec<&[String; N]> = std::iter::once(&header).chain(rows).collect();
     let widths: Vec<usize> =
-        (0..5).map(|c| all.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+        (0..N).map(|c| all.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     for row in all {
         let cells: Vec<String> =
             row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}", w = *w)).collect();
