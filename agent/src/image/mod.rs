@@ -1,11 +1,14 @@
 //! The agent's image store: content-addressed blobs (sha256), unpacked layers ready for
 //! overlayfs, per-image metadata and name → image id tags, all under one directory.
-//! Imports rootfs tarballs and loads `docker save` / OCI-layout archives; never pulls from a
-//! registry. Synchronous: call it from a blocking task.
+//! Imports rootfs tarballs, loads `docker save` / OCI-layout archives and stores images pulled
+//! from registries (the download itself is `shoal_registry`'s). Layers are kept twice, as
+//! containerd keeps them: the blob as a registry carries it (what a push sends and a pull
+//! shares between tasks) and unpacked for overlayfs. Synchronous: call it from a blocking task.
 
 mod archive;
 mod beneath;
 pub mod layer;
+mod pulled;
 pub mod reference;
 mod store;
 mod stream;
@@ -15,6 +18,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use pulled::{digest_of, Lease, PruneReport, PullInput, PushPlan};
 pub use reference::Reference;
 pub use store::ImageStore;
 pub(crate) use task::parse_user;
@@ -49,6 +53,14 @@ pub enum ImageError {
     /// The image archive itself is unreadable (truncated, huge headers).
     #[error("the image archive: {0}")]
     Archive(#[from] stream::TarError),
+    /// A push of an image stored without its layer blobs.
+    #[error(
+        "image {0} was stored before Shoal kept layer blobs; load or pull it again to push it"
+    )]
+    NoBlobs(String),
+    /// A layer in a format this node cannot unpack.
+    #[error("layer {digest} is {media_type}; Shoal unpacks tar and gzip layers only")]
+    LayerFormat { digest: String, media_type: String },
     #[error("{what} {path:?}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
 }
@@ -71,6 +83,30 @@ pub struct ImageInfo {
     pub config: RunConfig,
     /// Bytes of unpacked layers.
     pub size: u64,
+    /// `repository@sha256:…`: the manifests (or indexes) registries know this image by, from
+    /// pulls and pushes. A service pinned to one of them runs this image.
+    #[serde(default)]
+    pub repo_digests: Vec<String>,
+    /// The layers as a registry carries them, bottom first, kept under `blobs/sha256`. Empty
+    /// for images stored before blobs were kept (they cannot be pushed; load them again).
+    #[serde(default)]
+    pub blobs: Vec<Blob>,
+}
+
+/// A layer blob: compressed or not, as a registry or archive gave it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blob {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+/// OCI media types of what Shoal stores and pushes.
+pub mod media {
+    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+    pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+    pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 }
 
 /// The parts of an image's config a task starts from.

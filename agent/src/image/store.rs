@@ -1,6 +1,7 @@
 //! `ImageStore`: where images live on disk and how they get there.
-//! Layout under the root: `blobs/sha256/<hex>` (configs), `layers/<hex>/` (unpacked layers,
-//! named by diff id), `images/<hex>.json` (metadata incl. names), `tmp/` (staging).
+//! Layout under the root: `blobs/sha256/<hex>` (configs and layer blobs as a registry carries
+//! them), `layers/<hex>/` (unpacked layers, named by diff id), `images/<hex>.json` (metadata
+//! incl. names and repository digests), `tmp/` (staging and downloads in progress).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -10,7 +11,7 @@ use serde::Deserialize;
 use super::archive::{self, Found};
 use super::layer::{self, digest};
 use super::reference::{check_digest, Reference};
-use super::{ImageError, ImageInfo, RunConfig};
+use super::{media, Blob, ImageError, ImageInfo, RunConfig};
 use crate::runtime::RootfsSource;
 
 /// The node's images.
@@ -18,14 +19,14 @@ use crate::runtime::RootfsSource;
 pub struct ImageStore {
     root: PathBuf,
     /// Serializes writers: metadata and tag moves are read-modify-write.
-    lock: Mutex<()>,
+    pub(super) lock: Mutex<()>,
 }
 
 #[derive(Deserialize)]
-struct RawConfig {
+pub(super) struct RawConfig {
     #[serde(default)]
     config: Option<RawRun>,
-    rootfs: RawRootfs,
+    pub(super) rootfs: RawRootfs,
 }
 
 #[derive(Default, Deserialize)]
@@ -39,8 +40,8 @@ struct RawRun {
 }
 
 #[derive(Deserialize)]
-struct RawRootfs {
-    diff_ids: Vec<String>,
+pub(super) struct RawRootfs {
+    pub(super) diff_ids: Vec<String>,
 }
 
 impl ImageStore {
@@ -86,9 +87,8 @@ impl ImageStore {
         name: String,
         work: &Path,
     ) -> Result<ImageInfo, ImageError> {
-        let file = std::fs::File::open(rootfs_tar)
-            .map_err(|e| ImageError::io("opening", rootfs_tar, e))?;
-        let layer = unpack_layer(file, &rootfs_tar.display().to_string(), &work.join("layer"))?;
+        let layer =
+            unpack_file(rootfs_tar, &rootfs_tar.display().to_string(), work, "layer", false)?;
         let config = serde_json::json!({
             "architecture": super::go_arch(),
             "os": "linux",
@@ -97,7 +97,7 @@ impl ImageStore {
         });
         let found =
             Found { names: vec![name], config: config.to_string().into_bytes(), layers: vec![] };
-        let ready = prepare(found, vec![layer])?;
+        let ready = prepare(found, vec![layer], Vec::new())?;
         let mut stored = self.commit(vec![ready])?;
         stored.pop().ok_or_else(|| ImageError::UnknownArchive("nothing imported".into()))
     }
@@ -118,29 +118,38 @@ impl ImageStore {
         for (i, found) in archive::read(&staged)?.into_iter().enumerate() {
             let mut layers = Vec::new();
             for (j, l) in found.layers.iter().enumerate() {
-                let f = std::fs::File::open(&l.path)
-                    .map_err(|e| ImageError::io("opening", &l.path, e))?;
-                layers.push(unpack_layer(f, &l.name, &work.join(format!("layer-{i}-{j}")))?);
+                // The staged copy is ours: it becomes the layer's blob as it is.
+                layers.push(unpack_file(&l.path, &l.name, work, &format!("layer-{i}-{j}"), true)?);
             }
-            ready.push(prepare(found, layers)?);
+            ready.push(prepare(found, layers, Vec::new())?);
         }
         self.commit(ready)
     }
 
-    /// Moves checked images into the store: layers not stored yet, configs, metadata and
-    /// names. Holds the writer lock throughout, so a removal cannot take a layer in between.
-    fn commit(&self, ready: Vec<Ready>) -> Result<Vec<ImageInfo>, ImageError> {
+    /// Moves checked images into the store: layers and blobs not stored yet, configs, metadata
+    /// and names. Holds the writer lock throughout, so a removal cannot take a layer in between.
+    pub(super) fn commit(&self, ready: Vec<Ready>) -> Result<Vec<ImageInfo>, ImageError> {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         for r in ready {
             for l in &r.layers {
-                let dest = self.layer_dir(&l.diff_id);
-                if !dest.exists() {
-                    std::fs::rename(&l.dir, &dest)
-                        .map_err(|e| ImageError::io("storing a layer in", &dest, e))?;
+                if let Some(dir) = &l.dir {
+                    let dest = self.layer_dir(&l.diff_id);
+                    if !dest.exists() {
+                        std::fs::rename(dir, &dest)
+                            .map_err(|e| ImageError::io("storing a layer in", &dest, e))?;
+                    }
+                }
+                if let Some(file) = &l.blob_file {
+                    let dest = self.blob_path(&l.blob.digest);
+                    if !dest.exists() {
+                        std::fs::rename(file, &dest)
+                            .map_err(|e| ImageError::io("storing a blob in", &dest, e))?;
+                    }
                 }
             }
             let diff_ids: Vec<String> = r.layers.iter().map(|l| l.diff_id.clone()).collect();
+            let blobs: Vec<Blob> = r.layers.iter().map(|l| l.blob.clone()).collect();
             write(&self.blob_path(&r.id), &r.config)?;
             let mut info = self.read_meta(&r.id).unwrap_or(ImageInfo {
                 id: r.id.clone(),
@@ -148,7 +157,15 @@ impl ImageStore {
                 size: diff_ids.iter().map(|d| dir_size(&self.layer_dir(d))).sum(),
                 layers: diff_ids,
                 config: r.run,
+                repo_digests: Vec::new(),
+                blobs: Vec::new(),
             });
+            if info.blobs.is_empty() {
+                info.blobs = blobs;
+            }
+            for d in &r.repo_digests {
+                add_repo_digest(&mut info, d);
+            }
             for tagged in &r.names {
                 self.untag_everywhere(tagged)?;
                 if !info.names.contains(tagged) {
@@ -181,15 +198,32 @@ impl ImageStore {
             Some(t) => self.list()?.into_iter().find(|i| i.names.contains(&t)),
             None => None,
         };
-        match (by_name, r.digest) {
-            (Some(i), Some(pin)) if i.id != pin => Err(ImageError::PinMismatch {
+        let Some(pin) = r.digest else {
+            return by_name.ok_or_else(|| ImageError::NotFound(reference.into()));
+        };
+        // A pin is an image id (a config digest) or a manifest digest a registry gave; the
+        // image with that digest is the one to run, whatever the tag says now.
+        let pinned = |i: &ImageInfo| {
+            i.id == pin
+                || i.repo_digests.iter().any(|d| {
+                    d.rsplit_once('@').is_some_and(|(repo, dg)| {
+                        dg == pin && r.name.as_deref().is_none_or(|n| n == repo)
+                    })
+                })
+        };
+        if let Some(i) = self.read_meta(&pin) {
+            return Ok(i);
+        }
+        if let Some(i) = self.list()?.into_iter().find(pinned) {
+            return Ok(i);
+        }
+        match by_name {
+            Some(i) => Err(ImageError::PinMismatch {
                 reference: reference.into(),
                 pinned: pin,
                 actual: i.id,
             }),
-            (Some(i), _) => Ok(i),
-            (None, Some(pin)) => self.read_meta(&pin).ok_or(ImageError::NotFound(reference.into())),
-            (None, None) => Err(ImageError::NotFound(reference.into())),
+            None => Err(ImageError::NotFound(reference.into())),
         }
     }
 
@@ -213,9 +247,15 @@ impl ImageStore {
         }
         let _ = std::fs::remove_file(self.meta_path(&info.id));
         let _ = std::fs::remove_file(self.blob_path(&info.id));
-        let kept: Vec<String> = self.list()?.into_iter().flat_map(|i| i.layers).collect();
+        let others = self.list()?;
+        let kept: Vec<&String> = others.iter().flat_map(|i| &i.layers).collect();
         for l in info.layers.iter().filter(|l| !kept.contains(l)) {
             let _ = std::fs::remove_dir_all(self.layer_dir(l));
+        }
+        let kept: Vec<&String> =
+            others.iter().flat_map(|i| i.blobs.iter().map(|b| &b.digest)).collect();
+        for b in info.blobs.iter().filter(|b| !kept.contains(&&b.digest)) {
+            let _ = std::fs::remove_file(self.blob_path(&b.digest));
         }
         Ok(info.id)
     }
@@ -230,7 +270,7 @@ impl ImageStore {
         self.root.join("layers").join(hex_of(diff_id))
     }
 
-    fn untag_everywhere(&self, tagged: &str) -> Result<(), ImageError> {
+    pub(super) fn untag_everywhere(&self, tagged: &str) -> Result<(), ImageError> {
         for mut other in self.list()?.into_iter().filter(|i| i.names.iter().any(|n| n == tagged)) {
             other.names.retain(|n| n != tagged);
             self.write_meta(&other)?;
@@ -238,59 +278,123 @@ impl ImageStore {
         Ok(())
     }
 
-    fn tmp_dir(&self) -> Result<PathBuf, ImageError> {
+    pub(super) fn tmp_dir(&self) -> Result<PathBuf, ImageError> {
         let p = self.root.join("tmp").join(format!("{:016x}", rand::random::<u64>()));
         std::fs::create_dir(&p).map_err(|e| ImageError::io("creating", &p, e))?;
         Ok(p)
     }
 
-    fn blob_path(&self, digest: &str) -> PathBuf {
+    pub(super) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the blob (config or layer) with `digest` is kept.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
         self.root.join("blobs/sha256").join(hex_of(digest))
     }
 
-    fn meta_path(&self, id: &str) -> PathBuf {
+    pub(super) fn meta_path(&self, id: &str) -> PathBuf {
         self.root.join("images").join(format!("{}.json", hex_of(id)))
     }
 
-    fn read_meta(&self, id: &str) -> Option<ImageInfo> {
+    pub(super) fn read_meta(&self, id: &str) -> Option<ImageInfo> {
         check_digest(id)?;
         serde_json::from_slice(&std::fs::read(self.meta_path(id)).ok()?).ok()
     }
 
-    fn write_meta(&self, info: &ImageInfo) -> Result<(), ImageError> {
+    pub(super) fn write_meta(&self, info: &ImageInfo) -> Result<(), ImageError> {
         let bytes = serde_json::to_vec_pretty(info).expect("image metadata serializes");
         write(&self.meta_path(&info.id), &bytes)
     }
 }
 
-/// A layer unpacked into the staging area, not yet in the store.
+/// A layer ready for the store: unpacked into the staging area (or already stored) and its
+/// blob.
 #[derive(Debug)]
-struct Unpacked {
-    diff_id: String,
-    dir: PathBuf,
+pub(super) struct Unpacked {
+    pub(super) diff_id: String,
+    /// The unpacked tree in staging; `None` when the store has this layer already.
+    pub(super) dir: Option<PathBuf>,
+    pub(super) blob: Blob,
+    /// The blob's file in staging; `None` when it is in `blobs/` already.
+    pub(super) blob_file: Option<PathBuf>,
 }
 
 /// An image checked and ready to be stored.
 #[derive(Debug)]
-struct Ready {
+pub(super) struct Ready {
     id: String,
     config: Vec<u8>,
     run: RunConfig,
     /// `name:tag` references.
     names: Vec<String>,
     layers: Vec<Unpacked>,
+    /// `repository@sha256:…` it was pulled by.
+    repo_digests: Vec<String>,
 }
 
-/// Unpacks the layer `name` (its name in the archive, for messages) into `dir`.
-fn unpack_layer(src: impl std::io::Read, name: &str, dir: &Path) -> Result<Unpacked, ImageError> {
-    std::fs::create_dir(dir).map_err(|e| ImageError::io("creating", dir, e))?;
-    let diff_id = layer::unpack(src, dir)
+/// Reads what passes through, hashing it: a layer blob's digest and size while it unpacks.
+struct Hashing<R> {
+    inner: R,
+    hash: ring::digest::Context,
+    size: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
+/// Unpacks the layer blob at `path` (`name` is its name in the archive, for messages) into
+/// `work/<tag>` and hashes the blob as it goes. With `owned`, the file is staging's own and
+/// becomes the blob as it is; otherwise it is copied into staging as `work/<tag>.blob`.
+pub(super) fn unpack_file(
+    path: &Path,
+    name: &str,
+    work: &Path,
+    tag: &str,
+    owned: bool,
+) -> Result<Unpacked, ImageError> {
+    let dir = work.join(tag);
+    std::fs::create_dir(&dir).map_err(|e| ImageError::io("creating", &dir, e))?;
+    let file = std::fs::File::open(path).map_err(|e| ImageError::io("opening", path, e))?;
+    let mut src = Hashing {
+        inner: std::io::BufReader::new(file),
+        hash: ring::digest::Context::new(&ring::digest::SHA256),
+        size: 0,
+    };
+    let diff_id = layer::unpack(&mut src, &dir)
         .map_err(|source| ImageError::Layer { layer: format!("{name:?}"), source })?;
-    Ok(Unpacked { diff_id, dir: dir.to_path_buf() })
+    // What the tar reader left (gzip trailer, padding) is part of the blob too.
+    std::io::copy(&mut src, &mut std::io::sink())
+        .map_err(|e| ImageError::io("reading", path, e))?;
+    let digest = format!("sha256:{}", layer::hex(src.hash.finish().as_ref()));
+    let gzip = digest != diff_id;
+    let blob = Blob {
+        media_type: if gzip { media::OCI_LAYER_GZIP } else { media::OCI_LAYER }.to_string(),
+        digest,
+        size: src.size,
+    };
+    let blob_file = if owned {
+        path.to_path_buf()
+    } else {
+        let copy = work.join(format!("{tag}.blob"));
+        std::fs::copy(path, &copy).map_err(|e| ImageError::io("copying", path, e))?;
+        copy
+    };
+    Ok(Unpacked { diff_id, dir: Some(dir), blob, blob_file: Some(blob_file) })
 }
 
 /// Checks a found image against its config: layers match the diff ids, names parse.
-fn prepare(found: Found, layers: Vec<Unpacked>) -> Result<Ready, ImageError> {
+pub(super) fn prepare(
+    found: Found,
+    layers: Vec<Unpacked>,
+    repo_digests: Vec<String>,
+) -> Result<Ready, ImageError> {
     let id = digest(&found.config);
     let raw: RawConfig = serde_json::from_slice(&found.config)
         .map_err(|e| ImageError::UnknownArchive(format!("image config {id}: {e}")))?;
@@ -314,7 +418,16 @@ fn prepare(found: Found, layers: Vec<Unpacked>) -> Result<Ready, ImageError> {
         },
         names,
         layers,
+        repo_digests,
     })
+}
+
+/// Adds `repo@digest` to the image's repository digests, replacing an older digest of the
+/// same repository (the newest push or pull is what the name points at there).
+pub(super) fn add_repo_digest(info: &mut ImageInfo, repo_digest: &str) {
+    let repo = repo_digest.rsplit_once('@').map_or(repo_digest, |(r, _)| r);
+    info.repo_digests.retain(|d| d.rsplit_once('@').is_none_or(|(r, _)| r != repo));
+    info.repo_digests.push(repo_digest.to_string());
 }
 
 fn check_diff_ids(id: &str, expected: &[String], actual: &[String]) -> Result<(), ImageError> {
@@ -336,18 +449,18 @@ fn check_diff_ids(id: &str, expected: &[String], actual: &[String]) -> Result<()
     }
 }
 
-fn hex_of(digest: &str) -> &str {
+pub(super) fn hex_of(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)
 }
 
 /// Writes `bytes` to `path` atomically (temp file + rename).
-fn write(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+pub(super) fn write(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(|e| ImageError::io("writing", &tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| ImageError::io("renaming into", path, e))
 }
 
-fn dir_size(dir: &Path) -> u64 {
+pub(super) fn dir_size(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries
         .flatten()

@@ -84,6 +84,8 @@ mod tests {
             layers: vec!["sha256:l".into()],
             config: cfg,
             size: 0,
+            repo_digests: vec![],
+            blobs: vec![],
         }
     }
 

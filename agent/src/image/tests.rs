@@ -170,3 +170,124 @@ fn import_tag_and_remove() {
     assert!(store.list().unwrap().is_empty());
     assert!(!store.layer_dir(&a.layers[0]).exists(), "unused layer removed");
 }
+
+#[test]
+fn loaded_layers_keep_their_blobs_for_a_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(dir.path().join("images")).unwrap();
+    let id = oci_layout(&dir.path().join("tools.tar.gz"));
+    store.load_archive(&dir.path().join("tools.tar.gz")).unwrap();
+    let plan = store.push_plan("tools:2").unwrap();
+    assert_eq!(plan.id, id);
+    assert_eq!(plan.layers.len(), 1);
+    assert_eq!(plan.layers[0].media_type, media::OCI_LAYER_GZIP, "a gzip blob stays gzip");
+    // Every file the plan sends is the blob its digest names, byte for byte.
+    let blobs = std::iter::once(&plan.config).chain(&plan.layers);
+    for (b, f) in blobs.zip(&plan.files) {
+        let bytes = std::fs::read(f).unwrap();
+        assert_eq!((digest(&bytes), bytes.len() as u64), (b.digest.clone(), b.size));
+    }
+    let m: serde_json::Value = serde_json::from_slice(&plan.manifest).unwrap();
+    assert_eq!(m["config"]["digest"], id.as_str());
+    assert_eq!(m["layers"][0]["digest"], plan.layers[0].digest.as_str());
+    // docker save layers are plain tars: blob digest and diff id are the same.
+    docker_archive(&dir.path().join("web.tar"));
+    store.load_archive(&dir.path().join("web.tar")).unwrap();
+    let plan = store.push_plan("web:1").unwrap();
+    let info = store.resolve("web:1").unwrap();
+    let digests: Vec<&String> = plan.layers.iter().map(|b| &b.digest).collect();
+    assert_eq!(digests, info.layers.iter().collect::<Vec<_>>());
+    assert!(plan.layers.iter().all(|b| b.media_type == media::OCI_LAYER));
+}
+
+#[test]
+fn a_pulled_image_is_found_by_its_repository_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(dir.path().join("images")).unwrap();
+    let (bottom, top) = two_layers();
+    let config = config_for(&[&bottom, &top], &["/bin/sh"]);
+    let blobs: Vec<Blob> = [gzip(&bottom), top.clone()]
+        .iter()
+        .zip([media::OCI_LAYER_GZIP, media::OCI_LAYER])
+        .map(|(b, m)| {
+            std::fs::write(store.blob_path(&digest(b)), b).unwrap();
+            Blob { media_type: m.into(), digest: digest(b), size: b.len() as u64 }
+        })
+        .collect();
+    std::fs::write(store.blob_path(&digest(&config)), &config).unwrap();
+    let manifest = format!("sha256:{}", "7".repeat(64));
+    let input = PullInput {
+        name: Some("reg:5000/web:1".into()),
+        repo_digest: format!("reg:5000/web@{manifest}"),
+        config_digest: digest(&config),
+        layers: blobs.clone(),
+    };
+    let info = store.commit_pulled(&input).unwrap();
+    assert_eq!(info.id, digest(&config));
+    assert_eq!(info.blobs, blobs);
+    assert_eq!(store.resolve(&format!("reg:5000/web@{manifest}")).unwrap().id, info.id);
+    assert_eq!(store.resolve(&manifest).unwrap().id, info.id, "a bare pin finds it too");
+    assert!(matches!(
+        store.resolve(&format!("other/web@{manifest}")),
+        Err(ImageError::NotFound(_))
+    ));
+    let RootfsSource::Layers(dirs) = store.rootfs(&info) else { panic!("layers expected") };
+    assert!(dirs[1].join("etc/a").exists(), "the gzip layer was unpacked");
+    // A layer whose bytes are not what the config says is refused and nothing is stored.
+    let bad_top = tar_of(&[("etc/evil", b"x")]);
+    std::fs::write(store.blob_path(&digest(&bad_top)), &bad_top).unwrap();
+    let other_config = config_for(&[&bottom, &tar_of(&[("etc/good", b"y")])], &["/bin/sh"]);
+    std::fs::write(store.blob_path(&digest(&other_config)), &other_config).unwrap();
+    let bad = PullInput {
+        name: Some("reg:5000/bad:1".into()),
+        repo_digest: format!("reg:5000/bad@sha256:{}", "8".repeat(64)),
+        config_digest: digest(&other_config),
+        layers: vec![
+            blobs[0].clone(),
+            Blob { media_type: media::OCI_LAYER.into(), digest: digest(&bad_top), size: 0 },
+        ],
+    };
+    assert!(matches!(store.commit_pulled(&bad), Err(ImageError::DiffIdMismatch { .. })));
+    assert!(store.resolve("reg:5000/bad:1").is_err());
+    let zstd = PullInput {
+        layers: vec![
+            Blob {
+                media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(),
+                ..blobs[0].clone()
+            },
+            blobs[1].clone(),
+        ],
+        ..input
+    };
+    assert!(matches!(store.commit_pulled(&zstd), Err(ImageError::LayerFormat { .. })));
+}
+
+#[test]
+fn tag_then_prune_keeps_what_images_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(dir.path().join("images")).unwrap();
+    docker_archive(&dir.path().join("web.tar"));
+    let web = store.load_archive(&dir.path().join("web.tar")).unwrap().remove(0);
+    store.tag("web:1", "reg:5000/web:1").unwrap();
+    assert_eq!(store.resolve("reg:5000/web:1").unwrap().id, web.id);
+    // A blob nothing uses, one a pull holds a lease on, and a layer nothing uses.
+    let stray = b"stray".to_vec();
+    std::fs::write(store.blob_path(&digest(&stray)), &stray).unwrap();
+    let held = b"held".to_vec();
+    std::fs::write(store.blob_path(&digest(&held)), &held).unwrap();
+    let lease = store.lease([digest(&held)]);
+    std::fs::create_dir_all(store.layer_dir(&format!("sha256:{}", "9".repeat(64)))).unwrap();
+    let report = store.prune(&[]).unwrap();
+    assert_eq!((report.blobs, report.layers), (1, 1));
+    assert!(report.images.is_empty(), "named images stay");
+    assert!(!store.has_blob(&digest(&stray)));
+    assert!(store.has_blob(&digest(&held)), "a leased blob stays");
+    drop(lease);
+    assert!(store.push_plan("web:1").is_ok(), "the image's own blobs stay");
+    // Untagged and unused: the image goes, and its layers and blobs with it.
+    store.remove("web:1", &[]).unwrap();
+    store.remove("reg:5000/web:1", &[]).unwrap();
+    store.prune(&[]).unwrap();
+    assert!(store.list().unwrap().is_empty());
+    assert_eq!(std::fs::read_dir(dir.path().join("images/blobs/sha256")).unwrap().count(), 0);
+}

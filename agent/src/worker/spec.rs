@@ -208,6 +208,8 @@ mod tests {
                 ..Default::default()
             },
             size: 0,
+            repo_digests: vec![],
+            blobs: vec![],
         }
     }
 
