@@ -4,7 +4,8 @@
 //! - [`netns`]: `shoald` processes on hosts in network namespaces, driven with `shoal`;
 //! - [`fake_worker`]: a node that speaks the real protocol and runs nothing;
 //! - [`image`]: a busybox image to import;
-//! - [`poll`]: waiting for conditions (`eventually`, `stays`).
+//! - [`poll`]: waiting for conditions (`eventually`, `stays`);
+//! - [`registry`]: a real registry (`docker-registry`) with TLS from a test CA and logins.
 //!
 //! It turns on `shoal`'s `test-util` feature (test knobs in `shoald`, the fake executor).
 
@@ -14,3 +15,4 @@ pub mod image;
 pub mod managers;
 pub mod netns;
 pub mod poll;
+pub mod registry;
