@@ -33,6 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "shoal.UnlockRequest",
             "shoal.JoinTokenInfo",
             "shoal.UnlockKeyInfo",
+            "shoal.RegistryAuth",
         ])
         .compile_protos(&files, &["proto"])?;
     Ok(())

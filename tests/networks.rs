@@ -46,7 +46,7 @@ fn service(name: &str, networks: &[&str]) -> ServiceSpec {
 }
 
 async fn create_service(m: &TestNode, spec: ServiceSpec) -> Result<Service, tonic::Status> {
-    let req = CreateServiceRequest { spec: Some(spec) };
+    let req = CreateServiceRequest { spec: Some(spec), ..Default::default() };
     Ok(m.control().await.create_service(req).await?.into_inner().service.unwrap())
 }
 
@@ -215,7 +215,9 @@ async fn concurrent_allocations_never_share_an_address_a_subnet_or_a_vni() {
         creates.push(tokio::spawn(async move {
             let mut control = control;
             let spec = service(&format!("s{i}"), &["shared"]);
-            control.create_service(CreateServiceRequest { spec: Some(spec) }).await
+            control
+                .create_service(CreateServiceRequest { spec: Some(spec), ..Default::default() })
+                .await
         }));
     }
     let mut addrs = BTreeSet::new();

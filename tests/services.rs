@@ -50,7 +50,7 @@ fn spec(name: &str, image: &str, replicas: u64) -> ServiceSpec {
 }
 
 async fn create(m: &TestNode, spec: ServiceSpec) -> Service {
-    let req = CreateServiceRequest { spec: Some(spec) };
+    let req = CreateServiceRequest { spec: Some(spec), ..Default::default() };
     m.control().await.create_service(req).await.unwrap().into_inner().service.unwrap()
 }
 
@@ -231,7 +231,10 @@ async fn concurrent_creations_of_one_name_make_exactly_one_object() {
     for _ in 0..8 {
         let mut control = m.control().await;
         calls.push(tokio::spawn(async move {
-            let service = CreateServiceRequest { spec: Some(spec("dup", "busybox:demo", 0)) };
+            let service = CreateServiceRequest {
+                spec: Some(spec("dup", "busybox:demo", 0)),
+                ..Default::default()
+            };
             let secret = CreateSecretRequest {
                 kind: SecretKind::Secret as i32,
                 name: "dup-secret".into(),
@@ -269,7 +272,10 @@ async fn concurrent_creations_of_one_name_make_exactly_one_object() {
     assert_eq!(named, 1);
     control.remove_service(RemoveServiceRequest { reference: "dup".into() }).await.unwrap();
     control
-        .create_service(CreateServiceRequest { spec: Some(spec("dup", "busybox:demo", 0)) })
+        .create_service(CreateServiceRequest {
+            spec: Some(spec("dup", "busybox:demo", 0)),
+            ..Default::default()
+        })
         .await
         .expect("the name is free again after the service is removed");
     let rm =

@@ -101,6 +101,11 @@ pub const TABLE: &[(&str, Access)] = &[
     ("/shoal.Daemon/ImageImport", Access::LocalOnly),
     ("/shoal.Daemon/ImageLs", Access::LocalOnly),
     ("/shoal.Daemon/ImageRm", Access::LocalOnly),
+    ("/shoal.Daemon/ImagePull", Access::LocalOnly),
+    ("/shoal.Daemon/ImagePush", Access::LocalOnly),
+    ("/shoal.Daemon/ImageTag", Access::LocalOnly),
+    ("/shoal.Daemon/ImagePrune", Access::LocalOnly),
+    ("/shoal.Daemon/RegistryLogin", Access::LocalOnly),
 ];
 
 /// The access rule of a method path.

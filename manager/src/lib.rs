@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 mod data_dir;
 pub mod dispatcher;
+pub mod images;
 pub mod intake;
 pub mod logs;
 pub mod manager;

@@ -89,6 +89,9 @@ pub(crate) struct Shared {
     data_keys: Arc<DataKeyState>,
     /// How often a node may renew its certificate.
     pub renew_pace: crate::intake::Pace,
+    /// Pins service images to digests; made on first use with default settings unless the
+    /// daemon gave it the node's ([`Manager::use_registry`]).
+    registry: Mutex<Option<shoal_registry::Client>>,
 }
 
 /// A running manager. Cheap to clone.
@@ -324,6 +327,7 @@ impl Manager {
             removals: Default::default(),
             data_keys: parts.data_keys,
             renew_pace: Default::default(),
+            registry: Mutex::new(None),
         };
         shared.refresh_access();
         let manager = Manager { shared: Arc::new(shared) };
@@ -378,6 +382,12 @@ impl Manager {
     /// The revocation list consulted at every handshake and call.
     pub fn revocations(&self) -> Arc<Revocations> {
         self.shared.revocations.clone()
+    }
+
+    /// Reaches registries with `client` (the node's certs.d and insecure registries) when
+    /// pinning service images.
+    pub fn use_registry(&self, client: shoal_registry::Client) {
+        *self.shared.registry.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
     }
 
     /// The store (read access for the daemon and tests).
@@ -446,6 +456,17 @@ fn new_raft_id() -> u64 {
 }
 
 impl Shared {
+    /// The client that pins service images to digests.
+    pub(crate) fn registry(&self) -> Result<shoal_registry::Client, shoal_registry::RegistryError> {
+        let mut slot = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let client = shoal_registry::Client::new(shoal_registry::Settings::default())?;
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
     /// The cluster object.
     pub fn cluster(&self) -> Result<Cluster, StoreError> {
         self.store.get::<Cluster>(&self.cluster_id)?.ok_or_else(|| {

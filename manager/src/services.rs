@@ -86,6 +86,9 @@ pub enum ServiceError {
     /// The store could not answer or commit.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The image reference is wrong.
+    #[error(transparent)]
+    Image(#[from] crate::images::BadImage),
     /// Refused by a check shared with other parts of the control API (node references,
     /// unique hostnames), which answer with their own status.
     #[error("{}", .0.message())]
@@ -97,9 +100,8 @@ impl From<ServiceError> for Status {
         use ServiceError::*;
         match e {
             NotFound(_) | NodeGone | NoLabel { .. } => Status::not_found(e.to_string()),
-            NoReference | Ambiguous(_) | NoSpec | Availability(_) | Label(_) | Hostname(_) => {
-                Status::invalid_argument(e.to_string())
-            }
+            NoReference | Ambiguous(_) | NoSpec | Availability(_) | Label(_) | Hostname(_)
+            | Image(_) => Status::invalid_argument(e.to_string()),
             NameTaken(_) => Status::already_exists(e.to_string()),
             TooMany(_) => Status::resource_exhausted(e.to_string()),
             Changed { .. } => Status::aborted(e.to_string()),
@@ -140,7 +142,8 @@ pub(crate) async fn create(
     if spec.name.is_empty() {
         spec.name = format!("svc-{}", &id[..8]);
     }
-    let spec = normalize(spec)?;
+    let mut spec = normalize(spec)?;
+    let warnings = crate::images::pin(shared, &mut spec, req.no_resolve_image).await?;
     let service = shared
         .store
         .update(|tx| {
@@ -166,8 +169,9 @@ pub(crate) async fn create(
         })
         .await?;
     tracing::info!(service = %service.id, name = %spec.name, "service created");
-    let service = shared.store.get::<Service>(&service.id)?;
-    Ok(ServiceResponse { service })
+    let mut service = shared.store.get::<Service>(&service.id)?;
+    service.iter_mut().for_each(Service::redact);
+    Ok(ServiceResponse { service, warnings })
 }
 
 pub(crate) async fn update(
@@ -176,12 +180,19 @@ pub(crate) async fn update(
 ) -> Result<ServiceResponse, ServiceError> {
     shared.store.barrier().await?;
     let services = shared.store.list::<Service>()?;
-    let id = resolve_service(&services, &req.reference)?.id.clone();
+    let found = resolve_service(&services, &req.reference)?;
+    let id = found.id.clone();
+    let current = found.spec.clone().unwrap_or_default();
+    let mut warnings = Vec::new();
     let new_spec = if req.rollback {
         None
     } else {
         let spec = req.spec.clone().ok_or(ServiceError::NoSpec)?;
-        Some(normalize(spec)?)
+        let mut spec = normalize(spec)?;
+        crate::images::keep_auth(&mut spec, &current);
+        warnings = crate::images::pin(shared, &mut spec, req.no_resolve_image).await?;
+        crate::images::keep_pin(&mut spec, &current);
+        Some(spec)
     };
     let service = shared
         .store
@@ -243,8 +254,9 @@ pub(crate) async fn update(
         })
         .await?;
     tracing::info!(service = %service.id, version = service.spec_version, rollback = req.rollback, "service updated");
-    let service = shared.store.get::<Service>(&service.id)?;
-    Ok(ServiceResponse { service })
+    let mut service = shared.store.get::<Service>(&service.id)?;
+    service.iter_mut().for_each(Service::redact);
+    Ok(ServiceResponse { service, warnings })
 }
 
 pub(crate) async fn get(
@@ -253,8 +265,9 @@ pub(crate) async fn get(
 ) -> Result<ServiceResponse, ServiceError> {
     shared.store.barrier().await?;
     let services = shared.store.list::<Service>()?;
-    let service = resolve_service(&services, &req.reference)?.clone();
-    Ok(ServiceResponse { service: Some(service) })
+    let mut service = resolve_service(&services, &req.reference)?.clone();
+    service.redact();
+    Ok(ServiceResponse { service: Some(service), warnings: Vec::new() })
 }
 
 pub(crate) async fn list(shared: &Shared) -> Result<ListServicesResponse, ServiceError> {
@@ -273,7 +286,8 @@ pub(crate) async fn list(shared: &Shared) -> Result<ListServicesResponse, Servic
     }
     let services = services
         .into_iter()
-        .map(|s| {
+        .map(|mut s| {
+            s.redact();
             let spec = s.spec.clone().unwrap_or_default();
             let desired = match spec.mode() {
                 ServiceMode::Replicated => spec.replicas,
@@ -333,6 +347,10 @@ pub(crate) async fn list_tasks(
         .filter(|t| service_id.as_ref().is_none_or(|s| &t.service_id == s))
         .filter(|t| node_id.as_ref().is_none_or(|n| &t.node_id == n))
         .filter(|t| !req.desired_running || is_live(t))
+        .map(|mut t| {
+            t.redact();
+            t
+        })
         .collect();
     tasks.sort_by(|a, b| {
         (a.service_name.as_str(), a.slot, &a.node_id)

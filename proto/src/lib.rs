@@ -180,6 +180,44 @@ redact_fields!(InitResponse, shown: [node_id, cluster_id, advertise_addr],
 redact_fields!(JoinRequest, shown: [remote_addr, listen_addr, advertise_addr], hidden: [token]);
 redact_fields!(UnlockRequest, shown: [], hidden: [key]);
 redact_fields!(UnlockKeyInfo, shown: [], hidden: [key]);
+redact_fields!(RegistryAuth, shown: [registry, username], hidden: [password]);
+
+impl RegistryAuth {
+    /// The same login without its password: what reads through the control API show.
+    pub fn redacted(&self) -> RegistryAuth {
+        RegistryAuth { password: String::new(), ..self.clone() }
+    }
+}
+
+impl ContainerSpec {
+    /// Drops the registry password: for every answer that leaves the managers except a
+    /// node's own assignments.
+    pub fn redact(&mut self) {
+        if let Some(a) = &mut self.registry_auth {
+            *a = a.redacted();
+        }
+    }
+}
+
+impl Service {
+    /// [`ContainerSpec::redact`] on the current and the previous spec.
+    pub fn redact(&mut self) {
+        for spec in [&mut self.spec, &mut self.previous_spec].into_iter().flatten() {
+            if let Some(c) = &mut spec.container {
+                c.redact();
+            }
+        }
+    }
+}
+
+impl Task {
+    /// [`ContainerSpec::redact`] on the task's spec.
+    pub fn redact(&mut self) {
+        if let Some(c) = self.spec.as_mut().and_then(|s| s.container.as_mut()) {
+            c.redact();
+        }
+    }
+}
 redact_fields!(JoinTokenInfo, shown: [role, expires_at_ms, max_uses, uses, manager_addrs],
     hidden: [token]);
 

@@ -380,7 +380,7 @@ impl ShoalNode {
         }
         let start = Instant::now();
         let created = control
-            .create_service(CreateServiceRequest { spec: Some(spec) })
+            .create_service(CreateServiceRequest { spec: Some(spec), ..Default::default() })
             .await
             .map_err(client::status)
             .context("service create")?;

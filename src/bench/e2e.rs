@@ -160,7 +160,9 @@ async fn e2e_run(
         let spec = sleep_service(&format!("{}s{i}", run_prefix(run)), "busybox:e2e", args.replicas);
         let mut control = control.clone();
         calls.push(tokio::spawn(async move {
-            control.create_service(CreateServiceRequest { spec: Some(spec) }).await
+            control
+                .create_service(CreateServiceRequest { spec: Some(spec), ..Default::default() })
+                .await
         }));
     }
     for call in calls {

@@ -67,6 +67,14 @@ struct Args {
     /// Run tasks that ask for a user namespace as this user's subordinate ids (/etc/subuid)
     #[arg(long, value_name = "USER")]
     userns_remap: Option<String>,
+    /// Registries' extra CAs and client certificates, one directory per registry
+    /// (HOST:PORT/ca.crt, client.cert, client.key), as Docker's certs.d
+    #[arg(long, value_name = "DIR", default_value = "/etc/shoal/certs.d")]
+    certs_dir: PathBuf,
+    /// A registry this node may reach without verified TLS, or over plain HTTP (HOST:PORT or
+    /// a CIDR; repeat it). Without it every registry is reached over verified TLS
+    #[arg(long, value_name = "HOST:PORT|CIDR")]
+    insecure_registry: Vec<String>,
 }
 
 /// mimalloc in its secure mode (guard pages, encoded free lists, randomised allocation):
@@ -115,7 +123,17 @@ async fn run() -> Result<()> {
         args.userns_remap.as_deref(),
     )
     .map_err(anyhow::Error::msg)?;
-    let executor = executor(&args, policy)?;
+    let insecure = args
+        .insecure_registry
+        .iter()
+        .map(|s| s.parse().map_err(|e| anyhow::anyhow!("--insecure-registry {s}: {e}")))
+        .collect::<Result<Vec<shoal_registry::Insecure>>>()?;
+    let registry = shoal_registry::Client::new(shoal_registry::Settings {
+        certs_dir: args.certs_dir.clone(),
+        insecure,
+    })
+    .context("setting up the registry client")?;
+    let executor = executor(&args, policy)?.with_registry(registry.clone());
     let hostname = match args.hostname {
         Some(h) => h,
         None => hostname::get()
@@ -132,6 +150,7 @@ async fn run() -> Result<()> {
             listen_addr: args.listen_addr,
             advertise_addr: args.advertise_addr,
         },
+        registry,
     };
     let daemon = Daemon::start(cfg).await?;
     tokio::spawn(exit_when_manager_fails(daemon.clone(), socket.clone()));

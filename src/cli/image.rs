@@ -1,4 +1,5 @@
-//! `shoal image …`: images on this node (load, import, list, remove), through the local socket.
+//! `shoal image …`: images on this node (load, import, pull, push, tag, list, remove, prune),
+//! through the local socket. Pulls and pushes send the saved login for the image's registry.
 
 use std::path::PathBuf;
 
@@ -31,12 +32,38 @@ pub enum ImageCmd {
         /// Print IDs only
         #[arg(short, long)]
         quiet: bool,
+        /// Show the registry digests (repository@sha256:…) of each image
+        #[arg(long)]
+        digests: bool,
     },
     /// Remove images
     #[command(alias = "remove")]
     Rm {
         #[arg(required = true)]
         images: Vec<String>,
+    },
+    /// Pull an image from a registry onto this node
+    Pull {
+        /// NAME[:TAG|@DIGEST]
+        image: String,
+    },
+    /// Push an image of this node to the registry its name says
+    Push {
+        /// NAME[:TAG]
+        image: String,
+    },
+    /// Give an image another name
+    Tag {
+        /// NAME[:TAG] or ID of the image
+        source: String,
+        /// The new NAME[:TAG]
+        target: String,
+    },
+    /// Remove unnamed images no task runs, and layers and blobs no image uses
+    Prune {
+        /// Do not ask for confirmation (accepted for Docker's muscle memory; prune never asks)
+        #[arg(short, long)]
+        force: bool,
     },
 }
 
@@ -63,10 +90,46 @@ pub async fn run(cmd: ImageCmd, channel: Channel) -> Result<()> {
                 println!("{}", i.id);
             }
         }
-        ImageCmd::Ls { quiet } => {
+        ImageCmd::Ls { quiet, digests } => {
             let list =
                 daemon.image_ls(ImageLsRequest {}).await.map_err(client::status)?.into_inner();
-            print!("{}", output::images(&list, quiet));
+            print!("{}", output::images(&list, quiet, digests));
+        }
+        ImageCmd::Pull { image } => {
+            let auth = super::login::for_image(&image)?;
+            println!("Pulling {image}");
+            let req = ImagePullRequest { reference: image.clone(), auth };
+            let list = daemon.image_pull(req).await.map_err(client::status)?.into_inner();
+            for i in &list.images {
+                println!("Digest: {}", i.repo_digests.last().map(String::as_str).unwrap_or(""));
+                println!("Status: image {image} is up to date on this node ({})", i.id);
+            }
+        }
+        ImageCmd::Push { image } => {
+            let auth = super::login::for_image(&image)?;
+            let req = ImagePushRequest { reference: image.clone(), auth };
+            let r = daemon.image_push(req).await.map_err(client::status)?.into_inner();
+            println!("Pushed {image}: {} ({} bytes)", r.repo_digest, r.size);
+        }
+        ImageCmd::Tag { source, target } => {
+            let req = ImageTagRequest { source, target };
+            daemon.image_tag(req).await.map_err(client::status)?;
+        }
+        ImageCmd::Prune { force: _ } => {
+            let r = daemon
+                .image_prune(ImagePruneRequest {})
+                .await
+                .map_err(client::status)?
+                .into_inner();
+            for id in &r.images {
+                println!("Deleted: {id}");
+            }
+            println!(
+                "Removed {} layers and {} blobs; reclaimed {:.1}MB",
+                r.layers,
+                r.blobs,
+                r.bytes as f64 / 1e6
+            );
         }
         ImageCmd::Rm { images } => {
             for reference in images {

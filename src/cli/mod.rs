@@ -12,6 +12,7 @@ use tonic::transport::Channel;
 
 pub mod client;
 pub mod image;
+pub mod login;
 pub mod network;
 pub mod node;
 pub mod output;
@@ -71,6 +72,24 @@ pub enum Command {
     Stack(stack::StackCmd),
     /// Show this node's view of the swarm
     Info,
+    /// Log in to a registry (checked by this node; saved in ~/.shoal/config.json, 0600)
+    Login {
+        /// Registry HOST[:PORT] (default: docker.io)
+        server: Option<String>,
+        #[arg(short, long)]
+        username: Option<String>,
+        /// The password (shows in the process list; prefer --password-stdin)
+        #[arg(short, long)]
+        password: Option<String>,
+        /// Read the password from standard input
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Forget the saved login for a registry
+    Logout {
+        /// Registry HOST[:PORT] (default: docker.io)
+        server: Option<String>,
+    },
 }
 
 /// Parses durations like Docker's flags: `90s`, `30m`, `720h`, `1h30m`.
@@ -81,6 +100,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Runs one parsed command.
 pub async fn run(cli: Cli) -> Result<()> {
+    if let Command::Logout { server } = cli.command {
+        return login::logout(server);
+    }
     let host = client::parse_host(&cli.host)?;
     let tls = TlsFiles { ca: cli.tlscacert, cert: cli.tlscert, key: cli.tlskey };
     let channel = client::connect(&host, &tls).await?;
@@ -97,6 +119,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             image::run(cmd, channel).await
         }
         Command::Info => info(channel).await,
+        Command::Login { server, username, password, password_stdin } => {
+            local_only(&host)?;
+            login::login(channel, server, username, password, password_stdin).await
+        }
+        Command::Logout { .. } => unreachable!("handled before connecting"),
     }
 }
 

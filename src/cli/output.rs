@@ -222,7 +222,7 @@ pub fn unlock_key(key: &str, rotated: bool, quiet: bool) -> String {
 }
 
 /// `image ls`.
-pub fn images(list: &shoal_proto::ImageList, quiet: bool) -> String {
+pub fn images(list: &shoal_proto::ImageList, quiet: bool, digests: bool) -> String {
     let mut out = String::new();
     if quiet {
         for i in &list.images {
@@ -233,9 +233,21 @@ pub fn images(list: &shoal_proto::ImageList, quiet: bool) -> String {
     let rows = list.images.iter().map(|i| {
         let short = i.id.trim_start_matches("sha256:").chars().take(12).collect::<String>();
         let names = if i.names.is_empty() { "<none>".to_string() } else { i.names.join(",") };
-        vec![names, short, i.layers.to_string(), format!("{:.1}MB", i.size as f64 / 1e6)]
+        let size = format!("{:.1}MB", i.size as f64 / 1e6);
+        if digests {
+            let d =
+                if i.repo_digests.is_empty() { "<none>".into() } else { i.repo_digests.join(",") };
+            vec![names, short, d, i.layers.to_string(), size]
+        } else {
+            vec![names, short, i.layers.to_string(), size]
+        }
     });
-    out + &table(&["REFERENCE", "IMAGE ID", "LAYERS", "SIZE"], rows)
+    let header: &[&str] = if digests {
+        &["REFERENCE", "IMAGE ID", "DIGEST", "LAYERS", "SIZE"]
+    } else {
+        &["REFERENCE", "IMAGE ID", "LAYERS", "SIZE"]
+    };
+    out + &table(header, rows)
 }
 
 /// `swarm inspect`.

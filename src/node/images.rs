@@ -1,11 +1,13 @@
 //! Owns the daemon side of `shoal image`: the node's image store (from the agent crate), run
-//! off the async threads, and its answers in wire form.
+//! off the async threads, pulls and pushes through this node's registry client (its certs.d
+//! and insecure registries), and the answers in wire form.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use shoal_agent::image::{ImageError, ImageInfo, ImageStore};
-use shoal_proto::{Image, ImageList};
+use shoal_agent::image::{ImageError, ImageInfo, ImageStore, PullError, Puller};
+use shoal_proto::{Image, ImageList, ImagePruneResponse, ImagePushResponse, RegistryAuth};
+use shoal_registry::{Client, Credentials, ImageRef, RegistryError};
 use tonic::Status;
 
 /// The node's image store, opened on first use.
@@ -13,6 +15,34 @@ use tonic::Status;
 pub struct Images {
     root: PathBuf,
     store: Mutex<Option<Arc<ImageStore>>>,
+    registry: Client,
+}
+
+fn pull_status(e: PullError) -> Status {
+    match e {
+        PullError::Store(e) => status(e),
+        PullError::Registry(e) => registry_status(e),
+        other => Status::unavailable(other.to_string()),
+    }
+}
+
+fn registry_status(e: RegistryError) -> Status {
+    match e {
+        RegistryError::Unauthorized { .. } => Status::permission_denied(e.to_string()),
+        RegistryError::NotFound { .. } => Status::not_found(e.to_string()),
+        RegistryError::BadReference { .. } => Status::invalid_argument(e.to_string()),
+        other => Status::failed_precondition(other.to_string()),
+    }
+}
+
+/// The login the CLI sent, if any.
+fn credentials(auth: Option<RegistryAuth>) -> Option<Credentials> {
+    auth.filter(|a| !a.username.is_empty() || !a.password.is_empty())
+        .map(|a| Credentials { username: a.username, password: a.password })
+}
+
+fn parse(reference: &str) -> Result<ImageRef, Status> {
+    ImageRef::parse(reference).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn status(e: ImageError) -> Status {
@@ -25,15 +55,82 @@ fn status(e: ImageError) -> Status {
 fn wire(images: Vec<ImageInfo>) -> ImageList {
     let images = images
         .into_iter()
-        .map(|i| Image { id: i.id, names: i.names, size: i.size, layers: i.layers.len() as u32 })
+        .map(|i| Image {
+            id: i.id,
+            names: i.names,
+            size: i.size,
+            layers: i.layers.len() as u32,
+            repo_digests: i.repo_digests,
+        })
         .collect();
     ImageList { images }
 }
 
 impl Images {
-    /// The store under `root` (not opened yet).
-    pub fn new(root: PathBuf) -> Images {
-        Images { root, store: Mutex::new(None) }
+    /// The store under `root` (not opened yet), reaching registries with `registry`.
+    pub fn new(root: PathBuf, registry: Client) -> Images {
+        Images { root, store: Mutex::new(None), registry }
+    }
+
+    fn puller(&self) -> Result<Puller, Status> {
+        Ok(Puller::new(self.registry.clone(), self.store()?))
+    }
+
+    /// `image pull NAME[:TAG|@DIGEST]` into this node's store.
+    pub async fn pull(
+        &self,
+        reference: String,
+        auth: Option<RegistryAuth>,
+    ) -> Result<ImageList, Status> {
+        let r = parse(&reference)?;
+        let info =
+            self.puller()?.pull(&r, credentials(auth).as_ref()).await.map_err(pull_status)?;
+        Ok(wire(vec![info]))
+    }
+
+    /// `image push NAME[:TAG]`: the stored image of that name, to the registry the name says.
+    pub async fn push(
+        &self,
+        reference: String,
+        auth: Option<RegistryAuth>,
+    ) -> Result<ImagePushResponse, Status> {
+        let r = parse(&reference)?;
+        if r.digest.is_some() {
+            return Err(Status::invalid_argument(format!(
+                "push {reference}: push a name and tag, not a digest"
+            )));
+        }
+        let (repo_digest, size) = self
+            .puller()?
+            .push(&reference, &r, credentials(auth).as_ref())
+            .await
+            .map_err(pull_status)?;
+        Ok(ImagePushResponse { repo_digest, size })
+    }
+
+    /// `image tag SOURCE TARGET`.
+    pub async fn tag(&self, source: String, target: String) -> Result<ImageList, Status> {
+        self.run(move |s| s.tag(&source, &target)).await.map(|i| wire(vec![i]))
+    }
+
+    /// `image prune`: unnamed images no task runs, and layers and blobs no image uses.
+    pub async fn prune(&self, in_use: Vec<String>) -> Result<ImagePruneResponse, Status> {
+        let r = self.run(move |s| s.prune(&in_use)).await?;
+        Ok(ImagePruneResponse {
+            images: r.images,
+            layers: r.layers as u64,
+            blobs: r.blobs as u64,
+            bytes: r.bytes,
+        })
+    }
+
+    /// `login`: checks the credentials against the registry (with this node's TLS settings).
+    pub async fn login(&self, auth: Option<RegistryAuth>) -> Result<(), Status> {
+        let auth = auth.ok_or_else(|| Status::invalid_argument("login: no credentials"))?;
+        let registry = auth.registry.clone();
+        let creds = credentials(Some(auth))
+            .ok_or_else(|| Status::invalid_argument("login: no user name or password"))?;
+        self.registry.login(&registry, &creds).await.map_err(registry_status)
     }
 
     fn store(&self) -> Result<Arc<ImageStore>, Status> {

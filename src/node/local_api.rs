@@ -36,7 +36,10 @@ pub async fn serve(
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {} to root", path.display()))?;
-    let images = Arc::new(crate::node::images::Images::new(daemon.files().root().join("images")));
+    let images = Arc::new(crate::node::images::Images::new(
+        daemon.files().root().join("images"),
+        daemon.registry().clone(),
+    ));
     let api = LocalApi { daemon, images };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
@@ -106,6 +109,46 @@ impl DaemonRpc for LocalApi {
         let in_use = self.daemon.images_in_use().await;
         let id = self.images.remove(req.into_inner().reference, in_use).await?;
         Ok(Response::new(ImageRmResponse { id }))
+    }
+
+    async fn image_pull(
+        &self,
+        req: Request<ImagePullRequest>,
+    ) -> Result<Response<ImageList>, Status> {
+        let r = req.into_inner();
+        self.images.pull(r.reference, r.auth).await.map(Response::new)
+    }
+
+    async fn image_push(
+        &self,
+        req: Request<ImagePushRequest>,
+    ) -> Result<Response<ImagePushResponse>, Status> {
+        let r = req.into_inner();
+        self.images.push(r.reference, r.auth).await.map(Response::new)
+    }
+
+    async fn image_tag(
+        &self,
+        req: Request<ImageTagRequest>,
+    ) -> Result<Response<ImageList>, Status> {
+        let r = req.into_inner();
+        self.images.tag(r.source, r.target).await.map(Response::new)
+    }
+
+    async fn image_prune(
+        &self,
+        _req: Request<ImagePruneRequest>,
+    ) -> Result<Response<ImagePruneResponse>, Status> {
+        let in_use = self.daemon.images_in_use().await;
+        self.images.prune(in_use).await.map(Response::new)
+    }
+
+    async fn registry_login(
+        &self,
+        req: Request<RegistryLoginRequest>,
+    ) -> Result<Response<RegistryLoginResponse>, Status> {
+        self.images.login(req.into_inner().auth).await?;
+        Ok(Response::new(RegistryLoginResponse {}))
     }
 
     async fn init(&self, req: Request<InitRequest>) -> Result<Response<InitResponse>, Status> {

@@ -108,7 +108,10 @@ async fn an_impostor_worker_cannot_take_another_nodes_hostname_address_tasks_or_
         }),
         ..Default::default()
     };
-    control.create_service(CreateServiceRequest { spec: Some(spec) }).await.unwrap();
+    control
+        .create_service(CreateServiceRequest { spec: Some(spec), ..Default::default() })
+        .await
+        .unwrap();
     eventually("the pinned task runs", CONVERGE, || async {
         let t = running_task(&m, "pinned").await?;
         (t.node_id == victim_id).then_some(()).ok_or(format!("runs on {}", t.node_id))

@@ -107,7 +107,10 @@ async fn a_removed_nodes_assignment_and_log_streams_close_at_once() {
         ..Default::default()
     };
     let mut control = m.control().await;
-    control.create_service(CreateServiceRequest { spec: Some(spec) }).await.unwrap();
+    control
+        .create_service(CreateServiceRequest { spec: Some(spec), ..Default::default() })
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let msg = tokio::time::timeout_at(deadline, streams.assignments.message())

@@ -100,7 +100,10 @@ async fn replicas_and_services_are_capped_with_an_error_naming_the_limit() {
 
     // `--replicas 18446744073709551615` would have the managers build tasks until they run
     // out of memory; it is refused before anything is stored.
-    let create = |name: &str, replicas| CreateServiceRequest { spec: Some(spec(name, replicas)) };
+    let create = |name: &str, replicas| CreateServiceRequest {
+        spec: Some(spec(name, replicas)),
+        ..Default::default()
+    };
     let err = control.create_service(create("huge", u64::MAX)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("at most 10000"), "{}", err.message());

@@ -151,7 +151,7 @@ async fn a_status_report_that_only_changes_its_message_is_not_written() {
         }),
         ..Default::default()
     };
-    let req = CreateServiceRequest { spec: Some(spec) };
+    let req = CreateServiceRequest { spec: Some(spec), ..Default::default() };
     m.control().await.create_service(req).await.unwrap();
     let task_id = loop {
         let msg = tokio::time::timeout(CONVERGE, assignments.message()).await.unwrap();

@@ -8,6 +8,7 @@
 mod archive;
 mod beneath;
 pub mod layer;
+mod pull;
 mod pulled;
 pub mod reference;
 mod store;
@@ -18,6 +19,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use pull::{repository, PullError, Puller, PARALLEL_DOWNLOADS};
 pub use pulled::{digest_of, Lease, PruneReport, PullInput, PushPlan};
 pub use reference::Reference;
 pub use store::ImageStore;

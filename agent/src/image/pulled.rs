@@ -251,7 +251,9 @@ impl ImageStore {
             std::fs::read_dir(&root).map_err(|e| ImageError::io("listing", &root, e))?.flatten()
         {
             let name = e.file_name().to_string_lossy().into_owned();
-            if !used_blobs.contains(&name) && !leased(&format!("sha256:{name}")) {
+            // A download in progress is `.HEX.partial` beside where its blob will be.
+            let hex = name.trim_start_matches('.').trim_end_matches(".partial").to_string();
+            if !used_blobs.contains(&name) && !leased(&format!("sha256:{hex}")) {
                 report.bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
                 if std::fs::remove_file(e.path()).is_ok() {
                     report.blobs += 1;

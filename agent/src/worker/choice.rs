@@ -16,6 +16,8 @@ use crate::runtime::{NodePolicy, OciRuntime, RuntimeConfig};
 pub struct ExecutorChoice {
     kind: Kind,
     built: Arc<Mutex<Option<Arc<dyn Executor>>>>,
+    /// Where real containers' missing images are pulled from; `None`: no pulls.
+    registry: Option<shoal_registry::Client>,
 }
 
 #[derive(Clone, Debug)]
@@ -69,7 +71,13 @@ impl ExecutorChoice {
     }
 
     fn of(kind: Kind) -> ExecutorChoice {
-        ExecutorChoice { kind, built: Arc::new(Mutex::new(None)) }
+        ExecutorChoice { kind, built: Arc::new(Mutex::new(None)), registry: None }
+    }
+
+    /// Real containers pull the images the node lacks with `client`.
+    pub fn with_registry(mut self, client: shoal_registry::Client) -> ExecutorChoice {
+        self.registry = Some(client);
+        self
     }
 
     /// Creates the node's data root (or tightens an existing one) for root alone: 0700, or
@@ -104,10 +112,16 @@ impl ExecutorChoice {
                     ExecError::Failed(format!("starting the container runtime: {what}: {e}"))
                 };
                 let runtime = OciRuntime::new(cfg).map_err(|e| fail("runtime", &e))?;
-                let images = ImageStore::attach(data_root.join("images"))
-                    .map_err(|e| fail("image store", &e))?;
+                let images = Arc::new(
+                    ImageStore::attach(data_root.join("images"))
+                        .map_err(|e| fail("image store", &e))?,
+                );
                 let net = crate::net::DataPlane::new(crate::net::NetConfig::new(data_root));
-                Arc::new(OciExecutor::new(runtime, Arc::new(images), node).with_network(net))
+                let mut exec = OciExecutor::new(runtime, images.clone(), node).with_network(net);
+                if let Some(client) = &self.registry {
+                    exec = exec.with_puller(crate::image::Puller::new(client.clone(), images));
+                }
+                Arc::new(exec)
             }
         };
         *built = Some(exec.clone());

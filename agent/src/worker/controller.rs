@@ -120,7 +120,10 @@ impl Controller {
     /// Prepare, wait for the go, start.
     async fn launch(&mut self, task: Box<Task>) -> Next {
         self.report(status(TaskState::Accepted, "accepted"));
-        self.report(status(TaskState::Preparing, "preparing"));
+        match self.exec.must_pull(&task) {
+            Some(image) => self.report(status(TaskState::Preparing, &format!("pulling {image}"))),
+            None => self.report(status(TaskState::Preparing, "preparing")),
+        }
         let prepared = match self.secrets.files_for(&task) {
             Ok(files) => self.exec.prepare_with(&task, files).await,
             Err(e) => Err(ExecError::Rejected(e.to_string())),

@@ -68,6 +68,11 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     /// The task's `(stdout, stderr)` log files, if it has any on this node. Rotated files are
     /// beside them as `<file>.1` (newest) to `<file>.N`.
     fn log_paths(&self, id: &str) -> Option<(PathBuf, PathBuf)>;
+    /// The image to pull before task `task` can be prepared, if the node lacks it and pulls
+    /// (what `service ps` shows while PREPARING). Preparing the task pulls it.
+    fn must_pull(&self, _task: &Task) -> Option<String> {
+        None
+    }
     /// IDs of the images this node's tasks run (none for an executor without images).
     fn images_in_use(&self) -> Vec<String> {
         Vec::new()

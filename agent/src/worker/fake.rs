@@ -85,7 +85,7 @@ impl FakeExecutor {
         let fate = match image {
             i if i.starts_with("missing/") => {
                 return Err(ExecError::Rejected(format!(
-                    "image {i} is not on node {}; load it with 'shoal image load'",
+                    "image {i} is not on node {}; pull it with 'shoal image pull' or load it with 'shoal image load'",
                     self.node
                 )))
             }

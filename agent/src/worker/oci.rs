@@ -12,7 +12,7 @@ use shoal_proto::Task;
 
 use super::executor::{ExecError, ExecOutput, Executor, ExitStatus};
 use super::spec::{build, parse_signal, resolve_image, Built, TaskSpecError};
-use crate::image::ImageStore;
+use crate::image::{ImageStore, Puller};
 use crate::net::DataPlane;
 use crate::runtime::{HostNamespace, OciRuntime, Runtime, RuntimeError};
 
@@ -26,6 +26,8 @@ pub struct OciExecutor {
     in_use: Mutex<HashMap<String, String>>,
     /// Interfaces, addresses, DNS and load balancing of tasks; `None`: tasks get loopback only.
     net: Option<Arc<DataPlane>>,
+    /// Pulls images tasks need and the store lacks; `None`: images must be loaded by hand.
+    puller: Option<Puller>,
 }
 
 fn failed(e: RuntimeError) -> ExecError {
@@ -44,7 +46,48 @@ impl OciExecutor {
             node: node.into(),
             in_use: Mutex::new(HashMap::new()),
             net: None,
+            puller: None,
         }
+    }
+
+    /// Pulls missing images from registries with `puller` (which must use the same store).
+    pub fn with_puller(mut self, puller: Puller) -> Self {
+        self.puller = Some(puller);
+        self
+    }
+
+    /// The reference to pull for a task whose image the store lacks: the pinned digest in
+    /// the image's repository, or the image as named. `None` if nothing is missing or this
+    /// executor does not pull.
+    fn to_pull(&self, task: &Task) -> Option<shoal_registry::ImageRef> {
+        self.puller.as_ref()?;
+        let c = task.spec.as_ref()?.container.as_ref()?;
+        match resolve_image(&self.images, c, &self.node) {
+            Err(TaskSpecError::ImageMissing { .. }) => {}
+            _ => return None,
+        }
+        let r = shoal_registry::ImageRef::parse(&c.image).ok()?;
+        Some(if c.image_digest.is_empty() { r } else { r.with_digest(&c.image_digest) })
+    }
+
+    /// Pulls the task's image if the store lacks it. A failure rejects the task with the
+    /// registry's words, and the store keeps nothing of it.
+    async fn pull_for(&self, task: &Task) -> Result<(), ExecError> {
+        let (Some(r), Some(puller)) = (self.to_pull(task), &self.puller) else { return Ok(()) };
+        let c = task.spec.as_ref().and_then(|s| s.container.as_ref());
+        let creds = c.and_then(|c| c.registry_auth.as_ref()).and_then(|a| {
+            (a.registry == r.registry && !a.password.is_empty()).then(|| {
+                shoal_registry::Credentials {
+                    username: a.username.clone(),
+                    password: a.password.clone(),
+                }
+            })
+        });
+        tracing::info!(task = %task.id, image = %r.familiar(), "pulling the task's image");
+        puller.pull(&r, creds.as_ref()).await.map(drop).map_err(|e| {
+            let image = c.map(|c| c.image.as_str()).unwrap_or_default();
+            ExecError::Rejected(format!("pulling {image} on {}: {e}", self.node))
+        })
     }
 
     /// Plumbs tasks into networks through `net`.
@@ -152,6 +195,7 @@ impl OciExecutor {
         task: &Task,
         files: Vec<crate::runtime::SecretFile>,
     ) -> Result<(), ExecError> {
+        self.pull_for(task).await?;
         let mut built = self.build(task).await?;
         built.spec.files = files;
         self.plumb(task, &mut built.spec).await?;
@@ -259,6 +303,10 @@ fn write_profile(path: &Path, profile: &str) -> Result<(), TaskSpecError> {
 impl Executor for OciExecutor {
     fn prepare<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), ExecError>> {
         Box::pin(self.prepare_task(task, Vec::new()))
+    }
+
+    fn must_pull(&self, task: &Task) -> Option<String> {
+        self.to_pull(task).map(|r| r.familiar())
     }
 
     fn images_in_use(&self) -> Vec<String> {

@@ -17,7 +17,7 @@ pub enum TaskSpecError {
     #[error("the task names no image")]
     NoImage,
     /// The image is not loaded here; `pin` is " (digest)" when the spec pins one.
-    #[error("image {name}{pin} is not on node {node}; load it with 'shoal image load'")]
+    #[error("image {name}{pin} is not on node {node}; pull it with 'shoal image pull' or load it with 'shoal image load'")]
     ImageMissing { name: String, pin: String, node: String },
     /// The image store failed otherwise.
     #[error(transparent)]
@@ -290,7 +290,7 @@ mod tests {
         let c = ContainerSpec { image: "busybox:latest".into(), ..Default::default() };
         assert_eq!(
             resolve_image(&store, &c, "node-7").unwrap_err().to_string(),
-            "image busybox:latest is not on node node-7; load it with 'shoal image load'"
+            "image busybox:latest is not on node node-7; pull it with 'shoal image pull' or load it with 'shoal image load'"
         );
         let pinned = ContainerSpec { image_digest: format!("sha256:{}", "a".repeat(64)), ..c };
         let err = resolve_image(&store, &pinned, "node-7").unwrap_err().to_string();

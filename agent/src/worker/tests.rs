@@ -243,7 +243,7 @@ async fn each_fate_of_the_fake_is_reported_as_swarm_would() {
     f.worker.apply(complete(tasks)).await;
 
     let s = f.reaches("gone", TaskState::Rejected).await;
-    assert_eq!(s.err, "image missing/web is not on node n1; load it with 'shoal image load'");
+    assert_eq!(s.err, "image missing/web is not on node n1; pull it with 'shoal image pull' or load it with 'shoal image load'");
     let s = f.reaches("crash", TaskState::Failed).await;
     assert_eq!((s.exit_code, s.err.as_str()), (1, "task: non-zero exit (1)"));
     let s = f.reaches("sick", TaskState::Failed).await;

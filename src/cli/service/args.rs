@@ -211,6 +211,13 @@ pub struct SpecFlags {
     /// Do not wait for the service to converge
     #[arg(short, long)]
     pub detach: bool,
+    /// Send this client's saved login for the image's registry with the service (kept sealed
+    /// in the store; only nodes with a task of the service get it)
+    #[arg(long)]
+    pub with_registry_auth: bool,
+    /// Do not ask the registry for the digest the tag names now (the service is not pinned)
+    #[arg(long)]
+    pub no_resolve_image: bool,
     /// Print the service ID only
     #[arg(short, long)]
     pub quiet: bool,

@@ -28,6 +28,9 @@ use flags::{
 use render::{service_json, service_pretty, task_name};
 
 /// The image digest as the local node knows it, to pin the service to it.
+/// The ID of the image `image` names on this node if it was loaded or imported by hand
+/// (no registry knows it, so its ID is the only pin there is). Images from a registry, or
+/// ones this node lacks, are left to the manager, which asks the registry.
 pub(crate) async fn pin_image(channel: &Channel, image: &str) -> Option<String> {
     let list = DaemonClient::new(channel.clone()).image_ls(ImageLsRequest {}).await.ok()?;
     let want = if image.contains(':') || image.contains('@') {
@@ -43,7 +46,26 @@ pub(crate) async fn pin_image(channel: &Channel, image: &str) -> Option<String> 
                 || i.id.starts_with(image)
                 || i.names.iter().any(|n| *n == want || n == image)
         })
+        .filter(|i| i.repo_digests.is_empty())
         .map(|i| i.id)
+}
+
+/// The saved login for the image's registry, for `--with-registry-auth`.
+pub(crate) fn registry_auth(image: &str) -> Result<Option<RegistryAuth>> {
+    let auth = super::login::for_image(image)?;
+    if auth.is_none() {
+        eprintln!(
+            "warning: --with-registry-auth: no saved login for the registry of {image}; run              'shoal login' first"
+        );
+    }
+    Ok(auth)
+}
+
+/// What the manager warned about (an image it could not pin, say).
+pub(crate) fn print_warnings(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
 }
 
 /// Runs one `service` command.
@@ -133,7 +155,7 @@ async fn scale(control: &mut ControlClient<Channel>, pairs: &[String], detach: b
             bail!("{name} is a global service; only replicated services can be scaled");
         }
         spec.replicas = n;
-        let updated = put_spec(control, &s, spec, false).await?;
+        let updated = put_spec(control, &s, spec, false, true).await?;
         println!("{name} scaled to {n}");
         if !detach {
             converge(control, &updated).await?;
@@ -182,6 +204,7 @@ async fn put_spec(
     s: &Service,
     spec: ServiceSpec,
     force: bool,
+    no_resolve_image: bool,
 ) -> Result<Service> {
     let version = s.meta.as_ref().map(|m| m.version).unwrap_or(0);
     let req = UpdateServiceRequest {
@@ -190,9 +213,11 @@ async fn put_spec(
         version,
         rollback: false,
         force,
+        no_resolve_image,
     };
-    let r = control.update_service(req).await.map_err(client::status)?;
-    r.into_inner().service.context("the manager returned no service")
+    let r = control.update_service(req).await.map_err(client::status)?.into_inner();
+    print_warnings(&r.warnings);
+    r.service.context("the manager returned no service")
 }
 
 async fn get(control: &mut ControlClient<Channel>, reference: &str) -> Result<Service> {
@@ -246,18 +271,16 @@ async fn create(
         let ports = a.publish.iter().map(|p| parse_publish(p)).collect::<Result<_>>()?;
         spec.endpoint = Some(EndpointSpec { ports, ..Default::default() });
     }
-    if spec.container.as_ref().is_some_and(|c| c.image_digest.is_empty()) {
-        eprintln!(
-            "warning: image {} is not on this node, so the service is not pinned to a digest; each node uses its own {}",
-            a.image, a.image
-        );
+    if a.flags.with_registry_auth {
+        if let Some(c) = spec.container.as_mut() {
+            c.registry_auth = registry_auth(&a.image)?;
+        }
     }
     a.flags.apply(&mut spec)?;
-    let r = control
-        .create_service(CreateServiceRequest { spec: Some(spec) })
-        .await
-        .map_err(client::status)?;
-    let s = r.into_inner().service.context("the manager returned no service")?;
+    let req = CreateServiceRequest { spec: Some(spec), no_resolve_image: a.flags.no_resolve_image };
+    let r = control.create_service(req).await.map_err(client::status)?.into_inner();
+    print_warnings(&r.warnings);
+    let s = r.service.context("the manager returned no service")?;
     println!("{}", s.id);
     if !a.flags.detach {
         converge(control, &s).await?;
@@ -283,7 +306,14 @@ async fn update(
     let c = spec.container.get_or_insert_with(Default::default);
     if let Some(image) = &a.image {
         c.image = image.clone();
-        c.image_digest = pin_image(channel, image).await.unwrap_or_default();
+    }
+    // A new image, or --force, takes the digest the registry gives now (or this node's own
+    // image of that name, when it was loaded by hand).
+    if a.image.is_some() || (a.force && !a.flags.no_resolve_image) {
+        c.image_digest = pin_image(channel, &c.image).await.unwrap_or_default();
+    }
+    if a.flags.with_registry_auth {
+        c.registry_auth = registry_auth(&c.image)?;
     }
     if let Some(args) = &a.args {
         c.args = flags::command_line(args, "--args")?;
@@ -339,7 +369,7 @@ async fn update(
         a.placement_pref_rm.iter().map(|p| pref(p)).collect::<Result<_>>()?;
     edit_list(&mut placement.spread, &prefs_add, &prefs_rm, |e| e);
     a.flags.apply(&mut spec)?;
-    let s = put_spec(control, &s, spec, a.force).await?;
+    let s = put_spec(control, &s, spec, a.force, a.flags.no_resolve_image).await?;
     println!("{}", s.spec.as_ref().map(|p| p.name.as_str()).unwrap_or(&s.id));
     if !a.flags.detach {
         converge(control, &s).await?;

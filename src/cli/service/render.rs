@@ -170,6 +170,9 @@ pub(super) fn service_json(s: &Service) -> serde_json::Value {
                 "ContainerSpec": {
                     "Image": c.image,
                     "ImageDigest": c.image_digest,
+                    "RegistryAuth": c.registry_auth.as_ref().map(|a| serde_json::json!({
+                        "Registry": a.registry, "Username": a.username,
+                    })),
                     "Command": c.command,
                     "Args": c.args,
                     "Env": c.env,

@@ -40,8 +40,34 @@ pub fn read(path: &Path) -> Result<Compose> {
     Ok(file)
 }
 
+/// When `stack deploy` asks registries for the digests of the services' images (Docker's
+/// `--resolve-image`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResolveImage {
+    /// On every deploy: a tag that moved rolls the service to its new digest
+    #[default]
+    Always,
+    /// Only for services whose image changed in the file, and new services
+    Changed,
+    /// Never: images stay as named (unpinned ones are not pinned)
+    Never,
+}
+
+/// How images are handled: pinning and credentials.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ImageOpts {
+    pub resolve: ResolveImage,
+    pub with_registry_auth: bool,
+}
+
 /// `stack deploy -c FILE STACK`.
-pub async fn deploy(channel: &Channel, stack: &str, path: &Path, prune: bool) -> Result<()> {
+pub async fn deploy(
+    channel: &Channel,
+    stack: &str,
+    path: &Path,
+    prune: bool,
+    images: ImageOpts,
+) -> Result<()> {
     validate_stack_name(stack)?;
     let file = read(path)?;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -70,7 +96,7 @@ pub async fn deploy(channel: &Channel, stack: &str, path: &Path, prune: bool) ->
     let current = stack_services(&mut control, stack).await?;
     for spec in specs {
         let old = current.iter().find(|s| s.spec.as_ref().is_some_and(|p| p.name == spec.name));
-        apply_service(&mut control, channel, spec, old).await?;
+        apply_service(&mut control, channel, spec, old, images).await?;
     }
     if prune {
         let keep: Vec<String> = file.services.keys().map(|k| format!("{stack}_{k}")).collect();
@@ -117,6 +143,8 @@ pub fn desired(stack: &str, key: &str, spec: &ServiceSpec, names: &Names) -> Res
 pub fn comparable(spec: &ServiceSpec) -> ServiceSpec {
     let mut spec = normalize(spec.clone()).unwrap_or_else(|_| spec.clone());
     if let Some(c) = spec.container.as_mut() {
+        // Reads give the login back without its password; the managers keep the one they have.
+        c.registry_auth = None;
         for (kind, refs) in
             [(SecretKind::Secret, &mut c.secrets), (SecretKind::Config, &mut c.configs)]
         {
@@ -159,27 +187,39 @@ async fn apply_service(
     channel: &Channel,
     mut spec: ServiceSpec,
     old: Option<&Service>,
+    images: ImageOpts,
 ) -> Result<()> {
     let old_spec = old.and_then(|s| s.spec.clone()).unwrap_or_default();
     let c = spec.container.get_or_insert_with(Default::default);
-    let same_image = old_spec.container.as_ref().is_some_and(|o| o.image == c.image);
-    c.image_digest = match (same_image, &old_spec.container) {
-        (true, Some(o)) => o.image_digest.clone(),
+    let old_c = old_spec.container.as_ref().filter(|o| o.image == c.image);
+    // The old pin stays unless the registry is to be asked again; an image loaded by hand
+    // on this node pins to its own ID (no registry knows it).
+    c.image_digest = match (old_c, images.resolve) {
+        (Some(o), ResolveImage::Changed | ResolveImage::Never) => o.image_digest.clone(),
         _ => crate::cli::service::pin_image(channel, &c.image).await.unwrap_or_default(),
     };
-    if c.image_digest.is_empty() && !same_image {
-        eprintln!(
-            "warning: image {} is not on this node, so {} is not pinned to a digest",
-            c.image, spec.name
-        );
+    if images.with_registry_auth {
+        c.registry_auth = crate::cli::service::registry_auth(&c.image)?;
     }
+    let no_resolve_image = images.resolve == ResolveImage::Never;
     let Some(old) = old else {
         println!("Creating service {}", spec.name);
-        let req = CreateServiceRequest { spec: Some(spec) };
-        control.create_service(req).await.map_err(client::status)?;
+        let req = CreateServiceRequest { spec: Some(spec), no_resolve_image };
+        let r = control.create_service(req).await.map_err(client::status)?.into_inner();
+        crate::cli::service::print_warnings(&r.warnings);
         return Ok(());
     };
-    if comparable(&spec) == comparable(&old_spec) {
+    // A digest left for the manager to find is compared as the one there now: a deploy that
+    // changes nothing else is an update only if the registry says the tag moved.
+    let mut seen = spec.clone();
+    if let (Some(c), Some(o)) = (seen.container.as_mut(), old_spec.container.as_ref()) {
+        if c.image_digest.is_empty() && c.image == o.image {
+            c.image_digest = o.image_digest.clone();
+        }
+    }
+    let ask_registry = images.resolve == ResolveImage::Always
+        && spec.container.as_ref().is_some_and(|c| c.image_digest.is_empty());
+    if comparable(&seen) == comparable(&old_spec) && !ask_registry {
         println!("Service {} is up to date", spec.name);
         return Ok(());
     }
@@ -188,8 +228,10 @@ async fn apply_service(
         reference: old.id.clone(),
         spec: Some(spec),
         version: old.meta.as_ref().map(|m| m.version).unwrap_or(0),
+        no_resolve_image,
         ..Default::default()
     };
-    control.update_service(req).await.map_err(client::status)?;
+    let r = control.update_service(req).await.map_err(client::status)?.into_inner();
+    crate::cli::service::print_warnings(&r.warnings);
     Ok(())
 }

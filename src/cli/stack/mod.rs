@@ -36,6 +36,12 @@ pub enum StackCmd {
         /// Remove the stack's services that are no longer in the file
         #[arg(long)]
         prune: bool,
+        /// Send this client's saved registry logins with the services
+        #[arg(long)]
+        with_registry_auth: bool,
+        /// When to ask registries for the images' digests
+        #[arg(long, value_enum, default_value = "always")]
+        resolve_image: deploy::ResolveImage,
         stack: String,
     },
     /// List stacks
@@ -70,8 +76,9 @@ pub enum StackCmd {
 pub async fn run(cmd: StackCmd, channel: Channel) -> Result<()> {
     let mut control = ControlClient::new(channel.clone());
     match cmd {
-        StackCmd::Deploy { compose_file, prune, stack } => {
-            deploy::deploy(&channel, &stack, &compose_file, prune).await
+        StackCmd::Deploy { compose_file, prune, with_registry_auth, resolve_image, stack } => {
+            let images = deploy::ImageOpts { resolve: resolve_image, with_registry_auth };
+            deploy::deploy(&channel, &stack, &compose_file, prune, images).await
         }
         StackCmd::Ls => {
             print!("{}", stack_ls(&list_services(&mut control).await?));

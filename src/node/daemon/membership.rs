@@ -62,7 +62,7 @@ impl Daemon {
             return Err(e);
         }
         let cert = id.cert;
-        let serving = serve(manager, listener, cert.clone(), &self.failure, self.cfg.time_scale);
+        let serving = serve(manager, listener, cert.clone(), &self.failure, &self.cfg);
         let agent = self.start_agent(&state, cert.clone(), root)?;
         tracing::info!(node = %state.node_id, cluster = %state.cluster_id, "swarm initialized");
         let manager = Some(serving);
@@ -97,7 +97,7 @@ impl Daemon {
             self.files.save_state(&state)?;
         }
         let tokens = (manager.join_token(Role::Worker)?, manager.join_token(Role::Manager)?);
-        let serving = serve(manager, listener, cert.clone(), &self.failure, self.cfg.time_scale);
+        let serving = serve(manager, listener, cert.clone(), &self.failure, &self.cfg);
         let agent = self.start_agent(&state, cert.clone(), root)?;
         *member =
             Some(Member { state: state.clone(), cert, agent, manager: Some(serving), announcer });
@@ -188,8 +188,7 @@ impl Daemon {
             }
         }
         let manager = Manager::prepare_join(&self.files.store_dir(), id)?;
-        let serving =
-            serve(manager.clone(), listener, id.cert.clone(), &self.failure, self.cfg.time_scale);
+        let serving = serve(manager.clone(), listener, id.cert.clone(), &self.failure, &self.cfg);
         manager.join_raft(remote, &state.advertise_addr).await?;
         if let Ok(addrs) = manager.manager_addrs() {
             state.manager_addrs = addrs;

@@ -42,6 +42,9 @@ pub struct DaemonConfig {
     pub executor: shoal_agent::ExecutorChoice,
     /// Addresses that replace the saved ones when the node resumes its membership.
     pub addrs: AddrOverrides,
+    /// How this node reaches registries (certs.d, insecure registries): for `shoal image
+    /// pull|push`, `login`, and a manager's pinning of service images.
+    pub registry: shoal_registry::Client,
 }
 
 /// What `swarm init` asks for.
@@ -202,6 +205,11 @@ impl Daemon {
     }
 
     /// The data root.
+    /// This node's registry client.
+    pub fn registry(&self) -> &shoal_registry::Client {
+        &self.cfg.registry
+    }
+
     pub fn files(&self) -> &NodeFiles {
         &self.files
     }
@@ -224,8 +232,7 @@ impl Daemon {
             if readdress::must_announce(&saved, &state, &opened) {
                 announcer = Some(Announcer::start(self.me.clone(), opened.clone(), &state));
             }
-            manager =
-                Some(serve(opened, listener, cert.clone(), &self.failure, self.cfg.time_scale));
+            manager = Some(serve(opened, listener, cert.clone(), &self.failure, &self.cfg));
         }
         if announcer.is_none() && state != saved {
             self.files.save_state(&state)?;
@@ -350,9 +357,10 @@ fn serve(
     listener: TcpListener,
     cert: Arc<ReloadableCert>,
     failure: &watch::Sender<Option<String>>,
-    time_scale: f64,
+    cfg: &DaemonConfig,
 ) -> Serving {
-    manager.set_time_scale(time_scale);
+    manager.set_time_scale(cfg.time_scale);
+    manager.use_registry(cfg.registry.clone());
     let failure = AbortOnDrop(report_failure(&manager, failure.clone()));
     let serving = manager.serve(listener, cert);
     Serving { manager, serving, failure }

@@ -62,6 +62,7 @@ impl TestNode {
             // The fake executor, unless SHOAL_TEST_EXECUTOR=runc.
             executor: shoal_agent::ExecutorChoice::for_tests(),
             addrs: Default::default(),
+            registry: shoal_registry::Client::new(Default::default()).unwrap(),
         };
         let _ = std::fs::remove_file(&socket);
         let daemon = Daemon::start(cfg).await.unwrap();

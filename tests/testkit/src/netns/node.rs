@@ -138,19 +138,47 @@ impl Node {
         }
     }
 
+    /// Where this node's `shoal` keeps registry logins (`SHOAL_CONFIG`), not root's
+    /// `~/.shoal`.
+    pub fn cli_config(&self) -> PathBuf {
+        self.data.join("cli")
+    }
+
+    fn cli(&self) -> Command {
+        let mut cmd = Command::new(&*SHOAL);
+        cmd.env_remove("SHOAL_HOST")
+            .env("SHOAL_CONFIG", self.cli_config())
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()));
+        cmd
+    }
+
     /// `shoal -H unix://<socket> ARGS`.
     pub fn shoal(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(&*SHOAL);
-        cmd.env_remove("SHOAL_HOST").arg("-H").arg(format!("unix://{}", self.socket.display()));
+        let mut cmd = self.cli();
         cmd.args(args);
         run(cmd)
+    }
+
+    /// Like [`Node::shoal`], with `input` on standard input (`login --password-stdin`).
+    pub fn shoal_with_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .cli()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting shoal");
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("writing stdin");
+        child.wait_with_output().expect("waiting for shoal")
     }
 
     /// Like [`Node::shoal`], but a command that takes longer than `timeout` is killed and
     /// reported as an error instead of failing the test.
     pub fn shoal_within(&self, args: &[&str], timeout: Duration) -> Result<Output, String> {
-        let mut cmd = Command::new(&*SHOAL);
-        cmd.env_remove("SHOAL_HOST").arg("-H").arg(format!("unix://{}", self.socket.display()));
+        let mut cmd = self.cli();
         cmd.args(args);
         run_within(cmd, timeout)
     }
