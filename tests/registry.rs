@@ -214,6 +214,15 @@ async fn logins_are_required_and_checked() {
     }
     assert!(matches!(c.login(&reg.host, &wrong).await, Err(RegistryError::Unauthorized { .. })));
     c.login(&reg.host, &creds()).await.unwrap();
+    // Let in with the login (the tag is simply missing)...
+    assert!(matches!(c.resolve(&r, Some(&creds())).await, Err(RegistryError::NotFound { .. })));
+    // ...which the same client never lends to a caller without it, or with another one.
+    for (who, got) in [
+        ("no login, after a good one", c.resolve(&r, None).await),
+        ("a wrong password, after a good one", c.resolve(&r, Some(&wrong)).await),
+    ] {
+        assert!(matches!(got, Err(RegistryError::Unauthorized { .. })), "{who}: {got:?}");
+    }
 }
 
 #[tokio::test]

@@ -164,7 +164,10 @@ async fn a_missing_image_or_a_refused_option_is_rejected_with_what_to_do() {
     worker.apply(complete(vec![sh_task(&missing, "nginx:latest", "true"), wants_caps])).await;
 
     let r = reports.reaches(&missing, TaskState::Rejected).await;
-    assert_eq!(r.err, "image nginx:latest is not on node node-t; load it with 'shoal image load'");
+    assert_eq!(
+        r.err,
+        "image nginx:latest is not on node node-t; pull it with 'shoal image pull' or load it with 'shoal image load'"
+    );
     let r = reports.reaches(&privileged, TaskState::Rejected).await;
     assert!(r.err.contains("cap-add CAP_SYS_ADMIN"), "{}", r.err);
     for id in [&missing, &privileged] {

@@ -209,6 +209,11 @@ pub(crate) async fn update(
                 });
             }
             let current = s.spec.clone().unwrap_or_default();
+            // The same spec again (a redeploy whose image digest did not move) changes
+            // nothing, not even the spec a rollback would go back to.
+            if !req.force && new_spec.as_ref() == Some(&current) {
+                return Ok(s);
+            }
             let now = now_ms();
             match &new_spec {
                 None => {

@@ -7,6 +7,7 @@ mod convergence;
 mod e2e;
 mod joins;
 mod network;
+mod pull;
 mod raft;
 mod runtime;
 #[cfg(test)]
@@ -77,6 +78,9 @@ enum Bench {
     /// Overlay throughput, latency, lookups and VIP removal across two netns hosts, beside
     /// Docker Swarm's overlay and the bare veth path (root)
     Network(network::NetworkArgs),
+    /// A cold pull of a ~100 MB image from a local registry, one node and three at once,
+    /// beside docker pull from the same registry (root)
+    Pull(pull::PullArgs),
 }
 
 #[tokio::main]
@@ -110,6 +114,7 @@ async fn run(bench: Bench) -> Result<()> {
         Bench::Convergence(args) => convergence::convergence(args).await,
         Bench::E2e(args) => e2e::e2e(args).await,
         Bench::Network(args) => network::network(args).await,
+        Bench::Pull(args) => pull::pull(args).await,
     }
 }
 

@@ -54,10 +54,13 @@ pub use reference::{is_digest, registry_host, ImageRef, DOCKER_HUB, DOCKER_HUB_H
 pub const DEFAULT_CERTS_DIR: &str = "/etc/shoal/certs.d";
 /// The largest manifest or index accepted.
 pub const MAX_MANIFEST: usize = 4 << 20;
-/// Tries of a request that failed for a reason that may pass (no answer, 5xx, 429).
-pub const ATTEMPTS: u32 = 5;
+/// Tries of a request that failed for a reason that may pass (no answer, 5xx, 429). A task
+/// whose pull still fails is rejected and its replacement tries again, so a pull need not wait
+/// long; a tag resolution at service create tries once (Docker's behaviour: it warns and goes
+/// on).
+pub const ATTEMPTS: u32 = 4;
 /// First wait between tries; it doubles up to [`MAX_BACKOFF`].
-pub const BACKOFF: Duration = Duration::from_millis(500);
+pub const BACKOFF: Duration = Duration::from_millis(250);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// Times a blob download resumes after its connection dropped.
 pub const RESUMES: u32 = 5;
@@ -222,8 +225,24 @@ struct Inner {
     routes: Mutex<HashMap<String, (String, Vec<Route>)>>,
     /// The route that last answered, per registry (an insecure one: HTTPS or plain HTTP).
     answered: Mutex<HashMap<String, usize>>,
-    /// `Authorization` values per (registry, scope), with when they stop being good.
-    auths: Mutex<HashMap<(String, String), (String, Instant)>>,
+    /// `Authorization` values per (registry, scope, whose login), with when they stop being
+    /// good: one caller's token never serves another caller (or an anonymous one).
+    auths: Mutex<HashMap<AuthKey, (String, Instant)>>,
+}
+
+/// Which cached answer to a challenge a request may use.
+type AuthKey = (String, String, String);
+
+/// Whose login it is: a digest of the credentials, or `anonymous`.
+fn who(creds: Option<&Credentials>) -> String {
+    match creds {
+        Some(c) => sha256(format!("{}\0{}", c.username, c.password).as_bytes()),
+        None => "anonymous".into(),
+    }
+}
+
+fn auth_key(registry: &str, scope: &str, creds: Option<&Credentials>) -> AuthKey {
+    (registry.to_string(), scope.to_string(), who(creds))
 }
 
 /// One way to reach a registry: a scheme and base URL, and the HTTP client for it.
@@ -258,6 +277,17 @@ fn http_client(tls: rustls::ClientConfig) -> Result<reqwest::Client, RegistryErr
         .read_timeout(READ_TIMEOUT)
         .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
         .no_proxy()
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            // Never from HTTPS down to plain HTTP; reqwest itself drops Authorization when a
+            // redirect changes host or port.
+            let down = attempt.previous().last().is_some_and(|p| p.scheme() == "https")
+                && attempt.url().scheme() == "http";
+            if down || attempt.previous().len() > 10 {
+                attempt.stop()
+            } else {
+                attempt.follow()
+            }
+        }))
         .build()
         .map_err(|e| RegistryError::Setup(format!("HTTP client: {e}")))
 }
@@ -388,9 +418,14 @@ impl Client {
         }
     }
 
-    fn cached_auth(&self, registry: &str, scope: &str) -> Option<String> {
+    fn cached_auth(
+        &self,
+        registry: &str,
+        scope: &str,
+        creds: Option<&Credentials>,
+    ) -> Option<String> {
         let auths = self.inner.auths.lock().unwrap_or_else(|p| p.into_inner());
-        let (value, until) = auths.get(&(registry.to_string(), scope.to_string()))?;
+        let (value, until) = auths.get(&auth_key(registry, scope, creds))?;
         (Instant::now() < *until).then(|| value.clone())
     }
 
@@ -428,12 +463,26 @@ impl Client {
                         q.append_pair("scope", &scope);
                     }
                 }
-                if url.scheme() != "https" && route.verified {
+                let realm_host = match (url.host_str(), url.port()) {
+                    (Some(h), Some(p)) => format!("{h}:{p}"),
+                    (Some(h), None) => h.to_string(),
+                    (None, _) => String::new(),
+                };
+                let same_host = realm_host == registry_host(registry);
+                if url.scheme() != "https" && (route.verified || !same_host) {
                     return Err(refused(format!(
                         "the registry's token realm {realm} is not HTTPS; refusing to send credentials"
                     )));
                 }
-                let mut req = route.http.get(url);
+                // The token service is checked like any registry (its own certs.d), unless it
+                // is the insecure registry itself.
+                let http = if same_host && !route.verified {
+                    route.http.clone()
+                } else {
+                    let dir = self.inner.settings.certs_dir.join(&realm_host);
+                    http_client(tls::verified(&dir)?)?
+                };
+                let mut req = http.get(url);
                 if let Some(c) = creds {
                     req = req.header(AUTHORIZATION, c.basic());
                 }
@@ -449,10 +498,11 @@ impl Client {
             }
             None => return Err(refused(words)),
         };
-        self.inner.auths.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            (registry.to_string(), scope.to_string()),
-            (value.clone(), Instant::now() + lasts),
-        );
+        self.inner
+            .auths
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(auth_key(registry, scope, creds), (value.clone(), Instant::now() + lasts));
         Ok(value)
     }
 
@@ -465,10 +515,21 @@ impl Client {
         creds: Option<&Credentials>,
         make: &(dyn Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder + Send + Sync),
     ) -> Result<reqwest::Response, RegistryError> {
+        self.send_tries(registry, access_scope, creds, make, ATTEMPTS).await
+    }
+
+    async fn send_tries(
+        &self,
+        registry: &str,
+        access_scope: &str,
+        creds: Option<&Credentials>,
+        make: &(dyn Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder + Send + Sync),
+        attempts: u32,
+    ) -> Result<reqwest::Response, RegistryError> {
         let routes = self.routes(registry).await?;
         let mut wait = BACKOFF;
         let mut last = None;
-        for attempt in 1..=ATTEMPTS {
+        for attempt in 1..=attempts {
             match self.send_once(registry, &routes, access_scope, creds, make).await {
                 Ok(resp) => {
                     let s = resp.status();
@@ -488,7 +549,7 @@ impl Client {
                 Err(e) if e.is_transient() => last = Some(e),
                 Err(e) => return Err(e),
             }
-            if attempt < ATTEMPTS {
+            if attempt < attempts {
                 tracing::debug!(registry, attempt, error = ?last, "retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(MAX_BACKOFF);
@@ -510,12 +571,8 @@ impl Client {
             self.inner.answered.lock().unwrap_or_else(|p| p.into_inner()).get(registry).copied();
         let first = first.filter(|i| *i < routes.len()).unwrap_or(0);
         for (i, route) in routes.iter().enumerate().cycle().skip(first).take(routes.len()) {
-            let auth = self.cached_auth(registry, access_scope);
-            let mut req = make(&route.http, &route.base);
-            if let Some(a) = &auth {
-                req = req.header(AUTHORIZATION, a);
-            }
-            let resp = match req.send().await {
+            let auth = self.cached_auth(registry, access_scope, creds);
+            let resp = match self.execute(route, make, auth.as_deref()).await {
                 Ok(r) => r,
                 Err(e) => {
                     if let Some(err) = self.tls_error(registry, route, &e) {
@@ -541,16 +598,15 @@ impl Client {
             let words = auth::registry_words(&resp.bytes().await.unwrap_or_default());
             if auth.is_some() {
                 // What we sent was refused: a token gone stale is fetched once more.
-                self.inner
-                    .auths
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&(registry.to_string(), access_scope.to_string()));
+                self.inner.auths.lock().unwrap_or_else(|p| p.into_inner()).remove(&auth_key(
+                    registry,
+                    access_scope,
+                    creds,
+                ));
             }
             let value = self.answer(registry, route, challenge, access_scope, creds, words).await?;
-            let resp = make(&route.http, &route.base)
-                .header(AUTHORIZATION, value)
-                .send()
+            let resp = self
+                .execute(route, make, Some(&value))
                 .await
                 .map_err(|e| unreachable(registry, &e))?;
             if resp.status() == StatusCode::UNAUTHORIZED {
@@ -566,6 +622,29 @@ impl Client {
             registry: registry.to_string(),
             message: "no way to reach it".into(),
         }))
+    }
+
+    /// Sends the request `make` builds through `route`, with `auth` only if the request goes
+    /// to the registry's own host (an upload Location may name another).
+    async fn execute(
+        &self,
+        route: &Route,
+        make: &(dyn Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder + Send + Sync),
+        auth: Option<&str>,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let mut req = make(&route.http, &route.base).build()?;
+        let base = reqwest::Url::parse(&route.base).ok();
+        let same = base.as_ref().is_some_and(|b| {
+            b.scheme() == req.url().scheme()
+                && b.host_str() == req.url().host_str()
+                && b.port_or_known_default() == req.url().port_or_known_default()
+        });
+        if let (Some(a), true) = (auth, same) {
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(a) {
+                req.headers_mut().insert(AUTHORIZATION, v);
+            }
+        }
+        route.http.execute(req).await
     }
 
     /// An error for an answer that is not a success.
@@ -588,7 +667,8 @@ impl Client {
     }
 
     /// The digest the reference names now: the tag's current manifest (or index), or the
-    /// reference's own digest once the registry confirmed it has it.
+    /// reference's own digest once the registry confirmed it has it. One try: a caller that
+    /// cannot wait (a service create) goes on without.
     pub async fn resolve(
         &self,
         r: &ImageRef,
@@ -596,11 +676,10 @@ impl Client {
     ) -> Result<String, RegistryError> {
         let path = format!("/v2/{}/manifests/{}", r.repository, r.manifest_ref());
         let sc = scope(r, Access::Pull);
-        let resp = self
-            .send(&r.registry, &sc, creds, &|http, base| {
-                http.head(format!("{base}{path}")).header(ACCEPT, ACCEPT_MANIFESTS)
-            })
-            .await?;
+        let head = |http: &reqwest::Client, base: &str| {
+            http.head(format!("{base}{path}")).header(ACCEPT, ACCEPT_MANIFESTS)
+        };
+        let resp = self.send_tries(&r.registry, &sc, creds, &head, 1).await?;
         if !resp.status().is_success() {
             return Err(Self::refused(r, resp).await);
         }
@@ -637,6 +716,11 @@ impl Client {
         if !resp.status().is_success() {
             return Err(Self::refused(r, resp).await);
         }
+        let said_digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string);
         let header_type = resp
             .headers()
             .get(CONTENT_TYPE)
@@ -661,6 +745,11 @@ impl Client {
                 expected: reference.into(),
                 actual: digest,
             });
+        }
+        if let Some(said) = said_digest.filter(|d| is_digest(d)) {
+            if said != digest {
+                return Err(RegistryError::DigestMismatch { expected: said, actual: digest });
+            }
         }
         let value: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| bad(format!("the manifest is not JSON: {e}")))?;
@@ -787,7 +876,7 @@ impl Client {
         let mut resumes = 0;
         loop {
             let from = written;
-            let resp = self
+            let sent = self
                 .send(&r.registry, &sc, creds, &|http, base| {
                     let req = http.get(format!("{base}{path}"));
                     if from > 0 {
@@ -796,12 +885,30 @@ impl Client {
                         req
                     }
                 })
-                .await?;
+                .await;
+            let resp = match sent {
+                Ok(resp) => resp,
+                Err(e) if e.is_transient() && resumes < RESUMES => {
+                    resumes += 1;
+                    tracing::info!(blob = %d.digest, error = %e, "the registry did not answer; trying again");
+                    tokio::time::sleep(MAX_BACKOFF / 4).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let status = resp.status();
             if !status.is_success() {
                 return Err(Self::refused(r, resp).await);
             }
-            if from > 0 && status != StatusCode::PARTIAL_CONTENT {
+            let resumed_here = resp
+                .headers()
+                .get("content-range")
+                .and_then(|h| h.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                == Some(from);
+            if from > 0 && (status != StatusCode::PARTIAL_CONTENT || !resumed_here) {
                 // The registry sends it all again: start over.
                 file.set_len(0).await.map_err(io("truncating"))?;
                 file = tokio::fs::File::create(tmp).await.map_err(io("creating"))?;
@@ -885,6 +992,11 @@ impl Client {
         src: &Path,
         creds: Option<&Credentials>,
     ) -> Result<(), RegistryError> {
+        std::fs::File::open(src).map_err(|source| RegistryError::Io {
+            what: "reading",
+            path: src.to_path_buf(),
+            source,
+        })?;
         if self.blob_exists(r, &d.digest, creds).await? {
             return Ok(());
         }
@@ -913,16 +1025,17 @@ impl Client {
         let src = src.to_path_buf();
         let resp = self
             .send(&r.registry, &sc, creds, &|http, base| {
-                let url = upload_url(base, &location, &digest);
-                match std::fs::File::open(&src) {
-                    Ok(f) => http
-                        .put(url)
-                        .header(CONTENT_TYPE, "application/octet-stream")
-                        .header("content-length", size)
-                        .body(reqwest::Body::from(tokio::fs::File::from_std(f))),
-                    // The send fails on the URL below; the open error is reported after.
-                    Err(_) => http.request(Method::PUT, "http://invalid.invalid/"),
-                }
+                let url = upload_url(base, &start, &location, &digest);
+                // A file gone between tries uploads nothing, which the registry refuses (the
+                // digest does not match); the open error is reported after.
+                let body = match std::fs::File::open(&src) {
+                    Ok(f) => reqwest::Body::from(tokio::fs::File::from_std(f)),
+                    Err(_) => reqwest::Body::from(Vec::new()),
+                };
+                http.request(Method::PUT, url)
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header("content-length", size)
+                    .body(body)
             })
             .await;
         let resp = match (resp, std::fs::metadata(&src)) {
@@ -966,14 +1079,13 @@ impl Client {
     pub async fn login(&self, registry: &str, creds: &Credentials) -> Result<(), RegistryError> {
         let sc = scope(&ImageRef::parse("x").expect("a valid reference"), Access::Login);
         // Without a cached answer, the first request goes out bare and the challenge decides.
-        self.inner
-            .auths
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(registry.to_string(), sc.clone()));
-        let resp = self
-            .send(registry, &sc, Some(creds), &|http, base| http.get(format!("{base}/v2/")))
-            .await?;
+        self.inner.auths.lock().unwrap_or_else(|p| p.into_inner()).remove(&auth_key(
+            registry,
+            &sc,
+            Some(creds),
+        ));
+        let get = |http: &reqwest::Client, base: &str| http.get(format!("{base}/v2/"));
+        let resp = self.send_tries(registry, &sc, Some(creds), &get, 1).await?;
         let status = resp.status();
         if status.is_success() {
             return Ok(());
@@ -989,12 +1101,11 @@ impl Client {
 
 /// The URL of an upload session's final PUT: the Location (absolute, or a path on the
 /// registry), with `digest=` added to its query.
-fn upload_url(base: &str, location: &str, digest: &str) -> String {
-    let url = if location.starts_with("http://") || location.starts_with("https://") {
-        location.to_string()
-    } else {
-        format!("{base}{}{location}", if location.starts_with('/') { "" } else { "/" })
-    };
+fn upload_url(base: &str, start: &str, location: &str, digest: &str) -> String {
+    let url = reqwest::Url::parse(&format!("{base}{start}"))
+        .and_then(|b| b.join(location))
+        .map(|u| u.to_string())
+        .unwrap_or_else(|_| location.to_string());
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}digest={}", digest.replace(':', "%3A"))
 }
@@ -1031,9 +1142,10 @@ fn select_platform<'a>(index: &'a Index, p: &Platform) -> Option<&'a IndexEntry>
     let matching = |e: &&IndexEntry| {
         e.platform.as_ref().is_some_and(|q| q.os == p.os && q.architecture == p.architecture)
     };
+    // The variant asked for; without one, an entry that names none (a plain amd64 before
+    // amd64/v3, which this CPU may lack).
     let variant = |e: &&IndexEntry| {
-        p.variant.is_none()
-            || e.platform.as_ref().and_then(|q| q.variant.as_ref()) == p.variant.as_ref()
+        e.platform.as_ref().and_then(|q| q.variant.as_ref()) == p.variant.as_ref()
     };
     index
         .manifests
@@ -1088,7 +1200,14 @@ mod tests {
         };
         assert_eq!(select_platform(&index, &p("amd64", None)).unwrap().digest, "sha256:amd");
         assert_eq!(select_platform(&index, &p("arm", Some("v7"))).unwrap().digest, "sha256:v7");
+        // No variant asked: one that names none, else the first listed.
         assert_eq!(select_platform(&index, &p("arm", None)).unwrap().digest, "sha256:v6");
+        let v3: Index = serde_json::from_value(serde_json::json!({"manifests": [
+            {"digest": "sha256:v3", "platform": {"os": "linux", "architecture": "amd64", "variant": "v3"}},
+            {"digest": "sha256:plain", "platform": {"os": "linux", "architecture": "amd64"}},
+        ]}))
+        .unwrap();
+        assert_eq!(select_platform(&v3, &p("amd64", None)).unwrap().digest, "sha256:plain");
         assert!(select_platform(&index, &p("s390x", None)).is_none());
         assert_eq!(Platform::host().os, "linux");
     }
@@ -1096,12 +1215,17 @@ mod tests {
     #[test]
     fn upload_locations() {
         let d = "sha256:ab";
+        let start = "/v2/a/blobs/uploads/";
         assert_eq!(
-            upload_url("https://r:5000", "/v2/a/blobs/uploads/u1?_state=x", d),
+            upload_url("https://r:5000", start, "/v2/a/blobs/uploads/u1?_state=x", d),
             "https://r:5000/v2/a/blobs/uploads/u1?_state=x&digest=sha256%3Aab"
         );
         assert_eq!(
-            upload_url("https://r", "https://s3.example/up/1", d),
+            upload_url("https://r:5000", start, "u2", d),
+            "https://r:5000/v2/a/blobs/uploads/u2?digest=sha256%3Aab"
+        );
+        assert_eq!(
+            upload_url("https://r", start, "https://s3.example/up/1", d),
             "https://s3.example/up/1?digest=sha256%3Aab"
         );
     }

@@ -217,21 +217,31 @@ async fn apply_service(
             c.image_digest = o.image_digest.clone();
         }
     }
+    // Asking the registry again is worth an update only for a service it pinned before (one
+    // it could not pin, it still cannot).
     let ask_registry = images.resolve == ResolveImage::Always
-        && spec.container.as_ref().is_some_and(|c| c.image_digest.is_empty());
+        && spec.container.as_ref().is_some_and(|c| c.image_digest.is_empty())
+        && old_spec.container.as_ref().is_some_and(|c| !c.image_digest.is_empty());
     if comparable(&seen) == comparable(&old_spec) && !ask_registry {
         println!("Service {} is up to date", spec.name);
         return Ok(());
     }
-    println!("Updating service {} (id: {})", spec.name, old.id);
+    let name = spec.name.clone();
+    let version = old.meta.as_ref().map(|m| m.version).unwrap_or(0);
     let req = UpdateServiceRequest {
         reference: old.id.clone(),
         spec: Some(spec),
-        version: old.meta.as_ref().map(|m| m.version).unwrap_or(0),
+        version,
         no_resolve_image,
         ..Default::default()
     };
     let r = control.update_service(req).await.map_err(client::status)?.into_inner();
+    let now = r.service.as_ref().and_then(|s| s.meta.as_ref()).map(|m| m.version);
+    if now == Some(version) {
+        println!("Service {name} is up to date (its image digest has not moved)");
+    } else {
+        println!("Updating service {name} (id: {})", old.id);
+    }
     crate::cli::service::print_warnings(&r.warnings);
     Ok(())
 }
