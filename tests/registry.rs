@@ -49,6 +49,24 @@ fn registry(dir: &Path, tls: bool, login: bool) -> TestRegistry {
     .unwrap()
 }
 
+/// A registry with its CA in a fresh certs.d, and a scratch directory.
+struct Fixture {
+    dir: tempfile::TempDir,
+    reg: TestRegistry,
+    certs: PathBuf,
+    work: PathBuf,
+}
+
+fn fixture(login: bool) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = registry(&dir.path().join("reg"), true, login);
+    let certs = dir.path().join("certs.d");
+    reg.install_ca(&certs);
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    Fixture { dir, reg, certs, work }
+}
+
 fn creds() -> Credentials {
     Credentials { username: USER.into(), password: PASSWORD.into() }
 }
@@ -155,14 +173,9 @@ async fn push_and_pull_a_three_layer_image_over_tls_with_a_login() {
     if !have_registry() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let reg = registry(&dir.path().join("reg"), true, true);
-    let certs = dir.path().join("certs.d");
-    reg.install_ca(&certs);
+    let Fixture { dir, reg, certs, work } = fixture(true);
     let c = client(&certs, Vec::new());
     let r = ImageRef::parse(&format!("{}/team/app:1", reg.host)).unwrap();
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
 
     c.login(&r.registry, &creds()).await.unwrap();
     let pushed = push(&c, &r, Some(&creds()), &three_layers(), &work).await;
@@ -196,11 +209,8 @@ async fn logins_are_required_and_checked() {
     if !have_registry() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let reg = registry(&dir.path().join("reg"), true, true);
-    let certs = dir.path().join("certs.d");
-    reg.install_ca(&certs);
-    let c = client(&certs, Vec::new());
+    let f = fixture(true);
+    let (reg, c) = (&f.reg, client(&f.certs, Vec::new()));
     let r = ImageRef::parse(&format!("{}/app:1", reg.host)).unwrap();
     let wrong = Credentials { username: USER.into(), password: "not-it".into() };
     for (who, got) in [
@@ -265,14 +275,9 @@ async fn a_blob_changed_in_the_registry_is_refused_and_nothing_is_kept() {
     if !have_registry() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let reg = registry(&dir.path().join("reg"), true, false);
-    let certs = dir.path().join("certs.d");
-    reg.install_ca(&certs);
+    let Fixture { dir, reg, certs, work } = fixture(false);
     let c = client(&certs, Vec::new());
     let r = ImageRef::parse(&format!("{}/app:1", reg.host)).unwrap();
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
     let pushed = push(&c, &r, None, &three_layers(), &work).await;
     let (layer, _) = &pushed.blobs[3];
     let stored = reg.blob_path(&layer.digest);
@@ -403,14 +408,9 @@ async fn a_registry_down_for_a_moment_is_waited_for() {
     if !have_registry() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let mut reg = registry(&dir.path().join("reg"), true, false);
-    let certs = dir.path().join("certs.d");
-    reg.install_ca(&certs);
+    let Fixture { dir, mut reg, certs, work } = fixture(false);
     let c = client(&certs, Vec::new());
     let r = ImageRef::parse(&format!("{}/app:1", reg.host)).unwrap();
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
     let pushed = push(&c, &r, None, &three_layers()[..1], &work).await;
     reg.stop();
     let back = std::thread::spawn(move || {
