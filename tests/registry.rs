@@ -3,7 +3,8 @@
 //! image; refuses an unknown CA (with the certs.d hint) and plain HTTP unless the registry is
 //! named insecure; refuses missing and wrong logins; refuses a blob changed in the registry's
 //! storage and keeps nothing of it; resumes a download whose connection was cut; and rides
-//! out a registry that is down for a moment. No root needed.
+//! out a registry that is down for a moment; four pulls of one image into a node's store share
+//! one download of each blob. No root needed, but for that last one (unpacking keeps owners).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -85,6 +86,9 @@ fn gzip_tar(files: &[(&str, Vec<u8>)]) -> (Vec<u8>, String) {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
         h.set_cksum();
         b.append_data(&mut h, name, data.as_slice()).unwrap();
     }
@@ -306,6 +310,8 @@ struct CuttingProxy {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     ranged: Arc<AtomicBool>,
+    /// Blob GETs seen.
+    blob_gets: Arc<AtomicUsize>,
 }
 
 fn cutting_proxy(to: SocketAddr, cut_after: usize) -> CuttingProxy {
@@ -313,14 +319,15 @@ fn cutting_proxy(to: SocketAddr, cut_after: usize) -> CuttingProxy {
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
     let ranged = Arc::new(AtomicBool::new(false));
-    let (n, rg) = (connections.clone(), ranged.clone());
+    let blob_gets = Arc::new(AtomicUsize::new(0));
+    let (n, rg, bg) = (connections.clone(), ranged.clone(), blob_gets.clone());
     let cut_done = Arc::new(AtomicBool::new(false));
     std::thread::spawn(move || {
         for client in listener.incoming().flatten() {
             n.fetch_add(1, Ordering::SeqCst);
             let server = TcpStream::connect(to).unwrap();
             let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            let rg = rg.clone();
+            let (rg, bg) = (rg.clone(), bg.clone());
             let blob = Arc::new(AtomicBool::new(false));
             let (blob_w, blob_r, cut_done) = (blob.clone(), blob, cut_done.clone());
             std::thread::spawn(move || {
@@ -335,6 +342,7 @@ fn cutting_proxy(to: SocketAddr, cut_after: usize) -> CuttingProxy {
                     }
                     if req.starts_with("get /v2/") && req.contains("/blobs/") {
                         blob_w.store(true, Ordering::SeqCst);
+                        bg.fetch_add(1, Ordering::SeqCst);
                     }
                     if s_out.write_all(&buf[..k]).is_err() {
                         break;
@@ -364,7 +372,7 @@ fn cutting_proxy(to: SocketAddr, cut_after: usize) -> CuttingProxy {
             });
         }
     });
-    CuttingProxy { addr, connections, ranged }
+    CuttingProxy { addr, connections, ranged, blob_gets }
 }
 
 #[tokio::test]
@@ -429,4 +437,37 @@ async fn a_registry_down_for_a_moment_is_waited_for() {
         Err(e @ RegistryError::Unreachable { .. }) => assert!(e.to_string().contains(&reg.host)),
         other => panic!("a registry that is down gave {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn tasks_that_want_the_same_image_share_one_download() {
+    // Unpacking keeps the layers' owners: root's work.
+    if !have_registry() || !shoal_testkit::netns::root_or_skip("share_one_download") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let reg = registry(&dir.path().join("reg"), false, false);
+    let certs = dir.path().join("certs.d");
+    let direct = client(&certs, vec![Insecure::Host(reg.host.clone())]);
+    let r = ImageRef::parse(&format!("{}/shared:1", reg.host)).unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    push(&direct, &r, None, &three_layers(), &work).await;
+
+    let proxy = cutting_proxy(reg.addr, usize::MAX);
+    let via = ImageRef::parse(&format!("{}/shared:1", proxy.addr)).unwrap();
+    let c = client(&certs, vec![Insecure::Host(proxy.addr.to_string())]);
+    let store = Arc::new(shoal_agent::image::ImageStore::open(dir.path().join("images")).unwrap());
+    let puller = shoal_agent::image::Puller::new(c, store.clone());
+    let pulls = (0..4).map(|_| puller.pull(&via, None));
+    let images = futures::future::join_all(pulls).await;
+    let ids: Vec<String> = images.into_iter().map(|i| i.unwrap().id).collect();
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "four pulls, four images: {ids:?}");
+    // Config and three layers, each fetched once for all four pulls.
+    assert_eq!(proxy.blob_gets.load(Ordering::SeqCst), 4, "blobs were fetched more than once");
+    let info = store.resolve(&via.familiar()).unwrap();
+    assert_eq!(info.layers.len(), 3);
+    // Pulled again, nothing is fetched: the store has every blob.
+    puller.pull(&via, None).await.unwrap();
+    assert_eq!(proxy.blob_gets.load(Ordering::SeqCst), 4);
 }

@@ -67,6 +67,9 @@ fn layer(i: usize, bytes: usize) -> Result<(Vec<u8>, String)> {
     let mut h = tar::Header::new_gnu();
     h.set_size(data.len() as u64);
     h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
     h.set_cksum();
     b.append_data(&mut h, format!("data/layer-{i}.bin"), data.as_slice())?;
     let tar = b.into_inner()?;

@@ -137,3 +137,30 @@ mod tests {
         assert_eq!(registry_words(b""), "(no details)");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a registry puts in its headers and error bodies, reading them never
+        /// panics, and a token comes only from a JSON object that has one.
+        #[test]
+        fn hostile_headers_and_bodies_are_read_safely(header in ".{0,300}", body in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = parse_challenge(&header);
+            let _ = registry_words(&body);
+            if let Some((token, secs)) = token_of(&body) {
+                prop_assert!(!token.is_empty() && secs >= 10);
+            }
+        }
+
+        /// Challenges with quoted commas and escapes keep their parameters whole.
+        #[test]
+        fn bearer_parameters_survive_quoting(realm in "https://[a-z]{1,10}/[a-z,]{0,10}", scope in "[a-z:/,]{0,30}") {
+            let h = format!("Bearer realm=\"{realm}\",scope=\"{scope}\"");
+            let c = parse_challenge(&h);
+            prop_assert_eq!(c, Some(Challenge::Bearer { realm, service: None, scope: Some(scope) }));
+        }
+    }
+}

@@ -206,3 +206,19 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any string: an error or a reference that prints back to one that parses the same.
+        #[test]
+        fn references_round_trip(s in ".{0,80}") {
+            if let Ok(r) = ImageRef::parse(&s) {
+                prop_assert_eq!(ImageRef::parse(&r.familiar()).unwrap(), r);
+            }
+        }
+    }
+}
