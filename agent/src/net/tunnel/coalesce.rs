@@ -129,7 +129,8 @@ impl Coalescer {
 
     /// Whether `pkt` can join the packets waiting.
     fn joins(&self, pkt: &[u8], tcp: Option<TcpSegment>, udp: Option<([u8; 13], usize)>) -> bool {
-        let room = self.segments < MAX_SEGMENTS;
+        // Nothing waiting (the run was written by `flush`): a packet starts a run of its own.
+        let room = self.segments > 0 && self.segments < MAX_SEGMENTS;
         match (self.run, tcp, udp) {
             (Run::Tcp { payload, mss, next_seq, closed, .. }, Some(t), _) => {
                 let size = pkt.len() - t.payload;
@@ -288,6 +289,31 @@ mod tests {
         let many: Vec<Vec<u8>> = (0..100).map(|_| udp(1000)).collect();
         let sizes: Vec<usize> = writes(&many).iter().map(|w| w.2).collect();
         assert_eq!(sizes, vec![28 + 64 * 1000, 28 + 36 * 1000], "at most 64 segments");
+    }
+
+    #[test]
+    fn a_packet_after_a_flush_is_written_as_itself() {
+        // Every receive batch ends in a flush: the next batch's first packet of the same flow
+        // must start a run of its own, not be appended to the run already written.
+        use super::super::merge::tests::vxlan_tcp;
+        let mut second_udp = udp(60);
+        second_udp[40] = 0xaa;
+        let mut second_tcp = vxlan_tcp(100, 0x10, 100);
+        second_tcp[120] = 0xaa;
+        let cases = [
+            (VNET_HDR, udp(100), second_udp),
+            (TUNNEL_VNET_HDR, vxlan_tcp(0, 0x10, 100), second_tcp),
+        ];
+        for (hdr, first, second) in cases {
+            let (mut c, mut dev) = (Coalescer::new(hdr), Device::default());
+            assert_eq!(c.push(&first, &mut dev), 0);
+            assert_eq!(c.flush(&mut dev), 0);
+            assert_eq!(c.push(&second, &mut dev), 0);
+            assert_eq!(c.flush(&mut dev), 0);
+            assert_eq!(dev.0.len(), 2, "hdr {hdr}");
+            assert_eq!(&dev.0[0][hdr..], &first[..], "hdr {hdr}");
+            assert_eq!(&dev.0[1][hdr..], &second[..], "hdr {hdr}: the second packet as sent");
+        }
     }
 
     #[test]
