@@ -302,3 +302,82 @@ async fn a_used_secret_cannot_go_and_an_update_rolls_only_its_followers() {
     must(&m, &["service", "rm", "batch"], b"").await;
     must(&m, &["secret", "rm", "api_token"], b"").await;
 }
+
+/// Issue #17: `${VAR}` from `.env` beside the file, `env_file:` merged under `environment:`,
+/// an override file merged over the base, profiles, a file from standard input, and a missing
+/// required variable or a typo refusing the deploy before anything is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_compose_files_deploy_unchanged() {
+    let (m, _w) = cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join(".env"), "TAG=demo\nREPLICAS=2\n# a comment\n").unwrap();
+    std::fs::write(d.join("app.env"), "FROM_FILE=yes\nOVERRIDDEN=by-file\n").unwrap();
+    let base = d.join("base.yml");
+    std::fs::write(
+        &base,
+        "services:\n  web:\n    image: busybox:${TAG}\n    command: sleep 3600\n    env_file: app.env\n    environment:\n      OVERRIDDEN: by-environment\n      PASSWORD: ${ADMIN_PASSWORD:-admin}\n    deploy:\n      replicas: ${REPLICAS}\n  debug:\n    image: busybox:${TAG}\n    profiles: [debug]\n",
+    )
+    .unwrap();
+    let over = d.join("override.yml");
+    std::fs::write(&over, "services:\n  web:\n    environment:\n      EXTRA: \"1\"\n").unwrap();
+    let (b, o) = (base.to_str().unwrap(), over.to_str().unwrap());
+    must(&m, &["stack", "deploy", "-c", b, "-c", o, "app"], b"").await;
+    let web = service(&m, "app_web").await;
+    let spec = web.spec.unwrap();
+    let c = spec.container.unwrap();
+    assert_eq!(c.image, "busybox:demo");
+    assert_eq!(spec.replicas, 2);
+    for want in ["FROM_FILE=yes", "OVERRIDDEN=by-environment", "PASSWORD=admin", "EXTRA=1"] {
+        assert!(c.env.contains(&want.to_string()), "{want} missing: {:?}", c.env);
+    }
+    assert!(!c.env.contains(&"OVERRIDDEN=by-file".to_string()), "environment wins: {:?}", c.env);
+    let req = GetServiceRequest { reference: "app_debug".into() };
+    assert!(m.control().await.get_service(req).await.is_err(), "a profile's service deployed");
+
+    // From standard input, with the profile on.
+    let text = std::fs::read(&base).unwrap();
+    let out = shoal(
+        &m,
+        &[
+            "stack",
+            "deploy",
+            "-c",
+            "-",
+            "--profile",
+            "debug",
+            "--env-file",
+            d.join(".env").to_str().unwrap(),
+            "piped",
+        ],
+        &text,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text_of(&out));
+    service(&m, "piped_debug").await;
+
+    // A required variable that is missing, and a typo: refused, nothing created.
+    let strict = d.join("strict.yml");
+    std::fs::write(&strict, "services:\n  api:\n    image: \"busybox:${API_TAG:?set API_TAG}\"\n")
+        .unwrap();
+    let e =
+        must_fail(&m, &["stack", "deploy", "-c", strict.to_str().unwrap(), "strict"], b"").await;
+    assert!(e.contains("API_TAG") && e.contains("line 3"), "{e}");
+    std::fs::write(
+        &strict,
+        "services:\n  api:\n    image: busybox\n    deploy:\n      replicaz: 3\n",
+    )
+    .unwrap();
+    let e =
+        must_fail(&m, &["stack", "deploy", "-c", strict.to_str().unwrap(), "strict"], b"").await;
+    assert!(
+        e.contains("line 5") && e.contains("replicaz") && e.contains("did you mean replicas"),
+        "{e}"
+    );
+    let req = GetServiceRequest { reference: "strict_api".into() };
+    assert!(m.control().await.get_service(req).await.is_err(), "a refused file created a service");
+}
+
+fn text_of(out: &Output) -> String {
+    text(out)
+}

@@ -11,7 +11,6 @@
 //! pull at most 0.8x Docker's.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -223,6 +222,8 @@ pub async fn pull(args: PullArgs) -> Result<()> {
         n.start();
     }
     let swarm = DockerSwarm::start(&net, &args.docker, &args.dockerd)?;
+    let version =
+        swarm.docker(0, &["version", "--format", "{{.Server.Version}}"]).unwrap_or_default();
     let result = measure(&args, &nodes, &swarm, &image);
     drop(swarm);
     drop(nodes);
@@ -239,20 +240,11 @@ pub async fn pull(args: PullArgs) -> Result<()> {
         args.runs,
         load_note()
     );
-    println!("| pull | Shoal | Docker {} | Shoal/Docker | goal |", swarm_version(&args));
+    println!("| pull | Shoal | Docker {} | Shoal/Docker | goal |", version.trim());
     println!("|---|---|---|---|---|");
     row("cold, one node", &single.0, &single.1, "<= 0.8x");
     row("three nodes at once", &parallel.0, &parallel.1, "");
     Ok(())
-}
-
-fn swarm_version(args: &PullArgs) -> String {
-    Command::new(&args.docker)
-        .args(["version", "--format", "{{.Client.Version}}"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
 }
 
 type Samples = (Vec<f64>, Vec<f64>);

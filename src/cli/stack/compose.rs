@@ -26,6 +26,10 @@ pub struct Compose {
     pub networks: BTreeMap<String, NetworkDef>,
     /// `path (line N)` of each key that is ignored.
     pub unsupported: Vec<String>,
+    /// Other things to tell the user (variables that are not set).
+    pub notes: Vec<String>,
+    /// `env_file:` of each service (by its compose key), relative to the compose file.
+    pub env_files: BTreeMap<String, Vec<String>>,
 }
 
 /// A top-level secret or config.
@@ -92,11 +96,26 @@ pub(super) struct Reader {
     pub(super) configs: Vec<String>,
     /// Top-level network keys, which services may name.
     pub(super) networks: Vec<String>,
+    /// Keys that are not Compose at all (typos): the file is refused.
+    pub(super) unknown: Vec<ComposeError>,
+    /// `env_file:` of each service (by its key), read by the deploy.
+    pub(super) env_files: BTreeMap<String, Vec<String>>,
 }
 
 impl Reader {
     /// Notes a key Shoal ignores (extension keys `x-…` are ignored silently).
     pub(super) fn skip(&mut self, e: &Entry<'_>) {
+        if super::keys::is_compose_key(&e.path) == Some(false) && !e.key.starts_with("x-") {
+            let hint = super::keys::nearest(&e.path)
+                .map(|k| format!("; did you mean {k}?"))
+                .unwrap_or_default();
+            self.unknown.push(ComposeError {
+                line: e.line,
+                key: e.path.clone(),
+                message: format!("{} is not a Compose key{hint}", e.key),
+            });
+            return;
+        }
         if !e.key.starts_with("x-") {
             self.unsupported.push((e.line, format!("{} (line {})", e.path, e.line)));
         }
@@ -118,10 +137,98 @@ impl Reader {
     }
 }
 
-/// Reads a compose file's text.
+/// A variable's value, if it is set.
+pub type Lookup<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
+/// How to read compose files: where variables come from, and which profiles are on.
+#[derive(Default)]
+#[allow(missing_debug_implementations)]
+pub struct Options<'a> {
+    /// A variable's value (the environment, then `.env`); `None`: nothing is set.
+    pub vars: Option<&'a Lookup<'a>>,
+    /// `--profile`: services in these profiles run too.
+    pub profiles: Vec<String>,
+}
+
+/// Reads a compose file's text (no variables set, no profiles).
 pub fn parse(text: &str) -> Result<Compose, ComposeError> {
-    let doc = yaml::parse(text)?;
-    let root = At { node: &doc, path: "" };
+    parse_files(&[("", text)], &Options::default())
+}
+
+/// Reads compose files (name, text), each with its variables substituted, merged in order
+/// as Docker Compose merges them (later files win; lists of ports, volumes, secrets,
+/// configs, environment and the like merge item by item).
+pub fn parse_files(files: &[(&str, &str)], opts: &Options<'_>) -> Result<Compose, ComposeError> {
+    let mut merged: Option<yaml::Node> = None;
+    let mut unset = Vec::new();
+    for (name, text) in files {
+        let named = |mut e: ComposeError| {
+            if !name.is_empty() && files.len() > 1 {
+                e.message = format!("{name}: {}", e.message);
+            }
+            e
+        };
+        let mut doc = yaml::parse(text).map_err(named)?;
+        let lookup = |k: &str| opts.vars.and_then(|v| v(k));
+        doc.map_strings("", &mut |s, path, line| {
+            if !s.contains('$') {
+                return Ok(None);
+            }
+            match super::interpolate::interpolate(s, &lookup) {
+                Ok((out, missing)) => {
+                    unset.extend(missing);
+                    Ok(Some(out))
+                }
+                Err(message) => Err(named(ComposeError { line, key: path.to_string(), message })),
+            }
+        })?;
+        match &mut merged {
+            None => merged = Some(doc),
+            Some(m) => m.merge(doc, &merge_identity),
+        }
+    }
+    let doc = merged.unwrap_or_else(|| yaml::parse("").expect("an empty document"));
+    let mut out = parse_node(&doc, opts)?;
+    unset.sort();
+    unset.dedup();
+    out.notes.extend(
+        unset
+            .into_iter()
+            .map(|v| format!("The {v} variable is not set. Defaulting to a blank string.")),
+    );
+    Ok(out)
+}
+
+/// What makes two list items the same item when files merge, for the lists that merge item
+/// by item; `None` for lists a later file replaces.
+fn merge_identity(key: &str, item: &yaml::Node) -> Option<String> {
+    let at = At { node: item, path: key };
+    let text = || at.text().ok();
+    let field = |name: &str| {
+        at.entries().ok()?.into_iter().find(|e| e.key == name).and_then(|e| e.at().text().ok())
+    };
+    match key {
+        "ports" => text().or_else(|| {
+            Some(format!("{:?}/{:?}/{:?}", field("published"), field("target"), field("protocol")))
+        }),
+        // A volume is known by where it is mounted.
+        "volumes" => text()
+            .map(|t| {
+                let parts: Vec<&str> = t.split(':').collect();
+                parts.get(1).unwrap_or(&parts[0]).to_string()
+            })
+            .or_else(|| field("target")),
+        "secrets" | "configs" => text().or_else(|| field("source")),
+        "environment" | "labels" => text().map(|t| t.split('=').next().unwrap_or("").to_string()),
+        "expose" | "dns" | "dns_search" | "dns_opt" | "extra_hosts" | "cap_add" | "cap_drop"
+        | "env_file" | "networks" | "profiles" => text(),
+        _ => None,
+    }
+}
+
+/// Reads a compose document.
+fn parse_node(doc: &yaml::Node, opts: &Options<'_>) -> Result<Compose, ComposeError> {
+    let root = At { node: doc, path: "" };
     let entries = match doc.value {
         yaml::Value::Map(_) => root.entries()?,
         yaml::Value::Null => return Err(root.error("the compose file is empty")),
@@ -160,6 +267,9 @@ pub fn parse(text: &str) -> Result<Compose, ComposeError> {
     r.configs = out.configs.keys().cloned().collect();
     r.networks = out.networks.keys().cloned().collect();
     for e in services.at().entries()? {
+        if !in_profiles(&e, &opts.profiles)? {
+            continue;
+        }
         let mut spec = read_service(&e, &mut r)?;
         if spec.networks.is_empty() {
             spec.networks.push(shoal_proto::NetworkAttachmentConfig {
@@ -175,9 +285,22 @@ pub fn parse(text: &str) -> Result<Compose, ComposeError> {
     if out.services.is_empty() {
         return Err(services.at().error("the stack has no services"));
     }
+    if let Some(first) = r.unknown.into_iter().next() {
+        return Err(first);
+    }
     r.unsupported.sort();
     out.unsupported = r.unsupported.into_iter().map(|(_, s)| s).collect();
+    out.env_files = r.env_files;
     Ok(out)
+}
+
+/// Whether a service runs with these profiles on: one without `profiles:` always does.
+fn in_profiles(service: &Entry<'_>, active: &[String]) -> Result<bool, ComposeError> {
+    let Some(p) = service.at().entries()?.into_iter().find(|e| e.key == "profiles") else {
+        return Ok(true);
+    };
+    let names = p.at().strings()?;
+    Ok(names.is_empty() || names.iter().any(|n| active.contains(n)))
 }
 
 /// `3`, `"3.8"`: versions 3.0–3.9 (older formats have no swarm mode).

@@ -2,7 +2,9 @@
 //! create or version the stack's secrets and configs, then create the new services and update
 //! only the ones whose spec changed. A refused deploy has created nothing.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use shoal_proto::control_client::ControlClient;
@@ -29,13 +31,106 @@ pub fn validate_stack_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Reads and parses a compose file, printing the warning about ignored keys.
-pub fn read(path: &Path) -> Result<Compose> {
+/// Where a deploy reads its files from.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    /// `-c FILE` in order (`-` is standard input); later files override earlier ones.
+    pub files: Vec<PathBuf>,
+    /// `--env-file`: variables for substitution instead of `.env` beside the first file.
+    pub env_file: Option<PathBuf>,
+    /// `--profile`: services in these profiles are deployed too.
+    pub profiles: Vec<String>,
+}
+
+impl Sources {
+    /// The directory relative paths in the files are relative to: the first file's; for
+    /// standard input, the `--env-file`'s, else the current one.
+    pub fn dir(&self) -> PathBuf {
+        let parent =
+            |p: &Path| p.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        match (self.files.iter().find(|p| p.as_os_str() != "-"), &self.env_file) {
+            (Some(p), _) => parent(p),
+            (None, Some(e)) => parent(e),
+            (None, None) => PathBuf::from("."),
+        }
+    }
+}
+
+/// The variables of a `.env`-style file.
+fn env_file(path: &Path) -> Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading compose file {}", path.display()))?;
-    let file = compose::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        .with_context(|| format!("reading the env file {}", path.display()))?;
+    super::interpolate::parse_env_file(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Reads, substitutes, merges and parses the compose files; prints the warning about ignored
+/// keys and variables that are not set; merges each service's `env_file:` into its
+/// environment (the environment wins).
+pub fn read(src: &Sources) -> Result<Compose> {
+    if src.files.is_empty() {
+        bail!("name a compose file with -c FILE (- for standard input)");
+    }
+    let mut texts = Vec::new();
+    for path in &src.files {
+        let text = if path.as_os_str() == "-" {
+            let mut t = String::new();
+            std::io::stdin()
+                .read_to_string(&mut t)
+                .context("reading the compose file from standard input")?;
+            t
+        } else {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading compose file {}", path.display()))?
+        };
+        texts.push((path.display().to_string(), text));
+    }
+    let dir = src.dir();
+    let dotenv = match &src.env_file {
+        Some(p) => env_file(p)?,
+        None if dir.join(".env").is_file() => env_file(&dir.join(".env"))?,
+        None => BTreeMap::new(),
+    };
+    let vars = |k: &str| std::env::var(k).ok().or_else(|| dotenv.get(k).cloned());
+    let opts = compose::Options { vars: Some(&vars), profiles: src.profiles.clone() };
+    let named: Vec<(&str, &str)> = texts.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let mut file = compose::parse_files(&named, &opts).map_err(|e| {
+        if texts.len() == 1 {
+            anyhow::anyhow!("{}: {e}", texts[0].0)
+        } else {
+            anyhow::anyhow!("{e}")
+        }
+    })?;
     if let Some(w) = file.warning() {
         eprintln!("{w}");
+    }
+    for n in &file.notes {
+        eprintln!("WARN: {n}");
+    }
+    for (service, paths) in std::mem::take(&mut file.env_files) {
+        let mut vars = BTreeMap::new();
+        for p in paths {
+            let (p, required) = match p.strip_prefix('?') {
+                Some(rest) => (rest.to_string(), false),
+                None => (p, true),
+            };
+            let path = dir.join(&p);
+            if !required && !path.exists() {
+                continue;
+            }
+            vars.extend(env_file(&path).with_context(|| format!("service {service}: env_file"))?);
+        }
+        let Some(c) = file.services.get_mut(&service).and_then(|s| s.container.as_mut()) else {
+            continue;
+        };
+        let own: Vec<String> =
+            c.env.iter().map(|e| e.split('=').next().unwrap_or("").to_string()).collect();
+        let from_files: Vec<String> = vars
+            .into_iter()
+            .filter(|(k, _)| !own.contains(k))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        c.env.splice(0..0, from_files);
     }
     Ok(file)
 }
@@ -64,13 +159,14 @@ pub struct ImageOpts {
 pub async fn deploy(
     channel: &Channel,
     stack: &str,
-    path: &Path,
+    src: &Sources,
     prune: bool,
     images: ImageOpts,
 ) -> Result<()> {
     validate_stack_name(stack)?;
-    let file = read(path)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let file = read(src)?;
+    let dir = src.dir();
+    let dir = dir.as_path();
     let mut control = ControlClient::new(channel.clone());
     let existing = objects::existing(&mut control).await?;
     let (planned, names, mut problems) = objects::plan(&file, stack, dir, &existing);

@@ -4,6 +4,8 @@
 
 pub mod compose;
 pub mod deploy;
+mod interpolate;
+mod keys;
 pub mod networks;
 pub mod objects;
 mod service;
@@ -30,9 +32,17 @@ pub const NAMESPACE: &str = "com.docker.stack.namespace";
 pub enum StackCmd {
     /// Deploy a new stack or update an existing one from a compose file
     Deploy {
-        /// Compose file (versions 3.0–3.9 or the Compose spec)
-        #[arg(short = 'c', long = "compose-file")]
-        compose_file: PathBuf,
+        /// Compose file (versions 3.0–3.9 or the Compose spec); repeat it to merge override
+        /// files (later ones win), `-` reads standard input
+        #[arg(short = 'c', long = "compose-file", required = true)]
+        compose_file: Vec<PathBuf>,
+        /// Variables for ${VAR} in the files (default: .env beside the first file); the
+        /// environment wins over it
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+        /// Deploy the services of this profile too (repeat it)
+        #[arg(long)]
+        profile: Vec<String>,
         /// Remove the stack's services that are no longer in the file
         #[arg(long)]
         prune: bool,
@@ -76,9 +86,18 @@ pub enum StackCmd {
 pub async fn run(cmd: StackCmd, channel: Channel) -> Result<()> {
     let mut control = ControlClient::new(channel.clone());
     match cmd {
-        StackCmd::Deploy { compose_file, prune, with_registry_auth, resolve_image, stack } => {
+        StackCmd::Deploy {
+            compose_file,
+            env_file,
+            profile,
+            prune,
+            with_registry_auth,
+            resolve_image,
+            stack,
+        } => {
             let images = deploy::ImageOpts { resolve: resolve_image, with_registry_auth };
-            deploy::deploy(&channel, &stack, &compose_file, prune, images).await
+            let src = deploy::Sources { files: compose_file, env_file, profiles: profile };
+            deploy::deploy(&channel, &stack, &src, prune, images).await
         }
         StackCmd::Ls => {
             print!("{}", stack_ls(&list_services(&mut control).await?));

@@ -18,6 +18,34 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
+/// `env_file: FILE`, a list of files, or of `{path, required}` (Compose's long form;
+/// files that are not required and missing are skipped by the deploy, marked by a leading `?`).
+fn env_file_paths(at: At<'_>) -> Result<Vec<String>, ComposeError> {
+    if let Ok(one) = at.text() {
+        return Ok(vec![one]);
+    }
+    let mut out = Vec::new();
+    for (path, node) in at.items()? {
+        let item = At { node, path: &path };
+        match item.text() {
+            Ok(p) => out.push(p),
+            Err(_) => {
+                let entries = item.entries()?;
+                let field = |k: &str| entries.iter().find(|e| e.key == k);
+                let p =
+                    field("path").ok_or_else(|| item.error("an env_file entry needs a path"))?;
+                let required = match field("required") {
+                    Some(r) => r.at().bool()?,
+                    None => true,
+                };
+                let p = p.at().text()?;
+                out.push(if required { p } else { format!("?{p}") });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Reads `services.<name>`.
 pub(super) fn read_service(e: &Entry<'_>, r: &mut Reader) -> Result<ServiceSpec, ComposeError> {
     let mut spec = ServiceSpec { name: e.key.to_string(), replicas: 1, ..Default::default() };
@@ -63,6 +91,11 @@ pub(super) fn read_service(e: &Entry<'_>, r: &mut Reader) -> Result<ServiceSpec,
             "dns" => c.dns.get_or_insert_with(Default::default).nameservers = one_or_many(at)?,
             "dns_search" => c.dns.get_or_insert_with(Default::default).search = one_or_many(at)?,
             "dns_opt" => c.dns.get_or_insert_with(Default::default).options = one_or_many(at)?,
+            // Read when the stack is deployed (relative to the file); profiles decided above.
+            "env_file" => {
+                r.env_files.insert(e.key.to_string(), env_file_paths(at)?);
+            }
+            "profiles" => {}
             _ => r.skip(&f),
         }
     }

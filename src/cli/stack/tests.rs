@@ -481,3 +481,169 @@ fn bad_ports_and_networks_are_refused_with_the_line_and_key() {
         assert!(e.to_string().contains(want), "{e}");
     }
 }
+
+fn vars(list: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> =
+        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    move |k| map.get(k).cloned()
+}
+
+fn parse_with(
+    texts: &[&str],
+    env: &dyn Fn(&str) -> Option<String>,
+    profiles: &[&str],
+) -> Result<super::compose::Compose, super::yaml::ComposeError> {
+    let files: Vec<(&str, &str)> = texts.iter().map(|t| ("", *t)).collect();
+    let opts = super::compose::Options {
+        vars: Some(env),
+        profiles: profiles.iter().map(|p| p.to_string()).collect(),
+    };
+    super::compose::parse_files(&files, &opts)
+}
+
+#[test]
+fn variables_are_substituted_before_the_file_is_read() {
+    let text = r#"
+services:
+  web:
+    image: "nginx:${TAG:-1.27}"
+    environment:
+      ADMIN_PASSWORD: ${ADMIN_PASSWORD:-admin}
+      LITERAL: "$$HOME"
+    deploy:
+      replicas: ${REPLICAS}
+      placement:
+        constraints: ["node.hostname == ${HOSTNAME}"]
+    healthcheck:
+      test: ["CMD-SHELL", "pg_isready -U $$(cat /run/secrets/user)"]
+"#;
+    let env = vars(&[("ADMIN_PASSWORD", "s3cret"), ("REPLICAS", "4"), ("HOSTNAME", "node-2")]);
+    let f = parse_with(&[text], &env, &[]).unwrap();
+    let s = &f.services["web"];
+    let c = s.container.as_ref().unwrap();
+    assert_eq!(c.image, "nginx:1.27");
+    assert!(c.env.contains(&"ADMIN_PASSWORD=s3cret".to_string()), "{:?}", c.env);
+    assert!(c.env.contains(&"LITERAL=$HOME".to_string()), "{:?}", c.env);
+    assert_eq!(s.replicas, 4, "a number from a variable is a number");
+    assert_eq!(s.placement.as_ref().unwrap().constraints, vec!["node.hostname == node-2"]);
+    let hc = c.healthcheck.as_ref().unwrap();
+    assert_eq!(hc.test[1], "pg_isready -U $(cat /run/secrets/user)");
+    // Unset variables are blank, and said so once each.
+    let f = parse_with(
+        &["services: {web: {image: 'x${GONE}', command: 'echo $GONE'}}"],
+        &vars(&[]),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(f.services["web"].container.as_ref().unwrap().image, "x");
+    assert_eq!(f.notes, vec!["The GONE variable is not set. Defaulting to a blank string."]);
+    // A required variable that is missing refuses the file, naming it and where it is.
+    let e = parse_with(
+        &["services:\n  web:\n    image: \"app:${TAG:?give a tag}\"\n"],
+        &vars(&[]),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (3, "services.web.image"), "{e}");
+    assert!(e.message.contains("TAG") && e.message.contains("give a tag"), "{e}");
+    let e = parse_with(&["services: {web: {image: 'x${'}}"], &vars(&[]), &[]).unwrap_err();
+    assert!(e.message.contains("invalid interpolation"), "{e}");
+}
+
+#[test]
+fn override_files_merge_as_docker_compose_merges_them() {
+    let base = r#"
+services:
+  web:
+    image: nginx:1.26
+    environment: [A=1, B=2]
+    ports: ["80:80"]
+    secrets: [cert]
+    command: [nginx, -g, daemon off;]
+    deploy: {replicas: 2, labels: {tier: front}}
+  db:
+    image: postgres
+secrets:
+  cert: {file: ./cert.pem}
+  key: {file: ./key.pem}
+"#;
+    let over = r#"
+services:
+  web:
+    image: nginx:1.27
+    environment: [B=3, C=4]
+    ports: ["443:443"]
+    secrets: [key, cert]
+    command: [nginx]
+    deploy: {replicas: 5}
+"#;
+    let f = parse_with(&[base, over], &vars(&[]), &[]).unwrap();
+    let web = &f.services["web"];
+    let c = web.container.as_ref().unwrap();
+    assert_eq!(c.image, "nginx:1.27", "a later scalar wins");
+    assert_eq!(c.env, strs(&["A=1", "B=3", "C=4"]), "environment merges by name");
+    assert_eq!(c.args, strs(&["nginx"]), "a command is replaced, not merged");
+    let names: Vec<&str> = c.secrets.iter().map(|s| s.secret_name.as_str()).collect();
+    assert_eq!(names, vec!["cert", "key"], "secrets merge by source");
+    let ports = &web.endpoint.as_ref().unwrap().ports;
+    assert_eq!(ports.len(), 2, "ports from both files: {ports:?}");
+    assert_eq!(web.replicas, 5);
+    assert_eq!(web.labels.get("tier").map(String::as_str), Some("front"), "mappings merge by key");
+    assert!(f.services.contains_key("db"), "a service only the base names stays");
+}
+
+#[test]
+fn profiles_choose_services() {
+    let text = "services:\n  web: {image: x}\n  debug: {image: y, profiles: [debug]}\n  tools: {image: z, profiles: [tools, debug]}\n";
+    let none = parse_with(&[text], &vars(&[]), &[]).unwrap();
+    assert_eq!(none.services.keys().collect::<Vec<_>>(), vec!["web"]);
+    let debug = parse_with(&[text], &vars(&[]), &["debug"]).unwrap();
+    assert_eq!(debug.services.keys().collect::<Vec<_>>(), vec!["debug", "tools", "web"]);
+    assert!(none.warning().is_none(), "profiles is read, not ignored");
+}
+
+#[test]
+fn typos_are_refused_with_the_line_and_the_nearest_key() {
+    let e = parse("services:\n  web:\n    imgae: nginx\n    image: nginx\n").unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (3, "services.web.imgae"), "{e}");
+    assert_eq!(e.message, "imgae is not a Compose key; did you mean image?");
+    let e = parse("services:\n  web:\n    image: x\n    deploy:\n      replicaz: 3\n").unwrap_err();
+    assert_eq!(e.to_string(), "line 5: services.web.deploy.replicaz: replicaz is not a Compose key; did you mean replicas?");
+    let e = parse("services: {web: {image: x}}\nsecretz: {}\n").unwrap_err();
+    assert!(e.message.contains("did you mean secrets"), "{e}");
+    // Real Compose keys stacks ignore are a warning, not an error.
+    let f = parse("services:\n  web:\n    image: x\n    build: .\n    depends_on: [db]\n    container_name: w\n    restart: always\n  db: {image: y}\n").unwrap();
+    let w = f.warning().unwrap();
+    for k in ["build", "depends_on", "container_name", "restart"] {
+        assert!(w.contains(&format!("services.web.{k}")), "{w}");
+    }
+}
+
+#[test]
+fn compose_errors_never_show_the_yaml_library() {
+    // Nine aliases of nine aliases of ...: a billion items if expanded.
+    let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..9 {
+        let p = i - 1;
+        bomb += &format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        );
+    }
+    let texts = [
+        "a: 1\na: 2\n",
+        "services: {web: {image: x, image: y}}\n",
+        "services: [\n",
+        "a: 1\n---\nb: 2\n",
+        &bomb,
+    ];
+    for text in texts {
+        let e = parse(text).unwrap_err().to_string();
+        for internal in ["DuplicateKeyPolicy", "from_multiple", "Options", "budget", "serde"] {
+            assert!(!e.contains(internal), "{text:?} gave {e}");
+        }
+    }
+    let e = parse("services: {web: {image: x, image: y}}\n").unwrap_err();
+    assert!(e.message.contains("image appears twice"), "{e}");
+    let e = parse("a: 1\n---\nb: 2\n").unwrap_err();
+    assert!(e.message.contains("more than one YAML document"), "{e}");
+}

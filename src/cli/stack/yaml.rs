@@ -123,6 +123,78 @@ impl<'de> Deserialize<'de> for Raw {
     }
 }
 
+/// What [`Node::map_strings`] calls with a string, its key path and line: `Some` replaces it.
+pub type StringEdit<'a> = dyn FnMut(&str, &str, u64) -> Result<Option<String>, ComposeError> + 'a;
+
+impl Node {
+    /// Calls `f` on every string value of the tree (not on keys) with its dotted key path and
+    /// line; a `Some` it returns replaces the string.
+    pub fn map_strings(&mut self, path: &str, f: &mut StringEdit<'_>) -> Result<(), ComposeError> {
+        match &mut self.value {
+            Value::Str(s) => {
+                if let Some(new) = f(s, path, self.line)? {
+                    *s = new;
+                }
+            }
+            Value::Seq(items) => {
+                for (i, n) in items.iter_mut().enumerate() {
+                    n.map_strings(&format!("{path}[{i}]"), f)?;
+                }
+            }
+            Value::Map(entries) => {
+                for (k, _, n) in entries.iter_mut() {
+                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    n.map_strings(&p, f)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Lays `over` on this node as Docker Compose merges files: mappings key by key, a later
+    /// scalar or list in place of the earlier one, except lists whose items `identity` names
+    /// (by the key they are under and the item): those keep earlier items, with a later item
+    /// of the same identity in its place and new ones added.
+    pub fn merge(&mut self, over: Node, identity: &dyn Fn(&str, &Node) -> Option<String>) {
+        self.merge_under("", over, identity);
+    }
+
+    fn merge_under(
+        &mut self,
+        key: &str,
+        over: Node,
+        identity: &dyn Fn(&str, &Node) -> Option<String>,
+    ) {
+        match (&mut self.value, over.value) {
+            (Value::Map(mine), Value::Map(theirs)) => {
+                for (k, line, node) in theirs {
+                    match mine.iter_mut().find(|(mk, _, _)| *mk == k) {
+                        Some((_, _, existing)) => existing.merge_under(&k, node, identity),
+                        None => mine.push((k, line, node)),
+                    }
+                }
+            }
+            (Value::Seq(mine), Value::Seq(theirs))
+                if theirs.iter().chain(mine.iter()).all(|n| identity(key, n).is_some()) =>
+            {
+                for item in theirs {
+                    let id = identity(key, &item);
+                    match mine.iter_mut().find(|m| identity(key, m) == id) {
+                        Some(existing) => *existing = item,
+                        None => mine.push(item),
+                    }
+                }
+            }
+            (_, value) => {
+                self.value = value;
+                self.line = over.line;
+                self.raw = over.raw;
+            }
+        }
+    }
+}
+
 /// Parses one YAML document. A syntax error names its line and the key it is under.
 pub fn parse(text: &str) -> Result<Node, ComposeError> {
     match serde_saphyr::from_str::<Spanned<Raw>>(text) {
@@ -135,9 +207,33 @@ pub fn parse(text: &str) -> Result<Node, ComposeError> {
                 Some(i) if line != 0 => message[..i].to_string(),
                 _ => message,
             };
+            let message = plain_words(&message);
             Err(ComposeError { line, key: key_above(text, line), message })
         }
     }
+}
+
+/// The parser's message in the file's terms: what is wrong with the file, never which
+/// option of the YAML library would let it pass.
+fn plain_words(message: &str) -> String {
+    let lower = message.to_ascii_lowercase();
+    if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+        let key = rest.split(',').next().unwrap_or(rest).trim();
+        return format!("the key {key} appears twice in the same mapping");
+    }
+    if lower.contains("from_multiple") || lower.contains("multiple documents") {
+        return "the file holds more than one YAML document (---); a compose file is one".into();
+    }
+    if lower.contains("budget") || (lower.contains("alias") && lower.contains("limit")) {
+        return "anchors and aliases expand to more than a compose file may hold".into();
+    }
+    // Any other hint about parser options is cut off; the problem itself stays.
+    let cut = [", set ", "; set ", ", use ", "; use "]
+        .iter()
+        .filter_map(|m| message.find(m))
+        .min()
+        .unwrap_or(message.len());
+    message[..cut].to_string()
 }
 
 fn build(text: &str, raw: Spanned<Raw>) -> Node {
@@ -444,7 +540,7 @@ mod tests {
         assert!(err.line >= 3, "{err}");
         let err = parse("a: 1\na: 2\n").unwrap_err();
         assert_eq!(err.line, 2, "{err}");
-        assert!(err.message.contains("duplicate"), "{err}");
+        assert!(err.message.contains("appears twice"), "{err}");
     }
 
     #[test]
