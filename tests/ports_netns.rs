@@ -263,7 +263,7 @@ version: "3.8"
 services:
   api:
     image: busybox:ports
-    command: sh -c 'mkdir -p /www && echo "api $(hostname)" > /www/index.html && exec httpd -f -p 80 -h /www'
+    command: sh -c 'mkdir -p /www && echo "api $$(hostname)" > /www/index.html && exec httpd -f -p 80 -h /www'
     networks:
       back:
         aliases: [backend]
@@ -277,9 +277,9 @@ services:
         mkdir -p /www
         httpd -p 80 -h /www
         while true; do
-          a=$(timeout 2 wget -q -O - http://api/)
-          b=$(timeout 2 wget -q -O - http://backend/)
-          echo "front saw [$a] [$b]" > /www/next && mv /www/next /www/index.html
+          a=$$(timeout 2 wget -q -O - http://api/)
+          b=$$(timeout 2 wget -q -O - http://backend/)
+          echo "front saw [$$a] [$$b]" > /www/next && mv /www/next /www/index.html
           sleep 0.3
         done
     ports: ["8090:80"]

@@ -112,8 +112,9 @@ secrets:
   psql_password:
     external: true
 "#,
-        report = REPORT,
-        resolve_then_report = format!("{RESOLVE}; {REPORT}"),
+        // A compose file substitutes variables: the shell's own `$` is written `$$`.
+        report = REPORT.replace('$', "$$"),
+        resolve_then_report = format!("{RESOLVE}; {REPORT}").replace('$', "$$"),
     );
     let file = dir.join("stack.yml");
     std::fs::write(&file, compose).unwrap();

@@ -14,6 +14,7 @@ pub mod reference;
 mod store;
 mod stream;
 mod task;
+mod users;
 
 use std::path::PathBuf;
 
@@ -23,7 +24,6 @@ pub use pull::{repository, PullError, Puller, PARALLEL_DOWNLOADS};
 pub use pulled::{digest_of, Lease, PruneReport, PullInput, PushPlan};
 pub use reference::Reference;
 pub use store::ImageStore;
-pub(crate) use task::parse_user;
 
 /// What went wrong with an image.
 #[derive(Debug, thiserror::Error)]

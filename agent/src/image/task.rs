@@ -2,11 +2,12 @@
 //! directory and user, overridden by what the service sets. No IO.
 
 use super::{ImageError, ImageInfo, ImageStore};
-use crate::runtime::{TaskSpec, UserSpec};
+use crate::runtime::TaskSpec;
 
 impl ImageStore {
     /// A task running `image` with the service's `args` (replacing CMD) and `env` (added to and
-    /// overriding the image's). The user is the image's `USER` when numeric (`uid[:gid]`).
+    /// overriding the image's). The user is the image's `USER`, by number or by name (from the
+    /// image's /etc/passwd and /etc/group).
     pub fn task_spec(
         &self,
         id: &str,
@@ -48,28 +49,9 @@ impl ImageStore {
             spec.env.push(kv.clone());
         }
         spec.workdir = image.config.workdir.clone();
-        spec.user = parse_user(image.config.user.as_deref(), &image.id)?;
+        spec.user = self.resolve_user(image, image.config.user.as_deref().unwrap_or(""))?;
         Ok(spec)
     }
-}
-
-/// `uid`, `uid:gid` or `root`; names other than root would need the image's /etc/passwd.
-pub(crate) fn parse_user(user: Option<&str>, image: &str) -> Result<UserSpec, ImageError> {
-    let Some(user) = user.filter(|u| !u.is_empty()) else { return Ok(UserSpec::default()) };
-    let (u, g) = user.split_once(':').unwrap_or((user, ""));
-    let num = |s: &str| -> Result<u32, ImageError> {
-        match s {
-            "" | "root" => Ok(0),
-            n => n.parse().map_err(|_| {
-                ImageError::UnknownArchive(format!(
-                    "image {image} runs as user {user:?}; only numeric users (uid[:gid]) are supported"
-                ))
-            }),
-        }
-    };
-    let uid = num(u)?;
-    let gid = if g.is_empty() { uid } else { num(g)? };
-    Ok(UserSpec { uid, gid, additional_gids: Vec::new() })
 }
 
 #[cfg(test)]
@@ -137,7 +119,7 @@ mod tests {
             .task_spec("t", &named, &[], &[])
             .unwrap_err()
             .to_string()
-            .contains("numeric"));
+            .contains("no user nginx"));
         assert!(store.task_spec("t", &image(RunConfig::default()), &[], &[]).is_err());
     }
 }

@@ -28,9 +28,9 @@ pub enum TaskSpecError {
     /// A task spec without a container spec.
     #[error("the task has no container spec")]
     NoContainer,
-    /// A user this runtime cannot map.
-    #[error("user {0:?}: only numeric users (uid[:gid]) and root are supported")]
-    User(String),
+    /// A user the image does not know (or whose files cannot be read safely).
+    #[error("user {0:?}: {1}")]
+    User(String, String),
     /// A stop signal that is not one.
     #[error("stop signal {0:?} is not a signal; use e.g. SIGTERM, SIGINT or 15")]
     Signal(String),
@@ -129,8 +129,9 @@ pub fn build(
         t.workdir = Some(c.workdir.clone());
     }
     if !c.user.is_empty() {
-        t.user = crate::image::parse_user(Some(&c.user), &image.id)
-            .map_err(|_| TaskSpecError::User(c.user.clone()))?;
+        t.user = store
+            .resolve_user(image, &c.user)
+            .map_err(|e| TaskSpecError::User(c.user.clone(), e.to_string()))?;
     }
     if !c.hostname.is_empty() {
         t.hostname = Some(c.hostname.clone());
