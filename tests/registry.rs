@@ -81,22 +81,8 @@ fn sha256(b: &[u8]) -> String {
 }
 
 fn gzip_tar(files: &[(&str, Vec<u8>)]) -> (Vec<u8>, String) {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_cksum();
-        b.append_data(&mut h, name, data.as_slice()).unwrap();
-    }
-    let tar = b.into_inner().unwrap();
-    let diff_id = sha256(&tar);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&tar).unwrap();
-    (gz.finish().unwrap(), diff_id)
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (*n, d.as_slice())).collect();
+    shoal_testkit::registry::gzip_layer(&files)
 }
 
 /// A pushed image: its manifest digest and blobs (config first) with their bytes.

@@ -60,22 +60,8 @@ fn content(bytes: usize, seed: u64) -> Vec<u8> {
 
 /// A gzip'd tar layer of one file, and the digest of its uncompressed tar.
 fn layer(i: usize, bytes: usize) -> Result<(Vec<u8>, String)> {
-    use std::io::Write;
     let data = content(bytes, 0x9e37_79b9_7f4a_7c15 ^ i as u64);
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(data.len() as u64);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h.set_cksum();
-    b.append_data(&mut h, format!("data/layer-{i}.bin"), data.as_slice())?;
-    let tar = b.into_inner()?;
-    let diff_id = shoal_registry::sha256(&tar);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&tar)?;
-    Ok((gz.finish()?, diff_id))
+    Ok(shoal_testkit::registry::gzip_layer(&[(&format!("data/layer-{i}.bin"), &data)]))
 }
 
 /// Builds the image and pushes it as `r`; returns the bytes pushed.

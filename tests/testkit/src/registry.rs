@@ -207,3 +207,25 @@ impl Drop for TestRegistry {
         self.stop();
     }
 }
+
+/// A registry layer of `files` (name, bytes; root's, mode 0644): the gzip'd tar and the diff
+/// id (the digest of the uncompressed tar) its image config lists.
+pub fn gzip_layer(files: &[(&str, &[u8])]) -> (Vec<u8>, String) {
+    use std::io::Write;
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, name, *data).expect("a tar in memory");
+    }
+    let tar = b.into_inner().expect("a tar in memory");
+    let diff_id = shoal_registry::sha256(&tar);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).expect("gzip in memory");
+    (gz.finish().expect("gzip in memory"), diff_id)
+}
