@@ -4,7 +4,9 @@
 //! named insecure; refuses missing and wrong logins; refuses a blob changed in the registry's
 //! storage and keeps nothing of it; resumes a download whose connection was cut; and rides
 //! out a registry that is down for a moment; four pulls of one image into a node's store share
-//! one download of each blob. No root needed, but for that last one (unpacking keeps owners).
+//! one download of each blob; a hostile registry (lying digests, huge or schema-1 or garbage
+//! manifests, blobs longer than said) is refused with what was wrong. No root needed, but for
+//! the shared download (unpacking keeps owners).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -456,4 +458,118 @@ async fn tasks_that_want_the_same_image_share_one_download() {
     // Pulled again, nothing is fetched: the store has every blob.
     puller.pull(&via, None).await.unwrap();
     assert_eq!(proxy.blob_gets.load(Ordering::SeqCst), 4);
+}
+
+/// A hostile registry on loopback (plain HTTP): every request gets `answer(path)`, a full
+/// HTTP response.
+fn hostile_registry(answer: fn(&str) -> Vec<u8>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let _ = conn.write_all(&answer(&path));
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    addr
+}
+
+fn http(status: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
+    let mut out =
+        format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    for (k, v) in headers {
+        out += &format!("{k}: {v}\r\n");
+    }
+    out += "\r\n";
+    let mut out = out.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+
+fn manifest_of(layer_size: u64) -> Vec<u8> {
+    let d = |s: u64| serde_json::json!({"mediaType": "x", "digest": sha256(b"layer"), "size": s});
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI, "config": d(5), "layers": [d(layer_size)],
+    }))
+    .unwrap()
+}
+
+/// What a hostile registry does, what it answers, and the error it must get.
+type Hostile = (&'static str, fn(&str) -> Vec<u8>, fn(&RegistryError) -> bool);
+
+#[tokio::test]
+async fn a_hostile_registry_is_refused_with_what_was_wrong() {
+    let cases: [Hostile; 5] = [
+        (
+            "a manifest whose bytes are not its stated digest",
+            |_| {
+                let body = manifest_of(5);
+                let lie = sha256(b"something else");
+                http(
+                    "200 OK",
+                    &[("Content-Type", OCI.into()), ("Docker-Content-Digest", lie)],
+                    &body,
+                )
+            },
+            |e| matches!(e, RegistryError::DigestMismatch { .. }),
+        ),
+        (
+            "a manifest larger than any image needs",
+            |_| http("200 OK", &[("Content-Type", OCI.into())], &vec![b' '; 5 << 20]),
+            |e| matches!(e, RegistryError::BadManifest { reason, .. } if reason.contains("larger")),
+        ),
+        (
+            "a Docker schema 1 manifest",
+            |_| {
+                let t = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+                http("200 OK", &[("Content-Type", t.into())], br#"{"schemaVersion":1}"#)
+            },
+            |e| matches!(e, RegistryError::BadManifest { reason, .. } if reason.contains("schema 1")),
+        ),
+        (
+            "garbage for a manifest",
+            |_| http("200 OK", &[("Content-Type", OCI.into())], b"\x00\xffnot json"),
+            |e| matches!(e, RegistryError::BadManifest { .. }),
+        ),
+        (
+            "a blob longer than its descriptor says",
+            |path| {
+                if path.contains("/blobs/") {
+                    http("200 OK", &[], b"layer and then some more bytes")
+                } else {
+                    http("200 OK", &[("Content-Type", OCI.into())], &manifest_of(5))
+                }
+            },
+            |e| matches!(e, RegistryError::SizeMismatch { .. }),
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (what, answer, expected) in cases {
+        let addr = hostile_registry(answer);
+        let c = client(&dir.path().join("certs.d"), vec![Insecure::Host(addr.to_string())]);
+        let r = ImageRef::parse(&format!("{addr}/evil:1")).unwrap();
+        let result = match c.manifest(&r, None, &Platform::host()).await {
+            Ok(pulled) => {
+                let dest = dir.path().join("blob");
+                c.fetch_blob(&r, &pulled.layers[0], &dest, None, &|_| {}).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Err(e) => {
+                assert!(expected(&e), "{what}: {e:?}");
+                assert!(!e.to_string().is_empty());
+            }
+            Ok(()) => panic!("{what}: accepted"),
+        }
+        assert!(!dir.path().join("blob").exists(), "{what}: a blob was kept");
+    }
 }
