@@ -374,6 +374,15 @@ async fn real_compose_files_deploy_unchanged() {
         e.contains("line 5") && e.contains("replicaz") && e.contains("did you mean replicas"),
         "{e}"
     );
+    // A bad image reference: refused at deploy (not at task time), nothing created.
+    std::fs::write(&strict, "services:\n  api:\n    image: \"Busy/Box::1\"\n    secrets: [s]\nsecrets:\n  s: {file: ./app.env}\n").unwrap();
+    let e =
+        must_fail(&m, &["stack", "deploy", "-c", strict.to_str().unwrap(), "strict"], b"").await;
+    assert!(e.contains("bad image reference") && e.contains("Busy/Box::1"), "{e}");
+    assert!(
+        !secret_names(&m, SecretKind::Secret).await.contains(&"strict_s".to_string()),
+        "a secret was created"
+    );
     let req = GetServiceRequest { reference: "strict_api".into() };
     assert!(m.control().await.get_service(req).await.is_err(), "a refused file created a service");
 }

@@ -180,6 +180,11 @@ pub async fn deploy(
     for (key, spec) in &file.services {
         let spec = desired(stack, key, spec, &names)?;
         normalize(spec.clone()).map_err(|e| anyhow::anyhow!("service {key}: {e}"))?;
+        // A reference no registry could serve is refused here, before anything is created.
+        if let Some(c) = spec.container.as_ref().filter(|c| !c.image.is_empty()) {
+            shoal_registry::ImageRef::parse(&c.image)
+                .map_err(|e| anyhow::anyhow!("service {key}: {e}"))?;
+        }
         check_targets(&comparable(&spec)).with_context(|| format!("service {key}"))?;
         specs.push(spec);
     }
