@@ -64,6 +64,10 @@ struct Args {
     /// Let tasks run without this node's Landlock ruleset (landlock=off)
     #[arg(long)]
     task_allow_landlock_off: bool,
+    /// A directory whose insides tasks may bind-mount (repeat it; none by default). The data
+    /// root, /, /proc, /sys, /dev and sockets stay refused
+    #[arg(long, value_name = "DIR")]
+    task_allow_bind: Vec<PathBuf>,
     /// Run tasks that ask for a user namespace as this user's subordinate ids (/etc/subuid)
     #[arg(long, value_name = "USER")]
     userns_remap: Option<String>,
@@ -114,7 +118,7 @@ async fn run() -> Result<()> {
     shoal_manager::manager::validate_election_timeout(args.election_timeout)
         .map_err(anyhow::Error::msg)?;
     let time_scale = time_scale(&args)?;
-    let policy = NodePolicy::from_flags(
+    let mut policy = NodePolicy::from_flags(
         &args.task_allow_cap_add,
         args.task_allow_unconfined_seccomp,
         args.task_allow_custom_seccomp,
@@ -123,6 +127,15 @@ async fn run() -> Result<()> {
         args.userns_remap.as_deref(),
     )
     .map_err(anyhow::Error::msg)?;
+    for dir in &args.task_allow_bind {
+        if !dir.is_absolute() || !dir.is_dir() {
+            bail!(
+                "--task-allow-bind {}: name an existing directory by its absolute path",
+                dir.display()
+            );
+        }
+    }
+    policy.allowed_bind_prefixes = args.task_allow_bind.clone();
     let insecure = args
         .insecure_registry
         .iter()

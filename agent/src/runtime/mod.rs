@@ -33,7 +33,10 @@ pub use reap::ExitStatus;
 pub use recover::Recovered;
 pub use runc::ExecOutput;
 pub use secrets::SecretFile;
-pub use spec::{HostNamespace, Resources, RootfsSource, SeccompChoice, TaskSpec, Ulimit, UserSpec};
+pub use spec::{
+    HostNamespace, Resources, RootfsSource, SeccompChoice, TaskMount, TaskMountKind, TaskSpec,
+    Ulimit, UserSpec,
+};
 
 /// What the agent's task controllers need from a container runtime. Object-safe, so the worker
 /// can hold a `Arc<dyn Runtime>` and tests can use a fake.

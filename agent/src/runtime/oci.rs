@@ -204,6 +204,23 @@ fn mounts(spec: &TaskSpec, inputs: &ConfigInputs) -> Result<Vec<Mount>> {
         let src = source.to_string_lossy();
         v.push(mount(target, "bind", &src, &["bind", "nosuid", "nodev", "noexec"])?);
     }
+    for m in &spec.mounts {
+        let ro = if m.read_only { "ro" } else { "rw" };
+        match &m.kind {
+            super::TaskMountKind::Bind { source, propagation } => {
+                let opts = ["rbind", ro, "nosuid", "nodev", propagation.as_str()];
+                v.push(mount(&m.target, "bind", &source.to_string_lossy(), &opts)?);
+            }
+            super::TaskMountKind::Tmpfs { size } => {
+                let size = format!("size={size}");
+                let mut opts = vec![ro, "nosuid", "nodev", "noexec", "mode=1777"];
+                if !size.ends_with("=0") {
+                    opts.push(&size);
+                }
+                v.push(mount(&m.target, "tmpfs", "tmpfs", &opts)?);
+            }
+        }
+    }
     for (i, f) in spec.files.iter().enumerate() {
         let src = inputs.files_dir.join(format!("f{i}"));
         let opts = ["bind", "ro", "nosuid", "nodev", "noexec"];

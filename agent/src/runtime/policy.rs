@@ -59,6 +59,8 @@ pub struct NodePolicy {
     pub allow_new_privileges: bool,
     /// Tasks may run without the node's Landlock ruleset (`landlock=off`).
     pub allow_landlock_off: bool,
+    /// Directories whose insides tasks may bind-mount (`--task-allow-bind`); none by default.
+    pub allowed_bind_prefixes: Vec<std::path::PathBuf>,
 }
 
 impl NodePolicy {

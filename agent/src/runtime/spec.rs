@@ -119,6 +119,25 @@ pub struct TaskSpec {
     /// Files bound over paths of the task's root (`/etc/resolv.conf`, `/etc/hosts`,
     /// `/etc/hostname`): (path in the task, file on the node).
     pub etc_files: Vec<(String, PathBuf)>,
+    /// Volumes, binds and tmpfs mounts the node has checked against its policy.
+    pub mounts: Vec<TaskMount>,
+}
+
+/// One mount of a task, checked: a directory of the node (a volume's or an allowed bind
+/// source) or a fresh tmpfs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskMount {
+    pub target: String,
+    pub read_only: bool,
+    pub kind: TaskMountKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskMountKind {
+    /// Bound from this node path, `nosuid,nodev`, with this propagation (`rprivate`...).
+    Bind { source: PathBuf, propagation: String },
+    /// A tmpfs of at most this many bytes (0: the kernel's default).
+    Tmpfs { size: u64 },
 }
 
 impl TaskSpec {
@@ -149,6 +168,7 @@ impl TaskSpec {
             landlock: true,
             netns: None,
             etc_files: Vec::new(),
+            mounts: Vec::new(),
         }
     }
 

@@ -12,6 +12,7 @@ mod fake;
 pub mod health;
 pub mod link;
 mod logs;
+pub mod mounts;
 mod oci;
 pub mod secrets;
 pub mod spec;

@@ -171,11 +171,21 @@ impl OciExecutor {
     async fn build(&self, task: &Task) -> Result<Built, ExecError> {
         let (images, node, task) = (self.images.clone(), self.node.clone(), task.clone());
         let path = self.seccomp_path(&task.id);
+        let cfg = self.runtime.config();
+        let (runtime_root, policy) = (cfg.data_root.clone(), cfg.policy.clone());
         let job = move || {
             let c = task.spec.as_ref().and_then(|s| s.container.as_ref());
             let c = c.ok_or(TaskSpecError::NoContainer)?;
             let image = resolve_image(&images, c, &node)?;
             let mut built = build(&task, &image, &images, path)?;
+            let node_root = runtime_root.parent().unwrap_or(&runtime_root).to_path_buf();
+            let at = super::mounts::MountPlaces {
+                volumes: &runtime_root.join("volumes"),
+                data_root: &node_root,
+                policy: &policy,
+            };
+            built.spec.mounts = super::mounts::resolve(&c.mounts, &image, &images, &at)
+                .map_err(TaskSpecError::Mount)?;
             if let Some(h) = built.spec.hostname.take() {
                 built.spec.hostname = Some(super::spec::expand_template(&h, &task, &node)?);
             }

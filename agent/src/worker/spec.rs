@@ -31,6 +31,9 @@ pub enum TaskSpecError {
     /// A user the image does not know (or whose files cannot be read safely).
     #[error("user {0:?}: {1}")]
     User(String, String),
+    /// A mount the node refuses or cannot prepare.
+    #[error("{0}")]
+    Mount(String),
     /// A stop signal that is not one.
     #[error("stop signal {0:?} is not a signal; use e.g. SIGTERM, SIGINT or 15")]
     Signal(String),

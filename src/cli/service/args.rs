@@ -258,6 +258,10 @@ pub struct CreateArgs {
     /// Secrets the tasks may read: NAME or source=NAME,target=T,uid=U,gid=G,mode=0400[,follow]
     #[arg(long)]
     pub secret: Vec<String>,
+    /// A mount: type=volume|bind|tmpfs,source=NAME|/PATH,target=/PATH[,readonly]
+    /// [,volume-driver=local][,tmpfs-size=64m][,bind-propagation=rprivate]
+    #[arg(long)]
+    pub mount: Vec<String>,
     /// Configs the tasks may read: NAME or source=NAME,target=/PATH,uid=U,gid=G,mode=0444[,follow]
     #[arg(long)]
     pub config: Vec<String>,
@@ -311,6 +315,12 @@ pub struct UpdateArgs {
     /// Remove a secret (its name)
     #[arg(long)]
     pub secret_rm: Vec<String>,
+    /// Add or replace a mount (same form as service create --mount; by target)
+    #[arg(long)]
+    pub mount_add: Vec<String>,
+    /// Remove a mount (its target path)
+    #[arg(long)]
+    pub mount_rm: Vec<String>,
     /// Add or replace a config (same forms as service create --config)
     #[arg(long)]
     pub config_add: Vec<String>,

@@ -88,6 +88,48 @@ pub(super) fn parse_ulimit(s: &str) -> Result<Ulimit> {
     })
 }
 
+/// `--mount type=volume|bind|tmpfs,source=…,target=…[,readonly][,volume-driver=local]
+/// [,volume-opt=K=V][,tmpfs-size=64m][,bind-propagation=…]` (Docker's keys and aliases).
+pub fn parse_mount(s: &str) -> Result<Mount> {
+    let mut m = Mount { r#type: "volume".into(), ..Default::default() };
+    for part in s.split(',') {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        match k.trim() {
+            "type" => m.r#type = v.to_string(),
+            "source" | "src" => m.source = v.to_string(),
+            "target" | "destination" | "dst" => m.target = v.to_string(),
+            "readonly" | "ro" => {
+                m.read_only = match v {
+                    "" | "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => bail!("--mount {s}: readonly is true or false"),
+                }
+            }
+            "volume-driver" if v == "local" => {}
+            "volume-driver" => bail!("--mount {s}: only the local volume driver exists"),
+            "volume-opt" | "volume-nocopy" | "volume-label" => {}
+            "tmpfs-size" => {
+                let n = parse_bytes(v).map_err(anyhow::Error::msg)?;
+                m.tmpfs_size = u64::try_from(n)
+                    .map_err(|_| anyhow::anyhow!("--mount {s}: a size is 0 or more"))?;
+            }
+            "tmpfs-mode" => {}
+            "bind-propagation" => m.bind_propagation = v.to_string(),
+            other => bail!("--mount {s}: unknown key {other:?}"),
+        }
+    }
+    if !matches!(m.r#type.as_str(), "volume" | "bind" | "tmpfs") {
+        bail!("--mount {s}: type is volume, bind or tmpfs");
+    }
+    if m.target.is_empty() {
+        bail!("--mount {s}: give a target=/PATH");
+    }
+    if m.r#type != "tmpfs" && m.source.is_empty() {
+        bail!("--mount {s}: give a source (a volume's name, or a path on the node)");
+    }
+    Ok(m)
+}
+
 /// `--secret`/`--config`: `NAME`, or `source=NAME,target=T,uid=U,gid=G,mode=0400[,follow]`
 /// (the mode is octal; `follow` moves the service to each new version of the secret).
 pub fn parse_secret_ref(s: &str) -> Result<SecretReference> {

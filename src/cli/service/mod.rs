@@ -257,6 +257,7 @@ async fn create(
             ulimits: a.ulimit.iter().map(|u| parse_ulimit(u)).collect::<Result<_>>()?,
             secrets: a.secret.iter().map(|r| parse_secret_ref(r)).collect::<Result<_>>()?,
             configs: a.config.iter().map(|r| parse_secret_ref(r)).collect::<Result<_>>()?,
+            mounts: a.mount.iter().map(|m| flags::parse_mount(m)).collect::<Result<_>>()?,
             ..Default::default()
         }),
         placement: Some(Placement {
@@ -325,6 +326,13 @@ async fn update(
     edit_list(&mut c.cap_add, &a.cap_add, &a.cap_drop, |e| e);
     edit_refs(&mut c.secrets, &a.secret_add, &a.secret_rm)?;
     edit_refs(&mut c.configs, &a.config_add, &a.config_rm)?;
+    let added: Vec<Mount> =
+        a.mount_add.iter().map(|m| flags::parse_mount(m)).collect::<Result<_>>()?;
+    c.mounts.retain(|m| {
+        !a.mount_rm.iter().any(|t| t.trim_end_matches('/') == m.target.trim_end_matches('/'))
+            && !added.iter().any(|n| n.target == m.target)
+    });
+    c.mounts.extend(added);
     let network_rm = network_ids(control, &a.network_rm).await?;
     edit_networks(&mut spec.networks, &a.network_add, &network_rm)?;
     if !a.publish_add.is_empty() || !a.publish_rm.is_empty() {

@@ -170,6 +170,10 @@ pub(super) fn service_json(s: &Service) -> serde_json::Value {
                 "ContainerSpec": {
                     "Image": c.image,
                     "ImageDigest": c.image_digest,
+                    "Mounts": c.mounts.iter().map(|m| serde_json::json!({
+                        "Type": m.r#type, "Source": m.source, "Target": m.target,
+                        "ReadOnly": m.read_only,
+                    })).collect::<Vec<_>>(),
                     "RegistryAuth": c.registry_auth.as_ref().map(|a| serde_json::json!({
                         "Registry": a.registry, "Username": a.username,
                     })),

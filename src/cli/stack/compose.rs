@@ -24,6 +24,8 @@ pub struct Compose {
     /// Top-level networks by compose key; `default` (the stack's own network for services
     /// that name none) is added when a service uses it.
     pub networks: BTreeMap<String, NetworkDef>,
+    /// Top-level named volumes by compose key.
+    pub volumes: BTreeMap<String, VolumeDef>,
     /// `path (line N)` of each key that is ignored.
     pub unsupported: Vec<String>,
     /// Other things to tell the user (variables that are not set).
@@ -56,6 +58,45 @@ pub struct NetworkDef {
     pub encrypted: bool,
     pub labels: HashMap<String, String>,
     pub line: u64,
+}
+
+/// A top-level named volume (the `local` driver: a directory on each node that runs a task).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VolumeDef {
+    /// Must already exist (named `name`, or the key).
+    pub external: bool,
+    /// `name:`: the real name (otherwise `<stack>_<key>`, or the key for external ones).
+    pub name: Option<String>,
+}
+
+fn read_volume_def(def: &Entry<'_>, r: &mut Reader) -> Result<VolumeDef, ComposeError> {
+    let mut v = VolumeDef::default();
+    for e in def.at().entries()? {
+        match e.key {
+            "external" => match &e.node.value {
+                yaml::Value::Map(_) => {
+                    v.external = true;
+                    for x in e.at().entries()? {
+                        if x.key == "name" {
+                            v.name = Some(x.at().text()?);
+                        }
+                    }
+                }
+                _ => v.external = e.at().bool()?,
+            },
+            "name" => v.name = Some(e.at().text()?),
+            "driver" => {
+                let d = e.at().text()?;
+                if d != "local" {
+                    return Err(e
+                        .at()
+                        .error(format!("volume driver {d:?}: Shoal has the local driver only")));
+                }
+            }
+            _ => r.skip(&e),
+        }
+    }
+    Ok(v)
 }
 
 /// The network a service that names none joins (Docker's `<stack>_default`).
@@ -255,6 +296,11 @@ fn parse_node(doc: &yaml::Node, opts: &Options<'_>) -> Result<Compose, ComposeEr
             "networks" => {
                 for def in e.at().entries()? {
                     out.networks.insert(def.key.to_string(), read_network(&def, &mut r)?);
+                }
+            }
+            "volumes" => {
+                for def in e.at().entries()? {
+                    out.volumes.insert(def.key.to_string(), read_volume_def(&def, &mut r)?);
                 }
             }
             _ => r.skip(e),

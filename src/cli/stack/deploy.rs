@@ -135,6 +135,55 @@ pub fn read(src: &Sources) -> Result<Compose> {
     Ok(file)
 }
 
+/// Gives a service's mounts their names on the nodes: a volume the file defines (or a
+/// service's own, anonymous one) is `<stack>_<key>` unless it is external or names itself; a
+/// relative bind source is taken from the compose file's directory.
+fn name_mounts(
+    spec: &mut ServiceSpec,
+    stack: &str,
+    service: &str,
+    file: &Compose,
+    dir: &Path,
+) -> Result<()> {
+    let Some(c) = spec.container.as_mut() else { return Ok(()) };
+    for m in &mut c.mounts {
+        match m.r#type.as_str() {
+            "volume" => {
+                m.source = match file.volumes.get(&m.source) {
+                    Some(def) => match (&def.name, def.external) {
+                        (Some(n), _) => n.clone(),
+                        (None, true) => m.source.clone(),
+                        (None, false) => format!("{stack}_{}", m.source),
+                    },
+                    None if m.source.starts_with(service)
+                        && m.source.len() > service.len()
+                        && m.source[service.len()..].starts_with('_') =>
+                    {
+                        format!("{stack}_{}", m.source)
+                    }
+                    None => bail!(
+                        "service {service} refers to undefined volume {}: define it under the top-level volumes: key",
+                        m.source
+                    ),
+                };
+            }
+            "bind" if m.source.starts_with('.') => {
+                let abs = dir.join(&m.source);
+                m.source = std::fs::canonicalize(&abs)
+                    .with_context(|| format!("service {service}: bind source {}", abs.display()))?
+                    .display()
+                    .to_string();
+            }
+            "bind" if m.source.starts_with('~') => {
+                let home = std::env::var("HOME").context("HOME is not set")?;
+                m.source = m.source.replacen('~', &home, 1);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// When `stack deploy` asks registries for the digests of the services' images (Docker's
 /// `--resolve-image`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -178,7 +227,8 @@ pub async fn deploy(
     }
     let mut specs = Vec::new();
     for (key, spec) in &file.services {
-        let spec = desired(stack, key, spec, &names)?;
+        let mut spec = desired(stack, key, spec, &names)?;
+        name_mounts(&mut spec, stack, key, &file, dir)?;
         normalize(spec.clone()).map_err(|e| anyhow::anyhow!("service {key}: {e}"))?;
         // A reference no registry could serve is refused here, before anything is created.
         if let Some(c) = spec.container.as_ref().filter(|c| !c.image.is_empty()) {

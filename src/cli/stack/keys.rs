@@ -144,6 +144,7 @@ const OBJECT: &[&str] = &[
     "template_driver",
     "content",
 ];
+const VOLUME: &[&str] = &["driver", "driver_opts", "external", "labels", "name"];
 const SERVICE_NETWORK: &[&str] = &[
     "aliases",
     "ipv4_address",
@@ -182,6 +183,7 @@ fn known_under(path: &str) -> Option<&'static [&'static str]> {
         ["networks", _, "ipam"] => IPAM,
         ["networks", _, "ipam", "config"] => IPAM_CONFIG,
         ["secrets" | "configs", _] => OBJECT,
+        ["volumes", _] => VOLUME,
         _ => return None,
     })
 }

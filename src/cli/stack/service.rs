@@ -46,6 +46,99 @@ fn env_file_paths(at: At<'_>) -> Result<Vec<String>, ComposeError> {
     Ok(out)
 }
 
+/// `volumes:` of a service: `NAME:/target[:ro]`, `/host/path:/target[:ro|rw]`, `./relative:…`
+/// (made absolute by the deploy), `/target` alone (a volume of the service's own), or the
+/// long form `{type, source, target, read_only, bind: {propagation}, tmpfs: {size}}`.
+fn read_volumes(f: &Entry<'_>, service: &str) -> Result<Vec<shoal_proto::Mount>, ComposeError> {
+    let mut out = Vec::new();
+    for (path, node) in f.at().items()? {
+        let item = At { node, path: &path };
+        let mut m = shoal_proto::Mount::default();
+        if let Ok(text) = item.text() {
+            let parts: Vec<&str> = text.split(':').collect();
+            let (source, target, mode) = match parts.as_slice() {
+                [t] => ("", *t, ""),
+                [s, t] => (*s, *t, ""),
+                [s, t, m] => (*s, *t, *m),
+                _ => return Err(item.error("a volume is SOURCE:TARGET[:MODE]")),
+            };
+            m.target = target.to_string();
+            m.read_only = mode.split(',').any(|o| o == "ro");
+            if let Some(bad) =
+                mode.split(',').find(|o| !matches!(*o, "" | "ro" | "rw" | "z" | "Z" | "nocopy"))
+            {
+                return Err(item.error(format!("unknown volume mode {bad:?}: use ro or rw")));
+            }
+            if source.is_empty() {
+                m.r#type = "volume".into();
+                m.source = anonymous_volume(service, target);
+            } else if source.starts_with(['/', '.', '~']) {
+                m.r#type = "bind".into();
+                m.source = source.to_string();
+            } else {
+                m.r#type = "volume".into();
+                m.source = source.to_string();
+            }
+        } else {
+            for x in item.entries()? {
+                let at = x.at();
+                match x.key {
+                    "type" => m.r#type = at.text()?,
+                    "source" => m.source = at.text()?,
+                    "target" => m.target = at.text()?,
+                    "read_only" => m.read_only = at.bool()?,
+                    "bind" => {
+                        for b in at.entries()? {
+                            if b.key == "propagation" {
+                                m.bind_propagation = b.at().text()?;
+                            }
+                        }
+                    }
+                    "tmpfs" => {
+                        for t in at.entries()? {
+                            if t.key == "size" {
+                                let size = t.at().text()?;
+                                let n = parse_bytes(&size).map_err(|e| t.at().error(e))?;
+                                m.tmpfs_size = u64::try_from(n)
+                                    .map_err(|_| t.at().error("a size is 0 or more"))?;
+                            }
+                        }
+                    }
+                    "volume" | "consistency" => {}
+                    _ => return Err(x.at().error(format!("{} is not a key of a volume", x.key))),
+                }
+            }
+            if m.r#type.is_empty() {
+                m.r#type = "volume".into();
+            }
+            if m.r#type == "volume" && m.source.is_empty() {
+                m.source = anonymous_volume(service, &m.target);
+            }
+            if !matches!(m.r#type.as_str(), "volume" | "bind" | "tmpfs") {
+                return Err(item.error(format!(
+                    "volume type {:?}: stacks take volume, bind and tmpfs",
+                    m.r#type
+                )));
+            }
+        }
+        if !m.target.starts_with('/') {
+            return Err(
+                item.error(format!("a volume's target {:?} must be an absolute path", m.target))
+            );
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
+/// The name of a service's own volume for `target` (Compose's anonymous volumes), marked so
+/// the deploy gives it the stack's prefix.
+fn anonymous_volume(service: &str, target: &str) -> String {
+    let t: String =
+        target.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    format!("{service}{}", t.trim_end_matches('_'))
+}
+
 /// Reads `services.<name>`.
 pub(super) fn read_service(e: &Entry<'_>, r: &mut Reader) -> Result<ServiceSpec, ComposeError> {
     let mut spec = ServiceSpec { name: e.key.to_string(), replicas: 1, ..Default::default() };
@@ -88,6 +181,16 @@ pub(super) fn read_service(e: &Entry<'_>, r: &mut Reader) -> Result<ServiceSpec,
                 e.ports = read_ports(&f)?;
             }
             "networks" => spec.networks = read_networks(&f, r)?,
+            "volumes" => c.mounts = read_volumes(&f, e.key)?,
+            "tmpfs" => {
+                for t in one_or_many(at)? {
+                    c.mounts.push(shoal_proto::Mount {
+                        r#type: "tmpfs".into(),
+                        target: t,
+                        ..Default::default()
+                    });
+                }
+            }
             "dns" => c.dns.get_or_insert_with(Default::default).nameservers = one_or_many(at)?,
             "dns_search" => c.dns.get_or_insert_with(Default::default).search = one_or_many(at)?,
             "dns_opt" => c.dns.get_or_insert_with(Default::default).options = one_or_many(at)?,

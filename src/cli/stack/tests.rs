@@ -229,12 +229,12 @@ fn bad_files_name_the_line_and_the_key() {
 
 #[test]
 fn ignored_keys_make_one_warning_naming_each() {
-    // Ports, networks and the endpoint mode are honoured now; volumes are not yet.
+    // Ports, networks, the endpoint mode and volumes are honoured now.
     let text = "services:\n  web:\n    image: x\n    ports: ['80:80']\n    networks: [front]\n    x-note: mine\n    deploy:\n      endpoint_mode: vip\nnetworks:\n  front: {enable_ipv6: true}\nvolumes: {}\nx-extra: 1\n";
     let file = parse(text).unwrap();
     assert_eq!(
         file.warning().unwrap(),
-        "Ignoring unsupported options: networks.front.enable_ipv6 (line 10), volumes (line 11)"
+        "Ignoring unsupported options: networks.front.enable_ipv6 (line 10)"
     );
     assert!(parse("services: {a: {image: x}}\n").unwrap().warning().is_none());
 }
@@ -646,4 +646,54 @@ fn compose_errors_never_show_the_yaml_library() {
     assert!(e.message.contains("image appears twice"), "{e}");
     let e = parse("a: 1\n---\nb: 2\n").unwrap_err();
     assert!(e.message.contains("more than one YAML document"), "{e}");
+}
+
+#[test]
+fn volumes_read_like_docker_stack_deploy() {
+    let text = r#"
+services:
+  db:
+    image: postgres
+    volumes:
+      - pgdata:/var/lib/postgresql/data
+      - ./init.sql:/docker-entrypoint-initdb.d/init.sql:ro
+      - /var/log
+      - type: tmpfs
+        target: /scratch
+        tmpfs: {size: 64m}
+      - {type: bind, source: /srv/certs, target: /certs, read_only: true, bind: {propagation: rslave}}
+    tmpfs: /run/db
+volumes:
+  pgdata: {}
+  shared: {external: true}
+"#;
+    let f = parse(text).unwrap();
+    let m = &f.services["db"].container.as_ref().unwrap().mounts;
+    let brief: Vec<(&str, &str, &str, bool)> = m
+        .iter()
+        .map(|m| (m.r#type.as_str(), m.source.as_str(), m.target.as_str(), m.read_only))
+        .collect();
+    assert_eq!(
+        brief,
+        vec![
+            ("volume", "pgdata", "/var/lib/postgresql/data", false),
+            ("bind", "./init.sql", "/docker-entrypoint-initdb.d/init.sql", true),
+            ("volume", "db_var_log", "/var/log", false),
+            ("tmpfs", "", "/scratch", false),
+            ("bind", "/srv/certs", "/certs", true),
+            ("tmpfs", "", "/run/db", false),
+        ]
+    );
+    assert_eq!(m[3].tmpfs_size, 64 << 20);
+    assert_eq!(m[4].bind_propagation, "rslave");
+    assert!(f.volumes["shared"].external && !f.volumes["pgdata"].external);
+    assert!(f.warning().is_none(), "{:?}", f.warning());
+    for bad in [
+        "services: {a: {image: x, volumes: ['v:relative']}}\n",
+        "services: {a: {image: x, volumes: ['v:/t:rx']}}\n",
+        "services: {a: {image: x, volumes: [{type: npipe, source: x, target: /t}]}}\n",
+        "services: {a: {image: x}}\nvolumes: {v: {driver: nfs}}\n",
+    ] {
+        assert!(parse(bad).is_err(), "{bad}");
+    }
 }
