@@ -314,10 +314,6 @@ impl Client {
         })
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.inner.settings
-    }
-
     /// Where this node looks for `registry`'s CA.
     pub fn ca_path(&self, registry: &str) -> PathBuf {
         self.inner.settings.certs_dir.join(registry).join("ca.crt")

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use pull::{repository, PullError, Puller, PARALLEL_DOWNLOADS};
-pub use pulled::{digest_of, Lease, PruneReport, PullInput, PushPlan};
+pub use pulled::{Lease, PruneReport, PullInput, PushPlan};
 pub use reference::Reference;
 pub use store::ImageStore;
 

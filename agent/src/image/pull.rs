@@ -52,11 +52,6 @@ impl Puller {
         Puller { client, store, platform: Platform::host(), downloads: Default::default() }
     }
 
-    /// The registry client (for logins).
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// Pulls `r` (by tag or digest) for this node's platform: fetches the manifest, the blobs
     /// the store lacks (checked against their digests and sizes as they come), and stores the
     /// image under its name (a pull by tag) and `repository@digest`.

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use super::archive::Found;
 use super::reference::Reference;
 use super::store::{add_repo_digest, dir_size, hex_of, prepare, RawConfig, Unpacked};
-use super::{layer, media, Blob, ImageError, ImageInfo, ImageStore};
+use super::{media, Blob, ImageError, ImageInfo, ImageStore};
 
 /// An image whose config and layer blobs a pull has verified and put at
 /// [`ImageStore::blob_path`].
@@ -91,12 +91,6 @@ impl ImageStore {
     /// True if the layer with `diff_id` is unpacked in the store.
     pub fn has_layer(&self, diff_id: &str) -> bool {
         super::reference::check_digest(diff_id).is_some() && self.layer_dir(diff_id).is_dir()
-    }
-
-    /// A fresh directory under the store's staging area, for downloads in progress (the store
-    /// clears it when it opens).
-    pub fn staging_dir(&self) -> Result<PathBuf, ImageError> {
-        self.tmp_dir()
     }
 
     /// Stores a pulled image: unpacks the layers the store lacks (checking each against the
@@ -278,9 +272,4 @@ impl ImageStore {
 
 fn descriptor(b: &Blob) -> serde_json::Value {
     serde_json::json!({ "mediaType": b.media_type, "digest": b.digest, "size": b.size })
-}
-
-/// The `sha256:` digest of `bytes` (a manifest's digest is that of its exact bytes).
-pub fn digest_of(bytes: &[u8]) -> String {
-    layer::digest(bytes)
 }

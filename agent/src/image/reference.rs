@@ -61,12 +61,7 @@ fn tag_char(c: char) -> bool {
 
 /// The hex part of `sha256:<64 lowercase hex>`, or `None` if `d` is not such a digest.
 pub fn check_digest(d: &str) -> Option<&str> {
-    let hex = d.strip_prefix("sha256:")?;
-    if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
-        Some(hex)
-    } else {
-        None
-    }
+    shoal_registry::is_digest(d).then(|| &d[7..])
 }
 
 #[cfg(test)]
