@@ -154,3 +154,153 @@ volumes:
     }
     step("done");
 }
+
+/// A stand-in for the seed's postgres image (none can be fetched here): busybox with a
+/// `postgres` user (999) that owns `/var/lib/postgresql/data` (0700), and site files under
+/// `/srv/www` that a new volume there starts with.
+fn database_image(dir: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let root = dir.join("dbimg/rootfs");
+    let data = root.join("var/lib/postgresql/data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::create_dir_all(root.join("srv/www")).unwrap();
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0::/root:/bin/sh\npostgres:x:999:999::/var/lib/postgresql:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\npostgres:x:999:\n").unwrap();
+    std::fs::write(root.join("srv/www/index.html"), "from-the-image\n").unwrap();
+    std::os::unix::fs::chown(&data, Some(999), Some(999)).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    busybox_tar(&dir.join("dbimg"), &["sh", "sleep", "cat", "echo", "id"]).unwrap()
+}
+
+#[test]
+fn volume_commands_and_a_database_stack() {
+    if !root_or_skip("volume_commands_and_a_database_stack") {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("shoal-voldb-").tempdir().unwrap();
+    let net = Net::with("vd", 241, subnet(), 1);
+    let mut nodes = vec![Node::new(&net, 1, dir.path())];
+    let path = dir.path().to_path_buf();
+    let result = catch_unwind(AssertUnwindSafe(|| database_story(&mut nodes, &path)));
+    finish(result, nodes, net, dir);
+}
+
+fn volume_names(node: &Node, filter: &[&str]) -> Vec<String> {
+    let mut args = vec!["volume", "ls", "-q"];
+    args.extend(filter);
+    let out = node.must_shoal(&args);
+    out.lines().map(str::to_string).collect()
+}
+
+fn database_story(nodes: &mut [Node], dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let tar = database_image(dir);
+    nodes[0].start_alone_with_image(&tar, "pgish:1");
+    let n1 = &nodes[0];
+
+    n1.must_shoal(&["volume", "create", "--label", "team=db", "spare"]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&n1.must_shoal(&["volume", "inspect", "spare"])).unwrap();
+    assert_eq!(inspect[0]["Labels"]["team"], "db", "{inspect}");
+    assert_eq!(inspect[0]["Driver"], "local");
+    let spare_dir = inspect[0]["Mountpoint"].as_str().unwrap().to_string();
+    assert!(Path::new(&spare_dir).starts_with(&n1.data), "{spare_dir}");
+
+    let compose = r#"services:
+  db:
+    image: pgish:1
+    user: postgres
+    command: ["sh", "-c", "id -u > /var/lib/postgresql/data/owner; echo row >> /var/lib/postgresql/data/table; exec sleep 3600"]
+    stop_grace_period: 1s
+    volumes:
+      - pgdata:/var/lib/postgresql/data
+  web:
+    image: pgish:1
+    command: ["sh", "-c", "cat /srv/www/index.html; exec sleep 3600"]
+    stop_grace_period: 1s
+    volumes:
+      - site:/srv/www
+      - /cache
+volumes:
+  pgdata:
+    labels:
+      tier: data
+  site: {}
+"#;
+    let file = dir.join("db.yml");
+    std::fs::write(&file, compose).unwrap();
+    n1.must_shoal(&["stack", "deploy", "-c", &file.to_string_lossy(), "app"]);
+    let pg = n1.data.join("runtime/volumes/app_pgdata/_data");
+    eventually("the database wrote its table as postgres", Duration::from_secs(60), || {
+        let owner = std::fs::read_to_string(pg.join("owner")).unwrap_or_default();
+        (owner.trim() == "999")
+            .then_some(())
+            .ok_or(format!("owner {owner:?}; {:?}", rows(n1, "app_db")))
+    });
+    let meta = std::fs::metadata(&pg).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o777),
+        (999, 0o700),
+        "the volume starts as the image's directory"
+    );
+    assert_eq!(std::fs::metadata(pg.join("table")).unwrap().uid(), 999);
+    eventually(
+        "the web task reads the files its new volume started with",
+        Duration::from_secs(30),
+        || {
+            let l = String::from_utf8_lossy(&n1.shoal(&["service", "logs", "app_web"]).stdout)
+                .into_owned();
+            l.contains("from-the-image").then_some(()).ok_or(l)
+        },
+    );
+
+    let stack = volume_names(n1, &["--filter", "label=com.docker.stack.namespace=app"]);
+    assert_eq!(stack, ["app_pgdata", "app_site", "app_web_cache"]);
+    let busy = n1.shoal(&["volume", "rm", "app_pgdata"]);
+    assert!(!busy.status.success(), "a volume in use was removed");
+    let why = shoal_testkit::netns::text(&busy);
+    assert!(why.contains("in use by task"), "{why}");
+    assert!(pg.join("table").exists());
+
+    n1.must_shoal(&["stack", "rm", "app"]);
+    eventually("the stack's tasks gone and their volumes free", Duration::from_secs(60), || {
+        let out = n1.shoal(&["volume", "ls", "--filter", "dangling=false", "-q"]);
+        let held = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        held.is_empty().then_some(()).ok_or(held)
+    });
+    let pruned = n1.must_shoal(&["volume", "prune", "-f"]);
+    assert!(pruned.contains("app_web_cache"), "{pruned}");
+    assert_eq!(
+        volume_names(n1, &[]),
+        ["app_pgdata", "app_site", "spare"],
+        "prune keeps named volumes"
+    );
+    n1.must_shoal(&["volume", "rm", "app_site"]);
+    n1.must_shoal(&["volume", "prune", "-a", "-f", "--filter", "label=team=db"]);
+    assert_eq!(volume_names(n1, &[]), ["app_pgdata"]);
+    let kept: serde_json::Value =
+        serde_json::from_str(&n1.must_shoal(&["volume", "inspect", "app_pgdata"])).unwrap();
+    assert_eq!(kept[0]["Labels"]["tier"], "data", "{kept}");
+    assert!(std::fs::read_to_string(pg.join("table")).unwrap().contains("row"));
+
+    // Widenings no node allows are refused when the service is made, not at task time.
+    let out = n1.shoal(&["service", "create", "--cap-add", "SYS_ADMIN", "pgish:1", "sleep", "1"]);
+    let why = shoal_testkit::netns::text(&out);
+    assert!(!out.status.success() && why.contains("no node lets tasks add CAP_SYS_ADMIN"), "{why}");
+    let out = n1.shoal(&["service", "create", "--cap-add", "CAP_FLY", "pgish:1", "sleep", "1"]);
+    let why = shoal_testkit::netns::text(&out);
+    assert!(!out.status.success() && why.contains("unknown capability"), "{why}");
+    // So is a user the image lacks, when the node the command talks to holds the image.
+    let out = n1.shoal(&[
+        "service", "create", "--name", "nouser", "--user", "mysql", "pgish:1", "sleep", "1",
+    ]);
+    let why = shoal_testkit::netns::text(&out);
+    assert!(!out.status.success() && why.contains("mysql"), "{why}");
+    let listed = n1.must_shoal(&["service", "ls", "-q"]);
+    assert!(listed.trim().is_empty(), "a refused service was made: {listed}");
+}

@@ -10,6 +10,7 @@ pub mod net;
 pub mod renew;
 pub mod runtime;
 pub mod session;
+pub mod volume;
 pub mod worker;
 
 use std::sync::Arc;

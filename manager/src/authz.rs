@@ -105,7 +105,13 @@ pub const TABLE: &[(&str, Access)] = &[
     ("/shoal.Daemon/ImagePush", Access::LocalOnly),
     ("/shoal.Daemon/ImageTag", Access::LocalOnly),
     ("/shoal.Daemon/ImagePrune", Access::LocalOnly),
+    ("/shoal.Daemon/ImageCheckUser", Access::LocalOnly),
     ("/shoal.Daemon/RegistryLogin", Access::LocalOnly),
+    ("/shoal.Daemon/VolumeCreate", Access::LocalOnly),
+    ("/shoal.Daemon/VolumeList", Access::LocalOnly),
+    ("/shoal.Daemon/VolumeInspect", Access::LocalOnly),
+    ("/shoal.Daemon/VolumeRemove", Access::LocalOnly),
+    ("/shoal.Daemon/VolumePrune", Access::LocalOnly),
 ];
 
 /// The access rule of a method path.

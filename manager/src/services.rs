@@ -89,6 +89,9 @@ pub enum ServiceError {
     /// The image reference is wrong.
     #[error(transparent)]
     Image(#[from] crate::images::BadImage),
+    /// The spec widens tasks in a way no node of the cluster allows.
+    #[error("{0}")]
+    NoNodeAllows(String),
     /// Refused by a check shared with other parts of the control API (node references,
     /// unique hostnames), which answer with their own status.
     #[error("{}", .0.message())]
@@ -105,7 +108,7 @@ impl From<ServiceError> for Status {
             NameTaken(_) => Status::already_exists(e.to_string()),
             TooMany(_) => Status::resource_exhausted(e.to_string()),
             Changed { .. } => Status::aborted(e.to_string()),
-            NoPreviousSpec(_) => Status::failed_precondition(e.to_string()),
+            NoPreviousSpec(_) | NoNodeAllows(_) => Status::failed_precondition(e.to_string()),
             Spec(e) => e.into(),
             Secret(e) => e.into(),
             Network(e) => e.into(),
@@ -133,6 +136,46 @@ fn service_name(s: &Service) -> &str {
     s.spec.as_ref().map(|p| p.name.as_str()).unwrap_or("")
 }
 
+/// Refuses a spec whose widenings (capabilities beyond the default, bind mounts) no node that
+/// told the managers what it allows would run: its tasks would only ever be rejected. Nodes
+/// that said nothing yet are given the benefit of the doubt.
+fn check_widenings(
+    nodes: &[Node],
+    spec: &shoal_proto::ServiceSpec,
+    current: Option<&shoal_proto::ServiceSpec>,
+) -> Result<(), ServiceError> {
+    use shoal_proto::spec::caps;
+    let Some(c) = spec.container.as_ref() else { return Ok(()) };
+    let old = current.and_then(|s| s.container.as_ref());
+    let described: Vec<_> = nodes.iter().filter_map(|n| n.description.as_ref()).collect();
+    if described.is_empty() || described.len() < nodes.len() {
+        return Ok(());
+    }
+    let caps_changed = old.is_none_or(|o| o.cap_add != c.cap_add || o.cap_drop != c.cap_drop);
+    if caps_changed {
+        let set = caps::effective(&c.cap_add, &c.cap_drop)
+            .map_err(|e| ServiceError::Spec(SpecError::Capability(e)))?;
+        let wanted = caps::widening(&set);
+        let allows = |d: &&shoal_proto::NodeDescription| {
+            let all = d.allowed_cap_add.iter().any(|a| a == "ALL");
+            all || wanted.iter().all(|w| d.allowed_cap_add.iter().any(|a| a == w))
+        };
+        if !wanted.is_empty() && !described.iter().any(allows) {
+            let missing = wanted.join(", ");
+            return Err(ServiceError::NoNodeAllows(format!(
+                "no node lets tasks add {missing}; start shoald with --task-allow-cap-add on the nodes that should run this service"
+            )));
+        }
+    }
+    let binds = |c: &shoal_proto::ContainerSpec| c.mounts.iter().any(|m| m.r#type == "bind");
+    if binds(c) && !old.is_some_and(binds) && !described.iter().any(|d| d.allows_binds) {
+        return Err(ServiceError::NoNodeAllows(
+            "no node lets tasks bind host paths; start shoald with --task-allow-bind DIR on the nodes that should run this service".into(),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) async fn create(
     shared: &Shared,
     req: CreateServiceRequest,
@@ -143,6 +186,7 @@ pub(crate) async fn create(
         spec.name = format!("svc-{}", &id[..8]);
     }
     let mut spec = normalize(spec)?;
+    check_widenings(&shared.store.list::<Node>()?, &spec, None)?;
     let warnings = crate::images::pin(shared, &mut spec, req.no_resolve_image).await?;
     let service = shared
         .store
@@ -189,6 +233,7 @@ pub(crate) async fn update(
     } else {
         let spec = req.spec.clone().ok_or(ServiceError::NoSpec)?;
         let mut spec = normalize(spec)?;
+        check_widenings(&shared.store.list::<Node>()?, &spec, Some(&current))?;
         crate::images::keep_auth(&mut spec, &current);
         warnings = crate::images::pin(shared, &mut spec, req.no_resolve_image).await?;
         crate::images::keep_pin(&mut spec, &current);

@@ -91,6 +91,7 @@ fn fake_nodes(n: usize) -> Vec<Node> {
                 arch: "amd64".into(),
                 nano_cpus: 32_000_000_000,
                 memory_bytes: 128 << 30,
+                ..Default::default()
             }),
             ..Node::default()
         })

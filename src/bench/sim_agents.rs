@@ -139,6 +139,7 @@ impl SimAgent {
                 arch: "x86_64".into(),
                 nano_cpus: 4_000_000_000,
                 memory_bytes: 8 << 30,
+                ..Default::default()
             }),
             tunnel_keys: Vec::new(),
         };

@@ -20,6 +20,7 @@ pub mod secret;
 pub mod service;
 pub mod stack;
 pub mod swarm;
+pub mod volume;
 
 use client::{Host, TlsFiles};
 
@@ -67,6 +68,9 @@ pub enum Command {
     /// Manage networks
     #[command(subcommand)]
     Network(network::NetworkCmd),
+    /// Manage this node's volumes
+    #[command(subcommand)]
+    Volume(volume::VolumeCmd),
     /// Manage stacks (services, secrets and configs from a compose file)
     #[command(subcommand)]
     Stack(stack::StackCmd),
@@ -117,6 +121,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Image(cmd) => {
             local_only(&host)?;
             image::run(cmd, channel).await
+        }
+        Command::Volume(cmd) => {
+            local_only(&host)?;
+            volume::run(cmd, channel).await
         }
         Command::Info => info(channel).await,
         Command::Login { server, username, password, password_stdin } => {

@@ -154,6 +154,21 @@ impl Images {
             .map_err(status)
     }
 
+    /// Whether `user` exists in image `reference`; `false` if this node lacks the image.
+    pub async fn check_user(&self, reference: String, user: String) -> Result<bool, Status> {
+        let store = self.store()?;
+        tokio::task::spawn_blocking(move || match store.resolve(&reference) {
+            Err(ImageError::NotFound(_)) => Ok(false),
+            Err(e) => Err(status(e)),
+            Ok(image) => store
+                .resolve_user(&image, &user)
+                .map(|_| true)
+                .map_err(|e| Status::invalid_argument(format!("{reference}: {e}"))),
+        })
+        .await
+        .map_err(|e| Status::internal(format!("image task failed: {e}")))?
+    }
+
     /// `image load -i FILE`: docker-archive or OCI-layout tarballs.
     pub async fn load(&self, path: String) -> Result<ImageList, Status> {
         self.run(move |s| s.load_archive(path.as_ref())).await.map(wire)

@@ -16,6 +16,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::node::daemon::{Daemon, InitOptions, JoinOptions};
+use shoal_agent::volume::{VolumeError, VolumeInfo, Volumes};
 
 /// Serves the local socket at `path` until `shutdown` resolves.
 pub async fn serve(
@@ -75,6 +76,39 @@ struct LocalApi {
 
 fn failed(e: anyhow::Error) -> Status {
     Status::failed_precondition(format!("{e:#}"))
+}
+
+fn volume_status(e: VolumeError) -> Status {
+    match e {
+        VolumeError::BadName(_) => Status::invalid_argument(e.to_string()),
+        VolumeError::NotFound(_) => Status::not_found(e.to_string()),
+        VolumeError::InUse { .. } => Status::failed_precondition(e.to_string()),
+        VolumeError::Io { .. } => Status::internal(e.to_string()),
+    }
+}
+
+fn volume_wire(v: VolumeInfo) -> Volume {
+    Volume {
+        name: v.name,
+        driver: "local".into(),
+        mountpoint: v.mountpoint.display().to_string(),
+        created_at_unix: v.created_at_unix,
+        labels: v.labels.into_iter().collect(),
+        tasks: v.tasks,
+        size: v.size.map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX)),
+    }
+}
+
+/// Runs a volume call off the async threads (it may copy or delete a whole tree).
+async fn on_volumes<T: Send + 'static>(
+    daemon: &Daemon,
+    f: impl FnOnce(&Volumes) -> Result<T, VolumeError> + Send + 'static,
+) -> Result<T, Status> {
+    let volumes = daemon.volumes().await;
+    tokio::task::spawn_blocking(move || f(&volumes))
+        .await
+        .map_err(|e| Status::internal(format!("volume call failed: {e}")))?
+        .map_err(volume_status)
 }
 
 fn duration(ms: u64) -> Option<Duration> {
@@ -141,6 +175,63 @@ impl DaemonRpc for LocalApi {
     ) -> Result<Response<ImagePruneResponse>, Status> {
         let in_use = self.daemon.images_in_use().await;
         self.images.prune(in_use).await.map(Response::new)
+    }
+
+    async fn image_check_user(
+        &self,
+        req: Request<ImageCheckUserRequest>,
+    ) -> Result<Response<ImageCheckUserResponse>, Status> {
+        let r = req.into_inner();
+        let checked = self.images.check_user(r.reference, r.user).await?;
+        Ok(Response::new(ImageCheckUserResponse { checked }))
+    }
+
+    async fn volume_create(
+        &self,
+        req: Request<VolumeCreateRequest>,
+    ) -> Result<Response<Volume>, Status> {
+        let r = req.into_inner();
+        let labels = r.labels.into_iter().collect();
+        let v = on_volumes(&self.daemon, move |v| v.create(&r.name, labels)).await?;
+        Ok(Response::new(volume_wire(v)))
+    }
+
+    async fn volume_list(
+        &self,
+        _req: Request<VolumeListRequest>,
+    ) -> Result<Response<VolumeListResponse>, Status> {
+        let list = on_volumes(&self.daemon, |v| v.list()).await?;
+        Ok(Response::new(VolumeListResponse {
+            volumes: list.into_iter().map(volume_wire).collect(),
+        }))
+    }
+
+    async fn volume_inspect(
+        &self,
+        req: Request<VolumeInspectRequest>,
+    ) -> Result<Response<Volume>, Status> {
+        let r = req.into_inner();
+        let v = on_volumes(&self.daemon, move |v| v.inspect(&r.name, r.size)).await?;
+        Ok(Response::new(volume_wire(v)))
+    }
+
+    async fn volume_remove(
+        &self,
+        req: Request<VolumeRemoveRequest>,
+    ) -> Result<Response<VolumeRemoveResponse>, Status> {
+        let name = req.into_inner().name;
+        on_volumes(&self.daemon, move |v| v.remove(&name)).await?;
+        Ok(Response::new(VolumeRemoveResponse {}))
+    }
+
+    async fn volume_prune(
+        &self,
+        req: Request<VolumePruneRequest>,
+    ) -> Result<Response<VolumePruneResponse>, Status> {
+        let r = req.into_inner();
+        let (removed, bytes) =
+            on_volumes(&self.daemon, move |v| v.prune(r.all, &r.label_filters)).await?;
+        Ok(Response::new(VolumePruneResponse { removed, bytes }))
     }
 
     async fn registry_login(

@@ -211,9 +211,10 @@ fn mounts(spec: &TaskSpec, inputs: &ConfigInputs) -> Result<Vec<Mount>> {
                 let opts = ["rbind", ro, "nosuid", "nodev", propagation.as_str()];
                 v.push(mount(&m.target, "bind", &source.to_string_lossy(), &opts)?);
             }
-            super::TaskMountKind::Tmpfs { size } => {
+            super::TaskMountKind::Tmpfs { size, mode } => {
                 let size = format!("size={size}");
-                let mut opts = vec![ro, "nosuid", "nodev", "noexec", "mode=1777"];
+                let mode = format!("mode={mode:o}");
+                let mut opts = vec![ro, "nosuid", "nodev", "noexec", mode.as_str()];
                 if !size.ends_with("=0") {
                     opts.push(&size);
                 }

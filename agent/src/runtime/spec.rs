@@ -137,7 +137,8 @@ pub enum TaskMountKind {
     /// Bound from this node path, `nosuid,nodev`, with this propagation (`rprivate`...).
     Bind { source: PathBuf, propagation: String },
     /// A tmpfs of at most this many bytes (0: the kernel's default).
-    Tmpfs { size: u64 },
+    /// `mode`: the tmpfs root's mode bits (1777 unless the mount says).
+    Tmpfs { size: u64, mode: u32 },
 }
 
 impl TaskSpec {

@@ -73,6 +73,10 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     fn must_pull(&self, _task: &Task) -> Option<String> {
         None
     }
+    /// The node's named volumes (none for an executor without them).
+    fn volumes(&self) -> Option<std::sync::Arc<crate::volume::Volumes>> {
+        None
+    }
     /// IDs of the images this node's tasks run (none for an executor without images).
     fn images_in_use(&self) -> Vec<String> {
         Vec::new()
@@ -111,6 +115,7 @@ pub fn describe_host() -> NodeDescription {
         arch: std::env::consts::ARCH.into(),
         nano_cpus: cpus * 1_000_000_000,
         memory_bytes: mem_total(&meminfo).unwrap_or(0),
+        ..Default::default()
     }
 }
 

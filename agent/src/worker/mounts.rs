@@ -6,13 +6,13 @@
 //! prefix the node allows (`shoald --task-allow-bind`), never the node's data root, `/`,
 //! `/proc`, `/sys`, `/dev` or a socket, and is mounted `nosuid,nodev`.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use shoal_proto::Mount;
 
 use crate::image::{ImageInfo, ImageStore};
 use crate::runtime::{NodePolicy, RootfsSource, TaskMount, TaskMountKind};
+use crate::volume::{Fill, Volumes};
 
 /// Host paths no bind may reach, whatever the node allows.
 const NEVER: &[&str] = &["/proc", "/sys", "/dev"];
@@ -22,18 +22,10 @@ const PROPAGATIONS: &[&str] = &["rprivate", "private", "rshared", "shared", "rsl
 /// Where a node keeps its task-facing state, for the checks.
 #[derive(Debug)]
 pub struct MountPlaces<'a> {
-    pub volumes: &'a Path,
+    pub volumes: &'a Volumes,
     /// The node's data root: never bound.
     pub data_root: &'a Path,
     pub policy: &'a NodePolicy,
-}
-
-/// A volume name: letters, digits, `_`, `.`, `-`, starting with a letter or digit.
-pub fn volume_name_ok(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 fn target_ok(target: &str) -> Result<(), String> {
@@ -48,12 +40,18 @@ fn target_ok(target: &str) -> Result<(), String> {
 }
 
 /// Checks and prepares `mounts` for a task of `image`.
+/// Named volumes are leased to `task` (see [`Volumes::attach`]).
 pub fn resolve(
+    task: &str,
     mounts: &[Mount],
     image: &ImageInfo,
     store: &ImageStore,
     at: &MountPlaces<'_>,
 ) -> Result<Vec<TaskMount>, String> {
+    let layers = match store.rootfs(image) {
+        RootfsSource::Layers(layers) => layers,
+        _ => Vec::new(),
+    };
     let mut out = Vec::new();
     let mut targets = std::collections::BTreeSet::new();
     for m in mounts {
@@ -62,10 +60,13 @@ pub fn resolve(
             return Err(format!("two mounts have the target {}", m.target));
         }
         let kind = match m.r#type.as_str() {
-            "" | "volume" => TaskMountKind::Bind {
-                source: volume_dir(&m.source, &m.target, image, store, at.volumes)?,
-                propagation: "rprivate".into(),
-            },
+            "" | "volume" => {
+                let labels = m.volume_labels.clone().into_iter().collect();
+                let fill = Fill { layers: &layers, target: &m.target, no_copy: m.no_copy };
+                let source =
+                    at.volumes.attach(task, &m.source, labels, fill).map_err(|e| e.to_string())?;
+                TaskMountKind::Bind { source, propagation: "rprivate".into() }
+            }
             "bind" => TaskMountKind::Bind {
                 source: bind_source(&m.source, at)?,
                 propagation: match m.bind_propagation.as_str() {
@@ -79,54 +80,18 @@ pub fn resolve(
                     }
                 },
             },
-            "tmpfs" => TaskMountKind::Tmpfs { size: m.tmpfs_size },
+            "tmpfs" if m.tmpfs_mode > 0o7777 => {
+                return Err(format!("tmpfs mode {:o} is not a file mode", m.tmpfs_mode))
+            }
+            "tmpfs" => TaskMountKind::Tmpfs {
+                size: m.tmpfs_size,
+                mode: if m.tmpfs_mode == 0 { 0o1777 } else { m.tmpfs_mode },
+            },
             t => return Err(format!("mount type {t:?}: use volume, bind or tmpfs")),
         };
         out.push(TaskMount { target: m.target.clone(), read_only: m.read_only, kind });
     }
     Ok(out)
-}
-
-/// The volume's directory, made on first use with the owner and mode of `target` in the image.
-fn volume_dir(
-    name: &str,
-    target: &str,
-    image: &ImageInfo,
-    store: &ImageStore,
-    volumes: &Path,
-) -> Result<PathBuf, String> {
-    if !volume_name_ok(name) {
-        return Err(format!(
-            "volume name {name:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit"
-        ));
-    }
-    let data = volumes.join(name).join("_data");
-    if data.is_dir() {
-        return Ok(data);
-    }
-    std::fs::create_dir_all(volumes.join(name))
-        .map_err(|e| format!("creating volume {name}: {e}"))?;
-    let staging = volumes.join(name).join("_data.new");
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir(&staging).map_err(|e| format!("creating volume {name}: {e}"))?;
-    // Docker's copy-up, for ownership and mode: the volume starts as the image's target was.
-    if let RootfsSource::Layers(layers) = store.rootfs(image) {
-        let rel = target.trim_start_matches('/');
-        if let Some(meta) = layers
-            .iter()
-            .find_map(|l| std::fs::symlink_metadata(l.join(rel)).ok().filter(|m| m.is_dir()))
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::os::unix::fs::chown(&staging, Some(meta.uid()), Some(meta.gid()));
-            let _ = std::fs::set_permissions(
-                &staging,
-                std::fs::Permissions::from_mode(meta.mode() & 0o7777),
-            );
-        }
-    }
-    std::fs::rename(&staging, &data).map_err(|e| format!("creating volume {name}: {e}"))?;
-    tracing::info!(volume = name, "volume created");
-    Ok(data)
 }
 
 /// A bind source the node allows, resolved (links followed).
@@ -168,6 +133,7 @@ fn bind_source(source: &str, at: &MountPlaces<'_>) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     fn mount(t: &str, source: &str, target: &str) -> Mount {
         Mount {
@@ -202,12 +168,13 @@ mod tests {
             return; // the image's owners need root to unpack and to copy
         }
         let (dir, store, img) = setup();
-        let volumes = dir.path().join("volumes");
+        let volumes = Volumes::open(dir.path().join("volumes"));
         let policy = NodePolicy::secure_default();
         let at =
             MountPlaces { volumes: &volumes, data_root: &dir.path().join("root"), policy: &policy };
-        let got = resolve(&[mount("volume", "pgdata", "/var/lib/db")], &img, &store, &at).unwrap();
-        let data = volumes.join("pgdata/_data");
+        let got =
+            resolve("t1", &[mount("volume", "pgdata", "/var/lib/db")], &img, &store, &at).unwrap();
+        let data = dir.path().join("volumes/pgdata/_data");
         assert_eq!(
             got[0].kind,
             TaskMountKind::Bind { source: data.clone(), propagation: "rprivate".into() }
@@ -215,10 +182,13 @@ mod tests {
         let meta = std::fs::metadata(&data).unwrap();
         assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (70, 70, 0o700));
         std::fs::write(data.join("kept"), b"1").unwrap();
-        resolve(&[mount("volume", "pgdata", "/var/lib/db")], &img, &store, &at).unwrap();
+        resolve("t1", &[mount("volume", "pgdata", "/var/lib/db")], &img, &store, &at).unwrap();
         assert!(data.join("kept").exists(), "a volume is kept and reused");
         for bad in ["", "../x", "a/b", "-x"] {
-            assert!(resolve(&[mount("volume", bad, "/d")], &img, &store, &at).is_err(), "{bad:?}");
+            assert!(
+                resolve("t1", &[mount("volume", bad, "/d")], &img, &store, &at).is_err(),
+                "{bad:?}"
+            );
         }
     }
 
@@ -235,9 +205,10 @@ mod tests {
         std::fs::create_dir_all(&data_root).unwrap();
         let policy =
             NodePolicy { allowed_bind_prefixes: vec![allowed.clone()], ..Default::default() };
-        let at =
-            MountPlaces { volumes: &dir.path().join("v"), data_root: &data_root, policy: &policy };
+        let volumes = Volumes::open(dir.path().join("v"));
+        let at = MountPlaces { volumes: &volumes, data_root: &data_root, policy: &policy };
         let ok = resolve(
+            "t1",
             &[mount("bind", &allowed.join("conf/app.yml").to_string_lossy(), "/etc/app.yml")],
             &img,
             &store,
@@ -254,16 +225,19 @@ mod tests {
             (s(&data_root), "data root"),
             ("relative/path".into(), "absolute"),
         ] {
-            let e = resolve(&[mount("bind", &source, "/mnt")], &img, &store, &at).unwrap_err();
+            let e =
+                resolve("t1", &[mount("bind", &source, "/mnt")], &img, &store, &at).unwrap_err();
             assert!(e.contains(why), "{source}: {e}");
         }
         let wide = NodePolicy { allowed_bind_prefixes: vec!["/".into()], ..Default::default() };
         let at = MountPlaces { policy: &wide, ..at };
-        let e = resolve(&[mount("bind", &s(&data_root), "/mnt")], &img, &store, &at).unwrap_err();
+        let e =
+            resolve("t1", &[mount("bind", &s(&data_root), "/mnt")], &img, &store, &at).unwrap_err();
         assert!(e.contains("data root"), "allowing / still keeps the data root out: {e}");
-        let e = resolve(&[mount("bind", "/dev/null", "/mnt")], &img, &store, &at).unwrap_err();
+        let e =
+            resolve("t1", &[mount("bind", "/dev/null", "/mnt")], &img, &store, &at).unwrap_err();
         assert!(e.contains("/dev"), "{e}");
-        let e = resolve(&[mount("tmpfs", "", "../x")], &img, &store, &at).unwrap_err();
+        let e = resolve("t1", &[mount("tmpfs", "", "../x")], &img, &store, &at).unwrap_err();
         assert!(e.contains("absolute"), "{e}");
     }
 }

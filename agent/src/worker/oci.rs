@@ -15,6 +15,7 @@ use super::spec::{build, parse_signal, resolve_image, Built, TaskSpecError};
 use crate::image::{ImageStore, Puller};
 use crate::net::DataPlane;
 use crate::runtime::{HostNamespace, OciRuntime, Runtime, RuntimeError};
+use crate::volume::Volumes;
 
 /// Real containers.
 #[derive(Debug)]
@@ -28,6 +29,8 @@ pub struct OciExecutor {
     net: Option<Arc<DataPlane>>,
     /// Pulls images tasks need and the store lacks; `None`: images must be loaded by hand.
     puller: Option<Puller>,
+    /// Named volumes, leased to the tasks that mount them.
+    volumes: Arc<Volumes>,
 }
 
 fn failed(e: RuntimeError) -> ExecError {
@@ -40,7 +43,9 @@ fn failed(e: RuntimeError) -> ExecError {
 impl OciExecutor {
     /// Runs tasks on `runtime` from `images`; `node` is the hostname rejections name.
     pub fn new(runtime: OciRuntime, images: Arc<ImageStore>, node: impl Into<String>) -> Self {
+        let volumes = Arc::new(Volumes::open(runtime.config().data_root.join("volumes")));
         OciExecutor {
+            volumes,
             runtime,
             images,
             node: node.into(),
@@ -170,6 +175,7 @@ impl OciExecutor {
     /// Resolves the image and builds the runtime spec, off the async threads.
     async fn build(&self, task: &Task) -> Result<Built, ExecError> {
         let (images, node, task) = (self.images.clone(), self.node.clone(), task.clone());
+        let volumes = self.volumes.clone();
         let path = self.seccomp_path(&task.id);
         let cfg = self.runtime.config();
         let (runtime_root, policy) = (cfg.data_root.clone(), cfg.policy.clone());
@@ -180,11 +186,11 @@ impl OciExecutor {
             let mut built = build(&task, &image, &images, path)?;
             let node_root = runtime_root.parent().unwrap_or(&runtime_root).to_path_buf();
             let at = super::mounts::MountPlaces {
-                volumes: &runtime_root.join("volumes"),
+                volumes: &volumes,
                 data_root: &node_root,
                 policy: &policy,
             };
-            built.spec.mounts = super::mounts::resolve(&c.mounts, &image, &images, &at)
+            built.spec.mounts = super::mounts::resolve(&task.id, &c.mounts, &image, &images, &at)
                 .map_err(TaskSpecError::Mount)?;
             if let Some(h) = built.spec.hostname.take() {
                 built.spec.hostname = Some(super::spec::expand_template(&h, &task, &node)?);
@@ -206,13 +212,15 @@ impl OciExecutor {
         files: Vec<crate::runtime::SecretFile>,
     ) -> Result<(), ExecError> {
         self.pull_for(task).await?;
-        let mut built = self.build(task).await?;
+        let built = self.build(task).await;
+        let mut built = built.inspect_err(|_| self.volumes.release(&task.id))?;
         built.spec.files = files;
-        self.plumb(task, &mut built.spec).await?;
+        self.plumb(task, &mut built.spec).await.inspect_err(|_| self.volumes.release(&task.id))?;
         self.set_in_use(&task.id, Some(built.image_id));
         let created = self.runtime.create(built.spec).await;
         if created.is_err() {
             self.unplumb(&task.id).await;
+            self.volumes.release(&task.id);
         }
         created.map_err(|e| ExecError::Rejected(e.to_string()))
     }
@@ -261,6 +269,9 @@ impl OciExecutor {
         if let Some(image) = c.and_then(|c| resolve_image(&self.images, c, &self.node).ok()) {
             self.set_in_use(&task.id, Some(image.id));
         }
+        let named =
+            c.iter().flat_map(|c| &c.mounts).filter(|m| matches!(m.r#type.as_str(), "" | "volume"));
+        self.volumes.lease(&task.id, named.map(|m| m.source.clone()));
         Ok(())
     }
 
@@ -269,6 +280,7 @@ impl OciExecutor {
         self.unplumb(id).await;
         let _ = std::fs::remove_file(self.seccomp_path(id));
         self.set_in_use(id, None);
+        self.volumes.release(id);
         result.map_err(failed)
     }
 
@@ -290,6 +302,7 @@ impl OciExecutor {
         let _ = std::fs::remove_dir_all(self.kept_logs(id));
         let _ = std::fs::remove_file(self.seccomp_path(id));
         self.set_in_use(id, None);
+        self.volumes.release(id);
     }
 }
 
@@ -317,6 +330,24 @@ impl Executor for OciExecutor {
 
     fn must_pull(&self, task: &Task) -> Option<String> {
         self.to_pull(task).map(|r| r.familiar())
+    }
+
+    fn volumes(&self) -> Option<Arc<Volumes>> {
+        Some(self.volumes.clone())
+    }
+
+    fn describe(&self) -> shoal_proto::NodeDescription {
+        let policy = &self.runtime.config().policy;
+        shoal_proto::NodeDescription {
+            allowed_cap_add: policy
+                .allowed_cap_add
+                .iter()
+                .filter_map(|c| crate::runtime::caps::normalize(c).ok())
+                .map(String::from)
+                .collect(),
+            allows_binds: !policy.allowed_bind_prefixes.is_empty(),
+            ..super::executor::describe_host()
+        }
     }
 
     fn images_in_use(&self) -> Vec<String> {

@@ -3,6 +3,7 @@
 //! them), the client and the stack deployer (which check before sending). Pure functions over
 //! the wire types; never touches the store or the network.
 
+pub mod caps;
 pub mod constraint;
 pub mod network;
 pub mod secret;
@@ -127,6 +128,9 @@ pub enum SpecError {
     /// A nameserver that is not an IP address, or a search domain or option that is not one.
     #[error("invalid DNS setting {value:?}: {why}")]
     Dns { value: String, why: &'static str },
+    /// A capability name the kernel does not know (cap-add, cap-drop).
+    #[error("{0}")]
+    Capability(String),
 }
 
 impl From<SpecError> for tonic::Status {

@@ -38,6 +38,10 @@ pub fn default_update() -> UpdateConfig {
     }
 }
 
+/// The label that marks a volume a compose file made for one service's own use (`- /data`):
+/// `volume prune` without `--all` removes only these, as in Docker.
+pub const ANONYMOUS_VOLUME: &str = "com.docker.volume.anonymous";
+
 /// Fills the defaults a spec leaves out and refuses what cannot work, with a message that
 /// names the bad field.
 pub fn normalize(mut spec: ServiceSpec) -> Result<ServiceSpec, SpecError> {
@@ -113,6 +117,7 @@ fn normalize_container(c: &mut ContainerSpec) -> Result<(), SpecError> {
     if let Some(kv) = c.env.iter().find(|kv| kv.is_empty() || kv.starts_with('=')) {
         return Err(SpecError::Env(kv.clone()));
     }
+    super::caps::effective(&c.cap_add, &c.cap_drop).map_err(SpecError::Capability)?;
     if let Some(h) = c.healthcheck.as_mut() {
         if !h.test.is_empty() && h.retries == 0 {
             h.retries = 3;

@@ -107,13 +107,34 @@ pub fn parse_mount(s: &str) -> Result<Mount> {
             }
             "volume-driver" if v == "local" => {}
             "volume-driver" => bail!("--mount {s}: only the local volume driver exists"),
-            "volume-opt" | "volume-nocopy" | "volume-label" => {}
+            "volume-nocopy" => {
+                m.no_copy = match v {
+                    "" | "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => bail!("--mount {s}: volume-nocopy is true or false"),
+                }
+            }
+            "volume-label" => {
+                let (lk, lv) = v.split_once('=').unwrap_or((v, ""));
+                if lk.is_empty() {
+                    bail!("--mount {s}: volume-label is KEY=VALUE");
+                }
+                m.volume_labels.insert(lk.to_string(), lv.to_string());
+            }
+            "volume-opt" => bail!(
+                "--mount {s}: the local driver here keeps a volume as a directory on the node and takes no options"
+            ),
             "tmpfs-size" => {
                 let n = parse_bytes(v).map_err(anyhow::Error::msg)?;
                 m.tmpfs_size = u64::try_from(n)
                     .map_err(|_| anyhow::anyhow!("--mount {s}: a size is 0 or more"))?;
             }
-            "tmpfs-mode" => {}
+            "tmpfs-mode" => {
+                m.tmpfs_mode = u32::from_str_radix(v, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| anyhow::anyhow!("--mount {s}: tmpfs-mode is octal, such as 1770"))?
+            }
             "bind-propagation" => m.bind_propagation = v.to_string(),
             other => bail!("--mount {s}: unknown key {other:?}"),
         }
@@ -532,4 +553,36 @@ pub(super) fn edit_ports(list: &mut Vec<PortConfig>, add: &[String], rm: &[Strin
     });
     list.extend(add);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounts_take_dockers_keys_and_refuse_what_they_cannot_honour() {
+        let m = parse_mount(
+            "type=volume,src=pg,dst=/var/lib/postgresql/data,volume-nocopy,volume-label=team=db",
+        )
+        .unwrap();
+        assert_eq!((m.source.as_str(), m.target.as_str()), ("pg", "/var/lib/postgresql/data"));
+        assert!(m.no_copy && !m.read_only);
+        assert_eq!(m.volume_labels["team"], "db");
+        let t = parse_mount("type=tmpfs,target=/scratch,tmpfs-size=64m,tmpfs-mode=1770").unwrap();
+        assert_eq!((t.tmpfs_size, t.tmpfs_mode), (64 << 20, 0o1770));
+        let b = parse_mount("type=bind,source=/srv/conf,target=/etc/app,readonly").unwrap();
+        assert!(b.read_only);
+        for (bad, why) in [
+            ("type=volume,source=v,target=/d,volume-opt=type=nfs", "takes no options"),
+            ("type=volume,source=v,target=/d,volume-driver=rexray", "local volume driver"),
+            ("type=tmpfs,target=/d,tmpfs-mode=999", "octal"),
+            ("type=volume,source=v", "target"),
+            ("type=bind,target=/d", "source"),
+            ("type=nfs,source=v,target=/d", "volume, bind or tmpfs"),
+            ("type=volume,source=v,target=/d,colour=red", "unknown key"),
+        ] {
+            let e = parse_mount(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
 }

@@ -50,6 +50,23 @@ pub(crate) async fn pin_image(channel: &Channel, image: &str) -> Option<String> 
         .map(|i| i.id)
 }
 
+/// Refuses a spec whose user the image lacks, when this node holds the image (its files say
+/// who exists; the managers never see them). Anything else leaves the check to the node that
+/// runs the task.
+pub(crate) async fn check_user(channel: &Channel, spec: &ServiceSpec) -> Result<()> {
+    let Some(c) = spec.container.as_ref().filter(|c| !c.user.trim().is_empty()) else {
+        return Ok(());
+    };
+    let image = if c.image_digest.is_empty() { &c.image } else { &c.image_digest };
+    let req = ImageCheckUserRequest { reference: image.clone(), user: c.user.clone() };
+    match DaemonClient::new(channel.clone()).image_check_user(req).await {
+        Err(e) if e.code() == tonic::Code::InvalidArgument => {
+            bail!("service {}: {}", spec.name, e.message())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The saved login for the image's registry, for `--with-registry-auth`.
 pub(crate) fn registry_auth(image: &str) -> Result<Option<RegistryAuth>> {
     let auth = super::login::for_image(image)?;
@@ -278,6 +295,7 @@ async fn create(
         }
     }
     a.flags.apply(&mut spec)?;
+    check_user(channel, &spec).await?;
     let req = CreateServiceRequest { spec: Some(spec), no_resolve_image: a.flags.no_resolve_image };
     let r = control.create_service(req).await.map_err(client::status)?.into_inner();
     print_warnings(&r.warnings);
@@ -377,6 +395,7 @@ async fn update(
         a.placement_pref_rm.iter().map(|p| pref(p)).collect::<Result<_>>()?;
     edit_list(&mut placement.spread, &prefs_add, &prefs_rm, |e| e);
     a.flags.apply(&mut spec)?;
+    check_user(channel, &spec).await?;
     let s = put_spec(control, &s, spec, a.force, a.flags.no_resolve_image).await?;
     println!("{}", s.spec.as_ref().map(|p| p.name.as_str()).unwrap_or(&s.id));
     if !a.flags.detach {

@@ -67,6 +67,8 @@ pub struct VolumeDef {
     pub external: bool,
     /// `name:`: the real name (otherwise `<stack>_<key>`, or the key for external ones).
     pub name: Option<String>,
+    /// `labels:`, given to the volume where a task first makes it.
+    pub labels: BTreeMap<String, String>,
 }
 
 fn read_volume_def(def: &Entry<'_>, r: &mut Reader) -> Result<VolumeDef, ComposeError> {
@@ -85,6 +87,16 @@ fn read_volume_def(def: &Entry<'_>, r: &mut Reader) -> Result<VolumeDef, Compose
                 _ => v.external = e.at().bool()?,
             },
             "name" => v.name = Some(e.at().text()?),
+            "labels" => {
+                for (k, val) in e.at().pairs()? {
+                    v.labels.insert(k, val.unwrap_or_default());
+                }
+            }
+            "driver_opts" if !matches!(&e.node.value, yaml::Value::Map(m) if m.is_empty()) => {
+                return Err(e.at().error(
+                    "driver_opts: the local driver here keeps a volume as a directory on each node and takes no options (no NFS or device mounts)",
+                ));
+            }
             "driver" => {
                 let d = e.at().text()?;
                 if d != "local" {

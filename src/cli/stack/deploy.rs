@@ -149,7 +149,14 @@ fn name_mounts(
     for m in &mut c.mounts {
         match m.r#type.as_str() {
             "volume" => {
-                m.source = match file.volumes.get(&m.source) {
+                let def = file.volumes.get(&m.source);
+                if !def.is_some_and(|d| d.external) {
+                    m.volume_labels.insert(super::NAMESPACE.into(), stack.into());
+                }
+                if let Some(def) = def {
+                    m.volume_labels.extend(def.labels.clone());
+                }
+                m.source = match def {
                     Some(def) => match (&def.name, def.external) {
                         (Some(n), _) => n.clone(),
                         (None, true) => m.source.clone(),
@@ -236,6 +243,7 @@ pub async fn deploy(
                 .map_err(|e| anyhow::anyhow!("service {key}: {e}"))?;
         }
         check_targets(&comparable(&spec)).with_context(|| format!("service {key}"))?;
+        crate::cli::service::check_user(channel, &spec).await?;
         specs.push(spec);
     }
     objects::apply(&mut control, &planned).await?;

@@ -64,6 +64,7 @@ fn read_volumes(f: &Entry<'_>, service: &str) -> Result<Vec<shoal_proto::Mount>,
             };
             m.target = target.to_string();
             m.read_only = mode.split(',').any(|o| o == "ro");
+            m.no_copy = mode.split(',').any(|o| o == "nocopy");
             if let Some(bad) =
                 mode.split(',').find(|o| !matches!(*o, "" | "ro" | "rw" | "z" | "Z" | "nocopy"))
             {
@@ -72,6 +73,8 @@ fn read_volumes(f: &Entry<'_>, service: &str) -> Result<Vec<shoal_proto::Mount>,
             if source.is_empty() {
                 m.r#type = "volume".into();
                 m.source = anonymous_volume(service, target);
+                m.volume_labels
+                    .insert(shoal_proto::spec::service::ANONYMOUS_VOLUME.into(), String::new());
             } else if source.starts_with(['/', '.', '~']) {
                 m.r#type = "bind".into();
                 m.source = source.to_string();
@@ -101,10 +104,25 @@ fn read_volumes(f: &Entry<'_>, service: &str) -> Result<Vec<shoal_proto::Mount>,
                                 let n = parse_bytes(&size).map_err(|e| t.at().error(e))?;
                                 m.tmpfs_size = u64::try_from(n)
                                     .map_err(|_| t.at().error("a size is 0 or more"))?;
+                            } else if t.key == "mode" {
+                                let mode = t.at().text()?;
+                                m.tmpfs_mode = u32::from_str_radix(&mode, 8)
+                                    .ok()
+                                    .filter(|m| *m <= 0o7777)
+                                    .ok_or_else(|| {
+                                        t.at().error("a tmpfs mode is octal, such as 1770")
+                                    })?;
                             }
                         }
                     }
-                    "volume" | "consistency" => {}
+                    "volume" => {
+                        for v in at.entries()? {
+                            if v.key == "nocopy" {
+                                m.no_copy = v.at().bool()?;
+                            }
+                        }
+                    }
+                    "consistency" => {}
                     _ => return Err(x.at().error(format!("{} is not a key of a volume", x.key))),
                 }
             }

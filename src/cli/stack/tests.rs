@@ -662,9 +662,13 @@ services:
         target: /scratch
         tmpfs: {size: 64m}
       - {type: bind, source: /srv/certs, target: /certs, read_only: true, bind: {propagation: rslave}}
+      - {type: volume, source: cache, target: /cache, volume: {nocopy: true}}
+      - {type: tmpfs, target: /locks, tmpfs: {mode: 1770}}
     tmpfs: /run/db
 volumes:
-  pgdata: {}
+  pgdata:
+    labels: {tier: data}
+  cache: {}
   shared: {external: true}
 "#;
     let f = parse(text).unwrap();
@@ -681,9 +685,20 @@ volumes:
             ("volume", "db_var_log", "/var/log", false),
             ("tmpfs", "", "/scratch", false),
             ("bind", "/srv/certs", "/certs", true),
+            ("volume", "cache", "/cache", false),
+            ("tmpfs", "", "/locks", false),
             ("tmpfs", "", "/run/db", false),
         ]
     );
+    assert!(m[5].no_copy && !m[0].no_copy, "volume: {{nocopy: true}} is kept");
+    assert_eq!(m[6].tmpfs_mode, 0o1770);
+    assert!(
+        m[2].volume_labels.contains_key(shoal_proto::spec::service::ANONYMOUS_VOLUME),
+        "{:?}",
+        m[2]
+    );
+    assert!(m[0].volume_labels.is_empty(), "a named volume is not anonymous");
+    assert_eq!(f.volumes["pgdata"].labels["tier"], "data");
     assert_eq!(m[3].tmpfs_size, 64 << 20);
     assert_eq!(m[4].bind_propagation, "rslave");
     assert!(f.volumes["shared"].external && !f.volumes["pgdata"].external);
@@ -693,7 +708,11 @@ volumes:
         "services: {a: {image: x, volumes: ['v:/t:rx']}}\n",
         "services: {a: {image: x, volumes: [{type: npipe, source: x, target: /t}]}}\n",
         "services: {a: {image: x}}\nvolumes: {v: {driver: nfs}}\n",
+        "services: {a: {image: x}}\nvolumes: {v: {driver_opts: {type: nfs, o: addr=10.0.0.1}}}\n",
+        "services: {a: {image: x, volumes: [{type: tmpfs, target: /t, tmpfs: {mode: 9}}]}}\n",
     ] {
         assert!(parse(bad).is_err(), "{bad}");
     }
+    let e = parse("services: {a: {image: x}}\nvolumes: {v: {driver_opts: {type: nfs}}}\n");
+    assert!(e.unwrap_err().to_string().contains("no NFS"), "driver options say why they fail");
 }

@@ -283,6 +283,17 @@ impl Daemon {
         member.as_ref().map(|m| m.agent.worker().executor().images_in_use()).unwrap_or_default()
     }
 
+    /// The node's named volumes: the ones its tasks lease, or (on a node outside a swarm,
+    /// running no tasks) the same directories with no leases.
+    pub async fn volumes(&self) -> Arc<shoal_agent::volume::Volumes> {
+        let member = self.member.lock().await;
+        member.as_ref().and_then(|m| m.agent.worker().executor().volumes()).unwrap_or_else(|| {
+            Arc::new(shoal_agent::volume::Volumes::open(
+                self.files.root().join("runtime").join("volumes"),
+            ))
+        })
+    }
+
     /// Whether this node is a manager waiting for `swarm unlock`.
     pub async fn is_locked(&self) -> bool {
         self.locked.lock().await.is_some()
