@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/networks.proto",
         "proto/services.proto",
         "proto/ca.proto",
+        "proto/access.proto",
         "proto/control.proto",
         "proto/dispatcher.proto",
         "proto/daemon.proto",

@@ -18,6 +18,9 @@ pub enum Caller {
     Local,
     /// A node presenting a valid certificate of this cluster.
     Node(PeerIdentity),
+    /// A person presenting a user certificate of this cluster; what they may do is decided
+    /// per call from their grants (see `crate::access`).
+    User(shoal_pki::UserIdentity),
     /// No client certificate (bootstrap calls only).
     Anonymous,
 }
@@ -89,6 +92,22 @@ pub const TABLE: &[(&str, Access)] = &[
     ("/shoal.Control/GetNetwork", MANAGERS),
     ("/shoal.Control/ListNetworks", MANAGERS),
     ("/shoal.Control/RemoveNetwork", MANAGERS),
+    ("/shoal.Control/CreateUser", MANAGERS),
+    ("/shoal.Control/GetUser", MANAGERS),
+    ("/shoal.Control/ListUsers", MANAGERS),
+    ("/shoal.Control/RemoveUser", MANAGERS),
+    ("/shoal.Control/IssueUserCertificate", MANAGERS),
+    ("/shoal.Control/CreateTeam", MANAGERS),
+    ("/shoal.Control/UpdateTeam", MANAGERS),
+    ("/shoal.Control/ListTeams", MANAGERS),
+    ("/shoal.Control/RemoveTeam", MANAGERS),
+    ("/shoal.Control/CreateRole", MANAGERS),
+    ("/shoal.Control/ListRoles", MANAGERS),
+    ("/shoal.Control/RemoveRole", MANAGERS),
+    ("/shoal.Control/CreateGrant", MANAGERS),
+    ("/shoal.Control/ListGrants", MANAGERS),
+    ("/shoal.Control/RemoveGrant", MANAGERS),
+    ("/shoal.Control/ReadAudit", MANAGERS),
     ("/shoal.Raft/Send", MANAGERS),
     ("/shoal.Raft/Join", MANAGERS),
     ("/shoal.Raft/Ping", MANAGERS),
@@ -126,6 +145,12 @@ pub fn authorize(path: &str, caller: &Caller) -> Result<(), Status> {
     };
     match (rule, caller) {
         (Access::Anyone, _) | (_, Caller::Local) => Ok(()),
+        // People reach the control API only; each handler decides on their grants.
+        (Access::Roles(_), Caller::User(_)) if path.starts_with("/shoal.Control/") => Ok(()),
+        (Access::Roles(_), Caller::User(u)) => Err(Status::permission_denied(format!(
+            "user {} may call the control API only, not {path}",
+            u.name
+        ))),
         (Access::Roles(roles), Caller::Node(id)) if roles.contains(&id.role) => Ok(()),
         (Access::Roles(_), Caller::Node(id)) => Err(Status::permission_denied(format!(
             "a {} certificate may not call {path}; this needs a manager",
@@ -222,6 +247,14 @@ impl Transport {
         let Some(leaf) = certs.as_ref().and_then(|c| c.first()) else {
             return Ok(Caller::Anonymous);
         };
+        if let Ok(user) = shoal_pki::UserIdentity::from_der(leaf) {
+            if &user.cluster_id != cluster_id {
+                return Err(Status::permission_denied(
+                    "the client certificate is for another cluster",
+                ));
+            }
+            return Ok(Caller::User(user));
+        }
         let id = PeerIdentity::from_der(leaf)
             .map_err(|e| Status::unauthenticated(format!("unreadable client certificate: {e}")))?;
         if &id.cluster_id != cluster_id {

@@ -24,8 +24,10 @@ use shoal_proto::{
     ListTasksRequest, ListTasksResponse, LogMessage, RemoveServiceRequest, RemoveServiceResponse,
     ServiceLogsRequest, ServiceResponse, UpdateNodeRequest, UpdateServiceRequest,
 };
+use shoal_proto::{SecretKind, Service, ServiceSpec};
 use tonic::{Request, Response, Status};
 
+use crate::access::{self, Who};
 use crate::raft::crypto::{format_unlock_key, Key};
 
 use crate::config::validate_heartbeat;
@@ -110,6 +112,7 @@ impl Control for ControlApi {
         &self,
         req: Request<UpdateNodeRoleRequest>,
     ) -> Result<Response<GetNodeResponse>, Status> {
+        self.guard_node(&req, &req.get_ref().reference, "node.admin", true)?;
         let r = req.into_inner();
         let role =
             NodeRole::try_from(r.role).map_err(|_| Status::invalid_argument("unknown role"))?;
@@ -168,8 +171,9 @@ impl Control for ControlApi {
 
     async fn get_unlock_key(
         &self,
-        _req: Request<GetUnlockKeyRequest>,
+        req: Request<GetUnlockKeyRequest>,
     ) -> Result<Response<UnlockKeyInfo>, Status> {
+        self.guard(&req, "swarm.admin", "unlock-key", "/", true)?;
         self.shared.store.barrier().await?;
         let info = unlock_key_info(&self.shared.cluster()?);
         if info.key.is_empty() {
@@ -180,8 +184,9 @@ impl Control for ControlApi {
 
     async fn rotate_unlock_key(
         &self,
-        _req: Request<RotateUnlockKeyRequest>,
+        req: Request<RotateUnlockKeyRequest>,
     ) -> Result<Response<UnlockKeyInfo>, Status> {
+        self.guard(&req, "swarm.admin", "unlock-key", "/", true)?;
         let shared = &self.shared;
         let cluster = shared
             .store
@@ -205,10 +210,12 @@ impl Control for ControlApi {
 
     async fn list_nodes(
         &self,
-        _req: Request<ListNodesRequest>,
+        req: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
+        let who = self.who(&req)?;
         self.shared.store.barrier().await?;
         let mut nodes = self.shared.store.list::<Node>()?;
+        nodes.retain(|n| who.may("node.view", node_collection(n)));
         nodes.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
         let leader = self.shared.raft.status().leader;
         let members = self.shared.members()?;
@@ -228,6 +235,7 @@ impl Control for ControlApi {
         &self,
         req: Request<GetNodeRequest>,
     ) -> Result<Response<GetNodeResponse>, Status> {
+        self.guard_node(&req, &req.get_ref().reference, "node.view", false)?;
         let nodes = self.shared.store.list::<Node>()?;
         let node = resolve_node(&nodes, &req.get_ref().reference)?.clone();
         let leader = self.shared.raft.status().leader;
@@ -246,6 +254,7 @@ impl Control for ControlApi {
         &self,
         req: Request<RemoveNodeRequest>,
     ) -> Result<Response<RemoveNodeResponse>, Status> {
+        self.guard_node(&req, &req.get_ref().reference, "node.admin", true)?;
         let RemoveNodeRequest { reference, force } = req.into_inner();
         let shared = &self.shared;
         let nodes = shared.store.list::<Node>()?;
@@ -282,8 +291,9 @@ impl Control for ControlApi {
 
     async fn get_cluster_info(
         &self,
-        _req: Request<GetClusterInfoRequest>,
+        req: Request<GetClusterInfoRequest>,
     ) -> Result<Response<ClusterInfo>, Status> {
+        self.guard(&req, "swarm.view", "swarm", "/", false)?;
         self.shared.store.barrier().await?;
         Ok(Response::new(self.cluster_info(&self.shared.cluster()?)))
     }
@@ -292,6 +302,7 @@ impl Control for ControlApi {
         &self,
         req: Request<UpdateClusterRequest>,
     ) -> Result<Response<ClusterInfo>, Status> {
+        self.guard(&req, "swarm.admin", "swarm", "/", true)?;
         let req = req.into_inner();
         if req.cert_expiry_secs != 0 {
             shoal_pki::validate_cert_expiry(Duration::from_secs(req.cert_expiry_secs))
@@ -347,6 +358,7 @@ impl Control for ControlApi {
         &self,
         req: Request<GetJoinTokenRequest>,
     ) -> Result<Response<JoinTokenInfo>, Status> {
+        self.guard(&req, "swarm.admin", "join-token", "/", true)?;
         let role = role_of(req.get_ref().role)?;
         self.shared.store.barrier().await?;
         Ok(Response::new(self.token_info(&self.shared.cluster()?, role)?))
@@ -356,6 +368,7 @@ impl Control for ControlApi {
         &self,
         req: Request<RotateJoinTokenRequest>,
     ) -> Result<Response<JoinTokenInfo>, Status> {
+        self.guard(&req, "swarm.admin", "join-token", "/", true)?;
         let req = req.into_inner();
         let role = role_of(req.role)?;
         let ttl_ms = i64::try_from(req.ttl_secs.saturating_mul(1000))
@@ -382,6 +395,15 @@ impl Control for ControlApi {
         &self,
         req: Request<UpdateNodeRequest>,
     ) -> Result<Response<GetNodeResponse>, Status> {
+        let r = req.get_ref();
+        let only_availability =
+            r.label_add.is_empty() && r.label_rm.is_empty() && r.hostname.is_none();
+        let op = if only_availability { "node.availability" } else { "node.update" };
+        let who = self.guard_node(&req, &r.reference, op, true)?;
+        if let Some(c) = r.label_add.iter().find_map(|l| l.strip_prefix("com.shoal.collection=")) {
+            access::check_collection(c)?;
+            self.check(&who, "node.update", &format!("node:{}", r.reference), c, true)?;
+        }
         let node = crate::services::update_node(&self.shared, req.into_inner()).await?;
         Ok(Response::new(GetNodeResponse { node: Some(node), manager_status: None }))
     }
@@ -390,6 +412,11 @@ impl Control for ControlApi {
         &self,
         req: Request<CreateServiceRequest>,
     ) -> Result<Response<ServiceResponse>, Status> {
+        let who = self.who(&req)?;
+        let spec = req.get_ref().spec.clone().unwrap_or_default();
+        let collection = labelled(&spec.labels)?;
+        self.check(&who, "service.create", &format!("service:{}", spec.name), &collection, true)?;
+        self.check_service_spec(&who, &spec, None)?;
         Ok(Response::new(crate::services::create(&self.shared, req.into_inner()).await?))
     }
 
@@ -397,6 +424,22 @@ impl Control for ControlApi {
         &self,
         req: Request<UpdateServiceRequest>,
     ) -> Result<Response<ServiceResponse>, Status> {
+        let r = req.get_ref();
+        let who = self.guard_service(&req, &r.reference, "service.update", true).await?;
+        if let Some(spec) = r.spec.as_ref() {
+            let current = self.service_of(&r.reference).await?.spec.unwrap_or_default();
+            let collection = labelled(&spec.labels)?;
+            if collection != labelled(&current.labels)? {
+                self.check(
+                    &who,
+                    "service.create",
+                    &format!("service:{}", spec.name),
+                    &collection,
+                    true,
+                )?;
+            }
+            self.check_service_spec(&who, spec, Some(&current))?;
+        }
         Ok(Response::new(crate::services::update(&self.shared, req.into_inner()).await?))
     }
 
@@ -404,20 +447,28 @@ impl Control for ControlApi {
         &self,
         req: Request<GetServiceRequest>,
     ) -> Result<Response<ServiceResponse>, Status> {
+        self.guard_service(&req, &req.get_ref().reference, "service.view", false).await?;
         Ok(Response::new(crate::services::get(&self.shared, req.into_inner()).await?))
     }
 
     async fn list_services(
         &self,
-        _req: Request<ListServicesRequest>,
+        req: Request<ListServicesRequest>,
     ) -> Result<Response<ListServicesResponse>, Status> {
-        Ok(Response::new(crate::services::list(&self.shared).await?))
+        let who = self.who(&req)?;
+        let mut list = crate::services::list(&self.shared).await?;
+        list.services.retain(|s| {
+            let spec = s.service.as_ref().and_then(|s| s.spec.clone()).unwrap_or_default();
+            labelled(&spec.labels).is_ok_and(|c| who.may("service.view", &c))
+        });
+        Ok(Response::new(list))
     }
 
     async fn remove_service(
         &self,
         req: Request<RemoveServiceRequest>,
     ) -> Result<Response<RemoveServiceResponse>, Status> {
+        self.guard_service(&req, &req.get_ref().reference, "service.remove", true).await?;
         Ok(Response::new(crate::services::remove(&self.shared, req.into_inner()).await?))
     }
 
@@ -425,7 +476,26 @@ impl Control for ControlApi {
         &self,
         req: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        Ok(Response::new(crate::services::list_tasks(&self.shared, req.into_inner()).await?))
+        let who = self.who(&req)?;
+        if !req.get_ref().service.is_empty() {
+            self.guard_service(&req, &req.get_ref().service, "service.view", false).await?;
+        }
+        let mut listed = crate::services::list_tasks(&self.shared, req.into_inner()).await?;
+        if let Who::User(_) = who {
+            let visible: std::collections::HashSet<String> = self
+                .shared
+                .store
+                .list::<Service>()?
+                .into_iter()
+                .filter(|s| {
+                    let spec = s.spec.clone().unwrap_or_default();
+                    labelled(&spec.labels).is_ok_and(|c| who.may("service.view", &c))
+                })
+                .map(|s| s.id)
+                .collect();
+            listed.tasks.retain(|t| visible.contains(&t.service_id));
+        }
+        Ok(Response::new(listed))
     }
 
     type ServiceLogsStream = tokio_stream::wrappers::ReceiverStream<Result<LogMessage, Status>>;
@@ -434,6 +504,7 @@ impl Control for ControlApi {
         &self,
         req: Request<ServiceLogsRequest>,
     ) -> Result<Response<Self::ServiceLogsStream>, Status> {
+        self.guard_service(&req, &req.get_ref().reference, "service.logs", false).await?;
         let r = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let shared = self.shared.clone();
@@ -467,6 +538,15 @@ impl Control for ControlApi {
         &self,
         req: Request<shoal_proto::CreateSecretRequest>,
     ) -> Result<Response<shoal_proto::SecretResponse>, Status> {
+        let r = req.get_ref();
+        let op = kind_op(r.kind, "create");
+        self.guard(
+            &req,
+            &op,
+            &format!("{}:{}", op.split('.').next().unwrap_or(""), r.name),
+            &labelled(&r.labels)?,
+            true,
+        )?;
         Ok(Response::new(crate::secrets::create(&self.shared, req.into_inner()).await?))
     }
 
@@ -474,6 +554,19 @@ impl Control for ControlApi {
         &self,
         req: Request<shoal_proto::UpdateSecretRequest>,
     ) -> Result<Response<shoal_proto::SecretResponse>, Status> {
+        let r = req.get_ref();
+        let who = self.who(&req)?;
+        let (kind, reference) = (r.kind, r.reference.clone());
+        let got =
+            crate::secrets::get(&self.shared, shoal_proto::GetSecretRequest { kind, reference })
+                .await?;
+        let current = got.secret.unwrap_or_default();
+        let op = kind_op(kind, "update");
+        let object = format!("{}:{}", op.split('.').next().unwrap_or(""), current.name);
+        self.check(&who, &op, &object, &labelled(&current.labels)?, true)?;
+        if r.set_labels && labelled(&r.labels)? != labelled(&current.labels)? {
+            self.check(&who, &kind_op(kind, "create"), &object, &labelled(&r.labels)?, true)?;
+        }
         Ok(Response::new(crate::secrets::update(&self.shared, req.into_inner()).await?))
     }
 
@@ -481,20 +574,40 @@ impl Control for ControlApi {
         &self,
         req: Request<shoal_proto::GetSecretRequest>,
     ) -> Result<Response<shoal_proto::SecretResponse>, Status> {
-        Ok(Response::new(crate::secrets::get(&self.shared, req.into_inner()).await?))
+        let who = self.who(&req)?;
+        let kind = req.get_ref().kind;
+        let got = crate::secrets::get(&self.shared, req.into_inner()).await?;
+        let secret = got.secret.clone().unwrap_or_default();
+        let op = kind_op(kind, "read-metadata");
+        let object = format!("{}:{}", op.split('.').next().unwrap_or(""), secret.name);
+        self.check(&who, &op, &object, &labelled(&secret.labels)?, false)?;
+        Ok(Response::new(got))
     }
 
     async fn list_secrets(
         &self,
         req: Request<shoal_proto::ListSecretsRequest>,
     ) -> Result<Response<shoal_proto::ListSecretsResponse>, Status> {
-        Ok(Response::new(crate::secrets::list(&self.shared, req.into_inner()).await?))
+        let who = self.who(&req)?;
+        let op = kind_op(req.get_ref().kind, "read-metadata");
+        let mut list = crate::secrets::list(&self.shared, req.into_inner()).await?;
+        list.secrets.retain(|s| labelled(&s.labels).is_ok_and(|c| who.may(&op, &c)));
+        Ok(Response::new(list))
     }
 
     async fn remove_secret(
         &self,
         req: Request<shoal_proto::RemoveSecretRequest>,
     ) -> Result<Response<shoal_proto::RemoveSecretResponse>, Status> {
+        let who = self.who(&req)?;
+        let (kind, reference) = (req.get_ref().kind, req.get_ref().reference.clone());
+        let got =
+            crate::secrets::get(&self.shared, shoal_proto::GetSecretRequest { kind, reference })
+                .await?;
+        let current = got.secret.unwrap_or_default();
+        let op = kind_op(kind, "remove");
+        let object = format!("{}:{}", op.split('.').next().unwrap_or(""), current.name);
+        self.check(&who, &op, &object, &labelled(&current.labels)?, true)?;
         Ok(Response::new(crate::secrets::remove(&self.shared, req.into_inner()).await?))
     }
 
@@ -502,6 +615,14 @@ impl Control for ControlApi {
         &self,
         req: Request<shoal_proto::CreateNetworkRequest>,
     ) -> Result<Response<shoal_proto::NetworkResponse>, Status> {
+        let spec = req.get_ref().spec.clone().unwrap_or_default();
+        self.guard(
+            &req,
+            "network.create",
+            &format!("network:{}", spec.name),
+            &labelled(&spec.labels)?,
+            true,
+        )?;
         Ok(Response::new(crate::networks::create(&self.shared, req.into_inner()).await?))
     }
 
@@ -509,21 +630,182 @@ impl Control for ControlApi {
         &self,
         req: Request<shoal_proto::GetNetworkRequest>,
     ) -> Result<Response<shoal_proto::NetworkResponse>, Status> {
-        Ok(Response::new(crate::networks::get(&self.shared, req.into_inner()).await?))
+        let who = self.who(&req)?;
+        let got = crate::networks::get(&self.shared, req.into_inner()).await?;
+        let spec = got.network.as_ref().and_then(|n| n.spec.clone()).unwrap_or_default();
+        self.check(
+            &who,
+            "network.view",
+            &format!("network:{}", spec.name),
+            &labelled(&spec.labels)?,
+            false,
+        )?;
+        Ok(Response::new(got))
     }
 
     async fn list_networks(
         &self,
-        _req: Request<shoal_proto::ListNetworksRequest>,
+        req: Request<shoal_proto::ListNetworksRequest>,
     ) -> Result<Response<shoal_proto::ListNetworksResponse>, Status> {
-        Ok(Response::new(crate::networks::list(&self.shared).await?))
+        let who = self.who(&req)?;
+        let mut list = crate::networks::list(&self.shared).await?;
+        list.networks.retain(|n| {
+            let spec = n.spec.clone().unwrap_or_default();
+            labelled(&spec.labels).is_ok_and(|c| who.may("network.view", &c))
+        });
+        Ok(Response::new(list))
     }
 
     async fn remove_network(
         &self,
         req: Request<shoal_proto::RemoveNetworkRequest>,
     ) -> Result<Response<shoal_proto::RemoveNetworkResponse>, Status> {
+        let who = self.who(&req)?;
+        let reference = req.get_ref().reference.clone();
+        let got = crate::networks::get(&self.shared, shoal_proto::GetNetworkRequest { reference })
+            .await?;
+        let spec = got.network.and_then(|n| n.spec).unwrap_or_default();
+        self.check(
+            &who,
+            "network.remove",
+            &format!("network:{}", spec.name),
+            &labelled(&spec.labels)?,
+            true,
+        )?;
         Ok(Response::new(crate::networks::remove(&self.shared, req.into_inner()).await?))
+    }
+
+    async fn create_user(
+        &self,
+        req: Request<shoal_proto::UserRequest>,
+    ) -> Result<Response<shoal_proto::UserResponse>, Status> {
+        let who = self.who(&req)?;
+        Ok(Response::new(crate::people::create_user(&self.shared, &who, req.into_inner()).await?))
+    }
+
+    async fn get_user(
+        &self,
+        req: Request<shoal_proto::UserRequest>,
+    ) -> Result<Response<shoal_proto::UserResponse>, Status> {
+        let who = self.who(&req)?;
+        Ok(Response::new(crate::people::get_user(&self.shared, &who, req.into_inner()).await?))
+    }
+
+    async fn list_users(
+        &self,
+        req: Request<shoal_proto::ListUsersRequest>,
+    ) -> Result<Response<shoal_proto::ListUsersResponse>, Status> {
+        let who = self.who(&req)?;
+        Ok(Response::new(crate::people::list_users(&self.shared, &who).await?))
+    }
+
+    async fn remove_user(
+        &self,
+        req: Request<shoal_proto::UserRequest>,
+    ) -> Result<Response<shoal_proto::RemoveResponse>, Status> {
+        let who = self.who(&req)?;
+        crate::people::remove_user(&self.shared, &who, req.into_inner()).await?;
+        Ok(Response::new(shoal_proto::RemoveResponse {}))
+    }
+
+    async fn issue_user_certificate(
+        &self,
+        req: Request<shoal_proto::IssueUserCertificateRequest>,
+    ) -> Result<Response<shoal_proto::IssueUserCertificateResponse>, Status> {
+        let who = self.who(&req)?;
+        let r = crate::people::issue_certificate(&self.shared, &who, req.into_inner()).await?;
+        Ok(Response::new(r))
+    }
+
+    async fn create_team(
+        &self,
+        req: Request<shoal_proto::TeamRequest>,
+    ) -> Result<Response<shoal_proto::Team>, Status> {
+        let who = self.who(&req)?;
+        Ok(Response::new(crate::people::create_team(&self.shared, &who, req.into_inner()).await?))
+    }
+
+    async fn update_team(
+        &self,
+        req: Request<shoal_proto::TeamRequest>,
+    ) -> Result<Response<shoal_proto::Team>, Status> {
+        let who = self.who(&req)?;
+        Ok(Response::new(crate::people::update_team(&self.shared, &who, req.into_inner()).await?))
+    }
+
+    async fn list_teams(
+        &self,
+        req: Request<shoal_proto::ListTeamsRequest>,
+    ) -> Result<Response<shoal_proto::ListTeamsResponse>, Status> {
+        let who = self.who(&req)?;
+        Ok(Response::new(crate::people::list_teams(&self.shared, &who).await?))
+    }
+
+    async fn remove_team(
+        &self,
+        req: Request<shoal_proto::TeamRequest>,
+    ) -> Result<Response<shoal_proto::RemoveResponse>, Status> {
+        let who = self.who(&req)?;
+        crate::people::remove_team(&self.shared, &who, req.into_inner()).await?;
+        Ok(Response::new(shoal_proto::RemoveResponse {}))
+    }
+
+    async fn create_role(
+        &self,
+        req: Request<shoal_proto::RoleRequest>,
+    ) -> Result<Response<shoal_proto::AccessRole>, Status> {
+        let who = self.who(&req)?;
+        Ok(Response::new(crate::people::create_role(&self.shared, &who, req.into_inner()).await?))
+    }
+
+    async fn list_roles(
+        &self,
+        req: Request<shoal_proto::ListRolesRequest>,
+    ) -> Result<Response<shoal_proto::ListRolesResponse>, Status> {
+        self.who(&req)?;
+        Ok(Response::new(crate::people::list_roles(&self.shared).await?))
+    }
+
+    async fn remove_role(
+        &self,
+        req: Request<shoal_proto::RoleRequest>,
+    ) -> Result<Response<shoal_proto::RemoveResponse>, Status> {
+        let who = self.who(&req)?;
+        crate::people::remove_role(&self.shared, &who, req.into_inner()).await?;
+        Ok(Response::new(shoal_proto::RemoveResponse {}))
+    }
+
+    async fn create_grant(
+        &self,
+        req: Request<shoal_proto::CreateGrantRequest>,
+    ) -> Result<Response<shoal_proto::Grant>, Status> {
+        let who = self.who(&req)?;
+        Ok(Response::new(crate::people::create_grant(&self.shared, &who, req.into_inner()).await?))
+    }
+
+    async fn list_grants(
+        &self,
+        req: Request<shoal_proto::ListGrantsRequest>,
+    ) -> Result<Response<shoal_proto::ListGrantsResponse>, Status> {
+        let who = self.who(&req)?;
+        Ok(Response::new(crate::people::list_grants(&self.shared, &who).await?))
+    }
+
+    async fn remove_grant(
+        &self,
+        req: Request<shoal_proto::RemoveGrantRequest>,
+    ) -> Result<Response<shoal_proto::RemoveResponse>, Status> {
+        let who = self.who(&req)?;
+        crate::people::remove_grant(&self.shared, &who, req.into_inner().reference).await?;
+        Ok(Response::new(shoal_proto::RemoveResponse {}))
+    }
+
+    async fn read_audit(
+        &self,
+        req: Request<shoal_proto::ReadAuditRequest>,
+    ) -> Result<Response<shoal_proto::ReadAuditResponse>, Status> {
+        let who = self.who(&req)?;
+        Ok(Response::new(crate::people::read_audit(&self.shared, &who, req.into_inner()).await?))
     }
 }
 
@@ -604,6 +886,179 @@ fn revoke(cluster: &mut Cluster, node: &Node, superseded: bool) {
 fn forget_expired_revocations(cluster: &mut Cluster) {
     let now = crate::manager::unix(std::time::SystemTime::now());
     cluster.revoked.retain(|r| r.until_unix <= 0 || r.until_unix > now);
+}
+
+// ---------------------------------------------------------------------------------------------
+// People: every control call decides on the caller's grants (see `crate::access`).
+
+fn node_collection(n: &Node) -> &str {
+    access::collection_of(&n.labels, access::SYSTEM_COLLECTION)
+}
+
+fn labelled(labels: &std::collections::HashMap<String, String>) -> Result<String, Status> {
+    let c = access::collection_of(labels, access::DEFAULT_COLLECTION).to_string();
+    access::check_collection(&c)?;
+    Ok(c)
+}
+
+fn kind_op(kind: i32, op: &str) -> String {
+    let word = SecretKind::try_from(kind).unwrap_or(SecretKind::Secret).word();
+    format!("{word}.{op}")
+}
+
+impl ControlApi {
+    fn who<T>(&self, req: &Request<T>) -> Result<Who, Status> {
+        access::who(&self.shared.store, &crate::authz::caller(req))
+    }
+
+    /// Decides `op` on `object` in `collection` for the caller, recording it when it changes
+    /// something or is refused.
+    fn check(
+        &self,
+        who: &Who,
+        op: &str,
+        object: &str,
+        collection: &str,
+        changes: bool,
+    ) -> Result<(), Status> {
+        access::decide(&self.shared.audit, who, op, object, collection, changes)
+    }
+
+    fn guard<T>(
+        &self,
+        req: &Request<T>,
+        op: &str,
+        object: &str,
+        collection: &str,
+        changes: bool,
+    ) -> Result<Who, Status> {
+        let who = self.who(req)?;
+        self.check(&who, op, object, collection, changes)?;
+        Ok(who)
+    }
+
+    fn guard_node<T>(
+        &self,
+        req: &Request<T>,
+        reference: &str,
+        op: &str,
+        changes: bool,
+    ) -> Result<Who, Status> {
+        let who = self.who(req)?;
+        let nodes = self.shared.store.list::<Node>()?;
+        let node = match resolve_node(&nodes, reference) {
+            Ok(n) => n,
+            // A user learns nothing about nodes they cannot see.
+            Err(e) if matches!(who, Who::User(_)) && e.code() == tonic::Code::NotFound => {
+                self.check(&who, op, reference, access::SYSTEM_COLLECTION, changes)?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        self.check(&who, op, &format!("node:{}", node.hostname), node_collection(node), changes)?;
+        Ok(who)
+    }
+
+    async fn service_of(&self, reference: &str) -> Result<Service, Status> {
+        let got =
+            crate::services::get(&self.shared, GetServiceRequest { reference: reference.into() })
+                .await?;
+        got.service.ok_or_else(|| Status::not_found(format!("no such service: {reference}")))
+    }
+
+    async fn guard_service<T>(
+        &self,
+        req: &Request<T>,
+        reference: &str,
+        op: &str,
+        changes: bool,
+    ) -> Result<Who, Status> {
+        let who = self.who(req)?;
+        if let Who::User(_) = who {
+            let s = self.service_of(reference).await?;
+            let spec = s.spec.unwrap_or_default();
+            self.check(
+                &who,
+                op,
+                &format!("service:{}", spec.name),
+                &labelled(&spec.labels)?,
+                changes,
+            )?;
+        } else {
+            self.check(&who, op, &format!("service:{reference}"), "/", changes)?;
+        }
+        Ok(who)
+    }
+
+    /// What creating or changing a service to `spec` needs beyond `service.create|update`:
+    /// `service.widen` for host-widening options `old` did not have, and `secret.use`,
+    /// `config.use` and `network.use` for each secret, config and network it newly names.
+    fn check_service_spec(
+        &self,
+        who: &Who,
+        spec: &ServiceSpec,
+        old: Option<&ServiceSpec>,
+    ) -> Result<(), Status> {
+        let collection = labelled(&spec.labels)?;
+        let object = format!("service:{}", spec.name);
+        let c = spec.container.clone().unwrap_or_default();
+        let old_c = old.and_then(|o| o.container.clone()).unwrap_or_default();
+        let old_wide = access::widenings(&old_c);
+        if let Some(w) = access::widenings(&c).into_iter().find(|w| !old_wide.contains(w)) {
+            self.check(who, "service.widen", &format!("{object} ({w})"), &collection, true)?;
+        }
+        if !matches!(who, Who::User(_)) {
+            return Ok(());
+        }
+        let secrets = self.shared.store.list::<shoal_proto::Secret>()?;
+        for (kind, refs, old_refs) in [
+            (SecretKind::Secret, &c.secrets, &old_c.secrets),
+            (SecretKind::Config, &c.configs, &old_c.configs),
+        ] {
+            for r in refs {
+                let same = |o: &&shoal_proto::SecretReference| {
+                    (!r.secret_id.is_empty() && o.secret_id == r.secret_id)
+                        || (!r.secret_name.is_empty() && o.secret_name == r.secret_name)
+                };
+                if old_refs.iter().any(|o| same(&o)) {
+                    continue;
+                }
+                let found = secrets.iter().find(|s| {
+                    s.kind() == kind
+                        && (s.id == r.secret_id
+                            || (!r.secret_name.is_empty() && s.name == r.secret_name))
+                });
+                let name = found.map(|s| s.name.clone()).unwrap_or_else(|| r.secret_name.clone());
+                let coll = match found {
+                    Some(s) => labelled(&s.labels)?,
+                    None => access::DEFAULT_COLLECTION.to_string(),
+                };
+                let op = format!("{}.use", kind.word());
+                self.check(who, &op, &format!("{}:{name}", kind.word()), &coll, true)?;
+            }
+        }
+        let networks = self.shared.store.list::<shoal_proto::Network>()?;
+        let old_nets = old.map(|o| o.networks.clone()).unwrap_or_default();
+        for n in &spec.networks {
+            if old_nets.iter().any(|o| o.target == n.target) {
+                continue;
+            }
+            let found = networks
+                .iter()
+                .find(|x| x.id == n.target || x.spec.as_ref().is_some_and(|s| s.name == n.target));
+            if let Some(net) = found {
+                let s = net.spec.clone().unwrap_or_default();
+                self.check(
+                    who,
+                    "network.use",
+                    &format!("network:{}", s.name),
+                    &labelled(&s.labels)?,
+                    true,
+                )?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

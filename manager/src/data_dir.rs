@@ -16,6 +16,7 @@ pub(crate) struct Parts {
     pub store: Arc<Store>,
     pub storage: LogStorage,
     pub data_keys: Arc<DataKeyState>,
+    pub audit: Arc<crate::access::Audit>,
 }
 
 pub(crate) fn open_parts(store_dir: &Path, keys: DataKeys) -> Result<Parts, ManagerError> {
@@ -36,7 +37,8 @@ pub(crate) fn open_parts(store_dir: &Path, keys: DataKeys) -> Result<Parts, Mana
         store: store.clone(),
         rotation: Mutex::new(()),
     });
-    Ok(Parts { store, storage, data_keys })
+    let audit = Arc::new(crate::access::Audit::open(store_dir.join("audit.log")));
+    Ok(Parts { store, storage, data_keys, audit })
 }
 
 pub(crate) fn key_files(store_dir: &Path) -> KeyFiles {

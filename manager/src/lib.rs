@@ -1,6 +1,7 @@
 //! Shoal's manager: the object store, the CA, the control API, the dispatcher, and the
 //! authorization table that guards them. Never runs containers (that is the agent's job).
 
+pub mod access;
 pub mod assignments;
 pub mod authz;
 pub mod ca_server;
@@ -14,6 +15,7 @@ pub mod logs;
 pub mod manager;
 pub mod networks;
 pub mod orchestrator;
+mod people;
 pub mod raft;
 mod reference;
 pub mod removal;

@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     /// Pins service images to digests; made on first use with default settings unless the
     /// daemon gave it the node's ([`Manager::use_registry`]).
     registry: Mutex<Option<shoal_registry::Client>>,
+    /// Every changing call and every denied one, by whom (see `crate::access`).
+    pub audit: Arc<crate::access::Audit>,
 }
 
 /// A running manager. Cheap to clone.
@@ -328,6 +330,7 @@ impl Manager {
             data_keys: parts.data_keys,
             renew_pace: Default::default(),
             registry: Mutex::new(None),
+            audit: parts.audit,
         };
         shared.refresh_access();
         let manager = Manager { shared: Arc::new(shared) };

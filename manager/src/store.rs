@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use prost::Message;
 use shoal_proto::{
-    Cluster, Member, Meta, NameClaim, Network, Node, Precondition, Secret, Service, SnapshotRecord,
-    StoreBatch, StoreSnapshot, Task, Write,
+    AccessRole, Cluster, Grant, Member, Meta, NameClaim, Network, Node, Precondition, Secret,
+    Service, SnapshotRecord, StoreBatch, StoreSnapshot, Task, Team, User, Write,
 };
 use tokio::sync::broadcast;
 
@@ -78,6 +78,10 @@ impl_object!(Task, "task");
 impl_object!(Secret, "secret");
 impl_object!(NameClaim, "name");
 impl_object!(Network, "network");
+impl_object!(User, "user");
+impl_object!(Team, "team");
+impl_object!(AccessRole, "role");
+impl_object!(Grant, "grant");
 
 /// One applied change, as seen by watchers.
 #[derive(Clone, Debug, PartialEq, Eq)]

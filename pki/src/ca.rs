@@ -133,6 +133,54 @@ impl RootCa {
     }
 }
 
+impl RootCa {
+    /// Signs a user's CSR (its public key only): OU `shoal-user`, CN `name`, client
+    /// authentication only, valid for `expiry` from `now`.
+    pub fn sign_user_csr(
+        &self,
+        csr_der: &[u8],
+        name: &str,
+        cluster_id: &str,
+        expiry: Duration,
+        now: SystemTime,
+    ) -> Result<IssuedCert, PkiError> {
+        if expiry < MIN_CERT_EXPIRY {
+            return Err(PkiError::ExpiryTooShort {
+                requested_secs: expiry.as_secs(),
+                minimum_secs: MIN_CERT_EXPIRY.as_secs(),
+            });
+        }
+        crate::user::check_name("user", name)?;
+        check_cluster_id(cluster_id)?;
+        let public_key = csr_public_key(csr_der)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, cluster_id);
+        dn.push(DnType::OrganizationalUnitName, crate::user::USER_OU);
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.serial_number = Some(random_serial());
+        // A few minutes back for clocks that lag; never the hour nodes get (a removed and
+        // re-created user's new certificate must not predate its creation by much).
+        params.not_before = system_to_asn1(now - Duration::from_secs(300))?.to_datetime();
+        params.not_after = system_to_asn1(now + expiry)?.to_datetime();
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&public_key, &self.issuer)
+            .map_err(|e| PkiError::Signing(e.to_string()))?;
+        let parsed = parse_cert(cert.der())?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            serial_hex: serial_hex(&parsed),
+            not_before: asn1_to_system(parsed.validity().not_before),
+            not_after: asn1_to_system(parsed.validity().not_after),
+        })
+    }
+}
+
 impl fmt::Debug for RootCa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RootCa")

@@ -11,6 +11,7 @@ pub mod renew;
 pub mod tls;
 pub mod token;
 pub mod tunnel;
+pub mod user;
 
 pub use ca::{IssuedCert, RootCa};
 pub use node::{certificate_chain_pem, NodeKey, PeerIdentity};
@@ -18,6 +19,7 @@ pub use node::{certificate_chain_pem, NodeKey, PeerIdentity};
 pub use shoal_role::{Role, UnknownRoleError};
 pub use tls::{CapturedServerCerts, ManagerTrust, ReloadableCert, Revocations};
 pub use token::{JoinToken, TokenError};
+pub use user::UserIdentity;
 
 /// DNS SAN that clients verify managers against.
 pub const MANAGER_SERVER_NAME: &str = "shoal-manager";

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use hyper_util::rt::TokioIo;
-use shoal_pki::{certificate_chain_pem, NodeKey, ReloadableCert};
+use shoal_pki::{certificate_chain_pem, NodeKey, ReloadableCert, UserIdentity};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
 
@@ -83,6 +83,9 @@ fn client_tls(files: &TlsFiles) -> Result<rustls::ClientConfig> {
     let ca = read(&files.ca, "--tlscacert")?;
     let chain = certificate_chain_pem(&read(&files.cert, "--tlscert")?).context("--tlscert")?;
     let key = NodeKey::from_pem(&read(&files.key, "--tlskey")?).context("--tlskey")?;
+    if UserIdentity::from_pem(&chain).is_ok() {
+        return shoal_pki::tls::user_client_config(&ca, &chain, &key).context("--tlscert/--tlskey");
+    }
     let cert = ReloadableCert::new(&chain, &key).context("--tlscert/--tlskey")?;
     Ok(shoal_pki::tls::client_config(&ca, Some(cert))?)
 }

@@ -10,6 +10,7 @@ use shoal_proto::daemon_client::DaemonClient;
 use shoal_proto::*;
 use tonic::transport::Channel;
 
+pub mod access;
 pub mod client;
 pub mod image;
 pub mod login;
@@ -41,6 +42,14 @@ pub struct Cli {
     /// Client private key (tcp:// only)
     #[arg(long, global = true)]
     pub tlskey: Option<PathBuf>,
+    /// Verify the manager and present a client certificate (tcp:// is always TLS; accepted
+    /// for Docker's muscle memory)
+    #[arg(long, env = "SHOAL_TLS_VERIFY", global = true,
+          value_parser = clap::builder::FalseyValueParser::new())]
+    pub tlsverify: bool,
+    /// Directory holding ca.pem, cert.pem and key.pem (a client bundle), for the flags not given
+    #[arg(long, env = "SHOAL_CERT_PATH", global = true)]
+    pub cert_path: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -68,6 +77,21 @@ pub enum Command {
     /// Manage networks
     #[command(subcommand)]
     Network(network::NetworkCmd),
+    /// Manage users (people with client bundles)
+    #[command(subcommand)]
+    User(access::UserCmd),
+    /// Manage teams of users
+    #[command(subcommand)]
+    Team(access::TeamCmd),
+    /// Manage roles (sets of operations)
+    #[command(subcommand)]
+    Role(access::RoleCmd),
+    /// Manage grants (subject, role, collection)
+    #[command(subcommand)]
+    Grant(access::GrantCmd),
+    /// Cluster-wide records: the audit log
+    #[command(subcommand)]
+    System(access::SystemCmd),
     /// Manage this node's volumes
     #[command(subcommand)]
     Volume(volume::VolumeCmd),
@@ -108,7 +132,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         return login::logout(server);
     }
     let host = client::parse_host(&cli.host)?;
-    let tls = TlsFiles { ca: cli.tlscacert, cert: cli.tlscert, key: cli.tlskey };
+    let in_bundle = |name: &str| cli.cert_path.as_ref().map(|d| d.join(name));
+    let tls = TlsFiles {
+        ca: cli.tlscacert.clone().or_else(|| in_bundle("ca.pem")),
+        cert: cli.tlscert.clone().or_else(|| in_bundle("cert.pem")),
+        key: cli.tlskey.clone().or_else(|| in_bundle("key.pem")),
+    };
     let channel = client::connect(&host, &tls).await?;
     match cli.command {
         Command::Swarm(cmd) => swarm::run(cmd, channel, &host).await,
@@ -122,6 +151,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             local_only(&host)?;
             image::run(cmd, channel).await
         }
+        Command::User(cmd) => access::user(cmd, channel, &host).await,
+        Command::Team(cmd) => access::team(cmd, channel).await,
+        Command::Role(cmd) => access::role(cmd, channel).await,
+        Command::Grant(cmd) => access::grant(cmd, channel).await,
+        Command::System(cmd) => access::system(cmd, channel).await,
         Command::Volume(cmd) => {
             local_only(&host)?;
             volume::run(cmd, channel).await

@@ -408,4 +408,20 @@ delegate! {
     get_network(GetNetworkRequest) -> NetworkResponse;
     list_networks(ListNetworksRequest) -> ListNetworksResponse;
     remove_network(RemoveNetworkRequest) -> RemoveNetworkResponse;
+    create_user(UserRequest) -> UserResponse;
+    get_user(UserRequest) -> UserResponse;
+    list_users(ListUsersRequest) -> ListUsersResponse;
+    remove_user(UserRequest) -> RemoveResponse;
+    issue_user_certificate(IssueUserCertificateRequest) -> IssueUserCertificateResponse;
+    create_team(TeamRequest) -> Team;
+    update_team(TeamRequest) -> Team;
+    list_teams(ListTeamsRequest) -> ListTeamsResponse;
+    remove_team(TeamRequest) -> RemoveResponse;
+    create_role(RoleRequest) -> AccessRole;
+    list_roles(ListRolesRequest) -> ListRolesResponse;
+    remove_role(RoleRequest) -> RemoveResponse;
+    create_grant(CreateGrantRequest) -> Grant;
+    list_grants(ListGrantsRequest) -> ListGrantsResponse;
+    remove_grant(RemoveGrantRequest) -> RemoveResponse;
+    read_audit(ReadAuditRequest) -> ReadAuditResponse;
 }

@@ -91,18 +91,45 @@ fn webpki_server_verifier(root_ca_pem: &str) -> Result<Arc<WebPkiServerVerifier>
         .map_err(|e| PkiError::Tls(format!("cannot build the server verifier: {e}")))
 }
 
-fn client_config_with(
-    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
-    cert: Option<Arc<ReloadableCert>>,
-) -> ClientConfig {
-    let builder = match ClientConfig::builder_with_provider(ring_provider())
+/// Client config for a person holding a client bundle: trusts only the cluster root and
+/// presents the user certificate (OU `shoal-user`) and its key. Unlike a node's, a person's
+/// certificate is not renewed in place, so it needs no reloadable resolver.
+pub fn user_client_config(
+    root_ca_pem: &str,
+    cert_chain_pem: &str,
+    key: &crate::NodeKey,
+) -> Result<ClientConfig, PkiError> {
+    let verifier = webpki_server_verifier(root_ca_pem)?;
+    let chain = certs_from_pem(cert_chain_pem)?;
+    crate::UserIdentity::from_der(&chain[0])?;
+    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+        key.pkcs8_der(),
+    ));
+    let mut config = tls13_client_builder()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(chain, der)
+        .map_err(|e| PkiError::BadKey(format!("the certificate and key do not match ({e})")))?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
+}
+
+fn tls13_client_builder() -> rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier> {
+    match ClientConfig::builder_with_provider(ring_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
     {
         Ok(builder) => builder,
         // The ring provider always supports TLS 1.3; reaching this is a build bug.
         Err(e) => panic!("ring provider rejected TLS 1.3: {e}"),
-    };
-    let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
+    }
+}
+
+fn client_config_with(
+    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    cert: Option<Arc<ReloadableCert>>,
+) -> ClientConfig {
+    let builder = tls13_client_builder().dangerous().with_custom_certificate_verifier(verifier);
     let mut config = match cert {
         Some(cert) => builder.with_client_cert_resolver(cert),
         None => builder.with_no_client_auth(),
