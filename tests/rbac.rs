@@ -387,3 +387,102 @@ fn audit(env: &Env) {
     let all = env.admin(&["system", "audit", "--since", "1h"]);
     assert!(all.contains("root (local socket)") && all.contains("user:bob"), "{all}");
 }
+
+/// Every manager serves people from the replicated grants and keeps its own audit log;
+/// `system audit` on one manager reads them all, each entry naming the manager that served it;
+/// a user removed through one manager is refused by the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_manager_serves_people_and_audit_reads_every_managers_log() {
+    let ms = shoal_testkit::cluster::three_managers(Duration::from_secs(5)).await;
+    let mut addrs = Vec::new();
+    for m in &ms {
+        addrs.push(m.daemon.info().await.state.unwrap().advertise_addr);
+    }
+    let ids = [ms[0].id().await, ms[1].id().await, ms[2].id().await];
+    let dir = tempfile::tempdir().unwrap();
+    let bundles = dir.path().join("bundles");
+    let socket = ms[0].socket.clone();
+    tokio::task::spawn_blocking(move || {
+        let at = |i: usize| Env {
+            socket: socket.clone(),
+            addr: addrs[i].clone(),
+            bundles: bundles.clone(),
+        };
+        let m1 = at(0);
+        m1.admin(&[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "--label",
+            &label("/shared/prod"),
+            "img",
+            "x",
+        ]);
+        m1.admin(&["user", "create", "zoe"]);
+        m1.admin(&["user", "bundle", "zoe", "-o", &bundles.join("zoe").display().to_string()]);
+        m1.admin(&[
+            "grant",
+            "create",
+            "--subject",
+            "user:zoe",
+            "--role",
+            "view-only",
+            "--collection",
+            "/shared/prod",
+        ]);
+        // Followers apply the grant a moment after the leader acknowledges it.
+        let until = |what: &str, f: &dyn Fn() -> bool| {
+            let end = std::time::Instant::now() + Duration::from_secs(15);
+            while !f() {
+                assert!(std::time::Instant::now() < end, "timed out: {what}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+        for i in [1, 2] {
+            until("a follower serves zoe", &|| {
+                at(i).user("zoe", &["service", "inspect", "web"]).status.success()
+            });
+        }
+        let out = at(1).user("zoe", &["service", "rm", "web"]);
+        assert!(
+            !out.status.success() && text(&out).contains("may not service.remove"),
+            "{}",
+            text(&out)
+        );
+        let out = at(2).user("zoe", &["secret", "create", "z1", "-"]);
+        assert!(
+            !out.status.success() && text(&out).contains("may not secret.create"),
+            "{}",
+            text(&out)
+        );
+
+        let log = m1.admin(&["system", "audit", "--subject", "user:zoe"]);
+        let lines: Vec<serde_json::Value> =
+            log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let served = |op: &str| {
+            lines
+                .iter()
+                .find(|e| e["operation"] == op && e["decision"] == "deny")
+                .map(|e| e["manager"].clone())
+        };
+        assert_eq!(served("service.remove"), Some(ids[1].clone().into()), "{log}");
+        assert_eq!(served("secret.create"), Some(ids[2].clone().into()), "{log}");
+        let all = m1.admin(&["system", "audit"]);
+        assert!(all.contains("\"user.create\"") && all.contains(&ids[0]), "{all}");
+
+        m1.admin(&["user", "rm", "zoe"]);
+        for i in [1, 2] {
+            until("a follower refuses a removed user", &|| {
+                let out = at(i).user("zoe", &["service", "inspect", "web"]);
+                !out.status.success() && text(&out).contains("zoe")
+            });
+        }
+    })
+    .await
+    .unwrap();
+    for m in ms {
+        m.kill().await;
+    }
+}

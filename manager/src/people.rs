@@ -392,7 +392,19 @@ pub(crate) async fn read_audit(
     req: ReadAuditRequest,
 ) -> Result<ReadAuditResponse, Status> {
     admin(shared, who, "audit.read", "audit", false)?;
-    let mut entries = shared.audit.read(req.since_ms, &req.subject);
+    // Each entry says which manager served the call it records.
+    let mut entries: Vec<String> = shared
+        .audit
+        .read(req.since_ms, &req.subject)
+        .into_iter()
+        .map(|line| match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(serde_json::Value::Object(mut e)) => {
+                e.insert("manager".into(), shared.local_node_id.clone().into());
+                serde_json::Value::Object(e).to_string()
+            }
+            _ => line,
+        })
+        .collect();
     if !req.local_only {
         for m in shared.members()?.into_iter().filter(|m| m.node_id != shared.local_node_id) {
             let ask = ReadAuditRequest { local_only: true, ..req.clone() };
