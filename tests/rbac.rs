@@ -53,6 +53,16 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// As root on the local socket, expecting a refusal; returns what was said.
+    fn admin_fails(&self, args: &[&str]) -> String {
+        let host = format!("unix://{}", self.socket.display());
+        let mut all = vec!["-H", host.as_str()];
+        all.extend(args);
+        let out = self.run(&all, &[], None);
+        assert!(!out.status.success(), "shoal {args:?} should fail: {}", text(&out));
+        text(&out)
+    }
+
     /// As `user`, with their bundle, over the cluster port.
     fn user(&self, user: &str, args: &[&str]) -> Output {
         let envs = [
@@ -298,7 +308,33 @@ fn table(env: &Env) {
     let ls = listed("dave", &["node", "ls"]);
     assert!(ls.contains(node), "{ls}");
 
-    // A user renews their own bundle with the certificate they hold.
+    // Managing people: a member added to a team gains its grants and loses them when taken
+    // out; a removed grant stops working; a role a grant uses cannot be removed.
+    let kube_secret = ["secret", "inspect", "kubesecret"];
+    env.admin(&["team", "add", "masters", "frank"]);
+    assert!(env.user("frank", &kube_secret).status.success(), "a new member of masters");
+    env.admin(&["team", "rm", "masters", "frank"]);
+    assert!(!env.user("frank", &kube_secret).status.success(), "taken out of masters");
+    let users = env.admin(&["user", "ls"]);
+    assert!(["alice", "bob", "grace"].iter().all(|u| users.contains(u)), "{users}");
+    let grace = env.admin(&["user", "inspect", "grace"]);
+    assert!(grace.contains("deployer") && grace.contains("/shared/prod"), "{grace}");
+    let refused = env.admin_fails(&["role", "rm", "deployer"]);
+    assert!(refused.contains("remove the grant first"), "{refused}");
+    assert!(env.admin(&["grant", "ls"]).contains("user:grace"));
+    env.admin(&["grant", "rm", "user:grace,deployer,/shared/prod"]);
+    assert!(!env.user("grace", &["secret", "inspect", "prodsecret"]).status.success());
+    env.admin(&["role", "rm", "deployer"]);
+    assert!(!env.admin(&["role", "ls"]).contains("deployer"));
+
+    // A user renews their own bundle with the certificate they hold, for no longer than the
+    // default.
+    let longer = env.bundles.join("carol-long");
+    let out = env.user(
+        "carol",
+        &["user", "bundle", "carol", "-o", &longer.display().to_string(), "--validity", "2000h"],
+    );
+    assert!(!out.status.success() && text(&out).contains("at most 30 days"), "{}", text(&out));
     let renewed = env.bundles.join("carol-new");
     let out = env.user("carol", &["user", "bundle", "carol", "-o", &renewed.display().to_string()]);
     assert!(out.status.success(), "{}", text(&out));

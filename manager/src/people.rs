@@ -20,6 +20,8 @@ use crate::store::StoreError;
 
 /// How long a user certificate lasts unless asked otherwise (UCP's client bundles: 30 days).
 pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Certificates a user may hold at once (bundles on several machines, renewals).
+const MAX_LIVE_CERTS: usize = 8;
 /// The longest a user certificate may last.
 pub const MAX_VALIDITY: Duration = Duration::from_secs(366 * 24 * 3600);
 
@@ -144,6 +146,13 @@ pub(crate) async fn issue_certificate(
     if validity > MAX_VALIDITY {
         return Err(Status::invalid_argument("a user certificate lasts at most 366 days"));
     }
+    // A person renewing themselves may not outlast what an administrator would give by default.
+    if matches!(who, Who::User(p) if p.name == req.name) && validity > DEFAULT_VALIDITY {
+        return Err(Status::permission_denied(format!(
+            "a renewal you make yourself lasts at most {} days; ask an administrator for longer",
+            DEFAULT_VALIDITY.as_secs() / 86_400
+        )));
+    }
     let cluster = shared
         .store
         .get::<Cluster>(&shared.cluster_id)?
@@ -163,6 +172,9 @@ pub(crate) async fn issue_certificate(
             let now = now_ms();
             user.certs.retain(|c| c.not_after_ms > now);
             user.certs.push(UserCert { serial_hex: serial.clone(), not_after_ms });
+            // A bounded list: past the limit the certificates expiring soonest stop working.
+            user.certs.sort_by_key(|c| std::cmp::Reverse(c.not_after_ms));
+            user.certs.truncate(MAX_LIVE_CERTS);
             tx.update(user)?;
             Ok::<_, Status>(())
         })

@@ -46,7 +46,11 @@ pub enum TeamCmd {
         members: Vec<String>,
     },
     /// Add users to a team
-    Add { team: String, users: Vec<String> },
+    Add {
+        team: String,
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
     /// Remove users from a team, or the team itself when no user is named
     #[command(alias = "remove")]
     Rm { team: String, users: Vec<String> },
