@@ -147,6 +147,12 @@ pub fn widenings(c: &ContainerSpec) -> Vec<String> {
     if c.landlock_off {
         out.push("landlock off".into());
     }
+    if let Some(o) = &c.selinux {
+        out.extend(shoal_proto::spec::mac::selinux_option_names(o));
+    }
+    if !matches!(c.apparmor.as_str(), "" | shoal_proto::spec::mac::APPARMOR_DEFAULT) {
+        out.push(format!("apparmor={}", c.apparmor));
+    }
     out
 }
 

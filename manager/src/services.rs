@@ -167,6 +167,29 @@ fn check_widenings(
             )));
         }
     }
+    use shoal_proto::spec::mac;
+    let label = |c: &shoal_proto::ContainerSpec| mac::selinux_overridden(c.selinux.as_ref());
+    if label(c)
+        && old.is_none_or(|o| o.selinux != c.selinux)
+        && !described.iter().any(|d| d.allows_label_override)
+    {
+        let asked = mac::selinux_option_names(c.selinux.as_ref().unwrap_or(&Default::default()));
+        return Err(ServiceError::NoNodeAllows(format!(
+            "no node lets tasks override their SELinux label ({}); start shoald with --task-allow-label-override on the nodes that should run this service",
+            asked.join(", ")
+        )));
+    }
+    if !c.apparmor.is_empty() && old.is_none_or(|o| o.apparmor != c.apparmor) {
+        let wanted = c.apparmor.as_str();
+        let allows = |d: &&shoal_proto::NodeDescription| {
+            wanted == mac::APPARMOR_DEFAULT || d.allowed_apparmor.iter().any(|a| a == wanted)
+        };
+        if !described.iter().any(allows) {
+            return Err(ServiceError::NoNodeAllows(format!(
+                "no node lets tasks run under AppArmor profile {wanted}; start shoald with --task-allow-apparmor {wanted} on the nodes that should run this service"
+            )));
+        }
+    }
     let binds = |c: &shoal_proto::ContainerSpec| c.mounts.iter().any(|m| m.r#type == "bind");
     if binds(c) && !old.is_some_and(binds) && !described.iter().any(|d| d.allows_binds) {
         return Err(ServiceError::NoNodeAllows(
@@ -464,4 +487,61 @@ pub(crate) async fn update_node(
         .await?;
     tracing::info!(node = %node.id, hostname = %node.hostname, availability = node.availability().word(), "node updated");
     Ok(shared.store.get::<Node>(&node.id)?.unwrap_or(node))
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_proto::{ContainerSpec, NodeDescription, SelinuxOptions, ServiceSpec};
+
+    use super::*;
+
+    fn node(desc: Option<NodeDescription>) -> Node {
+        Node { id: "n1".into(), description: desc, ..Default::default() }
+    }
+
+    fn service(c: ContainerSpec) -> ServiceSpec {
+        ServiceSpec { container: Some(c), ..Default::default() }
+    }
+
+    fn refusal(nodes: &[Node], c: ContainerSpec) -> String {
+        match check_widenings(nodes, &service(c), None) {
+            Err(e) => e.to_string(),
+            Ok(()) => String::new(),
+        }
+    }
+
+    #[test]
+    fn mac_relaxations_no_node_allows_are_refused_at_create() {
+        let strict = [node(Some(NodeDescription::default()))];
+        let level = SelinuxOptions { level: "s0:c1,c2".into(), ..Default::default() };
+        let labelled = ContainerSpec { selinux: Some(level.clone()), ..Default::default() };
+        let e = refusal(&strict, labelled.clone());
+        assert!(
+            e.contains("label=level:s0:c1,c2") && e.contains("--task-allow-label-override"),
+            "{e}"
+        );
+        let unconfined = ContainerSpec { apparmor: "unconfined".into(), ..Default::default() };
+        let e = refusal(&strict, unconfined.clone());
+        assert!(e.contains("--task-allow-apparmor unconfined"), "{e}");
+        assert_eq!(refusal(&strict, ContainerSpec::default()), "", "defaults always pass");
+
+        let relaxed = [
+            node(Some(NodeDescription::default())),
+            node(Some(NodeDescription {
+                allows_label_override: true,
+                allowed_apparmor: vec!["unconfined".into()],
+                ..Default::default()
+            })),
+        ];
+        assert_eq!(refusal(&relaxed, labelled.clone()), "", "one node allowing it is enough");
+        assert_eq!(refusal(&relaxed, unconfined), "");
+        let other = ContainerSpec { apparmor: "my-profile".into(), ..Default::default() };
+        assert!(refusal(&relaxed, other).contains("AppArmor profile my-profile"));
+
+        let unknown = [node(Some(NodeDescription::default())), node(None)];
+        assert_eq!(refusal(&unknown, labelled.clone()), "", "a node yet to describe itself may");
+
+        let same = service(labelled.clone());
+        check_widenings(&strict, &same, Some(&same)).expect("an update that keeps it is not new");
+    }
 }

@@ -124,7 +124,13 @@ impl BareBundle {
             RootfsSource::Dir(opts.rootfs.clone()),
             vec!["/bin/true".into()],
         );
-        rootfs::mount_rootfs(&rootfs::BundleDirs::new(dir.clone()), &spec.rootfs, None, true)?;
+        rootfs::mount_rootfs(
+            &rootfs::BundleDirs::new(dir.clone()),
+            &spec.rootfs,
+            None,
+            true,
+            None,
+        )?;
         oci::save(&rt.oci_config(&spec)?, &dir)?;
         Ok(BareBundle { dir, state })
     }

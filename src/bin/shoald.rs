@@ -68,6 +68,14 @@ struct Args {
     /// root, /, /proc, /sys, /dev and sockets stay refused
     #[arg(long, value_name = "DIR")]
     task_allow_bind: Vec<PathBuf>,
+    /// Let tasks set their own SELinux type or level, or run unlabelled (label=type:T,
+    /// label=level:L, label=disable); by default each gets container_t and its own categories
+    #[arg(long)]
+    task_allow_label_override: bool,
+    /// An AppArmor profile tasks may run under instead of shoal-default (repeat it;
+    /// `unconfined` allows none at all)
+    #[arg(long, value_name = "PROFILE")]
+    task_allow_apparmor: Vec<String>,
     /// Run tasks that ask for a user namespace as this user's subordinate ids (/etc/subuid)
     #[arg(long, value_name = "USER")]
     userns_remap: Option<String>,
@@ -136,6 +144,12 @@ async fn run() -> Result<()> {
         }
     }
     policy.allowed_bind_prefixes = args.task_allow_bind.clone();
+    policy.allow_label_override = args.task_allow_label_override;
+    for name in &args.task_allow_apparmor {
+        shoal_proto::spec::mac::check_apparmor(name)
+            .map_err(|e| anyhow::anyhow!("--task-allow-apparmor: {e}"))?;
+        policy.allowed_apparmor.insert(name.clone());
+    }
     let insecure = args
         .insecure_registry
         .iter()

@@ -143,6 +143,23 @@ fn node_json(r: &GetNodeResponse) -> serde_json::Value {
         },
         "TunnelKeys": tunnel_keys(&n),
     });
+    if let Some(d) = &n.description {
+        value["Description"] = json!({
+            "Platform": {
+                "OS": d.os,
+                "Architecture": d.arch,
+                "MAC": d.mac,
+            },
+            "Resources": { "NanoCPUs": d.nano_cpus, "MemoryBytes": d.memory_bytes },
+            "Security": d.mac_detail,
+            "TaskPolicy": {
+                "CapAdd": d.allowed_cap_add,
+                "Binds": d.allows_binds,
+                "LabelOverride": d.allows_label_override,
+                "AppArmor": d.allowed_apparmor,
+            },
+        });
+    }
     if let Some(m) = &r.manager_status {
         let reachability = if m.reachable { "reachable" } else { "unreachable" };
         value["ManagerStatus"] =
@@ -186,6 +203,13 @@ pub fn node_inspect(found: &[GetNodeResponse], pretty: bool) -> Result<String> {
         }
         let _ = writeln!(out, "Status:              {} {}", n.state().word(), n.state_message);
         let _ = writeln!(out, "Availability:        {}", n.availability().word());
+        if let Some(d) = &n.description {
+            let layers = if d.mac.is_empty() { "none".to_string() } else { d.mac.join(", ") };
+            let _ = writeln!(out, "MAC layers:          {layers}");
+            if !d.mac_detail.is_empty() {
+                let _ = writeln!(out, "Security:            {}", d.mac_detail);
+            }
+        }
         let _ = writeln!(out, "Certificate serial:  {}", cert.serial_hex);
         let _ = writeln!(out, "Certificate expiry:  {}", rfc3339_secs(cert.not_after_unix));
         match n.tunnel_keys.first() {
@@ -278,6 +302,9 @@ pub fn info(r: &InfoResponse) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Swarm: {}", r.swarm_state);
     let _ = writeln!(out, " Data root: {}", r.data_root);
+    if !r.security.is_empty() {
+        let _ = writeln!(out, " Security: {}", r.security);
+    }
     if r.node_id.is_empty() {
         return out;
     }

@@ -303,6 +303,7 @@ impl DaemonRpc for LocalApi {
         let mut resp = InfoResponse {
             swarm_state: "inactive".into(),
             data_root: self.daemon.files().root().display().to_string(),
+            security: self.daemon.security().await,
             ..Default::default()
         };
         if let Some(state) = &info.state {

@@ -96,6 +96,7 @@ impl OciRuntime {
             Ok(t) => t,
             Err(e) => {
                 let _ = self.remove_remains(&dirs, &self.cgroup_path(&spec.id));
+                self.mcs.release(&spec.id);
                 return Err(e);
             }
         };
@@ -113,9 +114,12 @@ impl OciRuntime {
         let remap = self.userns(spec);
         rootfs::private_dir(&dirs.bundle, remap.map(|(_, gids)| gids.host_start))?;
         rootfs::private_dir(&dirs.logs(), None)?;
+        // The task's own files carry its SELinux file label, where SELinux is on.
+        let label = config.linux().as_ref().and_then(|l| l.mount_label().clone());
         // A task that may gain privileges keeps its setuid files working; its bundle is 0700.
-        rootfs::mount_rootfs(dirs, &spec.rootfs, remap, !spec.allow_new_privileges)?;
-        super::secrets::mount_files(dirs, &spec.files, self.userns(spec))?;
+        let nosuid = !spec.allow_new_privileges;
+        rootfs::mount_rootfs(dirs, &spec.rootfs, remap, nosuid, label.as_deref())?;
+        super::secrets::mount_files(dirs, &spec.files, self.userns(spec), label.as_deref())?;
         oci::save(config, &dirs.bundle)?;
         let (stdout, out_r) = log_fifo(&dirs.bundle.join(STDOUT_FIFO))?;
         let (stderr, err_r) = log_fifo(&dirs.bundle.join(STDERR_FIFO))?;
@@ -169,6 +173,7 @@ impl OciRuntime {
         }
         let (tx, rx) = watch::channel(None);
         let exec_landlock = adopted_exec_landlock(&dirs.bundle);
+        self.claim_adopted_categories(id, &dirs.bundle);
         let task = Task {
             dirs,
             cgroup: cgroup.clone(),
@@ -270,6 +275,7 @@ impl OciRuntime {
         }
         self.remove_remains(&task.dirs, &task.cgroup)?;
         self.tasks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.mcs.release(id);
         Ok(())
     }
 
@@ -344,6 +350,20 @@ fn keep_dir(from: &Path, to: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(RuntimeError::io("keeping the logs of", from, e)),
+    }
+}
+
+impl OciRuntime {
+    /// Takes back the SELinux category pair an adopted container runs with (from its saved
+    /// config), so no new task is given it while the container lives.
+    fn claim_adopted_categories(&self, id: &str, bundle: &Path) {
+        let Ok(config) = oci_spec::runtime::Spec::load(bundle.join("config.json")) else { return };
+        let label = config.process().as_ref().and_then(|p| p.selinux_label().clone());
+        if let Some(pair) = label.as_deref().and_then(super::mcs::McsPair::from_label) {
+            if !self.mcs.claim(id, pair) {
+                tracing::warn!(task = id, categories = %pair, "an adopted task shares its SELinux categories with another");
+            }
+        }
     }
 }
 

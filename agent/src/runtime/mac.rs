@@ -16,8 +16,11 @@
 
 use std::path::{Path, PathBuf};
 
+use shoal_proto::spec::mac::{APPARMOR_DEFAULT, SELINUX_FILE_TYPE, SELINUX_PROCESS_TYPE};
+
 use super::error::{Result, RuntimeError};
-use super::spec::TaskSpec;
+use super::mcs::McsPair;
+use super::spec::{AppArmorChoice, SelinuxChoice, TaskSpec};
 
 /// The Landlock helper's file name under the directory it is installed in.
 const HELPER_NAME: &str = "shoal-landlock";
@@ -42,6 +45,15 @@ pub enum LandlockHelper {
     Missing(String),
 }
 
+/// Whether `shoal-default` is loaded, where the host has AppArmor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppArmorProfile {
+    /// Loaded: tasks run under it.
+    Loaded,
+    /// Not loaded, and why: tasks that would run under it are REJECTED, never run unconfined.
+    Failed(String),
+}
+
 /// What MAC this host offers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MacSupport {
@@ -51,6 +63,18 @@ pub struct MacSupport {
     pub apparmor: bool,
     /// The helper that applies Landlock to tasks; used only where the kernel has Landlock.
     pub landlock_helper: LandlockHelper,
+    /// The state of `shoal-default`; used only where the host has AppArmor.
+    pub apparmor_profile: AppArmorProfile,
+}
+
+/// The SELinux labels of one task: its processes' and its files'.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskLabels {
+    /// `process.selinuxLabel`, e.g. `system_u:system_r:container_t:s0:c1,c2`.
+    pub process: String,
+    /// `linux.mountLabel` and the label of the task's rootfs, secrets and volumes, e.g.
+    /// `system_u:object_r:container_file_t:s0:c1,c2`.
+    pub file: String,
 }
 
 impl MacSupport {
@@ -61,7 +85,94 @@ impl MacSupport {
             landlock_abi: shoal_landlock::kernel_abi(),
             apparmor: apparmor(),
             landlock_helper: LandlockHelper::Missing("its helper was never installed".into()),
+            apparmor_profile: AppArmorProfile::Failed("shoal-default was never loaded".into()),
         }
+    }
+
+    /// Where the host has AppArmor, writes `shoal-default` to `dir` and loads it.
+    pub fn with_apparmor_profile(mut self, dir: &Path) -> MacSupport {
+        if self.apparmor {
+            self.apparmor_profile =
+                match super::apparmor::write_and_load(&super::apparmor::parser(), dir, false) {
+                    Ok(_) => AppArmorProfile::Loaded,
+                    Err(why) => AppArmorProfile::Failed(why),
+                };
+        }
+        self
+    }
+
+    /// Whether tasks get SELinux labels here: SELinux enforcing or permissive.
+    pub fn labels_tasks(&self) -> bool {
+        matches!(self.selinux, Selinux::Enforcing | Selinux::Permissive)
+    }
+
+    /// The labels of a task asking for `choice`, holding `pair` (its categories, from the
+    /// node's allocator, unless the task names a level); `None` where SELinux is off here or
+    /// the task disables labelling.
+    pub fn task_labels(&self, choice: &SelinuxChoice, pair: Option<McsPair>) -> Option<TaskLabels> {
+        if !self.labels_tasks() {
+            return None;
+        }
+        let (kind, level) = match choice {
+            SelinuxChoice::Disable => return None,
+            SelinuxChoice::Default => (None, None),
+            SelinuxChoice::Custom { kind, level } => (kind.clone(), level.clone()),
+        };
+        let level = level.or_else(|| pair.map(McsPair::level)).unwrap_or_else(|| "s0".into());
+        let kind = kind.unwrap_or_else(|| SELINUX_PROCESS_TYPE.to_string());
+        Some(TaskLabels {
+            process: format!("system_u:system_r:{kind}:{level}"),
+            file: format!("system_u:object_r:{SELINUX_FILE_TYPE}:{level}"),
+        })
+    }
+
+    /// Whether a task asking for `choice` needs a category pair from the allocator.
+    pub fn needs_pair(&self, choice: &SelinuxChoice) -> bool {
+        self.labels_tasks()
+            && match choice {
+                SelinuxChoice::Default => true,
+                SelinuxChoice::Disable => false,
+                SelinuxChoice::Custom { level, .. } => level.is_none(),
+            }
+    }
+
+    /// The AppArmor profile a task asking for `choice` runs under: none where the host has no
+    /// AppArmor; an error (the task is REJECTED) where its profile is not loaded.
+    pub fn apparmor_for(&self, choice: &AppArmorChoice) -> Result<Option<String>> {
+        if !self.apparmor {
+            return Ok(None);
+        }
+        match choice {
+            AppArmorChoice::Unconfined => Ok(Some("unconfined".into())),
+            AppArmorChoice::Default => match &self.apparmor_profile {
+                AppArmorProfile::Loaded => Ok(Some(APPARMOR_DEFAULT.into())),
+                AppArmorProfile::Failed(why) => Err(RuntimeError::InvalidSpec(format!(
+                    "this node runs every task under AppArmor profile {APPARMOR_DEFAULT}, which is not loaded: {why}"
+                ))),
+            },
+            AppArmorChoice::Profile(name) if super::apparmor::is_loaded(name) => {
+                Ok(Some(name.clone()))
+            }
+            AppArmorChoice::Profile(name) => Err(RuntimeError::InvalidSpec(format!(
+                "AppArmor profile {name} is not loaded on this node; load it with apparmor_parser -r"
+            ))),
+        }
+    }
+
+    /// The MAC layers applied to every task here (`node.platform.mac`): Landlock where its
+    /// helper is installed, SELinux where it enforces, AppArmor where `shoal-default` loaded.
+    pub fn layers(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.landlock_abi.is_some() && matches!(self.landlock_helper, LandlockHelper::At(_)) {
+            v.push("landlock".to_string());
+        }
+        if self.selinux == Selinux::Enforcing {
+            v.push("selinux".to_string());
+        }
+        if self.apparmor && self.apparmor_profile == AppArmorProfile::Loaded {
+            v.push("apparmor".to_string());
+        }
+        v
     }
 
     /// Where the kernel has Landlock, installs the helper built into this binary in `dir`.
@@ -98,8 +209,10 @@ impl MacSupport {
         let selinux = match self.selinux {
             Selinux::Absent => "selinux: not in this kernel",
             Selinux::Disabled => "selinux: compiled in, disabled (no labels applied)",
-            Selinux::Permissive => "selinux: permissive (labels applied, not enforced)",
-            Selinux::Enforcing => "selinux: enforcing (labels applied)",
+            Selinux::Permissive => {
+                "selinux: permissive (container_t labels with a category pair per task, not enforced)"
+            }
+            Selinux::Enforcing => "selinux: enforcing (container_t with a category pair per task)",
         };
         let landlock = match (self.landlock_abi, &self.landlock_helper) {
             (None, _) => "landlock: not in this kernel (tasks run without it)".to_string(),
@@ -111,21 +224,22 @@ impl MacSupport {
                 format!("landlock: ABI v{v}, but tasks are REJECTED: {why}")
             }
         };
-        let apparmor = if self.apparmor { "apparmor: enabled" } else { "apparmor: not enabled" };
+        let apparmor = match (self.apparmor, &self.apparmor_profile) {
+            (false, _) => "apparmor: not enabled".to_string(),
+            (true, AppArmorProfile::Loaded) => {
+                format!("apparmor: every task under {APPARMOR_DEFAULT}")
+            }
+            (true, AppArmorProfile::Failed(why)) => {
+                format!("apparmor: enabled, but tasks are REJECTED: {why}")
+            }
+        };
         format!("{selinux}; {landlock}; {apparmor}")
     }
+}
 
-    /// The label to put on tasks: the configured one where SELinux is on, nothing where it is
-    /// off; a label configured on a host without SELinux is a configuration error.
-    pub fn selinux_label(&self, configured: Option<&str>) -> Result<Option<String>> {
-        match (configured, self.selinux) {
-            (None, _) => Ok(None),
-            (Some(l), Selinux::Enforcing | Selinux::Permissive) => Ok(Some(l.to_string())),
-            (Some(l), state) => Err(RuntimeError::InvalidSpec(format!(
-                "the node config sets SELinux label {l:?} but SELinux is {state:?} on this host; remove the label or enable SELinux"
-            ))),
-        }
-    }
+/// The mount option that gives every file of a new mount (an overlay, a tmpfs) `label`.
+pub fn context_option(label: &str) -> String {
+    format!("context=\"{label}\"")
 }
 
 fn selinux() -> Selinux {
@@ -172,15 +286,67 @@ mod tests {
     use super::*;
 
     #[test]
-    fn labels_follow_selinux_state() {
+    fn labels_follow_selinux_state_and_the_tasks_choice() {
         let on = MacSupport { selinux: Selinux::Enforcing, ..without_landlock() };
+        let pair = McsPair::new(7, 300);
+        let l = on.task_labels(&SelinuxChoice::Default, pair).unwrap();
+        assert_eq!(l.process, "system_u:system_r:container_t:s0:c7,c300");
+        assert_eq!(l.file, "system_u:object_r:container_file_t:s0:c7,c300");
+        assert!(on.needs_pair(&SelinuxChoice::Default));
+        let custom = SelinuxChoice::Custom { kind: Some("spc_t".into()), level: None };
         assert_eq!(
-            on.selinux_label(Some("system_u:system_r:container_t:s0")).unwrap().as_deref(),
-            Some("system_u:system_r:container_t:s0")
+            on.task_labels(&custom, pair).unwrap().process,
+            "system_u:system_r:spc_t:s0:c7,c300"
         );
-        let off = MacSupport { selinux: Selinux::Disabled, ..on };
-        assert_eq!(off.selinux_label(None).unwrap(), None);
-        assert!(off.selinux_label(Some("x")).unwrap_err().to_string().contains("Disabled"));
+        let level = SelinuxChoice::Custom { kind: None, level: Some("s0:c1,c2".into()) };
+        assert!(!on.needs_pair(&level));
+        assert_eq!(
+            on.task_labels(&level, None).unwrap().file,
+            "system_u:object_r:container_file_t:s0:c1,c2"
+        );
+        assert_eq!(on.task_labels(&SelinuxChoice::Disable, pair), None);
+        assert!(!on.needs_pair(&SelinuxChoice::Disable));
+        let permissive = MacSupport { selinux: Selinux::Permissive, ..on.clone() };
+        assert!(permissive.task_labels(&SelinuxChoice::Default, pair).is_some());
+        assert_eq!(permissive.layers(), Vec::<String>::new(), "permissive enforces nothing");
+        for off in [Selinux::Disabled, Selinux::Absent] {
+            let off = MacSupport { selinux: off, ..on.clone() };
+            assert_eq!(off.task_labels(&SelinuxChoice::Default, pair), None);
+            assert!(!off.needs_pair(&SelinuxChoice::Default));
+        }
+        assert_eq!(on.layers(), ["selinux"]);
+    }
+
+    #[test]
+    fn apparmor_profiles_follow_the_host_and_the_loaded_profile() {
+        let none = without_landlock();
+        assert_eq!(none.apparmor_for(&AppArmorChoice::Default).unwrap(), None);
+        assert_eq!(none.apparmor_for(&AppArmorChoice::Unconfined).unwrap(), None);
+        let loaded = MacSupport {
+            apparmor: true,
+            apparmor_profile: AppArmorProfile::Loaded,
+            ..without_landlock()
+        };
+        assert_eq!(
+            loaded.apparmor_for(&AppArmorChoice::Default).unwrap().as_deref(),
+            Some("shoal-default")
+        );
+        assert_eq!(
+            loaded.apparmor_for(&AppArmorChoice::Unconfined).unwrap().as_deref(),
+            Some("unconfined")
+        );
+        let e = loaded.apparmor_for(&AppArmorChoice::Profile("nosuch-xyz".into())).unwrap_err();
+        assert!(e.to_string().contains("nosuch-xyz is not loaded on this node"), "{e}");
+        assert_eq!(loaded.layers(), ["apparmor"]);
+        assert!(loaded.describe().contains("apparmor: every task under shoal-default"));
+        let failed = MacSupport {
+            apparmor_profile: AppArmorProfile::Failed("apparmor_parser refused it".into()),
+            ..loaded
+        };
+        let e = failed.apparmor_for(&AppArmorChoice::Default).unwrap_err().to_string();
+        assert!(e.contains("not loaded: apparmor_parser refused it"), "{e}");
+        assert!(failed.layers().is_empty());
+        assert!(failed.describe().contains("tasks are REJECTED"));
     }
 
     fn without_landlock() -> MacSupport {
@@ -189,6 +355,7 @@ mod tests {
             landlock_abi: None,
             apparmor: false,
             landlock_helper: LandlockHelper::Missing("never installed".into()),
+            apparmor_profile: AppArmorProfile::Failed("never loaded".into()),
         }
     }
 

@@ -4,12 +4,14 @@
 // Privileged calls go through rustix's safe wrappers; the few raw calls that have none are
 // allowed one by one (`#[allow(unsafe_code)]` on the item), each with its own SAFETY comment.
 
+pub mod apparmor;
 pub mod caps;
 pub mod cgroup;
 pub mod error;
 mod lifecycle;
 pub mod logs;
 pub mod mac;
+pub mod mcs;
 pub mod oci;
 pub mod oci_runtime;
 pub mod policy;
@@ -34,8 +36,8 @@ pub use recover::Recovered;
 pub use runc::ExecOutput;
 pub use secrets::SecretFile;
 pub use spec::{
-    HostNamespace, Resources, RootfsSource, SeccompChoice, TaskMount, TaskMountKind, TaskSpec,
-    Ulimit, UserSpec,
+    AppArmorChoice, HostNamespace, Resources, RootfsSource, SeccompChoice, SelinuxChoice,
+    TaskMount, TaskMountKind, TaskSpec, Ulimit, UserSpec,
 };
 
 /// What the agent's task controllers need from a container runtime. Object-safe, so the worker

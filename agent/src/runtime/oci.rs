@@ -58,8 +58,10 @@ pub struct ConfigInputs {
     /// Host path of the Landlock helper, bound in and made the entry point when Landlock
     /// applies to the task.
     pub landlock_helper: Option<PathBuf>,
-    /// SELinux label of the task's process and mounts (only where SELinux is on).
-    pub selinux_label: Option<String>,
+    /// SELinux labels of the task's processes and files (only where SELinux is on).
+    pub labels: Option<super::mac::TaskLabels>,
+    /// AppArmor profile of the task's processes (only where the host has AppArmor).
+    pub apparmor_profile: Option<String>,
     /// Host directory (a tmpfs) holding the task's secret and config files, `f0`, `f1`, …
     pub files_dir: PathBuf,
 }
@@ -83,7 +85,8 @@ pub fn build(spec: &TaskSpec, inputs: &ConfigInputs) -> Result<Spec> {
         .rlimits(rlimits(spec)?)
         .no_new_privileges(!spec.allow_new_privileges)
         .build()?;
-    process.set_selinux_label(inputs.selinux_label.clone());
+    process.set_selinux_label(inputs.labels.as_ref().map(|l| l.process.clone()));
+    process.set_apparmor_profile(inputs.apparmor_profile.clone());
     let root = RootBuilder::default().path("rootfs").readonly(spec.read_only_rootfs).build()?;
     Ok(SpecBuilder::default()
         .version("1.0.2")
@@ -286,8 +289,8 @@ fn linux(spec: &TaskSpec, inputs: &ConfigInputs) -> Result<oci_spec::runtime::Li
     if let Some(filter) = &inputs.seccomp {
         b = b.seccomp(filter.clone());
     }
-    if let Some(label) = &inputs.selinux_label {
-        b = b.mount_label(label.clone());
+    if let Some(labels) = &inputs.labels {
+        b = b.mount_label(labels.file.clone());
     }
     if let Some((uids, gids)) = inputs.userns {
         b = b.uid_mappings(vec![id_map(uids)?]).gid_mappings(vec![id_map(gids)?]);

@@ -11,6 +11,7 @@ use super::error::{Result, RuntimeError};
 use super::lifecycle::Task;
 use super::logs::LogLimits;
 use super::mac::MacSupport;
+use super::mcs::McsAllocator;
 use super::reap::become_subreaper;
 use super::rootfs::{self, BundleDirs};
 use super::runc::Runc;
@@ -32,8 +33,6 @@ pub struct RuntimeConfig {
     /// Every task's cgroup is `/<cgroup_parent>/<task id>`.
     pub cgroup_parent: String,
     pub policy: NodePolicy,
-    /// SELinux label for tasks; applied where SELinux is on, an error where it is absent.
-    pub selinux_label: Option<String>,
 }
 
 impl RuntimeConfig {
@@ -48,7 +47,6 @@ impl RuntimeConfig {
             log_limits: LogLimits::default(),
             cgroup_parent: "shoal".into(),
             policy: NodePolicy::secure_default(),
-            selinux_label: None,
         }
     }
 }
@@ -60,7 +58,8 @@ pub struct OciRuntime {
     pub(super) runc: Runc,
     pub(super) layout: Layout,
     mac: MacSupport,
-    selinux_label: Option<String>,
+    /// The SELinux category pairs of live tasks (used where SELinux is on).
+    pub(super) mcs: McsAllocator,
     pub(super) tasks: Mutex<HashMap<String, Arc<Task>>>,
 }
 
@@ -71,13 +70,15 @@ impl OciRuntime {
         for d in [cfg.data_root.clone(), cfg.data_root.join("tasks"), cfg.data_root.join("runc")] {
             rootfs::private_dir(&d, search_gid)?;
         }
-        let mac = MacSupport::detect().with_landlock_helper(&cfg.data_root.join("bin"));
-        let selinux_label = mac.selinux_label(cfg.selinux_label.as_deref())?;
+        let mac = MacSupport::detect()
+            .with_landlock_helper(&cfg.data_root.join("bin"))
+            .with_apparmor_profile(&cfg.data_root.join("apparmor"));
         tracing::info!(mac = %mac.describe(), "container runtime ready");
         become_subreaper()?;
         let runc = Runc::new(&cfg.runtime_binary, cfg.data_root.join("runc"));
         let tasks = Mutex::new(HashMap::new());
-        Ok(OciRuntime { cfg, runc, layout: Layout::detect(), mac, selinux_label, tasks })
+        let mcs = McsAllocator::default();
+        Ok(OciRuntime { cfg, runc, layout: Layout::detect(), mac, mcs, tasks })
     }
 
     /// The configuration this runtime runs with.
@@ -121,10 +122,20 @@ impl OciRuntime {
         tasks.get(id).cloned().ok_or_else(|| RuntimeError::UnknownTask(id.to_string()))
     }
 
-    /// The OCI config for `spec` on this node, after the node's policy accepted it.
+    /// The OCI config for `spec` on this node, after the node's policy accepted it. Where
+    /// SELinux is on, the task holds a category pair from here on (freed when it is deleted).
     pub fn oci_config(&self, spec: &TaskSpec) -> Result<oci_spec::runtime::Spec> {
         spec.validate()?;
         self.cfg.policy.check(spec)?;
+        let pair = if self.mac.needs_pair(&spec.selinux) {
+            Some(
+                self.mcs
+                    .allocate(&spec.id)
+                    .map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?,
+            )
+        } else {
+            None
+        };
         let set = caps::effective(&spec.cap_add, &spec.cap_drop)?;
         let target = seccomp::Target::native(&set);
         let default = || seccomp::resolve(&seccomp::builtin_profile(), &target);
@@ -144,7 +155,8 @@ impl OciRuntime {
             userns: self.userns(spec),
             init_binary: self.init_binary(spec)?,
             landlock_helper: self.mac.landlock_helper_for(spec)?,
-            selinux_label: self.selinux_label.clone(),
+            labels: self.mac.task_labels(&spec.selinux, pair),
+            apparmor_profile: self.mac.apparmor_for(&spec.apparmor)?,
             files_dir: super::secrets::dir(&super::rootfs::BundleDirs::new(
                 self.bundle_dir(&spec.id),
             )),

@@ -17,7 +17,7 @@ pub enum PolicyFlagError {
     #[error("{file} has no range for user {user:?}; add one (e.g. {user}:100000:65536)")]
     NoSubordinateIds { file: String, user: String },
 }
-use super::spec::{HostNamespace, SeccompChoice, TaskSpec};
+use super::spec::{AppArmorChoice, HostNamespace, SeccompChoice, SelinuxChoice, TaskSpec};
 use super::{caps, seccomp};
 
 /// A range of host ids that container ids 0..size map onto.
@@ -61,6 +61,12 @@ pub struct NodePolicy {
     pub allow_landlock_off: bool,
     /// Directories whose insides tasks may bind-mount (`--task-allow-bind`); none by default.
     pub allowed_bind_prefixes: Vec<std::path::PathBuf>,
+    /// Tasks may set their own SELinux type or level, or run unlabelled
+    /// (`--task-allow-label-override`).
+    pub allow_label_override: bool,
+    /// AppArmor profiles tasks may pick instead of shoal-default, `unconfined` among them
+    /// (`--task-allow-apparmor`).
+    pub allowed_apparmor: BTreeSet<String>,
 }
 
 impl NodePolicy {
@@ -136,6 +142,26 @@ impl NodePolicy {
                 "landlock=off",
                 "this node runs every task under its Landlock ruleset",
                 "allow it with shoald --task-allow-landlock-off",
+            ));
+        }
+        if spec.selinux != SelinuxChoice::Default && !self.allow_label_override {
+            return Err(RuntimeError::refused(
+                spec.selinux.option_name(),
+                "this node gives every task its own SELinux label (container_t and a category pair no other task holds)",
+                "allow it with shoald --task-allow-label-override",
+            ));
+        }
+        if spec.apparmor != AppArmorChoice::Default
+            && !self.allowed_apparmor.contains(spec.apparmor.name())
+        {
+            let name = spec.apparmor.name();
+            return Err(RuntimeError::refused(
+                format!("apparmor={name}"),
+                format!(
+                    "this node runs every task under AppArmor profile {}",
+                    AppArmorChoice::Default.name()
+                ),
+                format!("allow it with shoald --task-allow-apparmor {name}"),
             ));
         }
         if spec.userns_remap && (self.userns_uids.is_none() || self.userns_gids.is_none()) {
@@ -231,6 +257,19 @@ mod tests {
             (|s| s.userns_remap = true, "userns-remap"),
             (|s| s.allow_new_privileges = true, "no-new-privileges=false"),
             (|s| s.landlock = false, "landlock=off"),
+            (|s| s.selinux = SelinuxChoice::Disable, "label=disable"),
+            (
+                |s| s.selinux = SelinuxChoice::Custom { kind: Some("spc_t".into()), level: None },
+                "label=type:spc_t",
+            ),
+            (
+                |s| {
+                    s.selinux = SelinuxChoice::Custom { kind: None, level: Some("s0:c1,c2".into()) }
+                },
+                "label=level:s0:c1,c2",
+            ),
+            (|s| s.apparmor = AppArmorChoice::Unconfined, "apparmor=unconfined"),
+            (|s| s.apparmor = AppArmorChoice::Profile("mine".into()), "apparmor=mine"),
         ];
         for (edit, option) in cases {
             let mut s = spec();
@@ -252,6 +291,21 @@ mod tests {
         s.cap_add = vec!["NET_ADMIN".into()];
         let err = NodePolicy::secure_default().check(&s).unwrap_err().to_string();
         assert!(err.contains("allow it with shoald --task-allow-cap-add CAP_NET_ADMIN,"), "{err}");
+    }
+
+    #[test]
+    fn mac_relaxations_pass_only_as_far_as_the_node_allows() {
+        let mut p = NodePolicy::secure_default();
+        p.allow_label_override = true;
+        p.allowed_apparmor.insert("unconfined".into());
+        let mut s = spec();
+        s.selinux = SelinuxChoice::Disable;
+        s.apparmor = AppArmorChoice::Unconfined;
+        p.check(&s).unwrap();
+        s.apparmor = AppArmorChoice::Profile("other".into());
+        assert_eq!(refused_option(&p, &s), "apparmor=other", "unconfined allows no other profile");
+        let msg = p.check(&s).unwrap_err().to_string();
+        assert!(msg.contains("shoald --task-allow-apparmor other"), "{msg}");
     }
 
     #[test]

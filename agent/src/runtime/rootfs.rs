@@ -43,12 +43,14 @@ impl BundleDirs {
 }
 
 /// Mounts the rootfs for `source`, `nodev` and, with `nosuid`, `nosuid`; with `owner`, the
-/// writable layer's root belongs to the remapped container root.
+/// writable layer's root belongs to the remapped container root; with `label` (SELinux on),
+/// an image's overlay carries the task's file label (`context=`).
 pub fn mount_rootfs(
     dirs: &BundleDirs,
     source: &RootfsSource,
     owner: Option<(IdRange, IdRange)>,
     nosuid: bool,
+    label: Option<&str>,
 ) -> Result<()> {
     let rootfs = dirs.rootfs();
     private_dir(&rootfs, None)?;
@@ -62,7 +64,7 @@ pub fn mount_rootfs(
                 RuntimeError::io("making the rootfs nosuid,nodev at", &rootfs, e.into())
             })
         }
-        RootfsSource::Layers(layers) => mount_overlay(dirs, layers, owner, flags),
+        RootfsSource::Layers(layers) => mount_overlay(dirs, layers, owner, flags, label),
     }
 }
 
@@ -71,6 +73,7 @@ fn mount_overlay(
     layers: &[PathBuf],
     owner: Option<(IdRange, IdRange)>,
     flags: MountFlags,
+    label: Option<&str>,
 ) -> Result<()> {
     if layers.is_empty() {
         return Err(RuntimeError::InvalidSpec("the image has no layers".into()));
@@ -90,12 +93,16 @@ fn mount_overlay(
         })?;
     }
     let lower: Vec<String> = layers.iter().map(|l| escape(l)).collect();
-    let data = format!(
+    let mut data = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.join(":"),
         escape(&upper),
         escape(&work)
     );
+    if let Some(label) = label {
+        data.push(',');
+        data.push_str(&super::mac::context_option(label));
+    }
     if data.len() >= 4096 {
         return Err(RuntimeError::InvalidSpec(format!(
             "the image has too many layers ({}) for one overlay mount; flatten it",

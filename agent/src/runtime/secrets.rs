@@ -58,6 +58,7 @@ pub fn mount_files(
     dirs: &BundleDirs,
     files: &[SecretFile],
     remap: Option<(IdRange, IdRange)>,
+    label: Option<&str>,
 ) -> Result<()> {
     if files.is_empty() {
         return Ok(());
@@ -66,7 +67,12 @@ pub fn mount_files(
     super::rootfs::private_dir(&d, None)?;
     let size: usize = files.iter().map(|f| f.data.len() + 4096).sum::<usize>() + 65536;
     let (uid, gid) = remap.map_or((0, 0), |(u, g)| (u.host_start, g.host_start));
-    let opts = std::ffi::CString::new(format!("mode=0700,uid={uid},gid={gid},size={size}"))
+    let mut opts = format!("mode=0700,uid={uid},gid={gid},size={size}");
+    if let Some(label) = label {
+        opts.push(',');
+        opts.push_str(&super::mac::context_option(label));
+    }
+    let opts = std::ffi::CString::new(opts)
         .map_err(|_| RuntimeError::InvalidSpec("bad tmpfs options".into()))?;
     let flags = MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC;
     mount("tmpfs", &d, "tmpfs", flags, Some(opts.as_c_str()))

@@ -28,6 +28,61 @@ pub enum SeccompChoice {
     Profile(PathBuf),
 }
 
+/// The SELinux label a task asks for (applied only where the node has SELinux on).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SelinuxChoice {
+    /// `container_t` with a category pair of its own (the default).
+    #[default]
+    Default,
+    /// No label: the task runs in the runtime's own domain (needs the node's permission).
+    Disable,
+    /// Another type and/or level (needs the node's permission).
+    Custom { kind: Option<String>, level: Option<String> },
+}
+
+impl SelinuxChoice {
+    /// How the user wrote it, for refusals.
+    pub fn option_name(&self) -> String {
+        match self {
+            SelinuxChoice::Default => "label=default".into(),
+            SelinuxChoice::Disable => "label=disable".into(),
+            SelinuxChoice::Custom { kind, level } => {
+                let mut v = Vec::new();
+                if let Some(t) = kind {
+                    v.push(format!("label=type:{t}"));
+                }
+                if let Some(l) = level {
+                    v.push(format!("label=level:{l}"));
+                }
+                v.join(", ")
+            }
+        }
+    }
+}
+
+/// The AppArmor profile a task asks for (applied only where the node has AppArmor).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum AppArmorChoice {
+    /// The node's `shoal-default`.
+    #[default]
+    Default,
+    /// None at all (needs the node's permission).
+    Unconfined,
+    /// Another profile loaded on the node (needs the node's permission).
+    Profile(String),
+}
+
+impl AppArmorChoice {
+    /// The profile's name as `--security-opt apparmor=` and `--task-allow-apparmor` spell it.
+    pub fn name(&self) -> &str {
+        match self {
+            AppArmorChoice::Default => shoal_proto::spec::mac::APPARMOR_DEFAULT,
+            AppArmorChoice::Unconfined => "unconfined",
+            AppArmorChoice::Profile(p) => p,
+        }
+    }
+}
+
 /// A namespace a task may share with the host instead of getting its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum HostNamespace {
@@ -121,6 +176,10 @@ pub struct TaskSpec {
     pub etc_files: Vec<(String, PathBuf)>,
     /// Volumes, binds and tmpfs mounts the node has checked against its policy.
     pub mounts: Vec<TaskMount>,
+    /// The SELinux label asked for (`--security-opt label=`).
+    pub selinux: SelinuxChoice,
+    /// The AppArmor profile asked for (`--security-opt apparmor=`).
+    pub apparmor: AppArmorChoice,
 }
 
 /// One mount of a task, checked: a directory of the node (a volume's or an allowed bind
@@ -170,6 +229,8 @@ impl TaskSpec {
             netns: None,
             etc_files: Vec::new(),
             mounts: Vec::new(),
+            selinux: SelinuxChoice::Default,
+            apparmor: AppArmorChoice::Default,
         }
     }
 

@@ -346,6 +346,10 @@ impl Executor for OciExecutor {
                 .map(String::from)
                 .collect(),
             allows_binds: !policy.allowed_bind_prefixes.is_empty(),
+            mac: self.runtime.mac().layers(),
+            mac_detail: self.runtime.mac().describe(),
+            allows_label_override: policy.allow_label_override,
+            allowed_apparmor: policy.allowed_apparmor.iter().cloned().collect(),
             ..super::executor::describe_host()
         }
     }

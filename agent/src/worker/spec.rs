@@ -8,7 +8,7 @@ use std::time::Duration;
 use shoal_proto::{ContainerSpec, Task};
 
 use crate::image::{ImageError, ImageInfo, ImageStore};
-use crate::runtime::{SeccompChoice, TaskSpec, Ulimit};
+use crate::runtime::{AppArmorChoice, SeccompChoice, SelinuxChoice, TaskSpec, Ulimit};
 
 /// Why a task cannot run as specified on this node; the message becomes its REJECTED status.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,9 @@ pub enum TaskSpecError {
     /// The directory for the profile could not be made.
     #[error(transparent)]
     ProfileDir(crate::runtime::RuntimeError),
+    /// A `label=` or `apparmor=` option that cannot be applied.
+    #[error(transparent)]
+    SecurityOpt(shoal_proto::spec::SpecError),
     /// A `{{…}}` placeholder the hostname template does not know.
     #[error("hostname template {template:?}: unknown placeholder {field:?}; use .Service.Name, .Service.ID, .Task.Name, .Task.ID, .Task.Slot, .Node.ID or .Node.Hostname")]
     Template { template: String, field: String },
@@ -144,6 +147,7 @@ pub fn build(
     t.cap_drop = c.cap_drop.clone();
     t.allow_new_privileges = c.allow_new_privileges;
     t.landlock = !c.landlock_off;
+    (t.selinux, t.apparmor) = mac_choices(c).map_err(TaskSpecError::SecurityOpt)?;
     t.userns_remap = c.userns;
     t.sysctls = c.sysctls.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     t.ulimits = c
@@ -168,6 +172,33 @@ pub fn build(
     let (seccomp, seccomp_profile) = seccomp(&c.seccomp, seccomp_path);
     t.seccomp = seccomp;
     Ok(Built { spec: t, seccomp_profile, image_id: image.id.clone() })
+}
+
+/// The task's SELinux and AppArmor choices, checked again here: the node turns them into
+/// labels and mount options and trusts no manager to have done so.
+fn mac_choices(
+    c: &ContainerSpec,
+) -> Result<(SelinuxChoice, AppArmorChoice), shoal_proto::spec::SpecError> {
+    use shoal_proto::spec::mac;
+    let selinux = match &c.selinux {
+        Some(o) => {
+            mac::check_selinux(o)?;
+            let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+            match (o.disable, some(&o.r#type), some(&o.level)) {
+                (true, _, _) => SelinuxChoice::Disable,
+                (false, None, None) => SelinuxChoice::Default,
+                (false, kind, level) => SelinuxChoice::Custom { kind, level },
+            }
+        }
+        None => SelinuxChoice::Default,
+    };
+    mac::check_apparmor(&c.apparmor)?;
+    let apparmor = match c.apparmor.as_str() {
+        "" | mac::APPARMOR_DEFAULT => AppArmorChoice::Default,
+        "unconfined" => AppArmorChoice::Unconfined,
+        name => AppArmorChoice::Profile(name.to_string()),
+    };
+    Ok((selinux, apparmor))
 }
 
 fn seccomp(choice: &str, path: PathBuf) -> (SeccompChoice, Option<(PathBuf, String)>) {

@@ -15,6 +15,7 @@ pub fn matches(c: &Constraint, node: &NodeInfo) -> bool {
         Target::Role(r) => node.role == *r,
         Target::Os(v) => same_text(&node.os, v),
         Target::Arch(v) => same_text(canonical_arch(&node.arch), canonical_arch(v)),
+        Target::Mac(layer) => node.mac.iter().any(|m| same_text(m, layer)),
         Target::Label { key, value } => node.labels.get(key).is_some_and(|l| same_text(l, value)),
     };
     hit == c.equal

@@ -175,6 +175,42 @@ fn constraints_pick_nodes_by_label_ip_role_and_platform() {
 }
 
 #[test]
+fn mac_constraints_place_only_on_nodes_that_apply_the_layer() {
+    let mut view = new_test_view(NODES, |i, n| {
+        let desc = n.description.as_mut().unwrap();
+        desc.mac = match i % 3 {
+            0 => vec!["landlock".into(), "selinux".into()],
+            1 => vec!["landlock".into(), "apparmor".into()],
+            _ => vec![],
+        };
+    });
+    let mac = |n: &NodeInfo, layer: &str| n.mac.iter().any(|m| m == layer);
+    let selinux = run(
+        &mut view,
+        &spec(&["node.platform.mac==SELinux"], &[], 0),
+        &new_test_tasks("a", 1, 334),
+    );
+    for id in must_assign(&selinux) {
+        assert!(mac(view.node(&id).unwrap(), "selinux"), "{id}");
+    }
+    let no_apparmor = run(
+        &mut view,
+        &spec(&["node.platform.mac!=apparmor"], &[], 0),
+        &new_test_tasks("b", 1, 600),
+    );
+    for id in must_assign(&no_apparmor) {
+        assert!(!mac(view.node(&id).unwrap(), "apparmor"), "{id}");
+    }
+    let mut none = new_test_view(3, |_, n| n.description.as_mut().unwrap().mac.clear());
+    let d =
+        run(&mut none, &spec(&["node.platform.mac==landlock"], &[], 0), &new_test_tasks("c", 1, 1));
+    assert_eq!(
+        refusals(&d),
+        ["no suitable node (3 nodes do not satisfy constraint node.platform.mac==landlock)"]
+    );
+}
+
+#[test]
 fn label_keys_are_case_sensitive_and_a_missing_label_never_equals() {
     let mut view = new_test_view(NODES, |_, n| {
         n.labels.insert("zone".into(), "east".into());

@@ -72,6 +72,8 @@ pub struct NodeInfo {
     pub labels: HashMap<String, String>,
     pub os: String,
     pub arch: String,
+    /// The MAC layers the node applies to every task (`node.platform.mac`).
+    pub mac: Vec<String>,
     /// What the node offers; 0 means unknown (never refused for that resource).
     pub total: CpuMem,
     /// What the tasks counted on this node reserve.
@@ -96,6 +98,7 @@ impl NodeInfo {
             labels: HashMap::new(),
             os: String::new(),
             arch: String::new(),
+            mac: Vec::new(),
             total: CpuMem::default(),
             reserved: CpuMem::default(),
             tasks_total: 0,
@@ -118,6 +121,7 @@ impl NodeInfo {
         self.labels = node.labels.clone();
         self.os = desc.os;
         self.arch = desc.arch;
+        self.mac = desc.mac;
         self.total = CpuMem { nano_cpus: desc.nano_cpus, memory_bytes: desc.memory_bytes };
     }
 

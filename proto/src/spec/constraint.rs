@@ -11,7 +11,7 @@ use crate::NodeRole;
 const LABEL_PREFIX: &str = "node.labels.";
 
 const KNOWN_KEYS: &str = "node.id, node.hostname, node.ip, node.role, node.platform.os, \
-                          node.platform.arch or node.labels.<name>";
+                          node.platform.arch, node.platform.mac or node.labels.<name>";
 
 /// Why a constraint or spread preference was refused. Each message names the bad expression.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +54,9 @@ pub enum Target {
     Os(String),
     /// `node.platform.arch`.
     Arch(String),
+    /// `node.platform.mac`: a MAC layer the node applies to every task (`landlock`, `selinux`,
+    /// `apparmor`); `==` holds where the node applies it.
+    Mac(String),
     /// `node.labels.<key>`.
     Label { key: String, value: String },
 }
@@ -111,6 +114,13 @@ fn parse_target(expr: &str, key: &str, value: &str) -> Result<Target, PlacementE
         "node.hostname" => Target::Hostname(v),
         "node.platform.os" => Target::Os(v),
         "node.platform.arch" => Target::Arch(v),
+        "node.platform.mac" => {
+            let layer = value.to_ascii_lowercase();
+            if !super::mac::MAC_LAYERS.contains(&layer.as_str()) {
+                return Err(bad_value(expr, MAC_WHY));
+            }
+            Target::Mac(layer)
+        }
         "node.ip" => Target::Ip(IpNet::parse(value).ok_or_else(|| bad_value(expr, IP_WHY))?),
         "node.role" => Target::Role(parse_role(value).ok_or_else(|| bad_value(expr, ROLE_WHY))?),
         _ => match label_name(key) {
@@ -125,6 +135,7 @@ fn parse_target(expr: &str, key: &str, value: &str) -> Result<Target, PlacementE
 }
 
 const IP_WHY: &str = "node.ip takes an IP address or a CIDR range such as 10.0.0.0/8";
+const MAC_WHY: &str = "node.platform.mac is landlock, selinux or apparmor";
 const ROLE_WHY: &str = "node.role is manager or worker";
 
 fn bad_value(expr: &str, why: &str) -> PlacementError {
@@ -197,13 +208,19 @@ mod tests {
             ("node.labels.==x", "unknown key"),
             ("node.id==a==b", "expected <key>==<value>"),
             ("node.labels.zone!==east", "expected <key>==<value>"),
+            ("node.platform.mac==smack", "node.platform.mac is landlock, selinux or apparmor"),
         ];
         for (expr, problem) in cases {
             let err = parse_constraints(&["node.role==worker".into(), expr.into()]).unwrap_err();
             let msg = err.to_string();
             assert!(msg.contains(&format!("{expr:?}")) && msg.contains(problem), "{expr}: {msg}");
         }
-        let ok = ["node.labels.zone != east", "NODE.HOSTNAME==h", "node.ip==fd00::/8"];
+        let ok = [
+            "node.labels.zone != east",
+            "NODE.HOSTNAME==h",
+            "node.ip==fd00::/8",
+            "node.platform.mac==SELinux",
+        ];
         parse_constraints(&ok.map(String::from)).unwrap();
         assert!(validate_spread(&["node.labels.zone".into()]).is_ok());
         let err = validate_spread(&["zone".into()]).unwrap_err().to_string();

@@ -5,6 +5,7 @@
 
 pub mod caps;
 pub mod constraint;
+pub mod mac;
 pub mod network;
 pub mod secret;
 pub mod service;
@@ -131,6 +132,9 @@ pub enum SpecError {
     /// A capability name the kernel does not know (cap-add, cap-drop).
     #[error("{0}")]
     Capability(String),
+    /// A `--security-opt label=…` or `apparmor=…` that cannot be applied.
+    #[error("invalid --security-opt {value}: {why}")]
+    SecurityOpt { value: String, why: String },
 }
 
 impl From<SpecError> for tonic::Status {

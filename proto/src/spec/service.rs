@@ -118,6 +118,10 @@ fn normalize_container(c: &mut ContainerSpec) -> Result<(), SpecError> {
         return Err(SpecError::Env(kv.clone()));
     }
     super::caps::effective(&c.cap_add, &c.cap_drop).map_err(SpecError::Capability)?;
+    if let Some(o) = &c.selinux {
+        super::mac::check_selinux(o)?;
+    }
+    super::mac::check_apparmor(&c.apparmor)?;
     if let Some(h) = c.healthcheck.as_mut() {
         if !h.test.is_empty() && h.retries == 0 {
             h.retries = 3;

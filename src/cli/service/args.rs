@@ -160,7 +160,8 @@ pub struct SpecFlags {
     /// Run an init process as PID 1 that reaps zombies and forwards signals
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub init: Option<bool>,
-    /// seccomp=default|unconfined|PROFILE.json, no-new-privileges=true|false, landlock=on|off
+    /// seccomp=default|unconfined|PROFILE.json, no-new-privileges=true|false, landlock=on|off,
+    /// label=disable|type:T|level:L (SELinux), apparmor=NAME|unconfined
     #[arg(long = "security-opt")]
     pub security_opt: Vec<String>,
     /// Command run in the container to check health (exit 0: healthy)

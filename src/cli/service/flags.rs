@@ -378,8 +378,8 @@ pub fn command_line(line: &str, flag: &str) -> Result<Vec<String>> {
     shell_words::split(line).with_context(|| format!("invalid {flag} {line:?}"))
 }
 
-/// One `--security-opt`.
-fn security_opt(c: &mut ContainerSpec, opt: &str) -> Result<()> {
+/// One `--security-opt` (also compose's `security_opt:` entries).
+pub(crate) fn security_opt(c: &mut ContainerSpec, opt: &str) -> Result<()> {
     match opt.split_once(['=', ':']) {
         Some(("seccomp", "default")) => c.seccomp = String::new(),
         Some(("seccomp", "unconfined")) => c.seccomp = "unconfined".into(),
@@ -401,8 +401,26 @@ fn security_opt(c: &mut ContainerSpec, opt: &str) -> Result<()> {
                 _ => bail!("invalid --security-opt {opt:?}: landlock=on|off"),
             }
         }
+        Some(("label", v)) => {
+            let o = c.selinux.get_or_insert_with(Default::default);
+            match v.split_once(':') {
+                _ if v == "disable" => o.disable = true,
+                Some(("type", t)) => o.r#type = t.to_string(),
+                Some(("level", l)) => o.level = l.to_string(),
+                Some(("user" | "role", _)) => bail!(
+                    "unsupported --security-opt {opt:?}: tasks keep SELinux user system_u and role system_r; set label=type:T or label=level:L"
+                ),
+                _ => bail!("invalid --security-opt {opt:?}: label=disable|type:TYPE|level:LEVEL"),
+            }
+            shoal_proto::spec::mac::check_selinux(o)?;
+        }
+        Some(("apparmor", "")) => bail!("invalid --security-opt {opt:?}: apparmor=NAME|unconfined"),
+        Some(("apparmor", v)) => {
+            shoal_proto::spec::mac::check_apparmor(v)?;
+            c.apparmor = if v == shoal_proto::spec::mac::APPARMOR_DEFAULT { "" } else { v }.into();
+        }
         _ => bail!(
-            "unsupported --security-opt {opt:?}: use seccomp=default|unconfined|PROFILE.json, no-new-privileges=true|false or landlock=on|off"
+            "unsupported --security-opt {opt:?}: use seccomp=default|unconfined|PROFILE.json, no-new-privileges=true|false, landlock=on|off, label=disable|type:T|level:L or apparmor=NAME|unconfined"
         ),
     }
     Ok(())
@@ -582,6 +600,37 @@ mod tests {
             ("type=volume,source=v,target=/d,colour=red", "unknown key"),
         ] {
             let e = parse_mount(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn security_opt_reads_selinux_labels_and_apparmor_profiles() {
+        let mut c = ContainerSpec::default();
+        security_opt(&mut c, "label=type:spc_t").unwrap();
+        security_opt(&mut c, "label:level:s0:c1,c2").unwrap();
+        let o = c.selinux.clone().unwrap();
+        assert_eq!((o.r#type.as_str(), o.level.as_str(), o.disable), ("spc_t", "s0:c1,c2", false));
+        let e = security_opt(&mut c, "label=disable").unwrap_err().to_string();
+        assert!(e.contains("cannot be combined"), "{e}");
+        let mut d = ContainerSpec::default();
+        security_opt(&mut d, "label=disable").unwrap();
+        assert!(d.selinux.as_ref().unwrap().disable);
+        security_opt(&mut c, "apparmor=unconfined").unwrap();
+        assert_eq!(c.apparmor, "unconfined");
+        security_opt(&mut c, "apparmor=shoal-default").unwrap();
+        assert_eq!(c.apparmor, "", "the default profile is stored as no choice");
+        for (bad, why) in [
+            ("label=user:staff_u", "system_u"),
+            ("label=role:sysadm_r", "system_u"),
+            ("label=colour:red", "label=disable|type:TYPE|level:LEVEL"),
+            ("label=type:container t", "an SELinux type is"),
+            ("label=level:s0:c1024", "an SELinux level is"),
+            ("apparmor=", "apparmor=NAME|unconfined"),
+            ("apparmor=../etc/passwd", "a profile name is"),
+            ("selinux=on", "unsupported --security-opt"),
+        ] {
+            let e = security_opt(&mut ContainerSpec::default(), bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
     }

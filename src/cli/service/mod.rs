@@ -4,6 +4,7 @@
 mod args;
 mod converge;
 mod flags;
+pub(crate) use flags::security_opt;
 pub mod render;
 
 use std::collections::HashMap;

@@ -194,6 +194,12 @@ pub(super) fn read_service(e: &Entry<'_>, r: &mut Reader) -> Result<ServiceSpec,
             "stop_signal" => c.stop_signal = at.text()?,
             "stop_grace_period" => c.stop_grace_ms = ms(at.duration()?),
             "init" => c.init = at.bool()?,
+            "security_opt" => {
+                for opt in at.strings()? {
+                    crate::cli::service::security_opt(&mut c, &opt)
+                        .map_err(|e| at.error(e.to_string()))?;
+                }
+            }
             "ports" => {
                 let e = spec.endpoint.get_or_insert_with(Default::default);
                 e.ports = read_ports(&f)?;

@@ -716,3 +716,15 @@ volumes:
     let e = parse("services: {a: {image: x}}\nvolumes: {v: {driver_opts: {type: nfs}}}\n");
     assert!(e.unwrap_err().to_string().contains("no NFS"), "driver options say why they fail");
 }
+
+#[test]
+fn security_opt_entries_reach_the_spec_and_bad_ones_name_the_line() {
+    let file = "services:\n  db:\n    image: x\n    security_opt:\n      - label=level:s0:c7,c9\n      - apparmor=unconfined\n      - no-new-privileges=true\n";
+    let c = parse(file).unwrap().services["db"].container.clone().unwrap();
+    assert_eq!(c.selinux.unwrap().level, "s0:c7,c9");
+    assert_eq!(c.apparmor, "unconfined");
+    let bad = "services:\n  db:\n    image: x\n    security_opt: [label=user:staff_u]\n";
+    let e = parse(bad).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (4, "services.db.security_opt"), "{e}");
+    assert!(e.message.contains("system_u"), "{e}");
+}

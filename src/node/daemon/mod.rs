@@ -294,6 +294,16 @@ impl Daemon {
         })
     }
 
+    /// What mandatory access control this node applies to tasks (Landlock, SELinux,
+    /// AppArmor), in one line; outside a swarm, what the host offers.
+    pub async fn security(&self) -> String {
+        let member = self.member.lock().await;
+        match member.as_ref().map(|m| m.agent.worker().executor().describe().mac_detail) {
+            Some(line) if !line.is_empty() => line,
+            _ => shoal_agent::runtime::mac::MacSupport::detect().describe(),
+        }
+    }
+
     /// Whether this node is a manager waiting for `swarm unlock`.
     pub async fn is_locked(&self) -> bool {
         self.locked.lock().await.is_some()

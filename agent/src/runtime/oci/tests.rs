@@ -14,7 +14,8 @@ fn inputs() -> ConfigInputs {
         userns: None,
         init_binary: Some("/usr/bin/tini-static".into()),
         landlock_helper: None,
-        selinux_label: None,
+        labels: None,
+        apparmor_profile: None,
         files_dir: "/b/secrets".into(),
     }
 }
@@ -174,4 +175,30 @@ fn new_privileges_only_when_the_task_asks() {
     s.allow_new_privileges = true;
     let cfg = build(&s, &inputs()).unwrap();
     assert_eq!(cfg.process().as_ref().unwrap().no_new_privileges(), Some(false));
+}
+
+#[test]
+fn mac_labels_and_the_apparmor_profile_reach_the_config() {
+    let bare = build(&spec(), &inputs()).unwrap();
+    let p = bare.process().as_ref().unwrap();
+    assert_eq!((p.selinux_label(), p.apparmor_profile()), (&None, &None));
+    assert_eq!(bare.linux().as_ref().unwrap().mount_label(), &None);
+    let mut i = inputs();
+    i.labels = Some(crate::runtime::mac::TaskLabels {
+        process: "system_u:system_r:container_t:s0:c1,c2".into(),
+        file: "system_u:object_r:container_file_t:s0:c1,c2".into(),
+    });
+    i.apparmor_profile = Some("shoal-default".into());
+    let config = build(&spec(), &i).unwrap();
+    let p = config.process().as_ref().unwrap();
+    assert_eq!(p.selinux_label().as_deref(), Some("system_u:system_r:container_t:s0:c1,c2"));
+    assert_eq!(p.apparmor_profile().as_deref(), Some("shoal-default"));
+    assert_eq!(
+        config.linux().as_ref().unwrap().mount_label().as_deref(),
+        Some("system_u:object_r:container_file_t:s0:c1,c2")
+    );
+    let json = serde_json::to_value(&config).unwrap();
+    assert_eq!(json["process"]["apparmorProfile"], "shoal-default");
+    assert_eq!(json["process"]["selinuxLabel"], "system_u:system_r:container_t:s0:c1,c2");
+    assert_eq!(json["linux"]["mountLabel"], "system_u:object_r:container_file_t:s0:c1,c2");
 }
