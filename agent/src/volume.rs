@@ -183,6 +183,11 @@ impl Volumes {
         }
     }
 
+    /// How many tasks hold volume `name`.
+    pub fn holders(&self, name: &str) -> usize {
+        self.leases().get(name).map_or(0, BTreeSet::len)
+    }
+
     /// Drops every volume lease of `task`.
     pub fn release(&self, task: &str) {
         let mut leases = self.leases();

@@ -21,7 +21,7 @@ use super::oci_runtime::OciRuntime;
 use super::reap::{ExitStatus, ExitWatch};
 use super::rootfs::{self, BundleDirs};
 use super::runc::{CreateIo, ExecOutput};
-use super::spec::TaskSpec;
+use super::spec::{Relabel, TaskMountKind, TaskSpec};
 use super::{oci, Runtime};
 
 /// The named pipes a task writes its output into, in its bundle.
@@ -85,6 +85,22 @@ impl Task {
     }
 }
 
+/// Gives the named volumes a task mounts its file label: its own categories when it alone
+/// holds the volume, the shared `s0` level when other tasks hold it too.
+fn relabel_volumes(spec: &TaskSpec, file: &str) -> Result<()> {
+    for m in &spec.mounts {
+        let TaskMountKind::Bind { source, .. } = &m.kind else { continue };
+        match m.relabel {
+            Relabel::Keep => {}
+            Relabel::Private => super::mac::relabel_tree(source, file)?,
+            Relabel::Shared => {
+                super::mac::relabel_tree(source, &super::mac::shared_file_label(file))?
+            }
+        }
+    }
+    Ok(())
+}
+
 impl OciRuntime {
     async fn create_task(&self, spec: TaskSpec) -> Result<()> {
         let config = self.oci_config(&spec)?;
@@ -119,6 +135,9 @@ impl OciRuntime {
         // A task that may gain privileges keeps its setuid files working; its bundle is 0700.
         let nosuid = !spec.allow_new_privileges;
         rootfs::mount_rootfs(dirs, &spec.rootfs, remap, nosuid, label.as_deref())?;
+        if let Some(file) = &label {
+            relabel_volumes(spec, file)?;
+        }
         super::secrets::mount_files(dirs, &spec.files, self.userns(spec), label.as_deref())?;
         oci::save(config, &dirs.bundle)?;
         let (stdout, out_r) = log_fifo(&dirs.bundle.join(STDOUT_FIFO))?;

@@ -242,6 +242,44 @@ pub fn context_option(label: &str) -> String {
     format!("context=\"{label}\"")
 }
 
+/// The label of a volume several tasks share: the file type at level `s0`, which every
+/// task's categories dominate (Docker's `:z` rather than `:Z`).
+pub fn shared_file_label(file: &str) -> String {
+    let mut parts = file.splitn(4, ':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(u), Some(r), Some(t)) => format!("{u}:{r}:{t}:s0"),
+        _ => file.to_string(),
+    }
+}
+
+/// Gives `dir` and everything below it the SELinux label `label`, never following a symbolic
+/// link (a link is labelled itself) and never leaving the tree. Walks with its own stack, so a
+/// deep volume cannot exhaust this thread's.
+pub fn relabel_tree(dir: &Path, label: &str) -> Result<()> {
+    const XATTR: &str = "security.selinux";
+    let set = |p: &Path| {
+        rustix::fs::lsetxattr(p, XATTR, label.as_bytes(), rustix::fs::XattrFlags::empty())
+            .map_err(|e| RuntimeError::io("labelling for SELinux", p, e.into()))
+    };
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        set(&d)?;
+        let entries =
+            std::fs::read_dir(&d).map_err(|e| RuntimeError::io("labelling for SELinux", &d, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| RuntimeError::io("labelling for SELinux", &d, e))?;
+            let kind =
+                entry.file_type().map_err(|e| RuntimeError::io("labelling for SELinux", &d, e))?;
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else {
+                set(&entry.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn selinux() -> Selinux {
     match std::fs::read_to_string("/sys/fs/selinux/enforce").map(|s| s.trim().to_string()) {
         Ok(v) if v == "1" => Selinux::Enforcing,
@@ -284,6 +322,34 @@ fn install_helper(dir: &Path) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn volumes_are_relabelled_without_following_links() {
+        let file = "system_u:object_r:container_file_t:s0:c7,c300";
+        assert_eq!(shared_file_label(file), "system_u:object_r:container_file_t:s0");
+        if !rustix::process::geteuid().is_root() {
+            return; // security.* attributes need CAP_SYS_ADMIN where no LSM owns them
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (vol, outside) = (dir.path().join("vol"), dir.path().join("outside"));
+        std::fs::create_dir_all(vol.join("a/b/c")).unwrap();
+        std::fs::write(vol.join("a/b/c/data"), b"x").unwrap();
+        std::fs::write(&outside, b"host").unwrap();
+        std::os::unix::fs::symlink(&outside, vol.join("a/link")).unwrap();
+        relabel_tree(&vol, file).unwrap();
+        let label = |p: &Path| {
+            let mut buf = [0u8; 256];
+            rustix::fs::lgetxattr(p, "security.selinux", &mut buf)
+                .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+                .unwrap_or_default()
+        };
+        for p in ["", "a", "a/b/c", "a/b/c/data", "a/link"] {
+            assert_eq!(label(&vol.join(p)), file, "{p}");
+        }
+        assert_eq!(label(&outside), "", "a link's target outside the volume keeps its label");
+        relabel_tree(&vol, &shared_file_label(file)).unwrap();
+        assert_eq!(label(&vol.join("a/b/c/data")), "system_u:object_r:container_file_t:s0");
+    }
 
     #[test]
     fn labels_follow_selinux_state_and_the_tasks_choice() {

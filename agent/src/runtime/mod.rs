@@ -36,7 +36,7 @@ pub use recover::Recovered;
 pub use runc::ExecOutput;
 pub use secrets::SecretFile;
 pub use spec::{
-    AppArmorChoice, HostNamespace, Resources, RootfsSource, SeccompChoice, SelinuxChoice,
+    AppArmorChoice, HostNamespace, Relabel, Resources, RootfsSource, SeccompChoice, SelinuxChoice,
     TaskMount, TaskMountKind, TaskSpec, Ulimit, UserSpec,
 };
 

@@ -189,6 +189,20 @@ pub struct TaskMount {
     pub target: String,
     pub read_only: bool,
     pub kind: TaskMountKind,
+    /// How the source is labelled where SELinux labels tasks (named volumes only).
+    pub relabel: Relabel,
+}
+
+/// Whether a bound directory takes the task's SELinux file label before the task starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Relabel {
+    /// Left as it is (bind mounts: the host's files keep the host's labels).
+    #[default]
+    Keep,
+    /// The task's own file label, categories included: no other task can read it.
+    Private,
+    /// The file type at `s0`, which every task can read: a volume several tasks mount.
+    Shared,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use shoal_proto::Mount;
 
 use crate::image::{ImageInfo, ImageStore};
-use crate::runtime::{NodePolicy, RootfsSource, TaskMount, TaskMountKind};
+use crate::runtime::{NodePolicy, Relabel, RootfsSource, TaskMount, TaskMountKind};
 use crate::volume::{Fill, Volumes};
 
 /// Host paths no bind may reach, whatever the node allows.
@@ -59,12 +59,17 @@ pub fn resolve(
         if !targets.insert(m.target.trim_end_matches('/').to_string()) {
             return Err(format!("two mounts have the target {}", m.target));
         }
+        let mut relabel = Relabel::Keep;
         let kind = match m.r#type.as_str() {
             "" | "volume" => {
                 let labels = m.volume_labels.clone().into_iter().collect();
                 let fill = Fill { layers: &layers, target: &m.target, no_copy: m.no_copy };
                 let source =
                     at.volumes.attach(task, &m.source, labels, fill).map_err(|e| e.to_string())?;
+                relabel = match at.volumes.holders(&m.source) {
+                    0 | 1 => Relabel::Private,
+                    _ => Relabel::Shared,
+                };
                 TaskMountKind::Bind { source, propagation: "rprivate".into() }
             }
             "bind" => TaskMountKind::Bind {
@@ -89,7 +94,7 @@ pub fn resolve(
             },
             t => return Err(format!("mount type {t:?}: use volume, bind or tmpfs")),
         };
-        out.push(TaskMount { target: m.target.clone(), read_only: m.read_only, kind });
+        out.push(TaskMount { target: m.target.clone(), read_only: m.read_only, kind, relabel });
     }
     Ok(out)
 }
@@ -184,6 +189,10 @@ mod tests {
         std::fs::write(data.join("kept"), b"1").unwrap();
         resolve("t1", &[mount("volume", "pgdata", "/var/lib/db")], &img, &store, &at).unwrap();
         assert!(data.join("kept").exists(), "a volume is kept and reused");
+        assert_eq!(got[0].relabel, Relabel::Private, "one holder: the task's own label");
+        let second =
+            resolve("t2", &[mount("volume", "pgdata", "/var/lib/db")], &img, &store, &at).unwrap();
+        assert_eq!(second[0].relabel, Relabel::Shared, "two holders: the shared level");
         for bad in ["", "../x", "a/b", "-x"] {
             assert!(
                 resolve("t1", &[mount("volume", bad, "/d")], &img, &store, &at).is_err(),
@@ -214,7 +223,7 @@ mod tests {
             &store,
             &at,
         );
-        assert!(ok.is_ok(), "{ok:?}");
+        assert_eq!(ok.as_ref().unwrap()[0].relabel, Relabel::Keep, "the host's files keep theirs");
         let s = |p: &Path| p.to_string_lossy().into_owned();
         for (source, why) in [
             (s(&outside), "task-allow-bind"),
