@@ -545,7 +545,7 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("restart condition"));
-        let bad = SpecFlags { security_opt: vec!["apparmor=x".into()], ..Default::default() };
+        let bad = SpecFlags { security_opt: vec!["selinux=x".into()], ..Default::default() };
         assert!(bad
             .apply(&mut ServiceSpec::default())
             .unwrap_err()
