@@ -10,6 +10,7 @@ pub mod node;
 pub mod renew;
 pub mod tls;
 pub mod token;
+pub mod trust;
 pub mod tunnel;
 pub mod user;
 
