@@ -35,6 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "shoal.JoinTokenInfo",
             "shoal.UnlockKeyInfo",
             "shoal.RegistryAuth",
+            "shoal.TrustTimestampKey",
         ])
         .compile_protos(&files, &["proto"])?;
     Ok(())

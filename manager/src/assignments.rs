@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use shoal_proto::{
-    AssignmentsMessage, Network, Node, Secret, SecretData, Service, Task, TaskState,
+    AssignmentsMessage, Cluster, Network, Node, Secret, SecretData, Service, Task, TaskState,
     TaskStatusUpdate,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -204,6 +204,8 @@ impl Hub {
             .flatten()
             .filter_map(|id| s.maps.for_node(node_id, id))
             .collect();
+        let cluster = store.list::<Cluster>().ok().and_then(|c| c.into_iter().next());
+        crate::trust::seal_tasks(store, cluster.as_ref(), &mut tasks);
         let first = AssignmentsMessage {
             complete: true,
             tasks,
@@ -345,7 +347,7 @@ impl Hub {
             }
             let msg = AssignmentsMessage {
                 complete: false,
-                tasks: std::mem::take(&mut stream.tasks),
+                tasks: sealed(store, std::mem::take(&mut stream.tasks)),
                 removed: std::mem::take(&mut stream.removed),
                 sequence: stream.sequence,
                 secrets: secret_data(store, &std::mem::take(&mut stream.secrets)),
@@ -372,6 +374,15 @@ impl Hub {
             streams.remove(&node);
         }
     }
+}
+
+/// The tasks with their content-trust envelopes as the store has them now.
+fn sealed(store: &crate::store::Store, mut tasks: Vec<Task>) -> Vec<Task> {
+    if !tasks.is_empty() {
+        let cluster = store.list::<Cluster>().ok().and_then(|c| c.into_iter().next());
+        crate::trust::seal_tasks(store, cluster.as_ref(), &mut tasks);
+    }
+    tasks
 }
 
 /// Every network map, from the store as it is; `None` if it cannot be read.

@@ -108,6 +108,8 @@ pub const TABLE: &[(&str, Access)] = &[
     ("/shoal.Control/ListGrants", MANAGERS),
     ("/shoal.Control/RemoveGrant", MANAGERS),
     ("/shoal.Control/ReadAudit", MANAGERS),
+    ("/shoal.Control/PutTrust", MANAGERS),
+    ("/shoal.Control/GetTrust", MANAGERS),
     ("/shoal.Raft/Send", MANAGERS),
     ("/shoal.Raft/Join", MANAGERS),
     ("/shoal.Raft/Ping", MANAGERS),

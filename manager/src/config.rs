@@ -112,6 +112,7 @@ pub(crate) fn new_cluster(cluster_id: &str, ca: &RootCa, params: &InitParams) ->
             subnet_size: params.subnet_size,
             data_path_port: params.data_path_port,
             network_key_rotation_secs: 0,
+            ..Default::default()
         }),
         root_ca: Some(shoal_proto::RootCa {
             cert_pem: ca.cert_pem().to_string(),

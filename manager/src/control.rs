@@ -10,7 +10,7 @@ use shoal_pki::Role;
 use shoal_proto::control_server::Control;
 use shoal_proto::Member;
 use shoal_proto::{
-    Autolock, GetUnlockKeyRequest, RotateUnlockKeyRequest, UnlockKey, UnlockKeyInfo,
+    Autolock, ContentTrust, GetUnlockKeyRequest, RotateUnlockKeyRequest, UnlockKey, UnlockKeyInfo,
     UpdateNodeRoleRequest,
 };
 use shoal_proto::{
@@ -318,6 +318,14 @@ impl Control for ControlApi {
             ))
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
+        if req.trust_timestamp_secs != 0 {
+            crate::trust::validate_lifetime(Duration::from_secs(req.trust_timestamp_secs))
+                .map_err(Status::invalid_argument)?;
+        }
+        let trust = req.content_trust();
+        if trust == ContentTrust::Off {
+            crate::trust::check_policy_off(&self.shared.store, &req.content_trust_policy)?;
+        }
         let cluster = self
             .shared
             .store
@@ -334,6 +342,20 @@ impl Control for ControlApi {
                 }
                 if req.network_key_rotation_secs != 0 {
                     spec.network_key_rotation_secs = req.network_key_rotation_secs;
+                }
+                if req.trust_timestamp_secs != 0 {
+                    spec.trust_timestamp_secs = req.trust_timestamp_secs;
+                }
+                match trust {
+                    ContentTrust::Required => {
+                        spec.content_trust_required = true;
+                        spec.content_trust_policy.clear();
+                    }
+                    ContentTrust::Off => {
+                        spec.content_trust_required = false;
+                        spec.content_trust_policy = req.content_trust_policy.clone();
+                    }
+                    ContentTrust::Unchanged => {}
                 }
                 match req.autolock() {
                     Autolock::On if cluster.unlock_key.is_none() => {
@@ -806,6 +828,22 @@ impl Control for ControlApi {
     ) -> Result<Response<shoal_proto::ReadAuditResponse>, Status> {
         let who = self.who(&req)?;
         Ok(Response::new(crate::people::read_audit(&self.shared, &who, req.into_inner()).await?))
+    }
+
+    async fn put_trust(
+        &self,
+        req: Request<shoal_proto::PutTrustRequest>,
+    ) -> Result<Response<shoal_proto::TrustInfo>, Status> {
+        self.guard(&req, "swarm.admin", "trust", "/", true)?;
+        Ok(Response::new(crate::trust::put(&self.shared, req.into_inner()).await?))
+    }
+
+    async fn get_trust(
+        &self,
+        req: Request<shoal_proto::GetTrustRequest>,
+    ) -> Result<Response<shoal_proto::TrustInfo>, Status> {
+        self.guard(&req, "swarm.view", "trust", "/", false)?;
+        Ok(Response::new(crate::trust::get(&self.shared, &req.into_inner().repo).await?))
     }
 }
 

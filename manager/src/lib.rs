@@ -25,6 +25,7 @@ pub mod server;
 pub mod services;
 pub mod store;
 pub mod tokens;
+mod trust;
 
 pub use manager::{Identity, InitParams, Manager, ManagerError};
 pub use store::{Store, StoreError};

@@ -336,9 +336,32 @@ impl Manager {
         let manager = Manager { shared: Arc::new(shared) };
         manager.spawn_revocation_watch();
         manager.spawn_removal_watch();
+        manager.spawn_trust_renewal();
         // Finishes a rotation a crash interrupted (the key file still holds two keys).
         manager.shared.maybe_rotate_data_key();
         Ok(manager)
+    }
+
+    /// On the leader, renews content-trust timestamps before they expire (checking at an
+    /// eighth of their lifetime, at most hourly).
+    fn spawn_trust_renewal(&self) {
+        let weak = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            loop {
+                let Some(shared) = weak.upgrade() else { return };
+                let spec = shared.cluster().ok().and_then(|c| c.spec);
+                let life = crate::trust::lifetime(spec.as_ref());
+                drop(shared);
+                let pause = (life / 8).clamp(Duration::from_millis(200), Duration::from_secs(3600));
+                tokio::time::sleep(pause).await;
+                let Some(shared) = weak.upgrade() else { return };
+                if shared.raft.status().is_leader {
+                    if let Err(e) = crate::trust::renew(&shared).await {
+                        tracing::warn!(error = %e.message(), "could not renew content-trust timestamps");
+                    }
+                }
+            }
+        });
     }
 
     fn spawn_revocation_watch(&self) {

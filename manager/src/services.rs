@@ -211,6 +211,7 @@ pub(crate) async fn create(
     let mut spec = normalize(spec)?;
     check_widenings(&shared.store.list::<Node>()?, &spec, None)?;
     let warnings = crate::images::pin(shared, &mut spec, req.no_resolve_image).await?;
+    crate::trust::check_service(shared, &mut spec)?;
     let service = shared
         .store
         .update(|tx| {
@@ -260,6 +261,7 @@ pub(crate) async fn update(
         crate::images::keep_auth(&mut spec, &current);
         warnings = crate::images::pin(shared, &mut spec, req.no_resolve_image).await?;
         crate::images::keep_pin(&mut spec, &current);
+        crate::trust::check_service(shared, &mut spec)?;
         Some(spec)
     };
     let service = shared

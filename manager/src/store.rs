@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use prost::Message;
 use shoal_proto::{
     AccessRole, Cluster, Grant, Member, Meta, NameClaim, Network, Node, Precondition, Secret,
-    Service, SnapshotRecord, StoreBatch, StoreSnapshot, Task, Team, User, Write,
+    Service, SnapshotRecord, StoreBatch, StoreSnapshot, Task, Team, TrustRepo, TrustRoot,
+    TrustTimestampKey, User, Write,
 };
 use tokio::sync::broadcast;
 
@@ -82,6 +83,9 @@ impl_object!(User, "user");
 impl_object!(Team, "team");
 impl_object!(AccessRole, "role");
 impl_object!(Grant, "grant");
+impl_object!(TrustRepo, "trust-repo");
+impl_object!(TrustRoot, "trust-root");
+impl_object!(TrustTimestampKey, "trust-key");
 
 /// One applied change, as seen by watchers.
 #[derive(Clone, Debug, PartialEq, Eq)]

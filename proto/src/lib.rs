@@ -145,6 +145,12 @@ redact_data!(SecretData, id, version, kind);
 redact_data!(CreateSecretRequest, kind, name, labels);
 redact_data!(UpdateSecretRequest, kind, reference, set_labels, labels);
 
+impl std::fmt::Debug for TrustTimestampKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustTimestampKey").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for UnlockKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("UnlockKey(<redacted>)")

@@ -21,6 +21,7 @@ pub mod secret;
 pub mod service;
 pub mod stack;
 pub mod swarm;
+pub mod trust;
 pub mod volume;
 
 use client::{Host, TlsFiles};
@@ -95,6 +96,9 @@ pub enum Command {
     /// Manage this node's volumes
     #[command(subcommand)]
     Volume(volume::VolumeCmd),
+    /// Content trust: signing keys, roots, signers and signed tags
+    #[command(subcommand)]
+    Trust(trust::TrustCmd),
     /// Manage stacks (services, secrets and configs from a compose file)
     #[command(subcommand)]
     Stack(stack::StackCmd),
@@ -160,6 +164,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             local_only(&host)?;
             volume::run(cmd, channel).await
         }
+        Command::Trust(cmd) => trust::run(cmd, channel).await,
         Command::Info => info(channel).await,
         Command::Login { server, username, password, password_stdin } => {
             local_only(&host)?;

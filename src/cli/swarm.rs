@@ -124,6 +124,16 @@ pub struct UpdateArgs {
     /// How often each node replaces its encrypted-overlay key (default 12h, at least 10s)
     #[arg(long, value_parser = parse_duration)]
     pub network_key_rotation: Option<Duration>,
+    /// required: services run only signed images, checked again on every node; off needs
+    /// --root-key (nodes stop requiring it only on a root's signed word)
+    #[arg(long, value_parser = ["required", "off"])]
+    pub content_trust: Option<String>,
+    /// A root key (path or name) that signs --content-trust off
+    #[arg(long)]
+    pub root_key: Option<String>,
+    /// How long the managers' content-trust timestamps last (default 14 days)
+    #[arg(long, value_parser = parse_duration)]
+    pub trust_timestamp_expiry: Option<Duration>,
 }
 
 /// Runs one `swarm` command.
@@ -227,12 +237,25 @@ async fn update(control: &mut ControlClient<Channel>, a: UpdateArgs) -> Result<(
         && a.autolock.is_none()
         && !a.rotate_data_key
         && a.network_key_rotation.is_none()
+        && a.content_trust.is_none()
+        && a.trust_timestamp_expiry.is_none()
     {
         bail!(
             "nothing to update: give --cert-expiry, --dispatcher-heartbeat, --autolock, \
-             --rotate-data-key or --network-key-rotation"
+             --rotate-data-key, --network-key-rotation, --content-trust or \
+             --trust-timestamp-expiry"
         );
     }
+    let (content_trust, content_trust_policy) = match a.content_trust.as_deref() {
+        None => (ContentTrust::Unchanged, Vec::new()),
+        Some("required") => (ContentTrust::Required, Vec::new()),
+        Some(_) => {
+            let key = a.root_key.as_deref().ok_or_else(|| {
+                anyhow::anyhow!("--content-trust off needs --root-key: nodes keep requiring trust until a root signs it off")
+            })?;
+            (ContentTrust::Off, super::trust::policy_off(key)?)
+        }
+    };
     if let Some(e) = a.cert_expiry {
         shoal_pki::validate_cert_expiry(e)?;
     }
@@ -249,6 +272,9 @@ async fn update(control: &mut ControlClient<Channel>, a: UpdateArgs) -> Result<(
         } as i32,
         rotate_data_key: a.rotate_data_key,
         network_key_rotation_secs: a.network_key_rotation.map(|d| d.as_secs()).unwrap_or(0),
+        content_trust: content_trust as i32,
+        content_trust_policy,
+        trust_timestamp_secs: a.trust_timestamp_expiry.map(|d| d.as_secs().max(1)).unwrap_or(0),
     };
     control.update_cluster(req).await.map_err(client::status)?;
     println!("Swarm updated.");

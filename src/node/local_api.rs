@@ -425,4 +425,6 @@ delegate! {
     list_grants(ListGrantsRequest) -> ListGrantsResponse;
     remove_grant(RemoveGrantRequest) -> RemoveResponse;
     read_audit(ReadAuditRequest) -> ReadAuditResponse;
+    put_trust(PutTrustRequest) -> TrustInfo;
+    get_trust(GetTrustRequest) -> TrustInfo;
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use shoal_pki::trust::{Envelope, Pins};
 use shoal_proto::Task;
 
 use super::executor::{ExecError, ExecOutput, Executor, ExitStatus};
@@ -31,6 +32,9 @@ pub struct OciExecutor {
     puller: Option<Puller>,
     /// Named volumes, leased to the tasks that mount them.
     volumes: Arc<Volumes>,
+    /// What this node trusts of content trust, and where it keeps it.
+    trust: Mutex<Pins>,
+    trust_path: PathBuf,
 }
 
 fn failed(e: RuntimeError) -> ExecError {
@@ -44,8 +48,17 @@ impl OciExecutor {
     /// Runs tasks on `runtime` from `images`; `node` is the hostname rejections name.
     pub fn new(runtime: OciRuntime, images: Arc<ImageStore>, node: impl Into<String>) -> Self {
         let volumes = Arc::new(Volumes::open(runtime.config().data_root.join("volumes")));
+        let trust_path = runtime.config().data_root.join("trust").join("pins.json");
+        let pins = Pins::load(&trust_path).unwrap_or_else(|e| {
+            // A damaged pins file must not make the node trust less: it is kept for the
+            // operator and the node refuses tasks until it is fixed or removed.
+            tracing::error!(error = %e, "the node's content-trust pins cannot be read; tasks needing them are refused");
+            Pins { required: true, ..Default::default() }
+        });
         OciExecutor {
             volumes,
+            trust: Mutex::new(pins),
+            trust_path,
             runtime,
             images,
             node: node.into(),
@@ -77,6 +90,61 @@ impl OciExecutor {
 
     /// Pulls the task's image if the store lacks it. A failure rejects the task with the
     /// registry's words, and the store keeps nothing of it.
+    /// Checks the task's image against this node's content-trust pins, learning what the
+    /// managers sent only as far as the pins allow (see `shoal_pki::trust::pins`). Runs before
+    /// anything is pulled.
+    fn check_trust(&self, task: &Task) -> Result<(), ExecError> {
+        let Some(c) = task.spec.as_ref().and_then(|s| s.container.as_ref()) else {
+            return Ok(());
+        };
+        let refuse =
+            |why: String| ExecError::Rejected(format!("content trust on {}: {why}", self.node));
+        let envelope = match c.trust.as_slice() {
+            [] => None,
+            bytes => Some(Envelope::from_bytes(bytes).map_err(|e| refuse(e.to_string()))?),
+        };
+        let mut pins = self.trust.lock().unwrap_or_else(|p| p.into_inner());
+        let before = pins.clone();
+        if let Some(e) = &envelope {
+            // What fails to be learnt here is refused by the check below where it matters.
+            if let Some(k) = &e.timestamp_key {
+                if let Err(err) = pins.learn_timestamp_key(k) {
+                    tracing::warn!(error = %err, "content trust: a timestamp key not taken");
+                }
+            }
+            if let Err(err) = pins.learn_policy(e.required, e.policy.as_ref()) {
+                tracing::warn!(error = %err, "content trust: the managers' policy not taken");
+            }
+        }
+        let result = (|| {
+            let r = shoal_registry::ImageRef::parse(&c.image).map_err(|e| e.to_string())?;
+            let repo = format!("{}/{}", r.registry, r.repository);
+            let pinned = (!c.image_digest.is_empty()).then_some(c.image_digest.as_str());
+            let digest = pinned.or(r.digest.as_deref());
+            let bundle = envelope.as_ref().and_then(|e| e.bundle.as_ref());
+            let verified = pins
+                .check(&repo, r.tag.as_deref(), digest, bundle, shoal_pki::trust::now())
+                .map_err(|e| e.to_string())?;
+            if let Some(v) = verified {
+                if digest != Some(v.digest.as_str()) {
+                    return Err(format!(
+                        "the task runs {}, not the signed {} of {repo}",
+                        digest.unwrap_or("an unpinned image"),
+                        v.digest
+                    ));
+                }
+                tracing::info!(task = %task.id, %repo, digest = %v.digest, signer = %v.signer, "content trust: signed image");
+            }
+            Ok(())
+        })();
+        if *pins != before {
+            if let Err(e) = pins.save(&self.trust_path) {
+                tracing::warn!(error = %e, "could not save the node's content-trust pins");
+            }
+        }
+        result.map_err(refuse)
+    }
+
     async fn pull_for(&self, task: &Task) -> Result<(), ExecError> {
         let (Some(r), Some(puller)) = (self.to_pull(task), &self.puller) else { return Ok(()) };
         let c = task.spec.as_ref().and_then(|s| s.container.as_ref());
@@ -211,6 +279,7 @@ impl OciExecutor {
         task: &Task,
         files: Vec<crate::runtime::SecretFile>,
     ) -> Result<(), ExecError> {
+        self.check_trust(task)?;
         self.pull_for(task).await?;
         let built = self.build(task).await;
         let mut built = built.inspect_err(|_| self.volumes.release(&task.id))?;

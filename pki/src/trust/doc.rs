@@ -228,6 +228,31 @@ impl Bundle {
     }
 }
 
+/// What travels with a task to its node: whether the cluster requires trust (and the root's
+/// statement if it was turned off), the managers' timestamp key, and the image repository's
+/// bundle when there is one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    pub required: bool,
+    pub policy: Option<Signed<Policy>>,
+    pub timestamp_key: Option<PublicKey>,
+    pub bundle: Option<Bundle>,
+}
+
+impl Envelope {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an envelope serializes")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Envelope, TrustError> {
+        if bytes.len() > 4 * MAX_DOCUMENT {
+            return Err(TrustError::Malformed("a trust envelope over 4 MiB".into()));
+        }
+        serde_json::from_slice(bytes).map_err(|e| TrustError::Malformed(format!("envelope: {e}")))
+    }
+}
+
 /// Checks a root chain for one prefix: the first document signed by its own key, each later
 /// one by its own key and the previous root's, versions counting up by one. Returns the
 /// current (last) root.

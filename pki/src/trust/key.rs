@@ -197,6 +197,11 @@ impl SigningKey {
         &self.name
     }
 
+    /// The private key's PKCS#8 document (for a store that seals it, such as the managers').
+    pub fn pkcs8_der(&self) -> &[u8] {
+        &self.pkcs8
+    }
+
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
     }

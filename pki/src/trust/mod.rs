@@ -24,7 +24,9 @@ pub mod doc;
 pub mod key;
 pub mod pins;
 
-pub use doc::{Bundle, Delegations, Policy, Root, Signed, Target, Targets, Timestamp};
+pub use doc::{
+    Bundle, Delegations, Envelope, Policy, Root, Signed, Target, Targets, Timestamp, Verified,
+};
 pub use key::{Algorithm, PublicKey, SigningKey};
 pub use pins::Pins;
 

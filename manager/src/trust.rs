@@ -1,0 +1,421 @@
+//! Owns content trust on the managers: storing the trust documents operators sign (each checked
+//! against what is stored before it is written), the managers' timestamp key and the renewal
+//! of every repository's timestamp, refusing services whose images no signer signed while the
+//! cluster requires it, and the envelope sent with each task so its node can check again.
+
+use std::time::Duration;
+
+use shoal_pki::trust::{
+    self, Bundle, Delegations, Envelope, Policy, PublicKey, Root, Signed, SigningKey, Targets,
+    Timestamp, TrustError, Verified,
+};
+use shoal_proto::{
+    Cluster, ClusterSpec, PutTrustRequest, ServiceSpec, Task, TrustInfo, TrustRepo, TrustRoot,
+    TrustTimestampKey,
+};
+use shoal_registry::ImageRef;
+use tonic::Status;
+
+use crate::manager::Shared;
+use crate::store::{Store, StoreError, Tx};
+
+const KEY_ID: &str = "timestamp";
+
+pub(crate) fn status(e: TrustError) -> Status {
+    let msg = format!("content trust: {e}");
+    match e {
+        TrustError::Untrusted(_) => Status::failed_precondition(msg),
+        TrustError::Key(_) | TrustError::Malformed(_) => Status::invalid_argument(msg),
+    }
+}
+
+/// How long a timestamp lasts.
+pub(crate) fn lifetime(spec: Option<&ClusterSpec>) -> Duration {
+    match spec.map(|s| s.trust_timestamp_secs).unwrap_or(0) {
+        0 => trust::TIMESTAMP_LIFETIME,
+        s => Duration::from_secs(s),
+    }
+}
+
+/// Checks a timestamp lifetime asked for with `swarm update`.
+pub(crate) fn validate_lifetime(d: Duration) -> Result<(), String> {
+    if d < Duration::from_secs(1) || d > Duration::from_secs(365 * 86_400) {
+        return Err(format!(
+            "a trust timestamp lasts 1s to 365 days, not {}",
+            humantime::format_duration(d)
+        ));
+    }
+    Ok(())
+}
+
+/// The canonical repository of an image reference (`busybox` → `docker.io/library/busybox`),
+/// its tag and its digest.
+pub(crate) fn repo_of(image: &str) -> Result<(String, Option<String>, Option<String>), Status> {
+    let r = ImageRef::parse(image)
+        .map_err(|e| Status::invalid_argument(format!("image {image:?}: {e}")))?;
+    Ok((format!("{}/{}", r.registry, r.repository), r.tag, r.digest))
+}
+
+fn chain_of(r: &TrustRoot) -> Result<Vec<Signed<Root>>, TrustError> {
+    r.chain.iter().map(|b| Signed::<Root>::from_bytes(b)).collect()
+}
+
+/// The stored root chain whose prefix covers `repo` most closely.
+fn covering<'a>(roots: &'a [TrustRoot], repo: &str) -> Option<&'a TrustRoot> {
+    roots.iter().filter(|r| trust::covers(&r.id, repo)).max_by_key(|r| r.id.len())
+}
+
+fn store_err(e: StoreError) -> Status {
+    e.into()
+}
+
+/// The timestamp key, made the first time one is needed.
+fn timestamp_key(tx: &mut Tx<'_>) -> Result<SigningKey, Status> {
+    if let Some(k) = tx.get::<TrustTimestampKey>(KEY_ID).map_err(store_err)? {
+        return SigningKey::from_pkcs8(KEY_ID, trust::Algorithm::Ed25519, &k.pkcs8)
+            .map_err(|e| Status::internal(format!("the stored timestamp key: {e}")));
+    }
+    let key = SigningKey::generate(KEY_ID, trust::Algorithm::Ed25519)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let pkcs8 = key_pkcs8(&key)?;
+    tx.create(TrustTimestampKey { id: KEY_ID.into(), meta: None, pkcs8 }).map_err(store_err)?;
+    tracing::info!(key = %key.public().short_id(), "made the managers' content-trust timestamp key");
+    Ok(key)
+}
+
+fn key_pkcs8(key: &SigningKey) -> Result<Vec<u8>, Status> {
+    Ok(key.pkcs8_der().to_vec())
+}
+
+/// The public timestamp key, if one was made.
+fn timestamp_public(store: &Store) -> Option<PublicKey> {
+    let k = store.get::<TrustTimestampKey>(KEY_ID).ok().flatten()?;
+    SigningKey::from_pkcs8(KEY_ID, trust::Algorithm::Ed25519, &k.pkcs8).ok().map(|k| k.public())
+}
+
+/// Stores the documents of `req`, checked, and stamps the repository anew.
+pub(crate) async fn put(shared: &Shared, req: PutTrustRequest) -> Result<TrustInfo, Status> {
+    let root = (!req.root.is_empty())
+        .then(|| Signed::<Root>::from_bytes(&req.root))
+        .transpose()
+        .map_err(status)?;
+    let delegations = (!req.delegations.is_empty())
+        .then(|| Signed::<Delegations>::from_bytes(&req.delegations))
+        .transpose()
+        .map_err(status)?;
+    let targets = (!req.targets.is_empty())
+        .then(|| Signed::<Targets>::from_bytes(&req.targets))
+        .transpose()
+        .map_err(status)?;
+    let repo = match (&delegations, &targets) {
+        (Some(d), Some(t)) if d.signed.repo != t.signed.repo => {
+            return Err(Status::invalid_argument(
+                "the delegations and targets name different repositories",
+            ))
+        }
+        (Some(d), _) => Some(d.signed.repo.clone()),
+        (None, Some(t)) => Some(t.signed.repo.clone()),
+        (None, None) => None,
+    };
+    if root.is_none() && repo.is_none() {
+        return Err(Status::invalid_argument("no trust document to store"));
+    }
+    let life = lifetime(shared.cluster()?.spec.as_ref());
+    let info = shared
+        .store
+        .update(|tx| {
+            if let Some(root) = &root {
+                put_root(tx, root)?;
+            }
+            let Some(repo) = &repo else { return Ok::<_, Status>(None) };
+            put_repo(tx, repo, delegations.as_ref(), targets.as_ref(), life)?;
+            Ok(Some(repo.clone()))
+        })
+        .await?;
+    let repo = info.unwrap_or_else(|| root.map(|r| r.signed.prefix).unwrap_or_default());
+    get(shared, &repo).await
+}
+
+fn put_root(tx: &mut Tx<'_>, root: &Signed<Root>) -> Result<(), Status> {
+    let prefix = root.signed.prefix.trim_end_matches('/').to_string();
+    if prefix.is_empty() || prefix != root.signed.prefix {
+        return Err(Status::invalid_argument(
+            "a root prefix is a repository path without a trailing '/' (e.g. reg:5000/team)",
+        ));
+    }
+    ImageRef::parse(&prefix)
+        .map_err(|e| Status::invalid_argument(format!("root prefix {prefix:?}: {e}")))?;
+    let stored = tx.get::<TrustRoot>(&prefix).map_err(store_err)?;
+    let mut chain = match &stored {
+        Some(r) => chain_of(r).map_err(status)?,
+        None => Vec::new(),
+    };
+    chain.push(root.clone());
+    trust::doc::check_chain(&chain).map_err(status)?;
+    if stored.is_none() {
+        // Nodes that pinned roots take a new prefix only when one of them vouches for it.
+        let others: Vec<TrustRoot> = tx.list::<TrustRoot>().map_err(store_err)?;
+        let mut current = Vec::new();
+        for r in &others {
+            if let Some(last) = chain_of(r).map_err(status)?.pop() {
+                current.push(last);
+            }
+        }
+        if !current.is_empty() && !current.iter().any(|r| root.signed_by(&r.signed.key)) {
+            return Err(status(TrustError::Untrusted(format!(
+                "a root for a new prefix {prefix} must be vouched for by an existing root (trust root add --vouch-key)"
+            ))));
+        }
+    }
+    let bytes: Vec<Vec<u8>> = chain.iter().map(Signed::to_bytes).collect();
+    match stored {
+        Some(mut r) => {
+            r.chain = bytes;
+            tx.update(r).map_err(store_err)?;
+        }
+        None => tx
+            .create(TrustRoot { id: prefix.clone(), meta: None, chain: bytes })
+            .map_err(store_err)?,
+    }
+    tracing::info!(%prefix, version = root.signed.version, key = %root.signed.key.short_id(), "content-trust root stored");
+    Ok(())
+}
+
+fn put_repo(
+    tx: &mut Tx<'_>,
+    repo: &str,
+    delegations: Option<&Signed<Delegations>>,
+    targets: Option<&Signed<Targets>>,
+    life: Duration,
+) -> Result<(), Status> {
+    let untrusted = |why: String| status(TrustError::Untrusted(why));
+    let roots = tx.list::<TrustRoot>().map_err(store_err)?;
+    let root = covering(&roots, repo).ok_or_else(|| {
+        untrusted(format!("no trust root covers {repo}; add one with trust root add"))
+    })?;
+    let root_key = chain_of(root).map_err(status)?.pop().map(|r| r.signed.key);
+    let root_key = root_key.ok_or_else(|| untrusted("an empty root chain".into()))?;
+    let stored = tx.get::<TrustRepo>(repo).map_err(store_err)?;
+    let old_d = stored
+        .as_ref()
+        .filter(|s| !s.delegations.is_empty())
+        .map(|s| Signed::<Delegations>::from_bytes(&s.delegations))
+        .transpose()
+        .map_err(status)?;
+    let old_t = stored
+        .as_ref()
+        .filter(|s| !s.targets.is_empty())
+        .map(|s| Signed::<Targets>::from_bytes(&s.targets))
+        .transpose()
+        .map_err(status)?;
+    let now = trust::now();
+    if let Some(d) = delegations {
+        let newer = old_d.as_ref().is_none_or(|o| d.signed.version > o.signed.version);
+        if !d.signed_by(&root_key) || !newer || d.signed.expires <= now {
+            return Err(untrusted(format!(
+                "the signers of {repo} must be signed by the root of {}, newer than version {} and not expired",
+                root.id,
+                old_d.as_ref().map_or(0, |o| o.signed.version)
+            )));
+        }
+        for k in d.signed.signers.values() {
+            k.check().map_err(status)?;
+        }
+    }
+    let d = delegations.cloned().or(old_d);
+    let Some(d) = d else {
+        return Err(untrusted(format!("{repo} has no signers; add one with trust signer add")));
+    };
+    if let Some(t) = targets {
+        let newer = old_t.as_ref().is_none_or(|o| t.signed.version > o.signed.version);
+        let by_signer = d.signed.signers.values().any(|k| t.signed_by(k));
+        if !by_signer || !newer || t.signed.expires <= now {
+            return Err(untrusted(format!(
+                "the targets of {repo} must be signed by one of its signers ({}), newer than version {} and not expired",
+                d.signed.signers.keys().cloned().collect::<Vec<_>>().join(", "),
+                old_t.as_ref().map_or(0, |o| o.signed.version)
+            )));
+        }
+        for target in t.signed.tags.values() {
+            if !shoal_registry::is_digest(&target.digest) {
+                return Err(Status::invalid_argument(format!(
+                    "the targets of {repo} name {:?}, not a sha256 digest",
+                    target.digest
+                )));
+            }
+        }
+    }
+    let t = match targets.cloned().or(old_t) {
+        Some(t) => t,
+        None => {
+            // No tags signed yet: an empty targets document needs a signer's key, which the
+            // managers do not have; the repository waits for its first trust sign.
+            let mut r = stored.unwrap_or(TrustRepo { id: repo.into(), ..Default::default() });
+            r.delegations = d.to_bytes();
+            return save(tx, r);
+        }
+    };
+    let key = timestamp_key(tx)?;
+    let version = stored
+        .as_ref()
+        .filter(|s| !s.timestamp.is_empty())
+        .and_then(|s| Signed::<Timestamp>::from_bytes(&s.timestamp).ok())
+        .map_or(0, |ts| ts.signed.version)
+        + 1;
+    let ts = Timestamp::over(&d, &t, version, now + life.as_secs());
+    let ts = Signed::sign(ts, &[&key]).map_err(status)?;
+    let mut r = stored.unwrap_or(TrustRepo { id: repo.into(), ..Default::default() });
+    r.delegations = d.to_bytes();
+    r.targets = t.to_bytes();
+    r.timestamp = ts.to_bytes();
+    save(tx, r)
+}
+
+fn save(tx: &mut Tx<'_>, r: TrustRepo) -> Result<(), Status> {
+    if r.meta.is_some() {
+        tx.update(r).map_err(store_err)
+    } else {
+        tx.create(r).map_err(store_err)
+    }
+}
+
+/// What the store holds for `repo` (or, for a prefix, its roots).
+pub(crate) async fn get(shared: &Shared, repo: &str) -> Result<TrustInfo, Status> {
+    shared.store.barrier().await?;
+    let store = &shared.store;
+    let roots = store.list::<TrustRoot>()?;
+    let mut info = TrustInfo {
+        repo: repo.to_string(),
+        roots: covering(&roots, repo).map(|r| r.chain.clone()).unwrap_or_default(),
+        timestamp_key: timestamp_public(store)
+            .map(|k| serde_json::to_vec(&k).expect("a key serializes"))
+            .unwrap_or_default(),
+        content_trust_required: shared.cluster()?.spec.is_some_and(|s| s.content_trust_required),
+        ..Default::default()
+    };
+    if let Some(r) = store.get::<TrustRepo>(repo)? {
+        info.delegations = r.delegations;
+        info.targets = r.targets;
+        info.timestamp = r.timestamp;
+    }
+    Ok(info)
+}
+
+/// The whole bundle for `repo`, if it has signed tags.
+fn bundle(store: &Store, repo: &str) -> Result<Option<Bundle>, Status> {
+    let Some(r) = store.get::<TrustRepo>(repo)? else { return Ok(None) };
+    if r.targets.is_empty() || r.timestamp.is_empty() {
+        return Ok(None);
+    }
+    let roots = store.list::<TrustRoot>()?;
+    let Some(root) = covering(&roots, repo) else { return Ok(None) };
+    Ok(Some(Bundle {
+        roots: chain_of(root).map_err(status)?,
+        delegations: Signed::from_bytes(&r.delegations).map_err(status)?,
+        targets: Signed::from_bytes(&r.targets).map_err(status)?,
+        timestamp: Signed::from_bytes(&r.timestamp).map_err(status)?,
+    }))
+}
+
+/// Checks a service's image against the stored trust data while the cluster requires it, and
+/// pins the spec to the signed digest (which wins over what the registry said the tag is).
+pub(crate) fn check_service(shared: &Shared, spec: &mut ServiceSpec) -> Result<(), Status> {
+    let cluster = shared.cluster()?;
+    if !cluster.spec.as_ref().is_some_and(|s| s.content_trust_required) {
+        return Ok(());
+    }
+    let Some(c) = spec.container.as_mut() else { return Ok(()) };
+    let v = verify(&shared.store, &c.image, &c.image_digest)?;
+    if !c.image_digest.is_empty() && c.image_digest != v.digest {
+        tracing::warn!(image = %c.image, registry = %c.image_digest, signed = %v.digest, "the registry's digest for the tag is not the signed one; running the signed one");
+    }
+    c.image_digest = v.digest;
+    c.trust = Vec::new();
+    Ok(())
+}
+
+/// Checks `image` (pinned to `pinned` if not empty) against the store's trust data.
+fn verify(store: &Store, image: &str, pinned: &str) -> Result<Verified, Status> {
+    let (repo, tag, digest) = repo_of(image)?;
+    let digest =
+        digest.or_else(|| (!pinned.is_empty() && tag.is_none()).then(|| pinned.to_string()));
+    let Some(b) = bundle(store, &repo)? else {
+        return Err(status(TrustError::Untrusted(format!(
+            "content trust is required and {repo} has no signed tags (trust sign {repo}:TAG)"
+        ))));
+    };
+    let root = b.roots.last().map(|r| r.signed.clone());
+    let root = root.ok_or_else(|| status(TrustError::Untrusted("no root".into())))?;
+    let key = timestamp_public(store)
+        .ok_or_else(|| status(TrustError::Untrusted("no timestamp key yet".into())))?;
+    // A digest reference alone is found among the signed tags; a tag reference is checked as
+    // the tag (its pinned digest may be the registry's, which the signed one replaces).
+    b.verify(&root, &key, &repo, tag.as_deref(), digest.as_deref(), trust::now()).map_err(status)
+}
+
+/// Fills each task's envelope: the cluster's requirement, the timestamp key and its image's
+/// bundle.
+pub(crate) fn seal_tasks(store: &Store, cluster: Option<&Cluster>, tasks: &mut [Task]) {
+    let spec = cluster.and_then(|c| c.spec.as_ref());
+    let required = spec.is_some_and(|s| s.content_trust_required);
+    let policy = spec
+        .filter(|s| !s.content_trust_policy.is_empty())
+        .and_then(|s| Signed::<Policy>::from_bytes(&s.content_trust_policy).ok());
+    let key = timestamp_public(store);
+    let active = required || policy.is_some() || key.is_some();
+    let mut cache: std::collections::HashMap<String, Vec<u8>> = Default::default();
+    for t in tasks {
+        let Some(c) = t.spec.as_mut().and_then(|s| s.container.as_mut()) else { continue };
+        // Only what the managers put here reaches a node, never what a client sent.
+        c.trust = Vec::new();
+        let Ok((repo, _, _)) = repo_of(&c.image) else { continue };
+        if !active {
+            continue;
+        }
+        let bytes = cache.entry(repo.clone()).or_insert_with(|| {
+            Envelope {
+                required,
+                policy: policy.clone(),
+                timestamp_key: key.clone(),
+                bundle: bundle(store, &repo).ok().flatten(),
+            }
+            .to_bytes()
+        });
+        c.trust = bytes.clone();
+    }
+}
+
+/// Renews timestamps that are past half their life (on the leader).
+pub(crate) async fn renew(shared: &Shared) -> Result<usize, Status> {
+    let life = lifetime(shared.cluster()?.spec.as_ref());
+    let now = trust::now();
+    let due: Vec<String> = shared
+        .store
+        .list::<TrustRepo>()?
+        .into_iter()
+        .filter(|r| {
+            Signed::<Timestamp>::from_bytes(&r.timestamp)
+                .is_ok_and(|ts| ts.signed.expires < now + life.as_secs() / 2)
+        })
+        .map(|r| r.id)
+        .collect();
+    for repo in &due {
+        shared.store.update(|tx| put_repo(tx, repo, None, None, life)).await?;
+        tracing::info!(%repo, "content-trust timestamp renewed");
+    }
+    Ok(due.len())
+}
+
+/// Checks a statement turning the requirement off: a policy signed by a stored root.
+pub(crate) fn check_policy_off(store: &Store, bytes: &[u8]) -> Result<(), Status> {
+    let s = Signed::<Policy>::from_bytes(bytes).map_err(status)?;
+    let roots = store.list::<TrustRoot>()?;
+    let by_root =
+        roots.iter().filter_map(|r| chain_of(r).ok()?.pop()).any(|r| s.signed_by(&r.signed.key));
+    if s.signed.required || !by_root {
+        return Err(status(TrustError::Untrusted(
+            "turning content trust off needs a statement signed by a root key (swarm update --content-trust off --root-key KEY)".into(),
+        )));
+    }
+    Ok(())
+}
