@@ -318,6 +318,24 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
     });
     n1.must_shoal(&["service", "rm", "bad"]);
 
+    // --- Timestamps: a shorter lifetime re-stamps at once, and the leader keeps renewing. ------
+    step("timestamps renew");
+    let stamp = || {
+        let v: serde_json::Value =
+            serde_json::from_str(&n1.must_shoal(&["trust", "inspect", &app])).unwrap();
+        v[0]["Timestamp"]["Version"].as_u64().unwrap_or(0)
+    };
+    let before = stamp();
+    n1.must_shoal(&["swarm", "update", "--trust-timestamp-expiry", "4s"]);
+    eventually("two renewals", Duration::from_secs(30), || {
+        let now = stamp();
+        (now >= before + 2).then_some(()).ok_or(format!("version {now}, was {before}"))
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let out = create(n1, "renewed", &v1, &["--constraint", "node.hostname==n2"]);
+    assert!(out.status.success(), "after the first timestamp expired: {}", text(&out));
+    wait_running(n1, "renewed", 1, Duration::from_secs(60));
+
     // --- Off needs a root's word; then unsigned images run again. ------------------------------
     step("content trust off");
     let out = n1.shoal(&["swarm", "update", "--content-trust", "off"]);

@@ -343,9 +343,11 @@ impl Manager {
     }
 
     /// On the leader, renews content-trust timestamps before they expire (checking at an
-    /// eighth of their lifetime, at most hourly).
+    /// eighth of their lifetime, at most hourly, and at once when the cluster's settings
+    /// change).
     fn spawn_trust_renewal(&self) {
         let weak = Arc::downgrade(&self.shared);
+        let mut events = self.shared.store.watch();
         tokio::spawn(async move {
             loop {
                 let Some(shared) = weak.upgrade() else { return };
@@ -353,7 +355,18 @@ impl Manager {
                 let life = crate::trust::lifetime(spec.as_ref());
                 drop(shared);
                 let pause = (life / 8).clamp(Duration::from_millis(200), Duration::from_secs(3600));
-                tokio::time::sleep(pause).await;
+                let sleep = tokio::time::sleep(pause);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = &mut sleep => break,
+                        e = events.recv() => match e {
+                            Ok(e) if e.kind != "cluster" => continue,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                            _ => break,
+                        },
+                    }
+                }
                 let Some(shared) = weak.upgrade() else { return };
                 if shared.raft.status().is_leader {
                     if let Err(e) = crate::trust::renew(&shared).await {

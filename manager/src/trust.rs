@@ -385,7 +385,8 @@ pub(crate) fn seal_tasks(store: &Store, cluster: Option<&Cluster>, tasks: &mut [
     }
 }
 
-/// Renews timestamps that are past half their life (on the leader).
+/// Renews timestamps that are past half their life, or that last longer than the lifetime
+/// now set (on the leader).
 pub(crate) async fn renew(shared: &Shared) -> Result<usize, Status> {
     let life = lifetime(shared.cluster()?.spec.as_ref());
     let now = trust::now();
@@ -394,8 +395,10 @@ pub(crate) async fn renew(shared: &Shared) -> Result<usize, Status> {
         .list::<TrustRepo>()?
         .into_iter()
         .filter(|r| {
-            Signed::<Timestamp>::from_bytes(&r.timestamp)
-                .is_ok_and(|ts| ts.signed.expires < now + life.as_secs() / 2)
+            Signed::<Timestamp>::from_bytes(&r.timestamp).is_ok_and(|ts| {
+                let left = ts.signed.expires.saturating_sub(now);
+                left < life.as_secs() / 2 || left > life.as_secs()
+            })
         })
         .map(|r| r.id)
         .collect();
