@@ -9,6 +9,7 @@ pub mod join;
 pub mod net;
 pub mod renew;
 pub mod runtime;
+pub mod scan;
 pub mod session;
 pub mod volume;
 pub mod worker;

@@ -8,6 +8,7 @@
 mod archive;
 mod beneath;
 pub mod layer;
+pub mod merged;
 mod pull;
 mod pulled;
 pub mod reference;

@@ -4,8 +4,6 @@
 //! symbolic link where the files or `/etc` should be is refused, and so are files larger than
 //! an account database has any reason to be.
 
-use std::path::Path;
-
 use super::{ImageError, ImageInfo, ImageStore};
 use crate::runtime::{RootfsSource, UserSpec};
 
@@ -109,49 +107,10 @@ impl ImageStore {
 /// `/etc/<name>` as the merged image shows it: from the topmost layer that has it, `None` if
 /// none does or a layer above removed it. Refuses links.
 fn read_db(layers: &[std::path::PathBuf], name: &str) -> Result<Option<String>, String> {
-    for layer in layers {
-        let etc = layer.join("etc");
-        match std::fs::symlink_metadata(&etc) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err("the image's /etc is a symbolic link; Shoal does not follow it".into())
-            }
-            Ok(m) if m.is_dir() => {}
-            // A whiteout (or a file) in place of /etc hides every lower /etc.
-            Ok(_) => return Ok(None),
-            Err(_) => continue,
-        }
-        let path = etc.join(name);
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(format!(
-                    "the image's /etc/{name} is a symbolic link; Shoal does not follow it"
-                ))
-            }
-            Ok(m) if m.is_file() => return read_small(&path, name).map(Some),
-            Ok(_) => return Ok(None), // a whiteout: removed by this layer
-            Err(_) if opaque(&etc) => return Ok(None),
-            Err(_) => continue,
-        }
-    }
-    Ok(None)
-}
-
-fn read_small(path: &Path, name: &str) -> Result<String, String> {
-    use std::io::Read;
-    let f = std::fs::File::open(path).map_err(|e| format!("reading /etc/{name}: {e}"))?;
-    let mut text = String::new();
-    f.take(MAX_DB + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("reading /etc/{name}: {e}"))?;
-    if text.len() as u64 > MAX_DB {
-        return Err(format!("the image's /etc/{name} is larger than {MAX_DB} bytes"));
-    }
-    Ok(text)
-}
-
-/// Whether a layer's directory is opaque (hides what lower layers have there).
-fn opaque(dir: &Path) -> bool {
-    rustix::fs::getxattr(dir, "trusted.overlay.opaque", &mut [0u8; 1]).is_ok_and(|n| n == 1)
+    let bytes = super::merged::read(layers, &["etc", name], MAX_DB)?;
+    bytes
+        .map(|b| String::from_utf8(b).map_err(|_| format!("the image's /etc/{name} is not UTF-8")))
+        .transpose()
 }
 
 #[cfg(test)]
