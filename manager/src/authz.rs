@@ -133,6 +133,8 @@ pub const TABLE: &[(&str, Access)] = &[
     ("/shoal.Daemon/VolumeInspect", Access::LocalOnly),
     ("/shoal.Daemon/VolumeRemove", Access::LocalOnly),
     ("/shoal.Daemon/VolumePrune", Access::LocalOnly),
+    ("/shoal.Daemon/ImageScan", Access::LocalOnly),
+    ("/shoal.Daemon/ScanDbImport", Access::LocalOnly),
 ];
 
 /// The access rule of a method path.

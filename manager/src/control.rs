@@ -322,6 +322,16 @@ impl Control for ControlApi {
             crate::trust::validate_lifetime(Duration::from_secs(req.trust_timestamp_secs))
                 .map_err(Status::invalid_argument)?;
         }
+        let scan_block = match req.scan_block.to_ascii_lowercase().as_str() {
+            "" => None,
+            "none" => Some(String::new()),
+            s @ ("low" | "medium" | "high" | "critical") => Some(s.to_string()),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "scan policy block={other}: use low, medium, high, critical or none"
+                )))
+            }
+        };
         let trust = req.content_trust();
         if trust == ContentTrust::Off {
             crate::trust::check_policy_off(&self.shared.store, &req.content_trust_policy)?;
@@ -345,6 +355,9 @@ impl Control for ControlApi {
                 }
                 if req.trust_timestamp_secs != 0 {
                     spec.trust_timestamp_secs = req.trust_timestamp_secs;
+                }
+                if let Some(level) = &scan_block {
+                    spec.scan_block = level.clone();
                 }
                 match trust {
                     ContentTrust::Required => {

@@ -362,7 +362,8 @@ pub(crate) fn seal_tasks(store: &Store, cluster: Option<&Cluster>, tasks: &mut [
         .filter(|s| !s.content_trust_policy.is_empty())
         .and_then(|s| Signed::<Policy>::from_bytes(&s.content_trust_policy).ok());
     let key = timestamp_public(store);
-    let active = required || policy.is_some() || key.is_some();
+    let scan_block = spec.map(|s| s.scan_block.clone()).filter(|s| !s.is_empty());
+    let active = required || policy.is_some() || key.is_some() || scan_block.is_some();
     let mut cache: std::collections::HashMap<String, Vec<u8>> = Default::default();
     for t in tasks {
         let Some(c) = t.spec.as_mut().and_then(|s| s.container.as_mut()) else { continue };
@@ -378,6 +379,7 @@ pub(crate) fn seal_tasks(store: &Store, cluster: Option<&Cluster>, tasks: &mut [
                 policy: policy.clone(),
                 timestamp_key: key.clone(),
                 bundle: bundle(store, &repo).ok().flatten(),
+                scan_block: scan_block.clone(),
             }
             .to_bytes()
         });

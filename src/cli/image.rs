@@ -65,6 +65,37 @@ pub enum ImageCmd {
         #[arg(short, long)]
         force: bool,
     },
+    /// List known vulnerabilities of an image on this node (against `shoal scan db import`)
+    Scan {
+        image: String,
+        /// table or json
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScanCmd {
+    /// This node's vulnerability database
+    #[command(subcommand)]
+    Db(ScanDbCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScanDbCmd {
+    /// Add the advisories of an OSV JSON file, or of every .json file under a directory
+    Import { path: PathBuf },
+}
+
+/// `shoal scan …`, on the local node.
+pub async fn scan(cmd: ScanCmd, channel: Channel) -> Result<()> {
+    let ScanCmd::Db(ScanDbCmd::Import { path }) = cmd;
+    let path = std::path::absolute(&path).with_context(|| format!("{}", path.display()))?;
+    let req = ScanDbImportRequest { path: path.display().to_string() };
+    let r =
+        DaemonClient::new(channel).scan_db_import(req).await.map_err(client::status)?.into_inner();
+    println!("Imported {} advisories; the database holds {}.", r.imported, r.advisories);
+    Ok(())
 }
 
 fn absolute(path: &std::path::Path) -> Result<String> {
@@ -114,6 +145,20 @@ pub async fn run(cmd: ImageCmd, channel: Channel) -> Result<()> {
         ImageCmd::Tag { source, target } => {
             let req = ImageTagRequest { source, target };
             daemon.image_tag(req).await.map_err(client::status)?;
+        }
+        ImageCmd::Scan { image, format } => {
+            let r = daemon
+                .image_scan(ImageScanRequest { reference: image.clone() })
+                .await
+                .map_err(client::status)?
+                .into_inner();
+            let report: shoal_agent::scan::Report =
+                serde_json::from_slice(&r.report).context("the daemon's scan report")?;
+            if format == "json" {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", output::scan_report(&image, &report, r.advisories));
+            }
         }
         ImageCmd::Prune { force: _ } => {
             let r = daemon

@@ -99,6 +99,9 @@ pub enum Command {
     /// Content trust: signing keys, roots, signers and signed tags
     #[command(subcommand)]
     Trust(trust::TrustCmd),
+    /// Vulnerability scanning: this node's advisory database
+    #[command(subcommand)]
+    Scan(image::ScanCmd),
     /// Manage stacks (services, secrets and configs from a compose file)
     #[command(subcommand)]
     Stack(stack::StackCmd),
@@ -165,6 +168,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             volume::run(cmd, channel).await
         }
         Command::Trust(cmd) => trust::run(cmd, channel).await,
+        Command::Scan(cmd) => {
+            local_only(&host)?;
+            image::scan(cmd, channel).await
+        }
         Command::Info => info(channel).await,
         Command::Login { server, username, password, password_stdin } => {
             local_only(&host)?;

@@ -327,3 +327,45 @@ pub fn info(r: &InfoResponse) -> String {
     }
     out
 }
+
+/// `image scan`: the findings, worst first, with the version that fixes each.
+pub fn scan_report(image: &str, r: &shoal_agent::scan::Report, advisories: u64) -> String {
+    let mut out = String::new();
+    let os = if r.os.is_empty() { "unknown system".to_string() } else { r.os.clone() };
+    if advisories == 0 {
+        out.push_str(
+            "Warning: this node has no vulnerability database (shoal scan db import FILE|DIR)\n",
+        );
+    }
+    out.push_str(&format!(
+        "{image}: {os}, {} packages, {} known vulnerabilities ({advisories} advisories checked)\n",
+        r.packages,
+        r.findings.len()
+    ));
+    if r.findings.is_empty() {
+        return out;
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    for f in &r.findings {
+        *counts.entry(std::cmp::Reverse(f.severity)).or_insert(0) += 1;
+    }
+    let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {}", s.0)).collect();
+    out.push_str(&format!("{}\n\n", summary.join(", ")));
+    out.push_str(&format!(
+        "{:<10} {:<22} {:<18} {:<24} {:<24} {}\n",
+        "SEVERITY", "ID", "PACKAGE", "INSTALLED", "FIXED IN", "SUMMARY"
+    ));
+    for f in &r.findings {
+        let id = f.aliases.iter().find(|a| a.starts_with("CVE-")).unwrap_or(&f.id);
+        out.push_str(&format!(
+            "{:<10} {:<22} {:<18} {:<24} {:<24} {}\n",
+            f.severity.to_string(),
+            id,
+            f.package,
+            f.installed,
+            f.fixed.as_deref().unwrap_or("(no fix yet)"),
+            f.summary
+        ));
+    }
+    out
+}

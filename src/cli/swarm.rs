@@ -134,6 +134,21 @@ pub struct UpdateArgs {
     /// How long the managers' content-trust timestamps last (default 14 days)
     #[arg(long, value_parser = parse_duration)]
     pub trust_timestamp_expiry: Option<Duration>,
+    /// block=low|medium|high|critical: nodes refuse tasks whose image has known
+    /// vulnerabilities at or above it (naming them); block=none lifts it
+    #[arg(long, value_parser = parse_scan_policy)]
+    pub scan_policy: Option<String>,
+}
+
+fn parse_scan_policy(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some(("block", level @ ("low" | "medium" | "high" | "critical" | "none"))) => {
+            Ok(level.to_string())
+        }
+        _ => Err(format!(
+            "invalid scan policy {s:?}: use block=low|medium|high|critical or block=none"
+        )),
+    }
 }
 
 /// Runs one `swarm` command.
@@ -239,11 +254,12 @@ async fn update(control: &mut ControlClient<Channel>, a: UpdateArgs) -> Result<(
         && a.network_key_rotation.is_none()
         && a.content_trust.is_none()
         && a.trust_timestamp_expiry.is_none()
+        && a.scan_policy.is_none()
     {
         bail!(
             "nothing to update: give --cert-expiry, --dispatcher-heartbeat, --autolock, \
-             --rotate-data-key, --network-key-rotation, --content-trust or \
-             --trust-timestamp-expiry"
+             --rotate-data-key, --network-key-rotation, --content-trust, \
+             --trust-timestamp-expiry or --scan-policy"
         );
     }
     let (content_trust, content_trust_policy) = match a.content_trust.as_deref() {
@@ -275,6 +291,7 @@ async fn update(control: &mut ControlClient<Channel>, a: UpdateArgs) -> Result<(
         content_trust: content_trust as i32,
         content_trust_policy,
         trust_timestamp_secs: a.trust_timestamp_expiry.map(|d| d.as_secs().max(1)).unwrap_or(0),
+        scan_block: a.scan_policy.unwrap_or_default(),
     };
     control.update_cluster(req).await.map_err(client::status)?;
     println!("Swarm updated.");

@@ -169,6 +169,41 @@ impl Images {
         .map_err(|e| Status::internal(format!("image task failed: {e}")))?
     }
 
+    /// `image scan`: the image's installed packages against the node's vulnerability
+    /// database (beside the image store); the report as JSON and how many advisories the
+    /// database holds.
+    pub async fn scan(&self, reference: String) -> Result<(Vec<u8>, u64), Status> {
+        let store = self.store()?;
+        let db_path = shoal_agent::scan::db_path(self.root.parent().unwrap_or(&self.root));
+        tokio::task::spawn_blocking(move || {
+            let image = store.resolve(&reference).map_err(status)?;
+            let db = shoal_agent::scan::Database::load(&db_path).map_err(Status::internal)?;
+            let shoal_agent::runtime::RootfsSource::Layers(layers) = store.rootfs(&image) else {
+                return Err(Status::failed_precondition(format!("{reference} has no layers")));
+            };
+            let report = shoal_agent::scan::scan(&layers, &db)
+                .map_err(|e| Status::failed_precondition(format!("{reference}: {e}")))?;
+            let json = serde_json::to_vec(&report).map_err(|e| Status::internal(e.to_string()))?;
+            Ok((json, db.advisories() as u64))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("scan task failed: {e}")))?
+    }
+
+    /// `scan db import PATH`: OSV files into the node's database; (read, now held).
+    pub async fn import_advisories(&self, path: String) -> Result<(u64, u64), Status> {
+        let db_path = shoal_agent::scan::db_path(self.root.parent().unwrap_or(&self.root));
+        tokio::task::spawn_blocking(move || {
+            let mut db = shoal_agent::scan::Database::load(&db_path).map_err(Status::internal)?;
+            let n = db.import(std::path::Path::new(&path)).map_err(Status::invalid_argument)?;
+            db.save(&db_path).map_err(Status::internal)?;
+            tracing::info!(path = %path, imported = n, advisories = db.advisories(), "vulnerability database updated");
+            Ok((n as u64, db.advisories() as u64))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("import task failed: {e}")))?
+    }
+
     /// `image load -i FILE`: docker-archive or OCI-layout tarballs.
     pub async fn load(&self, path: String) -> Result<ImageList, Status> {
         self.run(move |s| s.load_archive(path.as_ref())).await.map(wire)

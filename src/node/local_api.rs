@@ -186,6 +186,22 @@ impl DaemonRpc for LocalApi {
         Ok(Response::new(ImageCheckUserResponse { checked }))
     }
 
+    async fn image_scan(
+        &self,
+        req: Request<ImageScanRequest>,
+    ) -> Result<Response<ImageScanResponse>, Status> {
+        let (report, advisories) = self.images.scan(req.into_inner().reference).await?;
+        Ok(Response::new(ImageScanResponse { report, advisories }))
+    }
+
+    async fn scan_db_import(
+        &self,
+        req: Request<ScanDbImportRequest>,
+    ) -> Result<Response<ScanDbImportResponse>, Status> {
+        let (imported, advisories) = self.images.import_advisories(req.into_inner().path).await?;
+        Ok(Response::new(ScanDbImportResponse { imported, advisories }))
+    }
+
     async fn volume_create(
         &self,
         req: Request<VolumeCreateRequest>,

@@ -35,6 +35,8 @@ pub struct OciExecutor {
     /// What this node trusts of content trust, and where it keeps it.
     trust: Mutex<Pins>,
     trust_path: PathBuf,
+    /// Scan reports by image, while the node's database is unchanged.
+    scans: Arc<crate::scan::Cache>,
 }
 
 fn failed(e: RuntimeError) -> ExecError {
@@ -59,6 +61,7 @@ impl OciExecutor {
             volumes,
             trust: Mutex::new(pins),
             trust_path,
+            scans: Default::default(),
             runtime,
             images,
             node: node.into(),
@@ -93,19 +96,15 @@ impl OciExecutor {
     /// Checks the task's image against this node's content-trust pins, learning what the
     /// managers sent only as far as the pins allow (see `shoal_pki::trust::pins`). Runs before
     /// anything is pulled.
-    fn check_trust(&self, task: &Task) -> Result<(), ExecError> {
+    fn check_trust(&self, task: &Task, envelope: Option<&Envelope>) -> Result<(), ExecError> {
         let Some(c) = task.spec.as_ref().and_then(|s| s.container.as_ref()) else {
             return Ok(());
         };
         let refuse =
             |why: String| ExecError::Rejected(format!("content trust on {}: {why}", self.node));
-        let envelope = match c.trust.as_slice() {
-            [] => None,
-            bytes => Some(Envelope::from_bytes(bytes).map_err(|e| refuse(e.to_string()))?),
-        };
         let mut pins = self.trust.lock().unwrap_or_else(|p| p.into_inner());
         let before = pins.clone();
-        if let Some(e) = &envelope {
+        if let Some(e) = envelope {
             // What fails to be learnt here is refused by the check below where it matters.
             if let Some(k) = &e.timestamp_key {
                 if let Err(err) = pins.learn_timestamp_key(k) {
@@ -121,7 +120,7 @@ impl OciExecutor {
             let repo = format!("{}/{}", r.registry, r.repository);
             let pinned = (!c.image_digest.is_empty()).then_some(c.image_digest.as_str());
             let digest = pinned.or(r.digest.as_deref());
-            let bundle = envelope.as_ref().and_then(|e| e.bundle.as_ref());
+            let bundle = envelope.and_then(|e| e.bundle.as_ref());
             let verified = pins
                 .check(&repo, r.tag.as_deref(), digest, bundle, shoal_pki::trust::now())
                 .map_err(|e| e.to_string())?;
@@ -143,6 +142,52 @@ impl OciExecutor {
             }
         }
         result.map_err(refuse)
+    }
+
+    /// The envelope the managers sent with the task (content trust, scan policy).
+    fn envelope(&self, task: &Task) -> Result<Option<Envelope>, ExecError> {
+        let c = task.spec.as_ref().and_then(|s| s.container.as_ref());
+        match c.map(|c| c.trust.as_slice()).unwrap_or_default() {
+            [] => Ok(None),
+            bytes => Envelope::from_bytes(bytes)
+                .map(Some)
+                .map_err(|e| ExecError::Rejected(format!("content trust on {}: {e}", self.node))),
+        }
+    }
+
+    /// Refuses a task whose image has known vulnerabilities at or above the cluster's scan
+    /// policy, naming them. A node without a database cannot tell, and refuses too.
+    async fn check_scan(&self, task: &Task, envelope: Option<&Envelope>) -> Result<(), ExecError> {
+        let Some(level) = envelope.and_then(|e| e.scan_block.as_deref()) else { return Ok(()) };
+        let refuse =
+            |why: String| ExecError::Rejected(format!("scan policy on {}: {why}", self.node));
+        let level = crate::scan::Severity::parse(level)
+            .ok_or_else(|| refuse(format!("unknown severity {level:?}")))?;
+        let Some(c) = task.spec.as_ref().and_then(|s| s.container.as_ref()) else {
+            return Ok(());
+        };
+        let image =
+            resolve_image(&self.images, c, &self.node).map_err(|e| refuse(e.to_string()))?;
+        let (images, scans) = (self.images.clone(), self.scans.clone());
+        let root = self.runtime.config().data_root.clone();
+        let node_root = root.parent().unwrap_or(&root).to_path_buf();
+        let report = tokio::task::spawn_blocking(move || scans.report(&images, &image, &node_root))
+            .await
+            .map_err(|e| refuse(format!("scanning failed: {e}")))?
+            .map_err(refuse)?;
+        let blocking = report.at_least(level);
+        if blocking.is_empty() {
+            return Ok(());
+        }
+        let named: Vec<String> = blocking.iter().take(5).map(|f| f.short()).collect();
+        let more = blocking.len().saturating_sub(named.len());
+        Err(refuse(format!(
+            "{} has {} known vulnerabilities at or above {level}: {}{}",
+            c.image,
+            blocking.len(),
+            named.join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() }
+        )))
     }
 
     async fn pull_for(&self, task: &Task) -> Result<(), ExecError> {
@@ -279,8 +324,10 @@ impl OciExecutor {
         task: &Task,
         files: Vec<crate::runtime::SecretFile>,
     ) -> Result<(), ExecError> {
-        self.check_trust(task)?;
+        let envelope = self.envelope(task)?;
+        self.check_trust(task, envelope.as_ref())?;
         self.pull_for(task).await?;
+        self.check_scan(task, envelope.as_ref()).await?;
         let built = self.build(task).await;
         let mut built = built.inspect_err(|_| self.volumes.release(&task.id))?;
         built.spec.files = files;

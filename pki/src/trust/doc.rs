@@ -229,8 +229,8 @@ impl Bundle {
 }
 
 /// What travels with a task to its node: whether the cluster requires trust (and the root's
-/// statement if it was turned off), the managers' timestamp key, and the image repository's
-/// bundle when there is one.
+/// statement if it was turned off), the managers' timestamp key, the image repository's
+/// bundle when there is one, and the cluster's scan policy.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
@@ -238,6 +238,10 @@ pub struct Envelope {
     pub policy: Option<Signed<Policy>>,
     pub timestamp_key: Option<PublicKey>,
     pub bundle: Option<Bundle>,
+    /// The cluster's scan policy: the lowest severity of known vulnerabilities that keeps an
+    /// image from running (`critical`, …), if any.
+    #[serde(default)]
+    pub scan_block: Option<String>,
 }
 
 impl Envelope {
