@@ -213,6 +213,23 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
     wait_running(n1, "web", 2, Duration::from_secs(90));
     assert_eq!(pinned(n1, "web"), d1, "pinned to the signed digest");
 
+    // The CLI checks for itself with SHOAL_CONTENT_TRUST=1 (on a manager, as every control
+    // command), pinning the root it saw first.
+    step("SHOAL_CONTENT_TRUST=1 on the CLI");
+    let cli_trust = dir.join("n1-cli-trust/private").display().to_string();
+    let env = [("SHOAL_CONTENT_TRUST", "1"), ("SHOAL_TRUST_DIR", cli_trust.as_str())];
+    let out = n1.shoal_with_env(&["image", "pull", &v1], &env);
+    assert!(out.status.success() && text(&out).contains(&d1), "{}", text(&out));
+    assert!(
+        n1.must_shoal(&["image", "ls"]).contains(&format!("{app}")),
+        "the signed pull is tagged"
+    );
+    assert!(dir.join("n1-cli-trust/pins.json").exists(), "the CLI pinned the root it checked");
+    let out = n1.shoal_with_env(&["image", "pull", &v2], &env);
+    assert!(!out.status.success() && text(&out).contains("no signature for"), "{}", text(&out));
+    let out = n1.shoal_with_env(&["image", "pull", "--disable-content-trust", &v2], &env);
+    assert!(out.status.success(), "{}", text(&out));
+
     // The legacy task is replaced (forced by a restart of n2's task): the node refuses it.
     step("the node refuses what the managers forward");
     let task = ps(n1, "legacy").unwrap().into_iter().find(|r| r.state == "Running").unwrap();

@@ -46,6 +46,10 @@ pub enum ImageCmd {
     Pull {
         /// NAME[:TAG|@DIGEST]
         image: String,
+        /// Skip the signature check SHOAL_CONTENT_TRUST=1 asks for (a cluster that requires
+        /// trust still refuses to run an unsigned image)
+        #[arg(long)]
+        disable_content_trust: bool,
     },
     /// Push an image of this node to the registry its name says
     Push {
@@ -105,7 +109,7 @@ fn absolute(path: &std::path::Path) -> Result<String> {
 
 /// Runs one `image` command.
 pub async fn run(cmd: ImageCmd, channel: Channel) -> Result<()> {
-    let mut daemon = DaemonClient::new(channel);
+    let mut daemon = DaemonClient::new(channel.clone());
     match cmd {
         ImageCmd::Load { input } => {
             let req = ImageLoadRequest { path: absolute(&input)? };
@@ -126,11 +130,25 @@ pub async fn run(cmd: ImageCmd, channel: Channel) -> Result<()> {
                 daemon.image_ls(ImageLsRequest {}).await.map_err(client::status)?.into_inner();
             print!("{}", output::images(&list, quiet, digests));
         }
-        ImageCmd::Pull { image } => {
+        ImageCmd::Pull { image, disable_content_trust } => {
             let auth = super::login::for_image(&image)?;
-            println!("Pulling {image}");
-            let req = ImagePullRequest { reference: image.clone(), auth };
+            let reference = if super::trust::client_required() && !disable_content_trust {
+                let digest = super::trust::client_verify(&channel, &image).await?;
+                println!("Pulling {image} (signed: {digest})");
+                let r = shoal_registry::ImageRef::parse(&image)?;
+                format!("{}/{}@{digest}", r.registry, r.repository)
+            } else {
+                println!("Pulling {image}");
+                image.clone()
+            };
+            let signed = reference != image;
+            let req = ImagePullRequest { reference: reference.clone(), auth };
             let list = daemon.image_pull(req).await.map_err(client::status)?.into_inner();
+            if signed {
+                // Pulled by the signed digest; the name follows it here.
+                let req = ImageTagRequest { source: reference, target: image.clone() };
+                daemon.image_tag(req).await.map_err(client::status)?;
+            }
             for i in &list.images {
                 println!("Digest: {}", i.repo_digests.last().map(String::as_str).unwrap_or(""));
                 println!("Status: image {image} is up to date on this node ({})", i.id);

@@ -530,6 +530,63 @@ fn inspect(info: &TrustInfo, repo: &str, tag: Option<&str>, pretty: bool) -> Res
     Ok(out)
 }
 
+/// Whether `SHOAL_CONTENT_TRUST` asks the CLI to verify images itself (`1` or `true`).
+pub fn client_required() -> bool {
+    std::env::var("SHOAL_CONTENT_TRUST").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// Where the CLI pins the roots it has checked images against (`~/.shoal/trust/pins.json`).
+fn client_pins_path() -> Result<PathBuf> {
+    Ok(key_dir(None)?.parent().map(Path::to_path_buf).unwrap_or_default().join("pins.json"))
+}
+
+/// With `SHOAL_CONTENT_TRUST=1`: checks `image` against the cluster's trust data and the
+/// CLI's own pins (roots seen first are pinned, later ones must chain from them, as on the
+/// nodes); the signed digest.
+pub async fn client_verify(channel: &Channel, image: &str) -> Result<String> {
+    let (repo, tag) = repo_and_tag(image)?;
+    let r = shoal_registry::ImageRef::parse(image)?;
+    let tag = tag.or(if r.digest.is_none() { r.tag.clone() } else { None });
+    let info = get(&mut ControlClient::new(channel.clone()), &repo).await?;
+    let untrusted =
+        || anyhow::anyhow!("content trust (SHOAL_CONTENT_TRUST=1): {repo} has no signed tags");
+    if info.targets.is_empty() || info.timestamp.is_empty() {
+        return Err(untrusted());
+    }
+    let bundle = trust::Bundle {
+        roots: info
+            .roots
+            .iter()
+            .map(|b| Signed::<Root>::from_bytes(b))
+            .collect::<Result<_, _>>()?,
+        delegations: Signed::from_bytes(&info.delegations)?,
+        targets: Signed::from_bytes(&info.targets)?,
+        timestamp: Signed::from_bytes(&info.timestamp)?,
+    };
+    let key: PublicKey =
+        serde_json::from_slice(&info.timestamp_key).context("the timestamp key")?;
+    let path = client_pins_path()?;
+    let mut pins = trust::Pins::load(&path)?;
+    pins.learn_timestamp_key(&key)?;
+    pins.learn_policy(true, None)?;
+    let verified = pins
+        .check(&repo, tag.as_deref(), r.digest.as_deref(), Some(&bundle), trust::now())
+        .map_err(|e| anyhow::anyhow!("content trust (SHOAL_CONTENT_TRUST=1): {e}"))?
+        .ok_or_else(untrusted)?;
+    pins.save(&path).with_context(|| format!("saving {}", path.display()))?;
+    Ok(verified.digest)
+}
+
+/// With `SHOAL_CONTENT_TRUST=1`: verifies the spec's image and pins it to the signed digest.
+pub async fn client_pin(channel: &Channel, spec: &mut shoal_proto::ServiceSpec) -> Result<()> {
+    if !client_required() {
+        return Ok(());
+    }
+    let Some(c) = spec.container.as_mut() else { return Ok(()) };
+    c.image_digest = client_verify(channel, &c.image).await?;
+    Ok(())
+}
+
 /// The root-signed statement that turns content trust off (`swarm update --content-trust
 /// off --root-key KEY`).
 pub fn policy_off(root_key: &str) -> Result<Vec<u8>> {

@@ -297,6 +297,7 @@ async fn create(
     }
     a.flags.apply(&mut spec)?;
     check_user(channel, &spec).await?;
+    super::trust::client_pin(channel, &mut spec).await?;
     let req = CreateServiceRequest { spec: Some(spec), no_resolve_image: a.flags.no_resolve_image };
     let r = control.create_service(req).await.map_err(client::status)?.into_inner();
     print_warnings(&r.warnings);
@@ -397,6 +398,9 @@ async fn update(
     edit_list(&mut placement.spread, &prefs_add, &prefs_rm, |e| e);
     a.flags.apply(&mut spec)?;
     check_user(channel, &spec).await?;
+    if a.image.is_some() || a.force {
+        super::trust::client_pin(channel, &mut spec).await?;
+    }
     let s = put_spec(control, &s, spec, a.force, a.flags.no_resolve_image).await?;
     println!("{}", s.spec.as_ref().map(|p| p.name.as_str()).unwrap_or(&s.id));
     if !a.flags.detach {

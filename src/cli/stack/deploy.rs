@@ -244,6 +244,9 @@ pub async fn deploy(
         }
         check_targets(&comparable(&spec)).with_context(|| format!("service {key}"))?;
         crate::cli::service::check_user(channel, &spec).await?;
+        crate::cli::trust::client_pin(channel, &mut spec)
+            .await
+            .with_context(|| format!("service {key}"))?;
         specs.push(spec);
     }
     objects::apply(&mut control, &planned).await?;

@@ -160,6 +160,13 @@ impl Node {
         run(cmd)
     }
 
+    /// Like [`Node::shoal`], with these environment variables set.
+    pub fn shoal_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = self.cli();
+        cmd.args(args).envs(env.iter().copied());
+        run(cmd)
+    }
+
     /// Like [`Node::shoal`], with `input` on standard input (`login --password-stdin`).
     pub fn shoal_with_stdin(&self, args: &[&str], input: &str) -> Output {
         use std::io::Write;
