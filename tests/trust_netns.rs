@@ -220,10 +220,7 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
     let env = [("SHOAL_CONTENT_TRUST", "1"), ("SHOAL_TRUST_DIR", cli_trust.as_str())];
     let out = n1.shoal_with_env(&["image", "pull", &v1], &env);
     assert!(out.status.success() && text(&out).contains(&d1), "{}", text(&out));
-    assert!(
-        n1.must_shoal(&["image", "ls"]).contains(&format!("{app}")),
-        "the signed pull is tagged"
-    );
+    assert!(n1.must_shoal(&["image", "ls"]).contains(&app), "the signed pull is tagged");
     assert!(dir.join("n1-cli-trust/pins.json").exists(), "the CLI pinned the root it checked");
     let out = n1.shoal_with_env(&["image", "pull", &v2], &env);
     assert!(!out.status.success() && text(&out).contains("no signature for"), "{}", text(&out));
