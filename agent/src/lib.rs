@@ -3,6 +3,7 @@
 //! manager code.
 
 pub mod connect;
+pub mod cosign;
 pub mod files;
 pub mod image;
 pub mod join;

@@ -135,6 +135,7 @@ pub const TABLE: &[(&str, Access)] = &[
     ("/shoal.Daemon/VolumePrune", Access::LocalOnly),
     ("/shoal.Daemon/ImageScan", Access::LocalOnly),
     ("/shoal.Daemon/ScanDbImport", Access::LocalOnly),
+    ("/shoal.Daemon/ImageVerifyCosign", Access::LocalOnly),
 ];
 
 /// The access rule of a method path.

@@ -18,7 +18,9 @@ use shoal_pki::trust::{
 };
 use shoal_proto::control_client::ControlClient;
 use shoal_proto::daemon_client::DaemonClient;
-use shoal_proto::{GetTrustRequest, ImagePushRequest, PutTrustRequest, TrustInfo};
+use shoal_proto::{
+    GetTrustRequest, ImagePushRequest, ImageVerifyCosignRequest, PutTrustRequest, TrustInfo,
+};
 use tonic::transport::Channel;
 
 use super::client;
@@ -52,6 +54,9 @@ pub enum TrustCmd {
         #[arg(long)]
         pretty: bool,
     },
+    /// Check cosign (sigstore) signatures with a public key, offline
+    #[command(subcommand)]
+    Cosign(CosignCmd),
     /// Remove the signature of a tag, or of every tag of a repository
     Revoke {
         /// REPOSITORY[:TAG]
@@ -59,6 +64,16 @@ pub enum TrustCmd {
         /// A signer's key
         #[arg(long)]
         key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CosignCmd {
+    /// Verify IMAGE's cosign signature in its registry against KEY (PEM public key)
+    Verify {
+        image: String,
+        #[arg(long)]
+        key: PathBuf,
     },
 }
 
@@ -377,6 +392,26 @@ pub async fn run(cmd: TrustCmd, channel: Channel) -> Result<()> {
                 Some(tag) => println!("Signature of {repo}:{tag} revoked"),
                 None => println!("Every signature of {repo} revoked"),
             }
+            Ok(())
+        }
+        TrustCmd::Cosign(CosignCmd::Verify { image, key }) => {
+            let public_key_pem = std::fs::read_to_string(&key)
+                .with_context(|| format!("reading {}", key.display()))?;
+            let auth = super::login::for_image(&image)?;
+            let req = ImageVerifyCosignRequest { reference: image.clone(), public_key_pem, auth };
+            let r = DaemonClient::new(channel)
+                .image_verify_cosign(req)
+                .await
+                .map_err(client::status)?
+                .into_inner();
+            println!(
+                "Verified OK: {image}@{} ({} signature{} with key {}; signed as {})",
+                r.digest,
+                r.signatures,
+                if r.signatures == 1 { "" } else { "s" },
+                &r.key_id[..12],
+                r.docker_reference
+            );
             Ok(())
         }
         TrustCmd::Inspect { image, pretty } => {

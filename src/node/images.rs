@@ -190,6 +190,34 @@ impl Images {
         .map_err(|e| Status::internal(format!("scan task failed: {e}")))?
     }
 
+    /// `trust cosign verify`: the image's cosign signature against `key_pem`.
+    pub async fn verify_cosign(
+        &self,
+        reference: String,
+        key_pem: String,
+        auth: Option<RegistryAuth>,
+    ) -> Result<shoal_proto::ImageVerifyCosignResponse, Status> {
+        let r = parse(&reference)?;
+        let key = shoal_pki::trust::PublicKey::from_spki_pem(&key_pem)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let scratch = self.root.join("tmp").join(format!("cosign-{}", std::process::id()));
+        let v = shoal_agent::cosign::verify(
+            &self.registry,
+            &r,
+            &key,
+            credentials(auth).as_ref(),
+            &scratch,
+        )
+        .await
+        .map_err(Status::failed_precondition)?;
+        Ok(shoal_proto::ImageVerifyCosignResponse {
+            digest: v.digest,
+            docker_reference: v.docker_reference,
+            signatures: v.signatures as u32,
+            key_id: key.id(),
+        })
+    }
+
     /// `scan db import PATH`: OSV files into the node's database; (read, now held).
     pub async fn import_advisories(&self, path: String) -> Result<(u64, u64), Status> {
         let db_path = shoal_agent::scan::db_path(self.root.parent().unwrap_or(&self.root));

@@ -194,6 +194,14 @@ impl DaemonRpc for LocalApi {
         Ok(Response::new(ImageScanResponse { report, advisories }))
     }
 
+    async fn image_verify_cosign(
+        &self,
+        req: Request<ImageVerifyCosignRequest>,
+    ) -> Result<Response<ImageVerifyCosignResponse>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(self.images.verify_cosign(r.reference, r.public_key_pem, r.auth).await?))
+    }
+
     async fn scan_db_import(
         &self,
         req: Request<ScanDbImportRequest>,

@@ -88,6 +88,41 @@ impl PublicKey {
         signature::UnparsedPublicKey::new(alg, bytes).verify(msg, sig).is_ok()
     }
 
+    /// A key from a PEM `PUBLIC KEY` (SubjectPublicKeyInfo) block, ECDSA P-256 or Ed25519, as
+    /// `cosign generate-key-pair` and OpenSSL write them.
+    pub fn from_spki_pem(text: &str) -> Result<PublicKey, TrustError> {
+        use x509_parser::prelude::FromDer;
+        let block =
+            pem::parse(text).map_err(|e| TrustError::Key(format!("not a PEM public key: {e}")))?;
+        if block.tag() != "PUBLIC KEY" {
+            return Err(TrustError::Key(format!(
+                "a {} PEM block is not a public key (want BEGIN PUBLIC KEY)",
+                block.tag()
+            )));
+        }
+        let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(block.contents())
+            .map_err(|e| TrustError::Key(format!("not a SubjectPublicKeyInfo: {e}")))?;
+        let alg = spki.algorithm.algorithm.to_id_string();
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .map(|o| o.to_id_string());
+        let algorithm = match (alg.as_str(), curve.as_deref()) {
+            ("1.2.840.10045.2.1", Some("1.2.840.10045.3.1.7")) => Algorithm::EcdsaP256,
+            ("1.3.101.112", _) => Algorithm::Ed25519,
+            _ => {
+                return Err(TrustError::Key(format!(
+                    "a public key of algorithm {alg} (want ECDSA P-256 or Ed25519)"
+                )))
+            }
+        };
+        let key = PublicKey::from_bytes(algorithm, &spki.subject_public_key.data);
+        key.check()?;
+        Ok(key)
+    }
+
     /// Checks that the key parses: the right length and, for P-256, a point on the curve.
     pub fn check(&self) -> Result<(), TrustError> {
         let bytes = B64
@@ -398,6 +433,27 @@ mod tests {
         }
         assert!(!format!("{k:?}").contains(&B64.encode(&k.pkcs8)));
         assert!(Algorithm::parse("rsa").unwrap_err().to_string().contains("ed25519 or ecdsa"));
+    }
+
+    #[test]
+    fn spki_public_keys_load() {
+        let k = SigningKey::generate("c", Algorithm::EcdsaP256).unwrap();
+        let point = B64.decode(&k.public().public).unwrap();
+        // SubjectPublicKeyInfo of an uncompressed P-256 point: the fixed DER prefix, the point.
+        let mut der = vec![
+            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+            0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+        ];
+        der.extend(point);
+        let text = pem::encode(&pem::Pem::new("PUBLIC KEY", der));
+        assert_eq!(PublicKey::from_spki_pem(&text).unwrap(), k.public());
+        let bad = pem::encode(&pem::Pem::new("PUBLIC KEY", vec![0x30, 0x03, 0x02, 0x01, 0x00]));
+        assert!(PublicKey::from_spki_pem(&bad).is_err());
+        let cert = pem::encode(&pem::Pem::new("CERTIFICATE", vec![1]));
+        assert!(PublicKey::from_spki_pem(&cert)
+            .unwrap_err()
+            .to_string()
+            .contains("not a public key"));
     }
 
     #[test]
