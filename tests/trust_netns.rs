@@ -205,6 +205,9 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
     // --- Required: unsigned refused at create, signed runs on both nodes. ---------------------
     step("content trust required");
     n1.must_shoal(&["swarm", "update", "--content-trust", "required"]);
+    let swarm: serde_json::Value =
+        serde_json::from_str(&n1.must_shoal(&["swarm", "inspect"])).unwrap();
+    assert_eq!(swarm["Spec"]["ContentTrust"]["Required"], true, "{swarm}");
     let out = create(n1, "unsigned", &v2, &[]);
     assert!(!out.status.success(), "an unsigned image was accepted: {}", text(&out));
     assert!(text(&out).contains("no signature for") && text(&out).contains(":2"), "{}", text(&out));

@@ -289,6 +289,20 @@ pub fn cluster(c: &shoal_proto::ClusterInfo) -> Result<String> {
                     shoal_pki::tunnel::rotation_period(spec.network_key_rotation_secs).as_secs()
                 ),
             },
+            "ContentTrust": {
+                "Required": spec.content_trust_required,
+                "TimestampExpiry": format!(
+                    "{}s",
+                    if spec.trust_timestamp_secs == 0 {
+                        shoal_pki::trust::TIMESTAMP_LIFETIME.as_secs()
+                    } else {
+                        spec.trust_timestamp_secs
+                    }
+                ),
+            },
+            "ScanPolicy": {
+                "Block": if spec.scan_block.is_empty() { "none" } else { spec.scan_block.as_str() },
+            },
         },
         "RootCA": { "Digest": c.root_ca_digest, "Certificate": c.root_ca_pem },
         "RevokedNodes": c.revoked_nodes,
