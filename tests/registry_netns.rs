@@ -12,10 +12,9 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use shoal_testkit::image::busybox_tar;
+use shoal_testkit::image::{busybox_tar, sha256_file, versioned_tar};
 use shoal_testkit::netns::ps::{parse_ps, wait_running, TaskRow};
 use shoal_testkit::netns::{finish, root_or_skip, text, worker_swarm, Net, Node};
 use shoal_testkit::poll::blocking::eventually;
@@ -45,33 +44,6 @@ fn images_come_from_a_registry() {
     let result = catch_unwind(AssertUnwindSafe(|| story(&net, &mut nodes, dir.path())));
     finish(result, nodes, net, dir);
     eprintln!("images_come_from_a_registry: passed in {:.1}s", started.elapsed().as_secs_f64());
-}
-
-/// A busybox rootfs tarball whose `/etc/app-version` says `version` (each version is an image
-/// with other bytes, so another digest).
-fn app_tar(dir: &Path, version: &str) -> String {
-    let d = dir.join(format!("app-{version}"));
-    std::fs::create_dir_all(&d).unwrap();
-    let tar = busybox_tar(&d, APPLETS).unwrap();
-    let etc = d.join("rootfs/etc");
-    std::fs::create_dir_all(&etc).unwrap();
-    std::fs::write(etc.join("app-version"), version).unwrap();
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(d.join("rootfs"))
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(status.success());
-    tar.to_string_lossy().into_owned()
-}
-
-fn sha256_of(path: &str) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    let hex = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string();
-    format!("sha256:{hex}")
 }
 
 fn wrap(net: &Net, host: usize) -> Vec<String> {
@@ -149,7 +121,7 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
     // --- Push v1 from n1; nobody else has it. -----------------------------------------------
     step("push v1");
     let app = format!("{reg}/app:1");
-    n1.must_shoal(&["image", "import", &app_tar(dir, "v1"), &app]);
+    n1.must_shoal(&["image", "import", &versioned_tar(dir, "v1", APPLETS), &app]);
     let pushed = n1.must_shoal(&["image", "push", &app]);
     let d1 = pushed.split('@').nth(1).and_then(|s| s.split_whitespace().next()).unwrap();
     assert!(d1.starts_with("sha256:"), "push prints the digest: {pushed}");
@@ -216,7 +188,7 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
 
     // --- The tag moves: nothing changes until update --force asks the registry again. -------
     step("tag moves to v2");
-    n1.must_shoal(&["image", "import", &app_tar(dir, "v2"), &app]);
+    n1.must_shoal(&["image", "import", &versioned_tar(dir, "v2", APPLETS), &app]);
     let pushed = n1.must_shoal(&["image", "push", &app]);
     assert!(!pushed.contains(&d1), "v2 has another digest: {pushed}");
     n1.must_shoal(&["service", "scale", "web=4"]);
@@ -244,11 +216,11 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
     // --- A blob changed in the registry's storage: REJECTED, nothing half-written. ----------
     step("corrupt blob");
     let bad = format!("{reg}/bad:1");
-    let bad_tar = app_tar(dir, "bad");
+    let bad_tar = versioned_tar(dir, "bad", APPLETS);
     n1.must_shoal(&["image", "import", &bad_tar, &bad]);
     n1.must_shoal(&["image", "push", &bad]);
     // An imported rootfs is one uncompressed layer: its blob digest is the tarball's.
-    let layer = sha256_of(&bad_tar);
+    let layer = sha256_file(&bad_tar);
     let stored = main.blob_path(&layer);
     let mut bytes = std::fs::read(&stored).unwrap();
     let mid = bytes.len() / 2;
@@ -290,7 +262,7 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
     // --- The registry is down: the error shows, and the service converges once it is back. --
     step("registry down");
     let late = format!("{reg}/late:1");
-    n1.must_shoal(&["image", "import", &app_tar(dir, "late"), &late]);
+    n1.must_shoal(&["image", "import", &versioned_tar(dir, "late", APPLETS), &late]);
     n1.must_shoal(&["image", "push", &late]);
     main.stop();
     let out = n1.shoal(&[

@@ -6,15 +6,16 @@
 //!   it (table and JSON), and warns when the node has no database;
 //! - a database import that meets a broken file is refused naming the file, and the database
 //!   is kept;
-//! - with `swarm update --scan-policy block=critical` the node refuses the task of the
-//!   vulnerable image naming the CVE, runs the clean one, and a node without a database
-//!   refuses rather than pass the image as clean; `block=none` lifts it.
+//! - with `swarm update --scan-policy block=critical` a new service of the vulnerable image is
+//!   refused at create (the CLI's node holds it and can scan it); the replacement of a task
+//!   made before the policy is refused by its node, naming the CVE, and a node without a
+//!   database refuses rather than pass the image as clean; the clean image runs; `block=none`
+//!   lifts it.
 //!
 //! Needs root; under CI (env `CI`) it must run.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use shoal_testkit::image::busybox_tar;
@@ -61,10 +62,7 @@ fn debian_image(dir: &Path, name: &str, openssl_version: &str) -> String {
         "Package: libssl3\nStatus: install ok installed\nArchitecture: amd64\nSource: openssl\nVersion: {openssl_version}\nDescription: Secure Sockets Layer toolkit\n shared libraries\n\nPackage: zlib1g\nStatus: install ok installed\nSource: zlib\nVersion: 1:1.2.13.dfsg-1\n\n"
     );
     std::fs::write(root.join("var/lib/dpkg/status"), status).unwrap();
-    let tar = d.join("image.tar");
-    let ok = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status();
-    assert!(ok.unwrap().success());
-    tar.display().to_string()
+    shoal_testkit::image::repack(&d)
 }
 
 /// A small OSV database: a critical OpenSSL hole fixed in 3.0.11-1~deb12u1, a zlib one fixed
@@ -176,6 +174,10 @@ fn story(nodes: &mut [Node], net: &Net, dir: &Path) {
     let out = n1.must_shoal(&["image", "scan", "shop/clean:1"]);
     assert!(out.contains("0 known vulnerabilities"), "{out}");
 
+    // A service made before the policy, on n2 (which has no database yet).
+    create(n1, "vuln", "shop/vuln:1", "n2");
+    wait_running(n1, "vuln", 1, Duration::from_secs(60));
+
     step("policy block=critical");
     let out = n1.shoal(&["swarm", "update", "--scan-policy", "block=severe"]);
     assert!(
@@ -184,23 +186,33 @@ fn story(nodes: &mut [Node], net: &Net, dir: &Path) {
         text(&out)
     );
     n1.must_shoal(&["swarm", "update", "--scan-policy", "block=critical"]);
-    create(n1, "vuln", "shop/vuln:1", "n1");
-    let why = rejected(n1, "vuln", CVE);
+    // n1 holds the image and a database: the CLI refuses at create, naming the finding.
+    let out =
+        n1.shoal(&["service", "create", "-d", "--name", "again", "shop/vuln:1", "sleep", "9"]);
+    assert!(!out.status.success(), "{}", text(&out));
     assert!(
-        why.contains("scan policy on n1") && why.contains("fixed in 3.0.11-1~deb12u1"),
-        "{why}"
+        text(&out).contains(CVE) && text(&out).contains("scan policy blocks"),
+        "{}",
+        text(&out)
     );
     create(n1, "clean", "shop/clean:1", "n1");
     wait_running(n1, "clean", 1, Duration::from_secs(60));
+
+    // The running task dies: its replacement is the node's to check.
+    step("the node checks the replacement");
+    let task = ps(n1, "vuln").unwrap().into_iter().find(|r| r.state == "Running").unwrap();
+    n2.kill_task(&task.id);
     // n2 has no database: it cannot tell, so it refuses.
-    create(n1, "blind", "shop/clean:1", "n2");
-    rejected(n1, "blind", "no vulnerability database");
+    rejected(n1, "vuln", "no vulnerability database");
     n2.must_shoal(&["scan", "db", "import", &osv]);
-    wait_running(n1, "blind", 1, Duration::from_secs(60));
+    let why = rejected(n1, "vuln", CVE);
+    assert!(
+        why.contains("scan policy on n2") && why.contains("fixed in 3.0.11-1~deb12u1"),
+        "{why}"
+    );
 
     step("policy lifted");
     n1.must_shoal(&["swarm", "update", "--scan-policy", "block=none"]);
-    n1.must_shoal(&["service", "update", "-d", "--force", "vuln"]);
     wait_running(n1, "vuln", 1, Duration::from_secs(60));
     step("done");
 }

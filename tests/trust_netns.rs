@@ -16,10 +16,9 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use shoal_testkit::image::busybox_tar;
+use shoal_testkit::image::{busybox_tar, sha256_file, versioned_tar};
 use shoal_testkit::netns::ps::{parse_ps, wait_running, TaskRow};
 use shoal_testkit::netns::{finish, root_or_skip, text, worker_swarm, Net, Node};
 use shoal_testkit::poll::blocking::eventually;
@@ -45,37 +44,11 @@ fn content_trust_is_enforced_by_managers_and_nodes() {
     );
     let started = Instant::now();
     let dir = tempfile::Builder::new().prefix("shoal-trust-").tempdir().unwrap();
-    let net = Net::with("tr", 243, subnet(), 3);
+    let net = Net::with("tr", 243, subnet(), 4);
     let mut nodes: Vec<Node> = (1..=2).map(|i| Node::new(&net, i, dir.path())).collect();
     let result = catch_unwind(AssertUnwindSafe(|| story(&net, &mut nodes, dir.path())));
     finish(result, nodes, net, dir);
     eprintln!("{name}: passed in {:.1}s", started.elapsed().as_secs_f64());
-}
-
-/// A busybox rootfs tarball whose `/etc/app-version` says `version`.
-fn app_tar(dir: &Path, version: &str) -> String {
-    let d = dir.join(format!("app-{version}"));
-    std::fs::create_dir_all(&d).unwrap();
-    let tar = busybox_tar(&d, APPLETS).unwrap();
-    let etc = d.join("rootfs/etc");
-    std::fs::create_dir_all(&etc).unwrap();
-    std::fs::write(etc.join("app-version"), version).unwrap();
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(d.join("rootfs"))
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(status.success());
-    tar.to_string_lossy().into_owned()
-}
-
-fn sha256_of(path: &str) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    let hex = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string();
-    format!("sha256:{hex}")
 }
 
 fn ps(n: &Node, service: &str) -> Result<Vec<TaskRow>, String> {
@@ -118,19 +91,19 @@ fn create(n: &Node, name: &str, image: &str, extra: &[&str]) -> std::process::Ou
     n.shoal(&args)
 }
 
-fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
+fn story(net: &Net, nodes: &mut Vec<Node>, dir: &Path) {
     let t0 = Instant::now();
     let step = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
 
     step("registry and swarm");
-    let reg_ip = net.ip(3);
+    let reg_ip = net.ip(4);
     let mut registry = TestRegistry::start(
         &dir.join("registry"),
         RegistryOpts {
             tls: true,
             htpasswd: None,
             listen: format!("{reg_ip}:5000").parse().unwrap(),
-            wrap: vec!["nsenter".into(), format!("--net=/run/netns/{}", net.ns(3))],
+            wrap: vec!["nsenter".into(), format!("--net=/run/netns/{}", net.ns(4))],
         },
     )
     .unwrap_or_else(|e| panic!("starting the registry: {e}"));
@@ -142,7 +115,7 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
     }
     let base = busybox_tar(&dir.join("base"), APPLETS).unwrap().to_string_lossy().into_owned();
     worker_swarm(net, nodes, &base, "busybox:local");
-    let (n1, n2) = (&nodes[0], &nodes[1]);
+    let n1 = &nodes[0];
 
     // --- Keys, sealed with passphrases, 0600. -------------------------------------------------
     step("keys");
@@ -184,8 +157,8 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
         &["trust", "signer", "add", "alice", &app, "--key", &p("alice"), "--root-key", &k("root")],
         &[ROOT_PASS],
     );
-    n1.must_shoal(&["image", "import", &app_tar(dir, "v1"), &v1]);
-    n1.must_shoal(&["image", "import", &app_tar(dir, "v2"), &v2]);
+    n1.must_shoal(&["image", "import", &versioned_tar(dir, "v1", APPLETS), &v1]);
+    n1.must_shoal(&["image", "import", &versioned_tar(dir, "v2", APPLETS), &v2]);
     let signed = with_pass(n1, &["trust", "sign", &v1, "--key", &k("alice")], &[SIGNER_PASS]);
     let d1 = signed.split('(').nth(1).and_then(|s| s.split(')').next()).unwrap().to_string();
     assert!(d1.starts_with("sha256:"), "trust sign names the digest: {signed}");
@@ -208,6 +181,29 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
     let swarm: serde_json::Value =
         serde_json::from_str(&n1.must_shoal(&["swarm", "inspect"])).unwrap();
     assert_eq!(swarm["Spec"]["ContentTrust"]["Required"], true, "{swarm}");
+    // A node that joins now pins the cluster's roots at join, before it runs anything.
+    step("a node joins and pins the roots");
+    let mut n3 = Node::new(net, 3, dir);
+    let certs = n3.data.join("certs.d");
+    registry.install_ca(&certs);
+    n3.args = vec!["--certs-dir".into(), certs.display().to_string()];
+    n3.start();
+    let token = nodes[0].must_shoal(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
+    let out = n3.join(&token, &net.addr(1));
+    assert!(out.status.success(), "{}", text(&out));
+    let pins: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(n3.data.join("runtime/trust/pins.json")).expect("n3 pinned at join"),
+    )
+    .unwrap();
+    assert_eq!(pins["required"], true, "{pins}");
+    assert!(pins["roots"].get(format!("{reg}/team")).is_some(), "{pins}");
+    nodes.push(n3);
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    let out = create(n1, "on-n3", &v1, &["--constraint", "node.hostname==n3"]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_running(n1, "on-n3", 1, Duration::from_secs(60));
+    n1.must_shoal(&["service", "rm", "on-n3"]);
+
     let out = create(n1, "unsigned", &v2, &[]);
     assert!(!out.status.success(), "an unsigned image was accepted: {}", text(&out));
     assert!(text(&out).contains("no signature for") && text(&out).contains(":2"), "{}", text(&out));
@@ -316,10 +312,10 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
     // --- A layer changed in the registry after signing: the node refuses it. ------------------
     step("a layer changed after signing");
     let bad = format!("{app}:bad");
-    let bad_tar = app_tar(dir, "bad");
+    let bad_tar = versioned_tar(dir, "bad", APPLETS);
     n1.must_shoal(&["image", "import", &bad_tar, &bad]);
     with_pass(n1, &["trust", "sign", &bad, "--key", &k("bob")], &[SIGNER_PASS]);
-    let layer = sha256_of(&bad_tar);
+    let layer = sha256_file(&bad_tar);
     let stored = registry.blob_path(&layer);
     let mut bytes = std::fs::read(&stored).unwrap();
     let mid = bytes.len() / 2;

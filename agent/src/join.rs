@@ -59,6 +59,8 @@ pub struct Joined {
     pub manager_addrs: Vec<String>,
     /// Node IDs of the managers, as the manager that let this node in said.
     pub manager_ids: Vec<String>,
+    /// The content-trust pins the cluster gave at join (JSON), if it has any.
+    pub trust_pins: Vec<u8>,
 }
 
 /// Joins the cluster of the manager at `params.remote_addr`.
@@ -91,6 +93,7 @@ pub async fn join(params: &JoinParams) -> Result<Joined, JoinError> {
         key,
         manager_addrs: resp.manager_addrs,
         manager_ids: resp.managers.map(|m| m.node_ids).unwrap_or_default(),
+        trust_pins: resp.trust_pins,
     })
 }
 

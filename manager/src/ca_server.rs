@@ -185,6 +185,7 @@ async fn issue(
         cert_chain_pem: chain,
         manager_addrs: shared.manager_addrs()?,
         managers: Some(shared.manager_set()),
+        trust_pins: crate::trust::join_pins(shared),
     })
 }
 

@@ -387,6 +387,30 @@ pub(crate) fn seal_tasks(store: &Store, cluster: Option<&Cluster>, tasks: &mut [
     }
 }
 
+/// What a joining node pins: every root chain, the timestamp key and the requirement.
+/// Empty when the cluster has no trust data.
+pub(crate) fn join_pins(shared: &Shared) -> Vec<u8> {
+    let store = &shared.store;
+    let mut pins = trust::Pins {
+        timestamp_key: timestamp_public(store),
+        required: shared
+            .cluster()
+            .ok()
+            .and_then(|c| c.spec)
+            .is_some_and(|s| s.content_trust_required),
+        ..Default::default()
+    };
+    for r in store.list::<TrustRoot>().unwrap_or_default() {
+        if let Ok(chain) = chain_of(&r) {
+            pins.roots.insert(r.id.clone(), chain);
+        }
+    }
+    if pins == trust::Pins::default() {
+        return Vec::new();
+    }
+    serde_json::to_vec(&pins).expect("pins serialize")
+}
+
 /// Renews timestamps that are past half their life, or that last longer than the lifetime
 /// now set (on the leader).
 pub(crate) async fn renew(shared: &Shared) -> Result<usize, Status> {

@@ -22,8 +22,21 @@ pub const ROOT_CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 60 * 
 pub const NODE_CERT_BACKDATE: Duration = Duration::from_secs(60 * 60);
 
 const ROOT_CA_BACKDATE: Duration = Duration::from_secs(5 * 60);
-const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
-const OID_P256: &str = "1.2.840.10045.3.1.7";
+pub(crate) const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+pub(crate) const OID_P256: &str = "1.2.840.10045.3.1.7";
+
+/// A public key's algorithm OID and, for EC keys, its curve's, as dotted strings.
+pub(crate) fn key_algorithm(
+    spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
+) -> (String, Option<String>) {
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .map(|oid| oid.to_id_string());
+    (spki.algorithm.algorithm.to_id_string(), curve)
+}
 
 /// The root CA: its exact certificate PEM (the bundle) and its signing key; `Debug` never shows the key.
 pub struct RootCa {
@@ -250,13 +263,7 @@ fn csr_public_key(csr_der: &[u8]) -> Result<SubjectPublicKeyInfo, PkiError> {
         PkiError::BadCsr("its signature does not verify with its own public key".into())
     })?;
     let spki = &csr.certification_request_info.subject_pki;
-    let alg = spki.algorithm.algorithm.to_id_string();
-    let curve = spki
-        .algorithm
-        .parameters
-        .as_ref()
-        .and_then(|p| p.as_oid().ok())
-        .map(|oid| oid.to_id_string());
+    let (alg, curve) = key_algorithm(spki);
     if alg != OID_EC_PUBLIC_KEY || curve.as_deref() != Some(OID_P256) {
         return Err(PkiError::UnsupportedKey(format!(
             "the CSR's key has algorithm {alg} and parameters {}",

@@ -170,7 +170,7 @@ pub async fn run(cmd: ImageCmd, channel: Channel) -> Result<()> {
                 .await
                 .map_err(client::status)?
                 .into_inner();
-            let report: shoal_agent::scan::Report =
+            let report: shoal_proto::spec::scan::Report =
                 serde_json::from_slice(&r.report).context("the daemon's scan report")?;
             if format == "json" {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -343,7 +343,7 @@ pub fn info(r: &InfoResponse) -> String {
 }
 
 /// `image scan`: the findings, worst first, with the version that fixes each.
-pub fn scan_report(image: &str, r: &shoal_agent::scan::Report, advisories: u64) -> String {
+pub fn scan_report(image: &str, r: &shoal_proto::spec::scan::Report, advisories: u64) -> String {
     let mut out = String::new();
     let os = if r.os.is_empty() { "unknown system".to_string() } else { r.os.clone() };
     if advisories == 0 {

@@ -34,6 +34,11 @@ pub use fake::FakeExecutor;
 pub use oci::OciExecutor;
 pub use status::StatusQueue;
 
+/// Where a node keeps its content-trust pins, under its data root (the runtime's directory).
+pub fn trust_pins_path(data_root: &std::path::Path) -> std::path::PathBuf {
+    data_root.join("runtime").join("trust").join("pins.json")
+}
+
 use controller::{Controller, Desired};
 
 /// Runs this node's tasks. Cheap to clone; all clones drive the same tasks.

@@ -33,7 +33,8 @@ pub struct OciExecutor {
     /// Named volumes, leased to the tasks that mount them.
     volumes: Arc<Volumes>,
     /// What this node trusts of content trust, and where it keeps it.
-    trust: Mutex<Pins>,
+    /// Held while the node's content-trust pins are read and written (`trust_path`).
+    trust: Mutex<()>,
     trust_path: PathBuf,
     /// Scan reports by image, while the node's database is unchanged.
     scans: Arc<crate::scan::Cache>,
@@ -51,15 +52,9 @@ impl OciExecutor {
     pub fn new(runtime: OciRuntime, images: Arc<ImageStore>, node: impl Into<String>) -> Self {
         let volumes = Arc::new(Volumes::open(runtime.config().data_root.join("volumes")));
         let trust_path = runtime.config().data_root.join("trust").join("pins.json");
-        let pins = Pins::load(&trust_path).unwrap_or_else(|e| {
-            // A damaged pins file must not make the node trust less: it is kept for the
-            // operator and the node refuses tasks until it is fixed or removed.
-            tracing::error!(error = %e, "the node's content-trust pins cannot be read; tasks needing them are refused");
-            Pins { required: true, ..Default::default() }
-        });
         OciExecutor {
             volumes,
-            trust: Mutex::new(pins),
+            trust: Mutex::new(()),
             trust_path,
             scans: Default::default(),
             runtime,
@@ -102,7 +97,14 @@ impl OciExecutor {
         };
         let refuse =
             |why: String| ExecError::Rejected(format!("content trust on {}: {why}", self.node));
-        let mut pins = self.trust.lock().unwrap_or_else(|p| p.into_inner());
+        let _held = self.trust.lock().unwrap_or_else(|p| p.into_inner());
+        // Read each time: a join replaces the file (a new cluster's roots, none of the old's).
+        let mut pins = Pins::load(&self.trust_path).unwrap_or_else(|e| {
+            // A damaged pins file must not make the node trust less: it is kept for the
+            // operator and the node refuses tasks until it is fixed or removed.
+            tracing::error!(error = %e, "the node's content-trust pins cannot be read; tasks needing them are refused");
+            Pins { required: true, ..Default::default() }
+        });
         let before = pins.clone();
         if let Some(e) = envelope {
             // What fails to be learnt here is refused by the check below where it matters.
@@ -136,7 +138,7 @@ impl OciExecutor {
             }
             Ok(())
         })();
-        if *pins != before {
+        if pins != before {
             if let Err(e) = pins.save(&self.trust_path) {
                 tracing::warn!(error = %e, "could not save the node's content-trust pins");
             }

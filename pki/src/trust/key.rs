@@ -102,15 +102,10 @@ impl PublicKey {
         }
         let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(block.contents())
             .map_err(|e| TrustError::Key(format!("not a SubjectPublicKeyInfo: {e}")))?;
-        let alg = spki.algorithm.algorithm.to_id_string();
-        let curve = spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.as_oid().ok())
-            .map(|o| o.to_id_string());
+        use crate::ca::{key_algorithm, OID_EC_PUBLIC_KEY, OID_P256};
+        let (alg, curve) = key_algorithm(&spki);
         let algorithm = match (alg.as_str(), curve.as_deref()) {
-            ("1.2.840.10045.2.1", Some("1.2.840.10045.3.1.7")) => Algorithm::EcdsaP256,
+            (OID_EC_PUBLIC_KEY, Some(OID_P256)) => Algorithm::EcdsaP256,
             ("1.3.101.112", _) => Algorithm::Ed25519,
             _ => {
                 return Err(TrustError::Key(format!(

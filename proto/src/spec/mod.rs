@@ -7,6 +7,7 @@ pub mod caps;
 pub mod constraint;
 pub mod mac;
 pub mod network;
+pub mod scan;
 pub mod secret;
 pub mod service;
 

@@ -68,6 +68,42 @@ pub(crate) async fn check_user(channel: &Channel, spec: &ServiceSpec) -> Result<
     }
 }
 
+/// Under a cluster scan policy, an image this node holds and can scan (it has a database) is
+/// checked here, so a service the nodes would refuse is refused when it is made. Anything else
+/// is left to the node that runs the task, which always checks.
+pub(crate) async fn check_scan(channel: &Channel, spec: &ServiceSpec) -> Result<()> {
+    let Some(c) = spec.container.as_ref().filter(|c| !c.image.is_empty()) else {
+        return Ok(());
+    };
+    let mut control = ControlClient::new(channel.clone());
+    let Ok(info) = control.get_cluster_info(GetClusterInfoRequest {}).await else {
+        return Ok(());
+    };
+    let block = info.into_inner().spec.map(|s| s.scan_block).unwrap_or_default();
+    let Some(level) = shoal_proto::spec::scan::Severity::parse(&block) else { return Ok(()) };
+    let image = if c.image_digest.is_empty() { &c.image } else { &c.image_digest };
+    let req = ImageScanRequest { reference: image.clone() };
+    let Ok(r) = DaemonClient::new(channel.clone()).image_scan(req).await else { return Ok(()) };
+    let r = r.into_inner();
+    if r.advisories == 0 {
+        return Ok(());
+    }
+    let report: shoal_proto::spec::scan::Report = serde_json::from_slice(&r.report)?;
+    let found = report.at_least(level);
+    if found.is_empty() {
+        return Ok(());
+    }
+    let named: Vec<String> = found.iter().take(5).map(|f| f.short()).collect();
+    bail!(
+        "service {}: {} has {} known vulnerabilities at or above {level}, which the cluster's scan policy blocks: {}{}",
+        spec.name,
+        c.image,
+        found.len(),
+        named.join(", "),
+        if found.len() > named.len() { format!(" and {} more", found.len() - named.len()) } else { String::new() }
+    )
+}
+
 /// The saved login for the image's registry, for `--with-registry-auth`.
 pub(crate) fn registry_auth(image: &str) -> Result<Option<RegistryAuth>> {
     let auth = super::login::for_image(image)?;
@@ -297,6 +333,7 @@ async fn create(
     }
     a.flags.apply(&mut spec)?;
     check_user(channel, &spec).await?;
+    check_scan(channel, &spec).await?;
     super::trust::client_pin(channel, &mut spec).await?;
     let req = CreateServiceRequest { spec: Some(spec), no_resolve_image: a.flags.no_resolve_image };
     let r = control.create_service(req).await.map_err(client::status)?.into_inner();
@@ -399,6 +436,7 @@ async fn update(
     a.flags.apply(&mut spec)?;
     check_user(channel, &spec).await?;
     if a.image.is_some() || a.force {
+        check_scan(channel, &spec).await?;
         super::trust::client_pin(channel, &mut spec).await?;
     }
     let s = put_spec(control, &s, spec, a.force, a.flags.no_resolve_image).await?;

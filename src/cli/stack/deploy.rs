@@ -244,6 +244,7 @@ pub async fn deploy(
         }
         check_targets(&comparable(&spec)).with_context(|| format!("service {key}"))?;
         crate::cli::service::check_user(channel, &spec).await?;
+        crate::cli::service::check_scan(channel, &spec).await?;
         crate::cli::trust::client_pin(channel, &mut spec)
             .await
             .with_context(|| format!("service {key}"))?;

@@ -164,6 +164,19 @@ impl Daemon {
             let _ = self.files.wipe();
             return Err(e);
         }
+        // A new identity starts with the cluster's trust roots (and none of another cluster's).
+        let pins_path = shoal_agent::worker::trust_pins_path(self.files.root());
+        let _ = std::fs::remove_file(&pins_path);
+        if !joined.trust_pins.is_empty() {
+            match serde_json::from_slice::<shoal_pki::trust::Pins>(&joined.trust_pins) {
+                Ok(pins) => {
+                    if let Err(e) = pins.save(&pins_path) {
+                        tracing::warn!(error = %e, "could not save the content-trust pins");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "the content-trust pins sent at join"),
+            }
+        }
         let agent = self.start_agent(&state, cert.clone(), joined.root_ca_pem)?;
         tracing::info!(node = %state.node_id, role = %state.role, "joined swarm");
         *member =

@@ -30,3 +30,38 @@ pub fn busybox_tar(dir: &Path, applets: &[&str]) -> Result<PathBuf, String> {
     }
     Ok(tar)
 }
+
+/// Packs `<dir>/rootfs/` (as [`busybox_tar`] left it, with whatever a test added) again as
+/// `<dir>/image.tar`; returns the tarball's path.
+pub fn repack(dir: &Path) -> String {
+    let tar = dir.join("image.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(dir.join("rootfs"))
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .expect("running tar");
+    assert!(status.success(), "tar failed ({status})");
+    tar.display().to_string()
+}
+
+/// A busybox rootfs tarball whose `/etc/app-version` says `version`: each version is an image
+/// with other bytes, so another digest.
+pub fn versioned_tar(dir: &Path, version: &str, applets: &[&str]) -> String {
+    let d = dir.join(format!("app-{version}"));
+    std::fs::create_dir_all(&d).unwrap();
+    busybox_tar(&d, applets).unwrap();
+    let etc = d.join("rootfs/etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("app-version"), version).unwrap();
+    repack(&d)
+}
+
+/// `sha256:<hex>` of a file (an imported rootfs tarball is one uncompressed layer: its blob).
+pub fn sha256_file(path: &str) -> String {
+    let out = Command::new("sha256sum").arg(path).output().expect("running sha256sum");
+    let hex = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string();
+    format!("sha256:{hex}")
+}
