@@ -320,6 +320,10 @@ fn bundle(store: &Store, repo: &str) -> Result<Option<Bundle>, Status> {
 /// Checks a service's image against the stored trust data while the cluster requires it, and
 /// pins the spec to the signed digest (which wins over what the registry said the tag is).
 pub(crate) fn check_service(shared: &Shared, spec: &mut ServiceSpec) -> Result<(), Status> {
+    // Trust data reaches nodes only as the managers attach it to tasks, never from a client.
+    if let Some(c) = spec.container.as_mut() {
+        c.trust.clear();
+    }
     let cluster = shared.cluster()?;
     if !cluster.spec.as_ref().is_some_and(|s| s.content_trust_required) {
         return Ok(());
@@ -330,7 +334,6 @@ pub(crate) fn check_service(shared: &Shared, spec: &mut ServiceSpec) -> Result<(
         tracing::warn!(image = %c.image, registry = %c.image_digest, signed = %v.digest, "the registry's digest for the tag is not the signed one; running the signed one");
     }
     c.image_digest = v.digest;
-    c.trust = Vec::new();
     Ok(())
 }
 
