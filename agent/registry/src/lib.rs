@@ -789,20 +789,7 @@ impl Client {
             let (d, m, b) = self.get_manifest(r, &entry.digest, creds).await?;
             (digest, media_type, body) = (d, m, b);
         }
-        match media_type.as_str() {
-            media::OCI_MANIFEST | media::DOCKER_MANIFEST | "" => {}
-            media::DOCKER_SCHEMA1 | media::DOCKER_SCHEMA1_SIGNED => {
-                return Err(bad("Docker schema 1 manifests are not supported; push the image again with a current client".into()))
-            }
-            other => return Err(bad(format!("unsupported manifest type {other}"))),
-        }
-        let m: Manifest =
-            serde_json::from_slice(&body).map_err(|e| bad(format!("the manifest: {e}")))?;
-        for d in std::iter::once(&m.config).chain(&m.layers) {
-            if !is_digest(&d.digest) {
-                return Err(bad(format!("unsupported blob digest {:?}", d.digest)));
-            }
-        }
+        let m = decode_manifest(&media_type, &body).map_err(bad)?;
         Ok(Pulled {
             pinned,
             manifest_digest: digest,
@@ -1106,6 +1093,29 @@ fn upload_url(base: &str, start: &str, location: &str, digest: &str) -> String {
     format!("{url}{sep}digest={}", digest.replace(':', "%3A"))
 }
 
+/// Reads an image manifest a registry sent (`media_type` as it said, possibly empty): its
+/// config and layers, each with a sha256 digest; any other kind, or schema 1, is refused with
+/// what is wrong. The bytes come from the network: nothing in them is trusted.
+pub fn decode_manifest(media_type: &str, body: &[u8]) -> Result<Manifest, String> {
+    match media_type {
+        media::OCI_MANIFEST | media::DOCKER_MANIFEST | "" => {}
+        media::DOCKER_SCHEMA1 | media::DOCKER_SCHEMA1_SIGNED => {
+            return Err("Docker schema 1 manifests are not supported; push the image again with a current client".into())
+        }
+        other => return Err(format!("unsupported manifest type {other}")),
+    }
+    if body.len() > MAX_MANIFEST {
+        return Err(format!("a manifest of {} bytes (at most {MAX_MANIFEST})", body.len()));
+    }
+    let m: Manifest = serde_json::from_slice(body).map_err(|e| format!("the manifest: {e}"))?;
+    for d in std::iter::once(&m.config).chain(&m.layers) {
+        if !is_digest(&d.digest) {
+            return Err(format!("unsupported blob digest {:?}", d.digest));
+        }
+    }
+    Ok(m)
+}
+
 #[derive(Deserialize)]
 struct Index {
     manifests: Vec<IndexEntry>,
@@ -1126,11 +1136,12 @@ struct IndexPlatform {
     variant: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct Manifest {
-    config: Descriptor,
+/// An image manifest's blobs.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Manifest {
+    pub config: Descriptor,
     #[serde(default)]
-    layers: Vec<Descriptor>,
+    pub layers: Vec<Descriptor>,
 }
 
 /// The index entry for `p`: same OS and CPU, the same variant when `p` names one.
