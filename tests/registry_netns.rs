@@ -10,13 +10,12 @@
 //!
 //! Needs root; under CI (env `CI`) it must run.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use shoal_testkit::image::{busybox_tar, sha256_file, versioned_tar};
 use shoal_testkit::netns::ps::{parse_ps, wait_running, TaskRow};
-use shoal_testkit::netns::{finish, root_or_skip, text, worker_swarm, Net, Node};
+use shoal_testkit::netns::{run_story, text, worker_swarm, Net, Node};
 use shoal_testkit::poll::blocking::eventually;
 use shoal_testkit::registry::{RegistryOpts, TestRegistry};
 
@@ -24,26 +23,11 @@ const USER: &str = "deployer";
 const PASSWORD: &str = "s3cret-registry-pw";
 const APPLETS: &[&str] = &["sh", "sleep", "cat", "echo"];
 
-fn subnet() -> u8 {
-    (std::process::id() % 240 + 10) as u8
-}
-
 #[test]
 fn images_come_from_a_registry() {
-    if !root_or_skip("images_come_from_a_registry") {
-        return;
-    }
-    assert!(
-        Path::new("/usr/bin/docker-registry").exists(),
-        "images_come_from_a_registry needs docker-registry (apt-get install docker-registry)"
-    );
-    let started = Instant::now();
-    let dir = tempfile::Builder::new().prefix("shoal-registry-").tempdir().unwrap();
-    let net = Net::with("rg", 242, subnet(), 4);
-    let mut nodes: Vec<Node> = (1..=3).map(|i| Node::new(&net, i, dir.path())).collect();
-    let result = catch_unwind(AssertUnwindSafe(|| story(&net, &mut nodes, dir.path())));
-    finish(result, nodes, net, dir);
-    eprintln!("images_come_from_a_registry: passed in {:.1}s", started.elapsed().as_secs_f64());
+    run_story("images_come_from_a_registry", "rg", 242, 4, 3, |net, nodes, dir| {
+        story(net, nodes, dir)
+    });
 }
 
 fn wrap(net: &Net, host: usize) -> Vec<String> {
@@ -74,6 +58,10 @@ fn digests_on(n: &Node) -> String {
 }
 
 fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
+    assert!(
+        Path::new("/usr/bin/docker-registry").exists(),
+        "this test needs docker-registry (apt-get install docker-registry)"
+    );
     let t0 = Instant::now();
     let step = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
 

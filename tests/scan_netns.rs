@@ -14,35 +14,27 @@
 //!
 //! Needs root; under CI (env `CI`) it must run.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use shoal_testkit::image::busybox_tar;
 use shoal_testkit::netns::ps::{parse_ps, wait_running, TaskRow};
-use shoal_testkit::netns::{finish, root_or_skip, text, worker_swarm, Net, Node};
+use shoal_testkit::netns::{run_story, text, worker_swarm, Net, Node};
 use shoal_testkit::poll::blocking::eventually;
 
 const APPLETS: &[&str] = &["sh", "sleep", "cat", "echo"];
 const CVE: &str = "CVE-2099-0001";
 
-fn subnet() -> u8 {
-    (std::process::id() % 240 + 10) as u8
-}
-
 #[test]
 fn images_with_known_vulnerabilities_are_found_and_blocked() {
-    let name = "images_with_known_vulnerabilities_are_found_and_blocked";
-    if !root_or_skip(name) {
-        return;
-    }
-    let started = Instant::now();
-    let dir = tempfile::Builder::new().prefix("shoal-scan-").tempdir().unwrap();
-    let net = Net::with("sc", 244, subnet(), 2);
-    let mut nodes: Vec<Node> = (1..=2).map(|i| Node::new(&net, i, dir.path())).collect();
-    let result = catch_unwind(AssertUnwindSafe(|| story(&mut nodes, &net, dir.path())));
-    finish(result, nodes, net, dir);
-    eprintln!("{name}: passed in {:.1}s", started.elapsed().as_secs_f64());
+    run_story(
+        "images_with_known_vulnerabilities_are_found_and_blocked",
+        "sc",
+        244,
+        2,
+        2,
+        |net, nodes, dir| story(net, nodes, dir),
+    );
 }
 
 /// A busybox image whose dpkg status lists `openssl_version` of libssl3 and a zlib.
@@ -131,7 +123,7 @@ fn create(n: &Node, name: &str, image: &str, on: &str) -> String {
     ])
 }
 
-fn story(nodes: &mut [Node], net: &Net, dir: &Path) {
+fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
     let t0 = Instant::now();
     let step = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
     let base = busybox_tar(&dir.join("base"), APPLETS).unwrap().display().to_string();

@@ -14,13 +14,12 @@
 //!
 //! Needs root; under CI (env `CI`) it must run.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use shoal_testkit::image::{busybox_tar, sha256_file, versioned_tar};
 use shoal_testkit::netns::ps::{parse_ps, wait_running, TaskRow};
-use shoal_testkit::netns::{finish, root_or_skip, text, worker_swarm, Net, Node};
+use shoal_testkit::netns::{run_story, text, worker_swarm, Net, Node};
 use shoal_testkit::poll::blocking::eventually;
 use shoal_testkit::registry::{RegistryOpts, TestRegistry};
 
@@ -28,27 +27,9 @@ const APPLETS: &[&str] = &["sh", "sleep", "cat", "echo"];
 const ROOT_PASS: &str = "root-passphrase-7c1e";
 const SIGNER_PASS: &str = "signer-passphrase-2b9d";
 
-fn subnet() -> u8 {
-    (std::process::id() % 240 + 10) as u8
-}
-
 #[test]
 fn content_trust_is_enforced_by_managers_and_nodes() {
-    let name = "content_trust_is_enforced_by_managers_and_nodes";
-    if !root_or_skip(name) {
-        return;
-    }
-    assert!(
-        Path::new("/usr/bin/docker-registry").exists(),
-        "{name} needs docker-registry (apt-get install docker-registry)"
-    );
-    let started = Instant::now();
-    let dir = tempfile::Builder::new().prefix("shoal-trust-").tempdir().unwrap();
-    let net = Net::with("tr", 243, subnet(), 4);
-    let mut nodes: Vec<Node> = (1..=2).map(|i| Node::new(&net, i, dir.path())).collect();
-    let result = catch_unwind(AssertUnwindSafe(|| story(&net, &mut nodes, dir.path())));
-    finish(result, nodes, net, dir);
-    eprintln!("{name}: passed in {:.1}s", started.elapsed().as_secs_f64());
+    run_story("content_trust_is_enforced_by_managers_and_nodes", "tr", 243, 4, 2, story);
 }
 
 fn ps(n: &Node, service: &str) -> Result<Vec<TaskRow>, String> {
@@ -92,6 +73,10 @@ fn create(n: &Node, name: &str, image: &str, extra: &[&str]) -> std::process::Ou
 }
 
 fn story(net: &Net, nodes: &mut Vec<Node>, dir: &Path) {
+    assert!(
+        Path::new("/usr/bin/docker-registry").exists(),
+        "this test needs docker-registry (apt-get install docker-registry)"
+    );
     let t0 = Instant::now();
     let step = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
 

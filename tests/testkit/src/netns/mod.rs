@@ -15,7 +15,7 @@ pub mod ps;
 mod table;
 pub mod tunnel;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -113,6 +113,32 @@ pub fn worker_swarm(net: &Net, nodes: &mut [Node], tar: &str, image: &str) {
         std::time::Duration::from_secs(30),
         || all_ready(n1, &names),
     );
+}
+
+/// Runs `story` on `hosts` network-namespace hosts (tag `tag`, second octet `octet`, third
+/// from the process ID) with `Node`s on the first `nodes` of them, then cleans up with
+/// [`finish`]: the boilerplate of every netns test that needs nothing else. Skips (with a
+/// notice) without root, unless under CI.
+pub fn run_story(
+    name: &str,
+    tag: &str,
+    octet: u8,
+    hosts: usize,
+    nodes: usize,
+    story: impl FnOnce(&Net, &mut Vec<Node>, &Path),
+) {
+    if !root_or_skip(name) {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let dir = tempfile::Builder::new().prefix(&format!("shoal-{tag}-")).tempdir().unwrap();
+    let net = Net::with(tag, octet, (std::process::id() % 240 + 10) as u8, hosts);
+    let mut all: Vec<Node> = (1..=nodes).map(|i| Node::new(&net, i, dir.path())).collect();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        story(&net, &mut all, dir.path())
+    }));
+    finish(result, all, net, dir);
+    eprintln!("{name}: passed in {:.1}s", started.elapsed().as_secs_f64());
 }
 
 /// Ends a test run under `catch_unwind`: stops the nodes and tears the network down, and on a
