@@ -334,7 +334,12 @@ impl Control for ControlApi {
         };
         let trust = req.content_trust();
         if trust == ContentTrust::Off {
-            crate::trust::check_policy_off(&self.shared.store, &req.content_trust_policy)?;
+            let previous = self.shared.cluster()?.spec.map(|s| s.content_trust_policy);
+            crate::trust::check_policy_off(
+                &self.shared.store,
+                &req.content_trust_policy,
+                &previous.unwrap_or_default(),
+            )?;
         }
         let cluster = self
             .shared

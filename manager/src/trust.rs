@@ -17,7 +17,7 @@ use shoal_registry::ImageRef;
 use tonic::Status;
 
 use crate::manager::Shared;
-use crate::store::{Store, StoreError, Tx};
+use crate::store::{Store, Tx};
 
 const KEY_ID: &str = "timestamp";
 
@@ -53,11 +53,20 @@ pub(crate) fn validate_lifetime(d: Duration) -> Result<(), String> {
 pub(crate) fn repo_of(image: &str) -> Result<(String, Option<String>, Option<String>), Status> {
     let r = ImageRef::parse(image)
         .map_err(|e| Status::invalid_argument(format!("image {image:?}: {e}")))?;
-    Ok((format!("{}/{}", r.registry, r.repository), r.tag, r.digest))
+    Ok((r.name(), r.tag, r.digest))
 }
 
 fn chain_of(r: &TrustRoot) -> Result<Vec<Signed<Root>>, TrustError> {
     r.chain.iter().map(|b| Signed::<Root>::from_bytes(b)).collect()
+}
+
+/// Pins holding every stored root chain, as a node that joined now would.
+fn pins_of(roots: &[TrustRoot]) -> Result<trust::Pins, TrustError> {
+    let mut pins = trust::Pins::default();
+    for r in roots {
+        pins.roots.insert(r.id.clone(), chain_of(r)?);
+    }
+    Ok(pins)
 }
 
 /// The stored root chain whose prefix covers `repo` most closely.
@@ -65,26 +74,18 @@ fn covering<'a>(roots: &'a [TrustRoot], repo: &str) -> Option<&'a TrustRoot> {
     roots.iter().filter(|r| trust::covers(&r.id, repo)).max_by_key(|r| r.id.len())
 }
 
-fn store_err(e: StoreError) -> Status {
-    e.into()
-}
-
 /// The timestamp key, made the first time one is needed.
 fn timestamp_key(tx: &mut Tx<'_>) -> Result<SigningKey, Status> {
-    if let Some(k) = tx.get::<TrustTimestampKey>(KEY_ID).map_err(store_err)? {
+    if let Some(k) = tx.get::<TrustTimestampKey>(KEY_ID)? {
         return SigningKey::from_pkcs8(KEY_ID, trust::Algorithm::Ed25519, &k.pkcs8)
             .map_err(|e| Status::internal(format!("the stored timestamp key: {e}")));
     }
     let key = SigningKey::generate(KEY_ID, trust::Algorithm::Ed25519)
         .map_err(|e| Status::internal(e.to_string()))?;
-    let pkcs8 = key_pkcs8(&key)?;
-    tx.create(TrustTimestampKey { id: KEY_ID.into(), meta: None, pkcs8 }).map_err(store_err)?;
+    let pkcs8 = key.pkcs8_der().to_vec();
+    tx.create(TrustTimestampKey { id: KEY_ID.into(), meta: None, pkcs8 })?;
     tracing::info!(key = %key.public().short_id(), "made the managers' content-trust timestamp key");
     Ok(key)
-}
-
-fn key_pkcs8(key: &SigningKey) -> Result<Vec<u8>, Status> {
-    Ok(key.pkcs8_der().to_vec())
 }
 
 /// The public timestamp key, if one was made.
@@ -145,37 +146,29 @@ fn put_root(tx: &mut Tx<'_>, root: &Signed<Root>) -> Result<(), Status> {
     }
     ImageRef::parse(&prefix)
         .map_err(|e| Status::invalid_argument(format!("root prefix {prefix:?}: {e}")))?;
-    let stored = tx.get::<TrustRoot>(&prefix).map_err(store_err)?;
+    let stored = tx.get::<TrustRoot>(&prefix)?;
     let mut chain = match &stored {
         Some(r) => chain_of(r).map_err(status)?,
         None => Vec::new(),
     };
     chain.push(root.clone());
-    trust::doc::check_chain(&chain).map_err(status)?;
-    if stored.is_none() {
-        // Nodes that pinned roots take a new prefix only when one of them vouches for it.
-        let others: Vec<TrustRoot> = tx.list::<TrustRoot>().map_err(store_err)?;
-        let mut current = Vec::new();
-        for r in &others {
-            if let Some(last) = chain_of(r).map_err(status)?.pop() {
-                current.push(last);
-            }
-        }
-        if !current.is_empty() && !current.iter().any(|r| root.signed_by(&r.signed.key)) {
-            return Err(status(TrustError::Untrusted(format!(
-                "a root for a new prefix {prefix} must be vouched for by an existing root (trust root add --vouch-key)"
-            ))));
-        }
+    // The managers take a root by the rule the nodes apply to what they are sent (a chain from
+    // the current root, or a voucher from an existing one for a new prefix): a root the nodes
+    // would refuse is refused here, when it is stored.
+    let mut pins = pins_of(&tx.list::<TrustRoot>()?).map_err(status)?;
+    if !pins.learn_roots(&chain).map_err(status)? {
+        return Err(status(TrustError::Untrusted(format!(
+            "root version {} of {prefix} is not newer than the stored one",
+            root.signed.version
+        ))));
     }
     let bytes: Vec<Vec<u8>> = chain.iter().map(Signed::to_bytes).collect();
     match stored {
         Some(mut r) => {
             r.chain = bytes;
-            tx.update(r).map_err(store_err)?;
+            tx.update(r)?;
         }
-        None => tx
-            .create(TrustRoot { id: prefix.clone(), meta: None, chain: bytes })
-            .map_err(store_err)?,
+        None => tx.create(TrustRoot { id: prefix.clone(), meta: None, chain: bytes })?,
     }
     tracing::info!(%prefix, version = root.signed.version, key = %root.signed.key.short_id(), "content-trust root stored");
     Ok(())
@@ -189,13 +182,13 @@ fn put_repo(
     life: Duration,
 ) -> Result<(), Status> {
     let untrusted = |why: String| status(TrustError::Untrusted(why));
-    let roots = tx.list::<TrustRoot>().map_err(store_err)?;
+    let roots = tx.list::<TrustRoot>()?;
     let root = covering(&roots, repo).ok_or_else(|| {
         untrusted(format!("no trust root covers {repo}; add one with trust root add"))
     })?;
     let root_key = chain_of(root).map_err(status)?.pop().map(|r| r.signed.key);
     let root_key = root_key.ok_or_else(|| untrusted("an empty root chain".into()))?;
-    let stored = tx.get::<TrustRepo>(repo).map_err(store_err)?;
+    let stored = tx.get::<TrustRepo>(repo)?;
     let old_d = stored
         .as_ref()
         .filter(|s| !s.delegations.is_empty())
@@ -273,9 +266,9 @@ fn put_repo(
 
 fn save(tx: &mut Tx<'_>, r: TrustRepo) -> Result<(), Status> {
     if r.meta.is_some() {
-        tx.update(r).map_err(store_err)
+        tx.update(r).map_err(Status::from)
     } else {
-        tx.create(r).map_err(store_err)
+        tx.create(r).map_err(Status::from)
     }
 }
 
@@ -309,12 +302,9 @@ fn bundle(store: &Store, repo: &str) -> Result<Option<Bundle>, Status> {
     }
     let roots = store.list::<TrustRoot>()?;
     let Some(root) = covering(&roots, repo) else { return Ok(None) };
-    Ok(Some(Bundle {
-        roots: chain_of(root).map_err(status)?,
-        delegations: Signed::from_bytes(&r.delegations).map_err(status)?,
-        targets: Signed::from_bytes(&r.targets).map_err(status)?,
-        timestamp: Signed::from_bytes(&r.timestamp).map_err(status)?,
-    }))
+    Bundle::from_parts(&root.chain, &r.delegations, &r.targets, &r.timestamp)
+        .map(Some)
+        .map_err(status)
 }
 
 /// Checks a service's image against the stored trust data while the cluster requires it, and
@@ -394,20 +384,12 @@ pub(crate) fn seal_tasks(store: &Store, cluster: Option<&Cluster>, tasks: &mut [
 /// Empty when the cluster has no trust data.
 pub(crate) fn join_pins(shared: &Shared) -> Vec<u8> {
     let store = &shared.store;
-    let mut pins = trust::Pins {
-        timestamp_key: timestamp_public(store),
-        required: shared
-            .cluster()
-            .ok()
-            .and_then(|c| c.spec)
-            .is_some_and(|s| s.content_trust_required),
-        ..Default::default()
+    let Ok(mut pins) = pins_of(&store.list::<TrustRoot>().unwrap_or_default()) else {
+        return Vec::new();
     };
-    for r in store.list::<TrustRoot>().unwrap_or_default() {
-        if let Ok(chain) = chain_of(&r) {
-            pins.roots.insert(r.id.clone(), chain);
-        }
-    }
+    pins.timestamp_key = timestamp_public(store);
+    pins.required =
+        shared.cluster().ok().and_then(|c| c.spec).is_some_and(|s| s.content_trust_required);
     if pins == trust::Pins::default() {
         return Vec::new();
     }
@@ -438,16 +420,20 @@ pub(crate) async fn renew(shared: &Shared) -> Result<usize, Status> {
     Ok(due.len())
 }
 
-/// Checks a statement turning the requirement off: a policy signed by a stored root.
-pub(crate) fn check_policy_off(store: &Store, bytes: &[u8]) -> Result<(), Status> {
+/// Checks a statement turning the requirement off by the nodes' rule: signed by a current
+/// root, and newer than the statement that last turned it off (`previous`), so an old one
+/// cannot be replayed.
+pub(crate) fn check_policy_off(store: &Store, bytes: &[u8], previous: &[u8]) -> Result<(), Status> {
     let s = Signed::<Policy>::from_bytes(bytes).map_err(status)?;
-    let roots = store.list::<TrustRoot>()?;
-    let by_root =
-        roots.iter().filter_map(|r| chain_of(r).ok()?.pop()).any(|r| s.signed_by(&r.signed.key));
-    if s.signed.required || !by_root {
-        return Err(status(TrustError::Untrusted(
-            "turning content trust off needs a statement signed by a root key (swarm update --content-trust off --root-key KEY)".into(),
-        )));
+    let mut pins = pins_of(&store.list::<TrustRoot>()?).map_err(status)?;
+    pins.required = true;
+    if !previous.is_empty() {
+        pins.policy_version =
+            Signed::<Policy>::from_bytes(previous).map_or(0, |p| p.signed.version);
     }
-    Ok(())
+    pins.learn_policy(false, Some(&s)).map(drop).map_err(|e| {
+        status(TrustError::Untrusted(format!(
+            "{e} (swarm update --content-trust off --root-key KEY)"
+        )))
+    })
 }

@@ -136,7 +136,7 @@ pub async fn run(cmd: ImageCmd, channel: Channel) -> Result<()> {
                 let digest = super::trust::client_verify(&channel, &image).await?;
                 println!("Pulling {image} (signed: {digest})");
                 let r = shoal_registry::ImageRef::parse(&image)?;
-                format!("{}/{}@{digest}", r.registry, r.repository)
+                format!("{}@{digest}", r.name())
             } else {
                 println!("Pulling {image}");
                 image.clone()

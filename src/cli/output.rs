@@ -370,7 +370,7 @@ pub fn scan_report(image: &str, r: &shoal_proto::spec::scan::Report, advisories:
         "SEVERITY", "ID", "PACKAGE", "INSTALLED", "FIXED IN", "SUMMARY"
     ));
     for f in &r.findings {
-        let id = f.aliases.iter().find(|a| a.starts_with("CVE-")).unwrap_or(&f.id);
+        let id = f.name();
         out.push_str(&format!(
             "{:<10} {:<22} {:<18} {:<24} {:<24} {}\n",
             f.severity.to_string(),

@@ -237,7 +237,7 @@ fn repo_and_tag(image: &str) -> Result<(String, Option<String>)> {
         let last = image.rsplit('/').next().unwrap_or(image);
         last.split('@').next().unwrap_or(last).contains(':')
     };
-    Ok((format!("{}/{}", r.registry, r.repository), r.tag.filter(|_| explicit_tag)))
+    Ok((r.name(), r.tag.filter(|_| explicit_tag)))
 }
 
 async fn get(control: &mut ControlClient<Channel>, repo: &str) -> Result<TrustInfo> {
@@ -588,16 +588,8 @@ pub async fn client_verify(channel: &Channel, image: &str) -> Result<String> {
     if info.targets.is_empty() || info.timestamp.is_empty() {
         return Err(untrusted());
     }
-    let bundle = trust::Bundle {
-        roots: info
-            .roots
-            .iter()
-            .map(|b| Signed::<Root>::from_bytes(b))
-            .collect::<Result<_, _>>()?,
-        delegations: Signed::from_bytes(&info.delegations)?,
-        targets: Signed::from_bytes(&info.targets)?,
-        timestamp: Signed::from_bytes(&info.timestamp)?,
-    };
+    let bundle =
+        trust::Bundle::from_parts(&info.roots, &info.delegations, &info.targets, &info.timestamp)?;
     let key: PublicKey =
         serde_json::from_slice(&info.timestamp_key).context("the timestamp key")?;
     let path = client_pins_path()?;

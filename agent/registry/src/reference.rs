@@ -96,6 +96,12 @@ impl ImageRef {
         out
     }
 
+    /// The repository in full, `HOST[:PORT]/PATH` (`docker.io/library/busybox`): how content
+    /// trust names it.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+
     /// The same repository pinned to `digest` (the tag is kept for display).
     pub fn with_digest(&self, digest: &str) -> ImageRef {
         ImageRef { digest: Some(digest.to_string()), ..self.clone() }

@@ -32,10 +32,8 @@ pub struct OciExecutor {
     puller: Option<Puller>,
     /// Named volumes, leased to the tasks that mount them.
     volumes: Arc<Volumes>,
-    /// What this node trusts of content trust, and where it keeps it.
-    /// Held while the node's content-trust pins are read and written (`trust_path`).
+    /// Held while the node's content-trust pins are read and written.
     trust: Mutex<()>,
-    trust_path: PathBuf,
     /// Scan reports by image, while the node's database is unchanged.
     scans: Arc<crate::scan::Cache>,
 }
@@ -51,11 +49,9 @@ impl OciExecutor {
     /// Runs tasks on `runtime` from `images`; `node` is the hostname rejections name.
     pub fn new(runtime: OciRuntime, images: Arc<ImageStore>, node: impl Into<String>) -> Self {
         let volumes = Arc::new(Volumes::open(runtime.config().data_root.join("volumes")));
-        let trust_path = runtime.config().data_root.join("trust").join("pins.json");
         OciExecutor {
             volumes,
             trust: Mutex::new(()),
-            trust_path,
             scans: Default::default(),
             runtime,
             images,
@@ -86,8 +82,6 @@ impl OciExecutor {
         Some(if c.image_digest.is_empty() { r } else { r.with_digest(&c.image_digest) })
     }
 
-    /// Pulls the task's image if the store lacks it. A failure rejects the task with the
-    /// registry's words, and the store keeps nothing of it.
     /// Checks the task's image against this node's content-trust pins, learning what the
     /// managers sent only as far as the pins allow (see `shoal_pki::trust::pins`). Runs before
     /// anything is pulled.
@@ -99,7 +93,8 @@ impl OciExecutor {
             |why: String| ExecError::Rejected(format!("content trust on {}: {why}", self.node));
         let _held = self.trust.lock().unwrap_or_else(|p| p.into_inner());
         // Read each time: a join replaces the file (a new cluster's roots, none of the old's).
-        let mut pins = Pins::load(&self.trust_path).unwrap_or_else(|e| {
+        let path = super::trust_pins_path(&self.node_root());
+        let mut pins = Pins::load(&path).unwrap_or_else(|e| {
             // A damaged pins file must not make the node trust less: it is kept for the
             // operator and the node refuses tasks until it is fixed or removed.
             tracing::error!(error = %e, "the node's content-trust pins cannot be read; tasks needing them are refused");
@@ -119,7 +114,7 @@ impl OciExecutor {
         }
         let result = (|| {
             let r = shoal_registry::ImageRef::parse(&c.image).map_err(|e| e.to_string())?;
-            let repo = format!("{}/{}", r.registry, r.repository);
+            let repo = r.name();
             let pinned = (!c.image_digest.is_empty()).then_some(c.image_digest.as_str());
             let digest = pinned.or(r.digest.as_deref());
             let bundle = envelope.and_then(|e| e.bundle.as_ref());
@@ -139,7 +134,7 @@ impl OciExecutor {
             Ok(())
         })();
         if pins != before {
-            if let Err(e) = pins.save(&self.trust_path) {
+            if let Err(e) = pins.save(&path) {
                 tracing::warn!(error = %e, "could not save the node's content-trust pins");
             }
         }
@@ -170,28 +165,20 @@ impl OciExecutor {
         };
         let image =
             resolve_image(&self.images, c, &self.node).map_err(|e| refuse(e.to_string()))?;
-        let (images, scans) = (self.images.clone(), self.scans.clone());
-        let root = self.runtime.config().data_root.clone();
-        let node_root = root.parent().unwrap_or(&root).to_path_buf();
+        let (images, scans, node_root) =
+            (self.images.clone(), self.scans.clone(), self.node_root());
         let report = tokio::task::spawn_blocking(move || scans.report(&images, &image, &node_root))
             .await
             .map_err(|e| refuse(format!("scanning failed: {e}")))?
             .map_err(refuse)?;
-        let blocking = report.at_least(level);
-        if blocking.is_empty() {
-            return Ok(());
+        match report.refusal(&c.image, level) {
+            Some(why) => Err(refuse(why)),
+            None => Ok(()),
         }
-        let named: Vec<String> = blocking.iter().take(5).map(|f| f.short()).collect();
-        let more = blocking.len().saturating_sub(named.len());
-        Err(refuse(format!(
-            "{} has {} known vulnerabilities at or above {level}: {}{}",
-            c.image,
-            blocking.len(),
-            named.join(", "),
-            if more > 0 { format!(" and {more} more") } else { String::new() }
-        )))
     }
 
+    /// Pulls the task's image if the store lacks it. A failure rejects the task with the
+    /// registry's words, and the store keeps nothing of it.
     async fn pull_for(&self, task: &Task) -> Result<(), ExecError> {
         let (Some(r), Some(puller)) = (self.to_pull(task), &self.puller) else { return Ok(()) };
         let c = task.spec.as_ref().and_then(|s| s.container.as_ref());
@@ -287,19 +274,23 @@ impl OciExecutor {
         };
     }
 
+    /// The node's data root: the runtime keeps its state in `<data root>/runtime`.
+    fn node_root(&self) -> PathBuf {
+        let runtime_root = &self.runtime.config().data_root;
+        runtime_root.parent().unwrap_or(runtime_root).to_path_buf()
+    }
+
     /// Resolves the image and builds the runtime spec, off the async threads.
     async fn build(&self, task: &Task) -> Result<Built, ExecError> {
         let (images, node, task) = (self.images.clone(), self.node.clone(), task.clone());
         let volumes = self.volumes.clone();
         let path = self.seccomp_path(&task.id);
-        let cfg = self.runtime.config();
-        let (runtime_root, policy) = (cfg.data_root.clone(), cfg.policy.clone());
+        let (node_root, policy) = (self.node_root(), self.runtime.config().policy.clone());
         let job = move || {
             let c = task.spec.as_ref().and_then(|s| s.container.as_ref());
             let c = c.ok_or(TaskSpecError::NoContainer)?;
             let image = resolve_image(&images, c, &node)?;
             let mut built = build(&task, &image, &images, path)?;
-            let node_root = runtime_root.parent().unwrap_or(&runtime_root).to_path_buf();
             let at = super::mounts::MountPlaces {
                 volumes: &volumes,
                 data_root: &node_root,

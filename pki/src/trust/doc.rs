@@ -216,6 +216,21 @@ pub struct Bundle {
 }
 
 impl Bundle {
+    /// A bundle from its documents as stored and sent (a root chain, oldest first).
+    pub fn from_parts(
+        roots: &[Vec<u8>],
+        delegations: &[u8],
+        targets: &[u8],
+        timestamp: &[u8],
+    ) -> Result<Bundle, TrustError> {
+        Ok(Bundle {
+            roots: roots.iter().map(|b| Signed::from_bytes(b)).collect::<Result<_, _>>()?,
+            delegations: Signed::from_bytes(delegations)?,
+            targets: Signed::from_bytes(targets)?,
+            timestamp: Signed::from_bytes(timestamp)?,
+        })
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a bundle serializes")
     }
@@ -293,7 +308,6 @@ pub struct Verified {
     pub digest: String,
     pub signer: String,
     pub targets_version: u64,
-    pub timestamp_version: u64,
 }
 
 impl Bundle {
@@ -380,7 +394,6 @@ impl Bundle {
             digest: target.digest.clone(),
             signer: signer.clone(),
             targets_version: t.signed.version,
-            timestamp_version: ts.signed.version,
         })
     }
 }

@@ -54,19 +54,6 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The repository part of an image reference (`reg:5000/team/app:1.0@sha256:…` →
-/// `reg:5000/team/app`), and its tag if it has one.
-pub fn split_reference(image: &str) -> (String, Option<String>) {
-    let no_digest = image.split_once('@').map_or(image, |(r, _)| r);
-    let slash = no_digest.rfind('/').map_or(0, |i| i + 1);
-    match no_digest[slash..].rfind(':') {
-        Some(i) => {
-            (no_digest[..slash + i].to_string(), Some(no_digest[slash + i + 1..].to_string()))
-        }
-        None => (no_digest.to_string(), None),
-    }
-}
-
 /// Whether root prefix `prefix` covers repository `repo`: the same, or a path below it.
 pub fn covers(prefix: &str, repo: &str) -> bool {
     let p = prefix.trim_end_matches('/');

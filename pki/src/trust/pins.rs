@@ -147,7 +147,7 @@ impl Pins {
             self.roots.values().filter_map(|c| c.last()).any(|r| s.signed_by(&r.signed.key));
         if s.signed.required || s.signed.version <= self.policy_version || !by_root {
             return Err(TrustError::Untrusted(
-                "a statement turning content trust off that is not newer or not signed by a root this node pinned".into(),
+                "a statement turning content trust off that is not newer than the last one or not signed by a pinned root".into(),
             ));
         }
         self.required = false;

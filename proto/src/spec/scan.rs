@@ -67,9 +67,14 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// The name people look it up by: its CVE alias if it has one, else its own ID.
+    pub fn name(&self) -> &str {
+        self.aliases.iter().find(|a| a.starts_with("CVE-")).unwrap_or(&self.id)
+    }
+
     /// `CVE-2023-0001 (openssl 3.0.2-1, fixed in 3.0.11-1)`: how a refusal names it.
     pub fn short(&self) -> String {
-        let name = self.aliases.iter().find(|a| a.starts_with("CVE-")).unwrap_or(&self.id);
+        let name = self.name();
         match &self.fixed {
             Some(f) => format!("{name} ({} {}, fixed in {f})", self.package, self.installed),
             None => format!("{name} ({} {}, no fix yet)", self.package, self.installed),
@@ -91,5 +96,24 @@ impl Report {
     /// The findings at or above `level`.
     pub fn at_least(&self, level: Severity) -> Vec<&Finding> {
         self.findings.iter().filter(|f| f.severity >= level).collect()
+    }
+
+    /// Why a policy that blocks `level` refuses `image`, naming the first five findings; `None`
+    /// when nothing reaches the level.
+    pub fn refusal(&self, image: &str, level: Severity) -> Option<String> {
+        let found = self.at_least(level);
+        if found.is_empty() {
+            return None;
+        }
+        let named: Vec<String> = found.iter().take(5).map(|f| f.short()).collect();
+        let more = match found.len() - named.len() {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
+        Some(format!(
+            "{image} has {} known vulnerabilities at or above {level}: {}{more}",
+            found.len(),
+            named.join(", ")
+        ))
     }
 }

@@ -89,19 +89,10 @@ pub(crate) async fn check_scan(channel: &Channel, spec: &ServiceSpec) -> Result<
         return Ok(());
     }
     let report: shoal_proto::spec::scan::Report = serde_json::from_slice(&r.report)?;
-    let found = report.at_least(level);
-    if found.is_empty() {
-        return Ok(());
+    match report.refusal(&c.image, level) {
+        Some(why) => bail!("service {}: {why}, which the cluster's scan policy blocks", spec.name),
+        None => Ok(()),
     }
-    let named: Vec<String> = found.iter().take(5).map(|f| f.short()).collect();
-    bail!(
-        "service {}: {} has {} known vulnerabilities at or above {level}, which the cluster's scan policy blocks: {}{}",
-        spec.name,
-        c.image,
-        found.len(),
-        named.join(", "),
-        if found.len() > named.len() { format!(" and {} more", found.len() - named.len()) } else { String::new() }
-    )
 }
 
 /// The saved login for the image's registry, for `--with-registry-auth`.
