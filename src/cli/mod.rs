@@ -135,8 +135,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Runs one parsed command.
 pub async fn run(cli: Cli) -> Result<()> {
-    if let Command::Logout { server } = cli.command {
-        return login::logout(server);
+    match cli.command {
+        Command::Logout { server } => return login::logout(server),
+        Command::Trust(trust::TrustCmd::Key(k)) => return trust::key(k),
+        _ => {}
     }
     let host = client::parse_host(&cli.host)?;
     let in_bundle = |name: &str| cli.cert_path.as_ref().map(|d| d.join(name));

@@ -184,9 +184,28 @@ fn passphrase(role: KeyRole, name: &str) -> Result<String> {
         }
     }
     eprint!("Passphrase for key {name}: ");
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line).context("reading the passphrase")?;
+    let line = read_hidden_line().context("reading the passphrase")?;
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// One line of standard input; at a terminal, without echoing what is typed.
+fn read_hidden_line() -> std::io::Result<String> {
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    if !stdin.is_terminal() {
+        stdin.read_line(&mut line)?;
+        return Ok(line);
+    }
+    let saved = tcgetattr(&stdin)?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    tcsetattr(&stdin, OptionalActions::Now, &quiet)?;
+    let read = stdin.read_line(&mut line);
+    tcsetattr(&stdin, OptionalActions::Now, &saved)?;
+    eprintln!();
+    read.map(|_| line)
 }
 
 /// Opens a private key given as a path or a name.
@@ -267,21 +286,28 @@ fn expires() -> u64 {
     trust::now() + trust::TARGETS_LIFETIME.as_secs()
 }
 
-pub async fn run(cmd: TrustCmd, channel: Channel) -> Result<()> {
-    let mut control = ControlClient::new(channel.clone());
+/// `trust key …`: keys live on the operator's disk, so no daemon is needed.
+pub fn key(cmd: KeyCmd) -> Result<()> {
     match cmd {
-        TrustCmd::Key(KeyCmd::Generate { name, algorithm, dir }) => {
+        KeyCmd::Generate { name, algorithm, dir } => {
             let key = SigningKey::generate(&name, Algorithm::parse(&algorithm)?)?;
             let pass = passphrase(KeyRole::Repository, &name)?;
             write_key(&key_dir(dir)?, &key, &pass)
         }
-        TrustCmd::Key(KeyCmd::Load { file, name, dir }) => {
+        KeyCmd::Load { file, name, dir } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let key = SigningKey::from_pem(&name, &text)?;
             let pass = passphrase(KeyRole::Repository, &name)?;
             write_key(&key_dir(dir)?, &key, &pass)
         }
+    }
+}
+
+pub async fn run(cmd: TrustCmd, channel: Channel) -> Result<()> {
+    let mut control = ControlClient::new(channel.clone());
+    match cmd {
+        TrustCmd::Key(k) => key(k),
         TrustCmd::Root(RootCmd::Add { prefix, key, vouch_key }) => {
             let root = open_key(&key, KeyRole::Root)?;
             let prefix = prefix.trim_end_matches('/').to_string();
