@@ -181,25 +181,31 @@ impl Database {
         if files.is_empty() {
             return Err(format!("{} holds no .json files", path.display()));
         }
-        let mut next = self.clone();
+        // Everything is read before anything changes; a later advisory with an ID wins.
+        let mut read: BTreeMap<String, Osv> = BTreeMap::new();
         let mut count = 0;
         for f in &files {
             let bytes = read_limited(f)?;
             let parsed: OsvFile = serde_json::from_slice(&bytes)
                 .map_err(|e| format!("{}: not OSV JSON: {e}", f.display()))?;
             for osv in parsed.0 {
-                next.add(osv);
+                read.insert(osv.id.clone(), osv);
                 count += 1;
             }
         }
-        *self = next;
+        // One pass drops the versions being replaced (a database of many thousand advisories
+        // must not be walked once per advisory imported).
+        for list in self.entries.values_mut() {
+            list.retain(|a| !read.contains_key(&a.id));
+        }
+        self.entries.retain(|_, list| !list.is_empty());
+        for osv in read.into_values() {
+            self.add(osv);
+        }
         Ok(count)
     }
 
     fn add(&mut self, osv: Osv) {
-        for list in self.entries.values_mut() {
-            list.retain(|a| a.id != osv.id);
-        }
         let summary = if osv.summary.is_empty() {
             osv.details.lines().next().unwrap_or_default().to_string()
         } else {

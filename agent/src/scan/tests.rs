@@ -163,3 +163,21 @@ proptest::proptest! {
         let _ = serde_json::from_str::<serde_json::Value>(&text);
     }
 }
+
+#[test]
+fn importing_an_advisory_again_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let layers = image(dir.path());
+    let mut db = db(
+        dir.path(),
+        &[("a.json", osv("X-1", "Debian:12", "openssl", r#"{"introduced":"0"}"#, ""))],
+    );
+    assert_eq!(scan(&layers, &db).unwrap().findings.len(), 1);
+    // The same ID, now fixed before the installed version: no longer a finding.
+    let again = dir.path().join("again.json");
+    let fixed = osv("X-1", "Debian:12", "openssl", r#"{"introduced":"0"},{"fixed":"1.0-1"}"#, "");
+    std::fs::write(&again, fixed).unwrap();
+    db.import(&again).unwrap();
+    assert_eq!(db.advisories(), 1);
+    assert!(scan(&layers, &db).unwrap().findings.is_empty());
+}
