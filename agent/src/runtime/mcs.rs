@@ -5,7 +5,7 @@
 //! reach even with the same uid. Pairs are freed when tasks are deleted and claimed back from
 //! the saved OCI configs when a restarted agent adopts its containers. No IO.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
 
@@ -53,7 +53,27 @@ pub struct McsAllocator {
 #[derive(Debug, Default)]
 struct Held {
     by_task: HashMap<String, McsPair>,
-    taken: HashSet<McsPair>,
+    /// How many tasks hold each pair (more than one only after adopting containers that
+    /// already shared one).
+    taken: HashMap<McsPair, usize>,
+}
+
+impl Held {
+    fn hold(&mut self, task: &str, pair: McsPair) {
+        *self.taken.entry(pair).or_default() += 1;
+        if let Some(old) = self.by_task.insert(task.to_string(), pair) {
+            self.drop_one(old);
+        }
+    }
+
+    fn drop_one(&mut self, pair: McsPair) {
+        if let Some(n) = self.taken.get_mut(&pair) {
+            *n -= 1;
+            if *n == 0 {
+                self.taken.remove(&pair);
+            }
+        }
+    }
 }
 
 /// Every pair is held: more live tasks than there are pairs (523,776).
@@ -76,17 +96,16 @@ impl McsAllocator {
         // Random probes first (the table is nearly always sparse), then a scan.
         let probe = (0..64).find_map(|_| {
             let p = McsPair::new(rng.gen_range(0..CATEGORIES), rng.gen_range(0..CATEGORIES))?;
-            (!held.taken.contains(&p)).then_some(p)
+            (!held.taken.contains_key(&p)).then_some(p)
         });
         let pair = match probe {
             Some(p) => p,
             None => (0..CATEGORIES)
                 .flat_map(|a| (a + 1..CATEGORIES).map(move |b| McsPair(a, b)))
-                .find(|p| !held.taken.contains(p))
+                .find(|p| !held.taken.contains_key(p))
                 .ok_or(Exhausted)?,
         };
-        held.taken.insert(pair);
-        held.by_task.insert(task.to_string(), pair);
+        held.hold(task, pair);
         Ok(pair)
     }
 
@@ -97,21 +116,17 @@ impl McsAllocator {
         if held.by_task.get(task) == Some(&pair) {
             return true;
         }
-        let free = held.taken.insert(pair);
-        if let Some(old) = held.by_task.insert(task.to_string(), pair) {
-            held.taken.remove(&old);
-        }
+        let free = !held.taken.contains_key(&pair);
+        held.hold(task, pair);
         free
     }
 
     /// Frees `task`'s pair, if it holds one.
     pub fn release(&self, task: &str) {
         let mut held = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        // A pair claimed twice stays taken while another task still holds it.
         if let Some(p) = held.by_task.remove(task) {
-            // A pair claimed twice stays taken while another task still holds it.
-            if !held.by_task.values().any(|o| *o == p) {
-                held.taken.remove(&p);
-            }
+            held.drop_one(p);
         }
     }
 
@@ -191,7 +206,7 @@ mod tests {
                         mcs = fresh;
                     }
                 }
-                let distinct: HashSet<_> = live.values().collect();
+                let distinct: std::collections::HashSet<_> = live.values().collect();
                 prop_assert_eq!(distinct.len(), live.len(), "two live tasks share a pair");
                 prop_assert_eq!(mcs.held(), live.len());
                 for (id, p) in &live {
