@@ -91,9 +91,11 @@ async fn malformed_tokens_and_csrs_get_clear_errors() {
     assert!(err.contains("could not reach a manager at 127.0.0.1:1"), "{err}");
 
     // Garbage CSR straight at the CA: refused, and no node is half-created.
-    let tls =
-        shoal_pki::tls::client_config(m.daemon.info().await.manager.unwrap().root_ca_pem(), None)
-            .unwrap();
+    let tls = shoal_pki::tls::client_config(
+        &m.daemon.info().await.manager.unwrap().root_ca_pem().unwrap(),
+        None,
+    )
+    .unwrap();
     let channel = shoal_agent::connect::connect(&addr, std::sync::Arc::new(tls)).await.unwrap();
     let req = IssueNodeCertificateRequest {
         csr_der: b"garbage".to_vec(),
@@ -229,7 +231,7 @@ async fn certificates_renew_without_tokens_and_servers_pick_them_up() {
 async fn a_renewed_manager_certificate_is_served_without_restart() {
     let m = TestNode::start("m").await;
     let addr = m.init(BEAT, Some(Duration::from_secs(3600))).await;
-    let root = m.daemon.info().await.manager.unwrap().root_ca_pem().to_string();
+    let root = m.daemon.info().await.manager.unwrap().root_ca_pem().unwrap();
     let before = served_certificate(&addr, &root).await;
     assert_eq!(before.serial_hex, m.daemon.info().await.identity.unwrap().serial_hex);
     eventually("manager serves its renewed certificate", Duration::from_secs(15), || async {

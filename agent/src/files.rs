@@ -113,6 +113,13 @@ impl NodeFiles {
         write_atomic(&path, root_ca_pem.as_bytes(), 0o644).map_err(io_err(&path))
     }
 
+    /// Replaces the trusted root bundle (a root rotation's step).
+    pub fn save_root_ca(&self, root_ca_pem: &str) -> Result<(), FilesError> {
+        self.ensure_dirs()?;
+        let path = self.root_ca_path();
+        write_atomic(&path, root_ca_pem.as_bytes(), 0o644).map_err(io_err(&path))
+    }
+
     /// Reads key, chain and root CA back.
     pub fn load_identity(&self) -> Result<(NodeKey, String, String), FilesError> {
         let path = self.identity_path();

@@ -36,6 +36,9 @@ pub enum JoinError {
     BadCertificate { addr: String, reason: String },
     #[error(transparent)]
     Pki(#[from] shoal_pki::PkiError),
+    /// A re-attestation waits for an operator's approval; the message says how to give it.
+    #[error("{0}")]
+    AwaitingApproval(String),
 }
 
 /// What a join asks for.
@@ -95,6 +98,53 @@ pub async fn join(params: &JoinParams) -> Result<Joined, JoinError> {
         manager_ids: resp.managers.map(|m| m.node_ids).unwrap_or_default(),
         trust_pins: resp.trust_pins,
     })
+}
+
+/// A new identity for a node whose certificate expired while it was off (see
+/// `shoal_pki::reattest`): asks each manager in turn, proving possession of the old key with a
+/// signature over the request for a new one. The managers are verified against `root_ca_pem`
+/// (the roots the node trusted), and the node presents no certificate.
+pub async fn reattest(
+    manager_addrs: &[String],
+    root_ca_pem: &str,
+    old_key: &NodeKey,
+    old_chain_pem: &str,
+) -> Result<(NodeKey, String), JoinError> {
+    let old = shoal_pki::PeerIdentity::from_pem(old_chain_pem)?;
+    let key = NodeKey::generate()?;
+    let csr_der = key.csr_der()?;
+    let proof = old_key.sign_reattest(&old.cluster_id, &csr_der)?;
+    let config = Arc::new(shoal_pki::tls::client_config(root_ca_pem, None)?);
+    let mut last = JoinError::Unreachable("no manager address is known".into());
+    for addr in manager_addrs {
+        let channel = match connect(addr, config.clone()).await {
+            Ok(c) => c,
+            Err(e) => {
+                last = e.into();
+                continue;
+            }
+        };
+        let request = shoal_proto::ReattestNodeCertificateRequest {
+            old_cert_chain_pem: old_chain_pem.to_string(),
+            csr_der: csr_der.clone(),
+            proof: proof.clone(),
+        };
+        match NodeCaClient::new(channel).reattest_node_certificate(request).await {
+            Ok(resp) => {
+                let resp = resp.into_inner();
+                let role = Role::from(resp.role());
+                check_certificate(addr, &resp.cert_chain_pem, &old.node_id, role, &old.cluster_id)?;
+                return Ok((key, resp.cert_chain_pem));
+            }
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                return Err(JoinError::AwaitingApproval(s.message().to_string()))
+            }
+            Err(s) => {
+                last = JoinError::Refused { addr: addr.clone(), reason: status_line(addr, &s) };
+            }
+        }
+    }
+    Err(last)
 }
 
 /// Fetches the root CA over a TLS connection that is not yet verified, and keeps it only if

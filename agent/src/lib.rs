@@ -17,7 +17,7 @@ pub mod worker;
 
 use std::sync::Arc;
 
-use shoal_pki::{ManagerTrust, ReloadableCert};
+use shoal_pki::{ManagerTrust, ReloadableCert, TrustRoots};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -75,28 +75,28 @@ impl Agent {
     ) -> Result<Agent, shoal_pki::PkiError> {
         let trust = ManagerTrust::with_revocations(Arc::default());
         trust.set_managers(manager_ids.clone());
+        let roots = TrustRoots::new(&root_ca_pem)?;
         let tls = Arc::new(shoal_pki::tls::manager_client_config(
-            &root_ca_pem,
+            roots.clone(),
             Some(cert.clone()),
             trust.clone(),
-        )?);
+        ));
         let initial = AgentStatus { manager_addrs, manager_ids, ..Default::default() };
         let (tx, rx) = watch::channel(initial);
         let node = cert.identity().node_id;
         let worker = Worker::with_span(cfg.executor, tracing::info_span!("worker", node = %node));
+        let renew_now = Arc::new(tokio::sync::Notify::new());
         let session_cfg = session::SessionConfig {
             hostname: cfg.hostname,
             advertise_addr: cfg.advertise_addr,
             worker: worker.clone(),
             trust,
+            roots: roots.clone(),
+            files: files.clone(),
+            renew_now: renew_now.clone(),
         };
-        let renew_now = Arc::new(tokio::sync::Notify::new());
-        let renew_cfg = renew::RenewConfig {
-            files,
-            root_ca_pem,
-            time_scale: cfg.time_scale,
-            now: renew_now.clone(),
-        };
+        let renew_cfg =
+            renew::RenewConfig { files, roots, time_scale: cfg.time_scale, now: renew_now.clone() };
         let session = session::run(session_cfg, cert.clone(), tls.clone(), tx.clone());
         let renew = renew::run(renew_cfg, cert, tls, tx);
         let tasks = vec![

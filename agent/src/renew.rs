@@ -46,7 +46,8 @@ pub enum RenewError {
 #[derive(Clone, Debug)]
 pub struct RenewConfig {
     pub files: NodeFiles,
-    pub root_ca_pem: String,
+    /// The roots the node trusts now (saved beside a renewed certificate).
+    pub roots: Arc<shoal_pki::TrustRoots>,
     /// Divides every wait, so tests can watch a 1 h certificate renew in seconds.
     pub time_scale: f64,
     /// Cuts the wait short (a role change needs a new certificate now).
@@ -119,7 +120,7 @@ async fn renew_once(
     if new_id.node_id != old_id.node_id || new_id.cluster_id != old_id.cluster_id {
         return Err(RenewError::OtherNode(new_id.node_id));
     }
-    cfg.files.save_identity(&key, &chain, &cfg.root_ca_pem)?;
+    cfg.files.save_identity(&key, &chain, &cfg.roots.pem())?;
     cert.replace(&chain, &key)?;
     Ok(new_id.serial_hex)
 }

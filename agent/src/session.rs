@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rand::Rng;
-use shoal_pki::{ManagerTrust, ReloadableCert};
+use shoal_pki::{ManagerTrust, ReloadableCert, TrustRoots};
 use shoal_proto::dispatcher_client::DispatcherClient;
 use shoal_proto::{HeartbeatRequest, SessionMessage, SessionRequest};
 use tokio::sync::watch;
@@ -60,6 +60,13 @@ pub struct SessionConfig {
     pub worker: Worker,
     /// Which servers are taken for managers; updated from the session's messages.
     pub trust: Arc<ManagerTrust>,
+    /// The roots this node trusts; replaced when the managers send others (a root rotation)
+    /// that this node's own certificate verifies against.
+    pub roots: Arc<TrustRoots>,
+    /// Where the trusted roots are saved.
+    pub files: crate::files::NodeFiles,
+    /// Renews the certificate now (a root rotation asks for it).
+    pub renew_now: Arc<tokio::sync::Notify>,
 }
 
 /// Runs sessions forever, publishing the agent's view in `status`.
@@ -80,7 +87,7 @@ pub async fn run(
         turn += 1;
         let result = match expired(&cert) {
             Some(e) => Err(e),
-            None => session(&cfg, &addr, tls.clone(), &status).await,
+            None => session(&cfg, &addr, &cert, tls.clone(), &status).await,
         };
         let error = match result {
             Ok(()) => {
@@ -118,6 +125,33 @@ fn take_manager_set(
     status.send_modify(|s| s.manager_ids = cfg.trust.managers());
 }
 
+/// Takes in what a session message says about certificates: the roots to trust (only those
+/// this node's certificate verifies against: a node left behind by a forced rotation keeps
+/// the roots it has, and says why) and whether to renew now for a root rotation.
+fn take_certificate_news(cfg: &SessionConfig, msg: &SessionMessage, cert: &ReloadableCert) {
+    if msg.node.as_ref().is_some_and(|n| n.rotate_certificate) {
+        cfg.renew_now.notify_one();
+    }
+    let bundle = &msg.root_ca_pem;
+    if bundle.is_empty() || *bundle == cfg.roots.pem() {
+        return;
+    }
+    let chain = cert.chain_pem();
+    if let Err(e) = shoal_pki::tls::verify_chain(&chain, bundle, SystemTime::now()) {
+        tracing::warn!(error = %e, "the managers' roots do not cover this node's certificate; keeping the old ones");
+        return;
+    }
+    match cfg.roots.replace(bundle) {
+        Ok(_) => {
+            if let Err(e) = cfg.files.save_root_ca(bundle) {
+                tracing::warn!(error = %e, "could not save the new roots");
+            }
+            tracing::info!("trusting the roots the managers sent");
+        }
+        Err(e) => tracing::warn!(error = %e, "the managers sent an unusable root bundle"),
+    }
+}
+
 /// Whether the manager at `addr` was one of the managers' addresses and `update` drops it
 /// (it was demoted or removed): the session then ends, and the next one goes to a current
 /// manager, checked against the new set.
@@ -132,6 +166,7 @@ fn left_the_managers(addr: &str, known: &[String], update: &SessionMessage) -> b
 async fn session(
     cfg: &SessionConfig,
     addr: &str,
+    cert: &ReloadableCert,
     tls: Arc<rustls::ClientConfig>,
     status: &watch::Sender<AgentStatus>,
 ) -> Result<(), SessionError> {
@@ -142,6 +177,7 @@ async fn session(
         advertise_addr: cfg.advertise_addr.clone(),
         description: Some(cfg.worker.executor().describe()),
         tunnel_keys: cfg.worker.executor().tunnel_keys(),
+        cert_serial: cert.identity().serial_hex,
     };
     let line = |s: tonic::Status| SessionError::call(addr, s);
     let mut stream = client.session(request).await.map_err(line)?.into_inner();
@@ -165,6 +201,7 @@ async fn session(
         s.role = first.node.as_ref().map(|n| n.role().into());
     });
     take_manager_set(cfg, &first, status);
+    take_certificate_news(cfg, &first, cert);
     tracing::info!(manager = %addr, "session established");
     let link =
         Link { client: client.clone(), session_id: session_id.clone(), manager: addr.into() };
@@ -184,6 +221,7 @@ async fn session(
                 let beat = HeartbeatRequest {
                     session_id: session_id.clone(),
                     tunnel_keys: exec.tunnel_keys(),
+                    cert_serial: cert.identity().serial_hex,
                 };
                 let resp = client.heartbeat(beat).await.map_err(line)?.into_inner();
                 period = Duration::from_millis(resp.period_ms.max(50));
@@ -195,6 +233,7 @@ async fn session(
             msg = stream.message() => match msg.map_err(line)? {
                 Some(update) => {
                     take_manager_set(cfg, &update, status);
+                    take_certificate_news(cfg, &update, cert);
                     if let Some(node) = &update.node {
                         cfg.worker.executor().node_known(node);
                     }

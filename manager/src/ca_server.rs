@@ -12,7 +12,7 @@ use shoal_proto::node_ca_server::NodeCa;
 use shoal_proto::{
     Cluster, GetRootCaCertificateRequest, GetRootCaCertificateResponse,
     IssueNodeCertificateRequest, IssueNodeCertificateResponse, Node, NodeRole,
-    RenewNodeCertificateRequest, RenewNodeCertificateResponse,
+    ReattestNodeCertificateRequest, RenewNodeCertificateRequest, RenewNodeCertificateResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -113,7 +113,7 @@ impl Ca for CaApi {
         &self,
         _req: Request<GetRootCaCertificateRequest>,
     ) -> Result<Response<GetRootCaCertificateResponse>, Status> {
-        let certificate = self.shared.root_ca_pem.as_bytes().to_vec();
+        let certificate = self.shared.pinned_root()?.into_bytes();
         Ok(Response::new(GetRootCaCertificateResponse { certificate }))
     }
 }
@@ -138,6 +138,141 @@ impl NodeCa for CaApi {
         let chain = renew(&self.shared, &id, &csr).await?;
         Ok(Response::new(RenewNodeCertificateResponse { cert_chain_pem: chain }))
     }
+
+    async fn reattest_node_certificate(
+        &self,
+        req: Request<ReattestNodeCertificateRequest>,
+    ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
+        let req = req.into_inner();
+        intake::check_csr(&req.csr_der)?;
+        if req.old_cert_chain_pem.len() > MAX_CHAIN_BYTES || req.proof.len() > 1024 {
+            return Err(Status::invalid_argument("the re-attestation request is too large"));
+        }
+        Ok(Response::new(reattest(&self.shared, req).await?))
+    }
+}
+
+/// Largest old certificate chain a re-attesting node may send.
+const MAX_CHAIN_BYTES: usize = 16 * 1024;
+
+/// What a re-attestation decided inside its transaction.
+enum Reattested {
+    Issued(Node, String),
+    /// Waiting for `shoal node approve`.
+    Pending(Node),
+}
+
+/// Serves a node that came back with an expired certificate: it must prove it holds that
+/// certificate's key, the certificate must be this cluster's (from a root trusted now), its
+/// node's latest and not revoked, and the node still listed. Then an operator's approval, or
+/// the cluster's window for nodes heard from recently, lets it have a new one for its role.
+async fn reattest(
+    shared: &Shared,
+    req: ReattestNodeCertificateRequest,
+) -> Result<IssueNodeCertificateResponse, Status> {
+    let denied = |why: String| Status::permission_denied(why);
+    let old = PeerIdentity::from_pem(&req.old_cert_chain_pem)
+        .map_err(|e| Status::invalid_argument(format!("the old certificate: {e}")))?;
+    if old.cluster_id != shared.cluster_id {
+        return Err(denied("the old certificate belongs to another cluster".into()));
+    }
+    let cluster = shared.cluster()?;
+    shoal_pki::tls::verify_chain_ignoring_expiry(
+        &req.old_cert_chain_pem,
+        &crate::ca_rotation::trusted_bundle(&cluster),
+    )
+    .map_err(|e| {
+        denied(format!(
+            "the old certificate was not issued by a root this cluster trusts ({e}); if the \
+             root was rotated while the node was away, it must join again"
+        ))
+    })?;
+    if old.not_after > SystemTime::now() {
+        return Err(Status::failed_precondition(format!(
+            "node {}'s certificate is valid until {}; it renews with it and needs no \
+             re-attestation",
+            old.node_id,
+            humantime::format_rfc3339_seconds(old.not_after)
+        )));
+    }
+    shoal_pki::reattest::verify_proof(
+        &req.old_cert_chain_pem,
+        &shared.cluster_id,
+        &req.csr_der,
+        &req.proof,
+    )
+    .map_err(|e| denied(e.to_string()))?;
+    if shared.revocations.is_revoked(&old) {
+        return Err(denied(format!("node {}'s certificates are revoked", old.node_id)));
+    }
+    let window = Duration::from_secs(cluster.spec.as_ref().map_or(0, |s| s.reattest_window_secs));
+    let outcome = shared
+        .store
+        .update(|tx| {
+            let cluster = tx.get::<Cluster>(&shared.cluster_id)?.ok_or(CaError::NoCluster)?;
+            let mut node = tx.get::<Node>(&old.node_id)?.ok_or_else(|| {
+                CaError::Refused(Status::not_found(format!(
+                    "node {} was removed from the cluster; join it again with a token",
+                    old.node_id
+                )))
+            })?;
+            let latest = node.certificate.as_ref().map(|c| c.serial_hex.as_str());
+            if latest != Some(old.serial_hex.as_str()) {
+                return Err(CaError::Refused(denied(format!(
+                    "that certificate is not node {}'s latest; only its latest may re-attest",
+                    old.node_id
+                ))));
+            }
+            let now = now_ms();
+            let away = Duration::from_millis(now.saturating_sub(node.last_heartbeat_ms) as u64);
+            let within_window = !window.is_zero() && away < window;
+            if !node.reattest_approved && !within_window {
+                if node.reattest_requested_ms == 0 {
+                    node.reattest_requested_ms = now;
+                    tx.update(node.clone())?;
+                }
+                return Ok(Reattested::Pending(node));
+            }
+            let issued = shared.signer(&cluster)?.sign_node_csr(
+                &req.csr_der,
+                &node.id,
+                Role::from(node.role()),
+                &shared.cluster_id,
+                cert_expiry(&cluster),
+                SystemTime::now(),
+            )?;
+            prune_serials(&mut node, SystemTime::now());
+            node.certificate = Some(certificate(&issued));
+            node.serials.push(issued.serial_hex.clone());
+            node.serial_not_after_unix.push(unix(issued.not_after));
+            node.reattest_requested_ms = 0;
+            node.reattest_approved = false;
+            node.rotate_certificate = false;
+            tx.update(node.clone())?;
+            Ok::<_, CaError>(Reattested::Issued(node, issued.cert_pem))
+        })
+        .await?;
+    let (node, chain) = match outcome {
+        Reattested::Issued(node, chain) => (node, chain),
+        Reattested::Pending(node) => {
+            tracing::info!(node = %node.id, hostname = %node.hostname, "a node with an expired certificate waits for approval");
+            return Err(Status::failed_precondition(format!(
+                "node {} ({}) came back with an expired certificate and waits for an operator: \
+                 run 'shoal node approve {}' on a manager",
+                node.id, node.hostname, node.id
+            )));
+        }
+    };
+    tracing::info!(node = %node.id, role = node.role().word(), "node re-attested with its old key");
+    Ok(IssueNodeCertificateResponse {
+        node_id: node.id,
+        role: node.role,
+        cluster_id: shared.cluster_id.clone(),
+        cert_chain_pem: chain,
+        manager_addrs: shared.manager_addrs()?,
+        managers: Some(shared.manager_set()),
+        trust_pins: crate::trust::join_pins(shared),
+    })
 }
 
 /// Lets a node in: redeems its token, records it and signs its first certificate.
@@ -215,7 +350,7 @@ fn check_pace(
     interval: Duration,
     now: SystemTime,
 ) -> Result<(), CaError> {
-    if superseded || Role::from(node.role()) != caller.role {
+    if superseded || node.rotate_certificate || Role::from(node.role()) != caller.role {
         return Ok(());
     }
     let Some(last) = issued_at(node) else { return Ok(()) };
@@ -268,6 +403,7 @@ async fn renew(shared: &Shared, caller: &PeerIdentity, csr: &[u8]) -> Result<Str
             node.certificate = Some(certificate(&issued));
             node.serials.push(issued.serial_hex.clone());
             node.serial_not_after_unix.push(unix(issued.not_after));
+            node.rotate_certificate = false;
             tx.update(node)?;
             Ok::<_, CaError>(issued.cert_pem)
         })

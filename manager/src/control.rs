@@ -10,8 +10,8 @@ use shoal_pki::Role;
 use shoal_proto::control_server::Control;
 use shoal_proto::Member;
 use shoal_proto::{
-    Autolock, ContentTrust, GetUnlockKeyRequest, RotateUnlockKeyRequest, UnlockKey, UnlockKeyInfo,
-    UpdateNodeRoleRequest,
+    ApproveNodeRequest, Autolock, ContentTrust, GetRootCaRequest, GetUnlockKeyRequest, RootCaInfo,
+    RotateRootCaRequest, RotateUnlockKeyRequest, UnlockKey, UnlockKeyInfo, UpdateNodeRoleRequest,
 };
 use shoal_proto::{
     Cluster, ClusterInfo, ClusterSpec, GetClusterInfoRequest, GetJoinTokenRequest, GetNodeRequest,
@@ -93,7 +93,10 @@ impl ControlApi {
         let rec = tokens::record(&tokens, role).cloned().unwrap_or_default();
         Ok(JoinTokenInfo {
             role: NodeRole::from(role) as i32,
-            token: tokens::encode(&self.shared.root_ca_pem, &rec),
+            token: tokens::encode(
+                cluster.root_ca.as_ref().map(|r| r.cert_pem.as_str()).unwrap_or_default(),
+                &rec,
+            ),
             expires_at_ms: rec.expires_at_ms,
             max_uses: rec.max_uses,
             uses: rec.uses,
@@ -169,6 +172,54 @@ impl Control for ControlApi {
         Ok(Response::new(GetNodeResponse { node, manager_status: None }))
     }
 
+    async fn get_root_ca(
+        &self,
+        req: Request<GetRootCaRequest>,
+    ) -> Result<Response<RootCaInfo>, Status> {
+        self.guard(&req, "swarm.view", "swarm", "/", false)?;
+        self.shared.store.barrier().await?;
+        Ok(Response::new(self.shared.root_ca_info()?))
+    }
+
+    async fn rotate_root_ca(
+        &self,
+        req: Request<RotateRootCaRequest>,
+    ) -> Result<Response<RootCaInfo>, Status> {
+        self.guard(&req, "swarm.admin", "root-ca", "/", true)?;
+        self.shared.rotate_root(req.into_inner()).await?;
+        Ok(Response::new(self.shared.root_ca_info()?))
+    }
+
+    async fn approve_node(
+        &self,
+        req: Request<ApproveNodeRequest>,
+    ) -> Result<Response<GetNodeResponse>, Status> {
+        self.guard_node(&req, &req.get_ref().reference, "node.admin", true)?;
+        let reference = req.into_inner().reference;
+        let node = self
+            .shared
+            .store
+            .update(|tx| {
+                let nodes = tx.list::<Node>()?;
+                let mut node = resolve_node(&nodes, &reference)?.clone();
+                if node.reattest_requested_ms == 0 {
+                    return Err(Status::failed_precondition(format!(
+                        "node {} ({}) has not asked for a new certificate; approval is for a \
+                         node that came back with an expired one",
+                        node.id, node.hostname
+                    )));
+                }
+                if !node.reattest_approved {
+                    node.reattest_approved = true;
+                    tx.update(node.clone())?;
+                }
+                Ok::<_, Status>(node)
+            })
+            .await?;
+        tracing::info!(node = %node.id, "re-attestation approved");
+        Ok(Response::new(GetNodeResponse { node: Some(node), manager_status: None }))
+    }
+
     async fn get_unlock_key(
         &self,
         req: Request<GetUnlockKeyRequest>,
@@ -223,11 +274,17 @@ impl Control for ControlApi {
         let unreachable_ids =
             members.iter().filter(|m| m.unreachable).map(|m| m.node_id.clone()).collect();
         let manager_ids = members.into_iter().map(|m| m.node_id).collect();
+        let cluster = self.shared.cluster()?;
+        let tls_status = nodes
+            .iter()
+            .map(|n| (n.id.clone(), crate::ca_rotation::tls_status(&cluster, n).to_string()))
+            .collect();
         Ok(Response::new(ListNodesResponse {
             nodes,
             leader_id: leader_id.unwrap_or_default(),
             manager_ids,
             unreachable_ids,
+            tls_status,
         }))
     }
 
@@ -305,8 +362,11 @@ impl Control for ControlApi {
         self.guard(&req, "swarm.admin", "swarm", "/", true)?;
         let req = req.into_inner();
         if req.cert_expiry_secs != 0 {
-            shoal_pki::validate_cert_expiry(Duration::from_secs(req.cert_expiry_secs))
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            shoal_pki::validate_cert_expiry_at_least(
+                Duration::from_secs(req.cert_expiry_secs),
+                self.shared.renew_pace.expiry_floor(),
+            )
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
         if req.heartbeat_period_ms != 0 {
             validate_heartbeat(Duration::from_millis(req.heartbeat_period_ms))
@@ -363,6 +423,11 @@ impl Control for ControlApi {
                 }
                 if let Some(level) = &scan_block {
                     spec.scan_block = level.clone();
+                }
+                match req.reattest_window_secs {
+                    0 => {}
+                    u64::MAX => spec.reattest_window_secs = 0,
+                    secs => spec.reattest_window_secs = secs,
                 }
                 match trust {
                     ContentTrust::Required => {

@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::authz::caller;
+use crate::ca_rotation::trusted_bundle;
 use crate::config::heartbeat_period;
 use crate::intake;
 use crate::manager::{now_ms, Manager, Shared};
@@ -38,6 +39,8 @@ struct Entry {
     stream: Option<SessionTx>,
     /// The node's tunnel keys as stored: a heartbeat with others is a rotation to store.
     tunnel_keys: Vec<TunnelKey>,
+    /// The serial of the certificate the node last said it uses, as stored.
+    cert_serial: String,
 }
 
 /// Live sessions by node ID.
@@ -58,6 +61,7 @@ impl Sessions {
             deadline: Instant::now() + grace,
             stream: None,
             tunnel_keys: Vec::new(),
+            cert_serial: String::new(),
         };
         self.lock().entry(node_id.to_string()).or_insert(entry);
     }
@@ -69,12 +73,14 @@ impl Sessions {
         grace: Duration,
         tx: SessionTx,
         tunnel_keys: Vec<TunnelKey>,
+        cert_serial: String,
     ) {
         let entry = Entry {
             session_id: Some(session_id),
             deadline: Instant::now() + grace,
             stream: Some(tx),
             tunnel_keys,
+            cert_serial,
         };
         self.lock().insert(node_id.to_string(), entry);
     }
@@ -94,6 +100,17 @@ impl Sessions {
                 Some(!keys.is_empty() && e.tunnel_keys != keys)
             }
             _ => None,
+        }
+    }
+
+    /// Records that the node uses the certificate `serial`; true when that is news to store.
+    fn uses_serial(&self, node_id: &str, serial: &str) -> bool {
+        match self.lock().get_mut(node_id) {
+            Some(e) if !serial.is_empty() && e.cert_serial != serial => {
+                e.cert_serial = serial.to_string();
+                true
+            }
+            _ => false,
         }
     }
 
@@ -198,12 +215,14 @@ impl Manager {
                 let Some(node) = node else { continue };
                 let period = shared.cluster().map(|c| heartbeat_period(&c)).unwrap_or_default();
                 let managers = shared.manager_addrs().unwrap_or_default();
+                let roots = shared.cluster().map(|c| trusted_bundle(&c)).unwrap_or_default();
                 shared.sessions.push(&event.id, |session_id| SessionMessage {
                     session_id: session_id.to_string(),
                     heartbeat_period_ms: period.as_millis() as u64,
                     node: Some(node),
                     manager_addrs: managers,
                     managers: Some(shared.manager_set()),
+                    root_ca_pem: roots,
                 });
             }
         };
@@ -274,13 +293,16 @@ async fn mark_down(shared: &Shared, node_id: &str) -> Result<(), Status> {
 fn push_manager_addrs(shared: &Shared) {
     let Ok(managers) = shared.manager_addrs() else { return };
     let set = shared.manager_set();
-    let period = shared.cluster().map(|c| heartbeat_period(&c)).unwrap_or_default();
+    let Ok(cluster) = shared.cluster() else { return };
+    let period = heartbeat_period(&cluster);
+    let roots = trusted_bundle(&cluster);
     shared.sessions.push_all(|session_id| SessionMessage {
         session_id: session_id.to_string(),
         heartbeat_period_ms: period.as_millis() as u64,
         node: None,
         manager_addrs: managers.clone(),
         managers: Some(set.clone()),
+        root_ca_pem: roots.clone(),
     });
 }
 
@@ -360,6 +382,9 @@ impl Dispatcher for DispatcherApi {
                     node.description = req.description.clone();
                 }
                 node.tunnel_keys = req.tunnel_keys.clone();
+                if !req.cert_serial.is_empty() {
+                    node.tls_serial = req.cert_serial.clone();
+                }
                 follow_connection(&mut node, &req.advertise_addr, peer_ip);
                 if needs_write(&before, &node, period) {
                     tx.update(node.clone())?;
@@ -370,15 +395,24 @@ impl Dispatcher for DispatcherApi {
         let session_id = shoal_pki::id::new_id();
         let (tx, rx) = mpsc::channel(16);
         let tunnel_keys = node.tunnel_keys.clone();
+        let serial = node.tls_serial.clone();
         let first = SessionMessage {
             session_id: session_id.clone(),
             heartbeat_period_ms: jittered(period).as_millis() as u64,
             node: Some(node),
             manager_addrs: self.shared.manager_addrs()?,
             managers: Some(self.shared.manager_set()),
+            root_ca_pem: trusted_bundle(&cluster),
         };
         tx.send(Ok(first)).await.map_err(|_| Status::cancelled("session closed"))?;
-        self.shared.sessions.open(&id.node_id, session_id, period * GRACE_PERIODS, tx, tunnel_keys);
+        self.shared.sessions.open(
+            &id.node_id,
+            session_id,
+            period * GRACE_PERIODS,
+            tx,
+            tunnel_keys,
+            serial,
+        );
         tracing::debug!(node = %id.node_id, "session opened");
         Ok(Response::new(self.shared.until_removed(&id, rx)))
     }
@@ -411,6 +445,21 @@ impl Dispatcher for DispatcherApi {
                 .await?;
             tracing::info!(node = %id.node_id, "tunnel key rotated");
             self.shared.sessions.stored_keys(&id.node_id, keys);
+        }
+        if self.shared.sessions.uses_serial(&id.node_id, &req.cert_serial) {
+            // The node renewed: a root rotation counts it done from now on.
+            let serial = req.cert_serial.clone();
+            self.shared
+                .store
+                .update(|tx| {
+                    let Some(mut node) = tx.get::<Node>(&id.node_id)? else { return Ok(()) };
+                    if node.tls_serial != serial {
+                        node.tls_serial = serial.clone();
+                        tx.update(node)?;
+                    }
+                    Ok::<_, Status>(())
+                })
+                .await?;
         }
         let rotation = crate::config::network_key_rotation(&cluster);
         Ok(Response::new(HeartbeatResponse {

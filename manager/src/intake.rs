@@ -43,6 +43,13 @@ impl Pace {
     pub fn interval(&self) -> Duration {
         Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
     }
+
+    /// The shortest certificate life the managers issue: [`shoal_pki::MIN_CERT_EXPIRY`],
+    /// divided by the time scale like the interval (a test cluster's time runs faster).
+    pub fn expiry_floor(&self) -> Duration {
+        let scale = RENEW_INTERVAL.as_secs_f64() / self.interval().as_secs_f64().max(1e-9);
+        shoal_pki::MIN_CERT_EXPIRY.div_f64(scale.max(1.0))
+    }
 }
 
 fn invalid(e: LimitError) -> Status {

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod assignments;
 pub mod authz;
+pub mod ca_rotation;
 pub mod ca_server;
 pub mod config;
 pub mod control;

@@ -5,7 +5,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use shoal_pki::{IssuedCert, ManagerTrust, NodeKey, ReloadableCert, Revocations, Role, RootCa};
+use shoal_pki::{
+    IssuedCert, ManagerTrust, NodeKey, ReloadableCert, Revocations, Role, RootCa, TrustRoots,
+};
 use shoal_proto::{
     Availability, Cluster, ManagerSet, Member, Node, NodeCertificate, NodeRole, NodeState,
     UnlockKey,
@@ -65,7 +67,8 @@ pub enum ManagerError {
 pub(crate) struct Shared {
     pub store: Arc<Store>,
     pub cluster_id: String,
-    pub root_ca_pem: String,
+    /// The roots this manager trusts (both during a root rotation), as the cluster says.
+    pub roots: Arc<TrustRoots>,
     signer: Mutex<Option<(String, Arc<RootCa>)>>,
     pub revocations: Arc<Revocations>,
     /// Each node's current role, for the authorization layer.
@@ -121,6 +124,7 @@ pub(crate) fn certificate(issued: &IssuedCert) -> NodeCertificate {
         serial_hex: issued.serial_hex.clone(),
         not_before_unix: unix(issued.not_before),
         not_after_unix: unix(issued.not_after),
+        root_digest: issued.root_digest.clone(),
     }
 }
 
@@ -289,11 +293,12 @@ impl Manager {
         let raft_id = parts.storage.raft_id()?.ok_or(ManagerError::JoinUnfinished)?;
         let revocations = Arc::new(Revocations::default());
         let trust = ManagerTrust::with_revocations(revocations.clone());
+        let roots = TrustRoots::new(&id.root_ca_pem)?;
         let tls = Arc::new(shoal_pki::tls::manager_client_config(
-            &id.root_ca_pem,
+            roots.clone(),
             Some(id.cert.clone()),
             trust.clone(),
-        )?);
+        ));
         let lookup_store = parts.store.clone();
         let roles = Arc::new(NodeRoles::with_lookup(Box::new(move |node_id| {
             lookup_store.get::<Node>(node_id).ok().flatten().map(|n| Role::from(n.role()))
@@ -311,7 +316,7 @@ impl Manager {
         let shared = Shared {
             store: parts.store,
             cluster_id: id.cluster_id.clone(),
-            root_ca_pem: id.root_ca_pem.clone(),
+            roots,
             signer: Mutex::new(None),
             revocations,
             roles,
@@ -333,10 +338,12 @@ impl Manager {
             audit: parts.audit,
         };
         shared.refresh_access();
+        shared.refresh_roots();
         let manager = Manager { shared: Arc::new(shared) };
         manager.spawn_revocation_watch();
         manager.spawn_removal_watch();
         manager.spawn_trust_renewal();
+        manager.spawn_root_rotation();
         // Finishes a rotation a crash interrupted (the key file still holds two keys).
         manager.shared.maybe_rotate_data_key();
         Ok(manager)
@@ -388,6 +395,7 @@ impl Manager {
                     Ok(e) if e.kind == "node" => shared.refresh_role(&e.id),
                     Ok(e) if e.kind == "cluster" => {
                         shared.refresh_revocations();
+                        shared.refresh_roots();
                         shared.sync_key_files();
                     }
                     Ok(e) if e.kind != "snapshot" => continue,
@@ -395,6 +403,7 @@ impl Manager {
                     // A snapshot, or events missed: everything may have changed.
                     _ => {
                         shared.refresh_access();
+                        shared.refresh_roots();
                         shared.sync_key_files();
                     }
                 }
@@ -413,9 +422,14 @@ impl Manager {
         &self.shared.cluster_id
     }
 
-    /// The root CA bundle (PEM) that join tokens pin.
-    pub fn root_ca_pem(&self) -> &str {
-        &self.shared.root_ca_pem
+    /// The root CA (PEM) that join tokens pin: the old one until a rotation ends.
+    pub fn root_ca_pem(&self) -> Result<String, ManagerError> {
+        Ok(self.shared.pinned_root()?)
+    }
+
+    /// The roots this manager trusts now (shared by its server and its clients).
+    pub fn roots(&self) -> Arc<TrustRoots> {
+        self.shared.roots.clone()
     }
 
     /// The revocation list consulted at every handshake and call.
@@ -444,7 +458,7 @@ impl Manager {
         let cluster = self.shared.cluster()?;
         let tokens = cluster.join_tokens.unwrap_or_default();
         let rec = tokens::record(&tokens, role).cloned().unwrap_or_default();
-        Ok(tokens::encode(self.root_ca_pem(), &rec))
+        Ok(tokens::encode(&self.root_ca_pem()?, &rec))
     }
 
     /// The swarm's unlock key in text form, when autolock is on.
@@ -515,20 +529,31 @@ impl Shared {
         })
     }
 
-    /// The CA signer, loaded from the store (cached while the stored CA is unchanged).
+    /// The CA signer, loaded from the store (cached while the stored CA is unchanged): during
+    /// a root rotation the new root, whose certificates carry its cross-signed copy.
     pub fn signer(&self, cluster: &Cluster) -> Result<Arc<RootCa>, Status> {
         let root = cluster.root_ca.clone().unwrap_or_default();
+        let (cert_pem, key_pem, cross) = match &cluster.root_rotation {
+            Some(r) => (&r.cert_pem, &r.key_pem, Some(&r.cross_signed_pem)),
+            None => (&root.cert_pem, &root.key_pem, None),
+        };
+        // Keyed by the root and its cross-signed copy: the same root signs without it once
+        // its rotation has ended.
+        let cache_key = format!("{cert_pem}{}", cross.map(String::as_str).unwrap_or_default());
         let mut cached = self.signer.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((pem, ca)) = cached.as_ref() {
-            if *pem == root.cert_pem {
+        if let Some((key, ca)) = cached.as_ref() {
+            if *key == cache_key {
                 return Ok(ca.clone());
             }
         }
-        let ca = Arc::new(
-            RootCa::from_pem(&root.cert_pem, &root.key_pem)
-                .map_err(|e| Status::internal(format!("the stored CA is unusable: {e}")))?,
-        );
-        *cached = Some((root.cert_pem, ca.clone()));
+        let mut ca = RootCa::from_pem(cert_pem, key_pem)
+            .map_err(|e| Status::internal(format!("the stored CA is unusable: {e}")))?
+            .with_expiry_floor(self.renew_pace.expiry_floor());
+        if let Some(cross) = cross {
+            ca = ca.with_intermediate(cross);
+        }
+        let ca = Arc::new(ca);
+        *cached = Some((cache_key, ca.clone()));
         Ok(ca)
     }
 

@@ -182,7 +182,7 @@ pub(crate) async fn issue_certificate(
     tracing::info!(user = %req.name, serial = %issued.serial_hex, by = %who.subject(), "user certificate issued");
     Ok(IssueUserCertificateResponse {
         cert_pem: issued.cert_pem,
-        ca_pem: shared.root_ca_pem.clone(),
+        ca_pem: shared.roots.pem(),
         not_after_ms,
     })
 }

@@ -37,7 +37,7 @@ impl Manager {
     ) -> Result<(), ManagerError> {
         // Revocation is enforced on every call by the authorization layer, which tells a removed
         // node plainly that its certificate is revoked (see `server_config`).
-        let config = shoal_pki::tls::server_config(self.root_ca_pem(), cert, None)?;
+        let config = shoal_pki::tls::server_config(self.roots(), cert, None)?;
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
         let _accept = AbortOnDrop(tokio::spawn(accept_loop(listener, acceptor, tx)));

@@ -38,11 +38,19 @@ pub(crate) fn key_algorithm(
     (spki.algorithm.algorithm.to_id_string(), curve)
 }
 
+/// Shortest remaining life a root taken for a rotation may have (Swarm's minimum too).
+pub const MIN_ROOT_REMAINING: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// The root CA: its exact certificate PEM (the bundle) and its signing key; `Debug` never shows the key.
 pub struct RootCa {
     cert_pem: String,
     cert_der: Vec<u8>,
     issuer: Issuer<'static, KeyPair>,
+    /// During a root rotation: this (new) root cross-signed by the old one, sent after every
+    /// certificate it issues so nodes that trust only the old root still accept them.
+    intermediate_pem: Option<String>,
+    /// The shortest certificate life it issues ([`MIN_CERT_EXPIRY`] outside tests).
+    expiry_floor: Duration,
 }
 
 /// A node certificate issued by [`RootCa::sign_node_csr`].
@@ -56,17 +64,32 @@ pub struct IssuedCert {
     pub not_before: SystemTime,
     /// End of validity.
     pub not_after: SystemTime,
+    /// [`RootCa::digest_hex`] of the root that signed it.
+    pub root_digest: String,
 }
 
 impl RootCa {
     /// Generates a new ECDSA P-256 root CA valid for 20 years.
     pub fn generate() -> Result<RootCa, PkiError> {
+        RootCa::generate_named(ROOT_CA_COMMON_NAME)
+    }
+
+    /// Generates a root for a rotation: named apart from the roots before it (a random suffix),
+    /// so people and path builders can tell the old and the new one by name.
+    pub fn generate_for_rotation() -> Result<RootCa, PkiError> {
+        let mut suffix = [0u8; 4];
+        crate::id::fill_random(&mut suffix);
+        let hex: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+        RootCa::generate_named(&format!("{ROOT_CA_COMMON_NAME} {hex}"))
+    }
+
+    fn generate_named(common_name: &str) -> Result<RootCa, PkiError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(|e| PkiError::Signing(format!("could not generate the CA key: {e}")))?;
         let now = SystemTime::now();
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, ROOT_CA_COMMON_NAME);
+        params.distinguished_name.push(DnType::CommonName, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.serial_number = Some(random_serial());
@@ -79,6 +102,8 @@ impl RootCa {
             cert_pem: cert.pem(),
             cert_der: cert.der().to_vec(),
             issuer: Issuer::new(params, key),
+            intermediate_pem: None,
+            expiry_floor: MIN_CERT_EXPIRY,
         })
     }
 
@@ -95,7 +120,119 @@ impl RootCa {
         check_ca_cert(cert_der.as_ref(), &key)?;
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)
             .map_err(|e| PkiError::BadCa(format!("cannot sign with the stored CA ({e})")))?;
-        Ok(RootCa { cert_pem: cert_pem.to_string(), cert_der: cert_der.to_vec(), issuer })
+        Ok(RootCa {
+            cert_pem: cert_pem.to_string(),
+            cert_der: cert_der.to_vec(),
+            issuer,
+            intermediate_pem: None,
+            expiry_floor: MIN_CERT_EXPIRY,
+        })
+    }
+
+    /// Takes an operator's root for a rotation (`swarm ca --rotate --ca-cert --ca-key`): one
+    /// self-signed CA certificate with an ECDSA P-256 or P-384 key, valid now and for at least
+    /// [`MIN_ROOT_REMAINING`] more, whose key is not `current`'s, and whose subject Shoal can
+    /// write again exactly into the certificates it signs.
+    pub fn from_operator_pem(
+        cert_pem: &str,
+        key_pem: &str,
+        current: &RootCa,
+        now: SystemTime,
+    ) -> Result<RootCa, PkiError> {
+        let certs = crate::node::certs_from_pem(cert_pem)
+            .map_err(|e| PkiError::BadCa(format!("the new root certificate is unreadable: {e}")))?;
+        if certs.len() != 1 {
+            return Err(PkiError::BadCa(format!(
+                "the new root must be one certificate, not {} (no intermediates)",
+                certs.len()
+            )));
+        }
+        let ca = RootCa::from_pem(cert_pem, key_pem)?;
+        let alg = ca.issuer.key().algorithm();
+        if alg != &PKCS_ECDSA_P256_SHA256 && alg != &rcgen::PKCS_ECDSA_P384_SHA384 {
+            return Err(PkiError::BadCa("the new root's key must be ECDSA P-256 or P-384".into()));
+        }
+        let cert = parse_cert(&ca.cert_der)?;
+        if cert.subject().as_raw() != cert.issuer().as_raw() || cert.verify_signature(None).is_err()
+        {
+            return Err(PkiError::BadCa(
+                "the new root certificate is not self-signed: give a root, not an intermediate"
+                    .into(),
+            ));
+        }
+        let not_before = asn1_to_system(cert.validity().not_before);
+        let not_after = asn1_to_system(cert.validity().not_after);
+        if not_before > now {
+            return Err(PkiError::BadCa("the new root certificate is not valid yet".into()));
+        }
+        if not_after < now + MIN_ROOT_REMAINING {
+            return Err(PkiError::BadCa(format!(
+                "the new root certificate expires on {}; it must be valid for at least a year",
+                humantime::format_rfc3339_seconds(not_after)
+            )));
+        }
+        if ca.issuer.key().public_key_raw() == current.issuer.key().public_key_raw() {
+            return Err(PkiError::BadCa(
+                "the new root has the current root's key; a rotation needs a new key".into(),
+            ));
+        }
+        ca.check_issues_verifiable_certs()?;
+        Ok(ca)
+    }
+
+    /// Signs a throwaway certificate and checks it chains to this root: a root whose subject
+    /// rcgen re-encodes differently would issue certificates no peer could verify.
+    fn check_issues_verifiable_certs(&self) -> Result<(), PkiError> {
+        let key = crate::NodeKey::generate()?;
+        let probe = self.sign_node_csr(
+            &key.csr_der()?,
+            "probe",
+            Role::Worker,
+            "probe",
+            MIN_CERT_EXPIRY,
+            SystemTime::now(),
+        )?;
+        crate::tls::verify_chain(&probe.cert_pem, &self.cert_pem, SystemTime::now()).map_err(|e| {
+            PkiError::BadCa(format!(
+                "certificates signed with the new root would not verify against it ({e}); \
+                     its subject may use encodings Shoal cannot reproduce"
+            ))
+        })
+    }
+
+    /// This root's certificate re-signed by `self`'s key: the same subject, key and validity as
+    /// `newer`, issued by `self`, so a chain ending in it verifies against `self` alone.
+    pub fn cross_sign(&self, newer: &RootCa) -> Result<String, PkiError> {
+        let cert = parse_cert(&newer.cert_der)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn_of(cert.subject())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.serial_number = Some(random_serial());
+        params.not_before = cert.validity().not_before.to_datetime();
+        params.not_after = cert.validity().not_after.to_datetime();
+        let crossed = params
+            .signed_by(newer.issuer.key(), &self.issuer)
+            .map_err(|e| PkiError::Signing(format!("could not cross-sign the new root: {e}")))?;
+        Ok(crossed.pem())
+    }
+
+    /// Sends `cross_signed_pem` after every certificate this root issues (see
+    /// [`RootCa::cross_sign`]).
+    pub fn with_intermediate(mut self, cross_signed_pem: &str) -> RootCa {
+        self.intermediate_pem = Some(cross_signed_pem.to_string());
+        self
+    }
+
+    /// Issues certificates as short as `floor` (test clusters whose time runs faster).
+    pub fn with_expiry_floor(mut self, floor: Duration) -> RootCa {
+        self.expiry_floor = floor;
+        self
+    }
+
+    /// SHA-256 of the root certificate's DER, lowercase hex: how the managers name a root.
+    pub fn digest_hex(&self) -> String {
+        digest_hex(&self.cert_der)
     }
 
     /// The CA certificate PEM (the bundle); join token digests cover these exact bytes.
@@ -123,10 +260,10 @@ impl RootCa {
         expiry: Duration,
         now: SystemTime,
     ) -> Result<IssuedCert, PkiError> {
-        if expiry < MIN_CERT_EXPIRY {
+        if expiry < self.expiry_floor {
             return Err(PkiError::ExpiryTooShort {
                 requested_secs: expiry.as_secs(),
-                minimum_secs: MIN_CERT_EXPIRY.as_secs(),
+                minimum_secs: self.expiry_floor.as_secs(),
             });
         }
         check_node_id(node_id)?;
@@ -136,13 +273,7 @@ impl RootCa {
         let cert = params
             .signed_by(&public_key, &self.issuer)
             .map_err(|e| PkiError::Signing(e.to_string()))?;
-        let parsed = parse_cert(cert.der())?;
-        Ok(IssuedCert {
-            cert_pem: cert.pem(),
-            serial_hex: serial_hex(&parsed),
-            not_before: asn1_to_system(parsed.validity().not_before),
-            not_after: asn1_to_system(parsed.validity().not_after),
-        })
+        self.issued(&cert)
     }
 }
 
@@ -157,10 +288,10 @@ impl RootCa {
         expiry: Duration,
         now: SystemTime,
     ) -> Result<IssuedCert, PkiError> {
-        if expiry < MIN_CERT_EXPIRY {
+        if expiry < self.expiry_floor {
             return Err(PkiError::ExpiryTooShort {
                 requested_secs: expiry.as_secs(),
-                minimum_secs: MIN_CERT_EXPIRY.as_secs(),
+                minimum_secs: self.expiry_floor.as_secs(),
             });
         }
         crate::user::check_name("user", name)?;
@@ -184,14 +315,87 @@ impl RootCa {
         let cert = params
             .signed_by(&public_key, &self.issuer)
             .map_err(|e| PkiError::Signing(e.to_string()))?;
+        self.issued(&cert)
+    }
+}
+
+impl RootCa {
+    fn issued(&self, cert: &rcgen::Certificate) -> Result<IssuedCert, PkiError> {
         let parsed = parse_cert(cert.der())?;
+        let mut cert_pem = cert.pem();
+        if let Some(cross) = &self.intermediate_pem {
+            cert_pem.push_str(cross);
+        }
         Ok(IssuedCert {
-            cert_pem: cert.pem(),
+            cert_pem,
             serial_hex: serial_hex(&parsed),
             not_before: asn1_to_system(parsed.validity().not_before),
             not_after: asn1_to_system(parsed.validity().not_after),
+            root_digest: self.digest_hex(),
         })
     }
+}
+
+/// SHA-256 of `der`, lowercase hex.
+pub fn digest_hex(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The digest ([`digest_hex`]) of each root certificate in a PEM bundle.
+pub fn bundle_digests(bundle_pem: &str) -> Result<Vec<String>, PkiError> {
+    Ok(crate::node::certs_from_pem(bundle_pem)?.iter().map(|c| digest_hex(c)).collect())
+}
+
+/// An rcgen subject equal to `name`, attribute by attribute and string type by string type,
+/// so the certificates signed under it name their issuer in exactly its bytes.
+fn dn_of(name: &x509_parser::x509::X509Name<'_>) -> Result<DistinguishedName, PkiError> {
+    use x509_parser::der_parser::asn1_rs::{Any, Tag};
+    let mut dn = DistinguishedName::new();
+    for attr in name.iter_attributes() {
+        let oid = attr.attr_type();
+        let ty = if *oid == x509_parser::oid_registry::OID_X509_COMMON_NAME {
+            DnType::CommonName
+        } else if *oid == x509_parser::oid_registry::OID_X509_ORGANIZATION_NAME {
+            DnType::OrganizationName
+        } else if *oid == x509_parser::oid_registry::OID_X509_ORGANIZATIONAL_UNIT {
+            DnType::OrganizationalUnitName
+        } else if *oid == x509_parser::oid_registry::OID_X509_COUNTRY_NAME {
+            DnType::CountryName
+        } else if *oid == x509_parser::oid_registry::OID_X509_LOCALITY_NAME {
+            DnType::LocalityName
+        } else if *oid == x509_parser::oid_registry::OID_X509_STATE_OR_PROVINCE_NAME {
+            DnType::StateOrProvinceName
+        } else {
+            let arcs: Option<Vec<u64>> = oid.iter().map(|i| i.collect());
+            DnType::CustomDnType(arcs.ok_or_else(|| {
+                PkiError::BadCa(format!("the root's subject has an unusable attribute {oid}"))
+            })?)
+        };
+        let value: &Any = attr.attr_value();
+        let text = std::str::from_utf8(value.data)
+            .map_err(|_| PkiError::BadCa("the root's subject holds a non-UTF-8 value".into()))?
+            .to_string();
+        let value = match value.tag() {
+            Tag::Utf8String => rcgen::DnValue::Utf8String(text),
+            Tag::PrintableString => rcgen::DnValue::PrintableString(
+                text.try_into().map_err(|e| PkiError::BadCa(format!("subject value: {e}")))?,
+            ),
+            Tag::Ia5String => rcgen::DnValue::Ia5String(
+                text.try_into().map_err(|e| PkiError::BadCa(format!("subject value: {e}")))?,
+            ),
+            other => {
+                return Err(PkiError::BadCa(format!(
+                    "the root's subject uses a {other:?} value, which Shoal does not write"
+                )))
+            }
+        };
+        dn.push(ty, value);
+    }
+    Ok(dn)
 }
 
 impl fmt::Debug for RootCa {

@@ -14,7 +14,7 @@ use crate::{PkiError, Role};
 
 /// A node's ECDSA P-256 key pair; `Debug` never shows the key.
 pub struct NodeKey {
-    key: KeyPair,
+    pub(crate) key: KeyPair,
 }
 
 impl NodeKey {

@@ -11,7 +11,7 @@ use shoal_pki::tls::{
 };
 use shoal_pki::{
     IssuedCert, ManagerTrust, NodeKey, PeerIdentity, PkiError, ReloadableCert, Revocations, Role,
-    RootCa, CA_SERVER_NAME, DEFAULT_CERT_EXPIRY, MANAGER_SERVER_NAME,
+    RootCa, TrustRoots, CA_SERVER_NAME, DEFAULT_CERT_EXPIRY, MANAGER_SERVER_NAME,
 };
 
 const CLUSTER: &str = "c1";
@@ -38,8 +38,13 @@ fn node(ca: &RootCa, id: &str, role: Role) -> Node {
     Node { key, issued, cert }
 }
 
+fn roots(pem: &str) -> Arc<TrustRoots> {
+    TrustRoots::new(pem).expect("roots")
+}
+
 fn server(ca: &RootCa, n: &Node, rev: &Arc<Revocations>) -> ServerConfig {
-    server_config(ca.cert_pem(), Arc::clone(&n.cert), Some(Arc::clone(rev))).expect("server config")
+    server_config(roots(ca.cert_pem()), Arc::clone(&n.cert), Some(Arc::clone(rev)))
+        .expect("server config")
 }
 
 /// Moves TLS bytes from `from` to `to` and lets `to` process them.
@@ -302,7 +307,7 @@ fn reloadable_cert_checks_key_and_redacts() {
     assert!(ReloadableCert::new("garbage", &n.key).is_err());
     let dbg = format!("{:?}", n.cert);
     assert!(dbg.contains("<redacted>") && !dbg.contains("PRIVATE"));
-    assert!(server_config("garbage", Arc::clone(&n.cert), None).is_err());
+    assert!(TrustRoots::new("garbage").is_err());
     assert!(client_config("", None).is_err());
 }
 
@@ -340,8 +345,7 @@ fn a_manager_client_refuses_a_server_that_is_no_longer_a_manager() {
     let rev = Arc::new(Revocations::default());
     let trust = ManagerTrust::with_revocations(Arc::default());
     let client = || {
-        manager_client_config(ca.cert_pem(), Some(Arc::clone(&wrk.cert)), Arc::clone(&trust))
-            .expect("client")
+        manager_client_config(roots(ca.cert_pem()), Some(Arc::clone(&wrk.cert)), Arc::clone(&trust))
     };
     // Before the node is told the manager set, the CA alone decides (as for a joiner).
     handshake(client(), server(&ca, &old, &rev), MANAGER_SERVER_NAME).expect("set not known");
@@ -353,4 +357,131 @@ fn a_manager_client_refuses_a_server_that_is_no_longer_a_manager() {
     trust.revocations().supersede_serial(&current.issued.serial_hex);
     let err = handshake(client(), server(&ca, &current, &rev), MANAGER_SERVER_NAME).unwrap_err();
     assert!(err.to_string().contains("role changed"), "{err}");
+}
+
+/// A root rotation as the nodes see it: certificates from the new root, sent with the new root
+/// cross-signed by the old one, are accepted by peers that trust only the old root, both ways;
+/// once the roots are swapped (in place, on a running config) to the new one alone, old-root
+/// certificates are refused and new-root ones, with or without the cross-signed one, accepted.
+#[test]
+fn a_cross_signed_rotation_keeps_old_and_new_certificates_talking() {
+    let old = RootCa::generate().expect("old root");
+    let new = RootCa::generate_for_rotation().expect("new root");
+    let cross = old.cross_sign(&new).expect("cross-sign");
+    let signing =
+        RootCa::from_pem(new.cert_pem(), &new.key_pem()).expect("reload").with_intermediate(&cross);
+    let (mgr_old, wrk_old) = (node(&old, "mgr1", Role::Manager), node(&old, "wrk1", Role::Worker));
+    let (mgr_new, wrk_new) =
+        (node(&signing, "mgr2", Role::Manager), node(&signing, "wrk2", Role::Worker));
+    assert_eq!(wrk_new.issued.root_digest, new.digest_hex());
+    assert_ne!(new.digest_hex(), old.digest_hex());
+    let rev = Arc::new(Revocations::default());
+    let trusted_old = roots(old.cert_pem());
+    let server_with = |n: &Node, r: &Arc<TrustRoots>| {
+        server_config(Arc::clone(r), Arc::clone(&n.cert), Some(Arc::clone(&rev))).expect("server")
+    };
+    let client_with = |n: &Node, r: &Arc<TrustRoots>| {
+        manager_client_config(
+            Arc::clone(r),
+            Some(Arc::clone(&n.cert)),
+            ManagerTrust::with_revocations(Arc::default()),
+        )
+    };
+    // Everyone trusts the old root only: new-root certificates verify through the cross-signed one.
+    handshake(
+        client_with(&wrk_new, &trusted_old),
+        server_with(&mgr_old, &trusted_old),
+        MANAGER_SERVER_NAME,
+    )
+    .expect("new client, old server, old trust");
+    handshake(
+        client_with(&wrk_old, &trusted_old),
+        server_with(&mgr_new, &trusted_old),
+        MANAGER_SERVER_NAME,
+    )
+    .expect("old client, new server, old trust");
+    // Both roots trusted.
+    let both = roots(&format!("{}{}", old.cert_pem(), new.cert_pem()));
+    for (c, s) in [(&wrk_old, &mgr_new), (&wrk_new, &mgr_old), (&wrk_new, &mgr_new)] {
+        handshake(client_with(c, &both), server_with(s, &both), MANAGER_SERVER_NAME)
+            .expect("both roots");
+    }
+    // The end of the rotation: one running server config, its roots swapped to the new one.
+    let live = roots(&format!("{}{}", old.cert_pem(), new.cert_pem()));
+    let config = server_with(&mgr_new, &live);
+    handshake(client_with(&wrk_old, &both), config.clone(), MANAGER_SERVER_NAME)
+        .expect("before the swap");
+    assert!(live.replace(new.cert_pem()).expect("swap"));
+    assert!(!live.replace(new.cert_pem()).expect("same"), "the same bundle again changes nothing");
+    let err =
+        handshake(client_with(&wrk_old, &both), config.clone(), MANAGER_SERVER_NAME).unwrap_err();
+    assert!(
+        err.to_string().contains("UnknownIssuer")
+            || err.to_string().contains("issuer")
+            || err.to_string().contains("alert"),
+        "{err}"
+    );
+    handshake(client_with(&wrk_new, &both), config.clone(), MANAGER_SERVER_NAME)
+        .expect("new-root client after the swap");
+    // A node renewed after the rotation holds the new root's plain certificate.
+    let plain = node(&new, "wrk3", Role::Worker);
+    handshake(client_with(&plain, &live), config, MANAGER_SERVER_NAME)
+        .expect("plain new-root chain");
+    // And a client that trusts only the new root refuses a server still on the old one.
+    let err = handshake(
+        client_with(&wrk_new, &live),
+        server_with(&mgr_old, &trusted_old),
+        MANAGER_SERVER_NAME,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+}
+
+#[test]
+fn chains_are_checked_with_and_without_their_expiry() {
+    let ca = RootCa::generate().expect("ca");
+    let key = NodeKey::generate().expect("key");
+    let long_ago = SystemTime::now() - std::time::Duration::from_secs(10 * 24 * 3600);
+    let issued = ca
+        .sign_node_csr(
+            &key.csr_der().unwrap(),
+            "n1",
+            Role::Worker,
+            CLUSTER,
+            shoal_pki::MIN_CERT_EXPIRY,
+            long_ago,
+        )
+        .unwrap();
+    let e = shoal_pki::tls::verify_chain(&issued.cert_pem, ca.cert_pem(), SystemTime::now())
+        .unwrap_err();
+    assert!(e.to_string().contains("certificate expired"), "{e}");
+    shoal_pki::tls::verify_chain_ignoring_expiry(&issued.cert_pem, ca.cert_pem())
+        .expect("issued by the root");
+    let other = RootCa::generate().expect("other");
+    assert!(
+        shoal_pki::tls::verify_chain_ignoring_expiry(&issued.cert_pem, other.cert_pem()).is_err()
+    );
+}
+
+#[test]
+fn an_operator_root_must_be_a_fresh_long_lived_self_signed_root() {
+    let current = RootCa::generate().expect("current");
+    let now = SystemTime::now();
+    let fresh = RootCa::generate().expect("fresh");
+    RootCa::from_operator_pem(fresh.cert_pem(), &fresh.key_pem(), &current, now)
+        .expect("fresh root");
+    let e = RootCa::from_operator_pem(current.cert_pem(), &current.key_pem(), &current, now)
+        .unwrap_err();
+    assert!(e.to_string().contains("needs a new key"), "{e}");
+    let bundle = format!("{}{}", fresh.cert_pem(), current.cert_pem());
+    let e = RootCa::from_operator_pem(&bundle, &fresh.key_pem(), &current, now).unwrap_err();
+    assert!(e.to_string().contains("one certificate"), "{e}");
+    let e =
+        RootCa::from_operator_pem(fresh.cert_pem(), &current.key_pem(), &current, now).unwrap_err();
+    assert!(e.to_string().contains("does not belong"), "{e}");
+    // 19 years from now the 20-year root has less than a year left.
+    let late = now + std::time::Duration::from_secs(19 * 365 * 24 * 3600 + 200 * 24 * 3600);
+    let e =
+        RootCa::from_operator_pem(fresh.cert_pem(), &fresh.key_pem(), &current, late).unwrap_err();
+    assert!(e.to_string().contains("at least a year"), "{e}");
 }

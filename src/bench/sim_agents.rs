@@ -142,6 +142,7 @@ impl SimAgent {
                 ..Default::default()
             }),
             tunnel_keys: Vec::new(),
+            cert_serial: String::new(),
         };
         let mut session = client.session(request).await?.into_inner();
         let first = session.message().await?.context("the manager closed the session")?;

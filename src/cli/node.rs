@@ -38,6 +38,12 @@ pub enum NodeCmd {
     },
     /// Change a node's availability (active, pause, drain) or labels
     Update(UpdateArgs),
+    /// Let nodes that came back with an expired certificate have a new one (they prove they
+    /// hold their old key; see 'swarm update --reattest-window' for doing it without asking)
+    Approve {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Remove nodes from the swarm and revoke their certificates
     #[command(alias = "remove")]
     Rm {
@@ -93,6 +99,16 @@ pub async fn run(cmd: NodeCmd, channel: Channel) -> Result<()> {
         NodeCmd::Promote { nodes } => set_roles(&mut control, nodes, NodeRole::Manager).await?,
         NodeCmd::Demote { nodes } => set_roles(&mut control, nodes, NodeRole::Worker).await?,
         NodeCmd::Update(args) => update(&mut control, args).await?,
+        NodeCmd::Approve { nodes } => {
+            for reference in nodes {
+                let r = control
+                    .approve_node(ApproveNodeRequest { reference })
+                    .await
+                    .map_err(client::status)?;
+                let node = r.into_inner().node.unwrap_or_default();
+                println!("Node {} ({}) may have a new certificate.", node.id, node.hostname);
+            }
+        }
         NodeCmd::Rm { force, nodes } => {
             for reference in nodes {
                 let r = control

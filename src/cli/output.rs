@@ -87,6 +87,24 @@ pub fn join_token(t: &JoinTokenInfo, rotated: bool, quiet: bool) -> String {
     out
 }
 
+/// One line on a root rotation's progress (`swarm ca`).
+pub fn rotation_progress(info: &shoal_proto::RootCaInfo) -> String {
+    if !info.rotating {
+        return "No root rotation is in progress.".to_string();
+    }
+    let mut line = format!(
+        "Rotating the root CA: {}/{} nodes use the new root",
+        info.nodes_done, info.nodes_total
+    );
+    if !info.waiting_for.is_empty() {
+        let _ = write!(line, "; waiting for {}", info.waiting_for.join(", "));
+    }
+    if info.force {
+        line.push_str(" (not waiting for nodes that are down)");
+    }
+    line
+}
+
 /// `node ls`.
 pub fn node_ls(r: &ListNodesResponse, quiet: bool) -> String {
     let mut out = String::new();
@@ -113,10 +131,19 @@ pub fn node_ls(r: &ListNodesResponse, quiet: bool) -> String {
             n.availability().word().to_string(),
             manager_status.to_string(),
             expiry,
+            r.tls_status.get(&n.id).cloned().unwrap_or_default(),
         ]
     });
     out + &table(
-        &["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "CERT EXPIRY"],
+        &[
+            "ID",
+            "HOSTNAME",
+            "STATUS",
+            "AVAILABILITY",
+            "MANAGER STATUS",
+            "CERT EXPIRY",
+            "TLS STATUS",
+        ],
         rows,
     )
 }

@@ -416,6 +416,9 @@ delegate! {
     get_join_token(GetJoinTokenRequest) -> JoinTokenInfo;
     rotate_join_token(RotateJoinTokenRequest) -> JoinTokenInfo;
     get_unlock_key(GetUnlockKeyRequest) -> UnlockKeyInfo;
+    get_root_ca(GetRootCaRequest) -> RootCaInfo;
+    rotate_root_ca(RotateRootCaRequest) -> RootCaInfo;
+    approve_node(ApproveNodeRequest) -> GetNodeResponse;
     rotate_unlock_key(RotateUnlockKeyRequest) -> UnlockKeyInfo;
     update_node(UpdateNodeRequest) -> GetNodeResponse;
     create_service(CreateServiceRequest) -> ServiceResponse;

@@ -100,7 +100,9 @@ async fn impostor(saved: &Path) -> (String, Arc<AtomicUsize>) {
     let files = NodeFiles::new(saved.parent().unwrap());
     let (key, chain, root) = files.load_identity().unwrap();
     let cert = shoal_pki::ReloadableCert::new(&chain, &key).unwrap();
-    let config = shoal_pki::tls::server_config(&root, cert, None).unwrap();
+    let config =
+        shoal_pki::tls::server_config(shoal_pki::TrustRoots::new(&root).unwrap(), cert, None)
+            .unwrap();
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();

@@ -65,6 +65,7 @@ async fn an_impostor_worker_cannot_take_another_nodes_hostname_address_tasks_or_
         advertise_addr: "10.66.0.9:4242".into(),
         description: None,
         tunnel_keys: Vec::new(),
+        cert_serial: String::new(),
     };
     let session = impostor.session(claim).await.unwrap();
     assert_eq!(session.node.hostname, "impostor");

@@ -48,7 +48,11 @@ async fn tunnel_keys_are_checked_stored_and_rotated() {
 
     // A heartbeat with a bad list is refused; one with a rotation is stored.
     let mut client = w.dispatcher().await;
-    let beat = |keys| HeartbeatRequest { session_id: session.id.clone(), tunnel_keys: keys };
+    let beat = |keys| HeartbeatRequest {
+        session_id: session.id.clone(),
+        tunnel_keys: keys,
+        ..Default::default()
+    };
     let err = client.heartbeat(beat(vec![key(2, 64)])).await.expect_err("refused");
     assert!(err.message().contains("tunnel key 0 is 64 bytes"), "{}", err.message());
     let answer = client.heartbeat(beat(vec![key(2, 32), key(1, 32)])).await.unwrap();

@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
 use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
@@ -73,7 +72,7 @@ impl ManagerTrust {
 /// Chain validation by webpki, then [`ManagerTrust::refusal`].
 #[derive(Debug)]
 pub(crate) struct ManagerVerifier {
-    pub(crate) inner: Arc<WebPkiServerVerifier>,
+    pub(crate) inner: Arc<super::roots::RootsServerVerifier>,
     pub(crate) trust: Arc<ManagerTrust>,
 }
 

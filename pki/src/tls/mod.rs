@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::node::certs_from_pem;
@@ -18,36 +17,36 @@ mod bootstrap;
 mod managers;
 mod reload;
 mod revoke;
+mod roots;
 
 pub use bootstrap::CapturedServerCerts;
 pub use managers::ManagerTrust;
 pub use reload::ReloadableCert;
 pub use revoke::Revocations;
+pub use roots::{verify_chain, verify_chain_ignoring_expiry, TrustRoots};
 
 use bootstrap::CapturingVerifier;
 use managers::ManagerVerifier;
 use revoke::RevokingVerifier;
+use roots::{RootsClientVerifier, RootsServerVerifier};
 
 /// The only ALPN protocol shoal speaks (gRPC over HTTP/2).
 pub const ALPN_H2: &[u8] = b"h2";
 
-/// Server config: presents `cert`; client certs are optional but, when sent, must chain to the root and not be revoked.
+/// Server config: presents `cert`; client certs are optional but, when sent, must chain to a
+/// root of `roots` (as they are at each handshake) and not be revoked.
 ///
 /// With `revocations`, revoked client certificates are refused during the handshake. A server
 /// that already refuses them on every call (with a message the client can show) may pass `None`:
 /// since anonymous clients reach the same protocol layers for bootstrap calls, a revoked one gains
 /// nothing, and TLS 1.3 would otherwise report the refusal as a bare closed connection.
 pub fn server_config(
-    root_ca_pem: &str,
+    roots: Arc<TrustRoots>,
     cert: Arc<ReloadableCert>,
     revocations: Option<Arc<Revocations>>,
 ) -> Result<ServerConfig, PkiError> {
     let provider = ring_provider();
-    let roots = Arc::new(root_store(root_ca_pem)?);
-    let inner = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider))
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| PkiError::Tls(format!("cannot build the client verifier: {e}")))?;
+    let inner = Arc::new(RootsClientVerifier(roots));
     let revocations = revocations.unwrap_or_default();
     let verifier = Arc::new(RevokingVerifier { inner, revocations });
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -72,16 +71,16 @@ pub fn client_config(
     Ok(client_config_with(verifier, cert))
 }
 
-/// Client config for reaching managers from inside the cluster (agents, joiners after the CA
-/// fetch, Raft peers): besides chaining to the root, the server's certificate must be a current
-/// manager's as `trust` knows it (see [`ManagerTrust::refusal`]).
+/// Client config for reaching managers from inside the cluster (agents, Raft peers): besides
+/// chaining to a root of `roots` (as they are at each handshake), the server's certificate must
+/// be a current manager's as `trust` knows it (see [`ManagerTrust::refusal`]).
 pub fn manager_client_config(
-    root_ca_pem: &str,
+    roots: Arc<TrustRoots>,
     cert: Option<Arc<ReloadableCert>>,
     trust: Arc<ManagerTrust>,
-) -> Result<ClientConfig, PkiError> {
-    let inner = webpki_server_verifier(root_ca_pem)?;
-    Ok(client_config_with(Arc::new(ManagerVerifier { inner, trust }), cert))
+) -> ClientConfig {
+    let inner = Arc::new(RootsServerVerifier(roots));
+    client_config_with(Arc::new(ManagerVerifier { inner, trust }), cert)
 }
 
 fn webpki_server_verifier(root_ca_pem: &str) -> Result<Arc<WebPkiServerVerifier>, PkiError> {

@@ -15,6 +15,7 @@ use crate::{NodeKey, PeerIdentity, PkiError};
 struct Current {
     key: Arc<CertifiedKey>,
     identity: PeerIdentity,
+    chain_pem: String,
 }
 
 /// The node's current certificate chain and key, replaceable without restarting servers or clients.
@@ -43,6 +44,11 @@ impl ReloadableCert {
         self.read().identity.clone()
     }
 
+    /// The current certificate chain (PEM, leaf first).
+    pub fn chain_pem(&self) -> String {
+        self.read().chain_pem.clone()
+    }
+
     /// The current certified key as handed to rustls.
     pub fn certified_key(&self) -> Arc<CertifiedKey> {
         Arc::clone(&self.read().key)
@@ -64,7 +70,7 @@ fn load(cert_chain_pem: &str, key: &NodeKey) -> Result<Current, PkiError> {
         .map_err(|e| PkiError::BadKey(format!("rustls cannot use the node key ({e})")))?;
     let certified = CertifiedKey::new(chain, signing_key);
     certified.keys_match().map_err(|e| PkiError::KeyMismatch(e.to_string()))?;
-    Ok(Current { key: Arc::new(certified), identity })
+    Ok(Current { key: Arc::new(certified), identity, chain_pem: cert_chain_pem.to_string() })
 }
 
 impl ResolvesServerCert for ReloadableCert {

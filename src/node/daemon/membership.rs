@@ -55,7 +55,7 @@ impl Daemon {
             manager_ids: vec![id.node_id.clone()],
         };
         let tokens = (manager.join_token(Role::Worker)?, manager.join_token(Role::Manager)?);
-        let root = manager.root_ca_pem().to_string();
+        let root = manager.root_ca_pem()?;
         if let Err(e) = self.save(&key, &issued.cert_pem, &root, &state) {
             manager.stop();
             let _ = self.files.wipe();

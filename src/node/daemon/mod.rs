@@ -20,6 +20,7 @@ use crate::node::readdress::{self, AddrOverrides, Announcer};
 
 mod addr;
 mod membership;
+mod reattest;
 mod role;
 
 use addr::bind_resumed;
@@ -132,6 +133,9 @@ pub struct Daemon {
     locked: Mutex<Option<NodeState>>,
     /// Why the Raft member of this node's manager failed, once it has.
     failure: watch::Sender<Option<String>>,
+    /// A node back with an expired certificate, asking the managers for a new one: its saved
+    /// membership and what the managers last said.
+    reattesting: std::sync::Mutex<Option<(NodeState, String)>>,
 }
 
 /// A snapshot for `shoal info`.
@@ -168,6 +172,7 @@ impl Daemon {
             member: Mutex::new(None),
             locked: Mutex::new(None),
             failure: watch::Sender::new(None),
+            reattesting: std::sync::Mutex::new(None),
         });
         tokio::spawn(follow_role(Arc::downgrade(&daemon)));
         let state = daemon.files.load_state()?;
@@ -184,10 +189,22 @@ impl Daemon {
                 *daemon.locked.lock().await = Some(state);
                 return Ok(daemon);
             }
+            if daemon.certificate_expired() {
+                reattest::start(&daemon, state);
+                return Ok(daemon);
+            }
             let member = daemon.resume(state, None).await.context("resuming cluster membership")?;
             *daemon.member.lock().await = Some(member);
         }
         Ok(daemon)
+    }
+
+    /// Whether the saved certificate has expired (the node was off for longer than it lasts).
+    fn certificate_expired(&self) -> bool {
+        self.files.load_identity().ok().is_some_and(|(key, chain, _)| {
+            ReloadableCert::new(&chain, &key)
+                .is_ok_and(|c| c.identity().not_after <= std::time::SystemTime::now())
+        })
     }
 
     /// `swarm unlock`: resumes a locked manager with the swarm's unlock key.
@@ -326,7 +343,7 @@ impl Daemon {
         }
         let member = self.member.lock().await;
         match member.as_ref() {
-            None => Info::default(),
+            None => self.reattest_info(),
             Some(m) => Info {
                 state: Some(m.state.clone()),
                 identity: Some(m.cert.identity()),

@@ -98,7 +98,7 @@ impl FakeWorker {
         let beat_id = id.clone();
         let beats = tokio::spawn(async move {
             loop {
-                let req = HeartbeatRequest { session_id: beat_id.clone(), tunnel_keys: Vec::new() };
+                let req = HeartbeatRequest { session_id: beat_id.clone(), ..Default::default() };
                 let period = match client.heartbeat(req).await {
                     Ok(r) => Duration::from_millis(r.into_inner().period_ms),
                     Err(_) => Duration::from_millis(50),
