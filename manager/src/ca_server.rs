@@ -5,7 +5,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use shoal_pki::ca::NODE_CERT_BACKDATE;
 use shoal_pki::{JoinToken, PeerIdentity, PkiError, Role, TokenError};
 use shoal_proto::ca_server::Ca;
 use shoal_proto::node_ca_server::NodeCa;
@@ -337,7 +336,8 @@ fn joined_addr(advertised: &str, peer: Option<IpAddr>) -> String {
 fn issued_at(node: &Node) -> Option<SystemTime> {
     let c = node.certificate.as_ref()?;
     let not_before = UNIX_EPOCH + Duration::from_secs(u64::try_from(c.not_before_unix).ok()?);
-    Some(not_before + NODE_CERT_BACKDATE)
+    let not_after = UNIX_EPOCH + Duration::from_secs(u64::try_from(c.not_after_unix).ok()?);
+    Some(shoal_pki::ca::issued_at(not_before, not_after))
 }
 
 /// Refuses a renewal that comes sooner than `interval` after the last one, unless the node's

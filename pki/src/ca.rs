@@ -18,8 +18,16 @@ use crate::{PkiError, Role, CA_SERVER_NAME, MIN_CERT_EXPIRY};
 pub const ROOT_CA_COMMON_NAME: &str = "shoal-root-ca";
 /// Lifetime of a newly generated root CA (20 years).
 pub const ROOT_CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 60 * 60);
-/// How far node certificates are backdated to tolerate clock skew.
+/// How far node certificates are backdated to tolerate clock skew (never more than their
+/// expiry, which only a test cluster's scaled floor makes shorter).
 pub const NODE_CERT_BACKDATE: Duration = Duration::from_secs(60 * 60);
+
+/// When a node certificate valid from `not_before` to `not_after` was issued: its start plus
+/// the backdate it got (see [`NODE_CERT_BACKDATE`]).
+pub fn issued_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    let life = not_after.duration_since(not_before).unwrap_or_default();
+    not_before + NODE_CERT_BACKDATE.min(life / 2)
+}
 
 const ROOT_CA_BACKDATE: Duration = Duration::from_secs(5 * 60);
 pub(crate) const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
@@ -431,7 +439,7 @@ fn node_params(
     params.distinguished_name = dn;
     params.subject_alt_names = node_sans(node_id, role)?;
     params.serial_number = Some(random_serial());
-    params.not_before = system_to_asn1(now - NODE_CERT_BACKDATE)?.to_datetime();
+    params.not_before = system_to_asn1(now - NODE_CERT_BACKDATE.min(expiry))?.to_datetime();
     params.not_after = system_to_asn1(now + expiry)?.to_datetime();
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];

@@ -80,7 +80,11 @@ impl Daemon {
     pub(super) fn reattest_info(&self) -> Info {
         let slot = self.reattesting.lock().unwrap_or_else(|p| p.into_inner());
         let Some((state, line)) = slot.as_ref() else { return Info::default() };
-        let mut info = Info { state: Some(state.clone()), ..Default::default() };
+        // The expired identity: `shoal info` shows the node pending, with why.
+        let identity = self.files.load_identity().ok().and_then(|(key, chain, _)| {
+            shoal_pki::ReloadableCert::new(&chain, &key).ok().map(|c| c.identity())
+        });
+        let mut info = Info { state: Some(state.clone()), identity, ..Default::default() };
         info.agent.error = Some(line.clone());
         info
     }
