@@ -289,5 +289,23 @@ fn story(net: &Net, nodes: &mut Vec<Node>, dir: &Path) {
     let out = nodes[4].join(token.trim(), &addr);
     assert!(out.status.success(), "{}", text(&out));
     eventually("n5 Ready again", Duration::from_secs(60), || all_ready(&nodes[0], &six));
+
+    // --- An operator's own root. ---------------------------------------------------------------
+    step("rotate to an operator's root");
+    let mine = shoal_pki::RootCa::generate().unwrap();
+    let (cert, key) = (dir.join("my-root.crt"), dir.join("my-root.key"));
+    std::fs::write(&cert, mine.cert_pem()).unwrap();
+    std::fs::write(&key, mine.key_pem()).unwrap();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let rotate = ["swarm", "ca", "--rotate", "--ca-cert", &cert, "--ca-key", &key];
+    let out = nodes[0].shoal_within(&rotate, Duration::from_secs(120)).expect("rotation ends");
+    assert!(text(&out).contains("Root rotation complete"), "{}", text(&out));
+    assert_eq!(nodes[0].must_shoal(&["swarm", "ca", "-q"]), mine.cert_pem());
+    // The same root again is no rotation: refused, saying why.
+    let out = nodes[0].shoal(&rotate);
+    assert!(!out.status.success() && text(&out).contains("needs a new key"), "{}", text(&out));
+    for h in six {
+        assert_eq!(tls_status(&nodes[0], h), "Ready");
+    }
     step("done");
 }

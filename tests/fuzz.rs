@@ -64,8 +64,57 @@ fn rpc_messages_decode_or_refuse() {
             UpdateClusterRequest,
             IssueUserCertificateRequest,
             CreateGrantRequest,
+            ReattestNodeCertificateRequest,
+            RotateRootCaRequest,
+            ApproveNodeRequest,
         );
     });
+}
+
+/// A re-attestation's proof (the old key's signature over the new request) holds only for
+/// exactly what was signed: any change to the request or the proof is refused, and a mangled
+/// old certificate is refused or, if it still parses, still needs the same key.
+#[test]
+fn reattestation_proofs_hold_only_for_what_was_signed() {
+    let ca = shoal_pki::RootCa::generate().unwrap();
+    let old = shoal_pki::NodeKey::generate().unwrap();
+    let issued = ca
+        .sign_node_csr(
+            &old.csr_der().unwrap(),
+            "n1",
+            shoal_pki::Role::Worker,
+            "c1",
+            shoal_pki::MIN_CERT_EXPIRY,
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+    let csr = shoal_pki::NodeKey::generate().unwrap().csr_der().unwrap();
+    let proof = old.sign_reattest("c1", &csr).unwrap();
+    use shoal_pki::reattest::verify_proof;
+    verify_proof(&issued.cert_pem, "c1", &csr, &proof).expect("the real proof holds");
+    let (chain, root) = (issued.cert_pem.clone(), ca.cert_pem().to_string());
+    check!().with_iterations(RUNS).with_type::<(Vec<(u16, u8)>, u8)>().for_each(
+        |(edits, which)| match which % 3 {
+            0 => {
+                let changed = mutate(&csr, edits);
+                if changed != csr {
+                    assert!(verify_proof(&chain, "c1", &changed, &proof).is_err());
+                }
+            }
+            1 => {
+                let changed = mutate(&proof, edits);
+                if changed != proof {
+                    assert!(verify_proof(&chain, "c1", &csr, &changed).is_err());
+                }
+            }
+            _ => {
+                let changed =
+                    String::from_utf8_lossy(&mutate(chain.as_bytes(), edits)).into_owned();
+                let _ = verify_proof(&changed, "c1", &csr, &proof);
+                let _ = shoal_pki::tls::verify_chain_ignoring_expiry(&changed, &root);
+            }
+        },
+    );
 }
 
 #[test]
