@@ -23,7 +23,14 @@ const IMAGE: &str = "busybox:t";
 
 #[test]
 fn a_root_rotation_moves_every_node_without_a_hitch() {
-    run_story("a_root_rotation_moves_every_node_without_a_hitch", "ca", 235, 6, 6, story);
+    run_story(
+        "a_root_rotation_moves_every_node_without_a_hitch",
+        "ca",
+        235,
+        6,
+        6,
+        |net, nodes, dir| story(net, nodes, dir),
+    );
 }
 
 /// The task IDs of `service` per node.
@@ -104,7 +111,7 @@ fn tls_status(n1: &Node, host: &str) -> String {
         .to_string()
 }
 
-fn story(net: &Net, nodes: &mut Vec<Node>, dir: &Path) {
+fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
     let t0 = Instant::now();
     let step = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
     let tar = busybox_tar(dir, &[]).unwrap().to_string_lossy().into_owned();
@@ -174,7 +181,7 @@ fn story(net: &Net, nodes: &mut Vec<Node>, dir: &Path) {
         std::thread::spawn(move || {
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
-                let probe = if i % 2 == 0 { &n2 } else { &n3 };
+                let probe = if i.is_multiple_of(2) { &n2 } else { &n3 };
                 let name = format!("s{i}");
                 let ok =
                     probe(&["secret", "create", &name, "-"], "v") && probe(&["service", "ls"], "");

@@ -22,7 +22,14 @@ const SCALE: &str = "30";
 
 #[test]
 fn a_node_back_with_an_expired_certificate_reattests() {
-    run_story("a_node_back_with_an_expired_certificate_reattests", "ra", 236, 3, 3, story);
+    run_story(
+        "a_node_back_with_an_expired_certificate_reattests",
+        "ra",
+        236,
+        3,
+        3,
+        |net, nodes, dir| story(net, nodes, dir),
+    );
 }
 
 fn certificate(node: &Node) -> shoal_pki::PeerIdentity {
@@ -44,7 +51,7 @@ fn ready(n1: &Node, host: &str) -> Result<(), String> {
     (s == "Ready").then_some(()).ok_or(s)
 }
 
-fn story(net: &Net, nodes: &mut Vec<Node>, dir: &Path) {
+fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
     let t0 = Instant::now();
     let step = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
     let tar = busybox_tar(dir, &[]).unwrap().to_string_lossy().into_owned();

@@ -37,8 +37,9 @@ pub enum SessionError {
     NoLongerManager(String),
     /// This node's certificate ran out; managers refuse it and it cannot renew.
     #[error(
-        "this node's certificate expired at {}; it cannot renew it: run 'shoal swarm leave --force' \
-         and join again with a current token",
+        "this node's certificate expired at {}; it cannot renew it: restart shoald to ask the \
+         managers for a new one with this node's identity (an operator approves it with 'shoal \
+         node approve'), or run 'shoal swarm leave --force' and join again with a current token",
         humantime::format_rfc3339_seconds(*.0)
     )]
     Expired(SystemTime),

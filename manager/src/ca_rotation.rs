@@ -67,13 +67,27 @@ fn waiting_for<'a>(nodes: &'a [Node], digest: &str, force: bool) -> Vec<&'a Node
 
 /// A node's certificate state as `node ls` shows it.
 pub(crate) fn tls_status(cluster: &Cluster, node: &Node) -> &'static str {
-    if node.reattest_requested_ms != 0 && !node.reattest_approved {
-        return "Approval";
+    if node.reattest_requested_ms != 0 {
+        return if node.reattest_approved { "Approved" } else { "Approval" };
     }
     match (&cluster.root_rotation, signing_digest(cluster)) {
         (Some(_), Some(digest)) if !uses_root(node, &digest) => "Rotating",
         _ => "Ready",
     }
+}
+
+/// The nodes to tell to renew next: up to [`BATCH`] at a time are renewing (told, not done,
+/// up); nodes that are down are told when they are back.
+fn next_batch(waiting: &[&Node]) -> Vec<String> {
+    let up = |n: &&&Node| n.state() != NodeState::Down;
+    let renewing = waiting.iter().filter(up).filter(|n| n.rotate_certificate).count();
+    waiting
+        .iter()
+        .filter(up)
+        .filter(|n| !n.rotate_certificate)
+        .take(BATCH.saturating_sub(renewing))
+        .map(|n| n.id.clone())
+        .collect()
 }
 
 impl Shared {
@@ -211,14 +225,7 @@ impl Shared {
         if waiting.is_empty() {
             return self.finish_rotation(&rotation, &nodes, &digest).await;
         }
-        let marked = waiting.iter().filter(|n| n.rotate_certificate).count();
-        let room = BATCH.saturating_sub(marked);
-        let batch: Vec<String> = waiting
-            .iter()
-            .filter(|n| !n.rotate_certificate && n.state() != NodeState::Down)
-            .take(room)
-            .map(|n| n.id.clone())
-            .collect();
+        let batch = next_batch(&waiting);
         if batch.is_empty() {
             return Ok(());
         }
@@ -348,6 +355,30 @@ mod tests {
         let ids = |v: Vec<&Node>| v.iter().map(|n| n.id.clone()).collect::<Vec<_>>();
         assert_eq!(ids(waiting_for(&nodes, "new", false)), ["issued-not-installed", "old", "down"]);
         assert_eq!(ids(waiting_for(&nodes, "new", true)), ["issued-not-installed", "old"]);
+    }
+
+    #[test]
+    fn at_most_a_batch_renews_at_once_and_down_nodes_wait() {
+        let mut nodes: Vec<Node> = (0..40)
+            .map(|i| node(&format!("n{i:02}"), "old", "01", "01", NodeState::Ready))
+            .collect();
+        let waiting = |nodes: &[Node]| -> Vec<String> {
+            let refs: Vec<&Node> = nodes.iter().collect();
+            next_batch(&refs)
+        };
+        let first = waiting(&nodes);
+        assert_eq!(first.len(), BATCH);
+        assert_eq!(first[0], "n00");
+        for n in nodes.iter_mut().take(BATCH) {
+            n.rotate_certificate = true;
+        }
+        assert!(waiting(&nodes).is_empty(), "a full batch is still renewing");
+        // Five of the told nodes go down: five more may start; down ones are never told.
+        for n in nodes.iter_mut().take(5) {
+            n.set_state(NodeState::Down);
+        }
+        nodes[39].set_state(NodeState::Down);
+        assert_eq!(waiting(&nodes), ["n30", "n31", "n32", "n33", "n34"]);
     }
 
     #[test]
