@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use shoal_testkit::image::busybox_tar;
 use shoal_testkit::netns::ps::wait_running;
-use shoal_testkit::netns::{all_ready, run_story, status_of, text, Net, Node};
+use shoal_testkit::netns::{all_ready, run_story, status_of, text, tls_status_of, Net, Node};
 use shoal_testkit::poll::blocking::eventually;
 
 const IMAGE: &str = "busybox:t";
@@ -102,15 +102,6 @@ fn node_ls_with(from: &Node, manager: &str, certs: &Path, ca: &Path) -> std::pro
     from.shoal_in_ns(&args)
 }
 
-fn tls_status(n1: &Node, host: &str) -> String {
-    let out = n1.must_shoal(&["node", "ls"]);
-    out.lines()
-        .find(|l| l.split_whitespace().nth(1) == Some(host) || l.contains(&format!(" {host} ")))
-        .and_then(|l| l.split_whitespace().last())
-        .unwrap_or_default()
-        .to_string()
-}
-
 fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
     let t0 = Instant::now();
     let step = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
@@ -120,20 +111,7 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
         n.must_shoal(&["image", "import", &tar, IMAGE]);
     }
     let addr = net.addr(1);
-    {
-        let n1 = &nodes[0];
-        let listen = format!("{}:{}", n1.ip, shoal_testkit::netns::PORT);
-        n1.must_shoal(&[
-            "swarm",
-            "init",
-            "--advertise-addr",
-            &n1.ip,
-            "--listen-addr",
-            &listen,
-            "--dispatcher-heartbeat",
-            "1s",
-        ]);
-    }
+    nodes[0].init_swarm();
     let manager_token = nodes[0].must_shoal(&["swarm", "join-token", "-q", "manager"]);
     let worker_token = nodes[0].must_shoal(&["swarm", "join-token", "-q", "worker"]);
     let (manager_token, worker_token) = (manager_token.trim(), worker_token.trim());
@@ -224,7 +202,12 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
         Ok(())
     });
     for h in five {
-        assert_eq!(tls_status(&nodes[0], h), "Ready", "{}", nodes[0].must_shoal(&["node", "ls"]));
+        assert_eq!(
+            tls_status_of(&nodes[0], h),
+            "Ready",
+            "{}",
+            nodes[0].must_shoal(&["node", "ls"])
+        );
     }
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
@@ -274,7 +257,7 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
     let out = nodes[0].shoal(&["swarm", "ca"]);
     let progress = shoal_testkit::netns::stderr(&out);
     assert!(progress.contains("waiting for") && progress.contains("n5"), "{progress}");
-    assert_eq!(tls_status(&nodes[0], "n5"), "Rotating");
+    assert_eq!(tls_status_of(&nodes[0], "n5"), "Rotating");
     let out = nodes[0]
         .shoal_within(&["swarm", "ca", "--force"], Duration::from_secs(60))
         .expect("forced rotation ends");
@@ -312,7 +295,7 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
     let out = nodes[0].shoal(&rotate);
     assert!(!out.status.success() && text(&out).contains("needs a new key"), "{}", text(&out));
     for h in six {
-        assert_eq!(tls_status(&nodes[0], h), "Ready");
+        assert_eq!(tls_status_of(&nodes[0], h), "Ready");
     }
     step("done");
 }

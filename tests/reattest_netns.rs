@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use shoal_testkit::image::busybox_tar;
 use shoal_testkit::netns::ps::wait_running;
-use shoal_testkit::netns::{all_ready, run_story, status_of, text, Net, Node};
+use shoal_testkit::netns::{all_ready, run_story, status_of, text, tls_status_of, Net, Node};
 use shoal_testkit::poll::blocking::eventually;
 
 const IMAGE: &str = "busybox:t";
@@ -37,15 +37,6 @@ fn certificate(node: &Node) -> shoal_pki::PeerIdentity {
     shoal_pki::PeerIdentity::from_pem(&pem).unwrap()
 }
 
-fn tls_status(n1: &Node, host: &str) -> String {
-    let out = n1.must_shoal(&["node", "ls"]);
-    out.lines()
-        .find(|l| l.split_whitespace().nth(1) == Some(host) || l.contains(&format!(" {host} ")))
-        .and_then(|l| l.split_whitespace().last())
-        .unwrap_or_default()
-        .to_string()
-}
-
 fn ready(n1: &Node, host: &str) -> Result<(), String> {
     let s = status_of(n1, host)?;
     (s == "Ready").then_some(()).ok_or(s)
@@ -64,17 +55,7 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
     }
     let addr = net.addr(1);
     let n1 = &nodes[0];
-    let listen = format!("{}:{}", n1.ip, shoal_testkit::netns::PORT);
-    n1.must_shoal(&[
-        "swarm",
-        "init",
-        "--advertise-addr",
-        &n1.ip,
-        "--listen-addr",
-        &listen,
-        "--dispatcher-heartbeat",
-        "1s",
-    ]);
+    n1.init_swarm();
     // Below the scaled floor (an hour / 30 = 2 minutes) is refused with the floor named.
     let out = n1.shoal(&["swarm", "update", "--cert-expiry", "1m"]);
     assert!(!out.status.success() && text(&out).contains("minimum of 2m"), "{}", text(&out));
@@ -111,7 +92,7 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
     let old_serial = certificate(&nodes[1]).serial_hex;
     nodes[1].start();
     eventually("n2 listed as needing approval", Duration::from_secs(30), || {
-        let s = tls_status(&nodes[0], "n2");
+        let s = tls_status_of(&nodes[0], "n2");
         (s == "Approval").then_some(()).ok_or(s)
     });
     let info = text(&nodes[1].shoal(&["info"]));
@@ -127,7 +108,7 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
     assert_ne!(renewed.serial_hex, old_serial, "n2 has a new certificate");
     assert_eq!(renewed.node_id, first.node_id, "with its old identity");
     assert!(renewed.not_after > SystemTime::now());
-    assert_eq!(tls_status(&nodes[0], "n2"), "Ready");
+    assert_eq!(tls_status_of(&nodes[0], "n2"), "Ready");
     // n2 does work again: a task lands on it.
     nodes[0].must_shoal(&["node", "update", "--availability", "drain", "n1"]);
     nodes[0].must_shoal(&[

@@ -240,13 +240,9 @@ async fn reattest(
                 cert_expiry(&cluster),
                 SystemTime::now(),
             )?;
-            prune_serials(&mut node, SystemTime::now());
-            node.certificate = Some(certificate(&issued));
-            node.serials.push(issued.serial_hex.clone());
-            node.serial_not_after_unix.push(unix(issued.not_after));
+            record_issued(&mut node, &issued, SystemTime::now());
             node.reattest_requested_ms = 0;
             node.reattest_approved = false;
-            node.rotate_certificate = false;
             tx.update(node.clone())?;
             Ok::<_, CaError>(Reattested::Issued(node, issued.cert_pem))
         })
@@ -263,6 +259,16 @@ async fn reattest(
         }
     };
     tracing::info!(node = %node.id, role = node.role().word(), "node re-attested with its old key");
+    Ok(welcome(shared, node, chain)?)
+}
+
+/// What a node let in (joined or re-attested) is told: who it is, its certificate, the
+/// managers and the content-trust pins.
+fn welcome(
+    shared: &Shared,
+    node: Node,
+    chain: String,
+) -> Result<IssueNodeCertificateResponse, StoreError> {
     Ok(IssueNodeCertificateResponse {
         node_id: node.id,
         role: node.role,
@@ -272,6 +278,16 @@ async fn reattest(
         managers: Some(shared.manager_set()),
         trust_pins: crate::trust::join_pins(shared),
     })
+}
+
+/// Records a certificate just issued to `node` (expired serials dropped, the new one kept
+/// for revocation).
+fn record_issued(node: &mut Node, issued: &shoal_pki::IssuedCert, now: SystemTime) {
+    prune_serials(node, now);
+    node.certificate = Some(certificate(issued));
+    node.serials.push(issued.serial_hex.clone());
+    node.serial_not_after_unix.push(unix(issued.not_after));
+    node.rotate_certificate = false;
 }
 
 /// Lets a node in: redeems its token, records it and signs its first certificate.
@@ -312,15 +328,7 @@ async fn issue(
         })
         .await?;
     tracing::info!(node = %node.id, role = node.role().word(), hostname = %node.hostname, "node joined");
-    Ok(IssueNodeCertificateResponse {
-        node_id: node.id,
-        role: node.role,
-        cluster_id: shared.cluster_id.clone(),
-        cert_chain_pem: chain,
-        manager_addrs: shared.manager_addrs()?,
-        managers: Some(shared.manager_set()),
-        trust_pins: crate::trust::join_pins(shared),
-    })
+    Ok(welcome(shared, node, chain)?)
 }
 
 /// The address recorded for a joining node: the operator's `--advertise-addr` when given, else
@@ -399,11 +407,7 @@ async fn renew(shared: &Shared, caller: &PeerIdentity, csr: &[u8]) -> Result<Str
                 cert_expiry(&cluster),
                 now,
             )?;
-            prune_serials(&mut node, now);
-            node.certificate = Some(certificate(&issued));
-            node.serials.push(issued.serial_hex.clone());
-            node.serial_not_after_unix.push(unix(issued.not_after));
-            node.rotate_certificate = false;
+            record_issued(&mut node, &issued, now);
             tx.update(node)?;
             Ok::<_, CaError>(issued.cert_pem)
         })

@@ -216,6 +216,13 @@ impl Node {
         Info(self.must_shoal(&["info"]))
     }
 
+    /// `swarm init` here, listening and advertising on this host's address, heartbeat 1 s.
+    pub fn init_swarm(&self) {
+        let listen = format!("{}:{PORT}", self.ip);
+        let args = ["swarm", "init", "--advertise-addr", &self.ip, "--listen-addr", &listen];
+        self.must_shoal(&[&args[..], &["--dispatcher-heartbeat", "1s"]].concat());
+    }
+
     pub fn join(&self, token: &str, manager: &str) -> Output {
         self.shoal(&["swarm", "join", "--token", token, "--advertise-addr", &self.ip, manager])
     }

@@ -35,6 +35,21 @@ pub struct Row {
     pub starred: bool,
 }
 
+/// The TLS STATUS `node ls` on `manager` shows for `hostname` (its last column).
+pub fn tls_status_of(manager: &Node, hostname: &str) -> String {
+    let out = manager.must_shoal(&["node", "ls"]);
+    out.lines()
+        .skip(1)
+        .find(|l| {
+            parse_node_ls(&format!("ID STATUS\n{l}"))
+                .first()
+                .is_some_and(|r| r.hostname == hostname)
+        })
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Parses the `node ls` table (the leader's ID carries a `*`).
 pub fn parse_node_ls(out: &str) -> Vec<Row> {
     let mut lines = out.lines();
