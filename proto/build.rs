@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .skip_debug([
             "shoal.RootCa",
+            "shoal.RootRotation",
+            "shoal.RotateRootCARequest",
             "shoal.JoinTokenRecord",
             "shoal.UnlockKey",
             "shoal.SecretVersion",

@@ -100,23 +100,35 @@ pub async fn join(params: &JoinParams) -> Result<Joined, JoinError> {
     })
 }
 
-/// A new identity for a node whose certificate expired while it was off (see
+/// Where a node whose certificate expired asks for a new one, and what it trusts there.
+#[derive(Debug)]
+pub struct Reattest<'a> {
+    pub manager_addrs: &'a [String],
+    /// The managers' node IDs as last heard (a server outside them is not taken for one).
+    pub manager_ids: &'a [String],
+    /// The roots the node trusted.
+    pub root_ca_pem: &'a str,
+    pub old_key: &'a NodeKey,
+    pub old_chain_pem: &'a str,
+    /// The new key, the same for every attempt (an approval covers one key).
+    pub new_key: &'a NodeKey,
+}
+
+/// A new certificate for a node whose certificate expired while it was off (see
 /// `shoal_pki::reattest`): asks each manager in turn, proving possession of the old key with a
-/// signature over the request for a new one. The managers are verified against `root_ca_pem`
-/// (the roots the node trusted), and the node presents no certificate.
-pub async fn reattest(
-    manager_addrs: &[String],
-    root_ca_pem: &str,
-    old_key: &NodeKey,
-    old_chain_pem: &str,
-) -> Result<(NodeKey, String), JoinError> {
-    let old = shoal_pki::PeerIdentity::from_pem(old_chain_pem)?;
-    let key = NodeKey::generate()?;
-    let csr_der = key.csr_der()?;
-    let proof = old_key.sign_reattest(&old.cluster_id, &csr_der)?;
-    let config = Arc::new(shoal_pki::tls::client_config(root_ca_pem, None)?);
+/// signature over the request for the new one. The node presents no certificate; the server
+/// must chain to the node's roots and be one of the managers it knew. The answer is checked
+/// (this node's identity, chaining to those roots, for the new key) before it is returned.
+pub async fn reattest(r: &Reattest<'_>) -> Result<String, JoinError> {
+    let old = shoal_pki::PeerIdentity::from_pem(r.old_chain_pem)?;
+    let csr_der = r.new_key.csr_der()?;
+    let proof = r.old_key.sign_reattest(&old.cluster_id, &csr_der)?;
+    let trust = shoal_pki::ManagerTrust::with_revocations(Arc::default());
+    trust.set_managers(r.manager_ids.iter().cloned());
+    let roots = shoal_pki::TrustRoots::new(r.root_ca_pem)?;
+    let config = Arc::new(shoal_pki::tls::manager_client_config(roots, None, trust));
     let mut last = JoinError::Unreachable("no manager address is known".into());
-    for addr in manager_addrs {
+    for addr in r.manager_addrs {
         let channel = match connect(addr, config.clone()).await {
             Ok(c) => c,
             Err(e) => {
@@ -125,7 +137,7 @@ pub async fn reattest(
             }
         };
         let request = shoal_proto::ReattestNodeCertificateRequest {
-            old_cert_chain_pem: old_chain_pem.to_string(),
+            old_cert_chain_pem: r.old_chain_pem.to_string(),
             csr_der: csr_der.clone(),
             proof: proof.clone(),
         };
@@ -133,8 +145,14 @@ pub async fn reattest(
             Ok(resp) => {
                 let resp = resp.into_inner();
                 let role = Role::from(resp.role());
-                check_certificate(addr, &resp.cert_chain_pem, &old.node_id, role, &old.cluster_id)?;
-                return Ok((key, resp.cert_chain_pem));
+                let chain = resp.cert_chain_pem;
+                check_certificate(addr, &chain, &old.node_id, role, &old.cluster_id)?;
+                let bad = |reason: String| JoinError::BadCertificate { addr: addr.clone(), reason };
+                shoal_pki::tls::verify_chain(&chain, r.root_ca_pem, std::time::SystemTime::now())
+                    .map_err(|e| bad(e.to_string()))?;
+                shoal_pki::ReloadableCert::new(&chain, r.new_key)
+                    .map_err(|e| bad(e.to_string()))?;
+                return Ok(chain);
             }
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
                 return Err(JoinError::AwaitingApproval(s.message().to_string()))

@@ -86,6 +86,7 @@ impl Agent {
         let node = cert.identity().node_id;
         let worker = Worker::with_span(cfg.executor, tracing::info_span!("worker", node = %node));
         let renew_now = Arc::new(tokio::sync::Notify::new());
+        let beat_now = Arc::new(tokio::sync::Notify::new());
         let session_cfg = session::SessionConfig {
             hostname: cfg.hostname,
             advertise_addr: cfg.advertise_addr,
@@ -94,9 +95,15 @@ impl Agent {
             roots: roots.clone(),
             files: files.clone(),
             renew_now: renew_now.clone(),
+            beat_now: beat_now.clone(),
         };
-        let renew_cfg =
-            renew::RenewConfig { files, roots, time_scale: cfg.time_scale, now: renew_now.clone() };
+        let renew_cfg = renew::RenewConfig {
+            files,
+            roots,
+            time_scale: cfg.time_scale,
+            now: renew_now.clone(),
+            renewed: beat_now,
+        };
         let session = session::run(session_cfg, cert.clone(), tls.clone(), tx.clone());
         let renew = renew::run(renew_cfg, cert, tls, tx);
         let tasks = vec![

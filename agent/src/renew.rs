@@ -52,6 +52,8 @@ pub struct RenewConfig {
     pub time_scale: f64,
     /// Cuts the wait short (a role change needs a new certificate now).
     pub now: std::sync::Arc<tokio::sync::Notify>,
+    /// Told after each renewal (the session reports the new certificate at once).
+    pub renewed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// How long to wait before renewing `id`'s certificate, scaled.
@@ -89,6 +91,7 @@ pub async fn run(
                 failures = 0;
                 tracing::info!(%serial, "node certificate renewed");
                 status.send_modify(|s| s.renewals += 1);
+                cfg.renewed.notify_one();
             }
             Err(e) => {
                 failures += 1;

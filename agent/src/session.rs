@@ -68,6 +68,8 @@ pub struct SessionConfig {
     pub files: crate::files::NodeFiles,
     /// Renews the certificate now (a root rotation asks for it).
     pub renew_now: Arc<tokio::sync::Notify>,
+    /// Heartbeats now (after a renewal: a root rotation waits to hear of it).
+    pub beat_now: Arc<tokio::sync::Notify>,
 }
 
 /// Runs sessions forever, publishing the agent's view in `status`.
@@ -214,6 +216,7 @@ async fn session(
     loop {
         tokio::select! {
             r = &mut work => return r,
+            _ = cfg.beat_now.notified() => next_beat = tokio::time::Instant::now(),
             _ = tokio::time::sleep_until(next_beat) => {
                 let exec = cfg.worker.executor();
                 if let Some(every) = key_rotation {

@@ -243,19 +243,35 @@ pub enum Transport {
     Local,
     /// mTLS over TCP: callers are identified by their certificate, with the rights of the role
     /// the store gives their node now.
-    Tls { cluster_id: String, revocations: Arc<Revocations>, roles: Arc<NodeRoles> },
+    Tls {
+        cluster_id: String,
+        revocations: Arc<Revocations>,
+        roles: Arc<NodeRoles>,
+        /// The roots trusted now: a connection opened with a certificate of a root retired
+        /// since (a rotation ended) is refused at its next call.
+        roots: Arc<shoal_pki::TrustRoots>,
+    },
 }
 
 impl Transport {
     fn identify(&self, ext: &http::Extensions) -> Result<Caller, Status> {
-        let (cluster_id, revocations, roles) = match self {
+        let (cluster_id, revocations, roles, roots) = match self {
             Transport::Local => return Ok(Caller::Local),
-            Transport::Tls { cluster_id, revocations, roles } => (cluster_id, revocations, roles),
+            Transport::Tls { cluster_id, revocations, roles, roots } => {
+                (cluster_id, revocations, roles, roots)
+            }
         };
         let certs = ext.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|i| i.peer_certs());
-        let Some(leaf) = certs.as_ref().and_then(|c| c.first()) else {
+        let Some(chain) = certs.as_ref().filter(|c| !c.is_empty()) else {
             return Ok(Caller::Anonymous);
         };
+        let leaf = &chain[0];
+        if !roots.still_trusts(chain) {
+            return Err(Status::unauthenticated(
+                "the client certificate comes from a root this cluster no longer trusts (a root \
+                 rotation ended); a node renews or joins again, a person gets a new bundle",
+            ));
+        }
         if let Ok(user) = shoal_pki::UserIdentity::from_der(leaf) {
             if &user.cluster_id != cluster_id {
                 return Err(Status::permission_denied(

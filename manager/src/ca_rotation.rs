@@ -56,19 +56,20 @@ fn uses_root(node: &Node, digest: &str) -> bool {
         .is_some_and(|c| c.root_digest == digest && c.serial_hex == node.tls_serial)
 }
 
-/// Nodes a rotation still waits for (with `force`, down ones are not waited for).
+/// Nodes a rotation still waits for (with `force`, only those that are Ready: down ones, and
+/// ones that joined but never opened a session, are not waited for).
 fn waiting_for<'a>(nodes: &'a [Node], digest: &str, force: bool) -> Vec<&'a Node> {
     nodes
         .iter()
         .filter(|n| !uses_root(n, digest))
-        .filter(|n| !(force && n.state() == NodeState::Down))
+        .filter(|n| !(force && n.state() != NodeState::Ready))
         .collect()
 }
 
 /// A node's certificate state as `node ls` shows it.
 pub(crate) fn tls_status(cluster: &Cluster, node: &Node) -> &'static str {
     if node.reattest_requested_ms != 0 {
-        return if node.reattest_approved { "Approved" } else { "Approval" };
+        return if node.reattest_approved_ms != 0 { "Approved" } else { "Approval" };
     }
     match (&cluster.root_rotation, signing_digest(cluster)) {
         (Some(_), Some(digest)) if !uses_root(node, &digest) => "Rotating",
@@ -76,15 +77,18 @@ pub(crate) fn tls_status(cluster: &Cluster, node: &Node) -> &'static str {
     }
 }
 
-/// The nodes to tell to renew next: up to [`BATCH`] at a time are renewing (told, not done,
-/// up); nodes that are down are told when they are back.
-fn next_batch(waiting: &[&Node]) -> Vec<String> {
+/// The nodes to tell to renew next: up to [`BATCH`] at a time are renewing (told and not done,
+/// or issued a new-root certificate they have not reported using yet, and up); nodes that are
+/// down are told when they are back, and one already issued a certificate of the root with
+/// digest `digest` is not told again (it reports using it with its next heartbeat).
+fn next_batch(waiting: &[&Node], digest: &str) -> Vec<String> {
     let up = |n: &&&Node| n.state() != NodeState::Down;
-    let renewing = waiting.iter().filter(up).filter(|n| n.rotate_certificate).count();
+    let issued = |n: &&&Node| n.certificate.as_ref().is_some_and(|c| c.root_digest == digest);
+    let renewing = waiting.iter().filter(up).filter(|n| n.rotate_certificate || issued(n)).count();
     waiting
         .iter()
         .filter(up)
-        .filter(|n| !n.rotate_certificate)
+        .filter(|n| !n.rotate_certificate && !issued(n))
         .take(BATCH.saturating_sub(renewing))
         .map(|n| n.id.clone())
         .collect()
@@ -182,6 +186,7 @@ impl Shared {
             )));
         }
         let current = self.signer(&cluster)?;
+        let current_root = cluster.root_ca.clone();
         let new = if req.cert_pem.is_empty() {
             RootCa::generate_for_rotation()
         } else {
@@ -201,9 +206,9 @@ impl Shared {
                 let mut cluster = tx
                     .get::<Cluster>(&self.cluster_id)?
                     .ok_or_else(|| Status::unavailable("the cluster object is missing"))?;
-                if cluster.root_rotation.is_some() {
+                if cluster.root_rotation.is_some() || cluster.root_ca != current_root {
                     return Err(Status::failed_precondition(
-                        "a root rotation started meanwhile; see 'shoal swarm ca'",
+                        "a root rotation started or ended meanwhile; see 'shoal swarm ca'",
                     ));
                 }
                 cluster.root_rotation = Some(rotation.clone());
@@ -225,7 +230,7 @@ impl Shared {
         if waiting.is_empty() {
             return self.finish_rotation(&rotation, &nodes, &digest).await;
         }
-        let batch = next_batch(&waiting);
+        let batch = next_batch(&waiting, &digest);
         if batch.is_empty() {
             return Ok(());
         }
@@ -266,12 +271,17 @@ impl Shared {
                     key_pem: rotation.key_pem.clone(),
                 });
                 cluster.root_rotation = None;
+                // New secrets, the same expiry and uses: a token that had expired or was used
+                // up stays so.
                 let now = now_ms();
                 let mut join = cluster.join_tokens.clone().unwrap_or_default();
                 for role in [shoal_pki::Role::Worker, shoal_pki::Role::Manager] {
                     let slot = tokens::record_mut(&mut join, role);
-                    let policy = slot.as_ref().map(tokens::policy_of).unwrap_or_default();
-                    *slot = Some(tokens::mint(policy, now));
+                    let fresh = tokens::mint(tokens::TokenPolicy::default(), now);
+                    match slot {
+                        Some(rec) => rec.secret = fresh.secret,
+                        None => *slot = Some(fresh),
+                    }
                 }
                 cluster.join_tokens = Some(join);
                 tx.update(cluster)?;
@@ -351,9 +361,14 @@ mod tests {
             node("issued-not-installed", "new", "02", "01", NodeState::Ready),
             node("old", "old", "03", "03", NodeState::Ready),
             node("down", "old", "04", "04", NodeState::Down),
+            node("never-connected", "old", "05", "", NodeState::Unknown),
         ];
         let ids = |v: Vec<&Node>| v.iter().map(|n| n.id.clone()).collect::<Vec<_>>();
-        assert_eq!(ids(waiting_for(&nodes, "new", false)), ["issued-not-installed", "old", "down"]);
+        assert_eq!(
+            ids(waiting_for(&nodes, "new", false)),
+            ["issued-not-installed", "old", "down", "never-connected"]
+        );
+        // --force waits only for nodes that are Ready.
         assert_eq!(ids(waiting_for(&nodes, "new", true)), ["issued-not-installed", "old"]);
     }
 
@@ -364,7 +379,7 @@ mod tests {
             .collect();
         let waiting = |nodes: &[Node]| -> Vec<String> {
             let refs: Vec<&Node> = nodes.iter().collect();
-            next_batch(&refs)
+            next_batch(&refs, "new")
         };
         let first = waiting(&nodes);
         assert_eq!(first.len(), BATCH);
@@ -379,6 +394,10 @@ mod tests {
         }
         nodes[39].set_state(NodeState::Down);
         assert_eq!(waiting(&nodes), ["n30", "n31", "n32", "n33", "n34"]);
+        // A node issued a new-root certificate is not told again while it has not reported
+        // using it, and still counts as renewing.
+        nodes[30].certificate.as_mut().unwrap().root_digest = "new".into();
+        assert_eq!(waiting(&nodes), ["n31", "n32", "n33", "n34"]);
     }
 
     #[test]

@@ -142,17 +142,72 @@ impl NodeCa for CaApi {
         &self,
         req: Request<ReattestNodeCertificateRequest>,
     ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
+        let peer = intake::peer_ip(&req);
         let req = req.into_inner();
         intake::check_csr(&req.csr_der)?;
         if req.old_cert_chain_pem.len() > MAX_CHAIN_BYTES || req.proof.len() > 1024 {
             return Err(Status::invalid_argument("the re-attestation request is too large"));
         }
-        Ok(Response::new(reattest(&self.shared, req).await?))
+        Ok(Response::new(reattest(&self.shared, req, peer).await?))
     }
+}
+
+/// The first 16 hex digits of a key fingerprint, as people compare them.
+pub fn short_key(fingerprint: &str) -> &str {
+    fingerprint.get(..16).unwrap_or(fingerprint)
 }
 
 /// Largest old certificate chain a re-attesting node may send.
 const MAX_CHAIN_BYTES: usize = 16 * 1024;
+
+/// How long an operator's approval of a re-attestation holds.
+pub const APPROVAL_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// What to do with a re-attestation for `node` presenting its certificate `old_serial` and
+/// asking for the key with fingerprint `key`.
+#[derive(Debug, PartialEq, Eq)]
+enum Decision {
+    Serve,
+    /// Wait for an operator; `new_request` when this request is to be recorded (the first, or
+    /// one for another key, which an earlier approval does not cover).
+    Wait {
+        new_request: bool,
+    },
+    Refuse(String),
+}
+
+fn decide(node: &Node, old_serial: &str, key: &str, window: Duration, now_ms: i64) -> Decision {
+    let latest = node.certificate.as_ref().map(|c| c.serial_hex.as_str()).unwrap_or_default();
+    // The same request again after it was served, its answer lost: the node still reports the
+    // old certificate and never used the new one.
+    let served = node.reattest_requested_ms == 0 && !node.reattest_key.is_empty();
+    let retry = served
+        && node.reattest_key == key
+        && node.tls_serial == old_serial
+        && node.tls_serial != latest;
+    if retry {
+        return Decision::Serve;
+    }
+    if latest != old_serial {
+        return Decision::Refuse(format!(
+            "that certificate is not node {}'s latest; only its latest may re-attest",
+            node.id
+        ));
+    }
+    let away = Duration::from_millis(now_ms.saturating_sub(node.last_heartbeat_ms) as u64);
+    if !window.is_zero() && away < window {
+        return Decision::Serve;
+    }
+    let pending_for_key = node.reattest_requested_ms != 0 && node.reattest_key == key;
+    let approved_at = node.reattest_approved_ms;
+    let age = Duration::from_millis(now_ms.saturating_sub(approved_at) as u64);
+    if pending_for_key && approved_at != 0 && age < APPROVAL_LIFETIME {
+        return Decision::Serve;
+    }
+    Decision::Wait {
+        new_request: !pending_for_key || (approved_at != 0 && age >= APPROVAL_LIFETIME),
+    }
+}
 
 /// What a re-attestation decided inside its transaction.
 enum Reattested {
@@ -168,6 +223,7 @@ enum Reattested {
 async fn reattest(
     shared: &Shared,
     req: ReattestNodeCertificateRequest,
+    peer: Option<IpAddr>,
 ) -> Result<IssueNodeCertificateResponse, Status> {
     let denied = |why: String| Status::permission_denied(why);
     let old = PeerIdentity::from_pem(&req.old_cert_chain_pem)
@@ -205,6 +261,9 @@ async fn reattest(
         return Err(denied(format!("node {}'s certificates are revoked", old.node_id)));
     }
     let window = Duration::from_secs(cluster.spec.as_ref().map_or(0, |s| s.reattest_window_secs));
+    let key = shoal_pki::reattest::request_key_fingerprint(&req.csr_der)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let from = peer.map(|ip| ip.to_string()).unwrap_or_default();
     let outcome = shared
         .store
         .update(|tx| {
@@ -215,36 +274,36 @@ async fn reattest(
                     old.node_id
                 )))
             })?;
-            let latest = node.certificate.as_ref().map(|c| c.serial_hex.as_str());
-            if latest != Some(old.serial_hex.as_str()) {
-                return Err(CaError::Refused(denied(format!(
-                    "that certificate is not node {}'s latest; only its latest may re-attest",
-                    old.node_id
-                ))));
-            }
-            let now = now_ms();
-            let away = Duration::from_millis(now.saturating_sub(node.last_heartbeat_ms) as u64);
-            let within_window = !window.is_zero() && away < window;
-            if !node.reattest_approved && !within_window {
-                if node.reattest_requested_ms == 0 {
-                    node.reattest_requested_ms = now;
-                    tx.update(node.clone())?;
+            match decide(&node, &old.serial_hex, &key, window, now_ms()) {
+                Decision::Refuse(why) => Err(CaError::Refused(denied(why))),
+                Decision::Wait { new_request } => {
+                    if new_request {
+                        node.reattest_requested_ms = now_ms();
+                        node.reattest_approved_ms = 0;
+                        node.reattest_key = key.clone();
+                        node.reattest_from = from.clone();
+                        tx.update(node.clone())?;
+                    }
+                    Ok(Reattested::Pending(node))
                 }
-                return Ok(Reattested::Pending(node));
+                Decision::Serve => {
+                    let issued = shared.signer(&cluster)?.sign_node_csr(
+                        &req.csr_der,
+                        &node.id,
+                        Role::from(node.role()),
+                        &shared.cluster_id,
+                        cert_expiry(&cluster),
+                        SystemTime::now(),
+                    )?;
+                    record_issued(&mut node, &issued, SystemTime::now());
+                    node.reattest_requested_ms = 0;
+                    node.reattest_approved_ms = 0;
+                    node.reattest_key = key.clone();
+                    node.reattest_from = from.clone();
+                    tx.update(node.clone())?;
+                    Ok::<_, CaError>(Reattested::Issued(node, issued.cert_pem))
+                }
             }
-            let issued = shared.signer(&cluster)?.sign_node_csr(
-                &req.csr_der,
-                &node.id,
-                Role::from(node.role()),
-                &shared.cluster_id,
-                cert_expiry(&cluster),
-                SystemTime::now(),
-            )?;
-            record_issued(&mut node, &issued, SystemTime::now());
-            node.reattest_requested_ms = 0;
-            node.reattest_approved = false;
-            tx.update(node.clone())?;
-            Ok::<_, CaError>(Reattested::Issued(node, issued.cert_pem))
         })
         .await?;
     let (node, chain) = match outcome {
@@ -253,8 +312,16 @@ async fn reattest(
             tracing::info!(node = %node.id, hostname = %node.hostname, "a node with an expired certificate waits for approval");
             return Err(Status::failed_precondition(format!(
                 "node {} ({}) came back with an expired certificate and waits for an operator: \
-                 run 'shoal node approve {}' on a manager",
-                node.id, node.hostname, node.id
+                 run 'shoal node approve {}' on a manager (the request is for key {}, from {})",
+                node.id,
+                node.hostname,
+                node.id,
+                short_key(&node.reattest_key),
+                if node.reattest_from.is_empty() {
+                    "an unknown address"
+                } else {
+                    &node.reattest_from
+                }
             )));
         }
     };
@@ -461,6 +528,63 @@ mod tests {
         let mut expired = node_with(&["old1", "old2"], &[], 999);
         prune_serials(&mut expired, now);
         assert!(expired.serials.is_empty() && expired.serial_not_after_unix.is_empty());
+    }
+
+    #[test]
+    fn a_reattestation_is_served_once_approved_for_its_key_or_recent_enough() {
+        let hour = Duration::from_secs(3600);
+        let now: i64 = 100 * 24 * 3600 * 1000;
+        let mut node = Node {
+            id: "n1".into(),
+            certificate: Some(shoal_proto::NodeCertificate {
+                serial_hex: "0a".into(),
+                ..Default::default()
+            }),
+            tls_serial: "0a".into(),
+            last_heartbeat_ms: now - 48 * 3600 * 1000,
+            ..Default::default()
+        };
+        assert_eq!(
+            decide(&node, "09", "k1", Duration::ZERO, now),
+            Decision::Refuse(
+                "that certificate is not node n1's latest; only its latest may re-attest".into()
+            )
+        );
+        assert_eq!(
+            decide(&node, "0a", "k1", Duration::ZERO, now),
+            Decision::Wait { new_request: true }
+        );
+        // Off for two days: a 3-day window serves it, a 1-day one does not.
+        assert_eq!(decide(&node, "0a", "k1", 72 * hour, now), Decision::Serve);
+        assert_eq!(decide(&node, "0a", "k1", 24 * hour, now), Decision::Wait { new_request: true });
+        node.reattest_requested_ms = now;
+        node.reattest_key = "k1".into();
+        assert_eq!(
+            decide(&node, "0a", "k1", Duration::ZERO, now),
+            Decision::Wait { new_request: false }
+        );
+        node.reattest_approved_ms = now;
+        assert_eq!(decide(&node, "0a", "k1", Duration::ZERO, now + 1000), Decision::Serve);
+        // The approval covers that key only, and for a day.
+        assert_eq!(
+            decide(&node, "0a", "k2", Duration::ZERO, now),
+            Decision::Wait { new_request: true }
+        );
+        let late = now + APPROVAL_LIFETIME.as_millis() as i64;
+        assert_eq!(
+            decide(&node, "0a", "k1", Duration::ZERO, late),
+            Decision::Wait { new_request: true }
+        );
+        // Served: the certificate 0b was issued for k1 but the node never said it uses it. The
+        // same request again is served again; another key is not.
+        node.certificate.as_mut().unwrap().serial_hex = "0b".into();
+        node.reattest_requested_ms = 0;
+        node.reattest_approved_ms = 0;
+        assert_eq!(decide(&node, "0a", "k1", Duration::ZERO, now), Decision::Serve);
+        assert!(matches!(decide(&node, "0a", "k2", Duration::ZERO, now), Decision::Refuse(_)));
+        // Once the node uses 0b, its old certificate is done for.
+        node.tls_serial = "0b".into();
+        assert!(matches!(decide(&node, "0a", "k1", Duration::ZERO, now), Decision::Refuse(_)));
     }
 
     #[test]

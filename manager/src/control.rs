@@ -209,14 +209,12 @@ impl Control for ControlApi {
                         node.id, node.hostname
                     )));
                 }
-                if !node.reattest_approved {
-                    node.reattest_approved = true;
-                    tx.update(node.clone())?;
-                }
+                node.reattest_approved_ms = crate::manager::now_ms();
+                tx.update(node.clone())?;
                 Ok::<_, Status>(node)
             })
             .await?;
-        tracing::info!(node = %node.id, "re-attestation approved");
+        tracing::info!(node = %node.id, key = %node.reattest_key, from = %node.reattest_from, "re-attestation approved");
         Ok(Response::new(GetNodeResponse { node: Some(node), manager_status: None }))
     }
 

@@ -45,6 +45,7 @@ impl Manager {
             cluster_id: self.cluster_id().to_string(),
             revocations: self.revocations(),
             roles: self.shared.roles.clone(),
+            roots: self.roots(),
         };
         let result = Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))

@@ -50,15 +50,6 @@ pub fn mint(policy: TokenPolicy, now_ms: i64) -> JoinTokenRecord {
     }
 }
 
-/// The policy a record was minted with (a rotation keeps it).
-pub fn policy_of(rec: &JoinTokenRecord) -> TokenPolicy {
-    let ttl_ms = match rec.expires_at_ms {
-        0 => 0,
-        expires => (expires - rec.created_at_ms).max(1),
-    };
-    TokenPolicy { ttl_ms, max_uses: rec.max_uses }
-}
-
 /// The record of one role's token.
 pub fn record(tokens: &JoinTokens, role: Role) -> Option<&JoinTokenRecord> {
     match role {

@@ -30,6 +30,15 @@ impl NodeKey {
     }
 }
 
+/// SHA-256 (hex) of the public key a certificate request is for: what an operator approves.
+pub fn request_key_fingerprint(csr_der: &[u8]) -> Result<String, PkiError> {
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::prelude::FromDer;
+    let (_, csr) = X509CertificationRequest::from_der(csr_der)
+        .map_err(|e| PkiError::BadCsr(format!("the bytes are not a DER PKCS#10 request ({e})")))?;
+    Ok(crate::ca::digest_hex(csr.certification_request_info.subject_pki.raw))
+}
+
 /// Checks that `proof` over `csr_der` was made with the key of the first certificate in
 /// `old_chain_pem`.
 pub fn verify_proof(

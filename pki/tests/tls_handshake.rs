@@ -411,7 +411,12 @@ fn a_cross_signed_rotation_keeps_old_and_new_certificates_talking() {
     let config = server_with(&mgr_new, &live);
     handshake(client_with(&wrk_old, &both), config.clone(), MANAGER_SERVER_NAME)
         .expect("before the swap");
+    let chain_of = |n: &Node| shoal_pki::tls::certs_of(&n.issued.cert_pem);
+    assert!(live.still_trusts(&chain_of(&wrk_old)), "both roots: old-root chains pass");
     assert!(live.replace(new.cert_pem()).expect("swap"));
+    // A connection opened before the swap is refused at its next call.
+    assert!(!live.still_trusts(&chain_of(&wrk_old)), "retired root");
+    assert!(live.still_trusts(&chain_of(&wrk_new)), "cross-signed new-root chain");
     assert!(!live.replace(new.cert_pem()).expect("same"), "the same bundle again changes nothing");
     let err =
         handshake(client_with(&wrk_old, &both), config.clone(), MANAGER_SERVER_NAME).unwrap_err();

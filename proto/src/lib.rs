@@ -115,6 +115,29 @@ impl std::fmt::Debug for RootCa {
     }
 }
 
+impl std::fmt::Debug for RootRotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RootRotation")
+            .field("cert_pem_len", &self.cert_pem.len())
+            .field("key_pem", &"<redacted>")
+            .field("cross_signed_pem_len", &self.cross_signed_pem.len())
+            .field("started_ms", &self.started_ms)
+            .field("force", &self.force)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RotateRootCaRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotateRootCaRequest")
+            .field("rotate", &self.rotate)
+            .field("cert_pem_len", &self.cert_pem.len())
+            .field("key_pem", &"<redacted>")
+            .field("force", &self.force)
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for JoinTokenRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JoinTokenRecord")
@@ -279,9 +302,17 @@ mod tests {
                 manager: None,
             }),
             unlock_key: Some(UnlockKey { key: b"UNLOCKSECRET".to_vec() }),
+            root_rotation: Some(RootRotation {
+                cert_pem: "NEWCERT".into(),
+                key_pem: "NEWROOTSECRETKEY".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         };
-        let shown = format!("{cluster:?}");
+        let request =
+            RotateRootCaRequest { key_pem: "OPERATORSECRETKEY".into(), ..Default::default() };
+        let shown = format!("{cluster:?} {request:?}");
+        assert!(!shown.contains("NEWROOTSECRETKEY") && !shown.contains("OPERATORSECRETKEY"));
         assert!(!shown.contains("85, 78, 76"), "unlock key bytes leaked: {shown}");
         assert!(!shown.contains("TOPSECRETKEY"), "{shown}");
         assert!(!shown.contains("171"), "secret bytes leaked: {shown}");

@@ -21,7 +21,12 @@ struct Verifiers {
     pem: String,
     server: Arc<WebPkiServerVerifier>,
     client: Arc<dyn ClientCertVerifier>,
+    /// Client chains already checked against this bundle (by the leaf's SHA-256).
+    checked: std::sync::Mutex<std::collections::HashMap<[u8; 32], bool>>,
 }
+
+/// Most chains [`TrustRoots::still_trusts`] remembers per bundle.
+const CHECKED_MAX: usize = 4096;
 
 /// The trusted root bundle (PEM, one or more certificates), shared by every TLS config of a
 /// node and swapped in place with [`TrustRoots::replace`].
@@ -55,6 +60,36 @@ impl TrustRoots {
         Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Whether a client chain accepted at an earlier handshake still leads to a root trusted
+    /// now, whether or not it has expired since (after a rotation ended, connections opened with an old-root certificate must not
+    /// go on being served). Remembered per bundle, so each chain is verified once per change.
+    pub fn still_trusts(&self, chain: &[rustls_pki_types::CertificateDer<'_>]) -> bool {
+        let Some(leaf) = chain.first() else { return false };
+        let verifiers = self.get();
+        let mut key = [0u8; 32];
+        key.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, leaf).as_ref());
+        if let Some(ok) = verifiers.checked.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return *ok;
+        }
+        // Checked within the leaf's life: this is about roots, and a certificate that ran out
+        // on an open connection is the handshake's business, as before.
+        let at = parse_cert(leaf)
+            .map(|c| crate::node::asn1_to_system(c.validity().not_after))
+            .map(|end| {
+                end.checked_sub(Duration::from_secs(1)).unwrap_or(end).min(SystemTime::now())
+            })
+            .unwrap_or_else(|_| SystemTime::now());
+        let secs = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let at = UnixTime::since_unix_epoch(Duration::from_secs(secs));
+        let ok = verifiers.client.verify_client_cert(leaf, &chain[1..], at).is_ok();
+        let mut checked = verifiers.checked.lock().unwrap_or_else(|e| e.into_inner());
+        if checked.len() >= CHECKED_MAX {
+            checked.clear();
+        }
+        checked.insert(key, ok);
+        ok
+    }
+
     pub(crate) fn server_verifier(&self) -> Arc<WebPkiServerVerifier> {
         Arc::clone(&self.get().server)
     }
@@ -80,7 +115,7 @@ fn build(bundle_pem: &str) -> Result<Verifiers, PkiError> {
         .allow_unauthenticated()
         .build()
         .map_err(|e| PkiError::Tls(format!("cannot build the client verifier: {e}")))?;
-    Ok(Verifiers { pem: bundle_pem.to_string(), server, client })
+    Ok(Verifiers { pem: bundle_pem.to_string(), server, client, checked: Default::default() })
 }
 
 /// Checks that the chain `chain_pem` (leaf first, then any intermediates) leads to a root of

@@ -24,9 +24,17 @@ pub(super) fn start(daemon: &Arc<Daemon>, state: NodeState) {
     let weak = daemon.me.clone();
     tokio::spawn(async move {
         let mut pause = RETRY_FIRST;
+        // One key for every attempt: an operator approves a request for this key.
+        let new_key = match shoal_pki::NodeKey::generate() {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(error = %e, "could not make a key to ask for a new certificate");
+                return;
+            }
+        };
         loop {
             let Some(daemon) = weak.upgrade() else { return };
-            match daemon.reattest_once(&state).await {
+            match daemon.reattest_once(&state, &new_key).await {
                 Ok(()) => break,
                 Err(why) => {
                     let line = why.to_string();
@@ -64,13 +72,24 @@ fn time_scale(weak: &std::sync::Weak<Daemon>) -> f64 {
 
 impl Daemon {
     /// One request to the managers; on success the new identity is saved.
-    async fn reattest_once(&self, state: &NodeState) -> Result<(), JoinError> {
+    async fn reattest_once(
+        &self,
+        state: &NodeState,
+        new_key: &shoal_pki::NodeKey,
+    ) -> Result<(), JoinError> {
         let (old_key, old_chain, root) = self.files.load_identity().map_err(|e| {
             JoinError::Unreachable(format!("this node's identity cannot be read: {e}"))
         })?;
-        let (key, chain) =
-            shoal_agent::join::reattest(&state.manager_addrs, &root, &old_key, &old_chain).await?;
-        self.files.save_identity(&key, &chain, &root).map_err(|e| {
+        let chain = shoal_agent::join::reattest(&shoal_agent::join::Reattest {
+            manager_addrs: &state.manager_addrs,
+            manager_ids: &state.manager_ids,
+            root_ca_pem: &root,
+            old_key: &old_key,
+            old_chain_pem: &old_chain,
+            new_key,
+        })
+        .await?;
+        self.files.save_identity(new_key, &chain, &root).map_err(|e| {
             JoinError::Unreachable(format!("the new certificate could not be saved: {e}"))
         })?;
         Ok(())
