@@ -1,0 +1,62 @@
+//! What one chaos run does: how long, with which seed, on how many hosts.
+
+use std::time::Duration;
+
+/// The knobs of a run. The seed decides every random choice of the runner (faults, targets,
+/// operations, timings); the cluster's own timing still varies, so a replay repeats the same
+/// plan, not necessarily the same interleaving.
+#[derive(Clone, Debug)]
+pub struct ChaosConfig {
+    /// Names the run in messages and keeps its hosts apart from other tests'.
+    pub name: String,
+    pub seed: u64,
+    /// How long faults are injected and clients write.
+    pub duration: Duration,
+    pub managers: usize,
+    pub workers: usize,
+    /// Client threads.
+    pub clients: usize,
+    /// Services (and secrets) the clients touch: names `svc0…`, `sec0…`.
+    pub objects: usize,
+    /// Secrets made before the run that services name and nobody removes.
+    pub pinned: usize,
+}
+
+impl ChaosConfig {
+    /// A run of `secs` seconds (unless env `SHOAL_CHAOS_SECS` says otherwise) with the seed of
+    /// env `SHOAL_CHAOS_SEED`, or a fresh one.
+    pub fn from_env(name: &str, secs: u64, managers: usize, workers: usize) -> ChaosConfig {
+        let secs = env_u64("SHOAL_CHAOS_SECS").unwrap_or(secs);
+        let seed = env_u64("SHOAL_CHAOS_SEED").unwrap_or_else(rand::random);
+        ChaosConfig::with_seed(name, seed, secs, managers, workers)
+    }
+
+    /// A run with this seed, whatever the environment says (a kept regression seed).
+    pub fn with_seed(
+        name: &str,
+        seed: u64,
+        secs: u64,
+        managers: usize,
+        workers: usize,
+    ) -> ChaosConfig {
+        ChaosConfig {
+            name: name.to_string(),
+            seed,
+            duration: Duration::from_secs(secs),
+            managers,
+            workers,
+            clients: 4,
+            objects: 3,
+            pinned: 2,
+        }
+    }
+
+    pub fn hosts(&self) -> usize {
+        self.managers + self.workers
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    Some(v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")))
+}
