@@ -22,6 +22,9 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// The image every service runs.
 pub const IMAGE: &str = "busybox:chaos";
 
+/// What every task runs.
+pub const TASK: &str = "trap 'exit 0' TERM; /bin/busybox sleep 100000 & wait";
+
 /// What a client thread needs to call one manager.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
@@ -159,7 +162,9 @@ pub fn args(key: &str, input: &Input, data: &Path) -> Vec<String> {
             for s in secrets {
                 a.extend(v(&["--secret", s]));
             }
-            a.extend(v(&[IMAGE, "/bin/busybox", "sleep", "100000"]));
+            // A shell that ends on SIGTERM (a bare sleep as PID 1 ignores it, and every stop
+            // would wait out the grace period).
+            a.extend(v(&[IMAGE, "/bin/busybox", "sh", "-c", TASK]));
             a
         }
         Input::UpdateService { replicas, tag, add, rm } => {

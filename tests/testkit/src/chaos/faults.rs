@@ -56,6 +56,13 @@ impl Fault {
     }
 }
 
+/// Something a host did that no fault asked for.
+#[derive(Clone, Debug)]
+pub struct HostEvent {
+    pub what: String,
+    pub expected: bool,
+}
+
 /// The hosts of a run and the faults in force on them.
 #[derive(Debug)]
 pub struct Faults<'a> {
@@ -69,9 +76,9 @@ pub struct Faults<'a> {
     active: Vec<Fault>,
     /// Faults injected, by kind.
     pub injected: BTreeMap<String, usize>,
-    /// What went wrong with the hosts themselves (a shoald that exited, or did not come
-    /// back): anomalies unless explained.
-    pub events: Vec<String>,
+    /// What happened to the hosts themselves: a shoald that exited, or did not come back.
+    /// `expected` when it was a shoald that exited with its disk full (it does, on purpose).
+    pub events: Vec<HostEvent>,
 }
 
 impl<'a> Faults<'a> {
@@ -142,11 +149,15 @@ impl<'a> Faults<'a> {
 
     /// Undoes every fault in force, newest first, then starts any shoald that is not running.
     pub fn heal_all(&mut self) {
+        let mut full = Vec::new();
         while let Some(fault) = self.active.pop() {
+            if let Fault::Disk(i) = fault {
+                full.push(i);
+            }
             self.heal(&fault);
         }
         for i in 0..self.nodes.len() {
-            self.ensure_running(i);
+            self.ensure_running(i, full.contains(&i));
         }
     }
 
@@ -167,15 +178,16 @@ impl<'a> Faults<'a> {
         }
     }
 
-    /// Starts node `i`'s shoald again if it exited (a full disk makes it exit on purpose;
-    /// anything else is noted).
-    fn ensure_running(&mut self, i: usize) {
+    /// Starts node `i`'s shoald again if it exited (`disk_was_full`: it may, on purpose;
+    /// anything else is noted as unexpected).
+    fn ensure_running(&mut self, i: usize, disk_was_full: bool) {
         if self.nodes[i].running() {
             return;
         }
         let name = self.nodes[i].name.clone();
         let tail = crate::netns::tail(&self.nodes[i].log(), 3);
-        self.events.push(format!("{name}'s shoald had exited; last log lines:\n{tail}"));
+        let what = format!("{name}'s shoald had exited; last log lines:\n{tail}");
+        self.events.push(HostEvent { what, expected: disk_was_full });
         self.restart(i);
     }
 
@@ -197,7 +209,8 @@ impl<'a> Faults<'a> {
         );
         if let Err(e) = answered {
             let tail = crate::netns::tail(&node.log(), 10);
-            self.events.push(format!("{} did not come back: {e}\n{tail}", node.name));
+            let what = format!("{} did not come back: {e}\n{tail}", node.name);
+            self.events.push(HostEvent { what, expected: false });
         }
     }
 
@@ -298,6 +311,29 @@ pub fn faketime_wrapper(dir: &Path, file: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     script
+}
+
+/// Checks that libfaketime moves a dynamically linked program's wall clock by what `file`
+/// says, on this machine: `date` started as the wrapper starts shoald, with the file at `+1d`.
+pub fn faketime_works(file: &Path) -> Result<(), String> {
+    std::fs::write(file, "+1d\n").map_err(|e| e.to_string())?;
+    let out = std::process::Command::new("date")
+        .arg("+%s")
+        .env("LD_PRELOAD", LIBFAKETIME)
+        .env("FAKETIME_TIMESTAMP_FILE", file)
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .output()
+        .map_err(|e| e.to_string());
+    std::fs::write(file, "+0\n").map_err(|e| e.to_string())?;
+    let faked: u64 = String::from_utf8_lossy(&out?.stdout).trim().parse().map_err(|_| "no date")?;
+    let real = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let ahead = faked as i64 - real.as_secs() as i64;
+    // A day ahead, give or take the time `date` took.
+    if (86_000..86_800).contains(&ahead) {
+        Ok(())
+    } else {
+        Err(format!("libfaketime put the clock {ahead}s ahead, not a day"))
+    }
 }
 
 /// libfaketime's shared memory files now in /dev/shm (a killed process leaves its own).

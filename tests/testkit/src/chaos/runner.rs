@@ -13,7 +13,9 @@ use rand::{Rng, SeedableRng};
 
 use super::checks;
 use super::clients::{Clients, Endpoint, Names, IMAGE};
-use super::faults::{faketime_shm, faketime_wrapper, Fault, Faults, LIBFAKETIME};
+use super::faults::{
+    faketime_shm, faketime_works, faketime_wrapper, Fault, Faults, HostEvent, LIBFAKETIME,
+};
 use super::history::{Answer, History, Record};
 use super::linearizability::{check, Verdict, DEFAULT_BUDGET};
 use super::model::{Input, Objects, Output};
@@ -116,6 +118,7 @@ fn story(cfg: &ChaosConfig, net: &Net, nodes: &mut [Node], dir: &Path) {
     let clock = rng.gen_range(0..cfg.managers);
     let clock_file = dir.join("faketime.rc");
     nodes[clock].shoald = Some(faketime_wrapper(dir, &clock_file));
+    faketime_works(&clock_file).unwrap_or_else(|e| panic!("clock jumps would not work: {e}"));
     form(cfg, net, nodes, dir);
     step(&format!("cluster formed; {} runs under libfaketime", nodes[clock].name));
 
@@ -169,12 +172,8 @@ fn story(cfg: &ChaosConfig, net: &Net, nodes: &mut [Node], dir: &Path) {
     drop(faults);
 
     let mut anomalies = Vec::new();
-    for e in &events {
-        // A full disk makes shoald exit on purpose; anything else is not expected.
-        let full_disk = e.contains("No space left") || e.contains("disk is full");
-        if !full_disk {
-            anomalies.push(format!("shoald: {e}"));
-        }
+    for e in events.iter().filter(|e| !e.expected) {
+        anomalies.push(format!("shoald: {}", e.what));
     }
     step("all healed; waiting for every node Ready");
     let hostnames: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
@@ -317,7 +316,7 @@ fn report(
     cfg: &ChaosConfig,
     injected: &BTreeMap<String, usize>,
     history: &History,
-    events: &[String],
+    events: &[HostEvent],
     anomalies: &[String],
     check_time: Duration,
     steps: u64,
@@ -356,7 +355,8 @@ fn report(
         check_time.as_secs_f64()
     ));
     for e in events {
-        r.push_str(&format!("host event: {e}\n"));
+        let how = if e.expected { "expected" } else { "UNEXPECTED" };
+        r.push_str(&format!("host event ({how}): {}\n", e.what));
     }
     r.push_str(&format!("anomalies: {}\n", anomalies.len()));
     for a in anomalies {
