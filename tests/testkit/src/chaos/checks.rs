@@ -75,11 +75,14 @@ pub fn running_containers(node: &Node) -> Vec<String> {
 
 /// Every slot runs at most one container, on all nodes together, and every running container
 /// is a task that should run there (a live service's, desired Running, on that node).
-pub fn one_container_per_slot(nodes: &[Node], tasks: &[Task]) -> Result<(), String> {
+/// Returns how many containers it saw.
+pub fn one_container_per_slot(nodes: &[Node], tasks: &[Task]) -> Result<usize, String> {
+    let mut seen = 0;
     let mut per_slot: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     let mut problems = Vec::new();
     for node in nodes {
         for c in running_containers(node) {
+            seen += 1;
             match tasks.iter().find(|t| c.starts_with(&t.id) || t.id.starts_with(&c)) {
                 Some(t) => {
                     per_slot
@@ -105,7 +108,7 @@ pub fn one_container_per_slot(nodes: &[Node], tasks: &[Task]) -> Result<(), Stri
         }
     }
     if problems.is_empty() {
-        Ok(())
+        Ok(seen)
     } else {
         Err(problems.join("\n"))
     }
@@ -131,16 +134,30 @@ pub fn secret_mounts(data: &Path) -> Vec<(String, String)> {
 
 /// Every secret tmpfs on a node belongs to a task placed on that node and still meant to run,
 /// whose service names secrets, and holds only data of the secrets that service names
-/// (`values`: secret name → every value it was given).
+/// (`values`: secret name → every value it was given); and every running task whose service
+/// names secrets has its tmpfs where it runs. Returns how many tmpfs mounts it saw.
 pub fn secrets_only_where_needed(
     nodes: &[Node],
     tasks: &[Task],
     named: &BTreeMap<String, BTreeSet<String>>,
     values: &BTreeMap<String, BTreeSet<String>>,
-) -> Result<(), String> {
+) -> Result<usize, String> {
     let mut problems = Vec::new();
+    let mut seen = 0;
+    for t in tasks.iter().filter(|t| t.desired == "Running" && t.state == "Running") {
+        let wants = named.get(&t.service).is_some_and(|s| !s.is_empty());
+        let node = nodes.iter().find(|n| n.name == t.node);
+        let has = node.is_some_and(|n| secret_mounts(&n.data).iter().any(|(id, _)| *id == t.id));
+        if wants && !has {
+            problems.push(format!(
+                "task {} of {} runs on {} without its secrets",
+                t.id, t.service, t.node
+            ));
+        }
+    }
     for node in nodes {
         for (task, point) in secret_mounts(&node.data) {
+            seen += 1;
             let Some(t) = tasks.iter().find(|t| t.id == task) else {
                 problems.push(format!("{}: secrets of {task}, which is no live task", node.name));
                 continue;
@@ -169,7 +186,7 @@ pub fn secrets_only_where_needed(
         }
     }
     if problems.is_empty() {
-        Ok(())
+        Ok(seen)
     } else {
         Err(problems.join("\n"))
     }

@@ -96,12 +96,15 @@ impl Report {
     }
 }
 
+/// One op of a model's history.
+type OpOf<M> = Op<<M as Model>::Input, <M as Model>::Output>;
+
 /// How many search steps one key may take before it is called undecided.
 pub const DEFAULT_BUDGET: u64 = 20_000_000;
 
 /// Checks every key's history of `ops` against `model`.
-pub fn check<M: Model>(model: &M, ops: &[Op<M::Input, M::Output>], budget: u64) -> Report {
-    let mut by_key: BTreeMap<&str, Vec<&Op<M::Input, M::Output>>> = BTreeMap::new();
+pub fn check<M: Model>(model: &M, ops: &[OpOf<M>], budget: u64) -> Report {
+    let mut by_key: BTreeMap<&str, Vec<&OpOf<M>>> = BTreeMap::new();
     for op in ops {
         by_key.entry(&op.key).or_default().push(op);
     }
@@ -211,7 +214,7 @@ impl Bits {
 }
 
 /// The search on one key's ops. Returns the verdict and the steps it took.
-fn check_one<M: Model>(model: &M, ops: &[&Op<M::Input, M::Output>], budget: u64) -> (Verdict, u64) {
+fn check_one<M: Model>(model: &M, ops: &[&OpOf<M>], budget: u64) -> (Verdict, u64) {
     let mut list = Events::new(ops);
     let mut seen: HashSet<(Bits, M::State)> = HashSet::new();
     let mut linearized = Bits::new(ops.len());

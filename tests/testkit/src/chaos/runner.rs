@@ -194,12 +194,13 @@ fn story(cfg: &ChaosConfig, net: &Net, nodes: &mut [Node], dir: &Path) {
     }
 
     step("convergence, slots and secrets on the hosts");
-    anomalies.extend(check_hosts(nodes, &finals, &values));
+    let (found, hosts) = check_hosts(nodes, &finals, &values);
+    anomalies.extend(found);
     std::fs::write(dir.join("history.txt"), history.show_all()).unwrap();
 
     let report =
         report(cfg, &injected, &history, &events, &anomalies, check_time, verdict.steps, t0);
-    eprintln!("{report}");
+    eprintln!("{report}hosts: {hosts}\n");
     assert!(
         anomalies.is_empty(),
         "{}: {} anomalies (seed {})",
@@ -266,7 +267,7 @@ fn check_hosts(
     nodes: &[Node],
     finals: &BTreeMap<String, Output>,
     values: &BTreeMap<String, BTreeSet<String>>,
-) -> Vec<String> {
+) -> (Vec<String>, String) {
     let mut anomalies = Vec::new();
     let services: BTreeMap<String, (u64, BTreeSet<String>)> = finals
         .iter()
@@ -297,18 +298,26 @@ fn check_hosts(
     let slots = try_eventually("one container per slot", SETTLE, || {
         checks::one_container_per_slot(nodes, &all_tasks()?)
     });
-    if let Err(e) = slots {
+    let containers = slots.unwrap_or_else(|e| {
         anomalies.push(format!("containers: {e}"));
-    }
+        0
+    });
     let named: BTreeMap<String, BTreeSet<String>> =
         services.iter().map(|(k, (_, s))| (k.clone(), s.clone())).collect();
     let secrets = try_eventually("secrets only where needed", SETTLE, || {
         checks::secrets_only_where_needed(nodes, &all_tasks()?, &named, values)
     });
-    if let Err(e) = secrets {
+    let mounts = secrets.unwrap_or_else(|e| {
         anomalies.push(format!("secrets: {e}"));
-    }
-    anomalies
+        0
+    });
+    let replicas: u64 = services.values().map(|(r, _)| r).sum();
+    let summary = format!(
+        "{} services left with {replicas} replicas in all; {containers} containers running, one \
+         per slot; {mounts} secret tmpfs mounts, each of a task there that names its secrets",
+        services.len()
+    );
+    (anomalies, summary)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -348,6 +357,17 @@ fn report(
     for (kind, classes) in by_kind {
         let parts: Vec<String> = classes.iter().map(|(c, n)| format!("{c} {n}")).collect();
         r.push_str(&format!("  {kind:<16} {}\n", parts.join(", ")));
+    }
+    let mut why: BTreeMap<String, usize> = BTreeMap::new();
+    for rec in history.records() {
+        if let Answer::Unknown(w) | Answer::NotSent(w) = &rec.answer {
+            *why.entry(w.chars().take(110).collect()).or_default() += 1;
+        }
+    }
+    let mut why: Vec<(String, usize)> = why.into_iter().collect();
+    why.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    for (w, n) in why.iter().take(6) {
+        r.push_str(&format!("  unknown or not sent x{n}: {w}\n"));
     }
     r.push_str(&format!(
         "linearizability check: {} ops in {:.3}s ({steps} search steps)\n",
