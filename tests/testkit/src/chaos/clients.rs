@@ -209,7 +209,12 @@ pub fn answer(key: &str, input: &Input, out: &Exit) -> Answer {
 /// A failed call: a definite refusal, or unknown.
 fn refusal(key: &str, input: &Input, stderr: &str) -> Answer {
     let kind = if input.kind().starts_with("service") { "service" } else { "secret" };
-    if stderr.contains(&format!("no such {kind}: {key}")) {
+    // `service update` reads the service by name, then writes it by ID: a service removed in
+    // between is named by its ID.
+    let by_id = matches!(input, Input::UpdateService { .. });
+    if stderr.contains(&format!("no such {kind}: {key}"))
+        || (by_id && stderr.contains(&format!("no such {kind}: ")))
+    {
         return Answer::Known(Output::NotFound);
     }
     if stderr.contains(&format!("a {kind} named {key} already exists")) {
@@ -218,9 +223,9 @@ fn refusal(key: &str, input: &Input, stderr: &str) -> Answer {
     if stderr.contains("was changed by someone else") {
         return Answer::Known(Output::Changed);
     }
-    // The socket refused the connection: no daemon listened (killed, or not started yet).
-    let refused = ["Connection refused", "No such file or directory"];
-    if stderr.contains("daemon is unavailable") && refused.iter().any(|r| stderr.contains(r)) {
+    // The CLI connects before it sends anything: nothing reached a daemon (killed, or not
+    // started yet).
+    if stderr.contains("cannot connect to the Shoal daemon") {
         return Answer::NotSent(last_line(stderr));
     }
     Answer::Unknown(last_line(stderr))
@@ -272,4 +277,70 @@ fn inspect_secret(stdout: &str) -> Result<Output, String> {
     let id = j["ID"].as_str().ok_or("no ID")?.to_string();
     let latest = j["Latest"].as_u64().ok_or("no Latest")?;
     Ok(Output::Secret { id, latest })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    fn exit(code: i32, stdout: &str, stderr: &str) -> Exit {
+        Exit {
+            status: std::process::ExitStatus::from_raw(code << 8),
+            stdout: stdout.as_bytes().to_vec(),
+            stderr: stderr.as_bytes().to_vec(),
+        }
+    }
+
+    fn up() -> Input {
+        Input::UpdateService { replicas: 1, tag: "t1".into(), add: None, rm: None }
+    }
+
+    #[test]
+    fn refusals_are_definite_and_the_rest_unknown() {
+        let no = |e: &str| answer("svc0", &up(), &exit(1, "", e));
+        assert_eq!(no("Error: no such service: svc0"), Answer::Known(Output::NotFound));
+        // Removed between the CLI's read by name and its write by ID.
+        assert_eq!(no("Error: no such service: 4pem971i5dl"), Answer::Known(Output::NotFound));
+        let changed = "Error: service svc0 was changed by someone else (version 4 is not 5)";
+        assert_eq!(no(changed), Answer::Known(Output::Changed));
+        let refused = "Error: cannot connect to the Shoal daemon at unix:///x.sock; is shoald \
+                       running?: transport error";
+        assert!(matches!(no(refused), Answer::NotSent(_)));
+        let lost = "Error: the swarm does not have a leader: too few managers may be reachable";
+        assert!(matches!(no(lost), Answer::Unknown(_)));
+        // Another object's name is no answer about this one.
+        let other = answer("sec0", &Input::RemoveSecret, &exit(1, "", "no such secret: sec1"));
+        assert!(matches!(other, Answer::Unknown(_)));
+        let taken = answer(
+            "sec0",
+            &Input::CreateSecret,
+            &exit(1, "", "a secret named sec0 already exists"),
+        );
+        assert_eq!(taken, Answer::Known(Output::AlreadyExists));
+    }
+
+    #[test]
+    fn successes_are_read_from_what_the_cli_printed() {
+        let ok = |input: &Input, out: &str| answer("sec0", input, &exit(0, out, ""));
+        assert_eq!(
+            ok(&Input::CreateSecret, "abc123\n"),
+            Answer::Known(Output::Created { id: "abc123".into() })
+        );
+        let printed =
+            "sec0: version 4\nNo service follows sec0; services keep the version they have.\n";
+        assert_eq!(ok(&Input::UpdateSecret, printed), Answer::Known(Output::Version(4)));
+        let json = r#"[{"ID": "s1", "Latest": 3, "Versions": []}]"#;
+        assert_eq!(
+            ok(&Input::InspectSecret, json),
+            Answer::Known(Output::Secret { id: "s1".into(), latest: 3 })
+        );
+        let json = r#"[{"ID": "v1", "Spec": {"Labels": {"chaos": "t9"}, "Mode": {"Replicated": {"Replicas": 2}},
+            "TaskTemplate": {"ContainerSpec": {"Secrets": [{"SecretName": "pin1"}]}}}}]"#;
+        let seen = answer("svc0", &Input::InspectService, &exit(0, json, ""));
+        let secrets = ["pin1".to_string()].into_iter().collect();
+        let want = Output::Service { id: "v1".into(), replicas: 2, tag: "t9".into(), secrets };
+        assert_eq!(seen, Answer::Known(want));
+    }
 }
