@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::Rng;
 
 use crate::netns::{quiet, Net, Node, SHOALD};
@@ -18,6 +19,9 @@ use crate::poll::blocking::try_eventually;
 
 /// libfaketime, from Debian's `libfaketime` (pulled in by `faketime`).
 pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// How many kinds [`Faults::pick`] chooses from.
+const KINDS: u8 = 9;
 
 /// One fault, on nodes given by index.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +78,8 @@ pub struct Faults<'a> {
     /// Whether this kernel has `sch_netem`.
     pub netem: bool,
     active: Vec<Fault>,
+    /// Fault kinds still to come before the next shuffle.
+    deck: Vec<u8>,
     /// Faults injected, by kind.
     pub injected: BTreeMap<String, usize>,
     /// What happened to the hosts themselves: a shoald that exited, or did not come back.
@@ -90,41 +96,48 @@ impl<'a> Faults<'a> {
             clock: None,
             netem: netem_available(),
             active: Vec::new(),
+            deck: Vec::new(),
             injected: BTreeMap::new(),
             events: Vec::new(),
         }
     }
 
-    /// A random fault: mostly on one node (a minority), sometimes on a majority of the
-    /// managers (it heals, so the quorum comes back).
-    pub fn pick(&self, rng: &mut StdRng) -> Fault {
+    /// A random fault. Kinds come from a shuffled deck, so a run of a dozen faults has met
+    /// every kind; most are on one node (a minority), the majority ones on more than half the
+    /// managers (they heal, so the quorum comes back).
+    pub fn pick(&mut self, rng: &mut StdRng) -> Fault {
+        if self.deck.is_empty() {
+            self.deck = (0..KINDS).collect();
+            self.deck.shuffle(rng);
+        }
+        let kind = self.deck.pop().unwrap_or(0);
         let n = self.nodes.len();
         let any = |rng: &mut StdRng| rng.gen_range(0..n);
         let majority = self.managers / 2 + 1;
         let some_managers = |rng: &mut StdRng| {
             let mut all: Vec<usize> = (0..self.managers).collect();
-            let first = rng.gen_range(0..all.len());
-            all.rotate_left(first);
+            all.shuffle(rng);
             all.truncate(majority);
             all
         };
-        match rng.gen_range(0..100) {
-            0..=17 => Fault::Kill(any(rng)),
-            18..=29 => Fault::Pause(vec![any(rng)]),
-            30..=34 => Fault::Pause(some_managers(rng)),
-            35..=49 => Fault::Isolate(vec![any(rng)]),
-            50..=54 => Fault::Isolate(some_managers(rng)),
-            55..=66 => {
+        match kind {
+            0 => Fault::Kill(any(rng)),
+            1 => Fault::Pause(vec![any(rng)]),
+            2 => Fault::Pause(some_managers(rng)),
+            3 => Fault::Isolate(vec![any(rng)]),
+            4 => Fault::Isolate(some_managers(rng)),
+            5 => {
                 let a = any(rng);
                 let b = (a + rng.gen_range(1..n)) % n;
                 Fault::Cut(a, b)
             }
-            67..=78 => Fault::Lossy(any(rng), rng.gen_range(10..=40)),
-            79..=89 if self.clock.is_some() => {
+            6 => Fault::Lossy(any(rng), rng.gen_range(10..=40)),
+            7 if self.clock.is_some() => {
                 let offsets = ["+3h", "-2h", "+40m", "-25m", "+1d", "-10m"];
                 let i = self.clock.as_ref().map(|c| c.0).unwrap_or(0);
                 Fault::Clock(i, offsets[rng.gen_range(0..offsets.len())].into())
             }
+            7 => Fault::Kill(any(rng)),
             _ => Fault::Disk(any(rng)),
         }
     }

@@ -131,6 +131,18 @@ impl History {
         rs.iter().map(|r| format!("  {}\n", r.show())).collect()
     }
 
+    /// The calls on `key` that overlap `[from, to]` (microseconds), one a line, in call order.
+    pub fn show_key_between(&self, key: &str, from: u64, to: u64) -> String {
+        let us = |d: Duration| d.as_micros() as u64;
+        let mut rs: Vec<Record> = self
+            .records()
+            .into_iter()
+            .filter(|r| r.key == key && us(r.call) <= to && us(r.ret) >= from)
+            .collect();
+        rs.sort_by_key(|r| r.call);
+        rs.iter().map(|r| format!("  {}\n", r.show())).collect()
+    }
+
     /// Every call, one a line, in call order.
     pub fn show_all(&self) -> String {
         let mut rs = self.records();

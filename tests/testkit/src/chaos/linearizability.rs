@@ -75,11 +75,25 @@ pub enum Verdict {
     Undecided,
 }
 
+/// Where the search on a refuted key got furthest: how many ops it had placed, the state
+/// they left, and the op it could not place there (whose return came before any order
+/// could take it).
+#[derive(Clone, Debug)]
+pub struct Stuck {
+    pub placed: usize,
+    pub state: String,
+    /// The blocking op's call and return times (`None`: it never returned).
+    pub call: u64,
+    pub ret: Option<u64>,
+}
+
 /// The verdict on a whole history.
 #[derive(Debug)]
 pub struct Report {
     /// Per key: its verdict and how many ops it had.
     pub keys: BTreeMap<String, (Verdict, usize)>,
+    /// Per refuted key: where the search got furthest.
+    pub stuck: BTreeMap<String, Stuck>,
     /// Search steps taken over all keys.
     pub steps: u64,
 }
@@ -108,10 +122,13 @@ pub fn check<M: Model>(model: &M, ops: &[OpOf<M>], budget: u64) -> Report {
     for op in ops {
         by_key.entry(&op.key).or_default().push(op);
     }
-    let mut report = Report { keys: BTreeMap::new(), steps: 0 };
+    let mut report = Report { keys: BTreeMap::new(), stuck: BTreeMap::new(), steps: 0 };
     for (key, ops) in by_key {
-        let (verdict, steps) = check_one(model, &ops, budget);
+        let (verdict, steps, stuck) = check_one(model, &ops, budget);
         report.steps += steps;
+        if let (Verdict::Violation, Some(stuck)) = (&verdict, stuck) {
+            report.stuck.insert(key.to_string(), stuck);
+        }
         report.keys.insert(key.to_string(), (verdict, ops.len()));
     }
     report
@@ -213,8 +230,9 @@ impl Bits {
     }
 }
 
-/// The search on one key's ops. Returns the verdict and the steps it took.
-fn check_one<M: Model>(model: &M, ops: &[&OpOf<M>], budget: u64) -> (Verdict, u64) {
+/// The search on one key's ops. Returns the verdict, the steps it took, and where a refuted
+/// search got furthest.
+fn check_one<M: Model>(model: &M, ops: &[&OpOf<M>], budget: u64) -> (Verdict, u64, Option<Stuck>) {
     let mut list = Events::new(ops);
     let mut seen: HashSet<(Bits, M::State)> = HashSet::new();
     let mut linearized = Bits::new(ops.len());
@@ -223,10 +241,11 @@ fn check_one<M: Model>(model: &M, ops: &[&OpOf<M>], budget: u64) -> (Verdict, u6
     let mut stack: Vec<(usize, M::State)> = Vec::new();
     let mut entry = list.next[0];
     let mut steps = 0u64;
+    let mut furthest: Option<Stuck> = None;
     while list.next[0] != NIL {
         steps += 1;
         if steps > budget {
-            return (Verdict::Undecided, steps);
+            return (Verdict::Undecided, steps, None);
         }
         if entry != NIL && list.ev[entry].is_call {
             let i = list.ev[entry].op;
@@ -249,14 +268,25 @@ fn check_one<M: Model>(model: &M, ops: &[&OpOf<M>], budget: u64) -> (Verdict, u6
         } else {
             // A return whose call is not linearized (or the end of the list): undo the last
             // choice and try the next call after it.
-            let Some((i, before)) = stack.pop() else { return (Verdict::Violation, steps) };
+            if entry != NIL && furthest.as_ref().is_none_or(|f| stack.len() > f.placed) {
+                let op = ops[list.ev[entry].op];
+                let ret = match op.outcome {
+                    Outcome::Returned { at, .. } => Some(at),
+                    Outcome::Unknown => None,
+                };
+                let state = format!("{state:?}");
+                furthest = Some(Stuck { placed: stack.len(), state, call: op.call, ret });
+            }
+            let Some((i, before)) = stack.pop() else {
+                return (Verdict::Violation, steps, furthest);
+            };
             state = before;
             linearized.clear(i);
             list.unlift(i);
             entry = list.next[list.call_of[i]];
         }
     }
-    (Verdict::Linearizable, steps)
+    (Verdict::Linearizable, steps, None)
 }
 
 #[cfg(test)]

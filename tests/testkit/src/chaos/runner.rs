@@ -16,7 +16,7 @@ use super::clients::{Clients, Endpoint, Names, IMAGE};
 use super::faults::{
     faketime_shm, faketime_works, faketime_wrapper, Fault, Faults, HostEvent, LIBFAKETIME,
 };
-use super::history::{Answer, History, Record};
+use super::history::{Answer, History};
 use super::linearizability::{check, Verdict, DEFAULT_BUDGET};
 use super::model::{Input, Objects, Output};
 use super::ChaosConfig;
@@ -182,15 +182,39 @@ fn story(cfg: &ChaosConfig, net: &Net, nodes: &mut [Node], dir: &Path) {
     {
         anomalies.push(format!("the cluster did not come back whole: {e}"));
     }
+    let whole = try_eventually("every manager Reachable under one leader", SETTLE, || {
+        managers_whole(&nodes[0], cfg.managers)
+    });
+    if let Err(e) = whole {
+        anomalies.push(format!("the managers did not come back whole: {e}"));
+    }
 
     step("final reads through every manager");
-    let finals = final_reads(&clients, &names);
+    let (finals, silent) = final_reads(&clients, &names);
+    for (via, why) in silent {
+        anomalies.push(format!("{via} answered no read after the run: {why}"));
+    }
     let t = Instant::now();
     let verdict = check(&Objects, &history.ops(), DEFAULT_BUDGET);
     let check_time = t.elapsed();
     for (key, v) in verdict.failures() {
         let what = if v == Verdict::Violation { "NOT linearizable" } else { "undecided" };
-        anomalies.push(format!("history of {key} is {what}:\n{}", history.show_key(&key)));
+        let Some(stuck) = verdict.stuck.get(&key) else {
+            anomalies.push(format!("history of {key} is {what}:\n{}", history.show_key(&key)));
+            continue;
+        };
+        let secs = |us: u64| us as f64 / 1e6;
+        let (from, to) = (stuck.call.saturating_sub(5_000_000), stuck.ret.unwrap_or(stuck.call));
+        anomalies.push(format!(
+            "history of {key} is {what}: at best {} ops in order, leaving {}; then the op called \
+             at {:.3}s (returned at {}) fits no order. The calls around it (all of them in \
+             history.txt):\n{}",
+            stuck.placed,
+            stuck.state,
+            secs(stuck.call),
+            stuck.ret.map(|r| format!("{:.3}s", secs(r))).unwrap_or("never".into()),
+            history.show_key_between(&key, from, to + 1_000_000)
+        ));
     }
 
     step("convergence, slots and secrets on the hosts");
@@ -241,25 +265,69 @@ fn form(cfg: &ChaosConfig, net: &Net, nodes: &mut [Node], dir: &Path) {
     crate::poll::blocking::eventually("every node Ready", SETTLE, || all_ready(&nodes[0], &names));
 }
 
+/// Every manager listed by `node ls` through `n1` is the one leader or Reachable.
+fn managers_whole(n1: &Node, managers: usize) -> Result<(), String> {
+    let out = n1.shoal(&["node", "ls"]);
+    if !out.status.success() {
+        return Err(text(&out));
+    }
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    crate::netns::one_leader(&listed, managers)?;
+    let rows = crate::netns::parse_node_ls(&listed);
+    let bad: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.manager_status.is_empty())
+        .filter(|r| r.manager_status != "Leader" && r.manager_status != "Reachable")
+        .map(|r| format!("{} is {}", r.hostname, r.manager_status))
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{}:\n{listed}", bad.join(", ")))
+    }
+}
+
 /// Reads every object through every manager (a few tries each, until one answers), recorded
-/// in the history; returns the first answer per object.
-fn final_reads(clients: &Clients<'_>, names: &Names) -> BTreeMap<String, Output> {
+/// in the history. Returns the first answer per object, and the managers that answered none
+/// (a manager whose read times out is asked nothing more).
+fn final_reads(
+    clients: &Clients<'_>,
+    names: &Names,
+) -> (BTreeMap<String, Output>, Vec<(String, String)>) {
     let mut finals = BTreeMap::new();
-    let keys = names.services.iter().map(|k| (k, Input::InspectService));
-    let keys = keys.chain(names.secrets.iter().map(|k| (k, Input::InspectSecret)));
-    for (key, input) in keys {
-        for via in &clients.managers {
+    let mut silent = Vec::new();
+    let keys: Vec<(&String, Input)> = names
+        .services
+        .iter()
+        .map(|k| (k, Input::InspectService))
+        .chain(names.secrets.iter().map(|k| (k, Input::InspectSecret)))
+        .collect();
+    for via in &clients.managers {
+        let mut answered = false;
+        let mut why = String::new();
+        'keys: for (key, input) in &keys {
             for _ in 0..3 {
                 clients.call(usize::MAX, via, key, input.clone());
-                let last: Option<Record> = clients.history.records().pop();
-                if let Some(Record { answer: Answer::Known(o), .. }) = last {
-                    finals.entry(key.clone()).or_insert(o);
-                    break;
+                match clients.history.records().pop().map(|r| r.answer) {
+                    Some(Answer::Known(o)) => {
+                        finals.entry(key.to_string()).or_insert(o);
+                        answered = true;
+                        break;
+                    }
+                    Some(Answer::Unknown(w)) if w.contains("hung for more than") => {
+                        why = w;
+                        break 'keys;
+                    }
+                    Some(Answer::Unknown(w) | Answer::NotSent(w)) => why = w,
+                    None => {}
                 }
             }
         }
+        if !answered {
+            silent.push((via.name.clone(), why));
+        }
     }
-    finals
+    (finals, silent)
 }
 
 /// The checks on the hosts after the run; returns the anomalies.

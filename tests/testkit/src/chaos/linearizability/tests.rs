@@ -63,6 +63,9 @@ fn stale_read_after_an_acknowledged_write_is_a_violation() {
     // The classic: the write of 1 returned before the read began, yet the read saw 0.
     let h = [op(0, 10, In::Write(1), 0), op(11, 12, In::Read, 0)];
     assert_eq!(verdict(&h), Verdict::Violation);
+    // The report names the read, after the write, as where it got stuck.
+    let stuck = &check(&Register, &h, DEFAULT_BUDGET).stuck["x"];
+    assert_eq!((stuck.placed, stuck.state.as_str(), stuck.call, stuck.ret), (1, "1", 11, Some(12)));
     // Overlapping, the same read is fine: it may come before the write.
     let h = [op(0, 10, In::Write(1), 0), op(9, 12, In::Read, 0)];
     assert_eq!(verdict(&h), Verdict::Linearizable);
