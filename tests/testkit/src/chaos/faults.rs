@@ -77,6 +77,8 @@ pub struct Faults<'a> {
     pub clock: Option<(usize, PathBuf)>,
     /// Whether this kernel has `sch_netem`.
     pub netem: bool,
+    /// Whether a full disk may hit a manager (see [`super::ChaosConfig::disk_on_managers`]).
+    pub disk_on_managers: bool,
     active: Vec<Fault>,
     /// Fault kinds still to come before the next shuffle.
     deck: Vec<u8>,
@@ -95,6 +97,7 @@ impl<'a> Faults<'a> {
             managers,
             clock: None,
             netem: netem_available(),
+            disk_on_managers: true,
             active: Vec::new(),
             deck: Vec::new(),
             injected: BTreeMap::new(),
@@ -138,6 +141,9 @@ impl<'a> Faults<'a> {
                 Fault::Clock(i, offsets[rng.gen_range(0..offsets.len())].into())
             }
             7 => Fault::Kill(any(rng)),
+            _ if !self.disk_on_managers && n > self.managers => {
+                Fault::Disk(rng.gen_range(self.managers..n))
+            }
             _ => Fault::Disk(any(rng)),
         }
     }

@@ -21,5 +21,5 @@ pub mod linearizability;
 pub mod model;
 pub mod runner;
 
-pub use config::ChaosConfig;
+pub use config::{ChaosConfig, Planned};
 pub use runner::run;
