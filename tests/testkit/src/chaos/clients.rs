@@ -20,6 +20,9 @@ use crate::netns::{run_within, Node, SHOAL};
 /// write the client gave up on may still commit later, which the checker must allow.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(6);
 
+/// What an unknown outcome says when the client gave up waiting.
+pub const NO_ANSWER: &str = "no answer within";
+
 /// The image every service runs.
 pub const IMAGE: &str = "busybox:chaos";
 
@@ -144,7 +147,7 @@ impl Clients<'_> {
         let _ = std::fs::remove_file(&data);
         let answer = match result {
             Ok(out) => answer(key, &input, &out),
-            Err(timeout) => Answer::Unknown(last_line(&timeout)),
+            Err(_) => Answer::Unknown(format!("{NO_ANSWER} {CALL_TIMEOUT:?}")),
         };
         let via = via.name.clone();
         self.history.push(Record { client: me, via, key: key.into(), input, call, ret, answer });

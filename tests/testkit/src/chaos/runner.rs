@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::checks;
-use super::clients::{Clients, Endpoint, Names, IMAGE};
+use super::clients::{Clients, Endpoint, Names, IMAGE, NO_ANSWER};
 use super::faults::{
     faketime_shm, faketime_works, faketime_wrapper, Fault, Faults, HostEvent, LIBFAKETIME,
 };
@@ -337,7 +337,7 @@ fn final_reads(
                         answered = true;
                         break;
                     }
-                    Some(Answer::Unknown(w)) if w.contains("hung for more than") => {
+                    Some(Answer::Unknown(w)) if w.starts_with(NO_ANSWER) => {
                         why = w;
                         break 'keys;
                     }
