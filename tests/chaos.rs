@@ -6,8 +6,9 @@
 //! and holds secrets only where a task needs them.
 //!
 //! - `chaos_short` runs in the normal suite: 3 managers and a worker, 75 s of faults.
-//! - `chaos_long` (`cargo test --test chaos -- --ignored --nocapture`): 5 managers and 2
-//!   workers, 10 minutes.
+//! - `chaos_long` (`cargo test --test chaos chaos_long -- --ignored --nocapture`): 5 managers
+//!   and 2 workers, 10 minutes. (`-- --ignored --test-threads=1` runs it and the known-bug
+//!   scenario below one after the other; on two cores, at once is too much.)
 //!
 //! `SHOAL_CHAOS_SECS` sets the duration and `SHOAL_CHAOS_SEED` the seed (printed at the start,
 //! so a failing run can be replayed). A seed that found a bug is kept below as a test of its
@@ -42,5 +43,17 @@ fn chaos_long() {
 fn full_disk_on_the_leader() {
     let mut cfg = ChaosConfig::with_seed("chaos_full_disk", 7, 0, 3, 1);
     cfg.plan = Some(vec![(Planned::DiskOfLeader, 5000), (Planned::DiskOfLeader, 5000)]);
+    chaos::run(&cfg);
+}
+
+/// A manager's wall clock jumps two hours back for a few seconds, then forward 40 minutes,
+/// then back to true time: afterwards every node is Ready again and the history is
+/// linearizable.
+#[test]
+#[ignore = "a scenario of the long run (seed 11): see the report"]
+fn clock_jumps_on_a_manager() {
+    let mut cfg = ChaosConfig::with_seed("chaos_clock", 5, 0, 3, 1);
+    let jump = |offset: &str| (Planned::Clock(offset.into()), 5000);
+    cfg.plan = Some(vec![jump("-2h"), jump("+40m"), jump("-25m")]);
     chaos::run(&cfg);
 }

@@ -38,13 +38,17 @@ pub enum Planned {
     Fault(Fault),
     /// The data root of whichever manager leads then fills up.
     DiskOfLeader,
+    /// The wall clock of the node under libfaketime moves by this offset (`-2h`).
+    Clock(String),
 }
 
 impl Planned {
-    /// The fault on `nodes` now (the leader as `node ls` through the first node names it).
-    pub fn resolve(&self, nodes: &[Node]) -> Fault {
+    /// The fault on `nodes` now (the leader as `node ls` through the first node names it;
+    /// `clock`: the node under libfaketime).
+    pub fn resolve(&self, nodes: &[Node], clock: usize) -> Fault {
         match self {
             Planned::Fault(f) => f.clone(),
+            Planned::Clock(offset) => Fault::Clock(clock, offset.clone()),
             Planned::DiskOfLeader => {
                 // Through the first node that answers (the last leader may have exited).
                 let listed = nodes.iter().find_map(|n| {

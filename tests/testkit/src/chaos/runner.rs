@@ -53,7 +53,11 @@ pub fn run(cfg: &ChaosConfig) {
     );
     let started = Instant::now();
     let dir = tempfile::Builder::new().prefix("shoal-chaos-").tempdir().unwrap();
-    let net = Net::with("ch", 243, (std::process::id() % 240 + 10) as u8, cfg.hosts());
+    // A tag per run (`c` and the first letter of the name's last word), so runs of one test
+    // binary on parallel threads never share interfaces or namespaces.
+    let last = cfg.name.rsplit('_').next().and_then(|w| w.chars().next()).unwrap_or('x');
+    let tag = format!("c{}", last.to_ascii_lowercase());
+    let net = Net::with(&tag, 243, (std::process::id() % 240 + 10) as u8, cfg.hosts());
     let mut nodes: Vec<Node> = (1..=cfg.hosts()).map(|i| Node::new(&net, i, dir.path())).collect();
     let _leftovers = Leftovers::mount(&nodes);
     let result = catch_unwind(AssertUnwindSafe(|| story(cfg, &net, &mut nodes, dir.path())));
@@ -164,7 +168,7 @@ fn story(cfg: &ChaosConfig, net: &Net, nodes: &mut [Node], dir: &Path) {
             };
             std::thread::sleep(Duration::from_millis(rng.gen_range(1000..4000)));
             let (fault, hold) = match planned {
-                Some((on, hold)) => (on.resolve(faults.nodes), hold),
+                Some((on, hold)) => (on.resolve(faults.nodes, clock), hold),
                 None => {
                     let fault = faults.pick(&mut rng);
                     let hold = match &fault {
