@@ -29,7 +29,7 @@ fn chaos_short() {
 }
 
 #[test]
-#[ignore = "a long run: cargo test --test chaos -- --ignored --nocapture"]
+#[ignore = "a long run: cargo test --test chaos chaos_long -- --ignored --nocapture"]
 fn chaos_long() {
     chaos::run(&ChaosConfig::from_env("chaos_long", 600, 5, 2));
 }
