@@ -59,14 +59,8 @@ pub fn run(cfg: &ChaosConfig) {
     let tag = format!("c{}", last.to_ascii_lowercase());
     let net = Net::with(&tag, 243, (std::process::id() % 240 + 10) as u8, cfg.hosts());
     let mut nodes: Vec<Node> = (1..=cfg.hosts()).map(|i| Node::new(&net, i, dir.path())).collect();
-    let _leftovers = Leftovers::mount(&nodes);
+    let _leftovers = Leftovers::mount(&nodes, cfg.log_outside);
     let result = catch_unwind(AssertUnwindSafe(|| story(cfg, &net, &mut nodes, dir.path())));
-    if result.is_err() {
-        // The data roots are tmpfs and go with the nodes: keep their logs beside them.
-        for n in &nodes {
-            let _ = std::fs::copy(n.log(), dir.path().join(format!("{}.log", n.name)));
-        }
-    }
     finish(result, nodes, net, dir);
     eprintln!("[{}] passed in {:.1}s", cfg.name, started.elapsed().as_secs_f64());
 }
@@ -80,7 +74,7 @@ struct Leftovers {
 }
 
 impl Leftovers {
-    fn mount(nodes: &[Node]) -> Leftovers {
+    fn mount(nodes: &[Node], log_outside: bool) -> Leftovers {
         let mut l = Leftovers { mounts: Vec::new(), shm_before: faketime_shm() };
         for n in nodes {
             std::fs::create_dir_all(&n.data).unwrap();
@@ -88,6 +82,12 @@ impl Leftovers {
             let ok = quiet("mount", &["-t", "tmpfs", "-o", DATA_SIZE, "tmpfs", &data]);
             assert!(ok, "mounting a tmpfs on {data}");
             l.mounts.push(n.data.clone());
+            // The log lives outside the tmpfs: a full disk loses none of it, and it stays
+            // after the run (beside the data root, kept on a failure).
+            if log_outside {
+                let outside = n.data.with_extension("log");
+                std::os::unix::fs::symlink(&outside, n.log()).expect("linking the node's log");
+            }
         }
         l
     }
