@@ -251,13 +251,29 @@ impl Store {
 
     /// Runs `f` as one atomic transaction, replicated before it returns. `f` may run again if a
     /// concurrent transaction changed what it read.
+    ///
+    /// A refusal (`f` fails) says as much about the state as a write does, so it is never given
+    /// from a state the cluster has left: first this store catches up with everything
+    /// committed so far (a barrier) and `f` runs again there. Without it a manager that lags,
+    /// or is cut off, or whose Raft member stopped, answered "already exists" for a name
+    /// removed elsewhere long before (found by the chaos runner); with no leader to confirm,
+    /// the caller now hears that instead.
     pub async fn update<R, E: From<StoreError>>(
         &self,
         mut f: impl FnMut(&mut Tx<'_>) -> Result<R, E>,
     ) -> Result<R, E> {
+        let mut confirmed = self.proposer.get().is_none();
         for _ in 0..MAX_ATTEMPTS {
             let mut tx = Tx { store: self, reads: BTreeMap::new(), writes: BTreeMap::new() };
-            let result = f(&mut tx)?;
+            let result = match f(&mut tx) {
+                Ok(result) => result,
+                Err(refused) if confirmed => return Err(refused),
+                Err(_) => {
+                    self.barrier().await?;
+                    confirmed = true;
+                    continue;
+                }
+            };
             if tx.writes.is_empty() {
                 return Ok(result);
             }
@@ -688,6 +704,76 @@ mod tests {
         assert!(matches!(err, StoreError::Exists { .. }), "{err}");
         assert!(store.get::<Node>("b").unwrap().is_none());
         assert_eq!(store.version(), 1);
+    }
+
+    /// A proposer in front of a store that lags: one committed batch (`behind`) is not applied
+    /// yet; a barrier applies it, unless no leader can be reached.
+    #[derive(Debug)]
+    struct Lagging {
+        store: std::sync::Weak<Store>,
+        behind: std::sync::Mutex<Option<StoreBatch>>,
+        leader: bool,
+    }
+
+    impl Proposer for Lagging {
+        fn propose(&self, batch: Vec<u8>) -> BoxFuture<'_, Result<Outcome, StoreError>> {
+            use prost::Message;
+            let store = self.store.upgrade().unwrap();
+            let batch = StoreBatch::decode(batch.as_slice()).unwrap();
+            Box::pin(async move { store.apply_batch(store.version() + 1, &batch) })
+        }
+
+        fn barrier(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+            Box::pin(async move {
+                if !self.leader {
+                    return Err(StoreError::Unavailable("no leader".into()));
+                }
+                if let Some(batch) = self.behind.lock().unwrap().take() {
+                    let store = self.store.upgrade().unwrap();
+                    store.apply_batch(store.version() + 1, &batch)?;
+                }
+                Ok(())
+            })
+        }
+    }
+
+    /// A store holding node `a`, whose removal is committed but not yet applied here.
+    async fn lagging(dir: &std::path::Path, leader: bool) -> Arc<Store> {
+        let store = Arc::new(open(dir, &Key::generate().unwrap()));
+        store.update(|tx| tx.create(node("a"))).await.unwrap();
+        let removal = Write { key: b"node/a".to_vec(), value: vec![], delete: true };
+        let behind = Some(StoreBatch { preconditions: vec![], writes: vec![removal] });
+        let weak = Arc::downgrade(&store);
+        store.set_proposer(Arc::new(Lagging { store: weak, behind: behind.into(), leader }));
+        store
+    }
+
+    /// "Create `a` unless it exists", refusing as the control API does.
+    fn create_a(tx: &mut Tx<'_>) -> Result<(), StoreError> {
+        if tx.get::<Node>("a")?.is_some() {
+            return Err(StoreError::Exists { kind: "node", id: "a".into() });
+        }
+        tx.create(node("a"))
+    }
+
+    #[tokio::test]
+    async fn a_lagging_store_refuses_nothing_from_a_state_the_cluster_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = lagging(dir.path(), true).await;
+        // Locally `a` still exists; in the cluster it was removed: the create goes through.
+        store.update(create_a).await.unwrap();
+        assert!(store.get::<Node>("a").unwrap().is_some());
+        // Now it really exists, and the refusal stands.
+        let err = store.update(create_a).await.unwrap_err();
+        assert!(matches!(err, StoreError::Exists { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn with_no_leader_to_confirm_a_refusal_the_caller_hears_that() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = lagging(dir.path(), false).await;
+        let err = store.update(create_a).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
     }
 
     #[tokio::test]

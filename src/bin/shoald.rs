@@ -116,6 +116,11 @@ async fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&args.log_level).context("--log-level")?)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (the log's disk is full) is dropped. By default the
+        // failure is reported with `eprintln!`, which panics when stderr fails too, killing
+        // whatever task logged: the Raft driver before it marked its member failed (so shoald
+        // never exited as it should on a full disk), an agent's session (the node stayed Down).
+        .log_internal_errors(false)
         .init();
     let socket = match shoal::cli::client::parse_host(&args.host)? {
         shoal::cli::client::Host::Unix(path) => path,

@@ -9,6 +9,7 @@
 //!
 //! It turns on `shoal`'s `test-util` feature (test knobs in `shoald`, the fake executor).
 
+pub mod chaos;
 pub mod cluster;
 pub mod fake_worker;
 pub mod image;
