@@ -122,9 +122,8 @@ impl Shared {
     pub(crate) fn root_ca_info(&self) -> Result<RootCaInfo, Status> {
         let cluster = self.cluster()?;
         let root = cluster.root_ca.as_ref().map(|r| r.cert_pem.clone()).unwrap_or_default();
-        let digest = shoal_pki::token::ca_digest(root.as_bytes());
         let mut info = RootCaInfo {
-            root_ca_digest: format!("sha256:{}", digest_hex_of(&digest)),
+            root_ca_digest: root_digest_label(&root),
             root_ca_pem: root,
             ..Default::default()
         };
@@ -297,28 +296,20 @@ impl Shared {
     }
 }
 
-fn digest_hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// How people see a root: `sha256:` and the digest join tokens pin (of the PEM's bytes).
+pub(crate) fn root_digest_label(root_pem: &str) -> String {
+    let digest = shoal_pki::token::ca_digest(root_pem.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 impl Manager {
     /// On the leader, carries a root rotation on: marks nodes for renewal and finishes it.
     pub(crate) fn spawn_root_rotation(&self) {
         let weak = Arc::downgrade(&self.shared);
-        let mut events = self.shared.store.watch();
         tokio::spawn(async move {
             loop {
-                let sleep = tokio::time::sleep(ROUND);
-                tokio::pin!(sleep);
-                loop {
-                    tokio::select! {
-                        _ = &mut sleep => break,
-                        e = events.recv() => match e {
-                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                            _ => continue,
-                        },
-                    }
-                }
+                tokio::time::sleep(ROUND).await;
                 let Some(shared) = weak.upgrade() else { return };
                 if !shared.raft.status().is_leader {
                     continue;

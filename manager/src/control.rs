@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft::prelude::{ConfChange, ConfChangeType};
-use shoal_pki::token::ca_digest;
 use shoal_pki::Role;
 use shoal_proto::control_server::Control;
 use shoal_proto::Member;
@@ -75,11 +74,10 @@ fn role_of(raw: i32) -> Result<Role, Status> {
 impl ControlApi {
     fn cluster_info(&self, cluster: &Cluster) -> ClusterInfo {
         let root = cluster.root_ca.as_ref().map(|r| r.cert_pem.clone()).unwrap_or_default();
-        let digest = ca_digest(root.as_bytes());
         ClusterInfo {
             id: cluster.id.clone(),
             spec: cluster.spec.clone(),
-            root_ca_digest: format!("sha256:{}", hex(&digest)),
+            root_ca_digest: crate::ca_rotation::root_digest_label(&root),
             root_ca_pem: root,
             revoked_nodes: cluster.revoked.iter().filter(|r| !r.superseded).count() as u32,
             autolock: cluster.unlock_key.is_some(),
@@ -103,10 +101,6 @@ impl ControlApi {
             manager_addrs: self.shared.manager_addrs()?,
         })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[tonic::async_trait]
