@@ -1,11 +1,12 @@
-//! Nodes whose certificate expired while they were off, on real hosts: a manager and two
-//! workers in network namespaces, their time running 30 times faster so certificates can last
-//! two minutes (the floor is an hour in real time).
+//! Nodes whose certificate expired while they were off, on real hosts: a manager and three
+//! workers in network namespaces, the manager's time running 30 times faster so certificates
+//! can last two minutes (the floor is an hour in real time).
 //!
-//! The story: both workers are stopped until their certificates have expired. One comes back
+//! The story: the workers are stopped until their certificates have expired. One comes back
 //! and waits, listed as needing approval, until `shoal node approve`; then it is Ready with a
-//! new certificate and runs a task. The cluster then allows re-attestation within a window, and
-//! the other comes back on its own. A node that did not ask cannot be approved.
+//! new certificate and runs a task. Another gives up waiting: it cannot join while it waits,
+//! leaves, and joins again. The cluster then allows re-attestation within a window, and the
+//! last comes back on its own. A node that did not ask cannot be approved.
 //!
 //! Needs root; under CI (env `CI`) it must run.
 
@@ -26,8 +27,8 @@ fn a_node_back_with_an_expired_certificate_reattests() {
         "a_node_back_with_an_expired_certificate_reattests",
         "ra",
         236,
-        3,
-        3,
+        4,
+        4,
         |net, nodes, dir| story(net, nodes, dir),
     );
 }
@@ -66,7 +67,7 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
         assert!(out.status.success(), "{}", text(&out));
     }
     eventually("3 nodes Ready", Duration::from_secs(30), || {
-        all_ready(&nodes[0], &["n1", "n2", "n3"])
+        all_ready(&nodes[0], &["n1", "n2", "n3", "n4"])
     });
     let first = certificate(&nodes[1]);
     let life = first.not_after.duration_since(first.not_before).unwrap();
@@ -76,10 +77,11 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
     let out = nodes[0].shoal(&["node", "approve", "n2"]);
     assert!(!out.status.success() && text(&out).contains("has not asked"), "{}", text(&out));
 
-    step("stop both workers until their certificates expire");
-    nodes[1].kill();
-    nodes[2].kill();
-    let expiry = certificate(&nodes[1]).not_after.max(certificate(&nodes[2]).not_after);
+    step("stop the three workers until their certificates expire");
+    for n in &mut nodes[1..] {
+        n.kill();
+    }
+    let expiry = nodes[1..].iter().map(|n| certificate(n).not_after).max().unwrap();
     let wait =
         expiry.duration_since(SystemTime::now()).unwrap_or_default() + Duration::from_secs(2);
     step(&format!("waiting {:.0}s", wait.as_secs_f64()));
@@ -126,10 +128,29 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
     let placed = wait_running(&nodes[0], "w", 1, Duration::from_secs(60));
     assert!(placed.contains_key("n2"), "the task runs on n2: {placed:?}");
 
+    step("n4 comes back, gives up waiting and joins again");
+    nodes[3].start();
+    eventually("n4 listed as needing approval", Duration::from_secs(30), || {
+        let s = tls_status_of(&nodes[0], "n4");
+        (s == "Approval").then_some(()).ok_or(s)
+    });
+    let out = nodes[3].shoal(&["swarm", "join", "--token", token.trim(), &addr]);
+    assert!(
+        !out.status.success() && text(&out).contains("already part of a swarm"),
+        "{}",
+        text(&out)
+    );
+    nodes[3].must_shoal(&["swarm", "leave", "--force"]);
+    assert!(text(&nodes[3].shoal(&["info"])).contains("inactive"));
+    nodes[0].must_shoal(&["node", "rm", "--force", "n4"]);
+    let out = nodes[3].join(token.trim(), &addr);
+    assert!(out.status.success(), "{}", text(&out));
+    eventually("n4 Ready again", Duration::from_secs(60), || ready(&nodes[0], "n4"));
+
     step("a window of an hour: n3 comes back on its own");
     nodes[0].must_shoal(&["swarm", "update", "--reattest-window", "1h"]);
     nodes[2].start();
-    eventually("n3 Ready", Duration::from_secs(60), || all_ready(&nodes[0], &["n1", "n2", "n3"]));
+    eventually("n3 Ready", Duration::from_secs(60), || ready(&nodes[0], "n3"));
     assert!(certificate(&nodes[2]).not_after > SystemTime::now());
     step("done");
 }

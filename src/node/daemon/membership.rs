@@ -16,7 +16,7 @@ impl Daemon {
         if opts.force_new_cluster {
             return self.force_new_cluster(&mut member).await;
         }
-        if member.is_some() {
+        if member.is_some() || self.is_reattesting() {
             bail!(ALREADY);
         }
         shoal_proto::spec::network::address_pool(&opts.default_addr_pool, opts.subnet_size)?;
@@ -113,7 +113,7 @@ impl Daemon {
     /// `swarm join`: joins the cluster of the manager at `opts.remote_addr`.
     pub async fn join(&self, opts: JoinOptions) -> Result<NodeState> {
         let mut member = self.member.lock().await;
-        if member.is_some() {
+        if member.is_some() || self.is_reattesting() {
             bail!(ALREADY);
         }
         let listen = normalize_listen(&opts.listen_addr)?;
@@ -213,6 +213,12 @@ impl Daemon {
     pub async fn leave(&self, force: bool) -> Result<()> {
         let mut member = self.member.lock().await;
         let Some(current) = member.as_ref() else {
+            // A node still asking for a new certificate may give up and leave.
+            if self.stop_reattesting() {
+                self.files.wipe()?;
+                tracing::info!("left the swarm (it was waiting for a new certificate)");
+                return Ok(());
+            }
             bail!("this node is not part of a swarm");
         };
         if let (Some(serving), false) = (current.manager.as_ref(), force) {

@@ -34,6 +34,9 @@ pub(super) fn start(daemon: &Arc<Daemon>, state: NodeState) {
         };
         loop {
             let Some(daemon) = weak.upgrade() else { return };
+            if !daemon.is_reattesting() {
+                return;
+            }
             match daemon.reattest_once(&state, &new_key).await {
                 Ok(()) => break,
                 Err(why) => {
@@ -51,9 +54,15 @@ pub(super) fn start(daemon: &Arc<Daemon>, state: NodeState) {
             pause = (pause * 2).min(RETRY_MAX);
         }
         let Some(daemon) = weak.upgrade() else { return };
+        // Holding the membership lock: a leave meanwhile either came first (nothing to resume)
+        // or waits for the resumed membership.
+        let mut member = daemon.member.lock().await;
+        if !daemon.is_reattesting() {
+            return;
+        }
         match daemon.resume(state.clone(), None).await {
-            Ok(member) => {
-                *daemon.member.lock().await = Some(member);
+            Ok(resumed) => {
+                *member = Some(resumed);
                 *daemon.reattesting.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 tracing::info!("new certificate in place; cluster membership resumed");
             }
@@ -71,6 +80,15 @@ fn time_scale(weak: &std::sync::Weak<Daemon>) -> f64 {
 }
 
 impl Daemon {
+    pub(super) fn is_reattesting(&self) -> bool {
+        self.reattesting.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// Stops asking for a new certificate (the node leaves); true if it was asking.
+    pub(super) fn stop_reattesting(&self) -> bool {
+        self.reattesting.lock().unwrap_or_else(|p| p.into_inner()).take().is_some()
+    }
+
     /// One request to the managers; on success the new identity is saved.
     async fn reattest_once(
         &self,
