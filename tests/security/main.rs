@@ -11,6 +11,7 @@ mod host_files;
 mod image_layers;
 mod node_identity;
 mod raft_send;
+mod reattest;
 mod registry_auth;
 mod removed_node_streams;
 mod small_items;
