@@ -66,15 +66,20 @@ fn waiting_for<'a>(nodes: &'a [Node], digest: &str, force: bool) -> Vec<&'a Node
         .collect()
 }
 
-/// A node's certificate state as `node ls` shows it.
-pub(crate) fn tls_status(cluster: &Cluster, node: &Node) -> &'static str {
-    if node.reattest_requested_ms != 0 {
-        return if node.reattest_approved_ms != 0 { "Approved" } else { "Approval" };
-    }
-    match (&cluster.root_rotation, signing_digest(cluster)) {
-        (Some(_), Some(digest)) if !uses_root(node, &digest) => "Rotating",
-        _ => "Ready",
-    }
+/// Each node's certificate state as `node ls` shows it, by node ID (the rotation's root is
+/// read once for all of them).
+pub(crate) fn tls_status<'a>(
+    cluster: &Cluster,
+    nodes: impl IntoIterator<Item = &'a Node>,
+) -> std::collections::HashMap<String, String> {
+    let rotating_to = cluster.root_rotation.as_ref().and(signing_digest(cluster));
+    let status = |node: &Node| match (node.reattest_requested_ms, &rotating_to) {
+        (0, Some(digest)) if !uses_root(node, digest) => "Rotating",
+        (0, _) => "Ready",
+        _ if node.reattest_approved_ms != 0 => "Approved",
+        _ => "Approval",
+    };
+    nodes.into_iter().map(|n| (n.id.clone(), status(n).to_string())).collect()
 }
 
 /// The nodes to tell to renew next: up to [`BATCH`] at a time are renewing (told and not done,
@@ -389,6 +394,33 @@ mod tests {
         // using it, and still counts as renewing.
         nodes[30].certificate.as_mut().unwrap().root_digest = "new".into();
         assert_eq!(waiting(&nodes), ["n31", "n32", "n33", "n34"]);
+    }
+
+    #[test]
+    fn node_ls_shows_who_a_rotation_waits_for_and_who_waits_for_approval() {
+        let root = RootCa::generate().unwrap();
+        let digest = root.digest_hex();
+        let mut cluster = Cluster { root_rotation: None, ..Default::default() };
+        let mut asking = node("asking", "old", "01", "01", NodeState::Down);
+        asking.reattest_requested_ms = 5;
+        let mut approved = asking.clone();
+        approved.id = "approved".into();
+        approved.reattest_approved_ms = 6;
+        let nodes = vec![
+            node("moved", &digest, "02", "02", NodeState::Ready),
+            node("behind", "old", "03", "03", NodeState::Ready),
+            asking,
+            approved,
+        ];
+        let shown = tls_status(&cluster, &nodes);
+        assert_eq!((shown["moved"].as_str(), shown["behind"].as_str()), ("Ready", "Ready"));
+        cluster.root_rotation =
+            Some(RootRotation { cert_pem: root.cert_pem().into(), ..Default::default() });
+        let shown = tls_status(&cluster, &nodes);
+        assert_eq!(shown["moved"], "Ready");
+        assert_eq!(shown["behind"], "Rotating");
+        assert_eq!(shown["asking"], "Approval");
+        assert_eq!(shown["approved"], "Approved");
     }
 
     #[test]

@@ -152,11 +152,6 @@ impl NodeCa for CaApi {
     }
 }
 
-/// The first 16 hex digits of a key fingerprint, as people compare them.
-pub fn short_key(fingerprint: &str) -> &str {
-    fingerprint.get(..16).unwrap_or(fingerprint)
-}
-
 /// Largest old certificate chain a re-attesting node may send.
 const MAX_CHAIN_BYTES: usize = 16 * 1024;
 
@@ -316,7 +311,7 @@ async fn reattest(
                 node.id,
                 node.hostname,
                 node.id,
-                short_key(&node.reattest_key),
+                shoal_pki::reattest::short_fingerprint(&node.reattest_key),
                 if node.reattest_from.is_empty() {
                     "an unknown address"
                 } else {

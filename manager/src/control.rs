@@ -267,10 +267,7 @@ impl Control for ControlApi {
             members.iter().filter(|m| m.unreachable).map(|m| m.node_id.clone()).collect();
         let manager_ids = members.into_iter().map(|m| m.node_id).collect();
         let cluster = self.shared.cluster()?;
-        let tls_status = nodes
-            .iter()
-            .map(|n| (n.id.clone(), crate::ca_rotation::tls_status(&cluster, n).to_string()))
-            .collect();
+        let tls_status = crate::ca_rotation::tls_status(&cluster, &nodes);
         Ok(Response::new(ListNodesResponse {
             nodes,
             leader_id: leader_id.unwrap_or_default(),

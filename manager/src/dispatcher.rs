@@ -213,9 +213,10 @@ impl Manager {
                     push_manager_addrs(&shared);
                 }
                 let Some(node) = node else { continue };
-                let period = shared.cluster().map(|c| heartbeat_period(&c)).unwrap_or_default();
+                let cluster = shared.cluster().ok();
+                let period = cluster.as_ref().map(heartbeat_period).unwrap_or_default();
+                let roots = cluster.as_ref().map(trusted_bundle).unwrap_or_default();
                 let managers = shared.manager_addrs().unwrap_or_default();
-                let roots = shared.cluster().map(|c| trusted_bundle(&c)).unwrap_or_default();
                 shared.sessions.push(&event.id, |session_id| SessionMessage {
                     session_id: session_id.to_string(),
                     heartbeat_period_ms: period.as_millis() as u64,

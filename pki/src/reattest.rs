@@ -39,6 +39,11 @@ pub fn request_key_fingerprint(csr_der: &[u8]) -> Result<String, PkiError> {
     Ok(crate::ca::digest_hex(csr.certification_request_info.subject_pki.raw))
 }
 
+/// The first 16 hex digits of a key fingerprint, as people compare them.
+pub fn short_fingerprint(fingerprint: &str) -> &str {
+    fingerprint.get(..16).unwrap_or(fingerprint)
+}
+
 /// Checks that `proof` over `csr_der` was made with the key of the first certificate in
 /// `old_chain_pem`.
 pub fn verify_proof(

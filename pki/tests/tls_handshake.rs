@@ -411,7 +411,11 @@ fn a_cross_signed_rotation_keeps_old_and_new_certificates_talking() {
     let config = server_with(&mgr_new, &live);
     handshake(client_with(&wrk_old, &both), config.clone(), MANAGER_SERVER_NAME)
         .expect("before the swap");
-    let chain_of = |n: &Node| shoal_pki::tls::certs_of(&n.issued.cert_pem);
+    let chain_of = |n: &Node| -> Vec<rustls_pki_types::CertificateDer<'static>> {
+        rustls_pki_types::CertificateDer::pem_slice_iter(n.issued.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("chain")
+    };
     assert!(live.still_trusts(&chain_of(&wrk_old)), "both roots: old-root chains pass");
     assert!(live.replace(new.cert_pem()).expect("swap"));
     // A connection opened before the swap is refused at its next call.
@@ -484,6 +488,9 @@ fn an_operator_root_must_be_a_fresh_long_lived_self_signed_root() {
     let e =
         RootCa::from_operator_pem(fresh.cert_pem(), &current.key_pem(), &current, now).unwrap_err();
     assert!(e.to_string().contains("does not belong"), "{e}");
+    let e = RootCa::from_operator_pem("not a certificate", &fresh.key_pem(), &current, now)
+        .unwrap_err();
+    assert!(e.to_string().contains("unreadable"), "{e}");
     // 19 years from now the 20-year root has less than a year left.
     let late = now + std::time::Duration::from_secs(19 * 365 * 24 * 3600 + 200 * 24 * 3600);
     let e =

@@ -106,7 +106,7 @@ pub async fn run(cmd: NodeCmd, channel: Channel) -> Result<()> {
                     .await
                     .map_err(client::status)?;
                 let node = r.into_inner().node.unwrap_or_default();
-                let key = node.reattest_key.get(..16).unwrap_or(&node.reattest_key);
+                let key = shoal_pki::reattest::short_fingerprint(&node.reattest_key);
                 println!(
                     "Node {} ({}) may have a new certificate for the key {key}… it asked for \
                      from {} (approval good for 24 hours).",

@@ -166,11 +166,6 @@ pub fn bootstrap_client_config() -> (ClientConfig, Arc<CapturedServerCerts>) {
     (config, captured)
 }
 
-/// The certificates of a PEM chain, as TLS carries them.
-pub fn certs_of(chain_pem: &str) -> Vec<rustls_pki_types::CertificateDer<'static>> {
-    certs_from_pem(chain_pem).unwrap_or_default()
-}
-
 /// The ring crypto provider, used explicitly so configs never depend on the process default.
 fn ring_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

@@ -38,14 +38,11 @@ pub struct Row {
 /// The TLS STATUS `node ls` on `manager` shows for `hostname` (its last column).
 pub fn tls_status_of(manager: &Node, hostname: &str) -> String {
     let out = manager.must_shoal(&["node", "ls"]);
-    out.lines()
-        .skip(1)
-        .find(|l| {
-            parse_node_ls(&format!("ID STATUS\n{l}"))
-                .first()
-                .is_some_and(|r| r.hostname == hostname)
-        })
-        .and_then(|l| l.split_whitespace().last())
+    let lines = out.lines().skip(1).filter(|l| !l.trim().is_empty());
+    lines
+        .zip(parse_node_ls(&out))
+        .find(|(_, row)| row.hostname == hostname)
+        .and_then(|(line, _)| line.split_whitespace().last())
         .unwrap_or_default()
         .to_string()
 }
