@@ -447,15 +447,33 @@ impl Dispatcher for DispatcherApi {
             tracing::info!(node = %id.node_id, "tunnel key rotated");
             self.shared.sessions.stored_keys(&id.node_id, keys);
         }
-        if self.shared.sessions.uses_serial(&id.node_id, &req.cert_serial) {
-            // The node renewed: a root rotation counts it done from now on.
+        // A beat on the node's current session means it is Ready. The store may say otherwise
+        // when a Down mark by an earlier leader was applied here only after the session opened
+        // (the opening saw the node Ready and wrote nothing): that is mended here, or the node
+        // would stay Down for as long as its session lives (found by the chaos runner).
+        let renewed = self.shared.sessions.uses_serial(&id.node_id, &req.cert_serial);
+        let stale = self
+            .shared
+            .store
+            .get::<Node>(&id.node_id)?
+            .is_some_and(|n| n.state() != NodeState::Ready);
+        if renewed || stale {
+            // A renewal: a root rotation counts the node done from now on.
             let serial = req.cert_serial.clone();
             self.shared
                 .store
                 .update(|tx| {
                     let Some(mut node) = tx.get::<Node>(&id.node_id)? else { return Ok(()) };
-                    if node.tls_serial != serial {
+                    let before = node.clone();
+                    if !serial.is_empty() {
                         node.tls_serial = serial.clone();
+                    }
+                    if node.state() != NodeState::Ready {
+                        node.set_state(NodeState::Ready);
+                        node.state_message.clear();
+                        node.last_heartbeat_ms = now_ms();
+                    }
+                    if node != before {
                         tx.update(node)?;
                     }
                     Ok::<_, Status>(())
