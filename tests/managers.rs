@@ -334,8 +334,9 @@ async fn autolocked_managers_restart_locked_and_open_only_with_the_key() {
     // Autolock off: key files come back, restarts need no key.
     let off = UpdateClusterRequest { autolock: Autolock::Off as i32, ..Default::default() };
     control.update_cluster(off).await.unwrap();
-    eventually("key file back", Duration::from_secs(10), || async {
-        kek_file(&m3).exists().then_some(()).ok_or("no kek yet".into())
+    // The key file is written first, then the data keys are wrapped with it: wait for both.
+    eventually("data keys wrapped with a key file again", Duration::from_secs(10), || async {
+        (kek_file(&m3).exists() && !keys.is_locked()).then_some(()).ok_or("still locked".into())
     })
     .await;
     let (m3, _d3c) = restart(m3, "m3").await;
