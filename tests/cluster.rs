@@ -359,3 +359,39 @@ async fn updates_pushed_faster_than_the_heartbeat_do_not_starve_it() {
         );
     }
 }
+
+/// Found by the chaos runner's short run (seed 12753710861273436407): a Down mark written by an
+/// earlier leader was applied on the new leader only after the node's session had opened there,
+/// and the node then stayed Down for as long as that session lived (three nodes, two minutes
+/// after every fault had healed). The mark is written here the same way, straight into the
+/// store under a live session: the node's next heartbeats must make it Ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_down_mark_under_a_live_session_is_mended_by_the_next_heartbeat() {
+    let m = TestNode::start("m").await;
+    let addr = m.init(BEAT, None).await;
+    let w = TestNode::start("w").await;
+    let id = w.join(&token(&m, NodeRole::Worker).await, &addr).await.unwrap();
+    all_ready(&m, 2).await;
+
+    let manager = m.daemon.info().await.manager.unwrap();
+    manager
+        .store()
+        .update(|tx| {
+            let mut node = tx.get::<shoal_proto::Node>(&id)?.expect("the worker is stored");
+            node.set_state(NodeState::Down);
+            node.state_message = "heartbeat failure (a late mark)".into();
+            tx.update(node)
+        })
+        .await
+        .unwrap();
+    assert_eq!(m.state_of(&id).await, Some(NodeState::Down));
+    eventually("the worker is Ready again", BEAT * 10, || async {
+        match m.state_of(&id).await {
+            Some(NodeState::Ready) => Ok(()),
+            other => Err(format!("state {other:?}")),
+        }
+    })
+    .await;
+    let node = m.nodes().await.into_iter().find(|n| n.id == id).unwrap();
+    assert!(node.state_message.is_empty(), "stale message kept: {:?}", node.state_message);
+}
