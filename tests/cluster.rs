@@ -148,7 +148,7 @@ async fn silent_nodes_go_down_and_removed_nodes_stay_out() {
     all_ready(&m, 3).await;
 
     let (root, socket, dir) = w1.kill().await;
-    eventually("killed worker marked Down", BEAT * 10, || async {
+    eventually("killed worker marked Down", Duration::from_secs(10), || async {
         match m.state_of(&id1).await {
             Some(NodeState::Down) => Ok(()),
             other => Err(format!("state {other:?}")),
@@ -233,8 +233,9 @@ async fn a_renewed_manager_certificate_is_served_without_restart() {
     let m = TestNode::start("m").await;
     let addr = m.init(BEAT, Some(Duration::from_secs(3600))).await;
     let root = m.daemon.info().await.manager.unwrap().root_ca_pem().unwrap();
+    // Renewals come every second or so here: the first served serial is not compared with
+    // the daemon's, which may already have moved on.
     let before = served_certificate(&addr, &root).await;
-    assert_eq!(before.serial_hex, m.daemon.info().await.identity.unwrap().serial_hex);
     eventually("manager serves its renewed certificate", Duration::from_secs(15), || async {
         let served = served_certificate(&addr, &root).await;
         let current = m.daemon.info().await.identity.unwrap();
@@ -332,13 +333,16 @@ async fn many_nodes_join_at_once_and_use_limits_hold_under_contention() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn updates_pushed_faster_than_the_heartbeat_do_not_starve_it() {
+    // A 1 s beat (Down after 3 s unheard): a 200 ms one could miss its grace on a loaded
+    // machine with no starvation at all.
+    let beat = Duration::from_secs(1);
     let m = TestNode::start("m").await;
-    let addr = m.init(BEAT, None).await;
+    let addr = m.init(beat, None).await;
     let w = TestNode::start("w").await;
     let id = w.join(&token(&m, NodeRole::Worker).await, &addr).await.unwrap();
     all_ready(&m, 2).await;
     let manager = m.daemon.info().await.manager.unwrap();
-    // Change the worker's Node object every BEAT/4 for 8 heartbeat periods: each change is
+    // Change the worker's Node object every beat/4 for 8 heartbeat periods: each change is
     // pushed on its session stream, and it must keep heartbeating through them.
     for i in 0..32 {
         manager
@@ -350,7 +354,7 @@ async fn updates_pushed_faster_than_the_heartbeat_do_not_starve_it() {
             })
             .await
             .unwrap();
-        tokio::time::sleep(BEAT / 4).await;
+        tokio::time::sleep(beat / 4).await;
         let state = m.state_of(&id).await;
         assert_eq!(
             state,
@@ -384,7 +388,7 @@ async fn a_late_down_mark_under_a_live_session_is_mended_by_the_next_heartbeat()
         })
         .await
         .unwrap();
-    assert_eq!(m.state_of(&id).await, Some(NodeState::Down));
+    // (Not read back: a beat landing between the write and a read would already mend it.)
     eventually("the worker is Ready again", BEAT * 10, || async {
         match m.state_of(&id).await {
             Some(NodeState::Ready) => Ok(()),

@@ -223,10 +223,18 @@ fn story(net: &Net, nodes: &mut [Node], tar: &str, dir: &std::path::Path) {
         }
         Ok::<(), String>(())
     });
-    std::thread::sleep(Duration::from_millis(300));
     let reader = in_netns(&format!("/run/netns/{client_ns}"), move || {
-        let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .map_err(|e| format!("connect: {e}"))?;
+        // The server thread may not be listening yet: retry a refused connect for a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let conn = loop {
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                Ok(conn) => break conn,
+                Err(e) if std::time::Instant::now() > deadline => {
+                    return Err(format!("connect: {e}"))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
         conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut got = 0;
         for line in BufReader::new(conn).lines() {

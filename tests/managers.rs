@@ -585,9 +585,15 @@ async fn a_stopped_manager_is_listed_unreachable_by_every_manager_until_it_is_ba
     let down = ids.iter().position(|id| *id != leader).expect("a follower");
     let down_id = ids[down].clone();
     let name = format!("m{}", down + 1);
+    // A newly added voter is listed Reachable once the leader first hears from it.
     for m in &ms {
-        let status = manager_status_of(m, &down_id).await.unwrap();
-        assert_eq!(status, "Reachable", "before the stop");
+        eventually("every manager Reachable before the stop", Duration::from_secs(10), || async {
+            match manager_status_of(m, &down_id).await? {
+                s if s == "Reachable" => Ok(()),
+                s => Err(s),
+            }
+        })
+        .await;
     }
     let (root, socket, dir) = ms.remove(down).kill().await;
     for m in &ms {

@@ -97,8 +97,11 @@ fn story(net: &Net, nodes: &mut [Node], dir: &Path) {
         let s = tls_status_of(&nodes[0], "n2");
         (s == "Approval").then_some(()).ok_or(s)
     });
-    let info = text(&nodes[1].shoal(&["info"]));
-    assert!(info.contains("shoal node approve"), "n2 says what it waits for:\n{info}");
+    // The manager lists it before its answer reaches n2.
+    eventually("n2 says what it waits for", Duration::from_secs(10), || {
+        let info = text(&nodes[1].shoal(&["info"]));
+        info.contains("shoal node approve").then_some(()).ok_or(info)
+    });
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(status_of(&nodes[0], "n2").unwrap_or_default(), "Down", "served without approval");
 

@@ -14,8 +14,13 @@ const CONVERGE: Duration = Duration::from_secs(90);
 
 /// A manager and `workers` agents, all Ready.
 async fn cluster(workers: usize) -> (TestNode, Vec<TestNode>) {
+    cluster_beating(workers, BEAT).await
+}
+
+/// The same with a chosen heartbeat period.
+async fn cluster_beating(workers: usize, beat: Duration) -> (TestNode, Vec<TestNode>) {
     let m = TestNode::start("m").await;
-    let addr = m.init(BEAT, None).await;
+    let addr = m.init(beat, None).await;
     let t = worker_token(&m).await;
     let mut nodes = Vec::new();
     for i in 0..workers {
@@ -208,7 +213,9 @@ async fn a_global_service_runs_once_per_eligible_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hundred_agents_each_get_only_their_own_tasks() {
-    let (m, workers) = cluster(100).await;
+    // A hundred agents on two busy cores: a 200 ms beat (Down after 600 ms unheard) could
+    // mark one Down mid-run and move its tasks, which would test the spread of the rescue.
+    let (m, workers) = cluster_beating(100, Duration::from_secs(2)).await;
     create(&m, spec("wide", "busybox", 300)).await;
     let placed = m.wait_running("wide", 300, CONVERGE).await;
     assert_eq!(placed.len(), 101, "all 101 nodes used");

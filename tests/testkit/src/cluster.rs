@@ -135,10 +135,12 @@ impl TestNode {
         &self,
         addr: &str,
     ) -> Result<ControlClient<Channel>, String> {
+        // node.pem holds the key and its chain in one atomically written file; node.crt is
+        // written after it, so a renewal in between would pair a new key with an old chain.
         let certs = self.root.join("certificates");
         let files = TlsFiles {
             ca: Some(certs.join("root-ca.crt")),
-            cert: Some(certs.join("node.crt")),
+            cert: Some(certs.join("node.pem")),
             key: Some(certs.join("node.pem")),
         };
         client::connect(&Host::Tcp(addr.into()), &files)
