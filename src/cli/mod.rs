@@ -17,6 +17,7 @@ pub mod login;
 pub mod network;
 pub mod node;
 pub mod output;
+pub mod prompt;
 pub mod secret;
 pub mod service;
 pub mod stack;

@@ -393,13 +393,10 @@ async fn ca(control: &mut ControlClient<Channel>, a: CaArgs) -> Result<()> {
     Ok(())
 }
 
-/// Reads the unlock key from standard input (prompting on a terminal).
+/// Reads the unlock key from standard input (prompting on a terminal, without echo).
 async fn unlock(daemon: &mut DaemonClient<Channel>) -> Result<()> {
-    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        eprint!("Enter unlock key: ");
-    }
-    let mut key = String::new();
-    std::io::stdin().read_line(&mut key).context("reading the unlock key")?;
+    let key =
+        super::prompt::read_hidden_line("Enter unlock key: ").context("reading the unlock key")?;
     daemon.unlock(UnlockRequest { key: key.trim().to_string() }).await.map_err(client::status)?;
     println!("Manager unlocked.");
     Ok(())

@@ -183,29 +183,9 @@ fn passphrase(role: KeyRole, name: &str) -> Result<String> {
             return Ok(p);
         }
     }
-    eprint!("Passphrase for key {name}: ");
-    let line = read_hidden_line().context("reading the passphrase")?;
+    let line = super::prompt::read_hidden_line(&format!("Passphrase for key {name}: "))
+        .context("reading the passphrase")?;
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
-}
-
-/// One line of standard input; at a terminal, without echoing what is typed.
-fn read_hidden_line() -> std::io::Result<String> {
-    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
-    use std::io::IsTerminal;
-    let stdin = std::io::stdin();
-    let mut line = String::new();
-    if !stdin.is_terminal() {
-        stdin.read_line(&mut line)?;
-        return Ok(line);
-    }
-    let saved = tcgetattr(&stdin)?;
-    let mut quiet = saved.clone();
-    quiet.local_modes.remove(LocalModes::ECHO);
-    tcsetattr(&stdin, OptionalActions::Now, &quiet)?;
-    let read = stdin.read_line(&mut line);
-    tcsetattr(&stdin, OptionalActions::Now, &saved)?;
-    eprintln!();
-    read.map(|_| line)
 }
 
 /// Opens a private key given as a path or a name.
