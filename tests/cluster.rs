@@ -233,9 +233,18 @@ async fn a_renewed_manager_certificate_is_served_without_restart() {
     let m = TestNode::start("m").await;
     let addr = m.init(BEAT, Some(Duration::from_secs(3600))).await;
     let root = m.daemon.info().await.manager.unwrap().root_ca_pem().unwrap();
-    // Renewals come every second or so here: the first served serial is not compared with
-    // the daemon's, which may already have moved on.
-    let before = served_certificate(&addr, &root).await;
+    // It serves the certificate it holds. (Renewals come about every second here, so one
+    // read of each could straddle one: polled until a pair agrees.)
+    let mut tries = 0;
+    let before = loop {
+        let served = served_certificate(&addr, &root).await;
+        let held = m.daemon.info().await.identity.unwrap();
+        if served.serial_hex == held.serial_hex {
+            break served;
+        }
+        tries += 1;
+        assert!(tries < 20, "serves {} but holds {}", served.serial_hex, held.serial_hex);
+    };
     eventually("manager serves its renewed certificate", Duration::from_secs(15), || async {
         let served = served_certificate(&addr, &root).await;
         let current = m.daemon.info().await.identity.unwrap();

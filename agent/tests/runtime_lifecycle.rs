@@ -34,17 +34,6 @@ async fn runs_a_task_and_captures_its_output_and_exit_code() {
     assert!(rt.cgroup_layout().leftovers(&rt.cgroup_path(&id)).is_empty());
 }
 
-/// Waits until task `id` has said its trap is set: a signal that comes before it is lost (the
-/// shell is the container's init, which ignores signals it has no handler for).
-async fn trap_set(rt: &shoal_agent::runtime::OciRuntime, id: &str) {
-    let (out, _) = rt.log_paths(id);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::fs::read_to_string(&out).unwrap_or_default() != "trapped\n" {
-        assert!(std::time::Instant::now() < deadline, "{id} never set its trap");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn stop_sends_signal_then_kills_after_grace() {
     if !have_root("stop_grace") {
@@ -58,7 +47,7 @@ async fn stop_sends_signal_then_kills_after_grace() {
     let script = "trap 'exit 0' TERM; echo trapped; while true; do sleep 0.1; done";
     rt.create(sh_task(&polite, &rootfs, script)).await.unwrap();
     rt.start(&polite).await.unwrap();
-    trap_set(&rt, &polite).await;
+    trap_set(&rt.log_paths(&polite).0).await;
     let started = std::time::Instant::now();
     let status = rt.stop(&polite).await.unwrap();
     assert_eq!(status.code, 0, "a task that handles SIGTERM exits cleanly");
@@ -71,7 +60,7 @@ async fn stop_sends_signal_then_kills_after_grace() {
     spec.stop_grace = Duration::from_millis(500);
     rt.create(spec).await.unwrap();
     rt.start(&stubborn).await.unwrap();
-    trap_set(&rt, &stubborn).await;
+    trap_set(&rt.log_paths(&stubborn).0).await;
     let started = std::time::Instant::now();
     let status = rt.stop(&stubborn).await.unwrap();
     assert_eq!((status.code, status.signal), (137, Some(9)), "ignored SIGTERM, so SIGKILL");

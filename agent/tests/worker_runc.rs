@@ -230,8 +230,7 @@ async fn shutdown_uses_the_stop_signal_and_honours_the_grace_period() {
     let worker = Worker::new(exec.clone());
     let reports = Reports::collect(&worker);
     let (stubborn, polite) = (task_id("w-stubborn"), task_id("w-polite"));
-    // Each says when its trap is set: a signal that comes before it is lost (the shell is the
-    // container's init, which ignores signals it has no handler for).
+    // Each says when its trap is set (see `trap_set`).
     let mut s =
         sh_task(&stubborn, IMAGE, "trap '' TERM; echo trapped; while true; do sleep 0.1; done");
     container(&mut s).stop_grace_ms = 3000;
@@ -242,12 +241,7 @@ async fn shutdown_uses_the_stop_signal_and_honours_the_grace_period() {
     worker.apply(complete(vec![s.clone(), p.clone()])).await;
     for id in [&stubborn, &polite] {
         reports.reaches(id, TaskState::Running).await;
-        let (out, _) = exec.log_paths(id).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::fs::read_to_string(&out).unwrap_or_default() != "trapped\n" {
-            assert!(Instant::now() < deadline, "{id} never set its trap");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        trap_set(&exec.log_paths(id).unwrap().0).await;
     }
 
     // Bounds with a wide margin: the polite task ends well inside the stubborn one's 3 s grace

@@ -99,6 +99,18 @@ pub fn tar_dir(root: &Path, out: &Path) {
     b.finish().unwrap();
 }
 
+/// Waits until a task's standard output (the file `stdout`) says `trapped`: a task that must
+/// be signalled prints it once its trap is set, as a signal that comes earlier is lost (the
+/// shell is the container's init, which ignores signals it has no handler for).
+#[allow(dead_code)]
+pub async fn trap_set(stdout: &Path) {
+    let what = format!("{} says its trap is set", stdout.display());
+    poll::assert_eventually(&what, std::time::Duration::from_secs(30), || {
+        std::fs::read_to_string(stdout).unwrap_or_default() == "trapped\n"
+    })
+    .await;
+}
+
 pub mod dispatcher;
 pub mod poll;
 
