@@ -30,6 +30,16 @@ async fn all_ready(manager: &TestNode, count: usize) {
     .await;
 }
 
+/// A manager beating every `beat` and one worker, both Ready: (manager, address, worker, its ID).
+async fn manager_and_worker(beat: Duration) -> (TestNode, String, TestNode, String) {
+    let m = TestNode::start("m").await;
+    let addr = m.init(beat, None).await;
+    let w = TestNode::start("w").await;
+    let id = w.join(&token(&m, NodeRole::Worker).await, &addr).await.unwrap();
+    all_ready(&m, 2).await;
+    (m, addr, w, id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workers_join_and_token_rotation_spares_joined_nodes() {
     let m = TestNode::start("m").await;
@@ -283,11 +293,7 @@ async fn served_certificate(addr: &str, root: &str) -> PeerIdentity {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_manager_restart_keeps_the_cluster() {
-    let m = TestNode::start("m").await;
-    let addr = m.init(BEAT, None).await;
-    let w = TestNode::start("w").await;
-    let wid = w.join(&token(&m, NodeRole::Worker).await, &addr).await.unwrap();
-    all_ready(&m, 2).await;
+    let (m, _addr, _w, wid) = manager_and_worker(BEAT).await;
     let worker_token = token(&m, NodeRole::Worker).await;
     let (root, socket, dir) = m.kill().await;
     let m = TestNode::start_at("m", root, socket).await;
@@ -345,11 +351,7 @@ async fn updates_pushed_faster_than_the_heartbeat_do_not_starve_it() {
     // A 1 s beat (Down after 3 s unheard): a 200 ms one could miss its grace on a loaded
     // machine with no starvation at all.
     let beat = Duration::from_secs(1);
-    let m = TestNode::start("m").await;
-    let addr = m.init(beat, None).await;
-    let w = TestNode::start("w").await;
-    let id = w.join(&token(&m, NodeRole::Worker).await, &addr).await.unwrap();
-    all_ready(&m, 2).await;
+    let (m, _addr, _w, id) = manager_and_worker(beat).await;
     let manager = m.daemon.info().await.manager.unwrap();
     // Change the worker's Node object every beat/4 for 8 heartbeat periods: each change is
     // pushed on its session stream, and it must keep heartbeating through them.
@@ -380,12 +382,7 @@ async fn updates_pushed_faster_than_the_heartbeat_do_not_starve_it() {
 /// store under a live session: the node's next heartbeats must make it Ready again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_late_down_mark_under_a_live_session_is_mended_by_the_next_heartbeat() {
-    let m = TestNode::start("m").await;
-    let addr = m.init(BEAT, None).await;
-    let w = TestNode::start("w").await;
-    let id = w.join(&token(&m, NodeRole::Worker).await, &addr).await.unwrap();
-    all_ready(&m, 2).await;
-
+    let (m, _addr, _w, id) = manager_and_worker(BEAT).await;
     let manager = m.daemon.info().await.manager.unwrap();
     manager
         .store()
